@@ -1,0 +1,185 @@
+//! Signed structures and the `Unverified` gate in front of them.
+//!
+//! Every signed structure travels and is stored as the postcard encoding of
+//! [`Wire`]: `{format: u16, body: bytes, sig: [u8; 64]}` where `body` is the
+//! postcard encoding of the structure itself (whose first field is its own
+//! format number) and `sig` is ed25519 over `DOMAIN || body` by the signer
+//! the body names. Verification works on those exact body bytes; nothing is
+//! re-serialized to check a signature.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{
+    Error, InstanceId, Result,
+    encoding::{FORMAT_V1, check_format, decode, encode},
+    identity::Identity,
+};
+
+/// The outer encoding of every signed structure.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    format: u16,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: [u8; 64],
+}
+
+/// Bytes the wire wrapper adds around a body at most (format, two length prefixes, signature).
+const WIRE_OVERHEAD: usize = 2 + 10 + 10 + 64;
+
+/// A structure that is signed by one instance.
+pub trait SignedBody: Serialize + DeserializeOwned + Sized {
+    /// Name used in errors.
+    const WHAT: &'static str;
+    /// Domain separation string prefixed to the body before signing.
+    const DOMAIN: &'static [u8];
+    /// Largest accepted body, in bytes.
+    const MAX_BODY: usize;
+    /// The format number the body carries.
+    fn format(&self) -> u16;
+    /// The instance whose key must have signed it.
+    fn signer(&self) -> InstanceId;
+    /// Checks the rules of the format that the type system does not.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn signed_message<T: SignedBody>(body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(T::DOMAIN.len() + body.len());
+    msg.extend_from_slice(T::DOMAIN);
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// A signed structure whose signature has been checked and whose signer the
+/// caller accepted. Holds the exact bytes it was decoded from or signed as.
+#[derive(Clone)]
+pub struct Signed<T> {
+    bytes: Vec<u8>,
+    body: Vec<u8>,
+    value: T,
+}
+
+impl<T: SignedBody> Signed<T> {
+    /// Signs `value` with `identity`, which must be the signer the value names.
+    pub fn sign(identity: &Identity, value: T) -> Result<Self> {
+        if value.signer() != identity.instance_id() {
+            return Err(Error::invalid(
+                T::WHAT,
+                "signer named in the body is not the signing identity",
+            ));
+        }
+        value.validate()?;
+        let body = encode(&value);
+        if body.len() > T::MAX_BODY {
+            return Err(Error::TooLarge {
+                what: T::WHAT,
+                len: body.len(),
+                limit: T::MAX_BODY,
+            });
+        }
+        let sig = identity.sign_raw(&signed_message::<T>(&body));
+        let bytes = encode(&Wire {
+            format: FORMAT_V1,
+            body: body.clone(),
+            sig,
+        });
+        Ok(Signed { bytes, body, value })
+    }
+
+    /// The exact bytes to store or send.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The signed body bytes (what ids are computed over).
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The verified value.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// Takes the verified value.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+impl<T> std::ops::Deref for Signed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Signed").field(&self.value).finish()
+    }
+}
+
+/// A signed structure as it arrived: decoded, but neither its signature nor
+/// its signer checked. [`Unverified::verify`] is the only way to its value.
+pub struct Unverified<T> {
+    inner: Signed<T>,
+    sig: [u8; 64],
+}
+
+impl<T: SignedBody> Unverified<T> {
+    /// Decodes the wire bytes of a `T`, with size limits and strict format checks.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let wire: Wire = decode(T::WHAT, bytes, T::MAX_BODY + WIRE_OVERHEAD)?;
+        check_format(T::WHAT, wire.format)?;
+        let value: T = decode(T::WHAT, &wire.body, T::MAX_BODY)?;
+        check_format(T::WHAT, value.format())?;
+        Ok(Unverified {
+            inner: Signed {
+                bytes: bytes.to_vec(),
+                body: wire.body,
+                value,
+            },
+            sig: wire.sig,
+        })
+    }
+
+    /// The instance that claims to have signed this (not yet checked).
+    pub fn claimed_signer(&self) -> InstanceId {
+        self.inner.value.signer()
+    }
+
+    /// Checks the signature (strict ed25519) and the format rules, then asks
+    /// `trusted` whether the signer is acceptable.
+    pub fn verify(self, trusted: impl FnOnce(&InstanceId) -> bool) -> Result<Signed<T>> {
+        let signer = self.inner.value.signer();
+        let key = VerifyingKey::from_bytes(signer.as_bytes())
+            .map_err(|_| Error::BadSignature { what: T::WHAT })?;
+        let sig = Signature::from_bytes(&self.sig);
+        key.verify_strict(&signed_message::<T>(&self.inner.body), &sig)
+            .map_err(|_| Error::BadSignature { what: T::WHAT })?;
+        self.inner.value.validate()?;
+        if !trusted(&signer) {
+            return Err(Error::Untrusted {
+                what: T::WHAT,
+                signer: signer.short(),
+            });
+        }
+        Ok(self.inner)
+    }
+
+    /// Checks a structure that names its own key as signer (a card).
+    pub fn verify_self_signed(self) -> Result<Signed<T>> {
+        self.verify(|_| true)
+    }
+}
+
+impl<T> std::fmt::Debug for Unverified<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unverified(..)")
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared harness for bbsync end-to-end tests.
