@@ -74,6 +74,8 @@ from datetime import datetime, timedelta, timezone
 
 PROG = "gen-bbs.py"
 PIECE = 4 << 20  # bytes per write for big blobs
+TEXT_EXTS = frozenset({"txt", "nfo", "diz", "ans", "pas", "c", "lua", "js", ""})
+TEXT_MAX = 512_000  # largest generated text upload
 
 # --------------------------------------------------------------------------
 # Profiles
@@ -676,7 +678,7 @@ class BBSGen:
                 to = "All" if rng.random() < 0.7 else rng.choice(self.users)
 
             if rng.random() < 0.01:
-                size = rng.randint(4_096, 65_536)
+                size = rng.randint(4_096, 60_000)  # JSON and quoting add a few KB
             else:
                 size = skew_int(rng, 200, 4_000)
             head = []
@@ -858,7 +860,8 @@ class BBSGen:
 
     def upload_content(self, rng: random.Random, ext: str, size: int):
         """Chunks of exactly `size` bytes appropriate for an upload extension."""
-        if ext in ("txt", "nfo", "diz", "") or ext.startswith("readme"):
+        assert size <= TEXT_MAX or ext not in TEXT_EXTS
+        if ext in ("txt", "nfo", "diz", ""):
             data = text_block(rng, self.pool, size).encode()
             return [data[:size].ljust(size, b"\n")]
         if ext == "ans":
@@ -951,6 +954,8 @@ class BBSGen:
             if rel in t._written:
                 rel = f"{d}/{seq:04d} {fname}"
             size = min(remaining, skew_int(rng, lo, hi))
+            if ext in TEXT_EXTS:
+                size = min(size, TEXT_MAX)  # multi-MB .txt uploads would be odd
             t.write_chunks(rel, self.upload_content(rng, ext, size))
             remaining -= size
 

@@ -1,1 +1,155 @@
-fn main() {}
+//! `bbsync`: the command-line front end. Each subcommand lives in `cmd/`
+//! and calls into the library crates; this file parses flags, sets up
+//! logging and turns errors into one line on stderr and an exit code
+//! (0 success, 1 failure, 2 usage).
+
+mod cmd;
+mod output;
+mod progress;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Peer-to-peer replication and cloning for BBS operators.
+#[derive(Debug, Parser)]
+#[command(name = "bbsync", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Data dir of this node [default: the XDG data dir, e.g. ~/.local/share/bbsync].
+    #[arg(long, global = true, env = "BBSYNC_DATA", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less output: only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create this instance's identity and an empty store.
+    Init(cmd::init::InitArgs),
+    /// Print this instance's card (give it to peers for `trust add`).
+    Id,
+    /// Manage the instances this node trusts.
+    #[command(subcommand)]
+    Trust(cmd::trust::TrustCommand),
+    /// Import a file or directory as one object.
+    Import(cmd::import::ImportArgs),
+    /// Import a whole BBS tree (config/, applets/, data/, boards/, files/).
+    ImportBbs(cmd::import::ImportBbsArgs),
+    /// Write one object to a file or directory.
+    Export(cmd::export::ExportArgs),
+    /// Write every object back out as a BBS tree.
+    ExportBbs(cmd::export::ExportBbsArgs),
+    /// List objects.
+    Ls(cmd::ls::LsArgs),
+    /// Summarize this node's store.
+    Status,
+    /// Check every manifest, envelope and chunk; exit 1 on any problem.
+    Verify(cmd::verify::VerifyArgs),
+    /// Remove chunk files that no manifest references.
+    Gc,
+}
+
+/// What every subcommand gets.
+pub struct Ctx {
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// JSON output.
+    pub json: bool,
+    /// Draw progress bars.
+    pub progress: bool,
+    /// Quiet.
+    pub quiet: bool,
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    dirs::data_dir().map(|d| d.join("bbsync")).ok_or_else(|| {
+        anyhow::anyhow!("no default data dir on this system; pass --data-dir or set BBSYNC_DATA")
+    })
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BBSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Formats an error chain on one line, without repeating a cause that the
+/// message before it already includes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let msg = cause.to_string();
+        if line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line.replace('\n', " ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = match cli.data_dir {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    let ctx = Ctx {
+        data_dir,
+        json: cli.json,
+        progress: !cli.no_progress && !cli.json && !cli.quiet,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Init(a) => cmd::init::run(&ctx, a),
+        Command::Id => cmd::init::id(&ctx),
+        Command::Trust(t) => cmd::trust::run(&ctx, t),
+        Command::Import(a) => cmd::import::run(&ctx, a),
+        Command::ImportBbs(a) => cmd::import::run_bbs(&ctx, a),
+        Command::Export(a) => cmd::export::run(&ctx, a),
+        Command::ExportBbs(a) => cmd::export::run_bbs(&ctx, a),
+        Command::Ls(a) => cmd::ls::run(&ctx, a),
+        Command::Status => cmd::ls::status(&ctx),
+        Command::Verify(a) => cmd::verify::run(&ctx, a),
+        Command::Gc => cmd::verify::gc(&ctx),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -12,10 +12,7 @@
 
 use std::io::Read;
 
-use aes_gcm::{
-    Aes256Gcm, KeyInit, Nonce, Tag,
-    aead::AeadInPlace,
-};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag, aead::AeadInPlace};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -41,6 +38,10 @@ pub const MAX_STORED_CHUNK: usize = CHUNK_HEADER_LEN + CHUNK_MAX as usize + TAG_
 
 const NONCE_DOMAIN: &[u8] = b"bbsync/chunk-nonce/v1";
 const AAD_DOMAIN: &[u8] = b"bbsync/chunk/v1";
+const META_NONCE_DOMAIN: &[u8] = b"bbsync/meta-nonce/v1";
+const META_AAD: &[u8] = b"bbsync/meta/v1";
+/// Largest sealed meta blob.
+pub const MAX_META: usize = 64 * 1024;
 
 /// An object's 32-byte content key. Zeroized on drop; `Debug` is redacted.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -154,7 +155,9 @@ impl ChunkCipher {
         }
         let nonce = self.nonce_for(plaintext);
         let compressed = match compression {
-            Compression::Zstd(level) if !plaintext.is_empty() && worth_compressing(plaintext, level) => {
+            Compression::Zstd(level)
+                if !plaintext.is_empty() && worth_compressing(plaintext, level) =>
+            {
                 zstd::bulk::compress(plaintext, level)
                     .ok()
                     .filter(|c| c.len() < plaintext.len())
@@ -173,13 +176,61 @@ impl ChunkCipher {
         let aad = [AAD_DOMAIN, &[flags]].concat();
         let tag = self
             .aead
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut bytes[CHUNK_HEADER_LEN..])
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                &aad,
+                &mut bytes[CHUNK_HEADER_LEN..],
+            )
             .map_err(|_| Error::invalid("chunk", "AES-GCM refused the plaintext length"))?;
         bytes.extend_from_slice(&tag);
         Ok(SealedChunk {
             id: ChunkId::of(&bytes),
             bytes,
         })
+    }
+
+    /// Seals an object's metadata blob (the manifest's `meta` field):
+    /// `nonce(12) || AES-256-GCM(K, nonce, meta, aad = "bbsync/meta/v1")` with
+    /// `nonce = HMAC-SHA256(K, "bbsync/meta-nonce/v1" || meta)[..12]`.
+    pub fn seal_meta(&self, meta: &[u8]) -> Result<Vec<u8>> {
+        if meta.len() + 12 + TAG_LEN > MAX_META {
+            return Err(Error::invalid("object meta", "too large"));
+        }
+        let mut mac = self.mac.clone();
+        mac.update(META_NONCE_DOMAIN);
+        mac.update(meta);
+        let tag = mac.finalize().into_bytes();
+        let mut out = Vec::with_capacity(12 + meta.len() + TAG_LEN);
+        out.extend_from_slice(&tag[..12]);
+        out.extend_from_slice(meta);
+        let nonce = *Nonce::from_slice(&tag[..12]);
+        let t = self
+            .aead
+            .encrypt_in_place_detached(&nonce, META_AAD, &mut out[12..])
+            .map_err(|_| Error::invalid("object meta", "AES-GCM refused the length"))?;
+        out.extend_from_slice(&t);
+        Ok(out)
+    }
+
+    /// Opens a blob sealed by [`ChunkCipher::seal_meta`].
+    pub fn open_meta(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < 12 + TAG_LEN || sealed.len() > MAX_META {
+            return Err(Error::malformed("object meta", "length out of range"));
+        }
+        let (nonce, rest) = sealed.split_at(12);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut data = ct.to_vec();
+        self.aead
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                META_AAD,
+                &mut data,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| Error::Decrypt {
+                what: "object meta",
+            })?;
+        Ok(data)
     }
 
     /// Checks `stored` against `id`, then decrypts and decompresses it.
@@ -191,7 +242,10 @@ impl ChunkCipher {
     /// Decrypts a chunk whose id the caller has already checked.
     pub fn open_verified(&self, stored: &[u8]) -> Result<Vec<u8>> {
         if stored.len() < CHUNK_HEADER_LEN + TAG_LEN || stored.len() > MAX_STORED_CHUNK {
-            return Err(Error::malformed("chunk", format!("length {} out of range", stored.len())));
+            return Err(Error::malformed(
+                "chunk",
+                format!("length {} out of range", stored.len()),
+            ));
         }
         if stored[0] != CHUNK_FORMAT {
             return Err(Error::UnsupportedFormat {
@@ -202,10 +256,14 @@ impl ChunkCipher {
         }
         let flags = stored[1];
         if flags & !FLAG_COMPRESSED != 0 {
-            return Err(Error::malformed("chunk", format!("unknown flags {flags:#04x}")));
+            return Err(Error::malformed(
+                "chunk",
+                format!("unknown flags {flags:#04x}"),
+            ));
         }
         let nonce = Nonce::from_slice(&stored[2..14]);
-        let (ct, tag) = stored[CHUNK_HEADER_LEN..].split_at(stored.len() - CHUNK_HEADER_LEN - TAG_LEN);
+        let (ct, tag) =
+            stored[CHUNK_HEADER_LEN..].split_at(stored.len() - CHUNK_HEADER_LEN - TAG_LEN);
         let mut data = ct.to_vec();
         let aad = [AAD_DOMAIN, &[flags]].concat();
         self.aead

@@ -64,7 +64,11 @@ fn aad(object_id: &ObjectId, version: u64, recipient: &InstanceId) -> Vec<u8> {
     a
 }
 
-fn wrap_cipher(shared: &x25519_dalek::SharedSecret, eph_pub: &[u8; 32], recipient_x: &[u8; 32]) -> Result<Aes256Gcm> {
+fn wrap_cipher(
+    shared: &x25519_dalek::SharedSecret,
+    eph_pub: &[u8; 32],
+    recipient_x: &[u8; 32],
+) -> Result<Aes256Gcm> {
     if !shared.was_contributory() {
         return Err(Error::NonContributory);
     }
@@ -88,7 +92,15 @@ pub fn wrap_content_key(
 ) -> Result<Signed<EnvelopeEntry>> {
     let mut eph = Zeroizing::new([0u8; 32]);
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut eph[..]);
-    wrap_content_key_with_ephemeral(wrapper, object_id, version, recipient, recipient_x25519, key, *eph)
+    wrap_content_key_with_ephemeral(
+        wrapper,
+        object_id,
+        version,
+        recipient,
+        recipient_x25519,
+        key,
+        *eph,
+    )
 }
 
 /// [`wrap_content_key`] with a caller-chosen ephemeral secret. Only for test
@@ -139,7 +151,10 @@ impl Signed<EnvelopeEntry> {
     pub fn unwrap_key(&self, me: &Identity) -> Result<ContentKey> {
         let e = self.value();
         if e.recipient != me.instance_id() {
-            return Err(Error::invalid("envelope entry", "addressed to another instance"));
+            return Err(Error::invalid(
+                "envelope entry",
+                "addressed to another instance",
+            ));
         }
         let my_x = me.x25519_public();
         let shared = me.x25519_secret().diffie_hellman(&XPublic::from(e.eph_pub));
@@ -153,12 +168,13 @@ impl Signed<EnvelopeEntry> {
                         aad: &aad(&e.object_id, e.version, &e.recipient),
                     },
                 )
-                .map_err(|_| Error::Decrypt { what: "envelope entry" })?,
+                .map_err(|_| Error::Decrypt {
+                    what: "envelope entry",
+                })?,
         );
-        let k: [u8; 32] = pt
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::Decrypt { what: "envelope entry" })?;
+        let k: [u8; 32] = pt.as_slice().try_into().map_err(|_| Error::Decrypt {
+            what: "envelope entry",
+        })?;
         Ok(ContentKey::from_bytes(k))
     }
 }

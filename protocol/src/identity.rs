@@ -148,6 +148,18 @@ impl Identity {
         Zeroizing::new(self.signing.to_bytes())
     }
 
+    /// A 32-byte key for local-only purposes (never sent), derived from the
+    /// ed25519 secret with HKDF-SHA256 and `info = "bbsync/local/" || purpose`.
+    pub fn local_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let seed = Zeroizing::new(self.signing.to_bytes());
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"bbsync/local-key/v1"), &seed[..]);
+        let mut out = Zeroizing::new([0u8; 32]);
+        let info = [b"bbsync/local/".as_slice(), purpose.as_bytes()].concat();
+        // 32 bytes is always a valid HKDF-SHA256 output length.
+        let _ = hk.expand(&info, &mut out[..]);
+        out
+    }
+
     pub(crate) fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()
     }
@@ -207,7 +219,10 @@ impl Identity {
         }
         let (body, sum) = rest.split_at(rest.len() - 32);
         if Sha256::digest(body).as_slice() != sum {
-            return Err(Error::malformed(WHAT, "checksum mismatch (file is corrupted)"));
+            return Err(Error::malformed(
+                WHAT,
+                "checksum mismatch (file is corrupted)",
+            ));
         }
         let file: SecretFile = decode(WHAT, body, MAX_IDENTITY_FILE)?;
         check_format(WHAT, file.format)?;
@@ -255,10 +270,9 @@ impl SignedBody for InstanceCard {
     fn validate(&self) -> Result<()> {
         check_name(&self.name)?;
         if self.addresses.len() > MAX_ADDRESSES
-            || self
-                .addresses
-                .iter()
-                .any(|a| a.is_empty() || a.len() > MAX_ADDRESS_LEN || a.chars().any(char::is_control))
+            || self.addresses.iter().any(|a| {
+                a.is_empty() || a.len() > MAX_ADDRESS_LEN || a.chars().any(char::is_control)
+            })
         {
             return Err(Error::invalid("instance card", "bad address list"));
         }
@@ -270,7 +284,11 @@ impl SignedBody for InstanceCard {
 /// (no padding) of the signed card bytes.
 pub fn card_to_string(card: &Signed<InstanceCard>) -> String {
     let mut s = String::from(CARD_PREFIX);
-    s.push_str(&data_encoding::BASE32_NOPAD.encode(card.bytes()).to_ascii_lowercase());
+    s.push_str(
+        &data_encoding::BASE32_NOPAD
+            .encode(card.bytes())
+            .to_ascii_lowercase(),
+    );
     s
 }
 

@@ -28,7 +28,7 @@ pub use envelope::{EnvelopeEntry, wrap_content_key};
 pub use error::{Error, ErrorKind};
 pub use identity::{Identity, InstanceCard, Role, card_from_str, card_to_string};
 pub use ids::{ChunkId, InstanceId, ManifestId, ObjectId};
-pub use manifest::{ChunkRef, Manifest};
+pub use manifest::{ChunkRef, Manifest, ObjectMeta, Shape};
 pub use signed::{Signed, SignedBody, Unverified};
 
 /// Result type of this crate.

@@ -57,7 +57,9 @@ pub const MAX_KIND: usize = 32;
 pub fn check_kind(kind: &str) -> Result<()> {
     if kind.is_empty()
         || kind.len() > MAX_KIND
-        || !kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || !kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         return Err(Error::invalid(
             "object kind",
@@ -115,5 +117,38 @@ impl Signed<Manifest> {
     /// The manifest's id: SHA-256 of its signed body bytes.
     pub fn id(&self) -> ManifestId {
         ManifestId::of(self.body_bytes())
+    }
+}
+
+/// What an object's plaintext is: the bytes of one file, or a directory
+/// archive. Sealed into the manifest's `meta` field under the content key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shape {
+    /// A single file's bytes.
+    File,
+    /// A deterministic directory archive (see `docs/format.md`).
+    Dir,
+}
+
+/// The plaintext of a manifest's `meta` blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Format number.
+    pub format: u16,
+    /// File or directory.
+    pub shape: Shape,
+}
+
+impl ObjectMeta {
+    /// Encodes for sealing.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::encoding::encode(self)
+    }
+
+    /// Decodes an opened meta blob.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let m: ObjectMeta = crate::encoding::decode("object meta", bytes, 1024)?;
+        crate::encoding::check_format("object meta", m.format)?;
+        Ok(m)
     }
 }

@@ -1,1 +1,458 @@
-//! placeholder
+//! # bbsync-store
+//!
+//! The encrypted, content-addressed store of a bbsync node: sled metadata
+//! (in [`db`], the only module that touches sled), chunk files under
+//! `<data>/chunks/`, import of files, directories and whole BBS trees,
+//! export, verification and garbage collection.
+//!
+//! ```text
+//! <data>/identity.key   secrets (0600)
+//! <data>/config.toml    operator settings
+//! <data>/db/            sled metadata
+//! <data>/chunks/ab/<id> one file per sealed chunk
+//! ```
+
+pub mod archive;
+pub mod bbs;
+pub mod chunks;
+pub mod config;
+pub mod db;
+mod error;
+pub mod export;
+pub mod import;
+pub mod progress;
+pub mod verify;
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use bbsync_protocol::{
+    ContentKey, EnvelopeEntry, Identity, InstanceCard, InstanceId, Manifest, ObjectId, Role,
+    Signed, Unverified, card_from_str,
+};
+
+pub use config::Config;
+pub use db::{ObjectState, SCHEMA_VERSION, TrustRecord};
+use error::Context;
+pub use error::{ErrorKind, Result, StoreError};
+
+/// An open store. One process holds it at a time (sled's file lock).
+pub struct Store {
+    dir: PathBuf,
+    identity: Identity,
+    db: db::Db,
+    chunks: chunks::ChunkFiles,
+    config: Config,
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+const IDENTITY_FILE: &str = "identity.key";
+const CONFIG_FILE: &str = "config.toml";
+
+fn check_data_dir(dir: &Path) -> Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StoreError::NotADirectory(dir.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::NotInitialized(dir.to_path_buf()))
+        }
+        Err(e) => Err(e).ctx(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// Writes a file atomically and durably: temp, fsync, rename, fsync of the dir.
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .ctx(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("renaming into {}", path.display()))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing {}", dir.display()))
+}
+
+impl Store {
+    /// Creates a new store (identity, database, config) in `dir`, which may
+    /// exist if it is empty.
+    pub fn init(dir: &Path, name: &str) -> Result<Self> {
+        match fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
+            Ok(_) => {
+                if dir.join(IDENTITY_FILE).exists() || dir.join("db").exists() {
+                    return Err(StoreError::AlreadyInitialized(dir.to_path_buf()));
+                }
+            }
+            Err(_) => fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?,
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("setting permissions of {}", dir.display()))?;
+        let identity = Identity::generate(name, bbsync_protocol::now_ms())
+            .ctx(|| "creating the identity".to_string())?;
+        // The database first: if another process races us, its lock stops us
+        // before we write an identity.
+        let db = db::Db::open(&dir.join("db"), dir, true)?;
+        write_file_atomic(&dir.join(IDENTITY_FILE), &identity.to_file_bytes(), 0o600)?;
+        if !dir.join(CONFIG_FILE).exists() {
+            write_file_atomic(
+                &dir.join(CONFIG_FILE),
+                config::DEFAULT_CONFIG.as_bytes(),
+                0o644,
+            )?;
+        }
+        let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            identity,
+            db,
+            chunks,
+            config: Config::default(),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Opens an existing store.
+    pub fn open(dir: &Path) -> Result<Self> {
+        check_data_dir(dir)?;
+        let id_path = dir.join(IDENTITY_FILE);
+        let id_bytes = match fs::read(&id_path) {
+            Ok(b) => zeroize::Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotInitialized(dir.to_path_buf()));
+            }
+            Err(e) => return Err(e).ctx(|| format!("reading {}", id_path.display())),
+        };
+        let identity = Identity::from_file_bytes(&id_bytes)
+            .ctx(|| format!("loading {}", id_path.display()))?;
+        let config = Config::load(&dir.join(CONFIG_FILE))?;
+        if !dir.join("db").is_dir() {
+            return Err(StoreError::NotInitialized(dir.to_path_buf()));
+        }
+        let db = db::Db::open(&dir.join("db"), dir, false)?;
+        let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            identity,
+            db,
+            chunks,
+            config,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This instance's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> InstanceId {
+        self.identity.instance_id()
+    }
+
+    /// The operator settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The database.
+    pub fn db(&self) -> &db::Db {
+        &self.db
+    }
+
+    /// The chunk files.
+    pub fn chunks(&self) -> &chunks::ChunkFiles {
+        &self.chunks
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This instance's signed card.
+    pub fn card(&self) -> Result<Signed<InstanceCard>> {
+        self.identity
+            .card(Vec::new(), self.identity.created_at_ms())
+            .ctx(|| "signing the instance card".to_string())
+    }
+
+    /// The role of `id` from this instance's point of view (itself counts as full).
+    pub fn role_of(&self, id: &InstanceId) -> Result<Option<Role>> {
+        if *id == self.instance_id() {
+            return Ok(Some(Role::Full));
+        }
+        Ok(self.db.trust(id)?.map(|r| r.role))
+    }
+
+    fn is_full(&self, id: &InstanceId) -> bool {
+        matches!(self.role_of(id), Ok(Some(Role::Full)))
+    }
+
+    /// Adds (or updates the role of) a trusted instance from its card string.
+    pub fn trust_add(&self, card: &str, role: Role) -> Result<(Signed<InstanceCard>, bool)> {
+        let card = card_from_str(card).ctx(|| "reading the card".to_string())?;
+        if card.instance == self.instance_id() {
+            return Err(StoreError::Trust("that card is this instance's own".into()));
+        }
+        let _g = self.lock();
+        let existed = self.db.trust(&card.instance)?.is_some();
+        self.db.put_trust(
+            &card.instance,
+            &TrustRecord {
+                role,
+                card: card.bytes().to_vec(),
+                added_at_ms: bbsync_protocol::now_ms(),
+            },
+        )?;
+        Ok((card, existed))
+    }
+
+    /// Resolves an instance id given in full or as a unique hex prefix (>= 8).
+    pub fn resolve_instance(&self, spec: &str) -> Result<InstanceId> {
+        let spec = spec.trim().to_ascii_lowercase();
+        if spec.len() < 8 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Trust(format!(
+                "{spec:?} is not an instance id (give at least 8 hex digits)"
+            )));
+        }
+        let hits: Vec<_> = self
+            .db
+            .trusted()?
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits[0].0),
+            0 => Err(StoreError::Trust(format!("no trusted instance {spec}"))),
+            n => Err(StoreError::Trust(format!(
+                "instance id {spec} is ambiguous ({n} matches)"
+            ))),
+        }
+    }
+
+    /// Removes a trusted instance.
+    pub fn trust_remove(&self, id: &InstanceId) -> Result<()> {
+        let _g = self.lock();
+        if self.db.remove_trust(id)? {
+            Ok(())
+        } else {
+            Err(StoreError::Trust(format!("no trusted instance {id}")))
+        }
+    }
+
+    /// The trust table with each instance's verified card.
+    pub fn trust_list(&self) -> Result<Vec<(InstanceCard, TrustRecord)>> {
+        self.db
+            .trusted()?
+            .into_iter()
+            .map(|(id, rec)| {
+                let card = Unverified::<InstanceCard>::decode(&rec.card)
+                    .and_then(|u| u.verify_self_signed())
+                    .ctx(|| format!("trust record of {}", id.short()))?;
+                Ok((card.into_value(), rec))
+            })
+            .collect()
+    }
+
+    /// The x25519 keys of every trusted `full` instance (recipients of new envelopes).
+    pub fn full_recipients(&self) -> Result<Vec<(InstanceId, [u8; 32])>> {
+        Ok(self
+            .trust_list()?
+            .into_iter()
+            .filter(|(_, r)| r.role == Role::Full)
+            .map(|(c, _)| (c.instance, c.x25519))
+            .collect())
+    }
+
+    /// Resolves an object given as `kind:name`, or a hex id or id prefix (>= 4 digits).
+    pub fn resolve(&self, spec: &str) -> Result<ObjectId> {
+        if let Some((kind, name)) = spec.split_once(':')
+            && bbsync_protocol::manifest::check_kind(kind).is_ok()
+        {
+            return self
+                .db
+                .lookup(kind, name)?
+                .ok_or_else(|| StoreError::UnknownObject(spec.to_string()));
+        }
+        let lower = spec.to_ascii_lowercase();
+        if lower.len() >= 4 && lower.len() <= 32 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut hits = Vec::new();
+            for r in self.db.objects() {
+                let (id, _) = r?;
+                if id.to_hex().starts_with(&lower) {
+                    hits.push(id);
+                }
+            }
+            return match hits.len() {
+                1 => Ok(hits[0]),
+                0 => Err(StoreError::UnknownObject(spec.to_string())),
+                n => Err(StoreError::AmbiguousObject(spec.to_string(), n)),
+            };
+        }
+        Err(StoreError::UnknownObject(spec.to_string()))
+    }
+
+    /// The object's state, or `UnknownObject`.
+    pub fn state(&self, id: &ObjectId) -> Result<ObjectState> {
+        self.db
+            .object(id)?
+            .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))
+    }
+
+    /// The latest manifest, signature checked, author trusted (self or `full`).
+    pub fn manifest(&self, id: &ObjectId) -> Result<Signed<Manifest>> {
+        let bytes = self
+            .db
+            .manifest(id)?
+            .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
+        Unverified::<Manifest>::decode(&bytes)
+            .and_then(|u| u.verify(|a| self.is_full(a)))
+            .ctx(|| format!("manifest of object {}", id.short()))
+    }
+
+    /// The latest manifest as stored, without checking its signature (it was
+    /// checked when it entered the database). For listing and GC only.
+    pub fn manifest_unchecked(&self, id: &ObjectId) -> Result<Manifest> {
+        let bytes = self
+            .db
+            .manifest(id)?
+            .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
+        Ok(Unverified::<Manifest>::decode(&bytes)
+            .ctx(|| format!("manifest of object {}", id.short()))?
+            .dangerously_assume_verified()
+            .into_value())
+    }
+
+    /// This instance's envelope entry for a manifest, verified: addressed to
+    /// us, for this object version, wrapped by the author or a trusted `full`
+    /// instance. `Ok(None)` when there is no entry for us.
+    pub fn my_entry(&self, m: &Manifest) -> Result<Option<Signed<EnvelopeEntry>>> {
+        let me = self.instance_id();
+        let mut last_err = None;
+        for raw in self.db.envelope(&m.object_id)? {
+            let u = match Unverified::<EnvelopeEntry>::decode(&raw) {
+                Ok(u) => u,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let author = m.author;
+            match u.verify(|w| *w == author || self.is_full(w)) {
+                Ok(e)
+                    if e.recipient == me
+                        && e.object_id == m.object_id
+                        && e.version == m.version =>
+                {
+                    return Ok(Some(e));
+                }
+                Ok(_) => {}
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match last_err {
+            Some(e) => Err(e).ctx(|| format!("envelope of object {}", m.object_id.short())),
+            None => Ok(None),
+        }
+    }
+
+    /// The content key of a manifest's object.
+    pub fn content_key(&self, m: &Manifest) -> Result<ContentKey> {
+        let entry = self
+            .my_entry(m)?
+            .ok_or_else(|| StoreError::Undecryptable(m.object_id.to_hex()))?;
+        entry
+            .unwrap_key(&self.identity)
+            .ctx(|| format!("envelope of object {}", m.object_id.short()))
+    }
+
+    /// Builds envelope entries for `key` addressed to this instance and every
+    /// trusted `full` instance.
+    pub fn wrap_for_all(
+        &self,
+        object_id: ObjectId,
+        version: u64,
+        key: &ContentKey,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut recipients = vec![(self.instance_id(), self.identity.x25519_public())];
+        recipients.extend(self.full_recipients()?);
+        for (id, x) in recipients {
+            let e =
+                bbsync_protocol::wrap_content_key(&self.identity, object_id, version, id, &x, key)
+                    .ctx(|| {
+                        format!(
+                            "wrapping the key of {} for {}",
+                            object_id.short(),
+                            id.short()
+                        )
+                    })?;
+            out.push(e.bytes().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Removes chunk files no manifest references. Returns (files, bytes) removed.
+    pub fn gc(&self) -> Result<(u64, u64)> {
+        let _g = self.lock();
+        let referenced = self.referenced_chunks()?;
+        let mut files = 0;
+        let mut bytes = 0;
+        for item in self.chunks.list()? {
+            if let Ok((id, len)) = item
+                && !referenced.contains(&id)
+            {
+                self.chunks.remove(&id)?;
+                files += 1;
+                bytes += len;
+            }
+        }
+        Ok((files, bytes))
+    }
+
+    /// Every chunk id referenced by a stored manifest.
+    pub fn referenced_chunks(&self) -> Result<std::collections::HashSet<bbsync_protocol::ChunkId>> {
+        let mut set = std::collections::HashSet::new();
+        for r in self.db.objects() {
+            let (id, st) = r?;
+            if st.deleted {
+                continue;
+            }
+            for c in self.manifest_unchecked(&id)?.chunks {
+                set.insert(c.id);
+            }
+        }
+        Ok(set)
+    }
+}

@@ -1,0 +1,77 @@
+//! `import` and `import-bbs`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use bbsync_store::import::ImportStats;
+
+use crate::{Ctx, output, progress::Bar};
+
+/// Arguments of `import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// File or directory to import.
+    path: PathBuf,
+    /// Object kind: config, applet, applet-data, message, file, or another lower-case word.
+    #[arg(long)]
+    kind: String,
+    /// Object name within the kind.
+    #[arg(long)]
+    name: String,
+    /// Owning user.
+    #[arg(long)]
+    owner: Option<String>,
+}
+
+/// Arguments of `import-bbs`.
+#[derive(Debug, clap::Args)]
+pub struct ImportBbsArgs {
+    /// Root of the BBS tree.
+    dir: PathBuf,
+}
+
+fn summary(ctx: &Ctx, what: &str, s: &ImportStats) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(s);
+    }
+    if ctx.quiet {
+        return Ok(());
+    }
+    println!(
+        "{what}: {} new, {} changed, {} unchanged, {} deleted; {} chunks written ({}), {} reused; {} scanned in {} ({}); seq {}",
+        s.new,
+        s.changed,
+        s.unchanged,
+        s.deleted,
+        s.chunks_written,
+        output::size(s.bytes_written),
+        s.chunks_reused,
+        output::size(s.bytes_scanned),
+        output::secs(s.elapsed),
+        output::rate(s.bytes_scanned, s.elapsed),
+        s.seq,
+    );
+    Ok(())
+}
+
+/// `bbsync import`.
+pub fn run(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open(ctx)?;
+    let bar = Bar::new(ctx.progress);
+    let s = store
+        .import_path(&a.path, &a.kind, &a.name, a.owner, &bar)
+        .with_context(|| format!("importing {}", a.path.display()))?;
+    summary(ctx, "import", &s)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync import-bbs`.
+pub fn run_bbs(ctx: &Ctx, a: ImportBbsArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open(ctx)?;
+    let bar = Bar::new(ctx.progress);
+    let s = store
+        .import_bbs(&a.dir, &bar)
+        .with_context(|| format!("importing BBS tree {}", a.dir.display()))?;
+    summary(ctx, "import-bbs", &s)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,153 @@
+//! `ls` and `status`.
+
+use std::{collections::BTreeMap, process::ExitCode};
+
+use bbsync_store::ObjectState;
+use serde_json::json;
+
+use crate::{Ctx, output};
+
+/// Arguments of `ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Only objects of this kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Include deleted objects (tombstones).
+    #[arg(long)]
+    all: bool,
+}
+
+fn state_word(st: &ObjectState) -> &'static str {
+    if st.deleted {
+        "deleted"
+    } else if !st.complete {
+        "incomplete"
+    } else {
+        "ok"
+    }
+}
+
+/// `bbsync ls`.
+pub fn run(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open(ctx)?;
+    let mut rows = Vec::new();
+    for r in store.db().objects() {
+        let (id, st) = r?;
+        if a.kind.as_ref().is_some_and(|k| *k != st.kind) || (st.deleted && !a.all) {
+            continue;
+        }
+        rows.push((id, st));
+    }
+    rows.sort_by(|a, b| (&a.1.kind, &a.1.name).cmp(&(&b.1.kind, &b.1.name)));
+    if ctx.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(id, st)| {
+                json!({
+                    "id": id.to_hex(),
+                    "kind": st.kind,
+                    "name": st.name,
+                    "owner": st.owner,
+                    "version": st.version,
+                    "manifest_id": st.manifest_id.to_hex(),
+                    "seq": st.seq,
+                    "size": st.plaintext_len,
+                    "stored": st.stored_len,
+                    "chunks": st.chunks,
+                    "state": state_word(st),
+                })
+            })
+            .collect();
+        output::json(&v)?;
+    } else {
+        println!(
+            "{:<16}  {:<11}  {:>4}  {:>10}  {:<10}  NAME",
+            "ID", "KIND", "VER", "SIZE", "STATE"
+        );
+        for (id, st) in &rows {
+            println!(
+                "{}  {:<11}  {:>4}  {:>10}  {:<10}  {}{}",
+                id.short(),
+                st.kind,
+                st.version,
+                output::size(st.plaintext_len),
+                state_word(st),
+                st.name,
+                st.owner
+                    .as_ref()
+                    .map(|o| format!("  (owner {o})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync status`.
+pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let store = super::open(ctx)?;
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut objects, mut deleted, mut incomplete, mut plain, mut stored) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for r in store.db().objects() {
+        let (_, st) = r?;
+        if st.deleted {
+            deleted += 1;
+            continue;
+        }
+        objects += 1;
+        if !st.complete {
+            incomplete += 1;
+        }
+        plain += st.plaintext_len;
+        stored += st.stored_len;
+        *by_kind.entry(st.kind.clone()).or_default() += 1;
+    }
+    let (mut chunk_files, mut chunk_bytes) = (0u64, 0u64);
+    for (_, len) in store.chunks().list()?.into_iter().flatten() {
+        chunk_files += 1;
+        chunk_bytes += len;
+    }
+    let trusted = store.trust_list()?;
+    let seq = store.db().last_seq()?;
+    let card = store.card()?;
+    if ctx.json {
+        output::json(&json!({
+            "data_dir": store.dir(),
+            "instance_id": store.instance_id().to_hex(),
+            "name": card.name,
+            "schema_version": store.db().schema_version()?,
+            "seq": seq,
+            "objects": objects,
+            "objects_by_kind": by_kind,
+            "deleted": deleted,
+            "incomplete": incomplete,
+            "plaintext_bytes": plain,
+            "referenced_bytes": stored,
+            "chunk_files": chunk_files,
+            "chunk_bytes": chunk_bytes,
+            "trusted": trusted.len(),
+        }))?;
+    } else {
+        println!("instance   {} ({})", store.instance_id(), card.name);
+        println!("data dir   {}", store.dir().display());
+        println!(
+            "objects    {objects} live ({}), {deleted} deleted, {incomplete} incomplete",
+            by_kind
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "content    {} plaintext in {} chunk files ({} on disk)",
+            output::size(plain),
+            chunk_files,
+            output::size(chunk_bytes)
+        );
+        println!("change log seq {seq}");
+        println!("trusted    {} instance(s)", trusted.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,128 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/demo.sh and scripts/bench-store.sh.
+# Source it (after `set -euo pipefail` and setting PROG); do not run it.
+#
+# Provides:
+#   log / warn / die         messages (die: one line to stderr, exit 1)
+#   show_cmd CMD...          prints "+ CMD ..." with shell quoting
+#   ROOT                     repository root (the directory above scripts/)
+#   ensure_cmd CMD PKG       installs PKG with apt-get if CMD is missing (root only)
+#   ensure_gnu_time          makes sure /usr/bin/time -v works (package "time")
+#   find_bbsync              sets BBSYNC: $BBSYNC_BIN, or builds the release binary
+#   make_workdir PREFIX      sets WORKDIR to a fresh temp dir, removed at exit unless KEEP=1
+#   tree_files DIR / tree_bytes DIR   regular-file count / sum of file sizes under DIR
+
+BBSYNC_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PROG="${PROG:-$(basename "$0")}"
+
+log() { printf '%s\n' "$*"; }
+warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
+die() {
+  printf '%s: error: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+
+show_cmd() {
+  local out="+" arg
+  for arg in "$@"; do
+    # Plain words as they are, anything else shell-quoted.
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      out+=" $arg"
+    else
+      out+=" $(printf '%q' "$arg")"
+    fi
+  done
+  printf '%s\n' "$out"
+}
+
+# Repository root: the parent of scripts/, or git's idea of it.
+repo_root() {
+  local dir
+  dir="$(cd "$BBSYNC_SCRIPTS_DIR/.." && pwd)"
+  if [ -f "$dir/Cargo.toml" ]; then
+    printf '%s\n' "$dir"
+  elif dir="$(git -C "$BBSYNC_SCRIPTS_DIR" rev-parse --show-toplevel 2>/dev/null)"; then
+    printf '%s\n' "$dir"
+  else
+    return 1
+  fi
+}
+ROOT="$(repo_root)" || die "cannot find the repository root above $BBSYNC_SCRIPTS_DIR"
+
+APT_UPDATED=0
+apt_install() {
+  [ "$(id -u)" -eq 0 ] || die "missing packages: $* (not root: install them with apt-get first)"
+  command -v apt-get >/dev/null 2>&1 || die "missing packages: $* (and no apt-get to install them)"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    show_cmd apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  show_cmd apt-get install -y "$@"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null ||
+    die "apt-get install $* failed"
+}
+
+# ensure_cmd CMD PKG: install PKG if CMD is not on PATH.
+ensure_cmd() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  apt_install "$2"
+  command -v "$1" >/dev/null 2>&1 || die "$1 still missing after installing $2"
+}
+
+# GNU time with -v (busybox or the shell keyword do not report peak RSS).
+ensure_gnu_time() {
+  if ! { [ -x /usr/bin/time ] && /usr/bin/time -v true >/dev/null 2>&1; }; then
+    apt_install time
+    /usr/bin/time -v true >/dev/null 2>&1 || die "/usr/bin/time -v does not work after installing time"
+  fi
+}
+
+# Sets BBSYNC to the bbsync binary: $BBSYNC_BIN if set, else a release build
+# of this checkout (cargo build --release -p bbsync --locked).
+find_bbsync() {
+  if [ -n "${BBSYNC_BIN:-}" ]; then
+    BBSYNC="$BBSYNC_BIN"
+    if [[ "$BBSYNC" != */* ]]; then
+      BBSYNC="$(command -v "$BBSYNC")" || die "BBSYNC_BIN=$BBSYNC_BIN: not found on PATH"
+    fi
+    if [ ! -f "$BBSYNC" ] || [ ! -x "$BBSYNC" ]; then
+      die "BBSYNC_BIN=$BBSYNC_BIN is not an executable file"
+    fi
+    log "using BBSYNC_BIN=$BBSYNC (not building)"
+    return 0
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup), or set BBSYNC_BIN"
+  show_cmd cargo build --release -p bbsync --locked
+  (cd "$ROOT" && cargo build --release -p bbsync --locked) || die "cargo build failed"
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}"
+  case "$target" in
+    /*) ;;
+    *) target="$ROOT/$target" ;;
+  esac
+  BBSYNC="$target/release/bbsync"
+  [ -x "$BBSYNC" ] || die "build succeeded but $BBSYNC is missing"
+}
+
+# make_workdir PREFIX [PARENT]: sets WORKDIR to a new empty directory
+# (PARENT defaults to $TMPDIR or /tmp), removed at exit unless KEEP=1.
+make_workdir() {
+  local parent="${2:-${TMPDIR:-/tmp}}"
+  mkdir -p -- "$parent" || die "cannot create $parent"
+  WORKDIR="$(mktemp -d "$parent/$1.XXXXXX")" || die "mktemp in $parent failed"
+  trap cleanup_workdir EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+cleanup_workdir() {
+  [ -n "${WORKDIR:-}" ] && [ -d "$WORKDIR" ] || return 0
+  if [ "${KEEP:-0}" = 1 ]; then
+    log "KEEP=1: work files kept in $WORKDIR"
+  else
+    rm -rf -- "$WORKDIR"
+  fi
+}
+
+tree_files() { find "$1" -type f -printf . | wc -c | tr -d ' '; }
+tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d\n", s }'; }

@@ -1,0 +1,79 @@
+//! `<data>/config.toml`: operator settings.
+
+use std::path::Path;
+
+use bbsync_protocol::Compression;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+
+/// Operator settings. Unknown keys are an error, so typos are caught.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Owners whose objects are never served to peers nor cloned (e.g. the sysop).
+    #[serde(default)]
+    pub exclude_owners: Vec<String>,
+    /// zstd level for chunk compression (1-19), or 0 to store uncompressed.
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+}
+
+fn default_level() -> i32 {
+    3
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            exclude_owners: Vec::new(),
+            compression_level: default_level(),
+        }
+    }
+}
+
+/// The file written by `init`.
+pub const DEFAULT_CONFIG: &str = r#"# bbsync node settings (see docs/config.md)
+
+# Objects owned by these users are never served to peers nor cloned.
+exclude_owners = []
+
+# zstd level for chunk compression (1-19); 0 stores chunks uncompressed.
+compression_level = 3
+"#;
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => {
+                return Err(StoreError::Config {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let c: Config = toml::from_str(&text).map_err(|e| StoreError::Config {
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })?;
+        if !(0..=19).contains(&c.compression_level) {
+            return Err(StoreError::Config {
+                path: path.to_path_buf(),
+                reason: "compression_level must be 0-19".into(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// The chunk compression setting.
+    pub fn compression(&self) -> Compression {
+        if self.compression_level == 0 {
+            Compression::None
+        } else {
+            Compression::Zstd(self.compression_level)
+        }
+    }
+}

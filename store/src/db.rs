@@ -1,0 +1,364 @@
+//! The metadata database. This is the only module that touches sled.
+//!
+//! One sled tree holds every record under a one-letter prefix, so that a
+//! multi-record change is a single atomic `apply_batch`:
+//!
+//! | key                          | value                                   |
+//! |------------------------------|-----------------------------------------|
+//! | `meta/schema_version`        | u32 big-endian                          |
+//! | `meta/next_seq`              | u64 big-endian: next change-log number  |
+//! | `o/` object_id               | postcard [`ObjectState`]                |
+//! | `m/` object_id               | signed manifest wire bytes (latest)     |
+//! | `e/` object_id               | postcard `Vec<entry wire bytes>`        |
+//! | `n/` kind `\0` name          | object_id                               |
+//! | `c/` seq (u64 BE)            | object_id                               |
+//! | `t/` instance_id             | postcard [`TrustRecord`]                |
+
+use std::path::Path;
+
+use bbsync_protocol::{InstanceId, ManifestId, ObjectId, Role, encoding};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+
+/// The schema this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const K_SCHEMA: &[u8] = b"meta/schema_version";
+const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
+
+/// What the store knows about the latest version of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState {
+    /// Latest version held.
+    pub version: u64,
+    /// Its manifest id.
+    pub manifest_id: ManifestId,
+    /// Change-log number of the change that brought this version.
+    pub seq: u64,
+    /// All chunks are on disk.
+    pub complete: bool,
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Tombstone.
+    pub deleted: bool,
+    /// Plaintext length.
+    pub plaintext_len: u64,
+    /// Sum of stored chunk lengths.
+    pub stored_len: u64,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Keyed fingerprint of the plaintext (local only), for unchanged-content detection.
+    pub fingerprint: Option<[u8; 32]>,
+    /// Digest of the source's file metadata at import (local only).
+    pub stat_digest: Option<[u8; 32]>,
+}
+
+/// A trusted instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustRecord {
+    /// Its role.
+    pub role: Role,
+    /// Its signed card bytes.
+    pub card: Vec<u8>,
+    /// When it was added (ms since the epoch).
+    pub added_at_ms: u64,
+}
+
+/// One object's new records, applied atomically with others in a batch.
+#[derive(Debug, Clone)]
+pub struct ObjectWrite {
+    /// The object.
+    pub object_id: ObjectId,
+    /// New state (its `seq` is assigned by [`Db::commit`]).
+    pub state: ObjectState,
+    /// Signed manifest wire bytes.
+    pub manifest: Vec<u8>,
+    /// Envelope entries (wire bytes).
+    pub envelope: Vec<Vec<u8>>,
+    /// The previous state, if any (to drop its change-log and name entries).
+    pub previous: Option<ObjectState>,
+}
+
+fn db_err(e: sled::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(id);
+    k
+}
+
+fn name_key(kind: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + kind.len() + 1 + name.len());
+    k.extend_from_slice(b"n/");
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn decode_state(bytes: &[u8]) -> Result<ObjectState> {
+    encoding::decode("object state", bytes, 64 * 1024)
+        .map_err(|e| StoreError::Corrupt(format!("object record: {e}")))
+}
+
+fn oid_from(bytes: &[u8]) -> Result<ObjectId> {
+    ObjectId::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("object id: {e}")))
+}
+
+/// The sled database of a store.
+pub struct Db {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Db {
+    /// Opens (or, with `create`, creates) the database at `path`, checking its schema.
+    pub fn open(path: &Path, data_dir: &Path, create: bool) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::InUse(data_dir.to_path_buf())
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::InUse(data_dir.to_path_buf())
+                }
+                other => db_err(other),
+            })?;
+        let tree = db.open_tree("bbsync").map_err(db_err)?;
+        match tree.get(K_SCHEMA).map_err(db_err)? {
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("schema_version record".into()))?,
+                );
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None if create => {
+                tree.insert(K_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(db_err)?;
+                tree.insert(K_NEXT_SEQ, &1u64.to_be_bytes())
+                    .map_err(db_err)?;
+                db.flush().map_err(db_err)?;
+            }
+            None => return Err(StoreError::Corrupt("database has no schema_version".into())),
+        }
+        Ok(Db { db, tree })
+    }
+
+    /// Sets the schema version (tests of the newer-schema refusal use this).
+    pub fn set_schema_version(&self, v: u32) -> Result<()> {
+        self.tree
+            .insert(K_SCHEMA, &v.to_be_bytes())
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// The schema version recorded.
+    pub fn schema_version(&self) -> Result<u32> {
+        let v = self
+            .tree
+            .get(K_SCHEMA)
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::Corrupt("no schema_version".into()))?;
+        Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt("schema_version record".into())
+        })?))
+    }
+
+    /// Flushes to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    fn next_seq(&self) -> Result<u64> {
+        let v = self
+            .tree
+            .get(K_NEXT_SEQ)
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::Corrupt("no next_seq".into()))?;
+        Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt("next_seq record".into())
+        })?))
+    }
+
+    /// The highest change-log number assigned so far (0 when empty).
+    pub fn last_seq(&self) -> Result<u64> {
+        Ok(self.next_seq()?.saturating_sub(1))
+    }
+
+    /// The state of one object.
+    pub fn object(&self, id: &ObjectId) -> Result<Option<ObjectState>> {
+        self.tree
+            .get(key(b"o/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| decode_state(&v))
+            .transpose()
+    }
+
+    /// The object with this kind and name.
+    pub fn lookup(&self, kind: &str, name: &str) -> Result<Option<ObjectId>> {
+        self.tree
+            .get(name_key(kind, name))
+            .map_err(db_err)?
+            .map(|v| oid_from(&v))
+            .transpose()
+    }
+
+    /// The latest manifest's wire bytes.
+    pub fn manifest(&self, id: &ObjectId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(key(b"m/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The latest version's envelope entries (wire bytes).
+    pub fn envelope(&self, id: &ObjectId) -> Result<Vec<Vec<u8>>> {
+        match self.tree.get(key(b"e/", id.as_bytes())).map_err(db_err)? {
+            Some(v) => encoding::decode("envelope", &v, 16 * 1024 * 1024)
+                .map_err(|e| StoreError::Corrupt(format!("envelope record: {e}"))),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces the envelope of an object's latest version.
+    pub fn set_envelope(&self, id: &ObjectId, entries: &[Vec<u8>]) -> Result<()> {
+        self.tree
+            .insert(key(b"e/", id.as_bytes()), encoding::encode(&entries))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Every object and its state, in object-id order.
+    pub fn objects(&self) -> impl Iterator<Item = Result<(ObjectId, ObjectState)>> + '_ {
+        self.tree.scan_prefix(b"o/").map(|r| {
+            let (k, v) = r.map_err(db_err)?;
+            Ok((oid_from(&k[2..])?, decode_state(&v)?))
+        })
+    }
+
+    /// Number of objects.
+    pub fn object_count(&self) -> usize {
+        self.tree.scan_prefix(b"o/").count()
+    }
+
+    /// Changes after `since`, at most `limit`, as `(seq, object_id)`.
+    pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, ObjectId)>> {
+        let start = key(b"c/", &since.saturating_add(1).to_be_bytes());
+        let end = key(b"c/", &u64::MAX.to_be_bytes());
+        self.tree
+            .range(start..=end)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                let seq = u64::from_be_bytes(
+                    k[2..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("change-log key".into()))?,
+                );
+                Ok((seq, oid_from(&v)?))
+            })
+            .collect()
+    }
+
+    /// Applies object writes atomically, assigning each a new change-log
+    /// number, then flushes. Returns the last number assigned.
+    pub fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
+        let mut seq = self.next_seq()?;
+        let mut batch = sled::Batch::default();
+        for w in writes {
+            let oid = w.object_id.as_bytes();
+            if let Some(prev) = &w.previous {
+                batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
+                if prev.kind != w.state.kind || prev.name != w.state.name {
+                    batch.remove(name_key(&prev.kind, &prev.name));
+                }
+            }
+            let mut state = w.state;
+            state.seq = seq;
+            batch.insert(key(b"c/", &seq.to_be_bytes()), oid.as_slice());
+            batch.insert(name_key(&state.kind, &state.name), oid.as_slice());
+            batch.insert(key(b"m/", oid), w.manifest);
+            batch.insert(key(b"e/", oid), encoding::encode(&w.envelope));
+            batch.insert(key(b"o/", oid), encoding::encode(&state));
+            seq += 1;
+        }
+        batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(db_err)?;
+        self.flush()?;
+        Ok(seq - 1)
+    }
+
+    /// Updates local-only fields of an object's state (no new change).
+    pub fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
+        self.tree
+            .insert(key(b"o/", id.as_bytes()), encoding::encode(state))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Adds or replaces a trusted instance.
+    pub fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+        self.tree
+            .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// Removes a trusted instance; false if it was not there.
+    pub fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+        let had = self
+            .tree
+            .remove(key(b"t/", id.as_bytes()))
+            .map_err(db_err)?
+            .is_some();
+        self.flush()?;
+        Ok(had)
+    }
+
+    /// One trusted instance.
+    pub fn trust(&self, id: &InstanceId) -> Result<Option<TrustRecord>> {
+        self.tree
+            .get(key(b"t/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| {
+                encoding::decode("trust record", &v, 64 * 1024)
+                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Every trusted instance.
+    pub fn trusted(&self) -> Result<Vec<(InstanceId, TrustRecord)>> {
+        self.tree
+            .scan_prefix(b"t/")
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                let id = InstanceId::from_slice(&k[2..])
+                    .map_err(|e| StoreError::Corrupt(format!("trust key: {e}")))?;
+                let rec = encoding::decode("trust record", &v, 64 * 1024)
+                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))?;
+                Ok((id, rec))
+            })
+            .collect()
+    }
+}

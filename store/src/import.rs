@@ -1,0 +1,471 @@
+//! Import of files, directories and whole BBS trees.
+//!
+//! Every source is processed on the rayon pool (both cores): its plaintext
+//! is streamed through FastCDC, each chunk sealed and, unless a chunk file
+//! with that id already exists, staged as a temp file. Nothing is visible
+//! until the end: then all staged chunks are published durably and all
+//! manifest changes are committed to the database in one atomic batch. A
+//! failure anywhere discards the staged files, so an import either happens
+//! completely or changes nothing.
+//!
+//! Unchanged content is detected without writing anything: first by the
+//! source's file metadata (size, times, inode), then by a keyed fingerprint
+//! of the plaintext, and last by comparing chunk lists (sealing is
+//! deterministic per object key).
+
+use std::{
+    collections::HashSet,
+    io::Read,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{
+    ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed,
+    chunk::chunker, encoding::FORMAT_V1,
+};
+use hmac::{Hmac, Mac};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::{
+    Store,
+    archive::{ArchiveReader, CHANGED_MARKER, ExactFile},
+    bbs::{self, BBS_KINDS, Source},
+    chunks::Staged,
+    db::{ObjectState, ObjectWrite},
+    error::{Context, Result, StoreError},
+    progress::Progress,
+};
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ImportStats {
+    /// Objects created.
+    pub new: u64,
+    /// Objects that got a new version.
+    pub changed: u64,
+    /// Objects found unchanged.
+    pub unchanged: u64,
+    /// Objects tombstoned (gone from the tree).
+    pub deleted: u64,
+    /// Chunk files written.
+    pub chunks_written: u64,
+    /// Chunks that already existed.
+    pub chunks_reused: u64,
+    /// Plaintext bytes of all sources (content of files).
+    pub bytes_scanned: u64,
+    /// Plaintext bytes actually read.
+    pub bytes_read: u64,
+    /// Bytes of new chunk files.
+    pub bytes_written: u64,
+    /// Chunk files removed afterwards because no manifest needs them any more.
+    pub chunks_collected: u64,
+    /// Change-log number after the import.
+    pub seq: u64,
+    /// Wall time.
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Keyed plaintext fingerprint: HMAC-SHA256 under a local-only key over
+/// the shape byte and the plaintext. Never leaves this machine.
+struct Fingerprinter(Hmac<Sha256>);
+
+impl Fingerprinter {
+    fn new(key: &[u8; 32], shape: u8) -> Self {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        m.update(b"bbsync/fingerprint/v1\0");
+        m.update(&[shape]);
+        Fingerprinter(m)
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    fn finish(self) -> [u8; 32] {
+        self.0.finalize().into_bytes().into()
+    }
+}
+
+enum Outcome {
+    /// Nothing to write; maybe refresh local-only fields.
+    Unchanged(ObjectId, Option<ObjectState>),
+    /// A new version.
+    Write(Box<ObjectWrite>, Vec<Staged>, u64, u64, u64),
+}
+
+fn shape_byte(s: Shape) -> u8 {
+    match s {
+        Shape::File => 0,
+        Shape::Dir => 1,
+    }
+}
+
+fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
+    match &src.walk {
+        Some(w) => Ok(Box::new(ArchiveReader::new(
+            &src.path,
+            crate::archive::Walk {
+                entries: w.entries.clone(),
+                file_bytes: w.file_bytes,
+                stat_digest: w.stat_digest,
+            },
+        ))),
+        None => Ok(Box::new(ExactFile::open(&src.path, src.len).map_err(
+            |e| StoreError::Unreadable {
+                path: src.path.clone(),
+                reason: e.to_string(),
+            },
+        )?)),
+    }
+}
+
+fn read_err(src: &Source, e: std::io::Error) -> StoreError {
+    if e.to_string().contains(CHANGED_MARKER) {
+        StoreError::ChangedDuringImport(src.path.clone())
+    } else {
+        StoreError::Unreadable {
+            path: src.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
+    let mut r = open_source(src)?;
+    let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| read_err(src, e))?;
+        if n == 0 {
+            break;
+        }
+        fp.update(&buf[..n]);
+    }
+    Ok(fp.finish())
+}
+
+impl Store {
+    fn process(
+        &self,
+        src: &Source,
+        existing: Option<(ObjectId, ObjectState)>,
+        fp_key: &[u8; 32],
+        progress: &dyn Progress,
+    ) -> Result<Outcome> {
+        let live = existing
+            .as_ref()
+            .filter(|(_, st)| !st.deleted && st.complete);
+        // 1. Same file metadata as last time: unchanged without reading.
+        if let Some((id, st)) = live
+            && st.stat_digest == Some(src.stat_digest)
+            && st.owner == src.owner
+        {
+            progress.advance(1, src.content_bytes);
+            return Ok(Outcome::Unchanged(*id, None));
+        }
+        // 2. Same fingerprint: unchanged, remember the new metadata.
+        if let Some((id, st)) = live
+            && st.fingerprint.is_some()
+            && st.owner == src.owner
+        {
+            let fp = fingerprint(src, fp_key)?;
+            if st.fingerprint == Some(fp) {
+                let mut st = st.clone();
+                st.stat_digest = Some(src.stat_digest);
+                progress.advance(1, src.content_bytes);
+                return Ok(Outcome::Unchanged(*id, Some(st)));
+            }
+        }
+        // 3. Seal.
+        let (object_id, key, version, old_chunks) = match &existing {
+            Some((id, st)) => {
+                let m = self.manifest(id)?;
+                let key = self.content_key(&m)?;
+                let old = if st.deleted {
+                    None
+                } else {
+                    Some(m.chunks.clone())
+                };
+                (*id, key, st.version + 1, old)
+            }
+            None => (ObjectId::random(), ContentKey::generate(), 1, None),
+        };
+        let cipher = ChunkCipher::new(&key);
+        let compression = self.config().compression();
+        let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
+        let mut refs = Vec::new();
+        let mut staged = Vec::new();
+        let mut seen = HashSet::new();
+        let (mut written, mut reused, mut bytes_written, mut plain) = (0u64, 0u64, 0u64, 0u64);
+        let result = (|| -> Result<()> {
+            for chunk in chunker(open_source(src)?) {
+                let chunk = chunk.map_err(|e| read_err(src, e))?;
+                fp.update(&chunk);
+                plain += chunk.len() as u64;
+                let sealed = cipher
+                    .seal(&chunk, compression)
+                    .ctx(|| format!("sealing {}", src.path.display()))?;
+                refs.push(ChunkRef {
+                    id: sealed.id,
+                    len: sealed.bytes.len() as u32,
+                });
+                if seen.insert(sealed.id) && !self.chunks().contains(&sealed.id) {
+                    bytes_written += sealed.bytes.len() as u64;
+                    written += 1;
+                    staged.push(self.chunks().stage(sealed.id, &sealed.bytes)?);
+                } else {
+                    reused += 1;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.chunks().discard(staged);
+            return Err(e);
+        }
+        let fingerprint = fp.finish();
+        progress.advance(1, src.content_bytes);
+        if let (Some((id, st)), Some(old)) = (&existing, &old_chunks)
+            && *old == refs
+            && st.owner == src.owner
+            && st.complete
+        {
+            self.chunks().discard(staged);
+            let mut st = st.clone();
+            st.fingerprint = Some(fingerprint);
+            st.stat_digest = Some(src.stat_digest);
+            return Ok(Outcome::Unchanged(*id, Some(st)));
+        }
+        let meta = cipher
+            .seal_meta(
+                &ObjectMeta {
+                    format: FORMAT_V1,
+                    shape: src.shape,
+                }
+                .encode(),
+            )
+            .ctx(|| "sealing object meta".to_string())?;
+        let manifest = Manifest {
+            format: FORMAT_V1,
+            object_id,
+            version,
+            kind: src.kind.clone(),
+            name: src.name.clone(),
+            owner: src.owner.clone(),
+            created_at_ms: bbsync_protocol::now_ms(),
+            author: self.instance_id(),
+            deleted: false,
+            plaintext_len: plain,
+            chunks: refs,
+            meta: Some(meta),
+        };
+        let signed = Signed::sign(self.identity(), manifest)
+            .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
+        let envelope = self.wrap_for_all(object_id, version, &key)?;
+        let state = ObjectState {
+            version,
+            manifest_id: signed.id(),
+            seq: 0,
+            complete: true,
+            kind: src.kind.clone(),
+            name: src.name.clone(),
+            owner: src.owner.clone(),
+            deleted: false,
+            plaintext_len: plain,
+            stored_len: signed.chunks.iter().map(|c| u64::from(c.len)).sum(),
+            chunks: signed.chunks.len() as u32,
+            fingerprint: Some(fingerprint),
+            stat_digest: Some(src.stat_digest),
+        };
+        let write = ObjectWrite {
+            object_id,
+            state,
+            manifest: signed.bytes().to_vec(),
+            envelope,
+            previous: existing.map(|(_, st)| st),
+        };
+        Ok(Outcome::Write(
+            Box::new(write),
+            staged,
+            written,
+            reused,
+            bytes_written,
+        ))
+    }
+
+    fn tombstone(&self, id: ObjectId, st: &ObjectState) -> Result<ObjectWrite> {
+        let version = st.version + 1;
+        let signed = Signed::sign(
+            self.identity(),
+            Manifest {
+                format: FORMAT_V1,
+                object_id: id,
+                version,
+                kind: st.kind.clone(),
+                name: st.name.clone(),
+                owner: st.owner.clone(),
+                created_at_ms: bbsync_protocol::now_ms(),
+                author: self.instance_id(),
+                deleted: true,
+                plaintext_len: 0,
+                chunks: Vec::new(),
+                meta: None,
+            },
+        )
+        .ctx(|| format!("signing the tombstone of {}", id.short()))?;
+        Ok(ObjectWrite {
+            object_id: id,
+            state: ObjectState {
+                version,
+                manifest_id: signed.id(),
+                seq: 0,
+                complete: true,
+                kind: st.kind.clone(),
+                name: st.name.clone(),
+                owner: st.owner.clone(),
+                deleted: true,
+                plaintext_len: 0,
+                stored_len: 0,
+                chunks: 0,
+                fingerprint: None,
+                stat_digest: None,
+            },
+            manifest: signed.bytes().to_vec(),
+            envelope: Vec::new(),
+            previous: Some(st.clone()),
+        })
+    }
+
+    fn run_import(
+        &self,
+        sources: Vec<Source>,
+        tombstone_missing: bool,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
+        let start = Instant::now();
+        let _g = self.lock();
+        let mut stats = ImportStats {
+            bytes_scanned: sources.iter().map(|s| s.content_bytes).sum(),
+            ..Default::default()
+        };
+        // Look up existing objects; refuse duplicate names in one import.
+        let mut names = HashSet::new();
+        let mut jobs = Vec::with_capacity(sources.len());
+        for src in sources {
+            if !names.insert((src.kind.clone(), src.name.clone())) {
+                return Err(StoreError::Invalid(format!(
+                    "two sources map to {}:{}",
+                    src.kind, src.name
+                )));
+            }
+            bbsync_protocol::manifest::check_kind(&src.kind)
+                .and_then(|_| bbsync_protocol::manifest::check_name("object name", &src.name))
+                .ctx(|| format!("importing {}", src.path.display()))?;
+            let existing = match self.db().lookup(&src.kind, &src.name)? {
+                Some(id) => Some((id, self.state(&id)?)),
+                None => None,
+            };
+            jobs.push((src, existing));
+        }
+        // Largest first, so that big files do not end up alone at the tail.
+        jobs.sort_by_key(|(s, _)| std::cmp::Reverse(s.len));
+        let fp_key = self.identity().local_key("fingerprint");
+        progress.start("import", jobs.len() as u64, stats.bytes_scanned);
+        let results: Vec<Result<Outcome>> = jobs
+            .par_iter()
+            .map(|(src, existing)| self.process(src, existing.clone(), &fp_key, progress))
+            .collect();
+        progress.finish();
+        let mut writes = Vec::new();
+        let mut staged_all = Vec::new();
+        let mut refresh = Vec::new();
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(Outcome::Unchanged(id, st)) => {
+                    stats.unchanged += 1;
+                    if let Some(st) = st {
+                        refresh.push((id, st));
+                    }
+                }
+                Ok(Outcome::Write(w, staged, written, reused, bytes)) => {
+                    if w.previous.is_some() {
+                        stats.changed += 1;
+                    } else {
+                        stats.new += 1;
+                    }
+                    stats.chunks_written += written;
+                    stats.chunks_reused += reused;
+                    stats.bytes_written += bytes;
+                    stats.bytes_read += w.state.plaintext_len;
+                    writes.push(*w);
+                    staged_all.extend(staged);
+                }
+                Err(e) => {
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            self.chunks().discard(staged_all);
+            return Err(e);
+        }
+        if tombstone_missing {
+            for r in self.db().objects() {
+                let (id, st) = r?;
+                if !st.deleted
+                    && BBS_KINDS.contains(&st.kind.as_str())
+                    && !names.contains(&(st.kind.clone(), st.name.clone()))
+                {
+                    writes.push(self.tombstone(id, &st)?);
+                    stats.deleted += 1;
+                }
+            }
+        }
+        let replaced = stats.changed + stats.deleted > 0;
+        self.chunks().publish(staged_all)?;
+        if !writes.is_empty() {
+            self.db().commit(writes)?;
+        }
+        for (id, st) in refresh {
+            self.db().put_state(&id, &st)?;
+        }
+        self.db().flush()?;
+        stats.seq = self.db().last_seq()?;
+        drop(_g);
+        if replaced {
+            stats.chunks_collected = self.gc()?.0;
+        }
+        stats.elapsed = start.elapsed();
+        Ok(stats)
+    }
+
+    /// Imports one file or directory as the object `kind:name`.
+    pub fn import_path(
+        &self,
+        path: &Path,
+        kind: &str,
+        name: &str,
+        owner: Option<String>,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
+        let src = bbs::source_for_path(path, kind, name, owner)?;
+        self.run_import(vec![src], false, progress)
+    }
+
+    /// Imports a whole BBS tree; objects of the BBS kinds that are no longer
+    /// in the tree get a tombstone.
+    pub fn import_bbs(&self, root: &Path, progress: &dyn Progress) -> Result<ImportStats> {
+        let sources = bbs::scan(root)?;
+        self.run_import(sources, true, progress)
+    }
+}

@@ -1,0 +1,296 @@
+//! `verify`: checks every object, envelope and chunk, and classifies each
+//! problem found (DESIGN §5).
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{ChunkId, ObjectId, chunk::check_chunk_id};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::{Store, StoreError, error::Result, progress::Progress};
+
+/// The classes of problems `verify` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemClass {
+    /// A manifest references a chunk that is not on disk.
+    MissingChunk,
+    /// A chunk file's bytes do not hash to its id (or have the wrong length).
+    CorruptChunk,
+    /// A chunk file no manifest references.
+    OrphanChunk,
+    /// A manifest whose signature fails or whose author is not trusted.
+    BadManifestSignature,
+    /// An envelope entry for this instance that fails to verify or unwrap.
+    BadEnvelope,
+    /// No envelope entry for this instance.
+    Undecryptable,
+    /// The object is recorded as not yet complete.
+    IncompleteObject,
+}
+
+impl fmt::Display for ProblemClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProblemClass::MissingChunk => "missing-chunk",
+            ProblemClass::CorruptChunk => "corrupt-chunk",
+            ProblemClass::OrphanChunk => "orphan-chunk",
+            ProblemClass::BadManifestSignature => "bad-manifest-signature",
+            ProblemClass::BadEnvelope => "bad-envelope",
+            ProblemClass::Undecryptable => "undecryptable",
+            ProblemClass::IncompleteObject => "incomplete-object",
+        })
+    }
+}
+
+/// One problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Its class.
+    pub class: ProblemClass,
+    /// The object concerned (`kind:name`), if any.
+    pub object: Option<String>,
+    /// The object id, if any.
+    pub object_id: Option<String>,
+    /// The chunk concerned, if any.
+    pub chunk: Option<String>,
+    /// What exactly is wrong.
+    pub detail: String,
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Objects checked (tombstones included).
+    pub objects: u64,
+    /// Chunk references checked.
+    pub chunks: u64,
+    /// Bytes re-hashed (with `read_data`).
+    pub bytes_read: u64,
+    /// Whether chunk contents were re-hashed.
+    pub read_data: bool,
+    /// Everything found, sorted by class.
+    pub problems: Vec<Problem>,
+    /// Count per class.
+    pub counts: HashMap<String, u64>,
+    /// Wall time.
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct ObjInfo {
+    label: String,
+    id: ObjectId,
+}
+
+impl Store {
+    /// Checks the whole store. With `read_data`, every chunk referenced is
+    /// re-hashed (in parallel on all cores); otherwise only presence and length.
+    pub fn verify(&self, read_data: bool, progress: &dyn Progress) -> Result<VerifyReport> {
+        let start = Instant::now();
+        let _g = self.lock();
+        let mut problems = Vec::new();
+        let mut objects = Vec::new();
+        for r in self.db().objects() {
+            objects.push(r?);
+        }
+        // Manifests and envelopes: signature checks and unwraps, in parallel.
+        type Checked = (Vec<Problem>, Vec<(ChunkId, u32, usize)>);
+        let infos: Vec<ObjInfo> = objects
+            .iter()
+            .map(|(id, st)| ObjInfo {
+                label: format!("{}:{}", st.kind, st.name),
+                id: *id,
+            })
+            .collect();
+        let checked: Vec<Checked> = objects
+            .par_iter()
+            .enumerate()
+            .map(|(idx, (id, st))| {
+                let mut ps = Vec::new();
+                let mut refs = Vec::new();
+                let info = &infos[idx];
+                let problem = |class, detail: String| Problem {
+                    class,
+                    object: Some(info.label.clone()),
+                    object_id: Some(id.to_hex()),
+                    chunk: None,
+                    detail,
+                };
+                let m = match self.manifest(id) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        ps.push(problem(ProblemClass::BadManifestSignature, e.to_string()));
+                        return (ps, refs);
+                    }
+                };
+                if m.id() != st.manifest_id || m.version != st.version {
+                    ps.push(problem(
+                        ProblemClass::BadManifestSignature,
+                        "manifest does not match the object record".into(),
+                    ));
+                }
+                if !st.complete {
+                    ps.push(problem(
+                        ProblemClass::IncompleteObject,
+                        "not all chunks fetched yet".into(),
+                    ));
+                }
+                if !st.deleted {
+                    match self.my_entry(&m) {
+                        Ok(Some(entry)) => {
+                            if let Err(e) = entry.unwrap_key(self.identity()) {
+                                ps.push(problem(ProblemClass::BadEnvelope, e.to_string()));
+                            }
+                        }
+                        Ok(None) => ps.push(problem(
+                            ProblemClass::Undecryptable,
+                            "no envelope entry for this instance".into(),
+                        )),
+                        Err(e) => ps.push(problem(ProblemClass::BadEnvelope, e.to_string())),
+                    }
+                    for c in &m.chunks {
+                        refs.push((c.id, c.len, idx));
+                    }
+                }
+                (ps, refs)
+            })
+            .collect();
+        let mut refs = Vec::new();
+        for (ps, rs) in checked {
+            problems.extend(ps);
+            refs.extend(rs);
+        }
+        // Chunks: presence, length, and with read_data the hash.
+        let total_bytes: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
+        progress.start("verify", refs.len() as u64, total_bytes);
+        let chunk_problems: Vec<Option<Problem>> = refs
+            .par_iter()
+            .map(|(cid, len, idx)| {
+                let info = &infos[*idx];
+                let problem = |class, detail: String| {
+                    Some(Problem {
+                        class,
+                        object: Some(info.label.clone()),
+                        object_id: Some(info.id.to_hex()),
+                        chunk: Some(cid.to_hex()),
+                        detail,
+                    })
+                };
+                let r = if read_data {
+                    match self.chunks().read(cid) {
+                        Ok(bytes) => {
+                            if bytes.len() != *len as usize {
+                                problem(
+                                    ProblemClass::CorruptChunk,
+                                    format!("length {} (expected {len})", bytes.len()),
+                                )
+                            } else if check_chunk_id(cid, &bytes).is_err() {
+                                problem(
+                                    ProblemClass::CorruptChunk,
+                                    "content does not hash to its id".into(),
+                                )
+                            } else {
+                                None
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            problem(ProblemClass::MissingChunk, "chunk file not found".into())
+                        }
+                        Err(e) => problem(ProblemClass::CorruptChunk, format!("unreadable: {e}")),
+                    }
+                } else {
+                    match self.chunks().size(cid) {
+                        None => problem(ProblemClass::MissingChunk, "chunk file not found".into()),
+                        Some(n) if n != u64::from(*len) => problem(
+                            ProblemClass::CorruptChunk,
+                            format!("length {n} (expected {len})"),
+                        ),
+                        Some(_) => None,
+                    }
+                };
+                progress.advance(1, u64::from(*len));
+                r
+            })
+            .collect();
+        progress.finish();
+        let mut seen_missing = HashSet::new();
+        for p in chunk_problems.into_iter().flatten() {
+            // An object marked incomplete is expected to lack chunks: report it once.
+            let incomplete = p.object_id.as_ref().is_some_and(|oid| {
+                problems.iter().any(|q: &Problem| {
+                    q.class == ProblemClass::IncompleteObject && q.object_id.as_ref() == Some(oid)
+                })
+            });
+            if p.class == ProblemClass::MissingChunk && incomplete {
+                continue;
+            }
+            if seen_missing.insert((p.class, p.chunk.clone(), p.object_id.clone())) {
+                problems.push(p);
+            }
+        }
+        // Orphans and stray files.
+        let referenced: HashSet<ChunkId> = refs.iter().map(|r| r.0).collect();
+        for item in self.chunks().list()? {
+            match item {
+                Ok((id, _)) if !referenced.contains(&id) => problems.push(Problem {
+                    class: ProblemClass::OrphanChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: Some(id.to_hex()),
+                    detail: "no manifest references this chunk".into(),
+                }),
+                Ok(_) => {}
+                Err(path) => problems.push(Problem {
+                    class: ProblemClass::OrphanChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: None,
+                    detail: format!("stray file {}", path.display()),
+                }),
+            }
+        }
+        problems
+            .sort_by(|a, b| (a.class, &a.object, &a.chunk).cmp(&(b.class, &b.object, &b.chunk)));
+        let mut counts = HashMap::new();
+        for p in &problems {
+            *counts.entry(p.class.to_string()).or_insert(0) += 1;
+        }
+        Ok(VerifyReport {
+            objects: objects.len() as u64,
+            chunks: refs.len() as u64,
+            bytes_read: if read_data { total_bytes } else { 0 },
+            read_data,
+            problems,
+            counts,
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+/// Makes sure a failing verify maps to an error the CLI can exit on.
+pub fn report_error(r: &VerifyReport) -> Option<StoreError> {
+    if r.is_ok() {
+        None
+    } else {
+        Some(StoreError::Corrupt(format!(
+            "verify found {} problem(s)",
+            r.problems.len()
+        )))
+    }
+}
