@@ -240,6 +240,16 @@ impl Db {
         }
     }
 
+    /// Replaces the stored manifest bytes of an object without any check.
+    /// Low level: for tests that damage a store on purpose, and for repair
+    /// tools; normal writes go through [`Db::commit`].
+    pub fn set_manifest_raw(&self, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        self.tree
+            .insert(key(b"m/", id.as_bytes()), bytes)
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// Replaces the envelope of an object's latest version.
     pub fn set_envelope(&self, id: &ObjectId, entries: &[Vec<u8>]) -> Result<()> {
         self.tree

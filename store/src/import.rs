@@ -185,15 +185,13 @@ impl Store {
         }
         // 3. Seal.
         let (object_id, key, version, old_chunks) = match &existing {
+            // A deleted object that comes back gets a fresh key: the
+            // tombstone carries none, and nothing of the old chunks is kept.
+            Some((id, st)) if st.deleted => (*id, ContentKey::generate(), st.version + 1, None),
             Some((id, st)) => {
                 let m = self.manifest(id)?;
                 let key = self.content_key(&m)?;
-                let old = if st.deleted {
-                    None
-                } else {
-                    Some(m.chunks.clone())
-                };
-                (*id, key, st.version + 1, old)
+                (*id, key, st.version + 1, Some(m.chunks.clone()))
             }
             None => (ObjectId::random(), ContentKey::generate(), 1, None),
         };

@@ -136,6 +136,10 @@ impl Store {
                     Ok(m) => m,
                     Err(e) => {
                         ps.push(problem(ProblemClass::BadManifestSignature, e.to_string()));
+                        // Its chunks are still referenced (not orphans): check them too.
+                        if let Ok(m) = self.manifest_unchecked(id) {
+                            refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+                        }
                         return (ps, refs);
                     }
                 };

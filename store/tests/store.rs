@@ -1,0 +1,462 @@
+//! Store tests: import/export round trips, unchanged re-imports, versions and
+//! tombstones, and the `verify` mutilation table.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use bbsync_protocol::{EnvelopeEntry, Unverified};
+use bbsync_store::{
+    Store, StoreError,
+    progress::NoProgress,
+    verify::{ProblemClass, VerifyReport},
+};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+/// Pseudo-random bytes (xorshift), so chunks are incompressible and distinct.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small BBS tree with every edge case the archive must keep.
+fn mini_bbs(root: &Path) {
+    write(root, "config/bbs.toml", b"name = \"Test BBS\"\n");
+    write(root, "config/menus/main.ans", b"\x1b[1;33mMAIN\x1b[0m\r\n");
+    write(root, "applets/lord/main.lua", b"print('lord')\n");
+    write(root, "applets/lord/assets/big.bin", &noise(1, 700_000));
+    write(
+        root,
+        "applets/lord/name with space \u{fc}.txt",
+        b"unicode\n",
+    );
+    write(root, "applets/lord/empty.txt", b"");
+    fs::create_dir_all(root.join("applets/lord/cache")).unwrap();
+    fs::create_dir_all(root.join("applets/lord/a/b/c/d/e")).unwrap();
+    write(root, "applets/lord/a/b/c/d/e/deep.txt", b"deep");
+    write(root, "data/lord/alice/save.json", b"{\"gold\": 5}");
+    fs::create_dir_all(root.join("data/lord/alice/tmp")).unwrap();
+    write(
+        root,
+        "boards/general/1.json",
+        b"{\"id\":1,\"body\":\"hello\"}",
+    );
+    write(
+        root,
+        "boards/general/2.json",
+        b"{\"id\":2,\"body\":\"world\"}",
+    );
+    write(
+        root,
+        "files/\u{65e5}\u{672c}\u{8a9e}/\u{8aad}\u{3093}\u{3067}.txt",
+        b"yomu",
+    );
+    write(root, "files/empty.txt", b"");
+    write(root, "files/big upload.bin", &noise(2, 3_000_000));
+}
+
+/// Every path under `root` -> file bytes (None for directories).
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if p.is_dir() {
+                out.insert(rel, None);
+                stack.push(p);
+            } else {
+                out.insert(rel, Some(fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn chunk_files(store: &Store) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = store
+        .chunks()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| store.chunks().path(&r.unwrap().0))
+        .collect();
+    v.sort();
+    v
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    tree: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    Fixture {
+        tree,
+        data: tmp.path().join("data"),
+        out: tmp.path().join("out"),
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn bbs_round_trip_is_byte_identical() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    let s = store.import_bbs(&f.tree, &NoProgress)?;
+    assert_eq!(s.new, 9);
+    let e = store.export_bbs(&f.out, &NoProgress)?;
+    assert!(e.failed.is_empty(), "{:?}", e.failed);
+    assert_eq!(snapshot(&f.tree), snapshot(&f.out));
+    Ok(())
+}
+
+#[test]
+fn unchanged_reimport_writes_nothing() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    let first = store.import_bbs(&f.tree, &NoProgress)?;
+    let before = chunk_files(&store);
+    let seq = store.db().last_seq()?;
+    let again = store.import_bbs(&f.tree, &NoProgress)?;
+    assert_eq!(
+        (
+            again.new,
+            again.changed,
+            again.deleted,
+            again.chunks_written
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(again.unchanged, first.new);
+    assert_eq!(store.db().last_seq()?, seq, "no new change-log entry");
+    // Touch every file: metadata changes, content does not -> still nothing written.
+    let walk: Vec<_> = snapshot(&f.tree)
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .collect();
+    for (rel, data) in &walk {
+        fs::write(f.tree.join(rel), data.as_ref().unwrap())?;
+    }
+    let third = store.import_bbs(&f.tree, &NoProgress)?;
+    assert_eq!((third.new, third.changed, third.chunks_written), (0, 0, 0));
+    assert_eq!(store.db().last_seq()?, seq);
+    assert_eq!(chunk_files(&store), before);
+    Ok(())
+}
+
+#[test]
+fn changed_object_gets_next_version_and_shares_chunks() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    store.import_bbs(&f.tree, &NoProgress)?;
+    let id = store.resolve("file:big upload.bin")?;
+    let v1 = store.manifest(&id)?;
+    // Change a few bytes near the end of a 3 MB file.
+    let mut data = fs::read(f.tree.join("files/big upload.bin"))?;
+    let n = data.len();
+    data[n - 100..n - 90].copy_from_slice(b"CHANGED!!!");
+    fs::write(f.tree.join("files/big upload.bin"), &data)?;
+    let s = store.import_bbs(&f.tree, &NoProgress)?;
+    assert_eq!((s.changed, s.new), (1, 0));
+    let v2 = store.manifest(&id)?;
+    assert_eq!(v2.version, v1.version + 1);
+    let old: std::collections::HashSet<_> = v1.chunks.iter().map(|c| c.id).collect();
+    let shared = v2.chunks.iter().filter(|c| old.contains(&c.id)).count();
+    assert!(
+        shared >= v2.chunks.len() - 2,
+        "only {shared} of {} chunks shared",
+        v2.chunks.len()
+    );
+    assert_eq!(s.chunks_written as usize, v2.chunks.len() - shared);
+    // The chunks only the old version used are collected.
+    assert!(store.verify(true, &NoProgress)?.is_ok());
+    store.export_bbs(&f.out, &NoProgress)?;
+    assert_eq!(snapshot(&f.tree), snapshot(&f.out));
+    Ok(())
+}
+
+#[test]
+fn removed_content_becomes_a_signed_tombstone() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    store.import_bbs(&f.tree, &NoProgress)?;
+    let id = store.resolve("message:general/2")?;
+    fs::remove_file(f.tree.join("boards/general/2.json"))?;
+    let s = store.import_bbs(&f.tree, &NoProgress)?;
+    assert_eq!(s.deleted, 1);
+    let m = store.manifest(&id)?; // signature verified
+    assert!(m.deleted && m.chunks.is_empty() && m.version == 2);
+    assert!(store.verify(true, &NoProgress)?.is_ok());
+    store.export_bbs(&f.out, &NoProgress)?;
+    assert_eq!(snapshot(&f.tree), snapshot(&f.out));
+    // Coming back revives the same object with a new version.
+    write(
+        &f.tree,
+        "boards/general/2.json",
+        b"{\"id\":2,\"body\":\"back\"}",
+    );
+    let s = store.import_bbs(&f.tree, &NoProgress)?;
+    assert_eq!(s.changed, 1);
+    assert_eq!(store.resolve("message:general/2")?, id);
+    assert_eq!(store.manifest(&id)?.version, 3);
+    Ok(())
+}
+
+#[test]
+fn single_file_and_directory_objects_export_exactly() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    store.import_path(
+        &f.tree.join("applets/lord"),
+        "applet",
+        "lord-copy",
+        None,
+        &NoProgress,
+    )?;
+    store.import_path(
+        &f.tree.join("files/big upload.bin"),
+        "file",
+        "x/y.bin",
+        Some("bob".into()),
+        &NoProgress,
+    )?;
+    let d = f.out.join("dir");
+    store.export_object(&store.resolve("applet:lord-copy")?, &d)?;
+    assert_eq!(snapshot(&f.tree.join("applets/lord")), snapshot(&d));
+    let file = f.out.join("y.bin");
+    store.export_object(&store.resolve("file:x/y.bin")?, &file)?;
+    assert_eq!(
+        fs::read(&file)?,
+        fs::read(f.tree.join("files/big upload.bin"))?
+    );
+    // Export refuses to overwrite.
+    let e = store
+        .export_object(&store.resolve("file:x/y.bin")?, &file)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::DestinationNotEmpty(_)), "{e}");
+    Ok(())
+}
+
+#[test]
+fn bad_tree_changes_nothing() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    write(&f.tree, "stray.txt", b"not part of the layout");
+    let e = store.import_bbs(&f.tree, &NoProgress).unwrap_err();
+    assert!(matches!(e, StoreError::BadTree { .. }), "{e}");
+    assert!(e.to_string().contains("stray.txt"));
+    assert_eq!(store.db().object_count(), 0);
+    assert!(chunk_files(&store).is_empty());
+    assert_eq!(fs::read_dir(f.data.join("chunks/tmp"))?.count(), 0);
+    Ok(())
+}
+
+#[test]
+fn stale_temp_files_are_removed_on_open() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    drop(store);
+    write(&f.data, "chunks/tmp/deadbeef.1.0", b"half a chunk");
+    let store = Store::open(&f.data)?;
+    assert_eq!(fs::read_dir(f.data.join("chunks/tmp"))?.count(), 0);
+    assert!(store.verify(true, &NoProgress)?.is_ok());
+    Ok(())
+}
+
+#[test]
+fn newer_schema_is_refused() -> R {
+    let f = fixture();
+    Store::init(&f.data, "alpha")?
+        .db()
+        .set_schema_version(bbsync_store::SCHEMA_VERSION + 1)?;
+    let e = Store::open(&f.data).unwrap_err();
+    assert!(matches!(e, StoreError::NewerSchema { .. }), "{e}");
+    assert!(e.to_string().contains("newer bbsync"));
+    Ok(())
+}
+
+#[test]
+fn second_process_is_refused_while_store_is_open() -> R {
+    let f = fixture();
+    let _a = Store::init(&f.data, "alpha")?;
+    // sled's lock is per process (fcntl), so check from a child process.
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "open_from_child", "--ignored", "--nocapture"])
+        .env("BBSYNC_TEST_OPEN", &f.data)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("in use by another bbsync process"), "{text}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "helper run by second_process_is_refused_while_store_is_open"]
+fn open_from_child() {
+    if let Ok(dir) = std::env::var("BBSYNC_TEST_OPEN") {
+        match Store::open(Path::new(&dir)) {
+            Ok(_) => println!("opened"),
+            Err(e) => println!("{e}"),
+        }
+    }
+}
+
+// ---- verify mutilation table -------------------------------------------
+
+fn classes(r: &VerifyReport) -> Vec<ProblemClass> {
+    let mut v: Vec<_> = r.problems.iter().map(|p| p.class).collect();
+    v.dedup();
+    v
+}
+
+/// Builds a healthy store, applies `damage`, and returns the report of
+/// `verify` with and without `--read-data`.
+fn damaged(damage: impl FnOnce(&Store)) -> (VerifyReport, VerifyReport) {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha").unwrap();
+    store.import_bbs(&f.tree, &NoProgress).unwrap();
+    let healthy = store.verify(true, &NoProgress).unwrap();
+    assert!(healthy.is_ok(), "healthy store: {:?}", healthy.problems);
+    damage(&store);
+    (
+        store.verify(false, &NoProgress).unwrap(),
+        store.verify(true, &NoProgress).unwrap(),
+    )
+}
+
+fn first_chunk(store: &Store, spec: &str) -> PathBuf {
+    let id = store.resolve(spec).unwrap();
+    let m = store.manifest(&id).unwrap();
+    store.chunks().path(&m.chunks[0].id)
+}
+
+#[test]
+fn verify_flipped_byte_is_corrupt_chunk() {
+    let (quick, full) = damaged(|s| {
+        let p = first_chunk(s, "file:big upload.bin");
+        let mut b = fs::read(&p).unwrap();
+        b[1000] ^= 0x40;
+        fs::write(&p, b).unwrap();
+    });
+    assert!(quick.is_ok(), "same length: only --read-data can see it");
+    assert_eq!(classes(&full), vec![ProblemClass::CorruptChunk]);
+    assert_eq!(
+        full.problems[0].object.as_deref(),
+        Some("file:big upload.bin")
+    );
+}
+
+#[test]
+fn verify_truncated_chunk_is_corrupt_chunk() {
+    let (quick, full) = damaged(|s| {
+        let p = first_chunk(s, "applet:lord");
+        let b = fs::read(&p).unwrap();
+        fs::write(&p, &b[..b.len() / 2]).unwrap();
+    });
+    assert_eq!(classes(&quick), vec![ProblemClass::CorruptChunk]);
+    assert_eq!(classes(&full), vec![ProblemClass::CorruptChunk]);
+}
+
+#[test]
+fn verify_deleted_chunk_is_missing_chunk() {
+    let (quick, full) = damaged(|s| fs::remove_file(first_chunk(s, "config:bbs.toml")).unwrap());
+    assert_eq!(classes(&quick), vec![ProblemClass::MissingChunk]);
+    assert_eq!(classes(&full), vec![ProblemClass::MissingChunk]);
+}
+
+#[test]
+fn verify_extra_file_is_orphan_chunk() {
+    let (quick, full) = damaged(|s| {
+        let id = bbsync_protocol::ChunkId::of(b"nobody references me");
+        s.chunks().put(id, b"nobody references me").unwrap();
+    });
+    assert_eq!(classes(&quick), vec![ProblemClass::OrphanChunk]);
+    assert_eq!(classes(&full), vec![ProblemClass::OrphanChunk]);
+}
+
+#[test]
+fn verify_broken_manifest_signature() {
+    let (quick, full) = damaged(|s| {
+        let id = s.resolve("message:general/1").unwrap();
+        let mut b = s.db().manifest(&id).unwrap().unwrap();
+        let n = b.len();
+        b[n - 5] ^= 1; // inside the signature
+        s.db().set_manifest_raw(&id, &b).unwrap();
+    });
+    assert_eq!(classes(&quick), vec![ProblemClass::BadManifestSignature]);
+    assert_eq!(classes(&full), vec![ProblemClass::BadManifestSignature]);
+}
+
+#[test]
+fn verify_removed_envelope_entry_is_undecryptable() {
+    let (quick, full) = damaged(|s| {
+        let id = s
+            .resolve("data:x")
+            .or_else(|_| s.resolve("applet-data:lord/alice"))
+            .unwrap();
+        let me = s.instance_id();
+        let kept: Vec<Vec<u8>> = s
+            .db()
+            .envelope(&id)
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                Unverified::<EnvelopeEntry>::decode(e)
+                    .unwrap()
+                    .dangerously_assume_verified()
+                    .recipient
+                    != me
+            })
+            .collect();
+        s.db().set_envelope(&id, &kept).unwrap();
+    });
+    assert_eq!(classes(&quick), vec![ProblemClass::Undecryptable]);
+    assert_eq!(classes(&full), vec![ProblemClass::Undecryptable]);
+}
+
+#[test]
+fn verify_forged_envelope_entry_is_bad_envelope() {
+    let (quick, _) = damaged(|s| {
+        let id = s.resolve("config:menus/main.ans").unwrap();
+        let mut entries = s.db().envelope(&id).unwrap();
+        let n = entries[0].len();
+        entries[0][n - 3] ^= 0x80; // signature byte
+        s.db().set_envelope(&id, &entries).unwrap();
+    });
+    assert_eq!(classes(&quick), vec![ProblemClass::BadEnvelope]);
+}
+
+#[test]
+fn verify_incomplete_object() {
+    let (quick, _) = damaged(|s| {
+        let id = s.resolve("file:empty.txt").unwrap();
+        let mut st = s.state(&id).unwrap();
+        st.complete = false;
+        s.db().put_state(&id, &st).unwrap();
+    });
+    assert_eq!(classes(&quick), vec![ProblemClass::IncompleteObject]);
+}
