@@ -110,6 +110,23 @@ impl std::fmt::Debug for ChunkCipher {
     }
 }
 
+thread_local! {
+    /// One zstd compression context per thread and level, reused across
+    /// chunks (creating a context costs more than compressing a small chunk).
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+        }
+        slot.as_mut().and_then(|(_, c)| c.compress(data).ok())
+    })
+}
+
 /// A cheap guess whether zstd can gain anything: compress a sample from the
 /// middle of a large chunk and require 3% savings on it.
 fn worth_compressing(plaintext: &[u8], level: i32) -> bool {
@@ -119,9 +136,9 @@ fn worth_compressing(plaintext: &[u8], level: i32) -> bool {
     }
     let start = plaintext.len() / 2 - SAMPLE / 2;
     let sample = &plaintext[start..start + SAMPLE];
-    match zstd::bulk::compress(sample, level.min(3)) {
-        Ok(c) => c.len() < SAMPLE * 97 / 100,
-        Err(_) => false,
+    match compress(sample, level) {
+        Some(c) => c.len() < SAMPLE * 97 / 100,
+        None => false,
     }
 }
 
@@ -158,9 +175,7 @@ impl ChunkCipher {
             Compression::Zstd(level)
                 if !plaintext.is_empty() && worth_compressing(plaintext, level) =>
             {
-                zstd::bulk::compress(plaintext, level)
-                    .ok()
-                    .filter(|c| c.len() < plaintext.len())
+                compress(plaintext, level).filter(|c| c.len() < plaintext.len())
             }
             _ => None,
         };
@@ -297,11 +312,9 @@ pub fn chunker<R: Read>(reader: R) -> impl Iterator<Item = std::io::Result<Vec<u
         .map(|r| r.map(|c| c.data).map_err(std::io::Error::from))
 }
 
-/// Splits bytes in memory with the bbsync parameters, returning chunk ranges.
+/// Splits bytes in memory with the bbsync parameters, returning chunk
+/// ranges (the same boundaries as [`chunker`]; none for empty input).
 pub fn chunk_ranges(data: &[u8]) -> Vec<std::ops::Range<usize>> {
-    if data.is_empty() {
-        return std::iter::once(0..0).collect();
-    }
     fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
         .map(|c| c.offset..c.offset + c.length)
         .collect()

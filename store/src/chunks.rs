@@ -1,18 +1,23 @@
 //! Chunk files under `<data>/chunks/`, one file per chunk named by its id.
 //!
 //! Crash-safe write order (see `docs/format.md`): new chunks are written to
-//! `chunks/tmp/` without an fsync each; [`ChunkFiles::publish`] then makes the
-//! whole batch durable with one `syncfs`, renames every file to its final
-//! name, and runs `syncfs` again so the renames are durable before the caller
-//! records anything in the database. A crash leaves at worst temp files,
-//! which [`ChunkFiles::open`] removes; a final name always holds a complete,
-//! durable chunk.
+//! temp files `<shard>/<hex>.tmp.<pid>.<n>` beside their final names, without
+//! an fsync each; [`ChunkFiles::publish`] then makes the whole batch durable
+//! with one `syncfs`, renames every file to its final name, and runs `syncfs`
+//! again so the renames are durable before the caller records anything in the
+//! database. A crash leaves at worst temp files; the `chunks/dirty` marker,
+//! created before the first temp file, tells [`ChunkFiles::open`] to sweep
+//! them. A final name always holds a complete, durable chunk.
+//!
+//! (Temp files live in the shard directories rather than one `tmp/` so that
+//! inode allocation is spread over the file system: tens of thousands of new
+//! files in one directory made ext4's inode search the main cost of an import.)
 
 use std::{
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use bbsync_protocol::ChunkId;
@@ -31,24 +36,69 @@ pub struct Staged {
 #[derive(Debug)]
 pub struct ChunkFiles {
     root: PathBuf,
-    tmp: PathBuf,
     counter: AtomicU64,
+    outstanding: AtomicU64,
+    dirty: AtomicBool,
 }
+
+const DIRTY: &str = "dirty";
+const TMP_TAG: &str = ".tmp.";
 
 impl ChunkFiles {
     /// Opens `root` (creating it), removing temp files a crash left behind.
     pub fn open(root: &Path) -> Result<Self> {
-        let tmp = root.join("tmp");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)
-                .ctx(|| format!("removing stale temp files in {}", tmp.display()))?;
-        }
-        fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-        Ok(ChunkFiles {
+        fs::create_dir_all(root).ctx(|| format!("creating {}", root.display()))?;
+        let files = ChunkFiles {
             root: root.to_path_buf(),
-            tmp,
             counter: AtomicU64::new(0),
-        })
+            outstanding: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+        };
+        if root.join(DIRTY).exists() {
+            files.sweep()?;
+        }
+        Ok(files)
+    }
+
+    /// Removes every temp file, then the dirty marker.
+    fn sweep(&self) -> Result<()> {
+        for d in fs::read_dir(&self.root).ctx(|| format!("listing {}", self.root.display()))? {
+            let d = d.ctx(|| format!("listing {}", self.root.display()))?;
+            if !d.path().is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(d.path()).ctx(|| format!("listing {}", d.path().display()))? {
+                let f = f.ctx(|| format!("listing {}", d.path().display()))?;
+                if f.file_name().to_string_lossy().contains(TMP_TAG) {
+                    fs::remove_file(f.path())
+                        .ctx(|| format!("removing stale temp file {}", f.path().display()))?;
+                }
+            }
+        }
+        fs::remove_file(self.root.join(DIRTY))
+            .ctx(|| "removing the chunks/dirty marker".to_string())
+    }
+
+    fn mark_dirty(&self) -> Result<()> {
+        if !self.dirty.swap(true, Ordering::SeqCst) {
+            let p = self.root.join(DIRTY);
+            File::create(&p)
+                .and_then(|f| f.sync_all())
+                .ctx(|| format!("creating {}", p.display()))?;
+            File::open(&self.root)
+                .and_then(|d| d.sync_all())
+                .ctx(|| format!("syncing {}", self.root.display()))?;
+        }
+        Ok(())
+    }
+
+    fn settle(&self, n: u64) {
+        if self.outstanding.fetch_sub(n, Ordering::SeqCst) == n
+            && self.dirty.swap(false, Ordering::SeqCst)
+        {
+            // Nothing staged any more: a later crash leaves nothing to sweep.
+            let _ = fs::remove_file(self.root.join(DIRTY));
+        }
     }
 
     /// The chunk directory.
@@ -79,20 +129,37 @@ impl ChunkFiles {
 
     /// Writes `bytes` to a temp file for `id`.
     pub fn stage(&self, id: ChunkId, bytes: &[u8]) -> Result<Staged> {
+        self.mark_dirty()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .tmp
-            .join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
-        let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .ctx(|| format!("writing {}", tmp.display()))?;
+        let dest = self.path(&id);
+        let tmp = dest.with_file_name(format!(
+            "{}{TMP_TAG}{}.{n}",
+            id.to_hex(),
+            std::process::id()
+        ));
+        let write = |tmp: &Path| -> io::Result<()> {
+            let mut f = match File::create(tmp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(tmp.parent().unwrap_or(&self.root))?;
+                    File::create(tmp)?
+                }
+                r => r?,
+            };
+            f.write_all(bytes)
+        };
+        write(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
         Ok(Staged { id, tmp })
     }
 
     /// Drops staged chunks (an aborted import).
     pub fn discard(&self, staged: Vec<Staged>) {
+        let n = staged.len() as u64;
         for s in staged {
             let _ = fs::remove_file(&s.tmp);
+        }
+        if n > 0 {
+            self.settle(n);
         }
     }
 
@@ -108,16 +175,23 @@ impl ChunkFiles {
         if staged.is_empty() {
             return Ok(());
         }
-        self.syncfs()?;
-        for s in &staged {
-            let dest = self.path(&s.id);
-            let parent = dest.parent().unwrap_or(&self.root);
-            if !parent.is_dir() {
-                fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        let n = staged.len() as u64;
+        let r = (|| {
+            self.syncfs()?;
+            for s in &staged {
+                let dest = self.path(&s.id);
+                fs::rename(&s.tmp, &dest)
+                    .ctx(|| format!("renaming chunk into {}", dest.display()))?;
             }
-            fs::rename(&s.tmp, &dest).ctx(|| format!("renaming chunk into {}", dest.display()))?;
+            self.syncfs()
+        })();
+        if r.is_err() {
+            for s in &staged {
+                let _ = fs::remove_file(&s.tmp);
+            }
         }
-        self.syncfs()
+        self.settle(n);
+        r
     }
 
     /// Writes one chunk durably right away (small, rare writes).
@@ -144,7 +218,7 @@ impl ChunkFiles {
             let d = d.ctx(|| format!("listing {}", self.root.display()))?;
             let name = d.file_name();
             let name = name.to_string_lossy();
-            if name == "tmp" {
+            if name == DIRTY {
                 continue;
             }
             if name.len() != 2 || !d.path().is_dir() {
@@ -154,6 +228,9 @@ impl ChunkFiles {
             for f in fs::read_dir(d.path()).ctx(|| format!("listing {}", d.path().display()))? {
                 let f = f.ctx(|| format!("listing {}", d.path().display()))?;
                 let fname = f.file_name();
+                if fname.to_string_lossy().contains(TMP_TAG) {
+                    continue; // in flight, or swept at the next open
+                }
                 match fname.to_str().and_then(|s| s.parse::<ChunkId>().ok()) {
                     Some(id) if id.to_hex()[..2] == *name => {
                         let len = f.metadata().map(|m| m.len()).unwrap_or(0);

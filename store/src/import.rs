@@ -22,7 +22,8 @@ use std::{
 
 use bbsync_protocol::{
     ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed,
-    chunk::chunker, encoding::FORMAT_V1,
+    chunk::{chunk_ranges, chunker},
+    encoding::FORMAT_V1,
 };
 use hmac::{Hmac, Mac};
 use rayon::prelude::*;
@@ -137,6 +138,17 @@ fn read_err(src: &Source, e: std::io::Error) -> StoreError {
     }
 }
 
+/// Sources up to this size are read whole and chunked in memory.
+const SMALL_SOURCE: u64 = 8 * 1024 * 1024;
+
+fn read_all(src: &Source) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(src.len as usize + 1);
+    open_source(src)?
+        .read_to_end(&mut buf)
+        .map_err(|e| read_err(src, e))?;
+    Ok(buf)
+}
+
 fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
     let mut r = open_source(src)?;
     let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
@@ -170,12 +182,22 @@ impl Store {
             progress.advance(1, src.content_bytes);
             return Ok(Outcome::Unchanged(*id, None));
         }
-        // 2. Same fingerprint: unchanged, remember the new metadata.
+        // 2. Same fingerprint: unchanged, remember the new metadata. Small
+        //    sources are read once into memory and the buffer is kept for sealing.
+        let mut buffered = None;
         if let Some((id, st)) = live
             && st.fingerprint.is_some()
             && st.owner == src.owner
         {
-            let fp = fingerprint(src, fp_key)?;
+            let fp = if src.len <= SMALL_SOURCE {
+                let buf = read_all(src)?;
+                let mut f = Fingerprinter::new(fp_key, shape_byte(src.shape));
+                f.update(&buf);
+                buffered = Some(buf);
+                f.finish()
+            } else {
+                fingerprint(src, fp_key)?
+            };
             if st.fingerprint == Some(fp) {
                 let mut st = st.clone();
                 st.stat_digest = Some(src.stat_digest);
@@ -202,28 +224,41 @@ impl Store {
         let mut staged = Vec::new();
         let mut seen = HashSet::new();
         let (mut written, mut reused, mut bytes_written, mut plain) = (0u64, 0u64, 0u64, 0u64);
-        let result = (|| -> Result<()> {
-            for chunk in chunker(open_source(src)?) {
-                let chunk = chunk.map_err(|e| read_err(src, e))?;
-                fp.update(&chunk);
-                plain += chunk.len() as u64;
-                let sealed = cipher
-                    .seal(&chunk, compression)
-                    .ctx(|| format!("sealing {}", src.path.display()))?;
-                refs.push(ChunkRef {
-                    id: sealed.id,
-                    len: sealed.bytes.len() as u32,
-                });
-                if seen.insert(sealed.id) && !self.chunks().contains(&sealed.id) {
-                    bytes_written += sealed.bytes.len() as u64;
-                    written += 1;
-                    staged.push(self.chunks().stage(sealed.id, &sealed.bytes)?);
-                } else {
-                    reused += 1;
-                }
+        let mut seal_one = |chunk: &[u8]| -> Result<()> {
+            fp.update(chunk);
+            plain += chunk.len() as u64;
+            let sealed = cipher
+                .seal(chunk, compression)
+                .ctx(|| format!("sealing {}", src.path.display()))?;
+            refs.push(ChunkRef {
+                id: sealed.id,
+                len: sealed.bytes.len() as u32,
+            });
+            if seen.insert(sealed.id) && !self.chunks().contains(&sealed.id) {
+                bytes_written += sealed.bytes.len() as u64;
+                written += 1;
+                staged.push(self.chunks().stage(sealed.id, &sealed.bytes)?);
+            } else {
+                reused += 1;
             }
             Ok(())
-        })();
+        };
+        let result = if src.len <= SMALL_SOURCE {
+            // Small sources (nearly all of a BBS): one read, chunked in memory.
+            let buf = match buffered {
+                Some(b) => Ok(b),
+                None => read_all(src),
+            };
+            buf.and_then(|buf| {
+                chunk_ranges(&buf)
+                    .into_iter()
+                    .try_for_each(|r| seal_one(&buf[r]))
+            })
+        } else {
+            open_source(src).and_then(|r| {
+                chunker(r).try_for_each(|chunk| seal_one(&chunk.map_err(|e| read_err(src, e))?))
+            })
+        };
         if let Err(e) = result {
             self.chunks().discard(staged);
             return Err(e);

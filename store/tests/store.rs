@@ -91,6 +91,26 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     out
 }
 
+fn temp_files(data: &Path) -> usize {
+    let mut n = 0;
+    for d in fs::read_dir(data.join("chunks")).unwrap() {
+        let p = d.unwrap().path();
+        if p.is_dir() {
+            n += fs::read_dir(&p)
+                .unwrap()
+                .filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains(".tmp.")
+                })
+                .count();
+        }
+    }
+    n
+}
+
 fn chunk_files(store: &Store) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = store
         .chunks()
@@ -271,7 +291,7 @@ fn bad_tree_changes_nothing() -> R {
     assert!(e.to_string().contains("stray.txt"));
     assert_eq!(store.db().object_count(), 0);
     assert!(chunk_files(&store).is_empty());
-    assert_eq!(fs::read_dir(f.data.join("chunks/tmp"))?.count(), 0);
+    assert_eq!(temp_files(&f.data), 0);
     Ok(())
 }
 
@@ -279,10 +299,17 @@ fn bad_tree_changes_nothing() -> R {
 fn stale_temp_files_are_removed_on_open() -> R {
     let f = fixture();
     let store = Store::init(&f.data, "alpha")?;
+    store.import_bbs(&f.tree, &NoProgress)?;
     drop(store);
-    write(&f.data, "chunks/tmp/deadbeef.1.0", b"half a chunk");
+    // What a crash between staging and publishing leaves behind.
+    let stale =
+        "chunks/ab/ab00000000000000000000000000000000000000000000000000000000000000.tmp.1.0";
+    write(&f.data, stale, b"half a chunk");
+    write(&f.data, "chunks/dirty", b"");
     let store = Store::open(&f.data)?;
-    assert_eq!(fs::read_dir(f.data.join("chunks/tmp"))?.count(), 0);
+    assert!(!f.data.join(stale).exists());
+    assert!(!f.data.join("chunks/dirty").exists());
+    assert_eq!(temp_files(&f.data), 0);
     assert!(store.verify(true, &NoProgress)?.is_ok());
     Ok(())
 }
