@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ChunkId, Error, InstanceId, ObjectId, Result,
-    chunk::MAX_STORED_CHUNK,
+    chunk::{CHUNK_HEADER_LEN, MAX_STORED_CHUNK, TAG_LEN},
     ids::ManifestId,
     signed::{Signed, SignedBody},
 };
@@ -43,10 +43,14 @@ pub struct Manifest {
     pub plaintext_len: u64,
     /// The chunks, in order.
     pub chunks: Vec<ChunkRef>,
-    /// Optional encrypted metadata (reserved; unused by this version).
+    /// Encrypted [`ObjectMeta`] (the object's shape), sealed under the
+    /// content key with [`crate::ChunkCipher::seal_meta`]; `None` on tombstones.
     #[serde(with = "serde_bytes")]
     pub meta: Option<Vec<u8>>,
 }
+
+/// The smallest possible sealed chunk: header and tag around empty data.
+pub const MIN_STORED_CHUNK: usize = CHUNK_HEADER_LEN + TAG_LEN;
 
 /// Longest object name in bytes.
 pub const MAX_OBJECT_NAME: usize = 4096;
@@ -99,13 +103,15 @@ impl SignedBody for Manifest {
         if self.version == 0 {
             return Err(Error::invalid("manifest", "version 0"));
         }
-        if self.deleted && (!self.chunks.is_empty() || self.plaintext_len != 0) {
+        if self.deleted
+            && (!self.chunks.is_empty() || self.plaintext_len != 0 || self.meta.is_some())
+        {
             return Err(Error::invalid("manifest", "tombstone with content"));
         }
         if self
             .chunks
             .iter()
-            .any(|c| (c.len as usize) > MAX_STORED_CHUNK || c.len == 0)
+            .any(|c| (c.len as usize) > MAX_STORED_CHUNK || (c.len as usize) < MIN_STORED_CHUNK)
         {
             return Err(Error::invalid("manifest", "chunk length out of range"));
         }

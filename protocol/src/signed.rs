@@ -26,7 +26,8 @@ struct Wire {
     sig: [u8; 64],
 }
 
-/// Bytes the wire wrapper adds around a body at most (format, two length prefixes, signature).
+/// Bytes the wire wrapper adds around a body at most (format varint up to 3,
+/// two length prefixes up to 10 each, signature).
 const WIRE_OVERHEAD: usize = 2 + 10 + 10 + 64;
 
 /// A structure that is signed by one instance.
@@ -170,6 +171,13 @@ impl<T: SignedBody> Unverified<T> {
             });
         }
         Ok(self.inner)
+    }
+
+    /// The fields as claimed, nothing checked: only for deciding whether a
+    /// structure concerns us at all (e.g. an entry's recipient), never for
+    /// trusting its content.
+    pub fn claimed(&self) -> &T {
+        &self.inner.value
     }
 
     /// Returns the value without checking anything. Only for bytes this

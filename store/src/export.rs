@@ -123,6 +123,12 @@ impl Store {
     pub fn export_object(&self, id: &ObjectId, dest: &Path) -> Result<ExportStats> {
         let start = Instant::now();
         let st = self.state(id)?;
+        if st.deleted {
+            return Err(StoreError::UnknownObject(format!(
+                "{}:{} (deleted)",
+                st.kind, st.name
+            )));
+        }
         let m = self.manifest(id)?;
         let key = self.content_key(&m)?;
         let shape = match &m.meta {

@@ -138,6 +138,45 @@ fn read_err(src: &Source, e: std::io::Error) -> StoreError {
     }
 }
 
+/// Checks a source before anything is read or written: kind, name and owner
+/// rules, and for the BBS kinds that the object fits the tree layout (so
+/// that `export-bbs` can always write it back).
+fn check_source(src: &Source) -> Result<()> {
+    use bbsync_protocol::manifest::{check_kind, check_name};
+    check_kind(&src.kind)
+        .and_then(|_| check_name("object name", &src.name))
+        .and_then(|_| match &src.owner {
+            Some(o) => check_name("object owner", o),
+            None => Ok(()),
+        })
+        .ctx(|| format!("importing {}", src.path.display()))?;
+    if BBS_KINDS.contains(&src.kind.as_str()) {
+        let want = match src.kind.as_str() {
+            "applet" | "applet-data" => Shape::Dir,
+            _ => Shape::File,
+        };
+        if bbs::tree_path(&src.kind, &src.name).is_none() {
+            return Err(StoreError::Invalid(format!(
+                "{}:{} does not fit the BBS tree layout (see `bbsync import --help`)",
+                src.kind, src.name
+            )));
+        }
+        if src.shape != want {
+            let what = if want == Shape::Dir {
+                "a directory"
+            } else {
+                "a file"
+            };
+            return Err(StoreError::Invalid(format!(
+                "a {} object must be {what}: {}",
+                src.kind,
+                src.path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Sources up to this size are read whole and chunked in memory.
 const SMALL_SOURCE: u64 = 8 * 1024 * 1024;
 
@@ -276,53 +315,64 @@ impl Store {
             st.stat_digest = Some(src.stat_digest);
             return Ok(Outcome::Unchanged(*id, Some(st)));
         }
-        let meta = cipher
-            .seal_meta(
-                &ObjectMeta {
-                    format: FORMAT_V1,
-                    shape: src.shape,
-                }
-                .encode(),
-            )
-            .ctx(|| "sealing object meta".to_string())?;
-        let manifest = Manifest {
-            format: FORMAT_V1,
-            object_id,
-            version,
-            kind: src.kind.clone(),
-            name: src.name.clone(),
-            owner: src.owner.clone(),
-            created_at_ms: bbsync_protocol::now_ms(),
-            author: self.instance_id(),
-            deleted: false,
-            plaintext_len: plain,
-            chunks: refs,
-            meta: Some(meta),
-        };
-        let signed = Signed::sign(self.identity(), manifest)
-            .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
-        let envelope = self.wrap_for_all(object_id, version, &key)?;
-        let state = ObjectState {
-            version,
-            manifest_id: signed.id(),
-            seq: 0,
-            complete: true,
-            kind: src.kind.clone(),
-            name: src.name.clone(),
-            owner: src.owner.clone(),
-            deleted: false,
-            plaintext_len: plain,
-            stored_len: signed.chunks.iter().map(|c| u64::from(c.len)).sum(),
-            chunks: signed.chunks.len() as u32,
-            fingerprint: Some(fingerprint),
-            stat_digest: Some(src.stat_digest),
-        };
-        let write = ObjectWrite {
-            object_id,
-            state,
-            manifest: signed.bytes().to_vec(),
-            envelope,
-            previous: existing.map(|(_, st)| st),
+        // Anything failing from here on must not leave staged chunks behind.
+        let built = (|| -> Result<ObjectWrite> {
+            let meta = cipher
+                .seal_meta(
+                    &ObjectMeta {
+                        format: FORMAT_V1,
+                        shape: src.shape,
+                    }
+                    .encode(),
+                )
+                .ctx(|| "sealing object meta".to_string())?;
+            let manifest = Manifest {
+                format: FORMAT_V1,
+                object_id,
+                version,
+                kind: src.kind.clone(),
+                name: src.name.clone(),
+                owner: src.owner.clone(),
+                created_at_ms: bbsync_protocol::now_ms(),
+                author: self.instance_id(),
+                deleted: false,
+                plaintext_len: plain,
+                chunks: refs,
+                meta: Some(meta),
+            };
+            let signed = Signed::sign(self.identity(), manifest)
+                .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
+            let envelope = self.wrap_for_all(object_id, version, &key)?;
+            let state = ObjectState {
+                version,
+                manifest_id: signed.id(),
+                seq: 0,
+                complete: true,
+                kind: src.kind.clone(),
+                name: src.name.clone(),
+                owner: src.owner.clone(),
+                deleted: false,
+                plaintext_len: plain,
+                stored_len: signed.chunks.iter().map(|c| u64::from(c.len)).sum(),
+                chunks: signed.chunks.len() as u32,
+                fingerprint: Some(fingerprint),
+                stat_digest: Some(src.stat_digest),
+            };
+            let write = ObjectWrite {
+                object_id,
+                state,
+                manifest: signed.bytes().to_vec(),
+                envelope,
+                previous: existing.clone().map(|(_, st)| st),
+            };
+            Ok(write)
+        })();
+        let write = match built {
+            Ok(w) => w,
+            Err(e) => {
+                self.chunks().discard(staged);
+                return Err(e);
+            }
         };
         Ok(Outcome::Write(
             Box::new(write),
@@ -398,9 +448,7 @@ impl Store {
                     src.kind, src.name
                 )));
             }
-            bbsync_protocol::manifest::check_kind(&src.kind)
-                .and_then(|_| bbsync_protocol::manifest::check_name("object name", &src.name))
-                .ctx(|| format!("importing {}", src.path.display()))?;
+            check_source(&src)?;
             let existing = match self.db().lookup(&src.kind, &src.name)? {
                 Some(id) => Some((id, self.state(&id)?)),
                 None => None,
@@ -416,6 +464,7 @@ impl Store {
             .map(|(src, existing)| self.process(src, existing.clone(), &fp_key, progress))
             .collect();
         progress.finish();
+        tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
         let mut writes = Vec::new();
         let mut staged_all = Vec::new();
         let mut refresh = Vec::new();
@@ -453,19 +502,35 @@ impl Store {
             return Err(e);
         }
         if tombstone_missing {
-            for r in self.db().objects() {
-                let (id, st) = r?;
-                if !st.deleted
-                    && BBS_KINDS.contains(&st.kind.as_str())
-                    && !names.contains(&(st.kind.clone(), st.name.clone()))
-                {
-                    writes.push(self.tombstone(id, &st)?);
-                    stats.deleted += 1;
+            let tombstones = (|| -> Result<Vec<ObjectWrite>> {
+                let mut out = Vec::new();
+                for r in self.db().objects() {
+                    let (id, st) = r?;
+                    if !st.deleted
+                        && BBS_KINDS.contains(&st.kind.as_str())
+                        && !names.contains(&(st.kind.clone(), st.name.clone()))
+                    {
+                        out.push(self.tombstone(id, &st)?);
+                    }
+                }
+                Ok(out)
+            })();
+            match tombstones {
+                Ok(t) => {
+                    stats.deleted = t.len() as u64;
+                    writes.extend(t);
+                }
+                Err(e) => {
+                    self.chunks().discard(staged_all);
+                    return Err(e);
                 }
             }
         }
         let replaced = stats.changed + stats.deleted > 0;
+        let t = Instant::now();
         self.chunks().publish(staged_all)?;
+        tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (syncfs, rename, syncfs)");
+        let t = Instant::now();
         if !writes.is_empty() {
             self.db().commit(writes)?;
         }
@@ -474,9 +539,17 @@ impl Store {
         }
         self.db().flush()?;
         stats.seq = self.db().last_seq()?;
+        tracing::info!(elapsed = ?t.elapsed(), "import: metadata committed");
         drop(_g);
         if replaced {
-            stats.chunks_collected = self.gc()?.0;
+            // The import is durable already; a failed clean-up is reported,
+            // not turned into a failed import (`bbsync gc` retries it).
+            match self.gc() {
+                Ok((n, _)) => stats.chunks_collected = n,
+                Err(e) => {
+                    tracing::warn!("import done, but removing unreferenced chunks failed: {e}")
+                }
+            }
         }
         stats.elapsed = start.elapsed();
         Ok(stats)
@@ -498,7 +571,9 @@ impl Store {
     /// Imports a whole BBS tree; objects of the BBS kinds that are no longer
     /// in the tree get a tombstone.
     pub fn import_bbs(&self, root: &Path, progress: &dyn Progress) -> Result<ImportStats> {
+        let t = Instant::now();
         let sources = bbs::scan(root)?;
+        tracing::info!(elapsed = ?t.elapsed(), sources = sources.len(), "import: tree scanned");
         self.run_import(sources, true, progress)
     }
 }

@@ -106,6 +106,13 @@ impl Store {
                 if dir.join(IDENTITY_FILE).exists() || dir.join("db").exists() {
                     return Err(StoreError::AlreadyInitialized(dir.to_path_buf()));
                 }
+                let mut entries = fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
+                if entries.next().is_some() {
+                    return Err(StoreError::Invalid(format!(
+                        "{} is not empty and holds no bbsync store; init needs a new or empty directory",
+                        dir.display()
+                    )));
+                }
             }
             Err(_) => fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?,
         }
@@ -368,6 +375,10 @@ impl Store {
                     continue;
                 }
             };
+            // Entries for other instances are none of our business here.
+            if u.claimed().recipient != me {
+                continue;
+            }
             let author = m.author;
             match u.verify(|w| *w == author || self.is_full(w)) {
                 Ok(e)

@@ -1,0 +1,379 @@
+//! Shared helpers of the CLI integration tests: running the real `bbsync`
+//! binary against a private data dir, building small BBS trees by hand,
+//! comparing directory trees and taking before/after snapshots of a store.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+/// Result type of the tests.
+pub type TestResult<T = ()> = anyhow::Result<T>;
+
+/// `bbsync --no-progress --data-dir DATA`, with no leaking environment.
+pub fn bbsync(data: &Path) -> Command {
+    let mut c = bare();
+    c.arg("--no-progress").arg("--data-dir").arg(data);
+    c
+}
+
+/// `bbsync` with a clean environment but no `--data-dir`.
+pub fn bare() -> Command {
+    let mut c = Command::cargo_bin("bbsync").unwrap();
+    c.env_remove("BBSYNC_DATA")
+        .env_remove("BBSYNC_LOG")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// What one run printed.
+pub struct Out {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `bbsync --data-dir DATA ARGS...` and returns what it printed.
+pub fn run(data: &Path, args: &[&str]) -> Out {
+    let o = bbsync(data).args(args).output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(data: &Path, args: &[&str]) -> String {
+    let o = run(data, args);
+    assert_eq!(
+        o.code, 0,
+        "bbsync {args:?} failed with {}\nstdout: {}\nstderr: {}",
+        o.code, o.stdout, o.stderr
+    );
+    o.stdout
+}
+
+/// Runs a command with `--json` that must succeed; returns the parsed output.
+pub fn json(data: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ok(data, &all);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("bbsync {args:?}: stdout is not JSON ({e}): {out}"))
+}
+
+/// Asserts the contract for failures: exit 1 and exactly one line on
+/// stderr, starting with `error: `. Returns that line.
+pub fn assert_one_line_error(o: &Out, what: &str) -> String {
+    assert_eq!(
+        o.code, 1,
+        "{what}: expected exit 1, got {}\nstdout: {}\nstderr: {}",
+        o.code, o.stdout, o.stderr
+    );
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: stderr must be exactly one line, got:\n{}",
+        o.stderr
+    );
+    assert!(
+        lines[0].starts_with("error: "),
+        "{what}: stderr must start with `error: `: {}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+/// Runs a command that must fail cleanly (exit 1, one `error: ` line);
+/// returns the error line.
+pub fn fail(data: &Path, args: &[&str]) -> String {
+    let o = run(data, args);
+    assert_one_line_error(&o, &format!("bbsync {args:?}"))
+}
+
+/// Asserts that `line` contains every one of `needles` (case-insensitive).
+pub fn assert_mentions(line: &str, needles: &[&str]) {
+    let l = line.to_lowercase();
+    for n in needles {
+        assert!(
+            l.contains(&n.to_lowercase()),
+            "error line should mention {n:?}: {line}"
+        );
+    }
+}
+
+/// `bbsync init --json --name NAME`; returns the JSON.
+pub fn init(data: &Path, name: &str) -> Value {
+    json(data, &["init", "--name", name])
+}
+
+/// The card string of the store in `data`.
+pub fn card(data: &Path) -> String {
+    ok(data, &["id"]).trim().to_string()
+}
+
+/// Writes a file, creating its parent directories.
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, bytes).unwrap();
+}
+
+/// Builds the hand-made mini BBS tree under `root`; returns the number of
+/// objects `import-bbs` makes of it.
+pub fn mini_bbs(root: &Path) -> u64 {
+    write(
+        &root.join("config/bbs.toml"),
+        "name = \"Mini BBS\"\nsysop = \"root\"\n",
+    );
+    // CP437-ish bytes that are not UTF-8.
+    write(
+        &root.join("config/menus/main.ans"),
+        b"\x1b[1;33m\xc9\xcd\xcd\xbb MAIN \xb0\xb1\xb2\x1b[0m\r\n\x1a",
+    );
+    let lord = root.join("applets/lord");
+    write(
+        &lord.join("main.lua"),
+        "print('Legend of the Red Dragon')\n",
+    );
+    let blob: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write(&lord.join("assets/x.bin"), blob);
+    fs::create_dir_all(lord.join("cache")).unwrap();
+    write(&lord.join("name with space ü.txt"), "spaces and umlauts\n");
+    write(&lord.join("empty.txt"), "");
+    write(
+        &root.join("data/lord/alice/save.json"),
+        "{\"level\": 3, \"gold\": 120}\n",
+    );
+    fs::create_dir_all(root.join("data/lord/alice/tmp")).unwrap();
+    write(
+        &root.join("boards/general/1.json"),
+        "{\"id\":1,\"from\":\"alice\",\"subject\":\"hello\",\"body\":\"first post\"}\n",
+    );
+    write(
+        &root.join("boards/general/2.json"),
+        "{\"id\":2,\"from\":\"bob\",\"subject\":\"re: hello\",\"body\":\"> first post\\nwelcome\"}\n",
+    );
+    write(&root.join("files/日本語/読んで.txt"), "読んでください\n");
+    write(&root.join("files/empty.txt"), "");
+    8
+}
+
+/// A directory tree: relative path -> `None` for a directory, the bytes for a file.
+pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
+/// Reads a whole tree (directories included, empty ones too).
+pub fn read_tree(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .expect("test trees have UTF-8 names")
+                .to_string();
+            let ft = fs::symlink_metadata(&p).unwrap().file_type();
+            if ft.is_dir() {
+                out.insert(rel, None);
+                walk(root, &p, out);
+            } else if ft.is_file() {
+                out.insert(rel, Some(fs::read(&p).unwrap()));
+            } else {
+                panic!("unexpected special file {}", p.display());
+            }
+        }
+    }
+    let mut t = Tree::new();
+    walk(root, root, &mut t);
+    t
+}
+
+/// Asserts that two trees hold the same directories and the same files
+/// with the same bytes.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = read_tree(expected);
+    let b = read_tree(actual);
+    if a == b {
+        return;
+    }
+    let mut msg = format!(
+        "trees differ: {} vs {}\n",
+        expected.display(),
+        actual.display()
+    );
+    for (k, v) in &a {
+        match b.get(k) {
+            None => msg.push_str(&format!("  missing in export: {k}\n")),
+            Some(w) if w != v => msg.push_str(&format!("  differs: {k}\n")),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        msg.push_str(&format!("  extra in export: {k}\n"));
+    }
+    panic!("{msg}");
+}
+
+/// Every file under `<data>/chunks` (relative paths): chunk files, but also
+/// temp files, markers or strays, so that a snapshot sees any leftover.
+pub fn chunk_files(data: &Path) -> BTreeSet<PathBuf> {
+    let root = data.join("chunks");
+    let mut out = BTreeSet::new();
+    let Ok(rd) = fs::read_dir(&root) else {
+        return out;
+    };
+    for d in rd {
+        let d = d.unwrap();
+        if !d.path().is_dir() {
+            out.insert(PathBuf::from(d.file_name()));
+            continue;
+        }
+        for f in fs::read_dir(d.path()).unwrap() {
+            let f = f.unwrap();
+            out.insert(Path::new(&d.file_name()).join(f.file_name()));
+        }
+    }
+    out
+}
+
+/// The well-named chunk files of a store (`<xx>/<64 hex>`), sorted.
+pub fn real_chunks(data: &Path) -> Vec<PathBuf> {
+    chunk_files(data)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            p.components().count() == 2
+                && name.len() == 64
+                && name.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .collect()
+}
+
+/// Temp chunk files (`<shard>/<hex>.tmp.<pid>.<n>`) and the `chunks/dirty`
+/// marker left in a store: there should be none after any command ends.
+pub fn chunk_temp_files(data: &Path) -> Vec<PathBuf> {
+    chunk_files(data)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.contains(".tmp.") || name == "dirty" || p.starts_with("tmp")
+        })
+        .collect()
+}
+
+/// Everything a failed command must leave alone.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    /// Chunk files present.
+    pub chunks: BTreeSet<PathBuf>,
+    /// `ls --all --json`.
+    pub ls: Value,
+    /// `trust list --json` without the insertion times.
+    pub trust: Value,
+    /// `status --json` without the timing-free but path-dependent fields.
+    pub status: Value,
+}
+
+/// Takes a snapshot of a store through the CLI (chunk files first, so
+/// that the commands run here cannot hide anything).
+pub fn snapshot(data: &Path) -> Snapshot {
+    let chunks = chunk_files(data);
+    let ls = json(data, &["ls", "--all"]);
+    let trust = json(data, &["trust", "list"]);
+    let status = json(data, &["status"]);
+    Snapshot {
+        chunks,
+        ls,
+        trust,
+        status,
+    }
+}
+
+/// The `ls --all --json` row of `kind:name`.
+pub fn ls_row(data: &Path, kind: &str, name: &str) -> Option<Value> {
+    let v = json(data, &["ls", "--all"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == kind && r["name"] == name)
+        .cloned()
+}
+
+/// The `(kind, name)` pairs `ls --json` (optionally with more args) shows.
+pub fn ls_names(data: &Path, extra: &[&str]) -> BTreeSet<(String, String)> {
+    let mut args = vec!["ls"];
+    args.extend_from_slice(extra);
+    json(data, &args)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The problem classes in a `verify --json` report.
+pub fn problem_classes(report: &Value) -> Vec<String> {
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["class"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs `verify --json [extra]` and returns (exit code, report).
+pub fn verify(data: &Path, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["--json", "verify"];
+    args.extend_from_slice(extra);
+    let o = run(data, &args);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify --json: stdout is not JSON ({e}): {}\nstderr: {}",
+            o.stdout, o.stderr
+        )
+    });
+    (o.code, v)
+}
+
+/// Waits (up to 5 s) until no process holds the store's lock any more,
+/// e.g. after the test itself opened it with the store crate.
+pub fn wait_unlocked(data: &Path) {
+    for _ in 0..50 {
+        if !run(data, &["status"]).stderr.contains("in use") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{} stays locked", data.display());
+}
+
+/// Whether this process can still read a file it has just made mode 000
+/// (true when running as root or with CAP_DAC_OVERRIDE).
+pub fn can_bypass_permissions(path: &Path) -> bool {
+    if path.is_dir() {
+        fs::read_dir(path).is_ok()
+    } else {
+        fs::File::open(path).is_ok()
+    }
+}
