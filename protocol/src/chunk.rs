@@ -1,14 +1,17 @@
 //! Content keys, content-defined chunking and chunk sealing.
 //!
 //! ```text
-//! nonce  = HMAC-SHA256(K, "bbsync/chunk-nonce/v1" || plaintext)[..12]
+//! nonce  = HMAC-SHA256(K, "bbsync/chunk-nonce/v1" || flags || data)[..12]
 //! stored = format(1) || flags(1) || nonce(12) || AES-256-GCM(K, nonce, data, aad = "bbsync/chunk/v1" || flags)
 //! ChunkId = SHA-256(stored)
 //! ```
 //! `data` is the plaintext, or its zstd compression when that is smaller
 //! (flags bit 0). The synthetic nonce makes sealing deterministic per key:
-//! the same plaintext under the same key gives the same chunk, which is what
+//! the same bytes under the same key give the same chunk, which is what
 //! lets versions of an object share chunks and re-imports write nothing.
+//! The nonce is taken over exactly the bytes that are encrypted (with the
+//! flags), so two different AES-GCM inputs under one key never share a
+//! nonce, whatever compression level or zstd version produced them.
 
 use std::io::Read;
 
@@ -151,11 +154,12 @@ impl ChunkCipher {
         ChunkCipher { aead, mac }
     }
 
-    /// The synthetic nonce of a plaintext.
-    pub fn nonce_for(&self, plaintext: &[u8]) -> [u8; 12] {
+    /// The synthetic nonce of the bytes to encrypt and their flags.
+    pub fn nonce_for(&self, flags: u8, data: &[u8]) -> [u8; 12] {
         let mut mac = self.mac.clone();
         mac.update(NONCE_DOMAIN);
-        mac.update(plaintext);
+        mac.update(&[flags]);
+        mac.update(data);
         let tag = mac.finalize().into_bytes();
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&tag[..12]);
@@ -170,7 +174,6 @@ impl ChunkCipher {
                 format!("plaintext of {} bytes exceeds {CHUNK_MAX}", plaintext.len()),
             ));
         }
-        let nonce = self.nonce_for(plaintext);
         let compressed = match compression {
             Compression::Zstd(level)
                 if !plaintext.is_empty() && worth_compressing(plaintext, level) =>
@@ -183,6 +186,7 @@ impl ChunkCipher {
             Some(c) => (FLAG_COMPRESSED, c),
             None => (0, plaintext),
         };
+        let nonce = self.nonce_for(flags, data);
         let mut bytes = Vec::with_capacity(CHUNK_HEADER_LEN + data.len() + TAG_LEN);
         bytes.push(CHUNK_FORMAT);
         bytes.push(flags);

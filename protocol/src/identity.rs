@@ -53,6 +53,7 @@ impl FromStr for Role {
 pub struct Identity {
     signing: SigningKey,
     x25519: StaticSecret,
+    x25519_public: [u8; 32],
     name: String,
     created_at_ms: u64,
 }
@@ -99,9 +100,11 @@ impl Identity {
     pub fn generate(name: &str, created_at_ms: u64) -> Result<Self> {
         check_name(name)?;
         let mut rng = rand::rngs::OsRng;
+        let x25519 = StaticSecret::random_from_rng(rng);
         Ok(Identity {
             signing: SigningKey::generate(&mut rng),
-            x25519: StaticSecret::random_from_rng(rng),
+            x25519_public: XPublic::from(&x25519).to_bytes(),
+            x25519,
             name: name.to_owned(),
             created_at_ms,
         })
@@ -115,9 +118,11 @@ impl Identity {
         x25519_secret: [u8; 32],
     ) -> Result<Self> {
         check_name(name)?;
+        let x25519 = StaticSecret::from(x25519_secret);
         Ok(Identity {
             signing: SigningKey::from_bytes(&ed25519_secret),
-            x25519: StaticSecret::from(x25519_secret),
+            x25519_public: XPublic::from(&x25519).to_bytes(),
+            x25519,
             name: name.to_owned(),
             created_at_ms,
         })
@@ -130,7 +135,7 @@ impl Identity {
 
     /// This instance's x25519 public key.
     pub fn x25519_public(&self) -> [u8; 32] {
-        XPublic::from(&self.x25519).to_bytes()
+        self.x25519_public
     }
 
     /// The instance's human name.

@@ -24,7 +24,7 @@ pub mod signed;
 
 pub use checkpoint::{Checkpoint, RootBuilder};
 pub use chunk::{ChunkCipher, Compression, ContentKey, SealedChunk};
-pub use envelope::{EnvelopeEntry, wrap_content_key};
+pub use envelope::{EnvelopeEntry, Unwrapper, WrapSession, wrap_content_key};
 pub use error::{Error, ErrorKind};
 pub use identity::{Identity, InstanceCard, Role, card_from_str, card_to_string};
 pub use ids::{ChunkId, InstanceId, ManifestId, ObjectId};

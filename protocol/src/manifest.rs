@@ -103,6 +103,13 @@ impl SignedBody for Manifest {
         if self.version == 0 {
             return Err(Error::invalid("manifest", "version 0"));
         }
+        if self
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.len() > crate::chunk::MAX_META)
+        {
+            return Err(Error::invalid("manifest", "meta blob too large"));
+        }
         if self.deleted
             && (!self.chunks.is_empty() || self.plaintext_len != 0 || self.meta.is_some())
         {

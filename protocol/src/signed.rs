@@ -48,6 +48,29 @@ pub trait SignedBody: Serialize + DeserializeOwned + Sized {
     }
 }
 
+thread_local! {
+    /// Decoded public keys of recent signers. Decoding (point decompression)
+    /// costs as much as a third of a verification, and a store's signatures
+    /// come from a handful of instances.
+    static KEYS: std::cell::RefCell<std::collections::HashMap<[u8; 32], VerifyingKey>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn verifying_key(signer: &InstanceId) -> Option<VerifyingKey> {
+    KEYS.with(|cell| {
+        let mut keys = cell.borrow_mut();
+        if let Some(k) = keys.get(signer.as_bytes()) {
+            return Some(*k);
+        }
+        let k = VerifyingKey::from_bytes(signer.as_bytes()).ok()?;
+        if keys.len() >= 256 {
+            keys.clear();
+        }
+        keys.insert(*signer.as_bytes(), k);
+        Some(k)
+    })
+}
+
 fn signed_message<T: SignedBody>(body: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(T::DOMAIN.len() + body.len());
     msg.extend_from_slice(T::DOMAIN);
@@ -139,6 +162,17 @@ impl<T: SignedBody> Unverified<T> {
         check_format(T::WHAT, wire.format)?;
         let value: T = decode(T::WHAT, &wire.body, T::MAX_BODY)?;
         check_format(T::WHAT, value.format())?;
+        // postcard accepts over-long varints: insist on the one canonical
+        // encoding, so a signed structure has exactly one byte string.
+        if encode(&value) != wire.body
+            || encode(&Wire {
+                format: wire.format,
+                body: wire.body.clone(),
+                sig: wire.sig,
+            }) != bytes
+        {
+            return Err(Error::malformed(T::WHAT, "not in canonical encoding"));
+        }
         Ok(Unverified {
             inner: Signed {
                 bytes: bytes.to_vec(),
@@ -158,8 +192,7 @@ impl<T: SignedBody> Unverified<T> {
     /// `trusted` whether the signer is acceptable.
     pub fn verify(self, trusted: impl FnOnce(&InstanceId) -> bool) -> Result<Signed<T>> {
         let signer = self.inner.value.signer();
-        let key = VerifyingKey::from_bytes(signer.as_bytes())
-            .map_err(|_| Error::BadSignature { what: T::WHAT })?;
+        let key = verifying_key(&signer).ok_or(Error::BadSignature { what: T::WHAT })?;
         let sig = Signature::from_bytes(&self.sig);
         key.verify_strict(&signed_message::<T>(&self.inner.body), &sig)
             .map_err(|_| Error::BadSignature { what: T::WHAT })?;

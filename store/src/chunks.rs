@@ -39,7 +39,15 @@ pub struct ChunkFiles {
     counter: AtomicU64,
     outstanding: AtomicU64,
     dirty: AtomicBool,
+    /// Bytes staged since the last background write-out started.
+    unsynced: AtomicU64,
+    /// The running background write-out, if any.
+    writeback: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// Staged bytes after which a background `syncfs` starts, so that the disk
+/// writes while the importer is still sealing (publish then waits for little).
+const WRITEBACK_EVERY: u64 = 64 * 1024 * 1024;
 
 const DIRTY: &str = "dirty";
 const TMP_TAG: &str = ".tmp.";
@@ -53,6 +61,8 @@ impl ChunkFiles {
             counter: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            unsynced: AtomicU64::new(0),
+            writeback: std::sync::Mutex::new(None),
         };
         if root.join(DIRTY).exists() {
             files.sweep()?;
@@ -149,6 +159,12 @@ impl ChunkFiles {
         };
         write(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
         self.outstanding.fetch_add(1, Ordering::SeqCst);
+        let before = self
+            .unsynced
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if before + bytes.len() as u64 >= WRITEBACK_EVERY {
+            self.start_writeback();
+        }
         Ok(Staged { id, tmp })
     }
 
@@ -160,6 +176,39 @@ impl ChunkFiles {
         }
         if n > 0 {
             self.settle(n);
+        }
+    }
+
+    /// Starts a background `syncfs` unless one is running. Only a speed-up:
+    /// durability still comes from the `syncfs` calls in [`ChunkFiles::publish`].
+    fn start_writeback(&self) {
+        let mut slot = self
+            .writeback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.unsynced.store(0, Ordering::Relaxed);
+        let root = self.root.clone();
+        *slot = std::thread::Builder::new()
+            .name("bbsync-writeback".into())
+            .spawn(move || {
+                if let Ok(dir) = File::open(&root) {
+                    let _ = rustix::fs::syncfs(&dir);
+                }
+            })
+            .ok();
+    }
+
+    fn join_writeback(&self) {
+        let handle = self
+            .writeback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
         }
     }
 
@@ -176,6 +225,7 @@ impl ChunkFiles {
             return Ok(());
         }
         let n = staged.len() as u64;
+        self.join_writeback();
         let r = (|| {
             self.syncfs()?;
             for s in &staged {

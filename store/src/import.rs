@@ -21,14 +21,12 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed,
+    ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed, WrapSession,
     chunk::{chunk_ranges, chunker},
     encoding::FORMAT_V1,
 };
-use hmac::{Hmac, Mac};
 use rayon::prelude::*;
 use serde::Serialize;
-use sha2::Sha256;
 
 use crate::{
     Store,
@@ -74,23 +72,23 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// Keyed plaintext fingerprint: HMAC-SHA256 under a local-only key over
-/// the shape byte and the plaintext. Never leaves this machine.
-struct Fingerprinter(Hmac<Sha256>);
+/// Keyed plaintext fingerprint: keyed BLAKE3 under a local-only key over a
+/// domain string, the shape byte and the plaintext. Never leaves this
+/// machine; only tells a re-import that content is unchanged.
+struct Fingerprinter(blake3::Hasher);
 
 impl Fingerprinter {
     fn new(key: &[u8; 32], shape: u8) -> Self {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        m.update(b"bbsync/fingerprint/v1\0");
-        m.update(&[shape]);
-        Fingerprinter(m)
+        let mut h = blake3::Hasher::new_keyed(key);
+        h.update(b"bbsync/fingerprint/v1\0");
+        h.update(&[shape]);
+        Fingerprinter(h)
     }
     fn update(&mut self, data: &[u8]) {
         self.0.update(data);
     }
     fn finish(self) -> [u8; 32] {
-        self.0.finalize().into_bytes().into()
+        *self.0.finalize().as_bytes()
     }
 }
 
@@ -208,6 +206,8 @@ impl Store {
         src: &Source,
         existing: Option<(ObjectId, ObjectState)>,
         fp_key: &[u8; 32],
+        session: &WrapSession<'_>,
+        recipients: &[(bbsync_protocol::InstanceId, [u8; 32])],
         progress: &dyn Progress,
     ) -> Result<Outcome> {
         let live = existing
@@ -342,7 +342,7 @@ impl Store {
             };
             let signed = Signed::sign(self.identity(), manifest)
                 .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
-            let envelope = self.wrap_for_all(object_id, version, &key)?;
+            let envelope = self.wrap_for(session, recipients, object_id, version, &key)?;
             let state = ObjectState {
                 version,
                 manifest_id: signed.id(),
@@ -458,10 +458,21 @@ impl Store {
         // Largest first, so that big files do not end up alone at the tail.
         jobs.sort_by_key(|(s, _)| std::cmp::Reverse(s.len));
         let fp_key = self.identity().local_key("fingerprint");
+        let session = WrapSession::new(self.identity());
+        let recipients = self.recipients()?;
         progress.start("import", jobs.len() as u64, stats.bytes_scanned);
         let results: Vec<Result<Outcome>> = jobs
             .par_iter()
-            .map(|(src, existing)| self.process(src, existing.clone(), &fp_key, progress))
+            .map(|(src, existing)| {
+                self.process(
+                    src,
+                    existing.clone(),
+                    &fp_key,
+                    &session,
+                    &recipients,
+                    progress,
+                )
+            })
             .collect();
         progress.finish();
         tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");

@@ -33,7 +33,7 @@ use std::{
 
 use bbsync_protocol::{
     ContentKey, EnvelopeEntry, Identity, InstanceCard, InstanceId, Manifest, ObjectId, Role,
-    Signed, Unverified, card_from_str,
+    Signed, Unverified, WrapSession, card_from_str,
 };
 
 pub use config::Config;
@@ -49,6 +49,7 @@ pub struct Store {
     chunks: chunks::ChunkFiles,
     config: Config,
     write_lock: Mutex<()>,
+    unwrapper: bbsync_protocol::Unwrapper,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,6 +140,7 @@ impl Store {
             chunks,
             config: Config::default(),
             write_lock: Mutex::new(()),
+            unwrapper: bbsync_protocol::Unwrapper::new(),
         })
     }
 
@@ -168,6 +170,7 @@ impl Store {
             chunks,
             config,
             write_lock: Mutex::new(()),
+            unwrapper: bbsync_protocol::Unwrapper::new(),
         })
     }
 
@@ -403,32 +406,43 @@ impl Store {
         let entry = self
             .my_entry(m)?
             .ok_or_else(|| StoreError::Undecryptable(m.object_id.to_hex()))?;
-        entry
-            .unwrap_key(&self.identity)
+        self.unwrap_entry(&entry)
             .ctx(|| format!("envelope of object {}", m.object_id.short()))
     }
 
-    /// Builds envelope entries for `key` addressed to this instance and every
-    /// trusted `full` instance.
-    pub fn wrap_for_all(
+    /// Unwraps an entry addressed to this instance (exchange results cached).
+    pub fn unwrap_entry(
         &self,
+        entry: &Signed<EnvelopeEntry>,
+    ) -> bbsync_protocol::Result<ContentKey> {
+        self.unwrapper.unwrap(&self.identity, entry)
+    }
+
+    /// This instance and every trusted `full` instance: the recipients of new envelopes.
+    pub fn recipients(&self) -> Result<Vec<(InstanceId, [u8; 32])>> {
+        let mut recipients = vec![(self.instance_id(), self.identity.x25519_public())];
+        recipients.extend(self.full_recipients()?);
+        Ok(recipients)
+    }
+
+    /// Builds envelope entries for `key` addressed to `recipients` in one wrap session.
+    pub fn wrap_for(
+        &self,
+        session: &WrapSession<'_>,
+        recipients: &[(InstanceId, [u8; 32])],
         object_id: ObjectId,
         version: u64,
         key: &ContentKey,
     ) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        let mut recipients = vec![(self.instance_id(), self.identity.x25519_public())];
-        recipients.extend(self.full_recipients()?);
+        let mut out = Vec::with_capacity(recipients.len());
         for (id, x) in recipients {
-            let e =
-                bbsync_protocol::wrap_content_key(&self.identity, object_id, version, id, &x, key)
-                    .ctx(|| {
-                        format!(
-                            "wrapping the key of {} for {}",
-                            object_id.short(),
-                            id.short()
-                        )
-                    })?;
+            let e = session.wrap(object_id, version, *id, x, key).ctx(|| {
+                format!(
+                    "wrapping the key of {} for {}",
+                    object_id.short(),
+                    id.short()
+                )
+            })?;
             out.push(e.bytes().to_vec());
         }
         Ok(out)

@@ -158,7 +158,7 @@ impl Store {
                 if !st.deleted {
                     match self.my_entry(&m) {
                         Ok(Some(entry)) => {
-                            if let Err(e) = entry.unwrap_key(self.identity()) {
+                            if let Err(e) = self.unwrap_entry(&entry) {
                                 ps.push(problem(ProblemClass::BadEnvelope, e.to_string()));
                             }
                         }
