@@ -6,7 +6,8 @@
 # Builds bbsync (cargo build --release -p bbsync --locked), generates the
 # sample BBS with scripts/gen-bbs.py (seed 1), reads it once so every tool
 # starts with a warm page cache (nothing is dropped from the cache), then
-# times with /usr/bin/time -v (wall clock and peak RSS):
+# times with /usr/bin/time -v (wall clock and peak RSS), each step after a
+# `sync` so that no tool pays for another's pending writes:
 #   import-bbs into a fresh data dir, verify --read-data, a second import-bbs
 #   of the unchanged tree, restic backup of the same tree into a fresh repo,
 #   export-bbs into an empty dir (then diff -r against the tree).
@@ -69,6 +70,10 @@ mbps() { fcalc '%.0f' 'b / 1e6 / (s > 0.01 ? s : 0.01)' "b=$1" "s=$2"; }
 # timed NAME CMD...: runs CMD under /usr/bin/time -v with output in $LOGS;
 # sets SECS (wall clock) and RSS_MB (peak resident set, MB = 10^6 bytes).
 timed() {
+  # Start every step with nothing left to write back from the step before
+  # (bbsync's syncfs would otherwise wait for the generator's or restic's
+  # dirty pages), then drop nothing: the tree stays in the page cache.
+  sync
   local name="$1"
   shift
   show_cmd "$@"

@@ -86,7 +86,7 @@ pub enum Compression {
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression::Zstd(3)
+        Compression::Zstd(1)
     }
 }
 

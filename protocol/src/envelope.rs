@@ -4,7 +4,7 @@
 //! ```text
 //! shared   = X25519(eph, recipient_x25519)               (all-zero rejected)
 //! wrap_key = HKDF-SHA256(ikm = shared, salt = eph_pub || recipient_x25519,
-//!                        info = "bbsync/wrap/v1" || object_id || version_be)
+//!                        info = "bbsync/wrap/v1" || object_id || version_be || recipient_id)
 //! body     = AES-256-GCM(wrap_key, nonce = 0^12, K, aad = object_id || version_be || recipient_id)
 //! ```
 //! One ephemeral secret serves a whole [`WrapSession`] (an import, a rekey,
@@ -91,14 +91,15 @@ fn wrap_cipher(
     shared: &[u8; 32],
     eph_pub: &[u8; 32],
     recipient_x: &[u8; 32],
-    object_id: &ObjectId,
-    version: u64,
+    slot: (&ObjectId, u64, &InstanceId),
 ) -> Result<Aes256Gcm> {
+    let (object_id, version, recipient) = slot;
     let salt = [eph_pub.as_slice(), recipient_x.as_slice()].concat();
-    let mut info = Vec::with_capacity(WRAP_INFO.len() + 16 + 8);
+    let mut info = Vec::with_capacity(WRAP_INFO.len() + 16 + 8 + 32);
     info.extend_from_slice(WRAP_INFO);
     info.extend_from_slice(object_id.as_bytes());
     info.extend_from_slice(&version.to_be_bytes());
+    info.extend_from_slice(recipient.as_bytes());
     let hk = Hkdf::<Sha256>::new(Some(&salt), shared);
     let mut key = Zeroizing::new([0u8; 32]);
     hk.expand(&info, &mut key[..])
@@ -118,7 +119,7 @@ pub struct WrapSession<'a> {
     wrapped: Mutex<HashMap<WrapSlot, [u8; 32]>>,
 }
 
-type WrapSlot = ([u8; 32], ObjectId, u64);
+type WrapSlot = ([u8; 32], InstanceId, ObjectId, u64);
 type SharedCache = HashMap<([u8; 32], [u8; 32]), Zeroizing<[u8; 32]>>;
 
 impl std::fmt::Debug for WrapSession<'_> {
@@ -178,7 +179,7 @@ impl<'a> WrapSession<'a> {
                 .wrapped
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match wrapped.entry((*recipient_x25519, object_id, version)) {
+            match wrapped.entry((*recipient_x25519, recipient, object_id, version)) {
                 std::collections::hash_map::Entry::Occupied(e) if *e.get() != digest => {
                     return Err(Error::invalid(
                         "envelope entry",
@@ -196,8 +197,7 @@ impl<'a> WrapSession<'a> {
             &shared,
             &self.eph_pub,
             recipient_x25519,
-            &object_id,
-            version,
+            (&object_id, version, &recipient),
         )?;
         let ct = cipher
             .encrypt(
@@ -309,7 +309,12 @@ impl Unwrapper {
                 }
             }
         };
-        let cipher = wrap_cipher(&shared, &e.eph_pub, &my_x, &e.object_id, e.version)?;
+        let cipher = wrap_cipher(
+            &shared,
+            &e.eph_pub,
+            &my_x,
+            (&e.object_id, e.version, &e.recipient),
+        )?;
         let pt = Zeroizing::new(
             cipher
                 .decrypt(

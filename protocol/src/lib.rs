@@ -29,7 +29,7 @@ pub use error::{Error, ErrorKind};
 pub use identity::{Identity, InstanceCard, Role, card_from_str, card_to_string};
 pub use ids::{ChunkId, InstanceId, ManifestId, ObjectId};
 pub use manifest::{ChunkRef, Manifest, ObjectMeta, Shape};
-pub use signed::{Signed, SignedBody, Unverified};
+pub use signed::{Signed, SignedBody, Unverified, verify_many};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -401,8 +401,13 @@ fn gen_envelopes() -> Value {
                 *eph,
             )
             .unwrap();
-            let (shared, wrap_key) =
-                wrap_by_hand(eph, &recipient.x25519_public(), &object_id(), *version);
+            let (shared, wrap_key) = wrap_by_hand(
+                eph,
+                &recipient.x25519_public(),
+                &object_id(),
+                *version,
+                &recipient.instance_id(),
+            );
             json!({
                 "wrapper": w,
                 "recipient": r,
@@ -420,7 +425,7 @@ fn gen_envelopes() -> Value {
         })
         .collect();
     json!({
-        "comment": "WrapSession::with_ephemeral(wrapper, eph_secret).wrap(object_id, version, recipient id, recipient x25519, content_key) (= wrap_content_key_with_ephemeral for a one-entry session). Rows with the same eph_secret come from one session. shared = X25519(eph, recipient_x25519); wrap_key = HKDF-SHA256(ikm = shared, salt = eph_pub || recipient_x25519, info = \"bbsync/wrap/v1\" || object_id || version_be64); wrapped_body = AES-256-GCM(wrap_key, nonce = 0^12, content_key, aad = object_id || version_be64 || recipient_id); bytes = postcard Wire {format 1, body = postcard(EnvelopeEntry), ed25519(\"bbsync/envelope-entry/v1\\0\" || body)}.",
+        "comment": "WrapSession::with_ephemeral(wrapper, eph_secret).wrap(object_id, version, recipient id, recipient x25519, content_key) (= wrap_content_key_with_ephemeral for a one-entry session). Rows with the same eph_secret come from one session. shared = X25519(eph, recipient_x25519); wrap_key = HKDF-SHA256(ikm = shared, salt = eph_pub || recipient_x25519, info = \"bbsync/wrap/v1\" || object_id || version_be64 || recipient_id); wrapped_body = AES-256-GCM(wrap_key, nonce = 0^12, content_key, aad = object_id || version_be64 || recipient_id); bytes = postcard Wire {format 1, body = postcard(EnvelopeEntry), ed25519(\"bbsync/envelope-entry/v1\\0\" || body)}.",
         "regenerate": REGEN,
         "entries": rows,
     })
@@ -1137,6 +1142,7 @@ fn wrap_by_hand(
     recipient_x: &[u8; 32],
     object_id: &ObjectId,
     version: u64,
+    recipient_id: &InstanceId,
 ) -> ([u8; 32], [u8; 32]) {
     let eph_pub = x25519_dalek::x25519(*eph_secret, x25519_dalek::X25519_BASEPOINT_BYTES);
     let shared = x25519_dalek::x25519(*eph_secret, *recipient_x);
@@ -1144,7 +1150,13 @@ fn wrap_by_hand(
     let mut wrap_key = [0u8; 32];
     Hkdf::<Sha256>::new(Some(&salt), &shared)
         .expand(
-            &[WRAP_INFO, &object_id.0[..], &version.to_be_bytes()].concat(),
+            &[
+                WRAP_INFO,
+                &object_id.0[..],
+                &version.to_be_bytes(),
+                recipient_id.as_bytes(),
+            ]
+            .concat(),
             &mut wrap_key,
         )
         .unwrap();
@@ -1576,7 +1588,13 @@ fn envelope_vectors() -> TestResult {
             "eph_pub"
         );
         assert_eq!(
-            wrap_by_hand(&eph, &recipient_x, &object_id, version),
+            wrap_by_hand(
+                &eph,
+                &recipient_x,
+                &object_id,
+                version,
+                &recipient.instance_id()
+            ),
             (shared, wrap_key),
             "shared secret and wrap key"
         );

@@ -17,7 +17,7 @@ use std::{
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use bbsync_protocol::ChunkId;
@@ -37,8 +37,9 @@ pub struct Staged {
 pub struct ChunkFiles {
     root: PathBuf,
     counter: AtomicU64,
-    outstanding: AtomicU64,
-    dirty: AtomicBool,
+    /// Temp files that may exist. The dirty marker is on disk whenever this
+    /// is above zero (and created, durably, before the first one is written).
+    staged: std::sync::Mutex<u64>,
     /// Bytes staged since the last background write-out started.
     unsynced: AtomicU64,
     /// The running background write-out, if any.
@@ -59,8 +60,7 @@ impl ChunkFiles {
         let files = ChunkFiles {
             root: root.to_path_buf(),
             counter: AtomicU64::new(0),
-            outstanding: AtomicU64::new(0),
-            dirty: AtomicBool::new(false),
+            staged: std::sync::Mutex::new(0),
             unsynced: AtomicU64::new(0),
             writeback: std::sync::Mutex::new(None),
         };
@@ -89,8 +89,17 @@ impl ChunkFiles {
             .ctx(|| "removing the chunks/dirty marker".to_string())
     }
 
-    fn mark_dirty(&self) -> Result<()> {
-        if !self.dirty.swap(true, Ordering::SeqCst) {
+    fn staged_count(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more temp file, first making the dirty marker durable if
+    /// none is pending (other stagers wait on the lock meanwhile).
+    fn begin_stage(&self) -> Result<()> {
+        let mut n = self.staged_count();
+        if *n == 0 {
             let p = self.root.join(DIRTY);
             File::create(&p)
                 .and_then(|f| f.sync_all())
@@ -99,13 +108,15 @@ impl ChunkFiles {
                 .and_then(|d| d.sync_all())
                 .ctx(|| format!("syncing {}", self.root.display()))?;
         }
+        *n += 1;
         Ok(())
     }
 
-    fn settle(&self, n: u64) {
-        if self.outstanding.fetch_sub(n, Ordering::SeqCst) == n
-            && self.dirty.swap(false, Ordering::SeqCst)
-        {
+    /// `k` temp files are gone (published or removed); the marker goes with the last.
+    fn settle(&self, k: u64) {
+        let mut n = self.staged_count();
+        *n = n.saturating_sub(k);
+        if *n == 0 {
             // Nothing staged any more: a later crash leaves nothing to sweep.
             let _ = fs::remove_file(self.root.join(DIRTY));
         }
@@ -139,7 +150,7 @@ impl ChunkFiles {
 
     /// Writes `bytes` to a temp file for `id`.
     pub fn stage(&self, id: ChunkId, bytes: &[u8]) -> Result<Staged> {
-        self.mark_dirty()?;
+        self.begin_stage()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dest = self.path(&id);
         let tmp = dest.with_file_name(format!(
@@ -157,8 +168,11 @@ impl ChunkFiles {
             };
             f.write_all(bytes)
         };
-        write(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = write(&tmp) {
+            let _ = fs::remove_file(&tmp);
+            self.settle(1);
+            return Err(e).ctx(|| format!("writing {}", tmp.display()));
+        }
         let before = self
             .unsynced
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -3,10 +3,12 @@
 //! Every source is processed on the rayon pool (both cores): its plaintext
 //! is streamed through FastCDC, each chunk sealed and, unless a chunk file
 //! with that id already exists, staged as a temp file. Nothing is visible
-//! until the end: then all staged chunks are published durably and all
-//! manifest changes are committed to the database in one atomic batch. A
-//! failure anywhere discards the staged files, so an import either happens
-//! completely or changes nothing.
+//! until every source is sealed: then all staged chunks are published
+//! durably and the manifest changes are committed to the database (in
+//! atomic batches of whole objects). A failure while reading or sealing,
+//! which covers every kind of bad input, discards the staged files and
+//! changes nothing; a crash during the final commit leaves each object
+//! either fully old or fully new.
 //!
 //! Unchanged content is detected without writing anything: first by the
 //! source's file metadata (size, times, inode), then by a keyed fingerprint
@@ -273,7 +275,10 @@ impl Store {
                 id: sealed.id,
                 len: sealed.bytes.len() as u32,
             });
-            if seen.insert(sealed.id) && !self.chunks().contains(&sealed.id) {
+            // A new object has a fresh key: none of its chunks can exist yet.
+            if seen.insert(sealed.id)
+                && (old_chunks.is_none() || !self.chunks().contains(&sealed.id))
+            {
                 bytes_written += sealed.bytes.len() as u64;
                 written += 1;
                 staged.push(self.chunks().stage(sealed.id, &sealed.bytes)?);

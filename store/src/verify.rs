@@ -7,11 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkId, ObjectId, chunk::check_chunk_id};
+use bbsync_protocol::{
+    ChunkId, EnvelopeEntry, Manifest, ObjectId, Unverified, chunk::check_chunk_id, verify_many,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::{Store, StoreError, error::Result, progress::Progress};
+use crate::{ObjectState, Store, StoreError, error::Result, progress::Progress};
 
 /// The classes of problems `verify` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -98,6 +100,153 @@ struct ObjInfo {
     id: ObjectId,
 }
 
+impl ObjInfo {
+    fn problem(&self, class: ProblemClass, detail: String) -> Problem {
+        Problem {
+            class,
+            object: Some(self.label.clone()),
+            object_id: Some(self.id.to_hex()),
+            chunk: None,
+            detail,
+        }
+    }
+}
+
+/// Objects checked together (one signature batch run per group and kind).
+const GROUP: usize = 256;
+
+/// Problems found, and the chunk references to check: (chunk, length, object index).
+type Checked = (Vec<Problem>, Vec<(ChunkId, u32, usize)>);
+
+impl Store {
+    /// Checks the manifests and this instance's envelope entries of a group
+    /// of objects; `base` is the index of the group's first object.
+    fn check_group(
+        &self,
+        base: usize,
+        group: &[(ObjectId, ObjectState)],
+        infos: &[ObjInfo],
+    ) -> Checked {
+        let me = self.instance_id();
+        let mut ps = Vec::new();
+        let mut refs = Vec::new();
+        // Decode every manifest; keep the records for the envelopes.
+        let mut pending = Vec::new();
+        let mut unverified = Vec::new();
+        for (k, (id, st)) in group.iter().enumerate() {
+            let idx = base + k;
+            let info = &infos[idx];
+            let rec = match self.db().record(id) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    ps.push(info.problem(ProblemClass::BadManifestSignature, e.to_string()));
+                    continue;
+                }
+            };
+            match Unverified::<Manifest>::decode(&rec.manifest) {
+                Ok(u) => {
+                    unverified.push(u);
+                    pending.push((idx, st, rec));
+                }
+                Err(e) => ps.push(info.problem(
+                    ProblemClass::BadManifestSignature,
+                    format!("manifest of object {}: {e}", id.short()),
+                )),
+            }
+        }
+        let results = verify_many(unverified, |_, author| self.is_full(author));
+        // This instance's entries, checked in a second batch run.
+        let mut entries = Vec::new();
+        let mut entry_of = Vec::new();
+        for ((idx, st, rec), r) in pending.into_iter().zip(results) {
+            let info = &infos[idx];
+            let m = match r {
+                Ok(m) => m,
+                Err(e) => {
+                    ps.push(info.problem(
+                        ProblemClass::BadManifestSignature,
+                        format!("manifest of object {}: {e}", info.id.short()),
+                    ));
+                    // Its chunks are still referenced (not orphans): check them too.
+                    if let Ok(u) = Unverified::<Manifest>::decode(&rec.manifest) {
+                        let m = u.dangerously_assume_verified();
+                        refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+                    }
+                    continue;
+                }
+            };
+            if m.id() != st.manifest_id || m.version != st.version {
+                ps.push(info.problem(
+                    ProblemClass::BadManifestSignature,
+                    "manifest does not match the object record".into(),
+                ));
+            }
+            if !st.complete {
+                ps.push(info.problem(
+                    ProblemClass::IncompleteObject,
+                    "not all chunks fetched yet".into(),
+                ));
+            }
+            if st.deleted {
+                continue;
+            }
+            refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+            // Every entry addressed to us is a candidate (as for export): the
+            // first goes into the batch, the others are tried if it fails.
+            let mut candidates = Vec::new();
+            let mut decode_err = None;
+            for raw in &rec.envelope {
+                match Unverified::<EnvelopeEntry>::decode(raw) {
+                    Ok(u) if u.claimed().recipient == me => candidates.push(u),
+                    Ok(_) => {}
+                    Err(e) => decode_err = Some(e),
+                }
+            }
+            let mut candidates = candidates.into_iter();
+            match (candidates.next(), decode_err) {
+                (Some(u), _) => {
+                    entries.push(u);
+                    entry_of.push((idx, m, candidates.collect::<Vec<_>>()));
+                }
+                (None, Some(e)) => ps.push(info.problem(ProblemClass::BadEnvelope, e.to_string())),
+                (None, None) => ps.push(info.problem(
+                    ProblemClass::Undecryptable,
+                    "no envelope entry for this instance".into(),
+                )),
+            }
+        }
+        let checked = verify_many(entries, |i, w| {
+            *w == entry_of[i].1.author || self.is_full(w)
+        });
+        for ((idx, m, others), first) in entry_of.into_iter().zip(checked) {
+            let info = &infos[idx];
+            let author = m.author;
+            let usable = |r: bbsync_protocol::Result<bbsync_protocol::Signed<EnvelopeEntry>>| {
+                r.map_err(|e| e.to_string()).and_then(|e| {
+                    if e.object_id != m.object_id || e.version != m.version {
+                        return Err("entry is for another object version".to_string());
+                    }
+                    self.unwrap_entry(&e).map(drop).map_err(|e| e.to_string())
+                })
+            };
+            let mut result = usable(first);
+            for u in others {
+                if result.is_ok() {
+                    break;
+                }
+                if usable(u.verify(|w| *w == author || self.is_full(w))).is_ok() {
+                    result = Ok(());
+                }
+            }
+            if let Err(detail) = result {
+                ps.push(info.problem(ProblemClass::BadEnvelope, detail));
+            }
+        }
+        (ps, refs)
+    }
+}
+
 impl Store {
     /// Checks the whole store. With `read_data`, every chunk referenced is
     /// re-hashed (in parallel on all cores); otherwise only presence and length.
@@ -109,8 +258,8 @@ impl Store {
         for r in self.db().objects() {
             objects.push(r?);
         }
-        // Manifests and envelopes: signature checks and unwraps, in parallel.
-        type Checked = (Vec<Problem>, Vec<(ChunkId, u32, usize)>);
+        // Manifests and envelopes: groups of objects in parallel, the
+        // signatures of each group checked in ed25519 batches.
         let infos: Vec<ObjInfo> = objects
             .iter()
             .map(|(id, st)| ObjInfo {
@@ -119,61 +268,9 @@ impl Store {
             })
             .collect();
         let checked: Vec<Checked> = objects
-            .par_iter()
+            .par_chunks(GROUP)
             .enumerate()
-            .map(|(idx, (id, st))| {
-                let mut ps = Vec::new();
-                let mut refs = Vec::new();
-                let info = &infos[idx];
-                let problem = |class, detail: String| Problem {
-                    class,
-                    object: Some(info.label.clone()),
-                    object_id: Some(id.to_hex()),
-                    chunk: None,
-                    detail,
-                };
-                let m = match self.manifest(id) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        ps.push(problem(ProblemClass::BadManifestSignature, e.to_string()));
-                        // Its chunks are still referenced (not orphans): check them too.
-                        if let Ok(m) = self.manifest_unchecked(id) {
-                            refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
-                        }
-                        return (ps, refs);
-                    }
-                };
-                if m.id() != st.manifest_id || m.version != st.version {
-                    ps.push(problem(
-                        ProblemClass::BadManifestSignature,
-                        "manifest does not match the object record".into(),
-                    ));
-                }
-                if !st.complete {
-                    ps.push(problem(
-                        ProblemClass::IncompleteObject,
-                        "not all chunks fetched yet".into(),
-                    ));
-                }
-                if !st.deleted {
-                    match self.my_entry(&m) {
-                        Ok(Some(entry)) => {
-                            if let Err(e) = self.unwrap_entry(&entry) {
-                                ps.push(problem(ProblemClass::BadEnvelope, e.to_string()));
-                            }
-                        }
-                        Ok(None) => ps.push(problem(
-                            ProblemClass::Undecryptable,
-                            "no envelope entry for this instance".into(),
-                        )),
-                        Err(e) => ps.push(problem(ProblemClass::BadEnvelope, e.to_string())),
-                    }
-                    for c in &m.chunks {
-                        refs.push((c.id, c.len, idx));
-                    }
-                }
-                (ps, refs)
-            })
+            .map(|(g, group)| self.check_group(g * GROUP, group, &infos))
             .collect();
         let mut refs = Vec::new();
         for (ps, rs) in checked {
