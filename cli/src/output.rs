@@ -5,6 +5,9 @@ use std::time::Duration;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
+/// How many problems or failures text output lists before summarizing the rest.
+pub const MAX_LISTED: usize = 20;
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -7,12 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkCipher, ObjectId, ObjectMeta, Shape};
+use bbsync_protocol::{ChunkCipher, Manifest, ObjectId, ObjectMeta, Shape, Signed};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::{
-    Store,
+    ObjectState, Store,
     archive::Extractor,
     bbs::{BBS_KINDS, tree_path},
     error::{Context, Result, StoreError},
@@ -55,41 +55,73 @@ pub fn prepare_empty_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// An object opened for reading: its state, verified manifest, cipher and
+/// shape, so that each is checked once however the object is then written.
+pub struct OpenObject {
+    /// The object's state.
+    pub state: ObjectState,
+    /// Its verified manifest.
+    pub manifest: Signed<Manifest>,
+    /// File or directory.
+    pub shape: Shape,
+    cipher: ChunkCipher,
+}
+
+impl std::fmt::Debug for OpenObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenObject")
+            .field("object", &self.manifest.object_id)
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
 impl Store {
-    /// Decrypts an object and passes its plaintext, chunk by chunk, to `sink`.
-    /// Every chunk is checked against its id first. Returns the shape.
-    pub fn read_object(
-        &self,
-        id: &ObjectId,
-        mut sink: impl FnMut(Shape, &[u8]) -> Result<()>,
-    ) -> Result<(Shape, u64)> {
-        let st = self.state(id)?;
-        if st.deleted {
+    /// Opens an object for reading: verifies its manifest and envelope entry
+    /// once and reads its shape. Deleted and incomplete objects are refused.
+    pub fn open_object(&self, id: &ObjectId) -> Result<OpenObject> {
+        let state = self.state(id)?;
+        if state.deleted {
             return Err(StoreError::UnknownObject(format!(
-                "{} (deleted)",
-                id.to_hex()
+                "{}:{} (deleted)",
+                state.kind, state.name
             )));
         }
-        if !st.complete {
+        if !state.complete {
             return Err(StoreError::Incomplete(id.to_hex()));
         }
-        let m = self.manifest(id)?;
-        let key = self.content_key(&m)?;
+        let manifest = self.manifest(id)?;
+        let key = self.content_key(&manifest)?;
         let cipher = ChunkCipher::new(&key);
-        let shape = match &m.meta {
+        let shape = match &manifest.meta {
             Some(meta) => {
-                ObjectMeta::decode(
-                    &cipher
-                        .open_meta(meta)
-                        .ctx(|| format!("meta of {}", id.short()))?,
-                )
-                .ctx(|| format!("meta of {}", id.short()))?
-                .shape
+                let plain = cipher
+                    .open_meta(meta)
+                    .ctx(|| format!("meta of {}", id.short()))?;
+                ObjectMeta::decode(&plain)
+                    .ctx(|| format!("meta of {}", id.short()))?
+                    .shape
             }
             None => Shape::File,
         };
+        Ok(OpenObject {
+            state,
+            manifest,
+            shape,
+            cipher,
+        })
+    }
+
+    /// Decrypts an opened object and passes its plaintext, chunk by chunk, to
+    /// `sink`. Every chunk is checked against its id first. Returns the length.
+    pub fn read_open(
+        &self,
+        o: &OpenObject,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        let id = o.manifest.object_id;
         let mut total = 0u64;
-        for c in &m.chunks {
+        for c in &o.manifest.chunks {
             let stored = match self.chunks().read(&c.id) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -101,20 +133,37 @@ impl Store {
                 }
                 Err(e) => return Err(e).ctx(|| format!("reading chunk {}", c.id.short())),
             };
-            let plain = cipher
+            let plain = o
+                .cipher
                 .open(&c.id, &stored)
                 .ctx(|| format!("chunk {} of object {}", c.id.short(), id.short()))?;
             total += plain.len() as u64;
-            sink(shape, &plain)?;
+            sink(&plain)?;
         }
-        if total != m.plaintext_len {
+        if total != o.manifest.plaintext_len {
             return Err(StoreError::Corrupt(format!(
                 "object {} decrypted to {total} bytes, manifest says {}",
                 id.short(),
-                m.plaintext_len
+                o.manifest.plaintext_len
             )));
         }
-        Ok((shape, total))
+        Ok(total)
+    }
+
+    /// Decrypts an object and passes its plaintext, chunk by chunk, to `sink`.
+    pub fn read_object(
+        &self,
+        id: &ObjectId,
+        sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<(Shape, u64)> {
+        let o = self.open_object(id)?;
+        let n = self.read_open(&o, sink)?;
+        Ok((o.shape, n))
+    }
+
+    /// Whether an object is a file or a directory (needs its key).
+    pub fn shape_of(&self, id: &ObjectId) -> Result<Shape> {
+        Ok(self.open_object(id)?.shape)
     }
 
     /// Writes an object to `dest`: a file object to a new file (or into an
@@ -122,41 +171,22 @@ impl Store {
     /// object into a new or empty directory.
     pub fn export_object(&self, id: &ObjectId, dest: &Path) -> Result<ExportStats> {
         let start = Instant::now();
-        let st = self.state(id)?;
-        if st.deleted {
-            return Err(StoreError::UnknownObject(format!(
-                "{}:{} (deleted)",
-                st.kind, st.name
-            )));
-        }
-        let m = self.manifest(id)?;
-        let key = self.content_key(&m)?;
-        let shape = match &m.meta {
-            Some(meta) => {
-                let c = ChunkCipher::new(&key);
-                ObjectMeta::decode(
-                    &c.open_meta(meta)
-                        .ctx(|| format!("meta of {}", id.short()))?,
-                )
-                .ctx(|| format!("meta of {}", id.short()))?
-                .shape
-            }
-            None => Shape::File,
-        };
+        let o = self.open_object(id)?;
         let mut stats = ExportStats::default();
-        match shape {
+        match o.shape {
             Shape::File => {
+                let name = &o.state.name;
                 let target = if dest.is_dir() {
-                    dest.join(st.name.rsplit('/').next().unwrap_or(&st.name))
+                    dest.join(name.rsplit('/').next().unwrap_or(name))
                 } else {
                     dest.to_path_buf()
                 };
-                stats.bytes = self.export_file(id, &target)?;
+                stats.bytes = self.write_file(&o, &target, true)?;
                 stats.files = 1;
             }
             Shape::Dir => {
                 prepare_empty_dir(dest)?;
-                let (files, bytes) = self.export_dir(id, dest)?;
+                let (files, bytes) = self.extract_dir(&o, dest)?;
                 stats.files = files;
                 stats.bytes = bytes;
             }
@@ -166,42 +196,58 @@ impl Store {
         Ok(stats)
     }
 
-    fn export_file(&self, id: &ObjectId, target: &Path) -> Result<u64> {
-        let tmp = target.with_file_name(format!(
-            ".{}.bbsync-tmp",
-            target
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ));
+    /// Writes a file object to `target`, which must not exist. With `atomic`
+    /// through a temp file and a rename; otherwise directly (into a fresh
+    /// tree), removing the partial file on failure.
+    fn write_file(&self, o: &OpenObject, target: &Path, atomic: bool) -> Result<u64> {
         if target.exists() {
             return Err(StoreError::DestinationNotEmpty(target.to_path_buf()));
         }
-        let f = fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        let r = self.read_object(id, |_, data| {
-            w.write_all(data)
-                .ctx(|| format!("writing {}", tmp.display()))
-        });
-        let r = r.and_then(|(_, n)| {
-            w.flush().ctx(|| format!("writing {}", tmp.display()))?;
-            Ok(n)
-        });
+        let path = if atomic {
+            target.with_file_name(format!(
+                ".{}.bbsync-tmp",
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ))
+        } else {
+            target.to_path_buf()
+        };
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        let cap = (o.manifest.plaintext_len as usize).clamp(8 * 1024, 1 << 20);
+        let mut w = BufWriter::with_capacity(cap, f);
+        let r = self
+            .read_open(o, |data| {
+                w.write_all(data)
+                    .ctx(|| format!("writing {}", path.display()))
+            })
+            .and_then(|n| {
+                w.flush().ctx(|| format!("writing {}", path.display()))?;
+                Ok(n)
+            });
         match r {
             Ok(n) => {
-                fs::rename(&tmp, target).ctx(|| format!("renaming into {}", target.display()))?;
+                if atomic {
+                    fs::rename(&path, target)
+                        .ctx(|| format!("renaming into {}", target.display()))?;
+                }
                 Ok(n)
             }
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&path);
                 Err(e)
             }
         }
     }
 
-    fn export_dir(&self, id: &ObjectId, dest: &Path) -> Result<(u64, u64)> {
+    fn extract_dir(&self, o: &OpenObject, dest: &Path) -> Result<(u64, u64)> {
         let mut ex = Extractor::new(dest);
-        let (_, bytes) = self.read_object(id, |_, data| ex.feed(data))?;
+        let bytes = self.read_open(o, |data| ex.feed(data))?;
         let (files, _) = ex.finish()?;
         Ok((files, bytes))
     }
@@ -232,16 +278,16 @@ impl Store {
             .par_iter()
             .map(|(id, path, len, label)| {
                 let r = (|| {
+                    let o = self.open_object(id)?;
                     if let Some(parent) = path.parent() {
                         fs::create_dir_all(parent)
                             .ctx(|| format!("creating {}", parent.display()))?;
                     }
-                    let shape = self.shape_of(id)?;
-                    match shape {
-                        Shape::File => Ok((1, self.export_file(id, path)?)),
+                    match o.shape {
+                        Shape::File => Ok((1, self.write_file(&o, path, false)?)),
                         Shape::Dir => {
                             fs::create_dir(path).ctx(|| format!("creating {}", path.display()))?;
-                            self.export_dir(id, path)
+                            self.extract_dir(&o, path)
                         }
                     }
                 })();
@@ -265,23 +311,5 @@ impl Store {
         stats.failed = failed;
         stats.elapsed = start.elapsed();
         Ok(stats)
-    }
-
-    /// Whether an object is a file or a directory (needs its key).
-    pub fn shape_of(&self, id: &ObjectId) -> Result<Shape> {
-        let m = self.manifest(id)?;
-        match &m.meta {
-            None => Ok(Shape::File),
-            Some(meta) => {
-                let key = self.content_key(&m)?;
-                let c = ChunkCipher::new(&key);
-                Ok(ObjectMeta::decode(
-                    &c.open_meta(meta)
-                        .ctx(|| format!("meta of {}", id.short()))?,
-                )
-                .ctx(|| format!("meta of {}", id.short()))?
-                .shape)
-            }
-        }
     }
 }

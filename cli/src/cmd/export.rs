@@ -68,8 +68,14 @@ pub fn run_bbs(ctx: &Ctx, a: ExportBbsArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         if !ctx.json {
-            for (obj, why) in &s.failed {
+            for (obj, why) in s.failed.iter().take(output::MAX_LISTED) {
                 eprintln!("not exported: {obj}: {why}");
+            }
+            if s.failed.len() > output::MAX_LISTED {
+                eprintln!(
+                    "... and {} more (--json lists them all)",
+                    s.failed.len() - output::MAX_LISTED
+                );
             }
         }
         anyhow::bail!("{} object(s) could not be exported", s.failed.len())

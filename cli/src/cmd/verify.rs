@@ -22,7 +22,7 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     if ctx.json {
         output::json(&r)?;
     } else {
-        for p in &r.problems {
+        for p in r.problems.iter().take(output::MAX_LISTED) {
             println!(
                 "{:<22} {} {}{}",
                 p.class.to_string(),
@@ -32,6 +32,12 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     .map(|c| format!("chunk {} ", &c[..16.min(c.len())]))
                     .unwrap_or_default(),
                 p.detail
+            );
+        }
+        if r.problems.len() > output::MAX_LISTED {
+            println!(
+                "... and {} more problem(s) (--json lists them all)",
+                r.problems.len() - output::MAX_LISTED
             );
         }
         if !ctx.quiet || !r.is_ok() {
