@@ -17,12 +17,19 @@ use std::{
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use bbsync_protocol::ChunkId;
 
 use crate::error::{Context, Result};
+
+/// Chunks published but not yet recorded in the database (see
+/// [`ChunkFiles::publish`]). Dropping it without [`ChunkFiles::recorded`]
+/// leaves the dirty marker, so the next open collects them.
+#[derive(Debug)]
+#[must_use = "pass it to ChunkFiles::recorded once the chunks are recorded"]
+pub struct Published(u64);
 
 /// A chunk written to a temp file, waiting for [`ChunkFiles::publish`].
 #[derive(Debug)]
@@ -44,6 +51,8 @@ pub struct ChunkFiles {
     unsynced: AtomicU64,
     /// The running background write-out, if any.
     writeback: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The dirty marker was found at open.
+    recovered: AtomicBool,
 }
 
 /// Staged bytes after which a background `syncfs` starts, so that the disk
@@ -63,11 +72,20 @@ impl ChunkFiles {
             staged: std::sync::Mutex::new(0),
             unsynced: AtomicU64::new(0),
             writeback: std::sync::Mutex::new(None),
+            recovered: AtomicBool::new(false),
         };
         if root.join(DIRTY).exists() {
             files.sweep()?;
+            files.recovered.store(true, Ordering::SeqCst);
         }
         Ok(files)
+    }
+
+    /// Whether the last process stopped with chunks staged or published but
+    /// not yet recorded (the dirty marker was there): the store then removes
+    /// chunk files that no manifest references.
+    pub fn recovered(&self) -> bool {
+        self.recovered.load(Ordering::SeqCst)
     }
 
     /// Removes every temp file, then the dirty marker.
@@ -234,11 +252,14 @@ impl ChunkFiles {
     }
 
     /// Makes staged chunks durable under their final names (see module docs).
-    pub fn publish(&self, staged: Vec<Staged>) -> Result<()> {
-        if staged.is_empty() {
-            return Ok(());
-        }
+    /// The dirty marker stays until the caller has recorded them and hands
+    /// the returned [`Published`] to [`ChunkFiles::recorded`]: a crash in
+    /// between leaves files that the next open collects.
+    pub fn publish(&self, staged: Vec<Staged>) -> Result<Published> {
         let n = staged.len() as u64;
+        if staged.is_empty() {
+            return Ok(Published(0));
+        }
         self.join_writeback();
         let r = (|| {
             self.syncfs()?;
@@ -249,19 +270,32 @@ impl ChunkFiles {
             }
             self.syncfs()
         })();
-        if r.is_err() {
-            for s in &staged {
-                let _ = fs::remove_file(&s.tmp);
+        match r {
+            Ok(()) => Ok(Published(n)),
+            Err(e) => {
+                for s in &staged {
+                    let _ = fs::remove_file(&s.tmp);
+                }
+                // Renamed ones stay until the next open collects them.
+                Err(e)
             }
         }
-        self.settle(n);
-        r
     }
 
-    /// Writes one chunk durably right away (small, rare writes).
+    /// Published chunks are recorded in the database: they need no recovery.
+    pub fn recorded(&self, p: Published) {
+        if p.0 > 0 {
+            self.settle(p.0);
+        }
+    }
+
+    /// Writes one chunk durably right away, with nothing to record (tests,
+    /// repair).
     pub fn put(&self, id: ChunkId, bytes: &[u8]) -> Result<()> {
         let s = self.stage(id, bytes)?;
-        self.publish(vec![s])
+        let p = self.publish(vec![s])?;
+        self.recorded(p);
+        Ok(())
     }
 
     /// Removes a chunk file; missing files are fine.

@@ -544,7 +544,7 @@ impl Store {
         }
         let replaced = stats.changed + stats.deleted > 0;
         let t = Instant::now();
-        self.chunks().publish(staged_all)?;
+        let published = self.chunks().publish(staged_all)?;
         tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (syncfs, rename, syncfs)");
         let t = Instant::now();
         if !writes.is_empty() {
@@ -554,6 +554,7 @@ impl Store {
             self.db().put_state(&id, &st)?;
         }
         self.db().flush()?;
+        self.chunks().recorded(published);
         stats.seq = self.db().last_seq()?;
         tracing::info!(elapsed = ?t.elapsed(), "import: metadata committed");
         drop(_g);

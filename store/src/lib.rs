@@ -163,7 +163,7 @@ impl Store {
         }
         let db = db::Db::open(&dir.join("db"), dir, false)?;
         let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             identity,
             db,
@@ -171,7 +171,18 @@ impl Store {
             config,
             write_lock: Mutex::new(()),
             unwrapper: bbsync_protocol::Unwrapper::new(),
-        })
+        };
+        if store.chunks.recovered() {
+            // The last writer stopped between publishing chunks and recording
+            // them: what no manifest references is garbage from that write.
+            let (n, bytes) = store.gc()?;
+            tracing::info!(
+                files = n,
+                bytes,
+                "recovered from an interrupted write: removed unreferenced chunk files"
+            );
+        }
+        Ok(store)
     }
 
     /// The data dir.
