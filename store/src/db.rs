@@ -61,6 +61,9 @@ pub struct ObjectState {
     pub fingerprint: Option<[u8; 32]>,
     /// Digest of the source's file metadata at import (local only).
     pub stat_digest: Option<[u8; 32]>,
+    /// Keyed MAC of the manifest and envelope bytes as this instance
+    /// verified or wrote them (local only, see `Store::record_mac`).
+    pub checked_mac: Option<[u8; 32]>,
 }
 
 /// Everything the store holds about one object.

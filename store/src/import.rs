@@ -96,7 +96,7 @@ impl Fingerprinter {
 
 enum Outcome {
     /// Nothing to write; maybe refresh local-only fields.
-    Unchanged(ObjectId, Option<ObjectState>),
+    Unchanged(ObjectId, Option<Box<ObjectState>>),
     /// A new version.
     Write(Box<ObjectWrite>, Vec<Staged>, u64, u64, u64),
 }
@@ -243,7 +243,7 @@ impl Store {
                 let mut st = st.clone();
                 st.stat_digest = Some(src.stat_digest);
                 progress.advance(1, src.content_bytes);
-                return Ok(Outcome::Unchanged(*id, Some(st)));
+                return Ok(Outcome::Unchanged(*id, Some(Box::new(st))));
             }
         }
         // 3. Seal.
@@ -318,7 +318,7 @@ impl Store {
             let mut st = st.clone();
             st.fingerprint = Some(fingerprint);
             st.stat_digest = Some(src.stat_digest);
-            return Ok(Outcome::Unchanged(*id, Some(st)));
+            return Ok(Outcome::Unchanged(*id, Some(Box::new(st))));
         }
         // Anything failing from here on must not leave staged chunks behind.
         let built = (|| -> Result<ObjectWrite> {
@@ -362,6 +362,7 @@ impl Store {
                 chunks: signed.chunks.len() as u32,
                 fingerprint: Some(fingerprint),
                 stat_digest: Some(src.stat_digest),
+                checked_mac: Some(self.record_mac(signed.bytes(), &envelope)),
             };
             let write = ObjectWrite {
                 object_id,
@@ -424,6 +425,7 @@ impl Store {
                 chunks: 0,
                 fingerprint: None,
                 stat_digest: None,
+                checked_mac: Some(self.record_mac(signed.bytes(), &[] as &[Vec<u8>])),
             },
             manifest: signed.bytes().to_vec(),
             envelope: Vec::new(),
@@ -490,7 +492,7 @@ impl Store {
                 Ok(Outcome::Unchanged(id, st)) => {
                     stats.unchanged += 1;
                     if let Some(st) = st {
-                        refresh.push((id, st));
+                        refresh.push((id, *st));
                     }
                 }
                 Ok(Outcome::Write(w, staged, written, reused, bytes)) => {

@@ -8,7 +8,8 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkId, EnvelopeEntry, Manifest, ObjectId, Unverified, chunk::check_chunk_id, verify_many,
+    ChunkId, EnvelopeEntry, InstanceId, Manifest, ObjectId, Unverified, chunk::check_chunk_id,
+    verify_many,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -118,9 +119,15 @@ const GROUP: usize = 256;
 /// Problems found, and the chunk references to check: (chunk, length, object index).
 type Checked = (Vec<Problem>, Vec<(ChunkId, u32, usize)>);
 
+type SignedResult<T> = bbsync_protocol::Result<bbsync_protocol::Signed<T>>;
+
 impl Store {
     /// Checks the manifests and this instance's envelope entries of a group
-    /// of objects; `base` is the index of the group's first object.
+    /// of objects; `base` is the index of the group's first object. Records
+    /// whose bytes still match the MAC this instance stored when it verified
+    /// or wrote them (`Store::record_mac`) skip the signature math; all
+    /// others are checked in ed25519 batches. Format rules and trust are
+    /// checked for every record.
     fn check_group(
         &self,
         base: usize,
@@ -130,9 +137,11 @@ impl Store {
         let me = self.instance_id();
         let mut ps = Vec::new();
         let mut refs = Vec::new();
-        // Decode every manifest; keep the records for the envelopes.
+        // 1. Manifests: decode all; verify the unchecked ones in one batch run.
         let mut pending = Vec::new();
-        let mut unverified = Vec::new();
+        let mut results: Vec<Option<SignedResult<Manifest>>> = Vec::new();
+        let mut batch = Vec::new();
+        let mut batch_slots = Vec::new();
         for (k, (id, st)) in group.iter().enumerate() {
             let idx = base + k;
             let info = &infos[idx];
@@ -144,26 +153,39 @@ impl Store {
                     continue;
                 }
             };
+            let checked = self.record_checked(&rec);
             match Unverified::<Manifest>::decode(&rec.manifest) {
-                Ok(u) => {
-                    unverified.push(u);
-                    pending.push((idx, st, rec));
+                Ok(u) if checked => {
+                    results.push(Some(u.dangerously_verified_before(|a| self.is_full(a))));
                 }
-                Err(e) => ps.push(info.problem(
-                    ProblemClass::BadManifestSignature,
-                    format!("manifest of object {}: {e}", id.short()),
-                )),
+                Ok(u) => {
+                    batch_slots.push(results.len());
+                    results.push(None);
+                    batch.push(u);
+                }
+                Err(e) => {
+                    ps.push(info.problem(
+                        ProblemClass::BadManifestSignature,
+                        format!("manifest of object {}: {e}", id.short()),
+                    ));
+                    continue;
+                }
             }
+            pending.push((idx, st, rec, checked));
         }
-        let results = verify_many(unverified, |_, author| self.is_full(author));
-        // This instance's entries, checked in a second batch run.
-        let mut entries = Vec::new();
-        let mut entry_of = Vec::new();
-        for ((idx, st, rec), r) in pending.into_iter().zip(results) {
+        let batched = verify_many(batch, |_, author| self.is_full(author));
+        for (slot, r) in batch_slots.into_iter().zip(batched) {
+            results[slot] = Some(r);
+        }
+        // 2. This instance's entries: candidates found, checked the same way.
+        let mut batch = Vec::new();
+        let mut batch_of = Vec::new();
+        let mut decided = Vec::new();
+        for ((idx, st, rec, checked), r) in pending.into_iter().zip(results) {
             let info = &infos[idx];
             let m = match r {
-                Ok(m) => m,
-                Err(e) => {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
                     ps.push(info.problem(
                         ProblemClass::BadManifestSignature,
                         format!("manifest of object {}: {e}", info.id.short()),
@@ -175,6 +197,7 @@ impl Store {
                     }
                     continue;
                 }
+                None => continue,
             };
             if m.id() != st.manifest_id || m.version != st.version {
                 ps.push(info.problem(
@@ -192,8 +215,7 @@ impl Store {
                 continue;
             }
             refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
-            // Every entry addressed to us is a candidate (as for export): the
-            // first goes into the batch, the others are tried if it fails.
+            // Every entry addressed to us is a candidate (as for export).
             let mut candidates = Vec::new();
             let mut decode_err = None;
             for raw in &rec.envelope {
@@ -203,11 +225,17 @@ impl Store {
                     Err(e) => decode_err = Some(e),
                 }
             }
+            let author = m.author;
+            let trusted = |w: &InstanceId| *w == author || self.is_full(w);
             let mut candidates = candidates.into_iter();
             match (candidates.next(), decode_err) {
+                (Some(u), _) if checked => {
+                    let first = u.dangerously_verified_before(trusted);
+                    decided.push((idx, m, first, candidates.collect::<Vec<_>>()));
+                }
                 (Some(u), _) => {
-                    entries.push(u);
-                    entry_of.push((idx, m, candidates.collect::<Vec<_>>()));
+                    batch.push(u);
+                    batch_of.push((idx, m, candidates.collect::<Vec<_>>()));
                 }
                 (None, Some(e)) => ps.push(info.problem(ProblemClass::BadEnvelope, e.to_string())),
                 (None, None) => ps.push(info.problem(
@@ -216,13 +244,18 @@ impl Store {
                 )),
             }
         }
-        let checked = verify_many(entries, |i, w| {
-            *w == entry_of[i].1.author || self.is_full(w)
-        });
-        for ((idx, m, others), first) in entry_of.into_iter().zip(checked) {
+        let batched = verify_many(batch, |i, w| *w == batch_of[i].1.author || self.is_full(w));
+        decided.extend(
+            batch_of
+                .into_iter()
+                .zip(batched)
+                .map(|((idx, m, others), r)| (idx, m, r, others)),
+        );
+        // 3. Each object needs one usable entry: right version, unwraps.
+        for (idx, m, first, others) in decided {
             let info = &infos[idx];
             let author = m.author;
-            let usable = |r: bbsync_protocol::Result<bbsync_protocol::Signed<EnvelopeEntry>>| {
+            let usable = |r: SignedResult<EnvelopeEntry>| {
                 r.map_err(|e| e.to_string()).and_then(|e| {
                     if e.object_id != m.object_id || e.version != m.version {
                         return Err("entry is for another object version".to_string());
