@@ -311,6 +311,17 @@ impl ChunkFiles {
     /// Every chunk file present, with its size. Files that are not named
     /// like chunks are returned as `Err(path)`.
     pub fn list(&self) -> Result<Vec<std::result::Result<(ChunkId, u64), PathBuf>>> {
+        Ok(self
+            .list_names()?
+            .into_iter()
+            .map(|r| r.map(|id| (id, self.size(&id).unwrap_or(0))))
+            .collect())
+    }
+
+    /// Every chunk file present, by name only (no `stat` per file). Files
+    /// that are not named like chunks are returned as `Err(path)`; temp
+    /// files are skipped.
+    pub fn list_names(&self) -> Result<Vec<std::result::Result<ChunkId, PathBuf>>> {
         let mut out = Vec::new();
         for d in fs::read_dir(&self.root).ctx(|| format!("listing {}", self.root.display()))? {
             let d = d.ctx(|| format!("listing {}", self.root.display()))?;
@@ -319,7 +330,8 @@ impl ChunkFiles {
             if name == DIRTY {
                 continue;
             }
-            if name.len() != 2 || !d.path().is_dir() {
+            let is_dir = d.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if name.len() != 2 || !is_dir {
                 out.push(Err(d.path()));
                 continue;
             }
@@ -330,10 +342,7 @@ impl ChunkFiles {
                     continue; // in flight, or swept at the next open
                 }
                 match fname.to_str().and_then(|s| s.parse::<ChunkId>().ok()) {
-                    Some(id) if id.to_hex()[..2] == *name => {
-                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        out.push(Ok((id, len)));
-                    }
+                    Some(id) if id.to_hex()[..2] == *name => out.push(Ok(id)),
                     _ => out.push(Err(f.path())),
                 }
             }

@@ -278,43 +278,17 @@ impl Store {
         }
         (ps, refs)
     }
-}
 
-impl Store {
-    /// Checks the whole store. With `read_data`, every chunk referenced is
-    /// re-hashed (in parallel on all cores); otherwise only presence and length.
-    pub fn verify(&self, read_data: bool, progress: &dyn Progress) -> Result<VerifyReport> {
-        let start = Instant::now();
-        let _g = self.lock();
-        let mut problems = Vec::new();
-        let mut objects = Vec::new();
-        for r in self.db().objects() {
-            objects.push(r?);
-        }
-        // Manifests and envelopes: groups of objects in parallel, the
-        // signatures of each group checked in ed25519 batches.
-        let infos: Vec<ObjInfo> = objects
-            .iter()
-            .map(|(id, st)| ObjInfo {
-                label: format!("{}:{}", st.kind, st.name),
-                id: *id,
-            })
-            .collect();
-        let checked: Vec<Checked> = objects
-            .par_chunks(GROUP)
-            .enumerate()
-            .map(|(g, group)| self.check_group(g * GROUP, group, &infos))
-            .collect();
-        let mut refs = Vec::new();
-        for (ps, rs) in checked {
-            problems.extend(ps);
-            refs.extend(rs);
-        }
-        // Chunks: presence, length, and with read_data the hash.
-        let total_bytes: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
-        progress.start("verify", refs.len() as u64, total_bytes);
-        let chunk_problems: Vec<Option<Problem>> = refs
-            .par_iter()
+    /// Checks every referenced chunk: presence and length, and with
+    /// `read_data` its hash (in parallel).
+    fn chunk_problems(
+        &self,
+        refs: &[(ChunkId, u32, usize)],
+        infos: &[ObjInfo],
+        read_data: bool,
+        progress: &dyn Progress,
+    ) -> Vec<Option<Problem>> {
+        refs.par_iter()
             .map(|(cid, len, idx)| {
                 let info = &infos[*idx];
                 let problem = |class, detail: String| {
@@ -361,7 +335,49 @@ impl Store {
                 progress.advance(1, u64::from(*len));
                 r
             })
+            .collect()
+    }
+}
+
+impl Store {
+    /// Checks the whole store. With `read_data`, every chunk referenced is
+    /// re-hashed (in parallel on all cores); otherwise only presence and length.
+    pub fn verify(&self, read_data: bool, progress: &dyn Progress) -> Result<VerifyReport> {
+        let start = Instant::now();
+        let _g = self.lock();
+        let mut problems = Vec::new();
+        let mut objects = Vec::new();
+        for r in self.db().objects() {
+            objects.push(r?);
+        }
+        // Manifests and envelopes: groups of objects in parallel, the
+        // signatures of each group checked in ed25519 batches.
+        let infos: Vec<ObjInfo> = objects
+            .iter()
+            .map(|(id, st)| ObjInfo {
+                label: format!("{}:{}", st.kind, st.name),
+                id: *id,
+            })
             .collect();
+        let checked: Vec<Checked> = objects
+            .par_chunks(GROUP)
+            .enumerate()
+            .map(|(g, group)| self.check_group(g * GROUP, group, &infos))
+            .collect();
+        let mut refs = Vec::new();
+        for (ps, rs) in checked {
+            problems.extend(ps);
+            refs.extend(rs);
+        }
+        // Chunks: presence, length, and with read_data the hash.
+        let total_bytes: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
+        progress.start("verify", refs.len() as u64, total_bytes);
+        // The chunk directory is listed (for orphans) while chunks are hashed.
+        let (chunk_problems, listing): (Vec<Option<Problem>>, _) = rayon::join(
+            || self.chunk_problems(&refs, &infos, read_data, progress),
+            || self.chunks().list_names(),
+        );
+        let listing = listing?;
         progress.finish();
         let mut seen_missing = HashSet::new();
         for p in chunk_problems.into_iter().flatten() {
@@ -380,9 +396,9 @@ impl Store {
         }
         // Orphans and stray files.
         let referenced: HashSet<ChunkId> = refs.iter().map(|r| r.0).collect();
-        for item in self.chunks().list()? {
+        for item in listing {
             match item {
-                Ok((id, _)) if !referenced.contains(&id) => problems.push(Problem {
+                Ok(id) if !referenced.contains(&id) => problems.push(Problem {
                     class: ProblemClass::OrphanChunk,
                     object: None,
                     object_id: None,
