@@ -1,0 +1,367 @@
+//! The store side of replication (DESIGN §6), independent of any transport:
+//! what a serving node answers, and how a cloning node records what it
+//! receives. The node crate carries these calls over libp2p; the tests call
+//! them directly between two stores.
+//!
+//! Serving never writes: [`Store::serve_manifests`] re-keys just in time,
+//! wrapping each content key for the requester in a fresh wrap session and
+//! returning only that entry. Receiving records manifests first as
+//! incomplete objects ([`Store::accept_manifests`]), then chunks, each
+//! checked against its id before it touches the disk
+//! ([`Store::accept_chunks`]), and marks an object complete only once every
+//! chunk of it is durably on disk ([`Store::complete_ready`]).
+
+use std::collections::HashSet;
+
+use bbsync_protocol::{
+    Checkpoint, ChunkId, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ManifestId, ObjectId,
+    Role, RootBuilder, Signed, Unverified, WrapSession, chunk::check_chunk_id, encoding::FORMAT_V1,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Store,
+    db::{ObjectState, ObjectWrite},
+    error::{Context, Result, StoreError},
+};
+
+/// One entry of a change page: the latest version of an object changed
+/// after the cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Change-log number (the cursor to continue from).
+    pub seq: u64,
+    /// The object.
+    pub object_id: ObjectId,
+    /// Its latest version.
+    pub version: u64,
+    /// That version's manifest.
+    pub manifest_id: ManifestId,
+    /// A tombstone.
+    pub deleted: bool,
+}
+
+/// A manifest as served to one peer, with the entry wrapped for it (none for
+/// `blind` peers and for tombstones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// Signed manifest wire bytes.
+    #[serde(with = "serde_bytes")]
+    pub manifest: Vec<u8>,
+    /// Envelope entry wire bytes for the requester.
+    pub entry: Option<serde_bytes::ByteBuf>,
+}
+
+/// What [`Store::accept_manifests`] did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Accepted {
+    /// Objects recorded (new or newer version), still incomplete.
+    pub recorded: Vec<ObjectId>,
+    /// Manifests this store already holds (same or newer version).
+    pub already: u64,
+    /// Manifests refused, with the reason (bad signature, untrusted author,
+    /// bad entry, ...).
+    pub rejected: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Whether an object may be served to peers: complete, and not owned by
+    /// an owner in `exclude_owners`.
+    pub fn servable(&self, st: &ObjectState) -> bool {
+        st.complete
+            && !st
+                .owner
+                .as_ref()
+                .is_some_and(|o| self.config().exclude_owners.contains(o))
+    }
+
+    /// Root over every servable object (see [`RootBuilder`]): what a clone
+    /// recomputes to prove it is complete.
+    pub fn root(&self) -> Result<(u64, [u8; 32])> {
+        let mut b = RootBuilder::new();
+        for r in self.db().objects() {
+            let (id, st) = r?;
+            if self.servable(&st) {
+                b.push(id, st.version, st.manifest_id);
+            }
+        }
+        Ok((b.count(), b.finish()))
+    }
+
+    /// A signed checkpoint of what this store serves, as of its last change.
+    pub fn checkpoint(&self) -> Result<Signed<Checkpoint>> {
+        let seq = self.db().last_seq()?;
+        let (count, root) = self.root()?;
+        Signed::sign(
+            self.identity(),
+            Checkpoint {
+                format: FORMAT_V1,
+                instance: self.instance_id(),
+                seq,
+                count,
+                root,
+                created_at_ms: bbsync_protocol::now_ms(),
+            },
+        )
+        .ctx(|| "signing the checkpoint".to_string())
+    }
+
+    /// Up to `limit` changes after `since`, servable objects only, and the
+    /// cursor to continue from (the last change-log number looked at).
+    pub fn changes_page(&self, since: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
+        let mut out = Vec::new();
+        let mut cursor = since;
+        // Skipped (unservable) entries still move the cursor, so read more
+        // than `limit` when some are skipped.
+        while out.len() < limit {
+            let page = self.db().changes_since(cursor, limit - out.len())?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, id) in page {
+                cursor = seq;
+                if let Some(st) = self.db().object(&id)?
+                    && self.servable(&st)
+                {
+                    out.push(Change {
+                        seq,
+                        object_id: id,
+                        version: st.version,
+                        manifest_id: st.manifest_id,
+                        deleted: st.deleted,
+                    });
+                }
+            }
+        }
+        Ok((out, cursor))
+    }
+
+    /// The latest manifests of `ids` for a trusted peer. A `full` peer gets,
+    /// for each live object, an entry wrapping the content key for its
+    /// x25519 key, made now in one wrap session and signed by this instance;
+    /// a `blind` peer gets none. Unknown and unservable objects are left out.
+    /// Nothing is written to the store.
+    pub fn serve_manifests(
+        &self,
+        ids: &[ObjectId],
+        peer: &InstanceCard,
+        role: Role,
+    ) -> Result<Vec<Served>> {
+        let session = WrapSession::new(self.identity());
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(st) = self.db().object(id)? else {
+                continue;
+            };
+            if !self.servable(&st) {
+                continue;
+            }
+            let m = self.manifest(id)?;
+            let entry = if role == Role::Full && !m.deleted {
+                let key = self.content_key(&m)?;
+                let e = session
+                    .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
+                    .ctx(|| format!("re-keying {} for {}", id.short(), peer.instance.short()))?;
+                Some(serde_bytes::ByteBuf::from(e.bytes().to_vec()))
+            } else {
+                None
+            };
+            out.push(Served {
+                manifest: m.bytes().to_vec(),
+                entry,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A chunk's stored bytes, checked against its id, for a peer.
+    pub fn serve_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let bytes = self
+            .chunks()
+            .read(id)
+            .ctx(|| format!("reading chunk {}", id.short()))?;
+        check_chunk_id(id, &bytes).ctx(|| format!("chunk {} is damaged here", id.short()))?;
+        Ok(bytes)
+    }
+
+    /// Records manifests received from `source` (which this store trusts):
+    /// each must verify, its author must be this instance, `source`, or a
+    /// trusted `full` instance, and its entry (if any) must be addressed to
+    /// this instance, for that object version, wrapped by `source` or the
+    /// author, and unwrap. An older or equal version than the one held is
+    /// skipped; at equal versions the larger ManifestId wins. Accepted
+    /// objects are recorded as incomplete until their chunks arrive.
+    pub fn accept_manifests(&self, source: &InstanceId, items: Vec<Served>) -> Result<Accepted> {
+        let _g = self.lock();
+        let me = self.instance_id();
+        let mut report = Accepted::default();
+        let mut writes = Vec::new();
+        let mut seen = HashSet::new();
+        for item in items {
+            let m = match Unverified::<Manifest>::decode(&item.manifest)
+                .and_then(|u| u.verify(|a| *a == me || a == source || self.is_full(a)))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    report.rejected.push(("manifest".into(), e.to_string()));
+                    continue;
+                }
+            };
+            let label = format!("{}:{}", m.kind, m.name);
+            if !seen.insert(m.object_id) {
+                report.rejected.push((label, "sent twice".into()));
+                continue;
+            }
+            let previous = self.db().object(&m.object_id)?;
+            if let Some(prev) = &previous {
+                let newer = m.version > prev.version
+                    || (m.version == prev.version && m.id() > prev.manifest_id);
+                if !newer {
+                    report.already += 1;
+                    continue;
+                }
+            }
+            let entry = match (&item.entry, m.deleted) {
+                (_, true) => None,
+                (None, false) => None, // a blind copy: held, not readable here
+                (Some(raw), false) => match self.check_entry(&m, source, raw) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        report.rejected.push((label, e.to_string()));
+                        continue;
+                    }
+                },
+            };
+            let envelope: Vec<Vec<u8>> = entry.iter().map(|e| e.bytes().to_vec()).collect();
+            let state = ObjectState {
+                version: m.version,
+                manifest_id: m.id(),
+                seq: 0,
+                complete: m.chunks.is_empty(),
+                kind: m.kind.clone(),
+                name: m.name.clone(),
+                owner: m.owner.clone(),
+                deleted: m.deleted,
+                plaintext_len: m.plaintext_len,
+                stored_len: m.chunks.iter().map(|c| u64::from(c.len)).sum(),
+                chunks: m.chunks.len() as u32,
+                fingerprint: None,
+                stat_digest: None,
+                checked_mac: Some(self.record_mac(m.bytes(), &envelope)),
+            };
+            report.recorded.push(m.object_id);
+            writes.push(ObjectWrite {
+                object_id: m.object_id,
+                state,
+                manifest: m.bytes().to_vec(),
+                envelope,
+                previous,
+            });
+        }
+        if !writes.is_empty() {
+            self.db().commit(writes)?;
+        }
+        Ok(report)
+    }
+
+    fn check_entry(
+        &self,
+        m: &Manifest,
+        source: &InstanceId,
+        raw: &[u8],
+    ) -> Result<Signed<EnvelopeEntry>> {
+        let me = self.instance_id();
+        let author = m.author;
+        let e = Unverified::<EnvelopeEntry>::decode(raw)
+            .and_then(|u| u.verify(|w| w == source || *w == author || self.is_full(w)))
+            .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
+        if e.recipient != me || e.object_id != m.object_id || e.version != m.version {
+            return Err(StoreError::Invalid(format!(
+                "envelope entry of {} is for another instance or version",
+                m.object_id.short()
+            )));
+        }
+        self.unwrap_entry(&e)
+            .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
+        Ok(e)
+    }
+
+    /// Chunks that recorded manifests reference and the disk lacks, with
+    /// their stored length, each once.
+    pub fn missing_chunks(&self) -> Result<Vec<(ChunkId, u32)>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for r in self.db().objects() {
+            let (id, st) = r?;
+            if st.complete || st.deleted {
+                continue;
+            }
+            for c in self.manifest_unchecked(&id)?.chunks {
+                if seen.insert(c.id) && !self.chunks().contains(&c.id) {
+                    out.push((c.id, c.len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores received chunks durably. Each is checked against its id first;
+    /// a chunk that fails is not written and is returned as rejected.
+    /// Returns (stored, already present, rejected ids).
+    pub fn accept_chunks(
+        &self,
+        chunks: Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<(u64, u64, Vec<ChunkId>)> {
+        let mut staged = Vec::new();
+        let mut rejected = Vec::new();
+        let mut present = 0;
+        let mut seen = HashSet::new();
+        for (id, bytes) in chunks {
+            if check_chunk_id(&id, &bytes).is_err() {
+                rejected.push(id);
+                continue;
+            }
+            if !seen.insert(id) || self.chunks().contains(&id) {
+                present += 1;
+                continue;
+            }
+            match self.chunks().stage(id, &bytes) {
+                Ok(s) => staged.push(s),
+                Err(e) => {
+                    self.chunks().discard(staged);
+                    return Err(e);
+                }
+            }
+        }
+        let n = staged.len() as u64;
+        let published = self.chunks().publish(staged)?;
+        // Nothing to record: a chunk file is its own record. An object
+        // becomes complete in `complete_ready`, after this returned.
+        self.chunks().recorded(published);
+        Ok((n, present, rejected))
+    }
+
+    /// Marks complete every incomplete object whose chunks are all on disk
+    /// (published, so durable). Returns them.
+    pub fn complete_ready(&self) -> Result<Vec<ObjectId>> {
+        let _g = self.lock();
+        let mut done = Vec::new();
+        for r in self.db().objects() {
+            let (id, mut st) = r?;
+            if st.complete {
+                continue;
+            }
+            let m = self.manifest_unchecked(&id)?;
+            if m.chunks
+                .iter()
+                .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
+            {
+                st.complete = true;
+                self.db().put_state(&id, &st)?;
+                done.push(id);
+            }
+        }
+        self.db().flush()?;
+        Ok(done)
+    }
+}
