@@ -21,6 +21,7 @@ pub mod identity;
 pub mod ids;
 pub mod manifest;
 pub mod signed;
+pub mod wire;
 
 pub use checkpoint::{Checkpoint, RootBuilder};
 pub use chunk::{ChunkCipher, Compression, ContentKey, SealedChunk};

@@ -14,10 +14,10 @@
 use std::collections::HashSet;
 
 use bbsync_protocol::{
-    Checkpoint, ChunkId, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ManifestId, ObjectId,
-    Role, RootBuilder, Signed, Unverified, WrapSession, chunk::check_chunk_id, encoding::FORMAT_V1,
+    Checkpoint, ChunkId, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role,
+    RootBuilder, Signed, Unverified, WrapSession, chunk::check_chunk_id, encoding::FORMAT_V1,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
     Store,
@@ -25,32 +25,9 @@ use crate::{
     error::{Context, Result, StoreError},
 };
 
-/// One entry of a change page: the latest version of an object changed
-/// after the cursor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    /// Change-log number (the cursor to continue from).
-    pub seq: u64,
-    /// The object.
-    pub object_id: ObjectId,
-    /// Its latest version.
-    pub version: u64,
-    /// That version's manifest.
-    pub manifest_id: ManifestId,
-    /// A tombstone.
-    pub deleted: bool,
-}
-
-/// A manifest as served to one peer, with the entry wrapped for it (none for
-/// `blind` peers and for tombstones).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Served {
-    /// Signed manifest wire bytes.
-    #[serde(with = "serde_bytes")]
-    pub manifest: Vec<u8>,
-    /// Envelope entry wire bytes for the requester.
-    pub entry: Option<serde_bytes::ByteBuf>,
-}
+/// One entry of a change page, and a manifest as served to one peer: the
+/// wire types of `/bbsync/sync/1`, used as they are.
+pub use bbsync_protocol::wire::{WireChange as Change, WireManifest as Served};
 
 /// What [`Store::accept_manifests`] did.
 #[derive(Debug, Default, Clone, Serialize)]
