@@ -59,6 +59,10 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Remove chunk files that no manifest references.
     Gc,
+    /// Serve this node's content to trusted peers until Ctrl-C or SIGTERM.
+    Serve(cmd::net::ServeArgs),
+    /// Clone everything a peer serves into this node.
+    Clone(cmd::net::CloneArgs),
 }
 
 /// What every subcommand gets.
@@ -143,6 +147,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => cmd::ls::status(&ctx),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Gc => cmd::verify::gc(&ctx),
+        Command::Serve(a) => cmd::net::serve(&ctx, a),
+        Command::Clone(a) => cmd::net::clone(&ctx, a),
     }
 }
 

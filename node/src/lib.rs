@@ -1,1 +1,20 @@
-//! Network node (libp2p swarm actor, transports, sync engine). Filled in by the network clone work.
+//! # bbsync-node
+//!
+//! The network side of a bbsync node: a libp2p swarm (TCP + Noise + yamux,
+//! the instance's ed25519 key as its libp2p identity) owned by one task,
+//! driven through a cloneable [`NodeHandle`]; the `/bbsync/sync/1`
+//! request-response protocol with a size-capped postcard codec; the server
+//! side that answers peers from the store (access control first); and the
+//! clone driver. Store work never runs on the event loop: it goes to
+//! tokio's blocking pool.
+
+pub mod clone;
+pub mod codec;
+mod error;
+pub mod node;
+pub mod server;
+
+pub use clone::{CloneOptions, CloneReport, clone_from};
+pub use error::NodeError;
+pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as node_protocol};
+pub use node::{Node, NodeHandle, instance_of, peer_id_of};

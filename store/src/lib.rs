@@ -249,6 +249,14 @@ impl Store {
     /// Adds (or updates the role of) a trusted instance from its card string.
     pub fn trust_add(&self, card: &str, role: Role) -> Result<(Signed<InstanceCard>, bool)> {
         let card = card_from_str(card).ctx(|| "reading the card".to_string())?;
+        let existed = self.trust_card(&card, role)?;
+        Ok((card, existed))
+    }
+
+    /// Trusts an instance by its verified card (e.g. a clone's source,
+    /// pinned by the address the operator gave). Returns whether it was
+    /// already trusted.
+    pub fn trust_card(&self, card: &Signed<InstanceCard>, role: Role) -> Result<bool> {
         if card.instance == self.instance_id() {
             return Err(StoreError::Trust("that card is this instance's own".into()));
         }
@@ -262,7 +270,18 @@ impl Store {
                 added_at_ms: bbsync_protocol::now_ms(),
             },
         )?;
-        Ok((card, existed))
+        Ok(existed)
+    }
+
+    /// A trusted instance's verified card and role; `None` when not trusted.
+    pub fn trusted_card(&self, id: &InstanceId) -> Result<Option<(InstanceCard, Role)>> {
+        let Some(rec) = self.db.trust(id)? else {
+            return Ok(None);
+        };
+        let card = Unverified::<InstanceCard>::decode(&rec.card)
+            .and_then(|u| u.verify_self_signed())
+            .ctx(|| format!("trust record of {}", id.short()))?;
+        Ok(Some((card.into_value(), rec.role)))
     }
 
     /// Resolves an instance id given in full or as a unique hex prefix (>= 8).

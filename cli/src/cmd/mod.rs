@@ -4,6 +4,7 @@ pub mod export;
 pub mod import;
 pub mod init;
 pub mod ls;
+pub mod net;
 pub mod trust;
 pub mod verify;
 

@@ -1,0 +1,170 @@
+//! Network clone between real `bbsync` processes on 127.0.0.1: a source
+//! runs `serve`, clones run `clone`. Covers the round trip, the proof of
+//! completeness, resuming as a no-op, an untrusted node, a blind peer, and
+//! bad addresses.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use common::*;
+
+/// A running `bbsync serve` that is killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        .arg("--no-progress")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env_remove("BBSYNC_DATA")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().to_string();
+    assert!(
+        addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/12D3"),
+        "serve printed {addr:?}"
+    );
+    Server { child, addr }
+}
+
+/// A source with the mini BBS and a fresh clone node, trusted by the
+/// source with `role`.
+fn setup(tmp: &Path, role: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let tree = tmp.join("tree");
+    mini_bbs(&tree);
+    let src = tmp.join("src");
+    let dst = tmp.join("dst");
+    init(&src, "source");
+    init(&dst, "clone");
+    ok(&src, &["import-bbs", tree.to_str().unwrap()]);
+    ok(&src, &["trust", "add", &card(&dst), "--role", role]);
+    (tree, src, dst)
+}
+
+#[test]
+fn clone_over_tcp_equals_the_source_and_resumes_as_a_no_op() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (tree, src, dst) = setup(tmp.path(), "full");
+    let server = serve(&src);
+    let report = json(&dst, &["clone", &server.addr]);
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(report["chunks_fetched"].as_u64().unwrap() > 0);
+    assert_eq!(report["chunks_rejected"], 0);
+    let (code, v) = verify(&dst, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let out = tmp.path().join("out");
+    ok(&dst, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
+    // The source is now trusted (pinned by its peer id) on the clone.
+    let trusted = json(&dst, &["trust", "list"]);
+    assert_eq!(trusted.as_array().unwrap().len(), 1);
+    // Cloning an up-to-date copy transfers nothing.
+    let again = json(&dst, &["clone", &server.addr]);
+    assert_eq!(again["complete"], true);
+    assert_eq!(again["chunks_fetched"], 0);
+    assert_eq!(again["objects"], 0);
+    // A post written on the source after the first clone arrives.
+    write(
+        &tree.join("boards/general/99.json"),
+        "{\"id\":99,\"body\":\"later\"}",
+    );
+    drop(server);
+    ok(&src, &["import-bbs", tree.to_str().unwrap()]);
+    let server = serve(&src);
+    let third = json(&dst, &["clone", &server.addr]);
+    assert_eq!(third["objects"], 1, "{third}");
+    let out2 = tmp.path().join("out2");
+    ok(&dst, &["export-bbs", out2.to_str().unwrap()]);
+    assert_same_tree(&tree, &out2);
+    Ok(())
+}
+
+#[test]
+fn an_untrusted_node_is_denied_and_holds_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (_tree, src, _dst) = setup(tmp.path(), "full");
+    let server = serve(&src);
+    let stranger = tmp.path().join("stranger");
+    init(&stranger, "stranger");
+    let before = snapshot(&stranger);
+    let o = run(&stranger, &["clone", &server.addr]);
+    let line = assert_one_line_error(&o, "untrusted clone");
+    assert!(line.contains("denied"), "{line}");
+    assert_eq!(snapshot(&stranger), before, "the stranger's store changed");
+    assert!(chunk_files(&stranger).is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_blind_peer_gets_ciphertext_and_no_keys() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (_tree, src, dst) = setup(tmp.path(), "blind");
+    let server = serve(&src);
+    let report = json(&dst, &["clone", &server.addr]);
+    assert_eq!(report["complete"], true, "{report}");
+    let (code, v) = verify(&dst, &["--read-data"]);
+    assert_eq!(code, 1);
+    let classes = problem_classes(&v);
+    assert!(!classes.is_empty());
+    assert!(classes.iter().all(|c| c == "undecryptable"), "{classes:?}");
+    let o = run(
+        &dst,
+        &["export-bbs", tmp.path().join("out").to_str().unwrap()],
+    );
+    assert_eq!(o.code, 1);
+    Ok(())
+}
+
+#[test]
+fn bad_addresses_are_refused_and_change_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (_tree, src, dst) = setup(tmp.path(), "full");
+    let server = serve(&src);
+    let before = snapshot(&dst);
+    // Malformed, and without /p2p/.
+    for bad in ["not-an-address", "/ip4/127.0.0.1/tcp/1"] {
+        let o = run(&dst, &["clone", bad]);
+        assert_one_line_error(&o, bad);
+    }
+    // The right port with another instance's peer id: Noise refuses it.
+    let other = tmp.path().join("other");
+    init(&other, "other");
+    let other_server = serve(&other);
+    let other_peer = other_server.addr.rsplit('/').next().unwrap();
+    let (base, _) = server.addr.rsplit_once("/p2p/").unwrap();
+    let wrong = format!("{base}/p2p/{other_peer}");
+    let o = run(&dst, &["clone", &wrong]);
+    assert_one_line_error(&o, "wrong peer id");
+    // Nobody listening.
+    let o = run(
+        &dst,
+        &["clone", &format!("/ip4/127.0.0.1/tcp/9/p2p/{other_peer}")],
+    );
+    assert_one_line_error(&o, "unreachable");
+    assert_eq!(snapshot(&dst), before, "a refused clone changed the store");
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The swarm actor: one task owns the libp2p `Swarm`; everything else talks
+//! to it through a [`NodeHandle`] (a bounded channel of commands, each with
+//! a oneshot reply), as in the rust-libp2p file-sharing example. Inbound
+//! requests are answered on tokio's blocking pool and the answer comes back
+//! to the loop as a command, so store work never blocks the event loop.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bbsync_protocol::{
+    InstanceId,
+    wire::{Request, Response, SYNC_PROTOCOL},
+};
+use bbsync_store::Store;
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, identity,
+    multiaddr::Protocol,
+    noise,
+    request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{NodeError, codec::SyncCodec, server};
+
+type Behaviour = request_response::Behaviour<SyncCodec>;
+
+/// The instance id behind a peer id (`None` unless it is an ed25519 key).
+pub fn instance_of(peer: &PeerId) -> Option<InstanceId> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None; // not an identity multihash
+    }
+    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(InstanceId(pk.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// The peer id of an instance.
+pub fn peer_id_of(id: &InstanceId) -> Option<PeerId> {
+    let ed = identity::ed25519::PublicKey::try_from_bytes(id.as_bytes()).ok()?;
+    Some(identity::PublicKey::from(ed).to_peer_id())
+}
+
+enum Command {
+    Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, NodeError>>),
+    Listeners(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr, PeerId, oneshot::Sender<Result<(), NodeError>>),
+    Request(
+        PeerId,
+        Request,
+        oneshot::Sender<Result<Response, NodeError>>,
+    ),
+    Respond(ResponseChannel<Response>, Response),
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+/// A running node: the handle and the task that owns the swarm.
+#[derive(Debug)]
+pub struct Node {
+    handle: NodeHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node for `store` (its identity is the libp2p identity).
+    pub fn start(store: Arc<Store>) -> Result<Node, NodeError> {
+        let mut secret = *store.identity().ed25519_secret();
+        // `ed25519_from_bytes` zeroizes the copy it is given.
+        let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
+            .map_err(|e| NodeError::Listen("identity".into(), e.to_string()))?;
+        let peer_id = keypair.public().to_peer_id();
+        let behaviour = Behaviour::with_codec(
+            SyncCodec,
+            [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(120))
+                .with_max_concurrent_streams(128),
+        );
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NodeError::Listen("tcp".into(), e.to_string()))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| NodeError::Listen("behaviour".into(), e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        let (tx, rx) = mpsc::channel(256);
+        let handle = NodeHandle {
+            tx: tx.clone(),
+            peer_id,
+        };
+        let event_loop = EventLoop {
+            swarm,
+            rx,
+            tx,
+            store,
+            pending: HashMap::new(),
+            listens: HashMap::new(),
+            dials: HashMap::new(),
+        };
+        let task = tokio::spawn(event_loop.run());
+        Ok(Node { handle, task })
+    }
+
+    /// The handle.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node (open connections are dropped).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Listens on `addr`; returns the first address it is reachable at.
+    pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr, NodeError> {
+        self.call(|r| Command::Listen(addr, r)).await?
+    }
+
+    /// Every address this node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.call(Command::Listeners).await
+    }
+
+    /// Dials `addr`, which must end in `/p2p/<PeerId>`: the connection is
+    /// refused unless the peer proves that identity (Noise). Returns it.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(p)) => p,
+            _ => {
+                return Err(NodeError::BadAddress(
+                    addr.to_string(),
+                    "it must end in /p2p/<PeerId>".into(),
+                ));
+            }
+        };
+        self.call(|r| Command::Dial(addr, peer, r)).await??;
+        Ok(peer)
+    }
+
+    /// Sends a request and waits for the answer. `Denied` and `Error`
+    /// answers become errors.
+    pub async fn request(&self, peer: PeerId, req: Request) -> Result<Response, NodeError> {
+        match self.call(|r| Command::Request(peer, req, r)).await?? {
+            Response::Denied => Err(NodeError::Denied(peer.to_string())),
+            Response::Error { message, .. } => Err(NodeError::Remote(peer.to_string(), message)),
+            other => Ok(other),
+        }
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    rx: mpsc::Receiver<Command>,
+    tx: mpsc::Sender<Command>,
+    store: Arc<Store>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NodeError>>>,
+    listens: HashMap<
+        libp2p::core::transport::ListenerId,
+        (String, oneshot::Sender<Result<Multiaddr, NodeError>>),
+    >,
+    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NodeError>>>>,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                cmd = self.rx.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Listen(addr, reply) => match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    self.listens.insert(id, (addr.to_string(), reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NodeError::Listen(addr.to_string(), e.to_string())));
+                }
+            },
+            Command::Listeners(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial(addr, peer, reply) => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => self.dials.entry(peer).or_default().push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Dial(addr.to_string(), e.to_string())));
+                    }
+                }
+            }
+            Command::Request(peer, req, reply) => {
+                let id = self.swarm.behaviour_mut().send_request(&peer, req);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond(channel, resp) => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    tracing::debug!("a peer went away before its answer was sent");
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<request_response::Event<Request, Response>>) {
+        match ev {
+            SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let store = self.store.clone();
+                        let tx = self.tx.clone();
+                        let instance = instance_of(&peer);
+                        tokio::spawn(async move {
+                            let resp = tokio::task::spawn_blocking(move || {
+                                server::answer(&store, instance, request)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Response::Error {
+                                code: bbsync_protocol::wire::ErrorCode::Internal,
+                                message: format!("server task failed: {e}"),
+                            });
+                            let _ = tx.send(Command::Respond(channel, resp)).await;
+                        });
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ =
+                        reply.send(Err(NodeError::Request(peer.to_string(), error.to_string())));
+                }
+            }
+            SwarmEvent::Behaviour(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::warn!(%peer, "dropped a request: {error}");
+            }
+            SwarmEvent::Behaviour(request_response::Event::ResponseSent { .. }) => {}
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                tracing::info!(%address, "listening");
+                if let Some((_, reply)) = self.listens.remove(&listener_id) {
+                    let _ = reply.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some((addr, reply)) = self.listens.remove(&listener_id) {
+                    let why = match reason {
+                        Ok(()) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let _ = reply.send(Err(NodeError::Listen(addr, why)));
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                for reply in self.dials.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                for reply in self.dials.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(NodeError::Dial(peer.to_string(), error.to_string())));
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, "incoming connection failed: {error}");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+            }
+            _ => {}
+        }
+    }
+}
