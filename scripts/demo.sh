@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Local bbsync demo (the README's main job until the network clone demo).
+# bbsync demo (the README's main job): build a sample BBS, serve it, clone it.
 #
 #   scripts/demo.sh
 #
 # On a fresh machine with Rust and Python 3: builds bbsync, generates the
-# small sample BBS (scripts/gen-bbs.py, ~20 MB), imports it into a new node
-# data dir, verifies every chunk, lists and shows status, exports the tree
-# again and checks with `diff -r` that the export is identical to the source.
+# small sample BBS (scripts/gen-bbs.py, ~20 MB), imports it into a source
+# node and verifies it, creates a second node, lets the source trust it,
+# serves the source on 127.0.0.1 (libp2p over TCP), clones it into the
+# second node (manifests re-keyed just in time for the clone, every chunk
+# checked against its id, the root compared with the source's signed
+# checkpoint), verifies the clone and checks with `diff -r` that the clone's
+# export is identical to the generated tree.
 #
 # Environment:
 #   BBSYNC_BIN=PATH   use this binary instead of `cargo build --release`
@@ -26,13 +30,30 @@ find_bbsync
 make_workdir bbsync-demo
 
 TREE="$WORKDIR/bbs"
-DATA="$WORKDIR/node"
+DATA="$WORKDIR/source"
+CLONE="$WORKDIR/clone"
 EXPORT="$WORKDIR/export"
+SERVER_PID=""
 
-# bb SUBCOMMAND ARGS...: show and run one bbsync command on the demo node.
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+}
+trap 'stop_server; cleanup_workdir' EXIT
+
+# bb SUBCOMMAND ARGS...: show and run one bbsync command on the source node.
 bb() {
   show_cmd bbsync --data-dir "$DATA" --no-progress "$@"
   "$BBSYNC" --data-dir "$DATA" --no-progress "$@" || die "bbsync $1 failed (exit $?)"
+}
+
+# bc SUBCOMMAND ARGS...: the same on the clone node.
+bc() {
+  show_cmd bbsync --data-dir "$CLONE" --no-progress "$@"
+  "$BBSYNC" --data-dir "$CLONE" --no-progress "$@" || die "bbsync $1 failed (exit $?)"
 }
 
 log ""
@@ -44,12 +65,9 @@ FILES="$(tree_files "$TREE")"
 BYTES="$(tree_bytes "$TREE")"
 
 log ""
-log "== create a node and import the BBS"
-bb init --name demo
+log "== create the source node and import the BBS"
+bb init --name source
 bb import-bbs "$TREE"
-
-log ""
-log "== verify every chunk"
 bb verify --read-data
 
 log ""
@@ -65,9 +83,33 @@ fi
 bb status
 
 log ""
-log "== export and compare"
+log "== create the clone node; the source trusts it"
+bc init --name clone
+CARD="$("$BBSYNC" --data-dir "$CLONE" id)" || die "bbsync id failed"
+bb trust add "$CARD"
+
+log ""
+log "== serve the source on 127.0.0.1 and clone it"
+show_cmd bbsync --data-dir "$DATA" serve --listen /ip4/127.0.0.1/tcp/0 "&"
+"$BBSYNC" --data-dir "$DATA" --no-progress serve --listen /ip4/127.0.0.1/tcp/0 \
+  >"$WORKDIR/serve.out" 2>"$WORKDIR/serve.log" &
+SERVER_PID=$!
+ADDR=""
+for _ in $(seq 1 100); do
+  ADDR="$(head -n 1 "$WORKDIR/serve.out" 2>/dev/null || true)"
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || die "serve printed no address (log: $WORKDIR/serve.log)"
+log "source listening at $ADDR"
+bc clone "$ADDR"
+stop_server
+bc verify --read-data
+
+log ""
+log "== export the clone and compare with the generated BBS"
 mkdir -- "$EXPORT"
-bb export-bbs "$EXPORT"
+bc export-bbs "$EXPORT"
 show_cmd diff -r "$TREE" "$EXPORT"
 if ! diff -r "$TREE" "$EXPORT" >"$WORKDIR/diff.txt" 2>&1; then
   head -n 40 "$WORKDIR/diff.txt" >&2
@@ -76,4 +118,4 @@ if ! diff -r "$TREE" "$EXPORT" >"$WORKDIR/diff.txt" 2>&1; then
 fi
 
 log ""
-log "demo OK: exported tree is identical to the source ($FILES files, $BYTES bytes)"
+log "demo OK: the clone's export is identical to the source BBS ($FILES files, $BYTES bytes)"
