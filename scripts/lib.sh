@@ -126,3 +126,44 @@ cleanup_workdir() {
 
 tree_files() { find "$1" -type f -printf . | wc -c | tr -d ' '; }
 tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d\n", s }'; }
+
+# fcalc FORMAT EXPR [VAR=VALUE...]: floating-point arithmetic with awk.
+fcalc() {
+  local fmt="$1" expr="$2"
+  shift 2
+  local args=() kv
+  for kv in "$@"; do args+=(-v "$kv"); done
+  awk "${args[@]}" "BEGIN { printf \"$fmt\", ($expr) }"
+}
+
+# mbps BYTES SECONDS: MB/s with MB = 10^6 bytes.
+mbps() { fcalc '%.0f' 'b / 1e6 / (s > 0.01 ? s : 0.01)' "b=$1" "s=$2"; }
+
+# timed NAME CMD...: runs CMD under /usr/bin/time -v with output in $LOGS
+# (which the caller sets);
+# sets SECS (wall clock) and RSS_MB (peak resident set, MB = 10^6 bytes).
+timed() {
+  # Start every step with nothing left to write back from the step before
+  # (bbsync's syncfs would otherwise wait for the generator's or restic's
+  # dirty pages), then drop nothing: the tree stays in the page cache.
+  sync
+  local name="$1"
+  shift
+  show_cmd "$@"
+  if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
+    tail -n 20 "$LOGS/$name.err" >&2
+    grep -E 'exited|terminated' "$LOGS/$name.time" >&2 || true
+    die "step '$name' failed (logs: $LOGS/$name.*; run with KEEP=1 to keep them)"
+  fi
+  SECS="$(awk -F': ' '/Elapsed \(wall clock\)/ {
+      n = split($NF, a, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + a[i]; printf "%.2f", s }' \
+    "$LOGS/$name.time")"
+  local rss_kb
+  rss_kb="$(awk -F': ' '/Maximum resident set size/ { print $NF }' "$LOGS/$name.time")"
+  if [ -z "$SECS" ] || [ -z "$rss_kb" ]; then die "cannot parse $LOGS/$name.time"; fi
+  RSS_MB="$(fcalc '%.0f' 'k * 1024 / 1e6' "k=$rss_kb")"
+  if [ -s "$LOGS/$name.out" ]; then
+    tail -n 5 "$LOGS/$name.out" | sed 's/^/    | /'
+  fi
+  log "    -> ${SECS} s, peak RSS ${RSS_MB} MB"
+}
