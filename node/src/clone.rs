@@ -20,6 +20,11 @@ use serde::Serialize;
 
 use crate::{NodeError, NodeHandle, instance_of};
 
+/// Bytes asked for in one chunk request (at most).
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Staged bytes made durable together.
+const PUBLISH_EVERY: u64 = 128 * 1024 * 1024;
+
 /// Knobs of a clone.
 #[derive(Debug, Clone)]
 pub struct CloneOptions {
@@ -167,10 +172,24 @@ pub async fn clone_from(
         let store = store.clone();
         blocking(move || store.missing_chunks()).await?
     };
-    let batches: Vec<Vec<ChunkId>> = missing
-        .chunks(MAX_CHUNK_IDS)
-        .map(|b| b.iter().map(|(id, _)| *id).collect())
-        .collect();
+    // Requests of at most MAX_CHUNK_IDS chunks and about BATCH_BYTES, so
+    // that the bytes in flight stay bounded (jobs x BATCH_BYTES).
+    let mut batches: Vec<Vec<ChunkId>> = Vec::new();
+    let mut cur = Vec::new();
+    let mut cur_bytes = 0u64;
+    for (id, len) in missing {
+        if !cur.is_empty()
+            && (cur.len() >= MAX_CHUNK_IDS || cur_bytes + u64::from(len) > BATCH_BYTES)
+        {
+            batches.push(std::mem::take(&mut cur));
+            cur_bytes = 0;
+        }
+        cur.push(id);
+        cur_bytes += u64::from(len);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
     let mut results = stream::iter(batches)
         .map(|ids| {
             let node = node.clone();
@@ -186,25 +205,41 @@ pub async fn clone_from(
                     .into_iter()
                     .map(|(id, b)| (id, b.into_vec()))
                     .collect();
-                let (stored, present, rejected) =
-                    blocking(move || store.accept_chunks(chunks)).await?;
-                Ok::<_, NodeError>((
-                    stored,
-                    present,
-                    rejected.len() as u64,
-                    missing.len() as u64,
-                    bytes,
-                ))
+                let staged = blocking(move || store.stage_chunks(chunks)).await?;
+                Ok::<_, NodeError>((staged, missing.len() as u64, bytes))
             }
         })
         .buffer_unordered(opts.jobs.max(1));
+    // Staged chunks become durable in groups of PUBLISH_EVERY bytes: each
+    // publish costs two syncfs calls, and a crash loses at most one group.
+    let mut pending = Vec::new();
+    let mut pending_bytes = 0u64;
     while let Some(r) = results.next().await {
-        let (stored, present, rejected, unavailable, bytes) = r?;
-        report.chunks_fetched += stored;
-        report.chunks_reused += present;
-        report.chunks_rejected += rejected;
+        let (staged, unavailable, bytes) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                // What was fetched but not yet made durable is dropped
+                // (a re-run fetches it again).
+                store.chunks().discard(pending);
+                return Err(e);
+            }
+        };
+        report.chunks_reused += staged.present;
+        report.chunks_rejected += staged.rejected.len() as u64;
         report.chunks_unavailable += unavailable;
         report.bytes += bytes;
+        pending_bytes += staged.bytes;
+        pending.extend(staged.staged);
+        if pending_bytes >= PUBLISH_EVERY {
+            let group = std::mem::take(&mut pending);
+            pending_bytes = 0;
+            let store = store.clone();
+            report.chunks_fetched += blocking(move || store.publish_chunks(group)).await?;
+        }
+    }
+    if !pending.is_empty() {
+        let store = store.clone();
+        report.chunks_fetched += blocking(move || store.publish_chunks(pending)).await?;
     }
     // 4. Complete what is complete, then the proof.
     let (count, root) = {

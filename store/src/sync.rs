@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use bbsync_protocol::{
     Checkpoint, ChunkId, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role,
     RootBuilder, Signed, Unverified, WrapSession, chunk::check_chunk_id, encoding::FORMAT_V1,
+    verify_many,
 };
 use serde::Serialize;
 
@@ -39,6 +40,19 @@ pub struct Accepted {
     /// Manifests refused, with the reason (bad signature, untrusted author,
     /// bad entry, ...).
     pub rejected: Vec<(String, String)>,
+}
+
+/// What [`Store::stage_chunks`] did.
+#[derive(Debug, Default)]
+pub struct StagedChunks {
+    /// Chunks written to temp files, waiting for [`Store::publish_chunks`].
+    pub staged: Vec<crate::chunks::Staged>,
+    /// Bytes staged.
+    pub bytes: u64,
+    /// Chunks that were already on disk.
+    pub present: u64,
+    /// Chunks whose bytes do not hash to their id (not written).
+    pub rejected: Vec<ChunkId>,
 }
 
 impl Store {
@@ -174,10 +188,24 @@ impl Store {
         let mut report = Accepted::default();
         let mut writes = Vec::new();
         let mut seen = HashSet::new();
+        // Signatures of the whole page in ed25519 batches.
+        let mut decoded = Vec::with_capacity(items.len());
         for item in items {
-            let m = match Unverified::<Manifest>::decode(&item.manifest)
-                .and_then(|u| u.verify(|a| *a == me || a == source || self.is_full(a)))
-            {
+            match Unverified::<Manifest>::decode(&item.manifest) {
+                Ok(u) => decoded.push((u, item.entry)),
+                Err(e) => report.rejected.push(("manifest".into(), e.to_string())),
+            }
+        }
+        let (unverified, entries): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
+        let verified = verify_many(unverified, |_, a| {
+            *a == me || a == source || self.is_full(a)
+        });
+        for (r, entry) in verified.into_iter().zip(entries) {
+            let item = Served {
+                manifest: Vec::new(),
+                entry,
+            };
+            let m = match r {
                 Ok(m) => m,
                 Err(e) => {
                     report.rejected.push(("manifest".into(), e.to_string()));
@@ -282,40 +310,57 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores received chunks durably. Each is checked against its id first;
-    /// a chunk that fails is not written and is returned as rejected.
-    /// Returns (stored, already present, rejected ids).
-    pub fn accept_chunks(
-        &self,
-        chunks: Vec<(ChunkId, Vec<u8>)>,
-    ) -> Result<(u64, u64, Vec<ChunkId>)> {
-        let mut staged = Vec::new();
-        let mut rejected = Vec::new();
-        let mut present = 0;
-        let mut seen = HashSet::new();
+    /// Checks received chunks against their ids and stages the good ones
+    /// (not yet durable, not yet visible): returns the staged chunks with
+    /// their bytes, how many were already present, and the rejected ids.
+    /// Publish the staged ones with [`Store::publish_chunks`], in as large
+    /// groups as memory and resumability allow (each publish costs two
+    /// `syncfs` calls).
+    pub fn stage_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<StagedChunks> {
+        let mut out = StagedChunks::default();
         for (id, bytes) in chunks {
             if check_chunk_id(&id, &bytes).is_err() {
-                rejected.push(id);
+                out.rejected.push(id);
                 continue;
             }
-            if !seen.insert(id) || self.chunks().contains(&id) {
-                present += 1;
+            if self.chunks().contains(&id) {
+                out.present += 1;
                 continue;
             }
             match self.chunks().stage(id, &bytes) {
-                Ok(s) => staged.push(s),
+                Ok(s) => {
+                    out.bytes += bytes.len() as u64;
+                    out.staged.push(s);
+                }
                 Err(e) => {
-                    self.chunks().discard(staged);
+                    self.chunks().discard(std::mem::take(&mut out.staged));
                     return Err(e);
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// Makes staged chunks durable and visible. Returns how many.
+    pub fn publish_chunks(&self, staged: Vec<crate::chunks::Staged>) -> Result<u64> {
         let n = staged.len() as u64;
         let published = self.chunks().publish(staged)?;
         // Nothing to record: a chunk file is its own record. An object
         // becomes complete in `complete_ready`, after this returned.
         self.chunks().recorded(published);
-        Ok((n, present, rejected))
+        Ok(n)
+    }
+
+    /// Checks, stages and publishes received chunks in one go (a chunk that
+    /// fails its id check is never written). Returns (stored, already
+    /// present, rejected ids).
+    pub fn accept_chunks(
+        &self,
+        chunks: Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<(u64, u64, Vec<ChunkId>)> {
+        let s = self.stage_chunks(chunks)?;
+        let stored = self.publish_chunks(s.staged)?;
+        Ok((stored, s.present, s.rejected))
     }
 
     /// Marks complete every incomplete object whose chunks are all on disk
