@@ -85,9 +85,8 @@ log "plaintext: $PLAIN_BYTES bytes in $PLAIN_FILES files, $OBJECTS objects"
 
 log ""
 log "== start the source node and an rsync daemon on 127.0.0.1"
-"$BBSYNC" --data-dir "$SRC" --no-progress serve --listen /ip4/127.0.0.1/tcp/0 \
-  >"$LOGS/serve.out" 2>"$LOGS/serve.log" &
-SERVER_PID=$!
+start_serve "$SRC" "$LOGS"
+ADDR="$SERVE_ADDR"
 PORT="$(free_port)"
 cat >"$WORKDIR/rsyncd.conf" <<CONF
 use chroot = no
@@ -98,13 +97,6 @@ CONF
 rsync --daemon --no-detach --address=127.0.0.1 --port="$PORT" --config="$WORKDIR/rsyncd.conf" \
   --log-file="$LOGS/rsyncd.log" &
 RSYNCD_PID=$!
-ADDR=""
-for _ in $(seq 1 100); do
-  ADDR="$(head -n 1 "$LOGS/serve.out" 2>/dev/null || true)"
-  [ -n "$ADDR" ] && break
-  sleep 0.1
-done
-[ -n "$ADDR" ] || die "serve printed no address (log: $LOGS/serve.log)"
 log "source: $ADDR; rsync daemon: rsync://127.0.0.1:$PORT/bbs/"
 sleep 0.5
 

@@ -91,16 +91,8 @@ bb trust add "$CARD"
 log ""
 log "== serve the source on 127.0.0.1 and clone it"
 show_cmd bbsync --data-dir "$DATA" serve --listen /ip4/127.0.0.1/tcp/0 "&"
-"$BBSYNC" --data-dir "$DATA" --no-progress serve --listen /ip4/127.0.0.1/tcp/0 \
-  >"$WORKDIR/serve.out" 2>"$WORKDIR/serve.log" &
-SERVER_PID=$!
-ADDR=""
-for _ in $(seq 1 100); do
-  ADDR="$(head -n 1 "$WORKDIR/serve.out" 2>/dev/null || true)"
-  [ -n "$ADDR" ] && break
-  sleep 0.1
-done
-[ -n "$ADDR" ] || die "serve printed no address (log: $WORKDIR/serve.log)"
+start_serve "$DATA" "$WORKDIR"
+ADDR="$SERVE_ADDR"
 log "source listening at $ADDR"
 bc clone "$ADDR"
 stop_server

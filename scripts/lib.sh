@@ -150,6 +150,7 @@ timed() {
   local name="$1"
   shift
   show_cmd "$@"
+  # shellcheck disable=SC2153 # LOGS is set by the calling script
   if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
     tail -n 20 "$LOGS/$name.err" >&2
     grep -E 'exited|terminated' "$LOGS/$name.time" >&2 || true
@@ -166,4 +167,22 @@ timed() {
     tail -n 5 "$LOGS/$name.out" | sed 's/^/    | /'
   fi
   log "    -> ${SECS} s, peak RSS ${RSS_MB} MB"
+}
+
+# start_serve DATA LOGDIR: starts `bbsync serve` for DATA on 127.0.0.1 (a
+# free port) in the background and waits for the address it prints; sets
+# SERVER_PID and SERVE_ADDR. The caller stops it (kill "$SERVER_PID").
+start_serve() {
+  local data="$1" logs="$2"
+  "$BBSYNC" --data-dir "$data" --no-progress serve --listen /ip4/127.0.0.1/tcp/0 \
+    >"$logs/serve.out" 2>"$logs/serve.log" &
+  # shellcheck disable=SC2034 # read by the calling script
+  SERVER_PID=$!
+  SERVE_ADDR=""
+  for _ in $(seq 1 100); do
+    SERVE_ADDR="$(head -n 1 "$logs/serve.out" 2>/dev/null || true)"
+    [ -n "$SERVE_ADDR" ] && break
+    sleep 0.1
+  done
+  [ -n "$SERVE_ADDR" ] || die "serve printed no address (log: $logs/serve.log)"
 }

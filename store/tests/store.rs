@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -15,26 +14,11 @@ use bbsync_store::{
     verify::{ProblemClass, VerifyReport},
 };
 
+mod common;
+
+use common::{noise, snapshot, write};
+
 type R = Result<(), Box<dyn std::error::Error>>;
-
-fn write(root: &Path, rel: &str, data: &[u8]) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, data).unwrap();
-}
-
-/// Pseudo-random bytes (xorshift), so chunks are incompressible and distinct.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A small BBS tree with every edge case the archive must keep.
 fn mini_bbs(root: &Path) {
@@ -70,25 +54,6 @@ fn mini_bbs(root: &Path) {
     );
     write(root, "files/empty.txt", b"");
     write(root, "files/big upload.bin", &noise(2, 3_000_000));
-}
-
-/// Every path under `root` -> file bytes (None for directories).
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            if p.is_dir() {
-                out.insert(rel, None);
-                stack.push(p);
-            } else {
-                out.insert(rel, Some(fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
 }
 
 fn temp_files(data: &Path) -> usize {

@@ -3,7 +3,7 @@
 //! rekey, blind peers, hostile input, excluded owners, resume, versions.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{fs, path::Path};
 
 use bbsync_protocol::{
     Checkpoint, ChunkId, Identity, InstanceCard, Manifest, Role, Signed, Unverified,
@@ -16,25 +16,11 @@ use bbsync_store::{
     verify::ProblemClass,
 };
 
+mod common;
+
+use common::{noise, snapshot, write};
+
 type R = Result<(), Box<dyn std::error::Error>>;
-
-fn write(root: &Path, rel: &str, data: &[u8]) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, data).unwrap();
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn mini_bbs(root: &Path) {
     write(root, "config/bbs.toml", b"name = \"Sync BBS\"\n");
@@ -52,25 +38,6 @@ fn mini_bbs(root: &Path) {
     }
     write(root, "files/upload.bin", &noise(2, 2_500_000));
     write(root, "files/empty.txt", b"");
-}
-
-/// Every path under `root` -> bytes (None for directories).
-fn snapshot(root: &Path) -> BTreeMap<std::path::PathBuf, Option<Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            if p.is_dir() {
-                out.insert(rel, None);
-                stack.push(p);
-            } else {
-                out.insert(rel, Some(fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
 }
 
 fn card_of(s: &Store) -> Signed<InstanceCard> {
