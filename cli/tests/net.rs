@@ -168,3 +168,82 @@ fn bad_addresses_are_refused_and_change_nothing() -> TestResult {
     assert_eq!(snapshot(&dst), before, "a refused clone changed the store");
     Ok(())
 }
+
+#[test]
+fn clone_survives_kill_9_and_resumes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
+    let st = Command::new("python3")
+        .arg(&script)
+        .args(["--profile", "small", "--seed", "5"])
+        .arg(&tree)
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(st.success(), "gen-bbs.py failed");
+    let src = tmp.path().join("src");
+    init(&src, "source");
+    ok(&src, &["import-bbs", tree.to_str().unwrap()]);
+    let server_data = src.clone();
+
+    // How long a whole clone takes here (into a scratch node).
+    let scratch = tmp.path().join("scratch");
+    init(&scratch, "scratch");
+    ok(&server_data, &["trust", "add", &card(&scratch)]);
+    let dst = tmp.path().join("dst");
+    init(&dst, "clone");
+    ok(&server_data, &["trust", "add", &card(&dst)]);
+    let server = serve(&server_data);
+    let t0 = std::time::Instant::now();
+    ok(&scratch, &["clone", &server.addr]);
+    let full = t0.elapsed();
+
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut killed = 0;
+    for trial in 0..10 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = full.mul_f64(0.05 + 0.85 * (x % 1000) as f64 / 1000.0);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bbsync"))
+            .arg("--no-progress")
+            .arg("--data-dir")
+            .arg(&dst)
+            .args(["clone", &server.addr])
+            .env_remove("BBSYNC_DATA")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(delay);
+        if child.try_wait()?.is_none() {
+            child.kill()?;
+            killed += 1;
+        }
+        child.wait()?;
+        wait_unlocked(&dst);
+        // Whatever the moment: nothing marked complete is missing or
+        // damaged, nothing is orphaned, no temp file is left; objects whose
+        // chunks did not all arrive are reported as incomplete, nothing else.
+        let (_, report) = verify(&dst, &["--read-data"]);
+        let classes = problem_classes(&report);
+        assert!(
+            classes.iter().all(|c| c == "incomplete-object"),
+            "trial {trial} (killed after {delay:?}): {classes:?}"
+        );
+        assert!(
+            chunk_temp_files(&dst).is_empty(),
+            "trial {trial}: temp files left"
+        );
+    }
+    eprintln!("{killed} of 10 kills landed during a clone (a whole clone takes {full:?})");
+    assert!(killed >= 3, "only {killed} kills landed during a clone");
+    // The next run finishes; the clone then equals the tree.
+    let report = json(&dst, &["clone", &server.addr]);
+    assert_eq!(report["complete"], true, "{report}");
+    let (code, v) = verify(&dst, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let out = tmp.path().join("out");
+    ok(&dst, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
+    Ok(())
+}
