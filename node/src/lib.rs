@@ -17,4 +17,4 @@ pub mod server;
 pub use clone::{CloneOptions, CloneReport, clone_from};
 pub use error::NodeError;
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as node_protocol};
-pub use node::{Node, NodeHandle, instance_of, peer_id_of};
+pub use node::{Node, NodeHandle, Responder, instance_of, peer_id_of};

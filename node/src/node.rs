@@ -42,6 +42,12 @@ pub fn peer_id_of(id: &InstanceId) -> Option<PeerId> {
     Some(identity::PublicKey::from(ed).to_peer_id())
 }
 
+/// How a node answers inbound requests: given the store, the requester's
+/// instance id (if its key is ed25519) and the request. [`server::answer`]
+/// in production; tests inject faulty servers through
+/// [`Node::start_with_responder`].
+pub type Responder = Arc<dyn Fn(&Store, Option<InstanceId>, Request) -> Response + Send + Sync>;
+
 enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, NodeError>>),
     Listeners(oneshot::Sender<Vec<Multiaddr>>),
@@ -71,6 +77,14 @@ pub struct Node {
 impl Node {
     /// Starts a node for `store` (its identity is the libp2p identity).
     pub fn start(store: Arc<Store>) -> Result<Node, NodeError> {
+        Self::start_with_responder(store, Arc::new(server::answer))
+    }
+
+    /// Starts a node that answers requests with `responder`.
+    pub fn start_with_responder(
+        store: Arc<Store>,
+        responder: Responder,
+    ) -> Result<Node, NodeError> {
         let mut secret = *store.identity().ed25519_secret();
         // `ed25519_from_bytes` zeroizes the copy it is given.
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
@@ -105,6 +119,7 @@ impl Node {
             rx,
             tx,
             store,
+            responder,
             pending: HashMap::new(),
             listens: HashMap::new(),
             dials: HashMap::new(),
@@ -184,6 +199,7 @@ struct EventLoop {
     rx: mpsc::Receiver<Command>,
     tx: mpsc::Sender<Command>,
     store: Arc<Store>,
+    responder: Responder,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NodeError>>>,
     listens: HashMap<
         libp2p::core::transport::ListenerId,
@@ -255,11 +271,12 @@ impl EventLoop {
                         request, channel, ..
                     } => {
                         let store = self.store.clone();
+                        let responder = self.responder.clone();
                         let tx = self.tx.clone();
                         let instance = instance_of(&peer);
                         tokio::spawn(async move {
                             let resp = tokio::task::spawn_blocking(move || {
-                                server::answer(&store, instance, request)
+                                responder(&store, instance, request)
                             })
                             .await
                             .unwrap_or_else(|e| Response::Error {

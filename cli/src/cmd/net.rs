@@ -25,6 +25,10 @@ pub struct ServeArgs {
 pub struct CloneArgs {
     /// The source's full address, ending in /p2p/<PeerId> (as `serve` prints it).
     addr: String,
+    /// Another source to fetch chunks from (repeatable); its card must prove
+    /// its peer id too. A chunk one source fails to deliver is asked of another.
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<String>,
     /// Chunk requests in flight at once.
     #[arg(long, default_value_t = 16)]
     jobs: usize,
@@ -98,12 +102,14 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// `bbsync clone`.
 pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
-    let addr = parse_addr(&a.addr)?;
-    if !matches!(addr.iter().last(), Some(bbsync_node::node_protocol::P2p(_))) {
-        bail!(
-            "address {} must end in /p2p/<PeerId> (the form `bbsync serve` prints)",
-            a.addr
-        );
+    let mut addrs = vec![parse_addr(&a.addr)?];
+    for p in &a.peers {
+        addrs.push(parse_addr(p)?);
+    }
+    for (addr, text) in addrs.iter().zip(std::iter::once(&a.addr).chain(&a.peers)) {
+        if !matches!(addr.iter().last(), Some(bbsync_node::node_protocol::P2p(_))) {
+            bail!("address {text} must end in /p2p/<PeerId> (the form `bbsync serve` prints)");
+        }
     }
     let store = Arc::new(super::open(ctx)?);
     let opts = CloneOptions {
@@ -113,10 +119,20 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
     let report = runtime()?.block_on(async move {
         let node = Node::start(store.clone())?;
         let h = node.handle();
-        let peer = tokio::time::timeout(Duration::from_secs(30), h.dial(addr.clone()))
-            .await
-            .map_err(|_| anyhow!("cannot reach {addr}: no answer within 30 s"))??;
-        let r = clone_from(&h, store, peer, &opts).await;
+        let mut peers = Vec::new();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let dialed = tokio::time::timeout(Duration::from_secs(30), h.dial(addr.clone()))
+                .await
+                .map_err(|_| anyhow!("cannot reach {addr}: no answer within 30 s"))
+                .and_then(|r| r.map_err(anyhow::Error::from));
+            match dialed {
+                Ok(p) => peers.push(p),
+                // The first address is the source; the others only help.
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => tracing::warn!("not used as a source: {e:#}"),
+            }
+        }
+        let r = clone_from(&h, store, &peers, &opts).await;
         node.stop();
         anyhow::Ok(r?)
     })?;
