@@ -310,6 +310,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(request_response::Event::InboundFailure {
                 peer, error, ..
             }) => {
+                // (A request that fails to decode or is over the size cap never
+                // gets here: libp2p-request-response 0.30 resets that stream
+                // and reports nothing.)
                 tracing::warn!(%peer, "dropped a request: {error}");
             }
             SwarmEvent::Behaviour(request_response::Event::ResponseSent { .. }) => {}

@@ -1,0 +1,156 @@
+//! A live server keeps serving after garbage and oversized messages: a raw
+//! libp2p client (its own codec, same protocol name) sends bytes that are
+//! not a request and a request over the size cap; each fails only its own
+//! stream (the server answers nothing on it), and a well-behaved client is
+//! served afterwards.
+#![allow(clippy::unwrap_used)]
+
+use std::{io, sync::Arc, time::Duration};
+
+use bbsync_node::{Multiaddr, Node};
+use bbsync_protocol::{
+    Role, card_to_string,
+    wire::{MAX_REQUEST, Request, Response, SYNC_PROTOCOL},
+};
+use bbsync_store::Store;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    StreamProtocol, noise,
+    request_response::{self, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+
+/// Sends raw bytes as a request and reads whatever comes back.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&res).await?;
+        io.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_messages_fail_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_store = Arc::new(Store::init(&tmp.path().join("server"), "server").unwrap());
+    let good = Arc::new(Store::init(&tmp.path().join("good"), "good").unwrap());
+    server_store
+        .trust_add(&card_to_string(&good.card().unwrap()), Role::Full)
+        .unwrap();
+    let server = Node::start(server_store.clone()).unwrap();
+    let listen = server
+        .handle()
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr: Multiaddr = format!("{listen}/p2p/{}", server.handle().peer_id())
+        .parse()
+        .unwrap();
+
+    // The raw client (a random identity: untrusted, but the messages fail
+    // before trust is even looked at).
+    let mut raw = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(
+                    StreamProtocol::new(SYNC_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .unwrap()
+        .build();
+    raw.dial(addr.clone()).unwrap();
+    let server_peer = server.handle().peer_id();
+    let payloads = [
+        b"this is not a bbsync request at all".to_vec(),
+        vec![0xFF; MAX_REQUEST + 44_000],
+    ];
+    for p in payloads {
+        raw.behaviour_mut().send_request(&server_peer, p);
+    }
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(20), raw.select_next_some())
+            .await
+            .expect("the server never answered or failed the raw requests")
+        {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => outcomes.push(if response.is_empty() {
+                // The raw codec reads to the end of the stream: the server
+                // closed it without a single byte of answer.
+                "failed: stream closed without an answer".to_string()
+            } else {
+                format!("answered {} bytes", response.len())
+            }),
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                outcomes.push(format!("failed: {error}"))
+            }
+            _ => {}
+        }
+    }
+    // Neither got an answer: the server dropped each stream (and logged it).
+    assert!(
+        outcomes.iter().all(|o| o.starts_with("failed")),
+        "{outcomes:?}"
+    );
+
+    // The server still serves a trusted client.
+    let client = Node::start(good.clone()).unwrap();
+    let h = client.handle();
+    let peer = h.dial(addr).await.unwrap();
+    let hello = h.request(peer, Request::Hello).await.unwrap();
+    assert!(matches!(hello, Response::Hello { .. }));
+    client.stop();
+    server.stop();
+}
