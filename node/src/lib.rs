@@ -16,5 +16,5 @@ pub mod server;
 
 pub use clone::{CloneOptions, CloneReport, clone_from};
 pub use error::NodeError;
-pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as node_protocol};
+pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
 pub use node::{Node, NodeHandle, Responder, instance_of, peer_id_of};

@@ -107,7 +107,7 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         addrs.push(parse_addr(p)?);
     }
     for (addr, text) in addrs.iter().zip(std::iter::once(&a.addr).chain(&a.peers)) {
-        if !matches!(addr.iter().last(), Some(bbsync_node::node_protocol::P2p(_))) {
+        if !matches!(addr.iter().last(), Some(bbsync_node::AddrProtocol::P2p(_))) {
             bail!("address {text} must end in /p2p/<PeerId> (the form `bbsync serve` prints)");
         }
     }
