@@ -70,12 +70,8 @@ pub struct CloneReport {
     /// Objects in the source's checkpoint.
     pub checkpoint_count: u64,
     /// Wall time.
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(serialize_with = "bbsync_store::serialize_secs")]
     pub elapsed: Duration,
-}
-
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -133,10 +133,18 @@ fn oid_from(bytes: &[u8]) -> Result<ObjectId> {
     ObjectId::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("object id: {e}")))
 }
 
+/// The fixed-size big-endian bytes of an integer record.
+fn be_bytes<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N]> {
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what} record")))
+}
+
 fn u64_of(v: &[u8], what: &str) -> Result<u64> {
-    Ok(u64::from_be_bytes(v.try_into().map_err(|_| {
-        StoreError::Corrupt(format!("{what} record"))
-    })?))
+    Ok(u64::from_be_bytes(be_bytes(v, what)?))
+}
+
+fn u32_of(v: &[u8], what: &str) -> Result<u32> {
+    Ok(u32::from_be_bytes(be_bytes(v, what)?))
 }
 
 /// The sled database of a store.
@@ -164,11 +172,7 @@ impl Db {
         let tree = db.open_tree("bbsync").map_err(db_err)?;
         match tree.get(K_SCHEMA).map_err(db_err)? {
             Some(v) => {
-                let found = u32::from_be_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("schema_version record".into()))?,
-                );
+                let found = u32_of(&v, "schema_version")?;
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
                         found,
@@ -203,9 +207,7 @@ impl Db {
             .get(K_SCHEMA)
             .map_err(db_err)?
             .ok_or_else(|| StoreError::Corrupt("no schema_version".into()))?;
-        Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-            StoreError::Corrupt("schema_version record".into())
-        })?))
+        u32_of(&v, "schema_version")
     }
 
     /// Flushes to disk.
@@ -220,9 +222,7 @@ impl Db {
             .get(K_NEXT_SEQ)
             .map_err(db_err)?
             .ok_or_else(|| StoreError::Corrupt("no next_seq".into()))?;
-        Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-            StoreError::Corrupt("next_seq record".into())
-        })?))
+        u64_of(&v, "next_seq")
     }
 
     /// The highest change-log number assigned so far (0 when empty).

@@ -31,12 +31,8 @@ pub struct ExportStats {
     /// Objects that could not be exported, with the reason.
     pub failed: Vec<(String, String)>,
     /// Wall time.
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
-}
-
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Fails unless `dir` does not exist or is an empty directory; creates it.
@@ -90,8 +86,7 @@ impl Store {
         if !state.complete {
             return Err(StoreError::Incomplete(id.to_hex()));
         }
-        let manifest = self.manifest(id)?;
-        let key = self.content_key(&manifest)?;
+        let (manifest, key) = self.manifest_and_key(id)?;
         let cipher = ChunkCipher::new(&key);
         let shape = match &manifest.meta {
             Some(meta) => {

@@ -66,12 +66,8 @@ pub struct ImportStats {
     /// Change-log number after the import.
     pub seq: u64,
     /// Wall time.
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
-}
-
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Keyed plaintext fingerprint: keyed BLAKE3 under a local-only key over a
@@ -252,8 +248,7 @@ impl Store {
             // tombstone carries none, and nothing of the old chunks is kept.
             Some((id, st)) if st.deleted => (*id, ContentKey::generate(), st.version + 1, None),
             Some((id, st)) => {
-                let m = self.manifest(id)?;
-                let key = self.content_key(&m)?;
+                let (m, key) = self.manifest_and_key(id)?;
                 (*id, key, st.version + 1, Some(m.chunks.clone()))
             }
             None => (ObjectId::random(), ContentKey::generate(), 1, None),

@@ -74,6 +74,19 @@ fn check_data_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Whether a verified entry is for exactly this manifest's object version.
+pub(crate) fn entry_fits(e: &EnvelopeEntry, m: &Manifest) -> bool {
+    e.object_id == m.object_id && e.version == m.version
+}
+
+/// Serializes a duration as seconds (f64), for `--json` reports.
+pub fn serialize_secs<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// Writes a file atomically and durably: temp, fsync, rename, fsync of the dir.
 pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -401,14 +414,23 @@ impl Store {
             && rec.state.checked_mac == Some(self.record_mac(&rec.manifest, &rec.envelope))
     }
 
-    /// The latest manifest, signature checked (or known checked, see
-    /// [`Store::record_mac`]), author trusted (self or `full`).
-    pub fn manifest(&self, id: &ObjectId) -> Result<Signed<Manifest>> {
+    /// An object's record, and whether its bytes are exactly what this
+    /// instance verified (its record MAC matches).
+    fn checked_record(&self, id: &ObjectId) -> Result<(db::ObjectRecord, bool)> {
         let rec = self
             .db
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
         let checked = self.record_checked(&rec);
+        Ok((rec, checked))
+    }
+
+    fn manifest_in(
+        &self,
+        id: &ObjectId,
+        rec: &db::ObjectRecord,
+        checked: bool,
+    ) -> Result<Signed<Manifest>> {
         Unverified::<Manifest>::decode(&rec.manifest)
             .and_then(|u| {
                 if checked {
@@ -418,6 +440,23 @@ impl Store {
                 }
             })
             .ctx(|| format!("manifest of object {}", id.short()))
+    }
+
+    /// The latest manifest, signature checked (or known checked, see
+    /// [`Store::record_mac`]), author trusted (self or `full`).
+    pub fn manifest(&self, id: &ObjectId) -> Result<Signed<Manifest>> {
+        let (rec, checked) = self.checked_record(id)?;
+        self.manifest_in(id, &rec, checked)
+    }
+
+    /// The latest manifest and the content key, from one read of the record
+    /// (what export, serving and re-import need).
+    pub fn manifest_and_key(&self, id: &ObjectId) -> Result<(Signed<Manifest>, ContentKey)> {
+        let (rec, checked) = self.checked_record(id)?;
+        let m = self.manifest_in(id, &rec, checked)?;
+        let entry = self.entry_in(&m, &rec, checked)?;
+        let key = self.key_from(&m, entry)?;
+        Ok((m, key))
     }
 
     /// The latest manifest as stored, without checking its signature (it was
@@ -437,25 +476,22 @@ impl Store {
     /// us, for this object version, wrapped by the author or a trusted `full`
     /// instance. `Ok(None)` when there is no entry for us.
     pub fn my_entry(&self, m: &Manifest) -> Result<Option<Signed<EnvelopeEntry>>> {
-        let me = self.instance_id();
         let Some(rec) = self.db.record(&m.object_id)? else {
             return Ok(None);
         };
         let checked = self.record_checked(&rec);
-        let mut last_err = None;
-        for raw in &rec.envelope {
-            let u = match Unverified::<EnvelopeEntry>::decode(raw) {
-                Ok(u) => u,
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
-            };
-            // Entries for other instances are none of our business here.
-            if u.claimed().recipient != me {
-                continue;
-            }
-            let author = m.author;
+        self.entry_in(m, &rec, checked)
+    }
+
+    fn entry_in(
+        &self,
+        m: &Manifest,
+        rec: &db::ObjectRecord,
+        checked: bool,
+    ) -> Result<Option<Signed<EnvelopeEntry>>> {
+        let (candidates, mut last_err) = self.entry_candidates(rec);
+        let author = m.author;
+        for u in candidates {
             let trusted = |w: &InstanceId| *w == author || self.is_full(w);
             let r = if checked {
                 u.dangerously_verified_before(trusted)
@@ -463,9 +499,7 @@ impl Store {
                 u.verify(trusted)
             };
             match r {
-                Ok(e) if e.object_id == m.object_id && e.version == m.version => {
-                    return Ok(Some(e));
-                }
+                Ok(e) if entry_fits(&e, m) => return Ok(Some(e)),
                 Ok(_) => {}
                 Err(e) => last_err = Some(e),
             }
@@ -476,11 +510,37 @@ impl Store {
         }
     }
 
+    /// The entries of a record that claim this instance as recipient (not
+    /// yet verified), in stored order, and the last decoding error seen.
+    pub(crate) fn entry_candidates(
+        &self,
+        rec: &db::ObjectRecord,
+    ) -> (
+        Vec<Unverified<EnvelopeEntry>>,
+        Option<bbsync_protocol::Error>,
+    ) {
+        let me = self.instance_id();
+        let mut out = Vec::new();
+        let mut err = None;
+        for raw in &rec.envelope {
+            match Unverified::<EnvelopeEntry>::decode(raw) {
+                // Entries for other instances are none of our business here.
+                Ok(u) if u.claimed().recipient == me => out.push(u),
+                Ok(_) => {}
+                Err(e) => err = Some(e),
+            }
+        }
+        (out, err)
+    }
+
     /// The content key of a manifest's object.
     pub fn content_key(&self, m: &Manifest) -> Result<ContentKey> {
-        let entry = self
-            .my_entry(m)?
-            .ok_or_else(|| StoreError::Undecryptable(m.object_id.to_hex()))?;
+        let entry = self.my_entry(m)?;
+        self.key_from(m, entry)
+    }
+
+    fn key_from(&self, m: &Manifest, entry: Option<Signed<EnvelopeEntry>>) -> Result<ContentKey> {
+        let entry = entry.ok_or_else(|| StoreError::Undecryptable(m.object_id.to_hex()))?;
         self.unwrap_entry(&entry)
             .ctx(|| format!("envelope of object {}", m.object_id.short()))
     }

@@ -141,15 +141,17 @@ impl Store {
         let session = WrapSession::new(self.identity());
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(st) = self.db().object(id)? else {
+            // One read of the record serves the check, the manifest and the key.
+            let Some(rec) = self.db().record(id)? else {
                 continue;
             };
-            if !self.servable(&st) {
+            if !self.servable(&rec.state) {
                 continue;
             }
-            let m = self.manifest(id)?;
+            let checked = self.record_checked(&rec);
+            let m = self.manifest_in(id, &rec, checked)?;
             let entry = if role == Role::Full && !m.deleted {
-                let key = self.content_key(&m)?;
+                let key = self.key_from(&m, self.entry_in(&m, &rec, checked)?)?;
                 let e = session
                     .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
                     .ctx(|| format!("re-keying {} for {}", id.short(), peer.instance.short()))?;
@@ -280,7 +282,7 @@ impl Store {
         let e = Unverified::<EnvelopeEntry>::decode(raw)
             .and_then(|u| u.verify(|w| w == source || *w == author || self.is_full(w)))
             .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
-        if e.recipient != me || e.object_id != m.object_id || e.version != m.version {
+        if e.recipient != me || !crate::entry_fits(&e, m) {
             return Err(StoreError::Invalid(format!(
                 "envelope entry of {} is for another instance or version",
                 m.object_id.short()

@@ -81,12 +81,8 @@ pub struct VerifyReport {
     /// Count per class.
     pub counts: HashMap<String, u64>,
     /// Wall time.
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
-}
-
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 impl VerifyReport {
@@ -134,7 +130,6 @@ impl Store {
         group: &[(ObjectId, ObjectState)],
         infos: &[ObjInfo],
     ) -> Checked {
-        let me = self.instance_id();
         let mut ps = Vec::new();
         let mut refs = Vec::new();
         // 1. Manifests: decode all; verify the unchecked ones in one batch run.
@@ -216,15 +211,7 @@ impl Store {
             }
             refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
             // Every entry addressed to us is a candidate (as for export).
-            let mut candidates = Vec::new();
-            let mut decode_err = None;
-            for raw in &rec.envelope {
-                match Unverified::<EnvelopeEntry>::decode(raw) {
-                    Ok(u) if u.claimed().recipient == me => candidates.push(u),
-                    Ok(_) => {}
-                    Err(e) => decode_err = Some(e),
-                }
-            }
+            let (candidates, decode_err) = self.entry_candidates(&rec);
             let author = m.author;
             let trusted = |w: &InstanceId| *w == author || self.is_full(w);
             let mut candidates = candidates.into_iter();
@@ -257,7 +244,7 @@ impl Store {
             let author = m.author;
             let usable = |r: SignedResult<EnvelopeEntry>| {
                 r.map_err(|e| e.to_string()).and_then(|e| {
-                    if e.object_id != m.object_id || e.version != m.version {
+                    if !crate::entry_fits(&e, &m) {
                         return Err("entry is for another object version".to_string());
                     }
                     self.unwrap_entry(&e).map(drop).map_err(|e| e.to_string())
