@@ -3,11 +3,20 @@
 //! logging and turns errors into one line on stderr and an exit code
 //! (0 success, 1 failure, 2 usage).
 
-mod cmd;
+#[macro_use]
 mod output;
+mod cmd;
+mod control;
 mod progress;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use bbsync_store::Store;
 
 use clap::{Parser, Subcommand};
 
@@ -65,7 +74,10 @@ enum Command {
     Clone(cmd::net::CloneArgs),
 }
 
-/// What every subcommand gets.
+/// What every subcommand gets. A command writes only through `out`/`err`
+/// (`outln!`/`errln!`), resolves relative paths with [`Ctx::path`] and reads
+/// environment variables with [`Ctx::env`], so that it behaves the same when
+/// it runs inside `serve` on behalf of a control-socket client.
 pub struct Ctx {
     /// Data dir.
     pub data_dir: PathBuf,
@@ -75,6 +87,45 @@ pub struct Ctx {
     pub progress: bool,
     /// Quiet.
     pub quiet: bool,
+    /// The invoking process's working directory.
+    pub cwd: PathBuf,
+    /// The invoking process's `BBSYNC_*` environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Standard output of the invoking process.
+    pub out: output::Sink,
+    /// Standard error of the invoking process.
+    pub err: output::Sink,
+    /// The running node's store, when the command came through the control socket.
+    pub store: Option<Arc<Store>>,
+}
+
+impl Ctx {
+    /// `p` resolved against the invoking process's working directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.cwd.join(p)
+        }
+    }
+
+    /// An environment variable of the invoking process (only `BBSYNC_*`).
+    #[allow(dead_code)] // used by commands that read secrets from the environment
+    pub fn env(&self, name: &str) -> Option<&str> {
+        self.env.get(name).map(String::as_str)
+    }
+
+    /// Whether this command runs inside `serve` for a control-socket client.
+    pub fn remote(&self) -> bool {
+        self.store.is_some()
+    }
+}
+
+/// The `BBSYNC_*` variables of this process's environment.
+pub fn bbsync_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("BBSYNC_"))
+        .collect()
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -109,7 +160,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 /// Formats an error chain on one line, without repeating a cause that the
 /// message before it already includes.
-fn one_line(err: &anyhow::Error) -> String {
+pub fn one_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let msg = cause.to_string();
@@ -129,26 +180,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(d) => d,
         None => default_data_dir()?,
     };
+    // A node serving this data dir owns it: hand the command over to it.
+    if !matches!(cli.command, Command::Init(_))
+        && let Some(code) = control::forward(&data_dir)?
+    {
+        return Ok(code);
+    }
     let ctx = Ctx {
         data_dir,
         json: cli.json,
         progress: !cli.no_progress && !cli.json && !cli.quiet,
         quiet: cli.quiet,
+        cwd: std::env::current_dir().unwrap_or_default(),
+        env: bbsync_env(),
+        out: output::Sink::Stdout,
+        err: output::Sink::Stderr,
+        store: None,
     };
-    match cli.command {
-        Command::Init(a) => cmd::init::run(&ctx, a),
-        Command::Id => cmd::init::id(&ctx),
-        Command::Trust(t) => cmd::trust::run(&ctx, t),
-        Command::Import(a) => cmd::import::run(&ctx, a),
-        Command::ImportBbs(a) => cmd::import::run_bbs(&ctx, a),
-        Command::Export(a) => cmd::export::run(&ctx, a),
-        Command::ExportBbs(a) => cmd::export::run_bbs(&ctx, a),
-        Command::Ls(a) => cmd::ls::run(&ctx, a),
-        Command::Status => cmd::ls::status(&ctx),
-        Command::Verify(a) => cmd::verify::run(&ctx, a),
-        Command::Gc => cmd::verify::gc(&ctx),
-        Command::Serve(a) => cmd::net::serve(&ctx, a),
-        Command::Clone(a) => cmd::net::clone(&ctx, a),
+    dispatch(&ctx, cli.command)
+}
+
+/// Runs one parsed command.
+fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init(a) => cmd::init::run(ctx, a),
+        Command::Id => cmd::init::id(ctx),
+        Command::Trust(t) => cmd::trust::run(ctx, t),
+        Command::Import(a) => cmd::import::run(ctx, a),
+        Command::ImportBbs(a) => cmd::import::run_bbs(ctx, a),
+        Command::Export(a) => cmd::export::run(ctx, a),
+        Command::ExportBbs(a) => cmd::export::run_bbs(ctx, a),
+        Command::Ls(a) => cmd::ls::run(ctx, a),
+        Command::Status => cmd::ls::status(ctx),
+        Command::Verify(a) => cmd::verify::run(ctx, a),
+        Command::Gc => cmd::verify::gc(ctx),
+        Command::Serve(a) => cmd::net::serve(ctx, a),
+        Command::Clone(a) => cmd::net::clone(ctx, a),
     }
 }
 

@@ -1,6 +1,12 @@
-//! Text and JSON output helpers.
+//! Text and JSON output helpers, and where output goes: this process's
+//! stdout/stderr, or the client of the control socket when the command runs
+//! inside `serve` (see [`crate::control`]).
 
-use std::time::Duration;
+use std::{
+    io::Write as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use indicatif::HumanBytes;
 use serde::Serialize;
@@ -8,9 +14,50 @@ use serde::Serialize;
 /// How many problems or failures text output lists before summarizing the rest.
 pub const MAX_LISTED: usize = 20;
 
-/// Prints `value` as pretty JSON on stdout.
-pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// Where one output stream of a command goes.
+#[derive(Clone)]
+pub enum Sink {
+    /// This process's stdout.
+    Stdout,
+    /// This process's stderr.
+    Stderr,
+    /// A frame stream to a control-socket client (`tag` says which stream).
+    Remote(Arc<Mutex<crate::control::FrameWriter>>, u8),
+}
+
+impl Sink {
+    /// Writes one line. A client that went away does not stop the command:
+    /// its output is dropped.
+    pub fn line(&self, s: &str) {
+        match self {
+            Sink::Stdout => {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(o, "{s}");
+            }
+            Sink::Stderr => eprintln!("{s}"),
+            Sink::Remote(w, tag) => {
+                let mut w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut bytes = s.as_bytes().to_vec();
+                bytes.push(b'\n');
+                let _ = w.frame(*tag, &bytes);
+            }
+        }
+    }
+}
+
+/// `println!` to the command's stdout sink.
+macro_rules! outln {
+    ($ctx:expr, $($arg:tt)*) => { $ctx.out.line(&format!($($arg)*)) };
+}
+
+/// `eprintln!` to the command's stderr sink.
+macro_rules! errln {
+    ($ctx:expr, $($arg:tt)*) => { $ctx.err.line(&format!($($arg)*)) };
+}
+
+/// Prints `value` as pretty JSON on the command's stdout.
+pub fn json<T: Serialize>(ctx: &crate::Ctx, value: &T) -> anyhow::Result<()> {
+    ctx.out.line(&serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

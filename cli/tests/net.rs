@@ -8,48 +8,11 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use common::*;
-
-/// A running `bbsync serve` that is killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bbsync"))
-        .arg("--no-progress")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .env_remove("BBSYNC_DATA")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().to_string();
-    assert!(
-        addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/12D3"),
-        "serve printed {addr:?}"
-    );
-    Server { child, addr }
-}
 
 /// A source with the mini BBS and a fresh clone node, trusted by the
 /// source with `role`.

@@ -27,12 +27,13 @@ pub fn run(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let id = store.resolve(&a.object)?;
     let s = store
-        .export_object(&id, &a.dest)
+        .export_object(&id, &ctx.path(&a.dest))
         .with_context(|| format!("exporting {} to {}", a.object, a.dest.display()))?;
     if ctx.json {
-        output::json(&s)?;
+        output::json(ctx, &s)?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
+            ctx,
             "export: {} ({} files, {}) -> {} in {}",
             a.object,
             s.files,
@@ -49,12 +50,13 @@ pub fn run_bbs(ctx: &Ctx, a: ExportBbsArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let bar = Bar::new(ctx.progress);
     let s = store
-        .export_bbs(&a.dir, &bar)
+        .export_bbs(&ctx.path(&a.dir), &bar)
         .with_context(|| format!("exporting to {}", a.dir.display()))?;
     if ctx.json {
-        output::json(&s)?;
+        output::json(ctx, &s)?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
+            ctx,
             "export-bbs: {} objects, {} files, {} in {} ({}) -> {}",
             s.objects,
             s.files,
@@ -69,10 +71,11 @@ pub fn run_bbs(ctx: &Ctx, a: ExportBbsArgs) -> anyhow::Result<ExitCode> {
     } else {
         if !ctx.json {
             for (obj, why) in s.failed.iter().take(output::MAX_LISTED) {
-                eprintln!("not exported: {obj}: {why}");
+                errln!(ctx, "not exported: {obj}: {why}");
             }
             if s.failed.len() > output::MAX_LISTED {
-                eprintln!(
+                errln!(
+                    ctx,
                     "... and {} more (--json lists them all)",
                     s.failed.len() - output::MAX_LISTED
                 );

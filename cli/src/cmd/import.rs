@@ -32,12 +32,13 @@ pub struct ImportBbsArgs {
 
 fn summary(ctx: &Ctx, what: &str, s: &ImportStats) -> anyhow::Result<()> {
     if ctx.json {
-        return output::json(s);
+        return output::json(ctx, s);
     }
     if ctx.quiet {
         return Ok(());
     }
-    println!(
+    outln!(
+        ctx,
         "{what}: {} new, {} changed, {} unchanged, {} deleted; {} chunks written ({}), {} reused; {} scanned in {} ({}); seq {}",
         s.new,
         s.changed,
@@ -59,7 +60,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let bar = Bar::new(ctx.progress);
     let s = store
-        .import_path(&a.path, &a.kind, &a.name, a.owner, &bar)
+        .import_path(&ctx.path(&a.path), &a.kind, &a.name, a.owner, &bar)
         .with_context(|| format!("importing {}", a.path.display()))?;
     summary(ctx, "import", &s)?;
     Ok(ExitCode::SUCCESS)
@@ -70,7 +71,7 @@ pub fn run_bbs(ctx: &Ctx, a: ImportBbsArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let bar = Bar::new(ctx.progress);
     let s = store
-        .import_bbs(&a.dir, &bar)
+        .import_bbs(&ctx.path(&a.dir), &bar)
         .with_context(|| format!("importing BBS tree {}", a.dir.display()))?;
     summary(ctx, "import-bbs", &s)?;
     Ok(ExitCode::SUCCESS)

@@ -32,19 +32,23 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("initializing {}", ctx.data_dir.display()))?;
     let card = card_to_string(&store.card()?);
     if ctx.json {
-        output::json(&json!({
-            "data_dir": ctx.data_dir,
-            "instance_id": store.instance_id().to_hex(),
-            "name": name,
-            "card": card,
-        }))?;
+        output::json(
+            ctx,
+            &json!({
+                "data_dir": ctx.data_dir,
+                "instance_id": store.instance_id().to_hex(),
+                "name": name,
+                "card": card,
+            }),
+        )?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
+            ctx,
             "initialized {}: instance {} ({name})",
             ctx.data_dir.display(),
             store.instance_id()
         );
-        println!("card: {card}");
+        outln!(ctx, "card: {card}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -55,14 +59,17 @@ pub fn id(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let card = store.card()?;
     let s = card_to_string(&card);
     if ctx.json {
-        output::json(&json!({
-            "instance_id": store.instance_id().to_hex(),
-            "name": card.name,
-            "x25519": hex_encode(&card.x25519),
-            "card": s,
-        }))?;
+        output::json(
+            ctx,
+            &json!({
+                "instance_id": store.instance_id().to_hex(),
+                "name": card.name,
+                "x25519": hex_encode(&card.x25519),
+                "card": s,
+            }),
+        )?;
     } else {
-        println!("{s}");
+        outln!(ctx, "{s}");
     }
     Ok(ExitCode::SUCCESS)
 }

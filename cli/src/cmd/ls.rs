@@ -59,14 +59,20 @@ pub fn run(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        output::json(&v)?;
+        output::json(ctx, &v)?;
     } else {
-        println!(
+        outln!(
+            ctx,
             "{:<16}  {:<11}  {:>4}  {:>10}  {:<10}  NAME",
-            "ID", "KIND", "VER", "SIZE", "STATE"
+            "ID",
+            "KIND",
+            "VER",
+            "SIZE",
+            "STATE"
         );
         for (id, st) in &rows {
-            println!(
+            outln!(
+                ctx,
                 "{}  {:<11}  {:>4}  {:>10}  {:<10}  {}{}",
                 id.short(),
                 st.kind,
@@ -113,26 +119,30 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let seq = store.db().last_seq()?;
     let card = store.card()?;
     if ctx.json {
-        output::json(&json!({
-            "data_dir": store.dir(),
-            "instance_id": store.instance_id().to_hex(),
-            "name": card.name,
-            "schema_version": store.db().schema_version()?,
-            "seq": seq,
-            "objects": objects,
-            "objects_by_kind": by_kind,
-            "deleted": deleted,
-            "incomplete": incomplete,
-            "plaintext_bytes": plain,
-            "referenced_bytes": stored,
-            "chunk_files": chunk_files,
-            "chunk_bytes": chunk_bytes,
-            "trusted": trusted.len(),
-        }))?;
+        output::json(
+            ctx,
+            &json!({
+                "data_dir": store.dir(),
+                "instance_id": store.instance_id().to_hex(),
+                "name": card.name,
+                "schema_version": store.db().schema_version()?,
+                "seq": seq,
+                "objects": objects,
+                "objects_by_kind": by_kind,
+                "deleted": deleted,
+                "incomplete": incomplete,
+                "plaintext_bytes": plain,
+                "referenced_bytes": stored,
+                "chunk_files": chunk_files,
+                "chunk_bytes": chunk_bytes,
+                "trusted": trusted.len(),
+            }),
+        )?;
     } else {
-        println!("instance   {} ({})", store.instance_id(), card.name);
-        println!("data dir   {}", store.dir().display());
-        println!(
+        outln!(ctx, "instance   {} ({})", store.instance_id(), card.name);
+        outln!(ctx, "data dir   {}", store.dir().display());
+        outln!(
+            ctx,
             "objects    {objects} live ({}), {deleted} deleted, {incomplete} incomplete",
             by_kind
                 .iter()
@@ -140,14 +150,15 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        println!(
+        outln!(
+            ctx,
             "content    {} plaintext in {} chunk files ({} on disk)",
             output::size(plain),
             chunk_files,
             output::size(chunk_bytes)
         );
-        println!("change log seq {seq}");
-        println!("trusted    {} instance(s)", trusted.len());
+        outln!(ctx, "change log seq {seq}");
+        outln!(ctx, "trusted    {} instance(s)", trusted.len());
     }
     Ok(ExitCode::SUCCESS)
 }

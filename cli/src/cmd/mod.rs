@@ -8,13 +8,20 @@ pub mod net;
 pub mod trust;
 pub mod verify;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use bbsync_store::Store;
 
 use crate::Ctx;
 
-/// Opens the store of the data dir.
-pub fn open(ctx: &Ctx) -> anyhow::Result<Store> {
+/// The store of the data dir: the running node's when the command came
+/// through the control socket, else opened here.
+pub fn open(ctx: &Ctx) -> anyhow::Result<Arc<Store>> {
+    if let Some(store) = &ctx.store {
+        return Ok(store.clone());
+    }
     Store::open(&ctx.data_dir)
+        .map(Arc::new)
         .with_context(|| format!("opening data dir {}", ctx.data_dir.display()))
 }

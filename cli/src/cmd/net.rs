@@ -1,6 +1,6 @@
 //! `serve` and `clone`.
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use bbsync_node::{CloneOptions, Multiaddr, Node, clone_from};
@@ -68,7 +68,9 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| parse_addr(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let store = Arc::new(super::open(ctx)?);
+    let store = super::open(ctx)?;
+    // Other commands on this data dir now come through the control socket.
+    let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
     runtime()?.block_on(async move {
         let node = Node::start(store)?;
         let h = node.handle();
@@ -85,11 +87,12 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             .collect();
         if ctx.json {
             output::json(
+                ctx,
                 &serde_json::json!({ "peer_id": h.peer_id().to_string(), "addresses": full }),
             )?;
         } else {
             for addr in &full {
-                println!("{addr}");
+                outln!(ctx, "{addr}");
             }
         }
         tracing::info!("serving; Ctrl-C or SIGTERM stops");
@@ -111,7 +114,7 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
             bail!("address {text} must end in /p2p/<PeerId> (the form `bbsync serve` prints)");
         }
     }
-    let store = Arc::new(super::open(ctx)?);
+    let store = super::open(ctx)?;
     let opts = CloneOptions {
         jobs: a.jobs.max(1),
         ..Default::default()
@@ -137,12 +140,13 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(r?)
     })?;
     if ctx.json {
-        output::json(&report)?;
+        output::json(ctx, &report)?;
     } else if !ctx.quiet || !report.complete {
         for (obj, why) in report.rejected_manifests.iter().take(output::MAX_LISTED) {
-            eprintln!("rejected: {obj}: {why}");
+            errln!(ctx, "rejected: {obj}: {why}");
         }
-        println!(
+        outln!(
+            ctx,
             "clone: {} objects recorded ({} already here), {} chunks fetched ({}), {} reused, {} rejected, {} unavailable, in {} ({}); {}",
             report.objects,
             report.already,

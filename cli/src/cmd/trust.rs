@@ -38,24 +38,27 @@ pub fn run(ctx: &Ctx, t: TrustCommand) -> anyhow::Result<ExitCode> {
         TrustCommand::Add { card, role } => {
             let (card, existed) = store.trust_add(&card, role)?;
             if ctx.json {
-                output::json(&json!({
-                    "instance_id": card.instance.to_hex(),
-                    "name": card.name,
-                    "role": role.to_string(),
-                    "updated": existed,
-                }))?;
+                output::json(
+                    ctx,
+                    &json!({
+                        "instance_id": card.instance.to_hex(),
+                        "name": card.name,
+                        "role": role.to_string(),
+                        "updated": existed,
+                    }),
+                )?;
             } else if !ctx.quiet {
                 let verb = if existed { "updated" } else { "trusted" };
-                println!("{verb} {} ({}) as {role}", card.name, card.instance);
+                outln!(ctx, "{verb} {} ({}) as {role}", card.name, card.instance);
             }
         }
         TrustCommand::Remove { id } => {
             let id = store.resolve_instance(&id)?;
             store.trust_remove(&id)?;
             if ctx.json {
-                output::json(&json!({ "removed": id.to_hex() }))?;
+                output::json(ctx, &json!({ "removed": id.to_hex() }))?;
             } else if !ctx.quiet {
-                println!("removed {id}");
+                outln!(ctx, "removed {id}");
             }
         }
         TrustCommand::List => {
@@ -73,13 +76,13 @@ pub fn run(ctx: &Ctx, t: TrustCommand) -> anyhow::Result<ExitCode> {
                         })
                     })
                     .collect();
-                output::json(&v)?;
+                output::json(ctx, &v)?;
             } else if list.is_empty() {
-                println!("no trusted instances");
+                outln!(ctx, "no trusted instances");
             } else {
-                println!("{:<64}  {:<5}  NAME", "INSTANCE", "ROLE");
+                outln!(ctx, "{:<64}  {:<5}  NAME", "INSTANCE", "ROLE");
                 for (c, r) in list {
-                    println!("{}  {:<5}  {}", c.instance, r.role, c.name);
+                    outln!(ctx, "{}  {:<5}  {}", c.instance, r.role, c.name);
                 }
             }
         }

@@ -20,10 +20,11 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let bar = Bar::new(ctx.progress);
     let r = store.verify(a.read_data, &bar)?;
     if ctx.json {
-        output::json(&r)?;
+        output::json(ctx, &r)?;
     } else {
         for p in r.problems.iter().take(output::MAX_LISTED) {
-            println!(
+            outln!(
+                ctx,
                 "{:<22} {} {}{}",
                 p.class.to_string(),
                 p.object.as_deref().unwrap_or("-"),
@@ -35,7 +36,8 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if r.problems.len() > output::MAX_LISTED {
-            println!(
+            outln!(
+                ctx,
                 "... and {} more problem(s) (--json lists them all)",
                 r.problems.len() - output::MAX_LISTED
             );
@@ -58,9 +60,11 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 counts.sort();
                 format!("{} problem(s): {}", r.problems.len(), counts.join(", "))
             };
-            println!(
+            outln!(
+                ctx,
                 "verify: {} objects, {} chunks, {what}: {verdict}",
-                r.objects, r.chunks
+                r.objects,
+                r.chunks
             );
         }
     }
@@ -76,9 +80,13 @@ pub fn gc(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let (files, bytes) = store.gc()?;
     if ctx.json {
-        output::json(&json!({ "removed_chunks": files, "removed_bytes": bytes }))?;
+        output::json(
+            ctx,
+            &json!({ "removed_chunks": files, "removed_bytes": bytes }),
+        )?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
+            ctx,
             "gc: removed {files} unreferenced chunk files ({})",
             output::size(bytes)
         );

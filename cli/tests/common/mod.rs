@@ -10,6 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::io::BufRead as _;
+
 use assert_cmd::Command;
 use serde_json::Value;
 
@@ -376,4 +378,55 @@ pub fn can_bypass_permissions(path: &Path) -> bool {
     } else {
         fs::File::open(path).is_ok()
     }
+}
+
+/// A running `bbsync serve` that is killed when dropped.
+pub struct Server {
+    /// The process.
+    pub child: std::process::Child,
+    /// The first address it printed.
+    pub addr: String,
+}
+
+impl Server {
+    /// Stops the node with SIGTERM (its clean shutdown) and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bbsync serve` on a free loopback port and waits for its address.
+pub fn serve(data: &Path) -> Server {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        .arg("--no-progress")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env_remove("BBSYNC_DATA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().to_string();
+    assert!(
+        addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/12D3"),
+        "serve printed {addr:?}"
+    );
+    Server { child, addr }
 }

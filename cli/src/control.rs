@@ -1,0 +1,277 @@
+//! The local control socket. One process owns a data dir (sled locks it);
+//! while `bbsync serve` runs, every other command on that data dir connects
+//! to `<data>/control.sock` and the running node carries it out on its own
+//! store, with the client's arguments, working directory and `BBSYNC_*`
+//! environment. The client prints what comes back and exits with the
+//! command's exit code, so the hand-over is invisible to scripts.
+//!
+//! The socket is created owner-only (0600) and every connection's peer uid
+//! must be this process's uid.
+//!
+//! Wire format: the client sends one JSON line ([`Request`]); the node
+//! answers with frames `tag (1 byte) || length (u32, big-endian) || bytes`,
+//! tag 1 = stdout, 2 = stderr, 3 = exit code (one byte), which ends the
+//! exchange.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use bbsync_store::Store;
+use clap::Parser as _;
+use serde::{Deserialize, Serialize};
+
+use crate::{Cli, Command, Ctx, output::Sink};
+
+const SOCKET: &str = "control.sock";
+const TAG_OUT: u8 = 1;
+const TAG_ERR: u8 = 2;
+const TAG_EXIT: u8 = 3;
+/// Largest request line (arguments, working directory, environment).
+const MAX_REQUEST: u64 = 1 << 20;
+/// Largest output frame a client accepts.
+const MAX_FRAME: u32 = 64 << 20;
+
+/// What a client asks the running node to do.
+#[derive(Serialize, Deserialize)]
+struct Request {
+    argv: Vec<String>,
+    cwd: PathBuf,
+    env: std::collections::BTreeMap<String, String>,
+}
+
+/// Writes output frames to a client.
+pub struct FrameWriter(UnixStream);
+
+impl FrameWriter {
+    /// Writes one frame.
+    pub fn frame(&mut self, tag: u8, bytes: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let mut head = [0u8; 5];
+        head[0] = tag;
+        head[1..].copy_from_slice(&len.to_be_bytes());
+        self.0.write_all(&head)?;
+        self.0.write_all(&bytes[..len as usize])?;
+        self.0.flush()
+    }
+}
+
+fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET)
+}
+
+/// If a node is serving `data_dir`, has it run this process's command and
+/// returns its exit code; `None` if no node is serving (no socket, or a
+/// stale one left by a node that was killed).
+pub fn forward(data_dir: &Path) -> anyhow::Result<Option<ExitCode>> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "a node is serving {}, but its control socket cannot be used",
+                    data_dir.display()
+                )
+            });
+        }
+    };
+    let argv = std::env::args_os()
+        .map(|a| {
+            a.into_string().map_err(|a| {
+                anyhow!("argument {a:?} is not UTF-8; cannot hand it to the serving node")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let req = Request {
+        argv,
+        cwd: std::env::current_dir().context("reading the working directory")?,
+        env: crate::bbsync_env(),
+    };
+    tracing::debug!(
+        "handing the command to the node serving {}",
+        data_dir.display()
+    );
+    let mut line = serde_json::to_vec(&req)?;
+    line.push(b'\n');
+    let mut w = &stream;
+    w.write_all(&line)
+        .context("sending the command to the serving node")?;
+    let mut r = BufReader::new(&stream);
+    let lost =
+        || anyhow!("the serving node closed the control connection before the command finished");
+    loop {
+        let mut head = [0u8; 5];
+        r.read_exact(&mut head).map_err(|_| lost())?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if len > MAX_FRAME {
+            bail!("the serving node sent an oversized output frame");
+        }
+        let mut body = vec![0u8; len as usize];
+        r.read_exact(&mut body).map_err(|_| lost())?;
+        match head[0] {
+            TAG_OUT => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&body)?;
+                o.flush()?;
+            }
+            TAG_ERR => {
+                let mut e = std::io::stderr().lock();
+                e.write_all(&body)?;
+            }
+            TAG_EXIT => return Ok(Some(ExitCode::from(body.first().copied().unwrap_or(1)))),
+            t => bail!("the serving node sent an unknown frame type {t}"),
+        }
+    }
+}
+
+/// A listening control socket; the socket file is removed on drop.
+pub struct Control {
+    path: PathBuf,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Opens the control socket of `data_dir` (whose `store` this process
+/// holds, so any socket file there is stale) and carries out each command
+/// that arrives on its own thread.
+pub fn listen(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<Control> {
+    let path = socket_path(data_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!("removed a stale control socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("removing a stale control socket"),
+    }
+    // Owner-only from the first moment: no one else may connect in between.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = UnixListener::bind(&path);
+    rustix::process::umask(old);
+    let listener = bound.with_context(|| format!("creating control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .context("restricting the control socket")?;
+    let control = Control { path };
+    let data_dir = data_dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let store = store.clone();
+                let data_dir = data_dir.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-cmd".into())
+                    .spawn(move || {
+                        if let Err(e) = handle(conn, &data_dir, store) {
+                            tracing::warn!("control connection: {}", crate::one_line(&e));
+                        }
+                    });
+            }
+        })
+        .context("starting the control thread")?;
+    Ok(control)
+}
+
+fn handle(conn: UnixStream, data_dir: &Path, store: Arc<Store>) -> anyhow::Result<()> {
+    let cred = rustix::net::sockopt::socket_peercred(&conn).context("reading the peer's uid")?;
+    if cred.uid != rustix::process::getuid() {
+        bail!(
+            "refused a control connection from uid {}",
+            cred.uid.as_raw()
+        );
+    }
+    let mut line = Vec::new();
+    BufReader::new((&conn).take(MAX_REQUEST))
+        .read_until(b'\n', &mut line)
+        .context("reading the request")?;
+    let req: Request = serde_json::from_slice(&line).context("malformed control request")?;
+    let writer = Arc::new(Mutex::new(FrameWriter(conn.try_clone()?)));
+    let out = Sink::Remote(writer.clone(), TAG_OUT);
+    let err = Sink::Remote(writer.clone(), TAG_ERR);
+    let code = run_request(req, data_dir, store, out, &err);
+    let mut w = writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ = w.frame(TAG_EXIT, &[code]);
+    Ok(())
+}
+
+fn run_request(req: Request, data_dir: &Path, store: Arc<Store>, out: Sink, err: &Sink) -> u8 {
+    let cli = match Cli::try_parse_from(&req.argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = text.trim_end();
+            if e.use_stderr() {
+                err.line(text)
+            } else {
+                out.line(text)
+            }
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
+    if matches!(cli.command, Command::Serve(_)) {
+        err.line(&format!(
+            "error: a node is already serving {} (pid {})",
+            data_dir.display(),
+            std::process::id()
+        ));
+        return 1;
+    }
+    tracing::info!(
+        "control: running {:?}",
+        req.argv.get(1).map(String::as_str).unwrap_or("")
+    );
+    let ctx = Ctx {
+        data_dir: data_dir.to_path_buf(),
+        json: cli.json,
+        // Bars need the client's terminal; the summary line still comes.
+        progress: false,
+        quiet: cli.quiet,
+        cwd: req.cwd,
+        env: req.env,
+        out,
+        err: err.clone(),
+        store: Some(store),
+    };
+    let command = cli.command;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::dispatch(&ctx, command)
+    }));
+    match result {
+        Ok(Ok(code)) => exit_byte(code),
+        Ok(Err(e)) => {
+            err.line(&format!("error: {}", crate::one_line(&e)));
+            1
+        }
+        Err(_) => {
+            err.line("error: internal error in the serving node (see its log)");
+            1
+        }
+    }
+}
+
+/// The byte of an `ExitCode` (std does not expose it; our commands only
+/// return SUCCESS or FAILURE-like codes built from a u8).
+fn exit_byte(code: ExitCode) -> u8 {
+    if code == ExitCode::SUCCESS { 0 } else { 1 }
+}
