@@ -72,6 +72,8 @@ enum Command {
     Serve(cmd::net::ServeArgs),
     /// Clone everything a peer serves into this node.
     Clone(cmd::net::CloneArgs),
+    /// Fetch the chunks that local manifests reference and the disk lacks.
+    FetchMissing(cmd::net::FetchMissingArgs),
 }
 
 /// What every subcommand gets. A command writes only through `out`/`err`
@@ -216,6 +218,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Gc => cmd::verify::gc(ctx),
         Command::Serve(a) => cmd::net::serve(ctx, a),
         Command::Clone(a) => cmd::net::clone(ctx, a),
+        Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
     }
 }
 

@@ -210,3 +210,123 @@ fn clone_survives_kill_9_and_resumes() -> TestResult {
     assert_same_tree(&tree, &out);
     Ok(())
 }
+
+#[test]
+fn partial_clones_take_only_the_selection() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (_tree, src, dst) = setup(tmp.path(), "full");
+    let all = ls_names(&src, &[]);
+    let server = serve(&src);
+
+    let report = json(&dst, &["clone", &server.addr, "--only", "message:general"]);
+    assert_eq!(report["partial"], true, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    let held = ls_names(&dst, &[]);
+    assert!(!held.is_empty());
+    assert!(
+        held.iter()
+            .all(|(k, n)| k == "message" && n.starts_with("general/")),
+        "{held:?}"
+    );
+    assert_eq!(
+        report["skipped"].as_u64().unwrap() as usize,
+        all.len() - held.len()
+    );
+
+    // Now everything but config and applets; what is already here stays.
+    let report = json(
+        &dst,
+        &["clone", &server.addr, "--skip-config", "--skip-applets"],
+    );
+    assert_eq!(report["complete"], true, "{report}");
+    let held = ls_names(&dst, &[]);
+    let expected: std::collections::BTreeSet<_> = all
+        .iter()
+        .filter(|(k, _)| k != "config" && k != "applet")
+        .cloned()
+        .collect();
+    assert_eq!(held, expected);
+    let (code, v) = verify(&dst, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+
+    // A bad selection is a usage error that changes nothing.
+    let before = snapshot(&dst);
+    let o = run(&dst, &["clone", &server.addr, "--only", "Message"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert_eq!(snapshot(&dst), before);
+
+    // A full clone after the partial ones completes the copy, with the proof.
+    let report = json(&dst, &["clone", &server.addr]);
+    assert_eq!(report["partial"], false);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(ls_names(&dst, &[]), all);
+    Ok(())
+}
+
+#[test]
+fn a_clone_into_a_store_with_its_own_objects_is_proven_complete() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (_tree, src, dst) = setup(tmp.path(), "full");
+    write(&tmp.path().join("own.txt"), "the mirror's own notes\n");
+    ok(
+        &dst,
+        &[
+            "import",
+            tmp.path().join("own.txt").to_str().unwrap(),
+            "--kind",
+            "file",
+            "--name",
+            "own.txt",
+        ],
+    );
+    let server = serve(&src);
+    let report = json(&dst, &["clone", &server.addr]);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["lacking"], 0);
+    // Its own object is still there besides the clone.
+    assert!(ls_names(&dst, &[]).contains(&("file".to_string(), "own.txt".to_string())));
+    let out = tmp.path().join("out");
+    ok(&dst, &["export", "file:own.txt", out.to_str().unwrap()]);
+    Ok(())
+}
+
+#[test]
+fn fetch_missing_brings_back_lost_chunks() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (tree, src, dst) = setup(tmp.path(), "full");
+    let server = serve(&src);
+    let report = json(&dst, &["clone", &server.addr]);
+    assert_eq!(report["complete"], true, "{report}");
+    // Lose three chunk files.
+    let lost: Vec<_> = real_chunks(&dst).into_iter().take(3).collect();
+    assert_eq!(lost.len(), 3);
+    for p in &lost {
+        std::fs::remove_file(dst.join("chunks").join(p))?;
+    }
+    let (code, _) = verify(&dst, &[]);
+    assert_eq!(code, 1);
+
+    // No source given and none configured: one line, nothing changes.
+    let o = run(&dst, &["fetch-missing"]);
+    let line = assert_one_line_error(&o, "fetch-missing without a source");
+    assert!(line.contains("--from"), "{line}");
+
+    let r = json(&dst, &["fetch-missing", "--from", &server.addr]);
+    assert_eq!(r["chunks_fetched"], 3, "{r}");
+    assert_eq!(r["still_missing"], 0, "{r}");
+    let (code, v) = verify(&dst, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let out = tmp.path().join("out");
+    ok(&dst, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
+
+    // With the source in config.toml, no --from is needed; nothing is missing now.
+    let cfg = dst.join("config.toml");
+    let text = std::fs::read_to_string(&cfg)?
+        .replace("peers = []", &format!("peers = [\"{}\"]", server.addr));
+    std::fs::write(&cfg, text)?;
+    let r = json(&dst, &["fetch-missing"]);
+    assert_eq!(r["chunks_fetched"], 0, "{r}");
+    assert_eq!(r["sources"], 1, "{r}");
+    Ok(())
+}

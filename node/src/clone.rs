@@ -5,7 +5,7 @@
 //! disk is not fetched again.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,7 +14,12 @@ use bbsync_protocol::{
     Checkpoint, ChunkId, InstanceCard, Role, Unverified,
     wire::{MAX_CHUNK_IDS, Request, Response},
 };
-use bbsync_store::{Store, sync::StagedChunks};
+use bbsync_store::{
+    Store,
+    db::ObjectState,
+    progress::{NoProgress, Progress},
+    sync::{Selection, StagedChunks},
+};
 use futures::{StreamExt, stream};
 use libp2p::PeerId;
 use serde::Serialize;
@@ -26,13 +31,30 @@ const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Staged bytes made durable together.
 const PUBLISH_EVERY: u64 = 128 * 1024 * 1024;
 
+/// Where progress of a clone goes (a bar in the CLI).
+pub type ProgressSink = Arc<dyn Progress + Send + Sync>;
+
 /// Knobs of a clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CloneOptions {
     /// Chunk requests in flight at once.
     pub jobs: usize,
     /// Object ids per manifest request.
     pub manifest_batch: usize,
+    /// Which objects to take (everything by default).
+    pub selection: Selection,
+    /// Progress of the manifest and chunk phases.
+    pub progress: ProgressSink,
+}
+
+impl std::fmt::Debug for CloneOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloneOptions")
+            .field("jobs", &self.jobs)
+            .field("manifest_batch", &self.manifest_batch)
+            .field("selection", &self.selection)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for CloneOptions {
@@ -40,6 +62,8 @@ impl Default for CloneOptions {
         CloneOptions {
             jobs: 16,
             manifest_batch: 1024,
+            selection: Selection::default(),
+            progress: Arc::new(NoProgress),
         }
     }
 }
@@ -53,6 +77,8 @@ pub struct CloneReport {
     pub objects: u64,
     /// Manifests already held.
     pub already: u64,
+    /// Manifests left out by `--skip-*` / `--only`.
+    pub skipped: u64,
     /// Manifests refused, with the reason.
     pub rejected_manifests: Vec<(String, String)>,
     /// Chunks fetched and stored.
@@ -65,10 +91,16 @@ pub struct CloneReport {
     pub chunks_unavailable: u64,
     /// Bytes fetched.
     pub bytes: u64,
-    /// The root recomputed here equals the source's checkpoint.
+    /// A full clone: the root recomputed here over the objects the source
+    /// listed equals the source's signed checkpoint. A partial clone
+    /// (`--skip-*` / `--only`): every selected object is complete here.
     pub complete: bool,
+    /// Whether a selection left objects out (then there is no root proof).
+    pub partial: bool,
     /// Objects in the source's checkpoint.
     pub checkpoint_count: u64,
+    /// Objects the source listed that are missing or incomplete here.
+    pub lacking: u64,
     /// Wall time.
     #[serde(serialize_with = "bbsync_store::serialize_secs")]
     pub elapsed: Duration,
@@ -123,6 +155,7 @@ async fn fetch_round(
             let node = node.clone();
             let store = store.clone();
             let peer = sources[s];
+            let progress = opts.progress.clone();
             async move {
                 let n = ids.len() as u64;
                 let answer = node.request(peer, Request::GetChunks { ids }).await;
@@ -136,6 +169,7 @@ async fn fetch_round(
                     Err(e) => return Err(e),
                 };
                 let bytes: u64 = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+                progress.advance(chunks.len() as u64, bytes);
                 let chunks: Vec<(ChunkId, Vec<u8>)> =
                     chunks.into_iter().map(|(id, b)| (id, b.into_vec())).collect();
                 let staged = blocking(move || store.stage_chunks(chunks)).await?;
@@ -187,11 +221,13 @@ fn out_of_protocol(peer: &PeerId, what: &str) -> NodeError {
 }
 
 /// Says hello to a source: its card must be the identity its peer id
-/// names (then it is trusted as `full` here); returns its checkpoint.
+/// names (then, if `trust`, it is trusted as `full` here); returns its
+/// checkpoint.
 async fn hello(
     node: &NodeHandle,
     store: &Arc<Store>,
     peer: PeerId,
+    trust: bool,
 ) -> Result<bbsync_protocol::Signed<Checkpoint>, NodeError> {
     let source = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
@@ -210,15 +246,18 @@ async fn hello(
     let checkpoint = Unverified::<Checkpoint>::decode(&checkpoint)
         .and_then(|u| u.verify(|i| *i == source))
         .map_err(|e| NodeError::Check("source checkpoint".into(), e))?;
-    let store = store.clone();
-    blocking(move || store.trust_card(&card, Role::Full)).await?;
+    if trust {
+        let store = store.clone();
+        blocking(move || store.trust_card(&card, Role::Full)).await?;
+    }
     Ok(checkpoint)
 }
 
 /// Clones everything the first of `sources` serves into `store`, fetching
 /// chunks from every source that answers (each trusted as `full` here once
 /// its card proves the identity its peer id names). A chunk that one source
-/// fails to deliver, or delivers damaged, is asked of another.
+/// fails to deliver, or delivers damaged, is asked of another. Config
+/// objects are completed before the rest.
 pub async fn clone_from(
     node: &NodeHandle,
     store: Arc<Store>,
@@ -232,20 +271,17 @@ pub async fn clone_from(
     let source = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
     // 1. Hello: the primary must answer; the others are extra chunk sources.
-    let checkpoint = hello(node, &store, peer).await?;
-    let mut chunk_sources = vec![peer];
-    for &other in &sources[1..] {
-        match hello(node, &store, other).await {
-            Ok(_) => chunk_sources.push(other),
-            Err(e) => tracing::warn!(peer = %other, "not used as a source: {e}"),
-        }
-    }
+    let checkpoint = hello(node, &store, peer, true).await?;
+    let chunk_sources = extra_sources(node, &store, peer, &sources[1..], true).await;
     let mut report = CloneReport {
         source: source.to_hex(),
         checkpoint_count: checkpoint.count,
+        partial: !opts.selection.is_all(),
         ..Default::default()
     };
     // 2. Changes, page by page, then their manifests.
+    opts.progress.start("objects", checkpoint.count, 0);
+    let mut listed: HashSet<bbsync_protocol::ObjectId> = HashSet::new();
     let mut cursor = 0;
     loop {
         let Response::Changes {
@@ -268,39 +304,118 @@ pub async fn clone_from(
             break;
         }
         cursor = next;
+        listed.extend(changes.iter().map(|c| c.object_id));
         for ids in changes.chunks(opts.manifest_batch) {
             let ids: Vec<_> = ids.iter().map(|c| c.object_id).collect();
+            let n = ids.len() as u64;
             let Response::Manifests { items } =
                 node.request(peer, Request::GetManifests { ids }).await?
             else {
                 return Err(out_of_protocol(&peer, "Manifests"));
             };
             let store = store.clone();
-            let accepted = blocking(move || store.accept_manifests(&source, items)).await?;
+            let selection = opts.selection.clone();
+            let accepted =
+                blocking(move || store.accept_selected(&source, items, &selection)).await?;
             report.objects += accepted.recorded.len() as u64;
             report.already += accepted.already;
+            report.skipped += accepted.skipped;
             for (what, why) in &accepted.rejected {
                 tracing::warn!(object = %what, "rejected: {why}");
             }
             report.rejected_manifests.extend(accepted.rejected);
+            opts.progress.advance(n, 0);
         }
     }
-    // 3. Missing chunks, many requests in flight, spread over the sources;
-    //    each response is checked and staged as it arrives. What a source
-    //    fails to deliver (error, missing, damaged) is asked of another in
-    //    the next round, until every source was tried for it.
+    opts.progress.finish();
+    // 3. Missing chunks: config first (so a mirror can be configured while
+    //    the bulk arrives), then everything else.
+    let selection = opts.selection.clone();
+    let config_first = |st: &ObjectState| !st.complete && st.kind == "config";
+    fetch_chunks(
+        node,
+        &store,
+        &chunk_sources,
+        &config_first,
+        opts,
+        &mut report,
+    )
+    .await?;
+    let all = move |st: &ObjectState| !st.complete && selection.matches(&st.kind, &st.name);
+    fetch_chunks(node, &store, &chunk_sources, &all, opts, &mut report).await?;
+    // 4. The proof: the root over the objects the source listed, as held
+    //    here, must be the root the source signed.
+    let (count, root, lacking) = {
+        let store = store.clone();
+        blocking(move || store.root_of(&listed)).await?
+    };
+    report.lacking = lacking;
+    report.complete = if report.partial {
+        // No proof for a partial copy; every selected object must be here.
+        let store = store.clone();
+        let selection = opts.selection.clone();
+        blocking(move || {
+            Ok(store
+                .missing_chunks_where(|st| selection.matches(&st.kind, &st.name))?
+                .is_empty())
+        })
+        .await?
+    } else {
+        lacking == 0 && count == checkpoint.count && root == checkpoint.root
+    };
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Hellos the extra sources; returns `first` followed by those that answered.
+async fn extra_sources(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    first: PeerId,
+    others: &[PeerId],
+    trust: bool,
+) -> Vec<PeerId> {
+    let mut out = vec![first];
+    for &other in others {
+        match hello(node, store, other, trust).await {
+            Ok(_) => out.push(other),
+            Err(e) => tracing::warn!(peer = %other, "not used as a source: {e}"),
+        }
+    }
+    out
+}
+
+/// Fetches the missing chunks of the incomplete objects `keep` takes, many
+/// requests in flight, spread over `sources`; each response is checked and
+/// staged as it arrives. What a source fails to deliver (error, missing,
+/// damaged) is asked of another in the next round, until every source was
+/// tried for it. Then marks complete what is complete.
+async fn fetch_chunks<K>(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    sources: &[PeerId],
+    keep: &K,
+    opts: &CloneOptions,
+    report: &mut CloneReport,
+) -> Result<(), NodeError>
+where
+    K: Fn(&ObjectState) -> bool + Clone + Send + 'static,
+{
     let mut tried: HashMap<ChunkId, Vec<usize>> = HashMap::new();
-    for round in 0..chunk_sources.len() {
+    for round in 0..sources.len() {
         let missing = {
             let store = store.clone();
-            blocking(move || store.missing_chunks()).await?
+            let keep = keep.clone();
+            blocking(move || store.missing_chunks_where(keep)).await?
         };
         if missing.is_empty() {
             break;
         }
-        let mut per_source: Vec<Vec<(ChunkId, u32)>> = vec![Vec::new(); chunk_sources.len()];
+        let total: u64 = missing.iter().map(|(_, l)| u64::from(*l)).sum();
+        opts.progress.start("chunks", missing.len() as u64, total);
+        let mut per_source: Vec<Vec<(ChunkId, u32)>> = vec![Vec::new(); sources.len()];
         for (j, (id, len)) in missing.into_iter().enumerate() {
-            let n = chunk_sources.len();
+            let n = sources.len();
             let seen = tried.entry(id).or_default();
             // Round 0 spreads batches over the sources; later rounds take the
             // first source not tried for this chunk.
@@ -327,18 +442,84 @@ pub async fn clone_from(
                 }
             }
         }
-        fetch_round(node, &store, &chunk_sources, batches, opts, &mut report).await?;
+        let r = fetch_round(node, store, sources, batches, opts, report).await;
+        opts.progress.finish();
+        r?;
     }
-    // 4. Complete what is complete, then the proof.
-    let (count, root) = {
+    let store = store.clone();
+    blocking(move || store.complete_ready()).await?;
+    Ok(())
+}
+
+/// What [`fetch_missing`] did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FetchReport {
+    /// Sources that answered.
+    pub sources: u64,
+    /// Chunks fetched and stored.
+    pub chunks_fetched: u64,
+    /// Chunks that failed their hash check (never stored).
+    pub chunks_rejected: u64,
+    /// Bytes fetched.
+    pub bytes: u64,
+    /// Objects that became complete.
+    pub objects_completed: u64,
+    /// Chunks still missing afterwards.
+    pub still_missing: u64,
+    /// Wall time.
+    #[serde(serialize_with = "bbsync_store::serialize_secs")]
+    pub elapsed: Duration,
+}
+
+/// Fetches the chunks that local manifests reference and the disk lacks
+/// (after `restore --skip-chunks`, or an interrupted clone) from `sources`,
+/// whose cards must prove their peer ids; trust is not changed.
+pub async fn fetch_missing(
+    node: &NodeHandle,
+    store: Arc<Store>,
+    sources: &[PeerId],
+    opts: &CloneOptions,
+) -> Result<FetchReport, NodeError> {
+    let start = Instant::now();
+    let before = {
+        let store = store.clone();
+        blocking(move || store.incomplete_count()).await?
+    };
+    let mut answered = Vec::new();
+    for &peer in sources {
+        match hello(node, &store, peer, false).await {
+            Ok(_) => answered.push(peer),
+            Err(e) if sources.len() == 1 => return Err(e),
+            Err(e) => tracing::warn!(%peer, "not used as a source: {e}"),
+        }
+    }
+    if answered.is_empty() {
+        return Err(NodeError::Request(
+            "every source".into(),
+            "none of the sources answered".into(),
+        ));
+    }
+    let mut report = CloneReport::default();
+    // Complete objects too: a chunk file of one may have been lost.
+    let all = |_: &ObjectState| true;
+    fetch_chunks(node, &store, &answered, &all, opts, &mut report).await?;
+    let (after, still) = {
         let store = store.clone();
         blocking(move || {
-            store.complete_ready()?;
-            store.root()
+            Ok((
+                store.incomplete_count()?,
+                store.missing_chunks_where(|_| true)?.len() as u64,
+            ))
         })
         .await?
     };
-    report.complete = count == checkpoint.count && root == checkpoint.root;
-    report.elapsed = start.elapsed();
-    Ok(report)
+    Ok(FetchReport {
+        sources: answered.len() as u64,
+        chunks_fetched: report.chunks_fetched,
+        chunks_rejected: report.chunks_rejected,
+        bytes: report.bytes,
+        objects_completed: before.saturating_sub(after),
+        still_missing: still,
+        elapsed: start.elapsed(),
+    })
 }

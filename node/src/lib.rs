@@ -14,7 +14,7 @@ mod error;
 pub mod node;
 pub mod server;
 
-pub use clone::{CloneOptions, CloneReport, clone_from};
+pub use clone::{CloneOptions, CloneReport, FetchReport, ProgressSink, clone_from, fetch_missing};
 pub use error::NodeError;
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
 pub use node::{Node, NodeHandle, Responder, instance_of, peer_id_of};

@@ -17,6 +17,10 @@ pub struct Config {
     /// zstd level for chunk compression (1-19), or 0 to store uncompressed.
     #[serde(default = "default_level")]
     pub compression_level: i32,
+    /// Peers to fetch missing chunks from when `fetch-missing` gets no
+    /// `--from` (full multiaddrs ending in `/p2p/<PeerId>`).
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 fn default_level() -> i32 {
@@ -30,6 +34,7 @@ impl Default for Config {
         Config {
             exclude_owners: Vec::new(),
             compression_level: default_level(),
+            peers: Vec::new(),
         }
     }
 }
@@ -42,6 +47,10 @@ exclude_owners = []
 
 # zstd level for chunk compression (1-19); 0 stores chunks uncompressed.
 compression_level = 1
+
+# Where `fetch-missing` fetches from when given no --from (full addresses
+# ending in /p2p/<PeerId>, as `bbsync serve` prints them).
+peers = []
 "#;
 
 impl Config {

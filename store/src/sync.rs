@@ -30,6 +30,67 @@ use crate::{
 /// wire types of `/bbsync/sync/1`, used as they are.
 pub use bbsync_protocol::wire::{WireChange as Change, WireManifest as Served};
 
+/// Which objects a partial clone takes (`--skip-config`, `--skip-applets`,
+/// `--only KIND[:NAME]`). The default takes everything.
+#[derive(Debug, Default, Clone)]
+pub struct Selection {
+    /// Leave out `config` objects.
+    pub skip_config: bool,
+    /// Leave out `applet` objects (their `applet-data` still comes).
+    pub skip_applets: bool,
+    /// If not empty, only objects matching one of these: a kind, and
+    /// optionally a name, matched exactly or as a path prefix (`general`
+    /// matches `general/1.json`).
+    pub only: Vec<(String, Option<String>)>,
+}
+
+impl Selection {
+    /// Parses one `--only` value: `KIND` or `KIND:NAME`.
+    pub fn parse_only(spec: &str) -> Result<(String, Option<String>)> {
+        let (kind, name) = match spec.split_once(':') {
+            Some((k, n)) => (k, Some(n.trim_end_matches('/'))),
+            None => (spec, None),
+        };
+        if kind.is_empty()
+            || !kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(StoreError::Invalid(format!(
+                "--only {spec:?}: KIND must be a lower-case word, e.g. message or config:main"
+            )));
+        }
+        if name.is_some_and(str::is_empty) {
+            return Err(StoreError::Invalid(format!(
+                "--only {spec:?}: the name after ':' is empty"
+            )));
+        }
+        Ok((kind.to_string(), name.map(str::to_string)))
+    }
+
+    /// Whether everything is selected.
+    pub fn is_all(&self) -> bool {
+        !self.skip_config && !self.skip_applets && self.only.is_empty()
+    }
+
+    /// Whether the object `kind:name` is selected.
+    pub fn matches(&self, kind: &str, name: &str) -> bool {
+        if (self.skip_config && kind == "config") || (self.skip_applets && kind == "applet") {
+            return false;
+        }
+        self.only.is_empty()
+            || self.only.iter().any(|(k, n)| {
+                k == kind
+                    && n.as_ref().is_none_or(|n| {
+                        name == n
+                            || (name.len() > n.len()
+                                && name.starts_with(n.as_str())
+                                && name.as_bytes()[n.len()] == b'/')
+                    })
+            })
+    }
+}
+
 /// What [`Store::accept_manifests`] did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Accepted {
@@ -37,6 +98,8 @@ pub struct Accepted {
     pub recorded: Vec<ObjectId>,
     /// Manifests this store already holds (same or newer version).
     pub already: u64,
+    /// Manifests left out by the selection.
+    pub skipped: u64,
     /// Manifests refused, with the reason (bad signature, untrusted author,
     /// bad entry, ...).
     pub rejected: Vec<(String, String)>,
@@ -77,6 +140,23 @@ impl Store {
             }
         }
         Ok((b.count(), b.finish()))
+    }
+
+    /// Root over what this store holds complete of `ids` (the objects a
+    /// source listed in its change pages): equal to the source's
+    /// checkpoint root exactly when this store holds the same version of
+    /// every one of them, whatever else it holds. Also returns how many of
+    /// `ids` are missing or incomplete here.
+    pub fn root_of(&self, ids: &HashSet<ObjectId>) -> Result<(u64, [u8; 32], u64)> {
+        let mut b = RootBuilder::new();
+        let mut lacking = 0;
+        for id in ids {
+            match self.db().object(id)? {
+                Some(st) if st.complete => b.push(*id, st.version, st.manifest_id),
+                _ => lacking += 1,
+            }
+        }
+        Ok((b.count(), b.finish(), lacking))
     }
 
     /// A signed checkpoint of what this store serves, as of its last change.
@@ -185,6 +265,17 @@ impl Store {
     /// skipped; at equal versions the larger ManifestId wins. Accepted
     /// objects are recorded as incomplete until their chunks arrive.
     pub fn accept_manifests(&self, source: &InstanceId, items: Vec<Served>) -> Result<Accepted> {
+        self.accept_selected(source, items, &Selection::default())
+    }
+
+    /// [`Store::accept_manifests`] for the objects `selection` takes; the
+    /// others are counted as skipped and not recorded.
+    pub fn accept_selected(
+        &self,
+        source: &InstanceId,
+        items: Vec<Served>,
+        selection: &Selection,
+    ) -> Result<Accepted> {
         let _g = self.lock();
         let me = self.instance_id();
         let mut report = Accepted::default();
@@ -214,6 +305,10 @@ impl Store {
                     continue;
                 }
             };
+            if !selection.matches(&m.kind, &m.name) {
+                report.skipped += 1;
+                continue;
+            }
             let label = format!("{}:{}", m.kind, m.name);
             if !seen.insert(m.object_id) {
                 report.rejected.push((label, "sent twice".into()));
@@ -293,14 +388,33 @@ impl Store {
         Ok(e)
     }
 
+    /// Live objects recorded but not complete (their chunks are not all here).
+    pub fn incomplete_count(&self) -> Result<u64> {
+        let mut n = 0;
+        for r in self.db().objects() {
+            let (_, st) = r?;
+            n += u64::from(!st.complete && !st.deleted);
+        }
+        Ok(n)
+    }
+
     /// Chunks that recorded manifests reference and the disk lacks, with
     /// their stored length, each once.
     pub fn missing_chunks(&self) -> Result<Vec<(ChunkId, u32)>> {
+        self.missing_chunks_where(|st| !st.complete)
+    }
+
+    /// Chunks that the live objects `keep` takes reference and the disk
+    /// lacks (complete objects included: a chunk file can go missing).
+    pub fn missing_chunks_where(
+        &self,
+        keep: impl Fn(&ObjectState) -> bool,
+    ) -> Result<Vec<(ChunkId, u32)>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for r in self.db().objects() {
             let (id, st) = r?;
-            if st.complete || st.deleted {
+            if st.deleted || !keep(&st) {
                 continue;
             }
             for c in self.manifest_unchecked(&id)?.chunks {

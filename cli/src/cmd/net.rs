@@ -3,9 +3,10 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
-use bbsync_node::{CloneOptions, Multiaddr, Node, clone_from};
+use bbsync_node::{CloneOptions, Multiaddr, Node, NodeHandle, PeerId, clone_from, fetch_missing};
+use bbsync_store::sync::Selection;
 
-use crate::{Ctx, output};
+use crate::{Ctx, output, progress::Bar};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,28 @@ pub struct CloneArgs {
     /// Chunk requests in flight at once.
     #[arg(long, default_value_t = 16)]
     jobs: usize,
+    /// Leave out the BBS configuration (`config` objects).
+    #[arg(long)]
+    skip_config: bool,
+    /// Leave out applets (`applet` objects; their data still comes).
+    #[arg(long)]
+    skip_applets: bool,
+    /// Take only objects of this kind, or this kind and name (exact, or a
+    /// path prefix: `message:general`). Repeatable.
+    #[arg(long, value_name = "KIND[:NAME]", value_parser = parse_only)]
+    only: Vec<(String, Option<String>)>,
+}
+
+/// Arguments of `fetch-missing`.
+#[derive(Debug, clap::Args)]
+pub struct FetchMissingArgs {
+    /// A peer to fetch from (repeatable), ending in /p2p/<PeerId> [default:
+    /// the `peers` of config.toml].
+    #[arg(long = "from", value_name = "ADDR")]
+    from: Vec<String>,
+    /// Chunk requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    jobs: usize,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -39,6 +62,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+fn parse_only(s: &str) -> Result<(String, Option<String>), String> {
+    Selection::parse_only(s).map_err(|e| e.to_string())
 }
 
 fn parse_addr(s: &str) -> anyhow::Result<Multiaddr> {
@@ -103,38 +130,124 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `bbsync clone`.
-pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
-    let mut addrs = vec![parse_addr(&a.addr)?];
-    for p in &a.peers {
-        addrs.push(parse_addr(p)?);
-    }
-    for (addr, text) in addrs.iter().zip(std::iter::once(&a.addr).chain(&a.peers)) {
-        if !matches!(addr.iter().last(), Some(bbsync_node::AddrProtocol::P2p(_))) {
-            bail!("address {text} must end in /p2p/<PeerId> (the form `bbsync serve` prints)");
+/// Parses full peer addresses (each must end in /p2p/<PeerId>).
+fn parse_peer_addrs(texts: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    texts
+        .iter()
+        .map(|text| {
+            let addr = parse_addr(text)?;
+            if !matches!(addr.iter().last(), Some(bbsync_node::AddrProtocol::P2p(_))) {
+                bail!("address {text} must end in /p2p/<PeerId> (the form `bbsync serve` prints)");
+            }
+            Ok(addr)
+        })
+        .collect()
+}
+
+/// Dials every address (30 s each). With `first_required`, failing to reach
+/// the first one fails; the others (and all, without it) are skipped with a
+/// warning. Errors when none answers.
+async fn dial_all(
+    h: &NodeHandle,
+    addrs: Vec<Multiaddr>,
+    first_required: bool,
+) -> anyhow::Result<Vec<PeerId>> {
+    let n = addrs.len();
+    let mut peers = Vec::new();
+    let mut last = None;
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let dialed = tokio::time::timeout(Duration::from_secs(30), h.dial(addr.clone()))
+            .await
+            .map_err(|_| anyhow!("cannot reach {addr}: no answer within 30 s"))
+            .and_then(|r| r.map_err(anyhow::Error::from));
+        match dialed {
+            Ok(p) => peers.push(p),
+            Err(e) if (i == 0 && first_required) || n == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!("not used as a source: {e:#}");
+                last = Some(e);
+            }
         }
     }
+    match (peers.is_empty(), last) {
+        (true, Some(e)) => Err(e.context("none of the sources could be reached")),
+        _ => Ok(peers),
+    }
+}
+
+/// `bbsync fetch-missing`.
+pub fn fetch_missing_cmd(ctx: &Ctx, a: FetchMissingArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
+    let texts = if a.from.is_empty() {
+        store.config().peers.clone()
+    } else {
+        a.from.clone()
+    };
+    if texts.is_empty() {
+        bail!("no peer to fetch from: pass --from ADDR or set `peers` in config.toml");
+    }
+    let addrs = parse_peer_addrs(&texts)?;
     let opts = CloneOptions {
         jobs: a.jobs.max(1),
+        progress: std::sync::Arc::new(Bar::new(ctx.progress)),
         ..Default::default()
     };
     let report = runtime()?.block_on(async move {
         let node = Node::start(store.clone())?;
         let h = node.handle();
-        let mut peers = Vec::new();
-        for (i, addr) in addrs.into_iter().enumerate() {
-            let dialed = tokio::time::timeout(Duration::from_secs(30), h.dial(addr.clone()))
-                .await
-                .map_err(|_| anyhow!("cannot reach {addr}: no answer within 30 s"))
-                .and_then(|r| r.map_err(anyhow::Error::from));
-            match dialed {
-                Ok(p) => peers.push(p),
-                // The first address is the source; the others only help.
-                Err(e) if i == 0 => return Err(e),
-                Err(e) => tracing::warn!("not used as a source: {e:#}"),
-            }
-        }
+        let peers = dial_all(&h, addrs, false).await?;
+        let r = fetch_missing(&h, store, &peers, &opts).await;
+        node.stop();
+        anyhow::Ok(r?)
+    })?;
+    if ctx.json {
+        output::json(ctx, &report)?;
+    } else if !ctx.quiet || report.still_missing > 0 {
+        outln!(
+            ctx,
+            "fetch-missing: {} chunks fetched ({}) from {} source(s), {} rejected, {} objects completed, {} chunks still missing, in {} ({})",
+            report.chunks_fetched,
+            output::size(report.bytes),
+            report.sources,
+            report.chunks_rejected,
+            report.objects_completed,
+            report.still_missing,
+            output::secs(report.elapsed),
+            output::rate(report.bytes, report.elapsed),
+        );
+    }
+    if report.still_missing > 0 {
+        bail!(
+            "{} chunk(s) are still missing (no source had them)",
+            report.still_missing
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync clone`.
+pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
+    let texts: Vec<String> = std::iter::once(a.addr.clone())
+        .chain(a.peers.iter().cloned())
+        .collect();
+    let addrs = parse_peer_addrs(&texts)?;
+    let selection = Selection {
+        skip_config: a.skip_config,
+        skip_applets: a.skip_applets,
+        only: a.only,
+    };
+    let store = super::open(ctx)?;
+    let opts = CloneOptions {
+        jobs: a.jobs.max(1),
+        selection,
+        progress: std::sync::Arc::new(Bar::new(ctx.progress)),
+        ..Default::default()
+    };
+    let report = runtime()?.block_on(async move {
+        let node = Node::start(store.clone())?;
+        let h = node.handle();
+        // The first address is the source; the others only help.
+        let peers = dial_all(&h, addrs, true).await?;
         let r = clone_from(&h, store, &peers, &opts).await;
         node.stop();
         anyhow::Ok(r?)
@@ -157,13 +270,26 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
             report.chunks_unavailable,
             output::secs(report.elapsed),
             output::rate(report.bytes, report.elapsed),
-            if report.complete {
+            if report.partial {
+                format!(
+                    "partial ({} left out by the selection): {}",
+                    report.skipped,
+                    if report.complete {
+                        "every selected object is complete"
+                    } else {
+                        "INCOMPLETE"
+                    }
+                )
+            } else if report.complete {
                 format!(
                     "complete: root matches the source's checkpoint of {} objects",
                     report.checkpoint_count
                 )
             } else {
-                "INCOMPLETE: the root does not match the source's checkpoint".to_string()
+                format!(
+                    "INCOMPLETE: the root does not match the source's checkpoint ({} of its objects missing or incomplete here)",
+                    report.lacking
+                )
             }
         );
     }
