@@ -24,7 +24,21 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{NodeError, codec::SyncCodec, server};
 
-type Behaviour = request_response::Behaviour<SyncCodec>;
+/// Most connections accepted from others at once, and per peer; most
+/// handshakes in progress. A node serves a few mirrors, not a crowd.
+const MAX_INBOUND: u32 = 256;
+const MAX_PER_PEER: u32 = 4;
+const MAX_PENDING_INBOUND: u32 = 64;
+
+/// The node's behaviours: connection limits, then the sync protocol.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+}
+
+type SyncEvent = request_response::Event<Request, Response>;
 
 /// The instance id behind a peer id (`None` unless it is an ed25519 key).
 pub fn instance_of(peer: &PeerId) -> Option<InstanceId> {
@@ -90,13 +104,21 @@ impl Node {
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
             .map_err(|e| NodeError::Listen("identity".into(), e.to_string()))?;
         let peer_id = keypair.public().to_peer_id();
-        let behaviour = Behaviour::with_codec(
-            SyncCodec,
-            [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(120))
-                .with_max_concurrent_streams(128),
-        );
+        let behaviour = Behaviour {
+            limits: libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(MAX_INBOUND))
+                    .with_max_established_per_peer(Some(MAX_PER_PEER))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INBOUND)),
+            ),
+            sync: request_response::Behaviour::with_codec(
+                SyncCodec,
+                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(120))
+                    .with_max_concurrent_streams(128),
+            ),
+        };
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -247,13 +269,14 @@ impl EventLoop {
                 }
             }
             Command::Request(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().send_request(&peer, req);
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
                 self.pending.insert(id, reply);
             }
             Command::Respond(channel, resp) => {
                 if self
                     .swarm
                     .behaviour_mut()
+                    .sync
                     .send_response(channel, resp)
                     .is_err()
                 {
@@ -263,59 +286,68 @@ impl EventLoop {
         }
     }
 
-    fn on_event(&mut self, ev: SwarmEvent<request_response::Event<Request, Response>>) {
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        let store = self.store.clone();
-                        let responder = self.responder.clone();
-                        let tx = self.tx.clone();
-                        let instance = instance_of(&peer);
-                        tokio::spawn(async move {
-                            let resp = tokio::task::spawn_blocking(move || {
-                                responder(&store, instance, request)
-                            })
-                            .await
-                            .unwrap_or_else(|e| Response::Error {
-                                code: bbsync_protocol::wire::ErrorCode::Internal,
-                                message: format!("server task failed: {e}"),
-                            });
-                            let _ = tx.send(Command::Respond(channel, resp)).await;
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
+            other => self.on_swarm(other),
+        }
+    }
+
+    fn on_sync(&mut self, ev: SyncEvent) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let store = self.store.clone();
+                    let responder = self.responder.clone();
+                    let tx = self.tx.clone();
+                    let instance = instance_of(&peer);
+                    tokio::spawn(async move {
+                        let resp = tokio::task::spawn_blocking(move || {
+                            responder(&store, instance, request)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Response::Error {
+                            code: bbsync_protocol::wire::ErrorCode::Internal,
+                            message: format!("server task failed: {e}"),
                         });
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(reply) = self.pending.remove(&request_id) {
-                            let _ = reply.send(Ok(response));
-                        }
+                        let _ = tx.send(Command::Respond(channel, resp)).await;
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
                     }
                 }
-            }
-            SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+            },
+            request_response::Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            }) => {
+            } => {
                 if let Some(reply) = self.pending.remove(&request_id) {
                     let _ =
                         reply.send(Err(NodeError::Request(peer.to_string(), error.to_string())));
                 }
             }
-            SwarmEvent::Behaviour(request_response::Event::InboundFailure {
-                peer, error, ..
-            }) => {
+            request_response::Event::InboundFailure { peer, error, .. } => {
                 // (A request that fails to decode or is over the size cap never
                 // gets here: libp2p-request-response 0.30 resets that stream
                 // and reports nothing.)
                 tracing::warn!(%peer, "dropped a request: {error}");
             }
-            SwarmEvent::Behaviour(request_response::Event::ResponseSent { .. }) => {}
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,

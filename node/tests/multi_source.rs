@@ -164,3 +164,76 @@ async fn damaged_chunks_from_one_source_come_from_another() {
         n.stop();
     }
 }
+
+/// Three nodes: C clones from A (the source) and B (a full copy) at once;
+/// A dies after it has answered its first chunk request. What A did not
+/// deliver comes from B, and C ends with a proven-complete copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_dies_mid_transfer_is_replaced_by_the_other() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("tree");
+    tree(&t);
+    let a = Arc::new(Store::init(&tmp.path().join("a"), "dying").unwrap());
+    let b = Arc::new(Store::init(&tmp.path().join("b"), "standby").unwrap());
+    let c = Arc::new(Store::init(&tmp.path().join("c"), "clone").unwrap());
+    a.import_bbs(&t, &NoProgress).unwrap();
+    for (s, others) in [(&a, [&b, &c]), (&b, [&a, &c])] {
+        for o in others {
+            s.trust_add(&card_to_string(&o.card().unwrap()), Role::Full)
+                .unwrap();
+        }
+    }
+    copy(&a, &b);
+
+    // A answers one chunk request, then tells the test it is time to die,
+    // and is slow with the next ones, so that they are in flight when it does.
+    let served = Arc::new(AtomicU32::new(0));
+    let (die_tx, die_rx) = tokio::sync::oneshot::channel::<()>();
+    let die_tx = std::sync::Mutex::new(Some(die_tx));
+    let count = served.clone();
+    let dying_answer: Responder = Arc::new(move |store, peer, req| {
+        let is_chunks = matches!(req, bbsync_protocol::wire::Request::GetChunks { .. });
+        if is_chunks && count.fetch_add(1, Ordering::SeqCst) >= 1 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let answer = server::answer(store, peer, req);
+        if is_chunks && let Some(tx) = die_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        answer
+    });
+    let dying = Node::start_with_responder(a.clone(), dying_answer).unwrap();
+    let standby = Node::start(b.clone()).unwrap();
+    let a_addr = listen(&dying).await;
+    let b_addr = listen(&standby).await;
+
+    let cloner = Node::start(c.clone()).unwrap();
+    let h = cloner.handle();
+    let pa = h.dial(a_addr).await.unwrap();
+    let pb = h.dial(b_addr).await.unwrap();
+    let opts = CloneOptions {
+        jobs: 2,
+        ..Default::default()
+    };
+    let job = {
+        let c = c.clone();
+        tokio::spawn(async move { clone_from(&h, c, &[pa, pb], &opts).await })
+    };
+    die_rx.await.unwrap();
+    dying.stop();
+    let report = job.await.unwrap().unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(
+        report.chunks_unavailable > 0,
+        "nothing was in flight from the dead source: {report:?}"
+    );
+    assert!(served.load(Ordering::SeqCst) >= 1);
+    assert!(c.verify(true, &NoProgress).unwrap().is_ok());
+    let out = tmp.path().join("out");
+    c.export_bbs(&out, &NoProgress).unwrap();
+    assert_eq!(snapshot(&t), snapshot(&out));
+    standby.stop();
+    cloner.stop();
+}
