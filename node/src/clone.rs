@@ -28,6 +28,8 @@ use crate::{NodeError, NodeHandle, instance_of};
 
 /// Bytes asked for in one chunk request (at most).
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Manifest requests in flight at once.
+const MANIFEST_REQUESTS_IN_FLIGHT: usize = 4;
 /// Staged bytes made durable together.
 const PUBLISH_EVERY: u64 = 128 * 1024 * 1024;
 
@@ -61,7 +63,7 @@ impl Default for CloneOptions {
     fn default() -> Self {
         CloneOptions {
             jobs: 16,
-            manifest_batch: 1024,
+            manifest_batch: 256,
             selection: Selection::default(),
             progress: Arc::new(NoProgress),
         }
@@ -104,6 +106,13 @@ pub struct CloneReport {
     /// Wall time.
     #[serde(serialize_with = "bbsync_store::serialize_secs")]
     pub elapsed: Duration,
+    /// Of which: hello, change pages and manifests (re-keyed by the source,
+    /// checked and recorded here).
+    #[serde(serialize_with = "bbsync_store::serialize_secs")]
+    pub manifests_elapsed: Duration,
+    /// Of which: fetching, checking and storing chunks.
+    #[serde(serialize_with = "bbsync_store::serialize_secs")]
+    pub chunks_elapsed: Duration,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -272,6 +281,7 @@ pub async fn clone_from(
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
     // 1. Hello: the primary must answer; the others are extra chunk sources.
     let checkpoint = hello(node, &store, peer, true).await?;
+    tracing::debug!(ms = start.elapsed().as_millis(), "hello");
     let chunk_sources = extra_sources(node, &store, peer, &sources[1..], true).await;
     let mut report = CloneReport {
         source: source.to_hex(),
@@ -304,13 +314,27 @@ pub async fn clone_from(
             break;
         }
         cursor = next;
+        tracing::debug!(
+            ms = start.elapsed().as_millis(),
+            n = changes.len(),
+            "change page"
+        );
         listed.extend(changes.iter().map(|c| c.object_id));
-        for ids in changes.chunks(opts.manifest_batch) {
-            let ids: Vec<_> = ids.iter().map(|c| c.object_id).collect();
-            let n = ids.len() as u64;
-            let Response::Manifests { items } =
-                node.request(peer, Request::GetManifests { ids }).await?
-            else {
+        // Several manifest requests in flight: the source re-keys the next
+        // batches (on its other cores) while this side checks one.
+        let batches: Vec<Vec<_>> = changes
+            .chunks(opts.manifest_batch)
+            .map(|ids| ids.iter().map(|c| c.object_id).collect())
+            .collect();
+        let mut answers = stream::iter(batches)
+            .map(|ids: Vec<_>| {
+                let n = ids.len() as u64;
+                let node = node.clone();
+                async move { (n, node.request(peer, Request::GetManifests { ids }).await) }
+            })
+            .buffered(MANIFEST_REQUESTS_IN_FLIGHT);
+        while let Some((n, answer)) = answers.next().await {
+            let Response::Manifests { items } = answer? else {
                 return Err(out_of_protocol(&peer, "Manifests"));
             };
             let store = store.clone();
@@ -325,9 +349,11 @@ pub async fn clone_from(
             }
             report.rejected_manifests.extend(accepted.rejected);
             opts.progress.advance(n, 0);
+            tracing::debug!(ms = start.elapsed().as_millis(), n, "manifests recorded");
         }
     }
     opts.progress.finish();
+    report.manifests_elapsed = start.elapsed();
     // 3. Missing chunks: config first (so a mirror can be configured while
     //    the bulk arrives), then everything else.
     let selection = opts.selection.clone();
@@ -343,6 +369,7 @@ pub async fn clone_from(
     .await?;
     let all = move |st: &ObjectState| !st.complete && selection.matches(&st.kind, &st.name);
     fetch_chunks(node, &store, &chunk_sources, &all, opts, &mut report).await?;
+    report.chunks_elapsed = start.elapsed() - report.manifests_elapsed;
     // 4. The proof: the root over the objects the source listed, as held
     //    here, must be the root the source signed.
     let (count, root, lacking) = {

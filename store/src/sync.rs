@@ -281,6 +281,7 @@ impl Store {
         let mut report = Accepted::default();
         let mut writes = Vec::new();
         let mut seen = HashSet::new();
+        let mut kept = Vec::new();
         // Signatures of the whole page in ed25519 batches.
         let mut decoded = Vec::with_capacity(items.len());
         for item in items {
@@ -323,16 +324,59 @@ impl Store {
                     continue;
                 }
             }
-            let entry = match (&item.entry, m.deleted) {
-                (_, true) => None,
-                (None, false) => None, // a blind copy: held, not readable here
-                (Some(raw), false) => match self.check_entry(&m, source, raw) {
-                    Ok(e) => Some(e),
-                    Err(e) => {
-                        report.rejected.push((label, e.to_string()));
-                        continue;
+            // Entries are checked together below (their signatures in batches).
+            let raw = if m.deleted { None } else { item.entry };
+            kept.push((m, previous, raw, label));
+        }
+        // The entries: decoded, signatures checked in ed25519 batches (the
+        // wrapper must be the source, the manifest's author or a trusted
+        // `full` instance), then addressed to this instance for that version
+        // and unwrapped. A blind copy has none: held, not readable here.
+        let mut decoded = Vec::new();
+        let mut slot = vec![None; kept.len()];
+        for (i, (m, _, raw, label)) in kept.iter().enumerate() {
+            if let Some(raw) = raw {
+                match Unverified::<EnvelopeEntry>::decode(raw) {
+                    Ok(u) => {
+                        slot[i] = Some(decoded.len());
+                        decoded.push((i, u));
                     }
-                },
+                    Err(e) => {
+                        report.rejected.push((
+                            label.clone(),
+                            format!("envelope entry of {}: {e}", m.object_id.short()),
+                        ));
+                    }
+                }
+            }
+        }
+        let owners: Vec<usize> = decoded.iter().map(|(i, _)| *i).collect();
+        let mut checked: Vec<Option<bbsync_protocol::Result<Signed<EnvelopeEntry>>>> =
+            verify_many(decoded.into_iter().map(|(_, u)| u).collect(), |j, w| {
+                w == source || *w == kept[owners[j]].0.author || self.is_full(w)
+            })
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (i, (m, previous, raw, label)) in kept.into_iter().enumerate() {
+            let entry = match (raw, slot[i]) {
+                (None, _) => None,
+                (Some(_), None) => continue, // undecodable: rejected above
+                (Some(_), Some(j)) => {
+                    let Some(verified) = checked[j].take() else {
+                        continue; // (each index is taken once)
+                    };
+                    match verified
+                        .ctx(|| format!("envelope entry of {}", m.object_id.short()))
+                        .and_then(|e| self.check_entry_fits(&m, e))
+                    {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            report.rejected.push((label, e.to_string()));
+                            continue;
+                        }
+                    }
+                }
             };
             let envelope: Vec<Vec<u8>> = entry.iter().map(|e| e.bytes().to_vec()).collect();
             let state = ObjectState {
@@ -366,18 +410,14 @@ impl Store {
         Ok(report)
     }
 
-    fn check_entry(
+    /// The rest of an entry's checks once its signature verified: it is
+    /// addressed to this instance, for this object version, and unwraps.
+    fn check_entry_fits(
         &self,
         m: &Manifest,
-        source: &InstanceId,
-        raw: &[u8],
+        e: Signed<EnvelopeEntry>,
     ) -> Result<Signed<EnvelopeEntry>> {
-        let me = self.instance_id();
-        let author = m.author;
-        let e = Unverified::<EnvelopeEntry>::decode(raw)
-            .and_then(|u| u.verify(|w| w == source || *w == author || self.is_full(w)))
-            .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
-        if e.recipient != me || !crate::entry_fits(&e, m) {
+        if e.recipient != self.instance_id() || !crate::entry_fits(&e, m) {
             return Err(StoreError::Invalid(format!(
                 "envelope entry of {} is for another instance or version",
                 m.object_id.short()

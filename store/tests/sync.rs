@@ -274,9 +274,19 @@ fn forged_manifests_and_entries_are_rejected() -> R {
         &bbsync_protocol::ContentKey::generate(),
     )?;
     served[1].entry = Some(serde_bytes::ByteBuf::from(evil_entry.bytes().to_vec()));
+    // 4. an entry with a flipped signature byte (the entries are checked in
+    //    batches: the bad one must be named, the rest of its batch kept).
+    let k = served
+        .iter()
+        .rposition(|s| s.entry.is_some())
+        .expect("an entry");
+    assert!(k > 1);
+    let raw = served[k].entry.as_mut().expect("entry");
+    let n = raw.len();
+    raw[n - 5] ^= 0x01;
     let report = dst.accept_manifests(&src.instance_id(), served.clone())?;
-    assert_eq!(report.rejected.len(), 3, "{:?}", report.rejected);
-    assert_eq!(report.recorded.len(), served.len() - 3);
+    assert_eq!(report.rejected.len(), 4, "{:?}", report.rejected);
+    assert_eq!(report.recorded.len(), served.len() - 4);
     assert!(dst.resolve("message:general/evil").is_err());
     Ok(())
 }
