@@ -115,7 +115,7 @@ pub struct CloneReport {
     pub chunks_elapsed: Duration,
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, bbsync_store::StoreError> + Send + 'static,
 ) -> Result<T, NodeError> {
     tokio::task::spawn_blocking(f)
@@ -225,14 +225,14 @@ async fn fetch_round(
     Ok(stored)
 }
 
-fn out_of_protocol(peer: &PeerId, what: &str) -> NodeError {
+pub(crate) fn out_of_protocol(peer: &PeerId, what: &str) -> NodeError {
     NodeError::Protocol(peer.to_string(), format!("expected {what}"))
 }
 
 /// Says hello to a source: its card must be the identity its peer id
 /// names (then, if `trust`, it is trusted as `full` here); returns its
 /// checkpoint.
-async fn hello(
+pub(crate) async fn hello(
     node: &NodeHandle,
     store: &Arc<Store>,
     peer: PeerId,
@@ -292,6 +292,7 @@ pub async fn clone_from(
     // 2. Changes, page by page, then their manifests.
     opts.progress.start("objects", checkpoint.count, 0);
     let mut listed: HashSet<bbsync_protocol::ObjectId> = HashSet::new();
+    let mut replaced = 0u64;
     let mut cursor = 0;
     loop {
         let Response::Changes {
@@ -344,6 +345,7 @@ pub async fn clone_from(
             report.objects += accepted.recorded.len() as u64;
             report.already += accepted.already;
             report.skipped += accepted.skipped;
+            replaced += accepted.replaced;
             for (what, why) in &accepted.rejected {
                 tracing::warn!(object = %what, "rejected: {why}");
             }
@@ -370,6 +372,13 @@ pub async fn clone_from(
     let all = move |st: &ObjectState| !st.complete && selection.matches(&st.kind, &st.name);
     fetch_chunks(node, &store, &chunk_sources, &all, opts, &mut report).await?;
     report.chunks_elapsed = start.elapsed() - report.manifests_elapsed;
+    if replaced > 0 {
+        // Older versions replaced here leave chunks nothing references.
+        let store = store.clone();
+        if let Err(e) = blocking(move || store.gc()).await {
+            tracing::warn!("clone: removing unreferenced chunks failed: {e}");
+        }
+    }
     // 4. The proof: the root over the objects the source listed, as held
     //    here, must be the root the source signed.
     let (count, root, lacking) = {
@@ -428,12 +437,40 @@ async fn fetch_chunks<K>(
 where
     K: Fn(&ObjectState) -> bool + Clone + Send + 'static,
 {
+    let keep = keep.clone();
+    fetch_listed(
+        node,
+        store,
+        sources,
+        move |s: &Store| s.missing_chunks_where(keep.clone()),
+        opts,
+        report,
+    )
+    .await?;
+    let store = store.clone();
+    blocking(move || store.complete_ready()).await?;
+    Ok(())
+}
+
+/// The rounds of [`fetch_chunks`] for the chunks `list` names (it is asked
+/// again before each round); completing objects is the caller's.
+pub(crate) async fn fetch_listed<L>(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    sources: &[PeerId],
+    list: L,
+    opts: &CloneOptions,
+    report: &mut CloneReport,
+) -> Result<(), NodeError>
+where
+    L: Fn(&Store) -> Result<Vec<(ChunkId, u32)>, bbsync_store::StoreError> + Clone + Send + 'static,
+{
     let mut tried: HashMap<ChunkId, Vec<usize>> = HashMap::new();
     for round in 0..sources.len() {
         let missing = {
             let store = store.clone();
-            let keep = keep.clone();
-            blocking(move || store.missing_chunks_where(keep)).await?
+            let list = list.clone();
+            blocking(move || list(&store)).await?
         };
         if missing.is_empty() {
             break;
@@ -473,8 +510,6 @@ where
         opts.progress.finish();
         r?;
     }
-    let store = store.clone();
-    blocking(move || store.complete_ready()).await?;
     Ok(())
 }
 

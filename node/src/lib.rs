@@ -4,17 +4,19 @@
 //! the instance's ed25519 key as its libp2p identity) owned by one task,
 //! driven through a cloneable [`NodeHandle`]; the `/bbsync/sync/1`
 //! request-response protocol with a size-capped postcard codec; the server
-//! side that answers peers from the store (access control first); and the
-//! clone driver. Store work never runs on the event loop: it goes to
+//! side that answers peers from the store (access control first); the
+//! clone driver; and the follower of a standby node. Store work never runs on the event loop: it goes to
 //! tokio's blocking pool.
 
 pub mod clone;
 pub mod codec;
 mod error;
+pub mod follow;
 pub mod node;
 pub mod server;
 
 pub use clone::{CloneOptions, CloneReport, FetchReport, ProgressSink, clone_from, fetch_missing};
 pub use error::NodeError;
+pub use follow::{FollowOptions, UpstreamStatus, follow};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
 pub use node::{Node, NodeHandle, Responder, instance_of, peer_id_of};

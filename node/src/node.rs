@@ -86,6 +86,7 @@ pub struct NodeHandle {
 pub struct Node {
     handle: NodeHandle,
     task: tokio::task::JoinHandle<()>,
+    store: Arc<Store>,
 }
 
 impl Node {
@@ -140,14 +141,18 @@ impl Node {
             swarm,
             rx,
             tx,
-            store,
+            store: store.clone(),
             responder,
             pending: HashMap::new(),
             listens: HashMap::new(),
             dials: HashMap::new(),
         };
         let task = tokio::spawn(event_loop.run());
-        Ok(Node { handle, task })
+        Ok(Node {
+            handle,
+            task,
+            store,
+        })
     }
 
     /// The handle.
@@ -155,9 +160,11 @@ impl Node {
         self.handle.clone()
     }
 
-    /// Stops the node (open connections are dropped).
+    /// Stops the node (open connections are dropped). Subscriptions held
+    /// on the blocking pool are woken so that they end at once.
     pub fn stop(self) {
         self.task.abort();
+        self.store.db().notify_changed();
     }
 }
 

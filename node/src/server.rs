@@ -2,9 +2,11 @@
 //! Access control comes first: a peer whose Noise-authenticated key is not
 //! in the trust table gets `Denied` for everything and learns nothing.
 
+use std::time::Duration;
+
 use bbsync_protocol::{
     InstanceId,
-    wire::{ErrorCode, MAX_PAGE, Request, Response},
+    wire::{ErrorCode, MAX_PAGE, MAX_WAIT_MS, Request, Response},
 };
 use bbsync_store::{Store, StoreError, sync::Served};
 
@@ -34,6 +36,25 @@ pub fn answer(store: &Store, peer: Option<InstanceId>, req: Request) -> Response
             checkpoint: store.checkpoint()?.bytes().to_vec(),
         }),
         Request::Changes { since, limit } => {
+            let (changes, cursor) = store.changes_page(since, limit.min(MAX_PAGE) as usize)?;
+            Ok(Response::Changes {
+                changes,
+                cursor,
+                last_seq: store.db().last_seq()?,
+            })
+        }
+        Request::Subscribe {
+            since,
+            limit,
+            wait_ms,
+        } => {
+            let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)));
+            store.db().wait_for_change(since, wait)?;
+            // Trust may have been withdrawn while the request waited.
+            if store.trusted_card(&peer)?.is_none() {
+                tracing::warn!(peer = %peer.short(), "denied: removed from the trust table");
+                return Ok(Response::Denied);
+            }
             let (changes, cursor) = store.changes_page(since, limit.min(MAX_PAGE) as usize)?;
             Ok(Response::Changes {
                 changes,

@@ -46,7 +46,21 @@ pub enum Request {
         /// At most [`MAX_CHUNK_IDS`].
         ids: Vec<ChunkId>,
     },
+    /// Long poll of a follower: like `Changes`, but the server holds the
+    /// request until its change log goes past `since` or `wait_ms` pass
+    /// (capped at [`MAX_WAIT_MS`]); answered with `Changes` (maybe empty).
+    Subscribe {
+        /// Cursor: the last change-log number already applied.
+        since: u64,
+        /// Page size.
+        limit: u32,
+        /// How long the server may hold the request.
+        wait_ms: u32,
+    },
 }
+
+/// Longest a server holds a `Subscribe`.
+pub const MAX_WAIT_MS: u32 = 30_000;
 
 /// One change in a page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +162,9 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request> {
     let too_many = match &f.message {
         Request::GetManifests { ids } => ids.len() > MAX_IDS,
         Request::GetChunks { ids } => ids.len() > MAX_CHUNK_IDS,
-        Request::Changes { limit, .. } => *limit == 0 || *limit > MAX_PAGE,
+        Request::Changes { limit, .. } | Request::Subscribe { limit, .. } => {
+            *limit == 0 || *limit > MAX_PAGE
+        }
         Request::Hello => false,
     };
     if too_many {

@@ -21,6 +21,9 @@ pub struct Config {
     /// `--from` (full multiaddrs ending in `/p2p/<PeerId>`).
     #[serde(default)]
     pub peers: Vec<String>,
+    /// Upstreams `serve` follows (as with `--follow`).
+    #[serde(default)]
+    pub follow: Vec<String>,
 }
 
 fn default_level() -> i32 {
@@ -35,6 +38,7 @@ impl Default for Config {
             exclude_owners: Vec::new(),
             compression_level: default_level(),
             peers: Vec::new(),
+            follow: Vec::new(),
         }
     }
 }
@@ -51,6 +55,9 @@ compression_level = 1
 # Where `fetch-missing` fetches from when given no --from (full addresses
 # ending in /p2p/<PeerId>, as `bbsync serve` prints them).
 peers = []
+
+# Upstreams `bbsync serve` follows as a standby (as with --follow).
+follow = []
 "#;
 
 impl Config {

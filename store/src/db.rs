@@ -151,6 +151,9 @@ fn u32_of(v: &[u8], what: &str) -> Result<u32> {
 pub struct Db {
     db: sled::Db,
     tree: sled::Tree,
+    /// Wakes those waiting for a new change-log entry (long-poll
+    /// subscriptions of followers).
+    changed: (std::sync::Mutex<()>, std::sync::Condvar),
 }
 
 impl Db {
@@ -189,7 +192,106 @@ impl Db {
             }
             None => return Err(StoreError::Corrupt("database has no schema_version".into())),
         }
-        Ok(Db { db, tree })
+        Ok(Db {
+            db,
+            tree,
+            changed: Default::default(),
+        })
+    }
+
+    /// Wakes every [`Db::wait_for_change`] (after a commit, or when trust
+    /// changed and waiting subscriptions must re-check it).
+    pub fn notify_changed(&self) {
+        let _g = self
+            .changed
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.changed.1.notify_all();
+    }
+
+    /// Waits until the change log goes past `since`, or `timeout`, or a
+    /// [`Db::notify_changed`]; returns the last change-log number.
+    pub fn wait_for_change(&self, since: u64, timeout: std::time::Duration) -> Result<u64> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self
+            .changed
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let last = self.last_seq()?;
+            let now = std::time::Instant::now();
+            if last > since || now >= deadline {
+                return Ok(last);
+            }
+            let (g2, res) = self
+                .changed
+                .1
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            g = g2;
+            if !res.timed_out() {
+                // Woken: report even without a new entry (trust may have changed).
+                return self.last_seq();
+            }
+        }
+    }
+
+    /// Marks objects complete, each under a new change-log number (so that
+    /// those following this store see them once they can be served), in
+    /// atomic batches, then flushes.
+    pub fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
+        let mut seq = self.next_seq()?;
+        for group in ids.chunks(COMMIT_BATCH) {
+            let mut batch = sled::Batch::default();
+            for id in group {
+                let Some(mut rec) = self.record(id)? else {
+                    continue;
+                };
+                batch.remove(key(b"c/", &rec.state.seq.to_be_bytes()));
+                rec.state.complete = true;
+                rec.state.seq = seq;
+                batch.insert(key(b"c/", &seq.to_be_bytes()), id.as_bytes().as_slice());
+                batch.insert(key(b"o/", id.as_bytes()), encoding::encode(&rec));
+                seq += 1;
+            }
+            batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            self.tree.apply_batch(batch).map_err(db_err)?;
+        }
+        self.flush()?;
+        self.notify_changed();
+        Ok(())
+    }
+
+    /// The change-log cursor kept for an upstream this node follows.
+    pub fn cursor(&self, upstream: &InstanceId) -> Result<Option<u64>> {
+        self.tree
+            .get(key(b"u/", upstream.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| u64_of(&v, "cursor"))
+            .transpose()
+    }
+
+    /// Every upstream cursor kept.
+    pub fn cursors(&self) -> Result<Vec<(InstanceId, u64)>> {
+        self.tree
+            .scan_prefix(b"u/")
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                let id = InstanceId::from_slice(&k[2..])
+                    .map_err(|e| StoreError::Corrupt(format!("cursor key: {e}")))?;
+                Ok((id, u64_of(&v, "cursor")?))
+            })
+            .collect()
+    }
+
+    /// Records (durably) the cursor of an upstream.
+    pub fn set_cursor(&self, upstream: &InstanceId, seq: u64) -> Result<()> {
+        self.tree
+            .insert(key(b"u/", upstream.as_bytes()), &seq.to_be_bytes())
+            .map_err(db_err)?;
+        self.flush()
     }
 
     /// Sets the schema version (tests of the newer-schema refusal use this).
@@ -356,6 +458,7 @@ impl Db {
             self.tree.apply_batch(batch).map_err(db_err)?;
         }
         self.flush()?;
+        self.notify_changed();
         Ok(seq - 1)
     }
 
@@ -367,7 +470,8 @@ impl Db {
         self.flush()
     }
 
-    /// Removes a trusted instance; false if it was not there.
+    /// Removes a trusted instance; false if it was not there. Waiting
+    /// subscriptions wake up to re-check their peer's trust.
     pub fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
         let had = self
             .tree
@@ -375,6 +479,7 @@ impl Db {
             .map_err(db_err)?
             .is_some();
         self.flush()?;
+        self.notify_changed();
         Ok(had)
     }
 

@@ -96,10 +96,16 @@ impl Selection {
 pub struct Accepted {
     /// Objects recorded (new or newer version), still incomplete.
     pub recorded: Vec<ObjectId>,
+    /// When each recorded version was written by its author (ms since the
+    /// epoch), in the order of `recorded`.
+    pub created_at_ms: Vec<u64>,
     /// Manifests this store already holds (same or newer version).
     pub already: u64,
     /// Manifests left out by the selection.
     pub skipped: u64,
+    /// Recorded versions that replace one held here (their old chunks may
+    /// now be unreferenced: [`Store::gc`] once the new ones are complete).
+    pub replaced: u64,
     /// Manifests refused, with the reason (bad signature, untrusted author,
     /// bad entry, ...).
     pub rejected: Vec<(String, String)>,
@@ -396,6 +402,8 @@ impl Store {
                 checked_mac: Some(self.record_mac(m.bytes(), &envelope)),
             };
             report.recorded.push(m.object_id);
+            report.created_at_ms.push(m.created_at_ms);
+            report.replaced += u64::from(previous.is_some());
             writes.push(ObjectWrite {
                 object_id: m.object_id,
                 state,
@@ -519,13 +527,52 @@ impl Store {
         Ok((stored, s.present, s.rejected))
     }
 
+    /// Chunks that the live objects among `ids` reference and the disk lacks.
+    pub fn missing_chunks_of(&self, ids: &[ObjectId]) -> Result<Vec<(ChunkId, u32)>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for id in ids {
+            match self.db().object(id)? {
+                Some(st) if !st.deleted => {}
+                _ => continue,
+            }
+            for c in self.manifest_unchecked(id)?.chunks {
+                if seen.insert(c.id) && !self.chunks().contains(&c.id) {
+                    out.push((c.id, c.len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::complete_ready`] among `ids` only (no scan of the store).
+    pub fn complete_ready_of(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
+        let _g = self.lock();
+        let mut done = Vec::new();
+        for id in ids {
+            match self.db().object(id)? {
+                Some(st) if !st.complete => {}
+                _ => continue,
+            }
+            let m = self.manifest_unchecked(id)?;
+            if m.chunks
+                .iter()
+                .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
+            {
+                done.push(*id);
+            }
+        }
+        self.db().mark_complete(&done)?;
+        Ok(done)
+    }
+
     /// Marks complete every incomplete object whose chunks are all on disk
     /// (published, so durable). Returns them.
     pub fn complete_ready(&self) -> Result<Vec<ObjectId>> {
         let _g = self.lock();
         let mut done = Vec::new();
         for r in self.db().objects() {
-            let (id, mut st) = r?;
+            let (id, st) = r?;
             if st.complete {
                 continue;
             }
@@ -534,12 +581,12 @@ impl Store {
                 .iter()
                 .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
             {
-                st.complete = true;
-                self.db().put_state(&id, &st)?;
                 done.push(id);
             }
         }
-        self.db().flush()?;
+        // Each gets a new change-log number: it can be served from now on,
+        // and those following this store must see it.
+        self.db().mark_complete(&done)?;
         Ok(done)
     }
 }

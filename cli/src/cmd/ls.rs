@@ -118,6 +118,26 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let trusted = store.trust_list()?;
     let seq = store.db().last_seq()?;
     let card = store.card()?;
+    // Upstreams: live from the followers when this runs inside `serve`,
+    // else the cursors kept in the store.
+    let live: Vec<bbsync_node::UpstreamStatus> = bbsync_node::follow::registry()
+        .lock()
+        .map(|r| r.values().cloned().collect())
+        .unwrap_or_default();
+    let upstreams: Vec<serde_json::Value> = if live.is_empty() {
+        store
+            .db()
+            .cursors()?
+            .into_iter()
+            .map(|(id, cursor)| {
+                json!({ "instance": id.to_hex(), "state": "not running", "cursor": cursor })
+            })
+            .collect()
+    } else {
+        live.iter()
+            .map(|u| serde_json::to_value(u).unwrap_or_default())
+            .collect()
+    };
     if ctx.json {
         output::json(
             ctx,
@@ -136,6 +156,7 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 "chunk_files": chunk_files,
                 "chunk_bytes": chunk_bytes,
                 "trusted": trusted.len(),
+                "upstreams": upstreams,
             }),
         )?;
     } else {
@@ -159,6 +180,30 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         );
         outln!(ctx, "change log seq {seq}");
         outln!(ctx, "trusted    {} instance(s)", trusted.len());
+        for u in &upstreams {
+            let field = |k: &str| u.get(k).cloned().unwrap_or_default();
+            let text = |k: &str| field(k).as_str().unwrap_or("").to_string();
+            let mut line = format!(
+                "upstream   {} {}: {}, cursor {}",
+                text("addr"),
+                &text("instance").get(..16).unwrap_or(""),
+                text("state"),
+                field("cursor")
+            );
+            if u.get("upstream_seq").is_some() {
+                line.push_str(&format!(
+                    ", behind by {} change(s) / {:.1}s, {} applied, {} refused",
+                    field("lag_changes"),
+                    field("lag_secs").as_f64().unwrap_or(0.0),
+                    field("applied"),
+                    field("rejected"),
+                ));
+            }
+            if let Some(e) = u.get("last_error").and_then(|e| e.as_str()) {
+                line.push_str(&format!("; last error: {e}"));
+            }
+            outln!(ctx, "{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,11 @@ pub struct ServeArgs {
         default_value = "/ip4/0.0.0.0/tcp/4040"
     )]
     listen: Vec<String>,
+    /// Follow this upstream as a standby (repeatable; also `follow` in
+    /// config.toml): apply its changes as they happen. It is pinned by the
+    /// PeerId its address ends in and trusted as `full`.
+    #[arg(long = "follow", value_name = "ADDR")]
+    follow: Vec<String>,
 }
 
 /// Arguments of `clone`.
@@ -96,10 +101,14 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|s| parse_addr(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = super::open(ctx)?;
+    let mut follow = a.follow.clone();
+    follow.extend(store.config().follow.iter().cloned());
+    follow.dedup();
+    let follow = parse_peer_addrs(&follow)?;
     // Other commands on this data dir now come through the control socket.
     let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
     runtime()?.block_on(async move {
-        let node = Node::start(store)?;
+        let node = Node::start(store.clone())?;
         let h = node.handle();
         for addr in addrs {
             h.listen(addr).await?;
@@ -122,8 +131,22 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 outln!(ctx, "{addr}");
             }
         }
+        let followers: Vec<_> = follow
+            .into_iter()
+            .map(|up| {
+                tokio::spawn(bbsync_node::follow(
+                    h.clone(),
+                    store.clone(),
+                    up,
+                    bbsync_node::FollowOptions::default(),
+                ))
+            })
+            .collect();
         tracing::info!("serving; Ctrl-C or SIGTERM stops");
         shutdown_signal().await;
+        for f in followers {
+            f.abort();
+        }
         tracing::info!("stopping");
         node.stop();
         Ok(ExitCode::SUCCESS)

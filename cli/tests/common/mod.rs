@@ -409,11 +409,38 @@ impl Drop for Server {
 
 /// Starts `bbsync serve` on a free loopback port and waits for its address.
 pub fn serve(data: &Path) -> Server {
+    serve_with(data, &["--listen", "/ip4/127.0.0.1/tcp/0"])
+}
+
+/// A free TCP port on 127.0.0.1 (free when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to `secs` for `ok`, polling; panics with `what` if it never holds.
+pub fn wait_for(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+/// Starts `bbsync serve ARGS...` and waits for its first address.
+pub fn serve_with(data: &Path, args: &[&str]) -> Server {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"))
         .arg("--no-progress")
         .arg("--data-dir")
         .arg(data)
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("serve")
+        .args(args)
         .env_remove("BBSYNC_DATA")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -1,0 +1,284 @@
+//! Standby nodes between real `bbsync serve` processes on 127.0.0.1: a
+//! follower applies the primary's changes as they happen, survives its own
+//! restart (kill -9), the primary's restart and the cut connection that
+//! comes with it, works in chains and fan-out, and two writers converge.
+//! Each scenario ends with identical exports.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use common::*;
+
+/// (kind, name) -> (version, manifest id) of the live objects.
+fn versions(data: &Path) -> BTreeMap<(String, String), (u64, String)> {
+    json(data, &["ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "ok")
+        .map(|r| {
+            (
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["name"].as_str().unwrap().to_string(),
+                ),
+                (
+                    r["version"].as_u64().unwrap(),
+                    r["manifest_id"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn converged(a: &Path, b: &Path) -> bool {
+    let va = versions(a);
+    !va.is_empty() && va == versions(b)
+}
+
+fn export(data: &Path, to: PathBuf) -> PathBuf {
+    ok(data, &["export-bbs", to.to_str().unwrap()]);
+    to
+}
+
+fn node(tmp: &Path, name: &str) -> PathBuf {
+    let d = tmp.join(name);
+    init(&d, name);
+    d
+}
+
+fn trust(on: &Path, whom: &Path) {
+    ok(on, &["trust", "add", &card(whom), "--role", "full"]);
+}
+
+fn listen_on(port: u16) -> String {
+    format!("/ip4/127.0.0.1/tcp/{port}")
+}
+
+#[test]
+fn a_standby_follows_through_restarts_of_both_sides() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    trust(&a, &b);
+    let port = free_port();
+    let primary = serve_with(&a, &["--listen", &listen_on(port)]);
+    let standby = serve_with(
+        &b,
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--follow",
+            &primary.addr,
+        ],
+    );
+
+    // Everything imported on the primary (while it serves) reaches the standby.
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(20, "the first import on the standby", || converged(&a, &b));
+    let st = json(&b, &["status"]);
+    let up = &st["upstreams"][0];
+    assert_eq!(up["state"], "following", "{st}");
+    assert!(up["cursor"].as_u64().unwrap() > 0, "{st}");
+
+    // A new post arrives.
+    write(
+        &tree.join("boards/general/3.json"),
+        "{\"id\":3,\"body\":\"live\"}\n",
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(10, "a new post on the standby", || converged(&a, &b));
+
+    // The standby is killed; posts written meanwhile arrive after its restart.
+    let mut standby = standby;
+    standby.child.kill()?;
+    standby.child.wait()?;
+    write(
+        &tree.join("boards/general/4.json"),
+        "{\"id\":4,\"body\":\"while down\"}\n",
+    );
+    std::fs::remove_file(tree.join("boards/general/1.json"))?;
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_unlocked(&b);
+    let standby = serve_with(
+        &b,
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--follow",
+            &primary.addr,
+        ],
+    );
+    wait_for(20, "catching up after a standby restart", || {
+        converged(&a, &b)
+    });
+
+    // The primary restarts (the standby's connection is cut); the standby
+    // reconnects by itself and goes on.
+    assert!(primary.stop().success());
+    write(
+        &tree.join("boards/general/5.json"),
+        "{\"id\":5,\"body\":\"offline\"}\n",
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    let primary = serve_with(&a, &["--listen", &listen_on(port)]);
+    write(
+        &tree.join("boards/general/6.json"),
+        "{\"id\":6,\"body\":\"back\"}\n",
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(40, "catching up after a primary restart", || {
+        converged(&a, &b)
+    });
+
+    let (code, v) = verify(&b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let ea = export(&a, tmp.path().join("ea"));
+    let eb = export(&b, tmp.path().join("eb"));
+    assert_same_tree(&tree, &ea);
+    assert_same_tree(&ea, &eb);
+    drop(standby);
+    drop(primary);
+    Ok(())
+}
+
+#[test]
+fn chains_and_fan_out() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let a = node(tmp.path(), "a");
+    let b = node(tmp.path(), "b");
+    let c = node(tmp.path(), "c");
+    let d = node(tmp.path(), "d");
+    trust(&a, &b);
+    trust(&a, &d);
+    trust(&b, &c);
+    // C takes A's manifests through B: it knows the origin's card.
+    trust(&c, &a);
+    let sa = serve(&a);
+    let sb = serve_with(
+        &b,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sa.addr],
+    );
+    let _sc = serve_with(
+        &c,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sb.addr],
+    );
+    let _sd = serve_with(
+        &d,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sa.addr],
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(30, "A -> B -> C and A -> D", || {
+        converged(&a, &b) && converged(&a, &c) && converged(&a, &d)
+    });
+    write(&tree.join("boards/general/7.json"), "{\"id\":7}\n");
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(20, "a new post down the chain", || {
+        converged(&a, &c) && converged(&a, &d)
+    });
+    let ea = export(&a, tmp.path().join("ea"));
+    for (n, data) in [("ec", &c), ("ed", &d)] {
+        let e = export(data, tmp.path().join(n));
+        assert_same_tree(&ea, &e);
+    }
+    Ok(())
+}
+
+#[test]
+fn two_writers_converge() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let a = node(tmp.path(), "a");
+    let b = node(tmp.path(), "b");
+    trust(&a, &b);
+    trust(&b, &a);
+    let (pa, pb) = (free_port(), free_port());
+    let sa = serve_with(&a, &["--listen", &listen_on(pa)]);
+    let sb = serve_with(&b, &["--listen", &listen_on(pb), "--follow", &sa.addr]);
+    // A follows B too (restart A with --follow now that B's address is known).
+    assert!(sa.stop().success());
+    let _sa = serve_with(&a, &["--listen", &listen_on(pa), "--follow", &sb.addr]);
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(20, "the first import on B", || converged(&a, &b));
+
+    // Both change the same post at once, each from its own copy of the tree.
+    let post = "boards/general/2.json";
+    let tb = tmp.path().join("tree-b");
+    export(&b, tb.clone());
+    write(&tree.join(post), "{\"id\":2,\"body\":\"edited on A\"}\n");
+    write(
+        &tb.join(post),
+        "{\"id\":2,\"body\":\"edited on B, longer\"}\n",
+    );
+    let ha = {
+        let (a, tree) = (a.clone(), tree.clone());
+        std::thread::spawn(move || ok(&a, &["import-bbs", tree.to_str().unwrap()]))
+    };
+    ok(&b, &["import-bbs", tb.to_str().unwrap()]);
+    ha.join().unwrap();
+    wait_for(20, "the two writers to converge", || {
+        let (va, vb) = (versions(&a), versions(&b));
+        va == vb
+            && va
+                .get(&("message".to_string(), "general/2".to_string()))
+                .is_some_and(|v| v.0 == 2)
+    });
+    let ea = export(&a, tmp.path().join("ea"));
+    let eb = export(&b, tmp.path().join("eb"));
+    assert_same_tree(&ea, &eb);
+    let body = std::fs::read_to_string(ea.join(post))?;
+    assert!(body.contains("edited on"), "{body}");
+    Ok(())
+}
+
+#[test]
+fn a_removed_follower_is_denied_at_once() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    trust(&a, &b);
+    let sa = serve(&a);
+    let _sb = serve_with(
+        &b,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sa.addr],
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(20, "the standby to catch up", || converged(&a, &b));
+    let held = versions(&b);
+    // Removed while its subscription waits on the primary.
+    let b_id = json(&b, &["status"])["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&a, &["trust", "remove", &b_id]);
+    wait_for(10, "the standby to be denied", || {
+        json(&b, &["status"])["upstreams"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("denied"))
+    });
+    write(
+        &tree.join("boards/general/8.json"),
+        "{\"id\":8,\"body\":\"secret\"}\n",
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        versions(&b),
+        held,
+        "a removed standby still received a change"
+    );
+    Ok(())
+}

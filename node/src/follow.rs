@@ -1,0 +1,325 @@
+//! Follow (standby): a node subscribes to an upstream and applies each
+//! change as it happens. The subscription is a long poll
+//! (`Request::Subscribe`): the upstream holds the request until its change
+//! log moves, so a change arrives within one round trip, with no polling
+//! interval.
+//!
+//! One cursor per upstream, kept in the store. It advances only after the
+//! changes of a page are durably applied: manifests recorded, their chunks
+//! published (`syncfs`), the objects marked complete. A page that fails
+//! (connection lost, a chunk the upstream cannot deliver, a local error)
+//! is fetched again from the same cursor after a reconnect with
+//! exponential backoff and jitter. Manifests the store refuses (a bad
+//! signature, an untrusted author) are a decision, not a failure: they are
+//! logged and counted, and the cursor moves past them.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{
+    ObjectId,
+    wire::{MAX_PAGE, Request, Response},
+};
+use bbsync_store::Store;
+use futures::{StreamExt, stream};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use serde::Serialize;
+
+use crate::{
+    CloneOptions, CloneReport, NodeError, NodeHandle,
+    clone::{blocking, fetch_listed, hello, out_of_protocol},
+    instance_of,
+};
+
+/// Knobs of a follower.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// How long the upstream may hold one subscription request.
+    pub wait: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Chunk requests in flight.
+    pub jobs: usize,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            wait: Duration::from_secs(25),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            jobs: 8,
+        }
+    }
+}
+
+/// What `status` shows of one upstream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpstreamStatus {
+    /// The address followed.
+    pub addr: String,
+    /// The upstream's instance id (hex).
+    pub instance: String,
+    /// `connecting`, `following` or `waiting to reconnect`.
+    pub state: String,
+    /// The last change-log number of the upstream applied here.
+    pub cursor: u64,
+    /// The upstream's last change-log number, as last seen.
+    pub upstream_seq: u64,
+    /// Changes of the upstream not applied here yet.
+    pub lag_changes: u64,
+    /// For how long this node has been behind (0 when caught up).
+    pub lag_secs: f64,
+    /// Objects applied since the node started.
+    pub applied: u64,
+    /// Manifests refused (logged), since the node started.
+    pub rejected: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// The followers of this process, by address (what `status` reads when it
+/// runs inside `serve`).
+pub fn registry() -> &'static Mutex<BTreeMap<String, UpstreamStatus>> {
+    static R: OnceLock<Mutex<BTreeMap<String, UpstreamStatus>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn update(addr: &str, f: impl FnOnce(&mut UpstreamStatus)) {
+    let mut r = registry()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(r.entry(addr.to_string()).or_default());
+}
+
+/// Follows `addr` (which must end in `/p2p/<PeerId>`: the upstream is
+/// pinned by it and trusted as `full`) until the task is dropped.
+pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: FollowOptions) {
+    let key = addr.to_string();
+    let peer = match addr.iter().last() {
+        Some(Protocol::P2p(p)) => p,
+        _ => {
+            update(&key, |s| {
+                s.addr = key.clone();
+                s.state = "stopped".into();
+                s.last_error = Some("the address must end in /p2p/<PeerId>".into());
+            });
+            return;
+        }
+    };
+    let upstream = instance_of(&peer);
+    update(&key, |s| {
+        s.addr = key.clone();
+        s.instance = upstream.map(|i| i.to_hex()).unwrap_or_default();
+    });
+    let mut backoff = opts.backoff_min;
+    loop {
+        update(&key, |s| s.state = "connecting".into());
+        let started = Instant::now();
+        let err = session(&node, &store, &addr, peer, &opts, &key).await;
+        // A session that ran for a while was healthy: start backing off anew.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = opts.backoff_min;
+        }
+        let delay = jittered(backoff);
+        tracing::warn!(upstream = %key, "follow: {err}; reconnecting in {:.1}s", delay.as_secs_f64());
+        update(&key, |s| {
+            s.state = "waiting to reconnect".into();
+            s.last_error = Some(err.to_string());
+        });
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(opts.backoff_max);
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jittered(d: Duration) -> Duration {
+    use rand::Rng as _;
+    d.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}
+
+/// One connection's worth of following; returns why it ended.
+async fn session(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    addr: &Multiaddr,
+    peer: PeerId,
+    opts: &FollowOptions,
+    key: &str,
+) -> NodeError {
+    match run_session(node, store, addr, peer, opts, key).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn run_session(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    addr: &Multiaddr,
+    peer: PeerId,
+    opts: &FollowOptions,
+    key: &str,
+) -> Result<std::convert::Infallible, NodeError> {
+    let upstream = instance_of(&peer)
+        .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
+    tokio::time::timeout(Duration::from_secs(30), node.dial(addr.clone()))
+        .await
+        .map_err(|_| NodeError::Dial(addr.to_string(), "no answer within 30 s".into()))??;
+    hello(node, store, peer, true).await?;
+    let mut cursor = {
+        let store = store.clone();
+        blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
+    };
+    update(key, |s| {
+        s.state = "following".into();
+        s.cursor = cursor;
+        s.last_error = None;
+    });
+    tracing::info!(upstream = %key, cursor, "following");
+    let mut behind_since: Option<Instant> = None;
+    let clone_opts = CloneOptions {
+        jobs: opts.jobs,
+        ..Default::default()
+    };
+    loop {
+        let Response::Changes {
+            changes,
+            cursor: next,
+            last_seq,
+        } = node
+            .request(
+                peer,
+                Request::Subscribe {
+                    since: cursor,
+                    limit: MAX_PAGE,
+                    wait_ms: u32::try_from(opts.wait.as_millis()).unwrap_or(u32::MAX),
+                },
+            )
+            .await?
+        else {
+            return Err(out_of_protocol(&peer, "Changes"));
+        };
+        let (applied, rejected) = if changes.is_empty() {
+            (0, 0)
+        } else {
+            let ids: Vec<ObjectId> = changes.iter().map(|c| c.object_id).collect();
+            apply(node, store, peer, upstream, ids, &clone_opts).await?
+        };
+        // Durably applied (or nothing to apply): only now the cursor moves.
+        if next != cursor {
+            let store = store.clone();
+            blocking(move || store.db().set_cursor(&upstream, next)).await?;
+            cursor = next;
+        }
+        let lag = last_seq.saturating_sub(cursor);
+        let since = if lag == 0 {
+            behind_since = None;
+            0.0
+        } else {
+            behind_since
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                .as_secs_f64()
+        };
+        update(key, |s| {
+            s.cursor = cursor;
+            s.upstream_seq = last_seq;
+            s.lag_changes = lag;
+            s.lag_secs = since;
+            s.applied += applied;
+            s.rejected += rejected;
+        });
+    }
+}
+
+/// Applies the objects of one change page: manifests (re-keyed by the
+/// upstream), then their missing chunks, then completion. Errs unless every
+/// recorded object ends complete. Returns (objects applied, manifests refused).
+async fn apply(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    peer: PeerId,
+    upstream: bbsync_protocol::InstanceId,
+    ids: Vec<ObjectId>,
+    opts: &CloneOptions,
+) -> Result<(u64, u64), NodeError> {
+    let batches: Vec<Vec<ObjectId>> = ids.chunks(256).map(<[ObjectId]>::to_vec).collect();
+    let mut answers = stream::iter(batches)
+        .map(|ids| {
+            let node = node.clone();
+            async move { node.request(peer, Request::GetManifests { ids }).await }
+        })
+        .buffered(4);
+    let mut recorded = Vec::new();
+    let mut created = Vec::new();
+    let mut rejected = 0;
+    let mut replaced = 0;
+    while let Some(answer) = answers.next().await {
+        let Response::Manifests { items } = answer? else {
+            return Err(out_of_protocol(&peer, "Manifests"));
+        };
+        let store = store.clone();
+        let acc = blocking(move || store.accept_manifests(&upstream, items)).await?;
+        for (what, why) in &acc.rejected {
+            tracing::warn!(object = %what, "follow: refused: {why}");
+        }
+        rejected += acc.rejected.len() as u64;
+        replaced += acc.replaced;
+        recorded.extend(acc.recorded);
+        created.extend(acc.created_at_ms);
+    }
+    // Chunks of every object of the page, not only the ones recorded now: a
+    // page that failed before left its manifests recorded but incomplete.
+    let mut report = CloneReport::default();
+    let want = ids.clone();
+    fetch_listed(
+        node,
+        store,
+        &[peer],
+        move |s: &Store| s.missing_chunks_of(&want),
+        opts,
+        &mut report,
+    )
+    .await?;
+    let (_done, incomplete) = {
+        let store = store.clone();
+        let ids = ids.clone();
+        blocking(move || {
+            let done = store.complete_ready_of(&ids)?;
+            let incomplete = store.missing_chunks_of(&ids)?.len();
+            Ok((done, incomplete))
+        })
+        .await?
+    };
+    if incomplete > 0 {
+        return Err(NodeError::Request(
+            peer.to_string(),
+            format!("{incomplete} chunk(s) could not be fetched; the page is retried"),
+        ));
+    }
+    if replaced > 0 {
+        // The old versions' chunks that nothing references any more go, as
+        // after an import. Applied already: a failure here is only logged.
+        let store = store.clone();
+        if let Err(e) = blocking(move || store.gc()).await {
+            tracing::warn!("follow: removing unreferenced chunks failed: {e}");
+        }
+    }
+    let now = bbsync_protocol::now_ms();
+    for (id, at) in recorded.iter().zip(&created) {
+        tracing::info!(
+            target: "bbsync::follow",
+            object = %id.to_hex(),
+            created_at_ms = at,
+            applied_at_ms = now,
+            "applied"
+        );
+    }
+    Ok((recorded.len() as u64, rejected))
+}
