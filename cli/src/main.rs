@@ -74,6 +74,8 @@ enum Command {
     Clone(cmd::net::CloneArgs),
     /// Fetch the chunks that local manifests reference and the disk lacks.
     FetchMissing(cmd::net::FetchMissingArgs),
+    /// Add envelope entries for trusted instances, drop those of untrusted ones.
+    Rekey(cmd::rekey::RekeyArgs),
 }
 
 /// What every subcommand gets. A command writes only through `out`/`err`
@@ -219,6 +221,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => cmd::net::serve(ctx, a),
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
+        Command::Rekey(a) => cmd::rekey::run(ctx, a),
     }
 }
 

@@ -282,3 +282,57 @@ fn a_removed_follower_is_denied_at_once() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn rekey_and_rotation_reach_the_standby() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    let gone = node(tmp.path(), "gone");
+    trust(&a, &b);
+    let sa = serve(&a);
+    let _sb = serve_with(
+        &b,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sa.addr],
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(20, "the standby to catch up", || converged(&a, &b));
+    let objects = versions(&a).len();
+
+    // A newly trusted instance: entries for it on every object, once.
+    trust(&a, &gone);
+    let dry = json(&a, &["rekey", "--dry-run"]);
+    assert_eq!(
+        dry["entries_added"].as_u64().unwrap() as usize,
+        objects,
+        "{dry}"
+    );
+    let r = json(&a, &["rekey"]);
+    assert_eq!(r["entries_added"], dry["entries_added"]);
+    assert_eq!(json(&a, &["rekey"])["changed"].as_array().unwrap().len(), 0);
+
+    // Removed and rotated: every object gets version 2 under a fresh key,
+    // the report names what it could read, and the standby follows.
+    let gone_id = json(&gone, &["status"])["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&a, &["trust", "remove", &gone_id]);
+    let text = ok(&a, &["rekey", "--rotate"]);
+    assert!(text.contains(&format!("{objects} rotated")), "{text}");
+    assert!(text.contains("still readable by"), "{text}");
+    wait_for(20, "the rotated versions on the standby", || {
+        converged(&a, &b) && versions(&b).values().all(|(v, _)| *v == 2)
+    });
+    let (code, v) = verify(&b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let eb = export(&b, tmp.path().join("eb"));
+    assert_same_tree(&tree, &eb);
+
+    // A bad object name changes nothing.
+    let o = run(&a, &["rekey", "message:nope"]);
+    assert_one_line_error(&o, "rekey of an unknown object");
+    Ok(())
+}

@@ -352,6 +352,14 @@ impl Db {
         Ok(())
     }
 
+    /// Replaces an object's whole record (its change-log number stays).
+    pub fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+        self.tree
+            .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// The state of one object.
     pub fn object(&self, id: &ObjectId) -> Result<Option<ObjectState>> {
         Ok(self.record(id)?.map(|r| r.state))

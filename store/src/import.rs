@@ -199,18 +199,22 @@ fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
 }
 
 impl Store {
+    #[allow(clippy::too_many_arguments)]
     fn process(
         &self,
         src: &Source,
         existing: Option<(ObjectId, ObjectState)>,
+        rotate: bool,
         fp_key: &[u8; 32],
         session: &WrapSession<'_>,
         recipients: &[(bbsync_protocol::InstanceId, [u8; 32])],
         progress: &dyn Progress,
     ) -> Result<Outcome> {
+        // A rotation writes a new version under a fresh key even when the
+        // content is unchanged, so it skips the unchanged checks.
         let live = existing
             .as_ref()
-            .filter(|(_, st)| !st.deleted && st.complete);
+            .filter(|(_, st)| !st.deleted && st.complete && !rotate);
         // 1. Same file metadata as last time: unchanged without reading.
         if let Some((id, st)) = live
             && st.stat_digest == Some(src.stat_digest)
@@ -246,7 +250,10 @@ impl Store {
         let (object_id, key, version, old_chunks) = match &existing {
             // A deleted object that comes back gets a fresh key: the
             // tombstone carries none, and nothing of the old chunks is kept.
-            Some((id, st)) if st.deleted => (*id, ContentKey::generate(), st.version + 1, None),
+            // A rotation (`rekey --rotate`) too: the chunks are sealed anew.
+            Some((id, st)) if st.deleted || rotate => {
+                (*id, ContentKey::generate(), st.version + 1, None)
+            }
             Some((id, st)) => {
                 let (m, key) = self.manifest_and_key(id)?;
                 (*id, key, st.version + 1, Some(m.chunks.clone()))
@@ -428,10 +435,11 @@ impl Store {
         })
     }
 
-    fn run_import(
+    pub(crate) fn run_import(
         &self,
         sources: Vec<Source>,
         tombstone_missing: bool,
+        rotate: &HashSet<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
         let start = Instant::now();
@@ -469,6 +477,7 @@ impl Store {
                 self.process(
                     src,
                     existing.clone(),
+                    existing.as_ref().is_some_and(|(id, _)| rotate.contains(id)),
                     &fp_key,
                     &session,
                     &recipients,
@@ -579,7 +588,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
         let src = bbs::source_for_path(path, kind, name, owner)?;
-        self.run_import(vec![src], false, progress)
+        self.run_import(vec![src], false, &HashSet::new(), progress)
     }
 
     /// Imports a whole BBS tree; objects of the BBS kinds that are no longer
@@ -588,6 +597,6 @@ impl Store {
         let t = Instant::now();
         let sources = bbs::scan(root)?;
         tracing::info!(elapsed = ?t.elapsed(), sources = sources.len(), "import: tree scanned");
-        self.run_import(sources, true, progress)
+        self.run_import(sources, true, &HashSet::new(), progress)
     }
 }

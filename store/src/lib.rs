@@ -21,6 +21,7 @@ mod error;
 pub mod export;
 pub mod import;
 pub mod progress;
+pub mod rekey;
 pub mod sync;
 pub mod verify;
 

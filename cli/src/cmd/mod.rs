@@ -5,6 +5,7 @@ pub mod import;
 pub mod init;
 pub mod ls;
 pub mod net;
+pub mod rekey;
 pub mod trust;
 pub mod verify;
 
