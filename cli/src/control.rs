@@ -73,6 +73,12 @@ fn socket_path(data_dir: &Path) -> PathBuf {
 /// stale one left by a node that was killed).
 pub fn forward(data_dir: &Path) -> anyhow::Result<Option<ExitCode>> {
     let path = socket_path(data_dir);
+    // Only a socket file means a node (maybe); anything else is the local
+    // command's business (a missing or bad data dir gets its own error).
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {}
+        _ => return Ok(None),
+    }
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e)
