@@ -1,6 +1,9 @@
 //! The `/bbsync/sync/1` codec: one postcard frame per message, read to the
-//! end of the stream under a size cap, so an oversized or garbage message
-//! fails that stream (and only that stream).
+//! end of the stream under a size cap. An inbound request that is oversized
+//! or does not decode is handed to the node as [`Inbound::Malformed`], so
+//! that the node knows who sent it and drops that connection (a codec error
+//! would only reset the stream: libp2p-request-response 0.30 does not
+//! report a failed `read_request` to the behaviour).
 
 use std::io;
 
@@ -11,20 +14,28 @@ use bbsync_protocol::wire::{
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
+/// A request as the codec carries it: a valid one, or (inbound only) the
+/// reason a peer's request was refused before it reached the server.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A decoded request.
+    Valid(Request),
+    /// Over the size cap or not a request; never written to the wire.
+    Malformed(String),
+}
+
 /// The codec of `/bbsync/sync/1`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncCodec;
 
-async fn read_capped<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+/// Reads to the end of the stream; `None` when there is more than `limit`.
+async fn read_limited<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
-    if buf.len() > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message over {limit} bytes"),
-        ));
-    }
-    Ok(buf)
+    Ok((buf.len() <= limit).then_some(buf))
 }
 
 fn invalid(e: bbsync_protocol::Error) -> io::Error {
@@ -33,32 +44,54 @@ fn invalid(e: bbsync_protocol::Error) -> io::Error {
 
 impl libp2p::request_response::Codec for SyncCodec {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = Inbound;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Inbound>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_request(&read_capped(io, MAX_REQUEST).await?).map_err(invalid)
+        // Transport errors stay errors (the stream is gone); what the peer
+        // chose to send is judged by the node.
+        let Some(buf) = read_limited(io, MAX_REQUEST).await? else {
+            return Ok(Inbound::Malformed(format!(
+                "request over {MAX_REQUEST} bytes"
+            )));
+        };
+        Ok(match decode_request(&buf) {
+            Ok(req) => Inbound::Valid(req),
+            Err(e) => Inbound::Malformed(format!("undecodable request: {e}")),
+        })
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_response(&read_capped(io, MAX_RESPONSE).await?).map_err(invalid)
+        let buf = read_limited(io, MAX_RESPONSE).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response over {MAX_RESPONSE} bytes"),
+            )
+        })?;
+        decode_response(&buf).map_err(invalid)
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Request,
+        req: Inbound,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let Inbound::Valid(req) = req else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a malformed request is never sent",
+            ));
+        };
         io.write_all(&encode_request(&req)).await?;
         io.close().await
     }

@@ -22,7 +22,11 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{NodeError, codec::SyncCodec, server};
+use crate::{
+    NodeError,
+    codec::{Inbound, SyncCodec},
+    server,
+};
 
 /// Most connections accepted from others at once, and per peer; most
 /// handshakes in progress. A node serves a few mirrors, not a crowd.
@@ -38,7 +42,7 @@ struct Behaviour {
     sync: request_response::Behaviour<SyncCodec>,
 }
 
-type SyncEvent = request_response::Event<Request, Response>;
+type SyncEvent = request_response::Event<Inbound, Response>;
 
 /// The instance id behind a peer id (`None` unless it is an ed25519 key).
 pub fn instance_of(peer: &PeerId) -> Option<InstanceId> {
@@ -276,7 +280,11 @@ impl EventLoop {
                 }
             }
             Command::Request(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, Inbound::Valid(req));
                 self.pending.insert(id, reply);
             }
             Command::Respond(channel, resp) => {
@@ -303,9 +311,25 @@ impl EventLoop {
 
     fn on_sync(&mut self, ev: SyncEvent) {
         match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: Inbound::Malformed(reason),
+                    ..
+                } => {
+                    // The answer channel is dropped (the stream closes
+                    // without an answer) and the peer loses the connection;
+                    // other connections are not affected.
+                    tracing::warn!(%peer, "dropped the connection: {reason}");
+                    self.swarm.close_connection(connection_id);
+                }
+                request_response::Message::Request {
+                    request: Inbound::Valid(request),
+                    channel,
+                    ..
                 } => {
                     let store = self.store.clone();
                     let responder = self.responder.clone();
@@ -344,9 +368,6 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                // (A request that fails to decode or is over the size cap never
-                // gets here: libp2p-request-response 0.30 resets that stream
-                // and reports nothing.)
                 tracing::warn!(%peer, "dropped a request: {error}");
             }
             request_response::Event::ResponseSent { .. } => {}
