@@ -11,7 +11,10 @@ pub const FORMAT_V1: u16 = 1;
 /// Encodes `value` with postcard. Encoding our own types cannot fail short of
 /// running out of memory, which aborts anyway.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    match postcard::to_stdvec(value) {
+    // Sized first, so that a large message (a batch of chunks) is written
+    // into one allocation instead of being copied at every doubling.
+    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
+    match postcard::to_extend(value, Vec::with_capacity(size)) {
         Ok(v) => v,
         // postcard only fails on sequences of unknown length, which our types never use.
         Err(e) => panic!("postcard encoding of an in-memory value failed: {e}"),
