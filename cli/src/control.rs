@@ -258,6 +258,8 @@ fn run_request(req: Request, data_dir: &Path, store: Arc<Store>, out: Sink, err:
         out,
         err: err.clone(),
         store: Some(store),
+        tor_config: cli.tor_config,
+        tor_dial_budget: cli.tor_dial_budget,
     };
     let command = cli.command;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -39,6 +39,17 @@ pub struct Cli {
     /// Less output: only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// arti configuration file (arti's TOML format: storage, tor_network,
+    /// path_rules, address_filter, override_net_params...) for every command
+    /// that uses Tor [env: BBSYNC_TOR_CONFIG; config.toml: tor_config;
+    /// default: the public Tor network].
+    #[arg(long, global = true, value_name = "FILE")]
+    tor_config: Option<PathBuf>,
+    /// How long a dial of an onion address retries while the service is not
+    /// reachable yet (e.g. its descriptor is not published), in seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 90,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    tor_dial_budget: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,6 +112,10 @@ pub struct Ctx {
     pub err: output::Sink,
     /// The running node's store, when the command came through the control socket.
     pub store: Option<Arc<Store>>,
+    /// `--tor-config` as given (not yet resolved against `cwd`).
+    pub tor_config: Option<PathBuf>,
+    /// `--tor-dial-budget` in seconds.
+    pub tor_dial_budget: u64,
 }
 
 impl Ctx {
@@ -149,8 +164,15 @@ fn init_logging(verbose: u8, quiet: bool) {
             _ => "trace",
         }
     };
+    // arti logs much at `warn` that is routine for a client (relays it
+    // cannot use, preemptive circuits it cannot build): one level quieter
+    // than ours, unless -vv or BBSYNC_LOG asks.
+    let arti = match verbose {
+        0 | 1 if !quiet => ",arti_client=error,tor_=error",
+        _ => "",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BBSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default}{arti}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -200,6 +222,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         out: output::Sink::Stdout,
         err: output::Sink::Stderr,
         store: None,
+        tor_config: cli.tor_config,
+        tor_dial_budget: cli.tor_dial_budget,
     };
     dispatch(&ctx, cli.command)
 }

@@ -30,6 +30,9 @@ pub enum NodeError {
     /// A format check failed.
     #[error("{0}: {1}")]
     Check(String, bbsync_protocol::Error),
+    /// Tor could not be set up or used.
+    #[error("tor: {0}")]
+    Tor(String),
     /// The node task is gone.
     #[error("the node stopped")]
     Stopped,

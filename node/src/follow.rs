@@ -168,9 +168,15 @@ async fn run_session(
 ) -> Result<std::convert::Infallible, NodeError> {
     let upstream = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
-    tokio::time::timeout(Duration::from_secs(30), node.dial(addr.clone()))
+    let limit = node.dial_timeout(addr);
+    tokio::time::timeout(limit, node.dial(addr.clone()))
         .await
-        .map_err(|_| NodeError::Dial(addr.to_string(), "no answer within 30 s".into()))??;
+        .map_err(|_| {
+            NodeError::Dial(
+                addr.to_string(),
+                format!("no answer within {} s", limit.as_secs()),
+            )
+        })??;
     hello(node, store, peer, true).await?;
     let mut cursor = {
         let store = store.clone();

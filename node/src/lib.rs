@@ -5,7 +5,9 @@
 //! driven through a cloneable [`NodeHandle`]; the `/bbsync/sync/1`
 //! request-response protocol with a size-capped postcard codec; the server
 //! side that answers peers from the store (access control first); the
-//! clone driver; and the follower of a standby node. Store work never runs on the event loop: it goes to
+//! clone driver; and the follower of a standby node. With the `tor`
+//! feature (default) it also dials `/onion3/...` addresses through arti and
+//! serves as an onion service ([`tor`]). Store work never runs on the event loop: it goes to
 //! tokio's blocking pool.
 
 pub mod clone;
@@ -13,10 +15,15 @@ pub mod codec;
 mod error;
 pub mod follow;
 pub mod node;
+pub mod onion;
 pub mod server;
+#[cfg(feature = "tor")]
+pub mod tor;
 
 pub use clone::{CloneOptions, CloneReport, FetchReport, ProgressSink, clone_from, fetch_missing};
 pub use error::NodeError;
 pub use follow::{FollowOptions, UpstreamStatus, follow};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
-pub use node::{Node, NodeHandle, Responder, instance_of, peer_id_of};
+pub use node::{
+    Node, NodeHandle, NodeOptions, Responder, TOR_SUPPORTED, TorOptions, instance_of, peer_id_of,
+};

@@ -4,7 +4,7 @@
 //! requests are answered on tokio's blocking pool and the answer comes back
 //! to the loop as a command, so store work never blocks the event loop.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use bbsync_protocol::{
     InstanceId,
@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     NodeError,
     codec::{Inbound, SyncCodec},
-    server,
+    onion, server,
 };
 
 /// Most connections accepted from others at once, and per peer; most
@@ -83,7 +83,74 @@ enum Command {
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    tor: bool,
+    dial_budget: Duration,
 }
+
+/// How long a dial of an ordinary (TCP) address may take.
+const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// libp2p's own bound on a connection attempt, kept for TCP-only nodes.
+const LIBP2P_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Beyond the retry budget, what a Tor dial's handshake may take.
+const TOR_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Tor settings of a node (used only when built with the `tor` feature).
+#[derive(Clone, Debug)]
+pub struct TorOptions {
+    /// arti's directories (state: onion service keys; cache) unless the
+    /// config file names its own: `<data>/tor/`.
+    pub dir: PathBuf,
+    /// An arti configuration file (arti's TOML format); `None`: the public
+    /// Tor network with arti's defaults.
+    pub config_file: Option<PathBuf>,
+    /// How long a dial of an onion address keeps retrying while the
+    /// service cannot be reached (its descriptor not published yet).
+    pub dial_budget: Duration,
+}
+
+impl TorOptions {
+    /// The default dial retry budget.
+    pub const DEFAULT_DIAL_BUDGET: Duration = Duration::from_secs(90);
+
+    /// Options for a node whose data dir is `data_dir` (arti under `<data>/tor/`).
+    pub fn for_data_dir(data_dir: &std::path::Path) -> Self {
+        TorOptions {
+            dir: data_dir.join("tor"),
+            config_file: None,
+            dial_budget: Self::DEFAULT_DIAL_BUDGET,
+        }
+    }
+}
+
+/// How to start a node.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// Tor: `Some` to dial and serve onion addresses (needs the `tor`
+    /// feature), `None` for a TCP-only node.
+    pub tor: Option<TorOptions>,
+    /// How inbound requests are answered ([`server::answer`] by default).
+    pub responder: Responder,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            tor: None,
+            responder: Arc::new(server::answer),
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("tor", &self.tor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether this build can use Tor (the `tor` feature).
+pub const TOR_SUPPORTED: bool = cfg!(feature = "tor");
 
 /// A running node: the handle and the task that owns the swarm.
 #[derive(Debug)]
@@ -104,6 +171,19 @@ impl Node {
         store: Arc<Store>,
         responder: Responder,
     ) -> Result<Node, NodeError> {
+        Self::start_with(
+            store,
+            NodeOptions {
+                responder,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Starts a node with `opts` (Tor, responder). Must be called inside a
+    /// tokio runtime.
+    pub fn start_with(store: Arc<Store>, opts: NodeOptions) -> Result<Node, NodeError> {
+        let NodeOptions { tor, responder } = opts;
         let mut secret = *store.identity().ed25519_secret();
         // `ed25519_from_bytes` zeroizes the copy it is given.
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
@@ -124,6 +204,10 @@ impl Node {
                     .with_max_concurrent_streams(128),
             ),
         };
+        let dial_budget = tor
+            .as_ref()
+            .map_or(TorOptions::DEFAULT_DIAL_BUDGET, |t| t.dial_budget);
+        let (other, tor) = other_transport(&keypair, tor)?;
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -132,14 +216,26 @@ impl Node {
                 yamux::Config::default,
             )
             .map_err(|e| NodeError::Listen("tcp".into(), e.to_string()))?
+            .with_other_transport(|_| other)
+            .map_err(|e| NodeError::Listen("tor".into(), e.to_string()))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| NodeError::Listen("behaviour".into(), e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            // libp2p bounds every connection attempt (10 s by default); an
+            // onion dial may retry for its whole budget (each transport
+            // bounds its own handshakes as well).
+            .with_connection_timeout(if tor {
+                dial_budget + TOR_HANDSHAKE_TIMEOUT
+            } else {
+                LIBP2P_CONNECTION_TIMEOUT
+            })
             .build();
         let (tx, rx) = mpsc::channel(256);
         let handle = NodeHandle {
             tx: tx.clone(),
             peer_id,
+            tor,
+            dial_budget,
         };
         let event_loop = EventLoop {
             swarm,
@@ -172,10 +268,107 @@ impl Node {
     }
 }
 
+/// The transport beside TCP: Tor (upgraded like TCP) when asked for and
+/// built in, else one that supports no address. Also: whether Tor is on.
+type OtherTransport =
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>;
+
+#[cfg(feature = "tor")]
+fn other_transport(
+    keypair: &identity::Keypair,
+    tor: Option<TorOptions>,
+) -> Result<(OtherTransport, bool), NodeError> {
+    use libp2p::core::Transport as _;
+    let Some(t) = tor else {
+        return Ok((
+            libp2p::core::transport::dummy::DummyTransport::new().boxed(),
+            false,
+        ));
+    };
+    let client = crate::tor::client::create(t.config_file.as_deref(), &t.dir)
+        .map_err(|e| NodeError::Tor(e.to_string()))?;
+    let transport = crate::tor::upgraded(
+        crate::tor::TorTransport::new(client, t.dial_budget),
+        keypair,
+        t.dial_budget + TOR_HANDSHAKE_TIMEOUT,
+    )
+    .map_err(|e| NodeError::Tor(e.to_string()))?;
+    Ok((transport, true))
+}
+
+#[cfg(not(feature = "tor"))]
+fn other_transport(
+    _keypair: &identity::Keypair,
+    _tor: Option<TorOptions>,
+) -> Result<(OtherTransport, bool), NodeError> {
+    use libp2p::core::Transport as _;
+    Ok((
+        libp2p::core::transport::dummy::DummyTransport::new().boxed(),
+        false,
+    ))
+}
+
 impl NodeHandle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// How long a dial of `addr` may take: the Tor retry budget plus a
+    /// handshake for onion addresses, 30 s for others.
+    pub fn dial_timeout(&self, addr: &Multiaddr) -> Duration {
+        if onion::is_onion(addr) {
+            self.dial_budget + TOR_HANDSHAKE_TIMEOUT
+        } else {
+            TCP_DIAL_TIMEOUT
+        }
+    }
+
+    /// Checks that this node can dial `addr` (an onion address needs Tor).
+    fn check_dialable(&self, addr: &Multiaddr) -> Result<(), NodeError> {
+        let bad = |why: String| NodeError::BadAddress(addr.to_string(), why);
+        match onion::target(addr) {
+            None if onion::is_onion(addr) => Err(bad(
+                "an onion address is /onion3/<address>:<port>[/p2p/<PeerId>]".into(),
+            )),
+            None => Ok(()),
+            Some(Err(e)) => Err(bad(e.to_string())),
+            Some(Ok(_)) if !TOR_SUPPORTED => Err(bad(
+                "this bbsync was built without Tor (cargo feature `tor`)".into(),
+            )),
+            Some(Ok(_)) if !self.tor => Err(bad("this node was started without Tor".into())),
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Launches this node's onion service with virtual port `port`, waits
+    /// until its descriptor is published and returns its address
+    /// `/onion3/<56 chars>:<port>` (stable across restarts: the keys live
+    /// in arti's state directory).
+    pub async fn listen_onion(&self, port: u16) -> Result<Multiaddr, NodeError> {
+        if !TOR_SUPPORTED {
+            return Err(NodeError::Tor(
+                "this bbsync was built without Tor (cargo feature `tor`)".into(),
+            ));
+        }
+        if !self.tor {
+            return Err(NodeError::Tor("this node was started without Tor".into()));
+        }
+        if port == 0 {
+            return Err(NodeError::Listen(
+                "onion service".into(),
+                "the onion port must be 1-65535".into(),
+            ));
+        }
+        // Any 35 bytes stand for "this node's own onion address".
+        self.listen(onion::multiaddr([0; 35], port))
+            .await
+            .map_err(|e| match e {
+                NodeError::Listen(_, why) => {
+                    NodeError::Listen(format!("an onion service (port {port})"), why)
+                }
+                other => other,
+            })
     }
 
     async fn call<T>(
@@ -212,6 +405,7 @@ impl NodeHandle {
                 ));
             }
         };
+        self.check_dialable(&addr)?;
         self.call(|r| Command::Dial(addr, peer, r)).await??;
         Ok(peer)
     }

@@ -24,6 +24,10 @@ pub struct Config {
     /// Upstreams `serve` follows (as with `--follow`).
     #[serde(default)]
     pub follow: Vec<String>,
+    /// arti configuration file (arti's TOML format) for Tor, as with
+    /// `--tor-config`; a relative path is relative to the data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tor_config: Option<std::path::PathBuf>,
 }
 
 fn default_level() -> i32 {
@@ -39,6 +43,7 @@ impl Default for Config {
             compression_level: default_level(),
             peers: Vec::new(),
             follow: Vec::new(),
+            tor_config: None,
         }
     }
 }
@@ -58,6 +63,10 @@ peers = []
 
 # Upstreams `bbsync serve` follows as a standby (as with --follow).
 follow = []
+
+# arti configuration file for Tor (arti's TOML format; as --tor-config;
+# relative to this data dir). Unset: the public Tor network.
+# tor_config = "arti.toml"
 "#;
 
 impl Config {

@@ -1,1 +1,3 @@
 //! Shared harness for bbsync end-to-end tests.
+
+pub mod tor_net;

@@ -1,9 +1,13 @@
 //! `serve` and `clone`.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
-use bbsync_node::{CloneOptions, Multiaddr, Node, NodeHandle, PeerId, clone_from, fetch_missing};
+use bbsync_node::{
+    CloneOptions, Multiaddr, Node, NodeHandle, NodeOptions, PeerId, TorOptions, clone_from,
+    fetch_missing, onion,
+};
+use bbsync_store::Store;
 use bbsync_store::sync::Selection;
 
 use crate::{Ctx, output, progress::Bar};
@@ -12,13 +16,20 @@ use crate::{Ctx, output, progress::Bar};
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4040; port 0
-    /// picks a free port.
-    #[arg(
-        long = "listen",
-        value_name = "ADDR",
-        default_value = "/ip4/0.0.0.0/tcp/4040"
-    )]
+    /// picks a free port [default: /ip4/0.0.0.0/tcp/4040, or none with
+    /// --onion: then the node is reachable only as an onion service].
+    #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<String>,
+    /// Also (or, without --listen, only) serve as a Tor onion service: waits
+    /// until the service is published, then prints
+    /// /onion3/<address>:<port>/p2p/<PeerId>. The address is stable across
+    /// restarts (keys under <data>/tor/).
+    #[arg(long)]
+    onion: bool,
+    /// The onion service's virtual port.
+    #[arg(long, value_name = "PORT", default_value_t = 4040, requires = "onion",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    onion_port: u16,
     /// Follow this upstream as a standby (repeatable; also `follow` in
     /// config.toml): apply its changes as they happen. It is pinned by the
     /// PeerId its address ends in and trusted as `full`.
@@ -74,8 +85,57 @@ fn parse_only(s: &str) -> Result<(String, Option<String>), String> {
 }
 
 fn parse_addr(s: &str) -> anyhow::Result<Multiaddr> {
+    onion::check_text(s).map_err(|e| anyhow!("malformed address {s:?}: {e}"))?;
     s.parse::<Multiaddr>()
         .map_err(|e| anyhow!("malformed address {s:?}: {e}"))
+}
+
+/// Tor settings for a node that needs Tor (`needed`), from
+/// `--tor-config`, `BBSYNC_TOR_CONFIG` or config.toml's `tor_config`.
+fn tor_options(ctx: &Ctx, store: &Store, needed: bool) -> anyhow::Result<Option<TorOptions>> {
+    if !needed {
+        return Ok(None);
+    }
+    if !bbsync_node::TOR_SUPPORTED {
+        bail!(
+            "this bbsync was built without Tor (cargo feature `tor`): onion addresses and --onion need it"
+        );
+    }
+    let config_file = match (&ctx.tor_config, ctx.env("BBSYNC_TOR_CONFIG")) {
+        (Some(p), _) => Some(ctx.path(p)),
+        (None, Some(p)) if !p.is_empty() => Some(ctx.path(Path::new(p))),
+        _ => store
+            .config()
+            .tor_config
+            .as_ref()
+            .map(|p| ctx.data_dir.join(p)),
+    };
+    if let Some(f) = &config_file
+        && !f.is_file()
+    {
+        bail!("tor config {}: no such file", f.display());
+    }
+    Ok(Some(TorOptions {
+        config_file,
+        dial_budget: Duration::from_secs(ctx.tor_dial_budget),
+        ..TorOptions::for_data_dir(&ctx.data_dir)
+    }))
+}
+
+/// Starts a node for `store`, with Tor when any of `addrs` is an onion
+/// address (or `force_tor`).
+fn start_node(
+    ctx: &Ctx,
+    store: &Arc<Store>,
+    addrs: &[Multiaddr],
+    force_tor: bool,
+) -> anyhow::Result<Node> {
+    let needed = force_tor || addrs.iter().any(onion::is_onion);
+    let opts = NodeOptions {
+        tor: tor_options(ctx, store, needed)?,
+        ..Default::default()
+    };
+    Ok(Node::start_with(store.clone(), opts)?)
 }
 
 async fn shutdown_signal() {
@@ -95,11 +155,23 @@ async fn shutdown_signal() {
 
 /// `bbsync serve`.
 pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let addrs = a
-        .listen
+    let listen = if a.listen.is_empty() && !a.onion {
+        vec!["/ip4/0.0.0.0/tcp/4040".to_string()]
+    } else {
+        a.listen.clone()
+    };
+    let addrs = listen
         .iter()
         .map(|s| parse_addr(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(bad) = addrs.iter().find(|a| onion::is_onion(a)) {
+        bail!(
+            "cannot --listen on {bad}: use --onion [--onion-port PORT] to serve as an onion service"
+        );
+    }
+    if a.onion && !bbsync_node::TOR_SUPPORTED {
+        bail!("this bbsync was built without Tor (cargo feature `tor`): --onion needs it");
+    }
     let store = super::open(ctx)?;
     let mut follow = a.follow.clone();
     follow.extend(store.config().follow.iter().cloned());
@@ -108,10 +180,13 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Other commands on this data dir now come through the control socket.
     let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
     runtime()?.block_on(async move {
-        let node = Node::start(store.clone())?;
+        let node = start_node(ctx, &store, &follow, a.onion)?;
         let h = node.handle();
         for addr in addrs {
             h.listen(addr).await?;
+        }
+        if a.onion {
+            h.listen_onion(a.onion_port).await?;
         }
         // Every interface address of a wildcard listener arrives together.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,9 +197,14 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             .map(|addr| format!("{addr}/p2p/{}", h.peer_id()))
             .collect();
         if ctx.json {
+            let onion: Option<&String> = full.iter().find(|a| a.starts_with("/onion3/"));
             output::json(
                 ctx,
-                &serde_json::json!({ "peer_id": h.peer_id().to_string(), "addresses": full }),
+                &serde_json::json!({
+                    "peer_id": h.peer_id().to_string(),
+                    "addresses": full,
+                    "onion": onion,
+                }),
             )?;
         } else {
             for addr in &full {
@@ -179,9 +259,15 @@ async fn dial_all(
     let mut peers = Vec::new();
     let mut last = None;
     for (i, addr) in addrs.into_iter().enumerate() {
-        let dialed = tokio::time::timeout(Duration::from_secs(30), h.dial(addr.clone()))
+        let limit = h.dial_timeout(&addr);
+        let dialed = tokio::time::timeout(limit, h.dial(addr.clone()))
             .await
-            .map_err(|_| anyhow!("cannot reach {addr}: no answer within 30 s"))
+            .map_err(|_| {
+                anyhow!(
+                    "cannot reach {addr}: no answer within {} s",
+                    limit.as_secs()
+                )
+            })
             .and_then(|r| r.map_err(anyhow::Error::from));
         match dialed {
             Ok(p) => peers.push(p),
@@ -216,7 +302,7 @@ pub fn fetch_missing_cmd(ctx: &Ctx, a: FetchMissingArgs) -> anyhow::Result<ExitC
         ..Default::default()
     };
     let report = runtime()?.block_on(async move {
-        let node = Node::start(store.clone())?;
+        let node = start_node(ctx, &store, &addrs, false)?;
         let h = node.handle();
         let peers = dial_all(&h, addrs, false).await?;
         let r = fetch_missing(&h, store, &peers, &opts).await;
@@ -267,7 +353,7 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let report = runtime()?.block_on(async move {
-        let node = Node::start(store.clone())?;
+        let node = start_node(ctx, &store, &addrs, false)?;
         let h = node.handle();
         // The first address is the source; the others only help.
         let peers = dial_all(&h, addrs, true).await?;
