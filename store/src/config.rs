@@ -24,6 +24,13 @@ pub struct Config {
     /// Upstreams `serve` follows (as with `--follow`).
     #[serde(default)]
     pub follow: Vec<String>,
+    /// The default backup repository of `backup`, `backups` and `restore`
+    /// [default: `<data>/backup`]; relative paths are under the data dir.
+    #[serde(default)]
+    pub backup_repo: Option<std::path::PathBuf>,
+    /// Scheduled backups that `serve` runs (`[[backup]]` entries).
+    #[serde(default)]
+    pub backup: Vec<crate::backup::schedule::BackupJob>,
 }
 
 fn default_level() -> i32 {
@@ -39,6 +46,8 @@ impl Default for Config {
             compression_level: default_level(),
             peers: Vec::new(),
             follow: Vec::new(),
+            backup_repo: None,
+            backup: Vec::new(),
         }
     }
 }
@@ -58,6 +67,21 @@ peers = []
 
 # Upstreams `bbsync serve` follows as a standby (as with --follow).
 follow = []
+
+# Default repository of `bbsync backup`, `backups` and `restore`
+# (relative paths are under the data dir; default: backup).
+# backup_repo = "/srv/bbsync-backups"
+
+# Scheduled backups while `bbsync serve` runs: a 5-field cron expression
+# (UTC), an optional repository, tags and a retention policy applied after
+# each backup.
+# [[backup]]
+# cron = "30 3 * * *"
+# repo = "/srv/bbsync-backups"
+# tags = ["nightly"]
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 6
 "#;
 
 impl Config {
