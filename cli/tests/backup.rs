@@ -810,3 +810,23 @@ fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestRe
     child.wait()?;
     Ok(())
 }
+
+#[test]
+fn restore_skip_chunks_then_fetch_missing_from_a_peer() -> TestResult {
+    let f = Fixture::new();
+    let r = json(&f.b, &["restore", "--repo", f.r(), "--skip-chunks"]);
+    assert_eq!(r["restored"], 8, "{r}");
+    assert_eq!(r["chunks_copied"], 0, "{r}");
+    let incomplete = r["incomplete"].as_u64().unwrap();
+    assert!(incomplete >= 5, "{r}");
+    assert!(chunk_files(&f.b).is_empty());
+    let server = serve(&f.a);
+    ok(&f.b, &["fetch-missing", "--from", &server.addr]);
+    let (code, v) = verify(&f.b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let out = f.root.join("fetched");
+    ok(&f.b, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&f.tree, &out);
+    drop(server);
+    Ok(())
+}

@@ -71,27 +71,35 @@ fn kill_at(data: &Path, args: &[&str], target: usize, progress: impl Fn() -> usi
 
 #[test]
 fn backup_and_restore_survive_kill_9() -> TestResult {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.2}s {what}", t0.elapsed().as_secs_f64());
     let t = tempfile::tempdir()?;
-    let tree = t.path().join("gen");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
-    let st = Command::new("python3")
-        .arg(&script)
-        .args(["--profile", "small", "--seed", "11"])
-        .arg(&tree)
-        .stdout(Stdio::null())
-        .status()?;
-    assert!(st.success());
+    // 1,200 messages of 2-18 KB (one chunk each): enough chunk files for
+    // kills to land inside a run, quick to import.
+    let tree = t.path().join("bbs");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in 0..1200u64 {
+        let len = 1000 + (rng.next() % 8000) as usize;
+        let body: String = (0..len)
+            .map(|_| format!("{:02x}", rng.next() as u8))
+            .collect();
+        write(
+            &tree.join(format!("boards/b{}/{i}.json", i % 8)),
+            format!("{{\"id\":{i},\"body\":\"{body}\"}}\n"),
+        );
+    }
     let a = t.path().join("a");
     let b = t.path().join("b");
     init(&a, "source");
     init(&b, "target");
     ok(&a, &["trust", "add", "--role", "full", &card(&b)]);
     ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    phase("generated and imported");
     let total = chunk_files(&a).len();
-    assert!(total > 1000, "{total}");
+    assert!(total >= 1200, "{total}");
     let repo = t.path().join("repo");
     let r = repo.to_str().unwrap();
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    rng = Rng(0x2545_F491_4F6C_DD1D);
 
     // backup --copy (copies take long enough to be killed inside).
     let mut landed = 0;
@@ -100,7 +108,7 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
         if have >= total {
             break;
         }
-        let target = have + 1 + (rng.next() as usize % (total - have)).min(total / 5);
+        let target = have + 1 + (rng.next() as usize % (total - have)).min(total / 6);
         if kill_at(&a, &["backup", "--repo", r, "--copy"], target, || {
             chunk_entries(&repo)
         }) {
@@ -115,6 +123,7 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
             );
         }
     }
+    phase(&format!("{landed} kills landed inside a backup"));
     assert!(landed >= 3, "only {landed} kills landed inside a backup");
     let done = json(&a, &["backup", "--repo", r, "--copy"]);
     assert!(
@@ -131,14 +140,16 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
         if have >= total {
             break;
         }
-        let target = have + 1 + (rng.next() as usize % (total - have)).min(total / 5);
+        let target = have + 1 + (rng.next() as usize % (total - have)).min(total / 6);
         if kill_at(&b, &["restore", "--repo", r], target, || chunk_entries(&b)) {
             landed += 1;
         }
     }
+    phase(&format!("{landed} kills landed inside a restore"));
     assert!(landed >= 3, "only {landed} kills landed inside a restore");
     let done = json(&b, &["restore", "--repo", r]);
     assert_eq!(done["undecryptable"], serde_json::json!([]), "{done}");
+    phase("restore completed");
     let (code, v) = verify(&b, &["--read-data"]);
     assert_eq!(code, 0, "{v}");
     let exp = t.path().join("exp");
@@ -146,5 +157,6 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     assert_same_tree(&tree, &exp);
     let out = ok(&a, &["backups", "verify", "--repo", r, "--read-data"]);
     assert!(out.contains(": OK"), "{out}");
+    phase("verified");
     Ok(())
 }
