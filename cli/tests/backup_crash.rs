@@ -41,6 +41,22 @@ fn chunk_entries(dir: &Path) -> usize {
         .sum()
 }
 
+/// Files under `dir` (recursively) whose name satisfies `f`.
+fn walkdir_count(dir: &Path, f: impl Fn(&str) -> bool + Copy) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walkdir_count(&e.path(), f)
+            } else {
+                usize::from(f(&e.file_name().to_string_lossy()))
+            }
+        })
+        .sum()
+}
+
 /// Runs `bbsync --data-dir DATA ARGS` and kills it with SIGKILL once
 /// `progress()` reaches `target`. Returns whether the kill landed (the
 /// process was still running).
@@ -132,6 +148,18 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     );
     let out = ok(&a, &["backups", "verify", "--repo", r, "--read-data"]);
     assert!(out.contains(": OK"), "{out}");
+    // prune clears what the killed runs left: temp files, nothing else.
+    let p = json(&a, &["backups", "prune", "--repo", r]);
+    assert_eq!(
+        (
+            p["chunks_removed"].as_u64(),
+            p["manifests_removed"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{p}"
+    );
+    let temps = walkdir_count(&repo, |n| n.starts_with('.') && n.ends_with(".tmp"));
+    assert_eq!(temps, 0, "temp files left after prune");
 
     // restore into b (its own identity, with entries in every envelope).
     let mut landed = 0;

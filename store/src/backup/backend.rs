@@ -34,6 +34,9 @@ pub trait Backend: Send + Sync {
     fn link_from(&self, src: &Path, path: &str) -> io::Result<bool>;
     /// The local path of a file, when the backend is a local directory.
     fn local_path(&self, path: &str) -> Option<PathBuf>;
+    /// Removes the temp files an interrupted write left (only while no
+    /// other writer uses the repository). Returns how many.
+    fn remove_temp_files(&self) -> io::Result<u64>;
 }
 
 /// A repository in a local directory.
@@ -160,5 +163,30 @@ impl Backend for LocalDir {
 
     fn local_path(&self, path: &str) -> Option<PathBuf> {
         Some(self.full(path))
+    }
+
+    fn remove_temp_files(&self) -> io::Result<u64> {
+        let mut dirs = vec![
+            self.root.clone(),
+            self.full("manifests"),
+            self.full("snapshots"),
+            self.full("keys"),
+        ];
+        if let Ok(rd) = fs::read_dir(self.full("chunks")) {
+            for e in rd.flatten() {
+                dirs.push(e.path());
+            }
+        }
+        let mut n = 0;
+        for d in dirs {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                if is_tmp(&e.file_name().to_string_lossy()) {
+                    fs::remove_file(e.path())?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 }

@@ -104,6 +104,8 @@ pub struct PruneReport {
     pub chunks_removed: u64,
     /// Bytes of chunk files removed.
     pub bytes_removed: u64,
+    /// Temp files of interrupted writes removed.
+    pub temp_removed: u64,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
@@ -248,6 +250,11 @@ impl Repo {
                 }
                 r.manifests_removed += 1;
             }
+        }
+        if !dry_run {
+            r.temp_removed = b
+                .remove_temp_files()
+                .map_err(repo_io_err(format!("removing temp files in {loc}")))?;
         }
         let (have, _) = list_chunks(b)?;
         for id in have {
