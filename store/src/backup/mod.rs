@@ -309,7 +309,7 @@ impl Repo {
 
     /// Writes a snapshot file durably (the last step of a backup).
     pub(crate) fn write_snapshot(&self, s: &SnapshotFile) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(s)
+        let mut bytes = serde_json::to_vec(s)
             .map_err(|e| StoreError::Invalid(format!("encoding the snapshot: {e}")))?;
         bytes.push(b'\n');
         let path = snapshot_path(&s.id);
