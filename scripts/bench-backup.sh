@@ -71,9 +71,9 @@ find "$TREE" -type f -print0 | xargs -0 cat >/dev/null
 
 log ""
 log "== (a) full backups"
-timed full b --data-dir "$DATA" backup --repo "$REPO"
+timed full "$BBSYNC" --no-progress --data-dir "$DATA" backup --repo "$REPO"
 FULL_SECS="$SECS"
-timed fullcopy b --data-dir "$DATA" backup --repo "$REPO_COPY" --copy
+timed fullcopy "$BBSYNC" --no-progress --data-dir "$DATA" backup --repo "$REPO_COPY" --copy
 COPY_SECS="$SECS"
 restic -q init >"$LOGS/restic-init.out" 2>&1 || die "restic init failed"
 timed restic_backup restic -q backup "$TREE"
@@ -85,16 +85,16 @@ log "== (b) one new message, then an incremental backup"
 BOARD="$(find "$TREE/boards" -mindepth 1 -maxdepth 1 -type d | sort | head -n 1)"
 printf '{"id":"bench-new","from":"bench","subject":"new","body":"one new message"}\n' >"$BOARD/bench-new.json"
 b --data-dir "$DATA" import-bbs "$TREE" >"$LOGS/import2.out" 2>&1 || die "second import failed"
-timed incremental b --data-dir "$DATA" backup --repo "$REPO"
+timed incremental "$BBSYNC" --no-progress --data-dir "$DATA" backup --repo "$REPO"
 INC_SECS="$SECS"
 
 log ""
 log "== (c) restores"
 b --data-dir "$DATA2" init --name bench >"$LOGS/init2.out" 2>&1 || die "init failed"
 cp -- "$DATA/identity.key" "$DATA2/identity.key"
-timed restore b --data-dir "$DATA2" restore --repo "$REPO"
+timed restore "$BBSYNC" --no-progress --data-dir "$DATA2" restore --repo "$REPO"
 RESTORE_SECS="$SECS"
-timed totree b --data-dir "$DATA" restore --repo "$REPO" --to-tree "$WORKDIR/to-tree"
+timed totree "$BBSYNC" --no-progress --data-dir "$DATA" restore --repo "$REPO" --to-tree "$WORKDIR/to-tree"
 TOTREE_SECS="$SECS"
 timed restic_restore restic -q restore latest --target "$WORKDIR/restic-out"
 RESTIC_RESTORE_SECS="$SECS"
@@ -105,7 +105,7 @@ log "    the restored node's export and the --to-tree output are identical to th
 
 log ""
 log "== (d) backups verify --read-data"
-timed verify b --data-dir "$DATA" backups verify --repo "$REPO" --read-data
+timed verify "$BBSYNC" --no-progress --data-dir "$DATA" backups verify --repo "$REPO" --read-data
 VERIFY_SECS="$SECS"
 
 ratio() { fcalc '%.2f' 'a / (b > 0.01 ? b : 0.01)' "a=$1" "b=$2"; }
