@@ -19,6 +19,11 @@ pub trait Backend: Send + Sync {
     /// Writes a file so that it appears complete or not at all, not yet
     /// durable: [`Backend::sync`] makes every such write durable.
     fn write_lazy(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` for `path` where no reader sees it yet;
+    /// [`Backend::publish`] (after a [`Backend::sync`]) makes it appear.
+    fn stage(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes a staged file appear at `path`.
+    fn publish(&self, path: &str) -> io::Result<()>;
     /// The size of a file, `None` when absent.
     fn size(&self, path: &str) -> io::Result<Option<u64>>;
     /// The names (not paths) of the files in a directory; an absent
@@ -108,6 +113,24 @@ impl Backend for LocalDir {
 
     fn write_lazy(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
         self.write_tmp(path, bytes, false)
+    }
+
+    fn stage(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        let p = self.full(path);
+        let tmp = Self::tmp_of(&p);
+        let mut f = match File::create(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(p.parent().unwrap_or(&self.root))?;
+                File::create(&tmp)?
+            }
+            r => r?,
+        };
+        f.write_all(bytes)
+    }
+
+    fn publish(&self, path: &str) -> io::Result<()> {
+        let p = self.full(path);
+        fs::rename(Self::tmp_of(&p), p)
     }
 
     fn size(&self, path: &str) -> io::Result<Option<u64>> {

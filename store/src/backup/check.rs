@@ -10,7 +10,7 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkId, EnvelopeEntry, Manifest, ManifestId, Unverified, chunk::check_chunk_id,
+    ChunkId, EnvelopeEntry, Manifest, ManifestId, Unverified, chunk::check_chunk_id, verify_many,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -82,15 +82,14 @@ pub(crate) struct CheckedManifest {
     pub envelope: Vec<Vec<u8>>,
 }
 
-/// Reads and checks one manifest file against the object version a
-/// snapshot lists: its id is the hash of the body, its signature verifies
-/// under its author's key, it is that object and version, and its envelope
-/// entries decode. Errors are (class, detail).
-pub(crate) fn check_manifest(
+/// A decoded manifest file: the manifest, not yet verified, and its entries.
+type ReadManifest = (Unverified<Manifest>, Vec<Vec<u8>>);
+
+/// Reads and decodes one manifest file (signature not yet checked).
+fn read_manifest_file(
     repo: &Repo,
     mid: &ManifestId,
-    object: &super::repofile::SnapObject,
-) -> std::result::Result<CheckedManifest, (&'static str, String)> {
+) -> std::result::Result<ReadManifest, (&'static str, String)> {
     let path = manifest_path(mid);
     let bytes = match repo.backend().read(&path) {
         Ok(b) => b,
@@ -101,10 +100,66 @@ pub(crate) fn check_manifest(
     };
     let f = super::repofile::ManifestFile::decode(&bytes)
         .map_err(|e| ("bad-manifest", format!("undecodable: {e}")))?;
-    let m = Unverified::<Manifest>::decode(&f.manifest)
-        .and_then(|u| u.verify(|_| true))
+    let u = Unverified::<Manifest>::decode(&f.manifest)
         .map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
-    if m.id() != *mid {
+    for e in &f.envelope {
+        Unverified::<EnvelopeEntry>::decode(e)
+            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
+    }
+    Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
+}
+
+/// Reads and checks manifest files against the object versions a snapshot
+/// lists: each file decodes, its signature verifies under its author's key
+/// (ed25519 batches, on all cores), its id is the hash of the signed body,
+/// and it is that object and version. Results in the order of `items`.
+pub(crate) fn check_manifests(
+    repo: &Repo,
+    items: &[&super::repofile::SnapObject],
+) -> Vec<ManifestCheck> {
+    const GROUP: usize = 512;
+    items
+        .par_chunks(GROUP)
+        .flat_map_iter(|group| {
+            let read: Vec<_> = group
+                .iter()
+                .map(|o| read_manifest_file(repo, &o.manifest_id))
+                .collect();
+            let mut slots = Vec::new();
+            let mut batch = Vec::new();
+            let mut out: Vec<Option<ManifestCheck>> = Vec::with_capacity(group.len());
+            let mut envelopes = Vec::with_capacity(group.len());
+            for r in read {
+                match r {
+                    Ok((u, env)) => {
+                        slots.push(out.len());
+                        batch.push(u);
+                        out.push(None);
+                        envelopes.push(env);
+                    }
+                    Err(e) => {
+                        out.push(Some(Err(e)));
+                        envelopes.push(Vec::new());
+                    }
+                }
+            }
+            for (slot, r) in slots.into_iter().zip(verify_many(batch, |_, _| true)) {
+                let o = group[slot];
+                let envelope = std::mem::take(&mut envelopes[slot]);
+                out[slot] = Some(finish(o, r, envelope));
+            }
+            out.into_iter().flatten().collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn finish(
+    object: &super::repofile::SnapObject,
+    r: bbsync_protocol::Result<bbsync_protocol::Signed<Manifest>>,
+    envelope: Vec<Vec<u8>>,
+) -> ManifestCheck {
+    let m = r.map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+    if m.id() != object.manifest_id {
         return Err((
             "bad-manifest",
             format!("holds manifest {}, not the one named", m.id().to_hex()),
@@ -122,13 +177,9 @@ pub(crate) fn check_manifest(
             ),
         ));
     }
-    for e in &f.envelope {
-        Unverified::<EnvelopeEntry>::decode(e)
-            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
-    }
     Ok(CheckedManifest {
         manifest: m,
-        envelope: f.envelope.into_iter().map(|b| b.into_vec()).collect(),
+        envelope,
     })
 }
 
@@ -197,9 +248,11 @@ impl Repo {
             }
         }
         r.manifests = wanted.len() as u64;
+        let objects: Vec<&super::repofile::SnapObject> = wanted.values().map(|(o, _)| o).collect();
         let checked: Vec<(ManifestId, ManifestCheck, String)> = wanted
-            .par_iter()
-            .map(|(mid, (o, snap))| (*mid, check_manifest(self, mid, o), snap.clone()))
+            .iter()
+            .zip(check_manifests(self, &objects))
+            .map(|((mid, (_, snap)), c)| (*mid, c, snap.clone()))
             .collect();
         // chunk -> (expected length, who references it)
         let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();

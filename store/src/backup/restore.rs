@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    Repo, SnapshotFile, check::check_manifest, chunk_path, create::BackupOptions, escrow,
+    Repo, SnapshotFile, check::check_manifests, chunk_path, create::BackupOptions, escrow,
     manifest_path, repofile::KeyFile,
 };
 use crate::{
@@ -220,10 +220,11 @@ impl Store {
         let full = |a: &InstanceId| *a == me || self.is_full(a) || pending_full.contains(a);
 
         // 2. Every manifest: read and checked before anything is written.
+        let refs: Vec<&super::repofile::SnapObject> = snap.objects.iter().collect();
         let checked: Vec<_> = snap
             .objects
-            .par_iter()
-            .map(|o| (o, check_manifest(repo, &o.manifest_id, o)))
+            .iter()
+            .zip(check_manifests(repo, &refs))
             .collect();
         let mut plan: Vec<Planned> = Vec::new();
         for (o, c) in checked {
@@ -514,13 +515,16 @@ impl Store {
         }
         let full = |a: &InstanceId| *a == me || self.is_full(a) || host_full.contains(a);
         progress.start("restore --to-tree", snap.objects.len() as u64, 0);
+        let refs: Vec<&super::repofile::SnapObject> = snap.objects.iter().collect();
+        let checks = check_manifests(repo, &refs);
         let results: Vec<Option<ObjectOutcome>> = snap
             .objects
             .par_iter()
-            .map(|o| {
+            .zip(checks)
+            .map(|(o, c)| {
                 let r = (|| -> Result<Option<(String, (u64, u64))>> {
-                    let c = check_manifest(repo, &o.manifest_id, o)
-                        .map_err(|(_, d)| damaged_tree(repo, &manifest_path(&o.manifest_id), &d))?;
+                    let c =
+                        c.map_err(|(_, d)| damaged_tree(repo, &manifest_path(&o.manifest_id), &d))?;
                     let m = c.manifest;
                     let label = format!("{}:{}", m.kind, m.name);
                     if m.deleted
