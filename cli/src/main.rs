@@ -87,6 +87,13 @@ enum Command {
     FetchMissing(cmd::net::FetchMissingArgs),
     /// Add envelope entries for trusted instances, drop those of untrusted ones.
     Rekey(cmd::rekey::RekeyArgs),
+    /// Back this store up into a backup repository (a new snapshot).
+    Backup(cmd::backup::BackupArgs),
+    /// List, show, verify, delete and prune the snapshots of a backup repository.
+    #[command(subcommand)]
+    Backups(cmd::backup::BackupsCommand),
+    /// Restore a snapshot of a backup repository into this store.
+    Restore(cmd::backup::RestoreArgs),
 }
 
 /// What every subcommand gets. A command writes only through `out`/`err`
@@ -246,6 +253,9 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
         Command::Rekey(a) => cmd::rekey::run(ctx, a),
+        Command::Backup(a) => cmd::backup::backup(ctx, a),
+        Command::Backups(c) => cmd::backup::backups(ctx, c),
+        Command::Restore(a) => cmd::backup::restore(ctx, a),
     }
 }
 

@@ -28,6 +28,13 @@ pub struct Config {
     /// `--tor-config`; a relative path is relative to the data dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tor_config: Option<std::path::PathBuf>,
+    /// The default backup repository of `backup`, `backups` and `restore`
+    /// [default: `<data>/backup`]; relative paths are under the data dir.
+    #[serde(default)]
+    pub backup_repo: Option<std::path::PathBuf>,
+    /// Scheduled backups that `serve` runs (`[[backup]]` entries).
+    #[serde(default)]
+    pub backup: Vec<crate::backup::schedule::BackupJob>,
 }
 
 fn default_level() -> i32 {
@@ -44,6 +51,8 @@ impl Default for Config {
             peers: Vec::new(),
             follow: Vec::new(),
             tor_config: None,
+            backup_repo: None,
+            backup: Vec::new(),
         }
     }
 }
@@ -67,6 +76,21 @@ follow = []
 # arti configuration file for Tor (arti's TOML format; as --tor-config;
 # relative to this data dir). Unset: the public Tor network.
 # tor_config = "arti.toml"
+
+# Default repository of `bbsync backup`, `backups` and `restore`
+# (relative paths are under the data dir; default: backup).
+# backup_repo = "/srv/bbsync-backups"
+
+# Scheduled backups while `bbsync serve` runs: a 5-field cron expression
+# (UTC), an optional repository, tags and a retention policy applied after
+# each backup.
+# [[backup]]
+# cron = "30 3 * * *"
+# repo = "/srv/bbsync-backups"
+# tags = ["nightly"]
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 6
 "#;
 
 impl Config {

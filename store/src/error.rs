@@ -114,6 +114,12 @@ pub enum StoreError {
     /// Invalid input.
     #[error("{0}")]
     Invalid(String),
+    /// A backup repository is missing, damaged or of an unsupported format.
+    #[error("{0}")]
+    Repo(String),
+    /// A passphrase does not open what it should.
+    #[error("{0}")]
+    Passphrase(String),
 }
 
 impl StoreError {
@@ -128,9 +134,9 @@ impl StoreError {
                 | bbsync_protocol::ErrorKind::HashMismatch => ErrorKind::Corrupt,
                 _ => ErrorKind::Security,
             },
-            Db(_) | NewerSchema { .. } | Corrupt(_) | Incomplete(_) => ErrorKind::Corrupt,
+            Db(_) | NewerSchema { .. } | Corrupt(_) | Incomplete(_) | Repo(_) => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
-            Undecryptable(_) => ErrorKind::Security,
+            Undecryptable(_) | Passphrase(_) => ErrorKind::Security,
             NotInitialized(_)
             | AlreadyInitialized(_)
             | NotADirectory(_)

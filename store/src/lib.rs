@@ -13,6 +13,7 @@
 //! ```
 
 pub mod archive;
+pub mod backup;
 pub mod bbs;
 pub mod chunks;
 pub mod config;
@@ -117,6 +118,14 @@ impl Store {
     /// Creates a new store (identity, database, config) in `dir`, which may
     /// exist if it is empty.
     pub fn init(dir: &Path, name: &str) -> Result<Self> {
+        let identity = Identity::generate(name, bbsync_protocol::now_ms())
+            .ctx(|| "creating the identity".to_string())?;
+        Self::init_with(dir, identity)
+    }
+
+    /// Creates a new store in `dir` (new or empty) with a given identity
+    /// (a restore of an escrowed identity, for disaster recovery).
+    pub fn init_with(dir: &Path, identity: Identity) -> Result<Self> {
         match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
             Ok(_) => {
@@ -135,8 +144,6 @@ impl Store {
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .ctx(|| format!("setting permissions of {}", dir.display()))?;
-        let identity = Identity::generate(name, bbsync_protocol::now_ms())
-            .ctx(|| "creating the identity".to_string())?;
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
         let db = db::Db::open(&dir.join("db"), dir, true)?;

@@ -1,5 +1,6 @@
 //! One module per subcommand group.
 
+pub mod backup;
 pub mod export;
 pub mod import;
 pub mod init;

@@ -59,6 +59,10 @@ pub struct CloneArgs {
     /// path prefix: `message:general`). Repeatable.
     #[arg(long, value_name = "KIND[:NAME]", value_parser = parse_only)]
     only: Vec<(String, Option<String>)>,
+    /// Restore from this backup repository first; only what it lacks (or
+    /// holds older) comes from the network.
+    #[arg(long, value_name = "REPO")]
+    from_backup: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `fetch-missing`.
@@ -179,6 +183,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let follow = parse_peer_addrs(&follow)?;
     // Other commands on this data dir now come through the control socket.
     let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
+    let _backups = super::backup::start_scheduler(ctx, &store)?;
     runtime()?.block_on(async move {
         let node = start_node(ctx, &store, &follow, a.onion)?;
         let h = node.handle();
@@ -346,6 +351,7 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         only: a.only,
     };
     let store = super::open(ctx)?;
+    let from_backup = super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection)?;
     let opts = CloneOptions {
         jobs: a.jobs.max(1),
         selection,
@@ -402,6 +408,7 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    super::backup::print_hybrid(ctx, from_backup.as_ref(), report.chunks_fetched);
     if !report.rejected_manifests.is_empty() {
         bail!(
             "{} manifest(s) were rejected",

@@ -1,0 +1,706 @@
+//! `backup`, `backups ...` and `restore`: thin wrappers over
+//! `bbsync_store::backup`.
+
+use std::{
+    io::{BufRead as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use bbsync_store::{
+    Config, Store, StoreError,
+    backup::{
+        Repo,
+        create::BackupOptions,
+        restore::{RestoreOptions, escrow_of, open_escrow},
+        retention::Policy,
+    },
+    sync::Selection,
+};
+use zeroize::Zeroizing;
+
+use crate::{Ctx, output, progress::Bar};
+
+/// Where the repository is: `--repo`, else `BBSYNC_REPO`, else the config's
+/// `backup_repo`, else `<data>/backup`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepoArg {
+    /// Backup repository (a directory) [env: BBSYNC_REPO; default: config
+    /// `backup_repo`, else <data dir>/backup].
+    #[arg(long, value_name = "REPO")]
+    repo: Option<PathBuf>,
+}
+
+/// Arguments of `backup`.
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Only objects of this kind (and name or name prefix), repeatable.
+    #[arg(long, value_name = "KIND[:NAME]")]
+    only: Vec<String>,
+    /// Free text stored with the snapshot.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// A tag, repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Also seal this instance's identity with a passphrase into the
+    /// repository (env BBSYNC_PASSPHRASE, or a prompt on a terminal).
+    #[arg(long)]
+    include_identity: bool,
+    /// Copy chunk files even where a hard link would do.
+    #[arg(long)]
+    copy: bool,
+}
+
+/// `backups` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupsCommand {
+    /// List the snapshots of a repository.
+    List(RepoArg),
+    /// Show one snapshot (`--json`: everything, object list included).
+    Show {
+        /// Snapshot id, unique prefix, or `latest`.
+        id: String,
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Check snapshots, manifests and chunks; exit 1 on any problem.
+    Verify {
+        /// Only this snapshot (default: the whole repository, unreferenced files included).
+        id: Option<String>,
+        /// Re-hash every chunk (otherwise presence and size only).
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Remove one snapshot, then the data no other snapshot references.
+    Delete {
+        /// Snapshot id or unique prefix.
+        id: String,
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Remove snapshots by policy, then the data no snapshot references
+    /// (with no --keep option: only unreferenced data).
+    Prune {
+        /// Keep the newest N snapshots.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_last: u32,
+        /// Keep the newest snapshot of each of the last N days that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_daily: u32,
+        /// Keep the newest snapshot of each of the last N weeks that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_weekly: u32,
+        /// Keep the newest snapshot of each of the last N months that have one.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_monthly: u32,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Sizes and counts of a repository.
+    Stats(RepoArg),
+}
+
+/// Arguments of `restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Snapshot id, unique prefix, or `latest` [default: latest].
+    snapshot: Option<String>,
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Only objects of this kind (and name or name prefix), repeatable.
+    #[arg(long, value_name = "KIND[:NAME]")]
+    only: Vec<String>,
+    /// Replace objects held here at the same or a newer version.
+    #[arg(long)]
+    overwrite: bool,
+    /// Add envelope entries for the trusted `full` instances to what is restored.
+    #[arg(long)]
+    rekey: bool,
+    /// Restore manifests only; fetch the chunks from peers later (`fetch-missing`).
+    #[arg(long)]
+    skip_chunks: bool,
+    /// Do not back the current store up into the repository first.
+    #[arg(long)]
+    no_safety_snapshot: bool,
+    /// Write the snapshot's plaintext BBS tree into this new or empty
+    /// directory instead, without touching the store.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["overwrite", "rekey", "skip_chunks"])]
+    to_tree: Option<PathBuf>,
+}
+
+/// The repository directory for `arg`.
+pub fn repo_dir(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<PathBuf> {
+    if let Some(r) = &arg.repo {
+        return Ok(ctx.path(r));
+    }
+    if let Some(r) = ctx.env("BBSYNC_REPO") {
+        return Ok(ctx.path(std::path::Path::new(r)));
+    }
+    let config = match &ctx.store {
+        Some(s) => s.config().clone(),
+        None => Config::load(&ctx.data_dir.join("config.toml"))?,
+    };
+    Ok(match config.backup_repo {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => ctx.data_dir.join(p),
+        None => ctx.data_dir.join("backup"),
+    })
+}
+
+fn open_repo(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
+    Ok(Repo::open_dir(&repo_dir(ctx, arg)?)?)
+}
+
+fn selection(only: &[String]) -> anyhow::Result<Selection> {
+    Ok(Selection {
+        only: only
+            .iter()
+            .map(|s| Selection::parse_only(s))
+            .collect::<Result<_, _>>()?,
+        ..Default::default()
+    })
+}
+
+/// Reads a passphrase: `BBSYNC_PASSPHRASE`, else a prompt on the terminal
+/// (without echo; twice when `confirm`).
+fn passphrase(ctx: &Ctx, what: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(p) = ctx.env("BBSYNC_PASSPHRASE") {
+        return Ok(Zeroizing::new(p.to_string()));
+    }
+    if ctx.remote() {
+        anyhow::bail!(
+            "{what} needs a passphrase: set BBSYNC_PASSPHRASE (no prompt through a serving node)"
+        );
+    }
+    let first = prompt(&format!("passphrase for {what}: ")).with_context(|| {
+        format!("{what} needs a passphrase: set BBSYNC_PASSPHRASE or run on a terminal")
+    })?;
+    if confirm {
+        let again = prompt("again: ")?;
+        if *again != *first {
+            anyhow::bail!("the passphrases do not match");
+        }
+    }
+    Ok(first)
+}
+
+fn prompt(text: &str) -> anyhow::Result<Zeroizing<String>> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("no terminal")?;
+    let old = tcgetattr(&tty).context("no terminal")?;
+    let mut quiet = old.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    let mut w = &tty;
+    w.write_all(text.as_bytes())?;
+    tcsetattr(&tty, OptionalActions::Flush, &quiet).context("turning off echo")?;
+    let mut line = Zeroizing::new(String::new());
+    let r = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, OptionalActions::Flush, &old);
+    r?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// `bbsync backup`.
+pub fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<ExitCode> {
+    let sel = selection(&a.only)?;
+    let store = super::open(ctx)?;
+    let dir = repo_dir(ctx, &a.repo)?;
+    let pass = if a.include_identity {
+        Some(passphrase(ctx, "the identity escrow", true)?)
+    } else {
+        None
+    };
+    let (repo, created) = Repo::open_or_create_dir(&dir)?;
+    let bar = Bar::new(ctx.progress);
+    let mut r = store.backup(
+        &repo,
+        &BackupOptions {
+            selection: sel,
+            only: a.only.clone(),
+            description: a.description,
+            tags: a.tags,
+            identity_passphrase: pass,
+            copy: a.copy,
+        },
+        &bar,
+    )?;
+    r.repo_created = created;
+    if ctx.json {
+        output::json(ctx, &r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for o in r.skipped_incomplete.iter().take(output::MAX_LISTED) {
+        errln!(ctx, "left out (incomplete, chunks missing): {o}");
+    }
+    if !ctx.quiet {
+        if created {
+            outln!(ctx, "created backup repository {}", r.repo);
+        }
+        if let Some(k) = &r.identity_escrow {
+            outln!(ctx, "identity sealed into {k}");
+        }
+        outln!(
+            ctx,
+            "backup: snapshot {}: {} objects, {} chunks ({} new: {} linked, {} copied, {}), {} manifests written, {} left out, in {} ({})",
+            r.snapshot,
+            r.objects,
+            r.chunks,
+            r.chunks_new,
+            r.chunks_linked,
+            r.chunks_new - r.chunks_linked,
+            output::size(r.bytes_new),
+            r.manifests_new,
+            r.skipped_incomplete.len(),
+            output::secs(r.elapsed),
+            output::rate(r.bytes_new, r.elapsed),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync backups ...`.
+pub fn backups(ctx: &Ctx, c: BackupsCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        BackupsCommand::List(r) => list(ctx, &open_repo(ctx, &r)?),
+        BackupsCommand::Show { id, repo } => show(ctx, &open_repo(ctx, &repo)?, &id),
+        BackupsCommand::Verify {
+            id,
+            read_data,
+            repo,
+        } => verify(ctx, &open_repo(ctx, &repo)?, id.as_deref(), read_data),
+        BackupsCommand::Delete { id, repo } => {
+            let repo = open_repo(ctx, &repo)?;
+            let r = repo.delete_snapshot(&id, false)?;
+            if ctx.json {
+                output::json(ctx, &r)?;
+            } else if !ctx.quiet {
+                outln!(
+                    ctx,
+                    "deleted snapshot {}; removed {} manifests and {} chunks ({})",
+                    r.removed.join(", "),
+                    r.manifests_removed,
+                    r.chunks_removed,
+                    output::size(r.bytes_removed)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupsCommand::Prune {
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+            repo,
+        } => {
+            let repo = open_repo(ctx, &repo)?;
+            let policy = Policy {
+                keep_last,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+            };
+            let r = repo.prune(&policy, dry_run)?;
+            if ctx.json {
+                output::json(ctx, &r)?;
+            } else if !ctx.quiet {
+                for (id, rules) in &r.kept {
+                    outln!(ctx, "keep   {id} ({})", rules.join(", "));
+                }
+                for id in &r.removed {
+                    outln!(ctx, "remove {id}");
+                }
+                outln!(
+                    ctx,
+                    "prune{}: {} snapshots removed, {} kept; {} manifests and {} chunks ({}) {}",
+                    if dry_run { " (dry run)" } else { "" },
+                    r.removed.len(),
+                    r.kept.len(),
+                    r.manifests_removed,
+                    r.chunks_removed,
+                    output::size(r.bytes_removed),
+                    if dry_run {
+                        "would be removed"
+                    } else {
+                        "removed"
+                    },
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupsCommand::Stats(r) => {
+            let s = open_repo(ctx, &r)?.stats()?;
+            if ctx.json {
+                output::json(ctx, &s)?;
+            } else {
+                outln!(ctx, "repository:       {} ({})", s.repo, s.repo_id);
+                outln!(ctx, "snapshots:        {}", s.snapshots);
+                outln!(ctx, "manifests:        {}", s.manifests);
+                outln!(
+                    ctx,
+                    "chunks:           {} ({})",
+                    s.chunks,
+                    output::size(s.chunk_bytes)
+                );
+                outln!(
+                    ctx,
+                    "snapshots hold:   {} sealed, {} plaintext (deduplicated {:.1}x)",
+                    output::size(s.snapshot_bytes),
+                    output::size(s.plaintext_bytes),
+                    s.snapshot_bytes as f64 / (s.chunk_bytes.max(1)) as f64
+                );
+                outln!(ctx, "identity escrows: {}", s.identity_escrows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn list(ctx: &Ctx, repo: &Repo) -> anyhow::Result<ExitCode> {
+    let snaps = repo.snapshots()?;
+    if ctx.json {
+        let rows: Vec<_> = snaps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id, "created": s.created, "host": s.host_name,
+                    "objects": s.objects.len(), "bytes": s.bytes,
+                    "plaintext_bytes": s.plaintext_bytes, "tags": s.tags,
+                    "description": s.description, "counts": s.counts,
+                })
+            })
+            .collect();
+        output::json(ctx, &rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &snaps {
+        outln!(
+            ctx,
+            "{}  {}  {:>7} objects  {:>10}  {}{}",
+            s.id,
+            s.host_name,
+            s.objects.len(),
+            output::size(s.plaintext_bytes),
+            if s.tags.is_empty() {
+                String::new()
+            } else {
+                format!("[{}] ", s.tags.join(","))
+            },
+            s.description
+        );
+    }
+    if !ctx.quiet {
+        outln!(ctx, "{} snapshots in {}", snaps.len(), repo.location());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(ctx: &Ctx, repo: &Repo, spec: &str) -> anyhow::Result<ExitCode> {
+    let id = repo.resolve_snapshot(spec)?;
+    let s = repo.load_snapshot(&id)?;
+    if ctx.json {
+        output::json(ctx, &s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(ctx, "snapshot:       {}", s.id);
+    outln!(ctx, "created:        {}", s.created);
+    outln!(ctx, "host:           {} ({})", s.host_name, s.host);
+    outln!(ctx, "description:    {}", s.description);
+    outln!(ctx, "tags:           {}", s.tags.join(", "));
+    outln!(
+        ctx,
+        "bbsync:         {} (store schema {})",
+        s.bbsync_version,
+        s.schema_version
+    );
+    if !s.only.is_empty() {
+        outln!(ctx, "only:           {}", s.only.join(", "));
+    }
+    let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    outln!(
+        ctx,
+        "objects:        {} ({})",
+        s.objects.len(),
+        counts.join(", ")
+    );
+    outln!(
+        ctx,
+        "size:           {} plaintext, {} sealed in {} chunks",
+        output::size(s.plaintext_bytes),
+        output::size(s.bytes),
+        s.chunks
+    );
+    outln!(ctx, "trusted:        {} instances", s.trust.len());
+    outln!(
+        ctx,
+        "identity:       {}",
+        s.identity_escrow.as_deref().unwrap_or("not included")
+    );
+    outln!(ctx, "objects sha256: {}", s.objects_sha256);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(ctx: &Ctx, repo: &Repo, id: Option<&str>, read_data: bool) -> anyhow::Result<ExitCode> {
+    let bar = Bar::new(ctx.progress);
+    let r = repo.verify(id, read_data, &bar)?;
+    if ctx.json {
+        output::json(ctx, &r)?;
+    } else {
+        for p in r.problems.iter().take(output::MAX_LISTED) {
+            outln!(ctx, "{:<18} {}: {}", p.class, p.path, p.detail);
+        }
+        if r.problems.len() > output::MAX_LISTED {
+            outln!(
+                ctx,
+                "... and {} more problem(s) (--json lists them all)",
+                r.problems.len() - output::MAX_LISTED
+            );
+        }
+        if !ctx.quiet || !r.is_ok() {
+            let what = if r.read_data {
+                format!(
+                    "{} read in {} ({})",
+                    output::size(r.bytes_read),
+                    output::secs(r.elapsed),
+                    output::rate(r.bytes_read, r.elapsed)
+                )
+            } else {
+                format!("checked in {}", output::secs(r.elapsed))
+            };
+            let verdict = if r.is_ok() {
+                "OK".to_string()
+            } else {
+                let counts: Vec<_> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                format!("{} problem(s): {}", r.problems.len(), counts.join(", "))
+            };
+            outln!(
+                ctx,
+                "backups verify: {} snapshots, {} manifests, {} chunks, {what}: {verdict}",
+                r.snapshots,
+                r.manifests,
+                r.chunks
+            );
+        }
+    }
+    Ok(if r.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The store to restore into. An uninitialized data dir is created with
+/// the identity escrowed in the repository for the snapshot's host.
+fn store_for_restore(ctx: &Ctx, repo: &Repo, snapshot: Option<&str>) -> anyhow::Result<Arc<Store>> {
+    if ctx.store.is_some() {
+        return super::open(ctx);
+    }
+    match Store::open(&ctx.data_dir) {
+        Ok(s) => return Ok(Arc::new(s)),
+        Err(StoreError::NotInitialized(_)) => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening data dir {}", ctx.data_dir.display()));
+        }
+    }
+    let id = repo.resolve_snapshot(snapshot.unwrap_or("latest"))?;
+    let snap = repo.load_snapshot(&id)?;
+    let Some((path, key)) = escrow_of(repo, &snap)? else {
+        anyhow::bail!(
+            "{} is not a bbsync data dir and {} holds no identity escrow for {}; run `bbsync init` first to restore under a new identity",
+            ctx.data_dir.display(),
+            repo.location(),
+            snap.host_name
+        );
+    };
+    let pass = passphrase(ctx, &path, false)?;
+    let identity = open_escrow(&path, &key, &pass)?;
+    let store = Store::init_with(&ctx.data_dir, identity)?;
+    if !ctx.quiet && !ctx.json {
+        outln!(
+            ctx,
+            "restored identity {} ({}) from {path}",
+            store.identity().name(),
+            store.instance_id().short()
+        );
+    }
+    Ok(Arc::new(store))
+}
+
+/// `bbsync restore`.
+pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let sel = selection(&a.only)?;
+    let repo = open_repo(ctx, &a.repo)?;
+    if let Some(dir) = &a.to_tree {
+        let store = super::open(ctx)?;
+        let bar = Bar::new(ctx.progress);
+        let r = store.restore_to_tree(&repo, a.snapshot.as_deref(), &sel, &ctx.path(dir), &bar)?;
+        if ctx.json {
+            output::json(ctx, &r)?;
+        } else {
+            for (o, why) in r.failed.iter().take(output::MAX_LISTED) {
+                errln!(ctx, "not written: {o}: {why}");
+            }
+            if !ctx.quiet || !r.failed.is_empty() {
+                outln!(
+                    ctx,
+                    "restore --to-tree: snapshot {}: {} objects, {} files, {} written to {}, {} failed, in {}",
+                    r.snapshot,
+                    r.objects,
+                    r.files,
+                    output::size(r.bytes),
+                    ctx.path(dir).display(),
+                    r.failed.len(),
+                    output::secs(r.elapsed)
+                );
+            }
+        }
+        return Ok(if r.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let store = store_for_restore(ctx, &repo, a.snapshot.as_deref())?;
+    let bar = Bar::new(ctx.progress);
+    let r = store.restore(
+        &repo,
+        &RestoreOptions {
+            snapshot: a.snapshot,
+            selection: sel,
+            overwrite: a.overwrite,
+            rekey: a.rekey,
+            skip_chunks: a.skip_chunks,
+            safety_snapshot: !a.no_safety_snapshot,
+        },
+        &bar,
+    )?;
+    print_restore(ctx, &r);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a restore report.
+pub fn print_restore(ctx: &Ctx, r: &bbsync_store::backup::restore::RestoreReport) {
+    if ctx.json {
+        let _ = output::json(ctx, r);
+        return;
+    }
+    if ctx.quiet {
+        return;
+    }
+    if let Some(s) = &r.safety_snapshot {
+        outln!(ctx, "safety snapshot of the store before the restore: {s}");
+    }
+    if !r.trusted.is_empty() {
+        outln!(ctx, "trusted from the snapshot: {}", r.trusted.join(", "));
+    }
+    for o in r.undecryptable.iter().take(output::MAX_LISTED) {
+        errln!(
+            ctx,
+            "undecryptable here (no envelope entry for this instance): {o}"
+        );
+    }
+    if let Some(k) = &r.rekey {
+        outln!(
+            ctx,
+            "rekey: {} envelopes changed ({} entries added, {} dropped)",
+            k.changed.len(),
+            k.entries_added,
+            k.entries_dropped
+        );
+    }
+    outln!(
+        ctx,
+        "restore: snapshot {}: {} objects restored ({} replaced), {} already here, {} left out, {} undecryptable, {} chunks copied ({}), {} already present, {} incomplete, in {} ({})",
+        r.snapshot,
+        r.restored,
+        r.replaced,
+        r.skipped_existing,
+        r.skipped_selection,
+        r.undecryptable.len(),
+        r.chunks_copied,
+        output::size(r.bytes_copied),
+        r.chunks_present,
+        r.incomplete,
+        output::secs(r.elapsed),
+        output::rate(r.bytes_copied, r.elapsed),
+    );
+}
+
+/// `clone --from-backup REPO`: restores the latest snapshot of `repo`
+/// (chunks included) before the network clone, which then fetches only
+/// what is missing or newer.
+pub fn restore_for_clone(
+    ctx: &Ctx,
+    store: &Store,
+    repo: Option<PathBuf>,
+    selection: &Selection,
+) -> anyhow::Result<Option<bbsync_store::backup::restore::RestoreReport>> {
+    let Some(dir) = repo else {
+        return Ok(None);
+    };
+    let repo = Repo::open_dir(&ctx.path(&dir))?;
+    let bar = Bar::new(ctx.progress);
+    let r = store.restore(
+        &repo,
+        &RestoreOptions {
+            selection: selection.clone(),
+            safety_snapshot: true,
+            ..Default::default()
+        },
+        &bar,
+    )?;
+    if !ctx.json {
+        print_restore(ctx, &r);
+    }
+    Ok(Some(r))
+}
+
+/// The last line of a `clone --from-backup`: where the chunks came from.
+pub fn print_hybrid(
+    ctx: &Ctx,
+    r: Option<&bbsync_store::backup::restore::RestoreReport>,
+    from_network: u64,
+) {
+    if let Some(r) = r
+        && !ctx.json
+        && !ctx.quiet
+    {
+        outln!(
+            ctx,
+            "clone --from-backup: {} chunks from the backup ({}), {} from the network",
+            r.chunks_copied,
+            output::size(r.bytes_copied),
+            from_network
+        );
+    }
+}
+
+/// Starts the scheduled backups of config.toml (`[[backup]]`) for `serve`.
+pub fn start_scheduler(
+    ctx: &Ctx,
+    store: &Arc<Store>,
+) -> anyhow::Result<Option<bbsync_store::backup::schedule::Scheduler>> {
+    let default = repo_dir(ctx, &RepoArg { repo: None })?;
+    Ok(bbsync_store::backup::schedule::spawn(
+        store.clone(),
+        default,
+    )?)
+}

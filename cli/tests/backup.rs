@@ -1,0 +1,832 @@
+//! Backups (issue 5): backup, `backups ...`, restore, identity escrow,
+//! `--rekey`, `--to-tree`, `clone --from-backup`, and every bad input of
+//! the issue, pg_verifybackup style: one scenario, one exact message, and
+//! a refused restore leaves the store as it was.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command as StdCommand,
+};
+
+use bbsync_store::Store;
+use common::*;
+use serde_json::Value;
+
+const PASS: &str = "correct horse battery staple";
+
+/// Runs with extra environment variables.
+fn run_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut c = bbsync(data);
+    c.env_remove("BBSYNC_PASSPHRASE").env_remove("BBSYNC_REPO");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.args(args).output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = run_env(data, args, env);
+    assert_eq!(o.code, 0, "{args:?}: {}\n{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+fn js(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn gen_small(dir: &Path, seed: u32) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
+    let st = StdCommand::new("python3")
+        .arg(&script)
+        .args(["--profile", "small", "--seed", &seed.to_string()])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// A store `a` with the mini BBS, a second instance `b` trusted `full` by
+/// `a` (so envelopes carry entries for both), and a backup of `a` in `repo`.
+struct Fixture {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+    tree: PathBuf,
+    repo: PathBuf,
+    snap: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let a = root.join("a");
+        let b = root.join("b");
+        init(&a, "alpha");
+        init(&b, "beta");
+        ok(&a, &["trust", "add", "--role", "full", &card(&b)]);
+        let tree = root.join("bbs");
+        mini_bbs(&tree);
+        ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+        let repo = root.join("repo");
+        let r = json(&a, &["backup", "--repo", repo.to_str().unwrap()]);
+        let snap = r["snapshot"].as_str().unwrap().to_string();
+        Fixture {
+            _t: t,
+            root,
+            a,
+            b,
+            tree,
+            repo,
+            snap,
+        }
+    }
+
+    fn r(&self) -> &str {
+        self.repo.to_str().unwrap()
+    }
+
+    /// The chunks of `kind:name` and the object's manifest id (from the store).
+    fn object(&self, spec: &str) -> (Vec<(bbsync_protocol::ChunkId, u32)>, String) {
+        let s = Store::open(&self.a).unwrap();
+        let id = s.resolve(spec).unwrap();
+        let m = s.manifest_unchecked(&id).unwrap();
+        let st = s.state(&id).unwrap();
+        (
+            m.chunks.iter().map(|c| (c.id, c.len)).collect(),
+            st.manifest_id.to_hex(),
+        )
+    }
+
+    fn chunk_rel(&self, spec: &str) -> (String, u32) {
+        let (chunks, _) = self.object(spec);
+        let (id, len) = chunks[0];
+        let h = id.to_hex();
+        (format!("chunks/{}/{h}", &h[..2]), len)
+    }
+
+    /// `backups verify` that must fail: (stdout problem lines, summary).
+    fn verify_fails(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["backups", "verify", "--repo", self.r()];
+        args.extend_from_slice(extra);
+        let o = run(&self.a, &args);
+        assert_eq!(o.code, 1, "{}\n{}", o.stdout, o.stderr);
+        o.stdout.lines().map(str::to_string).collect()
+    }
+
+    /// A restore into `b` that must be refused with exactly `expected`,
+    /// leaving `b` as it was.
+    fn restore_refused(&self, expected: &str) {
+        let before = snapshot(&self.b);
+        let o = run(&self.b, &["restore", "--repo", self.r()]);
+        let line = assert_one_line_error(&o, "restore of a damaged repository");
+        assert_eq!(line, expected);
+        assert_eq!(
+            snapshot(&self.b),
+            before,
+            "a refused restore changed the store"
+        );
+    }
+}
+
+const MSG: &str = "message:general/1";
+const APPLET: &str = "applet:lord";
+
+#[test]
+fn backup_verify_list_show() -> TestResult {
+    let f = Fixture::new();
+    let out = ok(&f.a, &["backups", "verify", "--repo", f.r(), "--read-data"]);
+    assert!(out.contains(": OK"), "{out}");
+    let l = json(&f.a, &["backups", "list", "--repo", f.r()]);
+    assert_eq!(l.as_array().unwrap().len(), 1);
+    assert_eq!(l[0]["id"], f.snap.as_str());
+    assert_eq!(l[0]["objects"], 8);
+    let s = json(&f.a, &["backups", "show", "--repo", f.r(), "latest"]);
+    assert_eq!(s["id"], f.snap.as_str());
+    assert_eq!(s["counts"]["message"], 2);
+    assert_eq!(s["counts"]["config"], 2);
+    assert_eq!(s["objects"].as_array().unwrap().len(), 8);
+    assert_eq!(s["host_name"], "alpha");
+    assert_eq!(s["schema_version"], 1);
+    // The default repository lives under the data dir.
+    let r = json(&f.a, &["backup", "--description", "nightly", "--tag", "x"]);
+    assert!(f.a.join("backup/repo.json").is_file(), "{r}");
+    let s = json(&f.a, &["backups", "show", r["snapshot"].as_str().unwrap()]);
+    assert_eq!(s["description"], "nightly");
+    assert_eq!(s["tags"], serde_json::json!(["x"]));
+    // Chunks are hard links of the store's files by default, copies with --copy.
+    assert_eq!(r["chunks_linked"], r["chunks_new"]);
+    let c = json(
+        &f.a,
+        &[
+            "backup",
+            "--repo",
+            f.root.join("copied").to_str().unwrap(),
+            "--copy",
+        ],
+    );
+    assert_eq!(c["chunks_linked"], 0);
+    assert_eq!(c["chunks_new"], r["chunks_new"]);
+    let (rel, _) = f.chunk_rel(MSG);
+    assert_eq!(fs::metadata(f.root.join("copied").join(&rel))?.nlink(), 1);
+    assert!(fs::metadata(f.a.join("backup").join(&rel))?.nlink() >= 2);
+    let st = json(&f.a, &["backups", "stats", "--repo", f.r()]);
+    assert_eq!(st["snapshots"], 1);
+    Ok(())
+}
+
+#[test]
+fn incremental_backup_copies_only_new_chunks() -> TestResult {
+    let f = Fixture::new();
+    let again = json(&f.a, &["backup", "--repo", f.r()]);
+    assert_eq!(again["chunks_new"], 0, "{again}");
+    assert_eq!(again["manifests_new"], 0, "{again}");
+    write(
+        &f.tree.join("boards/general/3.json"),
+        "{\"id\":3,\"from\":\"carol\",\"subject\":\"new\",\"body\":\"a new post\"}\n",
+    );
+    ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
+    let inc = json(&f.a, &["backup", "--repo", f.r()]);
+    assert_eq!(inc["chunks_new"], 1, "{inc}");
+    assert_eq!(inc["manifests_new"], 1, "{inc}");
+    assert_eq!(inc["objects"], 9, "{inc}");
+    // --only takes a part.
+    let part = json(&f.a, &["backup", "--repo", f.r(), "--only", "message"]);
+    assert_eq!(part["objects"], 3, "{part}");
+    assert_eq!(part["chunks_new"], 0, "{part}");
+    ok(&f.a, &["backups", "verify", "--repo", f.r(), "--read-data"]);
+    Ok(())
+}
+
+#[test]
+fn disaster_recovery_restores_identity_and_content() -> TestResult {
+    let t = tempfile::tempdir()?;
+    let tree = t.path().join("gen");
+    gen_small(&tree, 3);
+    let a = t.path().join("a");
+    init(&a, "primary");
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    let repo = t.path().join("repo");
+    let r = repo.to_str().unwrap();
+    let out = ok_env(
+        &a,
+        &["--json", "backup", "--repo", r, "--include-identity"],
+        &[("BBSYNC_PASSPHRASE", PASS)],
+    );
+    let b = js(&out);
+    let id = ok(&a, &["id"]);
+    assert!(
+        b["identity_escrow"]
+            .as_str()
+            .unwrap()
+            .starts_with("keys/identity."),
+        "{b}"
+    );
+    ok(&a, &["backups", "verify", "--repo", r, "--read-data"]);
+
+    // Wrong passphrase: named, nothing created.
+    let lost = t.path().join("lost");
+    let o = run_env(
+        &lost,
+        &["restore", "--repo", r],
+        &[("BBSYNC_PASSPHRASE", "wrong passphrase")],
+    );
+    let line = assert_one_line_error(&o, "wrong passphrase");
+    assert_eq!(
+        line,
+        format!(
+            "error: wrong passphrase for the identity escrow {}",
+            b["identity_escrow"].as_str().unwrap()
+        )
+    );
+    assert!(!lost.exists());
+    // No passphrase and no terminal: said so.
+    let o = run_env(&lost, &["restore", "--repo", r], &[]);
+    let line = assert_one_line_error(&o, "no passphrase");
+    assert!(line.contains("needs a passphrase"), "{line}");
+
+    // The right one: one command brings the node back.
+    let out = ok_env(
+        &lost,
+        &["restore", "--repo", r],
+        &[("BBSYNC_PASSPHRASE", PASS)],
+    );
+    assert!(out.contains("restored identity primary"), "{out}");
+    assert_eq!(ok(&lost, &["id"]), id);
+    let (code, v) = verify(&lost, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let exp = t.path().join("exp");
+    ok(&lost, &["export-bbs", exp.to_str().unwrap()]);
+    assert_same_tree(&tree, &exp);
+    // Restoring again changes nothing and takes no safety snapshot.
+    let again = json(&lost, &["restore", "--repo", r]);
+    assert_eq!(again["restored"], 0, "{again}");
+    assert_eq!(again["safety_snapshot"], Value::Null);
+    Ok(())
+}
+
+#[test]
+fn restore_into_another_identity_rekey_and_overwrite() -> TestResult {
+    let f = Fixture::new();
+    // b has entries in every envelope: it restores everything, trusting
+    // the snapshot's host.
+    let r = json(&f.b, &["restore", "--repo", f.r()]);
+    assert_eq!(r["restored"], 8, "{r}");
+    assert_eq!(r["undecryptable"], serde_json::json!([]));
+    assert_eq!(
+        r["safety_snapshot"],
+        Value::Null,
+        "an empty store needs no safety snapshot"
+    );
+    assert_eq!(r["trusted"].as_array().unwrap().len(), 1, "{r}");
+    let (code, v) = verify(&f.b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let out = f.root.join("out-b");
+    ok(&f.b, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&f.tree, &out);
+    // A third instance without entries restores nothing it cannot read.
+    let c = f.root.join("c");
+    init(&c, "gamma");
+    let r = json(&c, &["restore", "--repo", f.r()]);
+    assert_eq!(r["restored"], 0, "{r}");
+    assert_eq!(r["undecryptable"].as_array().unwrap().len(), 8, "{r}");
+    // Same versions are skipped; --overwrite replaces them, after a
+    // safety snapshot of the non-empty store.
+    let r = json(&f.b, &["restore", "--repo", f.r()]);
+    assert_eq!(r["restored"], 0);
+    assert_eq!(r["skipped_existing"], 8);
+    ok(&f.b, &["trust", "add", "--role", "full", &card(&c)]);
+    let r = json(
+        &f.b,
+        &["restore", "--repo", f.r(), "--overwrite", "--rekey"],
+    );
+    assert_eq!(r["restored"], 8, "{r}");
+    assert_eq!(r["replaced"], 8, "{r}");
+    assert!(r["safety_snapshot"].is_string(), "{r}");
+    // --rekey gave c (trusted full by b) an entry in every live envelope.
+    assert_eq!(r["rekey"]["entries_added"], 8, "{r}");
+    let (code, v) = verify(&f.b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    Ok(())
+}
+
+#[test]
+fn restore_to_tree_writes_plaintext_without_touching_the_store() -> TestResult {
+    let f = Fixture::new();
+    let before = snapshot(&f.a);
+    let out = f.root.join("tree-out");
+    let r = json(
+        &f.a,
+        &[
+            "restore",
+            "--repo",
+            f.r(),
+            "--to-tree",
+            out.to_str().unwrap(),
+            &f.snap,
+        ],
+    );
+    assert_eq!(r["objects"], 8, "{r}");
+    assert_same_tree(&f.tree, &out);
+    assert_eq!(snapshot(&f.a), before);
+    // --only.
+    let out2 = f.root.join("tree-only");
+    let r = json(
+        &f.a,
+        &[
+            "restore",
+            "--repo",
+            f.r(),
+            "--to-tree",
+            out2.to_str().unwrap(),
+            "--only",
+            "message",
+        ],
+    );
+    assert_eq!(r["objects"], 2, "{r}");
+    assert!(out2.join("boards/general/1.json").is_file());
+    assert!(!out2.join("config").exists());
+    Ok(())
+}
+
+#[test]
+fn prune_by_policy_and_delete() -> TestResult {
+    let f = Fixture::new();
+    for i in 3..6 {
+        write(
+            &f.tree.join(format!("boards/general/{i}.json")),
+            format!("{{\"id\":{i}}}\n"),
+        );
+        ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
+        json(&f.a, &["backup", "--repo", f.r()]);
+    }
+    let dry = json(
+        &f.a,
+        &[
+            "backups",
+            "prune",
+            "--repo",
+            f.r(),
+            "--keep-last",
+            "2",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(
+        json(&f.a, &["backups", "list", "--repo", f.r()])
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    // Each snapshot adds a message that the later ones keep: removing the
+    // two oldest frees no chunk.
+    let p = json(
+        &f.a,
+        &["backups", "prune", "--repo", f.r(), "--keep-last", "2"],
+    );
+    assert_eq!(p["removed"].as_array().unwrap().len(), 2, "{p}");
+    assert_eq!(p["kept"].as_object().unwrap().len(), 2, "{p}");
+    assert!(
+        p["removed"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(f.snap.clone())),
+        "{p}"
+    );
+    let l = json(&f.a, &["backups", "list", "--repo", f.r()]);
+    assert_eq!(l.as_array().unwrap().len(), 2);
+    ok(&f.a, &["backups", "verify", "--repo", f.r(), "--read-data"]);
+    // A message deleted from the BBS: its chunk goes once no snapshot has it.
+    fs::remove_file(f.tree.join("boards/general/5.json"))?;
+    ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
+    let last = json(&f.a, &["backup", "--repo", f.r()]);
+    let p = json(
+        &f.a,
+        &["backups", "prune", "--repo", f.r(), "--keep-last", "1"],
+    );
+    assert_eq!(p["removed"].as_array().unwrap().len(), 2, "{p}");
+    assert!(p["chunks_removed"].as_u64().unwrap() >= 1, "{p}");
+    assert!(p["manifests_removed"].as_u64().unwrap() >= 1, "{p}");
+    ok(&f.a, &["backups", "verify", "--repo", f.r(), "--read-data"]);
+    // delete the last one: nothing left.
+    let d = json(
+        &f.a,
+        &[
+            "backups",
+            "delete",
+            "--repo",
+            f.r(),
+            last["snapshot"].as_str().unwrap(),
+        ],
+    );
+    assert!(d["chunks_removed"].as_u64().unwrap() > 0, "{d}");
+    let st = json(&f.a, &["backups", "stats", "--repo", f.r()]);
+    assert_eq!(
+        (
+            st["snapshots"].as_u64(),
+            st["chunks"].as_u64(),
+            st["manifests"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    Ok(())
+}
+
+// ---- bad input: one scenario, one exact message ----
+
+#[test]
+fn missing_chunk() -> TestResult {
+    let f = Fixture::new();
+    let (rel, _) = f.chunk_rel(MSG);
+    fs::remove_file(f.repo.join(&rel))?;
+    let lines = f.verify_fails(&[]);
+    assert_eq!(
+        lines[0],
+        format!(
+            "missing-chunk      {rel}: missing, referenced by {MSG} in snapshot {}",
+            f.snap
+        )
+    );
+    assert!(
+        lines[1].ends_with(": 1 problem(s): 1 missing-chunk"),
+        "{lines:?}"
+    );
+    f.restore_refused(&format!(
+        "error: backup repository {} is damaged: {rel}: missing, referenced by {MSG}; nothing was restored",
+        f.r()
+    ));
+    Ok(())
+}
+
+#[test]
+fn extra_unreferenced_chunk() -> TestResult {
+    let f = Fixture::new();
+    let bytes = b"not referenced by anything";
+    let id = bbsync_protocol::ChunkId::of(bytes).to_hex();
+    let rel = format!("chunks/{}/{id}", &id[..2]);
+    write(&f.repo.join(&rel), bytes);
+    let lines = f.verify_fails(&[]);
+    assert_eq!(
+        lines[0],
+        format!(
+            "orphan-chunk       {rel}: referenced by no snapshot (`bbsync backups prune` removes it)"
+        )
+    );
+    assert!(
+        lines[1].ends_with(": 1 problem(s): 1 orphan-chunk"),
+        "{lines:?}"
+    );
+    // Checking one snapshot does not look at unreferenced files.
+    ok(&f.a, &["backups", "verify", "--repo", f.r(), &f.snap]);
+    // prune without a policy removes just that.
+    let p = json(&f.a, &["backups", "prune", "--repo", f.r()]);
+    assert_eq!(p["chunks_removed"], 1, "{p}");
+    assert_eq!(p["removed"], serde_json::json!([]));
+    ok(&f.a, &["backups", "verify", "--repo", f.r()]);
+    Ok(())
+}
+
+#[test]
+fn truncated_chunk() -> TestResult {
+    let f = Fixture::new();
+    let (rel, len) = f.chunk_rel(APPLET);
+    let p = f.repo.join(&rel);
+    let bytes = fs::read(&p)?;
+    fs::remove_file(&p)?; // a hard link: never write through it into the store
+    fs::write(&p, &bytes[..bytes.len() / 2])?;
+    let half = bytes.len() / 2;
+    let lines = f.verify_fails(&[]);
+    assert_eq!(
+        lines[0],
+        format!(
+            "truncated-chunk    {rel}: has {half} bytes, the manifest says {len} ({APPLET} in snapshot {})",
+            f.snap
+        )
+    );
+    f.restore_refused(&format!(
+        "error: backup repository {} is damaged: {rel}: has {half} bytes, the manifest of {APPLET} says {len}; nothing was restored",
+        f.r()
+    ));
+    // The store's own chunk was not touched.
+    let (code, v) = verify(&f.a, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    Ok(())
+}
+
+#[test]
+fn same_length_replaced_chunk() -> TestResult {
+    let f = Fixture::new();
+    let (rel, len) = f.chunk_rel(APPLET);
+    let p = f.repo.join(&rel);
+    let mut bytes = fs::read(&p)?;
+    fs::remove_file(&p)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    fs::write(&p, &bytes)?;
+    assert_eq!(bytes.len() as u32, len);
+    // Sizes are right: only --read-data sees it.
+    ok(&f.a, &["backups", "verify", "--repo", f.r()]);
+    let lines = f.verify_fails(&["--read-data"]);
+    assert_eq!(
+        lines[0],
+        format!(
+            "corrupt-chunk      {rel}: content does not hash to its name, referenced by {APPLET} in snapshot {}",
+            f.snap
+        )
+    );
+    assert!(
+        lines[1].ends_with(": 1 problem(s): 1 corrupt-chunk"),
+        "{lines:?}"
+    );
+    f.restore_refused(&format!(
+        "error: backup repository {} is damaged: {rel}: content does not hash to its name; nothing was restored",
+        f.r()
+    ));
+    Ok(())
+}
+
+#[test]
+fn missing_manifest() -> TestResult {
+    let f = Fixture::new();
+    let (_, mid) = f.object(MSG);
+    let rel = format!("manifests/{mid}");
+    fs::remove_file(f.repo.join(&rel))?;
+    let lines = f.verify_fails(&[]);
+    assert_eq!(
+        lines[0],
+        format!("missing-manifest   {rel}: missing (snapshot {})", f.snap)
+    );
+    assert!(
+        lines[1].ends_with(": 1 problem(s): 1 missing-manifest"),
+        "{lines:?}"
+    );
+    f.restore_refused(&format!(
+        "error: backup repository {} is damaged: {rel}: missing; nothing was restored",
+        f.r()
+    ));
+    Ok(())
+}
+
+#[test]
+fn corrupted_snapshot_file() -> TestResult {
+    let f = Fixture::new();
+    let rel = format!("snapshots/{}.json", f.snap);
+    let p = f.repo.join(&rel);
+    let text = fs::read_to_string(&p)?;
+    fs::write(&p, &text[..text.len() / 2])?;
+    let lines = f.verify_fails(&[]);
+    let prefix = format!(
+        "bad-snapshot       {rel}: snapshot {}: {rel} is not a valid snapshot file (EOF while parsing",
+        f.snap
+    );
+    assert!(lines[0].starts_with(&prefix), "{lines:?}");
+    let o = run(&f.b, &["restore", "--repo", f.r()]);
+    let line = assert_one_line_error(&o, "corrupt snapshot");
+    assert!(
+        line.starts_with(&format!(
+            "error: snapshot {}: {rel} is not a valid snapshot file (EOF while parsing",
+            f.snap
+        )),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn snapshot_checksum_mismatch() -> TestResult {
+    let f = Fixture::new();
+    let rel = format!("snapshots/{}.json", f.snap);
+    let p = f.repo.join(&rel);
+    let mut v: Value = serde_json::from_slice(&fs::read(&p)?)?;
+    let said = v["objects_sha256"].as_str().unwrap().to_string();
+    // Drop one object from the list, as a careless edit or a truncation would.
+    v["objects"].as_array_mut().unwrap().pop();
+    fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
+    let lines = f.verify_fails(&[]);
+    let prefix = format!(
+        "snapshot-checksum  {rel}: snapshot {}: checksum mismatch: the file says {said}, its object list hashes to ",
+        f.snap
+    );
+    assert!(lines[0].starts_with(&prefix), "{lines:?}");
+    let before = snapshot(&f.b);
+    let o = run(&f.b, &["restore", "--repo", f.r()]);
+    let line = assert_one_line_error(&o, "checksum");
+    assert!(
+        line.starts_with(&format!(
+            "error: snapshot {}: checksum mismatch: the file says {said}",
+            f.snap
+        )),
+        "{line}"
+    );
+    assert_eq!(snapshot(&f.b), before);
+    Ok(())
+}
+
+#[test]
+fn missing_repo_json() -> TestResult {
+    let f = Fixture::new();
+    fs::remove_file(f.repo.join("repo.json"))?;
+    let expected = format!(
+        "error: {} is not a bbsync backup repository (no repo.json)",
+        f.r()
+    );
+    for args in [
+        vec!["backups", "verify", "--repo", f.r()],
+        vec!["backups", "list", "--repo", f.r()],
+        vec!["backup", "--repo", f.r()],
+    ] {
+        assert_eq!(fail(&f.a, &args), expected, "{args:?}");
+    }
+    f.restore_refused(&expected);
+    Ok(())
+}
+
+#[test]
+fn newer_repo_format() -> TestResult {
+    let f = Fixture::new();
+    let p = f.repo.join("repo.json");
+    let mut v: Value = serde_json::from_slice(&fs::read(&p)?)?;
+    v["format"] = 2.into();
+    fs::write(&p, serde_json::to_vec(&v)?)?;
+    let expected = format!(
+        "error: backup repository {} has format 2; this bbsync reads format 1 (upgrade bbsync)",
+        f.r()
+    );
+    assert_eq!(
+        fail(&f.a, &["backups", "verify", "--repo", f.r()]),
+        expected
+    );
+    assert_eq!(fail(&f.a, &["backup", "--repo", f.r()]), expected);
+    f.restore_refused(&expected);
+    Ok(())
+}
+
+#[test]
+fn nonexistent_snapshot() -> TestResult {
+    let f = Fixture::new();
+    let expected = format!("error: no snapshot 20990101T000000Z-deadbeef in {}", f.r());
+    for args in [
+        vec![
+            "backups",
+            "show",
+            "--repo",
+            f.r(),
+            "20990101T000000Z-deadbeef",
+        ],
+        vec![
+            "backups",
+            "verify",
+            "--repo",
+            f.r(),
+            "20990101T000000Z-deadbeef",
+        ],
+        vec![
+            "backups",
+            "delete",
+            "--repo",
+            f.r(),
+            "20990101T000000Z-deadbeef",
+        ],
+    ] {
+        assert_eq!(fail(&f.a, &args), expected, "{args:?}");
+    }
+    let before = snapshot(&f.b);
+    let o = run(
+        &f.b,
+        &["restore", "--repo", f.r(), "20990101T000000Z-deadbeef"],
+    );
+    assert_eq!(assert_one_line_error(&o, "no such snapshot"), expected);
+    assert_eq!(snapshot(&f.b), before);
+    Ok(())
+}
+
+#[test]
+fn bad_cron_expression_stops_serve_before_it_starts() -> TestResult {
+    let t = tempfile::tempdir()?;
+    let a = t.path().join("a");
+    init(&a, "cron");
+    let cfg = a.join("config.toml");
+    let mut text = fs::read_to_string(&cfg)?;
+    text.push_str("\n[[backup]]\ncron = \"61 * * * *\"\n");
+    fs::write(&cfg, text)?;
+    let e = fail(&a, &["serve", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert_eq!(
+        e,
+        "error: cron expression \"61 * * * *\": \"61\" is not a minute (0-59)"
+    );
+    Ok(())
+}
+
+#[test]
+fn clone_from_backup_fetches_only_what_the_backup_lacks() -> TestResult {
+    let f = Fixture::new();
+    // After the backup, one more post on the source.
+    write(
+        &f.tree.join("boards/general/9.json"),
+        "{\"id\":9,\"body\":\"after the backup\"}\n",
+    );
+    ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
+    let server = serve(&f.a);
+    let out = ok(&f.b, &["clone", &server.addr, "--from-backup", f.r()]);
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("clone --from-backup: ") && last.ends_with(", 1 from the network"),
+        "{out}"
+    );
+    let o = f.root.join("cloned");
+    ok(&f.b, &["export-bbs", o.to_str().unwrap()]);
+    assert_same_tree(&f.tree, &o);
+    drop(server);
+    Ok(())
+}
+
+#[test]
+fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestResult {
+    let t = tempfile::tempdir()?;
+    let a = t.path().join("a");
+    init(&a, "cron");
+    let tree = t.path().join("bbs");
+    mini_bbs(&tree);
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    let good = t.path().join("good");
+    let bad = t.path().join("not-a-dir");
+    fs::write(&bad, "a file where a repository should be")?;
+    let cfg = a.join("config.toml");
+    let mut text = fs::read_to_string(&cfg)?;
+    text.push_str(&format!(
+        "\n[[backup]]\ncron = \"* * * * *\"\nrepo = {:?}\ntags = [\"cron\"]\nkeep_last = 2\n\n[[backup]]\ncron = \"* * * * *\"\nrepo = {:?}\n",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap()
+    ));
+    fs::write(&cfg, text)?;
+    let log = t.path().join("serve.log");
+    let mut child = StdCommand::new(env!("CARGO_BIN_EXE_bbsync"))
+        .args(["--no-progress", "-v", "--data-dir"])
+        .arg(&a)
+        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env_remove("BBSYNC_DATA")
+        .env_remove("BBSYNC_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log)?)
+        .spawn()?;
+    // Cron ticks once a minute: the first run comes within 60 s.
+    wait_for(75, "a scheduled snapshot", || {
+        fs::read_dir(good.join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            >= 1
+    });
+    wait_for(10, "the failed run in the log", || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("failed (tried again at the next tick)")
+    });
+    assert!(child.try_wait()?.is_none(), "serve stopped");
+    let text = fs::read_to_string(&log)?;
+    assert!(text.contains("scheduled backup "), "{text}");
+    // The node still answers (through its control socket).
+    let s = json(&a, &["backups", "list", "--repo", good.to_str().unwrap()]);
+    assert_eq!(s[0]["tags"], serde_json::json!(["cron"]));
+    assert_eq!(s[0]["objects"], 8);
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+#[test]
+fn restore_skip_chunks_then_fetch_missing_from_a_peer() -> TestResult {
+    let f = Fixture::new();
+    let r = json(&f.b, &["restore", "--repo", f.r(), "--skip-chunks"]);
+    assert_eq!(r["restored"], 8, "{r}");
+    assert_eq!(r["chunks_copied"], 0, "{r}");
+    let incomplete = r["incomplete"].as_u64().unwrap();
+    assert!(incomplete >= 5, "{r}");
+    assert!(chunk_files(&f.b).is_empty());
+    let server = serve(&f.a);
+    ok(&f.b, &["fetch-missing", "--from", &server.addr]);
+    let (code, v) = verify(&f.b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let out = f.root.join("fetched");
+    ok(&f.b, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&f.tree, &out);
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Storage access of a backup repository, behind a small trait so that an
+//! object-store backend can be added later. Paths are `/`-separated and
+//! relative to the repository root (`chunks/ab/<hex>`, `snapshots/<id>.json`).
+
+use std::{
+    fs::{self, File},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+/// What a repository needs from its storage.
+pub trait Backend: Send + Sync {
+    /// Where the repository is, for messages.
+    fn location(&self) -> String;
+    /// The whole content of a file (`NotFound` when absent).
+    fn read(&self, path: &str) -> io::Result<Vec<u8>>;
+    /// Writes a file so that it appears complete or not at all, durably.
+    fn write(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Writes a file so that it appears complete or not at all, not yet
+    /// durable: [`Backend::sync`] makes every such write durable.
+    fn write_lazy(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` for `path` where no reader sees it yet;
+    /// [`Backend::publish`] (after a [`Backend::sync`]) makes it appear.
+    fn stage(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes a staged file appear at `path`.
+    fn publish(&self, path: &str) -> io::Result<()>;
+    /// The size of a file, `None` when absent.
+    fn size(&self, path: &str) -> io::Result<Option<u64>>;
+    /// The names (not paths) of the files in a directory; an absent
+    /// directory is empty. Temp files are left out.
+    fn list(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Removes a file; an absent one is not an error.
+    fn remove(&self, path: &str) -> io::Result<()>;
+    /// Makes every earlier write durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Puts the local file `src` at `path` as a hard link. `Ok(false)` when
+    /// this backend cannot link it (another file system, or not local):
+    /// copy instead.
+    fn link_from(&self, src: &Path, path: &str) -> io::Result<bool>;
+    /// The local path of a file, when the backend is a local directory.
+    fn local_path(&self, path: &str) -> Option<PathBuf>;
+    /// Removes the temp files an interrupted write left (only while no
+    /// other writer uses the repository). Returns how many.
+    fn remove_temp_files(&self) -> io::Result<u64>;
+}
+
+/// A repository in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    /// A repository at `root` (nothing is created yet).
+    pub fn new(root: &Path) -> Self {
+        LocalDir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    fn tmp_of(p: &Path) -> PathBuf {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        p.with_file_name(format!(".{name}.tmp"))
+    }
+
+    fn write_tmp(&self, path: &str, bytes: &[u8], durable: bool) -> io::Result<()> {
+        let p = self.full(path);
+        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let tmp = Self::tmp_of(&p);
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, &p)?;
+        if durable {
+            File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+fn is_tmp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+impl Backend for LocalDir {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.full(path))
+    }
+
+    fn write(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_tmp(path, bytes, true)
+    }
+
+    fn write_lazy(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_tmp(path, bytes, false)
+    }
+
+    fn stage(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        let p = self.full(path);
+        let tmp = Self::tmp_of(&p);
+        let mut f = match File::create(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(p.parent().unwrap_or(&self.root))?;
+                File::create(&tmp)?
+            }
+            r => r?,
+        };
+        f.write_all(bytes)
+    }
+
+    fn publish(&self, path: &str) -> io::Result<()> {
+        let p = self.full(path);
+        fs::rename(Self::tmp_of(&p), p)
+    }
+
+    fn size(&self, path: &str) -> io::Result<Option<u64>> {
+        match fs::metadata(self.full(path)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let rd = match fs::read_dir(self.full(dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if !is_tmp(&name) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, path: &str) -> io::Result<()> {
+        match fs::remove_file(self.full(path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let d = File::open(&self.root)?;
+        rustix::fs::syncfs(&d).map_err(io::Error::from)
+    }
+
+    fn link_from(&self, src: &Path, path: &str) -> io::Result<bool> {
+        let p = self.full(path);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        match fs::hard_link(src, &p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn local_path(&self, path: &str) -> Option<PathBuf> {
+        Some(self.full(path))
+    }
+
+    fn remove_temp_files(&self) -> io::Result<u64> {
+        let mut dirs = vec![
+            self.root.clone(),
+            self.full("manifests"),
+            self.full("snapshots"),
+            self.full("keys"),
+        ];
+        if let Ok(rd) = fs::read_dir(self.full("chunks")) {
+            for e in rd.flatten() {
+                dirs.push(e.path());
+            }
+        }
+        let mut n = 0;
+        for d in dirs {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                if is_tmp(&e.file_name().to_string_lossy()) {
+                    fs::remove_file(e.path())?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,408 @@
+//! `bbsync backups verify`: every snapshot file, every manifest they
+//! reference, and every chunk those reference; with `read_data` each chunk
+//! is re-hashed. Each problem is named, pg_verifybackup style: one line,
+//! the path, what is wrong.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{
+    ChunkId, EnvelopeEntry, Manifest, ManifestId, Unverified, chunk::check_chunk_id, verify_many,
+};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{Repo, SnapshotFile, chunk_path, list_chunks, manifest_path, repo_io_err};
+use crate::{error::Result, progress::Progress};
+
+/// One problem found in a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepoProblem {
+    /// `missing-chunk`, `truncated-chunk`, `wrong-size-chunk`,
+    /// `corrupt-chunk`, `orphan-chunk`, `stray-file`, `missing-manifest`,
+    /// `bad-manifest`, `orphan-manifest`, `bad-snapshot`,
+    /// `snapshot-checksum`, `bad-key-file`.
+    pub class: String,
+    /// The file, relative to the repository.
+    pub path: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// What `backups verify` found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RepoCheck {
+    /// The repository.
+    pub repo: String,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Manifests checked.
+    pub manifests: u64,
+    /// Chunks checked.
+    pub chunks: u64,
+    /// Whether chunk data was re-hashed.
+    pub read_data: bool,
+    /// Bytes re-hashed.
+    pub bytes_read: u64,
+    /// Problems, sorted.
+    pub problems: Vec<RepoProblem>,
+    /// Problems by class.
+    pub counts: BTreeMap<String, u64>,
+    /// Wall time.
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub elapsed: Duration,
+}
+
+impl RepoCheck {
+    /// No problem found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn problem(class: &str, path: String, detail: String) -> RepoProblem {
+    RepoProblem {
+        class: class.into(),
+        path,
+        detail,
+    }
+}
+
+/// A manifest check's outcome: the checked file, or (problem class, detail).
+pub(crate) type ManifestCheck = std::result::Result<CheckedManifest, (&'static str, String)>;
+
+/// What one manifest file holds, once checked.
+pub(crate) struct CheckedManifest {
+    /// The verified manifest.
+    pub manifest: bbsync_protocol::Signed<Manifest>,
+    /// Envelope entry bytes.
+    pub envelope: Vec<Vec<u8>>,
+}
+
+/// A decoded manifest file: the manifest, not yet verified, and its entries.
+type ReadManifest = (Unverified<Manifest>, Vec<Vec<u8>>);
+
+/// Reads and decodes one manifest file (signature not yet checked).
+fn read_manifest_file(
+    repo: &Repo,
+    mid: &ManifestId,
+) -> std::result::Result<ReadManifest, (&'static str, String)> {
+    let path = manifest_path(mid);
+    let bytes = match repo.backend().read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(("missing-manifest", "missing".into()));
+        }
+        Err(e) => return Err(("bad-manifest", format!("unreadable: {e}"))),
+    };
+    let f = super::repofile::ManifestFile::decode(&bytes)
+        .map_err(|e| ("bad-manifest", format!("undecodable: {e}")))?;
+    let u = Unverified::<Manifest>::decode(&f.manifest)
+        .map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+    for e in &f.envelope {
+        Unverified::<EnvelopeEntry>::decode(e)
+            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
+    }
+    Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
+}
+
+/// Reads and checks manifest files against the object versions a snapshot
+/// lists: each file decodes, its signature verifies under its author's key
+/// (ed25519 batches, on all cores), its id is the hash of the signed body,
+/// and it is that object and version. Results in the order of `items`.
+pub(crate) fn check_manifests(
+    repo: &Repo,
+    items: &[&super::repofile::SnapObject],
+) -> Vec<ManifestCheck> {
+    const GROUP: usize = 512;
+    items
+        .par_chunks(GROUP)
+        .flat_map_iter(|group| {
+            let read: Vec<_> = group
+                .iter()
+                .map(|o| read_manifest_file(repo, &o.manifest_id))
+                .collect();
+            let mut slots = Vec::new();
+            let mut batch = Vec::new();
+            let mut out: Vec<Option<ManifestCheck>> = Vec::with_capacity(group.len());
+            let mut envelopes = Vec::with_capacity(group.len());
+            for r in read {
+                match r {
+                    Ok((u, env)) => {
+                        slots.push(out.len());
+                        batch.push(u);
+                        out.push(None);
+                        envelopes.push(env);
+                    }
+                    Err(e) => {
+                        out.push(Some(Err(e)));
+                        envelopes.push(Vec::new());
+                    }
+                }
+            }
+            for (slot, r) in slots.into_iter().zip(verify_many(batch, |_, _| true)) {
+                let o = group[slot];
+                let envelope = std::mem::take(&mut envelopes[slot]);
+                out[slot] = Some(finish(o, r, envelope));
+            }
+            out.into_iter().flatten().collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn finish(
+    object: &super::repofile::SnapObject,
+    r: bbsync_protocol::Result<bbsync_protocol::Signed<Manifest>>,
+    envelope: Vec<Vec<u8>>,
+) -> ManifestCheck {
+    let m = r.map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+    if m.id() != object.manifest_id {
+        return Err((
+            "bad-manifest",
+            format!("holds manifest {}, not the one named", m.id().to_hex()),
+        ));
+    }
+    if m.object_id != object.object_id || m.version != object.version {
+        return Err((
+            "bad-manifest",
+            format!(
+                "is object {} version {}, the snapshot lists object {} version {}",
+                m.object_id.to_hex(),
+                m.version,
+                object.object_id.to_hex(),
+                object.version
+            ),
+        ));
+    }
+    Ok(CheckedManifest {
+        manifest: m,
+        envelope,
+    })
+}
+
+/// Reads a snapshot and sorts a failure into a problem class.
+pub(crate) fn snapshot_problem(
+    repo: &Repo,
+    id: &str,
+) -> Result<std::result::Result<SnapshotFile, RepoProblem>> {
+    match repo.load_snapshot(id) {
+        Ok(s) => Ok(Ok(s)),
+        Err(crate::StoreError::Repo(msg)) => {
+            let class = if msg.contains("checksum mismatch") {
+                "snapshot-checksum"
+            } else {
+                "bad-snapshot"
+            };
+            Ok(Err(problem(class, super::snapshot_path(id), msg)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Repo {
+    /// Checks one snapshot (`Some(id)`) or the whole repository (`None`:
+    /// also unreferenced files and key files).
+    pub fn verify(
+        &self,
+        only: Option<&str>,
+        read_data: bool,
+        progress: &dyn Progress,
+    ) -> Result<RepoCheck> {
+        let start = Instant::now();
+        let b = self.backend();
+        let mut r = RepoCheck {
+            repo: self.location(),
+            read_data,
+            ..Default::default()
+        };
+        let ids = match only {
+            Some(spec) => vec![self.resolve_snapshot(spec)?],
+            None => self.snapshot_ids()?,
+        };
+        let mut problems = Vec::new();
+        // 1. Snapshots, then the manifests they name (each once).
+        let mut wanted: BTreeMap<ManifestId, (super::repofile::SnapObject, String)> =
+            BTreeMap::new();
+        // What an unreadable snapshot or manifest references is unknown:
+        // then nothing is called unreferenced.
+        let mut complete_refs = true;
+        let mut snapshots_ok = true;
+        for id in &ids {
+            r.snapshots += 1;
+            match snapshot_problem(self, id)? {
+                Ok(s) => {
+                    for o in s.objects {
+                        wanted
+                            .entry(o.manifest_id)
+                            .or_insert_with(|| (o, id.clone()));
+                    }
+                }
+                Err(p) => {
+                    complete_refs = false;
+                    snapshots_ok = false;
+                    problems.push(p);
+                }
+            }
+        }
+        r.manifests = wanted.len() as u64;
+        let objects: Vec<&super::repofile::SnapObject> = wanted.values().map(|(o, _)| o).collect();
+        let checked: Vec<(ManifestId, ManifestCheck, String)> = wanted
+            .iter()
+            .zip(check_manifests(self, &objects))
+            .map(|((mid, (_, snap)), c)| (*mid, c, snap.clone()))
+            .collect();
+        // chunk -> (expected length, who references it)
+        let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
+        for (mid, c, snap) in checked {
+            match c {
+                Ok(c) => {
+                    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
+                    for ch in &c.manifest.chunks {
+                        refs.entry(ch.id)
+                            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
+                    }
+                }
+                Err((class, detail)) => {
+                    complete_refs = false;
+                    problems.push(problem(
+                        class,
+                        manifest_path(&mid),
+                        format!("{detail} (snapshot {snap})"),
+                    ));
+                }
+            }
+        }
+        // 2. Chunks: present with the right length; with read_data, re-hashed.
+        let (have, strays) = list_chunks(b)?;
+        r.chunks = refs.len() as u64;
+        let mut to_read = Vec::new();
+        for (id, (len, label)) in &refs {
+            let path = chunk_path(id);
+            if !have.contains(id) {
+                problems.push(problem(
+                    "missing-chunk",
+                    path,
+                    format!("missing, referenced by {label}"),
+                ));
+                continue;
+            }
+            let size = b
+                .size(&path)
+                .map_err(repo_io_err(format!("reading {}/{path}", self.location())))?
+                .unwrap_or(0);
+            if size != u64::from(*len) {
+                let class = if size < u64::from(*len) {
+                    "truncated-chunk"
+                } else {
+                    "wrong-size-chunk"
+                };
+                problems.push(problem(
+                    class,
+                    path,
+                    format!("has {size} bytes, the manifest says {len} ({label})"),
+                ));
+                continue;
+            }
+            if read_data {
+                to_read.push((*id, *len, label.clone(), path));
+            }
+        }
+        if read_data {
+            progress.start(
+                "verify",
+                to_read.len() as u64,
+                to_read.iter().map(|t| u64::from(t.1)).sum(),
+            );
+            let found = Mutex::new(Vec::new());
+            let bytes: u64 = to_read
+                .par_iter()
+                .map(|(id, len, label, path)| {
+                    let detail = match b.read(path) {
+                        Ok(data) => match check_chunk_id(id, &data) {
+                            Ok(()) => None,
+                            Err(_) => Some(format!(
+                                "content does not hash to its name, referenced by {label}"
+                            )),
+                        },
+                        Err(e) => Some(format!("unreadable: {e}")),
+                    };
+                    if let Some(d) = detail {
+                        found
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(problem("corrupt-chunk", path.clone(), d));
+                    }
+                    progress.advance(1, u64::from(*len));
+                    u64::from(*len)
+                })
+                .sum();
+            progress.finish();
+            r.bytes_read = bytes;
+            problems.extend(
+                found
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
+        // 3. The whole repository: what nothing references, and key files.
+        if only.is_none() && complete_refs {
+            for id in &have {
+                if !refs.contains_key(id) {
+                    problems.push(problem(
+                        "orphan-chunk",
+                        chunk_path(id),
+                        "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
+                    ));
+                }
+            }
+        }
+        if only.is_none() {
+            for s in strays {
+                problems.push(problem("stray-file", s, "not a chunk file name".into()));
+            }
+            let names: HashSet<String> = wanted.keys().map(|m| m.to_hex()).collect();
+            for name in b.list("manifests").map_err(repo_io_err(format!(
+                "listing {}/manifests",
+                self.location()
+            )))? {
+                if snapshots_ok && !names.contains(&name) {
+                    problems.push(problem(
+                        "orphan-manifest",
+                        format!("manifests/{name}"),
+                        "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
+                    ));
+                }
+            }
+            for name in b
+                .list("keys")
+                .map_err(repo_io_err(format!("listing {}/keys", self.location())))?
+            {
+                let path = format!("keys/{name}");
+                let ok = b
+                    .read(&path)
+                    .ok()
+                    .and_then(|bytes| {
+                        serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok()
+                    })
+                    .is_some_and(|k| name == format!("identity.{}", k.instance));
+                if !ok {
+                    problems.push(problem(
+                        "bad-key-file",
+                        path,
+                        "not a valid identity escrow".into(),
+                    ));
+                }
+            }
+        }
+        problems.sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
+        for p in &problems {
+            *r.counts.entry(p.class.clone()).or_default() += 1;
+        }
+        r.problems = problems;
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+}

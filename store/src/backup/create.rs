@@ -1,0 +1,307 @@
+//! `bbsync backup`: copies what the repository lacks (chunks as hard links
+//! or copies, manifests with their envelopes), then writes the snapshot.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{ChunkId, Manifest, Unverified, card_to_string, chunk::check_chunk_id};
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+use zeroize::Zeroizing;
+
+use super::{
+    Repo, chunk_path, escrow, list_chunks, manifest_path, now_ms, repo_io_err,
+    repofile::{ManifestFile, REPO_FORMAT, SnapObject, SnapTrust, SnapshotFile, objects_sha256},
+    rfc3339,
+};
+use crate::{
+    Store,
+    error::{Result, StoreError},
+    progress::Progress,
+    sync::Selection,
+};
+
+/// What to back up and how.
+#[derive(Debug, Default)]
+pub struct BackupOptions {
+    /// Which objects (default: all).
+    pub selection: Selection,
+    /// The `--only` values as given, recorded in the snapshot.
+    pub only: Vec<String>,
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Seal this instance's identity with this passphrase into `keys/`.
+    pub identity_passphrase: Option<Zeroizing<String>>,
+    /// Copy chunk files even where a hard link would do.
+    pub copy: bool,
+}
+
+/// What a backup did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct BackupReport {
+    /// The repository.
+    pub repo: String,
+    /// Whether this backup created it.
+    pub repo_created: bool,
+    /// The new snapshot's id.
+    pub snapshot: String,
+    /// Objects in the snapshot.
+    pub objects: u64,
+    /// Incomplete objects left out (their chunks are not all here).
+    pub skipped_incomplete: Vec<String>,
+    /// Distinct chunks referenced.
+    pub chunks: u64,
+    /// Chunks the repository lacked and got.
+    pub chunks_new: u64,
+    /// Of those, put in as hard links.
+    pub chunks_linked: u64,
+    /// Sealed bytes of the new chunks.
+    pub bytes_new: u64,
+    /// Sealed bytes of all referenced chunks.
+    pub bytes: u64,
+    /// Manifest files written (new, or a changed envelope).
+    pub manifests_new: u64,
+    /// The identity escrow written, if any.
+    pub identity_escrow: Option<String>,
+    /// Wall time.
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub elapsed: Duration,
+}
+
+/// Chunk bytes and chunks copied per `syncfs` group (what an interrupted
+/// backup keeps is whole groups).
+const GROUP_BYTES: u64 = 64 * 1024 * 1024;
+const GROUP_CHUNKS: usize = 256;
+
+impl Store {
+    /// Backs this store up into `repo` (see the module docs).
+    pub fn backup(
+        &self,
+        repo: &Repo,
+        opts: &BackupOptions,
+        progress: &dyn Progress,
+    ) -> Result<BackupReport> {
+        let start = Instant::now();
+        let loc = repo.location();
+        let b = repo.backend();
+        let mut report = BackupReport {
+            repo: loc.clone(),
+            ..Default::default()
+        };
+        // Escrow first: a bad passphrase fails before anything is copied.
+        let escrow = match &opts.identity_passphrase {
+            Some(p) => Some(escrow::seal(self.identity(), p)?),
+            None => None,
+        };
+        // 1. What the snapshot holds: live and deleted objects, complete.
+        let mut objects = Vec::new();
+        let mut manifests = Vec::new();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut plaintext_bytes = 0u64;
+        let mut chunks: Vec<(ChunkId, u32)> = Vec::new();
+        let mut seen = HashSet::new();
+        for r in self.db().objects() {
+            let (id, st) = r?;
+            if !opts.selection.matches(&st.kind, &st.name) {
+                continue;
+            }
+            if !st.complete && !st.deleted {
+                report
+                    .skipped_incomplete
+                    .push(format!("{}:{}", st.kind, st.name));
+                continue;
+            }
+            let Some(rec) = self.db().record(&id)? else {
+                continue;
+            };
+            let m = Unverified::<Manifest>::decode(&rec.manifest)
+                .map_err(|e| {
+                    StoreError::Corrupt(format!("manifest of object {}: {e}", id.short()))
+                })?
+                .dangerously_assume_verified();
+            if !st.deleted {
+                for c in &m.chunks {
+                    if seen.insert(c.id) {
+                        chunks.push((c.id, c.len));
+                        report.bytes += u64::from(c.len);
+                    }
+                }
+                plaintext_bytes += m.plaintext_len;
+            }
+            *counts.entry(st.kind.clone()).or_default() += 1;
+            objects.push(SnapObject {
+                object_id: id,
+                version: st.version,
+                manifest_id: st.manifest_id,
+            });
+            manifests.push((
+                st.manifest_id,
+                ManifestFile {
+                    format: 1,
+                    manifest: ByteBuf::from(rec.manifest),
+                    envelope: rec.envelope,
+                },
+            ));
+        }
+        objects.sort_by_key(|o| o.object_id);
+        report.objects = objects.len() as u64;
+        report.chunks = chunks.len() as u64;
+
+        // 2. Chunks the repository lacks: linked, or copied (checked against
+        // their id on the way) in groups made durable by one syncfs.
+        let (have, _) = list_chunks(b)?;
+        let todo: Vec<(ChunkId, u32)> = chunks
+            .into_iter()
+            .filter(|(id, _)| !have.contains(id))
+            .collect();
+        progress.start(
+            "backup",
+            todo.len() as u64,
+            todo.iter().map(|(_, l)| u64::from(*l)).sum(),
+        );
+        let linked = AtomicU64::new(0);
+        let mut groups: Vec<Vec<(ChunkId, u32)>> = Vec::new();
+        let mut acc = GROUP_BYTES;
+        for c in todo {
+            if acc >= GROUP_BYTES || groups.last().is_some_and(|g| g.len() >= GROUP_CHUNKS) {
+                groups.push(Vec::new());
+                acc = 0;
+            }
+            acc += u64::from(c.1);
+            if let Some(g) = groups.last_mut() {
+                g.push(c);
+            }
+        }
+        let copy = opts.copy;
+        for g in groups {
+            // Linked, or staged as temp files; then one syncfs makes the
+            // staged bytes durable before any of them gets its name.
+            let staged: Vec<Option<String>> = g
+                .par_iter()
+                .map(|(id, len)| -> Result<Option<String>> {
+                    let src = self.chunks().path(id);
+                    let dest = chunk_path(id);
+                    let r = if !copy
+                        && b.link_from(&src, &dest)
+                            .map_err(repo_io_err(format!("linking {loc}/{dest}")))?
+                    {
+                        linked.fetch_add(1, Ordering::Relaxed);
+                        None
+                    } else {
+                        let bytes = self.chunks().read(id).map_err(|e| StoreError::Io {
+                            context: format!("reading chunk {}", id.short()),
+                            source: e,
+                        })?;
+                        check_chunk_id(id, &bytes).map_err(|e| {
+                            StoreError::Corrupt(format!(
+                                "chunk {} in the store is damaged ({e}); run `bbsync verify --read-data`",
+                                id.short()
+                            ))
+                        })?;
+                        b.stage(&dest, &bytes)
+                            .map_err(repo_io_err(format!("writing {loc}/{dest}")))?;
+                        Some(dest)
+                    };
+                    progress.advance(1, u64::from(*len));
+                    Ok(r)
+                })
+                .collect::<Result<_>>()?;
+            let staged: Vec<String> = staged.into_iter().flatten().collect();
+            if !staged.is_empty() {
+                b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+                for dest in &staged {
+                    b.publish(dest)
+                        .map_err(repo_io_err(format!("renaming into {loc}/{dest}")))?;
+                }
+            }
+            report.chunks_new += g.len() as u64;
+            report.bytes_new += g.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
+        }
+        progress.finish();
+        report.chunks_linked = linked.into_inner();
+
+        // 3. Manifests: new ones, and those whose envelope changed (rekey).
+        let written = AtomicU64::new(0);
+        manifests
+            .par_iter()
+            .try_for_each(|(mid, f)| -> Result<()> {
+                let path = manifest_path(mid);
+                let bytes = f.encode();
+                let size = b
+                    .size(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+                if size != Some(bytes.len() as u64) {
+                    b.write_lazy(&path, &bytes)
+                        .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })?;
+        report.manifests_new = written.into_inner();
+        if let Some(k) = &escrow {
+            let path = escrow::key_path(self.identity());
+            let mut bytes = serde_json::to_vec_pretty(k)
+                .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
+            bytes.push(b'\n');
+            b.write_lazy(&path, &bytes)
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+            report.identity_escrow = Some(path);
+        }
+        // Links, renames and manifests durable before the snapshot names
+        // them (nothing new: nothing to wait for).
+        if report.chunks_new > 0 || report.manifests_new > 0 || report.identity_escrow.is_some() {
+            b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+        }
+
+        // 4. The snapshot, last.
+        let created_ms = now_ms();
+        let mut short = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut short);
+        let created = rfc3339(created_ms);
+        let id = format!("{}-{}", created.replace([':', '-'], ""), hex::encode(short));
+        let card = self.card()?;
+        let trust = self
+            .trust_list()?
+            .into_iter()
+            .map(|(_, rec)| {
+                Unverified::<bbsync_protocol::InstanceCard>::decode(&rec.card)
+                    .map(|u| SnapTrust {
+                        card: card_to_string(&u.dangerously_assume_verified()),
+                        role: rec.role.to_string(),
+                    })
+                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let snap = SnapshotFile {
+            format: REPO_FORMAT,
+            id: id.clone(),
+            created,
+            created_ms,
+            host: card_to_string(&card),
+            host_name: self.identity().name().to_string(),
+            description: opts.description.clone(),
+            tags: opts.tags.clone(),
+            bbsync_version: env!("CARGO_PKG_VERSION").to_string(),
+            schema_version: crate::SCHEMA_VERSION,
+            only: opts.only.clone(),
+            counts,
+            bytes: report.bytes,
+            plaintext_bytes,
+            chunks: report.chunks,
+            trust,
+            identity_escrow: report.identity_escrow.clone(),
+            objects_sha256: objects_sha256(&objects),
+            objects,
+        };
+        repo.write_snapshot(&snap)?;
+        report.snapshot = id;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+}

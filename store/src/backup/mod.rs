@@ -1,0 +1,338 @@
+//! Backup repositories (DESIGN §7, docs/backup.md): the store's sealed
+//! chunks, its manifests with their full envelopes, and snapshot files that
+//! list what one backup holds. A backup never decrypts anything; every
+//! backup after the first copies only what the repository lacks.
+//!
+//! ```text
+//! repo.json                    {format, repo_id, created}
+//! chunks/ab/<hex>              sealed chunks, named by ChunkId
+//! manifests/<ManifestId>       manifest + full envelope (postcard)
+//! snapshots/<utc>-<short>.json one backup: objects, counts, checksum
+//! keys/identity.<id>           optional identity escrow (argon2id + AES-256-GCM)
+//! ```
+//!
+//! Write order: chunks and manifests first, then one `syncfs`, then the
+//! snapshot file (temp, fsync, rename, fsync of the directory). A crash
+//! leaves no snapshot that points at missing data, and the next backup
+//! reuses what was already copied.
+
+pub mod backend;
+pub mod check;
+pub mod create;
+pub mod escrow;
+pub mod repofile;
+pub mod restore;
+pub mod retention;
+pub mod schedule;
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+pub use backend::{Backend, LocalDir};
+use bbsync_protocol::{ChunkId, ManifestId};
+pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile};
+
+use crate::error::{Result, StoreError};
+
+/// An opened backup repository.
+#[derive(Clone)]
+pub struct Repo {
+    backend: Arc<dyn Backend>,
+    /// Its `repo.json`.
+    pub info: RepoFile,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo")
+            .field("location", &self.backend.location())
+            .finish()
+    }
+}
+
+/// `chunks/ab/<hex>` of a chunk.
+pub fn chunk_path(id: &ChunkId) -> String {
+    let h = id.to_hex();
+    format!("chunks/{}/{h}", &h[..2])
+}
+
+/// `manifests/<hex>` of a manifest.
+pub fn manifest_path(id: &ManifestId) -> String {
+    format!("manifests/{}", id.to_hex())
+}
+
+/// `snapshots/<id>.json`.
+pub fn snapshot_path(id: &str) -> String {
+    format!("snapshots/{id}.json")
+}
+
+pub(crate) fn repo_io_err(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io {
+        context: what,
+        source,
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// (year, month 1-12, day 1-31) of a day number since 1970-01-01
+/// (Howard Hinnant's civil-from-days).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `2026-11-26T03:50:12Z` for ms since the epoch.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+/// Lists `chunks/` as a set of chunk ids; names that are not chunk ids are
+/// returned apart (as paths).
+pub fn list_chunks(b: &dyn Backend) -> Result<(HashSet<ChunkId>, Vec<String>)> {
+    let mut ids = HashSet::new();
+    let mut strays = Vec::new();
+    for d in b
+        .list("chunks")
+        .map_err(repo_io_err(format!("listing {}/chunks", b.location())))?
+    {
+        let dir = format!("chunks/{d}");
+        for name in b
+            .list(&dir)
+            .map_err(repo_io_err(format!("listing {}/{dir}", b.location())))?
+        {
+            match hex::decode(&name)
+                .ok()
+                .and_then(|v| ChunkId::from_slice(&v).ok())
+            {
+                Some(id) if name.starts_with(&d) && d.len() == 2 => {
+                    ids.insert(id);
+                }
+                _ => strays.push(format!("{dir}/{name}")),
+            }
+        }
+    }
+    Ok((ids, strays))
+}
+
+impl Repo {
+    /// The storage.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Where it is, for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Opens the repository in a local directory.
+    pub fn open_dir(dir: &Path) -> Result<Repo> {
+        Repo::open(Arc::new(LocalDir::new(dir)))
+    }
+
+    /// Opens a repository: `repo.json` must be there and of a known format.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Repo> {
+        let loc = backend.location();
+        let bytes = match backend.read("repo.json") {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Repo(format!(
+                    "{loc} is not a bbsync backup repository (no repo.json)"
+                )));
+            }
+            Err(e) => return Err(repo_io_err(format!("reading {loc}/repo.json"))(e)),
+        };
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            format: u16,
+        }
+        let probe: Probe = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Repo(format!("{loc}/repo.json is not a valid repo.json: {e}"))
+        })?;
+        if probe.format > REPO_FORMAT {
+            return Err(StoreError::Repo(format!(
+                "backup repository {loc} has format {}; this bbsync reads format {REPO_FORMAT} (upgrade bbsync)",
+                probe.format
+            )));
+        }
+        let info: RepoFile = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Repo(format!("{loc}/repo.json is not a valid repo.json: {e}"))
+        })?;
+        Ok(Repo { backend, info })
+    }
+
+    /// Opens the repository in a local directory, creating it when the
+    /// directory does not exist or is empty.
+    pub fn open_or_create_dir(dir: &Path) -> Result<(Repo, bool)> {
+        let empty = match std::fs::read_dir(dir) {
+            Ok(mut rd) => rd.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(repo_io_err(format!("reading {}", dir.display()))(e)),
+        };
+        if !empty {
+            return Ok((Repo::open_dir(dir)?, false));
+        }
+        std::fs::create_dir_all(dir).map_err(repo_io_err(format!("creating {}", dir.display())))?;
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let info = RepoFile {
+            format: REPO_FORMAT,
+            repo_id: hex::encode(id),
+            created: rfc3339(now_ms()),
+        };
+        let backend: Arc<dyn Backend> = Arc::new(LocalDir::new(dir));
+        let mut bytes = serde_json::to_vec_pretty(&info)
+            .map_err(|e| StoreError::Invalid(format!("encoding repo.json: {e}")))?;
+        bytes.push(b'\n');
+        backend
+            .write("repo.json", &bytes)
+            .map_err(repo_io_err(format!("writing {}/repo.json", dir.display())))?;
+        Ok((Repo { backend, info }, true))
+    }
+
+    /// Snapshot ids, oldest first.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .backend
+            .list("snapshots")
+            .map_err(repo_io_err(format!(
+                "listing {}/snapshots",
+                self.location()
+            )))?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Resolves a snapshot given in full, as a unique prefix, or `latest`.
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<String> {
+        let ids = self.snapshot_ids()?;
+        if spec == "latest" {
+            return ids.last().cloned().ok_or_else(|| {
+                StoreError::Invalid(format!("no snapshot in {} yet", self.location()))
+            });
+        }
+        if ids.iter().any(|i| i == spec) {
+            return Ok(spec.to_string());
+        }
+        let hits: Vec<&String> = ids
+            .iter()
+            .filter(|i| {
+                !spec.is_empty() && (i.starts_with(spec) || i.rsplit('-').next() == Some(spec))
+            })
+            .collect();
+        match hits.len() {
+            1 => Ok(hits[0].clone()),
+            0 => Err(StoreError::Invalid(format!(
+                "no snapshot {spec} in {}",
+                self.location()
+            ))),
+            n => Err(StoreError::Invalid(format!(
+                "snapshot {spec} is ambiguous ({n} matches)"
+            ))),
+        }
+    }
+
+    /// Reads and checks a snapshot file: valid JSON of this format, its id
+    /// matching its name, its checksum matching its object list.
+    pub fn load_snapshot(&self, id: &str) -> Result<SnapshotFile> {
+        let path = snapshot_path(id);
+        let bytes = match self.backend.read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Invalid(format!(
+                    "no snapshot {id} in {}",
+                    self.location()
+                )));
+            }
+            Err(e) => {
+                return Err(repo_io_err(format!("reading {}/{path}", self.location()))(
+                    e,
+                ));
+            }
+        };
+        let s: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Repo(format!(
+                "snapshot {id}: {path} is not a valid snapshot file ({e})"
+            ))
+        })?;
+        if s.format > REPO_FORMAT {
+            return Err(StoreError::Repo(format!(
+                "snapshot {id}: written in repository format {}; this bbsync reads format {REPO_FORMAT} (upgrade bbsync)",
+                s.format
+            )));
+        }
+        if s.id != id {
+            return Err(StoreError::Repo(format!(
+                "snapshot {id}: {path} says it is snapshot {}",
+                s.id
+            )));
+        }
+        let sum = repofile::objects_sha256(&s.objects);
+        if sum != s.objects_sha256 {
+            return Err(StoreError::Repo(format!(
+                "snapshot {id}: checksum mismatch: the file says {}, its object list hashes to {sum}",
+                s.objects_sha256
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Writes a snapshot file durably (the last step of a backup).
+    pub(crate) fn write_snapshot(&self, s: &SnapshotFile) -> Result<()> {
+        let mut bytes = serde_json::to_vec(s)
+            .map_err(|e| StoreError::Invalid(format!("encoding the snapshot: {e}")))?;
+        bytes.push(b'\n');
+        let path = snapshot_path(&s.id);
+        self.backend
+            .write(&path, &bytes)
+            .map_err(repo_io_err(format!("writing {}/{path}", self.location())))
+    }
+
+    /// Reads and decodes a manifest file (not yet verified).
+    pub fn read_manifest(&self, id: &ManifestId) -> Result<repofile::ManifestFile> {
+        let path = manifest_path(id);
+        let bytes = match self.backend.read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Repo(format!("{path} is missing")));
+            }
+            Err(e) => {
+                return Err(repo_io_err(format!("reading {}/{path}", self.location()))(
+                    e,
+                ));
+            }
+        };
+        repofile::ManifestFile::decode(&bytes)
+            .map_err(|e| StoreError::Repo(format!("{path} is damaged: {e}")))
+    }
+}

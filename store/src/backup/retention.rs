@@ -1,0 +1,311 @@
+//! Retention (restic's `forget` policies) and pruning: which snapshots to
+//! keep, then removing the manifests and chunks no kept snapshot references.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{ChunkId, Manifest, ManifestId, Unverified};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Repo, SnapshotFile, chunk_path, civil_from_days, list_chunks, manifest_path, repo_io_err,
+    snapshot_path,
+};
+use crate::error::{Result, StoreError};
+
+/// How many snapshots to keep: the newest `last`, and the newest of each of
+/// the last `daily` days, `weekly` weeks (Monday to Sunday) and `monthly`
+/// months that have one (UTC). A snapshot kept by any rule stays.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// `--keep-last`.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// `--keep-daily`.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// `--keep-weekly`.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// `--keep-monthly`.
+    #[serde(default)]
+    pub keep_monthly: u32,
+}
+
+impl Policy {
+    /// Whether no rule is set (prune then only removes unreferenced data).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last == 0
+            && self.keep_daily == 0
+            && self.keep_weekly == 0
+            && self.keep_monthly == 0
+    }
+
+    /// Of snapshots `(id, created_ms)`, the ids to keep, each with the
+    /// rules that keep it.
+    pub fn apply(&self, snaps: &[(String, u64)]) -> BTreeMap<String, Vec<&'static str>> {
+        let mut newest_first: Vec<&(String, u64)> = snaps.iter().collect();
+        newest_first.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
+        let mut keep: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+        let rules: [Rule; 4] = [
+            ("last", self.keep_last, |_| 0),
+            ("daily", self.keep_daily, day_of),
+            ("weekly", self.keep_weekly, |ms| {
+                let d = day_of(ms);
+                d - (d + 3).rem_euclid(7)
+            }),
+            ("monthly", self.keep_monthly, |ms| {
+                let (y, m, _) = civil_from_days(day_of(ms));
+                y * 12 + i64::from(m)
+            }),
+        ];
+        for (name, n, bucket) in rules {
+            let mut kept = 0u32;
+            let mut last: Option<i64> = None;
+            for (id, ms) in &newest_first {
+                if kept >= n {
+                    break;
+                }
+                let b = bucket(*ms);
+                if name == "last" || last != Some(b) {
+                    keep.entry(id.clone()).or_default().push(name);
+                    kept += 1;
+                    last = Some(b);
+                }
+            }
+        }
+        keep
+    }
+}
+
+/// A retention rule: its name, how many to keep, and its time bucket.
+type Rule = (&'static str, u32, fn(u64) -> i64);
+
+fn day_of(ms: u64) -> i64 {
+    (ms / 1000) as i64 / 86_400
+}
+
+/// What `backups prune` (or `delete`) did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneReport {
+    /// Only reported, nothing removed.
+    pub dry_run: bool,
+    /// Snapshots kept, with the rules that keep them.
+    pub kept: BTreeMap<String, Vec<&'static str>>,
+    /// Snapshots removed.
+    pub removed: Vec<String>,
+    /// Manifest files removed.
+    pub manifests_removed: u64,
+    /// Chunk files removed.
+    pub chunks_removed: u64,
+    /// Bytes of chunk files removed.
+    pub bytes_removed: u64,
+    /// Temp files of interrupted writes removed.
+    pub temp_removed: u64,
+    /// Wall time.
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub elapsed: Duration,
+}
+
+/// What `backups stats` reports.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RepoStats {
+    /// The repository.
+    pub repo: String,
+    /// Its id.
+    pub repo_id: String,
+    /// Snapshots.
+    pub snapshots: u64,
+    /// Manifest files.
+    pub manifests: u64,
+    /// Chunk files.
+    pub chunks: u64,
+    /// Bytes of chunk files.
+    pub chunk_bytes: u64,
+    /// Sum over snapshots of the sealed bytes each references (what full
+    /// copies would take).
+    pub snapshot_bytes: u64,
+    /// Sum over snapshots of their plaintext bytes.
+    pub plaintext_bytes: u64,
+    /// Identity escrows.
+    pub identity_escrows: u64,
+}
+
+impl Repo {
+    /// Every snapshot, loaded and checked (a damaged one is an error).
+    pub fn snapshots(&self) -> Result<Vec<SnapshotFile>> {
+        self.snapshot_ids()?
+            .iter()
+            .map(|id| self.load_snapshot(id))
+            .collect()
+    }
+
+    /// Removes one snapshot, then what nothing references any more.
+    pub fn delete_snapshot(&self, spec: &str, dry_run: bool) -> Result<PruneReport> {
+        let id = self.resolve_snapshot(spec)?;
+        self.prune_with(&[id], dry_run)
+    }
+
+    /// Applies a policy, then removes what nothing references. An empty
+    /// policy removes no snapshot, only unreferenced data.
+    pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<PruneReport> {
+        let snaps = self.snapshots()?;
+        let remove: Vec<String> = if policy.is_empty() {
+            Vec::new()
+        } else {
+            let keep = policy.apply(
+                &snaps
+                    .iter()
+                    .map(|s| (s.id.clone(), s.created_ms))
+                    .collect::<Vec<_>>(),
+            );
+            snaps
+                .iter()
+                .filter(|s| !keep.contains_key(&s.id))
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        let mut r = self.prune_with(&remove, dry_run)?;
+        if !policy.is_empty() {
+            r.kept = policy.apply(
+                &snaps
+                    .iter()
+                    .map(|s| (s.id.clone(), s.created_ms))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Ok(r)
+    }
+
+    fn prune_with(&self, remove: &[String], dry_run: bool) -> Result<PruneReport> {
+        let start = Instant::now();
+        let b = self.backend();
+        let loc = self.location();
+        let mut r = PruneReport {
+            dry_run,
+            ..Default::default()
+        };
+        // What the remaining snapshots reference; every one must be readable,
+        // or pruning could remove data a damaged snapshot still needs.
+        let mut keep_manifests: HashSet<ManifestId> = HashSet::new();
+        for id in self.snapshot_ids()? {
+            if remove.contains(&id) {
+                continue;
+            }
+            let s = self.load_snapshot(&id).map_err(|e| {
+                StoreError::Repo(format!("{e}; repair or delete it before pruning"))
+            })?;
+            keep_manifests.extend(s.objects.iter().map(|o| o.manifest_id));
+        }
+        let refs: Vec<Result<Vec<ChunkId>>> = keep_manifests
+            .par_iter()
+            .map(|mid| {
+                let f = self.read_manifest(mid).map_err(|e| {
+                    StoreError::Repo(format!(
+                        "{e}; run `bbsync backups verify` (nothing was pruned)"
+                    ))
+                })?;
+                let m = Unverified::<Manifest>::decode(&f.manifest)
+                    .map_err(|e| {
+                        StoreError::Repo(format!(
+                            "{} is damaged: {e}; run `bbsync backups verify` (nothing was pruned)",
+                            manifest_path(mid)
+                        ))
+                    })?
+                    .dangerously_assume_verified();
+                Ok(m.chunks.iter().map(|c| c.id).collect())
+            })
+            .collect();
+        let mut keep_chunks: HashSet<ChunkId> = HashSet::new();
+        for x in refs {
+            keep_chunks.extend(x?);
+        }
+        // Snapshots first: a crash after this leaves only unreferenced data.
+        for id in remove {
+            if !dry_run {
+                b.remove(&snapshot_path(id))
+                    .map_err(repo_io_err(format!("removing {loc}/{}", snapshot_path(id))))?;
+            }
+            r.removed.push(id.clone());
+        }
+        if !dry_run && !remove.is_empty() {
+            b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+        }
+        for name in b
+            .list("manifests")
+            .map_err(repo_io_err(format!("listing {loc}/manifests")))?
+        {
+            let referenced = hex::decode(&name)
+                .ok()
+                .and_then(|v| ManifestId::from_slice(&v).ok())
+                .is_some_and(|m| keep_manifests.contains(&m));
+            if !referenced {
+                if !dry_run {
+                    b.remove(&format!("manifests/{name}"))
+                        .map_err(repo_io_err(format!("removing {loc}/manifests/{name}")))?;
+                }
+                r.manifests_removed += 1;
+            }
+        }
+        if !dry_run {
+            r.temp_removed = b
+                .remove_temp_files()
+                .map_err(repo_io_err(format!("removing temp files in {loc}")))?;
+        }
+        let (have, _) = list_chunks(b)?;
+        for id in have {
+            if !keep_chunks.contains(&id) {
+                let path = chunk_path(&id);
+                r.bytes_removed += b
+                    .size(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?
+                    .unwrap_or(0);
+                if !dry_run {
+                    b.remove(&path)
+                        .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+                }
+                r.chunks_removed += 1;
+            }
+        }
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+
+    /// Sizes and counts.
+    pub fn stats(&self) -> Result<RepoStats> {
+        let b = self.backend();
+        let loc = self.location();
+        let mut s = RepoStats {
+            repo: loc.clone(),
+            repo_id: self.info.repo_id.clone(),
+            ..Default::default()
+        };
+        for snap in self.snapshots()? {
+            s.snapshots += 1;
+            s.snapshot_bytes += snap.bytes;
+            s.plaintext_bytes += snap.plaintext_bytes;
+        }
+        s.manifests = b
+            .list("manifests")
+            .map_err(repo_io_err(format!("listing {loc}/manifests")))?
+            .len() as u64;
+        s.identity_escrows = b
+            .list("keys")
+            .map_err(repo_io_err(format!("listing {loc}/keys")))?
+            .len() as u64;
+        let (have, _) = list_chunks(b)?;
+        s.chunks = have.len() as u64;
+        for id in have {
+            let path = chunk_path(&id);
+            s.chunk_bytes += b
+                .size(&path)
+                .map_err(repo_io_err(format!("reading {loc}/{path}")))?
+                .unwrap_or(0);
+        }
+        Ok(s)
+    }
+}
