@@ -76,3 +76,38 @@ pub fn size(bytes: u64) -> String {
 pub fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
+
+/// The line under a problem list capped at [`MAX_LISTED`], if it was.
+pub fn more_listed(ctx: &crate::Ctx, total: usize) {
+    if total > MAX_LISTED {
+        outln!(
+            ctx,
+            "... and {} more problem(s) (--json lists them all)",
+            total - MAX_LISTED
+        );
+    }
+}
+
+/// What a check did: `N read in T (R)` when it read the data, else
+/// `checked in T`.
+pub fn checked(read_data: bool, bytes_read: u64, elapsed: Duration) -> String {
+    if read_data {
+        format!(
+            "{} read in {} ({})",
+            size(bytes_read),
+            secs(elapsed),
+            rate(bytes_read, elapsed)
+        )
+    } else {
+        format!("checked in {}", secs(elapsed))
+    }
+}
+
+/// A check's verdict: `OK`, or `N problem(s): <counts>`.
+pub fn verdict(problems: usize, counts: &[String]) -> String {
+    if problems == 0 {
+        "OK".to_string()
+    } else {
+        format!("{problems} problem(s): {}", counts.join(", "))
+    }
+}

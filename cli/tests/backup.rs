@@ -46,18 +46,7 @@ fn js(s: &str) -> Value {
 }
 
 fn gen_small(dir: &Path, seed: u32) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
-    let st = StdCommand::new("python3")
-        .arg(&script)
-        .args(["--profile", "small", "--seed", &seed.to_string()])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    gen_bbs(dir, "small", seed);
 }
 
 /// A store `a` with the mini BBS, a second instance `b` trusted `full` by

@@ -136,14 +136,7 @@ fn bad_addresses_are_refused_and_change_nothing() -> TestResult {
 fn clone_survives_kill_9_and_resumes() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let tree = tmp.path().join("tree");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
-    let st = Command::new("python3")
-        .arg(&script)
-        .args(["--profile", "small", "--seed", "5"])
-        .arg(&tree)
-        .stdout(Stdio::null())
-        .status()?;
-    assert!(st.success(), "gen-bbs.py failed");
+    gen_bbs(&tree, "small", 5);
     let src = tmp.path().join("src");
     init(&src, "source");
     ok(&src, &["import-bbs", tree.to_str().unwrap()]);

@@ -28,18 +28,7 @@ const NOBODY: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid";
 const PEER: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
 
 fn gen_small(dir: &Path, seed: u32) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
-    let st = Command::new("python3")
-        .arg(&script)
-        .args(["--profile", "small", "--seed", &seed.to_string()])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "gen-bbs.py: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    gen_bbs(dir, "small", seed);
 }
 
 /// `bbsync --json --tor-config ARTI ARGS...` that must succeed.

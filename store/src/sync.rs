@@ -125,6 +125,32 @@ pub struct StagedChunks {
 }
 
 impl Store {
+    /// The state of a manifest this store received whole (from a peer or a
+    /// backup repository) and checked, with the envelope it keeps.
+    pub(crate) fn received_state(
+        &self,
+        m: &Signed<Manifest>,
+        complete: bool,
+        envelope: &[Vec<u8>],
+    ) -> ObjectState {
+        ObjectState {
+            version: m.version,
+            manifest_id: m.id(),
+            seq: 0,
+            complete,
+            kind: m.kind.clone(),
+            name: m.name.clone(),
+            owner: m.owner.clone(),
+            deleted: m.deleted,
+            plaintext_len: m.plaintext_len,
+            stored_len: m.chunks.iter().map(|c| u64::from(c.len)).sum(),
+            chunks: m.chunks.len() as u32,
+            fingerprint: None,
+            stat_digest: None,
+            checked_mac: Some(self.record_mac(m.bytes(), envelope)),
+        }
+    }
+
     /// Whether an object may be served to peers: complete, and not owned by
     /// an owner in `exclude_owners`.
     pub fn servable(&self, st: &ObjectState) -> bool {
@@ -386,22 +412,7 @@ impl Store {
                 }
             };
             let envelope: Vec<Vec<u8>> = entry.iter().map(|e| e.bytes().to_vec()).collect();
-            let state = ObjectState {
-                version: m.version,
-                manifest_id: m.id(),
-                seq: 0,
-                complete: m.chunks.is_empty(),
-                kind: m.kind.clone(),
-                name: m.name.clone(),
-                owner: m.owner.clone(),
-                deleted: m.deleted,
-                plaintext_len: m.plaintext_len,
-                stored_len: m.chunks.iter().map(|c| u64::from(c.len)).sum(),
-                chunks: m.chunks.len() as u32,
-                fingerprint: None,
-                stat_digest: None,
-                checked_mac: Some(self.record_mac(m.bytes(), &envelope)),
-            };
+            let state = self.received_state(&m, m.chunks.is_empty(), &envelope);
             report.recorded.push(m.object_id);
             report.created_at_ms.push(m.created_at_ms);
             report.replaced += u64::from(previous.is_some());

@@ -467,30 +467,11 @@ fn verify(ctx: &Ctx, repo: &Repo, id: Option<&str>, read_data: bool) -> anyhow::
         for p in r.problems.iter().take(output::MAX_LISTED) {
             outln!(ctx, "{:<18} {}: {}", p.class, p.path, p.detail);
         }
-        if r.problems.len() > output::MAX_LISTED {
-            outln!(
-                ctx,
-                "... and {} more problem(s) (--json lists them all)",
-                r.problems.len() - output::MAX_LISTED
-            );
-        }
+        output::more_listed(ctx, r.problems.len());
         if !ctx.quiet || !r.is_ok() {
-            let what = if r.read_data {
-                format!(
-                    "{} read in {} ({})",
-                    output::size(r.bytes_read),
-                    output::secs(r.elapsed),
-                    output::rate(r.bytes_read, r.elapsed)
-                )
-            } else {
-                format!("checked in {}", output::secs(r.elapsed))
-            };
-            let verdict = if r.is_ok() {
-                "OK".to_string()
-            } else {
-                let counts: Vec<_> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-                format!("{} problem(s): {}", r.problems.len(), counts.join(", "))
-            };
+            let what = output::checked(r.read_data, r.bytes_read, r.elapsed);
+            let counts: Vec<_> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            let verdict = output::verdict(r.problems.len(), &counts);
             outln!(
                 ctx,
                 "backups verify: {} snapshots, {} manifests, {} chunks, {what}: {verdict}",

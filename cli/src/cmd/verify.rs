@@ -35,31 +35,12 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 p.detail
             );
         }
-        if r.problems.len() > output::MAX_LISTED {
-            outln!(
-                ctx,
-                "... and {} more problem(s) (--json lists them all)",
-                r.problems.len() - output::MAX_LISTED
-            );
-        }
+        output::more_listed(ctx, r.problems.len());
         if !ctx.quiet || !r.is_ok() {
-            let what = if r.read_data {
-                format!(
-                    "{} read in {} ({})",
-                    output::size(r.bytes_read),
-                    output::secs(r.elapsed),
-                    output::rate(r.bytes_read, r.elapsed)
-                )
-            } else {
-                format!("checked in {}", output::secs(r.elapsed))
-            };
-            let verdict = if r.is_ok() {
-                "OK".to_string()
-            } else {
-                let mut counts: Vec<_> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-                counts.sort();
-                format!("{} problem(s): {}", r.problems.len(), counts.join(", "))
-            };
+            let what = output::checked(r.read_data, r.bytes_read, r.elapsed);
+            let mut counts: Vec<_> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            counts.sort();
+            let verdict = output::verdict(r.problems.len(), &counts);
             outln!(
                 ctx,
                 "verify: {} objects, {} chunks, {what}: {verdict}",

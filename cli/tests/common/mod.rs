@@ -457,3 +457,20 @@ pub fn serve_with(data: &Path, args: &[&str]) -> Server {
     );
     Server { child, addr }
 }
+
+/// Generates a sample BBS tree of `profile` with `seed` into `dir`
+/// (`scripts/gen-bbs.py`).
+pub fn gen_bbs(dir: &Path, profile: &str, seed: u32) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--profile", profile, "--seed", &seed.to_string()])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gen-bbs.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -411,22 +411,7 @@ impl Store {
                     .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)));
                 report.incomplete += u64::from(!complete && !m.deleted);
                 report.replaced += u64::from(p.previous.is_some());
-                let state = ObjectState {
-                    version: m.version,
-                    manifest_id: m.id(),
-                    seq: 0,
-                    complete: complete || m.deleted,
-                    kind: m.kind.clone(),
-                    name: m.name.clone(),
-                    owner: m.owner.clone(),
-                    deleted: m.deleted,
-                    plaintext_len: m.plaintext_len,
-                    stored_len: m.chunks.iter().map(|c| u64::from(c.len)).sum(),
-                    chunks: m.chunks.len() as u32,
-                    fingerprint: None,
-                    stat_digest: None,
-                    checked_mac: Some(self.record_mac(m.bytes(), &p.envelope)),
-                };
+                let state = self.received_state(m, complete || m.deleted, &p.envelope);
                 restored.push(m.object_id);
                 writes.push(ObjectWrite {
                     object_id: m.object_id,
