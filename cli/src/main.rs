@@ -260,6 +260,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    bbsync_store::failpoint::setup_from_env();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     match run(cli) {

@@ -275,3 +275,32 @@ fn global_flags_work_after_the_subcommand() -> TestResult {
     assert!(o.stdout.is_empty(), "{}", o.stdout);
     Ok(())
 }
+
+/// The failpoint mechanism itself (store/src/failpoint.rs) works in the
+/// real binary: an injected ENOSPC is a one-line error, an injected abort
+/// kills the process at that point, as `kill -9` would.
+#[test]
+fn failpoints_reach_the_real_binary() -> TestResult {
+    let t = tempfile::tempdir()?;
+    let data = t.path().join("d");
+    let o = bbsync(&data)
+        .env("FAILPOINTS", "file.rename=return(enospc)")
+        .args(["init", "--name", "f"])
+        .output()?;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_mentions(
+        &err,
+        &["error: ", "identity.key", "no space left on device"],
+    );
+
+    let data = t.path().join("e");
+    let o = bbsync(&data)
+        .env("FAILPOINTS", "file.rename=return(abort)")
+        .args(["init", "--name", "f"])
+        .output()?;
+    assert_eq!(o.status.code(), None, "killed by a signal");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("failpoint file.rename: abort"));
+    Ok(())
+}

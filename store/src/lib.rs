@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 mod error;
 pub mod export;
+pub mod failpoint;
 pub mod import;
 pub mod progress;
 pub mod rekey;
@@ -108,6 +109,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.write_all(bytes)
         .ctx(|| format!("writing {}", tmp.display()))?;
     f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+    failpoint::hit("file.rename").ctx(|| format!("renaming into {}", path.display()))?;
     fs::rename(&tmp, path).ctx(|| format!("renaming into {}", path.display()))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
