@@ -77,8 +77,12 @@ enum Command {
     Status,
     /// Check every manifest, envelope and chunk; exit 1 on any problem.
     Verify(cmd::verify::VerifyArgs),
-    /// Remove chunk files that no manifest references.
+    /// Drop chunks that no manifest references; repack packs that are mostly dead.
     Gc,
+    /// Rebuild the chunk index from the pack files alone.
+    RepairIndex,
+    /// Move the chunks of a data dir that keeps one file per chunk into pack files.
+    Migrate,
     /// Serve this node's content to trusted peers until Ctrl-C or SIGTERM.
     Serve(cmd::net::ServeArgs),
     /// Clone everything a peer serves into this node.
@@ -249,6 +253,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Status => cmd::ls::status(ctx),
         Command::Verify(a) => cmd::verify::run(ctx, a),
         Command::Gc => cmd::verify::gc(ctx),
+        Command::RepairIndex => cmd::verify::repair_index(ctx),
+        Command::Migrate => cmd::verify::migrate(ctx),
         Command::Serve(a) => cmd::net::serve(ctx, a),
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),

@@ -1,6 +1,6 @@
 //! Crash safety of backups: `kill -9` of `backup` and of `restore` at
 //! random moments, then a rerun. Kills are triggered by progress seen on
-//! disk (files in the destination's chunk directories), not by time, so a
+//! disk (chunk files in the repository, entries in the store's packs), not by time, so a
 //! resumed run that is shorter than the first still gets killed inside.
 //! Afterwards the repository verifies (`--read-data`), the restored store
 //! verifies (`--read-data`) and exports the same tree.
@@ -164,12 +164,12 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     // restore into b (its own identity, with entries in every envelope).
     let mut landed = 0;
     for _ in 0..6 {
-        let have = chunk_entries(&b);
+        let have = pack_entries(&b);
         if have >= total {
             break;
         }
         let target = have + 1 + (rng.next() as usize % (total - have)).min(total / 6);
-        if kill_at(&b, &["restore", "--repo", r], target, || chunk_entries(&b)) {
+        if kill_at(&b, &["restore", "--repo", r], target, || pack_entries(&b)) {
             landed += 1;
         }
     }

@@ -200,7 +200,7 @@ async fn fetch_round(
             Err(e) => {
                 // What was fetched but not yet made durable is dropped
                 // (a re-run fetches it again).
-                store.chunks().discard(pending);
+                store.packs().discard(pending);
                 return Err(e);
             }
         };

@@ -11,25 +11,43 @@
 //! | `n/` kind `\0` name          | object_id                                                    |
 //! | `c/` seq (u64 BE)            | object_id                                                    |
 //! | `t/` instance_id             | postcard [`TrustRecord`]                                     |
+//! | `u/` instance_id             | u64 big-endian: cursor of an upstream this node follows      |
+//! | `x/` chunk_id                | [`Location`]: pack id, offset, length (the chunk index)      |
+//! | `meta/index`                 | `01` once the chunk index is complete (absent: rebuild it)   |
+//! | `meta/open_packs`            | the packs not sealed yet, each with its committed length     |
+//! | `meta/unrecorded`            | present while published chunks may not be recorded yet      |
+//! | `meta/doomed_packs`          | packs to delete (their chunks live elsewhere now)            |
 //!
 //! One record per object (rather than one key each for state, manifest and
 //! envelope) halves sled's memory and write cost on large imports.
 
 use std::path::Path;
 
-use bbsync_protocol::{InstanceId, ManifestId, ObjectId, Role, encoding};
+use bbsync_protocol::{ChunkId, InstanceId, ManifestId, ObjectId, Role, encoding};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::{Result, StoreError};
+use crate::{
+    error::{Result, StoreError},
+    packs::{Location, PackId},
+};
 
-/// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes: 3, chunks in pack files with a chunk
+/// index (schema 1 kept one file per chunk; 2 is the trust-store change).
+pub const SCHEMA_VERSION: u32 = 3;
+/// The first schema with pack files: older data dirs are migrated.
+pub const PACKS_SCHEMA: u32 = 3;
 /// Objects per atomic database batch in [`Db::commit`].
 pub const COMMIT_BATCH: usize = 1024;
 
 const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
+const K_INDEX: &[u8] = b"meta/index";
+const K_OPEN_PACKS: &[u8] = b"meta/open_packs";
+const K_UNRECORDED: &[u8] = b"meta/unrecorded";
+const K_DOOMED: &[u8] = b"meta/doomed_packs";
+/// Index records per sled batch when many are written at once.
+const INDEX_BATCH: usize = 8192;
 const MAX_RECORD: usize = 48 * 1024 * 1024;
 
 /// What the store knows about the latest version of an object.
@@ -102,6 +120,22 @@ pub struct ObjectWrite {
     pub envelope: Vec<Vec<u8>>,
     /// The previous state, if any (to drop its change-log and name entries).
     pub previous: Option<ObjectState>,
+}
+
+/// A change of the chunk index and the pack bookkeeping, applied by
+/// [`Db::apply_index`].
+#[derive(Debug, Default)]
+pub struct IndexChange {
+    /// Index records to write.
+    pub put: Vec<(ChunkId, Location)>,
+    /// Index records to remove.
+    pub remove: Vec<ChunkId>,
+    /// The new list of open packs with their committed lengths, if it changes.
+    pub open_packs: Option<Vec<(PackId, u64)>>,
+    /// Sets or clears the "published but maybe not recorded" marker.
+    pub unrecorded: Option<bool>,
+    /// The new list of packs to delete, if it changes.
+    pub doomed: Option<Vec<PackId>>,
 }
 
 fn db_err(e: sled::Error) -> StoreError {
@@ -188,6 +222,7 @@ impl Db {
                     .map_err(db_err)?;
                 tree.insert(K_NEXT_SEQ, &1u64.to_be_bytes())
                     .map_err(db_err)?;
+                tree.insert(K_INDEX, &[1u8]).map_err(db_err)?;
                 db.flush().map_err(db_err)?;
             }
             None => return Err(StoreError::Corrupt("database has no schema_version".into())),
@@ -468,6 +503,214 @@ impl Db {
         self.flush()?;
         self.notify_changed();
         Ok(seq - 1)
+    }
+
+    // ---- the chunk index and pack bookkeeping ---------------------------
+
+    /// Where a chunk is stored, if the index has it. An index record that
+    /// does not decode is `Corrupt` (`bbsync repair-index` rebuilds it).
+    pub fn index_get(&self, id: &ChunkId) -> Result<Option<Location>> {
+        self.tree
+            .get(key(b"x/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| {
+                Location::decode(&v).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "index record of chunk {} is damaged (run `bbsync repair-index`)",
+                        id.short()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Every index record, in chunk-id order.
+    pub fn index_iter(&self) -> impl Iterator<Item = Result<(ChunkId, Location)>> + '_ {
+        self.tree.scan_prefix(b"x/").map(|r| {
+            let (k, v) = r.map_err(db_err)?;
+            let id = ChunkId::from_slice(&k[2..])
+                .map_err(|e| StoreError::Corrupt(format!("index key: {e}")))?;
+            let loc = Location::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "index record of chunk {} is damaged (run `bbsync repair-index`)",
+                    id.short()
+                ))
+            })?;
+            Ok((id, loc))
+        })
+    }
+
+    /// Every index record, in chunk-id order, with `None` for a record
+    /// whose value does not decode (for `verify`, which reports it).
+    pub fn index_iter_lenient(
+        &self,
+    ) -> impl Iterator<Item = Result<(ChunkId, Option<Location>)>> + '_ {
+        self.tree.scan_prefix(b"x/").map(|r| {
+            let (k, v) = r.map_err(db_err)?;
+            let id = ChunkId::from_slice(&k[2..])
+                .map_err(|e| StoreError::Corrupt(format!("index key: {e}")))?;
+            Ok((id, Location::decode(&v)))
+        })
+    }
+
+    /// Number of index records.
+    pub fn index_len(&self) -> usize {
+        self.tree.scan_prefix(b"x/").count()
+    }
+
+    /// Applies a change of the index and pack bookkeeping as one atomic
+    /// sled batch (index records in larger changes go in batches of
+    /// [`INDEX_BATCH`] first, the bookkeeping with the last one), then
+    /// flushes if `flush`.
+    pub fn apply_index(&self, change: IndexChange, flush: bool) -> Result<()> {
+        let IndexChange {
+            put,
+            remove,
+            open_packs,
+            unrecorded,
+            doomed,
+        } = change;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for (id, loc) in put {
+            batch.insert(key(b"x/", id.as_bytes()), loc.encode().as_slice());
+            n += 1;
+            if n % INDEX_BATCH == 0 {
+                self.tree
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(db_err)?;
+            }
+        }
+        for id in remove {
+            batch.remove(key(b"x/", id.as_bytes()));
+            n += 1;
+            if n % INDEX_BATCH == 0 {
+                self.tree
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(db_err)?;
+            }
+        }
+        if let Some(packs) = open_packs {
+            let mut v = Vec::with_capacity(packs.len() * 24);
+            for (id, len) in packs {
+                v.extend_from_slice(&id.0);
+                v.extend_from_slice(&len.to_be_bytes());
+            }
+            batch.insert(K_OPEN_PACKS, v);
+        }
+        match unrecorded {
+            Some(true) => batch.insert(K_UNRECORDED, &[1u8]),
+            Some(false) => batch.remove(K_UNRECORDED),
+            None => {}
+        }
+        if let Some(d) = doomed {
+            if d.is_empty() {
+                batch.remove(K_DOOMED);
+            } else {
+                let v: Vec<u8> = d.iter().flat_map(|p| p.0).collect();
+                batch.insert(K_DOOMED, v);
+            }
+        }
+        self.tree.apply_batch(batch).map_err(db_err)?;
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The packs not sealed yet, with the length of their bytes that are
+    /// durable and indexed (what lies beyond is an interrupted append).
+    pub fn open_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        let Some(v) = self.tree.get(K_OPEN_PACKS).map_err(db_err)? else {
+            return Ok(Vec::new());
+        };
+        if !v.len().is_multiple_of(24) {
+            return Err(StoreError::Corrupt("open packs record".into()));
+        }
+        Ok(v.chunks_exact(24)
+            .map(|c| {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&c[..16]);
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&c[16..]);
+                (PackId(id), u64::from_be_bytes(len))
+            })
+            .collect())
+    }
+
+    /// Packs whose chunks were all moved elsewhere (a repack) and that are
+    /// still to be deleted.
+    pub fn doomed_packs(&self) -> Result<Vec<PackId>> {
+        let Some(v) = self.tree.get(K_DOOMED).map_err(db_err)? else {
+            return Ok(Vec::new());
+        };
+        if !v.len().is_multiple_of(16) {
+            return Err(StoreError::Corrupt("doomed packs record".into()));
+        }
+        Ok(v.chunks_exact(16)
+            .map(|c| {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(c);
+                PackId(id)
+            })
+            .collect())
+    }
+
+    /// Whether chunks were published that may not have been recorded (a
+    /// process stopped between the index commit and the manifests' commit).
+    pub fn unrecorded(&self) -> Result<bool> {
+        Ok(self.tree.get(K_UNRECORDED).map_err(db_err)?.is_some())
+    }
+
+    /// Whether the chunk index is complete (set at init, after a migration
+    /// and after a rebuild; absent while a rebuild runs or if the index was
+    /// lost).
+    pub fn index_complete(&self) -> Result<bool> {
+        Ok(self
+            .tree
+            .get(K_INDEX)
+            .map_err(db_err)?
+            .is_some_and(|v| v.as_ref() == [1u8]))
+    }
+
+    /// Marks the index complete (`true`, flushed) or being rebuilt (`false`).
+    pub fn set_index_complete(&self, complete: bool) -> Result<()> {
+        if complete {
+            self.tree.insert(K_INDEX, &[1u8]).map_err(db_err)?;
+        } else {
+            self.tree.remove(K_INDEX).map_err(db_err)?;
+        }
+        self.flush()
+    }
+
+    /// Removes every index record (the start of a rebuild), in batches.
+    pub fn clear_index(&self) -> Result<()> {
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .tree
+                .scan_prefix(b"x/")
+                .keys()
+                .take(INDEX_BATCH)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut batch = sled::Batch::default();
+            for k in keys {
+                batch.remove(k);
+            }
+            self.tree.apply_batch(batch).map_err(db_err)?;
+        }
+    }
+
+    /// Writes raw bytes as the index record of `id`, without any check.
+    /// Low level: for tests that damage a store on purpose.
+    pub fn dangerously_put_index_raw(&self, id: &ChunkId, bytes: &[u8]) -> Result<()> {
+        self.tree
+            .insert(key(b"x/", id.as_bytes()), bytes)
+            .map_err(db_err)?;
+        self.flush()
     }
 
     /// Adds or replaces a trusted instance.

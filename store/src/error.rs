@@ -117,6 +117,16 @@ pub enum StoreError {
     /// A backup repository is missing, damaged or of an unsupported format.
     #[error("{0}")]
     Repo(String),
+    /// The data dir has the layout of an older schema that must be migrated first.
+    #[error(
+        "data dir {path} keeps one file per chunk (schema {found}); run `bbsync migrate` to move its chunks into pack files (in place, resumable)"
+    )]
+    NeedsMigration {
+        /// The data dir.
+        path: PathBuf,
+        /// Schema found.
+        found: u32,
+    },
     /// A passphrase does not open what it should.
     #[error("{0}")]
     Passphrase(String),
@@ -147,6 +157,7 @@ impl StoreError {
             | ChangedDuringImport(_)
             | Trust(_)
             | Config { .. }
+            | NeedsMigration { .. }
             | Invalid(_) => ErrorKind::Usage,
         }
     }

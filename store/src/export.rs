@@ -117,7 +117,7 @@ impl Store {
         let id = o.manifest.object_id;
         let mut total = 0u64;
         for c in &o.manifest.chunks {
-            let stored = match self.chunks().read(&c.id) {
+            let stored = match self.packs().read(&c.id) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(StoreError::Incomplete(format!(

@@ -21,10 +21,68 @@ use std::io;
 
 /// Every failpoint in the store and node crates: `(name, what it guards)`.
 /// Names are `area.step`; the crash-matrix tests iterate over this list.
-pub const POINTS: &[(&str, &str)] = &[(
-    "file.rename",
-    "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
-)];
+pub const POINTS: &[(&str, &str)] = &[
+    (
+        "file.rename",
+        "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
+    ),
+    (
+        "pack.create",
+        "a new open pack: before it is recorded in the database and its file created (every write: import, clone, restore, gc repack, migrate)",
+    ),
+    (
+        "pack.write",
+        "appending: before buffered entries are written to the open pack (bytes beyond the committed length)",
+    ),
+    (
+        "pack.sync",
+        "publish: the appended bytes are written, before the pack's fdatasync",
+    ),
+    (
+        "index.commit",
+        "publish: the packs are durable, before the index records and committed lengths are committed",
+    ),
+    (
+        "index.committed",
+        "publish: the index is committed, before the caller records its manifests (the unrecorded marker is set)",
+    ),
+    (
+        "pack.seal",
+        "sealing a full pack: before its trailer is written",
+    ),
+    (
+        "pack.sealed",
+        "sealing: the trailer is durable, before the pack is recorded as sealed",
+    ),
+    (
+        "gc.drop",
+        "gc: before unreferenced chunks are dropped from the index",
+    ),
+    (
+        "gc.repack",
+        "gc: the repacked copies and the doomed list are durable, before the old packs are deleted",
+    ),
+    (
+        "gc.delete",
+        "gc: before each pack file is deleted (repacked or empty)",
+    ),
+    (
+        "index.rebuild",
+        "repair-index: before the records of each pack are written",
+    ),
+    (
+        "migrate.group",
+        "migrate: a group of chunk files is durable and indexed in packs",
+    ),
+    (
+        "migrate.schema",
+        "migrate: every chunk is in packs, before the schema number is set",
+    ),
+    (
+        "migrate.cleanup",
+        "migrate: the schema says packs, before the old chunks/ directory is removed",
+    ),
+];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).
 /// Call once at the start of a process that may be crash-tested.

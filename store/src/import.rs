@@ -34,9 +34,9 @@ use crate::{
     Store,
     archive::{ArchiveReader, CHANGED_MARKER, ExactFile},
     bbs::{self, BBS_KINDS, Source},
-    chunks::Staged,
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
+    packs::Staged,
     progress::Progress,
 };
 
@@ -51,7 +51,7 @@ pub struct ImportStats {
     pub unchanged: u64,
     /// Objects tombstoned (gone from the tree).
     pub deleted: u64,
-    /// Chunk files written.
+    /// Chunks written (appended to packs).
     pub chunks_written: u64,
     /// Chunks that already existed.
     pub chunks_reused: u64,
@@ -59,9 +59,9 @@ pub struct ImportStats {
     pub bytes_scanned: u64,
     /// Plaintext bytes actually read.
     pub bytes_read: u64,
-    /// Bytes of new chunk files.
+    /// Bytes of new chunks.
     pub bytes_written: u64,
-    /// Chunk files removed afterwards because no manifest needs them any more.
+    /// Chunks dropped afterwards because no manifest needs them any more.
     pub chunks_collected: u64,
     /// Change-log number after the import.
     pub seq: u64,
@@ -279,11 +279,11 @@ impl Store {
             });
             // A new object has a fresh key: none of its chunks can exist yet.
             if seen.insert(sealed.id)
-                && (old_chunks.is_none() || !self.chunks().contains(&sealed.id))
+                && (old_chunks.is_none() || !self.packs().contains(&sealed.id))
             {
                 bytes_written += sealed.bytes.len() as u64;
                 written += 1;
-                staged.push(self.chunks().stage(sealed.id, &sealed.bytes)?);
+                staged.push(self.packs().stage(sealed.id, &sealed.bytes)?);
             } else {
                 reused += 1;
             }
@@ -306,7 +306,7 @@ impl Store {
             })
         };
         if let Err(e) = result {
-            self.chunks().discard(staged);
+            self.packs().discard(staged);
             return Err(e);
         }
         let fingerprint = fp.finish();
@@ -316,7 +316,7 @@ impl Store {
             && st.owner == src.owner
             && st.complete
         {
-            self.chunks().discard(staged);
+            self.packs().discard(staged);
             let mut st = st.clone();
             st.fingerprint = Some(fingerprint);
             st.stat_digest = Some(src.stat_digest);
@@ -378,7 +378,7 @@ impl Store {
         let write = match built {
             Ok(w) => w,
             Err(e) => {
-                self.chunks().discard(staged);
+                self.packs().discard(staged);
                 return Err(e);
             }
         };
@@ -520,7 +520,7 @@ impl Store {
             }
         }
         if let Some(e) = first_err {
-            self.chunks().discard(staged_all);
+            self.packs().discard(staged_all);
             return Err(e);
         }
         if tombstone_missing {
@@ -543,14 +543,14 @@ impl Store {
                     writes.extend(t);
                 }
                 Err(e) => {
-                    self.chunks().discard(staged_all);
+                    self.packs().discard(staged_all);
                     return Err(e);
                 }
             }
         }
         let replaced = stats.changed + stats.deleted > 0;
         let t = Instant::now();
-        let published = self.chunks().publish(staged_all)?;
+        let published = self.packs().publish(staged_all)?;
         tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (syncfs, rename, syncfs)");
         let t = Instant::now();
         if !writes.is_empty() {
@@ -560,7 +560,7 @@ impl Store {
             self.db().put_state(&id, &st)?;
         }
         self.db().flush()?;
-        self.chunks().recorded(published);
+        self.packs().recorded(published);
         stats.seq = self.db().last_seq()?;
         tracing::info!(elapsed = ?t.elapsed(), "import: metadata committed");
         drop(_g);
@@ -568,7 +568,7 @@ impl Store {
             // The import is durable already; a failed clean-up is reported,
             // not turned into a failed import (`bbsync gc` retries it).
             match self.gc() {
-                Ok((n, _)) => stats.chunks_collected = n,
+                Ok(r) => stats.chunks_collected = r.chunks_removed,
                 Err(e) => {
                     tracing::warn!("import done, but removing unreferenced chunks failed: {e}")
                 }

@@ -1,27 +1,30 @@
 //! # bbsync-store
 //!
 //! The encrypted, content-addressed store of a bbsync node: sled metadata
-//! (in [`db`], the only module that touches sled), chunk files under
-//! `<data>/chunks/`, import of files, directories and whole BBS trees,
-//! export, verification and garbage collection.
+//! (in [`db`], the only module that touches sled), sealed chunks in pack
+//! files under `<data>/packs/` with a chunk index in sled ([`packs`]),
+//! import of files, directories and whole BBS trees, export, verification
+//! and garbage collection.
 //!
 //! ```text
-//! <data>/identity.key   secrets (0600)
-//! <data>/config.toml    operator settings
-//! <data>/db/            sled metadata
-//! <data>/chunks/ab/<id> one file per sealed chunk
+//! <data>/identity.key          secrets (0600)
+//! <data>/config.toml           operator settings
+//! <data>/db/                   sled metadata and the chunk index
+//! <data>/packs/ab/<id>.pack    sealed chunks appended into pack files (~16 MiB)
 //! ```
 
 pub mod archive;
 pub mod backup;
 pub mod bbs;
-pub mod chunks;
 pub mod config;
 pub mod db;
 mod error;
 pub mod export;
 pub mod failpoint;
 pub mod import;
+pub mod inspect;
+pub mod migrate;
+pub mod packs;
 pub mod progress;
 pub mod rekey;
 pub mod sync;
@@ -32,7 +35,7 @@ use std::{
     io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use bbsync_protocol::{
@@ -41,7 +44,7 @@ use bbsync_protocol::{
 };
 
 pub use config::Config;
-pub use db::{ObjectState, SCHEMA_VERSION, TrustRecord};
+pub use db::{ObjectState, PACKS_SCHEMA, SCHEMA_VERSION, TrustRecord};
 use error::Context;
 pub use error::{ErrorKind, Result, StoreError};
 
@@ -49,8 +52,8 @@ pub use error::{ErrorKind, Result, StoreError};
 pub struct Store {
     dir: PathBuf,
     identity: Identity,
-    db: db::Db,
-    chunks: chunks::ChunkFiles,
+    db: Arc<db::Db>,
+    packs: packs::Packs,
     config: Config,
     write_lock: Mutex<()>,
     unwrapper: bbsync_protocol::Unwrapper,
@@ -64,6 +67,8 @@ impl std::fmt::Debug for Store {
 }
 
 const IDENTITY_FILE: &str = "identity.key";
+/// The pack directory inside a data dir.
+pub const PACKS_DIR: &str = "packs";
 const CONFIG_FILE: &str = "config.toml";
 
 fn check_data_dir(dir: &Path) -> Result<()> {
@@ -148,7 +153,7 @@ impl Store {
             .ctx(|| format!("setting permissions of {}", dir.display()))?;
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
-        let db = db::Db::open(&dir.join("db"), dir, true)?;
+        let db = Arc::new(db::Db::open(&dir.join("db"), dir, true)?);
         write_file_atomic(&dir.join(IDENTITY_FILE), &identity.to_file_bytes(), 0o600)?;
         if !dir.join(CONFIG_FILE).exists() {
             write_file_atomic(
@@ -157,13 +162,13 @@ impl Store {
                 0o644,
             )?;
         }
-        let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
+        let packs = packs::Packs::open(&dir.join(PACKS_DIR), db.clone())?;
         let record_key = identity.local_key("record-mac");
         Ok(Store {
             dir: dir.to_path_buf(),
             identity,
             db,
-            chunks,
+            packs,
             config: Config::default(),
             write_lock: Mutex::new(()),
             unwrapper: bbsync_protocol::Unwrapper::new(),
@@ -171,8 +176,26 @@ impl Store {
         })
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store. A data dir of an older schema (one file
+    /// per chunk) is refused with the command that migrates it; a newer one
+    /// is refused. Recovers from an interrupted write (unrecorded chunks are
+    /// collected) and rebuilds a missing chunk index from the packs.
     pub fn open(dir: &Path) -> Result<Self> {
+        let store = Self::open_any(dir)?;
+        let found = store.db.schema_version()?;
+        if found < PACKS_SCHEMA {
+            return Err(StoreError::NeedsMigration {
+                path: dir.to_path_buf(),
+                found,
+            });
+        }
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Opens a store of any schema this build knows, without recovery
+    /// (for `migrate`).
+    pub(crate) fn open_any(dir: &Path) -> Result<Self> {
         check_data_dir(dir)?;
         let id_path = dir.join(IDENTITY_FILE);
         let id_bytes = match fs::read(&id_path) {
@@ -188,30 +211,83 @@ impl Store {
         if !dir.join("db").is_dir() {
             return Err(StoreError::NotInitialized(dir.to_path_buf()));
         }
-        let db = db::Db::open(&dir.join("db"), dir, false)?;
-        let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
+        let db = Arc::new(db::Db::open(&dir.join("db"), dir, false)?);
+        let packs = packs::Packs::open(&dir.join(PACKS_DIR), db.clone())?;
         let record_key = identity.local_key("record-mac");
-        let store = Store {
+        Ok(Store {
             dir: dir.to_path_buf(),
             identity,
             db,
-            chunks,
+            packs,
             config,
             write_lock: Mutex::new(()),
             unwrapper: bbsync_protocol::Unwrapper::new(),
             record_key,
-        };
-        if store.chunks.recovered() {
-            // The last writer stopped between publishing chunks and recording
-            // them: what no manifest references is garbage from that write.
-            let (n, bytes) = store.gc()?;
-            tracing::info!(
-                files = n,
-                bytes,
-                "recovered from an interrupted write: removed unreferenced chunk files"
+        })
+    }
+
+    /// What an open does after a crash: rebuilds a missing index from the
+    /// packs, and collects chunks published but never recorded.
+    fn recover(&self) -> Result<()> {
+        if self.dir.join(migrate::CHUNKS_DIR).exists() {
+            tracing::warn!(
+                "{} is left from a migration to pack files; `bbsync migrate` removes it",
+                self.dir.join(migrate::CHUNKS_DIR).display()
             );
         }
-        Ok(store)
+        if !self.db.index_complete()? {
+            tracing::warn!(
+                "the chunk index is missing or was being rebuilt: rebuilding it from the packs"
+            );
+            let (r, g) = self.repair_index(&progress::NoProgress)?;
+            tracing::info!(
+                packs = r.packs,
+                chunks = r.chunks,
+                dropped = g.chunks_removed,
+                "chunk index rebuilt"
+            );
+            for s in &r.skipped {
+                tracing::warn!("repair-index: {s}");
+            }
+        } else if self.db.unrecorded()? {
+            // The last writer stopped between publishing chunks and
+            // recording them: what no manifest references is garbage from
+            // that write.
+            let r = self.gc()?;
+            self.db.apply_index(
+                db::IndexChange {
+                    unrecorded: Some(false),
+                    ..Default::default()
+                },
+                true,
+            )?;
+            tracing::info!(
+                chunks = r.chunks_removed,
+                bytes = r.bytes_removed,
+                "recovered from an interrupted write: dropped unreferenced chunks"
+            );
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the chunk index from the pack files alone, then drops what
+    /// no manifest references (`bbsync repair-index`).
+    pub fn repair_index(
+        &self,
+        progress: &dyn progress::Progress,
+    ) -> Result<(packs::RebuildReport, packs::GcReport)> {
+        let _g = self.lock();
+        let r = self.packs.rebuild_index(progress)?;
+        let referenced = self.referenced_chunks()?;
+        let g = self.packs.collect(&|id| referenced.contains(id))?;
+        self.db.apply_index(
+            db::IndexChange {
+                unrecorded: Some(false),
+                ..Default::default()
+            },
+            true,
+        )?;
+        Ok((r, g))
     }
 
     /// The data dir.
@@ -239,9 +315,9 @@ impl Store {
         &self.db
     }
 
-    /// The chunk files.
-    pub fn chunks(&self) -> &chunks::ChunkFiles {
-        &self.chunks
+    /// The pack files and the chunk index.
+    pub fn packs(&self) -> &packs::Packs {
+        &self.packs
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -593,22 +669,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes chunk files no manifest references. Returns (files, bytes) removed.
-    pub fn gc(&self) -> Result<(u64, u64)> {
+    /// Drops the chunks no manifest references from the index, deletes
+    /// packs left empty and repacks packs mostly dead (see [`packs::Packs::collect`]).
+    pub fn gc(&self) -> Result<packs::GcReport> {
         let _g = self.lock();
         let referenced = self.referenced_chunks()?;
-        let mut files = 0;
-        let mut bytes = 0;
-        for item in self.chunks.list()? {
-            if let Ok((id, len)) = item
-                && !referenced.contains(&id)
-            {
-                self.chunks.remove(&id)?;
-                files += 1;
-                bytes += len;
-            }
-        }
-        Ok((files, bytes))
+        self.packs.collect(&|id| referenced.contains(id))
     }
 
     /// Every chunk id referenced by a stored manifest.

@@ -115,7 +115,7 @@ pub struct Accepted {
 #[derive(Debug, Default)]
 pub struct StagedChunks {
     /// Chunks written to temp files, waiting for [`Store::publish_chunks`].
-    pub staged: Vec<crate::chunks::Staged>,
+    pub staged: Vec<crate::packs::Staged>,
     /// Bytes staged.
     pub bytes: u64,
     /// Chunks that were already on disk.
@@ -285,7 +285,7 @@ impl Store {
         // before storing it (and asks another source for a damaged one);
         // hashing on both sides cost the source a tenth of its CPU time.
         // Damage on this disk is `verify --read-data`'s to find.
-        self.chunks()
+        self.packs()
             .read(id)
             .ctx(|| format!("reading chunk {}", id.short()))
     }
@@ -478,7 +478,7 @@ impl Store {
                 continue;
             }
             for c in self.manifest_unchecked(&id)?.chunks {
-                if seen.insert(c.id) && !self.chunks().contains(&c.id) {
+                if seen.insert(c.id) && !self.packs().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
             }
@@ -499,17 +499,17 @@ impl Store {
                 out.rejected.push(id);
                 continue;
             }
-            if self.chunks().contains(&id) {
+            if self.packs().contains(&id) {
                 out.present += 1;
                 continue;
             }
-            match self.chunks().stage(id, &bytes) {
+            match self.packs().stage(id, &bytes) {
                 Ok(s) => {
                     out.bytes += bytes.len() as u64;
                     out.staged.push(s);
                 }
                 Err(e) => {
-                    self.chunks().discard(std::mem::take(&mut out.staged));
+                    self.packs().discard(std::mem::take(&mut out.staged));
                     return Err(e);
                 }
             }
@@ -518,12 +518,12 @@ impl Store {
     }
 
     /// Makes staged chunks durable and visible. Returns how many.
-    pub fn publish_chunks(&self, staged: Vec<crate::chunks::Staged>) -> Result<u64> {
+    pub fn publish_chunks(&self, staged: Vec<crate::packs::Staged>) -> Result<u64> {
         let n = staged.len() as u64;
-        let published = self.chunks().publish(staged)?;
+        let published = self.packs().publish(staged)?;
         // Nothing to record: a chunk file is its own record. An object
         // becomes complete in `complete_ready`, after this returned.
-        self.chunks().recorded(published);
+        self.packs().recorded(published);
         Ok(n)
     }
 
@@ -549,7 +549,7 @@ impl Store {
                 _ => continue,
             }
             for c in self.manifest_unchecked(id)?.chunks {
-                if seen.insert(c.id) && !self.chunks().contains(&c.id) {
+                if seen.insert(c.id) && !self.packs().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
             }
@@ -569,7 +569,7 @@ impl Store {
             let m = self.manifest_unchecked(id)?;
             if m.chunks
                 .iter()
-                .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
+                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)))
             {
                 done.push(*id);
             }
@@ -591,7 +591,7 @@ impl Store {
             let m = self.manifest_unchecked(&id)?;
             if m.chunks
                 .iter()
-                .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
+                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)))
             {
                 done.push(id);
             }

@@ -14,7 +14,15 @@ use bbsync_protocol::{
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::{ObjectState, Store, StoreError, error::Result, progress::Progress};
+use crate::{
+    ObjectState, Store, StoreError,
+    error::Result,
+    packs::{
+        ENTRY_HEADER_LEN, FOOTER_LEN, Footer, HEADER_LEN, Location, PackId, check_header,
+        decode_entry_header, footer_fits, parse_footer, parse_trailer,
+    },
+    progress::Progress,
+};
 
 /// The classes of problems `verify` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -34,6 +42,12 @@ pub enum ProblemClass {
     Undecryptable,
     /// The object is recorded as not yet complete.
     IncompleteObject,
+    /// A pack file is shorter than what its trailer, the index or the
+    /// database says it holds (cut short).
+    TruncatedPack,
+    /// A pack's header or trailer does not match its content, or the index
+    /// points at a place its trailer does not list.
+    PackTrailerMismatch,
 }
 
 impl fmt::Display for ProblemClass {
@@ -46,6 +60,8 @@ impl fmt::Display for ProblemClass {
             ProblemClass::BadEnvelope => "bad-envelope",
             ProblemClass::Undecryptable => "undecryptable",
             ProblemClass::IncompleteObject => "incomplete-object",
+            ProblemClass::TruncatedPack => "truncated-pack",
+            ProblemClass::PackTrailerMismatch => "pack-trailer-mismatch",
         })
     }
 }
@@ -61,6 +77,8 @@ pub struct Problem {
     pub object_id: Option<String>,
     /// The chunk concerned, if any.
     pub chunk: Option<String>,
+    /// The pack concerned, if any (its id).
+    pub pack: Option<String>,
     /// What exactly is wrong.
     pub detail: String,
 }
@@ -72,8 +90,10 @@ pub struct VerifyReport {
     pub objects: u64,
     /// Chunk references checked.
     pub chunks: u64,
-    /// Bytes re-hashed (with `read_data`).
+    /// Bytes of pack files read and re-hashed (with `read_data`).
     pub bytes_read: u64,
+    /// Pack files checked.
+    pub packs: u64,
     /// Whether chunk contents were re-hashed.
     pub read_data: bool,
     /// Everything found, sorted by class.
@@ -104,6 +124,7 @@ impl ObjInfo {
             object: Some(self.label.clone()),
             object_id: Some(self.id.to_hex()),
             chunk: None,
+            pack: None,
             detail,
         }
     }
@@ -265,64 +286,377 @@ impl Store {
         }
         (ps, refs)
     }
+}
 
-    /// Checks every referenced chunk: presence and length, and with
-    /// `read_data` its hash (in parallel).
+/// What the pack checks found: problems of whole packs, and for chunks
+/// (by index record) the class and detail of what is wrong with them.
+#[derive(Default)]
+struct PackFindings {
+    packs: Vec<Problem>,
+    chunks: HashMap<ChunkId, (ProblemClass, String)>,
+    bytes_read: u64,
+}
+
+fn pack_problem(class: ProblemClass, pack: &PackId, detail: String) -> Problem {
+    Problem {
+        class,
+        object: None,
+        object_id: None,
+        chunk: None,
+        pack: Some(pack.to_hex()),
+        detail,
+    }
+}
+
+impl Store {
+    /// Checks one pack file and the index records pointing into it. Without
+    /// `read_data` only its header, its footer and its length are read;
+    /// with it the whole file is read sequentially and every indexed chunk
+    /// re-hashed, and the trailer compared with the entries it lists.
+    fn check_pack(
+        &self,
+        pack: &PackId,
+        file_len: u64,
+        committed: Option<u64>,
+        records: &[(ChunkId, Location)],
+        read_data: bool,
+    ) -> PackFindings {
+        let mut f = PackFindings::default();
+        let path = self.packs().path(pack);
+        let shown = path.display().to_string();
+        let bad_chunk = |f: &mut PackFindings, id: ChunkId, class, detail: String| {
+            f.chunks.entry(id).or_insert((class, detail));
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                for (id, _) in records {
+                    bad_chunk(
+                        &mut f,
+                        *id,
+                        ProblemClass::CorruptChunk,
+                        format!("pack {shown} unreadable: {e}"),
+                    );
+                }
+                return f;
+            }
+        };
+        let read =
+            |buf: &mut [u8], at: u64| std::os::unix::fs::FileExt::read_exact_at(&file, buf, at);
+        // Header.
+        let mut head = [0u8; HEADER_LEN as usize];
+        if file_len < HEADER_LEN || read(&mut head, 0).is_err() {
+            f.packs.push(pack_problem(
+                ProblemClass::TruncatedPack,
+                pack,
+                format!("{shown}: shorter than its header"),
+            ));
+            for (id, _) in records {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!("pack {shown} is cut short"),
+                );
+            }
+            return f;
+        }
+        if let Err(e) = check_header(&head, pack) {
+            f.packs.push(pack_problem(
+                ProblemClass::PackTrailerMismatch,
+                pack,
+                format!("{shown}: {e}"),
+            ));
+        }
+        // Where the body ends, and the trailer if sealed.
+        let mut trailer: Option<Vec<crate::packs::Entry>> = None;
+        let body_end = match committed {
+            Some(c) => {
+                if file_len < c {
+                    f.packs.push(pack_problem(
+                        ProblemClass::TruncatedPack,
+                        pack,
+                        format!("{shown}: {file_len} bytes, {c} committed"),
+                    ));
+                }
+                c.min(file_len)
+            }
+            None => {
+                let mut tail = [0u8; FOOTER_LEN as usize];
+                let footer = if file_len >= HEADER_LEN + FOOTER_LEN
+                    && read(&mut tail, file_len - FOOTER_LEN).is_ok()
+                {
+                    parse_footer(&tail)
+                } else {
+                    Footer::Absent
+                };
+                match footer {
+                    Footer::Absent => {
+                        f.packs.push(pack_problem(
+                            ProblemClass::TruncatedPack,
+                            pack,
+                            format!("{shown}: sealed, but its trailer is gone (cut short at {file_len} bytes)"),
+                        ));
+                        file_len
+                    }
+                    Footer::Present {
+                        count,
+                        trailer_offset,
+                        sum,
+                    } => {
+                        if !footer_fits(count, trailer_offset, file_len) {
+                            f.packs.push(pack_problem(
+                                ProblemClass::PackTrailerMismatch,
+                                pack,
+                                format!("{shown}: its footer does not fit the file ({count} entries from {trailer_offset}, {file_len} bytes)"),
+                            ));
+                            file_len - FOOTER_LEN
+                        } else {
+                            let mut tb = vec![
+                                0u8;
+                                (file_len - FOOTER_LEN - u64::from(trailer_offset))
+                                    as usize
+                            ];
+                            match read(&mut tb, u64::from(trailer_offset))
+                                .map_err(|e| e.to_string())
+                                .and_then(|()| parse_trailer(pack, &tb, &sum, trailer_offset))
+                            {
+                                Ok(entries) => trailer = Some(entries),
+                                Err(e) => f.packs.push(pack_problem(
+                                    ProblemClass::PackTrailerMismatch,
+                                    pack,
+                                    format!("{shown}: {e}"),
+                                )),
+                            }
+                            u64::from(trailer_offset)
+                        }
+                    }
+                }
+            }
+        };
+        // Index records: inside the body, and listed by the trailer.
+        if let Some(t) = &trailer {
+            let listed: HashSet<(ChunkId, u32, u32)> =
+                t.iter().map(|e| (e.id, e.offset, e.len)).collect();
+            for (id, loc) in records {
+                if !listed.contains(&(*id, loc.offset, loc.len)) {
+                    f.packs.push(pack_problem(
+                        ProblemClass::PackTrailerMismatch,
+                        pack,
+                        format!("{shown}: the index puts chunk {} at {}, which its trailer does not list", id.short(), loc.offset),
+                    ));
+                }
+            }
+        }
+        for (id, loc) in records {
+            if loc.end() > body_end {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!(
+                        "pack {shown} is cut short: the chunk ends at {}, the pack's data at {body_end}",
+                        loc.end()
+                    ),
+                );
+            }
+        }
+        if !read_data {
+            return f;
+        }
+        // The whole pack, sequentially.
+        let mut bytes = vec![0u8; body_end as usize];
+        if let Err(e) = read(&mut bytes, 0) {
+            for (id, _) in records {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!("pack {shown} unreadable: {e}"),
+                );
+            }
+            return f;
+        }
+        f.bytes_read = file_len;
+        let entry_at = |offset: u32| {
+            (u64::from(offset) >= HEADER_LEN + ENTRY_HEADER_LEN)
+                .then(|| {
+                    let h = u64::from(offset) - ENTRY_HEADER_LEN;
+                    bytes
+                        .get(h as usize..offset as usize)
+                        .and_then(decode_entry_header)
+                })
+                .flatten()
+        };
+        if let Some(t) = &trailer
+            && let Some(e) = t.iter().find(|e| entry_at(e.offset) != Some((e.id, e.len)))
+        {
+            f.packs.push(pack_problem(
+                ProblemClass::PackTrailerMismatch,
+                pack,
+                format!("{shown}: its trailer lists chunk {} at {}, the pack holds something else there", e.id.short(), e.offset),
+            ));
+        }
+        for (id, loc) in records {
+            let Some(chunk) = bytes.get(loc.offset as usize..loc.end() as usize) else {
+                continue; // reported above (cut short)
+            };
+            if entry_at(loc.offset) != Some((*id, loc.len)) {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!("pack {shown} holds another entry at {}", loc.offset),
+                );
+            } else if check_chunk_id(id, chunk).is_err() {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    "content does not hash to its id".into(),
+                );
+            }
+        }
+        f
+    }
+
+    /// Checks the packs, the index and every referenced chunk: presence
+    /// and length (index record, pack long enough), and with `read_data`
+    /// the packs read sequentially (in parallel) and every chunk re-hashed.
+    /// Returns the problems found and the bytes read.
     fn chunk_problems(
         &self,
         refs: &[(ChunkId, u32, usize)],
         infos: &[ObjInfo],
         read_data: bool,
         progress: &dyn Progress,
-    ) -> Vec<Option<Problem>> {
-        refs.par_iter()
-            .map(|(cid, len, idx)| {
-                let info = &infos[*idx];
-                let problem = |class, detail: String| {
-                    Some(Problem {
-                        class,
-                        object: Some(info.label.clone()),
-                        object_id: Some(info.id.to_hex()),
-                        chunk: Some(cid.to_hex()),
-                        detail,
-                    })
-                };
-                let r = if read_data {
-                    match self.chunks().read(cid) {
-                        Ok(bytes) => {
-                            if bytes.len() != *len as usize {
-                                problem(
-                                    ProblemClass::CorruptChunk,
-                                    format!("length {} (expected {len})", bytes.len()),
-                                )
-                            } else if check_chunk_id(cid, &bytes).is_err() {
-                                problem(
-                                    ProblemClass::CorruptChunk,
-                                    "content does not hash to its id".into(),
-                                )
-                            } else {
-                                None
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            problem(ProblemClass::MissingChunk, "chunk file not found".into())
-                        }
-                        Err(e) => problem(ProblemClass::CorruptChunk, format!("unreadable: {e}")),
-                    }
-                } else {
-                    match self.chunks().size(cid) {
-                        None => problem(ProblemClass::MissingChunk, "chunk file not found".into()),
-                        Some(n) if n != u64::from(*len) => problem(
-                            ProblemClass::CorruptChunk,
-                            format!("length {n} (expected {len})"),
-                        ),
-                        Some(_) => None,
-                    }
-                };
-                progress.advance(1, u64::from(*len));
-                r
+    ) -> Result<(Vec<Problem>, u64, u64)> {
+        let mut problems = Vec::new();
+        let mut index: HashMap<ChunkId, Location> = HashMap::new();
+        for r in self.db().index_iter_lenient() {
+            let (id, loc) = r?;
+            match loc {
+                Some(loc) => {
+                    index.insert(id, loc);
+                }
+                None => problems.push(Problem {
+                    class: ProblemClass::MissingChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: Some(id.to_hex()),
+                    pack: None,
+                    detail: "its index record is damaged (run `bbsync repair-index`)".into(),
+                }),
+            }
+        }
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
+        for (id, loc) in &index {
+            by_pack.entry(loc.pack).or_default().push((*id, *loc));
+        }
+        let open: HashMap<PackId, u64> = self.packs().open_packs().into_iter().collect();
+        let mut files = Vec::new();
+        for item in self.packs().pack_files()? {
+            match item {
+                Ok(p) => files.push(p),
+                Err(path) => problems.push(Problem {
+                    class: ProblemClass::OrphanChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: None,
+                    pack: None,
+                    detail: format!("stray file {}", path.display()),
+                }),
+            }
+        }
+        let on_disk: HashSet<PackId> = files.iter().map(|(p, _)| *p).collect();
+        progress.start(
+            "verify",
+            files.len() as u64,
+            files.iter().map(|f| f.1).sum(),
+        );
+        let findings: Vec<PackFindings> = files
+            .par_iter()
+            .map(|(pack, len)| {
+                let records = by_pack.get(pack).map(Vec::as_slice).unwrap_or(&[]);
+                let mut f = self.check_pack(pack, *len, open.get(pack).copied(), records, read_data);
+                if records.is_empty() && !open.contains_key(pack) {
+                    f.packs.push(pack_problem(
+                        ProblemClass::OrphanChunk,
+                        pack,
+                        format!("{}: no chunk in the index lives here (`bbsync repair-index` indexes its chunks)", self.packs().path(pack).display()),
+                    ));
+                }
+                progress.advance(1, *len);
+                f
             })
-            .collect()
+            .collect();
+        progress.finish();
+        let mut bad: HashMap<ChunkId, (ProblemClass, String)> = HashMap::new();
+        let mut bytes_read = 0;
+        for f in findings {
+            problems.extend(f.packs);
+            bad.extend(f.chunks);
+            bytes_read += f.bytes_read;
+        }
+        for pack in open.keys() {
+            if !on_disk.contains(pack) {
+                problems.push(pack_problem(
+                    ProblemClass::TruncatedPack,
+                    pack,
+                    format!(
+                        "{}: the open pack is missing",
+                        self.packs().path(pack).display()
+                    ),
+                ));
+            }
+        }
+        // Each referenced chunk.
+        let mut referenced = HashSet::with_capacity(refs.len());
+        for (cid, len, idx) in refs {
+            referenced.insert(*cid);
+            let info = &infos[*idx];
+            let problem = |class, detail: String| Problem {
+                class,
+                object: Some(info.label.clone()),
+                object_id: Some(info.id.to_hex()),
+                chunk: Some(cid.to_hex()),
+                pack: None,
+                detail,
+            };
+            let p = match index.get(cid) {
+                None => Some(problem(
+                    ProblemClass::MissingChunk,
+                    "not in the chunk index".into(),
+                )),
+                Some(loc) if !on_disk.contains(&loc.pack) => Some(problem(
+                    ProblemClass::MissingChunk,
+                    format!(
+                        "its pack {} is missing",
+                        self.packs().path(&loc.pack).display()
+                    ),
+                )),
+                Some(loc) if loc.len != *len => Some(problem(
+                    ProblemClass::CorruptChunk,
+                    format!("length {} (expected {len})", loc.len),
+                )),
+                Some(_) => bad.get(cid).map(|(class, d)| problem(*class, d.clone())),
+            };
+            problems.extend(p);
+        }
+        // Orphans: indexed chunks nothing references.
+        for id in index.keys() {
+            if !referenced.contains(id) {
+                problems.push(Problem {
+                    class: ProblemClass::OrphanChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: Some(id.to_hex()),
+                    pack: None,
+                    detail: "no manifest references this chunk".into(),
+                });
+            }
+        }
+        Ok((problems, bytes_read, files.len() as u64))
     }
 }
 
@@ -356,50 +690,29 @@ impl Store {
             problems.extend(ps);
             refs.extend(rs);
         }
-        // Chunks: presence, length, and with read_data the hash.
-        let total_bytes: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
-        progress.start("verify", refs.len() as u64, total_bytes);
-        // The chunk directory is listed (for orphans) while chunks are hashed.
-        let (chunk_problems, listing): (Vec<Option<Problem>>, _) = rayon::join(
-            || self.chunk_problems(&refs, &infos, read_data, progress),
-            || self.chunks().list_names(),
-        );
-        let listing = listing?;
-        progress.finish();
-        let mut seen_missing = HashSet::new();
-        for p in chunk_problems.into_iter().flatten() {
+        // Chunks and packs: presence, length, and with read_data the hash.
+        let (chunk_problems, bytes_read, packs) =
+            self.chunk_problems(&refs, &infos, read_data, progress)?;
+        let incomplete: HashSet<String> = problems
+            .iter()
+            .filter(|q| q.class == ProblemClass::IncompleteObject)
+            .filter_map(|q| q.object_id.clone())
+            .collect();
+        let mut seen = HashSet::new();
+        for p in chunk_problems {
             // An object marked incomplete is expected to lack chunks: report it once.
-            let incomplete = p.object_id.as_ref().is_some_and(|oid| {
-                problems.iter().any(|q: &Problem| {
-                    q.class == ProblemClass::IncompleteObject && q.object_id.as_ref() == Some(oid)
-                })
-            });
-            if p.class == ProblemClass::MissingChunk && incomplete {
+            if p.class == ProblemClass::MissingChunk
+                && p.object_id.as_ref().is_some_and(|o| incomplete.contains(o))
+            {
                 continue;
             }
-            if seen_missing.insert((p.class, p.chunk.clone(), p.object_id.clone())) {
+            if seen.insert((
+                p.class,
+                p.chunk.clone(),
+                p.object_id.clone(),
+                p.detail.clone(),
+            )) {
                 problems.push(p);
-            }
-        }
-        // Orphans and stray files.
-        let referenced: HashSet<ChunkId> = refs.iter().map(|r| r.0).collect();
-        for item in listing {
-            match item {
-                Ok(id) if !referenced.contains(&id) => problems.push(Problem {
-                    class: ProblemClass::OrphanChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: Some(id.to_hex()),
-                    detail: "no manifest references this chunk".into(),
-                }),
-                Ok(_) => {}
-                Err(path) => problems.push(Problem {
-                    class: ProblemClass::OrphanChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: None,
-                    detail: format!("stray file {}", path.display()),
-                }),
             }
         }
         problems
@@ -411,7 +724,8 @@ impl Store {
         Ok(VerifyReport {
             objects: objects.len() as u64,
             chunks: refs.len() as u64,
-            bytes_read: if read_data { total_bytes } else { 0 },
+            bytes_read,
+            packs,
             read_data,
             problems,
             counts,

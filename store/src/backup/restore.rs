@@ -278,7 +278,7 @@ impl Store {
                     if !seen.insert(c.id) {
                         continue;
                     }
-                    if self.chunks().size(&c.id) == Some(u64::from(c.len)) {
+                    if self.packs().size(&c.id) == Some(u64::from(c.len)) {
                         report.chunks_present += 1;
                         continue;
                     }
@@ -329,9 +329,7 @@ impl Store {
         );
         let mut published: Vec<ChunkId> = Vec::new();
         let undo = |published: &[ChunkId]| {
-            for id in published {
-                let _ = self.chunks().remove(id);
-            }
+            let _ = self.packs().remove_many(published);
         };
         let mut i = 0;
         while i < needed.len() {
@@ -354,7 +352,7 @@ impl Store {
                 if check_chunk_id(id, &bytes).is_err() {
                     return Err(damaged(repo, path, "content does not hash to its name"));
                 }
-                let s = self.chunks().stage(*id, &bytes)?;
+                let s = self.packs().stage(*id, &bytes)?;
                 staged
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -366,7 +364,7 @@ impl Store {
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(e) = r {
-                self.chunks().discard(staged);
+                self.packs().discard(staged);
                 undo(&published);
                 progress.finish();
                 return Err(e);
@@ -408,7 +406,7 @@ impl Store {
                 let complete = m
                     .chunks
                     .iter()
-                    .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)));
+                    .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)));
                 report.incomplete += u64::from(!complete && !m.deleted);
                 report.replaced += u64::from(p.previous.is_some());
                 let state = self.received_state(m, complete || m.deleted, &p.envelope);
