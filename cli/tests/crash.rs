@@ -97,8 +97,8 @@ fn import_survives_kill_9_at_random_moments() -> TestResult {
             "trial {trial}: temp files left after reopening"
         );
         assert!(
-            !chunk_files(&data).contains(std::path::Path::new("unrecorded")),
-            "trial {trial}: unrecorded marker left after recovery"
+            !chunk_files(&data).contains(std::path::Path::new("collect")),
+            "trial {trial}: collect marker left after recovery"
         );
     }
     eprintln!("{killed} of 10 kills landed during an import (a whole import takes {full:?})");

@@ -276,7 +276,7 @@ fn stray_files_in_the_chunk_dir_and_stale_temp_files() -> TestResult {
         let s = bbsync_store::Store::open(&data)?;
         s.db().apply_index(
             bbsync_store::db::IndexChange {
-                unrecorded: Some(true),
+                collect: Some(true),
                 ..Default::default()
             },
             true,

@@ -15,7 +15,7 @@
 //! | `x/` chunk_id                | [`Location`]: pack id, offset, length (the chunk index)      |
 //! | `meta/index`                 | `01` once the chunk index is complete (absent: rebuild it)   |
 //! | `meta/open_packs`            | the packs not sealed yet, each with its committed length     |
-//! | `meta/unrecorded`            | present while published chunks may not be recorded yet      |
+//! | `meta/collect`               | present while the index may hold chunks nothing references  |
 //! | `meta/doomed_packs`          | packs to delete (their chunks live elsewhere now)            |
 //!
 //! One record per object (rather than one key each for state, manifest and
@@ -44,7 +44,7 @@ const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
 const K_INDEX: &[u8] = b"meta/index";
 const K_OPEN_PACKS: &[u8] = b"meta/open_packs";
-const K_UNRECORDED: &[u8] = b"meta/unrecorded";
+const K_COLLECT: &[u8] = b"meta/collect";
 const K_DOOMED: &[u8] = b"meta/doomed_packs";
 /// Index records per sled batch when many are written at once.
 const INDEX_BATCH: usize = 8192;
@@ -132,8 +132,10 @@ pub struct IndexChange {
     pub remove: Vec<ChunkId>,
     /// The new list of open packs with their committed lengths, if it changes.
     pub open_packs: Option<Vec<(PackId, u64)>>,
-    /// Sets or clears the "published but maybe not recorded" marker.
-    pub unrecorded: Option<bool>,
+    /// Sets or clears the collect marker: the index may hold chunks that
+    /// nothing references (published and not yet recorded, or left by a
+    /// commit that replaced objects), so an open after a crash collects.
+    pub collect: Option<bool>,
     /// The new list of packs to delete, if it changes.
     pub doomed: Option<Vec<PackId>>,
 }
@@ -567,7 +569,7 @@ impl Db {
             put,
             remove,
             open_packs,
-            unrecorded,
+            collect,
             doomed,
         } = change;
         let mut batch = sled::Batch::default();
@@ -598,9 +600,9 @@ impl Db {
             }
             batch.insert(K_OPEN_PACKS, v);
         }
-        match unrecorded {
-            Some(true) => batch.insert(K_UNRECORDED, &[1u8]),
-            Some(false) => batch.remove(K_UNRECORDED),
+        match collect {
+            Some(true) => batch.insert(K_COLLECT, &[1u8]),
+            Some(false) => batch.remove(K_COLLECT),
             None => {}
         }
         if let Some(d) = doomed {
@@ -656,10 +658,11 @@ impl Db {
             .collect())
     }
 
-    /// Whether chunks were published that may not have been recorded (a
-    /// process stopped between the index commit and the manifests' commit).
-    pub fn unrecorded(&self) -> Result<bool> {
-        Ok(self.tree.get(K_UNRECORDED).map_err(db_err)?.is_some())
+    /// Whether the collect marker is set: a process stopped between
+    /// publishing chunks and recording them, or between a commit that
+    /// replaced objects and the collection after it.
+    pub fn collect_pending(&self) -> Result<bool> {
+        Ok(self.tree.get(K_COLLECT).map_err(db_err)?.is_some())
     }
 
     /// Whether the chunk index is complete (set at init, after a migration

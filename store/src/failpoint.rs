@@ -44,7 +44,7 @@ pub const POINTS: &[(&str, &str)] = &[
     ),
     (
         "index.committed",
-        "publish: the index is committed, before the caller records its manifests (the unrecorded marker is set)",
+        "publish: the index is committed, before the caller records its manifests (the collect marker is set)",
     ),
     (
         "pack.seal",

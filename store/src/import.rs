@@ -553,6 +553,10 @@ impl Store {
         let published = self.packs().publish(staged_all)?;
         tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (syncfs, rename, syncfs)");
         let t = Instant::now();
+        if replaced {
+            // Old versions' chunks become unreferenced with this commit.
+            self.packs().expect_garbage()?;
+        }
         if !writes.is_empty() {
             self.db().commit(writes)?;
         }

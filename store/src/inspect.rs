@@ -24,8 +24,8 @@ pub struct Inspection {
     pub index: Vec<(ChunkId, Location)>,
     /// The open packs and their committed lengths.
     pub open_packs: Vec<(PackId, u64)>,
-    /// Whether chunks were published and maybe never recorded.
-    pub unrecorded: bool,
+    /// Whether the collect marker is set (chunks may be unreferenced).
+    pub collect: bool,
     /// Packs a repack left to delete.
     pub doomed: Vec<PackId>,
     /// Pack files with their lengths; other files as `Err(path)`.
@@ -56,7 +56,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         index_complete: db.index_complete()?,
         index,
         open_packs: db.open_packs()?,
-        unrecorded: db.unrecorded()?,
+        collect: db.collect_pending()?,
         doomed: db.doomed_packs()?,
         pack_files,
     })

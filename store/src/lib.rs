@@ -181,21 +181,14 @@ impl Store {
     /// is refused. Recovers from an interrupted write (unrecorded chunks are
     /// collected) and rebuilds a missing chunk index from the packs.
     pub fn open(dir: &Path) -> Result<Self> {
-        let store = Self::open_any(dir)?;
-        let found = store.db.schema_version()?;
-        if found < PACKS_SCHEMA {
-            return Err(StoreError::NeedsMigration {
-                path: dir.to_path_buf(),
-                found,
-            });
-        }
+        let store = Self::open_with(dir, false)?;
         store.recover()?;
         Ok(store)
     }
 
-    /// Opens a store of any schema this build knows, without recovery
-    /// (for `migrate`).
-    pub(crate) fn open_any(dir: &Path) -> Result<Self> {
+    /// Opens a store; one of an older schema only `for_migration` (then
+    /// without recovery). A refused open changes nothing in the data dir.
+    pub(crate) fn open_with(dir: &Path, for_migration: bool) -> Result<Self> {
         check_data_dir(dir)?;
         let id_path = dir.join(IDENTITY_FILE);
         let id_bytes = match fs::read(&id_path) {
@@ -212,6 +205,13 @@ impl Store {
             return Err(StoreError::NotInitialized(dir.to_path_buf()));
         }
         let db = Arc::new(db::Db::open(&dir.join("db"), dir, false)?);
+        let found = db.schema_version()?;
+        if found < PACKS_SCHEMA && !for_migration {
+            return Err(StoreError::NeedsMigration {
+                path: dir.to_path_buf(),
+                found,
+            });
+        }
         let packs = packs::Packs::open(&dir.join(PACKS_DIR), db.clone())?;
         let record_key = identity.local_key("record-mac");
         Ok(Store {
@@ -249,18 +249,11 @@ impl Store {
             for s in &r.skipped {
                 tracing::warn!("repair-index: {s}");
             }
-        } else if self.db.unrecorded()? {
+        } else if self.db.collect_pending()? {
             // The last writer stopped between publishing chunks and
             // recording them: what no manifest references is garbage from
             // that write.
             let r = self.gc()?;
-            self.db.apply_index(
-                db::IndexChange {
-                    unrecorded: Some(false),
-                    ..Default::default()
-                },
-                true,
-            )?;
             tracing::info!(
                 chunks = r.chunks_removed,
                 bytes = r.bytes_removed,
@@ -280,13 +273,7 @@ impl Store {
         let r = self.packs.rebuild_index(progress)?;
         let referenced = self.referenced_chunks()?;
         let g = self.packs.collect(&|id| referenced.contains(id))?;
-        self.db.apply_index(
-            db::IndexChange {
-                unrecorded: Some(false),
-                ..Default::default()
-            },
-            true,
-        )?;
+        self.packs.collected()?;
         Ok((r, g))
     }
 
@@ -674,7 +661,9 @@ impl Store {
     pub fn gc(&self) -> Result<packs::GcReport> {
         let _g = self.lock();
         let referenced = self.referenced_chunks()?;
-        self.packs.collect(&|id| referenced.contains(id))
+        let r = self.packs.collect(&|id| referenced.contains(id))?;
+        self.packs.collected()?;
+        Ok(r)
     }
 
     /// Every chunk id referenced by a stored manifest.

@@ -4,7 +4,7 @@
 //!
 //! Crash-safe and resumable: chunk files are copied into packs through the
 //! normal write path (appended, `fdatasync`, then indexed, in groups of
-//! [`GROUP_BYTES`]); the old files stay untouched until every referenced
+//! [`GROUP_BYTES`] or [`GROUP_CHUNKS`]); the old files stay untouched until every referenced
 //! chunk is indexed, then the schema number is set (flushed) and only then
 //! is `chunks/` removed. A rerun after a crash skips what is indexed
 //! already; one after the schema was set only finishes removing `chunks/`
@@ -35,8 +35,11 @@ use crate::{
     progress::Progress,
 };
 
-/// Bytes copied between two publishes (each makes a group durable and indexed).
+/// Bytes copied between two publishes (each makes a group durable and
+/// indexed, so a rerun after a crash starts after it).
 pub const GROUP_BYTES: u64 = 64 * 1024 * 1024;
+/// Chunks copied between two publishes at most.
+pub const GROUP_CHUNKS: usize = 1024;
 /// The chunk directory of the old layout.
 pub const CHUNKS_DIR: &str = "chunks";
 
@@ -97,7 +100,7 @@ impl Store {
     /// Migrates the data dir `dir` to pack files (see the module docs).
     pub fn migrate(dir: &Path, progress: &dyn Progress) -> Result<MigrateReport> {
         let start = Instant::now();
-        let store = Store::open_any(dir)?;
+        let store = Store::open_with(dir, true)?;
         let found = store.db().schema_version()?;
         let mut report = MigrateReport {
             from_schema: found,
@@ -107,6 +110,8 @@ impl Store {
         let old = dir.join(CHUNKS_DIR);
         if found < PACKS_SCHEMA {
             store.copy_chunk_files(&old, &mut report, progress)?;
+            // Every referenced chunk is indexed: the index is complete.
+            store.db().set_index_complete(true)?;
             failpoint::hit("migrate.schema").ctx(|| "setting the schema".to_string())?;
             store.db().set_schema_version(PACKS_SCHEMA)?;
         }
@@ -208,7 +213,7 @@ impl Store {
                 group += u64::from(len);
             }
             progress.advance(1, u64::from(len));
-            if group >= GROUP_BYTES {
+            if group >= GROUP_BYTES || staged.len() >= GROUP_CHUNKS {
                 self.publish_group(std::mem::take(&mut staged))?;
                 group = 0;
             }

@@ -424,6 +424,10 @@ impl Store {
                 previous,
             });
         }
+        if writes.iter().any(|w| w.previous.is_some()) {
+            // The replaced versions' chunks become unreferenced.
+            self.packs().expect_garbage()?;
+        }
         if !writes.is_empty() {
             self.db().commit(writes)?;
         }

@@ -237,8 +237,8 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 /// the way): every indexed chunk as `<hh>/<64 hex>`, and every leftover an
 /// interrupted or failed command could leave, so that a snapshot sees it:
 /// `stray:<path>` (a file in `packs/` that is not a pack), `tail:<pack>`
-/// (bytes beyond an open pack's committed length), `unrecorded` (chunks
-/// published and maybe never recorded), `doomed:<pack>` (a pack a repack
+/// (bytes beyond an open pack's committed length), `collect` (the marker:
+/// chunks published and maybe never recorded, or a collection pending), `doomed:<pack>` (a pack a repack
 /// left to delete) and `unknown:<pack>` (a pack the database does not know).
 pub fn chunk_files(data: &Path) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
@@ -271,8 +271,8 @@ pub fn chunk_files(data: &Path) -> BTreeSet<PathBuf> {
             }
         }
     }
-    if i.unrecorded {
-        out.insert(PathBuf::from("unrecorded"));
+    if i.collect {
+        out.insert(PathBuf::from("collect"));
     }
     for p in &i.doomed {
         out.insert(PathBuf::from(format!("doomed:{}", p.to_hex())));
@@ -300,7 +300,7 @@ pub fn chunk_temp_files(data: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| {
             let name = p.to_string_lossy().into_owned();
-            ["tail:", "unrecorded", "doomed:", "unknown:", "stray:"]
+            ["tail:", "collect", "doomed:", "unknown:", "stray:"]
                 .iter()
                 .any(|k| name.starts_with(k))
         })

@@ -420,6 +420,9 @@ impl Store {
                 });
             }
             report.restored = writes.len() as u64;
+            if writes.iter().any(|w| w.previous.is_some()) {
+                self.packs().expect_garbage()?;
+            }
             if !writes.is_empty() {
                 self.db().commit(writes)?;
             } else {

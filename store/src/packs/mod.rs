@@ -10,12 +10,14 @@
 //! Write order (`docs/format.md` §13): [`Packs::stage`] appends (buffered,
 //! no sync) and returns a [`Staged`] entry; [`Packs::publish`] writes the
 //! buffers, `fdatasync`s every pack holding staged bytes, then commits their
-//! index records, the packs' committed lengths and the "unrecorded" marker
-//! in one sled batch and flushes it. The caller then commits its manifests
-//! and hands the returned [`Published`] to [`Packs::recorded`], which clears
-//! the marker. So no index record names bytes that are not durable, and a
-//! crash between the index commit and the manifests' commit leaves the
-//! marker, which makes the next open collect what nothing references.
+//! index records, the packs' committed lengths and the collect marker in
+//! one sled batch and flushes it. The caller then commits its manifests and
+//! hands the returned [`Published`] to [`Packs::recorded`]. So no index
+//! record names bytes that are not durable, and a crash between the index
+//! commit and the manifests' commit leaves the marker, which makes the next
+//! open collect what nothing references. A commit that replaces objects
+//! sets the marker first too ([`Packs::expect_garbage`]), until the
+//! collection after it ran ([`Packs::collected`]).
 //! Bytes appended beyond a pack's committed length (an interrupted or
 //! discarded append) are cut off when the pack is next opened. A new pack
 //! is recorded as open before its file is created, so no pack file is ever
@@ -122,6 +124,9 @@ struct Writer {
     packs: Vec<OpenPack>,
     /// Entries published and not yet recorded (the marker is set while > 0).
     unrecorded: u64,
+    /// A commit made chunks unreferenced and no collection ran since (the
+    /// marker is set while true).
+    garbage: bool,
     /// A background `fdatasync` of a full pack (only starts the write-out
     /// early: durability comes from [`Packs::publish`]).
     writeback: Option<std::thread::JoinHandle<()>>,
@@ -568,7 +573,7 @@ impl Packs {
             IndexChange {
                 put: staged.iter().map(|s| (s.id, s.loc)).collect(),
                 open_packs: Some(record.clone()),
-                unrecorded: (n > 0).then_some(true),
+                collect: (n > 0).then_some(true),
                 doomed,
                 ..Default::default()
             },
@@ -653,24 +658,57 @@ impl Packs {
         Ok(())
     }
 
-    /// Published chunks are recorded: the marker goes with the last.
+    /// Published chunks are recorded: the marker goes with the last,
+    /// unless a collection is pending.
     pub fn recorded(&self, p: Published) {
         if p.0 == 0 {
             return;
         }
         let mut w = self.writer();
         w.unrecorded = w.unrecorded.saturating_sub(p.0);
-        if w.unrecorded == 0
-            && let Err(e) = self.db.apply_index(
+        if let Err(e) = self.clear_marker(&w) {
+            tracing::warn!("clearing the collect marker: {e}");
+        }
+    }
+
+    fn clear_marker(&self, w: &Writer) -> Result<()> {
+        if w.unrecorded == 0 && !w.garbage {
+            self.db.apply_index(
                 IndexChange {
-                    unrecorded: Some(false),
+                    collect: Some(false),
                     ..Default::default()
                 },
                 true,
-            )
-        {
-            tracing::warn!("clearing the unrecorded marker: {e}");
+            )?;
         }
+        Ok(())
+    }
+
+    /// Sets the collect marker (durably) before a commit that makes chunks
+    /// unreferenced (objects replaced or deleted): if the process stops
+    /// before the collection after it ([`Packs::collected`]), the next open
+    /// collects.
+    pub fn expect_garbage(&self) -> Result<()> {
+        let mut w = self.writer();
+        if !w.garbage && w.unrecorded == 0 {
+            self.db.apply_index(
+                IndexChange {
+                    collect: Some(true),
+                    ..Default::default()
+                },
+                true,
+            )?;
+        }
+        w.garbage = true;
+        Ok(())
+    }
+
+    /// A collection ran over everything committed: the marker goes unless
+    /// published chunks still wait to be recorded.
+    pub fn collected(&self) -> Result<()> {
+        let mut w = self.writer();
+        w.garbage = false;
+        self.clear_marker(&w)
     }
 
     /// Writes one chunk durably right away, with nothing to record (tests,
