@@ -15,9 +15,10 @@ use std::collections::HashSet;
 
 use bbsync_protocol::{
     Checkpoint, ChunkId, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role,
-    RootBuilder, Signed, Unverified, WrapSession, chunk::check_chunk_id, encoding::FORMAT_V1,
-    verify_many,
+    RootBuilder, Signed, SignedBody, Unverified, WrapSession, chunk::check_chunk_id,
+    encoding::FORMAT_V1, signed::VERIFY_BATCH, verify_many,
 };
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::{
@@ -29,6 +30,33 @@ use crate::{
 /// One entry of a change page, and a manifest as served to one peer: the
 /// wire types of `/bbsync/sync/1`, used as they are.
 pub use bbsync_protocol::wire::{WireChange as Change, WireManifest as Served};
+
+/// [`verify_many`] on all cores: the items in groups of its batch size,
+/// the groups in parallel, the results in the items' order (`trusted`
+/// gets each item's index in `items`).
+pub(crate) fn verify_par<T>(
+    items: Vec<Unverified<T>>,
+    trusted: impl Fn(usize, &InstanceId) -> bool + Sync,
+) -> Vec<bbsync_protocol::Result<Signed<T>>>
+where
+    T: SignedBody + Send,
+{
+    let mut groups: Vec<Vec<Unverified<T>>> = Vec::new();
+    let mut it = items.into_iter();
+    loop {
+        let g: Vec<_> = it.by_ref().take(VERIFY_BATCH).collect();
+        if g.is_empty() {
+            break;
+        }
+        groups.push(g);
+    }
+    let results: Vec<Vec<_>> = groups
+        .into_par_iter()
+        .enumerate()
+        .map(|(g, items)| verify_many(items, |i, s| trusted(g * VERIFY_BATCH + i, s)))
+        .collect();
+    results.into_iter().flatten().collect()
+}
 
 /// Which objects a partial clone takes (`--skip-config`, `--skip-applets`,
 /// `--only KIND[:NAME]`). The default takes everything.
@@ -251,30 +279,39 @@ impl Store {
         role: Role,
     ) -> Result<Vec<Served>> {
         let session = WrapSession::new(self.identity());
+        // One signature per live object: on all cores, in the ids' order.
+        let served: Vec<Result<Option<Served>>> = ids
+            .par_iter()
+            .map(|id| {
+                // One read of the record serves the check, the manifest and the key.
+                let Some(rec) = self.db().record(id)? else {
+                    return Ok(None);
+                };
+                if !self.servable(&rec.state) {
+                    return Ok(None);
+                }
+                let checked = self.record_checked(&rec);
+                let m = self.manifest_in(id, &rec, checked)?;
+                let entry = if role == Role::Full && !m.deleted {
+                    let key = self.key_from(&m, self.entry_in(&m, &rec, checked)?)?;
+                    let e = session
+                        .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
+                        .ctx(|| {
+                            format!("re-keying {} for {}", id.short(), peer.instance.short())
+                        })?;
+                    Some(serde_bytes::ByteBuf::from(e.bytes().to_vec()))
+                } else {
+                    None
+                };
+                Ok(Some(Served {
+                    manifest: m.bytes().to_vec(),
+                    entry,
+                }))
+            })
+            .collect();
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            // One read of the record serves the check, the manifest and the key.
-            let Some(rec) = self.db().record(id)? else {
-                continue;
-            };
-            if !self.servable(&rec.state) {
-                continue;
-            }
-            let checked = self.record_checked(&rec);
-            let m = self.manifest_in(id, &rec, checked)?;
-            let entry = if role == Role::Full && !m.deleted {
-                let key = self.key_from(&m, self.entry_in(&m, &rec, checked)?)?;
-                let e = session
-                    .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
-                    .ctx(|| format!("re-keying {} for {}", id.short(), peer.instance.short()))?;
-                Some(serde_bytes::ByteBuf::from(e.bytes().to_vec()))
-            } else {
-                None
-            };
-            out.push(Served {
-                manifest: m.bytes().to_vec(),
-                entry,
-            });
+        for s in served {
+            out.extend(s?);
         }
         Ok(out)
     }
@@ -324,7 +361,7 @@ impl Store {
             }
         }
         let (unverified, entries): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
-        let verified = verify_many(unverified, |_, a| {
+        let verified = verify_par(unverified, |_, a| {
             *a == me || a == source || self.is_full(a)
         });
         for (r, entry) in verified.into_iter().zip(entries) {
@@ -385,7 +422,7 @@ impl Store {
         }
         let owners: Vec<usize> = decoded.iter().map(|(i, _)| *i).collect();
         let mut checked: Vec<Option<bbsync_protocol::Result<Signed<EnvelopeEntry>>>> =
-            verify_many(decoded.into_iter().map(|(_, u)| u).collect(), |j, w| {
+            verify_par(decoded.into_iter().map(|(_, u)| u).collect(), |j, w| {
                 w == source || *w == kept[owners[j]].0.author || self.is_full(w)
             })
             .into_iter()
