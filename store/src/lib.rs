@@ -27,6 +27,7 @@ pub mod migrate;
 pub mod packs;
 pub mod progress;
 pub mod rekey;
+mod spool;
 pub mod sync;
 pub mod verify;
 
@@ -69,6 +70,8 @@ impl std::fmt::Debug for Store {
 const IDENTITY_FILE: &str = "identity.key";
 /// The pack directory inside a data dir.
 pub const PACKS_DIR: &str = "packs";
+/// Temp files of long operations inside a data dir (spools, a rotation's plaintext).
+pub const TMP_DIR: &str = "tmp";
 const CONFIG_FILE: &str = "config.toml";
 
 fn check_data_dir(dir: &Path) -> Result<()> {
@@ -229,6 +232,7 @@ impl Store {
     /// What an open does after a crash: rebuilds a missing index from the
     /// packs, and collects chunks published but never recorded.
     fn recover(&self) -> Result<()> {
+        spool::sweep(&self.dir.join(TMP_DIR));
         if self.dir.join(migrate::CHUNKS_DIR).exists() {
             tracing::warn!(
                 "{} is left from a migration to pack files; `bbsync migrate` removes it",

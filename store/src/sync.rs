@@ -457,7 +457,10 @@ impl Store {
                 object_id: m.object_id,
                 state,
                 manifest: m.bytes().to_vec(),
-                envelope,
+                envelope: envelope
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
                 previous,
             });
         }

@@ -133,8 +133,21 @@ impl ObjInfo {
 /// Objects checked together (one signature batch run per group and kind).
 const GROUP: usize = 256;
 
-/// Problems found, and the chunk references to check: (chunk, length, object index).
-type Checked = (Vec<Problem>, Vec<(ChunkId, u32, usize)>);
+/// Groups checked in parallel between two reads of the object records (the
+/// records of one round are in memory at once; the rest stream).
+const GROUPS_PER_ROUND: usize = 16;
+
+/// A chunk reference to check: the chunk, its length per the manifest, the
+/// object, and the chunk's location once the index was read.
+struct ChunkRef {
+    id: ChunkId,
+    len: u32,
+    object: ObjectId,
+    loc: Option<Location>,
+}
+
+/// Problems found, and the chunk references to check.
+type Checked = (Vec<Problem>, Vec<ChunkRef>);
 
 type SignedResult<T> = bbsync_protocol::Result<bbsync_protocol::Signed<T>>;
 
@@ -145,12 +158,15 @@ impl Store {
     /// or wrote them (`Store::record_mac`) skip the signature math; all
     /// others are checked in ed25519 batches. Format rules and trust are
     /// checked for every record.
-    fn check_group(
-        &self,
-        base: usize,
-        group: &[(ObjectId, ObjectState)],
-        infos: &[ObjInfo],
-    ) -> Checked {
+    fn check_group(&self, group: &[(ObjectId, ObjectState)]) -> Checked {
+        let infos: Vec<ObjInfo> = group
+            .iter()
+            .map(|(id, st)| ObjInfo {
+                label: format!("{}:{}", st.kind, st.name),
+                id: *id,
+            })
+            .collect();
+        let base = 0;
         let mut ps = Vec::new();
         let mut refs = Vec::new();
         // 1. Manifests: decode all; verify the unchecked ones in one batch run.
@@ -209,7 +225,12 @@ impl Store {
                     // Its chunks are still referenced (not orphans): check them too.
                     if let Ok(u) = Unverified::<Manifest>::decode(&rec.manifest) {
                         let m = u.dangerously_assume_verified();
-                        refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+                        refs.extend(m.chunks.iter().map(|c| ChunkRef {
+                            id: c.id,
+                            len: c.len,
+                            object: info.id,
+                            loc: None,
+                        }));
                     }
                     continue;
                 }
@@ -230,7 +251,12 @@ impl Store {
             if st.deleted {
                 continue;
             }
-            refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+            refs.extend(m.chunks.iter().map(|c| ChunkRef {
+                id: c.id,
+                len: c.len,
+                object: info.id,
+                loc: None,
+            }));
             // Every entry addressed to us is a candidate (as for export).
             let (candidates, decode_err) = self.entry_candidates(&rec);
             let author = m.author;
@@ -523,23 +549,86 @@ impl Store {
     /// Checks the packs, the index and every referenced chunk: presence
     /// and length (index record, pack long enough), and with `read_data`
     /// the packs read sequentially (in parallel) and every chunk re-hashed.
-    /// Returns the problems found and the bytes read.
+    /// `refs` are sorted by chunk id here and merged with the index (which
+    /// sled yields in chunk-id order), so nothing of the size of the store
+    /// but the references and the index records is held. Returns the
+    /// problems found, the bytes read and the packs checked.
     fn chunk_problems(
         &self,
-        refs: &[(ChunkId, u32, usize)],
-        infos: &[ObjInfo],
+        refs: &mut [ChunkRef],
+        incomplete: &HashSet<ObjectId>,
         read_data: bool,
         progress: &dyn Progress,
     ) -> Result<(Vec<Problem>, u64, u64)> {
         let mut problems = Vec::new();
-        let mut index: HashMap<ChunkId, Location> = HashMap::new();
-        for r in self.db().index_iter_lenient() {
-            let (id, loc) = r?;
-            match loc {
-                Some(loc) => {
-                    index.insert(id, loc);
+        let mut labels: HashMap<ObjectId, String> = HashMap::new();
+        let mut label = |id: &ObjectId| -> String {
+            labels
+                .entry(*id)
+                .or_insert_with(|| match self.db().object(id) {
+                    Ok(Some(st)) => format!("{}:{}", st.kind, st.name),
+                    _ => id.to_hex(),
+                })
+                .clone()
+        };
+        let chunk_problem = |class, r: &ChunkRef, label: String, detail: String| Problem {
+            class,
+            object: Some(label),
+            object_id: Some(r.object.to_hex()),
+            chunk: Some(r.id.to_hex()),
+            pack: None,
+            detail,
+        };
+        // 1. The index, merged with the references (both in chunk-id order).
+        refs.sort_unstable_by_key(|a| a.id);
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
+        let mut next = 0;
+        let mut missing = |r: &ChunkRef, problems: &mut Vec<Problem>, detail: &str| {
+            // An object marked incomplete is expected to lack chunks.
+            if !incomplete.contains(&r.object) {
+                let l = label(&r.object);
+                problems.push(chunk_problem(
+                    ProblemClass::MissingChunk,
+                    r,
+                    l,
+                    detail.into(),
+                ));
+            }
+        };
+        for rec in self.db().index_iter_lenient() {
+            let (id, loc) = rec?;
+            while next < refs.len() && refs[next].id < id {
+                missing(&refs[next], &mut problems, "not in the chunk index");
+                next += 1;
+            }
+            let mut referenced = false;
+            while next < refs.len() && refs[next].id == id {
+                referenced = true;
+                match loc {
+                    Some(l) => refs[next].loc = Some(l),
+                    None => missing(
+                        &refs[next],
+                        &mut problems,
+                        "its index record is damaged (run `bbsync repair-index`)",
+                    ),
                 }
-                None => problems.push(Problem {
+                next += 1;
+            }
+            match loc {
+                Some(l) => {
+                    by_pack.entry(l.pack).or_default().push((id, l));
+                    if !referenced {
+                        problems.push(Problem {
+                            class: ProblemClass::OrphanChunk,
+                            object: None,
+                            object_id: None,
+                            chunk: Some(id.to_hex()),
+                            pack: None,
+                            detail: "no manifest references this chunk".into(),
+                        });
+                    }
+                }
+                None if !referenced => problems.push(Problem {
                     class: ProblemClass::MissingChunk,
                     object: None,
                     object_id: None,
@@ -547,12 +636,13 @@ impl Store {
                     pack: None,
                     detail: "its index record is damaged (run `bbsync repair-index`)".into(),
                 }),
+                None => {}
             }
         }
-        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
-        for (id, loc) in &index {
-            by_pack.entry(loc.pack).or_default().push((*id, *loc));
+        for r in &refs[next..] {
+            missing(r, &mut problems, "not in the chunk index");
         }
+        // 2. The pack files, in parallel.
         let open: HashMap<PackId, u64> = self.packs().open_packs().into_iter().collect();
         let mut files = Vec::new();
         for item in self.packs().pack_files()? {
@@ -591,6 +681,7 @@ impl Store {
             })
             .collect();
         progress.finish();
+        drop(by_pack);
         let mut bad: HashMap<ChunkId, (ProblemClass, String)> = HashMap::new();
         let mut bytes_read = 0;
         for f in findings {
@@ -610,50 +701,32 @@ impl Store {
                 ));
             }
         }
-        // Each referenced chunk.
-        let mut referenced = HashSet::with_capacity(refs.len());
-        for (cid, len, idx) in refs {
-            referenced.insert(*cid);
-            let info = &infos[*idx];
-            let problem = |class, detail: String| Problem {
-                class,
-                object: Some(info.label.clone()),
-                object_id: Some(info.id.to_hex()),
-                chunk: Some(cid.to_hex()),
-                pack: None,
-                detail,
-            };
-            let p = match index.get(cid) {
-                None => Some(problem(
-                    ProblemClass::MissingChunk,
-                    "not in the chunk index".into(),
-                )),
-                Some(loc) if !on_disk.contains(&loc.pack) => Some(problem(
-                    ProblemClass::MissingChunk,
-                    format!(
-                        "its pack {} is missing",
-                        self.packs().path(&loc.pack).display()
-                    ),
-                )),
-                Some(loc) if loc.len != *len => Some(problem(
+        // 3. Each referenced chunk that has a location.
+        for r in refs.iter() {
+            let Some(loc) = r.loc else { continue };
+            let p = if !on_disk.contains(&loc.pack) {
+                if incomplete.contains(&r.object) {
+                    None
+                } else {
+                    Some((
+                        ProblemClass::MissingChunk,
+                        format!(
+                            "its pack {} is missing",
+                            self.packs().path(&loc.pack).display()
+                        ),
+                    ))
+                }
+            } else if loc.len != r.len {
+                Some((
                     ProblemClass::CorruptChunk,
-                    format!("length {} (expected {len})", loc.len),
-                )),
-                Some(_) => bad.get(cid).map(|(class, d)| problem(*class, d.clone())),
+                    format!("length {} (expected {})", loc.len, r.len),
+                ))
+            } else {
+                bad.get(&r.id).cloned()
             };
-            problems.extend(p);
-        }
-        // Orphans: indexed chunks nothing references.
-        for id in index.keys() {
-            if !referenced.contains(id) {
-                problems.push(Problem {
-                    class: ProblemClass::OrphanChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: Some(id.to_hex()),
-                    pack: None,
-                    detail: "no manifest references this chunk".into(),
-                });
+            if let Some((class, detail)) = p {
+                let l = label(&r.object);
+                problems.push(chunk_problem(class, r, l, detail));
             }
         }
         Ok((problems, bytes_read, files.len() as u64))
@@ -667,45 +740,45 @@ impl Store {
         let start = Instant::now();
         let _g = self.lock();
         let mut problems = Vec::new();
-        let mut objects = Vec::new();
-        for r in self.db().objects() {
-            objects.push(r?);
+        let mut refs: Vec<ChunkRef> = Vec::new();
+        let mut objects = 0u64;
+        let mut incomplete: HashSet<ObjectId> = HashSet::new();
+        // Manifests and envelopes: the records stream in rounds of groups,
+        // the groups of a round checked in parallel, the signatures of each
+        // group in ed25519 batches.
+        let mut records = self.db().objects();
+        loop {
+            let round: Vec<(ObjectId, ObjectState)> = records
+                .by_ref()
+                .take(GROUP * GROUPS_PER_ROUND)
+                .collect::<Result<_>>()?;
+            if round.is_empty() {
+                break;
+            }
+            objects += round.len() as u64;
+            incomplete.extend(
+                round
+                    .iter()
+                    .filter(|(_, st)| !st.complete && !st.deleted)
+                    .map(|(id, _)| *id),
+            );
+            let checked: Vec<Checked> = round
+                .par_chunks(GROUP)
+                .map(|group| self.check_group(group))
+                .collect();
+            for (ps, rs) in checked {
+                problems.extend(ps);
+                refs.extend(rs);
+            }
         }
-        // Manifests and envelopes: groups of objects in parallel, the
-        // signatures of each group checked in ed25519 batches.
-        let infos: Vec<ObjInfo> = objects
-            .iter()
-            .map(|(id, st)| ObjInfo {
-                label: format!("{}:{}", st.kind, st.name),
-                id: *id,
-            })
-            .collect();
-        let checked: Vec<Checked> = objects
-            .par_chunks(GROUP)
-            .enumerate()
-            .map(|(g, group)| self.check_group(g * GROUP, group, &infos))
-            .collect();
-        let mut refs = Vec::new();
-        for (ps, rs) in checked {
-            problems.extend(ps);
-            refs.extend(rs);
-        }
+        drop(records);
+        let chunks = refs.len() as u64;
         // Chunks and packs: presence, length, and with read_data the hash.
         let (chunk_problems, bytes_read, packs) =
-            self.chunk_problems(&refs, &infos, read_data, progress)?;
-        let incomplete: HashSet<String> = problems
-            .iter()
-            .filter(|q| q.class == ProblemClass::IncompleteObject)
-            .filter_map(|q| q.object_id.clone())
-            .collect();
+            self.chunk_problems(&mut refs, &incomplete, read_data, progress)?;
+        drop(refs);
         let mut seen = HashSet::new();
         for p in chunk_problems {
-            // An object marked incomplete is expected to lack chunks: report it once.
-            if p.class == ProblemClass::MissingChunk
-                && p.object_id.as_ref().is_some_and(|o| incomplete.contains(o))
-            {
-                continue;
-            }
             if seen.insert((
                 p.class,
                 p.chunk.clone(),
@@ -722,8 +795,8 @@ impl Store {
             *counts.entry(p.class.to_string()).or_insert(0) += 1;
         }
         Ok(VerifyReport {
-            objects: objects.len() as u64,
-            chunks: refs.len() as u64,
+            objects,
+            chunks,
             bytes_read,
             packs,
             read_data,

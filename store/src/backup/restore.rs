@@ -415,7 +415,11 @@ impl Store {
                     object_id: m.object_id,
                     state,
                     manifest: m.bytes().to_vec(),
-                    envelope: p.envelope,
+                    envelope: p
+                        .envelope
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
                     previous: p.previous,
                 });
             }

@@ -603,19 +603,36 @@ impl Packs {
             let p = &w.packs[pos];
             (p.file.clone(), p.committed)
         };
-        let mut body = vec![0u8; end as usize];
-        file.read_exact_at(&mut body, 0)
+        // The entry headers only (positioned reads, no pack-sized buffer).
+        let mut head = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0)
             .ctx(|| format!("reading {}", path.display()))?;
-        check_header(&body, id)
+        check_header(&head, id)
             .map_err(|e| StoreError::Corrupt(format!("pack {}: {e}", path.display())))?;
-        let (walked, stop, err) = walk_entries(&body);
-        if let Some(e) = err.filter(|_| stop < end) {
-            return Err(StoreError::Corrupt(format!(
-                "pack {} cannot be sealed: {e}",
-                path.display()
-            )));
+        let mut walked = Vec::new();
+        let mut at = HEADER_LEN;
+        let mut eh = [0u8; ENTRY_HEADER_LEN as usize];
+        while at < end {
+            file.read_exact_at(&mut eh, at)
+                .ctx(|| format!("reading {}", path.display()))?;
+            let (cid, len) = decode_entry_header(&eh)
+                .filter(|(_, len)| {
+                    valid_chunk_len(u64::from(*len))
+                        && at + ENTRY_HEADER_LEN + u64::from(*len) <= end
+                })
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "pack {} cannot be sealed: bad entry header at {at}",
+                        path.display()
+                    ))
+                })?;
+            walked.push(Entry {
+                id: cid,
+                offset: (at + ENTRY_HEADER_LEN) as u32,
+                len,
+            });
+            at += ENTRY_HEADER_LEN + u64::from(len);
         }
-        drop(body);
         let mut entries = Vec::with_capacity(walked.len());
         for e in walked {
             let here = Location {
