@@ -95,7 +95,7 @@ impl Fixture {
     fn object(&self, spec: &str) -> (Vec<(bbsync_protocol::ChunkId, u32)>, String) {
         let s = Store::open(&self.a).unwrap();
         let id = s.resolve(spec).unwrap();
-        let m = s.manifest_unchecked(&id).unwrap();
+        let m = s.dangerously_manifest_unverified(&id).unwrap();
         let st = s.state(&id).unwrap();
         (
             m.chunks.iter().map(|c| (c.id, c.len)).collect(),

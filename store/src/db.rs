@@ -23,8 +23,9 @@ use serde_bytes::ByteBuf;
 
 use crate::error::{Result, StoreError};
 
-/// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes. Older ones are migrated at open
+/// (`crate::migrate`), newer ones refused.
+pub const SCHEMA_VERSION: u32 = 2;
 /// Objects per atomic database batch in [`Db::commit`].
 pub const COMMIT_BATCH: usize = 1024;
 
@@ -241,7 +242,7 @@ impl Db {
     /// Marks objects complete, each under a new change-log number (so that
     /// those following this store see them once they can be served), in
     /// atomic batches, then flushes.
-    pub fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
+    pub(crate) fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
         let mut seq = self.next_seq()?;
         for group in ids.chunks(COMMIT_BATCH) {
             let mut batch = sled::Batch::default();
@@ -294,8 +295,10 @@ impl Db {
         self.flush()
     }
 
-    /// Sets the schema version (tests of the newer-schema refusal use this).
-    pub fn set_schema_version(&self, v: u32) -> Result<()> {
+    /// Sets the schema version (the last step of a migration; tests of the
+    /// newer-schema refusal use it through
+    /// `Store::dangerously_set_schema_version`).
+    pub(crate) fn set_schema_version(&self, v: u32) -> Result<()> {
         self.tree
             .insert(K_SCHEMA, &v.to_be_bytes())
             .map_err(db_err)?;
@@ -341,7 +344,11 @@ impl Db {
             .transpose()
     }
 
-    fn update_record(&self, id: &ObjectId, f: impl FnOnce(&mut ObjectRecord)) -> Result<()> {
+    pub(crate) fn update_record(
+        &self,
+        id: &ObjectId,
+        f: impl FnOnce(&mut ObjectRecord),
+    ) -> Result<()> {
         let mut rec = self
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
@@ -353,7 +360,7 @@ impl Db {
     }
 
     /// Replaces an object's whole record (its change-log number stays).
-    pub fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+    pub(crate) fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -387,21 +394,8 @@ impl Db {
             .unwrap_or_default())
     }
 
-    /// Replaces the stored manifest bytes of an object without any check.
-    /// Low level: for tests that damage a store on purpose, and for repair
-    /// tools; normal writes go through [`Db::commit`].
-    pub fn set_manifest_raw(&self, id: &ObjectId, bytes: &[u8]) -> Result<()> {
-        self.update_record(id, |r| r.manifest = bytes.to_vec())
-    }
-
-    /// Replaces the envelope of an object's latest version.
-    pub fn set_envelope(&self, id: &ObjectId, entries: &[Vec<u8>]) -> Result<()> {
-        let entries = entries.iter().map(|e| ByteBuf::from(e.clone())).collect();
-        self.update_record(id, |r| r.envelope = entries)
-    }
-
     /// Updates local-only fields of an object's state (no new change).
-    pub fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
+    pub(crate) fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
         self.update_record(id, |r| r.state = state.clone())
     }
 
@@ -437,23 +431,45 @@ impl Db {
     /// the sequence counter) change together: writes go in atomic batches of
     /// [`COMMIT_BATCH`] objects, and sled recovers a prefix of the batches
     /// after a crash, so every object is either fully old or fully new.
-    pub fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
+    ///
+    /// The name index (`n/`) only ever names the object that holds the name:
+    /// an old name is removed only if it still points at this object, and a
+    /// tombstone never takes a name another object holds. (Callers refuse a
+    /// live object that would take the name of another live one, see
+    /// `Store::name_holder`.)
+    pub(crate) fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
         let mut seq = self.next_seq()?;
         let mut writes = writes.into_iter().peekable();
+        // Names given in this commit so far (the batches are applied in order).
+        let mut named: std::collections::HashMap<Vec<u8>, ObjectId> =
+            std::collections::HashMap::new();
         while writes.peek().is_some() {
             let mut batch = sled::Batch::default();
             for w in writes.by_ref().take(COMMIT_BATCH) {
                 let oid = w.object_id.as_bytes();
                 if let Some(prev) = &w.previous {
                     batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
-                    if prev.kind != w.state.kind || prev.name != w.state.name {
-                        batch.remove(name_key(&prev.kind, &prev.name));
+                    let old = name_key(&prev.kind, &prev.name);
+                    if (prev.kind != w.state.kind || prev.name != w.state.name)
+                        && self.name_holder_in(&named, &old)? == Some(w.object_id)
+                    {
+                        batch.remove(old.clone());
+                        named.remove(&old);
                     }
                 }
                 let mut state = w.state;
                 state.seq = seq;
                 batch.insert(key(b"c/", &seq.to_be_bytes()), oid.as_slice());
-                batch.insert(name_key(&state.kind, &state.name), oid.as_slice());
+                let nk = name_key(&state.kind, &state.name);
+                let takes_name = match self.name_holder_in(&named, &nk)? {
+                    None => true,
+                    Some(h) if h == w.object_id => true,
+                    Some(_) => !state.deleted,
+                };
+                if takes_name {
+                    batch.insert(nk.clone(), oid.as_slice());
+                    named.insert(nk, w.object_id);
+                }
                 let rec = ObjectRecord {
                     state,
                     manifest: w.manifest,
@@ -470,8 +486,26 @@ impl Db {
         Ok(seq - 1)
     }
 
+    /// Who holds a name key: as given earlier in the running commit, else
+    /// as stored.
+    fn name_holder_in(
+        &self,
+        named: &std::collections::HashMap<Vec<u8>, ObjectId>,
+        k: &[u8],
+    ) -> Result<Option<ObjectId>> {
+        match named.get(k) {
+            Some(id) => Ok(Some(*id)),
+            None => self
+                .tree
+                .get(k)
+                .map_err(db_err)?
+                .map(|v| oid_from(&v))
+                .transpose(),
+        }
+    }
+
     /// Adds or replaces a trusted instance.
-    pub fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+    pub(crate) fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -480,7 +514,7 @@ impl Db {
 
     /// Removes a trusted instance; false if it was not there. Waiting
     /// subscriptions wake up to re-check their peer's trust.
-    pub fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+    pub(crate) fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
         let had = self
             .tree
             .remove(key(b"t/", id.as_bytes()))

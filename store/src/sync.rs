@@ -260,10 +260,10 @@ impl Store {
             if !self.servable(&rec.state) {
                 continue;
             }
-            let checked = self.record_checked(&rec);
-            let m = self.manifest_in(id, &rec, checked)?;
+            let l = self.loaded(rec);
+            let m = self.manifest_in(id, &l)?;
             let entry = if role == Role::Full && !m.deleted {
-                let key = self.key_from(&m, self.entry_in(&m, &rec, checked)?)?;
+                let (_, key) = self.key_in(&m, &l)?;
                 let e = session
                     .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
                     .ctx(|| format!("re-keying {} for {}", id.short(), peer.instance.short()))?;
@@ -314,6 +314,7 @@ impl Store {
         let mut report = Accepted::default();
         let mut writes = Vec::new();
         let mut seen = HashSet::new();
+        let mut names = HashSet::new();
         let mut kept = Vec::new();
         // Signatures of the whole page in ed25519 batches.
         let mut decoded = Vec::with_capacity(items.len());
@@ -356,6 +357,10 @@ impl Store {
                     report.already += 1;
                     continue;
                 }
+            }
+            if let Err(why) = self.check_name_free(&m, &mut names) {
+                report.rejected.push((label, why));
+                continue;
             }
             // Entries are checked together below (their signatures in batches).
             let raw = if m.deleted { None } else { item.entry };
@@ -431,21 +436,51 @@ impl Store {
     }
 
     /// The rest of an entry's checks once its signature verified: it is
-    /// addressed to this instance, for this object version, and unwraps.
+    /// addressed to this instance, for this object version, and unwraps to
+    /// the key the manifest commits to.
     fn check_entry_fits(
         &self,
         m: &Manifest,
         e: Signed<EnvelopeEntry>,
     ) -> Result<Signed<EnvelopeEntry>> {
-        if e.recipient != self.instance_id() || !crate::entry_fits(&e, m) {
-            return Err(StoreError::Invalid(format!(
-                "envelope entry of {} is for another instance or version",
-                m.object_id.short()
-            )));
+        Ok(self.usable_entry(m, e)?.0)
+    }
+
+    /// The object that holds `kind:name` here, if it is live and not `m`'s
+    /// object: a live object whose name another live object holds is
+    /// refused (two live `file:readme.txt` would leave the name index to
+    /// whichever came last, and differ from node to node). `names` collects
+    /// the names taken within one batch of received manifests.
+    pub(crate) fn check_name_free(
+        &self,
+        m: &Manifest,
+        names: &mut HashSet<(String, String)>,
+    ) -> std::result::Result<(), String> {
+        if m.deleted {
+            return Ok(());
         }
-        self.unwrap_entry(&e)
-            .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
-        Ok(e)
+        let taken = || {
+            format!(
+                "another object already has the name {}:{} here",
+                m.kind, m.name
+            )
+        };
+        if !names.insert((m.kind.clone(), m.name.clone())) {
+            return Err(taken());
+        }
+        match self.db().lookup(&m.kind, &m.name) {
+            Ok(Some(holder)) if holder != m.object_id => match self.db().object(&holder) {
+                Ok(Some(st)) if !st.deleted => Err(format!(
+                    "{} (object {}); the name stays with it",
+                    taken(),
+                    holder.short()
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Live objects recorded but not complete (their chunks are not all here).
@@ -477,7 +512,7 @@ impl Store {
             if st.deleted || !keep(&st) {
                 continue;
             }
-            for c in self.manifest_unchecked(&id)?.chunks {
+            for c in self.dangerously_manifest_unverified(&id)?.chunks {
                 if seen.insert(c.id) && !self.chunks().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
@@ -548,7 +583,7 @@ impl Store {
                 Some(st) if !st.deleted => {}
                 _ => continue,
             }
-            for c in self.manifest_unchecked(id)?.chunks {
+            for c in self.dangerously_manifest_unverified(id)?.chunks {
                 if seen.insert(c.id) && !self.chunks().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
@@ -566,7 +601,7 @@ impl Store {
                 Some(st) if !st.complete => {}
                 _ => continue,
             }
-            let m = self.manifest_unchecked(id)?;
+            let m = self.dangerously_manifest_unverified(id)?;
             if m.chunks
                 .iter()
                 .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
@@ -588,7 +623,7 @@ impl Store {
             if st.complete {
                 continue;
             }
-            let m = self.manifest_unchecked(&id)?;
+            let m = self.dangerously_manifest_unverified(&id)?;
             if m.chunks
                 .iter()
                 .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
