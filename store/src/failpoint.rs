@@ -21,10 +21,20 @@ use std::io;
 
 /// Every failpoint in the store and node crates: `(name, what it guards)`.
 /// Names are `area.step`; the crash-matrix tests iterate over this list.
-pub const POINTS: &[(&str, &str)] = &[(
-    "file.rename",
-    "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
-)];
+pub const POINTS: &[(&str, &str)] = &[
+    (
+        "file.rename",
+        "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
+    ),
+    (
+        "restore.commit",
+        "restore: the chunks are published (durable under their names), before the records are committed",
+    ),
+    (
+        "migrate.batch",
+        "schema migration: after each batch of rewritten records is flushed, before the next (and before the schema number is raised)",
+    ),
+];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).
 /// Call once at the start of a process that may be crash-tested.

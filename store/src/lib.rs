@@ -260,6 +260,22 @@ impl Store {
         self.db.set_schema_version(v)
     }
 
+    /// Recomputes an object's record MAC over whatever its record holds now,
+    /// as if this instance had verified it: the state a schema-1 restore
+    /// left behind (issue 10, item 2), for the migration tests. Compiled
+    /// only with the test feature `failpoints`; never in a release build.
+    #[cfg(feature = "failpoints")]
+    pub fn dangerously_remac_record(&self, id: &ObjectId) -> Result<()> {
+        let _g = self.lock();
+        let mut rec = self
+            .db
+            .record(id)?
+            .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
+        rec.state.checked_mac = Some(self.record_mac(&rec.manifest, &rec.envelope));
+        self.db.put_record(id, &rec)?;
+        self.db.flush()
+    }
+
     /// Replaces parts of an object's stored record with arbitrary bytes,
     /// keeping its record MAC as it was, so that the next read finds bytes
     /// this instance never verified. For tests that damage a store on
