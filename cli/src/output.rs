@@ -38,7 +38,10 @@ pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
 /// several lines). Terminal escapes, carriage returns and bidi overrides
 /// that reached a message through a name cannot act on the terminal.
 fn escape_lines(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(|c| c != '\n' && bbsync_protocol::text::is_hidden(c)) {
+    if !s
+        .chars()
+        .any(|c| c != '\n' && bbsync_protocol::text::is_hidden(c))
+    {
         return std::borrow::Cow::Borrowed(s);
     }
     std::borrow::Cow::Owned(
@@ -111,7 +114,8 @@ macro_rules! errln {
 /// Prints `value` as pretty JSON on the command's stdout (see
 /// [`escape_json`]).
 pub fn json<T: Serialize>(ctx: &crate::Ctx, value: &T) -> anyhow::Result<()> {
-    ctx.out.raw(&escape_json(&serde_json::to_string_pretty(value)?));
+    ctx.out
+        .raw(&escape_json(&serde_json::to_string_pretty(value)?));
     Ok(())
 }
 

@@ -299,7 +299,10 @@ fn restore_into_another_identity_rekey_and_overwrite() -> TestResult {
     let f = Fixture::new();
     // b has entries in every envelope: it restores everything, trusting
     // the snapshot's host because the operator names it.
-    let r = json(&f.b, &["restore", "--repo", f.r(), "--trust-host", &f.host()]);
+    let r = json(
+        &f.b,
+        &["restore", "--repo", f.r(), "--trust-host", &f.host()],
+    );
     assert_eq!(r["restored"], 8, "{r}");
     assert_eq!(r["undecryptable"], serde_json::json!([]));
     assert_eq!(

@@ -147,7 +147,14 @@ fn mallorys_snapshot_in_the_victims_repository_grants_nothing() -> TestResult {
     write(&f, "hello from mallory\n");
     ok(
         &m,
-        &["import", f.to_str().unwrap(), "--kind", "file", "--name", "note.txt"],
+        &[
+            "import",
+            f.to_str().unwrap(),
+            "--kind",
+            "file",
+            "--name",
+            "note.txt",
+        ],
     );
     let snap = json(&m, &["backup", "--repo", x.r()])["snapshot"]
         .as_str()
@@ -166,7 +173,11 @@ fn mallorys_snapshot_in_the_victims_repository_grants_nothing() -> TestResult {
             card(&m)
         )
     );
-    assert_eq!(snapshot(&x.v), before, "a refused restore changed the store");
+    assert_eq!(
+        snapshot(&x.v),
+        before,
+        "a refused restore changed the store"
+    );
     assert!(!trusted_ids(&x.v).contains(&instance_hex(&m)));
     // Also through --to-tree (reads only): the same refusal.
     let o = run(
@@ -201,7 +212,14 @@ fn mallorys_snapshot_in_the_victims_repository_grants_nothing() -> TestResult {
     // A card of another instance is refused by name.
     let o = run(
         &x.v,
-        &["restore", "--repo", x.r(), &snap, "--trust-host", &card(&x.w)],
+        &[
+            "restore",
+            "--repo",
+            x.r(),
+            &snap,
+            "--trust-host",
+            &card(&x.w),
+        ],
     );
     assert_eq!(
         assert_one_line_error(&o, "wrong --trust-host"),
@@ -347,7 +365,10 @@ fn unsigned_snapshots_need_trust_host() -> TestResult {
         &[("BBSYNC_PASSPHRASE", PASS)],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(trusted_ids(&lost).is_empty(), "an unsigned trust table was imported");
+    assert!(
+        trusted_ids(&lost).is_empty(),
+        "an unsigned trust table was imported"
+    );
     let exp = x.path("exp");
     ok(&lost, &["export-bbs", exp.to_str().unwrap()]);
     assert_same_tree(&x.tree, &exp);
@@ -443,7 +464,11 @@ fn a_forged_envelope_entry_never_becomes_this_nodes_key() -> TestResult {
     );
     let s = Store::open(&lost)?;
     let rec = s.db().record(&id)?.unwrap();
-    assert_eq!(rec.envelope.len(), 2, "only the two signed entries are kept");
+    assert_eq!(
+        rec.envelope.len(),
+        2,
+        "only the two signed entries are kept"
+    );
     drop(s);
     let (code, v) = verify(&lost, &["--read-data"]);
     assert_eq!(code, 0, "{v}");
@@ -493,7 +518,11 @@ fn schema_1_stores_are_migrated_and_their_forged_entries_dropped() -> TestResult
         "the failpoint did not stop the migration: {}\n{}",
         o.stdout, o.stderr
     );
-    assert!(o.stderr.contains("failpoint migrate.batch: abort"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("failpoint migrate.batch: abort"),
+        "{}",
+        o.stderr
+    );
     // ... and the next command finishes it.
     let st = json(&x.v, &["status"]);
     assert_eq!(st["schema_version"], bbsync_store::SCHEMA_VERSION, "{st}");
@@ -526,7 +555,11 @@ fn repository_files_are_owner_only_whatever_the_umask() -> TestResult {
     ok(&a, &["import-bbs", tree.to_str().unwrap()]);
     let repo = t.path().join("srv/repo");
     for copy in [false, true] {
-        let dest = if copy { repo.join("copy") } else { repo.clone() };
+        let dest = if copy {
+            repo.join("copy")
+        } else {
+            repo.clone()
+        };
         let o = std::process::Command::new("sh")
             .arg("-c")
             .arg("umask 022 && exec \"$0\" \"$@\"")
@@ -621,7 +654,10 @@ fn control_and_bidi_characters_never_reach_the_terminal() -> TestResult {
     o.remove("signature");
     o.remove("host_id");
     o.insert("format".into(), 1.into());
-    o.insert("description".into(), "\x1b[2J\u{202e}gnp.exe\r\nfake line".into());
+    o.insert(
+        "description".into(),
+        "\x1b[2J\u{202e}gnp.exe\r\nfake line".into(),
+    );
     o.insert("host_name".into(), "host\x1b]0;title\x07".into());
     o.insert("tags".into(), serde_json::json!(["t\u{9b}1m"]));
     fs::write(&p, serde_json::to_vec(&v)?)?;
@@ -642,9 +678,15 @@ fn control_and_bidi_characters_never_reach_the_terminal() -> TestResult {
     assert!(!show.contains('\x1b') && !show.contains('\r'), "{show:?}");
     // JSON keeps the value, escaped as JSON.
     let raw = run(&x.v, &["--json", "backups", "list", "--repo", x.r()]).stdout;
-    assert!(!raw.contains('\u{202e}') && !raw.contains('\u{9b}'), "{raw:?}");
+    assert!(
+        !raw.contains('\u{202e}') && !raw.contains('\u{9b}'),
+        "{raw:?}"
+    );
     let back: Value = serde_json::from_str(&raw)?;
-    assert_eq!(back[0]["description"], "\x1b[2J\u{202e}gnp.exe\r\nfake line");
+    assert_eq!(
+        back[0]["description"],
+        "\x1b[2J\u{202e}gnp.exe\r\nfake line"
+    );
     // Object names with bidi or invisible characters are refused at import.
     let t = x.path("evil");
     write(&t.join("files/invoice\u{202e}fdp.exe"), "x");
@@ -673,17 +715,30 @@ fn a_crash_before_the_restore_commit_leaves_no_orphan_chunks() -> TestResult {
         &[("FAILPOINTS", "restore.commit=return(abort)")],
     );
     assert_ne!(o.code, 0);
-    assert!(o.stderr.contains("failpoint restore.commit: abort"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("failpoint restore.commit: abort"),
+        "{}",
+        o.stderr
+    );
     // The chunks were published, not recorded: the marker says so.
-    assert!(b.join("chunks/dirty").exists(), "the dirty marker went early");
-    assert!(!chunk_files(b).is_empty(), "no chunk was copied before the crash");
+    assert!(
+        b.join("chunks/dirty").exists(),
+        "the dirty marker went early"
+    );
+    assert!(
+        !chunk_files(b).is_empty(),
+        "no chunk was copied before the crash"
+    );
     wait_unlocked(b);
     let (code, v) = verify(b, &[]);
     assert_eq!(code, 0, "{v}");
     assert!(chunk_files(b).is_empty(), "orphan chunks were left");
     assert!(!b.join("chunks/dirty").exists());
     // And the restore, run again, completes.
-    let r = json(b, &["restore", "--repo", x.r(), "--trust-host", &card(&x.v)]);
+    let r = json(
+        b,
+        &["restore", "--repo", x.r(), "--trust-host", &card(&x.v)],
+    );
     assert_eq!(r["restored"], 8, "{r}");
     Ok(())
 }
@@ -721,14 +776,29 @@ fn a_backup_sees_envelope_changes_of_the_same_size() -> TestResult {
     let out_b = t.path().join("tree-b");
     let rb = json(
         &b,
-        &["restore", "--repo", r, &snap, "--to-tree", out_b.to_str().unwrap()],
+        &[
+            "restore",
+            "--repo",
+            r,
+            &snap,
+            "--to-tree",
+            out_b.to_str().unwrap(),
+        ],
     );
     assert_eq!(rb["failed"], serde_json::json!([]), "{rb}");
     assert_same_tree(&tree, &out_b);
     let out_a = t.path().join("tree-a");
     let o = run(
         &a,
-        &["--json", "restore", "--repo", r, &snap, "--to-tree", out_a.to_str().unwrap()],
+        &[
+            "--json",
+            "restore",
+            "--repo",
+            r,
+            &snap,
+            "--to-tree",
+            out_a.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 1);
     let ra: Value = serde_json::from_str(&o.stdout)?;

@@ -147,10 +147,9 @@ impl Manifest {
                     version: self.version,
                 }),
             (None, FORMAT_V1) => Ok(()),
-            (None, _) if self.deleted => Err(Error::invalid(
-                "manifest",
-                "a tombstone has no content key",
-            )),
+            (None, _) if self.deleted => {
+                Err(Error::invalid("manifest", "a tombstone has no content key"))
+            }
             (None, _) => Err(Error::invalid("manifest", "no key commitment")),
         }
     }
@@ -241,8 +240,8 @@ impl SignedBody for Manifest {
                 limit: Self::MAX_BODY,
             });
         }
-        let (format, _) = postcard::take_from_bytes::<u16>(bytes)
-            .map_err(|e| Error::malformed(Self::WHAT, e))?;
+        let (format, _) =
+            postcard::take_from_bytes::<u16>(bytes).map_err(|e| Error::malformed(Self::WHAT, e))?;
         match format {
             FORMAT_V1 => Ok(decode::<ManifestV1>(Self::WHAT, bytes, Self::MAX_BODY)?.into()),
             MANIFEST_FORMAT => decode(Self::WHAT, bytes, Self::MAX_BODY),
@@ -276,7 +275,10 @@ impl SignedBody for Manifest {
                 return Err(Error::invalid("manifest", "format 1 has no key commitment"));
             }
             (MANIFEST_FORMAT, true, true) => {
-                return Err(Error::invalid("manifest", "tombstone with a key commitment"));
+                return Err(Error::invalid(
+                    "manifest",
+                    "tombstone with a key commitment",
+                ));
             }
             (MANIFEST_FORMAT, false, false) => {
                 return Err(Error::invalid("manifest", "no key commitment"));

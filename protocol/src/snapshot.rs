@@ -194,8 +194,7 @@ impl SignedBody for Snapshot {
         }
         let cards = self.trust_cards()?;
         for (i, (c, _)) in cards.iter().enumerate() {
-            if c.instance == self.host || cards[..i].iter().any(|(d, _)| d.instance == c.instance)
-            {
+            if c.instance == self.host || cards[..i].iter().any(|(d, _)| d.instance == c.instance) {
                 return Err(Error::invalid(
                     "snapshot",
                     "trust table names an instance twice, or the host",

@@ -7,8 +7,9 @@
 mod common;
 
 use bbsync_protocol::{
-    Checkpoint, ChunkCipher, Compression, ContentKey, EnvelopeEntry, Error, ErrorKind, Identity, InstanceCard,
-    Manifest, RootBuilder, Signed, SignedBody, Unverified, card_from_str, card_to_string,
+    Checkpoint, ChunkCipher, Compression, ContentKey, EnvelopeEntry, Error, ErrorKind, Identity,
+    InstanceCard, Manifest, RootBuilder, Signed, SignedBody, Unverified, card_from_str,
+    card_to_string,
     chunk::{CHUNK_MAX, MAX_STORED_CHUNK},
     envelope::wrap_content_key_with_ephemeral,
 };
@@ -579,10 +580,16 @@ fn key_commitment_rules() -> TestResult {
     assert_eq!(invalid(m), "invalid manifest: no key commitment");
     let mut t = sample_tombstone(a.instance_id());
     t.key_commit = Some([7; 32]);
-    assert_eq!(invalid(t), "invalid manifest: tombstone with a key commitment");
+    assert_eq!(
+        invalid(t),
+        "invalid manifest: tombstone with a key commitment"
+    );
     let mut v1 = sample_manifest_v1(a.instance_id());
     v1.key_commit = Some([7; 32]);
-    assert_eq!(invalid(v1), "invalid manifest: format 1 has no key commitment");
+    assert_eq!(
+        invalid(v1),
+        "invalid manifest: format 1 has no key commitment"
+    );
 
     // The right key passes, any other is refused by name.
     let m = Signed::sign(&a, sample_manifest(a.instance_id()))?;

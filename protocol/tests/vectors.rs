@@ -2004,7 +2004,10 @@ fn snapshot_vectors() -> TestResult {
                 .iter()
                 .map(|(c, r)| (c.name.clone(), *r))
                 .collect::<Vec<_>>(),
-            vec![("bob".to_string(), Role::Full), ("carol".to_string(), Role::Blind)]
+            vec![
+                ("bob".to_string(), Role::Full),
+                ("carol".to_string(), Role::Blind)
+            ]
         );
         // By hand.
         assert_eq!(snapshot_body_by_hand(&snap), body, "body by hand");

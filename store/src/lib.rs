@@ -674,10 +674,10 @@ impl Store {
             .filter_map(|(i, b)| Unverified::<EnvelopeEntry>::decode(b).ok().map(|u| (i, u)))
             .collect();
         let idx: Vec<usize> = decoded.iter().map(|(i, _)| *i).collect();
-        let results = bbsync_protocol::verify_many(
-            decoded.into_iter().map(|(_, u)| u).collect(),
-            |_, w| *w == author || *w == me || trusted(w),
-        );
+        let results =
+            bbsync_protocol::verify_many(decoded.into_iter().map(|(_, u)| u).collect(), |_, w| {
+                *w == author || *w == me || trusted(w)
+            });
         let mut kept = Vec::new();
         for (i, r) in idx.into_iter().zip(results) {
             if let Ok(e) = r

@@ -163,8 +163,7 @@ impl Store {
                 if missing.is_empty() && dropped.is_empty() {
                     if forged > 0 && !dry_run {
                         rec.envelope = keep.into_iter().map(serde_bytes::ByteBuf::from).collect();
-                        rec.state.checked_mac =
-                            Some(self.record_mac(&rec.manifest, &rec.envelope));
+                        rec.state.checked_mac = Some(self.record_mac(&rec.manifest, &rec.envelope));
                         self.db().put_record(id, &rec)?;
                     }
                     continue;

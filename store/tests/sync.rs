@@ -6,8 +6,7 @@
 use std::{fs, path::Path};
 
 use bbsync_protocol::{
-    Checkpoint, ChunkId, Identity, InstanceCard, Manifest, Role, Signed, Unverified,
-    card_to_string,
+    Checkpoint, ChunkId, Identity, InstanceCard, Manifest, Role, Signed, Unverified, card_to_string,
 };
 use bbsync_store::{
     Store,

@@ -8,10 +8,8 @@
 use std::{fs, path::Path};
 
 use bbsync_protocol::{
-    ContentKey, EnvelopeEntry, Identity, Manifest, ObjectId, Role, Signed, SignedBody,
-    Unverified, card_to_string, encoding, key_commitment,
-    manifest::MAX_VERSION,
-    wrap_content_key,
+    ContentKey, EnvelopeEntry, Identity, Manifest, ObjectId, Role, Signed, SignedBody, Unverified,
+    card_to_string, encoding, key_commitment, manifest::MAX_VERSION, wrap_content_key,
 };
 use bbsync_store::{Store, progress::NoProgress, sync::Served};
 
@@ -81,7 +79,12 @@ fn sign_by_hand(who: &Identity, m: &Manifest) -> Vec<u8> {
 /// An entry for `to` wrapping `key`, claiming `claimed` as its wrapper but
 /// signed by nobody who could (what a writer of a backup directory can
 /// make from public keys alone).
-fn forged_entry(to: &Store, m: &Manifest, claimed: bbsync_protocol::InstanceId, key: &ContentKey) -> Vec<u8> {
+fn forged_entry(
+    to: &Store,
+    m: &Manifest,
+    claimed: bbsync_protocol::InstanceId,
+    key: &ContentKey,
+) -> Vec<u8> {
     let mallory = Identity::generate("mallory", 0).unwrap();
     let e = wrap_content_key(
         &mallory,
@@ -133,7 +136,9 @@ fn a_manifest_at_u64_max_is_refused() -> R {
         r.rejected,
         vec![(
             "manifest".to_string(),
-            format!("invalid manifest: version 18446744073709551615 is above the highest allowed ({MAX_VERSION})")
+            format!(
+                "invalid manifest: version 18446744073709551615 is above the highest allowed ({MAX_VERSION})"
+            )
         )]
     );
     // The object is as it was, and the next local change gets version 2.
@@ -220,7 +225,10 @@ fn a_new_object_cannot_take_a_live_name() -> R {
     )?;
     let r = a.accept_manifests(
         &b.instance_id(),
-        vec![served(takeover.bytes().to_vec(), Some(entry.bytes().to_vec()))],
+        vec![served(
+            takeover.bytes().to_vec(),
+            Some(entry.bytes().to_vec()),
+        )],
     )?;
     assert!(r.recorded.is_empty(), "{r:?}");
     assert_eq!(

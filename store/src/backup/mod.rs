@@ -36,10 +36,10 @@ pub use backend::{Backend, LocalDir};
 use bbsync_protocol::{
     ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
 };
-pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
 use repofile::{
     LegacySnapshotFile, SNAPSHOT_FILE_FORMAT, SignedSnapshotFile, SnapObject, SnapTrust,
 };
+pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
 
 use crate::error::{Result, StoreError};
 
@@ -382,9 +382,7 @@ impl Repo {
 
 /// The view of a verified signed snapshot.
 fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
-    let bad = |e: bbsync_protocol::Error| {
-        StoreError::Repo(format!("snapshot {}: {e}", signed.id))
-    };
+    let bad = |e: bbsync_protocol::Error| StoreError::Repo(format!("snapshot {}: {e}", signed.id));
     let host = signed.host_card().map_err(bad)?;
     let trust = signed
         .trust_cards()

@@ -224,8 +224,8 @@ pub fn precheck_snapshot(snap: &SnapshotFile, trust_host: Option<&str>) -> Resul
     let who = host_label(&host);
     match trust_host {
         Some(text) => {
-            let named = card_from_str(text)
-                .map_err(|e| StoreError::Trust(format!("--trust-host: {e}")))?;
+            let named =
+                card_from_str(text).map_err(|e| StoreError::Trust(format!("--trust-host: {e}")))?;
             if named.instance != host.instance {
                 return Err(StoreError::Trust(format!(
                     "--trust-host names {}, but snapshot {} was written by {who}; nothing was restored",
@@ -271,9 +271,8 @@ impl Store {
         trust_host: Option<&str>,
     ) -> Result<AcceptedHost> {
         precheck_snapshot(snap, trust_host)?;
-        let host = card_from_str(&snap.host).map_err(|e| {
-            StoreError::Repo(format!("snapshot {}: bad host card: {e}", snap.id))
-        })?;
+        let host = card_from_str(&snap.host)
+            .map_err(|e| StoreError::Repo(format!("snapshot {}: bad host card: {e}", snap.id)))?;
         let me = self.instance_id();
         if trust_host.is_some() {
             let own = host.instance == me;
