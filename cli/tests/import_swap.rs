@@ -30,9 +30,15 @@ fn write(path: &Path, bytes: &[u8]) {
 /// A small BBS tree (files, a board, an applet directory).
 fn tree(root: &Path) {
     let _ = fs::remove_dir_all(root);
-    assert_eq!(b"{\"id\":1,\"body\":\"hi\"}".len(), b"{\"s\":\"root-secret!\"}".len());
+    assert_eq!(
+        b"{\"id\":1,\"body\":\"hi\"}".len(),
+        b"{\"s\":\"root-secret!\"}".len()
+    );
     write(&root.join("config/bbs.toml"), b"name = \"swap\"\n");
-    write(&root.join("boards/general/1.json"), b"{\"id\":1,\"body\":\"hi\"}");
+    write(
+        &root.join("boards/general/1.json"),
+        b"{\"id\":1,\"body\":\"hi\"}",
+    );
     write(&root.join("boards/general/2.json"), b"{\"id\":2}");
     write(&root.join("applets/game/main.lua"), b"print('game')\n");
     write(&root.join("applets/game/data/level.txt"), b"level 1\n");
@@ -203,7 +209,11 @@ fn a_path_swapped_after_the_walk_is_refused_and_nothing_outside_is_read() {
         let ran = swap_at_failpoint(case, t.clone(), o.clone());
         let r = store.import_bbs(&t, &NoProgress);
         failpoint::clear("import.after_walk");
-        assert!(ran.load(Ordering::SeqCst), "{}: the swap never ran", case.what);
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "{}: the swap never ran",
+            case.what
+        );
         expect_refused(r.unwrap_err(), &t, case);
         assert_eq!(
             watch.events(),
