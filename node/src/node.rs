@@ -199,12 +199,14 @@ pub struct Node {
     stop: watch::Sender<bool>,
 }
 
-/// The peer ids of the instances in the trust table (any role).
+/// The peer ids of the instances in the trust table (any role). Only ids:
+/// every request still checks the peer's trust record and card itself.
 fn trusted_peers(store: &Store) -> Result<HashSet<PeerId>, StoreError> {
     Ok(store
-        .trust_list()?
+        .db()
+        .trusted()?
         .into_iter()
-        .filter_map(|(card, _)| peer_id_of(&card.instance))
+        .filter_map(|(id, _)| peer_id_of(&id))
         .collect())
 }
 

@@ -426,10 +426,8 @@ async fn throwaway_identities_cannot_fill_the_inbound_slots() {
                         SwarmEvent::Behaviour(request_response::Event::Message {
                             message: request_response::Message::Response { response, .. },
                             ..
-                        }) => {
-                            if decode_response(&response).ok() == Some(Response::Denied) {
-                                denied.fetch_add(1, Ordering::SeqCst);
-                            }
+                        }) if decode_response(&response).ok() == Some(Response::Denied) => {
+                            denied.fetch_add(1, Ordering::SeqCst);
                         }
                         _ => {}
                     },

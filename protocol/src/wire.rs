@@ -30,6 +30,9 @@ pub enum Request {
     /// The serving instance's card and checkpoint.
     Hello,
     /// Changes after a cursor (at most `limit`, capped at [`MAX_PAGE`]).
+    /// A server fills each page up to the limit while it has changes, so a
+    /// shorter page is the end of its log; a page with changes moves the
+    /// cursor forward.
     Changes {
         /// Cursor: the last change-log number already seen.
         since: u64,
