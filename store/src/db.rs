@@ -152,9 +152,10 @@ fn u32_of(v: &[u8], what: &str) -> Result<u32> {
 pub struct Db {
     db: sled::Db,
     tree: sled::Tree,
-    /// Wakes those waiting for a new change-log entry (long-poll
-    /// subscriptions of followers).
-    changed: (std::sync::Mutex<()>, std::sync::Condvar),
+    /// Bumped (and its receivers woken) after every commit and every trust
+    /// change: what long-poll subscriptions of followers await, without a
+    /// thread, and what the node watches to refresh its trusted peers.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Db {
@@ -196,47 +197,21 @@ impl Db {
         Ok(Db {
             db,
             tree,
-            changed: Default::default(),
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
-    /// Wakes every [`Db::wait_for_change`] (after a commit, or when trust
-    /// changed and waiting subscriptions must re-check it).
+    /// Wakes every receiver of [`Db::watch_changes`] (after a commit, or
+    /// when trust changed and waiting subscriptions must re-check it).
     pub fn notify_changed(&self) {
-        let _g = self
-            .changed
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.changed.1.notify_all();
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until the change log goes past `since`, or `timeout`, or a
-    /// [`Db::notify_changed`]; returns the last change-log number.
-    pub fn wait_for_change(&self, since: u64, timeout: std::time::Duration) -> Result<u64> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut g = self
-            .changed
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            let last = self.last_seq()?;
-            let now = std::time::Instant::now();
-            if last > since || now >= deadline {
-                return Ok(last);
-            }
-            let (g2, res) = self
-                .changed
-                .1
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            g = g2;
-            if !res.timed_out() {
-                // Woken: report even without a new entry (trust may have changed).
-                return self.last_seq();
-            }
-        }
+    /// A receiver that is woken by every later [`Db::notify_changed`]
+    /// (`changed().await`; works in any async runtime). Create it before
+    /// looking at the state it guards, so that no change is missed.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Marks objects complete, each under a new change-log number (so that
@@ -504,12 +479,15 @@ impl Db {
         }
     }
 
-    /// Adds or replaces a trusted instance.
+    /// Adds or replaces a trusted instance (the node's view of who is
+    /// trusted is refreshed through [`Db::watch_changes`]).
     pub(crate) fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
-        self.flush()
+        self.flush()?;
+        self.notify_changed();
+        Ok(())
     }
 
     /// Removes a trusted instance; false if it was not there. Waiting

@@ -34,6 +34,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "migrate.batch",
         "schema migration: after each batch of rewritten records is flushed, before the next (and before the schema number is raised)",
     ),
+    (
+        "import.after_walk",
+        "import (import, import-bbs, rekey --rotate): the sources are walked, before the first is opened and read",
+    ),
 ];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).
@@ -47,6 +51,21 @@ pub fn setup_from_env() {
             std::mem::forget(fail::FailScenario::setup());
         }
     }
+}
+
+/// Runs `f` (in the thread that passes it) each time the failpoint `name`
+/// is passed, until [`clear`]: for in-process tests that change the world
+/// at exactly that point (e.g. swap a file for a symlink between an
+/// import's walk and its reads). Only with the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+pub fn on_hit(name: &str, f: impl Fn() + Send + Sync + 'static) -> Result<(), String> {
+    fail::cfg_callback(name, f)
+}
+
+/// Removes what a test configured at the failpoint `name`.
+#[cfg(feature = "failpoints")]
+pub fn clear(name: &str) {
+    fail::remove(name);
 }
 
 /// Passes the failpoint `name`: `Ok(())` unless a test configured it (see

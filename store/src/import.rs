@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::{
     Store,
-    archive::{ArchiveReader, CHANGED_MARKER, ExactFile},
+    archive::{ArchiveReader, CHANGED_MARKER, ExactFile, into_store_error},
     bbs::{self, BBS_KINDS, Source},
     chunks::Staged,
     db::{ObjectState, ObjectWrite},
@@ -112,26 +112,32 @@ fn shape_byte(s: Shape) -> u8 {
     }
 }
 
+/// Opens a source through its anchor: below the tree's directory
+/// descriptor, never through a symlink, and only if it is still the file or
+/// directory that the walk saw (`archive::Anchor`).
 fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
     match &src.walk {
         Some(w) => Ok(Box::new(ArchiveReader::new(
-            &src.path,
+            src.anchor.open_dir()?,
             crate::archive::Walk {
                 entries: w.entries.clone(),
                 file_bytes: w.file_bytes,
                 stat_digest: w.stat_digest,
             },
         ))),
-        None => Ok(Box::new(ExactFile::open(&src.path, src.len).map_err(
-            |e| StoreError::Unreadable {
-                path: src.path.clone(),
-                reason: e.to_string(),
-            },
-        )?)),
+        None => Ok(Box::new(ExactFile::new(
+            src.anchor.open_file()?,
+            &src.path,
+            src.len,
+        ))),
     }
 }
 
 fn read_err(src: &Source, e: std::io::Error) -> StoreError {
+    let e = match into_store_error(e) {
+        Ok(carried) => return carried,
+        Err(e) => e,
+    };
     if e.to_string().contains(CHANGED_MARKER) {
         StoreError::ChangedDuringImport(src.path.clone())
     } else {
@@ -504,6 +510,10 @@ impl Store {
         }
         // Largest first, so that big files do not end up alone at the tail.
         jobs.sort_by_key(|(s, _)| std::cmp::Reverse(s.len));
+        // Between the walk and the first open (a test swaps a file for a
+        // symlink here: it must be refused, not followed).
+        crate::failpoint::hit("import.after_walk")
+            .ctx(|| "before reading the import sources".to_string())?;
         let fp_key = self.identity().local_key("fingerprint");
         let session = WrapSession::new(self.identity());
         let recipients = self.recipients()?;

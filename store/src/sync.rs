@@ -111,6 +111,16 @@ pub struct Accepted {
     pub rejected: Vec<(String, String)>,
 }
 
+/// What [`Store::serve_manifests_within`] answers.
+#[derive(Debug, Default, Clone)]
+pub struct ServedPage {
+    /// The manifests served, each with its entry for the peer.
+    pub items: Vec<Served>,
+    /// Ids not looked at because the answer reached its size bound: ask
+    /// for them again.
+    pub deferred: Vec<ObjectId>,
+}
+
 /// What [`Store::stage_chunks`] did.
 #[derive(Debug, Default)]
 pub struct StagedChunks {
@@ -242,17 +252,42 @@ impl Store {
     /// The latest manifests of `ids` for a trusted peer. A `full` peer gets,
     /// for each live object, an entry wrapping the content key for its
     /// x25519 key, made now in one wrap session and signed by this instance;
-    /// a `blind` peer gets none. Unknown and unservable objects are left out.
-    /// Nothing is written to the store.
+    /// a `blind` peer gets none. Unknown and unservable objects are left out,
+    /// and an id given more than once is answered once. Nothing is written
+    /// to the store.
     pub fn serve_manifests(
         &self,
         ids: &[ObjectId],
         peer: &InstanceCard,
         role: Role,
     ) -> Result<Vec<Served>> {
+        Ok(self
+            .serve_manifests_within(ids, peer, role, usize::MAX)?
+            .items)
+    }
+
+    /// [`Store::serve_manifests`] within about `max_bytes` of manifests and
+    /// entries: once the next manifest would take the answer past it, that
+    /// id and the rest are returned as `deferred` (not looked at, nothing
+    /// re-keyed for them), for the peer to ask again. The first manifest is
+    /// always served, so every answer makes progress.
+    pub fn serve_manifests_within(
+        &self,
+        ids: &[ObjectId],
+        peer: &InstanceCard,
+        role: Role,
+        max_bytes: usize,
+    ) -> Result<ServedPage> {
+        // What an entry and the framing of one item add to its manifest.
+        const ITEM_ALLOWANCE: usize = 256;
         let session = WrapSession::new(self.identity());
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut page = ServedPage::default();
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut bytes = 0usize;
+        for (i, id) in ids.iter().enumerate() {
+            if !seen.insert(*id) {
+                continue;
+            }
             // One read of the record serves the check, the manifest and the key.
             let Some(rec) = self.db().record(id)? else {
                 continue;
@@ -260,6 +295,14 @@ impl Store {
             if !self.servable(&rec.state) {
                 continue;
             }
+            let size = rec.manifest.len() + ITEM_ALLOWANCE;
+            if !page.items.is_empty() && bytes.saturating_add(size) > max_bytes {
+                page.deferred.push(*id);
+                page.deferred
+                    .extend(ids[i + 1..].iter().filter(|x| seen.insert(**x)));
+                break;
+            }
+            bytes = bytes.saturating_add(size);
             let l = self.loaded(rec);
             let m = self.manifest_in(id, &l)?;
             let entry = if role == Role::Full && !m.deleted {
@@ -271,12 +314,66 @@ impl Store {
             } else {
                 None
             };
-            out.push(Served {
+            page.items.push(Served {
                 manifest: m.bytes().to_vec(),
                 entry,
             });
         }
-        Ok(out)
+        Ok(page)
+    }
+
+    /// Whether this node may follow `upstream` (its card verified, pinned
+    /// by the address the operator gave), and records that it follows it.
+    /// Trust changes only by an operator's explicit act (DESIGN §2): the
+    /// first `serve --follow` of an upstream that is in no trust record
+    /// trusts it as `full` (returns `true`); after that, a reconnect needs a
+    /// `full` record. An upstream removed from the trust table after it was
+    /// first followed, or trusted as `blind`, is refused
+    /// ([`StoreError::Trust`], saying how to follow it again) and its trust
+    /// is not changed.
+    pub fn admit_upstream(&self, upstream: &Signed<InstanceCard>) -> Result<bool> {
+        let id = upstream.instance;
+        let followed = self.db().cursor(&id)?.is_some();
+        let added = match self.role_of(&id)? {
+            Some(Role::Full) => false,
+            None if !followed => {
+                self.trust_card(upstream, Role::Full)?;
+                true
+            }
+            _ => return Err(self.refused_upstream(&id)?),
+        };
+        if !followed {
+            // From now on this upstream counts as followed: its trust record
+            // is never added again by a reconnect or a restart.
+            self.db().set_cursor(&id, 0)?;
+        }
+        Ok(added)
+    }
+
+    /// Checks that `upstream` is still trusted as `full` (a follower asks
+    /// before it applies each page); [`StoreError::Trust`] if not.
+    pub fn check_upstream(&self, upstream: &InstanceId) -> Result<()> {
+        match self.role_of(upstream)? {
+            Some(Role::Full) => Ok(()),
+            _ => Err(self.refused_upstream(upstream)?),
+        }
+    }
+
+    fn refused_upstream(&self, id: &InstanceId) -> Result<StoreError> {
+        let how = "to follow it again: `bbsync trust add CARD --role full` with its card \
+                   (`bbsync id` on it), then restart `bbsync serve`";
+        Ok(StoreError::Trust(match self.role_of(id)? {
+            Some(Role::Blind) => format!(
+                "upstream {} is trusted here as blind, and a standby follows only a full \
+                 upstream (a reconnect never raises a role): not following it; {how}",
+                id.short()
+            ),
+            _ => format!(
+                "upstream {} is not in the trust table (removed after it was first \
+                 followed; a reconnect does not trust it again): not following it; {how}",
+                id.short()
+            ),
+        }))
     }
 
     /// A chunk's stored bytes, for a peer.
