@@ -763,9 +763,8 @@ fn clone_from_backup_fetches_only_what_the_backup_lacks() -> TestResult {
     );
     ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
     let server = serve(&f.a);
-    // The repository's host must be trusted before its snapshot is
-    // restored (`clone` itself pins and trusts its source only later).
-    ok(&f.b, &["trust", "add", "--role", "full", &f.host()]);
+    // The repository's host is the source pinned by ADDR: the clone
+    // accepts its signed snapshot without a separate `trust add`.
     let out = ok(&f.b, &["clone", &server.addr, "--from-backup", f.r()]);
     let last = out.lines().last().unwrap();
     assert!(
@@ -775,6 +774,39 @@ fn clone_from_backup_fetches_only_what_the_backup_lacks() -> TestResult {
     let o = f.root.join("cloned");
     ok(&f.b, &["export-bbs", o.to_str().unwrap()]);
     assert_same_tree(&f.tree, &o);
+    drop(server);
+    Ok(())
+}
+
+/// `clone ADDR --from-backup REPO` accepts only a snapshot written by the
+/// source that ADDR pins: a backup by anyone else is refused before
+/// anything is written, and the clone's source is not what decides it.
+#[test]
+fn clone_from_backup_refuses_a_snapshot_of_another_host() -> TestResult {
+    let f = Fixture::new();
+    let c = f.root.join("c");
+    init(&c, "carol");
+    let other = f.root.join("other-bbs");
+    mini_bbs(&other);
+    ok(&c, &["import-bbs", other.to_str().unwrap()]);
+    let repo = f.root.join("carols-repo");
+    ok(&c, &["backup", "--repo", repo.to_str().unwrap()]);
+    let server = serve(&f.a);
+    let err = fail(
+        &f.b,
+        &[
+            "clone",
+            &server.addr,
+            "--from-backup",
+            repo.to_str().unwrap(),
+        ],
+    );
+    assert_mentions(
+        &err,
+        &["carol", "does not trust as full", "nothing was restored"],
+    );
+    assert_eq!(json(&f.b, &["status"])["objects"], 0, "{err}");
+    assert_eq!(json(&f.b, &["trust", "list"]), serde_json::json!([]));
     drop(server);
     Ok(())
 }

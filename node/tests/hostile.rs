@@ -488,7 +488,7 @@ async fn answers_are_deduplicated_and_bounded() {
     let (server_store, good) = stores(tmp.path(), 3, true);
     let big = server_store.resolve("file:big.bin").unwrap();
     let chunks: Vec<ChunkId> = server_store
-        .manifest_unchecked(&big)
+        .dangerously_manifest_unverified(&big)
         .unwrap()
         .chunks
         .iter()

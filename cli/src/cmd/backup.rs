@@ -612,6 +612,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
             skip_chunks: a.skip_chunks,
             safety_snapshot: !a.no_safety_snapshot,
             trust_host: a.trust_host,
+            clone_source: None,
         },
         &bar,
     )?;
@@ -691,6 +692,7 @@ pub fn restore_for_clone(
     store: &Store,
     repo: Option<PathBuf>,
     selection: &Selection,
+    source: Option<bbsync_protocol::InstanceId>,
 ) -> anyhow::Result<Option<bbsync_store::backup::restore::RestoreReport>> {
     let Some(dir) = repo else {
         return Ok(None);
@@ -702,6 +704,7 @@ pub fn restore_for_clone(
         &RestoreOptions {
             selection: selection.clone(),
             safety_snapshot: true,
+            clone_source: source,
             ..Default::default()
         },
         &bar,

@@ -355,7 +355,14 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         only: a.only,
     };
     let store = super::open(ctx)?;
-    let from_backup = super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection)?;
+    // The source named in ADDR (pinned by its PeerId) may also be the host
+    // of the backup the clone starts from.
+    let source = match addrs[0].iter().last() {
+        Some(bbsync_node::AddrProtocol::P2p(p)) => bbsync_node::instance_of(&p),
+        _ => None,
+    };
+    let from_backup =
+        super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection, source)?;
     let opts = CloneOptions {
         jobs: a.jobs.max(1),
         selection,

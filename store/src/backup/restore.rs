@@ -63,6 +63,12 @@ pub struct RestoreOptions {
     /// `--trust-host CARD`: the operator vouches for the snapshot's host,
     /// which must be the instance of this card; it is trusted `full`.
     pub trust_host: Option<String>,
+    /// `clone ADDR --from-backup REPO`: the clone's source, pinned by the
+    /// `/p2p/<PeerId>` of ADDR (the operator's explicit act, DESIGN §2). A
+    /// snapshot whose verified signature is by this instance is accepted
+    /// as if its card were given with `--trust-host` (the clone trusts the
+    /// source as `full` anyway); an unsigned one is not.
+    pub clone_source: Option<InstanceId>,
 }
 
 /// What a restore did.
@@ -334,7 +340,13 @@ impl Store {
 
         // 1. Whether to believe the snapshot at all, and whose trust table
         // (if any) comes with it.
-        let host = self.accept_snapshot(&snap, opts.trust_host.as_deref())?;
+        let source_card = opts
+            .clone_source
+            .filter(|_| snap.signature == super::SnapshotSignature::Verified)
+            .filter(|src| card_from_str(&snap.host).is_ok_and(|c| c.instance == *src))
+            .map(|_| snap.host.clone());
+        let host =
+            self.accept_snapshot(&snap, opts.trust_host.as_deref().or(source_card.as_deref()))?;
         let mut report = RestoreReport {
             repo: repo.location(),
             snapshot: snap_id.clone(),
