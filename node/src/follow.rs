@@ -121,9 +121,14 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
     loop {
         update(&key, |s| s.state = "connecting".into());
         let started = Instant::now();
-        let err = session(&node, &store, &addr, peer, &opts, &key).await;
-        // A session that ran for a while was healthy: start backing off anew.
-        if started.elapsed() > Duration::from_secs(10) {
+        let mut established = false;
+        let err = session(&node, &store, &addr, peer, &opts, &key, &mut established).await;
+        // A session that was established (connected, hello answered) or ran
+        // for a while was healthy: start backing off anew. An upstream that
+        // restarts ends a healthy session, and the standby should be back as
+        // soon as the upstream is: restarts a few seconds apart used to
+        // double the delay each time (9 s after the sixth, up to 45 s).
+        if established || started.elapsed() > Duration::from_secs(10) {
             backoff = opts.backoff_min;
         }
         let delay = jittered(backoff);
@@ -151,8 +156,9 @@ async fn session(
     peer: PeerId,
     opts: &FollowOptions,
     key: &str,
+    established: &mut bool,
 ) -> NodeError {
-    match run_session(node, store, addr, peer, opts, key).await {
+    match run_session(node, store, addr, peer, opts, key, established).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -165,6 +171,7 @@ async fn run_session(
     peer: PeerId,
     opts: &FollowOptions,
     key: &str,
+    established: &mut bool,
 ) -> Result<std::convert::Infallible, NodeError> {
     let upstream = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
@@ -178,6 +185,7 @@ async fn run_session(
             )
         })??;
     hello(node, store, peer, true).await?;
+    *established = true;
     let mut cursor = {
         let store = store.clone();
         blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
