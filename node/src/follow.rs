@@ -154,7 +154,8 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
     loop {
         update(&key, |s| s.state = "connecting".into());
         let started = Instant::now();
-        let err = match session(&node, &store, &addr, peer, &opts, &key).await {
+        let mut established = false;
+        let err = match session(&node, &store, &addr, peer, &opts, &key, &mut established).await {
             Ended::Retry(e) => e,
             Ended::Stop(why) => {
                 tracing::error!(upstream = %key, "follow: {why}");
@@ -165,8 +166,15 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
                 return;
             }
         };
-        // A session that ran for a while was healthy: start backing off anew.
-        if started.elapsed() > Duration::from_secs(10) {
+        // A session that was established (connected, hello answered, for
+        // at least a second) or ran for a while was healthy: start backing
+        // off anew. An upstream that restarts ends a healthy session, and
+        // the standby should be back as soon as the upstream is: restarts a
+        // few seconds apart used to double the delay each time (9 s after
+        // the sixth, up to 45 s). An upstream that answers hello and drops
+        // at once still backs off, so it cannot make the standby spin.
+        let lasted = started.elapsed();
+        if (established && lasted > Duration::from_secs(1)) || lasted > Duration::from_secs(10) {
             backoff = opts.backoff_min;
         }
         let mut delay = jittered(backoff);
@@ -199,8 +207,9 @@ async fn session(
     peer: PeerId,
     opts: &FollowOptions,
     key: &str,
+    established: &mut bool,
 ) -> Ended {
-    match run_session(node, store, addr, peer, opts, key).await {
+    match run_session(node, store, addr, peer, opts, key, established).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -213,6 +222,7 @@ async fn run_session(
     peer: PeerId,
     opts: &FollowOptions,
     key: &str,
+    established: &mut bool,
 ) -> Result<std::convert::Infallible, Ended> {
     let upstream = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
@@ -235,6 +245,7 @@ async fn run_session(
     if added {
         tracing::warn!(upstream = %key, "trusting upstream {} as full (first follow of it)", upstream.short());
     }
+    *established = true;
     let mut cursor = {
         let store = store.clone();
         blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
