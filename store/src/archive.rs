@@ -50,8 +50,12 @@ pub struct Walk {
     pub entries: Vec<Entry>,
     /// Sum of file sizes.
     pub file_bytes: u64,
-    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry.
+    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry
+    /// (and of the `-wal`/`-journal` companions of its databases).
     pub stat_digest: [u8; 32],
+    /// Entries read from another file than their own: the snapshots of the
+    /// SQLite databases among them (see [`crate::sqlite`]), by entry path.
+    pub substitutes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Hashes the metadata that tells whether a file may have changed.
@@ -87,6 +91,7 @@ pub fn walk(root: &Path) -> Result<Walk> {
         entries: Vec::new(),
         file_bytes: 0,
         stat_digest: [0; 32],
+        substitutes: Default::default(),
     };
     let mut h = Sha256::new();
     walk_into(root, "", &mut w, &mut h)?;
@@ -120,9 +125,11 @@ pub fn sorted_children(dir: &Path) -> Result<Vec<(String, PathBuf, fs::Metadata)
 }
 
 fn walk_into(dir: &Path, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Result<()> {
-    for (name, path, md) in sorted_children(dir)? {
+    // A database's -wal/-shm/-journal files are part of it, not entries.
+    let (kids, companions) = crate::sqlite::split_companions(sorted_children(dir)?);
+    for (name, path, md) in kids {
         let rel = if prefix.is_empty() {
-            name
+            name.clone()
         } else {
             format!("{prefix}/{name}")
         };
@@ -131,6 +138,14 @@ fn walk_into(dir: &Path, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Result<(
             reason,
         })?;
         stat_hash(h, &rel, &md);
+        for (cname, cmd) in companions.get(&name).into_iter().flatten() {
+            let crel = if prefix.is_empty() {
+                cname.clone()
+            } else {
+                format!("{prefix}/{cname}")
+            };
+            stat_hash(h, &crel, cmd);
+        }
         let ft = md.file_type();
         if ft.is_dir() {
             w.entries.push(Entry {
@@ -184,6 +199,7 @@ pub struct ArchiveReader {
     pos: usize,
     file: Option<(File, u64, PathBuf)>,
     done: bool,
+    substitutes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl ArchiveReader {
@@ -198,6 +214,7 @@ impl ArchiveReader {
             pos: 0,
             file: None,
             done: false,
+            substitutes: walk.substitutes,
         }
     }
 }
@@ -243,7 +260,10 @@ impl Read for ArchiveReader {
                 Some(e) => {
                     self.buf = entry_header(&e);
                     if e.size.is_some() {
-                        let p = self.root.join(&e.path);
+                        let p = match self.substitutes.get(&e.path) {
+                            Some(snapshot) => snapshot.clone(),
+                            None => self.root.join(&e.path),
+                        };
                         let f = File::open(&p)?;
                         self.file = Some((f, e.size.unwrap_or(0), p));
                     }

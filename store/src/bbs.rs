@@ -105,12 +105,32 @@ pub fn source_for_path(
     }
 }
 
-fn files_under(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let kids = sorted_children(dir)?;
+/// A file found under `config/` or `files/`: relative path, path, and the
+/// metadata of its `-wal`/`-journal` companions when it is a database.
+type Found = (String, PathBuf, Vec<(String, fs::Metadata)>);
+
+/// [`source_for_path`] for a file whose `-wal`/`-journal` companions (of
+/// a database) count in its change detection.
+pub fn source_with_companions(
+    path: &Path,
+    kind: &str,
+    name: &str,
+    owner: Option<String>,
+    companions: &[(String, fs::Metadata)],
+) -> Result<Source> {
+    let mut src = source_for_path(path, kind, name, owner)?;
+    src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, companions);
+    Ok(src)
+}
+
+fn files_under(dir: &Path, prefix: &str, out: &mut Vec<Found>) -> Result<()> {
+    // A database's -wal/-shm/-journal files are part of it (src/sqlite).
+    let (kids, mut companions) = crate::sqlite::split_companions(sorted_children(dir)?);
     if kids.is_empty() && !prefix.is_empty() {
         tracing::warn!(path = %dir.display(), "empty directory is not kept (only files are objects here)");
     }
     for (name, path, md) in kids {
+        let comp = companions.remove(&name).unwrap_or_default();
         let rel = if prefix.is_empty() {
             name
         } else {
@@ -120,7 +140,7 @@ fn files_under(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Re
         if md.is_dir() {
             files_under(&path, &rel, out)?;
         } else if md.is_file() {
-            out.push((rel, path));
+            out.push((rel, path, comp));
         } else {
             return Err(bad(&path, "symlinks and special files are not supported"));
         }
@@ -161,8 +181,8 @@ pub fn scan(root: &Path) -> Result<Vec<Source>> {
                 let kind = if top == "config" { "config" } else { "file" };
                 let mut files = Vec::new();
                 files_under(&path, "", &mut files)?;
-                for (rel, p) in files {
-                    out.push(source_for_path(&p, kind, &rel, None)?);
+                for (rel, p, comp) in files {
+                    out.push(source_with_companions(&p, kind, &rel, None, &comp)?);
                 }
             }
             "applets" => {

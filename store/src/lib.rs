@@ -22,8 +22,10 @@ mod error;
 pub mod export;
 pub mod failpoint;
 pub mod import;
+pub mod layout;
 pub mod progress;
 pub mod rekey;
+pub mod sqlite;
 pub mod sync;
 pub mod verify;
 
@@ -201,6 +203,9 @@ impl Store {
             unwrapper: bbsync_protocol::Unwrapper::new(),
             record_key,
         };
+        // Snapshots and dumps of SQLite databases a killed process left
+        // (plaintext; only this process can be using the data dir now).
+        sqlite::sweep_temp(&dir.join("tmp"));
         if store.chunks.recovered() {
             // The last writer stopped between publishing chunks and recording
             // them: what no manifest references is garbage from that write.
