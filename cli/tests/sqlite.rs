@@ -808,3 +808,48 @@ fn bad_layouts_and_uncovered_paths_are_refused_and_change_nothing() -> TestResul
     );
     Ok(())
 }
+
+/// The write-out of a database is atomic: an error or a crash right before
+/// the rename (failpoint `sqlite.rename`) leaves no target, and the next
+/// export succeeds.
+#[test]
+fn a_database_write_out_interrupted_before_its_rename_leaves_no_target() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("main.db");
+    sample_db(&src);
+    let data = node(tmp.path(), "a");
+    ok(
+        &data,
+        &["import", s(&src), "--kind", "database", "--name", "main"],
+    );
+    let target = tmp.path().join("out.db");
+    let o = bbsync(&data)
+        .env("FAILPOINTS", "sqlite.rename=return(eio)")
+        .args(["export", "database:main", s(&target)])
+        .output()?;
+    assert_eq!(o.status.code(), Some(1));
+    assert_mentions(
+        &String::from_utf8_lossy(&o.stderr),
+        &["out.db", "input/output error"],
+    );
+    let left: Vec<_> = fs::read_dir(tmp.path())?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("out.db"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let o = bbsync(&data)
+        .env("FAILPOINTS", "sqlite.rename=return(abort)")
+        .args(["export", "database:main", s(&target)])
+        .output()?;
+    assert_eq!(o.status.code(), None, "killed by a signal");
+    assert!(!target.exists());
+    // The next export replaces the temp file the killed one left.
+    ok(&data, &["export", "database:main", s(&target)]);
+    assert_eq!(
+        all_rows(&open_ro(&target)),
+        all_rows(&Connection::open(&src)?)
+    );
+    assert!(!tmp.path().join(".out.db.bbsync-tmp").exists());
+    Ok(())
+}

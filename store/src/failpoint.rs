@@ -21,10 +21,16 @@ use std::io;
 
 /// Every failpoint in the store and node crates: `(name, what it guards)`.
 /// Names are `area.step`; the crash-matrix tests iterate over this list.
-pub const POINTS: &[(&str, &str)] = &[(
-    "file.rename",
-    "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
-)];
+pub const POINTS: &[(&str, &str)] = &[
+    (
+        "file.rename",
+        "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
+    ),
+    (
+        "sqlite.rename",
+        "sqlite::FileOut: a database written out is synced and checked, stale companions removed, before its rename (export, export-bbs, restore --to-tree)",
+    ),
+];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).
 /// Call once at the start of a process that may be crash-tested.

@@ -77,11 +77,22 @@ fn run_dump(ctx: &Ctx, a: &ExportArgs, format: Format) -> anyhow::Result<ExitCod
     let dest = ctx.path(&a.dest);
     let s = if to_stdout {
         let mut w = std::io::BufWriter::with_capacity(1 << 16, SinkWriter(&ctx.out));
-        let s = store
+        let r = store
             .dump_database(&id, f, a.table.as_deref(), &mut w)
-            .with_context(what)?;
-        w.flush().with_context(what)?;
-        s
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(w.flush().map(|()| s)?));
+        match r {
+            // A reader that stopped early (`| head`) is not a failure.
+            Err(e)
+                if e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                }) =>
+            {
+                return Ok(ExitCode::SUCCESS);
+            }
+            r => r.with_context(what)?,
+        }
     } else if matches!(f, DumpFormat::Csv) && a.table.is_none() {
         store
             .dump_database_csv_dir(&id, &dest)

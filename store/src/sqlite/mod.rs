@@ -534,7 +534,15 @@ impl FileOut {
     fn start(&mut self, first: &[u8]) -> Result<()> {
         let db = has_header(first);
         let path = if db || self.atomic {
-            Self::temp_path(&self.target)
+            // A temp file a killed writer left behind is ours to replace.
+            let tmp = Self::temp_path(&self.target);
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).ctx(|| format!("removing {}", tmp.display()));
+                }
+                _ => {}
+            }
+            tmp
         } else {
             self.target.clone()
         };
@@ -582,8 +590,8 @@ impl FileOut {
                 let problems = check_file(&path).map_err(|e| db_error(&what, e))?;
                 if !problems.is_empty() {
                     return Err(StoreError::DatabaseDamaged {
-                        what: format!("{what}; nothing was replaced"),
-                        problems: summarize(&problems),
+                        what,
+                        problems: format!("{}; nothing was replaced", summarize(&problems)),
                     });
                 }
                 remove_companions(&self.target)?;
