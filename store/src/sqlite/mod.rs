@@ -330,6 +330,7 @@ fn copy_into(
         mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     src.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    distrust_schema(&src)?;
     src.busy_timeout(LOCK_WAIT)?;
     let mut out = Connection::open_with_flags(
         dest,
@@ -466,12 +467,21 @@ fn immutable_uri(path: &Path) -> String {
 /// Opens a database file that no other process uses (a snapshot, a file
 /// being written out, a decrypted copy) read-only and immutable.
 pub fn open_private(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(
+    let c = Connection::open_with_flags(
         immutable_uri(path),
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    )?;
+    distrust_schema(&c)?;
+    Ok(c)
+}
+
+/// The database's content comes from a BBS directory or a peer: functions
+/// with side effects must not run from its schema (views, triggers,
+/// defaults, CHECK constraints), whatever SQLite was built to allow.
+fn distrust_schema(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch("PRAGMA trusted_schema=OFF")
 }
 
 /// Runs `PRAGMA integrity_check` on a database file that no other process
