@@ -719,8 +719,13 @@ fn an_axon_install_is_imported_cloned_and_exported_identically() -> TestResult {
     fs::write(&cfg, text)?;
     let out_b = tmp.path().join("export-b");
     ok(&b, &["export-bbs", s(&out_b)]);
+    // The layout from the environment on the source.
     let out_a = tmp.path().join("export-a");
-    ok(&a, &["export-bbs", s(&out_a), "--layout", "axon"]);
+    let o = bbsync(&a)
+        .env("BBSYNC_LAYOUT", "axon")
+        .args(["export-bbs", s(&out_a)])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_tree(&out_a, &out_b);
 
     // Every file of the BBS's state is back byte for byte; the software is not.

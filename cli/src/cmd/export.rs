@@ -43,9 +43,9 @@ pub struct ExportBbsArgs {
     /// Destination directory (new or empty).
     dir: PathBuf,
     /// Write the tree in this layout: a built-in one (`axon`; `bbsync` is
-    /// bbsync's own tree) or a layout file [config.toml: layout; default:
-    /// bbsync's own tree]. See docs/layouts.md.
-    #[arg(long, env = "BBSYNC_LAYOUT", value_name = "NAME|FILE")]
+    /// bbsync's own tree) or a layout file [env: BBSYNC_LAYOUT; config.toml:
+    /// layout; default: bbsync's own tree]. See docs/layouts.md.
+    #[arg(long, value_name = "NAME|FILE")]
     layout: Option<String>,
 }
 

@@ -29,20 +29,21 @@ pub struct ImportBbsArgs {
     /// Root of the BBS tree.
     dir: PathBuf,
     /// The BBS's directory layout: a built-in one (`axon`; `bbsync` is
-    /// bbsync's own tree) or a layout file [config.toml: layout; default:
-    /// bbsync's own tree]. See docs/layouts.md.
-    #[arg(long, env = "BBSYNC_LAYOUT", value_name = "NAME|FILE")]
+    /// bbsync's own tree) or a layout file [env: BBSYNC_LAYOUT; config.toml:
+    /// layout; default: bbsync's own tree]. See docs/layouts.md.
+    #[arg(long, value_name = "NAME|FILE")]
     layout: Option<String>,
 }
 
-/// The layout `import-bbs` / `export-bbs` use: `--layout`, else `layout`
-/// in config.toml, else bbsync's own tree (`None`).
+/// The layout `import-bbs` / `export-bbs` use: `--layout`, else the
+/// invoking process's `BBSYNC_LAYOUT`, else `layout` in config.toml, else
+/// bbsync's own tree (`None`).
 pub fn layout(
     ctx: &Ctx,
     store: &bbsync_store::Store,
     flag: Option<&str>,
 ) -> anyhow::Result<Option<Layout>> {
-    let (spec, base) = match flag {
+    let (spec, base) = match flag.or_else(|| ctx.env("BBSYNC_LAYOUT")) {
         Some(f) => (f.to_string(), ctx.cwd.clone()),
         None => match &store.config().layout {
             Some(l) => (l.clone(), store.dir().to_path_buf()),
