@@ -205,7 +205,9 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&msg);
     }
-    line.replace('\n', " ")
+    // One line, and nothing in it (a name quoted from a peer or a backup)
+    // can act on the terminal.
+    output::clean(&line.replace('\n', " ")).into_owned()
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

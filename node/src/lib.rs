@@ -14,6 +14,7 @@ pub mod clone;
 pub mod codec;
 mod error;
 pub mod follow;
+pub mod gate;
 pub mod node;
 pub mod onion;
 pub mod server;

@@ -30,6 +30,9 @@ pub enum Request {
     /// The serving instance's card and checkpoint.
     Hello,
     /// Changes after a cursor (at most `limit`, capped at [`MAX_PAGE`]).
+    /// A server fills each page up to the limit while it has changes, so a
+    /// shorter page is the end of its log; a page with changes moves the
+    /// cursor forward.
     Changes {
         /// Cursor: the last change-log number already seen.
         since: u64,
@@ -117,16 +120,21 @@ pub enum Response {
         /// The server's last change-log number.
         last_seq: u64,
     },
-    /// Answer to `GetManifests` (unknown and unservable ids are left out).
+    /// Answer to `GetManifests`: each requested id at most once; unknown
+    /// and unservable ids are left out.
     Manifests {
         /// The manifests.
         items: Vec<WireManifest>,
+        /// Ids not answered because the answer reached the server's size
+        /// bound: ask for them again. At least one item comes before any.
+        deferred: Vec<ObjectId>,
     },
-    /// Answer to `GetChunks`.
+    /// Answer to `GetChunks`: each requested id at most once.
     Chunks {
         /// Chunks found, each with its stored bytes.
         chunks: Vec<(ChunkId, serde_bytes::ByteBuf)>,
-        /// Ids the server does not hold.
+        /// Ids not answered: the server does not hold them, or the answer
+        /// reached the server's size bound (ask another source, or again).
         missing: Vec<ChunkId>,
     },
     /// The requester is not trusted: nothing else is said.
@@ -233,6 +241,7 @@ mod tests {
                         manifest: vec![0xAA; 40],
                         entry: Some(serde_bytes::ByteBuf::from(vec![0xBB; 20])),
                     }],
+                    deferred: vec![ObjectId([6; 16])],
                 },
             ),
             (

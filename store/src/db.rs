@@ -23,8 +23,9 @@ use serde_bytes::ByteBuf;
 
 use crate::error::{Result, StoreError};
 
-/// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes. Older ones are migrated at open
+/// (`crate::migrate`), newer ones refused.
+pub const SCHEMA_VERSION: u32 = 2;
 /// Objects per atomic database batch in [`Db::commit`].
 pub const COMMIT_BATCH: usize = 1024;
 
@@ -151,9 +152,10 @@ fn u32_of(v: &[u8], what: &str) -> Result<u32> {
 pub struct Db {
     db: sled::Db,
     tree: sled::Tree,
-    /// Wakes those waiting for a new change-log entry (long-poll
-    /// subscriptions of followers).
-    changed: (std::sync::Mutex<()>, std::sync::Condvar),
+    /// Bumped (and its receivers woken) after every commit and every trust
+    /// change: what long-poll subscriptions of followers await, without a
+    /// thread, and what the node watches to refresh its trusted peers.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Db {
@@ -195,53 +197,27 @@ impl Db {
         Ok(Db {
             db,
             tree,
-            changed: Default::default(),
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
-    /// Wakes every [`Db::wait_for_change`] (after a commit, or when trust
-    /// changed and waiting subscriptions must re-check it).
+    /// Wakes every receiver of [`Db::watch_changes`] (after a commit, or
+    /// when trust changed and waiting subscriptions must re-check it).
     pub fn notify_changed(&self) {
-        let _g = self
-            .changed
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.changed.1.notify_all();
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until the change log goes past `since`, or `timeout`, or a
-    /// [`Db::notify_changed`]; returns the last change-log number.
-    pub fn wait_for_change(&self, since: u64, timeout: std::time::Duration) -> Result<u64> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut g = self
-            .changed
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            let last = self.last_seq()?;
-            let now = std::time::Instant::now();
-            if last > since || now >= deadline {
-                return Ok(last);
-            }
-            let (g2, res) = self
-                .changed
-                .1
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            g = g2;
-            if !res.timed_out() {
-                // Woken: report even without a new entry (trust may have changed).
-                return self.last_seq();
-            }
-        }
+    /// A receiver that is woken by every later [`Db::notify_changed`]
+    /// (`changed().await`; works in any async runtime). Create it before
+    /// looking at the state it guards, so that no change is missed.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Marks objects complete, each under a new change-log number (so that
     /// those following this store see them once they can be served), in
     /// atomic batches, then flushes.
-    pub fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
+    pub(crate) fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
         let mut seq = self.next_seq()?;
         for group in ids.chunks(COMMIT_BATCH) {
             let mut batch = sled::Batch::default();
@@ -294,8 +270,10 @@ impl Db {
         self.flush()
     }
 
-    /// Sets the schema version (tests of the newer-schema refusal use this).
-    pub fn set_schema_version(&self, v: u32) -> Result<()> {
+    /// Sets the schema version (the last step of a migration; tests of the
+    /// newer-schema refusal use it through
+    /// `Store::dangerously_set_schema_version`).
+    pub(crate) fn set_schema_version(&self, v: u32) -> Result<()> {
         self.tree
             .insert(K_SCHEMA, &v.to_be_bytes())
             .map_err(db_err)?;
@@ -341,7 +319,11 @@ impl Db {
             .transpose()
     }
 
-    fn update_record(&self, id: &ObjectId, f: impl FnOnce(&mut ObjectRecord)) -> Result<()> {
+    pub(crate) fn update_record(
+        &self,
+        id: &ObjectId,
+        f: impl FnOnce(&mut ObjectRecord),
+    ) -> Result<()> {
         let mut rec = self
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
@@ -353,7 +335,7 @@ impl Db {
     }
 
     /// Replaces an object's whole record (its change-log number stays).
-    pub fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+    pub(crate) fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -387,21 +369,8 @@ impl Db {
             .unwrap_or_default())
     }
 
-    /// Replaces the stored manifest bytes of an object without any check.
-    /// Low level: for tests that damage a store on purpose, and for repair
-    /// tools; normal writes go through [`Db::commit`].
-    pub fn set_manifest_raw(&self, id: &ObjectId, bytes: &[u8]) -> Result<()> {
-        self.update_record(id, |r| r.manifest = bytes.to_vec())
-    }
-
-    /// Replaces the envelope of an object's latest version.
-    pub fn set_envelope(&self, id: &ObjectId, entries: &[Vec<u8>]) -> Result<()> {
-        let entries = entries.iter().map(|e| ByteBuf::from(e.clone())).collect();
-        self.update_record(id, |r| r.envelope = entries)
-    }
-
     /// Updates local-only fields of an object's state (no new change).
-    pub fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
+    pub(crate) fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
         self.update_record(id, |r| r.state = state.clone())
     }
 
@@ -437,23 +406,45 @@ impl Db {
     /// the sequence counter) change together: writes go in atomic batches of
     /// [`COMMIT_BATCH`] objects, and sled recovers a prefix of the batches
     /// after a crash, so every object is either fully old or fully new.
-    pub fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
+    ///
+    /// The name index (`n/`) only ever names the object that holds the name:
+    /// an old name is removed only if it still points at this object, and a
+    /// tombstone never takes a name another object holds. (Callers refuse a
+    /// live object that would take the name of another live one, see
+    /// `Store::name_holder`.)
+    pub(crate) fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
         let mut seq = self.next_seq()?;
         let mut writes = writes.into_iter().peekable();
+        // Names given in this commit so far (the batches are applied in order).
+        let mut named: std::collections::HashMap<Vec<u8>, ObjectId> =
+            std::collections::HashMap::new();
         while writes.peek().is_some() {
             let mut batch = sled::Batch::default();
             for w in writes.by_ref().take(COMMIT_BATCH) {
                 let oid = w.object_id.as_bytes();
                 if let Some(prev) = &w.previous {
                     batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
-                    if prev.kind != w.state.kind || prev.name != w.state.name {
-                        batch.remove(name_key(&prev.kind, &prev.name));
+                    let old = name_key(&prev.kind, &prev.name);
+                    if (prev.kind != w.state.kind || prev.name != w.state.name)
+                        && self.name_holder_in(&named, &old)? == Some(w.object_id)
+                    {
+                        batch.remove(old.clone());
+                        named.remove(&old);
                     }
                 }
                 let mut state = w.state;
                 state.seq = seq;
                 batch.insert(key(b"c/", &seq.to_be_bytes()), oid.as_slice());
-                batch.insert(name_key(&state.kind, &state.name), oid.as_slice());
+                let nk = name_key(&state.kind, &state.name);
+                let takes_name = match self.name_holder_in(&named, &nk)? {
+                    None => true,
+                    Some(h) if h == w.object_id => true,
+                    Some(_) => !state.deleted,
+                };
+                if takes_name {
+                    batch.insert(nk.clone(), oid.as_slice());
+                    named.insert(nk, w.object_id);
+                }
                 let rec = ObjectRecord {
                     state,
                     manifest: w.manifest,
@@ -470,17 +461,38 @@ impl Db {
         Ok(seq - 1)
     }
 
-    /// Adds or replaces a trusted instance.
-    pub fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+    /// Who holds a name key: as given earlier in the running commit, else
+    /// as stored.
+    fn name_holder_in(
+        &self,
+        named: &std::collections::HashMap<Vec<u8>, ObjectId>,
+        k: &[u8],
+    ) -> Result<Option<ObjectId>> {
+        match named.get(k) {
+            Some(id) => Ok(Some(*id)),
+            None => self
+                .tree
+                .get(k)
+                .map_err(db_err)?
+                .map(|v| oid_from(&v))
+                .transpose(),
+        }
+    }
+
+    /// Adds or replaces a trusted instance (the node's view of who is
+    /// trusted is refreshed through [`Db::watch_changes`]).
+    pub(crate) fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
-        self.flush()
+        self.flush()?;
+        self.notify_changed();
+        Ok(())
     }
 
     /// Removes a trusted instance; false if it was not there. Waiting
     /// subscriptions wake up to re-check their peer's trust.
-    pub fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+    pub(crate) fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
         let had = self
             .tree
             .remove(key(b"t/", id.as_bytes()))

@@ -97,6 +97,17 @@ pub enum StoreError {
     /// A file changed while it was being read.
     #[error("{0} changed while it was being imported; run the import again")]
     ChangedDuringImport(PathBuf),
+    /// A path of the tree is no longer what the scan saw (a symlink, another
+    /// file, a directory, or gone): it is neither followed nor read.
+    #[error(
+        "{path} {what} after the tree was scanned; not followed and not read (the import changed nothing)"
+    )]
+    ReplacedDuringImport {
+        /// The path.
+        path: PathBuf,
+        /// What happened to it ("was replaced by a symlink", ...).
+        what: String,
+    },
     /// A trust-table operation was refused.
     #[error("{0}")]
     Trust(String),
@@ -165,7 +176,7 @@ impl StoreError {
             | Repo(_)
             | DatabaseDamaged { .. } => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
-            Undecryptable(_) | Passphrase(_) => ErrorKind::Security,
+            Undecryptable(_) | Passphrase(_) | ReplacedDuringImport { .. } => ErrorKind::Security,
             NotInitialized(_)
             | AlreadyInitialized(_)
             | NotADirectory(_)

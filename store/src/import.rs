@@ -26,13 +26,15 @@ use bbsync_protocol::{
     ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed, WrapSession,
     chunk::{chunk_ranges, chunker},
     encoding::FORMAT_V1,
+    key_commitment,
+    manifest::{MANIFEST_FORMAT, MAX_VERSION, next_version},
 };
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::{
     Store,
-    archive::{ArchiveReader, CHANGED_MARKER, ExactFile},
+    archive::{ArchiveReader, CHANGED_MARKER, ExactFile, into_store_error},
     bbs::{self, BBS_KINDS, Source},
     chunks::Staged,
     db::{ObjectState, ObjectWrite},
@@ -64,6 +66,10 @@ pub struct ImportStats {
     pub bytes_written: u64,
     /// Chunk files removed afterwards because no manifest needs them any more.
     pub chunks_collected: u64,
+    /// Objects that changed in the tree but could not get a new version:
+    /// they are at the highest version there is (`kind:name`, and who
+    /// wrote that version). Everything else was imported.
+    pub stuck: Vec<(String, String)>,
     /// Change-log number after the import.
     pub seq: u64,
     /// SQLite databases read through a snapshot (src/sqlite).
@@ -99,6 +105,8 @@ impl Fingerprinter {
 enum Outcome {
     /// Nothing to write; maybe refresh local-only fields.
     Unchanged(ObjectId, Option<Box<ObjectState>>),
+    /// Changed, but at [`MAX_VERSION`]: no next version (label, detail).
+    Stuck(String, String),
     /// A new version.
     Write(Box<ObjectWrite>, Vec<Staged>, u64, u64, u64),
 }
@@ -110,10 +118,13 @@ fn shape_byte(s: Shape) -> u8 {
     }
 }
 
+/// Opens a source through its anchor: below the tree's directory
+/// descriptor, never through a symlink, and only if it is still the file or
+/// directory that the walk saw (`archive::Anchor`).
 fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
     match &src.walk {
         Some(w) => Ok(Box::new(ArchiveReader::new(
-            &src.path,
+            src.anchor.open_dir()?,
             crate::archive::Walk {
                 entries: w.entries.clone(),
                 file_bytes: w.file_bytes,
@@ -121,16 +132,19 @@ fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
                 substitutes: w.substitutes.clone(),
             },
         ))),
-        None => Ok(Box::new(ExactFile::open(&src.path, src.len).map_err(
-            |e| StoreError::Unreadable {
-                path: src.path.clone(),
-                reason: e.to_string(),
-            },
-        )?)),
+        None => Ok(Box::new(ExactFile::new(
+            src.anchor.open_file()?,
+            &src.path,
+            src.len,
+        ))),
     }
 }
 
 fn read_err(src: &Source, e: std::io::Error) -> StoreError {
+    let e = match into_store_error(e) {
+        Ok(carried) => return carried,
+        Err(e) => e,
+    };
     if e.to_string().contains(CHANGED_MARKER) {
         StoreError::ChangedDuringImport(src.path.clone())
     } else {
@@ -261,17 +275,27 @@ impl Store {
                 return Ok(Outcome::Unchanged(*id, Some(Box::new(st))));
             }
         }
-        // 3. Seal.
+        // 3. Seal (an object at the highest version cannot get another).
+        if let Some((id, st)) = &existing
+            && next_version(st.version).is_none()
+        {
+            progress.advance(1, src.content_bytes);
+            return Ok(Outcome::Stuck(
+                format!("{}:{}", src.kind, src.name),
+                self.stuck_detail(id, st.version),
+            ));
+        }
+        let next = |v: u64| next_version(v).unwrap_or(MAX_VERSION);
         let (object_id, key, version, old_chunks) = match &existing {
             // A deleted object that comes back gets a fresh key: the
             // tombstone carries none, and nothing of the old chunks is kept.
             // A rotation (`rekey --rotate`) too: the chunks are sealed anew.
             Some((id, st)) if st.deleted || rotate => {
-                (*id, ContentKey::generate(), st.version + 1, None)
+                (*id, ContentKey::generate(), next(st.version), None)
             }
             Some((id, st)) => {
                 let (m, key) = self.manifest_and_key(id)?;
-                (*id, key, st.version + 1, Some(m.chunks.clone()))
+                (*id, key, next(st.version), Some(m.chunks.clone()))
             }
             None => (ObjectId::random(), ContentKey::generate(), 1, None),
         };
@@ -359,7 +383,7 @@ impl Store {
                 )
                 .ctx(|| "sealing object meta".to_string())?;
             let manifest = Manifest {
-                format: FORMAT_V1,
+                format: MANIFEST_FORMAT,
                 object_id,
                 version,
                 kind: src.kind.clone(),
@@ -371,9 +395,12 @@ impl Store {
                 plaintext_len: plain,
                 chunks: refs,
                 meta: Some(meta),
+                key_commit: Some(key_commitment(&key, &object_id)),
             };
             let signed = Signed::sign(self.identity(), manifest)
                 .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
+            // An excluded owner's object is wrapped for this instance only.
+            let recipients = self.recipients_for(recipients, src.owner.as_deref());
             let envelope = self.wrap_for(session, recipients, object_id, version, &key)?;
             let state = ObjectState {
                 version,
@@ -416,12 +443,27 @@ impl Store {
         ))
     }
 
-    fn tombstone(&self, id: ObjectId, st: &ObjectState) -> Result<ObjectWrite> {
-        let version = st.version + 1;
+    /// Who wrote the version an object is stuck at, for the report.
+    fn stuck_detail(&self, id: &ObjectId, version: u64) -> String {
+        let by = self
+            .dangerously_manifest_unverified(id)
+            .map(|m| m.author.short())
+            .unwrap_or_else(|_| "?".into());
+        format!(
+            "at version {version}, the highest there is (written by instance {by}): it cannot change any more"
+        )
+    }
+
+    /// A tombstone for an object, or `None` when it is at the highest
+    /// version (it cannot be deleted either).
+    fn tombstone(&self, id: ObjectId, st: &ObjectState) -> Result<Option<ObjectWrite>> {
+        let Some(version) = next_version(st.version) else {
+            return Ok(None);
+        };
         let signed = Signed::sign(
             self.identity(),
             Manifest {
-                format: FORMAT_V1,
+                format: MANIFEST_FORMAT,
                 object_id: id,
                 version,
                 kind: st.kind.clone(),
@@ -433,10 +475,11 @@ impl Store {
                 plaintext_len: 0,
                 chunks: Vec::new(),
                 meta: None,
+                key_commit: None,
             },
         )
         .ctx(|| format!("signing the tombstone of {}", id.short()))?;
-        Ok(ObjectWrite {
+        Ok(Some(ObjectWrite {
             object_id: id,
             state: ObjectState {
                 version,
@@ -457,7 +500,7 @@ impl Store {
             manifest: signed.bytes().to_vec(),
             envelope: Vec::new(),
             previous: Some(st.clone()),
-        })
+        }))
     }
 
     pub(crate) fn run_import(
@@ -505,6 +548,10 @@ impl Store {
         }
         // Largest first, so that big files do not end up alone at the tail.
         jobs.sort_by_key(|(s, _)| std::cmp::Reverse(s.len));
+        // Between the walk and the first open (a test swaps a file for a
+        // symlink here: it must be refused, not followed).
+        crate::failpoint::hit("import.after_walk")
+            .ctx(|| "before reading the import sources".to_string())?;
         let fp_key = self.identity().local_key("fingerprint");
         let session = WrapSession::new(self.identity());
         let recipients = self.recipients()?;
@@ -534,6 +581,10 @@ impl Store {
         let mut first_err = None;
         for r in results {
             match r {
+                Ok(Outcome::Stuck(label, why)) => {
+                    tracing::warn!("{label}: {why}");
+                    stats.stuck.push((label, why));
+                }
                 Ok(Outcome::Unchanged(id, st)) => {
                     stats.unchanged += 1;
                     if let Some(st) = st {
@@ -565,6 +616,7 @@ impl Store {
             return Err(e);
         }
         if !tombstone_kinds.is_empty() {
+            let mut stuck = Vec::new();
             let tombstones = (|| -> Result<Vec<ObjectWrite>> {
                 let mut out = Vec::new();
                 for r in self.db().objects() {
@@ -573,7 +625,13 @@ impl Store {
                         && tombstone_kinds.contains(&st.kind.as_str())
                         && !names.contains(&(st.kind.clone(), st.name.clone()))
                     {
-                        out.push(self.tombstone(id, &st)?);
+                        match self.tombstone(id, &st)? {
+                            Some(t) => out.push(t),
+                            None => stuck.push((
+                                format!("{}:{}", st.kind, st.name),
+                                self.stuck_detail(&id, st.version),
+                            )),
+                        }
                     }
                 }
                 Ok(out)
@@ -582,6 +640,7 @@ impl Store {
                 Ok(t) => {
                     stats.deleted = t.len() as u64;
                     writes.extend(t);
+                    stats.stuck.extend(stuck);
                 }
                 Err(e) => {
                     self.chunks().discard(staged_all);

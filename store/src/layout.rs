@@ -36,8 +36,8 @@ use serde::Deserialize;
 
 use crate::{
     Store,
-    archive::{check_rel_path, sorted_children},
-    bbs::{BBS_KINDS, Source, source_with_companions},
+    archive::{Child, Meta, TreeDir, check_rel_path},
+    bbs::{BBS_KINDS, Source, open_tree, source_at},
     error::{Result, StoreError},
     import::ImportStats,
     progress::Progress,
@@ -639,58 +639,59 @@ impl Layout {
     }
 
     /// Walks a BBS's directory into import sources (see the module docs).
+    /// As for bbsync's own tree, the walk goes through directory
+    /// descriptors and never follows a symlink; each source keeps the root's
+    /// descriptor and its path below it (`archive::Anchor`).
     pub fn scan(&self, root: &Path) -> Result<Vec<Source>> {
-        let md = fs::metadata(root).map_err(|e| StoreError::Unreadable {
-            path: root.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        if !md.is_dir() {
-            return Err(StoreError::BadTree {
-                path: root.to_path_buf(),
-                reason: "a BBS tree must be a directory".into(),
-            });
-        }
+        let tree = open_tree(root)?;
         let mut out = Vec::new();
-        self.scan_dir(root, &mut Vec::new(), &mut out)?;
+        self.scan_dir(&tree, &tree, &mut Vec::new(), &mut out)?;
         Ok(out)
     }
 
-    fn scan_dir(&self, dir: &Path, comps: &mut Vec<String>, out: &mut Vec<Source>) -> Result<()> {
-        let (kids, mut companions) = crate::sqlite::split_companions(sorted_children(dir)?);
+    fn scan_dir(
+        &self,
+        root: &TreeDir,
+        dir: &TreeDir,
+        comps: &mut Vec<String>,
+        out: &mut Vec<Source>,
+    ) -> Result<()> {
+        let (kids, mut companions) = crate::sqlite::split_companions(dir, dir.children()?);
         if kids.is_empty() && !comps.is_empty() {
-            tracing::warn!(path = %dir.display(), "empty directory is not kept (no object in it)");
+            tracing::warn!(path = %dir.path().display(), "empty directory is not kept (no object in it)");
         }
-        for (name, path, md) in kids {
-            comps.push(name.clone());
+        let rel_dir = comps.join("/");
+        for c in kids {
+            comps.push(c.name.clone());
             let rel = comps.join("/");
             check_rel_path(&rel).map_err(|reason| StoreError::BadTree {
-                path: path.clone(),
+                path: c.path.clone(),
                 reason,
             })?;
             let view: Vec<&str> = comps.iter().map(String::as_str).collect();
-            if md.is_dir() {
+            if c.meta.is_dir() {
                 match self.verdict(&view, true) {
                     Verdict::Ignored => {}
                     Verdict::Object(rule, caps) => {
-                        out.push(self.source(rule, &caps, &path, &[])?)
+                        out.push(self.source(root, dir, &rel_dir, &c, rule, &caps, &[])?)
                     }
                     Verdict::Uncovered if self.could_enter(&view) => {
-                        self.scan_dir(&path, comps, out)?
+                        self.scan_dir(root, &dir.subdir(&c)?, comps, out)?
                     }
-                    Verdict::Uncovered => return Err(self.uncovered(&path)),
+                    Verdict::Uncovered => return Err(self.uncovered(&c.path)),
                 }
-            } else if md.is_file() {
-                let comp = companions.remove(&name).unwrap_or_default();
+            } else if c.meta.is_file() {
+                let comp = companions.remove(&c.name).unwrap_or_default();
                 match self.verdict(&view, false) {
                     Verdict::Ignored => {}
                     Verdict::Object(rule, caps) => {
-                        out.push(self.source(rule, &caps, &path, &comp)?)
+                        out.push(self.source(root, dir, &rel_dir, &c, rule, &caps, &comp)?)
                     }
-                    Verdict::Uncovered => return Err(self.uncovered(&path)),
+                    Verdict::Uncovered => return Err(self.uncovered(&c.path)),
                 }
             } else {
                 return Err(StoreError::BadTree {
-                    path,
+                    path: c.path,
                     reason: "symlinks and special files are not supported".into(),
                 });
             }
@@ -699,24 +700,34 @@ impl Layout {
         Ok(())
     }
 
+    /// The source for the child `c` of `dir` (`rel_dir` below `root`) that
+    /// `rule` matched with `caps`.
+    #[allow(clippy::too_many_arguments)]
     fn source(
         &self,
+        root: &TreeDir,
+        dir: &TreeDir,
+        rel_dir: &str,
+        c: &Child,
         rule: &Rule,
         caps: &[String],
-        path: &Path,
-        companions: &[(String, fs::Metadata)],
+        companions: &[(String, Meta)],
     ) -> Result<Source> {
         let Action::Object { kind, name, owner } = &rule.action else {
-            return Err(self.uncovered(path));
+            return Err(self.uncovered(&c.path));
         };
-        tracing::trace!(path = %path.display(), rule = %rule.text, "layout match");
-        source_with_companions(
-            path,
+        tracing::trace!(path = %c.path.display(), rule = %rule.text, "layout match");
+        let mut src = source_at(
+            root,
+            dir,
+            rel_dir,
+            c,
             kind,
             &name.expand(caps),
             owner.as_ref().map(|o| o.expand(caps)),
-            companions,
-        )
+        )?;
+        src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, companions);
+        Ok(src)
     }
 
     /// Where an object goes under this layout (relative to the root), or

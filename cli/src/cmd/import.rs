@@ -58,10 +58,14 @@ pub fn layout(
 
 fn summary(ctx: &Ctx, what: &str, s: &ImportStats) -> anyhow::Result<()> {
     if ctx.json {
-        return output::json(ctx, s);
+        output::json(ctx, s)?;
+        return stuck(s);
+    }
+    for (o, why) in s.stuck.iter().skip(1).take(output::MAX_LISTED) {
+        errln!(ctx, "not imported: {o}: {why}");
     }
     if ctx.quiet {
-        return Ok(());
+        return stuck(s);
     }
     outln!(
         ctx,
@@ -86,7 +90,19 @@ fn summary(ctx: &Ctx, what: &str, s: &ImportStats) -> anyhow::Result<()> {
             output::secs(s.snapshot_time),
         );
     }
-    Ok(())
+    stuck(s)
+}
+
+/// An import that left objects behind (at the highest version) fails,
+/// after everything else was imported.
+fn stuck(s: &ImportStats) -> anyhow::Result<()> {
+    match s.stuck.first() {
+        None => Ok(()),
+        Some((o, why)) => anyhow::bail!(
+            "{o}: {why}; {} object(s) not imported, everything else was",
+            s.stuck.len()
+        ),
+    }
 }
 
 /// `bbsync import`.

@@ -32,7 +32,10 @@ pub struct ServeArgs {
     onion_port: u16,
     /// Follow this upstream as a standby (repeatable; also `follow` in
     /// config.toml): apply its changes as they happen. It is pinned by the
-    /// PeerId its address ends in and trusted as `full`.
+    /// PeerId its address ends in. The first follow of an upstream in no
+    /// trust record trusts it as `full`; after that it must stay `full` in
+    /// the trust table (a reconnect never adds trust back), or it is not
+    /// followed (`status` says why).
     #[arg(long = "follow", value_name = "ADDR")]
     follow: Vec<String>,
 }
@@ -43,7 +46,8 @@ pub struct CloneArgs {
     /// The source's full address, ending in /p2p/<PeerId> (as `serve` prints it).
     addr: String,
     /// Another source to fetch chunks from (repeatable); its card must prove
-    /// its peer id too. A chunk one source fails to deliver is asked of another.
+    /// its peer id too, and it is not added to the trust table (chunks are
+    /// checked by id). A chunk one source fails to deliver is asked of another.
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<String>,
     /// Chunk requests in flight at once.
@@ -351,7 +355,14 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         only: a.only,
     };
     let store = super::open(ctx)?;
-    let from_backup = super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection)?;
+    // The source named in ADDR (pinned by its PeerId) may also be the host
+    // of the backup the clone starts from.
+    let source = match addrs[0].iter().last() {
+        Some(bbsync_node::AddrProtocol::P2p(p)) => bbsync_node::instance_of(&p),
+        _ => None,
+    };
+    let from_backup =
+        super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection, source)?;
     let opts = CloneOptions {
         jobs: a.jobs.max(1),
         selection,

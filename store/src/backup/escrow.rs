@@ -22,6 +22,39 @@ pub const P_COST: u32 = 1;
 /// Shortest passphrase accepted for a new escrow.
 pub const MIN_PASSPHRASE: usize = 8;
 
+/// Largest argon2 memory cost accepted from an escrow file (KiB): 1 GiB.
+pub const MAX_M_COST: u32 = 1024 * 1024;
+/// Most argon2 iterations accepted from an escrow file.
+pub const MAX_T_COST: u32 = 16;
+/// Most argon2 lanes accepted from an escrow file.
+pub const MAX_P_COST: u32 = 8;
+/// Most memory × iterations accepted (KiB × passes): 4 GiB of work, e.g.
+/// 1 GiB × 4 or 256 MiB × 16; this version writes 64 MiB × 3.
+pub const MAX_WORK: u64 = 4 * 1024 * 1024;
+/// Largest escrow file read.
+pub const MAX_KEY_FILE: usize = 64 * 1024;
+const SALT_MIN: usize = 16;
+const SALT_MAX: usize = 64;
+
+/// Checks the argon2 parameters of an escrow file against the bounds above,
+/// before any work: the file comes from the repository, and whoever can
+/// write there could otherwise make a restore allocate and hash without
+/// limit.
+fn check_params(file: &KeyFile) -> std::result::Result<(), String> {
+    let (m, t, p) = (file.m_cost, file.t_cost, file.p_cost);
+    if !(1..=MAX_P_COST).contains(&p)
+        || !(1..=MAX_T_COST).contains(&t)
+        || m < 8 * p
+        || m > MAX_M_COST
+        || u64::from(m) * u64::from(t) > MAX_WORK
+    {
+        return Err(format!(
+            "argon2 parameters out of range (m_cost {m} KiB, t_cost {t}, p_cost {p}; at most {MAX_M_COST} KiB, {MAX_T_COST} passes, {MAX_P_COST} lanes, {MAX_WORK} KiB x passes)"
+        ));
+    }
+    Ok(())
+}
+
 /// `keys/identity.<hex id>` of an instance.
 pub fn key_path(identity: &Identity) -> String {
     format!("keys/identity.{}", identity.instance_id().to_hex())
@@ -85,11 +118,11 @@ pub fn open(file: &KeyFile, path: &str, pass: &str) -> Result<Identity> {
     if file.format != 1 || file.kdf != "argon2id" {
         return Err(bad("unknown format or kdf"));
     }
-    // Bounds so that a hostile file cannot ask for unbounded work.
-    if file.m_cost > 4 * 1024 * 1024 || file.t_cost > 64 || file.p_cost > 16 {
-        return Err(bad("argon2 parameters out of range"));
-    }
-    let salt = hex::decode(&file.salt).map_err(|_| bad("salt"))?;
+    check_params(file).map_err(|why| bad(&why))?;
+    let salt = hex::decode(&file.salt)
+        .ok()
+        .filter(|s| (SALT_MIN..=SALT_MAX).contains(&s.len()))
+        .ok_or_else(|| bad("salt (16 to 64 bytes of hex)"))?;
     let nonce: [u8; 12] = hex::decode(&file.nonce)
         .ok()
         .and_then(|n| n.try_into().ok())

@@ -34,7 +34,10 @@ use std::{
     collections::HashMap,
     fs::{self, File},
     io::{self, BufWriter, Read, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::{DirBuilderExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -42,7 +45,10 @@ use std::{
 use rusqlite::{Connection, OpenFlags, backup::StepResult, config::DbConfig};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Context, Result, StoreError};
+use crate::{
+    archive::{Anchor, Child, Meta, TreeDir},
+    error::{Context, Result, StoreError},
+};
 
 /// The first 16 bytes of every SQLite 3 database file.
 pub const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -81,19 +87,23 @@ pub fn has_header(bytes: &[u8]) -> bool {
 }
 
 /// Whether the regular file at `path` begins with the SQLite header (a
-/// symlink, a missing or unreadable file is not a database).
+/// symlink, a missing or unreadable file is not a database). For files
+/// that bbsync wrote itself (write-out); a tree being imported is read
+/// through its directory descriptors ([`split_companions`], `prepare_databases`).
 pub fn is_database(path: &Path) -> bool {
-    let Ok(mut f) = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
-    else {
-        return false;
-    };
+        .is_ok_and(|mut f| starts_with_header(&mut f))
+}
+
+/// Whether what `r` reads begins with the SQLite header (a read error: no).
+pub fn starts_with_header(r: &mut impl Read) -> bool {
     let mut head = [0u8; 16];
     let mut got = 0;
     while got < head.len() {
-        match f.read(&mut head[got..]) {
+        match r.read(&mut head[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -103,45 +113,52 @@ pub fn is_database(path: &Path) -> bool {
     has_header(&head[..got])
 }
 
-/// One entry of a sorted directory listing: name, path, metadata (not
-/// following symlinks), as [`crate::archive::sorted_children`] gives them.
-pub type Child = (String, PathBuf, fs::Metadata);
+/// Whether the child `c` of `dir` is a regular file that begins with the
+/// SQLite header, read through the directory's descriptor (never through
+/// a symlink, and only if it is still the file that was listed).
+pub fn is_database_in(dir: &TreeDir, c: &Child) -> bool {
+    c.meta.is_file()
+        && dir
+            .open_file(&c.name, &c.meta)
+            .is_ok_and(|mut f| starts_with_header(&mut f))
+}
 
 /// The content-bearing companions (`-wal`, `-journal`) of each database of
 /// a listing, by the database's file name: `(companion name, metadata)`.
-pub type CompanionStats = HashMap<String, Vec<(String, fs::Metadata)>>;
+pub type CompanionStats = HashMap<String, Vec<(String, Meta)>>;
 
-/// Takes the companions of the databases out of a directory listing.
+/// Takes the companions of the databases out of a listing of `dir`.
 ///
 /// `X-wal`, `X-shm` and `X-journal` are companions when `X` is a regular
-/// file of the same listing that starts with the SQLite header or is empty
-/// (SQLite's empty database, before its first transaction) and the
-/// companion is a regular file. Other files with such names stay in the
-/// listing (and become objects or are refused as usual). Returns the
-/// remaining entries in their order, and for each database the metadata of
-/// its `-wal` and `-journal` files, which [`digest_with_companions`] adds
-/// to the database's change detection.
-pub fn split_companions(kids: Vec<Child>) -> (Vec<Child>, CompanionStats) {
-    let files: HashMap<&str, (&PathBuf, &fs::Metadata)> = kids
+/// file of the same listing that starts with the SQLite header (read
+/// through `dir`'s descriptor) or is empty (SQLite's empty database,
+/// before its first transaction) and the companion is a regular file.
+/// Other files with such names stay in the listing (and become objects or
+/// are refused as usual). Returns the remaining entries in their order,
+/// and for each database the metadata of its `-wal` and `-journal` files,
+/// which [`digest_with_companions`] adds to the database's change
+/// detection.
+pub fn split_companions(dir: &TreeDir, kids: Vec<Child>) -> (Vec<Child>, CompanionStats) {
+    let files: HashMap<&str, &Child> = kids
         .iter()
-        .filter(|(_, _, md)| md.is_file())
-        .map(|(n, p, md)| (n.as_str(), (p, md)))
+        .filter(|c| c.meta.is_file())
+        .map(|c| (c.name.as_str(), c))
         .collect();
     let mut verdicts: HashMap<String, bool> = HashMap::new();
     let mut companion = vec![false; kids.len()];
-    for (i, (name, _, md)) in kids.iter().enumerate() {
-        if !md.is_file() {
+    for (i, c) in kids.iter().enumerate() {
+        if !c.meta.is_file() {
             continue;
         }
-        let Some(base) = COMPANIONS.iter().find_map(|s| name.strip_suffix(s)) else {
+        let Some(base) = COMPANIONS.iter().find_map(|s| c.name.strip_suffix(s)) else {
             continue;
         };
-        let Some((bpath, bmd)) = files.get(base) else {
+        let Some(b) = files.get(base) else {
             continue;
         };
         let is_db = *verdicts
             .entry(base.to_string())
-            .or_insert_with(|| bmd.len() == 0 || is_database(bpath));
+            .or_insert_with(|| b.meta.size == 0 || is_database_in(dir, b));
         companion[i] = is_db;
     }
     let mut stats: CompanionStats = HashMap::new();
@@ -151,12 +168,11 @@ pub fn split_companions(kids: Vec<Child>) -> (Vec<Child>, CompanionStats) {
             kept.push(kid);
             continue;
         }
-        let (name, _, md) = kid;
-        if let Some((base, _)) = CONTENT_COMPANIONS
+        if let Some(base) = CONTENT_COMPANIONS
             .iter()
-            .find_map(|s| name.strip_suffix(s).map(|b| (b.to_string(), *s)))
+            .find_map(|s| kid.name.strip_suffix(s).map(str::to_string))
         {
-            stats.entry(base).or_default().push((name, md));
+            stats.entry(base).or_default().push((kid.name, kid.meta));
         }
     }
     (kept, stats)
@@ -165,7 +181,7 @@ pub fn split_companions(kids: Vec<Child>) -> (Vec<Child>, CompanionStats) {
 /// A database's stat digest extended by its companions' metadata, so that
 /// a commit that only touched the WAL (or a rollback journal that appeared)
 /// counts as a change. Without companions the digest is returned unchanged.
-pub fn digest_with_companions(digest: [u8; 32], companions: &[(String, fs::Metadata)]) -> [u8; 32] {
+pub fn digest_with_companions(digest: [u8; 32], companions: &[(String, Meta)]) -> [u8; 32] {
     if companions.is_empty() {
         return digest;
     }
@@ -178,23 +194,18 @@ pub fn digest_with_companions(digest: [u8; 32], companions: &[(String, fs::Metad
     h.finalize().into()
 }
 
-/// Whether the database at `path` or one of its companions was modified
-/// less than [`RACY_WINDOW`] before `since`.
-pub fn recently_changed(path: &Path, since: SystemTime) -> bool {
-    let mut paths = vec![path.to_path_buf()];
-    for s in CONTENT_COMPANIONS {
-        paths.push(companion_path(path, s));
-    }
-    paths.iter().any(|p| {
-        fs::symlink_metadata(p)
-            .ok()
-            .and_then(|md| md.modified().ok())
-            .is_some_and(|m| {
-                since
-                    .duration_since(m)
-                    .map_or(true, |age| age < RACY_WINDOW)
-            })
-    })
+/// Whether the database `name` in `dir` or one of its companions was
+/// modified less than [`RACY_WINDOW`] before `since` (looked up through
+/// the directory's descriptor, not following symlinks).
+pub fn recently_changed(dir: &TreeDir, name: &str, since: SystemTime) -> bool {
+    std::iter::once(name.to_string())
+        .chain(CONTENT_COMPANIONS.iter().map(|s| format!("{name}{s}")))
+        .filter_map(|n| dir.child(&n).ok())
+        .any(|c| {
+            since
+                .duration_since(c.meta.modified())
+                .map_or(true, |age| age < RACY_WINDOW)
+        })
 }
 
 /// `X` + `suffix` beside `X`.
@@ -311,86 +322,241 @@ pub(crate) fn db_error(what: &str, e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// One attempt at copying `source` into the empty file `dest` with the
-/// backup API, all pages in one step (one read transaction), retrying while
-/// another process holds a lock, until `deadline`.
-fn copy_into(
-    source: &Path,
-    dest: &Path,
-    read_only: bool,
-    deadline: Instant,
-) -> rusqlite::Result<()> {
+/// A live database of a tree, ready for SQLite to open: the directory that
+/// holds it (opened through the walk's descriptors), its name there, the
+/// file itself (opened the same way and found to be the one the walk saw,
+/// held open while SQLite reads) and the path SQLite opens.
+struct LiveDb {
+    dir: TreeDir,
+    name: String,
+    walked: Meta,
+    /// Where the walk found it, for messages.
+    shown: PathBuf,
+    /// The directory's real path now (from its descriptor) joined with the
+    /// name: no symlink in it, whatever path the operator gave.
+    sqlite_path: PathBuf,
+    held: File,
+}
+
+impl LiveDb {
+    fn open(anchor: &Anchor) -> Result<LiveDb> {
+        let (dir, name, held) = anchor.open_in_parent()?;
+        let link = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
+        let real = fs::read_link(&link).ctx(|| {
+            format!(
+                "finding the path of {} through {link} (needed to open a SQLite database through the walked directory)",
+                dir.path().display()
+            )
+        })?;
+        Ok(LiveDb {
+            sqlite_path: real.join(&name),
+            shown: anchor.path(),
+            walked: *anchor.meta(),
+            dir,
+            name,
+            held,
+        })
+    }
+
+    /// The error for a database that is not (or no longer) the file the
+    /// walk saw, saying what is there now.
+    fn replaced(&self) -> StoreError {
+        let what = match self.dir.child(&self.name) {
+            Err(_) => "disappeared".to_string(),
+            Ok(c) if c.meta.kind != self.walked.kind => {
+                format!("was replaced by {}", c.meta.kind.article())
+            }
+            Ok(c) if c.meta.dev != self.walked.dev || c.meta.ino != self.walked.ino => {
+                "was replaced by another file".to_string()
+            }
+            // Back in place by now: the swap was made while SQLite opened it.
+            Ok(_) => "was replaced by another file while SQLite opened it".to_string(),
+        };
+        StoreError::ReplacedDuringImport {
+            path: self.shown.clone(),
+            what,
+        }
+    }
+
+    /// Whether the file at the name is still the walked one.
+    fn unchanged(&self) -> bool {
+        self.dir.child(&self.name).is_ok_and(|c| {
+            c.meta.kind == self.walked.kind
+                && c.meta.dev == self.walked.dev
+                && c.meta.ino == self.walked.ino
+        })
+    }
+}
+
+/// The identity (device, inode) of each open file descriptor of this
+/// process, by descriptor number.
+fn descriptors() -> Result<HashMap<String, (u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new("/proc/self/fd");
+    let rd = fs::read_dir(dir).ctx(|| {
+        format!(
+            "listing {} (needed to check which file SQLite opened)",
+            dir.display()
+        )
+    })?;
+    // The listing's own descriptor refers to the listed directory.
+    let own = fs::metadata(dir).map(|md| (md.dev(), md.ino())).ok();
+    let mut out = HashMap::new();
+    for e in rd.flatten() {
+        // A descriptor closed meanwhile is skipped.
+        if let Ok(md) = fs::metadata(e.path()) {
+            let id = (md.dev(), md.ino());
+            if Some(id) != own {
+                out.insert(e.file_name().to_string_lossy().into_owned(), id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the live database read-only or read-write for a snapshot, and
+/// checks that the file SQLite opened is the one the walk saw.
+///
+/// SQLite's unix VFS opens by path (it resolves the path itself, refusing
+/// any symlink in it with `SQLITE_OPEN_NOFOLLOW`, and opens the last
+/// component with `O_NOFOLLOW`); it cannot open through a descriptor. The
+/// path is the walked directory's real path, so a directory swapped before
+/// this point does not lead it elsewhere; one swapped while SQLite resolves
+/// it could. So the descriptor that SQLite's open added to this process
+/// must refer to the walked file (device and inode), or nothing is read
+/// from it. (`SQLite` reads the 100-byte header at open; nothing else is
+/// read before the check, and nothing of it reaches the store.)
+fn open_source(live: &LiveDb, read_only: bool) -> Result<rusqlite::Result<Connection>> {
     let mode = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     };
-    let src = Connection::open_with_flags(
-        source,
+    let before = descriptors()?;
+    let src = match Connection::open_with_flags(
+        &live.sqlite_path,
         mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )?;
-    src.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    distrust_schema(&src)?;
-    src.busy_timeout(LOCK_WAIT)?;
-    let mut out = Connection::open_with_flags(
-        dest,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    // A private temp file: no journal, no fsync (a crash leaves a file the
-    // next open of the store removes).
-    out.query_row("PRAGMA journal_mode=OFF", [], |_| Ok(()))?;
-    out.execute_batch("PRAGMA synchronous=OFF")?;
-    let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
-    loop {
-        match backup.step(-1)? {
-            StepResult::Done => return Ok(()),
-            StepResult::Busy | StepResult::Locked => {
-                if Instant::now() > deadline {
-                    return Err(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                        None,
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // `More` (not with -1) and future variants: step again.
-            _ => {}
-        }
+    ) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let after = descriptors()?;
+    let walked = (live.walked.dev, live.walked.ino);
+    let held = live.held.as_raw_fd().to_string();
+    let new: Vec<(u64, u64)> = after
+        .iter()
+        .filter(|(fd, id)| before.get(*fd) != Some(*id))
+        .map(|(_, id)| *id)
+        .collect();
+    // Another thread may open or close files meanwhile: what counts is that
+    // a descriptor new since `before` refers to the walked file (only this
+    // snapshot opens that file now: the import reads each source once).
+    // Or, with no new descriptor at all, that SQLite took one it had kept
+    // open for the walked file (a connection of this process closed while
+    // another one held a lock on it): SQLite reuses a kept descriptor only
+    // for a file it opened before, and a file elsewhere needs a new one.
+    let opened_walked = new.contains(&walked)
+        || (new.is_empty() && before.iter().any(|(fd, id)| *id == walked && *fd != held));
+    if !opened_walked {
+        drop(src);
+        return Err(live.replaced());
     }
+    Ok(Ok(src))
 }
 
-/// Copies the live database at `source` into `dest` (which must not exist;
-/// made with mode 0600) through SQLite's online backup API, then checks the
-/// copy with `PRAGMA integrity_check`.
+/// One attempt at copying the live database into the empty file `dest`
+/// with the backup API, all pages in one step (one read transaction),
+/// retrying while another process holds a lock, until `deadline`.
+fn copy_into(
+    live: &LiveDb,
+    dest: &Path,
+    read_only: bool,
+    deadline: Instant,
+) -> Result<rusqlite::Result<()>> {
+    let src = match open_source(live, read_only)? {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok((|| {
+        src.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        distrust_schema(&src)?;
+        src.busy_timeout(LOCK_WAIT)?;
+        let mut out = Connection::open_with_flags(
+            dest,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // A private temp file: no journal, no fsync (a crash leaves a file the
+        // next open of the store removes).
+        out.query_row("PRAGMA journal_mode=OFF", [], |_| Ok(()))?;
+        out.execute_batch("PRAGMA synchronous=OFF")?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
+        loop {
+            match backup.step(-1)? {
+                StepResult::Done => return Ok(()),
+                StepResult::Busy | StepResult::Locked => {
+                    if Instant::now() > deadline {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                            None,
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // `More` (not with -1) and future variants: step again.
+                _ => {}
+            }
+        }
+    })())
+}
+
+/// Copies the live database that `source` anchors (a file of a tree being
+/// imported) into `dest` (which must not exist; made with mode 0600)
+/// through SQLite's online backup API, then checks the copy with `PRAGMA
+/// integrity_check`.
 ///
-/// The source is never created and never opened through a symlink. It is
-/// opened read-only first; when SQLite needs to write to read it (roll back
-/// a hot journal, rebuild a WAL index, as the BBS's own next connection
-/// would), it is opened read-write, with checkpoint-on-close disabled so
-/// that bbsync does not move the BBS's WAL into its database file. A
-/// WAL-mode database gets its `-wal` and `-shm` files as with any reader
-/// (SQLite creates them if they are missing and gives them the database
-/// file's owner when bbsync runs as root). All pages are copied in
-/// one step, that is inside one read transaction: in WAL mode the BBS keeps
-/// writing meanwhile; in rollback-journal mode its writers wait (their busy
-/// timeout) until the copy is done, like with the sqlite3 shell's `.backup`.
-/// Locks held by others are waited for up to [`LOCK_WAIT`].
-pub fn snapshot(source: &Path, dest: PathBuf) -> Result<Snapshot> {
+/// The database is reached as every file of an import is: its directory
+/// and the file are opened below the tree's descriptor with `O_NOFOLLOW`
+/// and must be what the walk saw (a swap is
+/// [`StoreError::ReplacedDuringImport`]); the file SQLite then opens must
+/// be that same file (see `open_source`). The source is never created. It
+/// is opened read-only first; when SQLite needs to write to read it (roll
+/// back a hot journal, rebuild a WAL index, as the BBS's own next
+/// connection would), it is opened read-write, with checkpoint-on-close
+/// disabled so that bbsync does not move the BBS's WAL into its database
+/// file. A WAL-mode database gets its `-wal` and `-shm` files as with any
+/// reader (SQLite creates them if they are missing and gives them the
+/// database file's owner when bbsync runs as root). All pages are copied
+/// in one step, that is inside one read transaction: in WAL mode the BBS
+/// keeps writing meanwhile; in rollback-journal mode its writers wait
+/// (their busy timeout) until the copy is done, like with the sqlite3
+/// shell's `.backup`. Locks held by others are waited for up to
+/// [`LOCK_WAIT`]. Also returns the directory holding the database and its
+/// name there (for [`recently_changed`]).
+pub fn snapshot(source: &Anchor, dest: PathBuf) -> Result<(Snapshot, TreeDir, String)> {
     use rusqlite::ErrorCode as C;
     let start = Instant::now();
-    let what = format!("database {}", source.display());
+    let live = LiveDb::open(source)?;
+    let what = format!("database {}", live.shown.display());
     let file = TempFile::create(dest)?;
-    let err = |e| db_error(&what, e);
+    // A failure to open or read may come from a swap: say so rather than
+    // pass on SQLite's words for it.
+    let err = |e| {
+        if live.unchanged() {
+            db_error(&what, e)
+        } else {
+            live.replaced()
+        }
+    };
     let deadline = start + LOCK_WAIT;
     // Read-only first: an idle database is then read without creating its
     // -wal/-shm files. SQLite needs write access to roll back a hot journal
     // or to rebuild a WAL index; it says so, and the copy is made again
     // through a read-write connection.
-    match copy_into(source, file.path(), true, deadline) {
+    match copy_into(&live, file.path(), true, deadline)? {
         Err(e) if matches!(sqlite_code(&e), Some(C::ReadOnly | C::CannotOpen)) => {
-            tracing::debug!(path = %source.display(), "read-only snapshot impossible ({e}); reading read-write");
+            tracing::debug!(path = %live.shown.display(), "read-only snapshot impossible ({e}); reading read-write");
             File::create(file.path()).ctx(|| format!("truncating {}", file.path().display()))?;
-            copy_into(source, file.path(), false, deadline).map_err(err)?;
+            copy_into(&live, file.path(), false, deadline)?.map_err(err)?;
         }
         r => r.map_err(err)?,
     }
@@ -412,12 +578,17 @@ pub fn snapshot(source: &Path, dest: PathBuf) -> Result<Snapshot> {
     let len = fs::metadata(file.path())
         .ctx(|| format!("reading {}", file.path().display()))?
         .len();
-    Ok(Snapshot {
-        file,
-        len,
-        page_size,
-        elapsed: start.elapsed(),
-    })
+    let LiveDb { dir, name, .. } = live;
+    Ok((
+        Snapshot {
+            file,
+            len,
+            page_size,
+            elapsed: start.elapsed(),
+        },
+        dir,
+        name,
+    ))
 }
 
 /// The problems `PRAGMA integrity_check` finds, empty when it says `ok`.
@@ -767,7 +938,11 @@ pub fn temp_path(data_dir: &Path, what: &str) -> Result<PathBuf> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = data_dir.join("tmp");
-    fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ctx(|| format!("creating {}", dir.display()))?;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     Ok(dir.join(format!("{TEMP_PREFIX}{}-{n}-{what}", std::process::id())))
 }
@@ -799,6 +974,14 @@ mod tests {
         c
     }
 
+    /// A snapshot of the database at `path` (anchored in its directory).
+    fn snap_at(path: &Path, dest: PathBuf) -> Result<Snapshot> {
+        let dir = TreeDir::open(path.parent().unwrap()).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let c = dir.child(name).unwrap();
+        snapshot(&dir.anchor(name, c.meta), dest).map(|(s, _, _)| s)
+    }
+
     fn count(path: &Path) -> i64 {
         open_private(path)
             .unwrap()
@@ -817,7 +1000,7 @@ mod tests {
         )
         .unwrap();
         assert!(companion_path(&db, "-wal").metadata().unwrap().len() > 0);
-        let snap = snapshot(&db, tmp.path().join("snap")).unwrap();
+        let snap = snap_at(&db, tmp.path().join("snap")).unwrap();
         assert_eq!(count(snap.path()), 501);
         assert_eq!(check_file(snap.path()).unwrap(), Vec::<String>::new());
         assert_eq!(snap.page_size, 4096);
@@ -839,7 +1022,7 @@ mod tests {
             drop(make_db(&db, wal, 100));
             assert!(!companion_path(&db, "-wal").exists());
             let before = fs::read(&db).unwrap();
-            let snap = snapshot(&db, tmp.path().join(format!("s-{wal}"))).unwrap();
+            let snap = snap_at(&db, tmp.path().join(format!("s-{wal}"))).unwrap();
             assert_eq!(count(snap.path()), 100);
             assert_eq!(fs::read(&db).unwrap(), before);
             // A rollback-journal database gets no file beside it; a WAL one
@@ -891,7 +1074,7 @@ mod tests {
                 assert!(Instant::now() < deadline, "the writer makes no progress");
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let snap = snapshot(&db, tmp.path().join(format!("s{i}"))).unwrap();
+            let snap = snap_at(&db, tmp.path().join(format!("s{i}"))).unwrap();
             let conn = open_private(snap.path()).unwrap();
             let partial: i64 = conn
                 .query_row(
@@ -910,6 +1093,45 @@ mod tests {
     }
 
     #[test]
+    fn a_file_sqlite_opens_in_place_of_the_walked_one_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let walked = tmp.path().join("walked.db");
+        drop(make_db(&walked, true, 10));
+        fs::create_dir(tmp.path().join("elsewhere")).unwrap();
+        let other = tmp.path().join("elsewhere/walked.db");
+        drop(make_db(&other, true, 20));
+        let dir = TreeDir::open(tmp.path()).unwrap();
+        let c = dir.child("walked.db").unwrap();
+        let mut live = LiveDb::open(&dir.anchor("walked.db", c.meta)).unwrap();
+        let real = live.sqlite_path.clone();
+        assert_eq!(real, fs::canonicalize(&walked).unwrap());
+        // As if a directory on the path had been swapped for a symlink to
+        // `elsewhere` while SQLite resolved it, and swapped back after.
+        live.sqlite_path = other.clone();
+        let dest = TempFile::create(tmp.path().join("snap")).unwrap();
+        let deadline = Instant::now() + LOCK_WAIT;
+        let e = copy_into(&live, dest.path(), true, deadline).unwrap_err();
+        match &e {
+            StoreError::ReplacedDuringImport { path, what } => {
+                assert_eq!(path, &walked);
+                assert_eq!(what, "was replaced by another file while SQLite opened it");
+            }
+            other => panic!("expected ReplacedDuringImport, got {other}"),
+        }
+        assert_eq!(
+            fs::metadata(dest.path()).unwrap().len(),
+            0,
+            "nothing was copied"
+        );
+        // The walked file itself, through its real path, is copied.
+        live.sqlite_path = real;
+        copy_into(&live, dest.path(), true, deadline)
+            .unwrap()
+            .unwrap();
+        assert_eq!(count(dest.path()), 10);
+    }
+
+    #[test]
     fn a_damaged_database_fails_the_snapshot_with_the_path_named() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("bad.db");
@@ -921,7 +1143,7 @@ mod tests {
             *b = 0x5a;
         }
         fs::write(&db, &bytes).unwrap();
-        let e = snapshot(&db, tmp.path().join("snap")).unwrap_err();
+        let e = snap_at(&db, tmp.path().join("snap")).unwrap_err();
         assert!(matches!(e, StoreError::DatabaseDamaged { .. }), "{e}");
         assert!(e.to_string().contains("bad.db"), "{e}");
         assert!(!tmp.path().join("snap").exists());
@@ -929,7 +1151,7 @@ mod tests {
         let mut junk = HEADER.to_vec();
         junk.extend(std::iter::repeat_n(0xffu8, 5000));
         fs::write(&db, &junk).unwrap();
-        let e = snapshot(&db, tmp.path().join("snap")).unwrap_err();
+        let e = snap_at(&db, tmp.path().join("snap")).unwrap_err();
         assert!(matches!(e, StoreError::DatabaseDamaged { .. }), "{e}");
     }
 
@@ -938,7 +1160,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("src.db");
         drop(make_db(&db, true, 300));
-        let good = fs::read(snapshot(&db, tmp.path().join("s")).unwrap().path()).unwrap();
+        let good = fs::read(snap_at(&db, tmp.path().join("s")).unwrap().path()).unwrap();
         let target = tmp.path().join("out.db");
         // A stale WAL of another database must not survive next to the new file.
         fs::write(companion_path(&target, "-wal"), b"stale").unwrap();
@@ -1002,9 +1224,9 @@ mod tests {
         fs::write(d.join("notes.txt"), b"text").unwrap();
         fs::write(d.join("notes.txt-wal"), b"not a companion").unwrap();
         fs::write(d.join("orphan.db-wal"), b"no database").unwrap();
-        let kids = crate::archive::sorted_children(d).unwrap();
-        let (kept, stats) = split_companions(kids);
-        let names: Vec<&str> = kept.iter().map(|k| k.0.as_str()).collect();
+        let dir = TreeDir::open(d).unwrap();
+        let (kept, stats) = split_companions(&dir, dir.children().unwrap());
+        let names: Vec<&str> = kept.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(
             names,
             [

@@ -9,10 +9,10 @@ use std::{
 
 use bbsync_protocol::Shape;
 
-use super::{Snapshot, chunk_size, is_database, recently_changed, snapshot, temp_path};
+use super::{Snapshot, chunk_size, recently_changed, snapshot, starts_with_header, temp_path};
 use crate::{
     Store,
-    archive::{Walk, archive_len},
+    archive::{Anchor, TreeDir, Walk, archive_len},
     bbs::Source,
     error::Result,
 };
@@ -24,8 +24,7 @@ use crate::{
 pub const RECHECK_DIGEST: [u8; 32] = [0; 32];
 
 /// Files smaller than this cannot be databases with content (one page is
-/// at least 512 bytes), so directory entries below it are not opened to
-/// look for the header.
+/// at least 512 bytes), so they are not opened to look for the header.
 const MIN_DATABASE_FILE: u64 = 512;
 
 /// A source to read in place of the one found in the tree: its databases
@@ -43,24 +42,66 @@ pub(crate) struct Prepared {
     _snapshots: Vec<Snapshot>,
 }
 
+/// Where a snapshot is read from: an anchor in `<data>/tmp` (opened like
+/// every import source, checked against the snapshot's own metadata).
+fn snapshot_anchor(snap: &Snapshot) -> Result<Anchor> {
+    let path = snap.path();
+    let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => (d, n),
+        _ => {
+            return Err(crate::StoreError::Invalid(format!(
+                "snapshot path {} has no directory or no UTF-8 name",
+                path.display()
+            )));
+        }
+    };
+    let tmp = TreeDir::open(dir)?;
+    let c = tmp.child(name)?;
+    Ok(tmp.anchor(name, c.meta))
+}
+
+/// Whether the file `anchor` points at is a database: opened like every
+/// import source (a swap is refused here as it would be at the read).
+fn anchored_database(anchor: &Anchor, size: u64) -> Result<bool> {
+    if size < MIN_DATABASE_FILE {
+        return Ok(false);
+    }
+    let mut f = anchor.open_file()?;
+    Ok(starts_with_header(&mut f))
+}
+
+/// Takes a snapshot of the database `anchor` points at into `<data>/tmp`;
+/// also says whether it changed within the racy window before `started`.
+fn take(
+    data_dir: &std::path::Path,
+    anchor: &Anchor,
+    started: SystemTime,
+) -> Result<(Snapshot, bool)> {
+    let (snap, dir, name) = snapshot(anchor, temp_path(data_dir, "snapshot")?)?;
+    let racy = recently_changed(&dir, &name, started);
+    tracing::debug!(path = %anchor.path().display(), bytes = snap.len, elapsed = ?snap.elapsed, "database snapshot");
+    Ok((snap, racy))
+}
+
 impl Store {
     /// Takes a snapshot of every SQLite database in `src` (the file itself,
-    /// or the files of a directory that start with the header). `None` when
-    /// there is none: the source is read as it is.
+    /// or the files of a directory that start with the header), each read
+    /// through the source's anchor. `None` when there is none: the source
+    /// is read as it is.
     pub(crate) fn prepare_databases(&self, src: &Source) -> Result<Option<Prepared>> {
         let started = SystemTime::now();
         match (&src.shape, &src.walk) {
             (Shape::File, _) => {
-                if !is_database(&src.path) {
+                if !anchored_database(&src.anchor, src.len)? {
                     return Ok(None);
                 }
-                let snap = snapshot(&src.path, temp_path(self.dir(), "snapshot")?)?;
-                let racy = recently_changed(&src.path, started);
+                let (snap, racy) = take(self.dir(), &src.anchor, started)?;
                 let source = Source {
                     kind: src.kind.clone(),
                     name: src.name.clone(),
                     owner: src.owner.clone(),
-                    path: snap.path().to_path_buf(),
+                    path: src.path.clone(),
+                    anchor: snapshot_anchor(&snap)?,
                     shape: Shape::File,
                     walk: None,
                     len: snap.len,
@@ -71,7 +112,6 @@ impl Store {
                     },
                     content_bytes: src.content_bytes,
                 };
-                tracing::debug!(path = %src.path.display(), bytes = snap.len, elapsed = ?snap.elapsed, "database snapshot");
                 Ok(Some(Prepared {
                     source,
                     chunk_size: Some(chunk_size(snap.len, snap.page_size)),
@@ -85,16 +125,26 @@ impl Store {
                 let mut substitutes = BTreeMap::new();
                 let mut snaps = Vec::new();
                 let mut racy = false;
+                let mut root = None;
                 for e in entries.iter_mut() {
                     let Some(size) = e.size else { continue };
-                    let path = src.path.join(&e.path);
-                    if size < MIN_DATABASE_FILE || !is_database(&path) {
+                    if size < MIN_DATABASE_FILE {
                         continue;
                     }
-                    let snap = snapshot(&path, temp_path(self.dir(), "snapshot")?)?;
-                    racy |= recently_changed(&path, started);
+                    // The directory the walk saw (opened once, when it
+                    // holds a file that may be a database).
+                    let dir = match &root {
+                        Some(d) => d,
+                        None => root.insert(src.anchor.open_dir()?),
+                    };
+                    let anchor = dir.anchor(&e.path, e.meta);
+                    if !anchored_database(&anchor, size)? {
+                        continue;
+                    }
+                    let (snap, r) = take(self.dir(), &anchor, started)?;
+                    racy |= r;
                     e.size = Some(snap.len);
-                    substitutes.insert(e.path.clone(), snap.path().to_path_buf());
+                    substitutes.insert(e.path.clone(), snapshot_anchor(&snap)?);
                     snaps.push(snap);
                 }
                 if snaps.is_empty() {
@@ -111,6 +161,7 @@ impl Store {
                     name: src.name.clone(),
                     owner: src.owner.clone(),
                     path: src.path.clone(),
+                    anchor: src.anchor.clone(),
                     shape: Shape::Dir,
                     len: archive_len(&walk),
                     walk: Some(walk),
