@@ -303,7 +303,7 @@ impl TreeDir {
     /// Opens the child directory `c` (listed by [`TreeDir::children`]),
     /// refusing a symlink and anything but the directory that was listed.
     pub fn subdir(&self, c: &Child) -> Result<TreeDir> {
-        let fd = open_beneath(self.fd.as_fd(), &self.path, &c.name, &c.meta)?;
+        let fd = open_beneath(self.fd.as_fd(), &self.path, &c.name, &c.meta, true)?;
         Ok(TreeDir {
             fd: Arc::new(fd),
             path: c.path.clone(),
@@ -313,7 +313,14 @@ impl TreeDir {
     /// Opens the file at `rel` below this directory, which must be the
     /// regular file `expect` describes (same device, inode and size).
     pub fn open_file(&self, rel: &str, expect: &Meta) -> Result<File> {
-        open_beneath(self.fd.as_fd(), &self.path, rel, expect).map(File::from)
+        open_beneath(self.fd.as_fd(), &self.path, rel, expect, true).map(File::from)
+    }
+
+    /// Like [`TreeDir::open_file`] for a file that may change size while it
+    /// is open (a live SQLite database, which is read through a snapshot):
+    /// the same device, inode and type, whatever its size now.
+    pub fn open_live_file(&self, rel: &str, expect: &Meta) -> Result<File> {
+        open_beneath(self.fd.as_fd(), &self.path, rel, expect, false).map(File::from)
     }
 
     /// An anchor for `rel` below this directory (what an import source keeps
@@ -360,10 +367,17 @@ impl Anchor {
         self.base.path.join(&self.rel)
     }
 
+    /// Opens the regular file the walk saw, whatever its size now (see
+    /// [`TreeDir::open_live_file`]).
+    pub fn open_live_file(&self) -> Result<File> {
+        self.base.open_live_file(&self.rel, &self.meta)
+    }
+
     /// Opens the directory that holds the anchored file (each component
     /// below the base with `O_NOFOLLOW`), then the file in it, which must be
-    /// the one the walk saw (as [`Anchor::open_file`]). Returns the
-    /// directory, the file's name in it and the open file.
+    /// the one the walk saw, whatever its size now (a live database, see
+    /// [`TreeDir::open_live_file`]). Returns the directory, the file's name
+    /// in it and the open file.
     pub fn open_in_parent(&self) -> Result<(TreeDir, String, File)> {
         let (dir, name) = match self.rel.rsplit_once('/') {
             None => (self.base.clone(), self.rel.as_str()),
@@ -378,13 +392,19 @@ impl Anchor {
                 )
             }
         };
-        let file = dir.open_file(name, &self.meta)?;
+        let file = dir.open_live_file(name, &self.meta)?;
         Ok((dir, name.to_string(), file))
     }
 
     /// Opens the directory the walk saw.
     pub fn open_dir(&self) -> Result<TreeDir> {
-        let fd = open_beneath(self.base.fd.as_fd(), &self.base.path, &self.rel, &self.meta)?;
+        let fd = open_beneath(
+            self.base.fd.as_fd(),
+            &self.base.path,
+            &self.rel,
+            &self.meta,
+            true,
+        )?;
         Ok(TreeDir {
             fd: Arc::new(fd),
             path: self.base.path.join(&self.rel),
@@ -424,12 +444,14 @@ fn open_dirs(base: BorrowedFd<'_>, base_path: &Path, rel: &str) -> Result<OwnedF
 /// file, with `O_NONBLOCK` so that a FIFO swapped in cannot block), then
 /// checks that what was opened is what the walk recorded: same type,
 /// device and inode ([`StoreError::ReplacedDuringImport`] otherwise), and
-/// for a file the same size ([`StoreError::ChangedDuringImport`]).
+/// for a file, with `same_size`, the same size
+/// ([`StoreError::ChangedDuringImport`]).
 fn open_beneath(
     base: BorrowedFd<'_>,
     base_path: &Path,
     rel: &str,
     expect: &Meta,
+    same_size: bool,
 ) -> Result<OwnedFd> {
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut parts = rel.split('/').peekable();
@@ -481,7 +503,7 @@ fn open_beneath(
             ),
         ));
     }
-    if now.is_file() && now.size != expect.size {
+    if same_size && now.is_file() && now.size != expect.size {
         return Err(StoreError::ChangedDuringImport(path));
     }
     Ok(fd)

@@ -115,11 +115,12 @@ pub fn starts_with_header(r: &mut impl Read) -> bool {
 
 /// Whether the child `c` of `dir` is a regular file that begins with the
 /// SQLite header, read through the directory's descriptor (never through
-/// a symlink, and only if it is still the file that was listed).
+/// a symlink, and only if it is still the file that was listed; a live
+/// database may have grown since).
 pub fn is_database_in(dir: &TreeDir, c: &Child) -> bool {
     c.meta.is_file()
         && dir
-            .open_file(&c.name, &c.meta)
+            .open_live_file(&c.name, &c.meta)
             .is_ok_and(|mut f| starts_with_header(&mut f))
 }
 

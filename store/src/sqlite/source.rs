@@ -61,12 +61,15 @@ fn snapshot_anchor(snap: &Snapshot) -> Result<Anchor> {
 }
 
 /// Whether the file `anchor` points at is a database: opened like every
-/// import source (a swap is refused here as it would be at the read).
+/// import source (a swap is refused here as it would be at the read), but
+/// whatever its size now: a live database grows, and is read through its
+/// snapshot; any other file is opened again, with its size checked, when
+/// it is read.
 fn anchored_database(anchor: &Anchor, size: u64) -> Result<bool> {
     if size < MIN_DATABASE_FILE {
         return Ok(false);
     }
-    let mut f = anchor.open_file()?;
+    let mut f = anchor.open_live_file()?;
     Ok(starts_with_header(&mut f))
 }
 
