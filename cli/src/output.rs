@@ -101,6 +101,21 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Writes raw bytes (a dump to stdout). Unlike [`Sink::line`], a failed
+    /// write is an error: the output is the command's result.
+    pub fn bytes(&self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(b),
+            Sink::Stderr => std::io::stderr().lock().write_all(b),
+            Sink::Remote(w, tag) => w
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .frame(*tag, b),
+        }
+    }
+}
+
 /// `println!` to the command's stdout sink.
 macro_rules! outln {
     ($ctx:expr, $($arg:tt)*) => { $ctx.out.line(&format!($($arg)*)) };

@@ -4,7 +4,8 @@
 //! there, through the store's failpoint `import.after_walk` (this test
 //! links the store with its `failpoints` feature, in process). The import
 //! must refuse with a clear error, change nothing, and never open anything
-//! outside the tree (watched with inotify).
+//! outside the tree (watched with inotify). A SQLite database (read through
+//! a snapshot that SQLite takes, issue 17) is refused the same way.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,13 +15,16 @@ use std::{
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
 
 use bbsync_store::{Store, StoreError, failpoint, progress::NoProgress};
 use rustix::fs::inotify;
+
+/// The failpoint is process-wide: one test at a time installs it.
+static FAILPOINT: Mutex<()> = Mutex::new(());
 
 fn write(path: &Path, bytes: &[u8]) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -195,8 +199,142 @@ fn swap_at_failpoint(case: &'static Case, tree: PathBuf, out: PathBuf) -> Arc<At
     ran
 }
 
+/// A SQLite database at `path` in WAL mode with `rows` rows of `body`
+/// (closed: no -wal left). Same rows, same size.
+fn database(path: &Path, body: &str, rows: usize) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let _ = fs::remove_file(path);
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch("CREATE TABLE posts(id INTEGER PRIMARY KEY, body TEXT)")
+        .unwrap();
+    for _ in 0..rows {
+        c.execute("INSERT INTO posts(body) VALUES (?1)", [body])
+            .unwrap();
+    }
+}
+
+/// The tree with databases: one under files/, one in a directory of its
+/// own, one inside an applet directory.
+fn db_tree(root: &Path) {
+    tree(root);
+    database(&root.join("files/bbs.sqlite3"), "public post", 50);
+    database(&root.join("files/db/users.sqlite3"), "public user", 50);
+    database(&root.join("applets/game/state.db"), "public state", 50);
+}
+
+/// Root-only databases outside the tree, under the same names, with the
+/// same schema and size (SQLite would read any of them gladly).
+fn db_outside(dir: &Path) {
+    outside(dir);
+    database(&dir.join("bbs.sqlite3"), "root secret", 50);
+    database(&dir.join("users.sqlite3"), "root secret", 50);
+    database(&dir.join("state.db"), "root secret", 50);
+}
+
+const DB_CASES: &[Case] = &[
+    Case {
+        what: "a database file swapped for a symlink to a database outside",
+        swap: |t, o| symlink(&o.join("bbs.sqlite3"), &t.join("files/bbs.sqlite3")),
+        path: "files/bbs.sqlite3",
+        says: "was replaced by a symlink",
+    },
+    Case {
+        what: "a database's directory swapped for a symlink to a directory outside",
+        swap: |t, o| symlink(o, &t.join("files/db")),
+        path: "files/db",
+        says: "was replaced by a symlink",
+    },
+    Case {
+        what: "a database inside an applet directory swapped for a symlink",
+        swap: |t, o| symlink(&o.join("state.db"), &t.join("applets/game/state.db")),
+        path: "applets/game/state.db",
+        says: "was replaced by a symlink",
+    },
+    Case {
+        what: "a database replaced by another database of the same size",
+        swap: |t, _| {
+            let other = t.join("other.tmp");
+            database(&other, "swapped in", 50);
+            fs::rename(&other, t.join("files/bbs.sqlite3")).unwrap();
+        },
+        path: "files/bbs.sqlite3",
+        says: "was replaced by another file",
+    },
+];
+
+#[test]
+fn a_database_swapped_after_the_walk_is_refused_like_any_other_file() {
+    let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("tree");
+    let o = tmp.path().join("outside");
+    for (i, case) in DB_CASES.iter().enumerate() {
+        db_tree(&t);
+        db_outside(&o);
+        let store = Store::init(&tmp.path().join(format!("data{i}")), "victim").unwrap();
+        let watch = Watch::new(&o);
+        assert!(watch.events().is_empty());
+        let ran = swap_at_failpoint(case, t.clone(), o.clone());
+        let r = store.import_bbs(&t, &NoProgress);
+        failpoint::clear("import.after_walk");
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "{}: the swap never ran",
+            case.what
+        );
+        expect_refused(r.unwrap_err(), &t, case);
+        assert_eq!(
+            watch.events(),
+            Vec::<String>::new(),
+            "{}: something outside the tree was opened or read",
+            case.what
+        );
+        assert_eq!(store.db().object_count(), 0, "{}", case.what);
+        assert_eq!(store.chunks().list().unwrap().len(), 0, "{}", case.what);
+        // No snapshot was left behind either.
+        let left: Vec<_> = fs::read_dir(tmp.path().join(format!("data{i}/tmp")))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{}: left in tmp: {left:?}", case.what);
+    }
+
+    // A re-import after the database changed: refused, the held version
+    // stays, and export gives its rows, not the database outside.
+    db_tree(&t);
+    db_outside(&o);
+    let store = Store::init(&tmp.path().join("again"), "victim").unwrap();
+    store.import_bbs(&t, &NoProgress).unwrap();
+    let before = store.db().last_seq().unwrap();
+    let c = rusqlite::Connection::open(t.join("files/bbs.sqlite3")).unwrap();
+    c.execute("INSERT INTO posts(body) VALUES ('edited')", [])
+        .unwrap();
+    drop(c);
+    let watch = Watch::new(&o);
+    let ran = swap_at_failpoint(&DB_CASES[0], t.clone(), o.clone());
+    let r = store.import_bbs(&t, &NoProgress);
+    failpoint::clear("import.after_walk");
+    assert!(ran.load(Ordering::SeqCst));
+    expect_refused(r.unwrap_err(), &t, &DB_CASES[0]);
+    assert!(watch.events().is_empty());
+    assert_eq!(store.db().last_seq().unwrap(), before);
+    let out = tmp.path().join("export");
+    store.export_bbs(&out, &NoProgress).unwrap();
+    let c = rusqlite::Connection::open(out.join("files/bbs.sqlite3")).unwrap();
+    let bodies: Vec<String> = c
+        .prepare("SELECT DISTINCT body FROM posts")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(bodies, ["public post"]);
+}
+
 #[test]
 fn a_path_swapped_after_the_walk_is_refused_and_nothing_outside_is_read() {
+    let _one = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path().join("tree");
     let o = tmp.path().join("outside");

@@ -14,6 +14,7 @@
 
 use std::{
     cmp::Ordering,
+    collections::BTreeMap,
     ffi::OsStr,
     fs::{self, File},
     io::{self, Read, Write},
@@ -23,6 +24,7 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -59,8 +61,14 @@ pub struct Walk {
     pub entries: Vec<Entry>,
     /// Sum of file sizes.
     pub file_bytes: u64,
-    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry.
+    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry
+    /// (and of the `-wal`/`-journal` companions of its databases).
     pub stat_digest: [u8; 32],
+    /// Entries read from another file than their own: the snapshots of the
+    /// SQLite databases among them (see [`crate::sqlite`]), by entry path,
+    /// each opened through its own anchor (below `<data>/tmp`, checked
+    /// against the snapshot's metadata).
+    pub substitutes: BTreeMap<String, Anchor>,
 }
 
 /// The type of a directory entry, as seen without following symlinks.
@@ -140,6 +148,17 @@ impl Meta {
     pub fn is_file(&self) -> bool {
         self.kind == MetaKind::File
     }
+
+    /// The modification time.
+    #[allow(clippy::cast_sign_loss)]
+    pub fn modified(&self) -> SystemTime {
+        let nanos = Duration::from_nanos(self.mtime_nsec.clamp(0, 999_999_999) as u64);
+        if self.mtime >= 0 {
+            UNIX_EPOCH + Duration::from_secs(self.mtime as u64) + nanos
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.mtime.unsigned_abs()) + nanos
+        }
+    }
 }
 
 /// Hashes the metadata that tells whether a file may have changed.
@@ -182,7 +201,7 @@ fn what_is_there(dir: BorrowedFd<'_>, name: &str, path: &Path) -> StoreError {
 /// reached through its file descriptor, one component at a time, with
 /// `O_NOFOLLOW`: a symlink swapped in anywhere below is never followed,
 /// whenever it appears.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TreeDir {
     fd: Arc<OwnedFd>,
     path: PathBuf,
@@ -222,6 +241,19 @@ impl TreeDir {
     /// The directory's path (for messages).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The child `name` as it is now (not following a symlink).
+    pub fn child(&self, name: &str) -> Result<Child> {
+        let path = self.path.join(name);
+        let st = rustix::fs::statat(self.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from)
+            .ctx(|| format!("reading metadata of {}", path.display()))?;
+        Ok(Child {
+            name: name.to_string(),
+            path,
+            meta: Meta::of(&st),
+        })
     }
 
     /// Its metadata now.
@@ -271,7 +303,7 @@ impl TreeDir {
     /// Opens the child directory `c` (listed by [`TreeDir::children`]),
     /// refusing a symlink and anything but the directory that was listed.
     pub fn subdir(&self, c: &Child) -> Result<TreeDir> {
-        let fd = open_beneath(self.fd.as_fd(), &self.path, &c.name, &c.meta)?;
+        let fd = open_beneath(self.fd.as_fd(), &self.path, &c.name, &c.meta, true)?;
         Ok(TreeDir {
             fd: Arc::new(fd),
             path: c.path.clone(),
@@ -281,20 +313,30 @@ impl TreeDir {
     /// Opens the file at `rel` below this directory, which must be the
     /// regular file `expect` describes (same device, inode and size).
     pub fn open_file(&self, rel: &str, expect: &Meta) -> Result<File> {
-        open_beneath(self.fd.as_fd(), &self.path, rel, expect).map(File::from)
+        open_beneath(self.fd.as_fd(), &self.path, rel, expect, true).map(File::from)
+    }
+
+    /// Like [`TreeDir::open_file`] for a file that may change size while it
+    /// is open (a live SQLite database, which is read through a snapshot):
+    /// the same device, inode and type, whatever its size now.
+    pub fn open_live_file(&self, rel: &str, expect: &Meta) -> Result<File> {
+        open_beneath(self.fd.as_fd(), &self.path, rel, expect, false).map(File::from)
     }
 
     /// An anchor for `rel` below this directory (what an import source keeps
     /// until it is read).
     pub fn anchor(&self, rel: &str, meta: Meta) -> Anchor {
         Anchor {
-            base: TreeDir {
-                fd: self.fd.clone(),
-                path: self.path.clone(),
-            },
+            base: self.clone(),
             rel: rel.to_string(),
             meta,
         }
+    }
+}
+
+impl AsFd for TreeDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -302,7 +344,7 @@ impl TreeDir {
 /// directory descriptor, a relative path below it and the walked metadata.
 /// Opening it never follows a symlink and checks that the same file (or
 /// directory) is still there.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Anchor {
     base: TreeDir,
     rel: String,
@@ -320,9 +362,49 @@ impl Anchor {
         self.base.open_file(&self.rel, &self.meta)
     }
 
+    /// The full path, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.base.path.join(&self.rel)
+    }
+
+    /// Opens the regular file the walk saw, whatever its size now (see
+    /// [`TreeDir::open_live_file`]).
+    pub fn open_live_file(&self) -> Result<File> {
+        self.base.open_live_file(&self.rel, &self.meta)
+    }
+
+    /// Opens the directory that holds the anchored file (each component
+    /// below the base with `O_NOFOLLOW`), then the file in it, which must be
+    /// the one the walk saw, whatever its size now (a live database, see
+    /// [`TreeDir::open_live_file`]). Returns the directory, the file's name
+    /// in it and the open file.
+    pub fn open_in_parent(&self) -> Result<(TreeDir, String, File)> {
+        let (dir, name) = match self.rel.rsplit_once('/') {
+            None => (self.base.clone(), self.rel.as_str()),
+            Some((parent, name)) => {
+                let fd = open_dirs(self.base.fd.as_fd(), &self.base.path, parent)?;
+                (
+                    TreeDir {
+                        fd: Arc::new(fd),
+                        path: self.base.path.join(parent),
+                    },
+                    name,
+                )
+            }
+        };
+        let file = dir.open_live_file(name, &self.meta)?;
+        Ok((dir, name.to_string(), file))
+    }
+
     /// Opens the directory the walk saw.
     pub fn open_dir(&self) -> Result<TreeDir> {
-        let fd = open_beneath(self.base.fd.as_fd(), &self.base.path, &self.rel, &self.meta)?;
+        let fd = open_beneath(
+            self.base.fd.as_fd(),
+            &self.base.path,
+            &self.rel,
+            &self.meta,
+            true,
+        )?;
         Ok(TreeDir {
             fd: Arc::new(fd),
             path: self.base.path.join(&self.rel),
@@ -330,17 +412,46 @@ impl Anchor {
     }
 }
 
+/// Opens the directory `rel` below `base` one component at a time, each
+/// with `O_NOFOLLOW | O_DIRECTORY` (a symlink or a file swapped in is
+/// reported as [`StoreError::ReplacedDuringImport`]).
+fn open_dirs(base: BorrowedFd<'_>, base_path: &Path, rel: &str) -> Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut cur: Option<OwnedFd> = None;
+    let mut path = base_path.to_path_buf();
+    for part in rel.split('/') {
+        path.push(part);
+        let at = cur.as_ref().map_or(base, |f| f.as_fd());
+        let fd = match rustix::fs::openat(at, part, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::NOENT) => {
+                return Err(what_is_there(at, part, &path));
+            }
+            Err(e) => {
+                return Err(StoreError::Unreadable {
+                    path,
+                    reason: io::Error::from(e).to_string(),
+                });
+            }
+        };
+        cur = Some(fd);
+    }
+    cur.ok_or_else(|| StoreError::Invalid(format!("empty path below {}", base_path.display())))
+}
+
 /// Opens `rel` below `base` one component at a time, each with
 /// `O_NOFOLLOW` (directories also with `O_DIRECTORY`; the last one, if a
 /// file, with `O_NONBLOCK` so that a FIFO swapped in cannot block), then
 /// checks that what was opened is what the walk recorded: same type,
 /// device and inode ([`StoreError::ReplacedDuringImport`] otherwise), and
-/// for a file the same size ([`StoreError::ChangedDuringImport`]).
+/// for a file, with `same_size`, the same size
+/// ([`StoreError::ChangedDuringImport`]).
 fn open_beneath(
     base: BorrowedFd<'_>,
     base_path: &Path,
     rel: &str,
     expect: &Meta,
+    same_size: bool,
 ) -> Result<OwnedFd> {
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut parts = rel.split('/').peekable();
@@ -392,7 +503,7 @@ fn open_beneath(
             ),
         ));
     }
-    if now.is_file() && now.size != expect.size {
+    if same_size && now.is_file() && now.size != expect.size {
         return Err(StoreError::ChangedDuringImport(path));
     }
     Ok(fd)
@@ -419,6 +530,7 @@ pub fn walk(root: &TreeDir) -> Result<Walk> {
         entries: Vec::new(),
         file_bytes: 0,
         stat_digest: [0; 32],
+        substitutes: BTreeMap::new(),
     };
     let mut h = Sha256::new();
     walk_into(root, "", &mut w, &mut h)?;
@@ -427,17 +539,25 @@ pub fn walk(root: &TreeDir) -> Result<Walk> {
 }
 
 fn walk_into(dir: &TreeDir, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Result<()> {
-    for c in dir.children()? {
-        let rel = if prefix.is_empty() {
-            c.name.clone()
+    // A database's -wal/-shm/-journal files are part of it, not entries.
+    let (kids, companions) = crate::sqlite::split_companions(dir, dir.children()?);
+    let prefixed = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
         } else {
-            format!("{prefix}/{}", c.name)
-        };
+            format!("{prefix}/{name}")
+        }
+    };
+    for c in kids {
+        let rel = prefixed(&c.name);
         check_rel_path(&rel).map_err(|reason| StoreError::BadTree {
             path: c.path.clone(),
             reason,
         })?;
         stat_hash(h, &rel, &c.meta);
+        for (cname, cmeta) in companions.get(&c.name).into_iter().flatten() {
+            stat_hash(h, &prefixed(cname), cmeta);
+        }
         match c.meta.kind {
             MetaKind::Dir => {
                 w.entries.push(Entry {
@@ -498,6 +618,7 @@ pub struct ArchiveReader {
     pos: usize,
     file: Option<(File, u64, PathBuf)>,
     done: bool,
+    substitutes: BTreeMap<String, Anchor>,
 }
 
 impl ArchiveReader {
@@ -513,6 +634,7 @@ impl ArchiveReader {
             pos: 0,
             file: None,
             done: false,
+            substitutes: walk.substitutes,
         }
     }
 }
@@ -572,10 +694,14 @@ impl Read for ArchiveReader {
                 Some(e) => {
                     self.buf = entry_header(&e);
                     if let Some(size) = e.size {
-                        let f = self
-                            .root
-                            .open_file(&e.path, &e.meta)
-                            .map_err(io::Error::other)?;
+                        // A database is read from its snapshot (checked
+                        // against the snapshot's metadata), anything else
+                        // from the tree (checked against the walk).
+                        let f = match self.substitutes.get(&e.path) {
+                            Some(snapshot) => snapshot.open_file(),
+                            None => self.root.open_file(&e.path, &e.meta),
+                        }
+                        .map_err(io::Error::other)?;
                         self.file = Some((f, size, self.root.path().join(&e.path)));
                     }
                 }

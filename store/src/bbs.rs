@@ -78,13 +78,19 @@ pub fn source_for_path(
         _ => Path::new("."),
     };
     let dir = TreeDir::open(parent)?;
-    let child = dir
-        .children()?
-        .into_iter()
+    let kids = dir.children()?;
+    let child = kids
+        .iter()
         .find(|c| c.name == leaf)
+        .cloned()
         .ok_or_else(|| unreadable("No such file or directory (os error 2)".into()))?;
+    // A database's -wal/-journal count in its change detection.
+    let (_, mut companions) = crate::sqlite::split_companions(&dir, kids);
     let mut src = source_at(&dir, &dir, "", &child, kind, name, owner)?;
     src.path = path.to_path_buf();
+    if let Some(comp) = companions.remove(leaf) {
+        src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, &comp);
+    }
     if src.shape == Shape::File {
         // Fail early on an unreadable file.
         src.anchor
@@ -96,7 +102,7 @@ pub fn source_for_path(
 
 /// A source for the child `c` of `dir`, where `dir` is `rel_dir` below
 /// `root` (the directory whose descriptor the source keeps).
-fn source_at(
+pub(crate) fn source_at(
     root: &TreeDir,
     dir: &TreeDir,
     rel_dir: &str,
@@ -157,7 +163,8 @@ fn files_under(
     kind: &str,
     out: &mut Vec<Source>,
 ) -> Result<()> {
-    let kids = dir.children()?;
+    // A database's -wal/-shm/-journal files are part of it (src/sqlite).
+    let (kids, mut companions) = crate::sqlite::split_companions(dir, dir.children()?);
     if kids.is_empty() && !prefix.is_empty() {
         tracing::warn!(path = %dir.path().display(), "empty directory is not kept (only files are objects here)");
     }
@@ -179,7 +186,11 @@ fn files_under(
                 out,
             )?;
         } else if c.meta.is_file() {
-            out.push(source_at(root, dir, rel_dir, &c, kind, &rel, None)?);
+            let mut src = source_at(root, dir, rel_dir, &c, kind, &rel, None)?;
+            if let Some(comp) = companions.remove(&c.name) {
+                src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, &comp);
+            }
+            out.push(src);
         } else {
             return Err(bad(&c.path, "symlinks and special files are not supported"));
         }
@@ -200,12 +211,7 @@ fn dirs_only(dir: &TreeDir) -> Result<Vec<Child>> {
 /// symlink; each source keeps the tree's root descriptor and its path below
 /// it, so that it is opened the same way when it is read (see [`Anchor`]).
 pub fn scan(root: &Path) -> Result<Vec<Source>> {
-    let tree = TreeDir::open(root).map_err(|e| match e {
-        StoreError::Unreadable { reason, .. } if reason.contains("Not a directory") => {
-            bad(root, "a BBS tree must be a directory")
-        }
-        other => other,
-    })?;
+    let tree = open_tree(root)?;
     let mut out = Vec::new();
     for c in tree.children()? {
         if !c.meta.is_dir() {
@@ -282,6 +288,17 @@ pub fn scan(root: &Path) -> Result<Vec<Source>> {
         }
     }
     Ok(out)
+}
+
+/// Opens the root of a BBS tree (the path is followed as the operator gave
+/// it); a file there is refused as not being a tree.
+pub(crate) fn open_tree(root: &Path) -> Result<TreeDir> {
+    TreeDir::open(root).map_err(|e| match e {
+        StoreError::Unreadable { reason, .. } if reason.contains("Not a directory") => {
+            bad(root, "a BBS tree must be a directory")
+        }
+        other => other,
+    })
 }
 
 /// Where an object lives in a BBS tree, relative to its root.

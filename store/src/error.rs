@@ -131,6 +131,30 @@ pub enum StoreError {
     /// A passphrase does not open what it should.
     #[error("{0}")]
     Passphrase(String),
+    /// SQLite could not read or write a database (see `src/sqlite`).
+    #[error("{what}: {reason}")]
+    Database {
+        /// The database (its path, or the object and path).
+        what: String,
+        /// SQLite's error.
+        reason: String,
+    },
+    /// A database failed `PRAGMA integrity_check` or is not a database.
+    #[error("{what} failed SQLite's integrity check: {problems}")]
+    DatabaseDamaged {
+        /// The database (its path, or the object and path).
+        what: String,
+        /// The first problems SQLite reported.
+        problems: String,
+    },
+    /// A BBS layout file is invalid, or names no known layout.
+    #[error("layout {what}: {reason}")]
+    Layout {
+        /// The layout (name or file) and the rule.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -138,14 +162,19 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         use StoreError::*;
         match self {
-            Io { .. } | Unreadable { .. } => ErrorKind::Io,
+            Io { .. } | Unreadable { .. } | Database { .. } => ErrorKind::Io,
             Protocol { source, .. } => match source.kind() {
                 bbsync_protocol::ErrorKind::Malformed
                 | bbsync_protocol::ErrorKind::UnsupportedFormat
                 | bbsync_protocol::ErrorKind::HashMismatch => ErrorKind::Corrupt,
                 _ => ErrorKind::Security,
             },
-            Db(_) | NewerSchema { .. } | Corrupt(_) | Incomplete(_) | Repo(_) => ErrorKind::Corrupt,
+            Db(_)
+            | NewerSchema { .. }
+            | Corrupt(_)
+            | Incomplete(_)
+            | Repo(_)
+            | DatabaseDamaged { .. } => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
             Undecryptable(_) | Passphrase(_) | ReplacedDuringImport { .. } => ErrorKind::Security,
             NotInitialized(_)
@@ -158,6 +187,7 @@ impl StoreError {
             | ChangedDuringImport(_)
             | Trust(_)
             | Config { .. }
+            | Layout { .. }
             | Invalid(_) => ErrorKind::Usage,
         }
     }

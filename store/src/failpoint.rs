@@ -38,6 +38,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "import.after_walk",
         "import (import, import-bbs, rekey --rotate): the sources are walked, before the first is opened and read",
     ),
+    (
+        "sqlite.rename",
+        "sqlite::FileOut: a database written out is synced and checked, stale companions removed, before its rename (export, export-bbs, restore --to-tree)",
+    ),
 ];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).

@@ -40,6 +40,7 @@ use crate::{
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
     progress::Progress,
+    sqlite,
 };
 
 /// What an import did.
@@ -71,6 +72,11 @@ pub struct ImportStats {
     pub stuck: Vec<(String, String)>,
     /// Change-log number after the import.
     pub seq: u64,
+    /// SQLite databases read through a snapshot (src/sqlite).
+    pub databases: u64,
+    /// Time their snapshots and integrity checks took (summed over threads).
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub snapshot_time: Duration,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
@@ -123,6 +129,7 @@ fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
                 entries: w.entries.clone(),
                 file_bytes: w.file_bytes,
                 stat_digest: w.stat_digest,
+                substitutes: w.substitutes.clone(),
             },
         ))),
         None => Ok(Box::new(ExactFile::new(
@@ -223,6 +230,7 @@ impl Store {
         session: &WrapSession<'_>,
         recipients: &[(bbsync_protocol::InstanceId, [u8; 32])],
         progress: &dyn Progress,
+        snapshots: &sqlite::SnapshotTally,
     ) -> Result<Outcome> {
         // A rotation writes a new version under a fresh key even when the
         // content is unchanged, so it skips the unchanged checks.
@@ -237,6 +245,13 @@ impl Store {
             progress.advance(1, src.content_bytes);
             return Ok(Outcome::Unchanged(*id, None));
         }
+        // From here on the source is read: its SQLite databases through
+        // consistent snapshots, never the live files (src/sqlite).
+        let prepared = self.prepare_databases(src)?;
+        if let Some(p) = &prepared {
+            snapshots.add(p);
+        }
+        let src = prepared.as_ref().map_or(src, |p| &p.source);
         // 2. Same fingerprint: unchanged, remember the new metadata. Small
         //    sources are read once into memory and the buffer is kept for sealing.
         let mut buffered = None;
@@ -313,7 +328,17 @@ impl Store {
             }
             Ok(())
         };
-        let result = if src.len <= SMALL_SOURCE {
+        let result = if let Some(size) = prepared.as_ref().and_then(|p| p.chunk_size) {
+            // A database: fixed, page-aligned chunks (docs/format.md §6.4).
+            match buffered.take() {
+                Some(buf) => sqlite::fixed_ranges(buf.len(), size)
+                    .into_iter()
+                    .try_for_each(|r| seal_one(&buf[r])),
+                None => open_source(src).and_then(|r| {
+                    sqlite::read_fixed(r, size, |c| seal_one(c.map_err(|e| read_err(src, e))?))
+                }),
+            }
+        } else if src.len <= SMALL_SOURCE {
             // Small sources (nearly all of a BBS): one read, chunked in memory.
             let buf = match buffered {
                 Some(b) => Ok(b),
@@ -485,6 +510,19 @@ impl Store {
         rotate: &HashSet<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
+        let kinds: &[&str] = if tombstone_missing { &BBS_KINDS } else { &[] };
+        self.run_import_kinds(sources, kinds, rotate, progress)
+    }
+
+    /// Imports `sources`; live objects of `tombstone_kinds` that are not
+    /// among them get a tombstone (a tree import: the kinds its layout makes).
+    pub(crate) fn run_import_kinds(
+        &self,
+        sources: Vec<Source>,
+        tombstone_kinds: &[&str],
+        rotate: &HashSet<ObjectId>,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
         let start = Instant::now();
         let _g = self.lock();
         let mut stats = ImportStats {
@@ -517,6 +555,7 @@ impl Store {
         let fp_key = self.identity().local_key("fingerprint");
         let session = WrapSession::new(self.identity());
         let recipients = self.recipients()?;
+        let snapshots = sqlite::SnapshotTally::default();
         progress.start("import", jobs.len() as u64, stats.bytes_scanned);
         let results: Vec<Result<Outcome>> = jobs
             .par_iter()
@@ -529,10 +568,12 @@ impl Store {
                     &session,
                     &recipients,
                     progress,
+                    &snapshots,
                 )
             })
             .collect();
         progress.finish();
+        (stats.databases, stats.snapshot_time) = snapshots.totals();
         tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
         let mut writes = Vec::new();
         let mut staged_all = Vec::new();
@@ -574,14 +615,14 @@ impl Store {
             self.chunks().discard(staged_all);
             return Err(e);
         }
-        if tombstone_missing {
+        if !tombstone_kinds.is_empty() {
             let mut stuck = Vec::new();
             let tombstones = (|| -> Result<Vec<ObjectWrite>> {
                 let mut out = Vec::new();
                 for r in self.db().objects() {
                     let (id, st) = r?;
                     if !st.deleted
-                        && BBS_KINDS.contains(&st.kind.as_str())
+                        && tombstone_kinds.contains(&st.kind.as_str())
                         && !names.contains(&(st.kind.clone(), st.name.clone()))
                     {
                         match self.tombstone(id, &st)? {

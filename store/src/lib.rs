@@ -22,9 +22,11 @@ mod error;
 pub mod export;
 pub mod failpoint;
 pub mod import;
+pub mod layout;
 pub mod migrate;
 pub mod progress;
 pub mod rekey;
+pub mod sqlite;
 pub mod sync;
 pub mod verify;
 
@@ -215,6 +217,9 @@ impl Store {
         // An older schema is brought up to date (crash-safe, resumable)
         // before anything else reads the records.
         migrate::run(&mut store)?;
+        // Snapshots and dumps of SQLite databases a killed process left
+        // (plaintext; only this process can be using the data dir now).
+        sqlite::sweep_temp(&dir.join("tmp"));
         if store.chunks.recovered() {
             // The last writer stopped between publishing chunks and recording
             // them: what no manifest references is garbage from that write.

@@ -779,22 +779,12 @@ impl Store {
                     };
                     let counts = match shape {
                         bbsync_protocol::Shape::File => {
-                            let f =
-                                std::fs::File::create_new(&target).map_err(|e| StoreError::Io {
-                                    context: format!("creating {}", target.display()),
-                                    source: e,
-                                })?;
-                            let mut w = std::io::BufWriter::new(f);
-                            let n = feed(&mut |d: &[u8]| {
-                                std::io::Write::write_all(&mut w, d).map_err(|e| StoreError::Io {
-                                    context: format!("writing {}", target.display()),
-                                    source: e,
-                                })
-                            })?;
-                            std::io::Write::flush(&mut w).map_err(|e| StoreError::Io {
-                                context: format!("writing {}", target.display()),
-                                source: e,
-                            })?;
+                            // A SQLite database goes through a temp file and
+                            // must pass its integrity check (src/sqlite).
+                            let mut w =
+                                crate::sqlite::FileOut::new(&target, false, m.plaintext_len);
+                            let n = feed(&mut |d: &[u8]| w.write(d))?;
+                            w.finish(&label)?;
                             (1, n)
                         }
                         bbsync_protocol::Shape::Dir => {
@@ -805,6 +795,9 @@ impl Store {
                             let mut ex = crate::archive::Extractor::new(&target);
                             let n = feed(&mut |d: &[u8]| ex.feed(d))?;
                             let (files, _) = ex.finish()?;
+                            crate::sqlite::check_tree(&target, &label).inspect_err(|_| {
+                                let _ = std::fs::remove_dir_all(&target);
+                            })?;
                             (files, n)
                         }
                     };
