@@ -131,6 +131,12 @@ pub enum StoreError {
     /// A passphrase does not open what it should.
     #[error("{0}")]
     Passphrase(String),
+    /// `identity.key` is sealed with a passphrase and none was given.
+    #[error("{} is encrypted with a passphrase, and none was given", .0.display())]
+    IdentityLocked(PathBuf),
+    /// An invite operation was refused (unknown id, bad arguments).
+    #[error("{0}")]
+    Invite(String),
 }
 
 impl StoreError {
@@ -147,7 +153,9 @@ impl StoreError {
             },
             Db(_) | NewerSchema { .. } | Corrupt(_) | Incomplete(_) | Repo(_) => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
-            Undecryptable(_) | Passphrase(_) | ReplacedDuringImport { .. } => ErrorKind::Security,
+            Undecryptable(_) | Passphrase(_) | IdentityLocked(_) | ReplacedDuringImport { .. } => {
+                ErrorKind::Security
+            }
             NotInitialized(_)
             | AlreadyInitialized(_)
             | NotADirectory(_)
@@ -158,6 +166,7 @@ impl StoreError {
             | ChangedDuringImport(_)
             | Trust(_)
             | Config { .. }
+            | Invite(_)
             | Invalid(_) => ErrorKind::Usage,
         }
     }
