@@ -340,6 +340,9 @@ pub enum InviteRefusal {
     Revoked,
     /// Every use of it was spent.
     UsedUp,
+    /// This node redeemed it before and is not trusted with its role any
+    /// more (removed or changed since): an invite is redeemed once per node.
+    AlreadyRedeemed,
     /// The challenge was not handed to this peer, was used already, or is
     /// too old (a replayed redemption looks like this).
     BadChallenge,
@@ -366,6 +369,9 @@ impl fmt::Display for InviteRefusal {
             InviteRefusal::Expired => f.write_str("the invite has expired"),
             InviteRefusal::Revoked => f.write_str("the invite was revoked"),
             InviteRefusal::UsedUp => f.write_str("the invite has no uses left"),
+            InviteRefusal::AlreadyRedeemed => f.write_str(
+                "this node redeemed the invite before, and its trust was changed since (ask for a new invite)",
+            ),
             InviteRefusal::BadChallenge => f.write_str(
                 "the redemption does not answer a challenge issued to this node (replayed or too old)",
             ),

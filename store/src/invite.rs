@@ -263,7 +263,9 @@ impl Store {
     /// revoked, expired or used up; then one use is spent, the redeemer
     /// recorded and its card trusted with the invite's role. A peer that
     /// redeemed this invite before and is still trusted with its role gets
-    /// its role again and nothing changes (a retry after a lost answer).
+    /// its role again and nothing changes (a retry after a lost answer);
+    /// one whose trust was removed or changed since is refused
+    /// (`AlreadyRedeemed`): an invite is redeemed once per node.
     ///
     /// The outer error is a store failure; the inner one the refusal.
     pub fn redeem_invite(
@@ -301,10 +303,14 @@ impl Store {
             {
                 return Err(InviteRefusal::UnknownOrWrongSecret);
             }
-            if inv.redeemed.iter().any(|r| r.instance == *peer)
-                && trust.as_ref().is_some_and(|t| t.role == inv.role)
-            {
-                return Ok(InviteDecision::Again(inv.role));
+            if inv.redeemed.iter().any(|r| r.instance == *peer) {
+                // Once per node: a retry is answered as before; a node
+                // removed (or whose role changed) since gets nothing back.
+                return if trust.as_ref().is_some_and(|t| t.role == inv.role) {
+                    Ok(InviteDecision::Again(inv.role))
+                } else {
+                    Err(InviteRefusal::AlreadyRedeemed)
+                };
             }
             match inv.state(now) {
                 InviteState::Active => {}
@@ -394,9 +400,18 @@ mod tests {
         assert_eq!(rec.redeemed[0].name, "a");
         assert_eq!(rec.state(now_ms()), InviteState::UsedUp);
         // Removed from the trust table afterwards: the invite does not
-        // bring it back.
+        // bring it back, even with uses left.
         src.trust_remove(&a.instance_id()).unwrap();
-        assert_eq!(redeem(&src, &a, &inv), Err(InviteRefusal::UsedUp));
+        assert_eq!(redeem(&src, &a, &inv), Err(InviteRefusal::AlreadyRedeemed));
+        let (_, multi) = src
+            .invite_create(&opts(3), vec!["/ip4/127.0.0.1/tcp/1".into()])
+            .unwrap();
+        assert_eq!(redeem(&src, &b, &multi), Ok(Redeemed::Granted(Role::Full)));
+        src.trust_remove(&b.instance_id()).unwrap();
+        assert_eq!(
+            redeem(&src, &b, &multi),
+            Err(InviteRefusal::AlreadyRedeemed)
+        );
         assert!(src.db().trusted().unwrap().is_empty());
     }
 
