@@ -220,7 +220,8 @@ pub fn run(ctx: &Ctx, c: InviteCommand) -> anyhow::Result<ExitCode> {
                         "on the new node: bbsync clone INVITE   (or: bbsync serve --follow INVITE)"
                     );
                 }
-                outln!(ctx, "{}", text.as_str());
+                // Written as it is (no formatted copy of the secret).
+                ctx.out.line(&text);
             }
         }
         InviteCommand::List => {
