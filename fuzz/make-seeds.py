@@ -69,6 +69,9 @@ def main():
     for row in load("meta.json")["metas"]:
         put("open_chunk", "good-meta-" + row["shape"], bytes.fromhex(row["sealed"]))
         put("open_chunk", "good-object-meta-" + row["shape"], bytes.fromhex(row["encoded"]))
+    for i, row in enumerate(load("invite.json")["invites"]):
+        put("decode_invite", f"good-{i}", row["string"].encode())
+        put("decode_invite", f"good-payload-{i}", bytes.fromhex(row["payload"]))
     for row in load("bad.json")["samples"]:
         put(BAD_DECODER_TARGET[row["decoder"]], row["name"], bytes.fromhex(row["hex"]))
 

@@ -314,6 +314,7 @@ fn run_request(req: Request, data_dir: &Path, store: Arc<Store>, out: Sink, err:
         store: Some(store),
         tor_config: cli.tor_config,
         tor_dial_budget: cli.tor_dial_budget,
+        passphrase_file: cli.passphrase_file,
     };
     let command = cli.command;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -5,7 +5,8 @@
 //! service is down succeeds after retries; the onion address survives a
 //! restart; fetch-missing and follow work over the onion address; a
 //! standby follows an onion-only primary through three restarts, with a
-//! post after each. Also the address errors, which need no network.
+//! post after each; an invite made by an onion-only node is redeemed over
+//! Tor by a new node. Also the address errors, which need no network.
 //!
 //! Without `tor` installed these tests skip (with a message), unless
 //! `BBSYNC_REQUIRE_TOR=1`.
@@ -492,4 +493,37 @@ fn v4_address() -> String {
     data_encoding::BASE32_NOPAD
         .encode(&bytes)
         .to_ascii_lowercase()
+}
+
+#[test]
+fn an_invite_is_redeemed_over_the_onion_service() -> TestResult {
+    let Some(net) = net() else { return Ok(()) };
+    let arti = net.arti_toml();
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let src = node(tmp.path(), "src");
+    ok(&src, &["import-bbs", tree.to_str().unwrap()]);
+    let (server, _) = serve_onion(&src, arti, &[]);
+    // Made through the control socket: the invite names the onion address
+    // (the node serves nothing else).
+    let v = json(&src, &["invite", "create", "--name", "tor mirror"]);
+    let (onion, _) = server.addr.rsplit_once("/p2p/").unwrap();
+    assert_eq!(v["addresses"], serde_json::json!([onion]), "{v}");
+    let invite = v["invite"].as_str().unwrap();
+    // A node that does not exist yet redeems it over Tor and clones.
+    let dst = tmp.path().join("dst");
+    let report = tor_json(&dst, arti, &["clone", invite, "--name", "dst"]);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["invite_role"], "full", "{report}");
+    let out = tmp.path().join("out");
+    ok(&dst, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
+    let trusted = json(&src, &["trust", "list"]);
+    assert_eq!(trusted.as_array().unwrap().len(), 1, "{trusted}");
+    assert_eq!(trusted[0]["name"], "dst");
+    assert_eq!(trusted[0]["role"], "full");
+    assert_eq!(json(&src, &["invite", "list"])[0]["used"], 1);
+    server.stop();
+    Ok(())
 }

@@ -28,7 +28,7 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ObjectId,
+    Invite, InviteRefusal, ObjectId,
     wire::{MAX_PAGE, Request, Response},
 };
 use bbsync_store::{Store, StoreError};
@@ -39,7 +39,7 @@ use crate::{
     CloneOptions, CloneReport, NodeError, NodeHandle,
     clone::{ManifestRequests, blocking, check_page, fetch_listed, hello, out_of_protocol},
     gate::DENIED_COOLDOWN,
-    instance_of,
+    instance_of, invite,
 };
 
 /// Knobs of a follower.
@@ -128,6 +128,15 @@ fn stop_on_refusal(e: NodeError) -> Ended {
     }
 }
 
+/// One upstream: where to dial it (tried in order), who it must be, and
+/// the invite to redeem before the first follow, if it came as one.
+struct Upstream {
+    key: String,
+    addrs: Vec<Multiaddr>,
+    peer: PeerId,
+    invite: Option<Invite>,
+}
+
 /// Follows `addr` (which must end in `/p2p/<PeerId>`: the upstream is
 /// pinned by it) until the task is dropped, or until the upstream is not
 /// trusted as `full` here (see the module docs): then it returns, with the
@@ -145,7 +154,55 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
             return;
         }
     };
-    let upstream = instance_of(&peer);
+    let up = Upstream {
+        key,
+        addrs: vec![addr],
+        peer,
+        invite: None,
+    };
+    run(node, store, up, opts).await;
+}
+
+/// Follows the issuer of `invite`: like [`follow`], dialing the invite's
+/// addresses in order, and redeeming the invite before the first follow
+/// of that upstream (when this node holds no cursor for it yet; a
+/// restart with the same invite does not redeem it again). A refused
+/// invite stops the follower (`status` says why), except a rate limit or
+/// a stale challenge, which are retried.
+pub async fn follow_invite(
+    node: NodeHandle,
+    store: Arc<Store>,
+    invite: Invite,
+    opts: FollowOptions,
+) {
+    let addrs = match invite::invite_addrs(&invite) {
+        Ok(a) => a,
+        Err(e) => {
+            let key = format!("invite {}", invite.id.short());
+            update(&key, |s| {
+                s.addr = key.clone();
+                s.state = "stopped".into();
+                s.last_error = Some(e.to_string());
+            });
+            return;
+        }
+    };
+    let peer = match addrs[0].iter().last() {
+        Some(Protocol::P2p(p)) => p,
+        _ => return,
+    };
+    let up = Upstream {
+        key: addrs[0].to_string(),
+        addrs,
+        peer,
+        invite: Some(invite),
+    };
+    run(node, store, up, opts).await;
+}
+
+async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOptions) {
+    let key = up.key.clone();
+    let upstream = instance_of(&up.peer);
     update(&key, |s| {
         s.addr = key.clone();
         s.instance = upstream.map(|i| i.to_hex()).unwrap_or_default();
@@ -155,7 +212,7 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
         update(&key, |s| s.state = "connecting".into());
         let started = Instant::now();
         let mut established = false;
-        let err = match session(&node, &store, &addr, peer, &opts, &key, &mut established).await {
+        let err = match session(&node, &store, &up, &opts, &key, &mut established).await {
             Ended::Retry(e) => e,
             Ended::Stop(why) => {
                 tracing::error!(upstream = %key, "follow: {why}");
@@ -183,6 +240,9 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
             // after a denial; knocking sooner only gets refused.
             delay = delay.max(DENIED_COOLDOWN + jittered(opts.backoff_min));
         }
+        if let NodeError::InviteRefused(_, InviteRefusal::RateLimited { retry_after_secs }) = err {
+            delay = delay.max(Duration::from_secs(u64::from(retry_after_secs)));
+        }
         tracing::warn!(upstream = %key, "follow: {err}; reconnecting in {:.1}s", delay.as_secs_f64());
         update(&key, |s| {
             s.state = "waiting to reconnect".into();
@@ -203,38 +263,76 @@ fn jittered(d: Duration) -> Duration {
 async fn session(
     node: &NodeHandle,
     store: &Arc<Store>,
-    addr: &Multiaddr,
-    peer: PeerId,
+    up: &Upstream,
     opts: &FollowOptions,
     key: &str,
     established: &mut bool,
 ) -> Ended {
-    match run_session(node, store, addr, peer, opts, key, established).await {
+    match run_session(node, store, up, opts, key, established).await {
         Ok(never) => match never {},
         Err(e) => e,
+    }
+}
+
+/// Dials the first of `addrs` that answers; the last error if none does.
+async fn dial_first(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<(), NodeError> {
+    let mut last = None;
+    for addr in addrs {
+        let limit = node.dial_timeout(addr);
+        match tokio::time::timeout(limit, node.dial(addr.clone())).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(NodeError::Dial(
+                    addr.to_string(),
+                    format!("no answer within {} s", limit.as_secs()),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| NodeError::BadAddress("-".into(), "no address to dial".into())))
+}
+
+/// A refused invite stops the follower, unless trying again can help.
+fn stop_on_invite_refusal(e: NodeError) -> Ended {
+    match e {
+        NodeError::InviteRefused(
+            _,
+            InviteRefusal::RateLimited { .. }
+            | InviteRefusal::BadChallenge
+            | InviteRefusal::Unavailable,
+        ) => Ended::Retry(e),
+        NodeError::InviteRefused(..) => Ended::Stop(format!(
+            "{e}; not following it (ask its operator for a new invite)"
+        )),
+        other => Ended::Retry(other),
     }
 }
 
 async fn run_session(
     node: &NodeHandle,
     store: &Arc<Store>,
-    addr: &Multiaddr,
-    peer: PeerId,
+    up: &Upstream,
     opts: &FollowOptions,
     key: &str,
     established: &mut bool,
 ) -> Result<std::convert::Infallible, Ended> {
+    let peer = up.peer;
     let upstream = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
-    let limit = node.dial_timeout(addr);
-    tokio::time::timeout(limit, node.dial(addr.clone()))
-        .await
-        .map_err(|_| {
-            NodeError::Dial(
-                addr.to_string(),
-                format!("no answer within {} s", limit.as_secs()),
-            )
-        })??;
+    dial_first(node, &up.addrs).await?;
+    if let Some(inv) = &up.invite {
+        let followed = {
+            let store = store.clone();
+            blocking(move || Ok(store.db().cursor(&upstream)?.is_some())).await?
+        };
+        if !followed {
+            let role = invite::redeem(node, store, inv)
+                .await
+                .map_err(stop_on_invite_refusal)?;
+            tracing::warn!(upstream = %key, %role, "redeemed the invite: the upstream trusts this node");
+        }
+    }
     let (card, _) = hello(node, peer).await?;
     let added = {
         let store = store.clone();

@@ -34,7 +34,7 @@ use libp2p::{
     request_response::{
         self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
     },
-    swarm::SwarmEvent,
+    swarm::{DialError, SwarmEvent},
     tcp, yamux,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -43,6 +43,7 @@ use crate::{
     NodeError,
     codec::{Inbound, SyncCodec},
     gate::Gate,
+    invite::{self, Redemptions},
     onion, server,
 };
 
@@ -320,6 +321,7 @@ impl Node {
             tx,
             store,
             responder,
+            redemptions: Arc::new(Redemptions::default()),
             pending: HashMap::new(),
             listens: HashMap::new(),
             dials: HashMap::new(),
@@ -509,6 +511,8 @@ struct EventLoop {
     tx: mpsc::Sender<Command>,
     store: Arc<Store>,
     responder: Responder,
+    /// Invite challenges and rate limits (the issuer's side).
+    redemptions: Arc<Redemptions>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NodeError>>>,
     listens: HashMap<
         libp2p::core::transport::ListenerId,
@@ -525,10 +529,13 @@ struct EventLoop {
 }
 
 /// Answers one inbound request: a `Subscribe` as a long poll on the
-/// store's change notification, anything else on the blocking pool.
+/// store's change notification, the invite exchange by [`invite::answer`]
+/// (whatever the responder; it needs this node's challenges), anything
+/// else by the responder, on the blocking pool.
 async fn respond_to(
     store: Arc<Store>,
     responder: Responder,
+    redemptions: Arc<Redemptions>,
     peer: Option<InstanceId>,
     request: Request,
 ) -> Response {
@@ -538,6 +545,14 @@ async fn respond_to(
             limit,
             wait_ms,
         } => long_poll(store, responder, peer, since, limit, wait_ms).await,
+        r if invite::is_invite_request(&r) => {
+            tokio::task::spawn_blocking(move || invite::answer(&store, &redemptions, peer, r))
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    code: bbsync_protocol::wire::ErrorCode::Internal,
+                    message: format!("server task failed: {e}"),
+                })
+        }
         other => run_responder(store, responder, peer, other).await,
     }
 }
@@ -730,6 +745,7 @@ impl EventLoop {
                 } => {
                     let store = self.store.clone();
                     let responder = self.responder.clone();
+                    let redemptions = self.redemptions.clone();
                     let tx = self.tx.clone();
                     let instance = instance_of(&peer);
                     let permits = self
@@ -742,7 +758,7 @@ impl EventLoop {
                         let work = async move {
                             // Waiting for a permit takes no thread.
                             let _permit = permits.acquire_owned().await.ok()?;
-                            Some(respond_to(store, responder, instance, request).await)
+                            Some(respond_to(store, responder, redemptions, instance, request).await)
                         };
                         let response = tokio::select! {
                             r = work => r,
@@ -839,8 +855,18 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                let why = match &error {
+                    // Noise proved another identity at that address (a
+                    // stale address, or a man in the middle): nothing was
+                    // sent to it.
+                    DialError::WrongPeerId { obtained, address } => format!(
+                        "the node at {} proved another identity ({obtained}); nothing was sent to it",
+                        address
+                    ),
+                    other => other.to_string(),
+                };
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(NodeError::Dial(peer.to_string(), error.to_string())));
+                    let _ = reply.send(Err(NodeError::Dial(peer.to_string(), why.clone())));
                 }
             }
             SwarmEvent::IncomingConnectionError {

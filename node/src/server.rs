@@ -109,6 +109,12 @@ pub fn answer_with(
             })
         }
         Request::GetChunks { ids } => Ok(serve_chunks(store, ids, limits.chunk_bytes)),
+        // The node answers these itself (`crate::invite`: they need its
+        // challenges), before any responder.
+        Request::InviteChallenge | Request::Redeem { .. } => Ok(Response::Error {
+            code: ErrorCode::BadRequest,
+            message: "invite requests are answered by the node's invite handler".into(),
+        }),
     })();
     r.unwrap_or_else(internal)
 }

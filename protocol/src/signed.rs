@@ -28,7 +28,7 @@ struct Wire {
 
 /// Bytes the wire wrapper adds around a body at most (format varint up to 3,
 /// two length prefixes up to 10 each, signature).
-const WIRE_OVERHEAD: usize = 2 + 10 + 10 + 64;
+pub const WIRE_OVERHEAD: usize = 2 + 10 + 10 + 64;
 
 /// A structure that is signed by one instance.
 pub trait SignedBody: Serialize + DeserializeOwned + Sized {

@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ChunkId, ManifestId, ObjectId, Result,
+    ChunkId, InstanceCard, InviteId, InviteRefusal, ManifestId, ObjectId, Result, Role,
     encoding::{FORMAT_V1, check_format, decode, encode},
+    signed::{SignedBody, WIRE_OVERHEAD},
 };
 
 /// The libp2p protocol name.
@@ -59,6 +60,24 @@ pub enum Request {
         limit: u32,
         /// How long the server may hold the request.
         wait_ms: u32,
+    },
+    /// The first step of redeeming an invite: a fresh challenge for this
+    /// peer (the only request besides `Redeem` that a peer outside the
+    /// trust table gets an answer to other than `Denied`).
+    InviteChallenge,
+    /// Redeems an invite of the server's (`docs/sync.md`, "Invites").
+    Redeem {
+        /// The invite's id.
+        invite: InviteId,
+        /// The redeemer's signed card (wire bytes); it must be the card of
+        /// the Noise-authenticated peer.
+        #[serde(with = "serde_bytes")]
+        card: Vec<u8>,
+        /// The challenge the server handed this peer.
+        challenge: [u8; 32],
+        /// The proof of the invite's secret
+        /// ([`crate::invite::redeem_mac`]).
+        mac: [u8; 32],
     },
 }
 
@@ -146,6 +165,22 @@ pub enum Response {
         /// One line, no secrets.
         message: String,
     },
+    /// Answer to `InviteChallenge`: answer it within a minute, once.
+    InviteChallenge {
+        /// Fresh random bytes, for this peer only.
+        challenge: [u8; 32],
+    },
+    /// Answer to `Redeem`: the server now trusts the redeemer's card with
+    /// this role.
+    Redeemed {
+        /// The role the invite granted.
+        role: Role,
+    },
+    /// Answer to `InviteChallenge` or `Redeem`: refused, and why.
+    InviteRefused {
+        /// Why.
+        reason: InviteRefusal,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -173,7 +208,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request> {
         Request::Changes { limit, .. } | Request::Subscribe { limit, .. } => {
             *limit == 0 || *limit > MAX_PAGE
         }
-        Request::Hello => false,
+        Request::Redeem { card, .. } => card.len() > InstanceCard::MAX_BODY + WIRE_OVERHEAD,
+        Request::Hello | Request::InviteChallenge => false,
     };
     if too_many {
         return Err(crate::Error::invalid(
@@ -259,6 +295,27 @@ mod tests {
                     message: "too many ids".into(),
                 },
             ),
+            (
+                Request::InviteChallenge,
+                Response::InviteChallenge { challenge: [2; 32] },
+            ),
+            (
+                Request::Redeem {
+                    invite: InviteId([1; 16]),
+                    card: vec![9; 100],
+                    challenge: [2; 32],
+                    mac: [3; 32],
+                },
+                Response::Redeemed { role: Role::Blind },
+            ),
+            (
+                Request::InviteChallenge,
+                Response::InviteRefused {
+                    reason: InviteRefusal::RateLimited {
+                        retry_after_secs: 12,
+                    },
+                },
+            ),
         ]
     }
 
@@ -290,6 +347,13 @@ mod tests {
         assert!(decode_request(&encode_request(&many)).is_err());
         let zero = Request::Changes { since: 0, limit: 0 };
         assert!(decode_request(&encode_request(&zero)).is_err());
+        let huge_card = Request::Redeem {
+            invite: InviteId([1; 16]),
+            card: vec![0; InstanceCard::MAX_BODY + WIRE_OVERHEAD + 1],
+            challenge: [0; 32],
+            mac: [0; 32],
+        };
+        assert!(decode_request(&encode_request(&huge_card)).is_err());
         let huge = vec![0u8; MAX_REQUEST + 1];
         assert_eq!(
             decode_request(&huge).unwrap_err().kind(),

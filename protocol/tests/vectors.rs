@@ -33,10 +33,11 @@ use aes_gcm::{
 };
 use bbsync_protocol::{
     Checkpoint, ChunkCipher, ChunkRef, Compression, ContentKey, EnvelopeEntry, Error, ErrorKind,
-    Identity, InstanceCard, InstanceId, Manifest, ManifestId, ObjectId, ObjectMeta, Role,
+    Identity, InstanceCard, InstanceId, InviteId, Manifest, ManifestId, ObjectId, ObjectMeta, Role,
     RootBuilder, Shape, Signed, SignedBody, Snapshot, SnapshotObject, SnapshotTrust, Unverified,
     Unwrapper, WrapSession, card_from_str, card_to_string, encoding,
     envelope::wrap_content_key_with_ephemeral,
+    invite::{INVITE_PREFIX, Invite, check_redeem_mac, secret_hash},
 };
 use common::*;
 use hkdf::Hkdf;
@@ -60,6 +61,9 @@ const META_NONCE_DOMAIN: &[u8] = b"bbsync/meta-nonce/v1";
 const META_AAD: &[u8] = b"bbsync/meta/v1";
 const LOCAL_KEY_SALT: &[u8] = b"bbsync/local-key/v1";
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const INVITE_STRING_DOMAIN: &[u8] = b"bbsync/invite-string/v1\0";
+const INVITE_SECRET_DOMAIN: &[u8] = b"bbsync/invite-secret/v1\0";
+const INVITE_REDEEM_DOMAIN: &[u8] = b"bbsync/invite-redeem/v1\0";
 
 /// Stored chunk bytes are written out in full up to this size.
 const FULL_STORED_LIMIT: usize = 1024;
@@ -1349,6 +1353,47 @@ fn wrap_by_hand(
     (shared, wrap_key)
 }
 
+/// The fixed invite of `invite.json`: alice's, for two addresses.
+fn sample_invite() -> (Invite, [u8; 32]) {
+    let secret = [0x5e; 32];
+    let inv = Invite::new(
+        ident("alice").instance_id(),
+        InviteId([0x1d; 16]),
+        zeroize::Zeroizing::new(secret),
+        vec![
+            "/ip4/192.0.2.10/tcp/4040".into(),
+            "/onion3/2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid:4040".into(),
+        ],
+    )
+    .unwrap();
+    (inv, secret)
+}
+
+const INVITE_CHALLENGE: [u8; 32] = [0xc4; 32];
+
+fn gen_invites() -> Value {
+    let (inv, secret) = sample_invite();
+    let bob = ident("bob");
+    let card = bob.card(Vec::new(), T0 + 2_000).unwrap();
+    json!({
+        "comment": "Invite of alice (identity.json). payload = postcard {format 1, source (32), id (16), secret (32), addresses: Vec<String>}; string = \"bbsyncinvite1\" + lower-case unpadded base32 of (payload || SHA-256(\"bbsync/invite-string/v1\\0\" || payload)[..4]); secret_hash = SHA-256(\"bbsync/invite-secret/v1\\0\" || secret); mac = HMAC-SHA256(secret, \"bbsync/invite-redeem/v1\\0\" || source || redeemer || id || challenge || SHA-256(redeemer card wire bytes)), for bob's card of card.json.",
+        "regenerate": REGEN,
+        "invites": [{
+            "source_identity": "alice",
+            "id": inv.id.to_hex(),
+            "secret": hex::encode(secret),
+            "addresses": inv.addresses,
+            "payload": hex::encode(&inv.payload()[..]),
+            "string": inv.to_text().as_str(),
+            "secret_hash": hex::encode(secret_hash(&secret)),
+            "redeemer_identity": "bob",
+            "card": hex::encode(card.bytes()),
+            "challenge": hex::encode(INVITE_CHALLENGE),
+            "mac": hex::encode(inv.redeem_mac(&bob.instance_id(), &INVITE_CHALLENGE, card.bytes())),
+        }],
+    })
+}
+
 #[test]
 #[ignore = "writes tests/vectors/*.json; run only to regenerate after a deliberate format change"]
 fn regenerate_vectors() {
@@ -1363,6 +1408,7 @@ fn regenerate_vectors() {
         ("checkpoint.json", gen_checkpoints()),
         ("snapshot.json", gen_snapshots()),
         ("meta.json", gen_meta()),
+        ("invite.json", gen_invites()),
         ("bad.json", gen_bad()),
     ] {
         let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
@@ -1373,6 +1419,92 @@ fn regenerate_vectors() {
 // ---------------------------------------------------------------------------
 // Checks
 // ---------------------------------------------------------------------------
+
+#[test]
+fn invite_vectors() -> TestResult {
+    let v = load("invite.json");
+    for row in arr(&v["invites"]) {
+        let source = ident(s(&row["source_identity"])).instance_id();
+        let redeemer = ident(s(&row["redeemer_identity"])).instance_id();
+        let id: InviteId = s(&row["id"]).parse()?;
+        let secret = h32(&row["secret"]);
+        let addresses: Vec<String> = arr(&row["addresses"])
+            .iter()
+            .map(|a| s(a).to_string())
+            .collect();
+        let payload = h(&row["payload"]);
+        let string = s(&row["string"]);
+        let card = h(&row["card"]);
+        let challenge = h32(&row["challenge"]);
+        let mac = h32(&row["mac"]);
+
+        // Encode.
+        let inv = Invite::new(
+            source,
+            id,
+            zeroize::Zeroizing::new(secret),
+            addresses.clone(),
+        )?;
+        assert_eq!(&inv.payload()[..], &payload[..]);
+        assert_eq!(inv.to_text().as_str(), string);
+        assert_eq!(hex::encode(secret_hash(&secret)), s(&row["secret_hash"]));
+        assert_eq!(inv.redeem_mac(&redeemer, &challenge, &card), mac);
+        // Decode.
+        let back = Invite::parse(string)?;
+        assert_eq!((back.source, back.id), (source, id));
+        assert_eq!(back.addresses, addresses);
+        assert_eq!(&back.payload()[..], &payload[..]);
+        assert!(check_redeem_mac(
+            &secret, &source, &redeemer, &id, &challenge, &card, &mac
+        ));
+        let mut wrong = mac;
+        wrong[31] ^= 1;
+        assert!(!check_redeem_mac(
+            &secret, &source, &redeemer, &id, &challenge, &card, &wrong
+        ));
+
+        // By hand: the payload layout, the checksum and base32, the hash
+        // and the HMAC from the primitive crates.
+        let mut p = vec![1u8];
+        p.extend_from_slice(source.as_bytes());
+        p.extend_from_slice(id.as_bytes());
+        p.extend_from_slice(&secret);
+        p.push(addresses.len() as u8);
+        for a in &addresses {
+            p.push(a.len() as u8);
+            p.extend_from_slice(a.as_bytes());
+        }
+        assert_eq!(p, payload);
+        let sum = Sha256::digest([INVITE_STRING_DOMAIN, &p].concat());
+        let mut all = p.clone();
+        all.extend_from_slice(&sum[..4]);
+        assert_eq!(
+            format!(
+                "{INVITE_PREFIX}{}",
+                data_encoding::BASE32_NOPAD
+                    .encode(&all)
+                    .to_ascii_lowercase()
+            ),
+            string
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest([INVITE_SECRET_DOMAIN, &secret].concat())),
+            s(&row["secret_hash"])
+        );
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&secret)?;
+        m.update(INVITE_REDEEM_DOMAIN);
+        m.update(source.as_bytes());
+        m.update(redeemer.as_bytes());
+        m.update(id.as_bytes());
+        m.update(&challenge);
+        m.update(&Sha256::digest(&card));
+        assert_eq!(m.finalize().into_bytes().as_slice(), &mac[..]);
+        // The card is bob's card of card.json.
+        let cards = load("card.json");
+        assert!(arr(&cards["cards"]).iter().any(|c| h(&c["bytes"]) == card));
+    }
+    Ok(())
+}
 
 #[test]
 fn domains_match_the_crate() {

@@ -11,17 +11,22 @@
 //! | `n/` kind `\0` name          | object_id                                                    |
 //! | `c/` seq (u64 BE)            | object_id                                                    |
 //! | `t/` instance_id             | postcard [`TrustRecord`]                                     |
+//! | `u/` instance_id             | u64 big-endian: cursor of an upstream this node follows      |
+//! | `i/` invite_id               | postcard [`InviteRecord`] (an invite this node issued)       |
 //!
 //! One record per object (rather than one key each for state, manifest and
 //! envelope) halves sled's memory and write cost on large imports.
 
 use std::path::Path;
 
-use bbsync_protocol::{InstanceId, ManifestId, ObjectId, Role, encoding};
+use bbsync_protocol::{InstanceId, InviteId, InviteRefusal, ManifestId, ObjectId, Role, encoding};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::{Result, StoreError};
+use crate::{
+    error::{Result, StoreError},
+    invite::InviteRecord,
+};
 
 /// The schema this build writes. Older ones are migrated at open
 /// (`crate::migrate`), newer ones refused.
@@ -32,6 +37,8 @@ pub const COMMIT_BATCH: usize = 1024;
 const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
 const MAX_RECORD: usize = 48 * 1024 * 1024;
+/// Largest invite record (1,000 redemptions with their names fit).
+const MAX_INVITE_RECORD: usize = 1024 * 1024;
 
 /// What the store knows about the latest version of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +95,44 @@ pub struct TrustRecord {
     pub card: Vec<u8>,
     /// When it was added (ms since the epoch).
     pub added_at_ms: u64,
+}
+
+/// What a redemption does, decided inside its transaction
+/// ([`Db::redeem_invite`]).
+#[derive(Debug, Clone)]
+pub enum InviteDecision {
+    /// Write the updated invite and trust the redeemer.
+    Grant {
+        /// The invite with one more use spent and the redeemer recorded.
+        invite: InviteRecord,
+        /// The redeemer's new trust record.
+        trust: TrustRecord,
+    },
+    /// Nothing to write: the redeemer holds this role already.
+    Again(Role),
+}
+
+/// Why a redemption transaction stopped.
+enum TxStop {
+    Refused(InviteRefusal),
+    Corrupt(String),
+}
+
+fn decode_invite(bytes: &[u8]) -> Result<InviteRecord> {
+    let r: InviteRecord = encoding::decode("invite record", bytes, MAX_INVITE_RECORD)
+        .map_err(|e| StoreError::Corrupt(format!("invite record: {e}")))?;
+    if r.format != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "invite record of format {} (this version reads 1)",
+            r.format
+        )));
+    }
+    Ok(r)
+}
+
+fn decode_trust(bytes: &[u8]) -> Result<TrustRecord> {
+    encoding::decode("trust record", bytes, 64 * 1024)
+        .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
 }
 
 /// One object's new records, applied atomically with others in a batch.
@@ -508,11 +553,84 @@ impl Db {
         self.tree
             .get(key(b"t/", id.as_bytes()))
             .map_err(db_err)?
-            .map(|v| {
-                encoding::decode("trust record", &v, 64 * 1024)
-                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
-            })
+            .map(|v| decode_trust(&v))
             .transpose()
+    }
+
+    /// Writes (durably) an invite record.
+    pub(crate) fn put_invite(&self, rec: &InviteRecord) -> Result<()> {
+        self.tree
+            .insert(key(b"i/", rec.id.as_bytes()), encoding::encode(rec))
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// One invite this node issued.
+    pub fn invite(&self, id: &InviteId) -> Result<Option<InviteRecord>> {
+        self.tree
+            .get(key(b"i/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| decode_invite(&v))
+            .transpose()
+    }
+
+    /// Every invite this node issued, in id order.
+    pub fn invites(&self) -> Result<Vec<InviteRecord>> {
+        self.tree
+            .scan_prefix(b"i/")
+            .map(|r| decode_invite(&r.map_err(db_err)?.1))
+            .collect()
+    }
+
+    /// Redeems invite `id` for `redeemer` in one transaction: `decide` sees
+    /// the invite record and the redeemer's trust record as they are now
+    /// and says what to write (the invite and the trust record, together)
+    /// or why not. Durable before it returns; a granted redemption wakes
+    /// the node (a trust change). `decide` may run more than once (a
+    /// transaction retried after a conflict).
+    pub(crate) fn redeem_invite(
+        &self,
+        id: &InviteId,
+        redeemer: &InstanceId,
+        decide: impl Fn(
+            Option<InviteRecord>,
+            Option<TrustRecord>,
+        ) -> std::result::Result<InviteDecision, InviteRefusal>,
+    ) -> Result<std::result::Result<InviteDecision, InviteRefusal>> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let ikey = key(b"i/", id.as_bytes());
+        let tkey = key(b"t/", redeemer.as_bytes());
+        let r = self.tree.transaction(|tx| {
+            let stop = |s| ConflictableTransactionError::Abort(s);
+            let inv = tx
+                .get(&ikey)?
+                .map(|v| decode_invite(&v))
+                .transpose()
+                .map_err(|e| stop(TxStop::Corrupt(e.to_string())))?;
+            let trust = tx
+                .get(&tkey)?
+                .map(|v| decode_trust(&v))
+                .transpose()
+                .map_err(|e| stop(TxStop::Corrupt(e.to_string())))?;
+            let d = decide(inv, trust).map_err(|r| stop(TxStop::Refused(r)))?;
+            if let InviteDecision::Grant { invite, trust } = &d {
+                tx.insert(ikey.as_slice(), encoding::encode(invite))?;
+                tx.insert(tkey.as_slice(), encoding::encode(trust))?;
+            }
+            Ok(d)
+        });
+        match r {
+            Ok(d) => {
+                if matches!(d, InviteDecision::Grant { .. }) {
+                    self.flush()?;
+                    self.notify_changed();
+                }
+                Ok(Ok(d))
+            }
+            Err(TransactionError::Abort(TxStop::Refused(why))) => Ok(Err(why)),
+            Err(TransactionError::Abort(TxStop::Corrupt(why))) => Err(StoreError::Corrupt(why)),
+            Err(TransactionError::Storage(e)) => Err(db_err(e)),
+        }
     }
 
     /// Every trusted instance.
@@ -523,9 +641,7 @@ impl Db {
                 let (k, v) = r.map_err(db_err)?;
                 let id = InstanceId::from_slice(&k[2..])
                     .map_err(|e| StoreError::Corrupt(format!("trust key: {e}")))?;
-                let rec = encoding::decode("trust record", &v, 64 * 1024)
-                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))?;
-                Ok((id, rec))
+                Ok((id, decode_trust(&v)?))
             })
             .collect()
     }

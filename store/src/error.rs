@@ -155,6 +155,12 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// `identity.key` is sealed with a passphrase and none was given.
+    #[error("{} is encrypted with a passphrase, and none was given", .0.display())]
+    IdentityLocked(PathBuf),
+    /// An invite operation was refused (unknown id, bad arguments).
+    #[error("{0}")]
+    Invite(String),
 }
 
 impl StoreError {
@@ -176,7 +182,9 @@ impl StoreError {
             | Repo(_)
             | DatabaseDamaged { .. } => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
-            Undecryptable(_) | Passphrase(_) | ReplacedDuringImport { .. } => ErrorKind::Security,
+            Undecryptable(_) | Passphrase(_) | IdentityLocked(_) | ReplacedDuringImport { .. } => {
+                ErrorKind::Security
+            }
             NotInitialized(_)
             | AlreadyInitialized(_)
             | NotADirectory(_)
@@ -188,6 +196,7 @@ impl StoreError {
             | Trust(_)
             | Config { .. }
             | Layout { .. }
+            | Invite(_)
             | Invalid(_) => ErrorKind::Usage,
         }
     }

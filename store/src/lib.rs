@@ -6,7 +6,7 @@
 //! export, verification and garbage collection.
 //!
 //! ```text
-//! <data>/identity.key   secrets (0600)
+//! <data>/identity.key   secrets (0600), optionally sealed with a passphrase
 //! <data>/config.toml    operator settings
 //! <data>/db/            sled metadata
 //! <data>/chunks/ab/<id> one file per sealed chunk
@@ -21,11 +21,14 @@ pub mod db;
 mod error;
 pub mod export;
 pub mod failpoint;
+pub mod identity_file;
 pub mod import;
+pub mod invite;
 pub mod layout;
 pub mod migrate;
 pub mod progress;
 pub mod rekey;
+pub mod seal;
 pub mod sqlite;
 pub mod sync;
 pub mod verify;
@@ -78,6 +81,30 @@ fn check_data_dir(dir: &Path) -> Result<()> {
         }
         Err(e) => Err(e).ctx(|| format!("reading {}", dir.display())),
     }
+}
+
+/// The bytes of `<dir>/identity.key` (bounded), zeroized on drop.
+fn read_identity_file(dir: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read as _;
+    let path = dir.join(IDENTITY_FILE);
+    let f = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotInitialized(dir.to_path_buf()));
+        }
+        Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
+    };
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.take(identity_file::MAX_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .ctx(|| format!("reading {}", path.display()))?;
+    if bytes.len() > identity_file::MAX_FILE {
+        return Err(StoreError::Corrupt(format!(
+            "{} is larger than an identity file can be",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Whether a verified entry is for exactly this manifest's object version.
@@ -133,14 +160,27 @@ impl Store {
     /// Creates a new store (identity, database, config) in `dir`, which may
     /// exist if it is empty.
     pub fn init(dir: &Path, name: &str) -> Result<Self> {
+        Self::init_sealed(dir, name, None)
+    }
+
+    /// [`Store::init`], with `identity.key` sealed with `passphrase` when
+    /// one is given (at least [`seal::MIN_PASSPHRASE`] characters).
+    pub fn init_sealed(dir: &Path, name: &str, passphrase: Option<&str>) -> Result<Self> {
+        if let Some(p) = passphrase {
+            seal::check_new_passphrase(p)?;
+        }
         let identity = Identity::generate(name, bbsync_protocol::now_ms())
             .ctx(|| "creating the identity".to_string())?;
-        Self::init_with(dir, identity)
+        Self::init_with_sealed(dir, identity, passphrase)
     }
 
     /// Creates a new store in `dir` (new or empty) with a given identity
     /// (a restore of an escrowed identity, for disaster recovery).
     pub fn init_with(dir: &Path, identity: Identity) -> Result<Self> {
+        Self::init_with_sealed(dir, identity, None)
+    }
+
+    fn init_with_sealed(dir: &Path, identity: Identity, passphrase: Option<&str>) -> Result<Self> {
         match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
             Ok(_) => {
@@ -159,10 +199,16 @@ impl Store {
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .ctx(|| format!("setting permissions of {}", dir.display()))?;
+        // Sealed before anything is written (argon2 takes a moment, and a
+        // failure leaves the directory as it was).
+        let id_bytes = match passphrase {
+            Some(p) => zeroize::Zeroizing::new(identity_file::seal_identity(&identity, p)?),
+            None => identity.to_file_bytes(),
+        };
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
         let db = db::Db::open(&dir.join("db"), dir, true)?;
-        write_file_atomic(&dir.join(IDENTITY_FILE), &identity.to_file_bytes(), 0o600)?;
+        write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
         if !dir.join(CONFIG_FILE).exists() {
             write_file_atomic(
                 &dir.join(CONFIG_FILE),
@@ -184,19 +230,39 @@ impl Store {
         })
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store whose `identity.key` is not sealed (a sealed
+    /// one is refused with [`StoreError::IdentityLocked`]: see
+    /// [`Store::open_with_passphrase`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_passphrase(dir, None)
+    }
+
+    /// Whether the `identity.key` of the data dir `dir` is sealed with a
+    /// passphrase (so that opening it needs one).
+    pub fn identity_sealed(dir: &Path) -> Result<bool> {
+        check_data_dir(dir)?;
+        Ok(identity_file::is_sealed(&read_identity_file(dir)?))
+    }
+
+    /// Opens an existing store; `passphrase` opens a sealed `identity.key`
+    /// (a wrong one is [`StoreError::Passphrase`] and changes nothing).
+    pub fn open_with_passphrase(dir: &Path, passphrase: Option<&str>) -> Result<Self> {
         check_data_dir(dir)?;
         let id_path = dir.join(IDENTITY_FILE);
-        let id_bytes = match fs::read(&id_path) {
-            Ok(b) => zeroize::Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotInitialized(dir.to_path_buf()));
+        let id_bytes = read_identity_file(dir)?;
+        let identity = if identity_file::is_sealed(&id_bytes) {
+            let shown = id_path.display().to_string();
+            match passphrase {
+                Some(p) => identity_file::open_sealed(&id_bytes, p, &shown)?,
+                None => {
+                    // The checksum first: a damaged file is not "locked".
+                    identity_file::sealed_instance(&id_bytes, &shown)?;
+                    return Err(StoreError::IdentityLocked(id_path));
+                }
             }
-            Err(e) => return Err(e).ctx(|| format!("reading {}", id_path.display())),
+        } else {
+            Identity::from_file_bytes(&id_bytes).ctx(|| format!("loading {}", id_path.display()))?
         };
-        let identity = Identity::from_file_bytes(&id_bytes)
-            .ctx(|| format!("loading {}", id_path.display()))?;
         let config = Config::load(&dir.join(CONFIG_FILE))?;
         if !dir.join("db").is_dir() {
             return Err(StoreError::NotInitialized(dir.to_path_buf()));
@@ -231,6 +297,44 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// Whether this store's `identity.key` is sealed with a passphrase now.
+    pub fn identity_is_sealed(&self) -> Result<bool> {
+        Ok(identity_file::is_sealed(&read_identity_file(&self.dir)?))
+    }
+
+    /// Seals `identity.key` with `passphrase` (at least
+    /// [`seal::MIN_PASSPHRASE`] characters), replacing the plain file
+    /// atomically. Refused if it is sealed already.
+    pub fn encrypt_identity(&self, passphrase: &str) -> Result<()> {
+        let _g = self.lock();
+        if self.identity_is_sealed()? {
+            return Err(StoreError::Invalid(format!(
+                "{} is encrypted already (decrypt it first to change the passphrase)",
+                self.dir.join(IDENTITY_FILE).display()
+            )));
+        }
+        let bytes = identity_file::seal_identity(&self.identity, passphrase)?;
+        write_file_atomic(&self.dir.join(IDENTITY_FILE), &bytes, 0o600)
+    }
+
+    /// Replaces a sealed `identity.key` with the plain file (the store is
+    /// open, so the passphrase was given already). Refused if it is not
+    /// sealed.
+    pub fn decrypt_identity(&self) -> Result<()> {
+        let _g = self.lock();
+        if !self.identity_is_sealed()? {
+            return Err(StoreError::Invalid(format!(
+                "{} is not encrypted",
+                self.dir.join(IDENTITY_FILE).display()
+            )));
+        }
+        write_file_atomic(
+            &self.dir.join(IDENTITY_FILE),
+            &self.identity.to_file_bytes(),
+            0o600,
+        )
     }
 
     /// The data dir.

@@ -1,14 +1,9 @@
 //! `backup`, `backups ...` and `restore`: thin wrappers over
 //! `bbsync_store::backup`.
 
-use std::{
-    io::{BufRead as _, Write as _},
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
-use anyhow::Context as _;
+use crate::{Ctx, output, passphrase::get as passphrase, progress::Bar};
 use bbsync_store::{
     Config, Store, StoreError,
     backup::{
@@ -19,9 +14,6 @@ use bbsync_store::{
     },
     sync::Selection,
 };
-use zeroize::Zeroizing;
-
-use crate::{Ctx, output, progress::Bar};
 
 /// Where the repository is: `--repo`, else `BBSYNC_REPO`, else the config's
 /// `backup_repo`, else `<data>/backup`.
@@ -60,8 +52,14 @@ pub struct BackupArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupsCommand {
     /// List the snapshots of a repository.
+    #[command(
+        after_help = "Examples:\n  bbsync backups list --repo /mnt/backup\n  bbsync --json backups list"
+    )]
     List(RepoArg),
     /// Show one snapshot (`--json`: everything, object list included).
+    #[command(
+        after_help = "Examples:\n  bbsync backups show latest --repo /mnt/backup\n  bbsync --json backups show 20261130T0330 --repo /mnt/backup"
+    )]
     Show {
         /// Snapshot id, unique prefix, or `latest`.
         id: String,
@@ -69,6 +67,9 @@ pub enum BackupsCommand {
         repo: RepoArg,
     },
     /// Check snapshots, manifests and chunks; exit 1 on any problem.
+    #[command(
+        after_help = "Examples:\n  bbsync backups verify --repo /mnt/backup\n  bbsync backups verify latest --read-data --repo /mnt/backup"
+    )]
     Verify {
         /// Only this snapshot (default: the whole repository, unreferenced files included).
         id: Option<String>,
@@ -79,6 +80,7 @@ pub enum BackupsCommand {
         repo: RepoArg,
     },
     /// Remove one snapshot, then the data no other snapshot references.
+    #[command(after_help = "Example:\n  bbsync backups delete 20261130T0330 --repo /mnt/backup")]
     Delete {
         /// Snapshot id or unique prefix.
         id: String,
@@ -87,6 +89,9 @@ pub enum BackupsCommand {
     },
     /// Remove snapshots by policy, then the data no snapshot references
     /// (with no --keep option: only unreferenced data).
+    #[command(
+        after_help = "Examples:\n  bbsync backups prune --repo /mnt/backup --keep-daily 7 --keep-weekly 4 --dry-run\n  bbsync backups prune --repo /mnt/backup --keep-last 10"
+    )]
     Prune {
         /// Keep the newest N snapshots.
         #[arg(long, default_value_t = 0, value_name = "N")]
@@ -107,6 +112,7 @@ pub enum BackupsCommand {
         repo: RepoArg,
     },
     /// Sizes and counts of a repository.
+    #[command(after_help = "Example:\n  bbsync backups stats --repo /mnt/backup")]
     Stats(RepoArg),
 }
 
@@ -176,53 +182,6 @@ fn selection(only: &[String]) -> anyhow::Result<Selection> {
             .collect::<Result<_, _>>()?,
         ..Default::default()
     })
-}
-
-/// Reads a passphrase: `BBSYNC_PASSPHRASE`, else a prompt on the terminal
-/// (without echo; twice when `confirm`).
-fn passphrase(ctx: &Ctx, what: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
-    if let Some(p) = ctx.env("BBSYNC_PASSPHRASE") {
-        return Ok(Zeroizing::new(p.to_string()));
-    }
-    if ctx.remote() {
-        anyhow::bail!(
-            "{what} needs a passphrase: set BBSYNC_PASSPHRASE (no prompt through a serving node)"
-        );
-    }
-    let first = prompt(&format!("passphrase for {what}: ")).with_context(|| {
-        format!("{what} needs a passphrase: set BBSYNC_PASSPHRASE or run on a terminal")
-    })?;
-    if confirm {
-        let again = prompt("again: ")?;
-        if *again != *first {
-            anyhow::bail!("the passphrases do not match");
-        }
-    }
-    Ok(first)
-}
-
-fn prompt(text: &str) -> anyhow::Result<Zeroizing<String>> {
-    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .context("no terminal")?;
-    let old = tcgetattr(&tty).context("no terminal")?;
-    let mut quiet = old.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    quiet.local_modes.insert(LocalModes::ECHONL);
-    let mut w = &tty;
-    w.write_all(text.as_bytes())?;
-    tcsetattr(&tty, OptionalActions::Flush, &quiet).context("turning off echo")?;
-    let mut line = Zeroizing::new(String::new());
-    let r = std::io::BufReader::new(&tty).read_line(&mut line);
-    let _ = tcsetattr(&tty, OptionalActions::Flush, &old);
-    r?;
-    while line.ends_with('\n') || line.ends_with('\r') {
-        line.pop();
-    }
-    Ok(line)
 }
 
 /// `bbsync backup`.
@@ -526,12 +485,10 @@ fn store_for_restore(
     if ctx.store.is_some() {
         return super::open(ctx);
     }
-    match Store::open(&ctx.data_dir) {
-        Ok(s) => return Ok(Arc::new(s)),
-        Err(StoreError::NotInitialized(_)) => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("opening data dir {}", ctx.data_dir.display()));
-        }
+    match super::open(ctx) {
+        Ok(s) => return Ok(s),
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::NotInitialized(_))) => {}
+        Err(e) => return Err(e),
     }
     let id = repo.resolve_snapshot(snapshot.unwrap_or("latest"))?;
     let snap = repo.load_snapshot(&id)?;
