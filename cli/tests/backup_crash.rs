@@ -161,7 +161,9 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     let temps = walkdir_count(&repo, |n| n.starts_with('.') && n.ends_with(".tmp"));
     assert_eq!(temps, 0, "temp files left after prune");
 
-    // restore into b (its own identity, with entries in every envelope).
+    // restore into b (its own identity, with entries in every envelope;
+    // the operator names a as the snapshots' host).
+    let host = card(&a);
     let mut landed = 0;
     for _ in 0..6 {
         let have = pack_entries(&b);
@@ -169,13 +171,18 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
             break;
         }
         let target = have + 1 + (rng.next() as usize % (total - have)).min(total / 6);
-        if kill_at(&b, &["restore", "--repo", r], target, || pack_entries(&b)) {
+        if kill_at(
+            &b,
+            &["restore", "--repo", r, "--trust-host", &host],
+            target,
+            || pack_entries(&b),
+        ) {
             landed += 1;
         }
     }
     phase(&format!("{landed} kills landed inside a restore"));
     assert!(landed >= 3, "only {landed} kills landed inside a restore");
-    let done = json(&b, &["restore", "--repo", r]);
+    let done = json(&b, &["restore", "--repo", r, "--trust-host", &host]);
     assert_eq!(done["undecryptable"], serde_json::json!([]), "{done}");
     phase("restore completed");
     let (code, v) = verify(&b, &["--read-data"]);

@@ -37,7 +37,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     if !dir.join("db").is_dir() {
         return Err(StoreError::NotInitialized(dir.to_path_buf()));
     }
-    let db = Db::open(&dir.join("db"), dir, false)?;
+    let db = Db::open_any_schema(&dir.join("db"), dir)?;
     let index = db
         .index_iter_lenient()
         .filter_map(|r| match r {

@@ -1,14 +1,31 @@
-//! `bbsync migrate`: moves the chunks of a data dir that keeps one file per
-//! chunk (`<data>/chunks/<hh>/<id>`, schemas before [`PACKS_SCHEMA`]) into
-//! pack files, in place.
+//! Schema migrations, run by [`Store::open`] before anything else reads the
+//! records. Each step takes the database from one schema to the next and
+//! is written so that it can be interrupted at any point and run again:
+//! the schema number is raised only after the step's writes are flushed,
+//! and redoing a step on records it already rewrote gives the same records.
+//!
+//! | from | to | step |
+//! |------|----|------|
+//! | 1    | 2  | [`migrate_1_to_2`]: keep only envelope entries whose signatures verify; recompute record MACs |
+//! | 2    | 3  | [`migrate_2_to_3`]: chunks moved from one file per chunk into pack files, index built |
+//!
+//! A later schema adds its step to [`STEPS`]; a store two schemas behind
+//! runs both, in order.
+//!
+//! ## Schema 2 to 3: pack files
+//!
+//! Moves the chunks of a data dir that keeps one file per chunk
+//! (`<data>/chunks/<hh>/<id>`, schemas before [`PACKS_SCHEMA`]) into pack
+//! files, in place, on the first open by this build (or with `bbsync
+//! migrate`, which shows its progress).
 //!
 //! Crash-safe and resumable: chunk files are copied into packs through the
 //! normal write path (appended, `fdatasync`, then indexed, in groups of
-//! [`GROUP_BYTES`] or [`GROUP_CHUNKS`]); the old files stay untouched until every referenced
-//! chunk is indexed, then the schema number is set (flushed) and only then
-//! is `chunks/` removed. A rerun after a crash skips what is indexed
-//! already; one after the schema was set only finishes removing `chunks/`
-//! (an ordinary open does that too).
+//! [`GROUP_BYTES`] or [`GROUP_CHUNKS`]); the old files stay untouched until
+//! every referenced chunk is indexed, then the schema number is set
+//! (flushed) and only then is `chunks/` removed. A rerun after a crash
+//! skips what is indexed already; one after the schema was set only
+//! finishes removing `chunks/` (every open does that).
 //!
 //! Only chunks that a stored manifest references are moved, each checked
 //! against its id and length on the way; damaged ones are left out and
@@ -24,16 +41,153 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
+use bbsync_protocol::{ChunkId, Manifest, Unverified, chunk::check_chunk_id};
 use serde::Serialize;
+use serde_bytes::ByteBuf;
 
 use crate::{
     PACKS_SCHEMA, Store,
-    error::{Context, Result},
+    db::{COMMIT_BATCH, SCHEMA_VERSION},
+    error::{Context, Result, StoreError},
     failpoint,
     packs::Staged,
     progress::Progress,
 };
+
+/// One migration step: the schema it starts from, what it does, and the
+/// function that does it (with the progress to report to and the report
+/// of the move to packs to fill in).
+pub type Step = (
+    u32,
+    &'static str,
+    fn(&Store, &dyn Progress, &mut MigrateReport) -> Result<()>,
+);
+
+/// Every step, by the schema it starts from.
+pub const STEPS: &[Step] = &[
+    (
+        1,
+        "envelope entries re-checked (only those whose signatures verify are kept), record MACs recomputed",
+        |s, _, _| migrate_1_to_2(s),
+    ),
+    (
+        2,
+        "chunks moved from one file per chunk into pack files",
+        migrate_2_to_3,
+    ),
+];
+
+/// Brings the store's schema up to [`SCHEMA_VERSION`]. Returns the report
+/// of the move to pack files when it ran (or had to finish).
+pub(crate) fn run(store: &mut Store, progress: &dyn Progress) -> Result<Option<MigrateReport>> {
+    let start = Instant::now();
+    let mut v = store.db().schema_version()?;
+    let mut report = MigrateReport {
+        from_schema: v,
+        to_schema: v,
+        ..Default::default()
+    };
+    let ran = v < PACKS_SCHEMA;
+    while v < SCHEMA_VERSION {
+        let Some((from, what, step)) = STEPS.iter().find(|(from, _, _)| *from == v) else {
+            return Err(StoreError::Corrupt(format!(
+                "schema_version {v}: no migration from it to {SCHEMA_VERSION}"
+            )));
+        };
+        tracing::info!(
+            "migrating the data dir from schema {from} to {}: {what}",
+            from + 1
+        );
+        step(store, progress, &mut report)?;
+        v = from + 1;
+        if v == PACKS_SCHEMA {
+            failpoint::hit("migrate.schema").ctx(|| "setting the schema".to_string())?;
+        }
+        store.db().set_schema_version(v)?;
+        report.to_schema = v;
+    }
+    if !ran {
+        return Ok(None);
+    }
+    report.removed_chunk_dir = store.remove_old_chunk_dir()?;
+    report.elapsed = start.elapsed();
+    tracing::info!(
+        moved = report.chunks_moved,
+        bytes = report.bytes_moved,
+        damaged = report.chunks_damaged.len(),
+        missing = report.chunks_missing,
+        "migrated the data dir to pack files"
+    );
+    Ok(Some(report))
+}
+
+/// Schema 1 to 2. A schema-1 restore recorded every envelope entry of a
+/// backup's manifest file and covered them all with the record MAC, while
+/// it had checked only the first usable one; later reads trusted the MAC
+/// and took the first candidate, so a forged entry could become this
+/// node's key (issue 10, item 2). Here every record's entries are checked
+/// again, in full: an entry is kept only if its signature verifies, its
+/// wrapper is the manifest's author, this instance or an instance trusted
+/// `full` now, and it is for the manifest's object version. The record MAC
+/// is recomputed over what is kept, and only when the manifest's own
+/// signature verifies (else the record is left as it is with its MAC
+/// cleared, so that every read checks it in full and reports it). Entries
+/// dropped are logged per object.
+pub fn migrate_1_to_2(store: &Store) -> Result<()> {
+    let ids: Vec<_> = store
+        .db()
+        .objects()
+        .map(|r| r.map(|(id, _)| id))
+        .collect::<Result<_>>()?;
+    let mut dropped_total = 0usize;
+    for (n, group) in ids.chunks(COMMIT_BATCH).enumerate() {
+        for id in group {
+            let Some(mut rec) = store.db().record(id)? else {
+                continue;
+            };
+            // The signature only: the author's trust is checked on every
+            // read anyway, and an entry by the author of an untrusted (but
+            // authentic) manifest stays usable should the author be
+            // trusted again.
+            let manifest: Option<Manifest> = Unverified::<Manifest>::decode(&rec.manifest)
+                .and_then(|u| u.verify(|_| true))
+                .ok()
+                .map(|m| m.into_value());
+            if let Some(m) = &manifest {
+                let raw: Vec<Vec<u8>> = rec.envelope.iter().map(|e| e.to_vec()).collect();
+                let (kept, dropped) = store.verified_entries(m, &raw, &|w| store.is_full(w));
+                if dropped > 0 {
+                    tracing::warn!(
+                        object = %id.short(),
+                        name = %format!("{}:{}", rec.state.kind, rec.state.name),
+                        dropped,
+                        "migration: dropped envelope entries whose signatures do not verify"
+                    );
+                    dropped_total += dropped;
+                }
+                rec.envelope = kept.into_iter().map(ByteBuf::from).collect();
+            }
+            // A manifest that does not verify keeps its entries as they are,
+            // unMAC'd: every read checks it in full and reports it.
+            rec.state.checked_mac = manifest
+                .is_some()
+                .then(|| store.record_mac(&rec.manifest, &rec.envelope));
+            store.db().put_record(id, &rec)?;
+        }
+        store.db().flush()?;
+        crate::failpoint::hit("migrate.batch").map_err(|source| StoreError::Io {
+            context: format!("migrating batch {n}"),
+            source,
+        })?;
+    }
+    if dropped_total > 0 {
+        tracing::warn!(
+            dropped = dropped_total,
+            "migration to schema 2: envelope entries dropped in all"
+        );
+    }
+    Ok(())
+}
 
 /// Bytes copied between two publishes (each makes a group durable and
 /// indexed, so a rerun after a crash starts after it).
@@ -97,27 +251,28 @@ fn chunk_files(dir: &Path) -> Result<Vec<(ChunkId, std::path::PathBuf)>> {
 }
 
 impl Store {
-    /// Migrates the data dir `dir` to pack files (see the module docs).
-    pub fn migrate(dir: &Path, progress: &dyn Progress) -> Result<MigrateReport> {
+    /// Opens the data dir `dir`, migrating it to the current schema with
+    /// `progress` (`bbsync migrate`; any open migrates too, see the module
+    /// docs), and says what the move to pack files did.
+    pub fn migrate(
+        dir: &Path,
+        passphrase: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<MigrateReport> {
         let start = Instant::now();
-        let store = Store::open_with(dir, true)?;
-        let found = store.db().schema_version()?;
-        let mut report = MigrateReport {
-            from_schema: found,
-            to_schema: found.max(PACKS_SCHEMA),
-            ..Default::default()
-        };
-        let old = dir.join(CHUNKS_DIR);
-        if found < PACKS_SCHEMA {
-            store.copy_chunk_files(&old, &mut report, progress)?;
-            // Every referenced chunk is indexed: the index is complete.
-            store.db().set_index_complete(true)?;
-            failpoint::hit("migrate.schema").ctx(|| "setting the schema".to_string())?;
-            store.db().set_schema_version(PACKS_SCHEMA)?;
-        }
-        report.removed_chunk_dir = store.remove_old_chunk_dir()?;
-        report.elapsed = start.elapsed();
-        Ok(report)
+        let (store, moved) = Store::open_migrating(dir, passphrase, progress)?;
+        Ok(match moved {
+            Some(r) => r,
+            None => {
+                let v = store.db().schema_version()?;
+                MigrateReport {
+                    from_schema: v,
+                    to_schema: v,
+                    elapsed: start.elapsed(),
+                    ..Default::default()
+                }
+            }
+        })
     }
 
     /// Removes `<data>/chunks/` once the schema says packs (what a crash
@@ -149,7 +304,7 @@ impl Store {
             if st.deleted {
                 continue;
             }
-            for c in self.manifest_unchecked(&id)?.chunks {
+            for c in self.dangerously_manifest_unverified(&id)?.chunks {
                 wanted.insert(c.id, c.len);
             }
         }
@@ -234,4 +389,17 @@ impl Store {
         failpoint::hit("migrate.group").ctx(|| "migrating chunks".to_string())?;
         Ok(())
     }
+}
+
+/// Schema 2 to 3: the chunk files of `<data>/chunks/` copied into packs
+/// (see the module docs); the index is then complete.
+pub fn migrate_2_to_3(
+    store: &Store,
+    progress: &dyn Progress,
+    report: &mut MigrateReport,
+) -> Result<()> {
+    let old = store.dir().join(CHUNKS_DIR);
+    store.copy_chunk_files(&old, report, progress)?;
+    // Every referenced chunk is indexed: the index is complete.
+    store.db().set_index_complete(true)
 }

@@ -120,10 +120,12 @@ pub fn migrate(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         !ctx.remote(),
         "migrate cannot run inside a serving node; stop `bbsync serve` first"
     );
+    let pass = super::passphrase(ctx)?;
     let bar = Bar::new(ctx.progress);
-    let r = bbsync_store::Store::migrate(&ctx.data_dir, &bar).map_err(|e| {
-        anyhow::Error::new(e).context(format!("migrating data dir {}", ctx.data_dir.display()))
-    })?;
+    let r = bbsync_store::Store::migrate(&ctx.data_dir, pass.as_deref().map(String::as_str), &bar)
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!("migrating data dir {}", ctx.data_dir.display()))
+        })?;
     if ctx.json {
         output::json(ctx, &r)?;
     } else {

@@ -245,7 +245,18 @@ pub fn chunk_files(data: &Path) -> BTreeSet<PathBuf> {
     if !data.join("db").is_dir() {
         return out;
     }
-    let i = bbsync_store::inspect::inspect(data).unwrap();
+    // sled lets go of its lock a moment after the last handle is dropped
+    // (its flusher thread): a handle this process just closed may still
+    // hold it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let i = loop {
+        match bbsync_store::inspect::inspect(data) {
+            Err(bbsync_store::StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     let mut known: BTreeSet<String> = BTreeSet::new();
     for (id, loc) in &i.index {
         let h = id.to_hex();
