@@ -31,6 +31,9 @@ use crate::{
 /// The schema this build writes. Older ones are migrated at open
 /// (`crate::migrate`), newer ones refused.
 pub const SCHEMA_VERSION: u32 = 2;
+/// How long opening a data dir waits for another process's lock on it
+/// before reporting [`StoreError::InUse`].
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Objects per atomic database batch in [`Db::commit`].
 pub const COMMIT_BATCH: usize = 1024;
 
@@ -206,19 +209,32 @@ pub struct Db {
 impl Db {
     /// Opens (or, with `create`, creates) the database at `path`, checking its schema.
     pub fn open(path: &Path, data_dir: &Path, create: bool) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::InUse(data_dir.to_path_buf())
+        // Another process holding the lock may be a short command (`status`,
+        // `ls` run while no node serves): wait a little for it rather than
+        // fail at once (a `serve` started by systemd at the same moment
+        // would otherwise exit). A long holder is still reported.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(64 * 1024 * 1024)
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                        StoreError::InUse(data_dir.to_path_buf())
+                    }
+                    sled::Error::Io(io) if io.to_string().contains("lock") => {
+                        StoreError::InUse(data_dir.to_path_buf())
+                    }
+                    other => db_err(other),
+                });
+            match opened {
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    StoreError::InUse(data_dir.to_path_buf())
-                }
-                other => db_err(other),
-            })?;
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("bbsync").map_err(db_err)?;
         match tree.get(K_SCHEMA).map_err(db_err)? {
             Some(v) => {
