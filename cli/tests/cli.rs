@@ -284,7 +284,8 @@ fn failpoints_reach_the_real_binary() -> TestResult {
     let t = tempfile::tempdir()?;
     let data = t.path().join("d");
     let o = bbsync(&data)
-        .env("FAILPOINTS", "file.rename=return(enospc)")
+        // (The first write is config.toml, the second identity.key.)
+        .env("FAILPOINTS", "file.rename=1*off->return(enospc)")
         .args(["init", "--name", "f"])
         .output()?;
     assert_eq!(o.status.code(), Some(1));

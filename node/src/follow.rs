@@ -23,7 +23,7 @@ use bbsync_protocol::{
     ObjectId,
     wire::{MAX_PAGE, Request, Response},
 };
-use bbsync_store::Store;
+use bbsync_store::{Store, failpoint};
 use futures::{StreamExt, stream};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::Serialize;
@@ -220,7 +220,11 @@ async fn run_session(
         // Durably applied (or nothing to apply): only now the cursor moves.
         if next != cursor {
             let store = store.clone();
-            blocking(move || store.db().set_cursor(&upstream, next)).await?;
+            blocking(move || {
+                failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
+                store.db().set_cursor(&upstream, next)
+            })
+            .await?;
             cursor = next;
         }
         let lag = last_seq.saturating_sub(cursor);
@@ -271,7 +275,11 @@ async fn apply(
             return Err(out_of_protocol(&peer, "Manifests"));
         };
         let store = store.clone();
-        let acc = blocking(move || store.accept_manifests(&upstream, items)).await?;
+        let acc = blocking(move || {
+            failpoint::check("follow.accept", || "recording received manifests".into())?;
+            store.accept_manifests(&upstream, items)
+        })
+        .await?;
         for (what, why) in &acc.rejected {
             tracing::warn!(object = %what, "follow: refused: {why}");
         }
@@ -297,6 +305,9 @@ async fn apply(
         let store = store.clone();
         let ids = ids.clone();
         blocking(move || {
+            failpoint::check("follow.complete", || {
+                "marking fetched objects complete".into()
+            })?;
             let done = store.complete_ready_of(&ids)?;
             let incomplete = store.missing_chunks_of(&ids)?.len();
             Ok((done, incomplete))

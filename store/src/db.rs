@@ -7,10 +7,12 @@
 //! |------------------------------|--------------------------------------------------------------|
 //! | `meta/schema_version`        | u32 big-endian                                               |
 //! | `meta/next_seq`              | u64 big-endian: next change-log number                       |
+//! | `meta/gc_pending`            | present while replaced versions' chunks may be uncollected   |
 //! | `o/` object_id               | postcard [`ObjectRecord`]: state, latest manifest, envelope  |
 //! | `n/` kind `\0` name          | object_id                                                    |
 //! | `c/` seq (u64 BE)            | object_id                                                    |
 //! | `t/` instance_id             | postcard [`TrustRecord`]                                     |
+//! | `u/` instance_id             | u64 big-endian: change-log cursor of a followed upstream     |
 //!
 //! One record per object (rather than one key each for state, manifest and
 //! envelope) halves sled's memory and write cost on large imports.
@@ -30,6 +32,7 @@ pub const COMMIT_BATCH: usize = 1024;
 
 const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
+const K_GC_PENDING: &[u8] = b"meta/gc_pending";
 const MAX_RECORD: usize = 48 * 1024 * 1024;
 
 /// What the store knows about the latest version of an object.
@@ -106,6 +109,12 @@ pub struct ObjectWrite {
 
 fn db_err(e: sled::Error) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// Passes a failpoint (see `failpoint.rs`); an injected error comes back as
+/// sled's own I/O error would.
+fn failpoint(name: &'static str) -> Result<()> {
+    crate::failpoint::hit(name).map_err(|e| db_err(sled::Error::Io(e)))
 }
 
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
@@ -257,6 +266,7 @@ impl Db {
                 seq += 1;
             }
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            failpoint("db.mark_complete")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
         }
         self.flush()?;
@@ -288,6 +298,7 @@ impl Db {
 
     /// Records (durably) the cursor of an upstream.
     pub fn set_cursor(&self, upstream: &InstanceId, seq: u64) -> Result<()> {
+        failpoint("db.set_cursor")?;
         self.tree
             .insert(key(b"u/", upstream.as_bytes()), &seq.to_be_bytes())
             .map_err(db_err)?;
@@ -314,6 +325,7 @@ impl Db {
 
     /// Flushes to disk.
     pub fn flush(&self) -> Result<()> {
+        failpoint("db.flush")?;
         self.db.flush().map_err(db_err)?;
         Ok(())
     }
@@ -346,6 +358,7 @@ impl Db {
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
         f(&mut rec);
+        failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(&rec))
             .map_err(db_err)?;
@@ -354,6 +367,7 @@ impl Db {
 
     /// Replaces an object's whole record (its change-log number stays).
     pub fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+        failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -445,6 +459,12 @@ impl Db {
             for w in writes.by_ref().take(COMMIT_BATCH) {
                 let oid = w.object_id.as_bytes();
                 if let Some(prev) = &w.previous {
+                    if prev.chunks > 0 && prev.manifest_id != w.state.manifest_id {
+                        // The old version's chunks may now be garbage: until a
+                        // GC has run, the next open collects them (a crash
+                        // between this commit and the GC leaks nothing).
+                        batch.insert(K_GC_PENDING, &[1u8]);
+                    }
                     batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
                     if prev.kind != w.state.kind || prev.name != w.state.name {
                         batch.remove(name_key(&prev.kind, &prev.name));
@@ -463,6 +483,7 @@ impl Db {
                 seq += 1;
             }
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            failpoint("db.commit")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
         }
         self.flush()?;
@@ -470,8 +491,23 @@ impl Db {
         Ok(seq - 1)
     }
 
+    /// Whether a commit replaced versions whose chunks no GC has collected
+    /// since (see [`Db::commit`]).
+    pub fn gc_pending(&self) -> Result<bool> {
+        self.tree.contains_key(K_GC_PENDING).map_err(db_err)
+    }
+
+    /// A GC ran after every replacing commit: clears [`Db::gc_pending`].
+    pub fn clear_gc_pending(&self) -> Result<()> {
+        if self.tree.remove(K_GC_PENDING).map_err(db_err)?.is_some() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a trusted instance.
     pub fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+        failpoint("db.put_trust")?;
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -481,6 +517,7 @@ impl Db {
     /// Removes a trusted instance; false if it was not there. Waiting
     /// subscriptions wake up to re-check their peer's trust.
     pub fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+        failpoint("db.remove_trust")?;
         let had = self
             .tree
             .remove(key(b"t/", id.as_bytes()))

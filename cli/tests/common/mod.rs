@@ -30,7 +30,8 @@ pub fn bare() -> Command {
     let mut c = Command::cargo_bin("bbsync").unwrap();
     c.env_remove("BBSYNC_DATA")
         .env_remove("BBSYNC_LOG")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("FAILPOINTS");
     c
 }
 

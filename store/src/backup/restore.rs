@@ -385,6 +385,9 @@ impl Store {
         progress.finish();
 
         // 6. Trust, then the records, in one commit.
+        crate::failpoint::check("restore.commit", || {
+            "committing the restored records".into()
+        })?;
         {
             let _g = self.lock();
             if plan.is_empty() {
@@ -428,7 +431,15 @@ impl Store {
                 self.db().flush()?;
             }
             drop(_g);
+            if report.replaced > 0 {
+                // Chunks of the replaced versions; a failure is only logged
+                // (the store's next open collects them).
+                if let Err(e) = self.gc() {
+                    tracing::warn!("restore done, but removing unreferenced chunks failed: {e}");
+                }
+            }
             if opts.rekey && !restored.is_empty() {
+                crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
                 report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
             }
         }
