@@ -63,7 +63,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let t = tempfile::tempdir().unwrap();
+        let t = bbsync_tests::tempdir().unwrap();
         let root = t.path().to_path_buf();
         let a = root.join("a");
         let b = root.join("b");
@@ -205,7 +205,7 @@ fn incremental_backup_copies_only_new_chunks() -> TestResult {
 
 #[test]
 fn disaster_recovery_restores_identity_and_content() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let tree = t.path().join("gen");
     gen_small(&tree, 3);
     let a = t.path().join("a");
@@ -709,7 +709,7 @@ fn nonexistent_snapshot() -> TestResult {
 
 #[test]
 fn bad_cron_expression_stops_serve_before_it_starts() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let a = t.path().join("a");
     init(&a, "cron");
     let cfg = a.join("config.toml");
@@ -749,7 +749,7 @@ fn clone_from_backup_fetches_only_what_the_backup_lacks() -> TestResult {
 
 #[test]
 fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let a = t.path().join("a");
     init(&a, "cron");
     let tree = t.path().join("bbs");

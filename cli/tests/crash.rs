@@ -1,124 +1,124 @@
-//! Crash safety of import: `kill -9` an `import-bbs` at random moments, then
-//! check that the store opens, that everything it calls complete is on disk
-//! and intact (`verify --read-data`), that no temp file is left, and that a
-//! final import converges to a store whose export equals the tree.
+//! Real `kill -9` of `import-bbs` and of `gc`, as a sanity check beside the
+//! failpoint crash matrix (`crash_matrix.rs`, which crashes every step of
+//! every write deterministically). The kill is triggered by progress seen
+//! on disk (temp chunk files appearing, chunk files going), not by a timer,
+//! and each step of the command is slowed by a millisecond (a failpoint's
+//! `sleep`; nothing fails), so it lands inside the command on any machine,
+//! whatever its disk. Afterwards the store
+//! opens, everything it calls complete is on disk and intact (`verify
+//! --read-data`), no temp file or marker is left, and the command run again
+//! converges to a store whose export equals the tree.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::Instant,
-};
-
 use common::*;
 
-/// A small deterministic generator (xorshift), so a failing trial can be rerun.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [lo, hi).
-    fn frac(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() % 10_000) as f64 / 10_000.0
-    }
-}
-
 #[test]
-fn import_survives_kill_9_at_random_moments() -> TestResult {
-    let tmp = tempfile::tempdir()?;
-    // Two sample BBSes with the same layout and different content: switching
-    // between them rewrites most objects (new versions, tombstones, new
-    // objects), so every import is long enough for a kill to land inside.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
+fn import_survives_kill_9() -> TestResult {
+    let tmp = bbsync_tests::tempdir()?;
+    // Two trees with the same names and other content: importing the
+    // second over the first rewrites every object (1,200 new chunk files).
     let trees: Vec<_> = [7, 8]
         .iter()
         .map(|seed| {
             let t = tmp.path().join(format!("tree-{seed}"));
-            let st = Command::new("python3")
-                .arg(&script)
-                .args(["--profile", "small", "--seed", &seed.to_string()])
-                .arg(&t)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success(), "gen-bbs.py failed");
+            message_tree(&t, 1200, *seed);
             t
         })
         .collect();
-    let tree = &trees[0];
-    let tree_s = tree.to_str().unwrap();
-
-    // How long a whole import takes here, so that kills land inside one.
-    let scratch = tmp.path().join("scratch");
-    init(&scratch, "scratch");
-    let t0 = Instant::now();
-    ok(&scratch, &["import-bbs", tree_s]);
-    let full = t0.elapsed();
-
     let data = tmp.path().join("data");
     init(&data, "crashy");
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut killed = 0;
-    for trial in 0..10u64 {
-        let this = trees[trial as usize % 2].to_str().unwrap();
-        let delay = full.mul_f64(rng.frac(0.02, 0.6));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bbsync"))
-            .arg("--no-progress")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["import-bbs", this])
-            .env_remove("BBSYNC_DATA")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        std::thread::sleep(delay);
-        if child.try_wait()?.is_none() {
-            child.kill()?; // SIGKILL
-            killed += 1;
-        }
-        child.wait()?;
-        // The lock of the killed process is gone with it.
-        wait_unlocked(&data);
-        let (code, report) = verify(&data, &["--read-data"]);
-        assert_eq!(
-            code, 0,
-            "trial {trial} (killed after {delay:?}): verify after the kill: {report}"
-        );
-        assert!(
-            chunk_temp_files(&data).is_empty(),
-            "trial {trial}: temp files left after reopening"
-        );
-        assert!(
-            !data.join("chunks/dirty").exists(),
-            "trial {trial}: dirty marker left after recovery"
-        );
-    }
-    eprintln!("{killed} of 10 kills landed during an import (a whole import takes {full:?})");
+    ok(&data, &["import-bbs", trees[0].to_str().unwrap()]);
+
+    // Killed while it stages the new chunks (a third of them written).
+    let tree = trees[1].to_str().unwrap();
+    let landed = kill_at(&data, &["import-bbs", tree], "chunks.stage", 400, || {
+        chunk_temp_files(&data).len()
+    });
+    assert!(landed, "the import ended before the kill");
+    // The lock of the killed process is gone with it.
+    wait_unlocked(&data);
+    let (code, report) = verify(&data, &["--read-data"]);
+    assert_eq!(code, 0, "verify after the kill: {report}");
     assert!(
-        killed >= 5,
-        "only {killed} of 10 kills landed during an import (import took {full:?})"
+        chunk_temp_files(&data).is_empty(),
+        "temp files left after reopening"
     );
+    assert!(
+        !data.join("chunks/dirty").exists(),
+        "dirty marker left after recovery"
+    );
+    // Nothing of the killed import is visible: the first tree is intact.
+    let out = tmp.path().join("out-1");
+    ok(&data, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&trees[0], &out);
 
     // The next import finishes the job; the store then equals the tree.
-    ok(&data, &["import-bbs", tree_s]);
+    ok(&data, &["import-bbs", tree]);
+    let (code, report) = verify(&data, &["--read-data"]);
+    assert_eq!(code, 0, "final verify: {report}");
+    let out = tmp.path().join("out-2");
+    ok(&data, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&trees[1], &out);
+    // Importing once more changes nothing: the interrupted run left no
+    // half-recorded object behind.
+    let again = json(&data, &["import-bbs", tree]);
+    assert_eq!(again["new"], 0);
+    assert_eq!(again["changed"], 0);
+    assert_eq!(again["deleted"], 0);
+    Ok(())
+}
+
+#[test]
+fn gc_survives_kill_9() -> TestResult {
+    let tmp = bbsync_tests::tempdir()?;
+    let tree = tmp.path().join("tree");
+    message_tree(&tree, 300, 3);
+    let data = tmp.path().join("data");
+    init(&data, "collected");
+    ok(&data, &["import-bbs", tree.to_str().unwrap()]);
+    let live = real_chunks(&data).len();
+    // 1,500 chunk files that no manifest here references (another store's).
+    let other_tree = tmp.path().join("other-tree");
+    message_tree(&other_tree, 1500, 4);
+    let other = tmp.path().join("other");
+    init(&other, "other");
+    ok(&other, &["import-bbs", other_tree.to_str().unwrap()]);
+    for c in real_chunks(&other) {
+        let dest = data.join("chunks").join(&c);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::copy(other.join("chunks").join(&c), dest)?;
+    }
+    let total = real_chunks(&data).len();
+    assert!(total >= live + 1500, "{total} chunk files");
+
+    // Killed once it removed a third of them.
+    let landed = kill_at(&data, &["gc"], "gc.remove", 500, || {
+        total.saturating_sub(real_chunks(&data).len())
+    });
+    assert!(landed, "gc ended before the kill");
+    wait_unlocked(&data);
+    // Only garbage is left: nothing referenced went, nothing is damaged.
+    let (_, report) = verify(&data, &["--read-data"]);
+    let classes = problem_classes(&report);
+    assert!(
+        !classes.is_empty() && classes.iter().all(|c| c == "orphan-chunk"),
+        "verify after the kill: {report}"
+    );
+    let left = real_chunks(&data).len();
+    assert!(
+        left > live && left < total,
+        "{left} of {total} chunk files left"
+    );
+
+    let r = json(&data, &["gc"]);
+    assert_eq!(r["removed_chunks"], (left - live) as u64, "{r}");
     let (code, report) = verify(&data, &["--read-data"]);
     assert_eq!(code, 0, "final verify: {report}");
     let out = tmp.path().join("out");
     ok(&data, &["export-bbs", out.to_str().unwrap()]);
-    assert_same_tree(tree, &out);
-    // Importing once more changes nothing: the interrupted runs left no
-    // half-recorded object behind.
-    let again = json(&data, &["import-bbs", tree_s]);
-    assert_eq!(again["new"], 0);
-    assert_eq!(again["changed"], 0);
-    assert_eq!(again["deleted"], 0);
+    assert_same_tree(&tree, &out);
     Ok(())
 }

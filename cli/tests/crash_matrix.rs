@@ -31,7 +31,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -242,9 +242,17 @@ struct Fixture {
     log: Mutex<Vec<String>>,
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(Fixture::make)
+/// The fixture, shared by the tests that run at the same time and removed
+/// with the last of them (a `static` would never be dropped).
+fn fixture() -> Arc<Fixture> {
+    static F: Mutex<Weak<Fixture>> = Mutex::new(Weak::new());
+    let mut slot = F.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(f) = slot.upgrade() {
+        return f;
+    }
+    let f = Arc::new(Fixture::make());
+    *slot = Arc::downgrade(&f);
+    f
 }
 
 /// Deterministic bytes (xorshift), `len` of them.
@@ -318,7 +326,7 @@ fn versions(data: &Path) -> Option<BTreeMap<(String, String), (u64, String)>> {
 
 impl Fixture {
     fn make() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = bbsync_tests::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         // Tree 1: the mini BBS, 24 posts, a file of several chunks.
         let tree1 = root.join("tree1");
@@ -621,13 +629,13 @@ fn check_fault_outcome(o: &Out, point: &str, fault: Fault, what: &str) {
 
 /// Runs one row of a one-shot command path in its own directory.
 fn run_row(
+    f: &Fixture,
     path: Path_,
     point: &'static str,
     fault: Fault,
     work: &Path,
     upstream: Option<&str>,
 ) -> String {
-    let f = fixture();
     let spec = fault.spec(point);
     let what = format!("{path:?} / {spec}");
     fs::create_dir_all(work).unwrap();
@@ -724,7 +732,7 @@ fn run_row(
             assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
             check_store_final(&data, &f.tree2, work, &what);
         }
-        P::Follow => run_follow_row(point, fault, work, upstream.unwrap(), &what),
+        P::Follow => run_follow_row(f, point, fault, work, upstream.unwrap(), &what),
     }
     format!("{path:?} | {point} | {} | ok", fault_label(path, fault))
 }
@@ -746,8 +754,7 @@ fn fault_label(path: Path_, f: Fault) -> String {
 /// A follower started with the fault: it aborts there (and is restarted
 /// without it), or logs the injected error and retries by itself; either
 /// way it catches up with the upstream.
-fn run_follow_row(point: &str, fault: Fault, work: &Path, upstream: &str, what: &str) {
-    let f = fixture();
+fn run_follow_row(f: &Fixture, point: &str, fault: Fault, work: &Path, upstream: &str, what: &str) {
     let data = work.join("data");
     copy_dir(&f.b1, &data);
     let spec = fault.spec(point);
@@ -842,7 +849,7 @@ fn run_path(path: Path_) {
                         return;
                     };
                     let work = base.join(i.to_string());
-                    let line = run_row(path, point, fault, &work, upstream.as_deref());
+                    let line = run_row(&f, path, point, fault, &work, upstream.as_deref());
                     let _ = fs::remove_dir_all(&work);
                     results.lock().unwrap().push((i, line));
                 }

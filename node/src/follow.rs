@@ -81,6 +81,9 @@ pub struct UpstreamStatus {
     pub rejected: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// Sessions that ended in an error (and were retried) since the node
+    /// started.
+    pub failed_sessions: u64,
 }
 
 /// The followers of this process, by address (what `status` reads when it
@@ -131,6 +134,7 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
         update(&key, |s| {
             s.state = "waiting to reconnect".into();
             s.last_error = Some(err.to_string());
+            s.failed_sessions += 1;
         });
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(opts.backoff_max);

@@ -475,3 +475,72 @@ pub fn gen_bbs(dir: &Path, profile: &str, seed: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A small deterministic generator (xorshift), so a failing run can be
+/// repeated.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Writes `n` posts of 2-18 KB (one chunk each) over 8 boards under `root`,
+/// different for each `seed`: a tree with many chunk files that imports in
+/// a second or two, for tests that need a command to take a while.
+pub fn message_tree(root: &Path, n: u64, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    for i in 0..n {
+        let len = 1000 + (rng.next() % 8000) as usize;
+        let body: String = (0..len)
+            .map(|_| format!("{:02x}", rng.next() as u8))
+            .collect();
+        write(
+            &root.join(format!("boards/b{}/{i}.json", i % 8)),
+            format!("{{\"id\":{i},\"body\":\"{body}\"}}\n"),
+        );
+    }
+}
+
+/// Runs `bbsync --data-dir DATA ARGS` and kills it with SIGKILL as soon as
+/// `progress()` reaches `target` (progress seen on disk, not a timer).
+/// `slow` names a failpoint that sleeps a millisecond at each hit (the
+/// `fail` crate's `sleep` action: nothing fails), so that on a fast disk
+/// (or in memory) the command is still running when the target is seen.
+/// Returns whether the kill landed (the process was still running).
+pub fn kill_at(
+    data: &Path,
+    args: &[&str],
+    slow: &str,
+    target: usize,
+    progress: impl Fn() -> usize,
+) -> bool {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        .arg("--no-progress")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("BBSYNC_DATA")
+        .env("FAILPOINTS", format!("{slow}=sleep(1)"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if progress() >= target || std::time::Instant::now() > deadline {
+            let _ = child.kill(); // SIGKILL
+            let st = child.wait().unwrap();
+            return st.code().is_none();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
