@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn commands_run_through_the_serving_node() -> TestResult {

@@ -11,9 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn import_survives_kill_9() -> TestResult {

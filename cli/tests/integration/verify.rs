@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{fs, path::Path};
 
-use common::*;
+use crate::common::*;
 
 /// A store with the mini BBS imported; returns its data dir.
 fn store_with_mini_bbs(root: &Path) -> std::path::PathBuf {

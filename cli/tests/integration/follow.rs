@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
-use common::*;
+use crate::common::*;
 
 /// (kind, name) -> (version, manifest id) of the live objects.
 fn versions(data: &Path) -> BTreeMap<(String, String), (u64, String)> {

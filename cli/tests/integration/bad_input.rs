@@ -3,16 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
+use crate::common::*;
 use bbsync_store::Store;
-use common::*;
 use data_encoding::BASE32_NOPAD;
 
 /// A store with the mini BBS imported and one trusted peer, so that

@@ -24,8 +24,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -35,8 +33,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::*;
 use bbsync_store::failpoint::POINTS;
-use common::*;
 
 /// What a row injects at its point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

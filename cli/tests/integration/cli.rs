@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use predicates::prelude::*;
 
 fn is_hex(s: &str, len: usize) -> bool {

@@ -9,11 +9,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{fs, path::Path, time::Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Entries (chunk files and temp files) under `dir/chunks/*/`.
 fn chunk_entries(dir: &Path) -> usize {

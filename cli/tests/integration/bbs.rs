@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{fs, path::Path, process::Command as StdCommand};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn counts(s: &Value) -> (u64, u64, u64, u64) {

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     fs,
     os::unix::fs::MetadataExt,
@@ -14,8 +12,8 @@ use std::{
     process::Command as StdCommand,
 };
 
+use crate::common::*;
 use bbsync_store::Store;
-use common::*;
 use serde_json::Value;
 
 const PASS: &str = "correct horse battery staple";
