@@ -16,14 +16,14 @@
 //! | `1*return(enospc)`      | `ENOSPC` at the first hit only (a retrying follower goes on)   |
 //!
 //! Every point is listed in [`POINTS`] with what a crash there leaves
-//! behind; `cli/tests/crash_matrix.rs` runs every one of them on every
+//! behind; `cli/tests/integration/crash_matrix.rs` runs every one of them on every
 //! command path that passes it (docs/dev-notes.md has the table).
 
 use std::io;
 
 /// Every failpoint in the store and node crates: `(name, what a crash or
 /// an injected error there leaves behind)`. Names are `area.step`; the
-/// crash-matrix tests (`cli/tests/crash_matrix.rs`) fail when a point here
+/// crash-matrix tests (`cli/tests/integration/crash_matrix.rs`) fail when a point here
 /// is on none of their rows, or when the code has a point not listed here.
 pub const POINTS: &[(&str, &str)] = &[
     // Files written whole (identity, config).
