@@ -20,6 +20,7 @@ BAD_DECODER_TARGET = {
     "card": "decode_card",
     "card-string": "decode_card",
     "checkpoint": "decode_checkpoint",
+    "snapshot": "decode_snapshot",
     "identity-file": "identity_file",
     "chunk": "open_chunk",
     "chunk-by-id": "open_chunk",
@@ -42,6 +43,12 @@ def main():
     for i, row in enumerate(load("manifest.json")["manifests"]):
         put("decode_manifest", f"good-{i}", bytes.fromhex(row["bytes"]))
         put("decode_manifest", f"good-body-{i}", bytes.fromhex(row["body"]))
+    for i, row in enumerate(load("manifest.json")["legacy_v1"]):
+        put("decode_manifest", f"good-v1-{i}", bytes.fromhex(row["bytes"]))
+        put("decode_manifest", f"good-v1-body-{i}", bytes.fromhex(row["body"]))
+    for i, row in enumerate(load("snapshot.json")["snapshots"]):
+        put("decode_snapshot", f"good-{i}", bytes.fromhex(row["bytes"]))
+        put("decode_snapshot", f"good-body-{i}", bytes.fromhex(row["body"]))
     for i, row in enumerate(load("envelope.json")["entries"]):
         put("decode_envelope_entry", f"good-{i}", bytes.fromhex(row["bytes"]))
         put("decode_envelope_entry", f"good-body-{i}", bytes.fromhex(row["body"]))
@@ -62,6 +69,9 @@ def main():
     for row in load("meta.json")["metas"]:
         put("open_chunk", "good-meta-" + row["shape"], bytes.fromhex(row["sealed"]))
         put("open_chunk", "good-object-meta-" + row["shape"], bytes.fromhex(row["encoded"]))
+    for i, row in enumerate(load("invite.json")["invites"]):
+        put("decode_invite", f"good-{i}", row["string"].encode())
+        put("decode_invite", f"good-payload-{i}", bytes.fromhex(row["payload"]))
     for row in load("bad.json")["samples"]:
         put(BAD_DECODER_TARGET[row["decoder"]], row["name"], bytes.fromhex(row["hex"]))
 

@@ -10,7 +10,22 @@
 #       cold (fresh arti state: new keys) and warm (restart, same address);
 #   (b) `bbsync clone` of the whole BBS over the onion address, into a fresh
 #       node;
-#   (c) the same clone over loopback TCP, for comparison.
+#   (c) the same clone over loopback TCP, for comparison;
+#   (d) restarts (RESTARTS, default 3), with a standby following the source
+#       (`serve --follow`) and, over Tor, a client dial that began while the
+#       source was down (`fetch-missing --from`, started after the source
+#       stopped; the source restarts once that dial has failed once):
+#         restart -> published   new `serve` started -> address printed;
+#         restart -> reachable   new `serve` started -> the waiting client's
+#                                connection (its log's `connected` line;
+#                                can come before the address is printed:
+#                                streams are accepted from the start);
+#         standby catch-up       address printed -> a post made right then is
+#                                applied on the standby (its `applied` log
+#                                line);
+#       the same over loopback TCP on a fixed port, side by side (a TCP dial
+#       does not retry, so only the standby is measured there), against the
+#       goals (30 s each).
 # Each clone is verified (verify --read-data, export-bbs, diff -r against
 # the tree). Prints seconds, MB/s (stored bytes transferred / wall time)
 # and the Tor/TCP ratio.
@@ -18,6 +33,7 @@
 # Environment:
 #   BBSYNC_BIN=PATH   use this binary, do not build (else a release build)
 #   PROFILE=NAME      gen-bbs.py profile: small (default) or large
+#   RESTARTS=N        restarts in (d), default 3
 #   WORK=DIR          put the work dir under DIR
 #   KEEP=1            keep the work dir
 set -euo pipefail
@@ -27,6 +43,8 @@ PROG=bench-tor.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PROFILE="${PROFILE:-small}"
+RESTARTS="${RESTARTS:-3}"
+[[ "$RESTARTS" =~ ^[1-9][0-9]*$ ]] || die "RESTARTS must be a positive number, not '$RESTARTS'"
 case "$PROFILE" in
   small | large) ;;
   *) die "PROFILE must be small or large, not '$PROFILE'" ;;
@@ -71,14 +89,14 @@ serve_onion() {
     >"$LOGS/$name.out" 2>"$LOGS/$name.log" &
   SERVER_PID=$!
   SERVE_ADDR=""
-  for _ in $(seq 1 1800); do
+  for _ in $(seq 1 3600); do
     SERVE_ADDR="$(head -n 1 "$LOGS/$name.out" 2>/dev/null || true)"
     [ -n "$SERVE_ADDR" ] && break
     kill -0 "$SERVER_PID" 2>/dev/null || die "serve --onion exited (log: $LOGS/$name.log)"
     sleep 0.05
   done
   t1="$(now)"
-  [ -n "$SERVE_ADDR" ] || die "serve --onion printed no address in 90 s (log: $LOGS/$name.log)"
+  [ -n "$SERVE_ADDR" ] || die "serve --onion printed no address in 180 s (log: $LOGS/$name.log)"
   ONION_SECS="$(fcalc '%.2f' 'b - a' "a=$t0" "b=$t1")"
   log "    $SERVE_ADDR"
   log "    -> address printed after ${ONION_SECS} s"
@@ -116,7 +134,7 @@ log "== generate the tree and the source node (not timed)"
 python3 "$BBSYNC_SCRIPTS_DIR/gen-bbs.py" --profile "$PROFILE" --seed 1 "$TREE" >/dev/null || die "gen-bbs.py failed"
 "$BBSYNC" --data-dir "$SRC" --no-progress init --name source >/dev/null
 "$BBSYNC" --data-dir "$SRC" --no-progress import-bbs "$TREE" >/dev/null
-for who in tor tcp; do
+for who in tor tcp standby-tor standby-tcp; do
   "$BBSYNC" --data-dir "$WORKDIR/clone-$who" --no-progress init --name "clone-$who" >/dev/null
   "$BBSYNC" --data-dir "$SRC" --no-progress trust add \
     "$("$BBSYNC" --data-dir "$WORKDIR/clone-$who" id)" --role full >/dev/null
@@ -155,6 +173,184 @@ check_clone "$WORKDIR/clone-tcp" tcp
 stop_server
 
 log ""
+log "== (d) restarts: restart -> published, -> reachable, standby catch-up"
+TCP_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+python3 - "$BBSYNC" "$SRC" "$ARTI" "$WORKDIR" "$RESTARTS" "$TCP_PORT" >"$LOGS/restarts.txt" <<'PY' ||
+import datetime, json, os, re, signal, subprocess, sys, time
+
+bbsync, src, arti, work, restarts, tcp_port = sys.argv[1:7]
+restarts = int(restarts)
+logs = os.path.join(work, "logs")
+
+
+children = []
+
+
+def fail(msg):
+    print(f"bench-tor.sh: error: {msg}", file=sys.stderr)
+    for c in children:
+        if c.poll() is None:
+            c.kill()
+            c.wait()
+    sys.exit(1)
+
+
+def wait(what, deadline_s, ok, poll=0.05):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        v = ok()
+        if v:
+            return v
+        time.sleep(poll)
+    fail(f"timed out after {deadline_s} s waiting for {what}")
+
+
+def bb(data, *args, tor=False):
+    cmd = [bbsync, "--data-dir", data, "--no-progress"]
+    if tor:
+        cmd += ["--tor-config", arti]
+    return cmd + list(args)
+
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def log_time(path, pattern):
+    """Epoch seconds of the first log line matching pattern (UTC stamps)."""
+    for line in read(path).splitlines():
+        if re.search(pattern, line):
+            stamp = line.split()[0].rstrip("Z")
+            return datetime.datetime.fromisoformat(stamp).replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+    return None
+
+
+def start_primary(kind, name):
+    out, err = os.path.join(logs, name + ".out"), os.path.join(logs, name + ".log")
+    if kind == "onion":
+        args = bb(src, "-v", "serve", "--onion", tor=True)
+    else:
+        args = bb(src, "-v", "serve", "--listen", f"/ip4/127.0.0.1/tcp/{tcp_port}")
+    t0 = time.time()
+    p = subprocess.Popen(args, stdout=open(out, "w"), stderr=open(err, "w"))
+    children.append(p)
+
+    def addr():
+        text = read(out)
+        if "\n" in text:
+            return text.split("\n")[0]
+        if p.poll() is not None:
+            fail(f"{name} exited (log: {err})")
+        return None
+    a = wait(f"{name} to print its address", 180, addr)
+    return p, a, t0, time.time()
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    p.wait()
+
+
+def lag_zero(standby):
+    r = subprocess.run(bb(standby, "--json", "status"), capture_output=True, text=True)
+    if r.returncode != 0:
+        return False
+    ups = json.loads(r.stdout).get("upstreams", [])
+    return bool(ups) and all(u.get("state") == "following" and u.get("lag_changes") == 0
+                             and u.get("cursor", 0) > 0 for u in ups)
+
+
+results = {}
+for kind in ["onion", "tcp"]:
+    standby = os.path.join(work, "clone-standby-tor" if kind == "onion" else "clone-standby-tcp")
+    client = os.path.join(work, "clone-tor")
+    p, addr, _, _ = start_primary(kind, f"{kind}-start")
+    slog = os.path.join(logs, f"standby-{kind}.log")
+    env = dict(os.environ, BBSYNC_LOG="warn,bbsync::follow=info")
+    sp = subprocess.Popen(bb(standby, "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--follow", addr,
+                             tor=(kind == "onion")),
+                          stdout=subprocess.DEVNULL, stderr=open(slog, "w"), env=env)
+    children.append(sp)
+    # Commands reach a serving node through its control socket; one run
+    # before the socket exists would hold the data dir itself.
+    def alive_and(cond):
+        def check():
+            if sp.poll() is not None:
+                fail(f"the {kind} standby exited (log: {slog})")
+            return cond()
+        return check
+    wait(f"the {kind} standby's control socket", 60,
+         alive_and(lambda: os.path.exists(os.path.join(standby, "control.sock"))))
+    wait(f"the {kind} standby to catch up", 600, alive_and(lambda: lag_zero(standby)), poll=0.5)
+    rows = []
+    for r in range(1, restarts + 1):
+        stop(p)
+        waiting = None
+        if kind == "onion":
+            clog = os.path.join(logs, f"reach-{r}.log")
+            waiting = subprocess.Popen(bb(client, "-v", "fetch-missing", "--from", addr, tor=True),
+                                       stdout=subprocess.DEVNULL, stderr=open(clog, "w"))
+            children.append(waiting)
+            wait("the waiting client's first failed attempt", 180,
+                 lambda: "retrying in" in read(clog))
+        p, addr2, t_restart, t_printed = start_primary(kind, f"{kind}-restart-{r}")
+        if addr2 != addr:
+            fail(f"the address changed across a restart: {addr} -> {addr2}")
+        post = os.path.join(work, f"restart-{kind}-{r}.json")
+        with open(post, "w") as f:
+            json.dump({"id": r, "from": "bench", "body": f"after restart {r} over {kind}"}, f)
+        name = f"restart-{kind}/{r}"
+        subprocess.run(bb(src, "-q", "import", post, "--kind", "message", "--name", name), check=True)
+        rows_ls = json.loads(subprocess.run(bb(src, "--json", "ls", "--kind", "message"),
+                                            check=True, capture_output=True, text=True).stdout)
+        oid = next(x["id"] for x in rows_ls if x["name"] == name)
+        pat = re.compile(r"applied object=" + oid + r" created_at_ms=\d+ applied_at_ms=(\d+)")
+
+        def applied():
+            m = pat.search(read(slog))
+            return int(m.group(1)) / 1000 if m else None
+        t_applied = wait(f"post {name} on the standby", 180, alive_and(applied))
+        reach = None
+        if waiting is not None:
+            if waiting.wait(timeout=180) != 0:
+                fail(f"the waiting client failed (log: {clog})")
+            t_conn = log_time(clog, r"connected peer=")
+            if t_conn is None:
+                fail(f"no `connected` line in {clog}")
+            reach = t_conn - t_restart
+        rows.append((t_printed - t_restart, reach, t_applied - t_printed))
+        rr = "n/a" if reach is None else f"{reach:5.2f} s"
+        print(f"  {kind:5} restart {r}: published {t_printed - t_restart:5.2f} s, "
+              f"reachable {rr}, standby catch-up {t_applied - t_printed:5.2f} s", flush=True)
+    stop(p)
+    stop(sp)
+    results[kind] = rows
+
+
+def summary(rows, i):
+    v = [x[i] for x in rows if x[i] is not None]
+    if not v:
+        return "n/a"
+    v.sort()
+    return f"{v[len(v) // 2]:.2f} s (max {v[-1]:.2f} s)"
+
+
+print("RESULT")
+labels = ["restart -> published (serve started -> address)",
+          "restart -> reachable (serve started -> waiting client in)",
+          "standby catch-up (address -> post applied)"]
+for i, label in enumerate(labels):
+    print(f"{label:54} {summary(results['onion'], i):>26} {summary(results['tcp'], i):>26}   goal 30 s")
+PY
+  die "the restart measurements failed (log: $LOGS/restarts.txt)"
+sed -n '/^RESULT$/q;p' "$LOGS/restarts.txt"
+
+log ""
 log "== results (profile $PROFILE, $(nproc) CPUs, private Tor network on 127.0.0.1)"
 printf '%-44s %10s\n' "serve --onion -> address, cold" "${COLD} s"
 printf '%-44s %10s\n' "serve --onion -> address, warm (restart)" "${WARM} s"
@@ -163,3 +359,5 @@ printf '%-44s %10s %9s MB/s  (%s bytes, peak RSS %s MB)\n' "clone over Tor" "${T
 printf '%-44s %10s %9s MB/s  (%s bytes)\n' "clone over loopback TCP" "${TCP_SECS} s" \
   "$(fcalc '%.1f' 'b / 1e6 / s' "b=$TCP_BYTES" "s=$TCP_SECS")" "$TCP_BYTES"
 printf '%-44s %10s\n' "ratio Tor/TCP (wall time)" "$(fcalc '%.1f' 'a / b' "a=$TOR_SECS" "b=$TCP_SECS")x"
+printf '\n%-54s %26s %26s\n' "restarts ($RESTARTS each; median, max)" "over Tor" "over loopback TCP"
+sed -n '/^RESULT$/,$p' "$LOGS/restarts.txt" | tail -n +2

@@ -29,6 +29,7 @@ import urllib.request
 
 AUTHORITIES = 3
 VOTING_INTERVAL = 20  # seconds (V3AuthVotingInterval)
+CBT_MIN_TIMEOUT_MS = 2000  # floor of arti's learned circuit timeouts
 
 
 def free_ports(n):
@@ -206,6 +207,13 @@ allow_local_addrs = true
 # C tor's test networks use a short HSDir period without announcing it
 # (24 voting intervals, in minutes).
 hsdir_interval = {24 * VOTING_INTERVAL // 60}
+# arti learns its circuit timeouts from the circuits it builds; on loopback
+# they build in milliseconds, so after 100 circuits (a node that
+# restarts keeps them in its state dir) a descriptor fetch times out after
+# ~100 ms, and a machine busy with other work misses that again and again
+# (a restarted onion service then took 30-70 s to be found). The floor
+# makes this network behave like a fast real one.
+cbtmintimeout = {CBT_MIN_TIMEOUT_MS}
 
 [storage.permissions]
 # Test directories live under /tmp, often as root.

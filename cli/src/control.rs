@@ -6,7 +6,11 @@
 //! command's exit code, so the hand-over is invisible to scripts.
 //!
 //! The socket is created owner-only (0600) and every connection's peer uid
-//! must be this process's uid.
+//! must be this process's uid. The client checks the other way round before
+//! it sends anything (its arguments and `BBSYNC_*` environment, which may
+//! hold `BBSYNC_PASSPHRASE`): the data dir and the socket belong to its
+//! uid, the data dir is not writable by others, and the process listening
+//! on the socket runs as its uid (`SO_PEERCRED`).
 //!
 //! Wire format: the client sends one JSON line ([`Request`]); the node
 //! answers with frames `tag (1 byte) || length (u32, big-endian) || bytes`,
@@ -68,6 +72,42 @@ fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET)
 }
 
+/// Checks that the data dir and the socket in it belong to this process's
+/// uid and that no one else can replace the socket (a data dir writable by
+/// others), before anything is sent to it.
+fn check_socket_owner(
+    data_dir: &Path,
+    path: &Path,
+    socket: &std::fs::Metadata,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::getuid().as_raw();
+    let dir = std::fs::metadata(data_dir)
+        .with_context(|| format!("reading data dir {}", data_dir.display()))?;
+    if dir.uid() != me {
+        bail!(
+            "data dir {} belongs to uid {}, not to this user (uid {me}); refusing to hand the command to its control socket",
+            data_dir.display(),
+            dir.uid()
+        );
+    }
+    if dir.mode() & 0o022 != 0 {
+        bail!(
+            "data dir {} is writable by other users (mode {:04o}); refusing to use its control socket (chmod go-w it)",
+            data_dir.display(),
+            dir.mode() & 0o7777
+        );
+    }
+    if socket.uid() != me {
+        bail!(
+            "control socket {} belongs to uid {}, not to this user (uid {me}); refusing to hand the command to it",
+            path.display(),
+            socket.uid()
+        );
+    }
+    Ok(())
+}
+
 /// If a node is serving `data_dir`, has it run this process's command and
 /// returns its exit code; `None` if no node is serving (no socket, or a
 /// stale one left by a node that was killed).
@@ -75,10 +115,11 @@ pub fn forward(data_dir: &Path) -> anyhow::Result<Option<ExitCode>> {
     let path = socket_path(data_dir);
     // Only a socket file means a node (maybe); anything else is the local
     // command's business (a missing or bad data dir gets its own error).
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {}
+    let socket = match std::fs::symlink_metadata(&path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => m,
         _ => return Ok(None),
-    }
+    };
+    check_socket_owner(data_dir, &path, &socket)?;
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e)
@@ -98,6 +139,19 @@ pub fn forward(data_dir: &Path) -> anyhow::Result<Option<ExitCode>> {
             });
         }
     };
+    // The process behind the socket must be this user's, whoever created
+    // the file: nothing is sent before this check.
+    let cred = rustix::net::sockopt::socket_peercred(&stream)
+        .context("reading the uid of the process behind the control socket")?;
+    let me = rustix::process::getuid();
+    if cred.uid != me {
+        bail!(
+            "the process behind control socket {} runs as uid {}, not as this user (uid {}); refusing to send it the command",
+            path.display(),
+            cred.uid.as_raw(),
+            me.as_raw()
+        );
+    }
     let argv = std::env::args_os()
         .map(|a| {
             a.into_string().map_err(|a| {
@@ -260,6 +314,7 @@ fn run_request(req: Request, data_dir: &Path, store: Arc<Store>, out: Sink, err:
         store: Some(store),
         tor_config: cli.tor_config,
         tor_dial_budget: cli.tor_dial_budget,
+        passphrase_file: cli.passphrase_file,
     };
     let command = cli.command;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

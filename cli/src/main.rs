@@ -7,6 +7,7 @@
 mod output;
 mod cmd;
 mod control;
+mod passphrase;
 mod progress;
 
 use std::{
@@ -50,6 +51,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECS", default_value_t = 90,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     tor_dial_budget: u64,
+    /// A file holding the passphrase of an encrypted identity.key (and of
+    /// identity escrows), on its first line; not readable by every user
+    /// [env: BBSYNC_PASSPHRASE_FILE; else BBSYNC_PASSPHRASE, systemd's
+    /// $CREDENTIALS_DIRECTORY/passphrase, or a prompt on the terminal].
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,43 +64,105 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create this instance's identity and an empty store.
+    #[command(
+        after_help = "Examples:\n  bbsync init --name alpha\n  bbsync init --name alpha --encrypt-identity   # identity.key sealed with a passphrase"
+    )]
     Init(cmd::init::InitArgs),
     /// Print this instance's card (give it to peers for `trust add`).
+    #[command(after_help = "Examples:\n  bbsync id\n  bbsync --json id")]
     Id,
     /// Manage the instances this node trusts.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bbsync trust add bbsync1... --role blind\n  bbsync trust list"
+    )]
     Trust(cmd::trust::TrustCommand),
+    /// Make, list and revoke one-time invites (the easy way to add a mirror).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bbsync invite create --role full --expires 1h\n  bbsync invite list\n  bbsync invite revoke 3f2a1b"
+    )]
+    Invite(cmd::invite::InviteCommand),
+    /// Encrypt or decrypt identity.key (a passphrase at rest).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bbsync identity encrypt\n  bbsync identity decrypt"
+    )]
+    Identity(cmd::identity::IdentityCommand),
     /// Import a file or directory as one object.
+    #[command(
+        after_help = "Examples:\n  bbsync import ./motd.ans --kind config --name motd.ans\n  bbsync import ./applets/lord --kind applet --name lord"
+    )]
     Import(cmd::import::ImportArgs),
     /// Import a whole BBS tree (config/, applets/, data/, boards/, files/).
+    #[command(after_help = "Example:\n  bbsync import-bbs /srv/bbs   # re-run to pick up changes")]
     ImportBbs(cmd::import::ImportBbsArgs),
     /// Write one object to a file or directory.
+    #[command(
+        after_help = "Examples:\n  bbsync export config:motd.ans ./motd.ans\n  bbsync export 3f2a ./out   # by id prefix"
+    )]
     Export(cmd::export::ExportArgs),
     /// Write every object back out as a BBS tree.
+    #[command(after_help = "Example:\n  bbsync export-bbs /tmp/restored")]
     ExportBbs(cmd::export::ExportBbsArgs),
     /// List objects.
+    #[command(after_help = "Examples:\n  bbsync ls --kind message\n  bbsync --json ls --all")]
     Ls(cmd::ls::LsArgs),
     /// Summarize this node's store.
+    #[command(after_help = "Examples:\n  bbsync status\n  bbsync --json status")]
     Status,
     /// Check every manifest, envelope and chunk; exit 1 on any problem.
+    #[command(after_help = "Examples:\n  bbsync verify\n  bbsync verify --read-data --json")]
     Verify(cmd::verify::VerifyArgs),
     /// Remove chunk files that no manifest references.
+    #[command(after_help = "Example:\n  bbsync gc")]
     Gc,
     /// Serve this node's content to trusted peers until Ctrl-C or SIGTERM.
+    #[command(
+        after_help = "Examples:\n  bbsync serve --listen /ip4/0.0.0.0/tcp/4040\n  bbsync serve --onion\n  bbsync serve --follow bbsyncinvite1...        # a standby of the node that made the invite\n  bbsync serve --passphrase-file /etc/bbsync/passphrase"
+    )]
     Serve(cmd::net::ServeArgs),
     /// Clone everything a peer serves into this node.
+    #[command(
+        after_help = "Examples:\n  bbsync --data-dir /srv/mirror clone bbsyncinvite1... --name mirror   # a new node, by invite\n  bbsync clone /ip4/192.0.2.7/tcp/4040/p2p/12D3...\n  bbsync clone ADDR --peer ADDR2 --only message:general"
+    )]
     Clone(cmd::net::CloneArgs),
     /// Fetch the chunks that local manifests reference and the disk lacks.
+    #[command(
+        after_help = "Example:\n  bbsync fetch-missing --from /ip4/192.0.2.7/tcp/4040/p2p/12D3..."
+    )]
     FetchMissing(cmd::net::FetchMissingArgs),
     /// Add envelope entries for trusted instances, drop those of untrusted ones.
+    #[command(
+        after_help = "Examples:\n  bbsync rekey --dry-run\n  bbsync trust remove 3f2a1b2c && bbsync rekey --rotate"
+    )]
     Rekey(cmd::rekey::RekeyArgs),
     /// Back this store up into a backup repository (a new snapshot).
+    #[command(
+        after_help = "Examples:\n  bbsync backup --repo /mnt/backup --tag nightly\n  bbsync backup --repo /mnt/backup --include-identity"
+    )]
     Backup(cmd::backup::BackupArgs),
     /// List, show, verify, delete and prune the snapshots of a backup repository.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bbsync backups list --repo /mnt/backup\n  bbsync backups prune --repo /mnt/backup --keep-daily 7"
+    )]
     Backups(cmd::backup::BackupsCommand),
     /// Restore a snapshot of a backup repository into this store.
+    #[command(
+        after_help = "Examples:\n  bbsync restore --repo /mnt/backup\n  bbsync restore --repo /mnt/backup latest --to-tree /tmp/old"
+    )]
     Restore(cmd::backup::RestoreArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  bbsync completions bash > /etc/bash_completion.d/bbsync\n  bbsync completions zsh > \"${fpath[1]}/_bbsync\"\n  bbsync completions fish > ~/.config/fish/completions/bbsync.fish"
+    )]
+    Completions(cmd::manual::CompletionsArgs),
+    /// Write the manual pages (one per command) into DIR, or print bbsync(1).
+    #[command(
+        after_help = "Examples:\n  bbsync man /usr/local/share/man/man1\n  bbsync man | man -l -"
+    )]
+    Man(cmd::manual::ManArgs),
 }
 
 /// What every subcommand gets. A command writes only through `out`/`err`
@@ -123,6 +192,8 @@ pub struct Ctx {
     pub tor_config: Option<PathBuf>,
     /// `--tor-dial-budget` in seconds.
     pub tor_dial_budget: u64,
+    /// `--passphrase-file` as given (not yet resolved against `cwd`).
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -205,10 +276,18 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&msg);
     }
-    line.replace('\n', " ")
+    // One line, and nothing in it (a name quoted from a peer or a backup)
+    // can act on the terminal.
+    output::clean(&line.replace('\n', " ")).into_owned()
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The manual needs no data dir.
+    match cli.command {
+        Command::Completions(a) => return cmd::manual::completions(a),
+        Command::Man(a) => return cmd::manual::man(a),
+        _ => {}
+    }
     let data_dir = match cli.data_dir {
         Some(d) => d,
         None => default_data_dir()?,
@@ -231,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         store: None,
         tor_config: cli.tor_config,
         tor_dial_budget: cli.tor_dial_budget,
+        passphrase_file: cli.passphrase_file,
     };
     dispatch(&ctx, cli.command)
 }
@@ -241,6 +321,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Init(a) => cmd::init::run(ctx, a),
         Command::Id => cmd::init::id(ctx),
         Command::Trust(t) => cmd::trust::run(ctx, t),
+        Command::Invite(c) => cmd::invite::run(ctx, c),
+        Command::Identity(c) => cmd::identity::run(ctx, c),
         Command::Import(a) => cmd::import::run(ctx, a),
         Command::ImportBbs(a) => cmd::import::run_bbs(ctx, a),
         Command::Export(a) => cmd::export::run(ctx, a),
@@ -256,6 +338,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Backup(a) => cmd::backup::backup(ctx, a),
         Command::Backups(c) => cmd::backup::backups(ctx, c),
         Command::Restore(a) => cmd::backup::restore(ctx, a),
+        Command::Completions(a) => cmd::manual::completions(a),
+        Command::Man(a) => cmd::manual::man(a),
     }
 }
 

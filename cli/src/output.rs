@@ -25,10 +25,66 @@ pub enum Sink {
     Remote(Arc<Mutex<crate::control::FrameWriter>>, u8),
 }
 
+/// A string from outside this process (an object name, a snapshot
+/// description, a peer's instance name) made safe to print: every control
+/// or invisible formatting character, newlines included, written as
+/// `\u{XXXX}` (see `bbsync_protocol::text`).
+pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    bbsync_protocol::text::escape_hidden(s)
+}
+
+/// A line of text output with every control or formatting character
+/// escaped except the line breaks the text means to have (clap's help is
+/// several lines). Terminal escapes, carriage returns and bidi overrides
+/// that reached a message through a name cannot act on the terminal.
+fn escape_lines(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s
+        .chars()
+        .any(|c| c != '\n' && bbsync_protocol::text::is_hidden(c))
+    {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.split('\n')
+            .map(|l| bbsync_protocol::text::escape_hidden(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// JSON text with every control or formatting character that serde_json
+/// leaves raw (DEL, the C1 range, bidi overrides, ...) written as a
+/// `\uXXXX` escape (a surrogate pair above U+FFFF): the same JSON value,
+/// safe on a terminal. Such characters only occur inside JSON strings.
+pub fn escape_json(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c != '\n' && bbsync_protocol::text::is_hidden(c);
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Sink {
-    /// Writes one line. A client that went away does not stop the command:
-    /// its output is dropped.
+    /// Writes one line of text, its control and formatting characters
+    /// escaped (see [`escape_lines`]). A client that went away does not
+    /// stop the command: its output is dropped.
     pub fn line(&self, s: &str) {
+        self.raw(&escape_lines(s));
+    }
+
+    /// Writes one line as it is (already made safe by the caller).
+    fn raw(&self, s: &str) {
         match self {
             Sink::Stdout => {
                 let mut o = std::io::stdout().lock();
@@ -45,6 +101,21 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Writes raw bytes (a dump to stdout). Unlike [`Sink::line`], a failed
+    /// write is an error: the output is the command's result.
+    pub fn bytes(&self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(b),
+            Sink::Stderr => std::io::stderr().lock().write_all(b),
+            Sink::Remote(w, tag) => w
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .frame(*tag, b),
+        }
+    }
+}
+
 /// `println!` to the command's stdout sink.
 macro_rules! outln {
     ($ctx:expr, $($arg:tt)*) => { $ctx.out.line(&format!($($arg)*)) };
@@ -55,9 +126,11 @@ macro_rules! errln {
     ($ctx:expr, $($arg:tt)*) => { $ctx.err.line(&format!($($arg)*)) };
 }
 
-/// Prints `value` as pretty JSON on the command's stdout.
+/// Prints `value` as pretty JSON on the command's stdout (see
+/// [`escape_json`]).
 pub fn json<T: Serialize>(ctx: &crate::Ctx, value: &T) -> anyhow::Result<()> {
-    ctx.out.line(&serde_json::to_string_pretty(value)?);
+    ctx.out
+        .raw(&escape_json(&serde_json::to_string_pretty(value)?));
     Ok(())
 }
 

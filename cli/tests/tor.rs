@@ -3,8 +3,10 @@
 //! source that serves only as an onion service is cloned by its onion
 //! address; an untrusted node is denied; a dial that starts while the
 //! service is down succeeds after retries; the onion address survives a
-//! restart; fetch-missing and follow work over the onion address. Also the
-//! address errors, which need no network.
+//! restart; fetch-missing and follow work over the onion address; a
+//! standby follows an onion-only primary through three restarts, with a
+//! post after each; an invite made by an onion-only node is redeemed over
+//! Tor by a new node. Also the address errors, which need no network.
 //!
 //! Without `tor` installed these tests skip (with a message), unless
 //! `BBSYNC_REQUIRE_TOR=1`.
@@ -217,10 +219,26 @@ fn the_onion_address_is_stable_and_a_dial_before_publication_retries() -> TestRe
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&clone_log)?)
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(4));
-    let (second, _) = serve_onion(&src, arti, &[]);
+    // Restart the service only once the clone's first attempt has failed
+    // (or hung long enough for a fresh attempt beside it): the dial really
+    // began while nothing was serving.
+    wait_for(120, "the clone's first attempt to fail", || {
+        std::fs::read_to_string(&clone_log).is_ok_and(|l| l.contains("retrying in"))
+    });
+    let (second, took) = serve_onion(&src, arti, &[]);
+    let published = Instant::now();
+    eprintln!("restarted serve --onion printed its address after {took:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "the restarted service printed its address after {took:?}; log: {}",
+        std::fs::read_to_string(src.with_extension("serve.log")).unwrap_or_default()
+    );
     assert_eq!(second.addr, addr, "the onion address changed on restart");
     let out = clone.wait_with_output()?;
+    eprintln!(
+        "the waiting clone finished {:?} after the restarted service printed its address",
+        published.elapsed()
+    );
     let log = std::fs::read_to_string(&clone_log)?;
     assert!(out.status.success(), "clone failed: {log}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -284,6 +302,108 @@ fn a_standby_follows_an_onion_upstream() -> TestResult {
     let _ = child.kill();
     let _ = child.wait();
     server.stop();
+    Ok(())
+}
+
+/// The operator's drill: a standby follows a primary that serves only as
+/// an onion service; the primary restarts three times and a post is made
+/// after each restart; every post reaches the standby. The standby notices
+/// each restart by its connection closing and dials while the primary is
+/// down, so each round also covers a dial that began before publication.
+/// Each round prints restart -> address printed and address -> post on
+/// the standby (goals: 30 s each; the deadlines here are twice that).
+#[test]
+fn a_standby_follows_an_onion_only_primary_through_three_restarts() -> TestResult {
+    let Some(net) = net() else { return Ok(()) };
+    let arti = net.arti_toml();
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let primary = node(tmp.path(), "primary");
+    let standby = node(tmp.path(), "standby");
+    ok(&primary, &["import-bbs", tree.to_str().unwrap()]);
+    ok(
+        &primary,
+        &["trust", "add", &card(&standby), "--role", "full"],
+    );
+    let (mut server, _) = serve_onion(&primary, arti, &[]);
+    let addr = server.addr.clone();
+    let standby_log = tmp.path().join("standby.log");
+    // In a `Server`, so that a failing test does not leave it running.
+    let follower = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_bbsync"))
+            .arg("--no-progress")
+            .arg("--data-dir")
+            .arg(&standby)
+            .arg("--tor-config")
+            .arg(arti)
+            .args([
+                "-v",
+                "serve",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--follow",
+                &addr,
+            ])
+            .env_remove("BBSYNC_DATA")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&standby_log)?)
+            .spawn()?,
+        addr: String::new(),
+    };
+    // Applied: the manifest recorded and every chunk fetched.
+    let has = |name: &str| ls_row(&standby, "message", name).is_some_and(|r| r["state"] == "ok");
+    let log = || std::fs::read_to_string(&standby_log).unwrap_or_default();
+    wait_for(30, "the standby's control socket", || {
+        standby.join("control.sock").exists()
+    });
+    wait_for(120, "the standby to catch up over Tor", || has("general/2"));
+    for round in 1..=3u32 {
+        let restarted = Instant::now();
+        server.stop();
+        let (next, _) = serve_onion(&primary, arti, &[]);
+        let took = restarted.elapsed();
+        server = next;
+        assert_eq!(server.addr, addr, "the onion address changed on restart");
+        assert!(
+            took < Duration::from_secs(60),
+            "round {round}: the restarted primary printed its address after {took:?}"
+        );
+        let published = Instant::now();
+        let id = 1000 + round;
+        write(
+            &tree.join(format!("boards/general/{id}.json")),
+            format!("{{\"id\":{id},\"body\":\"after restart {round}\"}}"),
+        );
+        ok(&primary, &["import-bbs", tree.to_str().unwrap()]);
+        let post = format!("general/{id}");
+        let deadline = published + Duration::from_secs(60);
+        while !has(&post) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: post {post} not on the standby 60 s after the primary \
+                 printed its address; standby log:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "restart {round}: address printed {:.1} s after the restart began, \
+             post on the standby {:.1} s after that",
+            took.as_secs_f64(),
+            published.elapsed().as_secs_f64()
+        );
+    }
+    // A clean stop (SIGTERM) like an operator's: `ls` above reads the live
+    // database, which may hold the last completion a moment before it is
+    // flushed; a kill -9 then leaves that page to be fetched again on the
+    // next start (its cursor was not advanced either).
+    follower.stop();
+    server.stop();
+    // Nothing was lost on the way: the standby holds the whole tree.
+    let out = tmp.path().join("out");
+    ok(&standby, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
     Ok(())
 }
 
@@ -373,4 +493,37 @@ fn v4_address() -> String {
     data_encoding::BASE32_NOPAD
         .encode(&bytes)
         .to_ascii_lowercase()
+}
+
+#[test]
+fn an_invite_is_redeemed_over_the_onion_service() -> TestResult {
+    let Some(net) = net() else { return Ok(()) };
+    let arti = net.arti_toml();
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let src = node(tmp.path(), "src");
+    ok(&src, &["import-bbs", tree.to_str().unwrap()]);
+    let (server, _) = serve_onion(&src, arti, &[]);
+    // Made through the control socket: the invite names the onion address
+    // (the node serves nothing else).
+    let v = json(&src, &["invite", "create", "--name", "tor mirror"]);
+    let (onion, _) = server.addr.rsplit_once("/p2p/").unwrap();
+    assert_eq!(v["addresses"], serde_json::json!([onion]), "{v}");
+    let invite = v["invite"].as_str().unwrap();
+    // A node that does not exist yet redeems it over Tor and clones.
+    let dst = tmp.path().join("dst");
+    let report = tor_json(&dst, arti, &["clone", invite, "--name", "dst"]);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["invite_role"], "full", "{report}");
+    let out = tmp.path().join("out");
+    ok(&dst, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
+    let trusted = json(&src, &["trust", "list"]);
+    assert_eq!(trusted.as_array().unwrap().len(), 1, "{trusted}");
+    assert_eq!(trusted[0]["name"], "dst");
+    assert_eq!(trusted[0]["role"], "full");
+    assert_eq!(json(&src, &["invite", "list"])[0]["used"], 1);
+    server.stop();
+    Ok(())
 }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use bbsync_protocol::{
-    Checkpoint, ChunkId, InstanceCard, Role, Unverified,
-    wire::{MAX_CHUNK_IDS, Request, Response},
+    Checkpoint, ChunkId, InstanceCard, ObjectId, Role, Signed, Unverified,
+    wire::{MAX_CHUNK_IDS, Request, Response, WireChange},
 };
 use bbsync_store::{
     Store,
@@ -20,9 +20,9 @@ use bbsync_store::{
     db::ObjectState,
     failpoint,
     progress::{NoProgress, Progress},
-    sync::{Selection, StagedChunks},
+    sync::{Selection, Served, StagedChunks},
 };
-use futures::{StreamExt, stream};
+use futures::{StreamExt, stream, stream::BoxStream};
 use libp2p::PeerId;
 use serde::Serialize;
 
@@ -32,6 +32,8 @@ use crate::{NodeError, NodeHandle, instance_of};
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Manifest requests in flight at once.
 const MANIFEST_REQUESTS_IN_FLIGHT: usize = 4;
+/// Changes asked for per page.
+const PAGE: u32 = 4096;
 /// Staged bytes made durable together.
 const PUBLISH_EVERY: u64 = 128 * 1024 * 1024;
 
@@ -93,6 +95,9 @@ pub struct CloneReport {
     pub chunks_rejected: u64,
     /// Chunks the source did not have.
     pub chunks_unavailable: u64,
+    /// Chunks a source sent without being asked for them (or twice):
+    /// dropped, never stored.
+    pub chunks_dropped: u64,
     /// Bytes fetched.
     pub bytes: u64,
     /// A full clone: the root recomputed here over the objects the source
@@ -169,25 +174,38 @@ async fn fetch_round(
             let progress = opts.progress.clone();
             async move {
                 let n = ids.len() as u64;
+                let mut asked: HashSet<ChunkId> = ids.iter().copied().collect();
                 let answer = node.request(peer, Request::GetChunks { ids }).await;
                 let (chunks, missing) = match answer {
                     Ok(Response::Chunks { chunks, missing }) => (chunks, missing),
                     Ok(_) => return Err(out_of_protocol(&peer, "Chunks")),
                     Err(e) if !single => {
                         tracing::warn!(%peer, "chunk request failed, will ask another source: {e}");
-                        return Ok((StagedChunks::default(), n, 0));
+                        return Ok((StagedChunks::default(), n, 0, 0));
                     }
                     Err(e) => return Err(e),
                 };
+                // Only chunks asked for, each once: anything else a source
+                // sends (hash-valid or not) is dropped before the store
+                // sees it.
+                let sent = chunks.len();
+                let chunks: Vec<(ChunkId, Vec<u8>)> = chunks
+                    .into_iter()
+                    .filter(|(id, _)| asked.remove(id))
+                    .map(|(id, b)| (id, b.into_vec()))
+                    .collect();
+                let dropped = (sent - chunks.len()) as u64;
+                if dropped > 0 {
+                    tracing::warn!(%peer, n = dropped, "dropped chunks that were not asked for (or sent twice)");
+                }
+                let unavailable = missing.iter().filter(|m| asked.contains(m)).count() as u64;
                 let bytes: u64 = chunks.iter().map(|(_, b)| b.len() as u64).sum();
                 progress.advance(chunks.len() as u64, bytes);
-                let chunks: Vec<(ChunkId, Vec<u8>)> =
-                    chunks.into_iter().map(|(id, b)| (id, b.into_vec())).collect();
                 let staged = blocking(move || store.stage_chunks(chunks)).await?;
                 if !staged.rejected.is_empty() {
                     tracing::warn!(%peer, n = staged.rejected.len(), "chunks failed their hash check; not stored");
                 }
-                Ok::<_, NodeError>((staged, missing.len() as u64, bytes))
+                Ok::<_, NodeError>((staged, unavailable, bytes, dropped))
             }
         })
         .buffer_unordered(opts.jobs.max(1));
@@ -197,7 +215,7 @@ async fn fetch_round(
     let mut pending_bytes = 0u64;
     let mut stored = 0;
     while let Some(r) = results.next().await {
-        let (staged, unavailable, bytes) = match r {
+        let (staged, unavailable, bytes, dropped) = match r {
             Ok(x) => x,
             Err(e) => {
                 // What was fetched but not yet made durable is dropped
@@ -209,6 +227,7 @@ async fn fetch_round(
         report.chunks_reused += staged.present;
         report.chunks_rejected += staged.rejected.len() as u64;
         report.chunks_unavailable += unavailable;
+        report.chunks_dropped += dropped;
         report.bytes += bytes;
         pending_bytes += staged.bytes;
         pending.extend(staged.staged);
@@ -243,15 +262,55 @@ pub(crate) fn out_of_protocol(peer: &PeerId, what: &str) -> NodeError {
     NodeError::Protocol(peer.to_string(), format!("expected {what}"))
 }
 
+/// Checks a page of changes asked for from `since` with `limit`: at most
+/// `limit` changes, each after `since` and at most the page's `cursor`, in
+/// increasing order, and a page with changes moves the cursor forward. A
+/// source that breaks this (a cursor that does not advance) could keep a
+/// clone paging, or a follower applying the same page, forever.
+pub(crate) fn check_page(
+    peer: &PeerId,
+    since: u64,
+    limit: u32,
+    changes: &[WireChange],
+    cursor: u64,
+) -> Result<(), NodeError> {
+    let bad = |why: String| Err(NodeError::Protocol(peer.to_string(), why));
+    if changes.len() > limit as usize {
+        return bad(format!(
+            "a page of {} changes, more than the {limit} asked for",
+            changes.len()
+        ));
+    }
+    if cursor < since {
+        return bad(format!(
+            "the change cursor went back from {since} to {cursor}"
+        ));
+    }
+    if !changes.is_empty() && cursor == since {
+        return bad(format!(
+            "a page of changes that does not advance the cursor (still {since})"
+        ));
+    }
+    let mut last = since;
+    for c in changes {
+        if c.seq <= last || c.seq > cursor {
+            return bad(format!(
+                "change {} is out of order or outside the page ({since}, {cursor}]",
+                c.seq
+            ));
+        }
+        last = c.seq;
+    }
+    Ok(())
+}
+
 /// Says hello to a source: its card must be the identity its peer id
-/// names (then, if `trust`, it is trusted as `full` here); returns its
-/// checkpoint.
+/// names. Returns its verified card and checkpoint (trust is the caller's
+/// decision: only an operator's explicit act adds it).
 pub(crate) async fn hello(
     node: &NodeHandle,
-    store: &Arc<Store>,
     peer: PeerId,
-    trust: bool,
-) -> Result<bbsync_protocol::Signed<Checkpoint>, NodeError> {
+) -> Result<(Signed<InstanceCard>, Signed<Checkpoint>), NodeError> {
     let source = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
     let Response::Hello { card, checkpoint } = node.request(peer, Request::Hello).await? else {
@@ -269,18 +328,106 @@ pub(crate) async fn hello(
     let checkpoint = Unverified::<Checkpoint>::decode(&checkpoint)
         .and_then(|u| u.verify(|i| *i == source))
         .map_err(|e| NodeError::Check("source checkpoint".into(), e))?;
-    if trust {
-        let store = store.clone();
-        blocking(move || store.trust_card(&card, Role::Full)).await?;
+    Ok((card, checkpoint))
+}
+
+/// Manifest requests to one peer: `batch` ids per request, several in
+/// flight, in order; the ids an answer defers (the server's size bound) are
+/// asked for again after the others. Every deferring answer must serve at
+/// least one manifest and defer only ids it was asked for, so the ids left
+/// shrink with each round and the requests end.
+pub(crate) struct ManifestRequests {
+    node: NodeHandle,
+    peer: PeerId,
+    batch: usize,
+    todo: Vec<ObjectId>,
+    inflight: Option<Answers>,
+}
+
+/// Manifest answers in request order, each with the ids it was asked for.
+type Answers = BoxStream<'static, (Vec<ObjectId>, Result<Response, NodeError>)>;
+
+impl ManifestRequests {
+    pub(crate) fn new(node: &NodeHandle, peer: PeerId, ids: Vec<ObjectId>, batch: usize) -> Self {
+        ManifestRequests {
+            node: node.clone(),
+            peer,
+            batch: batch.max(1),
+            todo: ids,
+            inflight: None,
+        }
     }
-    Ok(checkpoint)
+
+    /// The next answer: its manifests and how many of the ids it was asked
+    /// for it answered (not deferred); `None` when every id was answered.
+    pub(crate) async fn next(&mut self) -> Option<Result<(Vec<Served>, u64), NodeError>> {
+        loop {
+            if self.inflight.is_none() {
+                if self.todo.is_empty() {
+                    return None;
+                }
+                let batches: Vec<Vec<ObjectId>> = std::mem::take(&mut self.todo)
+                    .chunks(self.batch)
+                    .map(<[ObjectId]>::to_vec)
+                    .collect();
+                let (node, peer) = (self.node.clone(), self.peer);
+                self.inflight = Some(
+                    stream::iter(batches)
+                        .map(move |ids| {
+                            let node = node.clone();
+                            async move {
+                                let r = node
+                                    .request(peer, Request::GetManifests { ids: ids.clone() })
+                                    .await;
+                                (ids, r)
+                            }
+                        })
+                        .buffered(MANIFEST_REQUESTS_IN_FLIGHT)
+                        .boxed(),
+                );
+            }
+            let next = self.inflight.as_mut()?.next().await;
+            match next {
+                None => self.inflight = None,
+                Some((asked, answer)) => return Some(self.take(asked, answer)),
+            }
+        }
+    }
+
+    fn take(
+        &mut self,
+        asked: Vec<ObjectId>,
+        answer: Result<Response, NodeError>,
+    ) -> Result<(Vec<Served>, u64), NodeError> {
+        let Response::Manifests { items, deferred } = answer? else {
+            return Err(out_of_protocol(&self.peer, "Manifests"));
+        };
+        if !deferred.is_empty() {
+            let asked_set: HashSet<&ObjectId> = asked.iter().collect();
+            let mut once = HashSet::new();
+            if items.is_empty()
+                || deferred
+                    .iter()
+                    .any(|d| !asked_set.contains(d) || !once.insert(*d))
+            {
+                return Err(NodeError::Protocol(
+                    self.peer.to_string(),
+                    "a manifest answer deferred ids it was not asked for, or served nothing".into(),
+                ));
+            }
+            self.todo.extend(deferred.iter().copied());
+        }
+        Ok((items, (asked.len() - deferred.len()) as u64))
+    }
 }
 
 /// Clones everything the first of `sources` serves into `store`, fetching
-/// chunks from every source that answers (each trusted as `full` here once
-/// its card proves the identity its peer id names). A chunk that one source
-/// fails to deliver, or delivers damaged, is asked of another. Config
-/// objects are completed before the rest.
+/// chunks from every source that answers. The first source (the one the
+/// operator named) is trusted as `full` here once its card proves the
+/// identity its peer id names; the others only serve chunks, which are
+/// checked by id, and are not added to the trust table. A chunk that one
+/// source fails to deliver, or delivers damaged, is asked of another.
+/// Config objects are completed before the rest.
 pub async fn clone_from(
     node: &NodeHandle,
     store: Arc<Store>,
@@ -293,10 +440,15 @@ pub async fn clone_from(
     };
     let source = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
-    // 1. Hello: the primary must answer; the others are extra chunk sources.
-    let checkpoint = hello(node, &store, peer, true).await?;
+    // 1. Hello: the primary must answer, and is trusted (the operator named
+    //    it); the others are extra chunk sources, not trusted.
+    let (card, checkpoint) = hello(node, peer).await?;
+    {
+        let store = store.clone();
+        blocking(move || store.trust_card(&card, Role::Full)).await?;
+    }
     tracing::debug!(ms = start.elapsed().as_millis(), "hello");
-    let chunk_sources = extra_sources(node, &store, peer, &sources[1..], true).await;
+    let chunk_sources = extra_sources(node, peer, &sources[1..]).await;
     let mut report = CloneReport {
         source: source.to_hex(),
         checkpoint_count: checkpoint.count,
@@ -318,16 +470,20 @@ pub async fn clone_from(
                 peer,
                 Request::Changes {
                     since: cursor,
-                    limit: 4096,
+                    limit: PAGE,
                 },
             )
             .await?
         else {
             return Err(out_of_protocol(&peer, "Changes"));
         };
+        check_page(&peer, cursor, PAGE, &changes, next)?;
         if changes.is_empty() {
             break;
         }
+        // A short page is the end of the source's log (a source fills its
+        // pages while it has changes).
+        let last_page = changes.len() < PAGE as usize;
         cursor = next;
         tracing::debug!(
             ms = start.elapsed().as_millis(),
@@ -337,21 +493,10 @@ pub async fn clone_from(
         listed.extend(changes.iter().map(|c| c.object_id));
         // Several manifest requests in flight: the source re-keys the next
         // batches (on its other cores) while this side checks one.
-        let batches: Vec<Vec<_>> = changes
-            .chunks(opts.manifest_batch)
-            .map(|ids| ids.iter().map(|c| c.object_id).collect())
-            .collect();
-        let mut answers = stream::iter(batches)
-            .map(|ids: Vec<_>| {
-                let n = ids.len() as u64;
-                let node = node.clone();
-                async move { (n, node.request(peer, Request::GetManifests { ids }).await) }
-            })
-            .buffered(MANIFEST_REQUESTS_IN_FLIGHT);
-        while let Some((n, answer)) = answers.next().await {
-            let Response::Manifests { items } = answer? else {
-                return Err(out_of_protocol(&peer, "Manifests"));
-            };
+        let ids = changes.iter().map(|c| c.object_id).collect();
+        let mut answers = ManifestRequests::new(node, peer, ids, opts.manifest_batch);
+        while let Some(answer) = answers.next().await {
+            let (items, n) = answer?;
             let store = store.clone();
             let selection = opts.selection.clone();
             let accepted = blocking(move || {
@@ -369,6 +514,9 @@ pub async fn clone_from(
             report.rejected_manifests.extend(accepted.rejected);
             opts.progress.advance(n, 0);
             tracing::debug!(ms = start.elapsed().as_millis(), n, "manifests recorded");
+        }
+        if last_page {
+            break;
         }
     }
     opts.progress.finish();
@@ -424,17 +572,12 @@ pub async fn clone_from(
     Ok(report)
 }
 
-/// Hellos the extra sources; returns `first` followed by those that answered.
-async fn extra_sources(
-    node: &NodeHandle,
-    store: &Arc<Store>,
-    first: PeerId,
-    others: &[PeerId],
-    trust: bool,
-) -> Vec<PeerId> {
+/// Hellos the extra sources (their cards must prove their peer ids; they
+/// are not trusted here); returns `first` followed by those that answered.
+async fn extra_sources(node: &NodeHandle, first: PeerId, others: &[PeerId]) -> Vec<PeerId> {
     let mut out = vec![first];
     for &other in others {
-        match hello(node, store, other, trust).await {
+        match hello(node, other).await {
             Ok(_) => out.push(other),
             Err(e) => tracing::warn!(peer = %other, "not used as a source: {e}"),
         }
@@ -576,7 +719,7 @@ pub async fn fetch_missing(
     };
     let mut answered = Vec::new();
     for &peer in sources {
-        match hello(node, &store, peer, false).await {
+        match hello(node, peer).await {
             Ok(_) => answered.push(peer),
             Err(e) if sources.len() == 1 => return Err(e),
             Err(e) => tracing::warn!(%peer, "not used as a source: {e}"),

@@ -18,6 +18,9 @@ pub enum NodeError {
     /// The peer refused us.
     #[error("{0} denied the request (this instance is not in its trust table)")]
     Denied(String),
+    /// The issuer refused an invite redemption.
+    #[error("{0} refused the invite: {1}")]
+    InviteRefused(String, bbsync_protocol::InviteRefusal),
     /// The peer answered with an error.
     #[error("{0} answered: {1}")]
     Remote(String, String),

@@ -12,6 +12,14 @@
 //! exponential backoff and jitter. Manifests the store refuses (a bad
 //! signature, an untrusted author) are a decision, not a failure: they are
 //! logged and counted, and the cursor moves past them.
+//!
+//! Trust: the first `serve --follow` of an upstream that is in no trust
+//! record trusts it as `full` (the operator's explicit act); a reconnect or
+//! a restart never adds or raises trust. Without a `full` record the
+//! follower stops following that upstream, and says why in `status` and
+//! the log ([`Store::admit_upstream`]); it checks again before applying
+//! each page. A follower that its upstream answers `Denied` waits at least
+//! [`DENIED_COOLDOWN`] (the upstream refuses its re-dials until then).
 
 use std::{
     collections::BTreeMap,
@@ -20,18 +28,18 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ObjectId,
+    Invite, InviteRefusal, ObjectId,
     wire::{MAX_PAGE, Request, Response},
 };
-use bbsync_store::{Store, failpoint};
-use futures::{StreamExt, stream};
+use bbsync_store::{Store, StoreError, failpoint};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::Serialize;
 
 use crate::{
     CloneOptions, CloneReport, NodeError, NodeHandle,
-    clone::{blocking, fetch_listed, hello, out_of_protocol},
-    instance_of,
+    clone::{ManifestRequests, blocking, check_page, fetch_listed, hello, out_of_protocol},
+    gate::DENIED_COOLDOWN,
+    instance_of, invite,
 };
 
 /// Knobs of a follower.
@@ -65,7 +73,8 @@ pub struct UpstreamStatus {
     pub addr: String,
     /// The upstream's instance id (hex).
     pub instance: String,
-    /// `connecting`, `following` or `waiting to reconnect`.
+    /// `connecting`, `following`, `waiting to reconnect`, or `stopped`
+    /// (not followed any more: `last_error` says why).
     pub state: String,
     /// The last change-log number of the upstream applied here.
     pub cursor: u64,
@@ -100,8 +109,41 @@ fn update(addr: &str, f: impl FnOnce(&mut UpstreamStatus)) {
     f(r.entry(addr.to_string()).or_default());
 }
 
+/// Why a session ended.
+enum Ended {
+    /// Try again after a backoff.
+    Retry(NodeError),
+    /// Do not follow this upstream any more (trust).
+    Stop(String),
+}
+
+impl From<NodeError> for Ended {
+    fn from(e: NodeError) -> Self {
+        Ended::Retry(e)
+    }
+}
+
+/// A trust refusal of the store becomes a stop; other errors a retry.
+fn stop_on_refusal(e: NodeError) -> Ended {
+    match e {
+        NodeError::Store(StoreError::Trust(why)) => Ended::Stop(why),
+        other => Ended::Retry(other),
+    }
+}
+
+/// One upstream: where to dial it (tried in order), who it must be, and
+/// the invite to redeem before the first follow, if it came as one.
+struct Upstream {
+    key: String,
+    addrs: Vec<Multiaddr>,
+    peer: PeerId,
+    invite: Option<Invite>,
+}
+
 /// Follows `addr` (which must end in `/p2p/<PeerId>`: the upstream is
-/// pinned by it and trusted as `full`) until the task is dropped.
+/// pinned by it) until the task is dropped, or until the upstream is not
+/// trusted as `full` here (see the module docs): then it returns, with the
+/// reason in `status` and the log.
 pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: FollowOptions) {
     let key = addr.to_string();
     let peer = match addr.iter().last() {
@@ -115,7 +157,55 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
             return;
         }
     };
-    let upstream = instance_of(&peer);
+    let up = Upstream {
+        key,
+        addrs: vec![addr],
+        peer,
+        invite: None,
+    };
+    run(node, store, up, opts).await;
+}
+
+/// Follows the issuer of `invite`: like [`follow`], dialing the invite's
+/// addresses in order, and redeeming the invite before the first follow
+/// of that upstream (when this node holds no cursor for it yet; a
+/// restart with the same invite does not redeem it again). A refused
+/// invite stops the follower (`status` says why), except a rate limit or
+/// a stale challenge, which are retried.
+pub async fn follow_invite(
+    node: NodeHandle,
+    store: Arc<Store>,
+    invite: Invite,
+    opts: FollowOptions,
+) {
+    let addrs = match invite::invite_addrs(&invite) {
+        Ok(a) => a,
+        Err(e) => {
+            let key = format!("invite {}", invite.id.short());
+            update(&key, |s| {
+                s.addr = key.clone();
+                s.state = "stopped".into();
+                s.last_error = Some(e.to_string());
+            });
+            return;
+        }
+    };
+    let peer = match addrs[0].iter().last() {
+        Some(Protocol::P2p(p)) => p,
+        _ => return,
+    };
+    let up = Upstream {
+        key: addrs[0].to_string(),
+        addrs,
+        peer,
+        invite: Some(invite),
+    };
+    run(node, store, up, opts).await;
+}
+
+async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOptions) {
+    let key = up.key.clone();
+    let upstream = instance_of(&up.peer);
     update(&key, |s| {
         s.addr = key.clone();
         s.instance = upstream.map(|i| i.to_hex()).unwrap_or_default();
@@ -124,12 +214,38 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
     loop {
         update(&key, |s| s.state = "connecting".into());
         let started = Instant::now();
-        let err = session(&node, &store, &addr, peer, &opts, &key).await;
-        // A session that ran for a while was healthy: start backing off anew.
-        if started.elapsed() > Duration::from_secs(10) {
+        let mut established = false;
+        let err = match session(&node, &store, &up, &opts, &key, &mut established).await {
+            Ended::Retry(e) => e,
+            Ended::Stop(why) => {
+                tracing::error!(upstream = %key, "follow: {why}");
+                update(&key, |s| {
+                    s.state = "stopped".into();
+                    s.last_error = Some(why);
+                });
+                return;
+            }
+        };
+        // A session that was established (connected, hello answered, for
+        // at least a second) or ran for a while was healthy: start backing
+        // off anew. An upstream that restarts ends a healthy session, and
+        // the standby should be back as soon as the upstream is: restarts a
+        // few seconds apart used to double the delay each time (9 s after
+        // the sixth, up to 45 s). An upstream that answers hello and drops
+        // at once still backs off, so it cannot make the standby spin.
+        let lasted = started.elapsed();
+        if (established && lasted > Duration::from_secs(1)) || lasted > Duration::from_secs(10) {
             backoff = opts.backoff_min;
         }
-        let delay = jittered(backoff);
+        let mut delay = jittered(backoff);
+        if matches!(err, NodeError::Denied(_)) {
+            // The upstream refuses this node's connections for a while
+            // after a denial; knocking sooner only gets refused.
+            delay = delay.max(DENIED_COOLDOWN + jittered(opts.backoff_min));
+        }
+        if let NodeError::InviteRefused(_, InviteRefusal::RateLimited { retry_after_secs }) = err {
+            delay = delay.max(Duration::from_secs(u64::from(retry_after_secs)));
+        }
         tracing::warn!(upstream = %key, "follow: {err}; reconnecting in {:.1}s", delay.as_secs_f64());
         update(&key, |s| {
             s.state = "waiting to reconnect".into();
@@ -151,37 +267,87 @@ fn jittered(d: Duration) -> Duration {
 async fn session(
     node: &NodeHandle,
     store: &Arc<Store>,
-    addr: &Multiaddr,
-    peer: PeerId,
+    up: &Upstream,
     opts: &FollowOptions,
     key: &str,
-) -> NodeError {
-    match run_session(node, store, addr, peer, opts, key).await {
+    established: &mut bool,
+) -> Ended {
+    match run_session(node, store, up, opts, key, established).await {
         Ok(never) => match never {},
         Err(e) => e,
+    }
+}
+
+/// Dials the first of `addrs` that answers; the last error if none does.
+async fn dial_first(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<(), NodeError> {
+    let mut last = None;
+    for addr in addrs {
+        let limit = node.dial_timeout(addr);
+        match tokio::time::timeout(limit, node.dial(addr.clone())).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(NodeError::Dial(
+                    addr.to_string(),
+                    format!("no answer within {} s", limit.as_secs()),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| NodeError::BadAddress("-".into(), "no address to dial".into())))
+}
+
+/// A refused invite stops the follower, unless trying again can help.
+fn stop_on_invite_refusal(e: NodeError) -> Ended {
+    match e {
+        NodeError::InviteRefused(
+            _,
+            InviteRefusal::RateLimited { .. }
+            | InviteRefusal::BadChallenge
+            | InviteRefusal::Unavailable,
+        ) => Ended::Retry(e),
+        NodeError::InviteRefused(..) => Ended::Stop(format!(
+            "{e}; not following it (ask its operator for a new invite)"
+        )),
+        other => Ended::Retry(other),
     }
 }
 
 async fn run_session(
     node: &NodeHandle,
     store: &Arc<Store>,
-    addr: &Multiaddr,
-    peer: PeerId,
+    up: &Upstream,
     opts: &FollowOptions,
     key: &str,
-) -> Result<std::convert::Infallible, NodeError> {
+    established: &mut bool,
+) -> Result<std::convert::Infallible, Ended> {
+    let peer = up.peer;
     let upstream = instance_of(&peer)
         .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
-    let limit = node.dial_timeout(addr);
-    tokio::time::timeout(limit, node.dial(addr.clone()))
-        .await
-        .map_err(|_| {
-            NodeError::Dial(
-                addr.to_string(),
-                format!("no answer within {} s", limit.as_secs()),
-            )
-        })??;
-    hello(node, store, peer, true).await?;
+    dial_first(node, &up.addrs).await?;
+    if let Some(inv) = &up.invite {
+        let followed = {
+            let store = store.clone();
+            blocking(move || Ok(store.db().cursor(&upstream)?.is_some())).await?
+        };
+        if !followed {
+            let role = invite::redeem(node, store, inv)
+                .await
+                .map_err(stop_on_invite_refusal)?;
+            tracing::warn!(upstream = %key, %role, "redeemed the invite: the upstream trusts this node");
+        }
+    }
+    let (card, _) = hello(node, peer).await?;
+    let added = {
+        let store = store.clone();
+        blocking(move || store.admit_upstream(&card))
+            .await
+            .map_err(stop_on_refusal)?
+    };
+    if added {
+        tracing::warn!(upstream = %key, "trusting upstream {} as full (first follow of it)", upstream.short());
+    }
+    *established = true;
     let mut cursor = {
         let store = store.clone();
         blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
@@ -213,8 +379,17 @@ async fn run_session(
             )
             .await?
         else {
-            return Err(out_of_protocol(&peer, "Changes"));
+            return Err(out_of_protocol(&peer, "Changes").into());
         };
+        check_page(&peer, cursor, MAX_PAGE, &changes, next)?;
+        // Trust may have changed since the last page: an upstream that is
+        // not `full` here any more is not followed further.
+        {
+            let store = store.clone();
+            blocking(move || store.check_upstream(&upstream))
+                .await
+                .map_err(stop_on_refusal)?;
+        }
         let (applied, rejected) = if changes.is_empty() {
             (0, 0)
         } else {
@@ -263,21 +438,13 @@ async fn apply(
     ids: Vec<ObjectId>,
     opts: &CloneOptions,
 ) -> Result<(u64, u64), NodeError> {
-    let batches: Vec<Vec<ObjectId>> = ids.chunks(256).map(<[ObjectId]>::to_vec).collect();
-    let mut answers = stream::iter(batches)
-        .map(|ids| {
-            let node = node.clone();
-            async move { node.request(peer, Request::GetManifests { ids }).await }
-        })
-        .buffered(4);
+    let mut answers = ManifestRequests::new(node, peer, ids.clone(), 256);
     let mut recorded = Vec::new();
     let mut created = Vec::new();
     let mut rejected = 0;
     let mut replaced = 0;
     while let Some(answer) = answers.next().await {
-        let Response::Manifests { items } = answer? else {
-            return Err(out_of_protocol(&peer, "Manifests"));
-        };
+        let (items, _) = answer?;
         let store = store.clone();
         let acc = blocking(move || {
             failpoint::check("follow.accept", || "recording received manifests".into())?;

@@ -4,7 +4,8 @@
 //! the instance's ed25519 key as its libp2p identity) owned by one task,
 //! driven through a cloneable [`NodeHandle`]; the `/bbsync/sync/1`
 //! request-response protocol with a size-capped postcard codec; the server
-//! side that answers peers from the store (access control first); the
+//! side that answers peers from the store (access control first); invites
+//! (the issuer's challenge and redemption, the redeemer's side); the
 //! clone driver; and the follower of a standby node. With the `tor`
 //! feature (default) it also dials `/onion3/...` addresses through arti and
 //! serves as an onion service ([`tor`]). Store work never runs on the event loop: it goes to
@@ -14,6 +15,8 @@ pub mod clone;
 pub mod codec;
 mod error;
 pub mod follow;
+pub mod gate;
+pub mod invite;
 pub mod node;
 pub mod onion;
 pub mod server;
@@ -22,7 +25,7 @@ pub mod tor;
 
 pub use clone::{CloneOptions, CloneReport, FetchReport, ProgressSink, clone_from, fetch_missing};
 pub use error::NodeError;
-pub use follow::{FollowOptions, UpstreamStatus, follow};
+pub use follow::{FollowOptions, UpstreamStatus, follow, follow_invite};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
 pub use node::{
     Node, NodeHandle, NodeOptions, Responder, TOR_SUPPORTED, TorOptions, instance_of, peer_id_of,

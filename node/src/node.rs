@@ -3,28 +3,47 @@
 //! a oneshot reply), as in the rust-libp2p file-sharing example. Inbound
 //! requests are answered on tokio's blocking pool and the answer comes back
 //! to the loop as a command, so store work never blocks the event loop.
+//!
+//! Bounded work per peer:
+//! - at most [`MAX_REQUESTS_PER_PEER`] requests of one peer are worked on
+//!   at once (a semaphore per peer; the others wait for a permit without a
+//!   thread);
+//! - a `Subscribe` (long poll) waits for the store's change notification
+//!   asynchronously, holding its permit but no thread;
+//! - a peer answered `Denied` loses its connections once the answer is
+//!   sent, and its re-dials are refused for a while; connections of
+//!   untrusted peers are capped ([`crate::gate`]).
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use bbsync_protocol::{
     InstanceId,
-    wire::{Request, Response, SYNC_PROTOCOL},
+    wire::{MAX_WAIT_MS, Request, Response, SYNC_PROTOCOL},
 };
-use bbsync_store::Store;
+use bbsync_store::{Store, StoreError};
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, identity,
     multiaddr::Protocol,
     noise,
-    request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel},
-    swarm::SwarmEvent,
+    request_response::{
+        self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+    },
+    swarm::{DialError, SwarmEvent},
     tcp, yamux,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::{
     NodeError,
     codec::{Inbound, SyncCodec},
+    gate::Gate,
+    invite::{self, Redemptions},
     onion, server,
 };
 
@@ -33,11 +52,22 @@ use crate::{
 const MAX_INBOUND: u32 = 256;
 const MAX_PER_PEER: u32 = 4;
 const MAX_PENDING_INBOUND: u32 = 64;
+/// How long the connections of a peer answered `Denied` stay open after the
+/// answer went out, so that it arrives before the connection closes (a
+/// close right away can overtake it). Its new connections are refused from
+/// the denial on ([`crate::gate`]).
+const DENIED_CLOSE_DELAY: Duration = Duration::from_secs(2);
+/// Most requests of one peer worked on at once (over all its connections);
+/// more wait for a permit (asynchronously, in arrival order). A clone
+/// keeps 16 chunk and 4 manifest requests in flight by default.
+pub const MAX_REQUESTS_PER_PEER: usize = 16;
 
-/// The node's behaviours: connection limits, then the sync protocol.
+/// The node's behaviours: the gate (who may stay connected), connection
+/// limits, then the sync protocol.
 #[derive(libp2p::swarm::NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct Behaviour {
+    gate: Gate,
     limits: libp2p::connection_limits::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
 }
@@ -75,7 +105,16 @@ enum Command {
         Request,
         oneshot::Sender<Result<Response, NodeError>>,
     ),
-    Respond(ResponseChannel<Response>, Response),
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+        peer: PeerId,
+        request_id: InboundRequestId,
+    },
+    /// The peers of the trust table now (after a change in the store).
+    Trusted(HashSet<PeerId>),
+    /// Close the connections of a peer that was answered `Denied`.
+    CloseDenied(PeerId),
 }
 
 /// A cloneable handle to a running node.
@@ -157,7 +196,40 @@ pub const TOR_SUPPORTED: bool = cfg!(feature = "tor");
 pub struct Node {
     handle: NodeHandle,
     task: tokio::task::JoinHandle<()>,
+    refresher: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// The peer ids of the instances in the trust table (any role). Only ids:
+/// every request still checks the peer's trust record and card itself.
+fn trusted_peers(store: &Store) -> Result<HashSet<PeerId>, StoreError> {
+    Ok(store
+        .db()
+        .trusted()?
+        .into_iter()
+        .filter_map(|(id, _)| peer_id_of(&id))
+        .collect())
+}
+
+/// Keeps the gate's view of the trust table current: reads it again after
+/// every change the store announces (trust changes announce themselves).
+async fn refresh_trusted(
     store: Arc<Store>,
+    tx: mpsc::Sender<Command>,
+    mut changes: watch::Receiver<u64>,
+) {
+    while changes.changed().await.is_ok() {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || trusted_peers(&s)).await {
+            Ok(Ok(peers)) => {
+                if tx.send(Command::Trusted(peers)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("reading the trust table: {e}"),
+            Err(_) => return,
+        }
+    }
 }
 
 impl Node {
@@ -189,7 +261,11 @@ impl Node {
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
             .map_err(|e| NodeError::Listen("identity".into(), e.to_string()))?;
         let peer_id = keypair.public().to_peer_id();
+        // Watch first, then read: no trust change can fall in between.
+        let changes = store.db().watch_changes();
+        let trusted = trusted_peers(&store)?;
         let behaviour = Behaviour {
+            gate: Gate::new(trusted),
             limits: libp2p::connection_limits::Behaviour::new(
                 libp2p::connection_limits::ConnectionLimits::default()
                     .with_max_established_incoming(Some(MAX_INBOUND))
@@ -237,21 +313,28 @@ impl Node {
             tor,
             dial_budget,
         };
+        let (stop, stop_rx) = watch::channel(false);
+        let refresher = tokio::spawn(refresh_trusted(store.clone(), tx.clone(), changes));
         let event_loop = EventLoop {
             swarm,
             rx,
             tx,
-            store: store.clone(),
+            store,
             responder,
+            redemptions: Arc::new(Redemptions::default()),
             pending: HashMap::new(),
             listens: HashMap::new(),
             dials: HashMap::new(),
+            permits: HashMap::new(),
+            closing: HashSet::new(),
+            stop: stop_rx,
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {
             handle,
             task,
-            store,
+            refresher,
+            stop,
         })
     }
 
@@ -260,11 +343,12 @@ impl Node {
         self.handle.clone()
     }
 
-    /// Stops the node (open connections are dropped). Subscriptions held
-    /// on the blocking pool are woken so that they end at once.
+    /// Stops the node (open connections are dropped); requests still being
+    /// answered, waiting subscriptions included, end at once.
     pub fn stop(self) {
+        let _ = self.stop.send(true);
         self.task.abort();
-        self.store.db().notify_changed();
+        self.refresher.abort();
     }
 }
 
@@ -427,12 +511,103 @@ struct EventLoop {
     tx: mpsc::Sender<Command>,
     store: Arc<Store>,
     responder: Responder,
+    /// Invite challenges and rate limits (the issuer's side).
+    redemptions: Arc<Redemptions>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NodeError>>>,
     listens: HashMap<
         libp2p::core::transport::ListenerId,
         (String, oneshot::Sender<Result<Multiaddr, NodeError>>),
     >,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NodeError>>>>,
+    /// Per peer: the permits of its requests being worked on.
+    permits: HashMap<PeerId, Arc<Semaphore>>,
+    /// Inbound requests answered `Denied`: once the answer is sent (or
+    /// fails), the peer's connections are closed.
+    closing: HashSet<InboundRequestId>,
+    /// Set when the node stops: requests in progress give up.
+    stop: watch::Receiver<bool>,
+}
+
+/// Answers one inbound request: a `Subscribe` as a long poll on the
+/// store's change notification, the invite exchange by [`invite::answer`]
+/// (whatever the responder; it needs this node's challenges), anything
+/// else by the responder, on the blocking pool.
+async fn respond_to(
+    store: Arc<Store>,
+    responder: Responder,
+    redemptions: Arc<Redemptions>,
+    peer: Option<InstanceId>,
+    request: Request,
+) -> Response {
+    match request {
+        Request::Subscribe {
+            since,
+            limit,
+            wait_ms,
+        } => long_poll(store, responder, peer, since, limit, wait_ms).await,
+        r if invite::is_invite_request(&r) => {
+            tokio::task::spawn_blocking(move || invite::answer(&store, &redemptions, peer, r))
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    code: bbsync_protocol::wire::ErrorCode::Internal,
+                    message: format!("server task failed: {e}"),
+                })
+        }
+        other => run_responder(store, responder, peer, other).await,
+    }
+}
+
+async fn run_responder(
+    store: Arc<Store>,
+    responder: Responder,
+    peer: Option<InstanceId>,
+    request: Request,
+) -> Response {
+    tokio::task::spawn_blocking(move || responder(&store, peer, request))
+        .await
+        .unwrap_or_else(|e| Response::Error {
+            code: bbsync_protocol::wire::ErrorCode::Internal,
+            message: format!("server task failed: {e}"),
+        })
+}
+
+/// A `Subscribe`: asks the responder at once; if the answer is an empty
+/// page with the cursor where it was (nothing new), waits for the store's
+/// next change (a commit, or a trust change: a peer removed meanwhile gets
+/// `Denied`) and asks again, until `wait_ms` (at most [`MAX_WAIT_MS`])
+/// pass. The wait is a future, not a thread.
+async fn long_poll(
+    store: Arc<Store>,
+    responder: Responder,
+    peer: Option<InstanceId>,
+    since: u64,
+    limit: u32,
+    wait_ms: u32,
+) -> Response {
+    let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first look: no change can slip in between.
+    let mut changes = store.db().watch_changes();
+    loop {
+        let request = Request::Subscribe {
+            since,
+            limit,
+            wait_ms,
+        };
+        let answer = run_responder(store.clone(), responder.clone(), peer, request).await;
+        let nothing_new = matches!(
+            &answer,
+            Response::Changes { changes, cursor, .. } if changes.is_empty() && *cursor == since
+        );
+        if !nothing_new {
+            return answer;
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            // Time is up (or the store is gone): the empty page it is.
+            Ok(Err(_)) | Err(_) => return answer,
+        }
+    }
 }
 
 impl EventLoop {
@@ -481,24 +656,67 @@ impl EventLoop {
                     .send_request(&peer, Inbound::Valid(req));
                 self.pending.insert(id, reply);
             }
-            Command::Respond(channel, resp) => {
+            Command::Respond {
+                channel,
+                response,
+                peer,
+                request_id,
+            } => {
+                let denied = matches!(response, Response::Denied);
+                if denied {
+                    // New connections of this peer are refused from now on;
+                    // the ones it has are closed once the answer is out.
+                    self.swarm.behaviour_mut().gate.denied(peer);
+                    self.closing.insert(request_id);
+                }
                 if self
                     .swarm
                     .behaviour_mut()
                     .sync
-                    .send_response(channel, resp)
+                    .send_response(channel, response)
                     .is_err()
                 {
                     tracing::debug!("a peer went away before its answer was sent");
+                    if self.closing.remove(&request_id) {
+                        self.close_denied(peer);
+                    }
                 }
             }
+            Command::Trusted(peers) => self.swarm.behaviour_mut().gate.set_trusted(peers),
+            Command::CloseDenied(peer) => self.close_denied(peer),
         }
+    }
+
+    /// Closes every connection of a peer that was answered `Denied` (unless
+    /// it became trusted meanwhile).
+    fn close_denied(&mut self, peer: PeerId) {
+        if self.swarm.behaviour().gate.is_trusted(&peer) || !self.swarm.is_connected(&peer) {
+            return;
+        }
+        tracing::info!(%peer, "closed the connections of a denied peer");
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Closes a denied peer's connections once its answer had time to arrive.
+    fn close_denied_soon(&self, peer: PeerId) {
+        let tx = self.tx.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(DENIED_CLOSE_DELAY) => false,
+                _ = stop.wait_for(|stopped| *stopped) => true,
+            };
+            if !stopped {
+                let _ = tx.send(Command::CloseDenied(peer)).await;
+            }
+        });
     }
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
+            SwarmEvent::Behaviour(BehaviourEvent::Gate(never)) => match never {},
             other => self.on_swarm(other),
         }
     }
@@ -521,24 +739,41 @@ impl EventLoop {
                     self.swarm.close_connection(connection_id);
                 }
                 request_response::Message::Request {
+                    request_id,
                     request: Inbound::Valid(request),
                     channel,
-                    ..
                 } => {
                     let store = self.store.clone();
                     let responder = self.responder.clone();
+                    let redemptions = self.redemptions.clone();
                     let tx = self.tx.clone();
                     let instance = instance_of(&peer);
+                    let permits = self
+                        .permits
+                        .entry(peer)
+                        .or_insert_with(|| Arc::new(Semaphore::new(MAX_REQUESTS_PER_PEER)))
+                        .clone();
+                    let mut stop = self.stop.clone();
                     tokio::spawn(async move {
-                        let resp = tokio::task::spawn_blocking(move || {
-                            responder(&store, instance, request)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Response::Error {
-                            code: bbsync_protocol::wire::ErrorCode::Internal,
-                            message: format!("server task failed: {e}"),
-                        });
-                        let _ = tx.send(Command::Respond(channel, resp)).await;
+                        let work = async move {
+                            // Waiting for a permit takes no thread.
+                            let _permit = permits.acquire_owned().await.ok()?;
+                            Some(respond_to(store, responder, redemptions, instance, request).await)
+                        };
+                        let response = tokio::select! {
+                            r = work => r,
+                            _ = stop.wait_for(|stopped| *stopped) => None,
+                        };
+                        if let Some(response) = response {
+                            let _ = tx
+                                .send(Command::Respond {
+                                    channel,
+                                    response,
+                                    peer,
+                                    request_id,
+                                })
+                                .await;
+                        }
                     });
                 }
                 request_response::Message::Response {
@@ -561,10 +796,25 @@ impl EventLoop {
                         reply.send(Err(NodeError::Request(peer.to_string(), error.to_string())));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::warn!(%peer, "dropped a request: {error}");
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if self.closing.remove(&request_id) {
+                    self.close_denied(peer);
+                } else {
+                    tracing::warn!(%peer, "dropped a request: {error}");
+                }
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent {
+                peer, request_id, ..
+            } => {
+                if self.closing.remove(&request_id) {
+                    self.close_denied_soon(peer);
+                }
+            }
         }
     }
 
@@ -605,8 +855,18 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                let why = match &error {
+                    // Noise proved another identity at that address (a
+                    // stale address, or a man in the middle): nothing was
+                    // sent to it.
+                    DialError::WrongPeerId { obtained, address } => format!(
+                        "the node at {} proved another identity ({obtained}); nothing was sent to it",
+                        address
+                    ),
+                    other => other.to_string(),
+                };
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(NodeError::Dial(peer.to_string(), error.to_string())));
+                    let _ = reply.send(Err(NodeError::Dial(peer.to_string(), why.clone())));
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -616,8 +876,16 @@ impl EventLoop {
             } => {
                 tracing::debug!(%send_back_addr, "incoming connection failed: {error}");
             }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(peer = %peer_id, "disconnected");
+                if num_established == 0 {
+                    // Requests still running keep their permits (Arc).
+                    self.permits.remove(&peer_id);
+                }
             }
             _ => {}
         }

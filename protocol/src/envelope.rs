@@ -66,6 +66,12 @@ impl SignedBody for EnvelopeEntry {
         if self.version == 0 {
             return Err(Error::invalid("envelope entry", "version 0"));
         }
+        if self.version > crate::manifest::MAX_VERSION {
+            return Err(Error::invalid(
+                "envelope entry",
+                "version above the highest allowed",
+            ));
+        }
         Ok(())
     }
 }

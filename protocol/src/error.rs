@@ -70,6 +70,17 @@ pub enum Error {
         /// What was being decrypted.
         what: &'static str,
     },
+    /// A content key does not match the key commitment of the manifest it
+    /// was unwrapped for (a substituted key).
+    #[error(
+        "content key of object {object} version {version} does not match the manifest's key commitment"
+    )]
+    KeyCommitment {
+        /// Short form of the object id.
+        object: String,
+        /// The object version.
+        version: u64,
+    },
     /// The x25519 exchange produced a non-contributory (all-zero) secret.
     #[error("key agreement rejected: non-contributory x25519 public key")]
     NonContributory,
@@ -99,7 +110,9 @@ impl Error {
             Error::UnsupportedFormat { .. } => ErrorKind::UnsupportedFormat,
             Error::BadSignature { .. } => ErrorKind::BadSignature,
             Error::Untrusted { .. } => ErrorKind::Untrusted,
-            Error::Decrypt { .. } | Error::NonContributory => ErrorKind::Crypto,
+            Error::Decrypt { .. } | Error::NonContributory | Error::KeyCommitment { .. } => {
+                ErrorKind::Crypto
+            }
             Error::HashMismatch { .. } => ErrorKind::HashMismatch,
             Error::Invalid { .. } => ErrorKind::Invalid,
         }

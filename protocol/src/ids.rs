@@ -82,6 +82,10 @@ byte_id!(
     /// An instance's ed25519 public key.
     InstanceId, 32, "instance id"
 );
+byte_id!(
+    /// 16 random bytes naming one invite in its issuer's store.
+    InviteId, 16, "invite id"
+);
 
 impl ChunkId {
     /// The id of some stored chunk bytes.
@@ -103,5 +107,14 @@ impl ObjectId {
         let mut b = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
         ObjectId(b)
+    }
+}
+
+impl InviteId {
+    /// A fresh random invite id.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+        InviteId(b)
     }
 }

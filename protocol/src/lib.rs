@@ -7,6 +7,8 @@
 //! so that the formats can be tested by vectors, property tests and fuzzers
 //! (see `docs/format.md` in the repository for the byte-level description).
 //!
+//! Backup snapshots are signed by their host ([`Snapshot`]) the same way.
+//!
 //! Everything that carries a signature is decoded into an [`Unverified`]
 //! value; the only way to reach the inner value is a `verify*` method that
 //! checks the ed25519 signature (strictly) and asks the caller whether the
@@ -19,8 +21,11 @@ pub mod envelope;
 mod error;
 pub mod identity;
 pub mod ids;
+pub mod invite;
 pub mod manifest;
 pub mod signed;
+pub mod snapshot;
+pub mod text;
 pub mod wire;
 
 pub use checkpoint::{Checkpoint, RootBuilder};
@@ -28,9 +33,11 @@ pub use chunk::{ChunkCipher, Compression, ContentKey, SealedChunk};
 pub use envelope::{EnvelopeEntry, Unwrapper, WrapSession, wrap_content_key};
 pub use error::{Error, ErrorKind};
 pub use identity::{Identity, InstanceCard, Role, card_from_str, card_to_string};
-pub use ids::{ChunkId, InstanceId, ManifestId, ObjectId};
-pub use manifest::{ChunkRef, Manifest, ObjectMeta, Shape};
+pub use ids::{ChunkId, InstanceId, InviteId, ManifestId, ObjectId};
+pub use invite::{Invite, InviteRefusal};
+pub use manifest::{ChunkRef, MAX_VERSION, Manifest, ObjectMeta, Shape, key_commitment};
 pub use signed::{Signed, SignedBody, Unverified, verify_many};
+pub use snapshot::{Snapshot, SnapshotObject, SnapshotTrust};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

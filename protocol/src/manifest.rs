@@ -1,13 +1,54 @@
 //! Signed object manifests.
+//!
+//! Format 2 (written since the key commitment) adds `key_commit` after the
+//! fields of format 1: `HMAC-SHA256(K, "bbsync/key-commit/v1" || object_id)`
+//! for a content version, `None` on a tombstone. Whoever unwraps a content
+//! key checks it against the commitment ([`Manifest::check_key`]), so no
+//! envelope entry, even one validly signed by a trusted wrapper, can make a
+//! reader use another key for the object. Format 1 manifests (written before)
+//! are still read; they commit to nothing (see `docs/format.md`).
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::{
-    ChunkId, Error, InstanceId, ObjectId, Result,
+    ChunkId, ContentKey, Error, InstanceId, ObjectId, Result,
     chunk::{CHUNK_HEADER_LEN, MAX_STORED_CHUNK, TAG_LEN},
+    encoding::{FORMAT_V1, decode, encode},
     ids::ManifestId,
     signed::{Signed, SignedBody},
 };
+
+/// The manifest format this version writes: format 1 plus `key_commit`.
+pub const MANIFEST_FORMAT: u16 = 2;
+
+/// Highest object version a manifest or envelope entry may carry: 2^53 - 1,
+/// the largest integer that every JSON reader holds exactly. There is always
+/// room for a next version below `u64::MAX` ([`next_version`]).
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// The version after `v`, or `None` when `v` is already [`MAX_VERSION`]
+/// (or above): an object at the last version cannot change any more.
+pub fn next_version(v: u64) -> Option<u64> {
+    if v < MAX_VERSION { Some(v + 1) } else { None }
+}
+
+const KEY_COMMIT_DOMAIN: &[u8] = b"bbsync/key-commit/v1";
+
+/// The key commitment of a content key for one object:
+/// `HMAC-SHA256(K, "bbsync/key-commit/v1" || object_id)`.
+pub fn key_commitment(key: &ContentKey, object_id: &ObjectId) -> [u8; 32] {
+    key_mac(key, object_id).finalize().into_bytes().into()
+}
+
+fn key_mac(key: &ContentKey, object_id: &ObjectId) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(KEY_COMMIT_DOMAIN);
+    mac.update(object_id.as_bytes());
+    mac
+}
 
 /// One chunk of an object, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +88,71 @@ pub struct Manifest {
     /// content key with [`crate::ChunkCipher::seal_meta`]; `None` on tombstones.
     #[serde(with = "serde_bytes")]
     pub meta: Option<Vec<u8>>,
+    /// Format 2: the content key's commitment ([`key_commitment`]); `None`
+    /// on tombstones and in every format-1 manifest.
+    pub key_commit: Option<[u8; 32]>,
+}
+
+/// The body layout of format 1 (no `key_commit`): read, and re-encoded only
+/// to check that a format-1 body is canonical.
+#[derive(Serialize, Deserialize)]
+struct ManifestV1 {
+    format: u16,
+    object_id: ObjectId,
+    version: u64,
+    kind: String,
+    name: String,
+    owner: Option<String>,
+    created_at_ms: u64,
+    author: InstanceId,
+    deleted: bool,
+    plaintext_len: u64,
+    chunks: Vec<ChunkRef>,
+    #[serde(with = "serde_bytes")]
+    meta: Option<Vec<u8>>,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(m: ManifestV1) -> Self {
+        Manifest {
+            format: m.format,
+            object_id: m.object_id,
+            version: m.version,
+            kind: m.kind,
+            name: m.name,
+            owner: m.owner,
+            created_at_ms: m.created_at_ms,
+            author: m.author,
+            deleted: m.deleted,
+            plaintext_len: m.plaintext_len,
+            chunks: m.chunks,
+            meta: m.meta,
+            key_commit: None,
+        }
+    }
+}
+
+impl Manifest {
+    /// Checks that `key` is this object's content key: for a format-2
+    /// content version, its commitment must equal `key_commit` (compared in
+    /// constant time); a tombstone has no key; a format-1 manifest commits
+    /// to nothing and accepts any key (the residual risk of old manifests,
+    /// docs/format.md §7).
+    pub fn check_key(&self, key: &ContentKey) -> Result<()> {
+        match (&self.key_commit, self.format) {
+            (Some(commit), _) => key_mac(key, &self.object_id)
+                .verify_slice(commit)
+                .map_err(|_| Error::KeyCommitment {
+                    object: self.object_id.short(),
+                    version: self.version,
+                }),
+            (None, FORMAT_V1) => Ok(()),
+            (None, _) if self.deleted => {
+                Err(Error::invalid("manifest", "a tombstone has no content key"))
+            }
+            (None, _) => Err(Error::invalid("manifest", "no key commitment")),
+        }
+    }
 }
 
 /// The smallest possible sealed chunk: header and tag around empty data.
@@ -73,12 +179,23 @@ pub fn check_kind(kind: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks an object name or owner: non-empty, bounded, no control characters.
+/// Checks an object name or owner: non-empty, bounded, no control
+/// characters and no invisible formatting characters (bidi overrides and
+/// isolates, zero-width spaces, ...; see [`crate::text::is_hidden`]).
 pub fn check_name(what: &'static str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_OBJECT_NAME || name.chars().any(char::is_control) {
+    if name.is_empty() || name.len() > MAX_OBJECT_NAME {
         return Err(Error::invalid(
             what,
-            format!("must be 1..={MAX_OBJECT_NAME} bytes without control characters"),
+            format!("must be 1..={MAX_OBJECT_NAME} bytes"),
+        ));
+    }
+    if let Some(c) = crate::text::first_hidden(name) {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "contains U+{:04X}, a control or invisible formatting character (names may hold neither)",
+                c as u32
+            ),
         ));
     }
     Ok(())
@@ -88,11 +205,52 @@ impl SignedBody for Manifest {
     const WHAT: &'static str = "manifest";
     const DOMAIN: &'static [u8] = b"bbsync/manifest/v1\0";
     const MAX_BODY: usize = 32 * 1024 * 1024;
+    const FORMAT: u16 = MANIFEST_FORMAT;
     fn format(&self) -> u16 {
         self.format
     }
     fn signer(&self) -> InstanceId {
         self.author
+    }
+    fn encode_body(&self) -> Vec<u8> {
+        if self.format == FORMAT_V1 {
+            encode(&ManifestV1 {
+                format: self.format,
+                object_id: self.object_id,
+                version: self.version,
+                kind: self.kind.clone(),
+                name: self.name.clone(),
+                owner: self.owner.clone(),
+                created_at_ms: self.created_at_ms,
+                author: self.author,
+                deleted: self.deleted,
+                plaintext_len: self.plaintext_len,
+                chunks: self.chunks.clone(),
+                meta: self.meta.clone(),
+            })
+        } else {
+            encode(self)
+        }
+    }
+    fn decode_body(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > Self::MAX_BODY {
+            return Err(Error::TooLarge {
+                what: Self::WHAT,
+                len: bytes.len(),
+                limit: Self::MAX_BODY,
+            });
+        }
+        let (format, _) =
+            postcard::take_from_bytes::<u16>(bytes).map_err(|e| Error::malformed(Self::WHAT, e))?;
+        match format {
+            FORMAT_V1 => Ok(decode::<ManifestV1>(Self::WHAT, bytes, Self::MAX_BODY)?.into()),
+            MANIFEST_FORMAT => decode(Self::WHAT, bytes, Self::MAX_BODY),
+            found => Err(Error::UnsupportedFormat {
+                what: Self::WHAT,
+                found,
+                supported: MANIFEST_FORMAT,
+            }),
+        }
     }
     fn validate(&self) -> Result<()> {
         check_kind(&self.kind)?;
@@ -102,6 +260,30 @@ impl SignedBody for Manifest {
         }
         if self.version == 0 {
             return Err(Error::invalid("manifest", "version 0"));
+        }
+        if self.version > MAX_VERSION {
+            return Err(Error::invalid(
+                "manifest",
+                format!(
+                    "version {} is above the highest allowed ({MAX_VERSION})",
+                    self.version
+                ),
+            ));
+        }
+        match (self.format, self.deleted, self.key_commit.is_some()) {
+            (FORMAT_V1, _, true) => {
+                return Err(Error::invalid("manifest", "format 1 has no key commitment"));
+            }
+            (MANIFEST_FORMAT, true, true) => {
+                return Err(Error::invalid(
+                    "manifest",
+                    "tombstone with a key commitment",
+                ));
+            }
+            (MANIFEST_FORMAT, false, false) => {
+                return Err(Error::invalid("manifest", "no key commitment"));
+            }
+            _ => {}
         }
         if self
             .meta

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
     Error, InstanceId, Result,
-    encoding::{FORMAT_V1, check_format, decode, encode},
+    encoding::{FORMAT_V1, decode, encode},
     identity::Identity,
 };
 
@@ -28,7 +28,7 @@ struct Wire {
 
 /// Bytes the wire wrapper adds around a body at most (format varint up to 3,
 /// two length prefixes up to 10 each, signature).
-const WIRE_OVERHEAD: usize = 2 + 10 + 10 + 64;
+pub const WIRE_OVERHEAD: usize = 2 + 10 + 10 + 64;
 
 /// A structure that is signed by one instance.
 pub trait SignedBody: Serialize + DeserializeOwned + Sized {
@@ -38,6 +38,9 @@ pub trait SignedBody: Serialize + DeserializeOwned + Sized {
     const DOMAIN: &'static [u8];
     /// Largest accepted body, in bytes.
     const MAX_BODY: usize;
+    /// The format number this version writes (and, unless
+    /// [`SignedBody::decode_body`] says otherwise, the only one it reads).
+    const FORMAT: u16 = FORMAT_V1;
     /// The format number the body carries.
     fn format(&self) -> u16;
     /// The instance whose key must have signed it.
@@ -45,6 +48,26 @@ pub trait SignedBody: Serialize + DeserializeOwned + Sized {
     /// Checks the rules of the format that the type system does not.
     fn validate(&self) -> Result<()> {
         Ok(())
+    }
+    /// The canonical body bytes of this value, in the layout of its own
+    /// format number (what is signed, and what decoding must give back).
+    fn encode_body(&self) -> Vec<u8> {
+        encode(self)
+    }
+    /// Decodes body bytes strictly (size limit first, no trailing bytes)
+    /// and refuses format numbers this version does not read. Types with
+    /// more than one readable format override this and
+    /// [`SignedBody::encode_body`] together.
+    fn decode_body(bytes: &[u8]) -> Result<Self> {
+        let value: Self = decode(Self::WHAT, bytes, Self::MAX_BODY)?;
+        if value.format() != Self::FORMAT {
+            return Err(Error::UnsupportedFormat {
+                what: Self::WHAT,
+                found: value.format(),
+                supported: Self::FORMAT,
+            });
+        }
+        Ok(value)
     }
 }
 
@@ -97,7 +120,7 @@ impl<T: SignedBody> Signed<T> {
             ));
         }
         value.validate()?;
-        let body = encode(&value);
+        let body = value.encode_body();
         if body.len() > T::MAX_BODY {
             return Err(Error::TooLarge {
                 what: T::WHAT,
@@ -159,12 +182,11 @@ impl<T: SignedBody> Unverified<T> {
     /// Decodes the wire bytes of a `T`, with size limits and strict format checks.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let wire: Wire = decode(T::WHAT, bytes, T::MAX_BODY + WIRE_OVERHEAD)?;
-        check_format(T::WHAT, wire.format)?;
-        let value: T = decode(T::WHAT, &wire.body, T::MAX_BODY)?;
-        check_format(T::WHAT, value.format())?;
+        crate::encoding::check_format(T::WHAT, wire.format)?;
+        let value = T::decode_body(&wire.body)?;
         // postcard accepts over-long varints: insist on the one canonical
         // encoding, so a signed structure has exactly one byte string.
-        if encode(&value) != wire.body
+        if value.encode_body() != wire.body
             || encode(&Wire {
                 format: wire.format,
                 body: wire.body.clone(),

@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ChunkId, ManifestId, ObjectId, Result,
+    ChunkId, InstanceCard, InviteId, InviteRefusal, ManifestId, ObjectId, Result, Role,
     encoding::{FORMAT_V1, check_format, decode, encode},
+    signed::{SignedBody, WIRE_OVERHEAD},
 };
 
 /// The libp2p protocol name.
@@ -30,6 +31,9 @@ pub enum Request {
     /// The serving instance's card and checkpoint.
     Hello,
     /// Changes after a cursor (at most `limit`, capped at [`MAX_PAGE`]).
+    /// A server fills each page up to the limit while it has changes, so a
+    /// shorter page is the end of its log; a page with changes moves the
+    /// cursor forward.
     Changes {
         /// Cursor: the last change-log number already seen.
         since: u64,
@@ -56,6 +60,24 @@ pub enum Request {
         limit: u32,
         /// How long the server may hold the request.
         wait_ms: u32,
+    },
+    /// The first step of redeeming an invite: a fresh challenge for this
+    /// peer (the only request besides `Redeem` that a peer outside the
+    /// trust table gets an answer to other than `Denied`).
+    InviteChallenge,
+    /// Redeems an invite of the server's (`docs/sync.md`, "Invites").
+    Redeem {
+        /// The invite's id.
+        invite: InviteId,
+        /// The redeemer's signed card (wire bytes); it must be the card of
+        /// the Noise-authenticated peer.
+        #[serde(with = "serde_bytes")]
+        card: Vec<u8>,
+        /// The challenge the server handed this peer.
+        challenge: [u8; 32],
+        /// The proof of the invite's secret
+        /// ([`crate::invite::redeem_mac`]).
+        mac: [u8; 32],
     },
 }
 
@@ -117,16 +139,21 @@ pub enum Response {
         /// The server's last change-log number.
         last_seq: u64,
     },
-    /// Answer to `GetManifests` (unknown and unservable ids are left out).
+    /// Answer to `GetManifests`: each requested id at most once; unknown
+    /// and unservable ids are left out.
     Manifests {
         /// The manifests.
         items: Vec<WireManifest>,
+        /// Ids not answered because the answer reached the server's size
+        /// bound: ask for them again. At least one item comes before any.
+        deferred: Vec<ObjectId>,
     },
-    /// Answer to `GetChunks`.
+    /// Answer to `GetChunks`: each requested id at most once.
     Chunks {
         /// Chunks found, each with its stored bytes.
         chunks: Vec<(ChunkId, serde_bytes::ByteBuf)>,
-        /// Ids the server does not hold.
+        /// Ids not answered: the server does not hold them, or the answer
+        /// reached the server's size bound (ask another source, or again).
         missing: Vec<ChunkId>,
     },
     /// The requester is not trusted: nothing else is said.
@@ -137,6 +164,22 @@ pub enum Response {
         code: ErrorCode,
         /// One line, no secrets.
         message: String,
+    },
+    /// Answer to `InviteChallenge`: answer it within a minute, once.
+    InviteChallenge {
+        /// Fresh random bytes, for this peer only.
+        challenge: [u8; 32],
+    },
+    /// Answer to `Redeem`: the server now trusts the redeemer's card with
+    /// this role.
+    Redeemed {
+        /// The role the invite granted.
+        role: Role,
+    },
+    /// Answer to `InviteChallenge` or `Redeem`: refused, and why.
+    InviteRefused {
+        /// Why.
+        reason: InviteRefusal,
     },
 }
 
@@ -165,7 +208,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request> {
         Request::Changes { limit, .. } | Request::Subscribe { limit, .. } => {
             *limit == 0 || *limit > MAX_PAGE
         }
-        Request::Hello => false,
+        Request::Redeem { card, .. } => card.len() > InstanceCard::MAX_BODY + WIRE_OVERHEAD,
+        Request::Hello | Request::InviteChallenge => false,
     };
     if too_many {
         return Err(crate::Error::invalid(
@@ -233,6 +277,7 @@ mod tests {
                         manifest: vec![0xAA; 40],
                         entry: Some(serde_bytes::ByteBuf::from(vec![0xBB; 20])),
                     }],
+                    deferred: vec![ObjectId([6; 16])],
                 },
             ),
             (
@@ -248,6 +293,27 @@ mod tests {
                 Response::Error {
                     code: ErrorCode::BadRequest,
                     message: "too many ids".into(),
+                },
+            ),
+            (
+                Request::InviteChallenge,
+                Response::InviteChallenge { challenge: [2; 32] },
+            ),
+            (
+                Request::Redeem {
+                    invite: InviteId([1; 16]),
+                    card: vec![9; 100],
+                    challenge: [2; 32],
+                    mac: [3; 32],
+                },
+                Response::Redeemed { role: Role::Blind },
+            ),
+            (
+                Request::InviteChallenge,
+                Response::InviteRefused {
+                    reason: InviteRefusal::RateLimited {
+                        retry_after_secs: 12,
+                    },
                 },
             ),
         ]
@@ -281,6 +347,13 @@ mod tests {
         assert!(decode_request(&encode_request(&many)).is_err());
         let zero = Request::Changes { since: 0, limit: 0 };
         assert!(decode_request(&encode_request(&zero)).is_err());
+        let huge_card = Request::Redeem {
+            invite: InviteId([1; 16]),
+            card: vec![0; InstanceCard::MAX_BODY + WIRE_OVERHEAD + 1],
+            challenge: [0; 32],
+            mac: [0; 32],
+        };
+        assert!(decode_request(&encode_request(&huge_card)).is_err());
         let huge = vec![0u8; MAX_REQUEST + 1];
         assert_eq!(
             decode_request(&huge).unwrap_err().kind(),

@@ -7,8 +7,9 @@
 mod common;
 
 use bbsync_protocol::{
-    Checkpoint, ChunkCipher, Compression, EnvelopeEntry, Error, ErrorKind, Identity, InstanceCard,
-    Manifest, RootBuilder, Signed, SignedBody, Unverified, card_from_str, card_to_string,
+    Checkpoint, ChunkCipher, Compression, ContentKey, EnvelopeEntry, Error, ErrorKind, Identity,
+    InstanceCard, Manifest, RootBuilder, Signed, SignedBody, Unverified, card_from_str,
+    card_to_string,
     chunk::{CHUNK_MAX, MAX_STORED_CHUNK},
     envelope::wrap_content_key_with_ephemeral,
 };
@@ -296,10 +297,11 @@ fn trailing_bytes_are_rejected() -> TestResult {
 }
 
 #[test]
-fn format_2_is_unsupported() -> TestResult {
+fn unknown_formats_are_unsupported() -> TestResult {
     let a = alice();
+    // Manifests: formats 1 (legacy) and 2 are read; 3 is not.
     let mut m = sample_manifest(a.instance_id());
-    m.format = 2;
+    m.format = 3;
     let bytes = Signed::sign(&a, m)?.bytes().to_vec();
     let e = err_of(Unverified::<Manifest>::decode(&bytes));
     assert!(
@@ -307,8 +309,8 @@ fn format_2_is_unsupported() -> TestResult {
             e,
             Error::UnsupportedFormat {
                 what: "manifest",
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{e}"
@@ -510,5 +512,103 @@ fn non_canonical_wire_bytes_are_rejected() -> TestResult {
         "non-canonical bytes verified as {:?}",
         result.map(|s| s.id())
     );
+    Ok(())
+}
+
+#[test]
+fn names_refuse_bidi_and_invisible_characters() -> TestResult {
+    let a = alice();
+    for (name, code) in [
+        ("general/\u{202e}txt.exe", "U+202E"),
+        ("general/a\u{2066}b", "U+2066"),
+        ("general/zero\u{200b}width", "U+200B"),
+        ("general/\u{feff}bom", "U+FEFF"),
+        ("general/tag\u{e0041}", "U+E0041"),
+        ("general/c1\u{9b}31m", "U+009B"),
+    ] {
+        let mut m = sample_manifest(a.instance_id());
+        m.name = name.into();
+        let e = err_of(Signed::sign(&a, m));
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid object name: contains {code}, a control or invisible formatting character (names may hold neither)"
+            )
+        );
+        assert_clean_message(&e);
+    }
+    // Joiners stay allowed (Persian, Indic scripts, emoji sequences).
+    let mut m = sample_manifest(a.instance_id());
+    m.name = "general/\u{0645}\u{06cc}\u{200c}\u{062e}\u{0648}\u{0627}\u{0647}\u{0645}".into();
+    Signed::sign(&a, m)?;
+    Ok(())
+}
+
+#[test]
+fn versions_stop_below_u64_max() -> TestResult {
+    let a = alice();
+    for v in [bbsync_protocol::MAX_VERSION + 1, u64::MAX] {
+        let mut m = sample_manifest(a.instance_id());
+        m.version = v;
+        let e = err_of(Signed::sign(&a, m));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid manifest: version {v} is above the highest allowed ({})",
+                bbsync_protocol::MAX_VERSION
+            )
+        );
+    }
+    let mut m = sample_manifest(a.instance_id());
+    m.version = bbsync_protocol::MAX_VERSION;
+    Signed::sign(&a, m)?;
+    assert_eq!(
+        bbsync_protocol::manifest::next_version(bbsync_protocol::MAX_VERSION),
+        None
+    );
+    assert_eq!(bbsync_protocol::manifest::next_version(3), Some(4));
+    Ok(())
+}
+
+#[test]
+fn key_commitment_rules() -> TestResult {
+    let a = alice();
+    let invalid = |m: Manifest| err_of(Signed::sign(&a, m)).to_string();
+    let mut m = sample_manifest(a.instance_id());
+    m.key_commit = None;
+    assert_eq!(invalid(m), "invalid manifest: no key commitment");
+    let mut t = sample_tombstone(a.instance_id());
+    t.key_commit = Some([7; 32]);
+    assert_eq!(
+        invalid(t),
+        "invalid manifest: tombstone with a key commitment"
+    );
+    let mut v1 = sample_manifest_v1(a.instance_id());
+    v1.key_commit = Some([7; 32]);
+    assert_eq!(
+        invalid(v1),
+        "invalid manifest: format 1 has no key commitment"
+    );
+
+    // The right key passes, any other is refused by name.
+    let m = Signed::sign(&a, sample_manifest(a.instance_id()))?;
+    m.check_key(&content_key())?;
+    let e = err_of(m.check_key(&ContentKey::from_bytes([9; 32])));
+    assert_eq!(e.kind(), ErrorKind::Crypto);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "content key of object {} version 3 does not match the manifest's key commitment",
+            object_id().short()
+        )
+    );
+    // A legacy manifest commits to nothing (docs/format.md §7).
+    let v1 = Signed::sign(&a, sample_manifest_v1(a.instance_id()))?;
+    v1.check_key(&ContentKey::from_bytes([9; 32]))?;
+    // Legacy bytes decode as format 1 and re-encode to themselves.
+    let back = Unverified::<Manifest>::decode(v1.bytes())?.verify(|_| true)?;
+    assert_eq!(back.format, 1);
+    assert_eq!(back.bytes(), v1.bytes());
     Ok(())
 }

@@ -93,7 +93,7 @@ fn manifest(author: InstanceId) -> impl Strategy<Value = Manifest> {
     (
         (
             any::<[u8; 16]>(),
-            1..=u64::MAX,
+            1..=bbsync_protocol::MAX_VERSION,
             kind(),
             object_name(),
             option::of(object_name()),
@@ -107,12 +107,16 @@ fn manifest(author: InstanceId) -> impl Strategy<Value = Manifest> {
                 0..8,
             ),
             option::of(vec(any::<u8>(), 0..64)),
+            any::<[u8; 32]>(),
         ),
     )
         .prop_map(
-            move |((oid, version, kind, name, owner), (created, deleted, plen, chunks, meta))| {
+            move |(
+                (oid, version, kind, name, owner),
+                (created, deleted, plen, chunks, meta, commit),
+            )| {
                 Manifest {
-                    format: 1,
+                    format: 2,
                     object_id: ObjectId(oid),
                     version,
                     kind,
@@ -134,6 +138,7 @@ fn manifest(author: InstanceId) -> impl Strategy<Value = Manifest> {
                             .collect()
                     },
                     meta: if deleted { None } else { meta },
+                    key_commit: if deleted { None } else { Some(commit) },
                 }
             },
         )
@@ -174,7 +179,7 @@ fn any_signed_bytes() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
             any::<[u8; 32]>(),
             any::<[u8; 32]>(),
             any::<[u8; 16]>(),
-            any::<u64>(),
+            1..=bbsync_protocol::MAX_VERSION,
             any::<[u8; 32]>(),
             any::<[u8; 32]>()
         )
@@ -530,7 +535,7 @@ proptest! {
         a_seed in any::<[u8; 32]>(),
         b_seed in any::<[u8; 32]>(),
         oid in any::<[u8; 16]>(),
-        version in any::<u64>(),
+        version in 1..=bbsync_protocol::MAX_VERSION,
         key in any::<[u8; 32]>(),
     ) {
         prop_assume!(a_seed != b_seed);

@@ -33,9 +33,11 @@ use aes_gcm::{
 };
 use bbsync_protocol::{
     Checkpoint, ChunkCipher, ChunkRef, Compression, ContentKey, EnvelopeEntry, Error, ErrorKind,
-    Identity, InstanceCard, InstanceId, Manifest, ManifestId, ObjectId, ObjectMeta, RootBuilder,
-    Shape, Signed, SignedBody, Unverified, Unwrapper, WrapSession, card_from_str, card_to_string,
-    encoding, envelope::wrap_content_key_with_ephemeral,
+    Identity, InstanceCard, InstanceId, InviteId, Manifest, ManifestId, ObjectId, ObjectMeta, Role,
+    RootBuilder, Shape, Signed, SignedBody, Snapshot, SnapshotObject, SnapshotTrust, Unverified,
+    Unwrapper, WrapSession, card_from_str, card_to_string, encoding,
+    envelope::wrap_content_key_with_ephemeral,
+    invite::{INVITE_PREFIX, Invite, check_redeem_mac, secret_hash},
 };
 use common::*;
 use hkdf::Hkdf;
@@ -48,6 +50,8 @@ const CARD_DOMAIN: &[u8] = b"bbsync/card/v1\0";
 const MANIFEST_DOMAIN: &[u8] = b"bbsync/manifest/v1\0";
 const ENTRY_DOMAIN: &[u8] = b"bbsync/envelope-entry/v1\0";
 const CHECKPOINT_DOMAIN: &[u8] = b"bbsync/checkpoint/v1\0";
+const SNAPSHOT_DOMAIN: &[u8] = b"bbsync/snapshot/v1\0";
+const KEY_COMMIT_DOMAIN: &[u8] = b"bbsync/key-commit/v1";
 const ROOT_DOMAIN: &[u8] = b"bbsync/checkpoint-root/v1\0";
 const CHUNK_NONCE_DOMAIN: &[u8] = b"bbsync/chunk-nonce/v1";
 const CHUNK_AAD_DOMAIN: &[u8] = b"bbsync/chunk/v1";
@@ -57,6 +61,9 @@ const META_NONCE_DOMAIN: &[u8] = b"bbsync/meta-nonce/v1";
 const META_AAD: &[u8] = b"bbsync/meta/v1";
 const LOCAL_KEY_SALT: &[u8] = b"bbsync/local-key/v1";
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const INVITE_STRING_DOMAIN: &[u8] = b"bbsync/invite-string/v1\0";
+const INVITE_SECRET_DOMAIN: &[u8] = b"bbsync/invite-secret/v1\0";
+const INVITE_REDEEM_DOMAIN: &[u8] = b"bbsync/invite-redeem/v1\0";
 
 /// Stored chunk bytes are written out in full up to this size.
 const FULL_STORED_LIMIT: usize = 1024;
@@ -179,6 +186,7 @@ fn manifest_to_json(m: &Manifest) -> Value {
         "plaintext_len": m.plaintext_len,
         "chunks": m.chunks.iter().map(|c| json!({"id": c.id.to_hex(), "len": c.len})).collect::<Vec<_>>(),
         "meta": m.meta.as_ref().map(hex::encode),
+        "key_commit": m.key_commit.as_ref().map(hex::encode),
     })
 }
 
@@ -202,6 +210,9 @@ fn manifest_from_json(v: &Value) -> Manifest {
             })
             .collect(),
         meta: v["meta"].as_str().map(|m| hex::decode(m).unwrap()),
+        key_commit: v["key_commit"]
+            .as_str()
+            .map(|m| hex::decode(m).unwrap().try_into().unwrap()),
     }
 }
 
@@ -351,28 +362,144 @@ fn gen_chunks() -> Value {
     })
 }
 
-fn gen_manifests() -> Value {
+fn manifest_rows(ms: Vec<Manifest>) -> Vec<Value> {
     let a = alice();
-    let rows: Vec<Value> = [
-        sample_manifest(a.instance_id()),
-        sample_tombstone(a.instance_id()),
-    ]
-    .into_iter()
-    .map(|m| {
-        let signed = Signed::sign(&a, m.clone()).unwrap();
-        json!({
+    ms.into_iter()
+        .map(|m| {
+            let signed = Signed::sign(&a, m.clone()).unwrap();
+            json!({
+                "signer": "alice",
+                "manifest": manifest_to_json(&m),
+                "body": hex::encode(signed.body_bytes()),
+                "bytes": hex::encode(signed.bytes()),
+                "manifest_id": signed.id().to_hex(),
+            })
+        })
+        .collect()
+}
+
+fn gen_manifests() -> Value {
+    let a = alice().instance_id();
+    json!({
+        "comment": "Signed::sign(alice, manifest). bytes = postcard Wire {format 1, body = postcard(Manifest), ed25519(\"bbsync/manifest/v1\\0\" || body)}; manifest_id = SHA-256(body). Format 2 (\"manifests\") = the fields of format 1, then key_commit: Option<[u8; 32]> = HMAC-SHA256(K, \"bbsync/key-commit/v1\" || object_id) for a content version (K = the content key of chunks.json), None on a tombstone. \"legacy_v1\" rows are the same values in format 1, written before the key commitment: still read (decode and verify), never written by this version.",
+        "regenerate": REGEN,
+        "manifests": manifest_rows(vec![sample_manifest(a), sample_tombstone(a)]),
+        "legacy_v1": manifest_rows(vec![sample_manifest_v1(a), sample_tombstone_v1(a)]),
+    })
+}
+
+/// The snapshot of the vectors: alice's, trusting bob (full) and carol
+/// (blind), two objects.
+fn sample_snapshot() -> Snapshot {
+    let card = |who: &str, t: u64| ident(who).card(Vec::new(), t).unwrap().bytes().to_vec();
+    Snapshot {
+        format: 1,
+        id: "20231114T221320Z-0a0b0c0d".into(),
+        created_ms: T0,
+        host: alice().instance_id(),
+        host_card: card("alice", T0),
+        description: "nightly".into(),
+        tags: vec!["cron".into(), "weekly".into()],
+        bbsync_version: "0.1.0".into(),
+        schema_version: 2,
+        only: vec![],
+        counts: vec![("file".into(), 1), ("message".into(), 1)],
+        bytes: 70_060,
+        plaintext_bytes: 70_000,
+        chunks: 2,
+        trust: vec![
+            SnapshotTrust {
+                card: card("bob", T0 + 1),
+                role: Role::Full,
+            },
+            SnapshotTrust {
+                card: card("carol", T0 + 2),
+                role: Role::Blind,
+            },
+        ],
+        identity_escrow: Some(format!("keys/identity.{}", alice().instance_id())),
+        objects: vec![
+            SnapshotObject {
+                object_id: ObjectId([0x10; 16]),
+                version: 1,
+                manifest_id: ManifestId([0x01; 32]),
+            },
+            SnapshotObject {
+                object_id: object_id(),
+                version: 3,
+                manifest_id: ManifestId([0xaa; 32]),
+            },
+        ],
+    }
+}
+
+/// The snapshot body encoded by hand (postcard of Snapshot, field by field).
+fn snapshot_body_by_hand(s: &Snapshot) -> Vec<u8> {
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend(varint(b.len() as u64));
+        out.extend_from_slice(b);
+    };
+    let mut out = varint(u64::from(s.format));
+    bytes(&mut out, s.id.as_bytes());
+    out.extend(varint(s.created_ms));
+    out.extend_from_slice(s.host.as_bytes());
+    bytes(&mut out, &s.host_card);
+    bytes(&mut out, s.description.as_bytes());
+    out.extend(varint(s.tags.len() as u64));
+    for t in &s.tags {
+        bytes(&mut out, t.as_bytes());
+    }
+    bytes(&mut out, s.bbsync_version.as_bytes());
+    out.extend(varint(u64::from(s.schema_version)));
+    out.extend(varint(s.only.len() as u64));
+    for o in &s.only {
+        bytes(&mut out, o.as_bytes());
+    }
+    out.extend(varint(s.counts.len() as u64));
+    for (k, n) in &s.counts {
+        bytes(&mut out, k.as_bytes());
+        out.extend(varint(*n));
+    }
+    out.extend(varint(s.bytes));
+    out.extend(varint(s.plaintext_bytes));
+    out.extend(varint(s.chunks));
+    out.extend(varint(s.trust.len() as u64));
+    for t in &s.trust {
+        bytes(&mut out, &t.card);
+        out.push(match t.role {
+            Role::Full => 0,
+            Role::Blind => 1,
+        });
+    }
+    match &s.identity_escrow {
+        None => out.push(0),
+        Some(p) => {
+            out.push(1);
+            bytes(&mut out, p.as_bytes());
+        }
+    }
+    out.extend(varint(s.objects.len() as u64));
+    for o in &s.objects {
+        out.extend_from_slice(o.object_id.as_bytes());
+        out.extend(varint(o.version));
+        out.extend_from_slice(o.manifest_id.as_bytes());
+    }
+    out
+}
+
+fn gen_snapshots() -> Value {
+    let a = alice();
+    let snap = sample_snapshot();
+    let signed = Signed::sign(&a, snap.clone()).unwrap();
+    json!({
+        "comment": "Signed::sign(alice, snapshot): bytes = postcard Wire {format 1, body = postcard(Snapshot), ed25519(\"bbsync/snapshot/v1\\0\" || body)} by the host. Fields in order: format, id, created_ms, host (32 raw), host_card (bytes: the host's card wire bytes), description, tags, bbsync_version, schema_version, only, counts [(kind, n)], bytes, plaintext_bytes, chunks, trust [(card bytes, role: 0 full / 1 blind)], identity_escrow (option), objects [(object_id 16 raw, version, manifest_id 32 raw)]. Cards: Identity::card([], created) of alice (T0), bob (T0+1), carol (T0+2). Repository format 1 stores base64(bytes) in snapshots/<id>.json.",
+        "regenerate": REGEN,
+        "snapshots": [{
             "signer": "alice",
-            "manifest": manifest_to_json(&m),
+            "id": snap.id,
             "body": hex::encode(signed.body_bytes()),
             "bytes": hex::encode(signed.bytes()),
-            "manifest_id": signed.id().to_hex(),
-        })
-    })
-    .collect();
-    json!({
-        "comment": "Signed::sign(alice, manifest). bytes = postcard Wire {format 1, body = postcard(Manifest), ed25519(\"bbsync/manifest/v1\\0\" || body)}; manifest_id = SHA-256(body).",
-        "regenerate": REGEN,
-        "manifests": rows,
+        }],
     })
 }
 
@@ -572,15 +699,78 @@ fn gen_bad() -> Value {
         ErrorKind::UnsupportedFormat,
         "outer format 2",
     ));
-    let mut m2 = sample_manifest(a.instance_id());
-    m2.format = 2;
-    let f2 = Signed::sign(&a, m2).unwrap();
+    let mut m3 = sample_manifest(a.instance_id());
+    m3.format = 3;
+    let f3 = Signed::sign(&a, m3).unwrap();
     rows.push(bad(
-        "manifest/bad-format-2",
+        "manifest/bad-format-3",
         "manifest",
-        f2.bytes(),
+        f3.bytes(),
         ErrorKind::UnsupportedFormat,
-        "body format 2, validly signed",
+        "body format 3 (1 and 2 are read), validly signed",
+    ));
+    let mut no_commit = sample_manifest(a.instance_id());
+    no_commit.key_commit = None;
+    rows.push(bad(
+        "manifest/bad-no-key-commit",
+        "manifest",
+        &build_wire(1, &encoding::encode(&no_commit), MANIFEST_DOMAIN, &seed),
+        ErrorKind::Invalid,
+        "validly signed format-2 content version without a key commitment",
+    ));
+    let mut max = sample_manifest(a.instance_id());
+    max.version = u64::MAX;
+    rows.push(bad(
+        "manifest/bad-version-u64-max",
+        "manifest",
+        &build_wire(1, &encoding::encode(&max), MANIFEST_DOMAIN, &seed),
+        ErrorKind::Invalid,
+        "validly signed manifest at version u64::MAX (above MAX_VERSION = 2^53 - 1)",
+    ));
+    let mut bidi = sample_manifest(a.instance_id());
+    bidi.name = "general/\u{202e}nosj.0001".into();
+    rows.push(bad(
+        "manifest/bad-bidi-name",
+        "manifest",
+        &build_wire(1, &encoding::encode(&bidi), MANIFEST_DOMAIN, &seed),
+        ErrorKind::Invalid,
+        "validly signed manifest whose name holds U+202E RIGHT-TO-LEFT OVERRIDE",
+    ));
+
+    // Snapshots.
+    let snap = Signed::sign(&a, sample_snapshot()).unwrap();
+    let sb = snap.bytes().to_vec();
+    rows.push(bad(
+        "snapshot/bad-signature",
+        "snapshot",
+        &flipped(&sb, sb.len() - 10, 0x01),
+        ErrorKind::BadSignature,
+        "one signature bit flipped",
+    ));
+    rows.push(bad(
+        "snapshot/bad-trailing-byte",
+        "snapshot",
+        &[&sb[..], &[0]].concat(),
+        ErrorKind::Malformed,
+        "one byte after the wire structure",
+    ));
+    let mut unsorted = sample_snapshot();
+    unsorted.objects.reverse();
+    rows.push(bad(
+        "snapshot/bad-unsorted-objects",
+        "snapshot",
+        &build_wire(1, &encoding::encode(&unsorted), SNAPSHOT_DOMAIN, &seed),
+        ErrorKind::Invalid,
+        "validly signed snapshot whose objects are not sorted by id",
+    ));
+    let mut other_card = sample_snapshot();
+    other_card.host_card = ident("bob").card(Vec::new(), T0).unwrap().bytes().to_vec();
+    rows.push(bad(
+        "snapshot/bad-host-card",
+        "snapshot",
+        &build_wire(1, &encoding::encode(&other_card), SNAPSHOT_DOMAIN, &seed),
+        ErrorKind::Invalid,
+        "validly signed by alice, but the host card is bob's",
     ));
     rows.push(bad(
         "manifest/bad-signature",
@@ -1119,7 +1309,7 @@ fn gen_bad() -> Value {
     }
 
     json!({
-        "comment": "Malformed samples. decoder: manifest | envelope-entry | card | checkpoint = Unverified::<T>::decode(bytes) then verify(trust all); card-string = card_from_str(utf8); identity-file = Identity::from_file_bytes; chunk = ChunkCipher::new(key of chunks.json).open_verified; chunk-by-id = open(id, bytes); meta = open_meta with that key; object-meta = ObjectMeta::decode. kind = the exact ErrorKind.",
+        "comment": "Malformed samples. decoder: manifest | envelope-entry | card | checkpoint | snapshot = Unverified::<T>::decode(bytes) then verify(trust all); card-string = card_from_str(utf8); identity-file = Identity::from_file_bytes; chunk = ChunkCipher::new(key of chunks.json).open_verified; chunk-by-id = open(id, bytes); meta = open_meta with that key; object-meta = ObjectMeta::decode. kind = the exact ErrorKind.",
         "regenerate": REGEN,
         "samples": rows,
     })
@@ -1163,6 +1353,47 @@ fn wrap_by_hand(
     (shared, wrap_key)
 }
 
+/// The fixed invite of `invite.json`: alice's, for two addresses.
+fn sample_invite() -> (Invite, [u8; 32]) {
+    let secret = [0x5e; 32];
+    let inv = Invite::new(
+        ident("alice").instance_id(),
+        InviteId([0x1d; 16]),
+        zeroize::Zeroizing::new(secret),
+        vec![
+            "/ip4/192.0.2.10/tcp/4040".into(),
+            "/onion3/2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid:4040".into(),
+        ],
+    )
+    .unwrap();
+    (inv, secret)
+}
+
+const INVITE_CHALLENGE: [u8; 32] = [0xc4; 32];
+
+fn gen_invites() -> Value {
+    let (inv, secret) = sample_invite();
+    let bob = ident("bob");
+    let card = bob.card(Vec::new(), T0 + 2_000).unwrap();
+    json!({
+        "comment": "Invite of alice (identity.json). payload = postcard {format 1, source (32), id (16), secret (32), addresses: Vec<String>}; string = \"bbsyncinvite1\" + lower-case unpadded base32 of (payload || SHA-256(\"bbsync/invite-string/v1\\0\" || payload)[..4]); secret_hash = SHA-256(\"bbsync/invite-secret/v1\\0\" || secret); mac = HMAC-SHA256(secret, \"bbsync/invite-redeem/v1\\0\" || source || redeemer || id || challenge || SHA-256(redeemer card wire bytes)), for bob's card of card.json.",
+        "regenerate": REGEN,
+        "invites": [{
+            "source_identity": "alice",
+            "id": inv.id.to_hex(),
+            "secret": hex::encode(secret),
+            "addresses": inv.addresses,
+            "payload": hex::encode(&inv.payload()[..]),
+            "string": inv.to_text().as_str(),
+            "secret_hash": hex::encode(secret_hash(&secret)),
+            "redeemer_identity": "bob",
+            "card": hex::encode(card.bytes()),
+            "challenge": hex::encode(INVITE_CHALLENGE),
+            "mac": hex::encode(inv.redeem_mac(&bob.instance_id(), &INVITE_CHALLENGE, card.bytes())),
+        }],
+    })
+}
+
 #[test]
 #[ignore = "writes tests/vectors/*.json; run only to regenerate after a deliberate format change"]
 fn regenerate_vectors() {
@@ -1175,7 +1406,9 @@ fn regenerate_vectors() {
         ("manifest.json", gen_manifests()),
         ("envelope.json", gen_envelopes()),
         ("checkpoint.json", gen_checkpoints()),
+        ("snapshot.json", gen_snapshots()),
         ("meta.json", gen_meta()),
+        ("invite.json", gen_invites()),
         ("bad.json", gen_bad()),
     ] {
         let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
@@ -1188,11 +1421,98 @@ fn regenerate_vectors() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn invite_vectors() -> TestResult {
+    let v = load("invite.json");
+    for row in arr(&v["invites"]) {
+        let source = ident(s(&row["source_identity"])).instance_id();
+        let redeemer = ident(s(&row["redeemer_identity"])).instance_id();
+        let id: InviteId = s(&row["id"]).parse()?;
+        let secret = h32(&row["secret"]);
+        let addresses: Vec<String> = arr(&row["addresses"])
+            .iter()
+            .map(|a| s(a).to_string())
+            .collect();
+        let payload = h(&row["payload"]);
+        let string = s(&row["string"]);
+        let card = h(&row["card"]);
+        let challenge = h32(&row["challenge"]);
+        let mac = h32(&row["mac"]);
+
+        // Encode.
+        let inv = Invite::new(
+            source,
+            id,
+            zeroize::Zeroizing::new(secret),
+            addresses.clone(),
+        )?;
+        assert_eq!(&inv.payload()[..], &payload[..]);
+        assert_eq!(inv.to_text().as_str(), string);
+        assert_eq!(hex::encode(secret_hash(&secret)), s(&row["secret_hash"]));
+        assert_eq!(inv.redeem_mac(&redeemer, &challenge, &card), mac);
+        // Decode.
+        let back = Invite::parse(string)?;
+        assert_eq!((back.source, back.id), (source, id));
+        assert_eq!(back.addresses, addresses);
+        assert_eq!(&back.payload()[..], &payload[..]);
+        assert!(check_redeem_mac(
+            &secret, &source, &redeemer, &id, &challenge, &card, &mac
+        ));
+        let mut wrong = mac;
+        wrong[31] ^= 1;
+        assert!(!check_redeem_mac(
+            &secret, &source, &redeemer, &id, &challenge, &card, &wrong
+        ));
+
+        // By hand: the payload layout, the checksum and base32, the hash
+        // and the HMAC from the primitive crates.
+        let mut p = vec![1u8];
+        p.extend_from_slice(source.as_bytes());
+        p.extend_from_slice(id.as_bytes());
+        p.extend_from_slice(&secret);
+        p.push(addresses.len() as u8);
+        for a in &addresses {
+            p.push(a.len() as u8);
+            p.extend_from_slice(a.as_bytes());
+        }
+        assert_eq!(p, payload);
+        let sum = Sha256::digest([INVITE_STRING_DOMAIN, &p].concat());
+        let mut all = p.clone();
+        all.extend_from_slice(&sum[..4]);
+        assert_eq!(
+            format!(
+                "{INVITE_PREFIX}{}",
+                data_encoding::BASE32_NOPAD
+                    .encode(&all)
+                    .to_ascii_lowercase()
+            ),
+            string
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest([INVITE_SECRET_DOMAIN, &secret].concat())),
+            s(&row["secret_hash"])
+        );
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&secret)?;
+        m.update(INVITE_REDEEM_DOMAIN);
+        m.update(source.as_bytes());
+        m.update(redeemer.as_bytes());
+        m.update(id.as_bytes());
+        m.update(&challenge);
+        m.update(&Sha256::digest(&card));
+        assert_eq!(m.finalize().into_bytes().as_slice(), &mac[..]);
+        // The card is bob's card of card.json.
+        let cards = load("card.json");
+        assert!(arr(&cards["cards"]).iter().any(|c| h(&c["bytes"]) == card));
+    }
+    Ok(())
+}
+
+#[test]
 fn domains_match_the_crate() {
     assert_eq!(<InstanceCard as SignedBody>::DOMAIN, CARD_DOMAIN);
     assert_eq!(<Manifest as SignedBody>::DOMAIN, MANIFEST_DOMAIN);
     assert_eq!(<EnvelopeEntry as SignedBody>::DOMAIN, ENTRY_DOMAIN);
     assert_eq!(<Checkpoint as SignedBody>::DOMAIN, CHECKPOINT_DOMAIN);
+    assert_eq!(<Snapshot as SignedBody>::DOMAIN, SNAPSHOT_DOMAIN);
     assert_eq!(bbsync_protocol::identity::IDENTITY_MAGIC, IDENTITY_MAGIC);
 }
 
@@ -1481,6 +1801,49 @@ fn chunk_vectors() -> TestResult {
 #[test]
 fn manifest_vectors() -> TestResult {
     let v = load("manifest.json");
+    let legacy = arr(&v["legacy_v1"]);
+    assert_eq!(legacy.len(), arr(&v["manifests"]).len());
+    for (row, old) in arr(&v["manifests"]).iter().zip(legacy) {
+        // Format 2 by hand: format byte 02, the format-1 fields of the
+        // matching legacy row, then key_commit (00, or 01 + HMAC-SHA256(K,
+        // "bbsync/key-commit/v1" || object_id)).
+        let manifest = manifest_from_json(&row["manifest"]);
+        let body = h(&row["body"]);
+        let old_body = h(&old["body"]);
+        let mut by_hand = vec![2u8];
+        by_hand.extend_from_slice(&old_body[1..]);
+        if manifest.deleted {
+            by_hand.push(0);
+        } else {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&content_key_bytes()).unwrap();
+            mac.update(KEY_COMMIT_DOMAIN);
+            mac.update(manifest.object_id.as_bytes());
+            let commit: [u8; 32] = mac.finalize().into_bytes().into();
+            assert_eq!(manifest.key_commit, Some(commit), "key_commit by hand");
+            by_hand.push(1);
+            by_hand.extend_from_slice(&commit);
+            assert_eq!(
+                bbsync_protocol::key_commitment(&content_key(), &manifest.object_id),
+                commit
+            );
+        }
+        assert_eq!(body, by_hand, "format-2 body by hand");
+    }
+    for row in legacy {
+        // Old vectors, kept: format 1 still decodes and verifies, has no
+        // key commitment, and re-encodes to exactly its bytes.
+        let manifest = manifest_from_json(&row["manifest"]);
+        let bytes = h(&row["bytes"]);
+        let body = h(&row["body"]);
+        assert_eq!(manifest.format, 1);
+        assert_eq!(manifest.key_commit, None);
+        let back = Unverified::<Manifest>::decode(&bytes)?.verify(|_| true)?;
+        assert_eq!(back.value(), &manifest);
+        assert_eq!(back.bytes(), &bytes[..]);
+        assert_eq!(back.id().to_hex(), s(&row["manifest_id"]));
+        assert_eq!(Signed::sign(&alice(), manifest)?.bytes(), &bytes[..]);
+        check_wire_by_hand(&bytes, &body, MANIFEST_DOMAIN, &seed_of("alice"));
+    }
     for row in arr(&v["manifests"]) {
         let signer = s(&row["signer"]);
         let id = ident(signer);
@@ -1499,6 +1862,7 @@ fn manifest_vectors() -> TestResult {
             body,
             "body is postcard of the manifest"
         );
+        assert_eq!(manifest.format, 2);
 
         // Decode.
         let un = Unverified::<Manifest>::decode(&bytes)?;
@@ -1515,7 +1879,7 @@ fn manifest_vectors() -> TestResult {
             mid.0[..],
             "ManifestId = SHA-256(body)"
         );
-        assert_eq!(body[0], 1, "body format");
+        assert_eq!(body[0], 2, "body format");
         assert_eq!(
             &body[1..17],
             manifest.object_id.as_bytes(),
@@ -1745,12 +2109,69 @@ fn checkpoint_vectors() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn snapshot_vectors() -> TestResult {
+    let v = load("snapshot.json");
+    let rows = arr(&v["snapshots"]);
+    assert_eq!(rows.len(), 1);
+    for row in rows {
+        let signer = s(&row["signer"]);
+        let snap = sample_snapshot();
+        let bytes = h(&row["bytes"]);
+        let body = h(&row["body"]);
+        assert_eq!(s(&row["id"]), snap.id);
+        // Encode.
+        let signed = Signed::sign(&ident(signer), snap.clone())?;
+        assert_eq!(signed.bytes(), &bytes[..]);
+        assert_eq!(signed.body_bytes(), &body[..]);
+        // Decode: only the host's signature is accepted.
+        let un = Unverified::<Snapshot>::decode(&bytes)?;
+        assert_eq!(un.claimed_signer(), alice().instance_id());
+        let back = un.verify(|who| *who == alice().instance_id())?;
+        assert_eq!(back.value(), &snap);
+        assert_eq!(back.host_card()?.name, "alice");
+        let trust = back.trust_cards()?;
+        assert_eq!(
+            trust
+                .iter()
+                .map(|(c, r)| (c.name.clone(), *r))
+                .collect::<Vec<_>>(),
+            vec![
+                ("bob".to_string(), Role::Full),
+                ("carol".to_string(), Role::Blind)
+            ]
+        );
+        // By hand.
+        assert_eq!(snapshot_body_by_hand(&snap), body, "body by hand");
+        check_wire_by_hand(&bytes, &body, SNAPSHOT_DOMAIN, &seed_of(signer));
+        // Any appended trust entry breaks the signature (issue 10, item 1b).
+        let mut forged = snap.clone();
+        forged.trust.push(SnapshotTrust {
+            card: ident("bob").card(Vec::new(), 5).unwrap().bytes().to_vec(),
+            role: Role::Full,
+        });
+        let forged_body = encoding::encode(&forged);
+        let parts = parse_wire(&bytes).unwrap();
+        let mut wire = varint(1);
+        wire.extend(varint(forged_body.len() as u64));
+        wire.extend_from_slice(&forged_body);
+        wire.extend(varint(64));
+        wire.extend_from_slice(&parts.sig);
+        let e = Unverified::<Snapshot>::decode(&wire)?
+            .verify(|_| true)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadSignature);
+    }
+    Ok(())
+}
+
 fn run_bad(decoder: &str, input: &[u8], row: &Value) -> Result<(), Error> {
     match decoder {
         "manifest" => decode_verify::<Manifest>(input).map(|_| ()),
         "envelope-entry" => decode_verify::<EnvelopeEntry>(input).map(|_| ()),
         "card" => decode_verify::<InstanceCard>(input).map(|_| ()),
         "checkpoint" => decode_verify::<Checkpoint>(input).map(|_| ()),
+        "snapshot" => decode_verify::<Snapshot>(input).map(|_| ()),
         "card-string" => card_from_str(std::str::from_utf8(input).unwrap()).map(|_| ()),
         "identity-file" => Identity::from_file_bytes(input).map(|_| ()),
         "chunk" => ChunkCipher::new(&content_key())
@@ -1807,6 +2228,7 @@ fn bad_samples_cover_every_decoder() {
         "envelope-entry",
         "card",
         "checkpoint",
+        "snapshot",
         "card-string",
         "identity-file",
         "chunk",

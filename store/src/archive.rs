@@ -14,12 +14,20 @@
 
 use std::{
     cmp::Ordering,
+    collections::BTreeMap,
+    ffi::OsStr,
     fs::{self, File},
     io::{self, Read, Write},
-    os::unix::fs::MetadataExt,
+    os::{
+        fd::{AsFd, BorrowedFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Result, StoreError};
@@ -40,6 +48,9 @@ pub struct Entry {
     pub path: String,
     /// `None` for a directory, `Some(size)` for a file.
     pub size: Option<u64>,
+    /// What the walk saw there (device, inode, type, size): the file that
+    /// is read later must be this one.
+    pub meta: Meta,
 }
 
 /// The result of walking a directory: entries in archive order, total file
@@ -50,21 +61,452 @@ pub struct Walk {
     pub entries: Vec<Entry>,
     /// Sum of file sizes.
     pub file_bytes: u64,
-    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry.
+    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry
+    /// (and of the `-wal`/`-journal` companions of its databases).
     pub stat_digest: [u8; 32],
+    /// Entries read from another file than their own: the snapshots of the
+    /// SQLite databases among them (see [`crate::sqlite`]), by entry path,
+    /// each opened through its own anchor (below `<data>/tmp`, checked
+    /// against the snapshot's metadata).
+    pub substitutes: BTreeMap<String, Anchor>,
+}
+
+/// The type of a directory entry, as seen without following symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A FIFO, socket or device.
+    Special,
+}
+
+impl MetaKind {
+    fn of(mode: u32) -> MetaKind {
+        match FileType::from_raw_mode(mode) {
+            FileType::RegularFile => MetaKind::File,
+            FileType::Directory => MetaKind::Dir,
+            FileType::Symlink => MetaKind::Symlink,
+            _ => MetaKind::Special,
+        }
+    }
+
+    /// "a symlink", "a directory", ... (for error messages).
+    pub fn article(self) -> &'static str {
+        match self {
+            MetaKind::File => "a regular file",
+            MetaKind::Dir => "a directory",
+            MetaKind::Symlink => "a symlink",
+            MetaKind::Special => "a special file (FIFO, socket or device)",
+        }
+    }
+}
+
+/// File metadata as `lstat`/`fstat` give it (never through a symlink):
+/// what the walk records and what an open is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Type.
+    pub kind: MetaKind,
+    /// Size in bytes.
+    pub size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Meta {
+    // The field types of `struct stat` differ between architectures.
+    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    fn of(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            kind: MetaKind::of(st.st_mode as u32),
+            size: st.st_size as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as i64,
+            ctime: st.st_ctime as i64,
+            ctime_nsec: st.st_ctime_nsec as i64,
+        }
+    }
+
+    /// A directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == MetaKind::Dir
+    }
+
+    /// A regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == MetaKind::File
+    }
+
+    /// The modification time.
+    #[allow(clippy::cast_sign_loss)]
+    pub fn modified(&self) -> SystemTime {
+        let nanos = Duration::from_nanos(self.mtime_nsec.clamp(0, 999_999_999) as u64);
+        if self.mtime >= 0 {
+            UNIX_EPOCH + Duration::from_secs(self.mtime as u64) + nanos
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.mtime.unsigned_abs()) + nanos
+        }
+    }
 }
 
 /// Hashes the metadata that tells whether a file may have changed.
-pub fn stat_hash(h: &mut Sha256, path: &str, md: &fs::Metadata) {
+pub fn stat_hash(h: &mut Sha256, path: &str, md: &Meta) {
     h.update((path.len() as u64).to_be_bytes());
     h.update(path.as_bytes());
     h.update([u8::from(md.is_dir())]);
-    h.update(md.len().to_be_bytes());
-    h.update(md.mtime().to_be_bytes());
-    h.update(md.mtime_nsec().to_be_bytes());
-    h.update(md.ctime().to_be_bytes());
-    h.update(md.ctime_nsec().to_be_bytes());
-    h.update(md.ino().to_be_bytes());
+    h.update(md.size.to_be_bytes());
+    h.update(md.mtime.to_be_bytes());
+    h.update(md.mtime_nsec.to_be_bytes());
+    h.update(md.ctime.to_be_bytes());
+    h.update(md.ctime_nsec.to_be_bytes());
+    h.update(md.ino.to_be_bytes());
+}
+
+fn replaced(path: PathBuf, what: impl Into<String>) -> StoreError {
+    StoreError::ReplacedDuringImport {
+        path,
+        what: what.into(),
+    }
+}
+
+/// What is at `name` in `dir` now, for the error of an open that failed or
+/// found something else than the walk did.
+fn what_is_there(dir: BorrowedFd<'_>, name: &str, path: &Path) -> StoreError {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => replaced(
+            path.to_path_buf(),
+            format!("was replaced by {}", Meta::of(&st).kind.article()),
+        ),
+        Err(rustix::io::Errno::NOENT) => replaced(path.to_path_buf(), "disappeared".to_string()),
+        Err(e) => StoreError::Unreadable {
+            path: path.to_path_buf(),
+            reason: io::Error::from(e).to_string(),
+        },
+    }
+}
+
+/// An open directory of a tree being imported. Everything below it is
+/// reached through its file descriptor, one component at a time, with
+/// `O_NOFOLLOW`: a symlink swapped in anywhere below is never followed,
+/// whenever it appears.
+#[derive(Debug, Clone)]
+pub struct TreeDir {
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+/// A child of a [`TreeDir`]: its name, its path (for messages) and its
+/// metadata (not following symlinks).
+#[derive(Debug, Clone)]
+pub struct Child {
+    /// The name (UTF-8).
+    pub name: String,
+    /// The full path, for messages.
+    pub path: PathBuf,
+    /// What `lstat` said.
+    pub meta: Meta,
+}
+
+impl TreeDir {
+    /// Opens a directory the operator named (the path is followed as given).
+    pub fn open(path: &Path) -> Result<TreeDir> {
+        let fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            reason: io::Error::from(e).to_string(),
+        })?;
+        Ok(TreeDir {
+            fd: Arc::new(fd),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory's path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The child `name` as it is now (not following a symlink).
+    pub fn child(&self, name: &str) -> Result<Child> {
+        let path = self.path.join(name);
+        let st = rustix::fs::statat(self.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from)
+            .ctx(|| format!("reading metadata of {}", path.display()))?;
+        Ok(Child {
+            name: name.to_string(),
+            path,
+            meta: Meta::of(&st),
+        })
+    }
+
+    /// Its metadata now.
+    pub fn meta(&self) -> Result<Meta> {
+        rustix::fs::fstat(self.fd.as_fd())
+            .map(|st| Meta::of(&st))
+            .map_err(|e| StoreError::Unreadable {
+                path: self.path.clone(),
+                reason: io::Error::from(e).to_string(),
+            })
+    }
+
+    /// The children, sorted by the bytes of their names; names must be UTF-8.
+    pub fn children(&self) -> Result<Vec<Child>> {
+        let unreadable = |e: rustix::io::Errno| StoreError::Unreadable {
+            path: self.path.clone(),
+            reason: io::Error::from(e).to_string(),
+        };
+        let dir = rustix::fs::Dir::read_from(self.fd.as_fd()).map_err(unreadable)?;
+        let mut kids = Vec::new();
+        for d in dir {
+            let d = d.map_err(unreadable)?;
+            let bytes = d.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let path = self.path.join(OsStr::from_bytes(bytes));
+            let name = std::str::from_utf8(bytes)
+                .map_err(|_| StoreError::BadTree {
+                    path: path.clone(),
+                    reason: "file name is not valid UTF-8".into(),
+                })?
+                .to_string();
+            let st = rustix::fs::statat(self.fd.as_fd(), name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io::Error::from)
+                .ctx(|| format!("reading metadata of {}", path.display()))?;
+            kids.push(Child {
+                name,
+                path,
+                meta: Meta::of(&st),
+            });
+        }
+        kids.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        Ok(kids)
+    }
+
+    /// Opens the child directory `c` (listed by [`TreeDir::children`]),
+    /// refusing a symlink and anything but the directory that was listed.
+    pub fn subdir(&self, c: &Child) -> Result<TreeDir> {
+        let fd = open_beneath(self.fd.as_fd(), &self.path, &c.name, &c.meta, true)?;
+        Ok(TreeDir {
+            fd: Arc::new(fd),
+            path: c.path.clone(),
+        })
+    }
+
+    /// Opens the file at `rel` below this directory, which must be the
+    /// regular file `expect` describes (same device, inode and size).
+    pub fn open_file(&self, rel: &str, expect: &Meta) -> Result<File> {
+        open_beneath(self.fd.as_fd(), &self.path, rel, expect, true).map(File::from)
+    }
+
+    /// Like [`TreeDir::open_file`] for a file that may change size while it
+    /// is open (a live SQLite database, which is read through a snapshot):
+    /// the same device, inode and type, whatever its size now.
+    pub fn open_live_file(&self, rel: &str, expect: &Meta) -> Result<File> {
+        open_beneath(self.fd.as_fd(), &self.path, rel, expect, false).map(File::from)
+    }
+
+    /// An anchor for `rel` below this directory (what an import source keeps
+    /// until it is read).
+    pub fn anchor(&self, rel: &str, meta: Meta) -> Anchor {
+        Anchor {
+            base: self.clone(),
+            rel: rel.to_string(),
+            meta,
+        }
+    }
+}
+
+impl AsFd for TreeDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Where an import source is and what it was when the tree was walked: a
+/// directory descriptor, a relative path below it and the walked metadata.
+/// Opening it never follows a symlink and checks that the same file (or
+/// directory) is still there.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    base: TreeDir,
+    rel: String,
+    meta: Meta,
+}
+
+impl Anchor {
+    /// The walked metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Opens the regular file the walk saw.
+    pub fn open_file(&self) -> Result<File> {
+        self.base.open_file(&self.rel, &self.meta)
+    }
+
+    /// The full path, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.base.path.join(&self.rel)
+    }
+
+    /// Opens the regular file the walk saw, whatever its size now (see
+    /// [`TreeDir::open_live_file`]).
+    pub fn open_live_file(&self) -> Result<File> {
+        self.base.open_live_file(&self.rel, &self.meta)
+    }
+
+    /// Opens the directory that holds the anchored file (each component
+    /// below the base with `O_NOFOLLOW`), then the file in it, which must be
+    /// the one the walk saw, whatever its size now (a live database, see
+    /// [`TreeDir::open_live_file`]). Returns the directory, the file's name
+    /// in it and the open file.
+    pub fn open_in_parent(&self) -> Result<(TreeDir, String, File)> {
+        let (dir, name) = match self.rel.rsplit_once('/') {
+            None => (self.base.clone(), self.rel.as_str()),
+            Some((parent, name)) => {
+                let fd = open_dirs(self.base.fd.as_fd(), &self.base.path, parent)?;
+                (
+                    TreeDir {
+                        fd: Arc::new(fd),
+                        path: self.base.path.join(parent),
+                    },
+                    name,
+                )
+            }
+        };
+        let file = dir.open_live_file(name, &self.meta)?;
+        Ok((dir, name.to_string(), file))
+    }
+
+    /// Opens the directory the walk saw.
+    pub fn open_dir(&self) -> Result<TreeDir> {
+        let fd = open_beneath(
+            self.base.fd.as_fd(),
+            &self.base.path,
+            &self.rel,
+            &self.meta,
+            true,
+        )?;
+        Ok(TreeDir {
+            fd: Arc::new(fd),
+            path: self.base.path.join(&self.rel),
+        })
+    }
+}
+
+/// Opens the directory `rel` below `base` one component at a time, each
+/// with `O_NOFOLLOW | O_DIRECTORY` (a symlink or a file swapped in is
+/// reported as [`StoreError::ReplacedDuringImport`]).
+fn open_dirs(base: BorrowedFd<'_>, base_path: &Path, rel: &str) -> Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut cur: Option<OwnedFd> = None;
+    let mut path = base_path.to_path_buf();
+    for part in rel.split('/') {
+        path.push(part);
+        let at = cur.as_ref().map_or(base, |f| f.as_fd());
+        let fd = match rustix::fs::openat(at, part, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::NOENT) => {
+                return Err(what_is_there(at, part, &path));
+            }
+            Err(e) => {
+                return Err(StoreError::Unreadable {
+                    path,
+                    reason: io::Error::from(e).to_string(),
+                });
+            }
+        };
+        cur = Some(fd);
+    }
+    cur.ok_or_else(|| StoreError::Invalid(format!("empty path below {}", base_path.display())))
+}
+
+/// Opens `rel` below `base` one component at a time, each with
+/// `O_NOFOLLOW` (directories also with `O_DIRECTORY`; the last one, if a
+/// file, with `O_NONBLOCK` so that a FIFO swapped in cannot block), then
+/// checks that what was opened is what the walk recorded: same type,
+/// device and inode ([`StoreError::ReplacedDuringImport`] otherwise), and
+/// for a file, with `same_size`, the same size
+/// ([`StoreError::ChangedDuringImport`]).
+fn open_beneath(
+    base: BorrowedFd<'_>,
+    base_path: &Path,
+    rel: &str,
+    expect: &Meta,
+    same_size: bool,
+) -> Result<OwnedFd> {
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut parts = rel.split('/').peekable();
+    let mut cur: Option<OwnedFd> = None;
+    let mut path = base_path.to_path_buf();
+    while let Some(part) = parts.next() {
+        path.push(part);
+        let last = parts.peek().is_none();
+        let flags = if !last || expect.is_dir() {
+            dir_flags
+        } else {
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
+        };
+        let at = cur.as_ref().map_or(base, |f| f.as_fd());
+        let fd = match rustix::fs::openat(at, part, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::NOENT) => {
+                return Err(what_is_there(at, part, &path));
+            }
+            Err(e) => {
+                return Err(StoreError::Unreadable {
+                    path,
+                    reason: io::Error::from(e).to_string(),
+                });
+            }
+        };
+        cur = Some(fd);
+    }
+    let fd = cur
+        .ok_or_else(|| StoreError::Invalid(format!("empty path below {}", base_path.display())))?;
+    let now = rustix::fs::fstat(fd.as_fd())
+        .map(|st| Meta::of(&st))
+        .map_err(|e| StoreError::Unreadable {
+            path: path.clone(),
+            reason: io::Error::from(e).to_string(),
+        })?;
+    if now.kind != expect.kind {
+        return Err(replaced(
+            path,
+            format!("was replaced by {}", now.kind.article()),
+        ));
+    }
+    if now.dev != expect.dev || now.ino != expect.ino {
+        return Err(replaced(
+            path,
+            format!(
+                "was replaced by another {}",
+                if now.is_dir() { "directory" } else { "file" }
+            ),
+        ));
+    }
+    if same_size && now.is_file() && now.size != expect.size {
+        return Err(StoreError::ChangedDuringImport(path));
+    }
+    Ok(fd)
 }
 
 /// Checks a relative path for the archive and for export.
@@ -80,13 +522,15 @@ pub fn check_rel_path(path: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Lists a directory tree in archive order. Symlinks and special files are
-/// refused, as are names that are not UTF-8.
-pub fn walk(root: &Path) -> Result<Walk> {
+/// Lists a directory tree in archive order, through [`TreeDir`] (no
+/// symlink is followed). Symlinks and special files are refused, as are
+/// names that are not UTF-8.
+pub fn walk(root: &TreeDir) -> Result<Walk> {
     let mut w = Walk {
         entries: Vec::new(),
         file_bytes: 0,
         stat_digest: [0; 32],
+        substitutes: BTreeMap::new(),
     };
     let mut h = Sha256::new();
     walk_into(root, "", &mut w, &mut h)?;
@@ -94,61 +538,49 @@ pub fn walk(root: &Path) -> Result<Walk> {
     Ok(w)
 }
 
-/// Sorted children of a directory: (name, path, metadata without following links).
-pub fn sorted_children(dir: &Path) -> Result<Vec<(String, PathBuf, fs::Metadata)>> {
-    let rd = fs::read_dir(dir).map_err(|e| StoreError::Unreadable {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mut kids = Vec::new();
-    for d in rd {
-        let d = d.ctx(|| format!("listing {}", dir.display()))?;
-        let path = d.path();
-        let name = d
-            .file_name()
-            .into_string()
-            .map_err(|_| StoreError::BadTree {
-                path: path.clone(),
-                reason: "file name is not valid UTF-8".into(),
-            })?;
-        let md = fs::symlink_metadata(&path)
-            .ctx(|| format!("reading metadata of {}", path.display()))?;
-        kids.push((name, path, md));
-    }
-    kids.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(kids)
-}
-
-fn walk_into(dir: &Path, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Result<()> {
-    for (name, path, md) in sorted_children(dir)? {
-        let rel = if prefix.is_empty() {
-            name
+fn walk_into(dir: &TreeDir, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Result<()> {
+    // A database's -wal/-shm/-journal files are part of it, not entries.
+    let (kids, companions) = crate::sqlite::split_companions(dir, dir.children()?);
+    let prefixed = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
         } else {
             format!("{prefix}/{name}")
-        };
+        }
+    };
+    for c in kids {
+        let rel = prefixed(&c.name);
         check_rel_path(&rel).map_err(|reason| StoreError::BadTree {
-            path: path.clone(),
+            path: c.path.clone(),
             reason,
         })?;
-        stat_hash(h, &rel, &md);
-        let ft = md.file_type();
-        if ft.is_dir() {
-            w.entries.push(Entry {
-                path: rel.clone(),
-                size: None,
-            });
-            walk_into(&path, &rel, w, h)?;
-        } else if ft.is_file() {
-            w.file_bytes += md.len();
-            w.entries.push(Entry {
-                path: rel,
-                size: Some(md.len()),
-            });
-        } else {
-            return Err(StoreError::BadTree {
-                path,
-                reason: "symlinks and special files are not supported".into(),
-            });
+        stat_hash(h, &rel, &c.meta);
+        for (cname, cmeta) in companions.get(&c.name).into_iter().flatten() {
+            stat_hash(h, &prefixed(cname), cmeta);
+        }
+        match c.meta.kind {
+            MetaKind::Dir => {
+                w.entries.push(Entry {
+                    path: rel.clone(),
+                    size: None,
+                    meta: c.meta,
+                });
+                walk_into(&dir.subdir(&c)?, &rel, w, h)?;
+            }
+            MetaKind::File => {
+                w.file_bytes += c.meta.size;
+                w.entries.push(Entry {
+                    path: rel,
+                    size: Some(c.meta.size),
+                    meta: c.meta,
+                });
+            }
+            MetaKind::Symlink | MetaKind::Special => {
+                return Err(StoreError::BadTree {
+                    path: c.path,
+                    reason: "symlinks and special files are not supported".into(),
+                });
+            }
         }
     }
     Ok(())
@@ -176,30 +608,49 @@ pub fn archive_len(w: &Walk) -> u64 {
 
 /// Streams the archive of a walked directory. A file whose size differs from
 /// the walk is reported as [`StoreError::ChangedDuringImport`] (via an
-/// `io::Error` carrying it in `other`).
+/// `io::Error` carrying it in `other`); a file replaced after the walk
+/// (symlink, another inode) as [`StoreError::ReplacedDuringImport`], carried
+/// the same way ([`into_store_error`] gets it back).
 pub struct ArchiveReader {
-    root: PathBuf,
+    root: TreeDir,
     entries: std::vec::IntoIter<Entry>,
     buf: Vec<u8>,
     pos: usize,
     file: Option<(File, u64, PathBuf)>,
     done: bool,
+    substitutes: BTreeMap<String, Anchor>,
 }
 
 impl ArchiveReader {
-    /// Starts streaming `walk` of `root`.
-    pub fn new(root: &Path, walk: Walk) -> Self {
+    /// Starts streaming `walk` of the directory `root` (opened through its
+    /// [`Anchor`], so it is the directory that was walked).
+    pub fn new(root: TreeDir, walk: Walk) -> Self {
         let mut buf = MAGIC.to_vec();
         buf.extend_from_slice(&VERSION.to_be_bytes());
         ArchiveReader {
-            root: root.to_path_buf(),
+            root,
             entries: walk.entries.into_iter(),
             buf,
             pos: 0,
             file: None,
             done: false,
+            substitutes: walk.substitutes,
         }
     }
+}
+
+/// The store error an [`ArchiveReader`] or [`ExactFile`] read error carries,
+/// if it carries one.
+pub fn into_store_error(e: io::Error) -> std::result::Result<StoreError, io::Error> {
+    if e.get_ref().is_some_and(|r| r.is::<StoreError>()) {
+        if let Some(inner) = e.into_inner()
+            && let Ok(s) = inner.downcast::<StoreError>()
+        {
+            return Ok(*s);
+        }
+        return Err(io::Error::other("unreachable: checked above"));
+    }
+    Err(e)
 }
 
 /// Marker error message for a file that changed size while being read.
@@ -242,10 +693,16 @@ impl Read for ArchiveReader {
             match self.entries.next() {
                 Some(e) => {
                     self.buf = entry_header(&e);
-                    if e.size.is_some() {
-                        let p = self.root.join(&e.path);
-                        let f = File::open(&p)?;
-                        self.file = Some((f, e.size.unwrap_or(0), p));
+                    if let Some(size) = e.size {
+                        // A database is read from its snapshot (checked
+                        // against the snapshot's metadata), anything else
+                        // from the tree (checked against the walk).
+                        let f = match self.substitutes.get(&e.path) {
+                            Some(snapshot) => snapshot.open_file(),
+                            None => self.root.open_file(&e.path, &e.meta),
+                        }
+                        .map_err(io::Error::other)?;
+                        self.file = Some((f, size, self.root.path().join(&e.path)));
                     }
                 }
                 None => {
@@ -265,13 +722,13 @@ pub struct ExactFile {
 }
 
 impl ExactFile {
-    /// Opens `path` expecting `len` bytes.
-    pub fn open(path: &Path, len: u64) -> io::Result<Self> {
-        Ok(ExactFile {
-            file: File::open(path)?,
+    /// Reads `file` (opened at `path`) expecting `len` bytes.
+    pub fn new(file: File, path: &Path, len: u64) -> Self {
+        ExactFile {
+            file,
             remaining: len,
             path: path.to_path_buf(),
-        })
+        }
     }
 }
 

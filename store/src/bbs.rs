@@ -10,16 +10,13 @@
 //! Anything else in the tree is refused with the path named, so that no
 //! content is silently left out of a clone.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use bbsync_protocol::Shape;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    archive::{self, check_rel_path, sorted_children},
+    archive::{self, Anchor, Child, TreeDir, check_rel_path},
     error::{Result, StoreError},
 };
 
@@ -35,8 +32,11 @@ pub struct Source {
     pub name: String,
     /// Owner.
     pub owner: Option<String>,
-    /// Where it is.
+    /// Where it is (for messages; it is opened through `anchor`).
     pub path: PathBuf,
+    /// How to open it: below a directory descriptor of the tree, never
+    /// through a symlink, and only if it is still what the walk saw.
+    pub anchor: Anchor,
     /// File or directory.
     pub shape: Shape,
     /// The walk, for directories.
@@ -56,148 +56,222 @@ fn bad(path: &Path, reason: &str) -> StoreError {
     }
 }
 
-/// A source for one file or directory given on the command line.
+/// A source for one file or directory given on the command line (the path
+/// up to its parent is followed as given; the file itself must not be a
+/// symlink).
 pub fn source_for_path(
     path: &Path,
     kind: &str,
     name: &str,
     owner: Option<String>,
 ) -> Result<Source> {
-    let md = fs::symlink_metadata(path).map_err(|e| StoreError::Unreadable {
+    let unreadable = |reason: String| StoreError::Unreadable {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if md.is_dir() {
+        reason,
+    };
+    let leaf = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| unreadable("not a file or directory name (or not UTF-8)".into()))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = TreeDir::open(parent)?;
+    let kids = dir.children()?;
+    let child = kids
+        .iter()
+        .find(|c| c.name == leaf)
+        .cloned()
+        .ok_or_else(|| unreadable("No such file or directory (os error 2)".into()))?;
+    // A database's -wal/-journal count in its change detection.
+    let (_, mut companions) = crate::sqlite::split_companions(&dir, kids);
+    let mut src = source_at(&dir, &dir, "", &child, kind, name, owner)?;
+    src.path = path.to_path_buf();
+    if let Some(comp) = companions.remove(leaf) {
+        src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, &comp);
+    }
+    if src.shape == Shape::File {
+        // Fail early on an unreadable file.
+        src.anchor
+            .open_file()
+            .map_err(|e| unreadable(e.to_string()))?;
+    }
+    Ok(src)
+}
+
+/// A source for the child `c` of `dir`, where `dir` is `rel_dir` below
+/// `root` (the directory whose descriptor the source keeps).
+pub(crate) fn source_at(
+    root: &TreeDir,
+    dir: &TreeDir,
+    rel_dir: &str,
+    c: &Child,
+    kind: &str,
+    name: &str,
+    owner: Option<String>,
+) -> Result<Source> {
+    let rel = if rel_dir.is_empty() {
+        c.name.clone()
+    } else {
+        format!("{rel_dir}/{}", c.name)
+    };
+    let anchor = root.anchor(&rel, c.meta);
+    if c.meta.is_dir() {
         // Fail early on an unreadable directory.
-        let walk = archive::walk(path)?;
+        let walk = archive::walk(&dir.subdir(c)?)?;
         let len = archive::archive_len(&walk);
         Ok(Source {
             kind: kind.into(),
             name: name.into(),
             owner,
-            path: path.to_path_buf(),
+            path: c.path.clone(),
+            anchor,
             shape: Shape::Dir,
             stat_digest: walk.stat_digest,
             content_bytes: walk.file_bytes,
             len,
             walk: Some(walk),
         })
-    } else if md.is_file() {
-        fs::File::open(path).map_err(|e| StoreError::Unreadable {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    } else if c.meta.is_file() {
         let mut h = Sha256::new();
-        archive::stat_hash(&mut h, "", &md);
+        archive::stat_hash(&mut h, "", &c.meta);
         Ok(Source {
             kind: kind.into(),
             name: name.into(),
             owner,
-            path: path.to_path_buf(),
+            path: c.path.clone(),
+            anchor,
             shape: Shape::File,
             walk: None,
-            len: md.len(),
+            len: c.meta.size,
             stat_digest: h.finalize().into(),
-            content_bytes: md.len(),
+            content_bytes: c.meta.size,
         })
     } else {
-        Err(bad(path, "not a regular file or directory"))
+        Err(bad(&c.path, "not a regular file or directory"))
     }
 }
 
-fn files_under(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let kids = sorted_children(dir)?;
+/// The files below `dir` (which is `rel_dir` below `root`), with their
+/// names relative to `dir`, as sources.
+fn files_under(
+    root: &TreeDir,
+    dir: &TreeDir,
+    rel_dir: &str,
+    prefix: &str,
+    kind: &str,
+    out: &mut Vec<Source>,
+) -> Result<()> {
+    // A database's -wal/-shm/-journal files are part of it (src/sqlite).
+    let (kids, mut companions) = crate::sqlite::split_companions(dir, dir.children()?);
     if kids.is_empty() && !prefix.is_empty() {
-        tracing::warn!(path = %dir.display(), "empty directory is not kept (only files are objects here)");
+        tracing::warn!(path = %dir.path().display(), "empty directory is not kept (only files are objects here)");
     }
-    for (name, path, md) in kids {
+    for c in kids {
         let rel = if prefix.is_empty() {
-            name
+            c.name.clone()
         } else {
-            format!("{prefix}/{name}")
+            format!("{prefix}/{}", c.name)
         };
-        check_rel_path(&rel).map_err(|r| bad(&path, &r))?;
-        if md.is_dir() {
-            files_under(&path, &rel, out)?;
-        } else if md.is_file() {
-            out.push((rel, path));
+        check_rel_path(&rel).map_err(|r| bad(&c.path, &r))?;
+        if c.meta.is_dir() {
+            let sub = dir.subdir(&c)?;
+            files_under(
+                root,
+                &sub,
+                &format!("{rel_dir}/{}", c.name),
+                &rel,
+                kind,
+                out,
+            )?;
+        } else if c.meta.is_file() {
+            let mut src = source_at(root, dir, rel_dir, &c, kind, &rel, None)?;
+            if let Some(comp) = companions.remove(&c.name) {
+                src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, &comp);
+            }
+            out.push(src);
         } else {
-            return Err(bad(&path, "symlinks and special files are not supported"));
+            return Err(bad(&c.path, "symlinks and special files are not supported"));
         }
     }
     Ok(())
 }
 
-fn dirs_only(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for (name, path, md) in sorted_children(dir)? {
-        if !md.is_dir() {
-            return Err(bad(&path, "expected only directories here"));
-        }
-        out.push((name, path));
+fn dirs_only(dir: &TreeDir) -> Result<Vec<Child>> {
+    let kids = dir.children()?;
+    if let Some(c) = kids.iter().find(|c| !c.meta.is_dir()) {
+        return Err(bad(&c.path, "expected only directories here"));
     }
-    Ok(out)
+    Ok(kids)
 }
 
-/// Walks a BBS tree into import sources, refusing anything outside the layout.
+/// Walks a BBS tree into import sources, refusing anything outside the
+/// layout. The walk goes through directory descriptors and never follows a
+/// symlink; each source keeps the tree's root descriptor and its path below
+/// it, so that it is opened the same way when it is read (see [`Anchor`]).
 pub fn scan(root: &Path) -> Result<Vec<Source>> {
-    let md = fs::metadata(root).map_err(|e| StoreError::Unreadable {
-        path: root.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if !md.is_dir() {
-        return Err(bad(root, "a BBS tree must be a directory"));
-    }
+    let tree = open_tree(root)?;
     let mut out = Vec::new();
-    for (top, path, md) in sorted_children(root)? {
-        if !md.is_dir() {
+    for c in tree.children()? {
+        if !c.meta.is_dir() {
             return Err(bad(
-                &path,
+                &c.path,
                 "unexpected file at the top of the BBS tree (expected config/, applets/, data/, boards/, files/)",
             ));
         }
-        match top.as_str() {
+        let top = tree.subdir(&c)?;
+        match c.name.as_str() {
             "config" | "files" => {
-                let kind = if top == "config" { "config" } else { "file" };
-                let mut files = Vec::new();
-                files_under(&path, "", &mut files)?;
-                for (rel, p) in files {
-                    out.push(source_for_path(&p, kind, &rel, None)?);
-                }
+                let kind = if c.name == "config" { "config" } else { "file" };
+                files_under(&tree, &top, &c.name, "", kind, &mut out)?;
             }
             "applets" => {
-                for (name, p) in dirs_only(&path)? {
-                    out.push(source_for_path(&p, "applet", &name, None)?);
+                for a in dirs_only(&top)? {
+                    out.push(source_at(
+                        &tree, &top, "applets", &a, "applet", &a.name, None,
+                    )?);
                 }
             }
             "data" => {
-                for (applet, p) in dirs_only(&path)? {
-                    for (user, up) in dirs_only(&p)? {
-                        out.push(source_for_path(
-                            &up,
+                for applet in dirs_only(&top)? {
+                    let ad = top.subdir(&applet)?;
+                    let rel_dir = format!("data/{}", applet.name);
+                    for user in dirs_only(&ad)? {
+                        out.push(source_at(
+                            &tree,
+                            &ad,
+                            &rel_dir,
+                            &user,
                             "applet-data",
-                            &format!("{applet}/{user}"),
-                            Some(user),
+                            &format!("{}/{}", applet.name, user.name),
+                            Some(user.name.clone()),
                         )?);
                     }
                 }
             }
             "boards" => {
-                for (board, p) in dirs_only(&path)? {
-                    for (fname, fp, fmd) in sorted_children(&p)? {
-                        let id = fname
+                for board in dirs_only(&top)? {
+                    let bd = top.subdir(&board)?;
+                    let rel_dir = format!("boards/{}", board.name);
+                    for f in bd.children()? {
+                        let id = f
+                            .name
                             .strip_suffix(".json")
-                            .filter(|id| !id.is_empty() && fmd.is_file());
+                            .filter(|id| !id.is_empty() && f.meta.is_file());
                         match id {
-                            Some(id) => out.push(source_for_path(
-                                &fp,
+                            Some(id) => out.push(source_at(
+                                &tree,
+                                &bd,
+                                &rel_dir,
+                                &f,
                                 "message",
-                                &format!("{board}/{id}"),
+                                &format!("{}/{id}", board.name),
                                 None,
                             )?),
                             None => {
                                 return Err(bad(
-                                    &fp,
+                                    &f.path,
                                     "expected only <id>.json message files in a board",
                                 ));
                             }
@@ -207,13 +281,24 @@ pub fn scan(root: &Path) -> Result<Vec<Source>> {
             }
             _ => {
                 return Err(bad(
-                    &path,
+                    &c.path,
                     "unexpected directory at the top of the BBS tree (expected config/, applets/, data/, boards/, files/)",
                 ));
             }
         }
     }
     Ok(out)
+}
+
+/// Opens the root of a BBS tree (the path is followed as the operator gave
+/// it); a file there is refused as not being a tree.
+pub(crate) fn open_tree(root: &Path) -> Result<TreeDir> {
+    TreeDir::open(root).map_err(|e| match e {
+        StoreError::Unreadable { reason, .. } if reason.contains("Not a directory") => {
+            bad(root, "a BBS tree must be a directory")
+        }
+        other => other,
+    })
 }
 
 /// Where an object lives in a BBS tree, relative to its root.

@@ -35,6 +35,12 @@ pub struct Config {
     /// Scheduled backups that `serve` runs (`[[backup]]` entries).
     #[serde(default)]
     pub backup: Vec<crate::backup::schedule::BackupJob>,
+    /// The layout of the BBS directory that `import-bbs` and `export-bbs`
+    /// use when given no `--layout`: a built-in name (`axon`; `bbsync` is
+    /// bbsync's own tree) or a layout file (relative paths are under the
+    /// data dir). Unset: bbsync's own tree (docs/layouts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 fn default_level() -> i32 {
@@ -53,6 +59,7 @@ impl Default for Config {
             tor_config: None,
             backup_repo: None,
             backup: Vec::new(),
+            layout: None,
         }
     }
 }
@@ -80,6 +87,11 @@ follow = []
 # Default repository of `bbsync backup`, `backups` and `restore`
 # (relative paths are under the data dir; default: backup).
 # backup_repo = "/srv/bbsync-backups"
+
+# Layout of the BBS directory for import-bbs / export-bbs when given no
+# --layout: a built-in layout (axon), or a layout file (relative to this data
+# dir); unset: bbsync's own tree. See docs/layouts.md.
+# layout = "axon"
 
 # Scheduled backups while `bbsync serve` runs: a 5-field cron expression
 # (UTC), an optional repository, tags and a retention policy applied after

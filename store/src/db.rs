@@ -12,21 +12,26 @@
 //! | `n/` kind `\0` name          | object_id                                                    |
 //! | `c/` seq (u64 BE)            | object_id                                                    |
 //! | `t/` instance_id             | postcard [`TrustRecord`]                                     |
-//! | `u/` instance_id             | u64 big-endian: change-log cursor of a followed upstream     |
+//! | `u/` instance_id             | u64 big-endian: cursor of an upstream this node follows      |
+//! | `i/` invite_id               | postcard [`InviteRecord`] (an invite this node issued)       |
 //!
 //! One record per object (rather than one key each for state, manifest and
 //! envelope) halves sled's memory and write cost on large imports.
 
 use std::path::Path;
 
-use bbsync_protocol::{InstanceId, ManifestId, ObjectId, Role, encoding};
+use bbsync_protocol::{InstanceId, InviteId, InviteRefusal, ManifestId, ObjectId, Role, encoding};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::{Result, StoreError};
+use crate::{
+    error::{Result, StoreError},
+    invite::InviteRecord,
+};
 
-/// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes. Older ones are migrated at open
+/// (`crate::migrate`), newer ones refused.
+pub const SCHEMA_VERSION: u32 = 2;
 /// Objects per atomic database batch in [`Db::commit`].
 pub const COMMIT_BATCH: usize = 1024;
 
@@ -34,6 +39,8 @@ const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
 const K_GC_PENDING: &[u8] = b"meta/gc_pending";
 const MAX_RECORD: usize = 48 * 1024 * 1024;
+/// Largest invite record (1,000 redemptions with their names fit).
+const MAX_INVITE_RECORD: usize = 1024 * 1024;
 
 /// What the store knows about the latest version of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +97,44 @@ pub struct TrustRecord {
     pub card: Vec<u8>,
     /// When it was added (ms since the epoch).
     pub added_at_ms: u64,
+}
+
+/// What a redemption does, decided inside its transaction
+/// ([`Db::redeem_invite`]).
+#[derive(Debug, Clone)]
+pub enum InviteDecision {
+    /// Write the updated invite and trust the redeemer.
+    Grant {
+        /// The invite with one more use spent and the redeemer recorded.
+        invite: InviteRecord,
+        /// The redeemer's new trust record.
+        trust: TrustRecord,
+    },
+    /// Nothing to write: the redeemer holds this role already.
+    Again(Role),
+}
+
+/// Why a redemption transaction stopped.
+enum TxStop {
+    Refused(InviteRefusal),
+    Corrupt(String),
+}
+
+fn decode_invite(bytes: &[u8]) -> Result<InviteRecord> {
+    let r: InviteRecord = encoding::decode("invite record", bytes, MAX_INVITE_RECORD)
+        .map_err(|e| StoreError::Corrupt(format!("invite record: {e}")))?;
+    if r.format != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "invite record of format {} (this version reads 1)",
+            r.format
+        )));
+    }
+    Ok(r)
+}
+
+fn decode_trust(bytes: &[u8]) -> Result<TrustRecord> {
+    encoding::decode("trust record", bytes, 64 * 1024)
+        .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
 }
 
 /// One object's new records, applied atomically with others in a batch.
@@ -160,9 +205,10 @@ fn u32_of(v: &[u8], what: &str) -> Result<u32> {
 pub struct Db {
     db: sled::Db,
     tree: sled::Tree,
-    /// Wakes those waiting for a new change-log entry (long-poll
-    /// subscriptions of followers).
-    changed: (std::sync::Mutex<()>, std::sync::Condvar),
+    /// Bumped (and its receivers woken) after every commit and every trust
+    /// change: what long-poll subscriptions of followers await, without a
+    /// thread, and what the node watches to refresh its trusted peers.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Db {
@@ -204,53 +250,27 @@ impl Db {
         Ok(Db {
             db,
             tree,
-            changed: Default::default(),
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
-    /// Wakes every [`Db::wait_for_change`] (after a commit, or when trust
-    /// changed and waiting subscriptions must re-check it).
+    /// Wakes every receiver of [`Db::watch_changes`] (after a commit, or
+    /// when trust changed and waiting subscriptions must re-check it).
     pub fn notify_changed(&self) {
-        let _g = self
-            .changed
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.changed.1.notify_all();
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until the change log goes past `since`, or `timeout`, or a
-    /// [`Db::notify_changed`]; returns the last change-log number.
-    pub fn wait_for_change(&self, since: u64, timeout: std::time::Duration) -> Result<u64> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut g = self
-            .changed
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            let last = self.last_seq()?;
-            let now = std::time::Instant::now();
-            if last > since || now >= deadline {
-                return Ok(last);
-            }
-            let (g2, res) = self
-                .changed
-                .1
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            g = g2;
-            if !res.timed_out() {
-                // Woken: report even without a new entry (trust may have changed).
-                return self.last_seq();
-            }
-        }
+    /// A receiver that is woken by every later [`Db::notify_changed`]
+    /// (`changed().await`; works in any async runtime). Create it before
+    /// looking at the state it guards, so that no change is missed.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Marks objects complete, each under a new change-log number (so that
     /// those following this store see them once they can be served), in
     /// atomic batches, then flushes.
-    pub fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
+    pub(crate) fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
         let mut seq = self.next_seq()?;
         for group in ids.chunks(COMMIT_BATCH) {
             let mut batch = sled::Batch::default();
@@ -305,8 +325,10 @@ impl Db {
         self.flush()
     }
 
-    /// Sets the schema version (tests of the newer-schema refusal use this).
-    pub fn set_schema_version(&self, v: u32) -> Result<()> {
+    /// Sets the schema version (the last step of a migration; tests of the
+    /// newer-schema refusal use it through
+    /// `Store::dangerously_set_schema_version`).
+    pub(crate) fn set_schema_version(&self, v: u32) -> Result<()> {
         self.tree
             .insert(K_SCHEMA, &v.to_be_bytes())
             .map_err(db_err)?;
@@ -353,7 +375,11 @@ impl Db {
             .transpose()
     }
 
-    fn update_record(&self, id: &ObjectId, f: impl FnOnce(&mut ObjectRecord)) -> Result<()> {
+    pub(crate) fn update_record(
+        &self,
+        id: &ObjectId,
+        f: impl FnOnce(&mut ObjectRecord),
+    ) -> Result<()> {
         let mut rec = self
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
@@ -366,7 +392,7 @@ impl Db {
     }
 
     /// Replaces an object's whole record (its change-log number stays).
-    pub fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+    pub(crate) fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
         failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
@@ -401,21 +427,8 @@ impl Db {
             .unwrap_or_default())
     }
 
-    /// Replaces the stored manifest bytes of an object without any check.
-    /// Low level: for tests that damage a store on purpose, and for repair
-    /// tools; normal writes go through [`Db::commit`].
-    pub fn set_manifest_raw(&self, id: &ObjectId, bytes: &[u8]) -> Result<()> {
-        self.update_record(id, |r| r.manifest = bytes.to_vec())
-    }
-
-    /// Replaces the envelope of an object's latest version.
-    pub fn set_envelope(&self, id: &ObjectId, entries: &[Vec<u8>]) -> Result<()> {
-        let entries = entries.iter().map(|e| ByteBuf::from(e.clone())).collect();
-        self.update_record(id, |r| r.envelope = entries)
-    }
-
     /// Updates local-only fields of an object's state (no new change).
-    pub fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
+    pub(crate) fn put_state(&self, id: &ObjectId, state: &ObjectState) -> Result<()> {
         self.update_record(id, |r| r.state = state.clone())
     }
 
@@ -451,9 +464,18 @@ impl Db {
     /// the sequence counter) change together: writes go in atomic batches of
     /// [`COMMIT_BATCH`] objects, and sled recovers a prefix of the batches
     /// after a crash, so every object is either fully old or fully new.
-    pub fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
+    ///
+    /// The name index (`n/`) only ever names the object that holds the name:
+    /// an old name is removed only if it still points at this object, and a
+    /// tombstone never takes a name another object holds. (Callers refuse a
+    /// live object that would take the name of another live one, see
+    /// `Store::name_holder`.)
+    pub(crate) fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
         let mut seq = self.next_seq()?;
         let mut writes = writes.into_iter().peekable();
+        // Names given in this commit so far (the batches are applied in order).
+        let mut named: std::collections::HashMap<Vec<u8>, ObjectId> =
+            std::collections::HashMap::new();
         while writes.peek().is_some() {
             let mut batch = sled::Batch::default();
             for w in writes.by_ref().take(COMMIT_BATCH) {
@@ -466,14 +488,27 @@ impl Db {
                         batch.insert(K_GC_PENDING, &[1u8]);
                     }
                     batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
-                    if prev.kind != w.state.kind || prev.name != w.state.name {
-                        batch.remove(name_key(&prev.kind, &prev.name));
+                    let old = name_key(&prev.kind, &prev.name);
+                    if (prev.kind != w.state.kind || prev.name != w.state.name)
+                        && self.name_holder_in(&named, &old)? == Some(w.object_id)
+                    {
+                        batch.remove(old.clone());
+                        named.remove(&old);
                     }
                 }
                 let mut state = w.state;
                 state.seq = seq;
                 batch.insert(key(b"c/", &seq.to_be_bytes()), oid.as_slice());
-                batch.insert(name_key(&state.kind, &state.name), oid.as_slice());
+                let nk = name_key(&state.kind, &state.name);
+                let takes_name = match self.name_holder_in(&named, &nk)? {
+                    None => true,
+                    Some(h) if h == w.object_id => true,
+                    Some(_) => !state.deleted,
+                };
+                if takes_name {
+                    batch.insert(nk.clone(), oid.as_slice());
+                    named.insert(nk, w.object_id);
+                }
                 let rec = ObjectRecord {
                     state,
                     manifest: w.manifest,
@@ -505,18 +540,39 @@ impl Db {
         Ok(())
     }
 
-    /// Adds or replaces a trusted instance.
-    pub fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+    /// Who holds a name key: as given earlier in the running commit, else
+    /// as stored.
+    fn name_holder_in(
+        &self,
+        named: &std::collections::HashMap<Vec<u8>, ObjectId>,
+        k: &[u8],
+    ) -> Result<Option<ObjectId>> {
+        match named.get(k) {
+            Some(id) => Ok(Some(*id)),
+            None => self
+                .tree
+                .get(k)
+                .map_err(db_err)?
+                .map(|v| oid_from(&v))
+                .transpose(),
+        }
+    }
+
+    /// Adds or replaces a trusted instance (the node's view of who is
+    /// trusted is refreshed through [`Db::watch_changes`]).
+    pub(crate) fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
         failpoint("db.put_trust")?;
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
-        self.flush()
+        self.flush()?;
+        self.notify_changed();
+        Ok(())
     }
 
     /// Removes a trusted instance; false if it was not there. Waiting
     /// subscriptions wake up to re-check their peer's trust.
-    pub fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+    pub(crate) fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
         failpoint("db.remove_trust")?;
         let had = self
             .tree
@@ -533,11 +589,84 @@ impl Db {
         self.tree
             .get(key(b"t/", id.as_bytes()))
             .map_err(db_err)?
-            .map(|v| {
-                encoding::decode("trust record", &v, 64 * 1024)
-                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
-            })
+            .map(|v| decode_trust(&v))
             .transpose()
+    }
+
+    /// Writes (durably) an invite record.
+    pub(crate) fn put_invite(&self, rec: &InviteRecord) -> Result<()> {
+        self.tree
+            .insert(key(b"i/", rec.id.as_bytes()), encoding::encode(rec))
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// One invite this node issued.
+    pub fn invite(&self, id: &InviteId) -> Result<Option<InviteRecord>> {
+        self.tree
+            .get(key(b"i/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| decode_invite(&v))
+            .transpose()
+    }
+
+    /// Every invite this node issued, in id order.
+    pub fn invites(&self) -> Result<Vec<InviteRecord>> {
+        self.tree
+            .scan_prefix(b"i/")
+            .map(|r| decode_invite(&r.map_err(db_err)?.1))
+            .collect()
+    }
+
+    /// Redeems invite `id` for `redeemer` in one transaction: `decide` sees
+    /// the invite record and the redeemer's trust record as they are now
+    /// and says what to write (the invite and the trust record, together)
+    /// or why not. Durable before it returns; a granted redemption wakes
+    /// the node (a trust change). `decide` may run more than once (a
+    /// transaction retried after a conflict).
+    pub(crate) fn redeem_invite(
+        &self,
+        id: &InviteId,
+        redeemer: &InstanceId,
+        decide: impl Fn(
+            Option<InviteRecord>,
+            Option<TrustRecord>,
+        ) -> std::result::Result<InviteDecision, InviteRefusal>,
+    ) -> Result<std::result::Result<InviteDecision, InviteRefusal>> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let ikey = key(b"i/", id.as_bytes());
+        let tkey = key(b"t/", redeemer.as_bytes());
+        let r = self.tree.transaction(|tx| {
+            let stop = |s| ConflictableTransactionError::Abort(s);
+            let inv = tx
+                .get(&ikey)?
+                .map(|v| decode_invite(&v))
+                .transpose()
+                .map_err(|e| stop(TxStop::Corrupt(e.to_string())))?;
+            let trust = tx
+                .get(&tkey)?
+                .map(|v| decode_trust(&v))
+                .transpose()
+                .map_err(|e| stop(TxStop::Corrupt(e.to_string())))?;
+            let d = decide(inv, trust).map_err(|r| stop(TxStop::Refused(r)))?;
+            if let InviteDecision::Grant { invite, trust } = &d {
+                tx.insert(ikey.as_slice(), encoding::encode(invite))?;
+                tx.insert(tkey.as_slice(), encoding::encode(trust))?;
+            }
+            Ok(d)
+        });
+        match r {
+            Ok(d) => {
+                if matches!(d, InviteDecision::Grant { .. }) {
+                    self.flush()?;
+                    self.notify_changed();
+                }
+                Ok(Ok(d))
+            }
+            Err(TransactionError::Abort(TxStop::Refused(why))) => Ok(Err(why)),
+            Err(TransactionError::Abort(TxStop::Corrupt(why))) => Err(StoreError::Corrupt(why)),
+            Err(TransactionError::Storage(e)) => Err(db_err(e)),
+        }
     }
 
     /// Every trusted instance.
@@ -548,9 +677,7 @@ impl Db {
                 let (k, v) = r.map_err(db_err)?;
                 let id = InstanceId::from_slice(&k[2..])
                     .map_err(|e| StoreError::Corrupt(format!("trust key: {e}")))?;
-                let rec = encoding::decode("trust record", &v, 64 * 1024)
-                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))?;
-                Ok((id, rec))
+                Ok((id, decode_trust(&v)?))
             })
             .collect()
     }

@@ -97,6 +97,17 @@ pub enum StoreError {
     /// A file changed while it was being read.
     #[error("{0} changed while it was being imported; run the import again")]
     ChangedDuringImport(PathBuf),
+    /// A path of the tree is no longer what the scan saw (a symlink, another
+    /// file, a directory, or gone): it is neither followed nor read.
+    #[error(
+        "{path} {what} after the tree was scanned; not followed and not read (the import changed nothing)"
+    )]
+    ReplacedDuringImport {
+        /// The path.
+        path: PathBuf,
+        /// What happened to it ("was replaced by a symlink", ...).
+        what: String,
+    },
     /// A trust-table operation was refused.
     #[error("{0}")]
     Trust(String),
@@ -120,6 +131,36 @@ pub enum StoreError {
     /// A passphrase does not open what it should.
     #[error("{0}")]
     Passphrase(String),
+    /// SQLite could not read or write a database (see `src/sqlite`).
+    #[error("{what}: {reason}")]
+    Database {
+        /// The database (its path, or the object and path).
+        what: String,
+        /// SQLite's error.
+        reason: String,
+    },
+    /// A database failed `PRAGMA integrity_check` or is not a database.
+    #[error("{what} failed SQLite's integrity check: {problems}")]
+    DatabaseDamaged {
+        /// The database (its path, or the object and path).
+        what: String,
+        /// The first problems SQLite reported.
+        problems: String,
+    },
+    /// A BBS layout file is invalid, or names no known layout.
+    #[error("layout {what}: {reason}")]
+    Layout {
+        /// The layout (name or file) and the rule.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `identity.key` is sealed with a passphrase and none was given.
+    #[error("{} is encrypted with a passphrase, and none was given", .0.display())]
+    IdentityLocked(PathBuf),
+    /// An invite operation was refused (unknown id, bad arguments).
+    #[error("{0}")]
+    Invite(String),
 }
 
 impl StoreError {
@@ -127,16 +168,23 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         use StoreError::*;
         match self {
-            Io { .. } | Unreadable { .. } => ErrorKind::Io,
+            Io { .. } | Unreadable { .. } | Database { .. } => ErrorKind::Io,
             Protocol { source, .. } => match source.kind() {
                 bbsync_protocol::ErrorKind::Malformed
                 | bbsync_protocol::ErrorKind::UnsupportedFormat
                 | bbsync_protocol::ErrorKind::HashMismatch => ErrorKind::Corrupt,
                 _ => ErrorKind::Security,
             },
-            Db(_) | NewerSchema { .. } | Corrupt(_) | Incomplete(_) | Repo(_) => ErrorKind::Corrupt,
+            Db(_)
+            | NewerSchema { .. }
+            | Corrupt(_)
+            | Incomplete(_)
+            | Repo(_)
+            | DatabaseDamaged { .. } => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
-            Undecryptable(_) | Passphrase(_) => ErrorKind::Security,
+            Undecryptable(_) | Passphrase(_) | IdentityLocked(_) | ReplacedDuringImport { .. } => {
+                ErrorKind::Security
+            }
             NotInitialized(_)
             | AlreadyInitialized(_)
             | NotADirectory(_)
@@ -147,6 +195,8 @@ impl StoreError {
             | ChangedDuringImport(_)
             | Trust(_)
             | Config { .. }
+            | Layout { .. }
+            | Invite(_)
             | Invalid(_) => ErrorKind::Usage,
         }
     }

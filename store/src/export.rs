@@ -2,7 +2,6 @@
 
 use std::{
     fs,
-    io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -17,6 +16,7 @@ use crate::{
     bbs::{BBS_KINDS, tree_path},
     error::{Context, Result, StoreError},
     progress::Progress,
+    sqlite::FileOut,
 };
 
 /// What an export did.
@@ -181,7 +181,15 @@ impl Store {
             }
             Shape::Dir => {
                 prepare_empty_dir(dest)?;
-                let (files, bytes) = self.extract_dir(&o, dest)?;
+                let (files, bytes) = self.extract_dir(&o, dest).inspect_err(|_| {
+                    // Leave the directory as empty as it was found.
+                    if let Ok(rd) = fs::read_dir(dest) {
+                        for e in rd.flatten() {
+                            let _ =
+                                fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                        }
+                    }
+                })?;
                 stats.files = files;
                 stats.bytes = bytes;
             }
@@ -193,57 +201,26 @@ impl Store {
 
     /// Writes a file object to `target`, which must not exist. With `atomic`
     /// through a temp file and a rename; otherwise directly (into a fresh
-    /// tree), removing the partial file on failure.
+    /// tree), removing the partial file on failure. A SQLite database is
+    /// always written through a temp file, fsynced and checked with `PRAGMA
+    /// integrity_check` before the rename ([`crate::sqlite::FileOut`]).
     fn write_file(&self, o: &OpenObject, target: &Path, atomic: bool) -> Result<u64> {
         if target.exists() {
             return Err(StoreError::DestinationNotEmpty(target.to_path_buf()));
         }
-        let path = if atomic {
-            target.with_file_name(format!(
-                ".{}.bbsync-tmp",
-                target
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ))
-        } else {
-            target.to_path_buf()
-        };
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .ctx(|| format!("creating {}", path.display()))?;
-        let cap = (o.manifest.plaintext_len as usize).clamp(8 * 1024, 1 << 20);
-        let mut w = BufWriter::with_capacity(cap, f);
-        let r = self
-            .read_open(o, |data| {
-                w.write_all(data)
-                    .ctx(|| format!("writing {}", path.display()))
-            })
-            .and_then(|n| {
-                w.flush().ctx(|| format!("writing {}", path.display()))?;
-                Ok(n)
-            });
-        match r {
-            Ok(n) => {
-                if atomic {
-                    fs::rename(&path, target)
-                        .ctx(|| format!("renaming into {}", target.display()))?;
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        let mut out = FileOut::new(target, atomic, o.manifest.plaintext_len);
+        let n = self.read_open(o, |data| out.write(data))?;
+        out.finish(&format!("{}:{}", o.state.kind, o.state.name))?;
+        Ok(n)
     }
 
+    /// Extracts a directory object into `dest` (existing, empty); the
+    /// SQLite databases in it must pass `PRAGMA integrity_check`.
     fn extract_dir(&self, o: &OpenObject, dest: &Path) -> Result<(u64, u64)> {
         let mut ex = Extractor::new(dest);
         let bytes = self.read_open(o, |data| ex.feed(data))?;
         let (files, _) = ex.finish()?;
+        crate::sqlite::check_tree(dest, &format!("{}:{}", o.state.kind, o.state.name))?;
         Ok((files, bytes))
     }
 
@@ -252,19 +229,59 @@ impl Store {
     /// exported (undecryptable, incomplete, damaged) are listed in
     /// `failed`; the caller decides whether that is an error.
     pub fn export_bbs(&self, dir: &Path, progress: &dyn Progress) -> Result<ExportStats> {
+        self.export_placed(
+            dir,
+            &BBS_KINDS,
+            &|_, st| {
+                tree_path(&st.kind, &st.name)
+                    .ok_or_else(|| "name does not fit the BBS tree layout".to_string())
+            },
+            progress,
+        )
+    }
+
+    /// Like [`Store::export_bbs`], in a BBS's own layout: every live object
+    /// of the layout's kinds goes where its rule places it (docs/layouts.md).
+    pub fn export_layout(
+        &self,
+        dir: &Path,
+        layout: &crate::layout::Layout,
+        progress: &dyn Progress,
+    ) -> Result<ExportStats> {
+        let kinds = layout.kinds();
+        self.export_placed(
+            dir,
+            &kinds,
+            &|id, st| {
+                let shape = self.shape_of(id).map_err(|e| e.to_string())?;
+                layout
+                    .place(&st.kind, &st.name, st.owner.as_deref(), shape)
+                    .ok_or_else(|| format!("no rule of layout {} places it", layout.name()))
+            },
+            progress,
+        )
+    }
+
+    fn export_placed(
+        &self,
+        dir: &Path,
+        kinds: &[&str],
+        place: &(dyn Fn(&ObjectId, &ObjectState) -> std::result::Result<PathBuf, String> + Sync),
+        progress: &dyn Progress,
+    ) -> Result<ExportStats> {
         let start = Instant::now();
         prepare_empty_dir(dir)?;
         let mut todo: Vec<(ObjectId, PathBuf, u64, String)> = Vec::new();
         let mut failed = Vec::new();
         for r in self.db().objects() {
             let (id, st) = r?;
-            if st.deleted || !BBS_KINDS.contains(&st.kind.as_str()) {
+            if st.deleted || !kinds.contains(&st.kind.as_str()) {
                 continue;
             }
             let label = format!("{}:{}", st.kind, st.name);
-            match tree_path(&st.kind, &st.name) {
-                Some(p) => todo.push((id, dir.join(p), st.plaintext_len, label)),
-                None => failed.push((label, "name does not fit the BBS tree layout".to_string())),
+            match place(&id, &st) {
+                Ok(p) => todo.push((id, dir.join(p), st.plaintext_len, label)),
+                Err(why) => failed.push((label, why)),
             }
         }
         todo.sort_by_key(|t| std::cmp::Reverse(t.2));
@@ -282,7 +299,10 @@ impl Store {
                         Shape::File => Ok((1, self.write_file(&o, path, false)?)),
                         Shape::Dir => {
                             fs::create_dir(path).ctx(|| format!("creating {}", path.display()))?;
-                            self.extract_dir(&o, path)
+                            self.extract_dir(&o, path).inspect_err(|_| {
+                                // Nothing half-written stays in the tree.
+                                let _ = fs::remove_dir_all(path);
+                            })
                         }
                     }
                 })();

@@ -162,6 +162,21 @@ pub const POINTS: &[(&str, &str)] = &[
         "restore.rekey",
         "the records committed, before --rekey adds envelope entries",
     ),
+    // schema migration (migrate.rs).
+    (
+        "migrate.batch",
+        "schema migration: after each batch of rewritten records is flushed, before the next (and before the schema number is raised)",
+    ),
+    // import's walk (import.rs), used by in-process tests through on_hit.
+    (
+        "import.after_walk",
+        "import (import, import-bbs, rekey --rotate): the sources are walked, before the first is opened and read",
+    ),
+    // SQLite databases written out (sqlite/).
+    (
+        "sqlite.rename",
+        "sqlite::FileOut: a database written out is synced and checked, stale companions removed, before its rename (export, export-bbs, restore --to-tree)",
+    ),
 ];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).
@@ -175,6 +190,21 @@ pub fn setup_from_env() {
             std::mem::forget(fail::FailScenario::setup());
         }
     }
+}
+
+/// Runs `f` (in the thread that passes it) each time the failpoint `name`
+/// is passed, until [`clear`]: for in-process tests that change the world
+/// at exactly that point (e.g. swap a file for a symlink between an
+/// import's walk and its reads). Only with the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+pub fn on_hit(name: &str, f: impl Fn() + Send + Sync + 'static) -> Result<(), String> {
+    fail::cfg_callback(name, f)
+}
+
+/// Removes what a test configured at the failpoint `name`.
+#[cfg(feature = "failpoints")]
+pub fn clear(name: &str) {
+    fail::remove(name);
 }
 
 /// Passes the failpoint `name`: `Ok(())` unless a test configured it (see

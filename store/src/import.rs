@@ -26,19 +26,22 @@ use bbsync_protocol::{
     ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed, WrapSession,
     chunk::{chunk_ranges, chunker},
     encoding::FORMAT_V1,
+    key_commitment,
+    manifest::{MANIFEST_FORMAT, MAX_VERSION, next_version},
 };
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::{
     Store,
-    archive::{ArchiveReader, CHANGED_MARKER, ExactFile},
+    archive::{ArchiveReader, CHANGED_MARKER, ExactFile, into_store_error},
     bbs::{self, BBS_KINDS, Source},
     chunks::Staged,
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
     failpoint,
     progress::Progress,
+    sqlite,
 };
 
 /// What an import did.
@@ -64,8 +67,17 @@ pub struct ImportStats {
     pub bytes_written: u64,
     /// Chunk files removed afterwards because no manifest needs them any more.
     pub chunks_collected: u64,
+    /// Objects that changed in the tree but could not get a new version:
+    /// they are at the highest version there is (`kind:name`, and who
+    /// wrote that version). Everything else was imported.
+    pub stuck: Vec<(String, String)>,
     /// Change-log number after the import.
     pub seq: u64,
+    /// SQLite databases read through a snapshot (src/sqlite).
+    pub databases: u64,
+    /// Time their snapshots and integrity checks took (summed over threads).
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub snapshot_time: Duration,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
@@ -94,6 +106,8 @@ impl Fingerprinter {
 enum Outcome {
     /// Nothing to write; maybe refresh local-only fields.
     Unchanged(ObjectId, Option<Box<ObjectState>>),
+    /// Changed, but at [`MAX_VERSION`]: no next version (label, detail).
+    Stuck(String, String),
     /// A new version.
     Write(Box<ObjectWrite>, Vec<Staged>, u64, u64, u64),
 }
@@ -105,26 +119,33 @@ fn shape_byte(s: Shape) -> u8 {
     }
 }
 
+/// Opens a source through its anchor: below the tree's directory
+/// descriptor, never through a symlink, and only if it is still the file or
+/// directory that the walk saw (`archive::Anchor`).
 fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
     match &src.walk {
         Some(w) => Ok(Box::new(ArchiveReader::new(
-            &src.path,
+            src.anchor.open_dir()?,
             crate::archive::Walk {
                 entries: w.entries.clone(),
                 file_bytes: w.file_bytes,
                 stat_digest: w.stat_digest,
+                substitutes: w.substitutes.clone(),
             },
         ))),
-        None => Ok(Box::new(ExactFile::open(&src.path, src.len).map_err(
-            |e| StoreError::Unreadable {
-                path: src.path.clone(),
-                reason: e.to_string(),
-            },
-        )?)),
+        None => Ok(Box::new(ExactFile::new(
+            src.anchor.open_file()?,
+            &src.path,
+            src.len,
+        ))),
     }
 }
 
 fn read_err(src: &Source, e: std::io::Error) -> StoreError {
+    let e = match into_store_error(e) {
+        Ok(carried) => return carried,
+        Err(e) => e,
+    };
     if e.to_string().contains(CHANGED_MARKER) {
         StoreError::ChangedDuringImport(src.path.clone())
     } else {
@@ -210,6 +231,7 @@ impl Store {
         session: &WrapSession<'_>,
         recipients: &[(bbsync_protocol::InstanceId, [u8; 32])],
         progress: &dyn Progress,
+        snapshots: &sqlite::SnapshotTally,
     ) -> Result<Outcome> {
         // A rotation writes a new version under a fresh key even when the
         // content is unchanged, so it skips the unchanged checks.
@@ -224,6 +246,13 @@ impl Store {
             progress.advance(1, src.content_bytes);
             return Ok(Outcome::Unchanged(*id, None));
         }
+        // From here on the source is read: its SQLite databases through
+        // consistent snapshots, never the live files (src/sqlite).
+        let prepared = self.prepare_databases(src)?;
+        if let Some(p) = &prepared {
+            snapshots.add(p);
+        }
+        let src = prepared.as_ref().map_or(src, |p| &p.source);
         // 2. Same fingerprint: unchanged, remember the new metadata. Small
         //    sources are read once into memory and the buffer is kept for sealing.
         let mut buffered = None;
@@ -247,17 +276,27 @@ impl Store {
                 return Ok(Outcome::Unchanged(*id, Some(Box::new(st))));
             }
         }
-        // 3. Seal.
+        // 3. Seal (an object at the highest version cannot get another).
+        if let Some((id, st)) = &existing
+            && next_version(st.version).is_none()
+        {
+            progress.advance(1, src.content_bytes);
+            return Ok(Outcome::Stuck(
+                format!("{}:{}", src.kind, src.name),
+                self.stuck_detail(id, st.version),
+            ));
+        }
+        let next = |v: u64| next_version(v).unwrap_or(MAX_VERSION);
         let (object_id, key, version, old_chunks) = match &existing {
             // A deleted object that comes back gets a fresh key: the
             // tombstone carries none, and nothing of the old chunks is kept.
             // A rotation (`rekey --rotate`) too: the chunks are sealed anew.
             Some((id, st)) if st.deleted || rotate => {
-                (*id, ContentKey::generate(), st.version + 1, None)
+                (*id, ContentKey::generate(), next(st.version), None)
             }
             Some((id, st)) => {
                 let (m, key) = self.manifest_and_key(id)?;
-                (*id, key, st.version + 1, Some(m.chunks.clone()))
+                (*id, key, next(st.version), Some(m.chunks.clone()))
             }
             None => (ObjectId::random(), ContentKey::generate(), 1, None),
         };
@@ -290,7 +329,17 @@ impl Store {
             }
             Ok(())
         };
-        let result = if src.len <= SMALL_SOURCE {
+        let result = if let Some(size) = prepared.as_ref().and_then(|p| p.chunk_size) {
+            // A database: fixed, page-aligned chunks (docs/format.md §6.4).
+            match buffered.take() {
+                Some(buf) => sqlite::fixed_ranges(buf.len(), size)
+                    .into_iter()
+                    .try_for_each(|r| seal_one(&buf[r])),
+                None => open_source(src).and_then(|r| {
+                    sqlite::read_fixed(r, size, |c| seal_one(c.map_err(|e| read_err(src, e))?))
+                }),
+            }
+        } else if src.len <= SMALL_SOURCE {
             // Small sources (nearly all of a BBS): one read, chunked in memory.
             let buf = match buffered {
                 Some(b) => Ok(b),
@@ -335,7 +384,7 @@ impl Store {
                 )
                 .ctx(|| "sealing object meta".to_string())?;
             let manifest = Manifest {
-                format: FORMAT_V1,
+                format: MANIFEST_FORMAT,
                 object_id,
                 version,
                 kind: src.kind.clone(),
@@ -347,9 +396,12 @@ impl Store {
                 plaintext_len: plain,
                 chunks: refs,
                 meta: Some(meta),
+                key_commit: Some(key_commitment(&key, &object_id)),
             };
             let signed = Signed::sign(self.identity(), manifest)
                 .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
+            // An excluded owner's object is wrapped for this instance only.
+            let recipients = self.recipients_for(recipients, src.owner.as_deref());
             let envelope = self.wrap_for(session, recipients, object_id, version, &key)?;
             let state = ObjectState {
                 version,
@@ -392,12 +444,27 @@ impl Store {
         ))
     }
 
-    fn tombstone(&self, id: ObjectId, st: &ObjectState) -> Result<ObjectWrite> {
-        let version = st.version + 1;
+    /// Who wrote the version an object is stuck at, for the report.
+    fn stuck_detail(&self, id: &ObjectId, version: u64) -> String {
+        let by = self
+            .dangerously_manifest_unverified(id)
+            .map(|m| m.author.short())
+            .unwrap_or_else(|_| "?".into());
+        format!(
+            "at version {version}, the highest there is (written by instance {by}): it cannot change any more"
+        )
+    }
+
+    /// A tombstone for an object, or `None` when it is at the highest
+    /// version (it cannot be deleted either).
+    fn tombstone(&self, id: ObjectId, st: &ObjectState) -> Result<Option<ObjectWrite>> {
+        let Some(version) = next_version(st.version) else {
+            return Ok(None);
+        };
         let signed = Signed::sign(
             self.identity(),
             Manifest {
-                format: FORMAT_V1,
+                format: MANIFEST_FORMAT,
                 object_id: id,
                 version,
                 kind: st.kind.clone(),
@@ -409,10 +476,11 @@ impl Store {
                 plaintext_len: 0,
                 chunks: Vec::new(),
                 meta: None,
+                key_commit: None,
             },
         )
         .ctx(|| format!("signing the tombstone of {}", id.short()))?;
-        Ok(ObjectWrite {
+        Ok(Some(ObjectWrite {
             object_id: id,
             state: ObjectState {
                 version,
@@ -433,13 +501,26 @@ impl Store {
             manifest: signed.bytes().to_vec(),
             envelope: Vec::new(),
             previous: Some(st.clone()),
-        })
+        }))
     }
 
     pub(crate) fn run_import(
         &self,
         sources: Vec<Source>,
         tombstone_missing: bool,
+        rotate: &HashSet<ObjectId>,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
+        let kinds: &[&str] = if tombstone_missing { &BBS_KINDS } else { &[] };
+        self.run_import_kinds(sources, kinds, rotate, progress)
+    }
+
+    /// Imports `sources`; live objects of `tombstone_kinds` that are not
+    /// among them get a tombstone (a tree import: the kinds its layout makes).
+    pub(crate) fn run_import_kinds(
+        &self,
+        sources: Vec<Source>,
+        tombstone_kinds: &[&str],
         rotate: &HashSet<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
@@ -468,9 +549,14 @@ impl Store {
         }
         // Largest first, so that big files do not end up alone at the tail.
         jobs.sort_by_key(|(s, _)| std::cmp::Reverse(s.len));
+        // Between the walk and the first open (a test swaps a file for a
+        // symlink here: it must be refused, not followed).
+        crate::failpoint::hit("import.after_walk")
+            .ctx(|| "before reading the import sources".to_string())?;
         let fp_key = self.identity().local_key("fingerprint");
         let session = WrapSession::new(self.identity());
         let recipients = self.recipients()?;
+        let snapshots = sqlite::SnapshotTally::default();
         progress.start("import", jobs.len() as u64, stats.bytes_scanned);
         let results: Vec<Result<Outcome>> = jobs
             .par_iter()
@@ -483,10 +569,12 @@ impl Store {
                     &session,
                     &recipients,
                     progress,
+                    &snapshots,
                 )
             })
             .collect();
         progress.finish();
+        (stats.databases, stats.snapshot_time) = snapshots.totals();
         tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
         let mut writes = Vec::new();
         let mut staged_all = Vec::new();
@@ -494,6 +582,10 @@ impl Store {
         let mut first_err = None;
         for r in results {
             match r {
+                Ok(Outcome::Stuck(label, why)) => {
+                    tracing::warn!("{label}: {why}");
+                    stats.stuck.push((label, why));
+                }
                 Ok(Outcome::Unchanged(id, st)) => {
                     stats.unchanged += 1;
                     if let Some(st) = st {
@@ -524,16 +616,23 @@ impl Store {
             self.chunks().discard(staged_all);
             return Err(e);
         }
-        if tombstone_missing {
+        if !tombstone_kinds.is_empty() {
+            let mut stuck = Vec::new();
             let tombstones = (|| -> Result<Vec<ObjectWrite>> {
                 let mut out = Vec::new();
                 for r in self.db().objects() {
                     let (id, st) = r?;
                     if !st.deleted
-                        && BBS_KINDS.contains(&st.kind.as_str())
+                        && tombstone_kinds.contains(&st.kind.as_str())
                         && !names.contains(&(st.kind.clone(), st.name.clone()))
                     {
-                        out.push(self.tombstone(id, &st)?);
+                        match self.tombstone(id, &st)? {
+                            Some(t) => out.push(t),
+                            None => stuck.push((
+                                format!("{}:{}", st.kind, st.name),
+                                self.stuck_detail(&id, st.version),
+                            )),
+                        }
                     }
                 }
                 Ok(out)
@@ -542,6 +641,7 @@ impl Store {
                 Ok(t) => {
                     stats.deleted = t.len() as u64;
                     writes.extend(t);
+                    stats.stuck.extend(stuck);
                 }
                 Err(e) => {
                     self.chunks().discard(staged_all);

@@ -6,7 +6,7 @@
 //! export, verification and garbage collection.
 //!
 //! ```text
-//! <data>/identity.key   secrets (0600)
+//! <data>/identity.key   secrets (0600), optionally sealed with a passphrase
 //! <data>/config.toml    operator settings
 //! <data>/db/            sled metadata
 //! <data>/chunks/ab/<id> one file per sealed chunk
@@ -21,9 +21,15 @@ pub mod db;
 mod error;
 pub mod export;
 pub mod failpoint;
+pub mod identity_file;
 pub mod import;
+pub mod invite;
+pub mod layout;
+pub mod migrate;
 pub mod progress;
 pub mod rekey;
+pub mod seal;
+pub mod sqlite;
 pub mod sync;
 pub mod verify;
 
@@ -77,9 +83,43 @@ fn check_data_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// The bytes of `<dir>/identity.key` (bounded), zeroized on drop.
+fn read_identity_file(dir: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read as _;
+    let path = dir.join(IDENTITY_FILE);
+    let f = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotInitialized(dir.to_path_buf()));
+        }
+        Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
+    };
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.take(identity_file::MAX_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .ctx(|| format!("reading {}", path.display()))?;
+    if bytes.len() > identity_file::MAX_FILE {
+        return Err(StoreError::Corrupt(format!(
+            "{} is larger than an identity file can be",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Whether a verified entry is for exactly this manifest's object version.
 pub(crate) fn entry_fits(e: &EnvelopeEntry, m: &Manifest) -> bool {
     e.object_id == m.object_id && e.version == m.version
+}
+
+/// An object's record as read from the database, and whether its bytes are
+/// exactly those this instance verified or wrote (its record MAC matches,
+/// [`Store::record_mac`]). Only [`Store::load`] makes one, so no caller can
+/// declare a record checked.
+pub(crate) struct Loaded {
+    /// The record.
+    pub(crate) rec: db::ObjectRecord,
+    mac_ok: bool,
 }
 
 /// Serializes a duration as seconds (f64), for `--json` reports.
@@ -120,14 +160,27 @@ impl Store {
     /// Creates a new store (identity, database, config) in `dir`, which may
     /// exist if it is empty.
     pub fn init(dir: &Path, name: &str) -> Result<Self> {
+        Self::init_sealed(dir, name, None)
+    }
+
+    /// [`Store::init`], with `identity.key` sealed with `passphrase` when
+    /// one is given (at least [`seal::MIN_PASSPHRASE`] characters).
+    pub fn init_sealed(dir: &Path, name: &str, passphrase: Option<&str>) -> Result<Self> {
+        if let Some(p) = passphrase {
+            seal::check_new_passphrase(p)?;
+        }
         let identity = Identity::generate(name, bbsync_protocol::now_ms())
             .ctx(|| "creating the identity".to_string())?;
-        Self::init_with(dir, identity)
+        Self::init_with_sealed(dir, identity, passphrase)
     }
 
     /// Creates a new store in `dir` (new or empty) with a given identity
     /// (a restore of an escrowed identity, for disaster recovery).
     pub fn init_with(dir: &Path, identity: Identity) -> Result<Self> {
+        Self::init_with_sealed(dir, identity, None)
+    }
+
+    fn init_with_sealed(dir: &Path, identity: Identity, passphrase: Option<&str>) -> Result<Self> {
         match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
             Ok(_) => {
@@ -149,6 +202,12 @@ impl Store {
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .ctx(|| format!("setting permissions of {}", dir.display()))?;
+        // Sealed before anything is written (argon2 takes a moment, and a
+        // failure leaves the directory as it was).
+        let id_bytes = match passphrase {
+            Some(p) => zeroize::Zeroizing::new(identity_file::seal_identity(&identity, p)?),
+            None => identity.to_file_bytes(),
+        };
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
         let db = db::Db::open(&dir.join("db"), dir, true)?;
@@ -170,7 +229,7 @@ impl Store {
         }
         // The identity last: it is what makes the directory a store, so an
         // init that stops before it can simply be run again.
-        write_file_atomic(&dir.join(IDENTITY_FILE), &identity.to_file_bytes(), 0o600)?;
+        write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
         let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
         let record_key = identity.local_key("record-mac");
         Ok(Store {
@@ -185,19 +244,39 @@ impl Store {
         })
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store whose `identity.key` is not sealed (a sealed
+    /// one is refused with [`StoreError::IdentityLocked`]: see
+    /// [`Store::open_with_passphrase`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_passphrase(dir, None)
+    }
+
+    /// Whether the `identity.key` of the data dir `dir` is sealed with a
+    /// passphrase (so that opening it needs one).
+    pub fn identity_sealed(dir: &Path) -> Result<bool> {
+        check_data_dir(dir)?;
+        Ok(identity_file::is_sealed(&read_identity_file(dir)?))
+    }
+
+    /// Opens an existing store; `passphrase` opens a sealed `identity.key`
+    /// (a wrong one is [`StoreError::Passphrase`] and changes nothing).
+    pub fn open_with_passphrase(dir: &Path, passphrase: Option<&str>) -> Result<Self> {
         check_data_dir(dir)?;
         let id_path = dir.join(IDENTITY_FILE);
-        let id_bytes = match fs::read(&id_path) {
-            Ok(b) => zeroize::Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotInitialized(dir.to_path_buf()));
+        let id_bytes = read_identity_file(dir)?;
+        let identity = if identity_file::is_sealed(&id_bytes) {
+            let shown = id_path.display().to_string();
+            match passphrase {
+                Some(p) => identity_file::open_sealed(&id_bytes, p, &shown)?,
+                None => {
+                    // The checksum first: a damaged file is not "locked".
+                    identity_file::sealed_instance(&id_bytes, &shown)?;
+                    return Err(StoreError::IdentityLocked(id_path));
+                }
             }
-            Err(e) => return Err(e).ctx(|| format!("reading {}", id_path.display())),
+        } else {
+            Identity::from_file_bytes(&id_bytes).ctx(|| format!("loading {}", id_path.display()))?
         };
-        let identity = Identity::from_file_bytes(&id_bytes)
-            .ctx(|| format!("loading {}", id_path.display()))?;
         let config = Config::load(&dir.join(CONFIG_FILE))?;
         if !dir.join("db").is_dir() {
             return Err(StoreError::NotInitialized(dir.to_path_buf()));
@@ -205,7 +284,7 @@ impl Store {
         let db = db::Db::open(&dir.join("db"), dir, false)?;
         let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
         let record_key = identity.local_key("record-mac");
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             identity,
             db,
@@ -215,6 +294,12 @@ impl Store {
             unwrapper: bbsync_protocol::Unwrapper::new(),
             record_key,
         };
+        // An older schema is brought up to date (crash-safe, resumable)
+        // before anything else reads the records.
+        migrate::run(&mut store)?;
+        // Snapshots and dumps of SQLite databases a killed process left
+        // (plaintext; only this process can be using the data dir now).
+        sqlite::sweep_temp(&dir.join("tmp"));
         if store.chunks.recovered() || store.db.gc_pending()? {
             // The last writer stopped between publishing chunks and recording
             // them, or between replacing versions and collecting their old
@@ -227,6 +312,44 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// Whether this store's `identity.key` is sealed with a passphrase now.
+    pub fn identity_is_sealed(&self) -> Result<bool> {
+        Ok(identity_file::is_sealed(&read_identity_file(&self.dir)?))
+    }
+
+    /// Seals `identity.key` with `passphrase` (at least
+    /// [`seal::MIN_PASSPHRASE`] characters), replacing the plain file
+    /// atomically. Refused if it is sealed already.
+    pub fn encrypt_identity(&self, passphrase: &str) -> Result<()> {
+        let _g = self.lock();
+        if self.identity_is_sealed()? {
+            return Err(StoreError::Invalid(format!(
+                "{} is encrypted already (decrypt it first to change the passphrase)",
+                self.dir.join(IDENTITY_FILE).display()
+            )));
+        }
+        let bytes = identity_file::seal_identity(&self.identity, passphrase)?;
+        write_file_atomic(&self.dir.join(IDENTITY_FILE), &bytes, 0o600)
+    }
+
+    /// Replaces a sealed `identity.key` with the plain file (the store is
+    /// open, so the passphrase was given already). Refused if it is not
+    /// sealed.
+    pub fn decrypt_identity(&self) -> Result<()> {
+        let _g = self.lock();
+        if !self.identity_is_sealed()? {
+            return Err(StoreError::Invalid(format!(
+                "{} is not encrypted",
+                self.dir.join(IDENTITY_FILE).display()
+            )));
+        }
+        write_file_atomic(
+            &self.dir.join(IDENTITY_FILE),
+            &self.identity.to_file_bytes(),
+            0o600,
+        )
     }
 
     /// The data dir.
@@ -249,9 +372,51 @@ impl Store {
         &self.config
     }
 
-    /// The database.
+    /// The database, for reading (the writers are the store's own: every
+    /// write goes through a method that checks what it records).
     pub fn db(&self) -> &db::Db {
         &self.db
+    }
+
+    /// Sets the recorded schema version, skipping every check. For tests of
+    /// the schema refusal and migration only.
+    pub fn dangerously_set_schema_version(&self, v: u32) -> Result<()> {
+        self.db.set_schema_version(v)
+    }
+
+    /// Recomputes an object's record MAC over whatever its record holds now,
+    /// as if this instance had verified it: the state a schema-1 restore
+    /// left behind (issue 10, item 2), for the migration tests. Compiled
+    /// only with the test feature `failpoints`; never in a release build.
+    #[cfg(feature = "failpoints")]
+    pub fn dangerously_remac_record(&self, id: &ObjectId) -> Result<()> {
+        let _g = self.lock();
+        let mut rec = self
+            .db
+            .record(id)?
+            .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
+        rec.state.checked_mac = Some(self.record_mac(&rec.manifest, &rec.envelope));
+        self.db.put_record(id, &rec)?;
+        self.db.flush()
+    }
+
+    /// Replaces parts of an object's stored record with arbitrary bytes,
+    /// keeping its record MAC as it was, so that the next read finds bytes
+    /// this instance never verified. For tests that damage a store on
+    /// purpose (and repair tools); never for data from outside.
+    pub fn dangerously_edit_record(
+        &self,
+        id: &ObjectId,
+        edit: impl FnOnce(&mut db::ObjectRecord),
+    ) -> Result<()> {
+        let _g = self.lock();
+        let mut rec = self
+            .db
+            .record(id)?
+            .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
+        edit(&mut rec);
+        self.db.put_record(id, &rec)?;
+        self.db.flush()
     }
 
     /// The chunk files.
@@ -369,6 +534,12 @@ impl Store {
             .collect()
     }
 
+    /// Whether an owner is in `exclude_owners`: such objects are never
+    /// served, and their keys are wrapped for this instance only.
+    pub fn excluded_owner(&self, owner: Option<&str>) -> bool {
+        owner.is_some_and(|o| self.config.exclude_owners.iter().any(|x| x == o))
+    }
+
     /// The x25519 keys of every trusted `full` instance (recipients of new envelopes).
     pub fn full_recipients(&self) -> Result<Vec<(InstanceId, [u8; 32])>> {
         Ok(self
@@ -420,7 +591,7 @@ impl Store {
     /// MAC needs no new signature check (forging one takes this instance's
     /// secret, which could sign manifests anyway). Trust and format rules
     /// are still checked every time.
-    pub fn record_mac(&self, manifest: &[u8], envelope: &[impl AsRef<[u8]>]) -> [u8; 32] {
+    pub(crate) fn record_mac(&self, manifest: &[u8], envelope: &[impl AsRef<[u8]>]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.record_key);
         h.update(b"bbsync/record-mac/v1\0");
         h.update(&(manifest.len() as u64).to_be_bytes());
@@ -439,26 +610,28 @@ impl Store {
             && rec.state.checked_mac == Some(self.record_mac(&rec.manifest, &rec.envelope))
     }
 
-    /// An object's record, and whether its bytes are exactly what this
-    /// instance verified (its record MAC matches).
-    fn checked_record(&self, id: &ObjectId) -> Result<(db::ObjectRecord, bool)> {
+    /// An object's record with its verification state (see [`Loaded`]).
+    pub(crate) fn load(&self, id: &ObjectId) -> Result<Loaded> {
         let rec = self
             .db
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
-        let checked = self.record_checked(&rec);
-        Ok((rec, checked))
+        Ok(self.loaded(rec))
     }
 
-    fn manifest_in(
-        &self,
-        id: &ObjectId,
-        rec: &db::ObjectRecord,
-        checked: bool,
-    ) -> Result<Signed<Manifest>> {
-        Unverified::<Manifest>::decode(&rec.manifest)
+    /// Wraps a record read from the database with its verification state.
+    pub(crate) fn loaded(&self, rec: db::ObjectRecord) -> Loaded {
+        let mac_ok = self.record_checked(&rec);
+        Loaded { rec, mac_ok }
+    }
+
+    /// The record's manifest: its signature checked, or known checked
+    /// because the record MAC matches; the author trusted (self or `full`)
+    /// and the format rules applied in both cases.
+    pub(crate) fn manifest_in(&self, id: &ObjectId, l: &Loaded) -> Result<Signed<Manifest>> {
+        Unverified::<Manifest>::decode(&l.rec.manifest)
             .and_then(|u| {
-                if checked {
+                if l.mac_ok {
                     u.dangerously_verified_before(|a| self.is_full(a))
                 } else {
                     u.verify(|a| self.is_full(a))
@@ -470,23 +643,22 @@ impl Store {
     /// The latest manifest, signature checked (or known checked, see
     /// [`Store::record_mac`]), author trusted (self or `full`).
     pub fn manifest(&self, id: &ObjectId) -> Result<Signed<Manifest>> {
-        let (rec, checked) = self.checked_record(id)?;
-        self.manifest_in(id, &rec, checked)
+        let l = self.load(id)?;
+        self.manifest_in(id, &l)
     }
 
     /// The latest manifest and the content key, from one read of the record
     /// (what export, serving and re-import need).
     pub fn manifest_and_key(&self, id: &ObjectId) -> Result<(Signed<Manifest>, ContentKey)> {
-        let (rec, checked) = self.checked_record(id)?;
-        let m = self.manifest_in(id, &rec, checked)?;
-        let entry = self.entry_in(&m, &rec, checked)?;
-        let key = self.key_from(&m, entry)?;
+        let l = self.load(id)?;
+        let m = self.manifest_in(id, &l)?;
+        let (_, key) = self.key_in(&m, &l)?;
         Ok((m, key))
     }
 
     /// The latest manifest as stored, without checking its signature (it was
     /// checked when it entered the database). For listing and GC only.
-    pub fn manifest_unchecked(&self, id: &ObjectId) -> Result<Manifest> {
+    pub fn dangerously_manifest_unverified(&self, id: &ObjectId) -> Result<Manifest> {
         let bytes = self
             .db
             .manifest(id)?
@@ -497,42 +669,71 @@ impl Store {
             .into_value())
     }
 
-    /// This instance's envelope entry for a manifest, verified: addressed to
-    /// us, for this object version, wrapped by the author or a trusted `full`
-    /// instance. `Ok(None)` when there is no entry for us.
+    /// This instance's usable envelope entry for a manifest: addressed to
+    /// us, for this object version, wrapped by the author or a trusted
+    /// `full` instance, unwrapping to the key the manifest commits to.
+    /// `Ok(None)` when there is no entry for us.
     pub fn my_entry(&self, m: &Manifest) -> Result<Option<Signed<EnvelopeEntry>>> {
         let Some(rec) = self.db.record(&m.object_id)? else {
             return Ok(None);
         };
-        let checked = self.record_checked(&rec);
-        self.entry_in(m, &rec, checked)
+        match self.key_in(m, &self.loaded(rec)) {
+            Ok((e, _)) => Ok(Some(e)),
+            Err(StoreError::Undecryptable(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    fn entry_in(
+    /// The first entry of a record that is usable for `m` (see
+    /// [`Store::my_entry`]) and the content key it holds. No entry for this
+    /// instance: `Undecryptable`; entries, none usable: the last problem.
+    pub(crate) fn key_in(
         &self,
         m: &Manifest,
-        rec: &db::ObjectRecord,
-        checked: bool,
-    ) -> Result<Option<Signed<EnvelopeEntry>>> {
-        let (candidates, mut last_err) = self.entry_candidates(rec);
+        l: &Loaded,
+    ) -> Result<(Signed<EnvelopeEntry>, ContentKey)> {
+        let ctx = || format!("envelope of object {}", m.object_id.short());
+        let protocol = |source| StoreError::Protocol {
+            context: ctx(),
+            source,
+        };
+        let (candidates, decode_err) = self.entry_candidates(&l.rec);
+        let mut last_err: Option<StoreError> = decode_err.map(protocol);
         let author = m.author;
         for u in candidates {
             let trusted = |w: &InstanceId| *w == author || self.is_full(w);
-            let r = if checked {
+            let r = if l.mac_ok {
                 u.dangerously_verified_before(trusted)
             } else {
                 u.verify(trusted)
             };
             match r {
-                Ok(e) if entry_fits(&e, m) => return Ok(Some(e)),
-                Ok(_) => {}
-                Err(e) => last_err = Some(e),
+                Ok(e) => match self.usable_entry(m, e) {
+                    Ok(found) => return Ok(found),
+                    Err(e) => last_err = Some(e),
+                },
+                Err(e) => last_err = Some(protocol(e)),
             }
         }
-        match last_err {
-            Some(e) => Err(e).ctx(|| format!("envelope of object {}", m.object_id.short())),
-            None => Ok(None),
+        Err(last_err.unwrap_or_else(|| StoreError::Undecryptable(m.object_id.to_hex())))
+    }
+
+    /// The checks on an entry after its signature: for this manifest's
+    /// object version, unwraps, and the key matches the manifest's key
+    /// commitment.
+    pub(crate) fn usable_entry(
+        &self,
+        m: &Manifest,
+        e: Signed<EnvelopeEntry>,
+    ) -> Result<(Signed<EnvelopeEntry>, ContentKey)> {
+        if e.recipient != self.instance_id() || !entry_fits(&e, m) {
+            return Err(StoreError::Invalid(format!(
+                "envelope entry of {} is for another instance or version",
+                m.object_id.short()
+            )));
         }
+        let key = self.unwrap_for(m, &e)?;
+        Ok((e, key))
     }
 
     /// The entries of a record that claim this instance as recipient (not
@@ -560,22 +761,57 @@ impl Store {
 
     /// The content key of a manifest's object.
     pub fn content_key(&self, m: &Manifest) -> Result<ContentKey> {
-        let entry = self.my_entry(m)?;
-        self.key_from(m, entry)
+        let l = self.load(&m.object_id)?;
+        Ok(self.key_in(m, &l)?.1)
     }
 
-    fn key_from(&self, m: &Manifest, entry: Option<Signed<EnvelopeEntry>>) -> Result<ContentKey> {
-        let entry = entry.ok_or_else(|| StoreError::Undecryptable(m.object_id.to_hex()))?;
-        self.unwrap_entry(&entry)
-            .ctx(|| format!("envelope of object {}", m.object_id.short()))
+    /// Unwraps an entry addressed to this instance (exchange results
+    /// cached) and checks the key against `m`'s key commitment
+    /// ([`Manifest::check_key`]): the only way this store turns an entry
+    /// into a content key.
+    pub fn unwrap_for(&self, m: &Manifest, entry: &Signed<EnvelopeEntry>) -> Result<ContentKey> {
+        let key = self
+            .unwrapper
+            .unwrap(&self.identity, entry)
+            .and_then(|k| m.check_key(&k).map(|()| k))
+            .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
+        Ok(key)
     }
 
-    /// Unwraps an entry addressed to this instance (exchange results cached).
-    pub fn unwrap_entry(
+    /// Verifies the envelope entries of a manifest received whole (a peer's
+    /// page, a backup's manifest file, a record written before schema 2):
+    /// keeps the bytes of each entry whose signature checks, whose wrapper
+    /// is the author, this instance or trusted (`trusted`), and that is for
+    /// this object version; returns them and how many were dropped. What is
+    /// recorded (and covered by a record MAC) is only what this returns.
+    pub(crate) fn verified_entries(
         &self,
-        entry: &Signed<EnvelopeEntry>,
-    ) -> bbsync_protocol::Result<ContentKey> {
-        self.unwrapper.unwrap(&self.identity, entry)
+        m: &Manifest,
+        raw: &[Vec<u8>],
+        trusted: &dyn Fn(&InstanceId) -> bool,
+    ) -> (Vec<Vec<u8>>, usize) {
+        let me = self.instance_id();
+        let author = m.author;
+        let decoded: Vec<(usize, Unverified<EnvelopeEntry>)> = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| Unverified::<EnvelopeEntry>::decode(b).ok().map(|u| (i, u)))
+            .collect();
+        let idx: Vec<usize> = decoded.iter().map(|(i, _)| *i).collect();
+        let results =
+            bbsync_protocol::verify_many(decoded.into_iter().map(|(_, u)| u).collect(), |_, w| {
+                *w == author || *w == me || trusted(w)
+            });
+        let mut kept = Vec::new();
+        for (i, r) in idx.into_iter().zip(results) {
+            if let Ok(e) = r
+                && entry_fits(&e, m)
+            {
+                kept.push(raw[i].clone());
+            }
+        }
+        let dropped = raw.len() - kept.len();
+        (kept, dropped)
     }
 
     /// This instance and every trusted `full` instance: the recipients of new envelopes.
@@ -583,6 +819,23 @@ impl Store {
         let mut recipients = vec![(self.instance_id(), self.identity.x25519_public())];
         recipients.extend(self.full_recipients()?);
         Ok(recipients)
+    }
+
+    /// The recipients of an object's envelope: [`Store::recipients`], or
+    /// this instance alone for an owner in `exclude_owners` (those objects
+    /// never leave this node, and their entries would reach every backup).
+    pub fn recipients_for<'a>(
+        &self,
+        all: &'a [(InstanceId, [u8; 32])],
+        owner: Option<&str>,
+    ) -> &'a [(InstanceId, [u8; 32])] {
+        if self.excluded_owner(owner) {
+            let me = self.instance_id();
+            let n = all.iter().position(|(i, _)| *i == me).map_or(0, |p| p + 1);
+            &all[..n]
+        } else {
+            all
+        }
     }
 
     /// Builds envelope entries for `key` addressed to `recipients` in one wrap session.
@@ -636,7 +889,7 @@ impl Store {
             if st.deleted {
                 continue;
             }
-            for c in self.manifest_unchecked(&id)?.chunks {
+            for c in self.dangerously_manifest_unverified(&id)?.chunks {
                 set.insert(c.id);
             }
         }

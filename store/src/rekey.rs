@@ -84,7 +84,6 @@ impl Store {
             ..Default::default()
         };
         let recipients = self.recipients()?;
-        let wanted: BTreeSet<InstanceId> = recipients.iter().map(|(i, _)| *i).collect();
         let session = WrapSession::new(self.identity());
         let ids: Vec<ObjectId> = if only.is_empty() {
             self.db()
@@ -98,7 +97,7 @@ impl Store {
         {
             let _g = self.lock();
             for id in &ids {
-                let Some(mut rec) = self.db().record(id)? else {
+                let Some(rec) = self.db().record(id)? else {
                     continue;
                 };
                 if rec.state.deleted || !rec.state.complete {
@@ -106,27 +105,38 @@ impl Store {
                 }
                 report.objects += 1;
                 let label = format!("{}:{}", rec.state.kind, rec.state.name);
-                let checked = self.record_checked(&rec);
-                let m = self.manifest_in(id, &rec, checked)?;
-                let key = match self
-                    .entry_in(&m, &rec, checked)
-                    .and_then(|e| self.key_from(&m, e))
-                {
-                    Ok(k) => k,
+                let l = self.loaded(rec);
+                let m = self.manifest_in(id, &l)?;
+                let key = match self.key_in(&m, &l) {
+                    Ok((_, k)) => k,
                     Err(_) => {
                         report.unreadable.push(label);
                         continue;
                     }
                 };
-                // Who holds an entry now (entries that do not decode go too).
+                let mut rec = l.rec;
+                // An excluded owner's object is for this instance only.
+                let recipients = self.recipients_for(&recipients, rec.state.owner.as_deref());
+                let wanted: BTreeSet<InstanceId> = recipients.iter().map(|(i, _)| *i).collect();
+                // Only entries whose signatures verify are kept (and then
+                // MAC'd): the others go, whoever they claim to be for.
+                let raw: Vec<Vec<u8>> = rec.envelope.iter().map(|e| e.to_vec()).collect();
+                let (verified, forged) = self.verified_entries(&m, &raw, &|w| self.is_full(w));
+                if forged > 0 {
+                    tracing::warn!(
+                        "rekey: {label}: dropped {forged} envelope entries whose signatures do not verify"
+                    );
+                }
+                report.entries_dropped += forged as u64;
+                // Who holds an entry now.
                 let mut keep = Vec::new();
                 let mut have = BTreeSet::new();
                 let mut dropped = BTreeSet::new();
-                for raw in &rec.envelope {
-                    match Unverified::<EnvelopeEntry>::decode(raw) {
+                for raw in verified {
+                    match Unverified::<EnvelopeEntry>::decode(&raw) {
                         Ok(u) if wanted.contains(&u.claimed().recipient) => {
                             have.insert(u.claimed().recipient);
-                            keep.push(raw.to_vec());
+                            keep.push(raw);
                         }
                         Ok(u) => {
                             dropped.insert(u.claimed().recipient);
@@ -151,6 +161,11 @@ impl Store {
                     .copied()
                     .collect();
                 if missing.is_empty() && dropped.is_empty() {
+                    if forged > 0 && !dry_run {
+                        rec.envelope = keep.into_iter().map(serde_bytes::ByteBuf::from).collect();
+                        rec.state.checked_mac = Some(self.record_mac(&rec.manifest, &rec.envelope));
+                        self.db().put_record(id, &rec)?;
+                    }
                     continue;
                 }
                 report.entries_added += missing.len() as u64;

@@ -111,6 +111,16 @@ pub struct Accepted {
     pub rejected: Vec<(String, String)>,
 }
 
+/// What [`Store::serve_manifests_within`] answers.
+#[derive(Debug, Default, Clone)]
+pub struct ServedPage {
+    /// The manifests served, each with its entry for the peer.
+    pub items: Vec<Served>,
+    /// Ids not looked at because the answer reached its size bound: ask
+    /// for them again.
+    pub deferred: Vec<ObjectId>,
+}
+
 /// What [`Store::stage_chunks`] did.
 #[derive(Debug, Default)]
 pub struct StagedChunks {
@@ -242,17 +252,42 @@ impl Store {
     /// The latest manifests of `ids` for a trusted peer. A `full` peer gets,
     /// for each live object, an entry wrapping the content key for its
     /// x25519 key, made now in one wrap session and signed by this instance;
-    /// a `blind` peer gets none. Unknown and unservable objects are left out.
-    /// Nothing is written to the store.
+    /// a `blind` peer gets none. Unknown and unservable objects are left out,
+    /// and an id given more than once is answered once. Nothing is written
+    /// to the store.
     pub fn serve_manifests(
         &self,
         ids: &[ObjectId],
         peer: &InstanceCard,
         role: Role,
     ) -> Result<Vec<Served>> {
+        Ok(self
+            .serve_manifests_within(ids, peer, role, usize::MAX)?
+            .items)
+    }
+
+    /// [`Store::serve_manifests`] within about `max_bytes` of manifests and
+    /// entries: once the next manifest would take the answer past it, that
+    /// id and the rest are returned as `deferred` (not looked at, nothing
+    /// re-keyed for them), for the peer to ask again. The first manifest is
+    /// always served, so every answer makes progress.
+    pub fn serve_manifests_within(
+        &self,
+        ids: &[ObjectId],
+        peer: &InstanceCard,
+        role: Role,
+        max_bytes: usize,
+    ) -> Result<ServedPage> {
+        // What an entry and the framing of one item add to its manifest.
+        const ITEM_ALLOWANCE: usize = 256;
         let session = WrapSession::new(self.identity());
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut page = ServedPage::default();
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut bytes = 0usize;
+        for (i, id) in ids.iter().enumerate() {
+            if !seen.insert(*id) {
+                continue;
+            }
             // One read of the record serves the check, the manifest and the key.
             let Some(rec) = self.db().record(id)? else {
                 continue;
@@ -260,10 +295,18 @@ impl Store {
             if !self.servable(&rec.state) {
                 continue;
             }
-            let checked = self.record_checked(&rec);
-            let m = self.manifest_in(id, &rec, checked)?;
+            let size = rec.manifest.len() + ITEM_ALLOWANCE;
+            if !page.items.is_empty() && bytes.saturating_add(size) > max_bytes {
+                page.deferred.push(*id);
+                page.deferred
+                    .extend(ids[i + 1..].iter().filter(|x| seen.insert(**x)));
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            let l = self.loaded(rec);
+            let m = self.manifest_in(id, &l)?;
             let entry = if role == Role::Full && !m.deleted {
-                let key = self.key_from(&m, self.entry_in(&m, &rec, checked)?)?;
+                let (_, key) = self.key_in(&m, &l)?;
                 let e = session
                     .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
                     .ctx(|| format!("re-keying {} for {}", id.short(), peer.instance.short()))?;
@@ -271,12 +314,66 @@ impl Store {
             } else {
                 None
             };
-            out.push(Served {
+            page.items.push(Served {
                 manifest: m.bytes().to_vec(),
                 entry,
             });
         }
-        Ok(out)
+        Ok(page)
+    }
+
+    /// Whether this node may follow `upstream` (its card verified, pinned
+    /// by the address the operator gave), and records that it follows it.
+    /// Trust changes only by an operator's explicit act (DESIGN §2): the
+    /// first `serve --follow` of an upstream that is in no trust record
+    /// trusts it as `full` (returns `true`); after that, a reconnect needs a
+    /// `full` record. An upstream removed from the trust table after it was
+    /// first followed, or trusted as `blind`, is refused
+    /// ([`StoreError::Trust`], saying how to follow it again) and its trust
+    /// is not changed.
+    pub fn admit_upstream(&self, upstream: &Signed<InstanceCard>) -> Result<bool> {
+        let id = upstream.instance;
+        let followed = self.db().cursor(&id)?.is_some();
+        let added = match self.role_of(&id)? {
+            Some(Role::Full) => false,
+            None if !followed => {
+                self.trust_card(upstream, Role::Full)?;
+                true
+            }
+            _ => return Err(self.refused_upstream(&id)?),
+        };
+        if !followed {
+            // From now on this upstream counts as followed: its trust record
+            // is never added again by a reconnect or a restart.
+            self.db().set_cursor(&id, 0)?;
+        }
+        Ok(added)
+    }
+
+    /// Checks that `upstream` is still trusted as `full` (a follower asks
+    /// before it applies each page); [`StoreError::Trust`] if not.
+    pub fn check_upstream(&self, upstream: &InstanceId) -> Result<()> {
+        match self.role_of(upstream)? {
+            Some(Role::Full) => Ok(()),
+            _ => Err(self.refused_upstream(upstream)?),
+        }
+    }
+
+    fn refused_upstream(&self, id: &InstanceId) -> Result<StoreError> {
+        let how = "to follow it again: `bbsync trust add CARD --role full` with its card \
+                   (`bbsync id` on it), then restart `bbsync serve`";
+        Ok(StoreError::Trust(match self.role_of(id)? {
+            Some(Role::Blind) => format!(
+                "upstream {} is trusted here as blind, and a standby follows only a full \
+                 upstream (a reconnect never raises a role): not following it; {how}",
+                id.short()
+            ),
+            _ => format!(
+                "upstream {} is not in the trust table (removed after it was first \
+                 followed; a reconnect does not trust it again): not following it; {how}",
+                id.short()
+            ),
+        }))
     }
 
     /// A chunk's stored bytes, for a peer.
@@ -314,6 +411,7 @@ impl Store {
         let mut report = Accepted::default();
         let mut writes = Vec::new();
         let mut seen = HashSet::new();
+        let mut names = HashSet::new();
         let mut kept = Vec::new();
         // Signatures of the whole page in ed25519 batches.
         let mut decoded = Vec::with_capacity(items.len());
@@ -356,6 +454,10 @@ impl Store {
                     report.already += 1;
                     continue;
                 }
+            }
+            if let Err(why) = self.check_name_free(&m, &mut names) {
+                report.rejected.push((label, why));
+                continue;
             }
             // Entries are checked together below (their signatures in batches).
             let raw = if m.deleted { None } else { item.entry };
@@ -431,21 +533,51 @@ impl Store {
     }
 
     /// The rest of an entry's checks once its signature verified: it is
-    /// addressed to this instance, for this object version, and unwraps.
+    /// addressed to this instance, for this object version, and unwraps to
+    /// the key the manifest commits to.
     fn check_entry_fits(
         &self,
         m: &Manifest,
         e: Signed<EnvelopeEntry>,
     ) -> Result<Signed<EnvelopeEntry>> {
-        if e.recipient != self.instance_id() || !crate::entry_fits(&e, m) {
-            return Err(StoreError::Invalid(format!(
-                "envelope entry of {} is for another instance or version",
-                m.object_id.short()
-            )));
+        Ok(self.usable_entry(m, e)?.0)
+    }
+
+    /// The object that holds `kind:name` here, if it is live and not `m`'s
+    /// object: a live object whose name another live object holds is
+    /// refused (two live `file:readme.txt` would leave the name index to
+    /// whichever came last, and differ from node to node). `names` collects
+    /// the names taken within one batch of received manifests.
+    pub(crate) fn check_name_free(
+        &self,
+        m: &Manifest,
+        names: &mut HashSet<(String, String)>,
+    ) -> std::result::Result<(), String> {
+        if m.deleted {
+            return Ok(());
         }
-        self.unwrap_entry(&e)
-            .ctx(|| format!("envelope entry of {}", m.object_id.short()))?;
-        Ok(e)
+        let taken = || {
+            format!(
+                "another object already has the name {}:{} here",
+                m.kind, m.name
+            )
+        };
+        if !names.insert((m.kind.clone(), m.name.clone())) {
+            return Err(taken());
+        }
+        match self.db().lookup(&m.kind, &m.name) {
+            Ok(Some(holder)) if holder != m.object_id => match self.db().object(&holder) {
+                Ok(Some(st)) if !st.deleted => Err(format!(
+                    "{} (object {}); the name stays with it",
+                    taken(),
+                    holder.short()
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Live objects recorded but not complete (their chunks are not all here).
@@ -477,7 +609,7 @@ impl Store {
             if st.deleted || !keep(&st) {
                 continue;
             }
-            for c in self.manifest_unchecked(&id)?.chunks {
+            for c in self.dangerously_manifest_unverified(&id)?.chunks {
                 if seen.insert(c.id) && !self.chunks().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
@@ -548,7 +680,7 @@ impl Store {
                 Some(st) if !st.deleted => {}
                 _ => continue,
             }
-            for c in self.manifest_unchecked(id)?.chunks {
+            for c in self.dangerously_manifest_unverified(id)?.chunks {
                 if seen.insert(c.id) && !self.chunks().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
@@ -566,7 +698,7 @@ impl Store {
                 Some(st) if !st.complete => {}
                 _ => continue,
             }
-            let m = self.manifest_unchecked(id)?;
+            let m = self.dangerously_manifest_unverified(id)?;
             if m.chunks
                 .iter()
                 .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
@@ -588,7 +720,7 @@ impl Store {
             if st.complete {
                 continue;
             }
-            let m = self.manifest_unchecked(&id)?;
+            let m = self.dangerously_manifest_unverified(&id)?;
             if m.chunks
                 .iter()
                 .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))

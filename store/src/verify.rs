@@ -247,7 +247,8 @@ impl Store {
                     if !crate::entry_fits(&e, &m) {
                         return Err("entry is for another object version".to_string());
                     }
-                    self.unwrap_entry(&e).map(drop).map_err(|e| e.to_string())
+                    // Unwraps, and to the key the manifest commits to.
+                    self.unwrap_for(&m, &e).map(drop).map_err(|e| e.to_string())
                 })
             };
             let mut result = usable(first);

@@ -77,8 +77,8 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
     let mut old_keys: Vec<(ObjectId, ContentKey)> = Vec::new();
     for id in &ids {
         let e = entry_for(&a, id, &b).expect("an entry for the newcomer");
-        let key = b.unwrap_entry(&e)?;
         let m = a.manifest(id)?;
+        let key = b.unwrap_for(&m, &e)?;
         assert_eq!(key.as_bytes(), a.content_key(&m)?.as_bytes());
         old_keys.push((*id, key));
     }
@@ -125,7 +125,7 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
         }
         // ... while the trusted partner reads the new version.
         let e = entry_for(&a, id, &c).expect("an entry for the partner");
-        let key = c.unwrap_entry(&e)?;
+        let key = c.unwrap_for(&m, &e)?;
         let cipher = ChunkCipher::new(&key);
         for ch in &m.chunks {
             cipher.open(&ch.id, &a.chunks().read(&ch.id)?)?;

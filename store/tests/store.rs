@@ -283,8 +283,7 @@ fn stale_temp_files_are_removed_on_open() -> R {
 fn newer_schema_is_refused() -> R {
     let f = fixture();
     Store::init(&f.data, "alpha")?
-        .db()
-        .set_schema_version(bbsync_store::SCHEMA_VERSION + 1)?;
+        .dangerously_set_schema_version(bbsync_store::SCHEMA_VERSION + 1)?;
     let e = Store::open(&f.data).unwrap_err();
     assert!(matches!(e, StoreError::NewerSchema { .. }), "{e}");
     assert!(e.to_string().contains("newer bbsync"));
@@ -394,10 +393,11 @@ fn verify_extra_file_is_orphan_chunk() {
 fn verify_broken_manifest_signature() {
     let (quick, full) = damaged(|s| {
         let id = s.resolve("message:general/1").unwrap();
-        let mut b = s.db().manifest(&id).unwrap().unwrap();
-        let n = b.len();
-        b[n - 5] ^= 1; // inside the signature
-        s.db().set_manifest_raw(&id, &b).unwrap();
+        s.dangerously_edit_record(&id, |r| {
+            let n = r.manifest.len();
+            r.manifest[n - 5] ^= 1; // inside the signature
+        })
+        .unwrap();
     });
     assert_eq!(classes(&quick), vec![ProblemClass::BadManifestSignature]);
     assert_eq!(classes(&full), vec![ProblemClass::BadManifestSignature]);
@@ -424,7 +424,10 @@ fn verify_removed_envelope_entry_is_undecryptable() {
                     != me
             })
             .collect();
-        s.db().set_envelope(&id, &kept).unwrap();
+        s.dangerously_edit_record(&id, |r| {
+            r.envelope = kept.into_iter().map(serde_bytes::ByteBuf::from).collect()
+        })
+        .unwrap();
     });
     assert_eq!(classes(&quick), vec![ProblemClass::Undecryptable]);
     assert_eq!(classes(&full), vec![ProblemClass::Undecryptable]);
@@ -434,10 +437,11 @@ fn verify_removed_envelope_entry_is_undecryptable() {
 fn verify_forged_envelope_entry_is_bad_envelope() {
     let (quick, _) = damaged(|s| {
         let id = s.resolve("config:menus/main.ans").unwrap();
-        let mut entries = s.db().envelope(&id).unwrap();
-        let n = entries[0].len();
-        entries[0][n - 3] ^= 0x80; // signature byte
-        s.db().set_envelope(&id, &entries).unwrap();
+        s.dangerously_edit_record(&id, |r| {
+            let n = r.envelope[0].len();
+            r.envelope[0][n - 3] ^= 0x80; // signature byte
+        })
+        .unwrap();
     });
     assert_eq!(classes(&quick), vec![ProblemClass::BadEnvelope]);
 }
@@ -446,9 +450,8 @@ fn verify_forged_envelope_entry_is_bad_envelope() {
 fn verify_incomplete_object() {
     let (quick, _) = damaged(|s| {
         let id = s.resolve("file:empty.txt").unwrap();
-        let mut st = s.state(&id).unwrap();
-        st.complete = false;
-        s.db().put_state(&id, &st).unwrap();
+        s.dangerously_edit_record(&id, |r| r.state.complete = false)
+            .unwrap();
     });
     assert_eq!(classes(&quick), vec![ProblemClass::IncompleteObject]);
 }

@@ -6,8 +6,7 @@
 use std::{fs, path::Path};
 
 use bbsync_protocol::{
-    Checkpoint, ChunkId, Identity, InstanceCard, Manifest, Role, Signed, Unverified,
-    card_to_string, encoding::FORMAT_V1,
+    Checkpoint, ChunkId, Identity, InstanceCard, Manifest, Role, Signed, Unverified, card_to_string,
 };
 use bbsync_store::{
     Store,
@@ -244,7 +243,7 @@ fn forged_manifests_and_entries_are_rejected() -> R {
     let forged = Signed::sign(
         &mallory,
         Manifest {
-            format: FORMAT_V1,
+            format: bbsync_protocol::manifest::MANIFEST_FORMAT,
             object_id: bbsync_protocol::ObjectId::random(),
             version: 1,
             kind: "message".into(),
@@ -256,6 +255,7 @@ fn forged_manifests_and_entries_are_rejected() -> R {
             plaintext_len: 0,
             chunks: vec![],
             meta: None,
+            key_commit: Some([0; 32]),
         },
     )?;
     served.push(Served {

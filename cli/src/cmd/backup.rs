@@ -1,27 +1,19 @@
 //! `backup`, `backups ...` and `restore`: thin wrappers over
 //! `bbsync_store::backup`.
 
-use std::{
-    io::{BufRead as _, Write as _},
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
-use anyhow::Context as _;
+use crate::{Ctx, output, passphrase::get as passphrase, progress::Bar};
 use bbsync_store::{
     Config, Store, StoreError,
     backup::{
-        Repo,
+        Repo, SnapshotSignature,
         create::BackupOptions,
-        restore::{RestoreOptions, escrow_of, open_escrow},
+        restore::{RestoreOptions, escrow_of, open_escrow, precheck_snapshot},
         retention::Policy,
     },
     sync::Selection,
 };
-use zeroize::Zeroizing;
-
-use crate::{Ctx, output, progress::Bar};
 
 /// Where the repository is: `--repo`, else `BBSYNC_REPO`, else the config's
 /// `backup_repo`, else `<data>/backup`.
@@ -60,8 +52,14 @@ pub struct BackupArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupsCommand {
     /// List the snapshots of a repository.
+    #[command(
+        after_help = "Examples:\n  bbsync backups list --repo /mnt/backup\n  bbsync --json backups list"
+    )]
     List(RepoArg),
     /// Show one snapshot (`--json`: everything, object list included).
+    #[command(
+        after_help = "Examples:\n  bbsync backups show latest --repo /mnt/backup\n  bbsync --json backups show 20261130T0330 --repo /mnt/backup"
+    )]
     Show {
         /// Snapshot id, unique prefix, or `latest`.
         id: String,
@@ -69,6 +67,9 @@ pub enum BackupsCommand {
         repo: RepoArg,
     },
     /// Check snapshots, manifests and chunks; exit 1 on any problem.
+    #[command(
+        after_help = "Examples:\n  bbsync backups verify --repo /mnt/backup\n  bbsync backups verify latest --read-data --repo /mnt/backup"
+    )]
     Verify {
         /// Only this snapshot (default: the whole repository, unreferenced files included).
         id: Option<String>,
@@ -79,6 +80,7 @@ pub enum BackupsCommand {
         repo: RepoArg,
     },
     /// Remove one snapshot, then the data no other snapshot references.
+    #[command(after_help = "Example:\n  bbsync backups delete 20261130T0330 --repo /mnt/backup")]
     Delete {
         /// Snapshot id or unique prefix.
         id: String,
@@ -87,6 +89,9 @@ pub enum BackupsCommand {
     },
     /// Remove snapshots by policy, then the data no snapshot references
     /// (with no --keep option: only unreferenced data).
+    #[command(
+        after_help = "Examples:\n  bbsync backups prune --repo /mnt/backup --keep-daily 7 --keep-weekly 4 --dry-run\n  bbsync backups prune --repo /mnt/backup --keep-last 10"
+    )]
     Prune {
         /// Keep the newest N snapshots.
         #[arg(long, default_value_t = 0, value_name = "N")]
@@ -107,6 +112,7 @@ pub enum BackupsCommand {
         repo: RepoArg,
     },
     /// Sizes and counts of a repository.
+    #[command(after_help = "Example:\n  bbsync backups stats --repo /mnt/backup")]
     Stats(RepoArg),
 }
 
@@ -132,6 +138,13 @@ pub struct RestoreArgs {
     /// Do not back the current store up into the repository first.
     #[arg(long)]
     no_safety_snapshot: bool,
+    /// Believe the snapshot's host, named by its card string (after
+    /// checking its fingerprint out of band): needed for a snapshot of an
+    /// instance this node does not trust `full`, and for an unsigned
+    /// (older) snapshot. The host is then trusted `full`; its trust table
+    /// is never imported.
+    #[arg(long, value_name = "CARD")]
+    trust_host: Option<String>,
     /// Write the snapshot's plaintext BBS tree into this new or empty
     /// directory instead, without touching the store.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["overwrite", "rekey", "skip_chunks"])]
@@ -169,53 +182,6 @@ fn selection(only: &[String]) -> anyhow::Result<Selection> {
             .collect::<Result<_, _>>()?,
         ..Default::default()
     })
-}
-
-/// Reads a passphrase: `BBSYNC_PASSPHRASE`, else a prompt on the terminal
-/// (without echo; twice when `confirm`).
-fn passphrase(ctx: &Ctx, what: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
-    if let Some(p) = ctx.env("BBSYNC_PASSPHRASE") {
-        return Ok(Zeroizing::new(p.to_string()));
-    }
-    if ctx.remote() {
-        anyhow::bail!(
-            "{what} needs a passphrase: set BBSYNC_PASSPHRASE (no prompt through a serving node)"
-        );
-    }
-    let first = prompt(&format!("passphrase for {what}: ")).with_context(|| {
-        format!("{what} needs a passphrase: set BBSYNC_PASSPHRASE or run on a terminal")
-    })?;
-    if confirm {
-        let again = prompt("again: ")?;
-        if *again != *first {
-            anyhow::bail!("the passphrases do not match");
-        }
-    }
-    Ok(first)
-}
-
-fn prompt(text: &str) -> anyhow::Result<Zeroizing<String>> {
-    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .context("no terminal")?;
-    let old = tcgetattr(&tty).context("no terminal")?;
-    let mut quiet = old.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    quiet.local_modes.insert(LocalModes::ECHONL);
-    let mut w = &tty;
-    w.write_all(text.as_bytes())?;
-    tcsetattr(&tty, OptionalActions::Flush, &quiet).context("turning off echo")?;
-    let mut line = Zeroizing::new(String::new());
-    let r = std::io::BufReader::new(&tty).read_line(&mut line);
-    let _ = tcsetattr(&tty, OptionalActions::Flush, &old);
-    r?;
-    while line.ends_with('\n') || line.ends_with('\r') {
-        line.pop();
-    }
-    Ok(line)
 }
 
 /// `bbsync backup`.
@@ -394,17 +360,22 @@ fn list(ctx: &Ctx, repo: &Repo) -> anyhow::Result<ExitCode> {
     for s in &snaps {
         outln!(
             ctx,
-            "{}  {}  {:>7} objects  {:>10}  {}{}",
+            "{}  {}  {:>7} objects  {:>10}  {}{}{}",
             s.id,
-            s.host_name,
+            output::clean(&s.host_name),
             s.objects.len(),
             output::size(s.plaintext_bytes),
+            if s.signature == SnapshotSignature::Unsigned {
+                "(unsigned) "
+            } else {
+                ""
+            },
             if s.tags.is_empty() {
                 String::new()
             } else {
-                format!("[{}] ", s.tags.join(","))
+                format!("[{}] ", output::clean(&s.tags.join(",")))
             },
-            s.description
+            output::clean(&s.description)
         );
     }
     if !ctx.quiet {
@@ -422,9 +393,24 @@ fn show(ctx: &Ctx, repo: &Repo, spec: &str) -> anyhow::Result<ExitCode> {
     }
     outln!(ctx, "snapshot:       {}", s.id);
     outln!(ctx, "created:        {}", s.created);
-    outln!(ctx, "host:           {} ({})", s.host_name, s.host);
-    outln!(ctx, "description:    {}", s.description);
-    outln!(ctx, "tags:           {}", s.tags.join(", "));
+    outln!(
+        ctx,
+        "host:           {} (instance {})",
+        output::clean(&s.host_name),
+        s.host_id
+    );
+    outln!(ctx, "host card:      {}", s.host);
+    outln!(
+        ctx,
+        "signature:      {}",
+        match s.signature {
+            SnapshotSignature::Verified => "signed by the host, verified",
+            SnapshotSignature::Unsigned =>
+                "none (written before snapshots were signed; restore needs --trust-host)",
+        }
+    );
+    outln!(ctx, "description:    {}", output::clean(&s.description));
+    outln!(ctx, "tags:           {}", output::clean(&s.tags.join(", ")));
     outln!(
         ctx,
         "bbsync:         {} (store schema {})",
@@ -432,7 +418,7 @@ fn show(ctx: &Ctx, repo: &Repo, spec: &str) -> anyhow::Result<ExitCode> {
         s.schema_version
     );
     if !s.only.is_empty() {
-        outln!(ctx, "only:           {}", s.only.join(", "));
+        outln!(ctx, "only:           {}", output::clean(&s.only.join(", ")));
     }
     let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     outln!(
@@ -490,25 +476,30 @@ fn verify(ctx: &Ctx, repo: &Repo, id: Option<&str>, read_data: bool) -> anyhow::
 
 /// The store to restore into. An uninitialized data dir is created with
 /// the identity escrowed in the repository for the snapshot's host.
-fn store_for_restore(ctx: &Ctx, repo: &Repo, snapshot: Option<&str>) -> anyhow::Result<Arc<Store>> {
+fn store_for_restore(
+    ctx: &Ctx,
+    repo: &Repo,
+    snapshot: Option<&str>,
+    trust_host: Option<&str>,
+) -> anyhow::Result<Arc<Store>> {
     if ctx.store.is_some() {
         return super::open(ctx);
     }
-    match Store::open(&ctx.data_dir) {
-        Ok(s) => return Ok(Arc::new(s)),
-        Err(StoreError::NotInitialized(_)) => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("opening data dir {}", ctx.data_dir.display()));
-        }
+    match super::open(ctx) {
+        Ok(s) => return Ok(s),
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::NotInitialized(_))) => {}
+        Err(e) => return Err(e),
     }
     let id = repo.resolve_snapshot(snapshot.unwrap_or("latest"))?;
     let snap = repo.load_snapshot(&id)?;
+    // Refused snapshots are refused before anything is created.
+    precheck_snapshot(&snap, trust_host)?;
     let Some((path, key)) = escrow_of(repo, &snap)? else {
         anyhow::bail!(
             "{} is not a bbsync data dir and {} holds no identity escrow for {}; run `bbsync init` first to restore under a new identity",
             ctx.data_dir.display(),
             repo.location(),
-            snap.host_name
+            output::clean(&snap.host_name)
         );
     };
     let pass = passphrase(ctx, &path, false)?;
@@ -532,7 +523,14 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &a.to_tree {
         let store = super::open(ctx)?;
         let bar = Bar::new(ctx.progress);
-        let r = store.restore_to_tree(&repo, a.snapshot.as_deref(), &sel, &ctx.path(dir), &bar)?;
+        let r = store.restore_to_tree(
+            &repo,
+            a.snapshot.as_deref(),
+            &sel,
+            &ctx.path(dir),
+            a.trust_host.as_deref(),
+            &bar,
+        )?;
         if ctx.json {
             output::json(ctx, &r)?;
         } else {
@@ -559,7 +557,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
-    let store = store_for_restore(ctx, &repo, a.snapshot.as_deref())?;
+    let store = store_for_restore(ctx, &repo, a.snapshot.as_deref(), a.trust_host.as_deref())?;
     let bar = Bar::new(ctx.progress);
     let r = store.restore(
         &repo,
@@ -570,6 +568,8 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
             rekey: a.rekey,
             skip_chunks: a.skip_chunks,
             safety_snapshot: !a.no_safety_snapshot,
+            trust_host: a.trust_host,
+            clone_source: None,
         },
         &bar,
     )?;
@@ -590,12 +590,25 @@ pub fn print_restore(ctx: &Ctx, r: &bbsync_store::backup::restore::RestoreReport
         outln!(ctx, "safety snapshot of the store before the restore: {s}");
     }
     if !r.trusted.is_empty() {
-        outln!(ctx, "trusted from the snapshot: {}", r.trusted.join(", "));
+        outln!(ctx, "trusted now: {}", r.trusted.join(", "));
+    }
+    if r.trust_table.starts_with("not restored") {
+        errln!(ctx, "the snapshot's trust table was {}", r.trust_table);
     }
     for o in r.undecryptable.iter().take(output::MAX_LISTED) {
         errln!(
             ctx,
             "undecryptable here (no envelope entry for this instance): {o}"
+        );
+    }
+    for (o, why) in r.refused.iter().take(output::MAX_LISTED) {
+        errln!(ctx, "not restored: {o}: {why}");
+    }
+    if r.entries_dropped > 0 {
+        errln!(
+            ctx,
+            "{} envelope entries left out: their signatures do not verify (or their wrapper is not trusted)",
+            r.entries_dropped
         );
     }
     if let Some(k) = &r.rekey {
@@ -609,13 +622,16 @@ pub fn print_restore(ctx: &Ctx, r: &bbsync_store::backup::restore::RestoreReport
     }
     outln!(
         ctx,
-        "restore: snapshot {}: {} objects restored ({} replaced), {} already here, {} left out, {} undecryptable, {} chunks copied ({}), {} already present, {} incomplete, in {} ({})",
+        "restore: snapshot {} (host {}, {}): {} objects restored ({} replaced), {} already here, {} left out, {} undecryptable, {} refused, {} chunks copied ({}), {} already present, {} incomplete, in {} ({})",
         r.snapshot,
+        r.host,
+        r.host_accepted,
         r.restored,
         r.replaced,
         r.skipped_existing,
         r.skipped_selection,
         r.undecryptable.len(),
+        r.refused.len(),
         r.chunks_copied,
         output::size(r.bytes_copied),
         r.chunks_present,
@@ -633,6 +649,7 @@ pub fn restore_for_clone(
     store: &Store,
     repo: Option<PathBuf>,
     selection: &Selection,
+    source: Option<bbsync_protocol::InstanceId>,
 ) -> anyhow::Result<Option<bbsync_store::backup::restore::RestoreReport>> {
     let Some(dir) = repo else {
         return Ok(None);
@@ -644,6 +661,7 @@ pub fn restore_for_clone(
         &RestoreOptions {
             selection: selection.clone(),
             safety_snapshot: true,
+            clone_source: source,
             ..Default::default()
         },
         &bar,

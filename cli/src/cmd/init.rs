@@ -15,6 +15,23 @@ pub struct InitArgs {
     /// Human name of this instance [default: the host name].
     #[arg(long)]
     name: Option<String>,
+    /// Seal identity.key with a passphrase (argon2id + AES-256-GCM): from
+    /// --passphrase-file, BBSYNC_PASSPHRASE, or asked twice on the terminal.
+    /// Every later command that opens the data dir asks for it (`serve`
+    /// once, at start).
+    #[arg(long)]
+    encrypt_identity: bool,
+}
+
+/// The name of a new instance: `name`, else the host name.
+pub fn new_name(name: Option<String>) -> String {
+    name.unwrap_or_else(host_name)
+}
+
+/// The passphrase for a new sealed identity in `ctx.data_dir`.
+pub fn new_passphrase(ctx: &Ctx) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let what = ctx.data_dir.join("identity.key").display().to_string();
+    crate::passphrase::get(ctx, &what, true)
 }
 
 fn host_name() -> String {
@@ -27,8 +44,13 @@ fn host_name() -> String {
 
 /// `bbsync init`.
 pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<ExitCode> {
-    let name = a.name.unwrap_or_else(host_name);
-    let store = Store::init(&ctx.data_dir, &name)
+    let name = new_name(a.name);
+    let pass = if a.encrypt_identity {
+        Some(new_passphrase(ctx)?)
+    } else {
+        None
+    };
+    let store = Store::init_sealed(&ctx.data_dir, &name, pass.as_deref().map(String::as_str))
         .with_context(|| format!("initializing {}", ctx.data_dir.display()))?;
     let card = card_to_string(&store.card()?);
     if ctx.json {
@@ -39,6 +61,7 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<ExitCode> {
                 "instance_id": store.instance_id().to_hex(),
                 "name": name,
                 "card": card,
+                "identity_encrypted": a.encrypt_identity,
             }),
         )?;
     } else if !ctx.quiet {
@@ -48,6 +71,9 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<ExitCode> {
             ctx.data_dir.display(),
             store.instance_id()
         );
+        if a.encrypt_identity {
+            outln!(ctx, "identity.key is sealed with the passphrase");
+        }
         outln!(ctx, "card: {card}");
     }
     Ok(ExitCode::SUCCESS)

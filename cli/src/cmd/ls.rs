@@ -156,12 +156,16 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 "chunk_files": chunk_files,
                 "chunk_bytes": chunk_bytes,
                 "trusted": trusted.len(),
+                "identity_encrypted": store.identity_is_sealed()?,
                 "upstreams": upstreams,
             }),
         )?;
     } else {
         outln!(ctx, "instance   {} ({})", store.instance_id(), card.name);
         outln!(ctx, "data dir   {}", store.dir().display());
+        if store.identity_is_sealed()? {
+            outln!(ctx, "identity   identity.key sealed with a passphrase");
+        }
         outln!(
             ctx,
             "objects    {objects} live ({}), {deleted} deleted, {incomplete} incomplete",

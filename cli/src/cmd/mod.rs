@@ -2,9 +2,12 @@
 
 pub mod backup;
 pub mod export;
+pub mod identity;
 pub mod import;
 pub mod init;
+pub mod invite;
 pub mod ls;
+pub mod manual;
 pub mod net;
 pub mod rekey;
 pub mod trust;
@@ -18,12 +21,22 @@ use bbsync_store::Store;
 use crate::Ctx;
 
 /// The store of the data dir: the running node's when the command came
-/// through the control socket, else opened here.
+/// through the control socket, else opened here (asking for the
+/// passphrase of a sealed `identity.key`, see [`crate::passphrase`]).
 pub fn open(ctx: &Ctx) -> anyhow::Result<Arc<Store>> {
     if let Some(store) = &ctx.store {
         return Ok(store.clone());
     }
-    Store::open(&ctx.data_dir)
+    let dir = &ctx.data_dir;
+    let context = || format!("opening data dir {}", dir.display());
+    let sealed = Store::identity_sealed(dir).with_context(context)?;
+    let pass = if sealed {
+        let what = dir.join("identity.key").display().to_string();
+        Some(crate::passphrase::get(ctx, &what, false).with_context(context)?)
+    } else {
+        None
+    };
+    Store::open_with_passphrase(dir, pass.as_deref().map(String::as_str))
         .map(Arc::new)
-        .with_context(|| format!("opening data dir {}", ctx.data_dir.display()))
+        .with_context(context)
 }

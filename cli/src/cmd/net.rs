@@ -1,16 +1,86 @@
 //! `serve` and `clone`.
 
-use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use bbsync_node::{
     CloneOptions, Multiaddr, Node, NodeHandle, NodeOptions, PeerId, TorOptions, clone_from,
     fetch_missing, onion,
 };
-use bbsync_store::Store;
-use bbsync_store::sync::Selection;
+use bbsync_protocol::{Invite, invite::is_invite_text};
+use bbsync_store::{Store, StoreError, sync::Selection};
 
 use crate::{Ctx, output, progress::Bar};
+
+/// The addresses the `serve` of this process listens on (without
+/// `/p2p/`), onion first, loopback last: what `invite create` puts in an
+/// invite when it runs inside `serve` (through the control socket).
+static SERVING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The addresses this process serves on (empty unless it runs `serve`).
+pub fn serving_addresses() -> Vec<String> {
+    SERVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Orders listen addresses for an invite: onion, then others, loopback
+/// last (a loopback address only helps a node on the same host).
+fn invite_order(addrs: &[Multiaddr]) -> Vec<String> {
+    use bbsync_node::AddrProtocol as P;
+    let rank = |a: &Multiaddr| match a.iter().next() {
+        Some(P::Onion3(_)) => 0,
+        Some(P::Ip4(ip)) if ip.is_loopback() => 2,
+        Some(P::Ip6(ip)) if ip.is_loopback() => 2,
+        _ => 1,
+    };
+    let mut v: Vec<&Multiaddr> = addrs.iter().collect();
+    v.sort_by_key(|a| rank(a));
+    v.into_iter()
+        .map(ToString::to_string)
+        .take(bbsync_protocol::invite::MAX_INVITE_ADDRESSES)
+        .collect()
+}
+
+/// An upstream given to `--follow` (or `follow` in config.toml): an
+/// address ending in /p2p/<PeerId>, or an invite string.
+enum FollowTarget {
+    Addr(Multiaddr),
+    Invite(Invite),
+}
+
+fn parse_follow(texts: &[String]) -> anyhow::Result<Vec<FollowTarget>> {
+    texts
+        .iter()
+        .map(|t| {
+            if is_invite_text(t) {
+                Invite::parse(t)
+                    .map(FollowTarget::Invite)
+                    .map_err(|e| anyhow!("--follow: {e}"))
+            } else {
+                Ok(FollowTarget::Addr(
+                    parse_peer_addrs(std::slice::from_ref(t))?.remove(0),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Every address an invite names, parsed (to decide whether Tor is needed).
+fn invite_multiaddrs(invite: &Invite) -> anyhow::Result<Vec<Multiaddr>> {
+    let addrs = bbsync_node::invite::invite_addrs(invite)?;
+    for a in &addrs {
+        onion::check_text(&a.to_string())
+            .map_err(|e| anyhow!("the invite's address {a} is malformed: {e}"))?;
+    }
+    Ok(addrs)
+}
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -32,18 +102,42 @@ pub struct ServeArgs {
     onion_port: u16,
     /// Follow this upstream as a standby (repeatable; also `follow` in
     /// config.toml): apply its changes as they happen. It is pinned by the
-    /// PeerId its address ends in and trusted as `full`.
-    #[arg(long = "follow", value_name = "ADDR")]
+    /// PeerId its address ends in. The first follow of an upstream in no
+    /// trust record trusts it as `full`; after that it must stay `full` in
+    /// the trust table (a reconnect never adds trust back), or it is not
+    /// followed (`status` says why). An invite string (`bbsync invite
+    /// create` on the upstream) works too: it is redeemed before the first
+    /// follow, so the upstream trusts this node; later starts with the
+    /// same string do not redeem it again.
+    #[arg(long = "follow", value_name = "ADDR|INVITE")]
     follow: Vec<String>,
+    /// With --follow INVITE and a missing or empty data dir: initialize it
+    /// with this instance name [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 /// Arguments of `clone`.
 #[derive(Debug, clap::Args)]
 pub struct CloneArgs {
-    /// The source's full address, ending in /p2p/<PeerId> (as `serve` prints it).
+    /// The source's full address, ending in /p2p/<PeerId> (as `serve`
+    /// prints it), or an invite string of the source (`bbsync invite
+    /// create` on it): then the invite is redeemed first (the source trusts
+    /// this node with the invite's role), and an empty or missing data dir
+    /// is initialized.
+    #[arg(value_name = "ADDR|INVITE")]
     addr: String,
+    /// With an invite and a new data dir: the name of this instance
+    /// [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// With an invite and a new data dir: seal identity.key with a
+    /// passphrase (as `init --encrypt-identity`).
+    #[arg(long)]
+    encrypt_identity: bool,
     /// Another source to fetch chunks from (repeatable); its card must prove
-    /// its peer id too. A chunk one source fails to deliver is asked of another.
+    /// its peer id too, and it is not added to the trust table (chunks are
+    /// checked by id). A chunk one source fails to deliver is asked of another.
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<String>,
     /// Chunk requests in flight at once.
@@ -176,16 +270,47 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     if a.onion && !bbsync_node::TOR_SUPPORTED {
         bail!("this bbsync was built without Tor (cargo feature `tor`): --onion needs it");
     }
-    let store = super::open(ctx)?;
+    // The command line's upstreams are checked before anything is made.
+    let given = parse_follow(&a.follow)?;
+    let by_invite = given.iter().any(|f| matches!(f, FollowTarget::Invite(_)));
+    let new_dir = by_invite
+        && ctx.store.is_none()
+        && matches!(
+            Store::identity_sealed(&ctx.data_dir),
+            Err(StoreError::NotInitialized(_))
+        );
+    let store = if new_dir {
+        let name = super::init::new_name(a.name.clone());
+        let store = Store::init(&ctx.data_dir, &name)
+            .with_context(|| format!("initializing {}", ctx.data_dir.display()))?;
+        tracing::warn!(
+            "initialized {}: instance {} ({name}), to follow by invite",
+            ctx.data_dir.display(),
+            store.instance_id()
+        );
+        Arc::new(store)
+    } else {
+        let store = super::open(ctx)?;
+        check_as_made(ctx, &store, a.name.as_deref(), false)?;
+        store
+    };
     let mut follow = a.follow.clone();
     follow.extend(store.config().follow.iter().cloned());
     follow.dedup();
-    let follow = parse_peer_addrs(&follow)?;
+    let follow = parse_follow(&follow)?;
+    // Tor is needed when any upstream can be reached only as an onion.
+    let mut upstream_addrs = Vec::new();
+    for f in &follow {
+        match f {
+            FollowTarget::Addr(a) => upstream_addrs.push(a.clone()),
+            FollowTarget::Invite(i) => upstream_addrs.extend(invite_multiaddrs(i)?),
+        }
+    }
     // Other commands on this data dir now come through the control socket.
     let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
     let _backups = super::backup::start_scheduler(ctx, &store)?;
     runtime()?.block_on(async move {
-        let node = start_node(ctx, &store, &follow, a.onion)?;
+        let node = start_node(ctx, &store, &upstream_addrs, a.onion)?;
         let h = node.handle();
         for addr in addrs {
             h.listen(addr).await?;
@@ -195,9 +320,11 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         // Every interface address of a wildcard listener arrives together.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let full: Vec<String> = h
-            .listen_addrs()
-            .await?
+        let listening = h.listen_addrs().await?;
+        *SERVING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = invite_order(&listening);
+        let full: Vec<String> = listening
             .into_iter()
             .map(|addr| format!("{addr}/p2p/{}", h.peer_id()))
             .collect();
@@ -218,13 +345,19 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let followers: Vec<_> = follow
             .into_iter()
-            .map(|up| {
-                tokio::spawn(bbsync_node::follow(
+            .map(|up| match up {
+                FollowTarget::Addr(addr) => tokio::spawn(bbsync_node::follow(
                     h.clone(),
                     store.clone(),
-                    up,
+                    addr,
                     bbsync_node::FollowOptions::default(),
-                ))
+                )),
+                FollowTarget::Invite(invite) => tokio::spawn(bbsync_node::follow_invite(
+                    h.clone(),
+                    store.clone(),
+                    invite,
+                    bbsync_node::FollowOptions::default(),
+                )),
             })
             .collect();
         tracing::info!("serving; Ctrl-C or SIGTERM stops");
@@ -339,8 +472,195 @@ pub fn fetch_missing_cmd(ctx: &Ctx, a: FetchMissingArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store for `clone INVITE`: the data dir's, or a new one when the
+/// data dir is missing or empty. Returns it and, when it was made here,
+/// whether the directory existed before (to undo the init if the invite
+/// cannot be redeemed).
+fn store_for_invite(ctx: &Ctx, a: &CloneArgs) -> anyhow::Result<(Arc<Store>, Option<bool>)> {
+    let new = ctx.store.is_none()
+        && matches!(
+            Store::identity_sealed(&ctx.data_dir),
+            Err(StoreError::NotInitialized(_))
+        );
+    if !new {
+        let store = super::open(ctx)?;
+        check_as_made(ctx, &store, a.name.as_deref(), a.encrypt_identity)?;
+        return Ok((store, None));
+    }
+    let existed = ctx.data_dir.exists();
+    let name = super::init::new_name(a.name.clone());
+    let pass = if a.encrypt_identity {
+        Some(super::init::new_passphrase(ctx)?)
+    } else {
+        None
+    };
+    let store = Store::init_sealed(&ctx.data_dir, &name, pass.as_deref().map(String::as_str))
+        .with_context(|| format!("initializing {}", ctx.data_dir.display()))?;
+    Ok((Arc::new(store), Some(existed)))
+}
+
+/// `--name` and `--encrypt-identity` describe the data dir a command makes;
+/// on one that exists (a command run again, e.g. a resumed clone or a
+/// restarted `serve`), they must describe it as it is.
+fn check_as_made(
+    ctx: &Ctx,
+    store: &Store,
+    name: Option<&str>,
+    encrypt: bool,
+) -> anyhow::Result<()> {
+    let have = store.identity().name();
+    if let Some(n) = name
+        && n != have
+    {
+        bail!(
+            "--name {n}: {} is initialized already, as {have}",
+            ctx.data_dir.display()
+        );
+    }
+    if encrypt && !store.identity_is_sealed()? {
+        bail!(
+            "--encrypt-identity: {} is initialized already, with a plain identity.key (`bbsync identity encrypt` seals it)",
+            ctx.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Takes back what [`store_for_invite`] made: the data dir as it was
+/// (missing, or empty). Called only when the invite was not redeemed.
+fn undo_init(dir: &Path, existed: bool) {
+    let r = if existed {
+        std::fs::read_dir(dir).and_then(|entries| {
+            for e in entries {
+                let p = e?.path();
+                if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+            Ok(())
+        })
+    } else {
+        std::fs::remove_dir_all(dir)
+    };
+    if let Err(e) = r {
+        tracing::warn!("removing the data dir made for the invite: {e}");
+    }
+}
+
+/// `bbsync clone INVITE`: redeem, then clone as from an address.
+fn clone_invite(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
+    // Everything that can be checked here is, before the data dir is made.
+    let invite = Invite::parse(&a.addr).map_err(|e| anyhow!("{e}"))?;
+    let source_addrs = invite_multiaddrs(&invite)?;
+    let extra = parse_peer_addrs(&a.peers)?;
+    let selection = Selection {
+        skip_config: a.skip_config,
+        skip_applets: a.skip_applets,
+        only: a.only.clone(),
+    };
+    let (store, made) = store_for_invite(ctx, &a)?;
+    let source_peer = bbsync_node::peer_id_of(&invite.source)
+        .ok_or_else(|| anyhow!("the invite names an invalid key"))?;
+    let all: Vec<Multiaddr> = source_addrs.iter().chain(&extra).cloned().collect();
+    let redeemed = runtime()?.block_on(async {
+        let node = start_node(ctx, &store, &all, false)?;
+        let h = node.handle();
+        let r = async {
+            dial_first(&h, &source_addrs).await?;
+            anyhow::Ok(bbsync_node::invite::redeem(&h, &store, &invite).await?)
+        }
+        .await;
+        node.stop();
+        r
+    });
+    let role = match redeemed {
+        Ok(role) => role,
+        Err(e) => {
+            if let Some(existed) = made {
+                drop(store);
+                undo_init(&ctx.data_dir, existed);
+            }
+            return Err(e);
+        }
+    };
+    if !ctx.quiet && !ctx.json {
+        if made.is_some() {
+            outln!(
+                ctx,
+                "initialized {}: instance {} ({})",
+                ctx.data_dir.display(),
+                store.instance_id(),
+                store.identity().name()
+            );
+        }
+        outln!(
+            ctx,
+            "invite redeemed: {source_peer} trusts this instance as {role}"
+        );
+    }
+    let from_backup = super::backup::restore_for_clone(
+        ctx,
+        &store,
+        a.from_backup.clone(),
+        &selection,
+        Some(invite.source),
+    )?;
+    let opts = CloneOptions {
+        jobs: a.jobs.max(1),
+        selection,
+        progress: std::sync::Arc::new(Bar::new(ctx.progress)),
+        ..Default::default()
+    };
+    let report = runtime()?.block_on(async move {
+        let node = start_node(ctx, &store, &all, false)?;
+        let h = node.handle();
+        dial_first(&h, &source_addrs).await?;
+        let mut peers = vec![source_peer];
+        if !extra.is_empty() {
+            peers.extend(dial_all(&h, extra, false).await.unwrap_or_default());
+        }
+        let r = clone_from(&h, store, &peers, &opts).await;
+        node.stop();
+        anyhow::Ok(r?)
+    })?;
+    finish_clone(ctx, report, from_backup.as_ref(), Some(role))
+}
+
+/// Dials the first of `addrs` that answers (an invite's addresses, in the
+/// issuer's order); the last error if none does.
+async fn dial_first(h: &NodeHandle, addrs: &[Multiaddr]) -> anyhow::Result<PeerId> {
+    let mut last = None;
+    for addr in addrs {
+        let limit = h.dial_timeout(addr);
+        match tokio::time::timeout(limit, h.dial(addr.clone())).await {
+            Ok(Ok(p)) => return Ok(p),
+            Ok(Err(e)) => {
+                tracing::info!("{e}");
+                last = Some(anyhow::Error::from(e));
+            }
+            Err(_) => {
+                last = Some(anyhow!(
+                    "cannot reach {addr}: no answer within {} s",
+                    limit.as_secs()
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("the invite names no address")))
+}
+
 /// `bbsync clone`.
 pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
+    if is_invite_text(&a.addr) {
+        return clone_invite(ctx, a);
+    }
+    if a.name.is_some() || a.encrypt_identity {
+        bail!(
+            "--name and --encrypt-identity go with an invite (`clone INVITE`) into a new data dir"
+        );
+    }
     let texts: Vec<String> = std::iter::once(a.addr.clone())
         .chain(a.peers.iter().cloned())
         .collect();
@@ -351,7 +671,14 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         only: a.only,
     };
     let store = super::open(ctx)?;
-    let from_backup = super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection)?;
+    // The source named in ADDR (pinned by its PeerId) may also be the host
+    // of the backup the clone starts from.
+    let source = match addrs[0].iter().last() {
+        Some(bbsync_node::AddrProtocol::P2p(p)) => bbsync_node::instance_of(&p),
+        _ => None,
+    };
+    let from_backup =
+        super::backup::restore_for_clone(ctx, &store, a.from_backup, &selection, source)?;
     let opts = CloneOptions {
         jobs: a.jobs.max(1),
         selection,
@@ -367,8 +694,22 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         node.stop();
         anyhow::Ok(r?)
     })?;
+    finish_clone(ctx, report, from_backup.as_ref(), None)
+}
+
+/// Prints a clone's report and decides its exit status.
+fn finish_clone(
+    ctx: &Ctx,
+    report: bbsync_node::CloneReport,
+    from_backup: Option<&bbsync_store::backup::restore::RestoreReport>,
+    redeemed: Option<bbsync_protocol::Role>,
+) -> anyhow::Result<ExitCode> {
     if ctx.json {
-        output::json(ctx, &report)?;
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(role) = redeemed {
+            v["invite_role"] = serde_json::json!(role.to_string());
+        }
+        output::json(ctx, &v)?;
     } else if !ctx.quiet || !report.complete {
         for (obj, why) in report.rejected_manifests.iter().take(output::MAX_LISTED) {
             errln!(ctx, "rejected: {obj}: {why}");
@@ -408,7 +749,7 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    super::backup::print_hybrid(ctx, from_backup.as_ref(), report.chunks_fetched);
+    super::backup::print_hybrid(ctx, from_backup, report.chunks_fetched);
     if !report.rejected_manifests.is_empty() {
         bail!(
             "{} manifest(s) were rejected",

@@ -11,6 +11,11 @@ use crate::{Ctx, output};
 #[derive(Debug, clap::Subcommand)]
 pub enum TrustCommand {
     /// Trust an instance by its card string (from `bbsync id` on that instance).
+    /// (`bbsync invite create` on this node and `bbsync clone INVITE` on the
+    /// other do this without handing cards around.)
+    #[command(
+        after_help = "Examples:\n  bbsync trust add bbsync1... --role full\n  bbsync trust add \"$(ssh mirror bbsync id)\" --role blind"
+    )]
     Add {
         /// The card string (`bbsync1...`).
         card: String,
@@ -19,11 +24,13 @@ pub enum TrustCommand {
         role: Role,
     },
     /// Stop trusting an instance (id or unique prefix of at least 8 hex digits).
+    #[command(after_help = "Example:\n  bbsync trust remove 3f2a1b2c && bbsync rekey --rotate")]
     Remove {
         /// Instance id.
         id: String,
     },
     /// List trusted instances.
+    #[command(after_help = "Examples:\n  bbsync trust list\n  bbsync --json trust list")]
     List,
 }
 
@@ -82,7 +89,7 @@ pub fn run(ctx: &Ctx, t: TrustCommand) -> anyhow::Result<ExitCode> {
             } else {
                 outln!(ctx, "{:<64}  {:<5}  NAME", "INSTANCE", "ROLE");
                 for (c, r) in list {
-                    outln!(ctx, "{}  {:<5}  {}", c.instance, r.role, c.name);
+                    outln!(ctx, "{}  {:<5}  {}", c.instance, r.role.to_string(), c.name);
                 }
             }
         }

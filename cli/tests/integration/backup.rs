@@ -93,7 +93,7 @@ impl Fixture {
     fn object(&self, spec: &str) -> (Vec<(bbsync_protocol::ChunkId, u32)>, String) {
         let s = Store::open(&self.a).unwrap();
         let id = s.resolve(spec).unwrap();
-        let m = s.manifest_unchecked(&id).unwrap();
+        let m = s.dangerously_manifest_unverified(&id).unwrap();
         let st = s.state(&id).unwrap();
         (
             m.chunks.iter().map(|c| (c.id, c.len)).collect(),
@@ -117,11 +117,34 @@ impl Fixture {
         o.stdout.lines().map(str::to_string).collect()
     }
 
+    /// `a`'s card: what `b` names with `--trust-host` to restore `a`'s
+    /// snapshots (it does not trust `a` itself).
+    fn host(&self) -> String {
+        card(&self.a)
+    }
+
+    /// Rewrites snapshot `id` as an unsigned format-1 file (as bbsync wrote
+    /// them before snapshots were signed), from what `backups show` reads.
+    fn make_legacy(&self, id: &str) -> PathBuf {
+        let mut v = json(&self.a, &["backups", "show", "--repo", self.r(), id]);
+        let o = v.as_object_mut().unwrap();
+        o.remove("signature");
+        o.remove("host_id");
+        o.insert("format".into(), 1.into());
+        let p = self.repo.join(format!("snapshots/{id}.json"));
+        fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        p
+    }
+
     /// A restore into `b` that must be refused with exactly `expected`,
     /// leaving `b` as it was.
     fn restore_refused(&self, expected: &str) {
         let before = snapshot(&self.b);
-        let o = run(&self.b, &["restore", "--repo", self.r()]);
+        let host = self.host();
+        let o = run(
+            &self.b,
+            &["restore", "--repo", self.r(), "--trust-host", &host],
+        );
         let line = assert_one_line_error(&o, "restore of a damaged repository");
         assert_eq!(line, expected);
         assert_eq!(
@@ -150,7 +173,8 @@ fn backup_verify_list_show() -> TestResult {
     assert_eq!(s["counts"]["config"], 2);
     assert_eq!(s["objects"].as_array().unwrap().len(), 8);
     assert_eq!(s["host_name"], "alpha");
-    assert_eq!(s["schema_version"], 1);
+    assert_eq!(s["schema_version"], bbsync_store::SCHEMA_VERSION);
+    assert_eq!(s["signature"], "verified");
     // The default repository lives under the data dir.
     let r = json(&f.a, &["backup", "--description", "nightly", "--tag", "x"]);
     assert!(f.a.join("backup/repo.json").is_file(), "{r}");
@@ -272,8 +296,11 @@ fn disaster_recovery_restores_identity_and_content() -> TestResult {
 fn restore_into_another_identity_rekey_and_overwrite() -> TestResult {
     let f = Fixture::new();
     // b has entries in every envelope: it restores everything, trusting
-    // the snapshot's host.
-    let r = json(&f.b, &["restore", "--repo", f.r()]);
+    // the snapshot's host because the operator names it.
+    let r = json(
+        &f.b,
+        &["restore", "--repo", f.r(), "--trust-host", &f.host()],
+    );
     assert_eq!(r["restored"], 8, "{r}");
     assert_eq!(r["undecryptable"], serde_json::json!([]));
     assert_eq!(
@@ -290,7 +317,7 @@ fn restore_into_another_identity_rekey_and_overwrite() -> TestResult {
     // A third instance without entries restores nothing it cannot read.
     let c = f.root.join("c");
     init(&c, "gamma");
-    let r = json(&c, &["restore", "--repo", f.r()]);
+    let r = json(&c, &["restore", "--repo", f.r(), "--trust-host", &f.host()]);
     assert_eq!(r["restored"], 0, "{r}");
     assert_eq!(r["undecryptable"].as_array().unwrap().len(), 8, "{r}");
     // Same versions are skipped; --overwrite replaces them, after a
@@ -601,7 +628,9 @@ fn corrupted_snapshot_file() -> TestResult {
 fn snapshot_checksum_mismatch() -> TestResult {
     let f = Fixture::new();
     let rel = format!("snapshots/{}.json", f.snap);
-    let p = f.repo.join(&rel);
+    // Only the unsigned format-1 files carry a checksum (a signed snapshot
+    // has its host's signature instead, see trust_boundaries.rs).
+    let p = f.make_legacy(&f.snap);
     let mut v: Value = serde_json::from_slice(&fs::read(&p)?)?;
     let said = v["objects_sha256"].as_str().unwrap().to_string();
     // Drop one object from the list, as a careless edit or a truncation would.
@@ -732,6 +761,8 @@ fn clone_from_backup_fetches_only_what_the_backup_lacks() -> TestResult {
     );
     ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
     let server = serve(&f.a);
+    // The repository's host is the source pinned by ADDR: the clone
+    // accepts its signed snapshot without a separate `trust add`.
     let out = ok(&f.b, &["clone", &server.addr, "--from-backup", f.r()]);
     let last = out.lines().last().unwrap();
     assert!(
@@ -741,6 +772,39 @@ fn clone_from_backup_fetches_only_what_the_backup_lacks() -> TestResult {
     let o = f.root.join("cloned");
     ok(&f.b, &["export-bbs", o.to_str().unwrap()]);
     assert_same_tree(&f.tree, &o);
+    drop(server);
+    Ok(())
+}
+
+/// `clone ADDR --from-backup REPO` accepts only a snapshot written by the
+/// source that ADDR pins: a backup by anyone else is refused before
+/// anything is written, and the clone's source is not what decides it.
+#[test]
+fn clone_from_backup_refuses_a_snapshot_of_another_host() -> TestResult {
+    let f = Fixture::new();
+    let c = f.root.join("c");
+    init(&c, "carol");
+    let other = f.root.join("other-bbs");
+    mini_bbs(&other);
+    ok(&c, &["import-bbs", other.to_str().unwrap()]);
+    let repo = f.root.join("carols-repo");
+    ok(&c, &["backup", "--repo", repo.to_str().unwrap()]);
+    let server = serve(&f.a);
+    let err = fail(
+        &f.b,
+        &[
+            "clone",
+            &server.addr,
+            "--from-backup",
+            repo.to_str().unwrap(),
+        ],
+    );
+    assert_mentions(
+        &err,
+        &["carol", "does not trust as full", "nothing was restored"],
+    );
+    assert_eq!(json(&f.b, &["status"])["objects"], 0, "{err}");
+    assert_eq!(json(&f.b, &["trust", "list"]), serde_json::json!([]));
     drop(server);
     Ok(())
 }
@@ -801,7 +865,17 @@ fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestRe
 #[test]
 fn restore_skip_chunks_then_fetch_missing_from_a_peer() -> TestResult {
     let f = Fixture::new();
-    let r = json(&f.b, &["restore", "--repo", f.r(), "--skip-chunks"]);
+    let r = json(
+        &f.b,
+        &[
+            "restore",
+            "--repo",
+            f.r(),
+            "--skip-chunks",
+            "--trust-host",
+            &f.host(),
+        ],
+    );
     assert_eq!(r["restored"], 8, "{r}");
     assert_eq!(r["chunks_copied"], 0, "{r}");
     let incomplete = r["incomplete"].as_u64().unwrap();

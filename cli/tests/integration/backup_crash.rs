@@ -100,18 +100,20 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     let temps = walkdir_count(&repo, |n| n.starts_with('.') && n.ends_with(".tmp"));
     assert_eq!(temps, 0, "temp files left after prune");
 
-    // restore into b (its own identity, with entries in every envelope),
-    // killed once a third of the chunks are in the store.
+    // restore into b (its own identity, with entries in every envelope;
+    // the operator names a as the snapshots' host), killed once a third of
+    // the chunks are in the store.
+    let host = card(&a);
     let landed = kill_at(
         &b,
-        &["restore", "--repo", r],
+        &["restore", "--repo", r, "--trust-host", &host],
         "chunks.stage",
         total / 3,
         || chunk_entries(&b),
     );
     assert!(landed, "the restore ended before the kill");
     phase("restore killed");
-    let done = json(&b, &["restore", "--repo", r]);
+    let done = json(&b, &["restore", "--repo", r, "--trust-host", &host]);
     assert_eq!(done["undecryptable"], serde_json::json!([]), "{done}");
     phase("restore completed");
     let (code, v) = verify(&b, &["--read-data"]);

@@ -381,7 +381,7 @@ fn newer_schema_is_refused_by_every_command() -> TestResult {
     let chunks = chunk_files(&data);
     {
         let store = Store::open(&data)?;
-        store.db().set_schema_version(99)?;
+        store.dangerously_set_schema_version(99)?;
     }
     wait_unlocked(&data);
     let f = t.path().join("f.txt");

@@ -97,3 +97,188 @@ fn a_socket_left_by_a_killed_node_is_ignored() -> TestResult {
     drop(server);
     Ok(())
 }
+
+/// Issue 10, item 8: before the client sends anything (its arguments and
+/// `BBSYNC_*` environment, `BBSYNC_PASSPHRASE` included), the data dir and
+/// the socket must belong to its uid, the data dir must not be writable by
+/// others, and the process behind the socket must run as its uid. These
+/// tests plant sockets as another uid, so they need root (CI runs as root).
+fn is_root() -> bool {
+    rustix::process::getuid().is_root()
+}
+
+/// A socket listening at `path` in this process: counts the connections
+/// and the bytes it receives.
+struct FakeNode {
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeNode {
+    fn listen(path: &std::path::Path) -> FakeNode {
+        use std::{io::Read as _, sync::atomic::Ordering};
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, b) = (connections.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let _ = conn.read_to_end(&mut buf);
+                b.fetch_add(buf.len(), Ordering::SeqCst);
+            }
+        });
+        FakeNode { connections, bytes }
+    }
+
+    fn received(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.connections.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Runs `bbsync status` on `data` with a passphrase in the environment.
+fn status_with_secret(data: &std::path::Path) -> Out {
+    let o = bbsync(data)
+        .env("BBSYNC_PASSPHRASE", "hunter2-do-not-send")
+        .arg("status")
+        .output()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_client_refuses_a_socket_or_data_dir_of_another_user() -> TestResult {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant a socket as another uid");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("d");
+    init(&data, "victim");
+    let sock = data.join("control.sock");
+    let fake = FakeNode::listen(&sock);
+
+    // A socket that belongs to another uid.
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534))?;
+    let line = assert_one_line_error(&status_with_secret(&data), "a foreign socket");
+    assert_eq!(
+        line,
+        format!(
+            "error: control socket {} belongs to uid 65534, not to this user (uid 0); refusing to hand the command to it",
+            sock.display()
+        )
+    );
+    std::os::unix::fs::chown(&sock, Some(0), Some(0))?;
+
+    // A data dir that others may write (they could swap the socket).
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777))?;
+    let line = assert_one_line_error(&status_with_secret(&data), "a world-writable data dir");
+    assert_eq!(
+        line,
+        format!(
+            "error: data dir {} is writable by other users (mode 0777); refusing to use its control socket (chmod go-w it)",
+            data.display()
+        )
+    );
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+
+    // A data dir that belongs to another uid.
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534))?;
+    let line = assert_one_line_error(&status_with_secret(&data), "a foreign data dir");
+    assert_eq!(
+        line,
+        format!(
+            "error: data dir {} belongs to uid 65534, not to this user (uid 0); refusing to hand the command to its control socket",
+            data.display()
+        )
+    );
+    std::os::unix::fs::chown(&data, Some(0), Some(0))?;
+
+    // Not once did the client connect, let alone send its environment.
+    assert_eq!(fake.received(), (0, 0));
+    Ok(())
+}
+
+/// The socket file and the data dir are this user's, but the process that
+/// listens on it is not (SO_PEERCRED): nothing is sent.
+#[test]
+fn the_client_refuses_a_node_running_as_another_user() -> TestResult {
+    use std::{io::BufRead as _, os::unix::process::CommandExt as _};
+    if !is_root() {
+        eprintln!("skipped: needs root to run a listener as another uid");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let data = tmp.path().join("d");
+    init(&data, "victim");
+    let sock = data.join("control.sock");
+    // Let uid 65534 create its socket there, then take the dir and the
+    // socket file back: only the listening process stays foreign.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777))?;
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+print("ready", flush=True)
+s.settimeout(30)
+c, _ = s.accept()
+c.settimeout(5)
+got = b""
+try:
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        got += b
+except socket.timeout:
+    pass
+print(len(got), flush=True)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&sock)
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    assert_eq!(line.trim(), "ready");
+    std::os::unix::fs::chown(&sock, Some(0), Some(0))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+
+    let o = status_with_secret(&data);
+    let err = assert_one_line_error(&o, "a listener of another uid");
+    assert_eq!(
+        err,
+        format!(
+            "error: the process behind control socket {} runs as uid 65534, not as this user (uid 0); refusing to send it the command",
+            sock.display()
+        )
+    );
+    // The listener saw a connection that sent nothing.
+    line.clear();
+    out.read_line(&mut line)?;
+    assert_eq!(
+        line.trim(),
+        "0",
+        "the client sent its command to a foreign process"
+    );
+    child.wait()?;
+    Ok(())
+}

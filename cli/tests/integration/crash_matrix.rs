@@ -88,6 +88,12 @@ enum Path_ {
     /// `restore --rekey` of the newer snapshot into the store that held the
     /// first tree (a safety snapshot first, then chunks, records, GC).
     Restore,
+    /// The first command (`ls`) on a store of schema 1: its migration
+    /// (records rewritten and flushed in batches, the schema number last).
+    Migrate,
+    /// `export` of a SQLite database object to a new file (a temp file
+    /// beside it, synced and checked, then renamed).
+    Export,
 }
 
 use Path_ as P;
@@ -118,6 +124,7 @@ const MATRIX: &[(Path_, &[Row])] = &[
             ("chunks.sync_staged", &[A1, E1]),
             ("chunks.rename", &[A1, Abort(3), E1, Enospc(3)]),
             ("chunks.sync_renamed", &[A1, E1]),
+            ("import.after_walk", &[A1, E1]),
             ("import.commit", &[A1, E1]),
             ("db.commit", &[A1, E1]),
             ("db.flush", &[A1, Abort(2), Abort(3), E1, Enospc(2)]),
@@ -207,6 +214,15 @@ const MATRIX: &[(Path_, &[Row])] = &[
             ("restore.rekey", &[A1, E1]),
         ],
     ),
+    (
+        P::Migrate,
+        &[
+            ("db.update_record", &[A1, Abort(3), E1]),
+            ("db.flush", &[A1, E1]),
+            ("migrate.batch", &[A1, E1]),
+        ],
+    ),
+    (P::Export, &[("sqlite.rename", &[A1, E1])]),
 ];
 
 // ---------------------------------------------------------------- fixture
@@ -277,6 +293,22 @@ fn message(i: u64, salt: &str) -> String {
     )
 }
 
+/// Adds the posts `ids` to the SQLite database at `path` (created if
+/// missing; rollback journal, closed: no companion file left).
+fn database(path: &Path, ids: std::ops::Range<u64>) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch("CREATE TABLE IF NOT EXISTS posts(id INTEGER PRIMARY KEY, body TEXT)")
+        .unwrap();
+    for i in ids {
+        c.execute(
+            "INSERT INTO posts(id, body) VALUES (?1, ?2)",
+            rusqlite::params![i as i64, message(i, "db")],
+        )
+        .unwrap();
+    }
+}
+
 /// Copies a directory tree (new inodes and times, same bytes, empty
 /// directories kept).
 fn copy_dir(from: &Path, to: &Path) {
@@ -336,6 +368,9 @@ impl Fixture {
             );
         }
         write(&tree1.join("files/big.bin"), noise(42, 700_000));
+        // A SQLite database (imported through a snapshot, written out
+        // through a checked temp file), changed in tree 2.
+        database(&tree1.join("files/bbs.sqlite3"), 0..40);
         // Tree 2: a copy (every file touched), with changes, deletions
         // and additions.
         let tree2 = root.join("tree2");
@@ -355,6 +390,7 @@ impl Fixture {
                 message(i, "two"),
             );
         }
+        database(&tree2.join("files/bbs.sqlite3"), 40..60);
         let mut big = noise(42, 700_000);
         big[300_000..400_000].copy_from_slice(&noise(43, 100_000));
         write(&tree2.join("files/big.bin"), big);
@@ -515,8 +551,9 @@ fn allowed_while_unfinished(path: Path_) -> &'static [&'static str] {
         // a GC removes unreferenced chunks one by one.
         P::Restore | P::Gc => &["orphan-chunk"],
         // An import is atomic per object and collects its leftovers at the
-        // next open; a backup does not write the store.
-        P::Init | P::Trust | P::Import | P::Backup | P::BackupCopy => &[],
+        // next open; a backup, a migration (finished by any open) and an
+        // export do not leave the store unfinished.
+        P::Init | P::Trust | P::Import | P::Backup | P::BackupCopy | P::Migrate | P::Export => &[],
     }
 }
 
@@ -730,6 +767,51 @@ fn run_row(
             assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
             check_store_final(&data, &f.tree2, work, &what);
         }
+        P::Migrate => {
+            let data = work.join("data");
+            copy_dir(&f.a2, &data);
+            bbsync_store::Store::open(&data)
+                .unwrap()
+                .dangerously_set_schema_version(1)
+                .unwrap();
+            let o = run_fp(&data, &["ls"], Some(&spec));
+            check_fault_outcome(&o, point, fault, &what);
+            // Any command finishes the migration (the rerun).
+            let o = run(&data, &["ls"]);
+            assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
+            let st = json(&data, &["status"]);
+            assert_eq!(
+                st["schema_version"],
+                bbsync_store::SCHEMA_VERSION,
+                "{what}: {st}"
+            );
+            check_store_final(&data, &f.tree2, work, &what);
+        }
+        P::Export => {
+            let data = work.join("data");
+            copy_dir(&f.a2, &data);
+            let out = work.join("out/bbs.sqlite3");
+            fs::create_dir_all(out.parent().unwrap()).unwrap();
+            let args = ["export", "file:bbs.sqlite3", out.to_str().unwrap()];
+            let o = run_fp(&data, &args, Some(&spec));
+            check_fault_outcome(&o, point, fault, &what);
+            // Never a half-written database under the target's name; after
+            // an error, no temp file either.
+            assert!(!out.exists(), "{what}: the target exists after the fault");
+            let tmp = work.join("out/.bbs.sqlite3.bbsync-tmp");
+            if matches!(fault, Enospc(_)) {
+                assert!(!tmp.exists(), "{what}: the temp file was left");
+            }
+            check_store_after_fault(&data, path, &what);
+            let o = run(&data, &args);
+            assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
+            assert!(
+                fs::read(&out).unwrap() == fs::read(f.tree2.join("files/bbs.sqlite3")).unwrap(),
+                "{what}: the exported database differs from the tree's"
+            );
+            assert!(!tmp.exists(), "{what}: the temp file was left");
+            check_store_final(&data, &f.tree2, work, &what);
+        }
         P::Follow => run_follow_row(f, point, fault, work, upstream.unwrap(), &what),
     }
     format!("{path:?} | {point} | {} | ok", fault_label(path, fault))
@@ -904,6 +986,16 @@ fn backup_crashes_and_errors_resume() {
 #[test]
 fn restore_crashes_and_errors_resume() {
     run_path(P::Restore);
+}
+
+#[test]
+fn migration_crashes_and_errors_resume() {
+    run_path(P::Migrate);
+}
+
+#[test]
+fn export_crashes_and_errors_resume() {
+    run_path(P::Export);
 }
 
 /// Every point of `failpoint::POINTS` is on a row, every row names a

@@ -357,3 +357,127 @@ fn rekey_and_rotation_reach_the_standby() -> TestResult {
     assert_one_line_error(&o, "rekey of an unknown object");
     Ok(())
 }
+
+/// `bbsync serve ARGS...` with its log (stderr) in `log`; waits for its
+/// first address.
+fn serve_logged(data: &Path, args: &[&str], log: &Path) -> Server {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        .arg("--no-progress")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("serve")
+        .args(args)
+        .env_remove("BBSYNC_DATA")
+        .env_remove("BBSYNC_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().to_string();
+    assert!(addr.contains("/p2p/12D3"), "serve printed {addr:?}");
+    Server { child, addr }
+}
+
+fn upstream(data: &Path) -> serde_json::Value {
+    json(data, &["status"])["upstreams"][0].clone()
+}
+
+/// Issue 10, item 3: only the first `serve --follow` of an upstream adds
+/// trust. Removed (or made blind) on the standby, the upstream is not
+/// trusted again by a reconnect after the primary's restart, nor by a
+/// restart of the standby: the standby stops following it and says why in
+/// `status` and in its log. Trusting it again is an explicit act.
+#[test]
+fn a_reconnect_never_trusts_the_upstream_again() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    mini_bbs(&tree);
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    trust(&a, &b);
+    let a_id = json(&a, &["status"])["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    let primary = serve_with(&a, &["--listen", &listen_on(port)]);
+    let primary_addr = primary.addr.clone();
+    let follow = [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--follow",
+        &primary_addr,
+    ];
+    let log = tmp.path().join("standby.log");
+    let standby = serve_logged(&b, &follow, &log);
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    wait_for(20, "the first import on the standby", || converged(&a, &b));
+
+    // The first follow trusted the primary, as full.
+    let t = json(&b, &["trust", "list"]);
+    assert_eq!(t.as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(t[0]["instance_id"], a_id.as_str(), "{t}");
+    assert_eq!(t[0]["role"], "full", "{t}");
+
+    // The standby's operator removes it; then the primary restarts with a
+    // new post, and the standby reconnects.
+    ok(&b, &["trust", "remove", &a_id]);
+    assert!(primary.stop().success());
+    write(
+        &tree.join("boards/general/9.json"),
+        "{\"id\":9,\"body\":\"after the removal\"}\n",
+    );
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    let primary = serve_with(&a, &["--listen", &listen_on(port)]);
+    let refused = format!(
+        "upstream {} is not in the trust table (removed after it was first followed; a reconnect does not trust it again): not following it; to follow it again: `bbsync trust add CARD --role full` with its card (`bbsync id` on it), then restart `bbsync serve`",
+        &a_id[..16]
+    );
+    wait_for(30, "the standby to stop following", || {
+        upstream(&b)["state"] == "stopped"
+    });
+    assert_eq!(upstream(&b)["last_error"], refused.as_str());
+    assert_eq!(json(&b, &["trust", "list"]), serde_json::json!([]));
+    assert!(
+        !versions(&b).contains_key(&("message".to_string(), "general/9".to_string())),
+        "the standby applied a change of an upstream it does not trust"
+    );
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(logged.contains(&refused), "{logged}");
+
+    // A restart of the standby with the same --follow: still not trusted.
+    drop(standby);
+    wait_unlocked(&b);
+    let standby = serve_logged(&b, &follow, &log);
+    wait_for(30, "the restarted standby to refuse", || {
+        upstream(&b)["state"] == "stopped"
+    });
+    assert_eq!(json(&b, &["trust", "list"]), serde_json::json!([]));
+
+    // Made blind by the operator: a reconnect does not raise the role.
+    ok(&b, &["trust", "add", &card(&a), "--role", "blind"]);
+    drop(standby);
+    wait_unlocked(&b);
+    let standby = serve_logged(&b, &follow, &log);
+    wait_for(30, "the standby to refuse a blind upstream", || {
+        upstream(&b)["state"] == "stopped"
+    });
+    let why = upstream(&b)["last_error"].as_str().unwrap().to_string();
+    assert!(why.contains("is trusted here as blind"), "{why}");
+    assert_eq!(json(&b, &["trust", "list"])[0]["role"], "blind");
+
+    // Trusting it again is the operator's act; then the standby follows.
+    ok(&b, &["trust", "add", &card(&a), "--role", "full"]);
+    drop(standby);
+    wait_unlocked(&b);
+    let _standby = serve_logged(&b, &follow, &log);
+    wait_for(30, "the standby to follow again", || converged(&a, &b));
+    drop(primary);
+    Ok(())
+}

@@ -302,3 +302,39 @@ fn fetch_missing_brings_back_lost_chunks() -> TestResult {
     assert_eq!(r["sources"], 1, "{r}");
     Ok(())
 }
+
+/// Issue 10, item 4: extra chunk sources (`--peer`) are not added to the
+/// trust table (their chunks are checked by id); only the source the
+/// operator named is.
+#[test]
+fn extra_chunk_sources_are_not_trusted() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (tree, src, dst) = setup(tmp.path(), "full");
+    // A mirror of the source that serves the clone too.
+    let mirror = tmp.path().join("mirror");
+    init(&mirror, "mirror");
+    ok(&src, &["trust", "add", &card(&mirror), "--role", "full"]);
+    ok(&mirror, &["trust", "add", &card(&dst), "--role", "full"]);
+    let source = serve(&src);
+    let report = json(&mirror, &["clone", &source.addr]);
+    assert_eq!(report["complete"], true, "{report}");
+    let mirror_server = serve(&mirror);
+
+    let report = json(
+        &dst,
+        &["clone", &source.addr, "--peer", &mirror_server.addr],
+    );
+    assert_eq!(report["complete"], true, "{report}");
+    let out = tmp.path().join("out");
+    ok(&dst, &["export-bbs", out.to_str().unwrap()]);
+    assert_same_tree(&tree, &out);
+    let trusted = json(&dst, &["trust", "list"]);
+    let src_id = json(&src, &["status"])["instance_id"].clone();
+    assert_eq!(
+        trusted.as_array().unwrap().len(),
+        1,
+        "an extra source was trusted: {trusted}"
+    );
+    assert_eq!(trusted[0]["instance_id"], src_id);
+    Ok(())
+}

@@ -1,10 +1,11 @@
 //! Tor through arti: a libp2p transport that dials onion addresses and
-//! listens as an onion service ([`transport`]), the arti configuration
-//! ([`config`]) and the client ([`client`]). Compiled with the `tor`
-//! feature (on by default).
+//! listens as an onion service ([`transport`]) with its retry schedule
+//! ([`retry`]), the arti configuration ([`config`]) and the client
+//! ([`client`]). Compiled with the `tor` feature (on by default).
 
 pub mod client;
 pub mod config;
+pub mod retry;
 pub mod transport;
 
 use std::time::Duration;

@@ -13,10 +13,10 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use arti_client::{DataStream, TorClient};
+use arti_client::{DataStream, ErrorKind, HasKind as _, StreamPrefs, TorClient};
 use futures::{FutureExt, StreamExt, channel::mpsc, future::BoxFuture};
 use libp2p::{
     Multiaddr,
@@ -24,24 +24,33 @@ use libp2p::{
     multiaddr::Protocol,
 };
 use safelog::DisplayRedacted as _;
+use tokio::time::Instant;
 use tor_cell::relaycell::msg::{Connected, End, EndReason};
-use tor_hsservice::{HsNickname, StreamRequest, config::OnionServiceConfigBuilder};
+use tor_hsservice::{
+    HsNickname, RunningOnionService, StreamRequest, config::OnionServiceConfigBuilder,
+    status::State,
+};
 use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::PreferredRuntime;
 
-use super::TorError;
+use super::{
+    TorError,
+    retry::{RetryPolicy, retry},
+};
 use crate::onion;
 
 /// The nickname of the node's onion service in arti's key store.
 const NICKNAME: &str = "bbsync";
 /// Longest wait for a launched service to become reachable.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(180);
-/// How long a service that published for one time period only waits
-/// before it counts as published.
-const ONE_PERIOD_GRACE: Duration = Duration::from_secs(5);
-/// First pause between dial attempts; doubled up to [`BACKOFF_MAX`].
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Without a sign of an upload from arti, the first test connection to
+/// our own service is made after this long.
+const PROBE_ANYWAY_AFTER: Duration = Duration::from_secs(10);
+/// Pause after a failed test connection; doubled up to [`PROBE_PAUSE_MAX`].
+const PROBE_PAUSE_MIN: Duration = Duration::from_secs(2);
+const PROBE_PAUSE_MAX: Duration = Duration::from_secs(16);
+/// One test connection's own deadline.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 type Event = TransportEvent<BoxFuture<'static, Result<DataStream, TorError>>, TorError>;
 
@@ -162,63 +171,62 @@ impl Transport for TorTransport {
     }
 }
 
-/// Connects to `target`, retrying with backoff (1 s doubling to 8 s) until
-/// `budget` is spent: right after a service starts (or restarts), its
-/// descriptor is not yet on the directories and a dial fails.
+/// Connects to `target` on [`RetryPolicy::onion`]'s schedule within
+/// `budget`: right after a service starts (or restarts), its descriptor may
+/// not be on the directories yet, or name introduction points it has not
+/// re-established, and an attempt fails or hangs.
+///
+/// Every attempt runs in its own arti isolation group, so that it starts
+/// from scratch: arti shares one connection task and one cached descriptor
+/// per (service, isolation), and a later `connect` in the same group waits
+/// for a task that is still pending (e.g. for a rendezvous that will never
+/// come) or reuses a descriptor fetched while the service was down.
 async fn dial_with_retry(
     client: Arc<TorClient<PreferredRuntime>>,
     target: onion::OnionTarget,
     budget: Duration,
 ) -> Result<DataStream, TorError> {
     let started = Instant::now();
-    let mut pause = BACKOFF_MIN;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let left = budget.saturating_sub(started.elapsed());
-        let attempt = tokio::time::timeout(
-            left.max(Duration::from_secs(1)),
-            client.connect((target.host.as_str(), target.port)),
-        )
-        .await;
-        let err = match attempt {
-            Ok(Ok(stream)) => {
-                if attempts > 1 {
-                    tracing::info!(
-                        host = %target.host,
-                        attempts,
-                        "reached the onion service after {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-                return Ok(stream);
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer".to_string(),
-        };
-        let elapsed = started.elapsed();
-        if elapsed + pause >= budget {
-            return Err(TorError::Unreachable {
-                host: target.host.clone(),
-                port: target.port,
-                secs: elapsed.as_secs(),
-                attempts,
-                last: err,
-            });
+    let policy = RetryPolicy::onion(budget);
+    let host = Arc::new(target.host.clone());
+    let port = target.port;
+    let res = retry(&policy, |_| {
+        let client = client.clone();
+        let host = host.clone();
+        async move {
+            let mut prefs = StreamPrefs::new();
+            prefs.new_isolation_group();
+            client
+                .connect_with_prefs((host.as_str(), port), &prefs)
+                .await
+                .map_err(|e| e.to_string())
         }
-        tracing::info!(
-            host = %target.host,
-            attempt = attempts,
-            "onion service not reachable yet ({err}); retrying in {} s",
-            pause.as_secs()
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(BACKOFF_MAX);
+    })
+    .await;
+    match res {
+        Ok((stream, attempts)) => {
+            if attempts > 1 {
+                tracing::info!(
+                    host = %target.host,
+                    attempts,
+                    "reached the onion service after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(stream)
+        }
+        Err(e) => Err(TorError::Unreachable {
+            host: target.host,
+            port,
+            secs: e.elapsed.as_secs(),
+            attempts: e.attempts,
+            last: e.last,
+        }),
     }
 }
 
-/// Launches the onion service, waits until it is reachable, reports its
-/// address, then hands every accepted stream for `port` to libp2p.
+/// Launches the onion service, accepts streams for `port` from the start,
+/// and reports its address once it is published.
 async fn run_listener(
     client: Arc<TorClient<PreferredRuntime>>,
     id: ListenerId,
@@ -261,59 +269,25 @@ async fn serve_onion(
     let addr = onion::multiaddr(bytes, port);
     tracing::info!(%addr, "onion service launched; waiting until it is published");
 
-    // Wait until the descriptor is published (Running / DegradedReachable).
-    // A service that knows only one time period (a young test network
-    // without shared random values) stays `DegradedUnreachable` with no
-    // problem after its uploads; after a grace period that counts too,
-    // with a warning.
+    // Streams are accepted from the start, not only after publication: a
+    // client that holds the previous run's descriptor reaches us as soon as
+    // arti has re-established the (persisted) introduction points, and the
+    // reachability probe below needs its rendezvous handled. A rendezvous
+    // request left unhandled until publication leaves that client waiting
+    // for a rendezvous that never comes.
+    let accepting = accept_streams(
+        tor_hsservice::handle_rend_requests(rend_requests),
+        id,
+        port,
+        addr.clone(),
+        tx.clone(),
+    );
+    futures::pin_mut!(accepting);
     let started = Instant::now();
-    let mut events = service.status_events();
-    let mut status = service.status();
-    let reachable = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-        let mut quiet_since: Option<Instant> = None;
-        loop {
-            let state = status.state();
-            if state.is_fully_reachable() {
-                return true;
-            }
-            let quiet = state == tor_hsservice::status::State::DegradedUnreachable
-                && status.current_problem().is_none();
-            match (quiet, quiet_since) {
-                (true, Some(t)) if t.elapsed() >= ONE_PERIOD_GRACE => {
-                    tracing::warn!(
-                        "onion service: descriptor published for one time period only \
-                         (a young Tor network?); some clients may not reach it yet"
-                    );
-                    return true;
-                }
-                (true, None) => quiet_since = Some(Instant::now()),
-                (false, _) => quiet_since = None,
-                _ => {}
-            }
-            let wait = match quiet_since {
-                Some(t) => ONE_PERIOD_GRACE.saturating_sub(t.elapsed()),
-                None => PUBLISH_TIMEOUT,
-            };
-            match tokio::time::timeout(wait, events.next()).await {
-                Ok(Some(s)) => status = s,
-                Ok(None) => return false,
-                Err(_) => {} // re-check the grace period
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    let state = service.status().state();
-    if !reachable {
-        return Err(TorError::Service(format!(
-            "not published after {} s (state {state:?}, last problem: {})",
-            started.elapsed().as_secs(),
-            service
-                .status()
-                .current_problem()
-                .map(|p| format!("{p:?}"))
-                .unwrap_or_else(|| "none".into())
-        )));
+    let host = format!("{}.onion", onion::encode(&bytes));
+    tokio::select! {
+        res = wait_published(client, &service, &host, port) => res?,
+        () = &mut accepting => return Ok(()),
     }
     tracing::info!(
         %addr,
@@ -322,22 +296,38 @@ async fn serve_onion(
     );
     let _ = tx.unbounded_send(TransportEvent::NewAddress {
         listener_id: id,
-        listen_addr: addr.clone(),
+        listen_addr: addr,
     });
+    accepting.await;
+    // The service lives as long as this task (dropped here).
+    drop(service);
+    Ok(())
+}
 
-    let mut streams = Box::pin(tor_hsservice::handle_rend_requests(rend_requests));
+/// Hands every stream for `port` to libp2p and refuses the others, until
+/// the node is gone.
+async fn accept_streams(
+    streams: impl futures::Stream<Item = StreamRequest>,
+    id: ListenerId,
+    port: u16,
+    addr: Multiaddr,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    futures::pin_mut!(streams);
     while let Some(req) = streams.next().await {
         let wanted = matches!(req.request(), IncomingStreamRequest::Begin(b) if b.port() == port);
         if !wanted {
+            // "Connection refused": also how the probe knows it reached us.
             tokio::spawn(async move {
-                let _ = req.reject(End::new_with_reason(EndReason::DONE)).await;
+                let _ = req
+                    .reject(End::new_with_reason(EndReason::CONNECTREFUSED))
+                    .await;
             });
             continue;
         }
-        let upgrade = accept(req).boxed();
         let ev = TransportEvent::Incoming {
             listener_id: id,
-            upgrade,
+            upgrade: accept(req).boxed(),
             local_addr: addr.clone(),
             // Inbound Tor connections have no remote address.
             send_back_addr: Multiaddr::empty(),
@@ -346,9 +336,127 @@ async fn serve_onion(
             break;
         }
     }
-    // The service lives as long as this task (dropped here).
-    drop(service);
-    Ok(())
+}
+
+/// Waits until the service is published: arti says it is fully reachable
+/// (descriptors uploaded for both time periods), or a test connection to
+/// our own address through Tor reaches us.
+///
+/// Why not arti's state alone: on a young network (no shared random value
+/// yet, one time period) arti never says `Running`; it says
+/// `DegradedUnreachable` once the descriptor is uploaded, and its
+/// publisher reports `Bootstrapping` again whenever a new consensus
+/// arrives within a minute of the last upload (its upload rate limit),
+/// for up to a minute, even though the descriptor is on the directories.
+/// A restart that met a new consensus in its first seconds therefore
+/// waited 60-120 s for a quiet `DegradedUnreachable`. The probe asks the
+/// network instead: it fetches the descriptor and introduces itself like
+/// any client (in its own isolation group), and our service refuses the
+/// probe's port, which proves the rendezvous worked.
+async fn wait_published(
+    client: &TorClient<PreferredRuntime>,
+    service: &RunningOnionService,
+    host: &str,
+    port: u16,
+) -> Result<(), TorError> {
+    let started = Instant::now();
+    let deadline = started + PUBLISH_TIMEOUT;
+    let mut events = service.status_events();
+    let mut seen: Option<State> = None;
+    let mut next_probe: Option<Instant> = None;
+    let mut probe_pause = PROBE_PAUSE_MIN;
+    let mut last_probe: Option<String> = None;
+    loop {
+        let status = service.status();
+        let state = status.state();
+        let uploaded = state == State::DegradedUnreachable && status.current_problem().is_none();
+        if seen != Some(state) {
+            tracing::debug!(
+                ?state,
+                problem = ?status.current_problem(),
+                "onion service state after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            // A (new) sign of an upload: probe now.
+            if uploaded {
+                next_probe = Some(Instant::now());
+            }
+            seen = Some(state);
+        }
+        if state.is_fully_reachable() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        // arti's status is a watch: a short-lived state can be missed.
+        // Without any sign of an upload for a while, probe anyway.
+        if next_probe.is_none() && now >= started + PROBE_ANYWAY_AFTER {
+            next_probe = Some(now);
+        }
+        if now >= deadline {
+            return Err(TorError::Service(format!(
+                "not published after {} s (state {state:?}, last problem: {}; last test connection: {})",
+                started.elapsed().as_secs(),
+                status
+                    .current_problem()
+                    .map(|p| format!("{p:?}"))
+                    .unwrap_or_else(|| "none".into()),
+                last_probe.as_deref().unwrap_or("none made")
+            )));
+        }
+        if next_probe.is_some_and(|at| now >= at) {
+            match probe(client, host, port, deadline - now).await {
+                Ok(()) => {
+                    let state = service.status().state();
+                    if !state.is_fully_reachable() {
+                        tracing::warn!(
+                            "onion service: reachable through Tor (a test connection got \
+                             through), but arti reports {state:?}: its descriptor is not on \
+                             the directories of every time period (a young Tor network?); \
+                             some clients may not reach it yet"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "onion service: test connection failed ({e}); next in {} s",
+                        probe_pause.as_secs()
+                    );
+                    last_probe = Some(e);
+                    next_probe = Some(Instant::now() + probe_pause);
+                    probe_pause = (probe_pause * 2).min(PROBE_PAUSE_MAX);
+                }
+            }
+            continue;
+        }
+        let wake = next_probe
+            .unwrap_or(started + PROBE_ANYWAY_AFTER)
+            .min(deadline);
+        match tokio::time::timeout_at(wake, events.next()).await {
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => return Err(TorError::Service("the onion service stopped".into())),
+        }
+    }
+}
+
+/// One test connection to our own service (`host`), to a port it refuses.
+async fn probe(
+    client: &TorClient<PreferredRuntime>,
+    host: &str,
+    port: u16,
+    left: Duration,
+) -> Result<(), String> {
+    let probe_port = if port == 1 { 2 } else { 1 };
+    let limit = PROBE_TIMEOUT.min(left);
+    let mut prefs = StreamPrefs::new();
+    prefs.new_isolation_group();
+    match tokio::time::timeout(limit, client.connect_with_prefs((host, probe_port), &prefs)).await {
+        // Only the service itself answers a BEGIN on an onion circuit.
+        Ok(Err(e)) if e.kind() == ErrorKind::RemoteConnectionRefused => Ok(()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+    }
 }
 
 async fn accept(req: StreamRequest) -> Result<DataStream, TorError> {

@@ -4,4 +4,5 @@
 
 mod follow;
 mod hostile;
+mod invite;
 mod multi_source;

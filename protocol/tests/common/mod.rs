@@ -93,10 +93,11 @@ pub fn sample_meta() -> Vec<u8> {
         .expect("seal fixed meta")
 }
 
-/// A manifest of two chunks, signed by `author`.
+/// A manifest of two chunks (format 2, committing to [`content_key`]),
+/// signed by `author`.
 pub fn sample_manifest(author: InstanceId) -> Manifest {
     Manifest {
-        format: 1,
+        format: 2,
         object_id: object_id(),
         version: 3,
         kind: "message".into(),
@@ -117,6 +118,27 @@ pub fn sample_manifest(author: InstanceId) -> Manifest {
             },
         ],
         meta: Some(sample_meta()),
+        key_commit: Some(bbsync_protocol::key_commitment(
+            &content_key(),
+            &object_id(),
+        )),
+    }
+}
+
+/// [`sample_manifest`] in the legacy format 1 (no key commitment).
+pub fn sample_manifest_v1(author: InstanceId) -> Manifest {
+    Manifest {
+        format: 1,
+        key_commit: None,
+        ..sample_manifest(author)
+    }
+}
+
+/// [`sample_tombstone`] in the legacy format 1.
+pub fn sample_tombstone_v1(author: InstanceId) -> Manifest {
+    Manifest {
+        format: 1,
+        ..sample_tombstone(author)
     }
 }
 
@@ -130,6 +152,7 @@ pub fn sample_tombstone(author: InstanceId) -> Manifest {
         plaintext_len: 0,
         chunks: vec![],
         meta: None,
+        key_commit: None,
         ..sample_manifest(author)
     }
 }

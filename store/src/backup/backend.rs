@@ -3,10 +3,35 @@
 //! relative to the repository root (`chunks/ab/<hex>`, `snapshots/<id>.json`).
 
 use std::{
-    fs::{self, File},
+    fs::{self, File, OpenOptions},
     io::{self, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
+
+/// Mode of every file a backup writes into a local repository.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every directory a backup creates in a local repository.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`] (not the
+/// umask's mode), and gives `dir` itself that mode if it existed empty.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+}
+
+fn create_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
 
 /// What a repository needs from its storage.
 pub trait Backend: Send + Sync {
@@ -78,9 +103,9 @@ impl LocalDir {
     fn write_tmp(&self, path: &str, bytes: &[u8], durable: bool) -> io::Result<()> {
         let p = self.full(path);
         let dir = p.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir)?;
+        self.make_dirs(&dir)?;
         let tmp = Self::tmp_of(&p);
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
@@ -92,6 +117,19 @@ impl LocalDir {
             File::open(&dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+impl LocalDir {
+    /// Creates the directories of `dir` below the root with [`DIR_MODE`].
+    fn make_dirs(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
     }
 }
 
@@ -119,10 +157,10 @@ impl Backend for LocalDir {
     fn stage(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
         let p = self.full(path);
         let tmp = Self::tmp_of(&p);
-        let mut f = match File::create(&tmp) {
+        let mut f = match create_private_file(&tmp) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(p.parent().unwrap_or(&self.root))?;
-                File::create(&tmp)?
+                self.make_dirs(p.parent().unwrap_or(&self.root))?;
+                create_private_file(&tmp)?
             }
             r => r?,
         };
@@ -174,10 +212,19 @@ impl Backend for LocalDir {
     fn link_from(&self, src: &Path, path: &str) -> io::Result<bool> {
         let p = self.full(path);
         if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir)?;
+            self.make_dirs(dir)?;
         }
         match fs::hard_link(src, &p) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // A link shares the store file's inode, and so its mode:
+                // owner-only like everything else in the repository (the
+                // store's own copy lives in an owner-only data dir anyway).
+                let m = fs::metadata(&p)?;
+                if m.mode() & 0o077 != 0 {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(FILE_MODE))?;
+                }
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),

@@ -24,7 +24,8 @@ pub struct RepoProblem {
     /// `missing-chunk`, `truncated-chunk`, `wrong-size-chunk`,
     /// `corrupt-chunk`, `orphan-chunk`, `stray-file`, `missing-manifest`,
     /// `bad-manifest`, `orphan-manifest`, `bad-snapshot`,
-    /// `snapshot-checksum`, `bad-key-file`.
+    /// `bad-snapshot-signature`, `unsigned-snapshot`, `snapshot-checksum`,
+    /// `bad-key-file`.
     pub class: String,
     /// The file, relative to the repository.
     pub path: String,
@@ -193,6 +194,8 @@ pub(crate) fn snapshot_problem(
         Err(crate::StoreError::Repo(msg)) => {
             let class = if msg.contains("checksum mismatch") {
                 "snapshot-checksum"
+            } else if msg.contains(": bad signature: ") {
+                "bad-snapshot-signature"
             } else {
                 "bad-snapshot"
             };
@@ -234,6 +237,15 @@ impl Repo {
             r.snapshots += 1;
             match snapshot_problem(self, id)? {
                 Ok(s) => {
+                    if s.signature == super::SnapshotSignature::Unsigned {
+                        // Readable, but nothing vouches for it: a restore
+                        // refuses it without --trust-host.
+                        problems.push(problem(
+                            "unsigned-snapshot",
+                            super::snapshot_path(id),
+                            "written before snapshots were signed: anyone who can write the repository could have changed it; restore needs --trust-host (take a new backup, then delete it)".into(),
+                        ));
+                    }
                     for o in s.objects {
                         wanted
                             .entry(o.manifest_id)

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkId, Manifest, Unverified, card_to_string, chunk::check_chunk_id};
+use bbsync_protocol::{
+    ChunkId, Manifest, Signed, Snapshot, SnapshotObject, SnapshotTrust, Unverified,
+    chunk::check_chunk_id, encoding::FORMAT_V1,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
@@ -15,8 +18,7 @@ use zeroize::Zeroizing;
 
 use super::{
     Repo, chunk_path, escrow, list_chunks, manifest_path, now_ms, repo_io_err,
-    repofile::{ManifestFile, REPO_FORMAT, SnapObject, SnapTrust, SnapshotFile, objects_sha256},
-    rfc3339,
+    repofile::ManifestFile, rfc3339,
 };
 use crate::{
     Store,
@@ -94,7 +96,13 @@ impl Store {
             repo: loc.clone(),
             ..Default::default()
         };
-        // Escrow first: a bad passphrase fails before anything is copied.
+        // Labels and escrow first: bad input fails before anything is copied.
+        bbsync_protocol::snapshot::check_description(&opts.description)
+            .map_err(|e| StoreError::Invalid(format!("--description: {e}")))?;
+        for t in &opts.tags {
+            bbsync_protocol::snapshot::check_tag(t)
+                .map_err(|e| StoreError::Invalid(format!("--tag {t:?}: {e}")))?;
+        }
         let escrow = match &opts.identity_passphrase {
             Some(p) => Some(escrow::seal(self.identity(), p)?),
             None => None,
@@ -135,7 +143,7 @@ impl Store {
                 plaintext_bytes += m.plaintext_len;
             }
             *counts.entry(st.kind.clone()).or_default() += 1;
-            objects.push(SnapObject {
+            objects.push(SnapshotObject {
                 object_id: id,
                 version: st.version,
                 manifest_id: st.manifest_id,
@@ -231,7 +239,10 @@ impl Store {
         progress.finish();
         report.chunks_linked = linked.into_inner();
 
-        // 3. Manifests: new ones, and those whose envelope changed (rekey).
+        // 3. Manifests: new ones, and those whose envelope changed (rekey,
+        // trust changes). Entries are of fixed size, so a changed envelope
+        // can have the old size: a file of the same size is read and its
+        // content compared.
         let written = AtomicU64::new(0);
         manifests
             .par_iter()
@@ -241,7 +252,13 @@ impl Store {
                 let size = b
                     .size(&path)
                     .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
-                if size != Some(bytes.len() as u64) {
+                let same = size == Some(bytes.len() as u64)
+                    && match b.read(&path) {
+                        Ok(have) => have == bytes,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                        Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
+                    };
+                if !same {
                     crate::failpoint::hit("backup.manifest")
                         .and_then(|()| b.write_lazy(&path, &bytes))
                         .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
@@ -267,7 +284,7 @@ impl Store {
                 .map_err(repo_io_err(format!("syncing {loc}")))?;
         }
 
-        // 4. The snapshot, last.
+        // 4. The snapshot, signed by this instance, last.
         let created_ms = now_ms();
         let mut short = [0u8; 4];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut short);
@@ -275,38 +292,37 @@ impl Store {
         let id = format!("{}-{}", created.replace([':', '-'], ""), hex::encode(short));
         let card = self.card()?;
         let trust = self
-            .trust_list()?
+            .db()
+            .trusted()?
             .into_iter()
-            .map(|(_, rec)| {
-                Unverified::<bbsync_protocol::InstanceCard>::decode(&rec.card)
-                    .map(|u| SnapTrust {
-                        card: card_to_string(&u.dangerously_assume_verified()),
-                        role: rec.role.to_string(),
-                    })
-                    .map_err(|e| StoreError::Corrupt(format!("trust record: {e}")))
+            .map(|(_, rec)| SnapshotTrust {
+                card: rec.card,
+                role: rec.role,
             })
-            .collect::<Result<Vec<_>>>()?;
-        let snap = SnapshotFile {
-            format: REPO_FORMAT,
-            id: id.clone(),
-            created,
-            created_ms,
-            host: card_to_string(&card),
-            host_name: self.identity().name().to_string(),
-            description: opts.description.clone(),
-            tags: opts.tags.clone(),
-            bbsync_version: env!("CARGO_PKG_VERSION").to_string(),
-            schema_version: crate::SCHEMA_VERSION,
-            only: opts.only.clone(),
-            counts,
-            bytes: report.bytes,
-            plaintext_bytes,
-            chunks: report.chunks,
-            trust,
-            identity_escrow: report.identity_escrow.clone(),
-            objects_sha256: objects_sha256(&objects),
-            objects,
-        };
+            .collect();
+        let snap = Signed::sign(
+            self.identity(),
+            Snapshot {
+                format: FORMAT_V1,
+                id: id.clone(),
+                created_ms,
+                host: self.instance_id(),
+                host_card: card.bytes().to_vec(),
+                description: opts.description.clone(),
+                tags: opts.tags.clone(),
+                bbsync_version: env!("CARGO_PKG_VERSION").to_string(),
+                schema_version: crate::SCHEMA_VERSION,
+                only: opts.only.clone(),
+                counts: counts.into_iter().collect(),
+                bytes: report.bytes,
+                plaintext_bytes,
+                chunks: report.chunks,
+                trust,
+                identity_escrow: report.identity_escrow.clone(),
+                objects,
+            },
+        )
+        .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))?;
         crate::failpoint::hit("backup.snapshot")
             .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
         repo.write_snapshot(&snap)?;

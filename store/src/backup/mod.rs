@@ -7,7 +7,7 @@
 //! repo.json                    {format, repo_id, created}
 //! chunks/ab/<hex>              sealed chunks, named by ChunkId
 //! manifests/<ManifestId>       manifest + full envelope (postcard)
-//! snapshots/<utc>-<short>.json one backup: objects, counts, checksum
+//! snapshots/<utc>-<short>.json one backup, signed by its host (base64 in JSON)
 //! keys/identity.<id>           optional identity escrow (argon2id + AES-256-GCM)
 //! ```
 //!
@@ -33,8 +33,13 @@ use std::{
 };
 
 pub use backend::{Backend, LocalDir};
-use bbsync_protocol::{ChunkId, ManifestId};
-pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile};
+use bbsync_protocol::{
+    ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
+};
+use repofile::{
+    LegacySnapshotFile, SNAPSHOT_FILE_FORMAT, SignedSnapshotFile, SnapObject, SnapTrust,
+};
+pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
 
 use crate::error::{Result, StoreError};
 
@@ -200,7 +205,10 @@ impl Repo {
         if !empty {
             return Ok((Repo::open_dir(dir)?, false));
         }
-        std::fs::create_dir_all(dir).map_err(repo_io_err(format!("creating {}", dir.display())))?;
+        // Owner-only, whatever the umask: a repository holds the store's
+        // ciphertext, every envelope and possibly the identity escrow.
+        backend::create_private_dir(dir)
+            .map_err(repo_io_err(format!("creating {}", dir.display())))?;
         let mut id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let info = RepoFile {
@@ -263,8 +271,11 @@ impl Repo {
         }
     }
 
-    /// Reads and checks a snapshot file: valid JSON of this format, its id
-    /// matching its name, its checksum matching its object list.
+    /// Reads and checks a snapshot file: a signed one (format 2) must
+    /// decode and its host's signature verify; an unsigned legacy one
+    /// (format 1) must be valid JSON whose checksum matches its object list.
+    /// Either way its id must match its name. The host is not judged here:
+    /// that is the restoring store's decision.
     pub fn load_snapshot(&self, id: &str) -> Result<SnapshotFile> {
         let path = snapshot_path(id);
         let bytes = match self.backend.read(&path) {
@@ -281,36 +292,68 @@ impl Repo {
                 ));
             }
         };
-        let s: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
+        let not_valid = |e: &dyn std::fmt::Display| {
             StoreError::Repo(format!(
                 "snapshot {id}: {path} is not a valid snapshot file ({e})"
             ))
-        })?;
-        if s.format > REPO_FORMAT {
-            return Err(StoreError::Repo(format!(
-                "snapshot {id}: written in repository format {}; this bbsync reads format {REPO_FORMAT} (upgrade bbsync)",
-                s.format
-            )));
+        };
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            format: u16,
         }
+        let probe: Probe = serde_json::from_slice(&bytes).map_err(|e| not_valid(&e))?;
+        let s = match probe.format {
+            SNAPSHOT_FILE_FORMAT => {
+                let f: SignedSnapshotFile =
+                    serde_json::from_slice(&bytes).map_err(|e| not_valid(&e))?;
+                let wire = data_encoding::BASE64
+                    .decode(f.snapshot.as_bytes())
+                    .map_err(|e| not_valid(&format!("snapshot: {e}")))?;
+                let un = Unverified::<Snapshot>::decode(&wire).map_err(|e| not_valid(&e))?;
+                // Self-signed by the host it names (the card inside is
+                // checked to be the host's by validation).
+                let signed = un.verify(|_| true).map_err(|e| match e.kind() {
+                    bbsync_protocol::ErrorKind::BadSignature => StoreError::Repo(format!(
+                        "snapshot {id}: bad signature: {path} was changed after its host signed it"
+                    )),
+                    _ => not_valid(&e),
+                })?;
+                view_of(signed)?
+            }
+            1 => {
+                let s: LegacySnapshotFile =
+                    serde_json::from_slice(&bytes).map_err(|e| not_valid(&e))?;
+                let sum = repofile::objects_sha256(&s.objects);
+                if sum != s.objects_sha256 {
+                    return Err(StoreError::Repo(format!(
+                        "snapshot {id}: checksum mismatch: the file says {}, its object list hashes to {sum}",
+                        s.objects_sha256
+                    )));
+                }
+                legacy_view(s)
+            }
+            f => {
+                return Err(StoreError::Repo(format!(
+                    "snapshot {id}: written in snapshot format {f}; this bbsync reads formats 1 and {SNAPSHOT_FILE_FORMAT} (upgrade bbsync)"
+                )));
+            }
+        };
         if s.id != id {
             return Err(StoreError::Repo(format!(
                 "snapshot {id}: {path} says it is snapshot {}",
                 s.id
             )));
         }
-        let sum = repofile::objects_sha256(&s.objects);
-        if sum != s.objects_sha256 {
-            return Err(StoreError::Repo(format!(
-                "snapshot {id}: checksum mismatch: the file says {}, its object list hashes to {sum}",
-                s.objects_sha256
-            )));
-        }
         Ok(s)
     }
 
-    /// Writes a snapshot file durably (the last step of a backup).
-    pub(crate) fn write_snapshot(&self, s: &SnapshotFile) -> Result<()> {
-        let mut bytes = serde_json::to_vec(s)
+    /// Writes a signed snapshot file durably (the last step of a backup).
+    pub(crate) fn write_snapshot(&self, s: &Signed<Snapshot>) -> Result<()> {
+        let file = SignedSnapshotFile {
+            format: SNAPSHOT_FILE_FORMAT,
+            snapshot: data_encoding::BASE64.encode(s.bytes()),
+        };
+        let mut bytes = serde_json::to_vec(&file)
             .map_err(|e| StoreError::Invalid(format!("encoding the snapshot: {e}")))?;
         bytes.push(b'\n');
         let path = snapshot_path(&s.id);
@@ -335,5 +378,83 @@ impl Repo {
         };
         repofile::ManifestFile::decode(&bytes)
             .map_err(|e| StoreError::Repo(format!("{path} is damaged: {e}")))
+    }
+}
+
+/// The view of a verified signed snapshot.
+fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
+    let bad = |e: bbsync_protocol::Error| StoreError::Repo(format!("snapshot {}: {e}", signed.id));
+    let host = signed.host_card().map_err(bad)?;
+    let trust = signed
+        .trust_cards()
+        .map_err(bad)?
+        .into_iter()
+        .map(|(card, role)| SnapTrust {
+            card: card_to_string(&card),
+            role: role.to_string(),
+        })
+        .collect();
+    let objects: Vec<SnapObject> = signed
+        .objects
+        .iter()
+        .map(|o| SnapObject {
+            object_id: o.object_id,
+            version: o.version,
+            manifest_id: o.manifest_id,
+        })
+        .collect();
+    let s = signed.value();
+    Ok(SnapshotFile {
+        format: SNAPSHOT_FILE_FORMAT,
+        signature: SnapshotSignature::Verified,
+        id: s.id.clone(),
+        created: rfc3339(s.created_ms),
+        created_ms: s.created_ms,
+        host: card_to_string(&host),
+        host_id: s.host.to_hex(),
+        host_name: host.name.clone(),
+        description: s.description.clone(),
+        tags: s.tags.clone(),
+        bbsync_version: s.bbsync_version.clone(),
+        schema_version: s.schema_version,
+        only: s.only.clone(),
+        counts: s.counts.iter().cloned().collect(),
+        bytes: s.bytes,
+        plaintext_bytes: s.plaintext_bytes,
+        chunks: s.chunks,
+        trust,
+        identity_escrow: s.identity_escrow.clone(),
+        objects_sha256: repofile::objects_sha256(&objects),
+        objects,
+    })
+}
+
+/// The view of an unsigned legacy snapshot (its host card as claimed).
+fn legacy_view(s: LegacySnapshotFile) -> SnapshotFile {
+    let host_id = card_from_str(&s.host)
+        .map(|c| c.instance.to_hex())
+        .unwrap_or_default();
+    SnapshotFile {
+        format: s.format,
+        signature: SnapshotSignature::Unsigned,
+        id: s.id,
+        created: s.created,
+        created_ms: s.created_ms,
+        host: s.host,
+        host_id,
+        host_name: s.host_name,
+        description: s.description,
+        tags: s.tags,
+        bbsync_version: s.bbsync_version,
+        schema_version: s.schema_version,
+        only: s.only,
+        counts: s.counts,
+        bytes: s.bytes,
+        plaintext_bytes: s.plaintext_bytes,
+        chunks: s.chunks,
+        trust: s.trust,
+        identity_escrow: s.identity_escrow,
+        objects: s.objects,
+        objects_sha256: s.objects_sha256,
     }
 }

@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 
 /// The repository format this build writes and reads.
 pub const REPO_FORMAT: u16 = 1;
+/// Format of the snapshot files this build writes: `{format: 2, snapshot:
+/// base64 of the host-signed wire bytes}` ([`SignedSnapshotFile`]).
+/// Format 1 ([`LegacySnapshotFile`], unsigned JSON) is still read.
+pub const SNAPSHOT_FILE_FORMAT: u16 = 2;
 /// Largest manifest file read (a manifest plus its envelope).
 pub const MAX_MANIFEST_FILE: usize = 48 * 1024 * 1024;
 
@@ -75,11 +79,26 @@ pub struct SnapTrust {
     pub role: String,
 }
 
-/// `snapshots/<id>.json`.
+/// `snapshots/<id>.json` as written since snapshots are signed: the wire
+/// bytes of a host-signed [`bbsync_protocol::Snapshot`], base64 (RFC 4648,
+/// with padding).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SnapshotFile {
-    /// Repository format it was written with.
+pub struct SignedSnapshotFile {
+    /// [`SNAPSHOT_FILE_FORMAT`].
+    pub format: u16,
+    /// base64 of the signed snapshot's wire bytes.
+    pub snapshot: String,
+}
+
+/// `snapshots/<id>.json` as written before snapshots were signed (format
+/// 1): plain JSON whose object list only has an unkeyed checksum, so anyone
+/// who can write the repository can change it. Read for `backups list`,
+/// `show` and `verify`; restored only with `--trust-host`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacySnapshotFile {
+    /// Repository format it was written with (1).
     pub format: u16,
     /// `<utc>-<short>`, also the file name without `.json`.
     pub id: String,
@@ -121,7 +140,67 @@ pub struct SnapshotFile {
     pub objects_sha256: String,
 }
 
-/// The checksum of an object list (see [`SnapshotFile::objects_sha256`]).
+/// How a snapshot's content is vouched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotSignature {
+    /// Signed by its host, and the signature verified.
+    Verified,
+    /// A format-1 file: nothing but an unkeyed checksum.
+    Unsigned,
+}
+
+/// A snapshot as read from a repository (either file format), checked:
+/// a signed one's signature verified, an unsigned one's checksum matching.
+/// Whether its host is to be believed is the restoring store's decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotFile {
+    /// Snapshot file format: 2 (signed) or 1 (legacy, unsigned).
+    pub format: u16,
+    /// Whether the host's signature vouches for all of it.
+    pub signature: SnapshotSignature,
+    /// `<utc>-<short>`, also the file name without `.json`.
+    pub id: String,
+    /// When it was taken (RFC 3339, UTC).
+    pub created: String,
+    /// The same, in ms since the epoch.
+    pub created_ms: u64,
+    /// The card string of the instance whose store was backed up.
+    pub host: String,
+    /// The host's instance id (hex), its fingerprint.
+    pub host_id: String,
+    /// The host's name.
+    pub host_name: String,
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// bbsync version that wrote it.
+    pub bbsync_version: String,
+    /// Store schema version of the host.
+    pub schema_version: u32,
+    /// The `--only` filters it was taken with (empty: everything).
+    pub only: Vec<String>,
+    /// Objects by kind.
+    pub counts: BTreeMap<String, u64>,
+    /// Sum of the stored (sealed) chunk lengths of the objects.
+    pub bytes: u64,
+    /// Sum of the plaintext lengths of the objects.
+    pub plaintext_bytes: u64,
+    /// Distinct chunks referenced.
+    pub chunks: u64,
+    /// The host's trust table.
+    pub trust: Vec<SnapTrust>,
+    /// Identity escrow file in `keys/`, if this backup included one.
+    pub identity_escrow: Option<String>,
+    /// The objects, sorted by object id.
+    pub objects: Vec<SnapObject>,
+    /// SHA-256 (hex) over the object list (see [`objects_sha256`]); for a
+    /// signed snapshot computed here, for display.
+    pub objects_sha256: String,
+}
+
+/// The checksum of an object list (see [`LegacySnapshotFile::objects_sha256`]).
 pub fn objects_sha256(objects: &[SnapObject]) -> String {
     let mut h = Sha256::new();
     for o in objects {

@@ -1,8 +1,23 @@
-//! `bbsync restore`: a snapshot back into the store. Everything read is
-//! checked before anything is written: snapshot checksum, manifest ids and
-//! signatures, this instance's envelope entries, chunk presence and sizes;
-//! chunk contents are hashed as they are copied, and a mismatch undoes the
-//! chunks copied so far. Records are committed last, in one go.
+//! `bbsync restore`: a snapshot back into the store.
+//!
+//! A backup repository is not a trust root: whoever can write its directory
+//! can add or change files. So a restore first decides whether to believe
+//! the snapshot at all ([`Store::accept_snapshot`]): its host's signature
+//! must verify, and the host must be this instance, an instance this store
+//! trusts `full`, or one the operator names with `--trust-host` (an
+//! explicit act, like naming a clone's source). Only a snapshot of this
+//! instance's own, signed, restored into a store with an empty trust table
+//! (disaster recovery) brings its trust table along; a foreign trust table
+//! is never imported. An unsigned (format-1) snapshot needs `--trust-host`.
+//!
+//! Then everything read is checked before anything is written: manifest
+//! ids, signatures and authors (this instance, `full`, or the accepted
+//! host), every envelope entry (only those whose signatures verify are
+//! kept, and so covered by the record MAC), this instance's key against the
+//! manifest's key commitment, chunk presence and sizes; chunk contents are
+//! hashed as they are copied, and a mismatch undoes the chunks copied so
+//! far. The chunks' dirty marker stays until the records are committed, so
+//! a crash in between leaves nothing the next open does not collect.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -11,15 +26,15 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkId, EnvelopeEntry, Identity, InstanceCard, InstanceId, ObjectId, Role, Signed, Unverified,
-    card_from_str, chunk::check_chunk_id,
+    ChunkId, ContentKey, EnvelopeEntry, Identity, InstanceCard, InstanceId, Manifest, ObjectId,
+    Role, Signed, Unverified, card_from_str, chunk::check_chunk_id,
 };
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    Repo, SnapshotFile, check::check_manifests, chunk_path, create::BackupOptions, escrow,
-    manifest_path, repofile::KeyFile,
+    Repo, SnapshotFile, SnapshotSignature, check::check_manifests, chunk_path,
+    create::BackupOptions, escrow, manifest_path, repofile::KeyFile,
 };
 use crate::{
     Store,
@@ -45,6 +60,15 @@ pub struct RestoreOptions {
     pub skip_chunks: bool,
     /// Back the current store up into the repository first (unless empty).
     pub safety_snapshot: bool,
+    /// `--trust-host CARD`: the operator vouches for the snapshot's host,
+    /// which must be the instance of this card; it is trusted `full`.
+    pub trust_host: Option<String>,
+    /// `clone ADDR --from-backup REPO`: the clone's source, pinned by the
+    /// `/p2p/<PeerId>` of ADDR (the operator's explicit act, DESIGN §2). A
+    /// snapshot whose verified signature is by this instance is accepted
+    /// as if its card were given with `--trust-host` (the clone trusts the
+    /// source as `full` anyway); an unsigned one is not.
+    pub clone_source: Option<InstanceId>,
 }
 
 /// What a restore did.
@@ -54,6 +78,11 @@ pub struct RestoreReport {
     pub repo: String,
     /// The snapshot restored.
     pub snapshot: String,
+    /// Its host (short id) and how it was accepted: `this instance`,
+    /// `trusted full`, or `--trust-host`.
+    pub host: String,
+    /// Why the host was believed.
+    pub host_accepted: String,
     /// The safety snapshot taken first, if any.
     pub safety_snapshot: Option<String>,
     /// Objects in the snapshot.
@@ -68,6 +97,12 @@ pub struct RestoreReport {
     pub skipped_selection: u64,
     /// Objects without an envelope entry this instance can open (not restored).
     pub undecryptable: Vec<String>,
+    /// Objects not restored for another reason (`kind:name`, why): an author
+    /// this store does not trust, a name another live object holds here.
+    pub refused: Vec<(String, String)>,
+    /// Envelope entries left out because their signatures do not verify
+    /// (or their wrapper is not trusted, or they are for another version).
+    pub entries_dropped: u64,
     /// Chunks copied from the repository.
     pub chunks_copied: u64,
     /// Chunks the store already had.
@@ -76,8 +111,11 @@ pub struct RestoreReport {
     pub bytes_copied: u64,
     /// Restored objects still lacking chunks (`--skip-chunks`).
     pub incomplete: u64,
-    /// Instances added to the trust table from the snapshot (short ids).
+    /// Instances added to the trust table (short ids): the host named by
+    /// `--trust-host`, or the trust table of this instance's own snapshot.
     pub trusted: Vec<String>,
+    /// What happened to the snapshot's trust table.
+    pub trust_table: String,
     /// What `--rekey` changed.
     pub rekey: Option<RekeyReport>,
     /// Wall time.
@@ -124,10 +162,22 @@ fn damaged(repo: &Repo, path: &str, detail: &str) -> StoreError {
 }
 
 /// The identity escrow of a snapshot's host, if the repository holds one.
+/// (Opening it with the passphrase is what proves it; the file's argon2
+/// parameters are bounded before any work, see `escrow::open`.)
 pub fn escrow_of(repo: &Repo, snap: &SnapshotFile) -> Result<Option<(String, KeyFile)>> {
     let host = card_from_str(&snap.host)
         .map_err(|e| StoreError::Repo(format!("snapshot {}: bad host card: {e}", snap.id)))?;
     let path = format!("keys/identity.{}", host.instance.to_hex());
+    match repo.backend().size(&path) {
+        Ok(Some(n)) if n > escrow::MAX_KEY_FILE as u64 => {
+            return Err(StoreError::Repo(format!(
+                "{path} is damaged: {n} bytes (an escrow has at most {})",
+                escrow::MAX_KEY_FILE
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(super::repo_io_err(format!("reading {path}"))(e)),
+    }
     match repo.backend().read(&path) {
         Ok(bytes) => {
             let k: KeyFile = serde_json::from_slice(&bytes)
@@ -144,17 +194,136 @@ pub fn open_escrow(path: &str, k: &KeyFile, pass: &str) -> Result<Identity> {
     escrow::open(k, path, pass)
 }
 
+/// Why a store believes a snapshot's host (see [`Store::accept_snapshot`]).
+#[derive(Debug, Clone)]
+pub struct AcceptedHost {
+    /// The host.
+    pub card: Signed<InstanceCard>,
+    /// How it was accepted: `this instance`, `trusted full`, `--trust-host`.
+    pub why: &'static str,
+    /// The operator named it with `--trust-host` and it is not `full` here
+    /// yet: a restore that writes anything trusts it `full`.
+    pub to_trust: bool,
+    /// The snapshot's trust table, when it may be used: this instance's own
+    /// signed snapshot.
+    pub own_table: Option<Vec<(Signed<InstanceCard>, Role)>>,
+}
+
 /// One object to restore, fully checked.
 struct Planned {
-    manifest: Signed<bbsync_protocol::Manifest>,
+    manifest: Signed<Manifest>,
     envelope: Vec<Vec<u8>>,
     previous: Option<ObjectState>,
+}
+
+/// The checks on a snapshot's host that need no store: its card is valid,
+/// a `--trust-host` card names that very instance, and an unsigned snapshot
+/// is not restored without one. Done before anything is created (a disaster
+/// recovery checks this before it opens the escrow).
+pub fn precheck_snapshot(snap: &SnapshotFile, trust_host: Option<&str>) -> Result<()> {
+    let host = card_from_str(&snap.host).map_err(|e| {
+        StoreError::Repo(format!(
+            "snapshot {}: bad host card: {e}; nothing was restored",
+            snap.id
+        ))
+    })?;
+    let who = host_label(&host);
+    match trust_host {
+        Some(text) => {
+            let named =
+                card_from_str(text).map_err(|e| StoreError::Trust(format!("--trust-host: {e}")))?;
+            if named.instance != host.instance {
+                return Err(StoreError::Trust(format!(
+                    "--trust-host names {}, but snapshot {} was written by {who}; nothing was restored",
+                    host_label(&named),
+                    snap.id
+                )));
+            }
+        }
+        None if snap.signature != SnapshotSignature::Verified => {
+            return Err(StoreError::Trust(format!(
+                "snapshot {} is unsigned (written before bbsync signed snapshots): who wrote it and its trust table cannot be checked; nothing was restored. If you expect its host to be {who}, compare that fingerprint out of band and run again with --trust-host {} (its trust table is not restored)",
+                snap.id, snap.host
+            )));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// `name (instance <64 hex>)`, the name escaped for a terminal.
+fn host_label(card: &InstanceCard) -> String {
+    format!(
+        "{} (instance {})",
+        bbsync_protocol::text::escape_hidden(&card.name),
+        card.instance.to_hex()
+    )
 }
 
 impl Store {
     /// Whether the store holds no object.
     pub fn is_empty(&self) -> bool {
         self.db().object_count() == 0
+    }
+
+    /// Decides whether to believe a snapshot's host (see the module docs):
+    /// its signature verified when the snapshot was loaded; its host must be
+    /// this instance, trusted `full`, or the instance of `trust_host`.
+    /// Otherwise the error names the host's card and fingerprint and says
+    /// how to proceed. Nothing is written.
+    pub fn accept_snapshot(
+        &self,
+        snap: &SnapshotFile,
+        trust_host: Option<&str>,
+    ) -> Result<AcceptedHost> {
+        precheck_snapshot(snap, trust_host)?;
+        let host = card_from_str(&snap.host)
+            .map_err(|e| StoreError::Repo(format!("snapshot {}: bad host card: {e}", snap.id)))?;
+        let me = self.instance_id();
+        if trust_host.is_some() {
+            let own = host.instance == me;
+            return Ok(AcceptedHost {
+                to_trust: !own && !self.is_full(&host.instance),
+                own_table: None,
+                card: host,
+                why: "--trust-host",
+            });
+        }
+        if host.instance == me {
+            let table = snap
+                .trust
+                .iter()
+                .map(|t| {
+                    let card = card_from_str(&t.card)
+                        .map_err(|e| StoreError::Repo(format!("snapshot {}: {e}", snap.id)))?;
+                    let role = t
+                        .role
+                        .parse::<Role>()
+                        .map_err(|e| StoreError::Repo(format!("snapshot {}: {e}", snap.id)))?;
+                    Ok((card, role))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(AcceptedHost {
+                card: host,
+                why: "this instance",
+                to_trust: false,
+                own_table: Some(table),
+            });
+        }
+        if self.is_full(&host.instance) {
+            return Ok(AcceptedHost {
+                card: host,
+                why: "trusted full",
+                to_trust: false,
+                own_table: None,
+            });
+        }
+        Err(StoreError::Trust(format!(
+            "snapshot {} was written by {}, which this node does not trust as full; nothing was restored. If that is the instance you expect, compare its fingerprint out of band and run again with --trust-host {}",
+            snap.id,
+            host_label(&host),
+            snap.host
+        )))
     }
 
     /// Restores a snapshot (see the module docs).
@@ -167,57 +336,59 @@ impl Store {
         let start = Instant::now();
         let snap_id = repo.resolve_snapshot(opts.snapshot.as_deref().unwrap_or("latest"))?;
         let snap = repo.load_snapshot(&snap_id)?;
+        let me = self.instance_id();
+
+        // 1. Whether to believe the snapshot at all, and whose trust table
+        // (if any) comes with it.
+        let source_card = opts
+            .clone_source
+            .filter(|_| snap.signature == super::SnapshotSignature::Verified)
+            .filter(|src| card_from_str(&snap.host).is_ok_and(|c| c.instance == *src))
+            .map(|_| snap.host.clone());
+        let host =
+            self.accept_snapshot(&snap, opts.trust_host.as_deref().or(source_card.as_deref()))?;
         let mut report = RestoreReport {
             repo: repo.location(),
             snapshot: snap_id.clone(),
+            host: host.card.instance.short(),
+            host_accepted: host.why.to_string(),
             snapshot_objects: snap.objects.len() as u64,
             ..Default::default()
         };
-        let me = self.instance_id();
-
-        // 1. Who the snapshot's content comes from: its host (pinned by the
-        // operator's choice of repository, as `clone` pins its source) and
-        // the host's trust table. Added to ours only if the restore goes on.
         let mut new_trust: Vec<(Signed<InstanceCard>, Role)> = Vec::new();
-        let host = card_from_str(&snap.host).map_err(|e| {
-            damaged(
-                repo,
-                &super::snapshot_path(&snap_id),
-                &format!("bad host card: {e}"),
-            )
-        })?;
-        let mut candidates = vec![(host, Role::Full)];
-        for t in &snap.trust {
-            let card = card_from_str(&t.card).map_err(|e| {
-                damaged(
-                    repo,
-                    &super::snapshot_path(&snap_id),
-                    &format!("bad trust card: {e}"),
-                )
-            })?;
-            let role = t.role.parse::<Role>().map_err(|e| {
-                damaged(
-                    repo,
-                    &super::snapshot_path(&snap_id),
-                    &format!("bad trust role: {e}"),
-                )
-            })?;
-            candidates.push((card, role));
+        if host.to_trust {
+            new_trust.push((host.card.clone(), Role::Full));
         }
-        let mut pending_full: HashSet<InstanceId> = HashSet::new();
-        for (card, role) in candidates {
-            if card.instance == me || self.db().trust(&card.instance)?.is_some() {
-                continue;
+        match &host.own_table {
+            Some(table) if self.db().trusted()?.is_empty() => {
+                report.trust_table = "restored (this instance's own snapshot)".into();
+                for (card, role) in table {
+                    if card.instance != me {
+                        new_trust.push((card.clone(), *role));
+                    }
+                }
             }
-            if new_trust.iter().any(|(c, _)| c.instance == card.instance) {
-                continue;
+            Some(table) if !table.is_empty() => {
+                report.trust_table =
+                    "not restored: this store has a trust table of its own (trust changes only by `bbsync trust`)".into();
             }
-            if role == Role::Full {
-                pending_full.insert(card.instance);
+            Some(_) => report.trust_table = "empty".into(),
+            None if snap.trust.is_empty() => report.trust_table = "empty".into(),
+            None => {
+                report.trust_table =
+                    "not restored: a snapshot's trust table is restored only into its own host"
+                        .into();
             }
-            new_trust.push((card, role));
         }
-        let full = |a: &InstanceId| *a == me || self.is_full(a) || pending_full.contains(a);
+        let pending_full: HashSet<InstanceId> = new_trust
+            .iter()
+            .filter(|(_, r)| *r == Role::Full)
+            .map(|(c, _)| c.instance)
+            .collect();
+        let host_id = host.card.instance;
+        let full = |a: &InstanceId| {
+            *a == me || *a == host_id || self.is_full(a) || pending_full.contains(a)
+        };
 
         // 2. Every manifest: read and checked before anything is written.
         let refs: Vec<&super::repofile::SnapObject> = snap.objects.iter().collect();
@@ -227,6 +398,7 @@ impl Store {
             .zip(check_manifests(repo, &refs))
             .collect();
         let mut plan: Vec<Planned> = Vec::new();
+        let mut names = HashSet::new();
         for (o, c) in checked {
             let c =
                 c.map_err(|(_, detail)| damaged(repo, &manifest_path(&o.manifest_id), &detail))?;
@@ -237,14 +409,14 @@ impl Store {
             }
             let label = format!("{}:{}", m.kind, m.name);
             if !full(&m.author) {
-                return Err(damaged(
-                    repo,
-                    &manifest_path(&o.manifest_id),
-                    &format!(
-                        "{label} is signed by {}, which neither this instance nor the snapshot trusts",
+                report.refused.push((
+                    label,
+                    format!(
+                        "written by instance {}, which this node does not trust",
                         m.author.short()
                     ),
                 ));
+                continue;
             }
             let previous = self.db().object(&m.object_id)?;
             if let Some(p) = &previous
@@ -254,17 +426,30 @@ impl Store {
                 report.skipped_existing += 1;
                 continue;
             }
-            if !m.deleted && !self.opens_entry(&m, &c.envelope, &full) {
+            if let Err(why) = self.check_name_free(&m, &mut names) {
+                report.refused.push((label, why));
+                continue;
+            }
+            // Only entries whose signatures verify are kept (and MAC'd).
+            let (envelope, dropped) = self.verified_entries(&m, &c.envelope, &full);
+            if dropped > 0 {
+                tracing::warn!(
+                    "{label}: {dropped} envelope entries left out (their signatures do not verify, or their wrapper is not trusted)"
+                );
+                report.entries_dropped += dropped as u64;
+            }
+            if !m.deleted && self.key_of(&m, &envelope, &full).is_none() {
                 report.undecryptable.push(label);
                 continue;
             }
             plan.push(Planned {
                 manifest: m,
-                envelope: c.envelope,
+                envelope,
                 previous,
             });
         }
         report.undecryptable.sort();
+        report.refused.sort();
 
         // 3. Chunks the store lacks: present in the repository at their size.
         let mut needed: Vec<(ChunkId, u32, String)> = Vec::new();
@@ -321,16 +506,23 @@ impl Store {
         }
 
         // 5. Chunks, hashed as they are read, in groups made durable by
-        // publish; any damage undoes what this restore published.
+        // publish; any damage undoes what this restore published. The dirty
+        // marker stays until the records are committed (the `Published`
+        // tokens are handed back only then), so a crash in between leaves
+        // chunks the next open collects, not orphans.
         progress.start(
             "restore",
             needed.len() as u64,
             needed.iter().map(|n| u64::from(n.1)).sum(),
         );
         let mut published: Vec<ChunkId> = Vec::new();
-        let undo = |published: &[ChunkId]| {
+        let mut tokens = Vec::new();
+        let undo = |published: &[ChunkId], tokens: Vec<crate::chunks::Published>| {
             for id in published {
                 let _ = self.chunks().remove(id);
+            }
+            for t in tokens {
+                self.chunks().recorded(t);
             }
         };
         let mut i = 0;
@@ -367,15 +559,18 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(e) = r {
                 self.chunks().discard(staged);
-                undo(&published);
+                undo(&published, tokens);
                 progress.finish();
                 return Err(e);
             }
             let ids: Vec<ChunkId> = staged.iter().map(|s| s.id).collect();
-            if let Err(e) = self.publish_chunks(staged) {
-                undo(&published);
-                progress.finish();
-                return Err(e);
+            match self.chunks().publish(staged) {
+                Ok(t) => tokens.push(t),
+                Err(e) => {
+                    undo(&published, tokens);
+                    progress.finish();
+                    return Err(e);
+                }
             }
             published.extend(ids);
             report.chunks_copied += group.len() as u64;
@@ -384,11 +579,13 @@ impl Store {
         }
         progress.finish();
 
-        // 6. Trust, then the records, in one commit.
-        crate::failpoint::check("restore.commit", || {
-            "committing the restored records".into()
-        })?;
-        {
+        // 6. Trust, then the records, in one commit; then the chunks are
+        // recorded (the dirty marker may go).
+        let committed = (|| -> Result<Vec<ObjectId>> {
+            crate::failpoint::hit("restore.commit").map_err(|source| StoreError::Io {
+                context: "committing the restored records".into(),
+                source,
+            })?;
             let _g = self.lock();
             if plan.is_empty() {
                 new_trust.clear();
@@ -406,7 +603,7 @@ impl Store {
             }
             let mut writes = Vec::with_capacity(plan.len());
             let mut restored: Vec<ObjectId> = Vec::new();
-            for p in plan {
+            for p in std::mem::take(&mut plan) {
                 let m = &p.manifest;
                 let complete = m
                     .chunks
@@ -430,43 +627,45 @@ impl Store {
             } else {
                 self.db().flush()?;
             }
-            drop(_g);
-            if report.replaced > 0 {
-                // Chunks of the replaced versions; a failure is only logged
-                // (the store's next open collects them).
-                if let Err(e) = self.gc() {
-                    tracing::warn!("restore done, but removing unreferenced chunks failed: {e}");
+            Ok(restored)
+        })();
+        let restored = match committed {
+            Ok(r) => {
+                for t in tokens {
+                    self.chunks().recorded(t);
                 }
+                r
             }
-            if opts.rekey && !restored.is_empty() {
-                crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
-                report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
+            Err(e) => {
+                undo(&published, tokens);
+                return Err(e);
             }
+        };
+        if report.replaced > 0 {
+            // Chunks of the replaced versions; a failure is only logged
+            // (the store's next open collects them).
+            if let Err(e) = self.gc() {
+                tracing::warn!("restore done, but removing unreferenced chunks failed: {e}");
+            }
+        }
+        if opts.rekey && !restored.is_empty() {
+            crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
+            report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
         }
         report.elapsed = start.elapsed();
         Ok(report)
     }
 
-    /// Whether one of the envelope entries addressed to this instance
-    /// verifies (wrapped by the author or a `full` instance), is for this
-    /// object version, and unwraps.
-    fn opens_entry(
-        &self,
-        m: &Signed<bbsync_protocol::Manifest>,
-        envelope: &[Vec<u8>],
-        full: &dyn Fn(&InstanceId) -> bool,
-    ) -> bool {
-        self.key_in(m, envelope, full).is_some()
-    }
-
     /// The content key from the first entry for this instance that
-    /// verifies, fits this object version and unwraps.
-    fn key_in(
+    /// verifies (wrapped by the author or an instance `full` accepts), fits
+    /// this object version, unwraps, and matches the manifest's key
+    /// commitment.
+    fn key_of(
         &self,
-        m: &Signed<bbsync_protocol::Manifest>,
+        m: &Manifest,
         envelope: &[Vec<u8>],
         full: &dyn Fn(&InstanceId) -> bool,
-    ) -> Option<bbsync_protocol::ContentKey> {
+    ) -> Option<ContentKey> {
         let me = self.instance_id();
         envelope.iter().find_map(|raw| {
             let u = Unverified::<EnvelopeEntry>::decode(raw).ok()?;
@@ -475,10 +674,7 @@ impl Store {
             }
             let author = m.author;
             let e = u.verify(|w| *w == author || full(w)).ok()?;
-            if !crate::entry_fits(&e, m) {
-                return None;
-            }
-            self.unwrap_entry(&e).ok()
+            self.usable_entry(m, e).ok().map(|(_, k)| k)
         })
     }
 
@@ -491,21 +687,21 @@ impl Store {
         snapshot: Option<&str>,
         selection: &Selection,
         dir: &std::path::Path,
+        trust_host: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<TreeReport> {
         let start = Instant::now();
         let snap_id = repo.resolve_snapshot(snapshot.unwrap_or("latest"))?;
         let snap = repo.load_snapshot(&snap_id)?;
+        // The same host rules as a restore (nothing is trusted here: a
+        // `--trust-host` only vouches for this one command).
+        let host = self.accept_snapshot(&snap, trust_host)?;
         crate::export::prepare_empty_dir(dir)?;
         let me = self.instance_id();
         let mut host_full: HashSet<InstanceId> = HashSet::new();
-        if let Ok(c) = card_from_str(&snap.host) {
-            host_full.insert(c.instance);
-        }
-        for t in &snap.trust {
-            if t.role == "full"
-                && let Ok(c) = card_from_str(&t.card)
-            {
+        host_full.insert(host.card.instance);
+        for (c, role) in host.own_table.iter().flatten() {
+            if *role == Role::Full {
                 host_full.insert(c.instance);
             }
         }
@@ -541,7 +737,7 @@ impl Store {
                         )));
                     };
                     let key = self
-                        .key_in(&m, &c.envelope, &full)
+                        .key_of(&m, &c.envelope, &full)
                         .ok_or_else(|| StoreError::Undecryptable(label.clone()))?;
                     let cipher = bbsync_protocol::ChunkCipher::new(&key);
                     let shape = match &m.meta {
@@ -591,22 +787,12 @@ impl Store {
                     };
                     let counts = match shape {
                         bbsync_protocol::Shape::File => {
-                            let f =
-                                std::fs::File::create_new(&target).map_err(|e| StoreError::Io {
-                                    context: format!("creating {}", target.display()),
-                                    source: e,
-                                })?;
-                            let mut w = std::io::BufWriter::new(f);
-                            let n = feed(&mut |d: &[u8]| {
-                                std::io::Write::write_all(&mut w, d).map_err(|e| StoreError::Io {
-                                    context: format!("writing {}", target.display()),
-                                    source: e,
-                                })
-                            })?;
-                            std::io::Write::flush(&mut w).map_err(|e| StoreError::Io {
-                                context: format!("writing {}", target.display()),
-                                source: e,
-                            })?;
+                            // A SQLite database goes through a temp file and
+                            // must pass its integrity check (src/sqlite).
+                            let mut w =
+                                crate::sqlite::FileOut::new(&target, false, m.plaintext_len);
+                            let n = feed(&mut |d: &[u8]| w.write(d))?;
+                            w.finish(&label)?;
                             (1, n)
                         }
                         bbsync_protocol::Shape::Dir => {
@@ -617,6 +803,9 @@ impl Store {
                             let mut ex = crate::archive::Extractor::new(&target);
                             let n = feed(&mut |d: &[u8]| ex.feed(d))?;
                             let (files, _) = ex.finish()?;
+                            crate::sqlite::check_tree(&target, &label).inspect_err(|_| {
+                                let _ = std::fs::remove_dir_all(&target);
+                            })?;
                             (files, n)
                         }
                     };

@@ -1,0 +1,223 @@
+//! Backup snapshots, signed by the instance whose store was backed up (its
+//! *host*).
+//!
+//! A backup repository is written by whoever can write its directory or
+//! bucket; nothing in it is trusted because of where it lies. The host signs
+//! every snapshot (`ed25519("bbsync/snapshot/v1\0" || body)`, carried in the
+//! [`crate::signed`] wire wrapper like manifests), so that a restore can
+//! check who took it and that its object list and trust table are exactly
+//! what that host wrote. Whether the host itself is to be believed is the
+//! restoring node's decision (its own id, an instance it trusts `full`, or
+//! one the operator names), never the repository's.
+//!
+//! The type is independent of the repository layout: repository format 1
+//! keeps the wire bytes base64-encoded in `snapshots/<id>.json`, a later
+//! format can store them as they are.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error, InstanceCard, InstanceId, ManifestId, ObjectId, Result, Role,
+    encoding::FORMAT_V1,
+    manifest::{MAX_VERSION, check_kind},
+    signed::{Signed, SignedBody, Unverified},
+};
+
+/// One object version a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotObject {
+    /// The object.
+    pub object_id: ObjectId,
+    /// Its version.
+    pub version: u64,
+    /// The id of that version's manifest.
+    pub manifest_id: ManifestId,
+}
+
+/// One entry of the host's trust table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTrust {
+    /// Wire bytes of the instance's self-signed card.
+    #[serde(with = "serde_bytes")]
+    pub card: Vec<u8>,
+    /// Its role on the host.
+    pub role: Role,
+}
+
+/// One backup: what it holds and who took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Format number (1).
+    pub format: u16,
+    /// `<YYYYMMDDTHHMMSSZ>-<8 hex>`: also the snapshot's name in a repository.
+    pub id: String,
+    /// When it was taken (ms since the epoch).
+    pub created_ms: u64,
+    /// The host: the instance whose store this is, and the signer.
+    pub host: InstanceId,
+    /// Wire bytes of the host's self-signed card (its name and x25519 key).
+    #[serde(with = "serde_bytes")]
+    pub host_card: Vec<u8>,
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// bbsync version that wrote it.
+    pub bbsync_version: String,
+    /// Store schema version of the host.
+    pub schema_version: u32,
+    /// The `--only` filters it was taken with (empty: everything).
+    pub only: Vec<String>,
+    /// Objects by kind, sorted by kind.
+    pub counts: Vec<(String, u64)>,
+    /// Sum of the stored (sealed) chunk lengths of the objects.
+    pub bytes: u64,
+    /// Sum of the plaintext lengths of the objects.
+    pub plaintext_bytes: u64,
+    /// Distinct chunks referenced.
+    pub chunks: u64,
+    /// The host's trust table.
+    pub trust: Vec<SnapshotTrust>,
+    /// Repository path of the identity escrow this backup wrote, if any.
+    pub identity_escrow: Option<String>,
+    /// The objects, sorted by object id (each once).
+    pub objects: Vec<SnapshotObject>,
+}
+
+/// Longest snapshot id.
+pub const MAX_SNAPSHOT_ID: usize = 64;
+/// Longest description, in bytes.
+pub const MAX_DESCRIPTION: usize = 4096;
+/// Longest tag, `--only` value, version string or escrow path, in bytes.
+pub const MAX_LABEL: usize = 256;
+
+fn check_text(what: &'static str, s: &str, max: usize, empty_ok: bool) -> Result<()> {
+    if (!empty_ok && s.is_empty()) || s.len() > max {
+        return Err(Error::invalid(what, format!("must be 1..={max} bytes")));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(
+            what,
+            format!("contains the control character U+{:04X}", c as u32),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a snapshot description: at most [`MAX_DESCRIPTION`] bytes, no
+/// control characters (a description is printed in listings).
+pub fn check_description(s: &str) -> Result<()> {
+    check_text("snapshot description", s, MAX_DESCRIPTION, true)
+}
+
+/// Checks a snapshot tag: 1..=[`MAX_LABEL`] bytes, no control characters.
+pub fn check_tag(s: &str) -> Result<()> {
+    check_text("snapshot tag", s, MAX_LABEL, false)
+}
+
+fn card_of(what: &'static str, bytes: &[u8]) -> Result<Signed<InstanceCard>> {
+    Unverified::<InstanceCard>::decode(bytes)
+        .and_then(|u| u.verify_self_signed())
+        .map_err(|e| Error::invalid(what, e.to_string()))
+}
+
+impl Snapshot {
+    /// The host's card, verified (self-signed, and of the host).
+    pub fn host_card(&self) -> Result<Signed<InstanceCard>> {
+        let card = card_of("snapshot host card", &self.host_card)?;
+        if card.instance != self.host {
+            return Err(Error::invalid(
+                "snapshot",
+                "the host card is another instance's",
+            ));
+        }
+        Ok(card)
+    }
+
+    /// The trust table's cards, verified (self-signed), with their roles.
+    pub fn trust_cards(&self) -> Result<Vec<(Signed<InstanceCard>, Role)>> {
+        self.trust
+            .iter()
+            .map(|t| Ok((card_of("snapshot trust card", &t.card)?, t.role)))
+            .collect()
+    }
+}
+
+impl SignedBody for Snapshot {
+    const WHAT: &'static str = "snapshot";
+    const DOMAIN: &'static [u8] = b"bbsync/snapshot/v1\0";
+    /// 128 MiB: about two million objects.
+    const MAX_BODY: usize = 128 * 1024 * 1024;
+    fn format(&self) -> u16 {
+        self.format
+    }
+    fn signer(&self) -> InstanceId {
+        self.host
+    }
+    fn validate(&self) -> Result<()> {
+        if self.format != FORMAT_V1 {
+            return Err(Error::UnsupportedFormat {
+                what: Self::WHAT,
+                found: self.format,
+                supported: FORMAT_V1,
+            });
+        }
+        if self.id.is_empty()
+            || self.id.len() > MAX_SNAPSHOT_ID
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::invalid(
+                "snapshot id",
+                format!("{:?} (1-{MAX_SNAPSHOT_ID} of A-Z, a-z, 0-9, -)", self.id),
+            ));
+        }
+        self.host_card()?;
+        check_description(&self.description)?;
+        for t in &self.tags {
+            check_tag(t)?;
+        }
+        for o in &self.only {
+            check_text("snapshot --only value", o, MAX_LABEL, false)?;
+        }
+        check_text("bbsync version", &self.bbsync_version, MAX_LABEL, false)?;
+        if let Some(p) = &self.identity_escrow {
+            check_text("identity escrow path", p, MAX_LABEL, false)?;
+        }
+        for (kind, _) in &self.counts {
+            check_kind(kind)?;
+        }
+        if self.counts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::invalid("snapshot", "counts not sorted by kind"));
+        }
+        let cards = self.trust_cards()?;
+        for (i, (c, _)) in cards.iter().enumerate() {
+            if c.instance == self.host || cards[..i].iter().any(|(d, _)| d.instance == c.instance) {
+                return Err(Error::invalid(
+                    "snapshot",
+                    "trust table names an instance twice, or the host",
+                ));
+            }
+        }
+        if self
+            .objects
+            .windows(2)
+            .any(|w| w[0].object_id >= w[1].object_id)
+        {
+            return Err(Error::invalid(
+                "snapshot",
+                "objects not sorted by object id (or listed twice)",
+            ));
+        }
+        if self
+            .objects
+            .iter()
+            .any(|o| o.version == 0 || o.version > MAX_VERSION)
+        {
+            return Err(Error::invalid("snapshot", "object version out of range"));
+        }
+        Ok(())
+    }
+}
