@@ -398,7 +398,7 @@ fn a_standby_follows_by_invite_and_a_restart_does_not_redeem_again() -> TestResu
     let text = invite(&src, &["--name", "standby"]);
     let standby = tmp.path().join("standby");
     let start = || {
-        Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bbsync"))
             .arg("--no-progress")
             .arg("--data-dir")
             .arg(&standby)
@@ -412,10 +412,21 @@ fn a_standby_follows_by_invite_and_a_restart_does_not_redeem_again() -> TestResu
                 "standby",
             ])
             .env_remove("BBSYNC_DATA")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        // Its first address means it serves (the control socket is up):
+        // a `status` before that would open the store itself and hold its
+        // lock while the standby opens it.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(!line.is_empty(), "the standby exited before it served");
+        child
     };
     let following = || {
         // Through the control socket of the running standby: its live
