@@ -371,6 +371,24 @@ pub fn wait_unlocked(data: &Path) {
     panic!("{} stays locked", data.display());
 }
 
+/// Waits until no one holds the lock of `data`'s database (sled's lock,
+/// an exclusive `flock` of `db/db`), without opening the store: a store
+/// dropped in this process lets go of it once sled's threads are done.
+pub fn wait_released(data: &Path) {
+    use rustix::fs::{FlockOperation, flock};
+    let file = std::fs::File::open(data.join("db/db")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the database is still locked",
+            data.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    flock(&file, FlockOperation::Unlock).unwrap();
+}
+
 /// Whether this process can still read a file it has just made mode 000
 /// (true when running as root or with CAP_DAC_OVERRIDE).
 pub fn can_bypass_permissions(path: &Path) -> bool {

@@ -790,6 +790,7 @@ fn run_row(
                 .unwrap()
                 .dangerously_set_schema_version(1)
                 .unwrap();
+            wait_released(&data);
             let o = run_fp(&data, &["ls"], Some(&spec));
             check_fault_outcome(&o, point, fault, &what);
             // Any command finishes the migration (the rerun).
