@@ -432,12 +432,26 @@ pub fn serve(data: &Path) -> Server {
 }
 
 /// A free TCP port on 127.0.0.1 (free when this returns).
+///
+/// Never the same port twice in one test binary: the kernel may hand out a
+/// port again once its probe socket is closed, and `bbsync serve` binds with
+/// `SO_REUSEPORT`, so two nodes given one port would both listen on it and
+/// each would reach itself half of the time.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits up to `secs` for `ok`, polling; panics with `what` if it never holds.
