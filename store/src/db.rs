@@ -7,6 +7,7 @@
 //! |------------------------------|--------------------------------------------------------------|
 //! | `meta/schema_version`        | u32 big-endian                                               |
 //! | `meta/next_seq`              | u64 big-endian: next change-log number                       |
+//! | `meta/gc_pending`            | present while replaced versions' chunks may be uncollected   |
 //! | `o/` object_id               | postcard [`ObjectRecord`]: state, latest manifest, envelope  |
 //! | `n/` kind `\0` name          | object_id                                                    |
 //! | `c/` seq (u64 BE)            | object_id                                                    |
@@ -43,6 +44,9 @@ use crate::{
 pub const SCHEMA_VERSION: u32 = 3;
 /// The first schema with pack files: older data dirs are migrated.
 pub const PACKS_SCHEMA: u32 = 3;
+/// How long opening a data dir waits for another process's lock on it
+/// before reporting [`StoreError::InUse`].
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Objects per atomic database batch in [`Db::commit`]. Small on purpose:
 /// sled 0.34 holds the garbage of a whole batch until it ends (one
 /// epoch guard per batch), so large batches cost hundreds of MB at scale
@@ -52,6 +56,7 @@ pub const COMMIT_BATCH: usize = 128;
 
 const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
+const K_GC_PENDING: &[u8] = b"meta/gc_pending";
 const K_INDEX: &[u8] = b"meta/index";
 const K_OPEN_PACKS: &[u8] = b"meta/open_packs";
 const K_COLLECT: &[u8] = b"meta/collect";
@@ -202,6 +207,12 @@ fn db_err(e: sled::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// Passes a failpoint (see `failpoint.rs`); an injected error comes back as
+/// sled's own I/O error would.
+fn failpoint(name: &'static str) -> Result<()> {
+    crate::failpoint::hit(name).map_err(|e| db_err(sled::Error::Io(e)))
+}
+
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
     k.extend_from_slice(prefix);
@@ -265,19 +276,32 @@ impl Db {
     }
 
     fn open_checked(path: &Path, data_dir: &Path, create: bool, check: bool) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::InUse(data_dir.to_path_buf())
+        // Another process holding the lock may be a short command (`status`,
+        // `ls` run while no node serves): wait a little for it rather than
+        // fail at once (a `serve` started by systemd at the same moment
+        // would otherwise exit). A long holder is still reported.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                        StoreError::InUse(data_dir.to_path_buf())
+                    }
+                    sled::Error::Io(io) if io.to_string().contains("lock") => {
+                        StoreError::InUse(data_dir.to_path_buf())
+                    }
+                    other => db_err(other),
+                });
+            match opened {
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    StoreError::InUse(data_dir.to_path_buf())
-                }
-                other => db_err(other),
-            })?;
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("bbsync").map_err(db_err)?;
         match tree.get(K_SCHEMA).map_err(db_err)? {
             Some(v) => {
@@ -338,6 +362,7 @@ impl Db {
                 seq += 1;
             }
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            failpoint("db.mark_complete")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
         }
         self.flush()?;
@@ -369,6 +394,7 @@ impl Db {
 
     /// Records (durably) the cursor of an upstream.
     pub fn set_cursor(&self, upstream: &InstanceId, seq: u64) -> Result<()> {
+        failpoint("db.set_cursor")?;
         self.tree
             .insert(key(b"u/", upstream.as_bytes()), &seq.to_be_bytes())
             .map_err(db_err)?;
@@ -397,6 +423,7 @@ impl Db {
 
     /// Flushes to disk.
     pub fn flush(&self) -> Result<()> {
+        failpoint("db.flush")?;
         self.db.flush().map_err(db_err)?;
         Ok(())
     }
@@ -433,6 +460,7 @@ impl Db {
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
         f(&mut rec);
+        failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(&rec))
             .map_err(db_err)?;
@@ -441,6 +469,7 @@ impl Db {
 
     /// Replaces an object's whole record (its change-log number stays).
     pub(crate) fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+        failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -540,6 +569,12 @@ impl Db {
                 let w = w?;
                 let oid = w.object_id.as_bytes();
                 if let Some(prev) = &w.previous {
+                    if prev.chunks > 0 && prev.manifest_id != w.state.manifest_id {
+                        // The old version's chunks may now be garbage: until a
+                        // GC has run, the next open collects them (a crash
+                        // between this commit and the GC leaks nothing).
+                        batch.insert(K_GC_PENDING, &[1u8]);
+                    }
                     batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
                     let old = name_key(&prev.kind, &prev.name);
                     if (prev.kind != w.state.kind || prev.name != w.state.name)
@@ -571,6 +606,7 @@ impl Db {
                 seq += 1;
             }
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            failpoint("db.commit")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
             named.clear();
         }
@@ -706,6 +742,20 @@ impl Db {
         Ok(())
     }
 
+    /// Whether a commit replaced versions whose chunks no GC has collected
+    /// since (see [`Db::commit`]).
+    pub fn gc_pending(&self) -> Result<bool> {
+        self.tree.contains_key(K_GC_PENDING).map_err(db_err)
+    }
+
+    /// A GC ran after every replacing commit: clears [`Db::gc_pending`].
+    pub fn clear_gc_pending(&self) -> Result<()> {
+        if self.tree.remove(K_GC_PENDING).map_err(db_err)?.is_some() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// The packs not sealed yet, with the length of their bytes that are
     /// durable and indexed (what lies beyond is an interrupted append).
     pub fn open_packs(&self) -> Result<Vec<(PackId, u64)>> {
@@ -823,6 +873,7 @@ impl Db {
     /// Adds or replaces a trusted instance (the node's view of who is
     /// trusted is refreshed through [`Db::watch_changes`]).
     pub(crate) fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+        failpoint("db.put_trust")?;
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -834,6 +885,7 @@ impl Db {
     /// Removes a trusted instance; false if it was not there. Waiting
     /// subscriptions wake up to re-check their peer's trust.
     pub(crate) fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+        failpoint("db.remove_trust")?;
         let had = self
             .tree
             .remove(key(b"t/", id.as_bytes()))

@@ -38,6 +38,7 @@ use crate::{
     bbs::{self, BBS_KINDS, Source},
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
+    failpoint,
     packs::Staged,
     progress::Progress,
     spool::Spool,
@@ -690,9 +691,14 @@ impl Store {
         tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
         let replaced = stats.changed + stats.deleted > 0;
         let t = Instant::now();
+        if let Err(e) = failpoint::check("import.publish", || "publishing new chunks".into()) {
+            self.packs().discard(staged_all);
+            return Err(e);
+        }
         let published = self.packs().publish(staged_all)?;
         tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (fdatasync, index)");
         let t = Instant::now();
+        failpoint::check("import.commit", || "committing the import".into())?;
         if replaced {
             // Old versions' chunks become unreferenced with this commit.
             self.packs().expect_garbage()?;
@@ -713,7 +719,9 @@ impl Store {
         if replaced {
             // The import is durable already; a failed clean-up is reported,
             // not turned into a failed import (`bbsync gc` retries it).
-            match self.gc() {
+            let gc = failpoint::check("import.gc", || "collecting unreferenced chunks".into())
+                .and_then(|()| self.gc());
+            match gc {
                 Ok(r) => stats.chunks_collected = r.chunks_removed,
                 Err(e) => {
                     tracing::warn!("import done, but removing unreferenced chunks failed: {e}")

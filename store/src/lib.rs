@@ -191,11 +191,14 @@ impl Store {
         match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
             Ok(_) => {
-                if dir.join(IDENTITY_FILE).exists() || dir.join("db").exists() {
+                if dir.join(IDENTITY_FILE).exists() {
                     return Err(StoreError::AlreadyInitialized(dir.to_path_buf()));
                 }
+                // An init that stopped before its identity was durable left
+                // a database (and maybe temp files): it is finished below,
+                // once its database is known to hold nothing.
                 let mut entries = fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
-                if entries.next().is_some() {
+                if !dir.join("db").is_dir() && entries.next().is_some() {
                     return Err(StoreError::Invalid(format!(
                         "{} is not empty and holds no bbsync store; init needs a new or empty directory",
                         dir.display()
@@ -215,7 +218,15 @@ impl Store {
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
         let db = Arc::new(db::Db::open(&dir.join("db"), dir, true)?);
-        write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
+        if db.last_seq()? > 0 || db.object_count() > 0 || !db.trusted()?.is_empty() {
+            // Content without an identity is not an interrupted init; a new
+            // identity could read none of it.
+            return Err(StoreError::Corrupt(format!(
+                "{} holds a database with content but no {IDENTITY_FILE}; restore the identity \
+                 (`bbsync restore` of a backup with its escrow) or start in a new directory",
+                dir.display()
+            )));
+        }
         if !dir.join(CONFIG_FILE).exists() {
             write_file_atomic(
                 &dir.join(CONFIG_FILE),
@@ -223,6 +234,9 @@ impl Store {
                 0o644,
             )?;
         }
+        // The identity last: it is what makes the directory a store, so an
+        // init that stops before it can simply be run again.
+        write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
         let packs = packs::Packs::open(&dir.join(PACKS_DIR), db.clone())?;
         let record_key = identity.local_key("record-mac");
         Ok(Store {
@@ -334,10 +348,11 @@ impl Store {
             for s in &r.skipped {
                 tracing::warn!("repair-index: {s}");
             }
-        } else if self.db.collect_pending()? {
+        } else if self.db.collect_pending()? || self.db.gc_pending()? {
             // The last writer stopped between publishing chunks and
-            // recording them: what no manifest references is garbage from
-            // that write.
+            // recording them, or between replacing versions and collecting
+            // their old chunks: what no manifest references is garbage
+            // from that write.
             let r = self.gc()?;
             tracing::info!(
                 chunks = r.chunks_removed,
@@ -916,6 +931,7 @@ impl Store {
         let referenced = self.referenced_chunks()?;
         let r = self.packs.collect(&|id| referenced.contains(id))?;
         self.packs.collected()?;
+        self.db.clear_gc_pending()?;
         Ok(r)
     }
 

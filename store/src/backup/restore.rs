@@ -579,6 +579,10 @@ impl Store {
 
         // 6. Trust, then the records, in one commit; then the chunks are
         // recorded (the dirty marker may go).
+        // Once the records' commit has begun, some may be written (a flush
+        // that failed does not undo them): the chunks stay, and so does the
+        // dirty marker, so the next open collects what no record names.
+        let writing = std::cell::Cell::new(false);
         let committed = (|| -> Result<Vec<ObjectId>> {
             crate::failpoint::hit("restore.commit").map_err(|source| StoreError::Io {
                 context: "committing the restored records".into(),
@@ -627,6 +631,7 @@ impl Store {
             if writes.iter().any(|w| w.previous.is_some()) {
                 self.packs().expect_garbage()?;
             }
+            writing.set(true);
             if !writes.is_empty() {
                 self.db().commit(writes)?;
             } else {
@@ -641,12 +646,24 @@ impl Store {
                 }
                 r
             }
+            Err(e) if writing.get() => {
+                drop(tokens);
+                return Err(e);
+            }
             Err(e) => {
                 undo(&published, tokens);
                 return Err(e);
             }
         };
+        if report.replaced > 0 {
+            // Chunks of the replaced versions; a failure is only logged
+            // (the store's next open collects them).
+            if let Err(e) = self.gc() {
+                tracing::warn!("restore done, but removing unreferenced chunks failed: {e}");
+            }
+        }
         if opts.rekey && !restored.is_empty() {
+            crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
             report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
         }
         report.elapsed = start.elapsed();

@@ -360,6 +360,7 @@ impl Packs {
                 id.short()
             )));
         }
+        failpoint::hit("pack.stage").ctx(|| format!("staging chunk {}", id.short()))?;
         let need = ENTRY_HEADER_LEN + len;
         let mut w = self.writer();
         let cur = w.packs.iter().rposition(|p| !p.full);
@@ -569,7 +570,7 @@ impl Packs {
             .collect();
         let n = staged.len() as u64;
         failpoint::hit("index.commit").ctx(|| "committing the chunk index".to_string())?;
-        self.db.apply_index(
+        let applied = self.db.apply_index(
             IndexChange {
                 put: staged.iter().map(|s| (s.id, s.loc)).collect(),
                 open_packs: Some(record.clone()),
@@ -578,7 +579,19 @@ impl Packs {
                 ..Default::default()
             },
             true,
-        )?;
+        );
+        if let Err(e) = applied {
+            // Part of the change may be applied (a failed flush: sled makes
+            // it durable later anyway), so the new committed lengths may
+            // stand: the bytes, durable already, are not cut back. If the
+            // records did not land, the next open cuts the unindexed tail;
+            // if they did, the marker makes it collect them.
+            w.unrecorded += n;
+            for (p, (_, c)) in w.packs.iter_mut().zip(record) {
+                p.committed = c;
+            }
+            return Err(e);
+        }
         w.unrecorded += n;
         for (p, (_, c)) in w.packs.iter_mut().zip(record) {
             p.committed = c;

@@ -16,8 +16,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -25,7 +23,7 @@ use std::{
     sync::OnceLock,
 };
 
-use common::*;
+use crate::common::*;
 
 /// xorshift, so every tree is the same on every run.
 struct Rng(u64);
@@ -180,6 +178,13 @@ struct Case {
 /// `TREE_A` / `TREE_B` in a command stand for the trees.
 const CASES: &[Case] = &[
     // Import: appends, packs filling up, publish, seal.
+    Case {
+        failpoints: "pack.stage=3*off->return(abort)",
+        start: Start::Empty,
+        command: &["import-bbs", "TREE_A"],
+        then: &[],
+        expect_b: false,
+    },
     Case {
         failpoints: "pack.create=1*off->return(abort)",
         start: Start::Empty,
