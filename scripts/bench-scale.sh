@@ -45,7 +45,11 @@ PARENT="${WORK:-${TMPDIR:-/tmp}}"
 SERVER_PID=""
 stop_server() {
   if [ -n "$SERVER_PID" ]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    # $SERVER_PID is /usr/bin/time; the node is its child, and time writes
+    # its report (the node's peak RSS) once the node has exited.
+    local node
+    node="$(pgrep -P "$SERVER_PID" || true)"
+    kill -TERM "${node:-$SERVER_PID}" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   fi
