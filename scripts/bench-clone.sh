@@ -17,7 +17,9 @@
 #
 # Environment:
 #   BBSYNC_BIN=PATH   use this binary, do not build
-#   PROFILE=NAME      gen-bbs.py profile: large (default) or small
+#   PROFILE=NAME      gen-bbs.py profile: large (default), small, posts (20,000
+#                     small posts + one 400 MB binary) or scale
+#   MESSAGES=N        gen-bbs.py --messages (profile scale)
 #   WORK=DIR          put the work dir under DIR
 #   KEEP=1            keep the work dir
 set -euo pipefail
@@ -28,9 +30,11 @@ PROG=bench-clone.sh
 
 PROFILE="${PROFILE:-large}"
 case "$PROFILE" in
-  small | large) ;;
-  *) die "PROFILE must be small or large, not '$PROFILE'" ;;
+  small | large | posts | scale) ;;
+  *) die "PROFILE must be small, large, posts or scale, not '$PROFILE'" ;;
 esac
+GEN_ARGS=(--profile "$PROFILE" --seed 1)
+if [ -n "${MESSAGES:-}" ]; then GEN_ARGS+=(--messages "$MESSAGES"); fi
 
 ensure_cmd python3 python3
 ensure_cmd diff diffutils
@@ -72,8 +76,8 @@ log "work dir: $WORKDIR"
 
 log ""
 log "== generate the tree and the source node (not timed)"
-show_cmd python3 scripts/gen-bbs.py --profile "$PROFILE" --seed 1 "$TREE"
-python3 "$BBSYNC_SCRIPTS_DIR/gen-bbs.py" --profile "$PROFILE" --seed 1 "$TREE" || die "gen-bbs.py failed"
+show_cmd python3 scripts/gen-bbs.py "${GEN_ARGS[@]}" "$TREE"
+python3 "$BBSYNC_SCRIPTS_DIR/gen-bbs.py" "${GEN_ARGS[@]}" "$TREE" || die "gen-bbs.py failed"
 PLAIN_BYTES="$(tree_bytes "$TREE")"
 PLAIN_FILES="$(tree_files "$TREE")"
 "$BBSYNC" --data-dir "$SRC" --no-progress init --name source >/dev/null
@@ -134,6 +138,8 @@ printf '%-18s %8s %9s %12s %12s\n' "bbsync clone" "$CLONE_S" "$(mbps "$PLAIN_BYT
 printf '%-18s %8s %9s %12s %12s\n' "rsync daemon" "$RSYNC_S" "$(mbps "$PLAIN_BYTES" "$RSYNC_S")" "-" "-"
 log ""
 log "ratio clone/rsync: $RATIO (goal <= 1.0: $(met "r <= 1.0" "r=$RATIO"))"
+log "load average before each step (1 min): $LOADS"
+log "clone's store: $(tree_files "$DST") files, $(tree_bytes "$DST") bytes"
 log "clone peak RSS: $CLONE_RSS MB (goal < 200 MB: $(met "m < 200" "m=$CLONE_RSS"))"
 if [ "$PROFILE" = small ]; then
   log "objects/s: $OPS (goal >= 5000: $(met "o >= 5000" "o=$OPS"))"

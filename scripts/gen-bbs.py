@@ -2,11 +2,14 @@
 """Deterministic sample-BBS generator for bbsync.
 
 Usage:
-    python3 scripts/gen-bbs.py [--profile small|large] [--seed N] [--force] OUT_DIR
+    python3 scripts/gen-bbs.py [--profile small|large|posts|scale] [--messages N] [--seed N] [--force] OUT_DIR
 
 Writes a synthetic but realistic BBS tree that `bbsync import-bbs` reads, for
 tests, the README demo (profile `small`, ~20 MB) and the store benchmark
-(profile `large`, ~1 GB).  Layout (the contract the importer relies on):
+(profile `large`, ~1 GB), and the pack-file benchmarks (profile `posts`:
+20,000 small posts and one 400 MB binary; profile `scale`: small posts only,
+200,000 by default, `--messages N` for another count).  Layout (the
+contract the importer relies on):
 
     config/                     config files, nested (bbs.toml, boards.toml,
                                 menus/*.ans, access/*.toml, text/*.txt, ...)
@@ -120,6 +123,42 @@ PROFILES = {
             ("files/utils/disk/floppy images.img", "structured", 8_000_000, 16_000_000),
         ],
         "mirror_bytes": 20_000_000,
+    },
+    # A BBS dominated by small posts, plus one big binary (the import and
+    # clone goals of issue 12 are measured on it besides `large`).
+    "posts": {
+        "target_bytes": 0,  # no filler uploads
+        "boards": 12,
+        "messages": 20_000,
+        "users": 200,
+        "applets": 2,
+        "applet_asset_bytes": (20_000, 60_000),
+        "big_assets": 0,
+        "big_asset_bytes": (0, 0),
+        "data_users": (2, 6),
+        "data_big_prob": 0.0,
+        "upload_bytes": (2_000, 20_000),
+        "big_uploads": [
+            ("files/images/disk image.img", "mixed", 400_000_000, 400_000_000),
+        ],
+        "mirror_bytes": 100_000,
+    },
+    # Small posts only, as many as --messages says (default 200,000), for
+    # scripts/bench-scale.sh.
+    "scale": {
+        "target_bytes": 0,
+        "boards": 12,
+        "messages": 200_000,
+        "users": 400,
+        "applets": 2,
+        "applet_asset_bytes": (20_000, 60_000),
+        "big_assets": 0,
+        "big_asset_bytes": (0, 0),
+        "data_users": (2, 6),
+        "data_big_prob": 0.0,
+        "upload_bytes": (2_000, 20_000),
+        "big_uploads": [],
+        "mirror_bytes": 100_000,
     },
 }
 
@@ -545,10 +584,12 @@ def iso_date(d: datetime) -> str:
 
 
 class BBSGen:
-    def __init__(self, tree: Tree, profile: str, seed: int):
+    def __init__(self, tree: Tree, profile: str, seed: int, messages: int | None = None):
         self.tree = tree
         self.profile = profile
-        self.p = PROFILES[profile]
+        self.p = dict(PROFILES[profile])
+        if messages is not None:
+            self.p["messages"] = messages
         self.seed = seed
         plan = self.rng("plan")
         self.pool = make_line_pool(self.rng("pool"), 20_000)
@@ -1008,23 +1049,29 @@ def count_tree(root: bytes) -> tuple[int, int, int]:
 def main(argv: list[str]) -> int:
     ap = Parser(prog=PROG, description="Generate a deterministic sample BBS tree for bbsync.")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="small",
-                    help="small (~20 MB) or large (~1 GB); default small")
+                    help="small (~20 MB), large (~1 GB), posts (20,000 posts + a 400 MB binary) "
+                         "or scale (small posts only); default small")
+    ap.add_argument("--messages", type=int, default=None,
+                    help="number of board messages (default: the profile's)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     ap.add_argument("--force", action="store_true", help="remove OUT_DIR first if it is not empty")
     ap.add_argument("out_dir", metavar="OUT_DIR")
     args = ap.parse_args(argv)
     if args.seed < 0:
         raise GenError("--seed must be >= 0")
+    if args.messages is not None and not 1 <= args.messages <= 10_000_000:
+        raise GenError("--messages must be between 1 and 10,000,000")
 
     start = time.monotonic()
     root = prepare_out(args.out_dir, args.force)
     tree = Tree(root)
-    BBSGen(tree, args.profile, args.seed).run()
+    BBSGen(tree, args.profile, args.seed, args.messages).run()
     files, dirs, size = count_tree(root)
     if (files, size) != (tree.files, tree.bytes):
         raise GenError(f"internal error: wrote {tree.files} files/{tree.bytes} B, found {files}/{size}")
     secs = time.monotonic() - start
-    print(f"generated {args.profile} BBS seed={args.seed}: {files} files, {dirs} dirs, "
+    what = args.profile if args.messages is None else f"{args.profile} ({args.messages} messages)"
+    print(f"generated {what} BBS seed={args.seed}: {files} files, {dirs} dirs, "
           f"{size} bytes in {secs:.1f}s -> {args.out_dir}")
     return 0
 

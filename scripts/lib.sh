@@ -141,7 +141,8 @@ mbps() { fcalc '%.0f' 'b / 1e6 / (s > 0.01 ? s : 0.01)' "b=$1" "s=$2"; }
 
 # timed NAME CMD...: runs CMD under /usr/bin/time -v with output in $LOGS
 # (which the caller sets);
-# sets SECS (wall clock) and RSS_MB (peak resident set, MB = 10^6 bytes).
+# sets SECS (wall clock), RSS_MB (peak resident set, MB = 10^6 bytes), LOAD
+# (1-minute load average as the step started) and appends "NAME LOAD" to LOADS.
 timed() {
   # Start every step with nothing left to write back from the step before
   # (bbsync's syncfs would otherwise wait for the generator's or restic's
@@ -149,6 +150,9 @@ timed() {
   sync
   local name="$1"
   shift
+  # The 1-minute load average as the step starts (other work on the machine).
+  LOAD="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')"
+  LOADS="${LOADS:+$LOADS, }$name $LOAD"
   show_cmd "$@"
   # shellcheck disable=SC2153 # LOGS is set by the calling script
   if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
@@ -166,7 +170,7 @@ timed() {
   if [ -s "$LOGS/$name.out" ]; then
     tail -n 5 "$LOGS/$name.out" | sed 's/^/    | /'
   fi
-  log "    -> ${SECS} s, peak RSS ${RSS_MB} MB"
+  log "    -> ${SECS} s, peak RSS ${RSS_MB} MB (load average ${LOAD} at the start)"
 }
 
 # start_serve DATA LOGDIR: starts `bbsync serve` for DATA on 127.0.0.1 (a

@@ -114,9 +114,15 @@ enum Command {
     /// Check every manifest, envelope and chunk; exit 1 on any problem.
     #[command(after_help = "Examples:\n  bbsync verify\n  bbsync verify --read-data --json")]
     Verify(cmd::verify::VerifyArgs),
-    /// Remove chunk files that no manifest references.
+    /// Drop chunks that no manifest references; repack packs that are mostly dead.
     #[command(after_help = "Example:\n  bbsync gc")]
     Gc,
+    /// Rebuild the chunk index from the pack files alone.
+    #[command(after_help = "Example:\n  bbsync repair-index")]
+    RepairIndex,
+    /// Migrate an older data dir now, with progress (any command migrates it on first open).
+    #[command(after_help = "Example:\n  bbsync migrate")]
+    Migrate,
     /// Serve this node's content to trusted peers until Ctrl-C or SIGTERM.
     #[command(
         after_help = "Examples:\n  bbsync serve --listen /ip4/0.0.0.0/tcp/4040\n  bbsync serve --onion\n  bbsync serve --follow bbsyncinvite1...        # a standby of the node that made the invite\n  bbsync serve --passphrase-file /etc/bbsync/passphrase"
@@ -331,6 +337,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Status => cmd::ls::status(ctx),
         Command::Verify(a) => cmd::verify::run(ctx, a),
         Command::Gc => cmd::verify::gc(ctx),
+        Command::RepairIndex => cmd::verify::repair_index(ctx),
+        Command::Migrate => cmd::verify::migrate(ctx),
         Command::Serve(a) => cmd::net::serve(ctx, a),
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),

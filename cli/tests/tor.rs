@@ -145,9 +145,7 @@ fn an_onion_only_source_is_cloned_by_its_onion_address() -> TestResult {
     // (the tor config from the environment this time).
     let lost: Vec<PathBuf> = real_chunks(&dst).into_iter().take(5).collect();
     assert_eq!(lost.len(), 5);
-    for c in &lost {
-        std::fs::remove_file(dst.join("chunks").join(c))?;
-    }
+    lose_chunks(&dst, &lost);
     let o = bbsync(&dst)
         .env("BBSYNC_TOR_CONFIG", arti)
         .args(["--json", "fetch-missing", "--from", &server.addr])

@@ -16,9 +16,9 @@ use bbsync_protocol::{
 };
 use bbsync_store::{
     Store,
-    chunks::Staged,
     db::ObjectState,
     failpoint,
+    packs::Staged,
     progress::{NoProgress, Progress},
     sync::{Selection, Served, StagedChunks},
 };
@@ -220,7 +220,7 @@ async fn fetch_round(
             Err(e) => {
                 // What was fetched but not yet made durable is dropped
                 // (a re-run fetches it again).
-                store.chunks().discard(pending);
+                store.packs().discard(pending);
                 return Err(e);
             }
         };
@@ -252,7 +252,7 @@ fn publish(store: &Store, group: Vec<Staged>) -> Result<u64, bbsync_store::Store
     if let Err(e) = failpoint::check("fetch.publish", || {
         format!("publishing {} received chunks", group.len())
     }) {
-        store.chunks().discard(group);
+        store.packs().discard(group);
         return Err(e);
     }
     store.publish_chunks(group)

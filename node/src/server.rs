@@ -134,7 +134,7 @@ fn serve_chunks(store: &Store, ids: Vec<bbsync_protocol::ChunkId>, max_bytes: us
         if !seen.insert(id) {
             continue;
         }
-        let size = match store.chunks().size(&id) {
+        let size = match store.packs().size(&id) {
             Some(n) if !full => usize::try_from(n).unwrap_or(usize::MAX),
             _ => {
                 missing.push(id);

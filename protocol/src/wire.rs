@@ -1,8 +1,26 @@
-//! Messages of the `/bbsync/sync/1` request-response protocol (DESIGN §6),
+//! Messages of the `/bbsync/sync/2` request-response protocol (DESIGN §6),
 //! as bytes: one postcard frame per message, `{format, message}`, decoded
 //! strictly under a size limit. They map one to one onto the store's
 //! replication calls (`docs/sync.md`); the node crate moves them over
 //! libp2p streams.
+//!
+//! On a stream, a request is its frame (read to the end, capped). A
+//! response starts with a kind byte ([`response_wire`]): an ordinary frame
+//! behind its length, so the reader allocates exactly that much, or, for
+//! [`Response::Chunks`], a chunk stream, in which every chunk comes behind
+//! its own length, so the reader puts each chunk straight into a buffer of
+//! its size and nothing is copied out of a larger message:
+//!
+//! ```text
+//! response = 00 || len u32 BE || frame (len bytes, at most MAX_RESPONSE)
+//!          | 01 || format u16 BE (1) || n_chunks u16 BE || n_missing u16 BE
+//!             || n_missing × chunk id (32)
+//!             || n_chunks × (chunk id (32) || len u32 BE || stored chunk (len bytes))
+//! ```
+//!
+//! `n_chunks + n_missing` is at most [`MAX_CHUNK_IDS`], each `len` a
+//! possible stored chunk length, and the whole response at most
+//! [`MAX_RESPONSE`] bytes; the stream ends right after it.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +30,17 @@ use crate::{
     signed::{SignedBody, WIRE_OVERHEAD},
 };
 
-/// The libp2p protocol name.
-pub const SYNC_PROTOCOL: &str = "/bbsync/sync/1";
+/// The libp2p protocol name. Version 2: responses on the stream are
+/// length-prefixed, and chunks come as a chunk stream (module docs).
+pub const SYNC_PROTOCOL: &str = "/bbsync/sync/2";
+/// First byte of a response on the stream: a frame follows, behind its length.
+pub const RESPONSE_FRAME: u8 = 0;
+/// First byte of a response on the stream: a chunk stream follows.
+pub const RESPONSE_CHUNKS: u8 = 1;
+/// Bytes of a chunk stream's head after the kind byte.
+pub const CHUNKS_HEAD_LEN: usize = 6;
+/// Bytes before each chunk of a chunk stream: its id and length.
+pub const CHUNK_RECORD_HEAD_LEN: usize = 36;
 /// Largest encoded request.
 pub const MAX_REQUEST: usize = 256 * 1024;
 /// Largest encoded response (a page of manifests or a batch of chunks).
@@ -235,6 +262,169 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response> {
     Ok(f.message)
 }
 
+/// The bytes before a response frame of `frame_len` bytes: kind and length.
+pub fn frame_head(frame_len: usize) -> [u8; 5] {
+    let mut h = [0u8; 5];
+    h[0] = RESPONSE_FRAME;
+    h[1..].copy_from_slice(&(frame_len as u32).to_be_bytes());
+    h
+}
+
+/// The length in a frame head (after the kind byte), refused over [`MAX_RESPONSE`].
+pub fn parse_frame_len(b: [u8; 4]) -> Result<usize> {
+    let len = u32::from_be_bytes(b) as usize;
+    if len > MAX_RESPONSE {
+        return Err(crate::Error::TooLarge {
+            what: "sync response",
+            len,
+            limit: MAX_RESPONSE,
+        });
+    }
+    Ok(len)
+}
+
+/// The head of a chunk stream (kind byte included).
+pub fn chunks_head(chunks: usize, missing: usize) -> [u8; 1 + CHUNKS_HEAD_LEN] {
+    let mut h = [0u8; 1 + CHUNKS_HEAD_LEN];
+    h[0] = RESPONSE_CHUNKS;
+    h[1..3].copy_from_slice(&FORMAT_V1.to_be_bytes());
+    h[3..5].copy_from_slice(&(chunks as u16).to_be_bytes());
+    h[5..7].copy_from_slice(&(missing as u16).to_be_bytes());
+    h
+}
+
+/// Reads a chunk stream's head (after the kind byte): `(chunks, missing)`,
+/// refusing another format or more than [`MAX_CHUNK_IDS`] ids.
+pub fn parse_chunks_head(b: [u8; CHUNKS_HEAD_LEN]) -> Result<(usize, usize)> {
+    check_format("chunk stream", u16::from_be_bytes([b[0], b[1]]))?;
+    let chunks = u16::from_be_bytes([b[2], b[3]]) as usize;
+    let missing = u16::from_be_bytes([b[4], b[5]]) as usize;
+    if chunks + missing > MAX_CHUNK_IDS {
+        return Err(crate::Error::invalid(
+            "chunk stream",
+            "more chunk ids than a request may ask for",
+        ));
+    }
+    Ok((chunks, missing))
+}
+
+/// The head of one chunk in a chunk stream.
+pub fn chunk_record_head(id: &ChunkId, len: usize) -> [u8; CHUNK_RECORD_HEAD_LEN] {
+    let mut h = [0u8; CHUNK_RECORD_HEAD_LEN];
+    h[..32].copy_from_slice(id.as_bytes());
+    h[32..].copy_from_slice(&(len as u32).to_be_bytes());
+    h
+}
+
+/// Reads the head of one chunk: its id and a possible stored length.
+pub fn parse_chunk_record_head(b: [u8; CHUNK_RECORD_HEAD_LEN]) -> Result<(ChunkId, usize)> {
+    let id = ChunkId::from_slice(&b[..32])?;
+    let len = u32::from_be_bytes([b[32], b[33], b[34], b[35]]) as usize;
+    if !(crate::manifest::MIN_STORED_CHUNK..=crate::chunk::MAX_STORED_CHUNK).contains(&len) {
+        return Err(crate::Error::invalid(
+            "chunk stream",
+            "a chunk length no stored chunk can have",
+        ));
+    }
+    Ok((id, len))
+}
+
+/// A whole response as it goes on the stream (the codec writes the same
+/// bytes piece by piece, without building this buffer).
+pub fn response_wire(r: &Response) -> Vec<u8> {
+    match r {
+        Response::Chunks { chunks, missing } => {
+            let mut out = chunks_head(chunks.len(), missing.len()).to_vec();
+            for id in missing {
+                out.extend_from_slice(id.as_bytes());
+            }
+            for (id, b) in chunks {
+                out.extend_from_slice(&chunk_record_head(id, b.len()));
+                out.extend_from_slice(b);
+            }
+            out
+        }
+        other => {
+            let frame = encode_response(other);
+            let mut out = frame_head(frame.len()).to_vec();
+            out.extend_from_slice(&frame);
+            out
+        }
+    }
+}
+
+/// Decodes a whole response from its stream bytes (what the codec reads
+/// piece by piece): every limit checked, nothing may follow it.
+pub fn decode_response_wire(b: &[u8]) -> Result<Response> {
+    let short = || crate::Error::malformed("sync response", "cut short");
+    let (&kind, rest) = b.split_first().ok_or_else(short)?;
+    match kind {
+        RESPONSE_FRAME => {
+            let head: [u8; 4] = rest
+                .get(..4)
+                .ok_or_else(short)?
+                .try_into()
+                .map_err(|_| short())?;
+            let len = parse_frame_len(head)?;
+            let frame = &rest[4..];
+            if frame.len() != len {
+                return Err(crate::Error::malformed(
+                    "sync response",
+                    format!("frame of {} bytes, its head says {len}", frame.len()),
+                ));
+            }
+            decode_response(frame)
+        }
+        RESPONSE_CHUNKS => {
+            let head: [u8; CHUNKS_HEAD_LEN] = rest
+                .get(..CHUNKS_HEAD_LEN)
+                .ok_or_else(short)?
+                .try_into()
+                .map_err(|_| short())?;
+            let (n, m) = parse_chunks_head(head)?;
+            let mut pos = CHUNKS_HEAD_LEN;
+            let mut missing = Vec::with_capacity(m);
+            for _ in 0..m {
+                missing.push(ChunkId::from_slice(
+                    rest.get(pos..pos + 32).ok_or_else(short)?,
+                )?);
+                pos += 32;
+            }
+            let mut chunks = Vec::with_capacity(n);
+            for _ in 0..n {
+                let h: [u8; CHUNK_RECORD_HEAD_LEN] = rest
+                    .get(pos..pos + CHUNK_RECORD_HEAD_LEN)
+                    .ok_or_else(short)?
+                    .try_into()
+                    .map_err(|_| short())?;
+                let (id, len) = parse_chunk_record_head(h)?;
+                pos += CHUNK_RECORD_HEAD_LEN;
+                let bytes = rest.get(pos..pos + len).ok_or_else(short)?;
+                pos += len;
+                chunks.push((id, serde_bytes::ByteBuf::from(bytes.to_vec())));
+            }
+            if b.len() > MAX_RESPONSE + 1 {
+                return Err(crate::Error::TooLarge {
+                    what: "sync response",
+                    len: b.len(),
+                    limit: MAX_RESPONSE,
+                });
+            }
+            if pos != rest.len() {
+                return Err(crate::Error::malformed(
+                    "sync response",
+                    format!("{} trailing bytes", rest.len() - pos),
+                ));
+            }
+            Ok(Response::Chunks { chunks, missing })
+        }
+        k => Err(crate::Error::malformed(
+            "sync response",
+            format!("unknown response kind {k}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -324,7 +514,49 @@ mod tests {
         for (req, resp) in samples() {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
             assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
+            assert_eq!(decode_response_wire(&response_wire(&resp)).unwrap(), resp);
         }
+    }
+
+    #[test]
+    fn chunk_streams_are_checked() {
+        let cid = ChunkId([9; 32]);
+        let r = Response::Chunks {
+            chunks: vec![(cid, serde_bytes::ByteBuf::from(vec![1; 64]))],
+            missing: vec![ChunkId([8; 32])],
+        };
+        let w = response_wire(&r);
+        assert_eq!(w[0], RESPONSE_CHUNKS);
+        assert_eq!(
+            w.len(),
+            1 + CHUNKS_HEAD_LEN + 32 + CHUNK_RECORD_HEAD_LEN + 64
+        );
+        // Cut short anywhere, or one byte too many: refused.
+        for n in 0..w.len() {
+            assert!(decode_response_wire(&w[..n]).is_err(), "{n}");
+        }
+        let mut long = w.clone();
+        long.push(0);
+        assert!(decode_response_wire(&long).is_err());
+        // An impossible chunk length, too many ids, another format.
+        let mut bad = w.clone();
+        bad[1 + CHUNKS_HEAD_LEN + 32 + 32..1 + CHUNKS_HEAD_LEN + 32 + 36]
+            .copy_from_slice(&5u32.to_be_bytes());
+        assert!(decode_response_wire(&bad).is_err());
+        let mut bad = w.clone();
+        bad[3..5].copy_from_slice(&(MAX_CHUNK_IDS as u16).to_be_bytes());
+        assert!(decode_response_wire(&bad).is_err());
+        let mut bad = w.clone();
+        bad[2] = 2;
+        assert!(decode_response_wire(&bad).is_err());
+        // A frame whose length disagrees, an unknown kind.
+        let f = response_wire(&Response::Denied);
+        assert_eq!(f[..5], frame_head(2));
+        let mut bad = f.clone();
+        bad[4] = 3;
+        assert!(decode_response_wire(&bad).is_err());
+        assert!(decode_response_wire(&[7]).is_err());
+        assert!(parse_frame_len(((MAX_RESPONSE + 1) as u32).to_be_bytes()).is_err());
     }
 
     #[test]
@@ -369,6 +601,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = decode_request(&bytes);
             let _ = decode_response(&bytes);
+            let _ = decode_response_wire(&bytes);
         }
     }
 }

@@ -13,6 +13,11 @@
 //! | `c/` seq (u64 BE)            | object_id                                                    |
 //! | `t/` instance_id             | postcard [`TrustRecord`]                                     |
 //! | `u/` instance_id             | u64 big-endian: cursor of an upstream this node follows      |
+//! | `x/` chunk_id                | [`Location`]: pack id, offset, length (the chunk index)      |
+//! | `meta/index`                 | `01` once the chunk index is complete (absent: rebuild it)   |
+//! | `meta/open_packs`            | the packs not sealed yet, each with its committed length     |
+//! | `meta/collect`               | present while the index may hold chunks nothing references  |
+//! | `meta/doomed_packs`          | packs to delete (their chunks live elsewhere now)            |
 //! | `i/` invite_id               | postcard [`InviteRecord`] (an invite this node issued)       |
 //!
 //! One record per object (rather than one key each for state, manifest and
@@ -20,27 +25,51 @@
 
 use std::path::Path;
 
-use bbsync_protocol::{InstanceId, InviteId, InviteRefusal, ManifestId, ObjectId, Role, encoding};
+use bbsync_protocol::{
+    ChunkId, InstanceId, InviteId, InviteRefusal, ManifestId, ObjectId, Role, encoding,
+};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::{
     error::{Result, StoreError},
     invite::InviteRecord,
+    packs::{Location, PackId},
 };
 
-/// The schema this build writes. Older ones are migrated at open
-/// (`crate::migrate`), newer ones refused.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The schema this build writes: 3, chunks in pack files with a chunk
+/// index (schemas 1 and 2 kept one file per chunk; 2 re-checked the
+/// envelope entries).
+/// Older ones are migrated at open (`crate::migrate`), newer ones refused.
+pub const SCHEMA_VERSION: u32 = 3;
+/// The first schema with pack files: older data dirs are migrated.
+pub const PACKS_SCHEMA: u32 = 3;
 /// How long opening a data dir waits for another process's lock on it
 /// before reporting [`StoreError::InUse`].
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-/// Objects per atomic database batch in [`Db::commit`].
-pub const COMMIT_BATCH: usize = 1024;
+/// Objects per atomic database batch in [`Db::commit`]. Small on purpose:
+/// sled 0.34 holds the garbage of a whole batch until it ends (one
+/// epoch guard per batch), so large batches cost hundreds of MB at scale
+/// (measured: 200,000 inserts in batches of 8,192 peaked at 660 MB, in
+/// batches of 256 at 64 MB).
+pub const COMMIT_BATCH: usize = 128;
 
 const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
 const K_GC_PENDING: &[u8] = b"meta/gc_pending";
+const K_INDEX: &[u8] = b"meta/index";
+const K_OPEN_PACKS: &[u8] = b"meta/open_packs";
+const K_COLLECT: &[u8] = b"meta/collect";
+const K_DOOMED: &[u8] = b"meta/doomed_packs";
+/// Index records per sled batch when many are written at once (see
+/// [`COMMIT_BATCH`] for why this is small).
+const INDEX_BATCH: usize = 256;
+/// sled's page cache. Sorted bulk writes (imports, clones) do not need a
+/// large one. (sled 0.34 evicts lazily: each of its 256 cache shards looks
+/// at its accesses only 64 at a time, so a scan of the whole tree keeps
+/// far more than this in memory until evictions catch up: about 140 MB
+/// for 200,000 objects, whatever this is set to; measured.)
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const MAX_RECORD: usize = 48 * 1024 * 1024;
 /// Largest invite record (1,000 redemptions with their names fit).
 const MAX_INVITE_RECORD: usize = 1024 * 1024;
@@ -141,18 +170,37 @@ fn decode_trust(bytes: &[u8]) -> Result<TrustRecord> {
 }
 
 /// One object's new records, applied atomically with others in a batch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectWrite {
     /// The object.
     pub object_id: ObjectId,
     /// New state (its `seq` is assigned by [`Db::commit`]).
     pub state: ObjectState,
     /// Signed manifest wire bytes.
+    #[serde(with = "serde_bytes")]
     pub manifest: Vec<u8>,
     /// Envelope entries (wire bytes).
-    pub envelope: Vec<Vec<u8>>,
+    pub envelope: Vec<ByteBuf>,
     /// The previous state, if any (to drop its change-log and name entries).
     pub previous: Option<ObjectState>,
+}
+
+/// A change of the chunk index and the pack bookkeeping, applied by
+/// [`Db::apply_index`].
+#[derive(Debug, Default)]
+pub struct IndexChange {
+    /// Index records to write.
+    pub put: Vec<(ChunkId, Location)>,
+    /// Index records to remove.
+    pub remove: Vec<ChunkId>,
+    /// The new list of open packs with their committed lengths, if it changes.
+    pub open_packs: Option<Vec<(PackId, u64)>>,
+    /// Sets or clears the collect marker: the index may hold chunks that
+    /// nothing references (published and not yet recorded, or left by a
+    /// commit that replaced objects), so an open after a crash collects.
+    pub collect: Option<bool>,
+    /// The new list of packs to delete, if it changes.
+    pub doomed: Option<Vec<PackId>>,
 }
 
 fn db_err(e: sled::Error) -> StoreError {
@@ -217,6 +265,17 @@ pub struct Db {
 impl Db {
     /// Opens (or, with `create`, creates) the database at `path`, checking its schema.
     pub fn open(path: &Path, data_dir: &Path, create: bool) -> Result<Self> {
+        Self::open_checked(path, data_dir, create, true)
+    }
+
+    /// Opens an existing database whatever its schema number, for
+    /// inspection only (`crate::inspect`): nothing that reads records
+    /// through it may trust their layout.
+    pub(crate) fn open_any_schema(path: &Path, data_dir: &Path) -> Result<Self> {
+        Self::open_checked(path, data_dir, false, false)
+    }
+
+    fn open_checked(path: &Path, data_dir: &Path, create: bool, check: bool) -> Result<Self> {
         // Another process holding the lock may be a short command (`status`,
         // `ls` run while no node serves): wait a little for it rather than
         // fail at once (a `serve` started by systemd at the same moment
@@ -225,7 +284,7 @@ impl Db {
         let db = loop {
             let opened = sled::Config::new()
                 .path(path)
-                .cache_capacity(64 * 1024 * 1024)
+                .cache_capacity(CACHE_BYTES)
                 .open()
                 .map_err(|e| match e {
                     sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -247,7 +306,7 @@ impl Db {
         match tree.get(K_SCHEMA).map_err(db_err)? {
             Some(v) => {
                 let found = u32_of(&v, "schema_version")?;
-                if found > SCHEMA_VERSION {
+                if check && found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
                         found,
                         supported: SCHEMA_VERSION,
@@ -259,6 +318,7 @@ impl Db {
                     .map_err(db_err)?;
                 tree.insert(K_NEXT_SEQ, &1u64.to_be_bytes())
                     .map_err(db_err)?;
+                tree.insert(K_INDEX, &[1u8]).map_err(db_err)?;
                 db.flush().map_err(db_err)?;
             }
             None => return Err(StoreError::Corrupt("database has no schema_version".into())),
@@ -487,14 +547,26 @@ impl Db {
     /// live object that would take the name of another live one, see
     /// `Store::name_holder`.)
     pub(crate) fn commit(&self, writes: Vec<ObjectWrite>) -> Result<u64> {
+        self.commit_from(writes.into_iter().map(Ok))
+    }
+
+    /// [`Db::commit`] of writes that come from an iterator (read back from
+    /// a spool): the batches are applied as they fill; an error from the
+    /// iterator stops the commit after the batches already applied.
+    pub(crate) fn commit_from(
+        &self,
+        writes: impl Iterator<Item = Result<ObjectWrite>>,
+    ) -> Result<u64> {
         let mut seq = self.next_seq()?;
-        let mut writes = writes.into_iter().peekable();
-        // Names given in this commit so far (the batches are applied in order).
+        let mut writes = writes.peekable();
+        // Names given in the running batch (earlier batches are applied, so
+        // the tree has theirs: memory stays bounded by the batch).
         let mut named: std::collections::HashMap<Vec<u8>, ObjectId> =
             std::collections::HashMap::new();
         while writes.peek().is_some() {
             let mut batch = sled::Batch::default();
             for w in writes.by_ref().take(COMMIT_BATCH) {
+                let w = w?;
                 let oid = w.object_id.as_bytes();
                 if let Some(prev) = &w.previous {
                     if prev.chunks > 0 && prev.manifest_id != w.state.manifest_id {
@@ -528,7 +600,7 @@ impl Db {
                 let rec = ObjectRecord {
                     state,
                     manifest: w.manifest,
-                    envelope: w.envelope.into_iter().map(ByteBuf::from).collect(),
+                    envelope: w.envelope,
                 };
                 batch.insert(key(b"o/", oid), encoding::encode(&rec));
                 seq += 1;
@@ -536,10 +608,138 @@ impl Db {
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
             failpoint("db.commit")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
+            named.clear();
         }
         self.flush()?;
         self.notify_changed();
         Ok(seq - 1)
+    }
+
+    // ---- the chunk index and pack bookkeeping ---------------------------
+
+    /// Where a chunk is stored, if the index has it. An index record that
+    /// does not decode is `Corrupt` (`bbsync repair-index` rebuilds it).
+    pub fn index_get(&self, id: &ChunkId) -> Result<Option<Location>> {
+        self.tree
+            .get(key(b"x/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| {
+                Location::decode(&v).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "index record of chunk {} is damaged (run `bbsync repair-index`)",
+                        id.short()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Every index record, in chunk-id order.
+    pub fn index_iter(&self) -> impl Iterator<Item = Result<(ChunkId, Location)>> + '_ {
+        self.tree.scan_prefix(b"x/").map(|r| {
+            let (k, v) = r.map_err(db_err)?;
+            let id = ChunkId::from_slice(&k[2..])
+                .map_err(|e| StoreError::Corrupt(format!("index key: {e}")))?;
+            let loc = Location::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "index record of chunk {} is damaged (run `bbsync repair-index`)",
+                    id.short()
+                ))
+            })?;
+            Ok((id, loc))
+        })
+    }
+
+    /// Every index record, in chunk-id order, with `None` for a record
+    /// whose value does not decode (for `verify`, which reports it).
+    pub fn index_iter_lenient(
+        &self,
+    ) -> impl Iterator<Item = Result<(ChunkId, Option<Location>)>> + '_ {
+        self.tree.scan_prefix(b"x/").map(|r| {
+            let (k, v) = r.map_err(db_err)?;
+            let id = ChunkId::from_slice(&k[2..])
+                .map_err(|e| StoreError::Corrupt(format!("index key: {e}")))?;
+            Ok((id, Location::decode(&v)))
+        })
+    }
+
+    /// Number of index records.
+    pub fn index_len(&self) -> usize {
+        self.tree.scan_prefix(b"x/").count()
+    }
+
+    /// Applies a change of the index and the pack bookkeeping, then
+    /// flushes if `flush`. A small change is one atomic sled batch. A large
+    /// one goes in batches of [`INDEX_BATCH`] records, in an order that is
+    /// safe at every prefix (sled recovers a prefix of the batches applied):
+    /// first the open packs' committed lengths and the setting of the
+    /// collect marker (so that a cut at open never removes bytes an index
+    /// record points at, and unrecorded records are collected), then the
+    /// index records (sorted by chunk id), last the doomed list and the
+    /// clearing of the collect marker (so that a pack is doomed only once
+    /// every chunk moved out of it is indexed in its new place).
+    pub fn apply_index(&self, change: IndexChange, flush: bool) -> Result<()> {
+        let IndexChange {
+            mut put,
+            remove,
+            open_packs,
+            collect,
+            doomed,
+        } = change;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        let apply =
+            |batch: &mut sled::Batch| self.tree.apply_batch(std::mem::take(batch)).map_err(db_err);
+        // 1. Bookkeeping that must come first.
+        if let Some(packs) = open_packs {
+            let mut v = Vec::with_capacity(packs.len() * 24);
+            for (id, len) in packs {
+                v.extend_from_slice(&id.0);
+                v.extend_from_slice(&len.to_be_bytes());
+            }
+            batch.insert(K_OPEN_PACKS, v);
+        }
+        if collect == Some(true) {
+            batch.insert(K_COLLECT, &[1u8]);
+        }
+        let large = put.len() + remove.len() > INDEX_BATCH;
+        if large {
+            apply(&mut batch)?;
+        }
+        // 2. The records, in key order: sled's B-tree then fills its pages
+        //    one after the other instead of touching a random page each.
+        put.sort_unstable_by_key(|a| a.0);
+        for (id, loc) in put {
+            batch.insert(key(b"x/", id.as_bytes()), loc.encode().as_slice());
+            n += 1;
+            if n % INDEX_BATCH == 0 {
+                apply(&mut batch)?;
+            }
+        }
+        for id in remove {
+            batch.remove(key(b"x/", id.as_bytes()));
+            n += 1;
+            if n % INDEX_BATCH == 0 {
+                apply(&mut batch)?;
+            }
+        }
+        // 3. Bookkeeping that must come last.
+        if collect == Some(false) {
+            batch.remove(K_COLLECT);
+        }
+        if let Some(d) = doomed {
+            if d.is_empty() {
+                batch.remove(K_DOOMED);
+            } else {
+                let v: Vec<u8> = d.iter().flat_map(|p| p.0).collect();
+                batch.insert(K_DOOMED, v);
+            }
+        }
+        apply(&mut batch)?;
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Whether a commit replaced versions whose chunks no GC has collected
@@ -554,6 +754,102 @@ impl Db {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The packs not sealed yet, with the length of their bytes that are
+    /// durable and indexed (what lies beyond is an interrupted append).
+    pub fn open_packs(&self) -> Result<Vec<(PackId, u64)>> {
+        let Some(v) = self.tree.get(K_OPEN_PACKS).map_err(db_err)? else {
+            return Ok(Vec::new());
+        };
+        if !v.len().is_multiple_of(24) {
+            return Err(StoreError::Corrupt("open packs record".into()));
+        }
+        Ok(v.chunks_exact(24)
+            .map(|c| {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&c[..16]);
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&c[16..]);
+                (PackId(id), u64::from_be_bytes(len))
+            })
+            .collect())
+    }
+
+    /// Packs whose chunks were all moved elsewhere (a repack) and that are
+    /// still to be deleted.
+    pub fn doomed_packs(&self) -> Result<Vec<PackId>> {
+        let Some(v) = self.tree.get(K_DOOMED).map_err(db_err)? else {
+            return Ok(Vec::new());
+        };
+        if !v.len().is_multiple_of(16) {
+            return Err(StoreError::Corrupt("doomed packs record".into()));
+        }
+        Ok(v.chunks_exact(16)
+            .map(|c| {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(c);
+                PackId(id)
+            })
+            .collect())
+    }
+
+    /// Whether the collect marker is set: a process stopped between
+    /// publishing chunks and recording them, or between a commit that
+    /// replaced objects and the collection after it.
+    pub fn collect_pending(&self) -> Result<bool> {
+        Ok(self.tree.get(K_COLLECT).map_err(db_err)?.is_some())
+    }
+
+    /// Whether the chunk index is complete (set at init, after a migration
+    /// and after a rebuild; absent while a rebuild runs or if the index was
+    /// lost).
+    pub fn index_complete(&self) -> Result<bool> {
+        Ok(self
+            .tree
+            .get(K_INDEX)
+            .map_err(db_err)?
+            .is_some_and(|v| v.as_ref() == [1u8]))
+    }
+
+    /// Marks the index complete (`true`, flushed) or being rebuilt (`false`).
+    pub fn set_index_complete(&self, complete: bool) -> Result<()> {
+        if complete {
+            self.tree.insert(K_INDEX, &[1u8]).map_err(db_err)?;
+        } else {
+            self.tree.remove(K_INDEX).map_err(db_err)?;
+        }
+        self.flush()
+    }
+
+    /// Removes every index record (the start of a rebuild), in batches.
+    pub fn clear_index(&self) -> Result<()> {
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .tree
+                .scan_prefix(b"x/")
+                .keys()
+                .take(INDEX_BATCH)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut batch = sled::Batch::default();
+            for k in keys {
+                batch.remove(k);
+            }
+            self.tree.apply_batch(batch).map_err(db_err)?;
+        }
+    }
+
+    /// Writes raw bytes as the index record of `id`, without any check.
+    /// Low level: for tests that damage a store on purpose.
+    pub fn dangerously_put_index_raw(&self, id: &ChunkId, bytes: &[u8]) -> Result<()> {
+        self.tree
+            .insert(key(b"x/", id.as_bytes()), bytes)
+            .map_err(db_err)?;
+        self.flush()
     }
 
     /// Who holds a name key: as given earlier in the running commit, else

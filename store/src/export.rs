@@ -35,6 +35,9 @@ pub struct ExportStats {
     pub elapsed: Duration,
 }
 
+/// Objects read per round of `export-bbs` (written in parallel, then the next).
+const EXPORT_ROUND: usize = 4096;
+
 /// Fails unless `dir` does not exist or is an empty directory; creates it.
 pub fn prepare_empty_dir(dir: &Path) -> Result<()> {
     match fs::read_dir(dir) {
@@ -117,7 +120,7 @@ impl Store {
         let id = o.manifest.object_id;
         let mut total = 0u64;
         for c in &o.manifest.chunks {
-            let stored = match self.chunks().read(&c.id) {
+            let stored = match self.packs().read(&c.id) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(StoreError::Incomplete(format!(
@@ -271,57 +274,70 @@ impl Store {
     ) -> Result<ExportStats> {
         let start = Instant::now();
         prepare_empty_dir(dir)?;
-        let mut todo: Vec<(ObjectId, PathBuf, u64, String)> = Vec::new();
-        let mut failed = Vec::new();
-        for r in self.db().objects() {
-            let (id, st) = r?;
-            if st.deleted || !kinds.contains(&st.kind.as_str()) {
-                continue;
-            }
-            let label = format!("{}:{}", st.kind, st.name);
-            match place(&id, &st) {
-                Ok(p) => todo.push((id, dir.join(p), st.plaintext_len, label)),
-                Err(why) => failed.push((label, why)),
-            }
-        }
-        todo.sort_by_key(|t| std::cmp::Reverse(t.2));
-        progress.start("export", todo.len() as u64, todo.iter().map(|t| t.2).sum());
-        let results: Vec<(String, Result<(u64, u64)>)> = todo
-            .par_iter()
-            .map(|(id, path, len, label)| {
-                let r = (|| {
-                    let o = self.open_object(id)?;
-                    if let Some(parent) = path.parent() {
-                        fs::create_dir_all(parent)
-                            .ctx(|| format!("creating {}", parent.display()))?;
-                    }
-                    match o.shape {
-                        Shape::File => Ok((1, self.write_file(&o, path, false)?)),
-                        Shape::Dir => {
-                            fs::create_dir(path).ctx(|| format!("creating {}", path.display()))?;
-                            self.extract_dir(&o, path).inspect_err(|_| {
-                                // Nothing half-written stays in the tree.
-                                let _ = fs::remove_dir_all(path);
-                            })
-                        }
-                    }
-                })();
-                progress.advance(1, *len);
-                (label.clone(), r)
-            })
-            .collect();
-        progress.finish();
         let mut stats = ExportStats::default();
-        for (label, r) in results {
-            match r {
-                Ok((files, bytes)) => {
-                    stats.objects += 1;
-                    stats.files += files;
-                    stats.bytes += bytes;
+        let mut failed = Vec::new();
+        // The objects stream in rounds (memory does not grow with their
+        // number); each round is written on all cores, largest first.
+        progress.start("export", 0, 0);
+        let mut records = self.db().objects();
+        loop {
+            let mut todo: Vec<(ObjectId, PathBuf, u64, String)> = Vec::new();
+            let mut read = 0;
+            for r in records.by_ref() {
+                let (id, st) = r?;
+                read += 1;
+                if !st.deleted && kinds.contains(&st.kind.as_str()) {
+                    let label = format!("{}:{}", st.kind, st.name);
+                    match place(&id, &st) {
+                        Ok(p) => todo.push((id, dir.join(p), st.plaintext_len, label)),
+                        Err(why) => failed.push((label, why)),
+                    }
                 }
-                Err(e) => failed.push((label, e.to_string())),
+                if read >= EXPORT_ROUND {
+                    break;
+                }
+            }
+            if read == 0 {
+                break;
+            }
+            todo.sort_by_key(|t| std::cmp::Reverse(t.2));
+            let results: Vec<(String, Result<(u64, u64)>)> = todo
+                .par_iter()
+                .map(|(id, path, len, label)| {
+                    let r = (|| {
+                        let o = self.open_object(id)?;
+                        if let Some(parent) = path.parent() {
+                            fs::create_dir_all(parent)
+                                .ctx(|| format!("creating {}", parent.display()))?;
+                        }
+                        match o.shape {
+                            Shape::File => Ok((1, self.write_file(&o, path, false)?)),
+                            Shape::Dir => {
+                                fs::create_dir(path)
+                                    .ctx(|| format!("creating {}", path.display()))?;
+                                self.extract_dir(&o, path).inspect_err(|_| {
+                                    // Nothing half-written stays in the tree.
+                                    let _ = fs::remove_dir_all(path);
+                                })
+                            }
+                        }
+                    })();
+                    progress.advance(1, *len);
+                    (label.clone(), r)
+                })
+                .collect();
+            for (label, r) in results {
+                match r {
+                    Ok((files, bytes)) => {
+                        stats.objects += 1;
+                        stats.files += files;
+                        stats.bytes += bytes;
+                    }
+                    Err(e) => failed.push((label, e.to_string())),
+                }
             }
         }
+        progress.finish();
         failed.sort();
         stats.failed = failed;
         stats.elapsed = start.elapsed();

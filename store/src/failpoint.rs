@@ -32,26 +32,6 @@ pub const POINTS: &[(&str, &str)] = &[
         "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
     ),
     // Chunk files (chunks.rs): stage, syncfs, rename, syncfs, record.
-    (
-        "chunks.stage",
-        "before a chunk's temp file is written (the dirty marker is durable)",
-    ),
-    (
-        "chunks.sync_staged",
-        "publish: before the syncfs that makes the staged temp files durable",
-    ),
-    (
-        "chunks.rename",
-        "publish: before one staged chunk is renamed to its final name",
-    ),
-    (
-        "chunks.sync_renamed",
-        "publish: every staged chunk renamed, before the syncfs that makes the renames durable",
-    ),
-    (
-        "chunks.recorded",
-        "the caller recorded the published chunks, before the dirty marker goes (abort only: nothing can fail here)",
-    ),
     // The database (db.rs): every sled write, and its flush.
     (
         "db.commit",
@@ -76,7 +56,6 @@ pub const POINTS: &[(&str, &str)] = &[
         "before sled's flush, which makes the writes before it durable",
     ),
     // gc (lib.rs).
-    ("gc.remove", "before one unreferenced chunk file is removed"),
     // import (import.rs): seal and stage, publish, commit, gc.
     (
         "import.publish",
@@ -125,10 +104,6 @@ pub const POINTS: &[(&str, &str)] = &[
         "a new repository: its directory made, before repo.json is written",
     ),
     (
-        "backup.link",
-        "before one chunk is hard-linked into the repository",
-    ),
-    (
         "backup.stage",
         "before one chunk is copied to a temp file in the repository (--copy, other file system)",
     ),
@@ -154,6 +129,66 @@ pub const POINTS: &[(&str, &str)] = &[
         "everything durable, before the snapshot file (written last) is written",
     ),
     // restore (backup/restore.rs): chunks (chunks.*), then the records.
+    (
+        "pack.stage",
+        "before one chunk is appended to the open pack's write buffer (import, clone, follow, fetch-missing, restore, migrate)",
+    ),
+    (
+        "pack.create",
+        "a new open pack: before it is recorded in the database and its file created (every write: import, clone, restore, gc repack, migrate)",
+    ),
+    (
+        "pack.write",
+        "appending: before buffered entries are written to the open pack (bytes beyond the committed length)",
+    ),
+    (
+        "pack.sync",
+        "publish: the appended bytes are written, before the pack's fdatasync",
+    ),
+    (
+        "index.commit",
+        "publish: the packs are durable, before the index records and committed lengths are committed",
+    ),
+    (
+        "index.committed",
+        "publish: the index is committed, before the caller records its manifests (the collect marker is set)",
+    ),
+    (
+        "pack.seal",
+        "sealing a full pack: before its trailer is written",
+    ),
+    (
+        "pack.sealed",
+        "sealing: the trailer is durable, before the pack is recorded as sealed",
+    ),
+    (
+        "gc.drop",
+        "gc: before unreferenced chunks are dropped from the index",
+    ),
+    (
+        "gc.repack",
+        "gc: the repacked copies and the doomed list are durable, before the old packs are deleted",
+    ),
+    (
+        "gc.delete",
+        "gc: before each pack file is deleted (repacked or empty)",
+    ),
+    (
+        "index.rebuild",
+        "repair-index: before the records of each pack are written",
+    ),
+    (
+        "migrate.group",
+        "migrate: a group of chunk files is durable and indexed in packs",
+    ),
+    (
+        "migrate.schema",
+        "migrate: every chunk is in packs, before the schema number is set",
+    ),
+    (
+        "migrate.cleanup",
+        "migrate: the schema says packs, before the old chunks/ directory is removed",
+    ),
     (
         "restore.commit",
         "every needed chunk published, before trust and the object records are committed",

@@ -36,11 +36,12 @@ use crate::{
     Store,
     archive::{ArchiveReader, CHANGED_MARKER, ExactFile, into_store_error},
     bbs::{self, BBS_KINDS, Source},
-    chunks::Staged,
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
     failpoint,
+    packs::Staged,
     progress::Progress,
+    spool::Spool,
     sqlite,
 };
 
@@ -55,7 +56,7 @@ pub struct ImportStats {
     pub unchanged: u64,
     /// Objects tombstoned (gone from the tree).
     pub deleted: u64,
-    /// Chunk files written.
+    /// Chunks written (appended to packs).
     pub chunks_written: u64,
     /// Chunks that already existed.
     pub chunks_reused: u64,
@@ -63,9 +64,9 @@ pub struct ImportStats {
     pub bytes_scanned: u64,
     /// Plaintext bytes actually read.
     pub bytes_read: u64,
-    /// Bytes of new chunk files.
+    /// Bytes of new chunks.
     pub bytes_written: u64,
-    /// Chunk files removed afterwards because no manifest needs them any more.
+    /// Chunks dropped afterwards because no manifest needs them any more.
     pub chunks_collected: u64,
     /// Objects that changed in the tree but could not get a new version:
     /// they are at the highest version there is (`kind:name`, and who
@@ -197,6 +198,22 @@ fn check_source(src: &Source) -> Result<()> {
 
 /// Sources up to this size are read whole and chunked in memory.
 const SMALL_SOURCE: u64 = 8 * 1024 * 1024;
+/// Sources sealed together (in parallel) before their results are spooled:
+/// at most this many...
+const BATCH_SOURCES: usize = 1024;
+/// ...or this many plaintext bytes.
+const BATCH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The 16-byte digest of `kind:name` an import keeps for each source.
+fn name_digest(kind: &str, name: &str) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(kind.as_bytes());
+    h.update(&[0]);
+    h.update(name.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
 
 fn read_all(src: &Source) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(src.len as usize + 1);
@@ -319,11 +336,11 @@ impl Store {
             });
             // A new object has a fresh key: none of its chunks can exist yet.
             if seen.insert(sealed.id)
-                && (old_chunks.is_none() || !self.chunks().contains(&sealed.id))
+                && (old_chunks.is_none() || !self.packs().contains(&sealed.id))
             {
                 bytes_written += sealed.bytes.len() as u64;
                 written += 1;
-                staged.push(self.chunks().stage(sealed.id, &sealed.bytes)?);
+                staged.push(self.packs().stage(sealed.id, &sealed.bytes)?);
             } else {
                 reused += 1;
             }
@@ -356,7 +373,7 @@ impl Store {
             })
         };
         if let Err(e) = result {
-            self.chunks().discard(staged);
+            self.packs().discard(staged);
             return Err(e);
         }
         let fingerprint = fp.finish();
@@ -366,7 +383,7 @@ impl Store {
             && st.owner == src.owner
             && st.complete
         {
-            self.chunks().discard(staged);
+            self.packs().discard(staged);
             let mut st = st.clone();
             st.fingerprint = Some(fingerprint);
             st.stat_digest = Some(src.stat_digest);
@@ -423,7 +440,10 @@ impl Store {
                 object_id,
                 state,
                 manifest: signed.bytes().to_vec(),
-                envelope,
+                envelope: envelope
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
                 previous: existing.clone().map(|(_, st)| st),
             };
             Ok(write)
@@ -431,7 +451,7 @@ impl Store {
         let write = match built {
             Ok(w) => w,
             Err(e) => {
-                self.chunks().discard(staged);
+                self.packs().discard(staged);
                 return Err(e);
             }
         };
@@ -530,25 +550,24 @@ impl Store {
             bytes_scanned: sources.iter().map(|s| s.content_bytes).sum(),
             ..Default::default()
         };
-        // Look up existing objects; refuse duplicate names in one import.
-        let mut names = HashSet::new();
-        let mut jobs = Vec::with_capacity(sources.len());
-        for src in sources {
-            if !names.insert((src.kind.clone(), src.name.clone())) {
+        // Refuse duplicate names in one import, and bad sources, before
+        // anything is read. The names are kept as 16-byte digests (for the
+        // tombstones below), not as strings.
+        let mut names: HashSet<[u8; 16]> = HashSet::with_capacity(sources.len());
+        for src in &sources {
+            if !names.insert(name_digest(&src.kind, &src.name)) {
                 return Err(StoreError::Invalid(format!(
                     "two sources map to {}:{}",
                     src.kind, src.name
                 )));
             }
-            check_source(&src)?;
-            let existing = match self.db().lookup(&src.kind, &src.name)? {
-                Some(id) => Some((id, self.state(&id)?)),
-                None => None,
-            };
-            jobs.push((src, existing));
+            check_source(src)?;
         }
-        // Largest first, so that big files do not end up alone at the tail.
-        jobs.sort_by_key(|(s, _)| std::cmp::Reverse(s.len));
+        let count = sources.len() as u64;
+        // Taken from the end in batches: largest first, so that big files do
+        // not end up alone at the tail.
+        let mut rest = sources;
+        rest.sort_by_key(|s| s.len);
         // Between the walk and the first open (a test swaps a file for a
         // symlink here: it must be refused, not followed).
         crate::failpoint::hit("import.after_walk")
@@ -557,116 +576,143 @@ impl Store {
         let session = WrapSession::new(self.identity());
         let recipients = self.recipients()?;
         let snapshots = sqlite::SnapshotTally::default();
-        progress.start("import", jobs.len() as u64, stats.bytes_scanned);
-        let results: Vec<Result<Outcome>> = jobs
-            .par_iter()
-            .map(|(src, existing)| {
-                self.process(
-                    src,
-                    existing.clone(),
-                    existing.as_ref().is_some_and(|(id, _)| rotate.contains(id)),
-                    &fp_key,
-                    &session,
-                    &recipients,
-                    progress,
-                    &snapshots,
-                )
-            })
-            .collect();
-        progress.finish();
-        (stats.databases, stats.snapshot_time) = snapshots.totals();
-        tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
-        let mut writes = Vec::new();
-        let mut staged_all = Vec::new();
-        let mut refresh = Vec::new();
-        let mut first_err = None;
-        for r in results {
-            match r {
-                Ok(Outcome::Stuck(label, why)) => {
-                    tracing::warn!("{label}: {why}");
-                    stats.stuck.push((label, why));
+        progress.start("import", count, stats.bytes_scanned);
+        // What the import will write, spooled (memory stays flat).
+        let tmp = self.dir().join(crate::TMP_DIR);
+        let mut writes: Spool<ObjectWrite> = Spool::new(&tmp);
+        let mut refresh: Spool<(ObjectId, ObjectState)> = Spool::new(&tmp);
+        let mut staged_all: Vec<Staged> = Vec::new();
+        let sealed = (|| -> Result<()> {
+            while !rest.is_empty() {
+                let mut n = 0;
+                let mut bytes = 0u64;
+                for s in rest.iter().rev() {
+                    if n > 0 && (n >= BATCH_SOURCES || bytes >= BATCH_BYTES) {
+                        break;
+                    }
+                    n += 1;
+                    bytes += s.len;
                 }
-                Ok(Outcome::Unchanged(id, st)) => {
-                    stats.unchanged += 1;
-                    if let Some(st) = st {
-                        refresh.push((id, *st));
+                let batch = rest.split_off(rest.len() - n);
+                if rest.len() < rest.capacity() / 2 {
+                    rest.shrink_to_fit();
+                }
+                let results: Vec<Result<Outcome>> = batch
+                    .par_iter()
+                    .rev()
+                    .map(|src| {
+                        let existing = match self.db().lookup(&src.kind, &src.name)? {
+                            Some(id) => Some((id, self.state(&id)?)),
+                            None => None,
+                        };
+                        let rotate = existing.as_ref().is_some_and(|(id, _)| rotate.contains(id));
+                        self.process(
+                            src,
+                            existing,
+                            rotate,
+                            &fp_key,
+                            &session,
+                            &recipients,
+                            progress,
+                            &snapshots,
+                        )
+                    })
+                    .collect();
+                let mut first_err = None;
+                for r in results {
+                    match r {
+                        Ok(Outcome::Stuck(label, why)) => {
+                            tracing::warn!("{label}: {why}");
+                            stats.stuck.push((label, why));
+                        }
+                        Ok(Outcome::Unchanged(id, st)) => {
+                            stats.unchanged += 1;
+                            if let Some(st) = st {
+                                refresh.push(*id.as_bytes(), &(id, *st))?;
+                            }
+                        }
+                        Ok(Outcome::Write(w, staged, written, reused, bytes)) => {
+                            if w.previous.is_some() {
+                                stats.changed += 1;
+                            } else {
+                                stats.new += 1;
+                            }
+                            stats.chunks_written += written;
+                            stats.chunks_reused += reused;
+                            stats.bytes_written += bytes;
+                            stats.bytes_read += w.state.plaintext_len;
+                            staged_all.extend(staged);
+                            if first_err.is_none()
+                                && let Err(e) = writes.push(*w.object_id.as_bytes(), &w)
+                            {
+                                first_err = Some(e);
+                            }
+                        }
+                        Err(e) => {
+                            if first_err.is_none() {
+                                first_err = Some(e);
+                            }
+                        }
                     }
                 }
-                Ok(Outcome::Write(w, staged, written, reused, bytes)) => {
-                    if w.previous.is_some() {
-                        stats.changed += 1;
-                    } else {
-                        stats.new += 1;
-                    }
-                    stats.chunks_written += written;
-                    stats.chunks_reused += reused;
-                    stats.bytes_written += bytes;
-                    stats.bytes_read += w.state.plaintext_len;
-                    writes.push(*w);
-                    staged_all.extend(staged);
-                }
-                Err(e) => {
-                    if first_err.is_none() {
-                        first_err = Some(e);
-                    }
+                if let Some(e) = first_err {
+                    return Err(e);
                 }
             }
-        }
-        if let Some(e) = first_err {
-            self.chunks().discard(staged_all);
-            return Err(e);
-        }
-        if !tombstone_kinds.is_empty() {
-            let mut stuck = Vec::new();
-            let tombstones = (|| -> Result<Vec<ObjectWrite>> {
-                let mut out = Vec::new();
+            if !tombstone_kinds.is_empty() {
                 for r in self.db().objects() {
                     let (id, st) = r?;
                     if !st.deleted
                         && tombstone_kinds.contains(&st.kind.as_str())
-                        && !names.contains(&(st.kind.clone(), st.name.clone()))
+                        && !names.contains(&name_digest(&st.kind, &st.name))
                     {
                         match self.tombstone(id, &st)? {
-                            Some(t) => out.push(t),
-                            None => stuck.push((
+                            Some(t) => {
+                                writes.push(*id.as_bytes(), &t)?;
+                                stats.deleted += 1;
+                            }
+                            None => stats.stuck.push((
                                 format!("{}:{}", st.kind, st.name),
                                 self.stuck_detail(&id, st.version),
                             )),
                         }
                     }
                 }
-                Ok(out)
-            })();
-            match tombstones {
-                Ok(t) => {
-                    stats.deleted = t.len() as u64;
-                    writes.extend(t);
-                    stats.stuck.extend(stuck);
-                }
-                Err(e) => {
-                    self.chunks().discard(staged_all);
-                    return Err(e);
-                }
             }
+            Ok(())
+        })();
+        progress.finish();
+        (stats.databases, stats.snapshot_time) = snapshots.totals();
+        if let Err(e) = sealed {
+            self.packs().discard(staged_all);
+            return Err(e);
         }
+        drop(names);
+        tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
         let replaced = stats.changed + stats.deleted > 0;
         let t = Instant::now();
         if let Err(e) = failpoint::check("import.publish", || "publishing new chunks".into()) {
-            self.chunks().discard(staged_all);
+            self.packs().discard(staged_all);
             return Err(e);
         }
-        let published = self.chunks().publish(staged_all)?;
-        tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (syncfs, rename, syncfs)");
+        let published = self.packs().publish(staged_all)?;
+        tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (fdatasync, index)");
         let t = Instant::now();
         failpoint::check("import.commit", || "committing the import".into())?;
-        if !writes.is_empty() {
-            self.db().commit(writes)?;
+        if replaced {
+            // Old versions' chunks become unreferenced with this commit.
+            self.packs().expect_garbage()?;
         }
-        for (id, st) in refresh {
+        // In object-id order: sled's B-tree fills page after page.
+        if writes.len() > 0 {
+            self.db().commit_from(writes.drain_sorted())?;
+        }
+        for r in refresh.drain_sorted() {
+            let (id, st) = r?;
             self.db().put_state(&id, &st)?;
         }
         self.db().flush()?;
-        self.chunks().recorded(published);
+        self.packs().recorded(published);
         stats.seq = self.db().last_seq()?;
         tracing::info!(elapsed = ?t.elapsed(), "import: metadata committed");
         drop(_g);
@@ -676,7 +722,7 @@ impl Store {
             let gc = failpoint::check("import.gc", || "collecting unreferenced chunks".into())
                 .and_then(|()| self.gc());
             match gc {
-                Ok((n, _)) => stats.chunks_collected = n,
+                Ok(r) => stats.chunks_collected = r.chunks_removed,
                 Err(e) => {
                     tracing::warn!("import done, but removing unreferenced chunks failed: {e}")
                 }

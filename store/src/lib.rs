@@ -1,21 +1,21 @@
 //! # bbsync-store
 //!
 //! The encrypted, content-addressed store of a bbsync node: sled metadata
-//! (in [`db`], the only module that touches sled), chunk files under
-//! `<data>/chunks/`, import of files, directories and whole BBS trees,
-//! export, verification and garbage collection.
+//! (in [`db`], the only module that touches sled), sealed chunks in pack
+//! files under `<data>/packs/` with a chunk index in sled ([`packs`]),
+//! import of files, directories and whole BBS trees, export, verification
+//! and garbage collection.
 //!
 //! ```text
-//! <data>/identity.key   secrets (0600), optionally sealed with a passphrase
-//! <data>/config.toml    operator settings
-//! <data>/db/            sled metadata
-//! <data>/chunks/ab/<id> one file per sealed chunk
+//! <data>/identity.key          secrets (0600), optionally sealed with a passphrase
+//! <data>/config.toml           operator settings
+//! <data>/db/                   sled metadata and the chunk index
+//! <data>/packs/ab/<id>.pack    sealed chunks appended into pack files (~16 MiB)
 //! ```
 
 pub mod archive;
 pub mod backup;
 pub mod bbs;
-pub mod chunks;
 pub mod config;
 pub mod db;
 mod error;
@@ -23,12 +23,15 @@ pub mod export;
 pub mod failpoint;
 pub mod identity_file;
 pub mod import;
+pub mod inspect;
 pub mod invite;
 pub mod layout;
 pub mod migrate;
+pub mod packs;
 pub mod progress;
 pub mod rekey;
 pub mod seal;
+mod spool;
 pub mod sqlite;
 pub mod sync;
 pub mod verify;
@@ -38,7 +41,7 @@ use std::{
     io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use bbsync_protocol::{
@@ -47,7 +50,7 @@ use bbsync_protocol::{
 };
 
 pub use config::Config;
-pub use db::{ObjectState, SCHEMA_VERSION, TrustRecord};
+pub use db::{ObjectState, PACKS_SCHEMA, SCHEMA_VERSION, TrustRecord};
 use error::Context;
 pub use error::{ErrorKind, Result, StoreError};
 
@@ -55,8 +58,8 @@ pub use error::{ErrorKind, Result, StoreError};
 pub struct Store {
     dir: PathBuf,
     identity: Identity,
-    db: db::Db,
-    chunks: chunks::ChunkFiles,
+    db: Arc<db::Db>,
+    packs: packs::Packs,
     config: Config,
     write_lock: Mutex<()>,
     unwrapper: bbsync_protocol::Unwrapper,
@@ -70,6 +73,10 @@ impl std::fmt::Debug for Store {
 }
 
 const IDENTITY_FILE: &str = "identity.key";
+/// The pack directory inside a data dir.
+pub const PACKS_DIR: &str = "packs";
+/// Temp files of long operations inside a data dir (spools, a rotation's plaintext).
+pub const TMP_DIR: &str = "tmp";
 const CONFIG_FILE: &str = "config.toml";
 
 fn check_data_dir(dir: &Path) -> Result<()> {
@@ -210,7 +217,7 @@ impl Store {
         };
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
-        let db = db::Db::open(&dir.join("db"), dir, true)?;
+        let db = Arc::new(db::Db::open(&dir.join("db"), dir, true)?);
         if db.last_seq()? > 0 || db.object_count() > 0 || !db.trusted()?.is_empty() {
             // Content without an identity is not an interrupted init; a new
             // identity could read none of it.
@@ -230,13 +237,13 @@ impl Store {
         // The identity last: it is what makes the directory a store, so an
         // init that stops before it can simply be run again.
         write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
-        let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
+        let packs = packs::Packs::open(&dir.join(PACKS_DIR), db.clone())?;
         let record_key = identity.local_key("record-mac");
         Ok(Store {
             dir: dir.to_path_buf(),
             identity,
             db,
-            chunks,
+            packs,
             config: Config::default(),
             write_lock: Mutex::new(()),
             unwrapper: bbsync_protocol::Unwrapper::new(),
@@ -261,6 +268,20 @@ impl Store {
     /// Opens an existing store; `passphrase` opens a sealed `identity.key`
     /// (a wrong one is [`StoreError::Passphrase`] and changes nothing).
     pub fn open_with_passphrase(dir: &Path, passphrase: Option<&str>) -> Result<Self> {
+        Ok(Self::open_migrating(dir, passphrase, &progress::NoProgress)?.0)
+    }
+
+    /// Opens an existing store, first migrating a data dir of an older
+    /// schema (crash-safe and resumable; see [`migrate`]) with `progress`;
+    /// returns what the move to pack files did, if it ran. A newer schema
+    /// is refused and changes nothing. Then recovers from an interrupted
+    /// write (unrecorded chunks are collected) and rebuilds a missing chunk
+    /// index from the packs.
+    pub(crate) fn open_migrating(
+        dir: &Path,
+        passphrase: Option<&str>,
+        progress: &dyn progress::Progress,
+    ) -> Result<(Self, Option<migrate::MigrateReport>)> {
         check_data_dir(dir)?;
         let id_path = dir.join(IDENTITY_FILE);
         let id_bytes = read_identity_file(dir)?;
@@ -281,14 +302,14 @@ impl Store {
         if !dir.join("db").is_dir() {
             return Err(StoreError::NotInitialized(dir.to_path_buf()));
         }
-        let db = db::Db::open(&dir.join("db"), dir, false)?;
-        let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
+        let db = Arc::new(db::Db::open(&dir.join("db"), dir, false)?);
+        let packs = packs::Packs::open(&dir.join(PACKS_DIR), db.clone())?;
         let record_key = identity.local_key("record-mac");
         let mut store = Store {
             dir: dir.to_path_buf(),
             identity,
             db,
-            chunks,
+            packs,
             config,
             write_lock: Mutex::new(()),
             unwrapper: bbsync_protocol::Unwrapper::new(),
@@ -296,22 +317,64 @@ impl Store {
         };
         // An older schema is brought up to date (crash-safe, resumable)
         // before anything else reads the records.
-        migrate::run(&mut store)?;
+        let moved = migrate::run(&mut store, progress)?;
+        store.recover()?;
+        Ok((store, moved))
+    }
+
+    /// What an open does after a crash: removes temp files a killed
+    /// process left, rebuilds a missing index from the packs, and collects
+    /// chunks published but never recorded.
+    fn recover(&self) -> Result<()> {
+        spool::sweep(&self.dir.join(TMP_DIR));
         // Snapshots and dumps of SQLite databases a killed process left
         // (plaintext; only this process can be using the data dir now).
-        sqlite::sweep_temp(&dir.join("tmp"));
-        if store.chunks.recovered() || store.db.gc_pending()? {
-            // The last writer stopped between publishing chunks and recording
-            // them, or between replacing versions and collecting their old
-            // chunks: what no manifest references is garbage from that write.
-            let (n, bytes) = store.gc()?;
+        sqlite::sweep_temp(&self.dir.join(TMP_DIR));
+        if self.dir.join(migrate::CHUNKS_DIR).exists() {
+            // Left by a migration stopped after the schema was set.
+            self.remove_old_chunk_dir()?;
+        }
+        if !self.db.index_complete()? {
+            tracing::warn!(
+                "the chunk index is missing or was being rebuilt: rebuilding it from the packs"
+            );
+            let (r, g) = self.repair_index(&progress::NoProgress)?;
             tracing::info!(
-                files = n,
-                bytes,
-                "recovered from an interrupted write: removed unreferenced chunk files"
+                packs = r.packs,
+                chunks = r.chunks,
+                dropped = g.chunks_removed,
+                "chunk index rebuilt"
+            );
+            for s in &r.skipped {
+                tracing::warn!("repair-index: {s}");
+            }
+        } else if self.db.collect_pending()? || self.db.gc_pending()? {
+            // The last writer stopped between publishing chunks and
+            // recording them, or between replacing versions and collecting
+            // their old chunks: what no manifest references is garbage
+            // from that write.
+            let r = self.gc()?;
+            tracing::info!(
+                chunks = r.chunks_removed,
+                bytes = r.bytes_removed,
+                "recovered from an interrupted write: dropped unreferenced chunks"
             );
         }
-        Ok(store)
+        Ok(())
+    }
+
+    /// Rebuilds the chunk index from the pack files alone, then drops what
+    /// no manifest references (`bbsync repair-index`).
+    pub fn repair_index(
+        &self,
+        progress: &dyn progress::Progress,
+    ) -> Result<(packs::RebuildReport, packs::GcReport)> {
+        let _g = self.lock();
+        let r = self.packs.rebuild_index(progress)?;
+        let referenced = self.referenced_chunks()?;
+        let g = self.packs.collect(&|id| referenced.contains(id))?;
+        self.packs.collected()?;
+        Ok((r, g))
     }
 
     /// Whether this store's `identity.key` is sealed with a passphrase now.
@@ -419,9 +482,9 @@ impl Store {
         self.db.flush()
     }
 
-    /// The chunk files.
-    pub fn chunks(&self) -> &chunks::ChunkFiles {
-        &self.chunks
+    /// The pack files and the chunk index.
+    pub fn packs(&self) -> &packs::Packs {
+        &self.packs
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -861,24 +924,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes chunk files no manifest references. Returns (files, bytes) removed.
-    pub fn gc(&self) -> Result<(u64, u64)> {
+    /// Drops the chunks no manifest references from the index, deletes
+    /// packs left empty and repacks packs mostly dead (see [`packs::Packs::collect`]).
+    pub fn gc(&self) -> Result<packs::GcReport> {
         let _g = self.lock();
         let referenced = self.referenced_chunks()?;
-        let mut files = 0;
-        let mut bytes = 0;
-        for item in self.chunks.list()? {
-            if let Ok((id, len)) = item
-                && !referenced.contains(&id)
-            {
-                failpoint::check("gc.remove", || format!("removing chunk {}", id.short()))?;
-                self.chunks.remove(&id)?;
-                files += 1;
-                bytes += len;
-            }
-        }
+        let r = self.packs.collect(&|id| referenced.contains(id))?;
+        self.packs.collected()?;
         self.db.clear_gc_pending()?;
-        Ok((files, bytes))
+        Ok(r)
     }
 
     /// Every chunk id referenced by a stored manifest.

@@ -15,9 +15,10 @@ use std::collections::HashSet;
 
 use bbsync_protocol::{
     Checkpoint, ChunkId, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role,
-    RootBuilder, Signed, Unverified, WrapSession, chunk::check_chunk_id, encoding::FORMAT_V1,
-    verify_many,
+    RootBuilder, Signed, SignedBody, Unverified, WrapSession, chunk::check_chunk_id,
+    encoding::FORMAT_V1, signed::VERIFY_BATCH, verify_many,
 };
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::{
@@ -29,6 +30,33 @@ use crate::{
 /// One entry of a change page, and a manifest as served to one peer: the
 /// wire types of `/bbsync/sync/1`, used as they are.
 pub use bbsync_protocol::wire::{WireChange as Change, WireManifest as Served};
+
+/// [`verify_many`] on all cores: the items in groups of its batch size,
+/// the groups in parallel, the results in the items' order (`trusted`
+/// gets each item's index in `items`).
+pub(crate) fn verify_par<T>(
+    items: Vec<Unverified<T>>,
+    trusted: impl Fn(usize, &InstanceId) -> bool + Sync,
+) -> Vec<bbsync_protocol::Result<Signed<T>>>
+where
+    T: SignedBody + Send,
+{
+    let mut groups: Vec<Vec<Unverified<T>>> = Vec::new();
+    let mut it = items.into_iter();
+    loop {
+        let g: Vec<_> = it.by_ref().take(VERIFY_BATCH).collect();
+        if g.is_empty() {
+            break;
+        }
+        groups.push(g);
+    }
+    let results: Vec<Vec<_>> = groups
+        .into_par_iter()
+        .enumerate()
+        .map(|(g, items)| verify_many(items, |i, s| trusted(g * VERIFY_BATCH + i, s)))
+        .collect();
+    results.into_iter().flatten().collect()
+}
 
 /// Which objects a partial clone takes (`--skip-config`, `--skip-applets`,
 /// `--only KIND[:NAME]`). The default takes everything.
@@ -125,7 +153,7 @@ pub struct ServedPage {
 #[derive(Debug, Default)]
 pub struct StagedChunks {
     /// Chunks written to temp files, waiting for [`Store::publish_chunks`].
-    pub staged: Vec<crate::chunks::Staged>,
+    pub staged: Vec<crate::packs::Staged>,
     /// Bytes staged.
     pub bytes: u64,
     /// Chunks that were already on disk.
@@ -284,6 +312,8 @@ impl Store {
         let mut page = ServedPage::default();
         let mut seen = HashSet::with_capacity(ids.len());
         let mut bytes = 0usize;
+        // The page first (sizes only), in the ids' order...
+        let mut picked = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             if !seen.insert(*id) {
                 continue;
@@ -296,28 +326,41 @@ impl Store {
                 continue;
             }
             let size = rec.manifest.len() + ITEM_ALLOWANCE;
-            if !page.items.is_empty() && bytes.saturating_add(size) > max_bytes {
+            if !picked.is_empty() && bytes.saturating_add(size) > max_bytes {
                 page.deferred.push(*id);
                 page.deferred
                     .extend(ids[i + 1..].iter().filter(|x| seen.insert(**x)));
                 break;
             }
             bytes = bytes.saturating_add(size);
-            let l = self.loaded(rec);
-            let m = self.manifest_in(id, &l)?;
-            let entry = if role == Role::Full && !m.deleted {
-                let (_, key) = self.key_in(&m, &l)?;
-                let e = session
-                    .wrap(*id, m.version, peer.instance, &peer.x25519, &key)
-                    .ctx(|| format!("re-keying {} for {}", id.short(), peer.instance.short()))?;
-                Some(serde_bytes::ByteBuf::from(e.bytes().to_vec()))
-            } else {
-                None
-            };
-            page.items.push(Served {
-                manifest: m.bytes().to_vec(),
-                entry,
-            });
+            picked.push((*id, rec));
+        }
+        // ...then one check and one signature per live object, on all cores.
+        let served: Vec<Result<Served>> = picked
+            .into_par_iter()
+            .map(|(id, rec)| {
+                let l = self.loaded(rec);
+                let m = self.manifest_in(&id, &l)?;
+                let entry = if role == Role::Full && !m.deleted {
+                    let (_, key) = self.key_in(&m, &l)?;
+                    let e = session
+                        .wrap(id, m.version, peer.instance, &peer.x25519, &key)
+                        .ctx(|| {
+                            format!("re-keying {} for {}", id.short(), peer.instance.short())
+                        })?;
+                    Some(serde_bytes::ByteBuf::from(e.bytes().to_vec()))
+                } else {
+                    None
+                };
+                Ok(Served {
+                    manifest: m.bytes().to_vec(),
+                    entry,
+                })
+            })
+            .collect();
+        page.items.reserve(served.len());
+        for s in served {
+            page.items.push(s?);
         }
         Ok(page)
     }
@@ -382,7 +425,7 @@ impl Store {
         // before storing it (and asks another source for a damaged one);
         // hashing on both sides cost the source a tenth of its CPU time.
         // Damage on this disk is `verify --read-data`'s to find.
-        self.chunks()
+        self.packs()
             .read(id)
             .ctx(|| format!("reading chunk {}", id.short()))
     }
@@ -422,7 +465,7 @@ impl Store {
             }
         }
         let (unverified, entries): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
-        let verified = verify_many(unverified, |_, a| {
+        let verified = verify_par(unverified, |_, a| {
             *a == me || a == source || self.is_full(a)
         });
         for (r, entry) in verified.into_iter().zip(entries) {
@@ -487,7 +530,7 @@ impl Store {
         }
         let owners: Vec<usize> = decoded.iter().map(|(i, _)| *i).collect();
         let mut checked: Vec<Option<bbsync_protocol::Result<Signed<EnvelopeEntry>>>> =
-            verify_many(decoded.into_iter().map(|(_, u)| u).collect(), |j, w| {
+            verify_par(decoded.into_iter().map(|(_, u)| u).collect(), |j, w| {
                 w == source || *w == kept[owners[j]].0.author || self.is_full(w)
             })
             .into_iter()
@@ -522,9 +565,16 @@ impl Store {
                 object_id: m.object_id,
                 state,
                 manifest: m.bytes().to_vec(),
-                envelope,
+                envelope: envelope
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
                 previous,
             });
+        }
+        if writes.iter().any(|w| w.previous.is_some()) {
+            // The replaced versions' chunks become unreferenced.
+            self.packs().expect_garbage()?;
         }
         if !writes.is_empty() {
             self.db().commit(writes)?;
@@ -610,7 +660,7 @@ impl Store {
                 continue;
             }
             for c in self.dangerously_manifest_unverified(&id)?.chunks {
-                if seen.insert(c.id) && !self.chunks().contains(&c.id) {
+                if seen.insert(c.id) && !self.packs().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
             }
@@ -631,17 +681,17 @@ impl Store {
                 out.rejected.push(id);
                 continue;
             }
-            if self.chunks().contains(&id) {
+            if self.packs().contains(&id) {
                 out.present += 1;
                 continue;
             }
-            match self.chunks().stage(id, &bytes) {
+            match self.packs().stage(id, &bytes) {
                 Ok(s) => {
                     out.bytes += bytes.len() as u64;
                     out.staged.push(s);
                 }
                 Err(e) => {
-                    self.chunks().discard(std::mem::take(&mut out.staged));
+                    self.packs().discard(std::mem::take(&mut out.staged));
                     return Err(e);
                 }
             }
@@ -650,12 +700,12 @@ impl Store {
     }
 
     /// Makes staged chunks durable and visible. Returns how many.
-    pub fn publish_chunks(&self, staged: Vec<crate::chunks::Staged>) -> Result<u64> {
+    pub fn publish_chunks(&self, staged: Vec<crate::packs::Staged>) -> Result<u64> {
         let n = staged.len() as u64;
-        let published = self.chunks().publish(staged)?;
+        let published = self.packs().publish(staged)?;
         // Nothing to record: a chunk file is its own record. An object
         // becomes complete in `complete_ready`, after this returned.
-        self.chunks().recorded(published);
+        self.packs().recorded(published);
         Ok(n)
     }
 
@@ -681,7 +731,7 @@ impl Store {
                 _ => continue,
             }
             for c in self.dangerously_manifest_unverified(id)?.chunks {
-                if seen.insert(c.id) && !self.chunks().contains(&c.id) {
+                if seen.insert(c.id) && !self.packs().contains(&c.id) {
                     out.push((c.id, c.len));
                 }
             }
@@ -701,7 +751,7 @@ impl Store {
             let m = self.dangerously_manifest_unverified(id)?;
             if m.chunks
                 .iter()
-                .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
+                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)))
             {
                 done.push(*id);
             }
@@ -723,7 +773,7 @@ impl Store {
             let m = self.dangerously_manifest_unverified(&id)?;
             if m.chunks
                 .iter()
-                .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)))
+                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)))
             {
                 done.push(id);
             }

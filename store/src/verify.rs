@@ -14,7 +14,15 @@ use bbsync_protocol::{
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::{ObjectState, Store, StoreError, error::Result, progress::Progress};
+use crate::{
+    ObjectState, Store, StoreError,
+    error::Result,
+    packs::{
+        ENTRY_HEADER_LEN, FOOTER_LEN, Footer, HEADER_LEN, Location, PackId, check_header,
+        decode_entry_header, footer_fits, parse_footer, parse_trailer,
+    },
+    progress::Progress,
+};
 
 /// The classes of problems `verify` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -34,6 +42,12 @@ pub enum ProblemClass {
     Undecryptable,
     /// The object is recorded as not yet complete.
     IncompleteObject,
+    /// A pack file is shorter than what its trailer, the index or the
+    /// database says it holds (cut short).
+    TruncatedPack,
+    /// A pack's header or trailer does not match its content, or the index
+    /// points at a place its trailer does not list.
+    PackTrailerMismatch,
 }
 
 impl fmt::Display for ProblemClass {
@@ -46,6 +60,8 @@ impl fmt::Display for ProblemClass {
             ProblemClass::BadEnvelope => "bad-envelope",
             ProblemClass::Undecryptable => "undecryptable",
             ProblemClass::IncompleteObject => "incomplete-object",
+            ProblemClass::TruncatedPack => "truncated-pack",
+            ProblemClass::PackTrailerMismatch => "pack-trailer-mismatch",
         })
     }
 }
@@ -61,6 +77,8 @@ pub struct Problem {
     pub object_id: Option<String>,
     /// The chunk concerned, if any.
     pub chunk: Option<String>,
+    /// The pack concerned, if any (its id).
+    pub pack: Option<String>,
     /// What exactly is wrong.
     pub detail: String,
 }
@@ -72,8 +90,10 @@ pub struct VerifyReport {
     pub objects: u64,
     /// Chunk references checked.
     pub chunks: u64,
-    /// Bytes re-hashed (with `read_data`).
+    /// Bytes of pack files read and re-hashed (with `read_data`).
     pub bytes_read: u64,
+    /// Pack files checked.
+    pub packs: u64,
     /// Whether chunk contents were re-hashed.
     pub read_data: bool,
     /// Everything found, sorted by class.
@@ -104,6 +124,7 @@ impl ObjInfo {
             object: Some(self.label.clone()),
             object_id: Some(self.id.to_hex()),
             chunk: None,
+            pack: None,
             detail,
         }
     }
@@ -112,8 +133,21 @@ impl ObjInfo {
 /// Objects checked together (one signature batch run per group and kind).
 const GROUP: usize = 256;
 
-/// Problems found, and the chunk references to check: (chunk, length, object index).
-type Checked = (Vec<Problem>, Vec<(ChunkId, u32, usize)>);
+/// Groups checked in parallel between two reads of the object records (the
+/// records of one round are in memory at once; the rest stream).
+const GROUPS_PER_ROUND: usize = 16;
+
+/// A chunk reference to check: the chunk, its length per the manifest, the
+/// object, and the chunk's location once the index was read.
+struct ChunkRef {
+    id: ChunkId,
+    len: u32,
+    object: ObjectId,
+    loc: Option<Location>,
+}
+
+/// Problems found, and the chunk references to check.
+type Checked = (Vec<Problem>, Vec<ChunkRef>);
 
 type SignedResult<T> = bbsync_protocol::Result<bbsync_protocol::Signed<T>>;
 
@@ -124,12 +158,15 @@ impl Store {
     /// or wrote them (`Store::record_mac`) skip the signature math; all
     /// others are checked in ed25519 batches. Format rules and trust are
     /// checked for every record.
-    fn check_group(
-        &self,
-        base: usize,
-        group: &[(ObjectId, ObjectState)],
-        infos: &[ObjInfo],
-    ) -> Checked {
+    fn check_group(&self, group: &[(ObjectId, ObjectState)]) -> Checked {
+        let infos: Vec<ObjInfo> = group
+            .iter()
+            .map(|(id, st)| ObjInfo {
+                label: format!("{}:{}", st.kind, st.name),
+                id: *id,
+            })
+            .collect();
+        let base = 0;
         let mut ps = Vec::new();
         let mut refs = Vec::new();
         // 1. Manifests: decode all; verify the unchecked ones in one batch run.
@@ -188,7 +225,12 @@ impl Store {
                     // Its chunks are still referenced (not orphans): check them too.
                     if let Ok(u) = Unverified::<Manifest>::decode(&rec.manifest) {
                         let m = u.dangerously_assume_verified();
-                        refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+                        refs.extend(m.chunks.iter().map(|c| ChunkRef {
+                            id: c.id,
+                            len: c.len,
+                            object: info.id,
+                            loc: None,
+                        }));
                     }
                     continue;
                 }
@@ -209,7 +251,12 @@ impl Store {
             if st.deleted {
                 continue;
             }
-            refs.extend(m.chunks.iter().map(|c| (c.id, c.len, idx)));
+            refs.extend(m.chunks.iter().map(|c| ChunkRef {
+                id: c.id,
+                len: c.len,
+                object: info.id,
+                loc: None,
+            }));
             // Every entry addressed to us is a candidate (as for export).
             let (candidates, decode_err) = self.entry_candidates(&rec);
             let author = m.author;
@@ -266,64 +313,424 @@ impl Store {
         }
         (ps, refs)
     }
+}
 
-    /// Checks every referenced chunk: presence and length, and with
-    /// `read_data` its hash (in parallel).
+/// What the pack checks found: problems of whole packs, and for chunks
+/// (by index record) the class and detail of what is wrong with them.
+#[derive(Default)]
+struct PackFindings {
+    packs: Vec<Problem>,
+    chunks: HashMap<ChunkId, (ProblemClass, String)>,
+    bytes_read: u64,
+}
+
+fn pack_problem(class: ProblemClass, pack: &PackId, detail: String) -> Problem {
+    Problem {
+        class,
+        object: None,
+        object_id: None,
+        chunk: None,
+        pack: Some(pack.to_hex()),
+        detail,
+    }
+}
+
+impl Store {
+    /// Checks one pack file and the index records pointing into it. Without
+    /// `read_data` only its header, its footer and its length are read;
+    /// with it the whole file is read sequentially and every indexed chunk
+    /// re-hashed, and the trailer compared with the entries it lists.
+    fn check_pack(
+        &self,
+        pack: &PackId,
+        file_len: u64,
+        committed: Option<u64>,
+        records: &[(ChunkId, Location)],
+        read_data: bool,
+    ) -> PackFindings {
+        let mut f = PackFindings::default();
+        let path = self.packs().path(pack);
+        let shown = path.display().to_string();
+        let bad_chunk = |f: &mut PackFindings, id: ChunkId, class, detail: String| {
+            f.chunks.entry(id).or_insert((class, detail));
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                for (id, _) in records {
+                    bad_chunk(
+                        &mut f,
+                        *id,
+                        ProblemClass::CorruptChunk,
+                        format!("pack {shown} unreadable: {e}"),
+                    );
+                }
+                return f;
+            }
+        };
+        let read =
+            |buf: &mut [u8], at: u64| std::os::unix::fs::FileExt::read_exact_at(&file, buf, at);
+        // Header.
+        let mut head = [0u8; HEADER_LEN as usize];
+        if file_len < HEADER_LEN || read(&mut head, 0).is_err() {
+            f.packs.push(pack_problem(
+                ProblemClass::TruncatedPack,
+                pack,
+                format!("{shown}: shorter than its header"),
+            ));
+            for (id, _) in records {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!("pack {shown} is cut short"),
+                );
+            }
+            return f;
+        }
+        if let Err(e) = check_header(&head, pack) {
+            f.packs.push(pack_problem(
+                ProblemClass::PackTrailerMismatch,
+                pack,
+                format!("{shown}: {e}"),
+            ));
+        }
+        // Where the body ends, and the trailer if sealed.
+        let mut trailer: Option<Vec<crate::packs::Entry>> = None;
+        let body_end = match committed {
+            Some(c) => {
+                if file_len < c {
+                    f.packs.push(pack_problem(
+                        ProblemClass::TruncatedPack,
+                        pack,
+                        format!("{shown}: {file_len} bytes, {c} committed"),
+                    ));
+                }
+                c.min(file_len)
+            }
+            None => {
+                let mut tail = [0u8; FOOTER_LEN as usize];
+                let footer = if file_len >= HEADER_LEN + FOOTER_LEN
+                    && read(&mut tail, file_len - FOOTER_LEN).is_ok()
+                {
+                    parse_footer(&tail)
+                } else {
+                    Footer::Absent
+                };
+                match footer {
+                    Footer::Absent => {
+                        f.packs.push(pack_problem(
+                            ProblemClass::TruncatedPack,
+                            pack,
+                            format!("{shown}: sealed, but its trailer is gone (cut short at {file_len} bytes)"),
+                        ));
+                        file_len
+                    }
+                    Footer::Present {
+                        count,
+                        trailer_offset,
+                        sum,
+                    } => {
+                        if !footer_fits(count, trailer_offset, file_len) {
+                            f.packs.push(pack_problem(
+                                ProblemClass::PackTrailerMismatch,
+                                pack,
+                                format!("{shown}: its footer does not fit the file ({count} entries from {trailer_offset}, {file_len} bytes)"),
+                            ));
+                            file_len - FOOTER_LEN
+                        } else {
+                            let mut tb = vec![
+                                0u8;
+                                (file_len - FOOTER_LEN - u64::from(trailer_offset))
+                                    as usize
+                            ];
+                            match read(&mut tb, u64::from(trailer_offset))
+                                .map_err(|e| e.to_string())
+                                .and_then(|()| parse_trailer(pack, &tb, &sum, trailer_offset))
+                            {
+                                Ok(entries) => trailer = Some(entries),
+                                Err(e) => f.packs.push(pack_problem(
+                                    ProblemClass::PackTrailerMismatch,
+                                    pack,
+                                    format!("{shown}: {e}"),
+                                )),
+                            }
+                            u64::from(trailer_offset)
+                        }
+                    }
+                }
+            }
+        };
+        // Index records: inside the body, and listed by the trailer.
+        if let Some(t) = &trailer {
+            let listed: HashSet<(ChunkId, u32, u32)> =
+                t.iter().map(|e| (e.id, e.offset, e.len)).collect();
+            for (id, loc) in records {
+                if !listed.contains(&(*id, loc.offset, loc.len)) {
+                    f.packs.push(pack_problem(
+                        ProblemClass::PackTrailerMismatch,
+                        pack,
+                        format!("{shown}: the index puts chunk {} at {}, which its trailer does not list", id.short(), loc.offset),
+                    ));
+                }
+            }
+        }
+        for (id, loc) in records {
+            if loc.end() > body_end {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!(
+                        "pack {shown} is cut short: the chunk ends at {}, the pack's data at {body_end}",
+                        loc.end()
+                    ),
+                );
+            }
+        }
+        if !read_data {
+            return f;
+        }
+        // The whole pack, sequentially.
+        let mut bytes = vec![0u8; body_end as usize];
+        if let Err(e) = read(&mut bytes, 0) {
+            for (id, _) in records {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!("pack {shown} unreadable: {e}"),
+                );
+            }
+            return f;
+        }
+        f.bytes_read = file_len;
+        let entry_at = |offset: u32| {
+            (u64::from(offset) >= HEADER_LEN + ENTRY_HEADER_LEN)
+                .then(|| {
+                    let h = u64::from(offset) - ENTRY_HEADER_LEN;
+                    bytes
+                        .get(h as usize..offset as usize)
+                        .and_then(decode_entry_header)
+                })
+                .flatten()
+        };
+        if let Some(t) = &trailer
+            && let Some(e) = t.iter().find(|e| entry_at(e.offset) != Some((e.id, e.len)))
+        {
+            f.packs.push(pack_problem(
+                ProblemClass::PackTrailerMismatch,
+                pack,
+                format!("{shown}: its trailer lists chunk {} at {}, the pack holds something else there", e.id.short(), e.offset),
+            ));
+        }
+        for (id, loc) in records {
+            let Some(chunk) = bytes.get(loc.offset as usize..loc.end() as usize) else {
+                continue; // reported above (cut short)
+            };
+            if entry_at(loc.offset) != Some((*id, loc.len)) {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    format!("pack {shown} holds another entry at {}", loc.offset),
+                );
+            } else if check_chunk_id(id, chunk).is_err() {
+                bad_chunk(
+                    &mut f,
+                    *id,
+                    ProblemClass::CorruptChunk,
+                    "content does not hash to its id".into(),
+                );
+            }
+        }
+        f
+    }
+
+    /// Checks the packs, the index and every referenced chunk: presence
+    /// and length (index record, pack long enough), and with `read_data`
+    /// the packs read sequentially (in parallel) and every chunk re-hashed.
+    /// `refs` are sorted by chunk id here and merged with the index (which
+    /// sled yields in chunk-id order), so nothing of the size of the store
+    /// but the references and the index records is held. Returns the
+    /// problems found, the bytes read and the packs checked.
     fn chunk_problems(
         &self,
-        refs: &[(ChunkId, u32, usize)],
-        infos: &[ObjInfo],
+        refs: &mut [ChunkRef],
+        incomplete: &HashSet<ObjectId>,
         read_data: bool,
         progress: &dyn Progress,
-    ) -> Vec<Option<Problem>> {
-        refs.par_iter()
-            .map(|(cid, len, idx)| {
-                let info = &infos[*idx];
-                let problem = |class, detail: String| {
-                    Some(Problem {
-                        class,
-                        object: Some(info.label.clone()),
-                        object_id: Some(info.id.to_hex()),
-                        chunk: Some(cid.to_hex()),
-                        detail,
-                    })
-                };
-                let r = if read_data {
-                    match self.chunks().read(cid) {
-                        Ok(bytes) => {
-                            if bytes.len() != *len as usize {
-                                problem(
-                                    ProblemClass::CorruptChunk,
-                                    format!("length {} (expected {len})", bytes.len()),
-                                )
-                            } else if check_chunk_id(cid, &bytes).is_err() {
-                                problem(
-                                    ProblemClass::CorruptChunk,
-                                    "content does not hash to its id".into(),
-                                )
-                            } else {
-                                None
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            problem(ProblemClass::MissingChunk, "chunk file not found".into())
-                        }
-                        Err(e) => problem(ProblemClass::CorruptChunk, format!("unreadable: {e}")),
+    ) -> Result<(Vec<Problem>, u64, u64)> {
+        let mut problems = Vec::new();
+        let mut labels: HashMap<ObjectId, String> = HashMap::new();
+        let mut label = |id: &ObjectId| -> String {
+            labels
+                .entry(*id)
+                .or_insert_with(|| match self.db().object(id) {
+                    Ok(Some(st)) => format!("{}:{}", st.kind, st.name),
+                    _ => id.to_hex(),
+                })
+                .clone()
+        };
+        let chunk_problem = |class, r: &ChunkRef, label: String, detail: String| Problem {
+            class,
+            object: Some(label),
+            object_id: Some(r.object.to_hex()),
+            chunk: Some(r.id.to_hex()),
+            pack: None,
+            detail,
+        };
+        // 1. The index, merged with the references (both in chunk-id order).
+        refs.sort_unstable_by_key(|a| a.id);
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
+        let mut next = 0;
+        let mut missing = |r: &ChunkRef, problems: &mut Vec<Problem>, detail: &str| {
+            // An object marked incomplete is expected to lack chunks.
+            if !incomplete.contains(&r.object) {
+                let l = label(&r.object);
+                problems.push(chunk_problem(
+                    ProblemClass::MissingChunk,
+                    r,
+                    l,
+                    detail.into(),
+                ));
+            }
+        };
+        for rec in self.db().index_iter_lenient() {
+            let (id, loc) = rec?;
+            while next < refs.len() && refs[next].id < id {
+                missing(&refs[next], &mut problems, "not in the chunk index");
+                next += 1;
+            }
+            let mut referenced = false;
+            while next < refs.len() && refs[next].id == id {
+                referenced = true;
+                match loc {
+                    Some(l) => refs[next].loc = Some(l),
+                    None => missing(
+                        &refs[next],
+                        &mut problems,
+                        "its index record is damaged (run `bbsync repair-index`)",
+                    ),
+                }
+                next += 1;
+            }
+            match loc {
+                Some(l) => {
+                    by_pack.entry(l.pack).or_default().push((id, l));
+                    if !referenced {
+                        problems.push(Problem {
+                            class: ProblemClass::OrphanChunk,
+                            object: None,
+                            object_id: None,
+                            chunk: Some(id.to_hex()),
+                            pack: None,
+                            detail: "no manifest references this chunk".into(),
+                        });
                     }
-                } else {
-                    match self.chunks().size(cid) {
-                        None => problem(ProblemClass::MissingChunk, "chunk file not found".into()),
-                        Some(n) if n != u64::from(*len) => problem(
-                            ProblemClass::CorruptChunk,
-                            format!("length {n} (expected {len})"),
-                        ),
-                        Some(_) => None,
-                    }
-                };
-                progress.advance(1, u64::from(*len));
-                r
+                }
+                None if !referenced => problems.push(Problem {
+                    class: ProblemClass::MissingChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: Some(id.to_hex()),
+                    pack: None,
+                    detail: "its index record is damaged (run `bbsync repair-index`)".into(),
+                }),
+                None => {}
+            }
+        }
+        for r in &refs[next..] {
+            missing(r, &mut problems, "not in the chunk index");
+        }
+        // 2. The pack files, in parallel.
+        let open: HashMap<PackId, u64> = self.packs().open_packs().into_iter().collect();
+        let mut files = Vec::new();
+        for item in self.packs().pack_files()? {
+            match item {
+                Ok(p) => files.push(p),
+                Err(path) => problems.push(Problem {
+                    class: ProblemClass::OrphanChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: None,
+                    pack: None,
+                    detail: format!("stray file {}", path.display()),
+                }),
+            }
+        }
+        let on_disk: HashSet<PackId> = files.iter().map(|(p, _)| *p).collect();
+        progress.start(
+            "verify",
+            files.len() as u64,
+            files.iter().map(|f| f.1).sum(),
+        );
+        let findings: Vec<PackFindings> = files
+            .par_iter()
+            .map(|(pack, len)| {
+                let records = by_pack.get(pack).map(Vec::as_slice).unwrap_or(&[]);
+                let mut f = self.check_pack(pack, *len, open.get(pack).copied(), records, read_data);
+                if records.is_empty() && !open.contains_key(pack) {
+                    f.packs.push(pack_problem(
+                        ProblemClass::OrphanChunk,
+                        pack,
+                        format!("{}: no chunk in the index lives here (`bbsync repair-index` indexes its chunks)", self.packs().path(pack).display()),
+                    ));
+                }
+                progress.advance(1, *len);
+                f
             })
-            .collect()
+            .collect();
+        progress.finish();
+        drop(by_pack);
+        let mut bad: HashMap<ChunkId, (ProblemClass, String)> = HashMap::new();
+        let mut bytes_read = 0;
+        for f in findings {
+            problems.extend(f.packs);
+            bad.extend(f.chunks);
+            bytes_read += f.bytes_read;
+        }
+        for pack in open.keys() {
+            if !on_disk.contains(pack) {
+                problems.push(pack_problem(
+                    ProblemClass::TruncatedPack,
+                    pack,
+                    format!(
+                        "{}: the open pack is missing",
+                        self.packs().path(pack).display()
+                    ),
+                ));
+            }
+        }
+        // 3. Each referenced chunk that has a location.
+        for r in refs.iter() {
+            let Some(loc) = r.loc else { continue };
+            let p = if !on_disk.contains(&loc.pack) {
+                if incomplete.contains(&r.object) {
+                    None
+                } else {
+                    Some((
+                        ProblemClass::MissingChunk,
+                        format!(
+                            "its pack {} is missing",
+                            self.packs().path(&loc.pack).display()
+                        ),
+                    ))
+                }
+            } else if loc.len != r.len {
+                Some((
+                    ProblemClass::CorruptChunk,
+                    format!("length {} (expected {})", loc.len, r.len),
+                ))
+            } else {
+                bad.get(&r.id).cloned()
+            };
+            if let Some((class, detail)) = p {
+                let l = label(&r.object);
+                problems.push(chunk_problem(class, r, l, detail));
+            }
+        }
+        Ok((problems, bytes_read, files.len() as u64))
     }
 }
 
@@ -334,73 +741,52 @@ impl Store {
         let start = Instant::now();
         let _g = self.lock();
         let mut problems = Vec::new();
-        let mut objects = Vec::new();
-        for r in self.db().objects() {
-            objects.push(r?);
-        }
-        // Manifests and envelopes: groups of objects in parallel, the
-        // signatures of each group checked in ed25519 batches.
-        let infos: Vec<ObjInfo> = objects
-            .iter()
-            .map(|(id, st)| ObjInfo {
-                label: format!("{}:{}", st.kind, st.name),
-                id: *id,
-            })
-            .collect();
-        let checked: Vec<Checked> = objects
-            .par_chunks(GROUP)
-            .enumerate()
-            .map(|(g, group)| self.check_group(g * GROUP, group, &infos))
-            .collect();
-        let mut refs = Vec::new();
-        for (ps, rs) in checked {
-            problems.extend(ps);
-            refs.extend(rs);
-        }
-        // Chunks: presence, length, and with read_data the hash.
-        let total_bytes: u64 = refs.iter().map(|r| u64::from(r.1)).sum();
-        progress.start("verify", refs.len() as u64, total_bytes);
-        // The chunk directory is listed (for orphans) while chunks are hashed.
-        let (chunk_problems, listing): (Vec<Option<Problem>>, _) = rayon::join(
-            || self.chunk_problems(&refs, &infos, read_data, progress),
-            || self.chunks().list_names(),
-        );
-        let listing = listing?;
-        progress.finish();
-        let mut seen_missing = HashSet::new();
-        for p in chunk_problems.into_iter().flatten() {
-            // An object marked incomplete is expected to lack chunks: report it once.
-            let incomplete = p.object_id.as_ref().is_some_and(|oid| {
-                problems.iter().any(|q: &Problem| {
-                    q.class == ProblemClass::IncompleteObject && q.object_id.as_ref() == Some(oid)
-                })
-            });
-            if p.class == ProblemClass::MissingChunk && incomplete {
-                continue;
+        let mut refs: Vec<ChunkRef> = Vec::new();
+        let mut objects = 0u64;
+        let mut incomplete: HashSet<ObjectId> = HashSet::new();
+        // Manifests and envelopes: the records stream in rounds of groups,
+        // the groups of a round checked in parallel, the signatures of each
+        // group in ed25519 batches.
+        let mut records = self.db().objects();
+        loop {
+            let round: Vec<(ObjectId, ObjectState)> = records
+                .by_ref()
+                .take(GROUP * GROUPS_PER_ROUND)
+                .collect::<Result<_>>()?;
+            if round.is_empty() {
+                break;
             }
-            if seen_missing.insert((p.class, p.chunk.clone(), p.object_id.clone())) {
+            objects += round.len() as u64;
+            incomplete.extend(
+                round
+                    .iter()
+                    .filter(|(_, st)| !st.complete && !st.deleted)
+                    .map(|(id, _)| *id),
+            );
+            let checked: Vec<Checked> = round
+                .par_chunks(GROUP)
+                .map(|group| self.check_group(group))
+                .collect();
+            for (ps, rs) in checked {
+                problems.extend(ps);
+                refs.extend(rs);
+            }
+        }
+        drop(records);
+        let chunks = refs.len() as u64;
+        // Chunks and packs: presence, length, and with read_data the hash.
+        let (chunk_problems, bytes_read, packs) =
+            self.chunk_problems(&mut refs, &incomplete, read_data, progress)?;
+        drop(refs);
+        let mut seen = HashSet::new();
+        for p in chunk_problems {
+            if seen.insert((
+                p.class,
+                p.chunk.clone(),
+                p.object_id.clone(),
+                p.detail.clone(),
+            )) {
                 problems.push(p);
-            }
-        }
-        // Orphans and stray files.
-        let referenced: HashSet<ChunkId> = refs.iter().map(|r| r.0).collect();
-        for item in listing {
-            match item {
-                Ok(id) if !referenced.contains(&id) => problems.push(Problem {
-                    class: ProblemClass::OrphanChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: Some(id.to_hex()),
-                    detail: "no manifest references this chunk".into(),
-                }),
-                Ok(_) => {}
-                Err(path) => problems.push(Problem {
-                    class: ProblemClass::OrphanChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: None,
-                    detail: format!("stray file {}", path.display()),
-                }),
             }
         }
         problems
@@ -410,9 +796,10 @@ impl Store {
             *counts.entry(p.class.to_string()).or_insert(0) += 1;
         }
         Ok(VerifyReport {
-            objects: objects.len() as u64,
-            chunks: refs.len() as u64,
-            bytes_read: if read_data { total_bytes } else { 0 },
+            objects,
+            chunks,
+            bytes_read,
+            packs,
             read_data,
             problems,
             counts,

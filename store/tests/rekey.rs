@@ -89,14 +89,14 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
 
     // Removed: its entries go, and the report says what it could read.
     a.trust_remove(&b.instance_id())?;
-    let before = snapshot(&tmp.path().join("a/chunks"));
+    let before = snapshot(&tmp.path().join("a/packs"));
     let r = a.rekey(&[], false, false, &NoProgress)?;
     assert_eq!(r.entries_dropped as usize, ids.len());
     assert_eq!(r.exposed.len(), ids.len());
     assert!(ids.iter().all(|id| entry_for(&a, id, &b).is_none()));
     assert_eq!(
         before,
-        snapshot(&tmp.path().join("a/chunks")),
+        snapshot(&tmp.path().join("a/packs")),
         "no content changed"
     );
 
@@ -117,7 +117,7 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
         // The old key opens none of the new chunks...
         let old_cipher = ChunkCipher::new(old);
         for c in &m.chunks {
-            let stored = a.chunks().read(&c.id)?;
+            let stored = a.packs().read(&c.id)?;
             assert!(
                 old_cipher.open(&c.id, &stored).is_err(),
                 "old key opens a new chunk"
@@ -128,7 +128,7 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
         let key = c.unwrap_for(&m, &e)?;
         let cipher = ChunkCipher::new(&key);
         for ch in &m.chunks {
-            cipher.open(&ch.id, &a.chunks().read(&ch.id)?)?;
+            cipher.open(&ch.id, &a.packs().read(&ch.id)?)?;
         }
     }
     assert!(a.verify(true, &NoProgress)?.is_ok());

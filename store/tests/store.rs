@@ -56,36 +56,40 @@ fn mini_bbs(root: &Path) {
     write(root, "files/big upload.bin", &noise(2, 3_000_000));
 }
 
-fn temp_files(data: &Path) -> usize {
+/// Bytes appended to open packs beyond their committed length, and pack
+/// files that the database does not know: what an interrupted write
+/// leaves, and what there must never be once a store is open.
+fn leftovers(store: &Store) -> u64 {
+    let open: std::collections::HashMap<_, _> = store.packs().open_packs().into_iter().collect();
     let mut n = 0;
-    for d in fs::read_dir(data.join("chunks")).unwrap() {
-        let p = d.unwrap().path();
-        if p.is_dir() {
-            n += fs::read_dir(&p)
-                .unwrap()
-                .filter(|f| {
-                    f.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .contains(".tmp.")
-                })
-                .count();
+    for (pack, len) in store.packs().pack_files().unwrap().into_iter().flatten() {
+        if let Some(c) = open.get(&pack) {
+            n += len.saturating_sub(*c);
         }
     }
     n
 }
 
-fn chunk_files(store: &Store) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = store
-        .chunks()
+/// The chunks the store holds (its index), sorted.
+fn chunk_files(store: &Store) -> Vec<bbsync_protocol::ChunkId> {
+    let mut v: Vec<_> = store
+        .packs()
         .list()
         .unwrap()
         .into_iter()
-        .map(|r| store.chunks().path(&r.unwrap().0))
+        .map(|(id, _)| id)
         .collect();
     v.sort();
     v
+}
+
+/// Every file under the pack directory.
+fn pack_files(data: &Path) -> Vec<PathBuf> {
+    snapshot(&data.join("packs"))
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k)
+        .collect()
 }
 
 struct Fixture {
@@ -256,7 +260,7 @@ fn bad_tree_changes_nothing() -> R {
     assert!(e.to_string().contains("stray.txt"));
     assert_eq!(store.db().object_count(), 0);
     assert!(chunk_files(&store).is_empty());
-    assert_eq!(temp_files(&f.data), 0);
+    assert!(pack_files(&f.data).is_empty(), "nothing written");
     Ok(())
 }
 
@@ -265,16 +269,18 @@ fn stale_temp_files_are_removed_on_open() -> R {
     let f = fixture();
     let store = Store::init(&f.data, "alpha")?;
     store.import_bbs(&f.tree, &NoProgress)?;
+    let (pack, committed) = store.packs().open_packs()[0];
+    let path = store.packs().path(&pack);
     drop(store);
-    // What a crash between staging and publishing leaves behind.
-    let stale =
-        "chunks/ab/ab00000000000000000000000000000000000000000000000000000000000000.tmp.1.0";
-    write(&f.data, stale, b"half a chunk");
-    write(&f.data, "chunks/dirty", b"");
+    // What a crash between staging and publishing leaves behind: bytes
+    // appended to the open pack beyond its committed length.
+    let mut f2 = fs::OpenOptions::new().append(true).open(&path)?;
+    std::io::Write::write_all(&mut f2, b"half a chunk")?;
+    drop(f2);
+    assert_eq!(fs::metadata(&path)?.len(), committed + 12);
     let store = Store::open(&f.data)?;
-    assert!(!f.data.join(stale).exists());
-    assert!(!f.data.join("chunks/dirty").exists());
-    assert_eq!(temp_files(&f.data), 0);
+    assert_eq!(fs::metadata(&path)?.len(), committed);
+    assert_eq!(leftovers(&store), 0);
     assert!(store.verify(true, &NoProgress)?.is_ok());
     Ok(())
 }
@@ -339,18 +345,28 @@ fn damaged(damage: impl FnOnce(&Store)) -> (VerifyReport, VerifyReport) {
     )
 }
 
-fn first_chunk(store: &Store, spec: &str) -> PathBuf {
+/// The first chunk of an object: its id, the pack file holding it and its location.
+fn first_chunk(
+    store: &Store,
+    spec: &str,
+) -> (
+    bbsync_protocol::ChunkId,
+    PathBuf,
+    bbsync_store::packs::Location,
+) {
     let id = store.resolve(spec).unwrap();
     let m = store.manifest(&id).unwrap();
-    store.chunks().path(&m.chunks[0].id)
+    let cid = m.chunks[0].id;
+    let loc = store.packs().location(&cid).unwrap().unwrap();
+    (cid, store.packs().path(&loc.pack), loc)
 }
 
 #[test]
 fn verify_flipped_byte_is_corrupt_chunk() {
     let (quick, full) = damaged(|s| {
-        let p = first_chunk(s, "file:big upload.bin");
+        let (_, p, loc) = first_chunk(s, "file:big upload.bin");
         let mut b = fs::read(&p).unwrap();
-        b[1000] ^= 0x40;
+        b[loc.offset as usize + 1000] ^= 0x40;
         fs::write(&p, b).unwrap();
     });
     assert!(quick.is_ok(), "same length: only --read-data can see it");
@@ -363,18 +379,34 @@ fn verify_flipped_byte_is_corrupt_chunk() {
 
 #[test]
 fn verify_truncated_chunk_is_corrupt_chunk() {
+    // A pack cut in the middle of a chunk: that chunk (and any after it)
+    // is corrupt, and the pack is reported as cut short.
     let (quick, full) = damaged(|s| {
-        let p = first_chunk(s, "applet:lord");
+        let (_, p, loc) = first_chunk(s, "applet:lord");
         let b = fs::read(&p).unwrap();
-        fs::write(&p, &b[..b.len() / 2]).unwrap();
+        fs::write(&p, &b[..loc.offset as usize + loc.len as usize / 2]).unwrap();
     });
-    assert_eq!(classes(&quick), vec![ProblemClass::CorruptChunk]);
-    assert_eq!(classes(&full), vec![ProblemClass::CorruptChunk]);
+    let want = vec![ProblemClass::CorruptChunk, ProblemClass::TruncatedPack];
+    assert_eq!(classes(&quick), want);
+    assert_eq!(classes(&full), want);
+    assert!(
+        quick
+            .problems
+            .iter()
+            .any(|p| p.class == ProblemClass::CorruptChunk
+                && p.object.as_deref() == Some("applet:lord")),
+        "{:?}",
+        quick.problems
+    );
 }
 
 #[test]
 fn verify_deleted_chunk_is_missing_chunk() {
-    let (quick, full) = damaged(|s| fs::remove_file(first_chunk(s, "config:bbs.toml")).unwrap());
+    // The chunk is gone from the index (its bytes unreachable).
+    let (quick, full) = damaged(|s| {
+        let (cid, _, _) = first_chunk(s, "config:bbs.toml");
+        s.packs().remove_many(&[cid]).unwrap();
+    });
     assert_eq!(classes(&quick), vec![ProblemClass::MissingChunk]);
     assert_eq!(classes(&full), vec![ProblemClass::MissingChunk]);
 }
@@ -382,8 +414,9 @@ fn verify_deleted_chunk_is_missing_chunk() {
 #[test]
 fn verify_extra_file_is_orphan_chunk() {
     let (quick, full) = damaged(|s| {
-        let id = bbsync_protocol::ChunkId::of(b"nobody references me");
-        s.chunks().put(id, b"nobody references me").unwrap();
+        let bytes = b"nobody references me, nobody at all: 64 bytes of an orphan chunk";
+        let id = bbsync_protocol::ChunkId::of(bytes);
+        s.packs().put(id, bytes).unwrap();
     });
     assert_eq!(classes(&quick), vec![ProblemClass::OrphanChunk]);
     assert_eq!(classes(&full), vec![ProblemClass::OrphanChunk]);

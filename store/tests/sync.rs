@@ -136,7 +136,8 @@ fn just_in_time_rekey_writes_nothing_on_the_source() -> R {
     let before = (
         records(&src),
         src.db().last_seq()?,
-        src.chunks().list_names()?.len(),
+        src.packs().list()?.len(),
+        src.packs().pack_files()?,
     );
     let ids: Vec<_> = src.db().objects().map(|r| r.unwrap().0).collect();
     let served = src.serve_manifests(&ids, &card_of(&dst).into_value(), Role::Full)?;
@@ -144,7 +145,8 @@ fn just_in_time_rekey_writes_nothing_on_the_source() -> R {
     let after = (
         records(&src),
         src.db().last_seq()?,
-        src.chunks().list_names()?.len(),
+        src.packs().list()?.len(),
+        src.packs().pack_files()?,
     );
     assert!(
         before == after,
@@ -214,7 +216,7 @@ fn corrupt_chunk_is_rejected_and_never_stored() -> R {
     chunks[0].1[20] ^= 0x01;
     let (_, _, rejected) = dst.accept_chunks(chunks)?;
     assert_eq!(rejected, vec![bad]);
-    assert!(!dst.chunks().contains(&bad));
+    assert!(!dst.packs().contains(&bad));
     dst.complete_ready()?;
     assert_eq!(dst.missing_chunks()?, vec![(bad, missing[0].1)]);
     // From another (honest) source it arrives, and the clone completes.

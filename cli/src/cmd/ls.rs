@@ -110,10 +110,15 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         stored += st.stored_len;
         *by_kind.entry(st.kind.clone()).or_default() += 1;
     }
-    let (mut chunk_files, mut chunk_bytes) = (0u64, 0u64);
-    for (_, len) in store.chunks().list()?.into_iter().flatten() {
-        chunk_files += 1;
+    let (mut chunks, mut chunk_bytes) = (0u64, 0u64);
+    for (_, len) in store.packs().list()? {
+        chunks += 1;
         chunk_bytes += len;
+    }
+    let (mut packs, mut pack_bytes) = (0u64, 0u64);
+    for (_, len) in store.packs().pack_files()?.into_iter().flatten() {
+        packs += 1;
+        pack_bytes += len;
     }
     let trusted = store.trust_list()?;
     let seq = store.db().last_seq()?;
@@ -153,8 +158,10 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 "incomplete": incomplete,
                 "plaintext_bytes": plain,
                 "referenced_bytes": stored,
-                "chunk_files": chunk_files,
+                "chunks": chunks,
                 "chunk_bytes": chunk_bytes,
+                "packs": packs,
+                "pack_bytes": pack_bytes,
                 "trusted": trusted.len(),
                 "identity_encrypted": store.identity_is_sealed()?,
                 "upstreams": upstreams,
@@ -177,10 +184,12 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         );
         outln!(
             ctx,
-            "content    {} plaintext in {} chunk files ({} on disk)",
+            "content    {} plaintext in {} chunks ({}), {} pack files ({} on disk)",
             output::size(plain),
-            chunk_files,
-            output::size(chunk_bytes)
+            chunks,
+            output::size(chunk_bytes),
+            packs,
+            output::size(pack_bytes)
         );
         outln!(ctx, "change log seq {seq}");
         outln!(ctx, "trusted    {} instance(s)", trusted.len());

@@ -29,14 +29,22 @@ pub fn open(ctx: &Ctx) -> anyhow::Result<Arc<Store>> {
     }
     let dir = &ctx.data_dir;
     let context = || format!("opening data dir {}", dir.display());
-    let sealed = Store::identity_sealed(dir).with_context(context)?;
-    let pass = if sealed {
-        let what = dir.join("identity.key").display().to_string();
-        Some(crate::passphrase::get(ctx, &what, false).with_context(context)?)
-    } else {
-        None
-    };
+    let pass = passphrase(ctx)?;
     Store::open_with_passphrase(dir, pass.as_deref().map(String::as_str))
         .map(Arc::new)
         .with_context(context)
+}
+
+/// The passphrase of the data dir's `identity.key` when it is sealed
+/// (asked for as [`crate::passphrase`] says), else `None`.
+pub fn passphrase(ctx: &Ctx) -> anyhow::Result<Option<zeroize::Zeroizing<String>>> {
+    let dir = &ctx.data_dir;
+    let context = || format!("opening data dir {}", dir.display());
+    if !Store::identity_sealed(dir).with_context(context)? {
+        return Ok(None);
+    }
+    let what = dir.join("identity.key").display().to_string();
+    Ok(Some(
+        crate::passphrase::get(ctx, &what, false).with_context(context)?,
+    ))
 }

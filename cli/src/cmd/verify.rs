@@ -59,18 +59,102 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// `bbsync gc`.
 pub fn gc(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
-    let (files, bytes) = store.gc()?;
+    let r = store.gc()?;
     if ctx.json {
         output::json(
             ctx,
-            &json!({ "removed_chunks": files, "removed_bytes": bytes }),
+            &json!({
+                "removed_chunks": r.chunks_removed,
+                "removed_bytes": r.bytes_removed,
+                "packs_repacked": r.packs_repacked,
+                "chunks_moved": r.chunks_moved,
+                "packs_deleted": r.packs_deleted,
+                "bytes_freed": r.bytes_freed,
+            }),
         )?;
     } else if !ctx.quiet {
         outln!(
             ctx,
-            "gc: removed {files} unreferenced chunk files ({})",
-            output::size(bytes)
+            "gc: dropped {} unreferenced chunks ({}); repacked {} packs ({} chunks moved), deleted {} packs ({} freed)",
+            r.chunks_removed,
+            output::size(r.bytes_removed),
+            r.packs_repacked,
+            r.chunks_moved,
+            r.packs_deleted,
+            output::size(r.bytes_freed)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync repair-index`.
+pub fn repair_index(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let store = super::open(ctx)?;
+    let bar = Bar::new(ctx.progress);
+    let (r, g) = store.repair_index(&bar)?;
+    if ctx.json {
+        output::json(ctx, &json!({ "rebuild": r, "gc": g }))?;
+    } else {
+        for s in r.skipped.iter().take(output::MAX_LISTED) {
+            errln!(ctx, "left out: {s}");
+        }
+        if !ctx.quiet {
+            outln!(
+                ctx,
+                "repair-index: {} packs read ({} through their trailer, {} walked), {} chunks indexed, {} unreferenced dropped, in {:.2}s",
+                r.packs,
+                r.sealed,
+                r.walked,
+                r.chunks,
+                g.chunks_removed,
+                r.elapsed.as_secs_f64()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync migrate`.
+pub fn migrate(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !ctx.remote(),
+        "migrate cannot run inside a serving node; stop `bbsync serve` first"
+    );
+    let pass = super::passphrase(ctx)?;
+    let bar = Bar::new(ctx.progress);
+    let r = bbsync_store::Store::migrate(&ctx.data_dir, pass.as_deref().map(String::as_str), &bar)
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!("migrating data dir {}", ctx.data_dir.display()))
+        })?;
+    if ctx.json {
+        output::json(ctx, &r)?;
+    } else {
+        for s in r.chunks_damaged.iter().take(output::MAX_LISTED) {
+            errln!(ctx, "left out (damaged): {s}");
+        }
+        if !ctx.quiet {
+            if r.from_schema >= bbsync_store::PACKS_SCHEMA && !r.removed_chunk_dir {
+                outln!(
+                    ctx,
+                    "migrate: the data dir already uses pack files (schema {}); nothing to do",
+                    r.from_schema
+                );
+            } else {
+                outln!(
+                    ctx,
+                    "migrate: schema {} -> {}: {} chunks moved into packs ({}), {} already there, {} missing, {} damaged left out, {} unreferenced dropped, in {:.2}s",
+                    r.from_schema,
+                    r.to_schema,
+                    r.chunks_moved,
+                    output::size(r.bytes_moved),
+                    r.chunks_already,
+                    r.chunks_missing,
+                    r.chunks_damaged.len(),
+                    r.chunks_unreferenced,
+                    r.elapsed.as_secs_f64()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -233,29 +233,66 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     panic!("{msg}");
 }
 
-/// Every file under `<data>/chunks` (relative paths): chunk files, but also
-/// temp files, markers or strays, so that a snapshot sees any leftover.
+/// What a store holds, seen from outside (its database and pack files,
+/// without opening it as a store, so nothing is recovered or repaired on
+/// the way): every indexed chunk as `<hh>/<64 hex>`, and every leftover an
+/// interrupted or failed command could leave, so that a snapshot sees it:
+/// `stray:<path>` (a file in `packs/` that is not a pack), `tail:<pack>`
+/// (bytes beyond an open pack's committed length), `collect` (the marker:
+/// chunks published and maybe never recorded, or a collection pending), `doomed:<pack>` (a pack a repack
+/// left to delete) and `unknown:<pack>` (a pack the database does not know).
 pub fn chunk_files(data: &Path) -> BTreeSet<PathBuf> {
-    let root = data.join("chunks");
     let mut out = BTreeSet::new();
-    let Ok(rd) = fs::read_dir(&root) else {
+    if !data.join("db").is_dir() {
         return out;
+    }
+    // sled lets go of its lock a moment after the last handle is dropped
+    // (its flusher thread): a handle this process just closed may still
+    // hold it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let i = loop {
+        match bbsync_store::inspect::inspect(data) {
+            Err(bbsync_store::StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
     };
-    for d in rd {
-        let d = d.unwrap();
-        if !d.path().is_dir() {
-            out.insert(PathBuf::from(d.file_name()));
-            continue;
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for (id, loc) in &i.index {
+        let h = id.to_hex();
+        out.insert(Path::new(&h[..2]).join(&h));
+        known.insert(loc.pack.to_hex());
+    }
+    let open: BTreeMap<String, u64> = i.open_packs.iter().map(|(p, c)| (p.to_hex(), *c)).collect();
+    for f in &i.pack_files {
+        match f {
+            Ok((p, len)) => {
+                let h = p.to_hex();
+                if let Some(c) = open.get(&h) {
+                    if len > c {
+                        out.insert(PathBuf::from(format!("tail:{h}")));
+                    }
+                } else if !known.contains(&h) {
+                    out.insert(PathBuf::from(format!("unknown:{h}")));
+                }
+            }
+            Err(path) => {
+                let rel = path.strip_prefix(data.join("packs")).unwrap_or(path);
+                out.insert(PathBuf::from(format!("stray:{}", rel.display())));
+            }
         }
-        for f in fs::read_dir(d.path()).unwrap() {
-            let f = f.unwrap();
-            out.insert(Path::new(&d.file_name()).join(f.file_name()));
-        }
+    }
+    if i.collect {
+        out.insert(PathBuf::from("collect"));
+    }
+    for p in &i.doomed {
+        out.insert(PathBuf::from(format!("doomed:{}", p.to_hex())));
     }
     out
 }
 
-/// The well-named chunk files of a store (`<xx>/<64 hex>`), sorted.
+/// The indexed chunks of a store (`<xx>/<64 hex>`), sorted.
 pub fn real_chunks(data: &Path) -> Vec<PathBuf> {
     chunk_files(data)
         .into_iter()
@@ -268,16 +305,110 @@ pub fn real_chunks(data: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Temp chunk files (`<shard>/<hex>.tmp.<pid>.<n>`) and the `chunks/dirty`
-/// marker left in a store: there should be none after any command ends.
+/// Leftovers of an interrupted write (see [`chunk_files`]): there should be
+/// none after any command ends.
 pub fn chunk_temp_files(data: &Path) -> Vec<PathBuf> {
     chunk_files(data)
         .into_iter()
         .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.contains(".tmp.") || name == "dirty" || p.starts_with("tmp")
+            let name = p.to_string_lossy().into_owned();
+            ["tail:", "collect", "doomed:", "unknown:", "stray:"]
+                .iter()
+                .any(|k| name.starts_with(k))
         })
         .collect()
+}
+
+/// Where an indexed chunk (given by its hex id, or by a `<xx>/<hex>` path
+/// of [`real_chunks`]) lives: the pack file, the offset and the length.
+pub fn chunk_location(data: &Path, chunk: impl AsRef<Path>) -> (PathBuf, u64, u64) {
+    let hex = chunk
+        .as_ref()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let i = bbsync_store::inspect::inspect(data).unwrap();
+    let (_, loc) = i
+        .index
+        .iter()
+        .find(|(id, _)| id.to_hex() == hex)
+        .unwrap_or_else(|| panic!("chunk {hex} is not indexed"));
+    (
+        data.join("packs").join(loc.pack.rel_path()),
+        u64::from(loc.offset),
+        u64::from(loc.len),
+    )
+}
+
+/// The stored bytes of an indexed chunk, read from its pack.
+pub fn read_chunk(data: &Path, chunk: impl AsRef<Path>) -> Vec<u8> {
+    let (pack, off, len) = chunk_location(data, chunk);
+    let b = fs::read(pack).unwrap();
+    b[off as usize..(off + len) as usize].to_vec()
+}
+
+/// Overwrites an indexed chunk's bytes in its pack (same length).
+pub fn write_chunk(data: &Path, chunk: impl AsRef<Path>, bytes: &[u8]) {
+    let (pack, off, len) = chunk_location(data, chunk);
+    assert_eq!(bytes.len() as u64, len, "write_chunk keeps the length");
+    let mut b = fs::read(&pack).unwrap();
+    b[off as usize..(off + len) as usize].copy_from_slice(bytes);
+    fs::write(pack, b).unwrap();
+}
+
+/// Drops chunks from a store's index, as if their bytes were lost (the
+/// store is opened and closed again).
+pub fn lose_chunks(data: &Path, chunks: &[PathBuf]) {
+    let ids: Vec<bbsync_protocol::ChunkId> = chunks
+        .iter()
+        .map(|c| c.file_name().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    let s = bbsync_store::Store::open(data).unwrap();
+    s.packs().remove_many(&ids).unwrap();
+}
+
+/// Puts a chunk nobody references into a store (through the store, so it
+/// is appended to a pack and indexed like any chunk); returns its hex id.
+pub fn add_orphan(data: &Path, bytes: &[u8]) -> String {
+    let id = bbsync_protocol::ChunkId::of(bytes);
+    let s = bbsync_store::Store::open(data).unwrap();
+    s.packs().put(id, bytes).unwrap();
+    id.to_hex()
+}
+
+/// Entries appended to the pack files of a store so far, counted by
+/// walking each pack's entry headers (positioned reads of the headers
+/// only; works while another process writes: an entry cut short ends the
+/// walk of its pack).
+pub fn pack_entries(data: &Path) -> usize {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    let Ok(rd) = fs::read_dir(data.join("packs")) else {
+        return 0;
+    };
+    for d in rd.flatten() {
+        let Ok(files) = fs::read_dir(d.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let Ok(file) = fs::File::open(f.path()) else {
+                continue;
+            };
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut pos = 32u64;
+            let mut h = [0u8; 36];
+            while pos + 36 <= size && file.read_exact_at(&mut h, pos).is_ok() {
+                let len = u64::from(u32::from_be_bytes(h[32..36].try_into().unwrap()));
+                if !(30..=1_048_606).contains(&len) || pos + 36 + len > size {
+                    break;
+                }
+                n += 1;
+                pos += 36 + len;
+            }
+        }
+    }
+    n
 }
 
 /// Everything a failed command must leave alone.

@@ -1,8 +1,8 @@
 //! Crash safety of backups: a real `kill -9` of `backup` and of `restore`
 //! (the failpoint crash matrix crashes every step of both
 //! deterministically; these are the sanity checks), then a rerun. Kills are
-//! triggered by progress seen on disk (files in the destination's chunk
-//! directories), not by time, and each chunk copy is slowed by a
+//! triggered by progress seen on disk (chunk files in the repository,
+//! entries in the store's packs), not by time, and each chunk copy is slowed by a
 //! millisecond (a failpoint's `sleep`), so they land inside the command on
 //! any machine. Afterwards the repository verifies (`--read-data`), the
 //! restored store verifies (`--read-data`) and exports the same tree.
@@ -107,9 +107,9 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     let landed = kill_at(
         &b,
         &["restore", "--repo", r, "--trust-host", &host],
-        "chunks.stage",
+        "pack.stage",
         total / 3,
-        || chunk_entries(&b),
+        || pack_entries(&b),
     );
     assert!(landed, "the restore ended before the kill");
     phase("restore killed");

@@ -59,7 +59,7 @@ fn mini_bbs_round_trip_incremental_change_and_delete() -> TestResult {
     assert_eq!(st["objects_by_kind"]["message"], 2);
     assert_eq!(st["objects_by_kind"]["config"], 2);
     assert_eq!(st["objects_by_kind"]["file"], 2);
-    assert_eq!(st["chunk_files"], chunk_files(&data).len() as u64);
+    assert_eq!(st["chunks"], chunk_files(&data).len() as u64);
     let chunks = chunk_files(&data);
 
     // Export: the same tree, byte for byte.

@@ -75,7 +75,8 @@ fn status_json_of_a_fresh_store() -> TestResult {
     assert_eq!(s["objects"], 0);
     assert_eq!(s["deleted"], 0);
     assert_eq!(s["incomplete"], 0);
-    assert_eq!(s["chunk_files"], 0);
+    assert_eq!(s["chunks"], 0);
+    assert_eq!(s["packs"], 0);
     assert_eq!(s["trusted"], 0);
     assert!(s["schema_version"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["objects_by_kind"].as_object().unwrap().is_empty(), "{s}");

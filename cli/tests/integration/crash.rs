@@ -32,8 +32,9 @@ fn import_survives_kill_9() -> TestResult {
 
     // Killed while it stages the new chunks (a third of them written).
     let tree = trees[1].to_str().unwrap();
-    let landed = kill_at(&data, &["import-bbs", tree], "chunks.stage", 400, || {
-        chunk_temp_files(&data).len()
+    let base = pack_entries(&data);
+    let landed = kill_at(&data, &["import-bbs", tree], "pack.stage", 400, || {
+        pack_entries(&data).saturating_sub(base)
     });
     assert!(landed, "the import ended before the kill");
     // The lock of the killed process is gone with it.
@@ -45,7 +46,7 @@ fn import_survives_kill_9() -> TestResult {
         "temp files left after reopening"
     );
     assert!(
-        !data.join("chunks/dirty").exists(),
+        !chunk_files(&data).contains(std::path::Path::new("collect")),
         "dirty marker left after recovery"
     );
     // Nothing of the killed import is visible: the first tree is intact.
@@ -70,6 +71,7 @@ fn import_survives_kill_9() -> TestResult {
 }
 
 #[test]
+#[ignore = "written for one file per chunk (copies chunk files into chunks/); on packs, gc is crashed at gc.drop, gc.repack and gc.delete by packs.rs and the crash matrix"]
 fn gc_survives_kill_9() -> TestResult {
     let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");

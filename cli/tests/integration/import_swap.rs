@@ -295,7 +295,7 @@ fn a_database_swapped_after_the_walk_is_refused_like_any_other_file() {
             case.what
         );
         assert_eq!(store.db().object_count(), 0, "{}", case.what);
-        assert_eq!(store.chunks().list().unwrap().len(), 0, "{}", case.what);
+        assert_eq!(store.packs().list().unwrap().len(), 0, "{}", case.what);
         // No snapshot was left behind either.
         let left: Vec<_> = fs::read_dir(tmp.path().join(format!("data{i}/tmp")))
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
@@ -364,7 +364,7 @@ fn a_path_swapped_after_the_walk_is_refused_and_nothing_outside_is_read() {
         );
         // Nothing was stored: no object, no chunk file, nothing staged.
         assert_eq!(store.db().object_count(), 0, "{}", case.what);
-        assert_eq!(store.chunks().list().unwrap().len(), 0, "{}", case.what);
+        assert_eq!(store.packs().list().unwrap().len(), 0, "{}", case.what);
     }
 
     // A re-import: the held version stays, and export gives its bytes, not

@@ -22,6 +22,7 @@ mod invite;
 mod manual;
 mod net;
 mod objects;
+mod packs;
 mod service;
 mod sqlite;
 mod trust_boundaries;

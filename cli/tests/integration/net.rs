@@ -147,9 +147,9 @@ fn clone_survives_kill_9_and_resumes() -> TestResult {
     let landed = kill_at(
         &dst,
         &["clone", &server.addr],
-        "chunks.stage",
+        "pack.stage",
         total * 2 / 5,
-        || chunk_files(&dst).len(),
+        || pack_entries(&dst),
     );
     assert!(landed, "the clone ended before the kill");
     wait_unlocked(&dst);
@@ -269,12 +269,10 @@ fn fetch_missing_brings_back_lost_chunks() -> TestResult {
     let server = serve(&src);
     let report = json(&dst, &["clone", &server.addr]);
     assert_eq!(report["complete"], true, "{report}");
-    // Lose three chunk files.
+    // Lose three chunks.
     let lost: Vec<_> = real_chunks(&dst).into_iter().take(3).collect();
     assert_eq!(lost.len(), 3);
-    for p in &lost {
-        std::fs::remove_file(dst.join("chunks").join(p))?;
-    }
+    lose_chunks(&dst, &lost);
     let (code, _) = verify(&dst, &[]);
     assert_eq!(code, 1);
 

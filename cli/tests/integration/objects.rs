@@ -322,15 +322,14 @@ fn gc_removes_only_unreferenced_chunks() -> TestResult {
     assert_eq!(g["removed_chunks"], 0, "{g}");
     assert_eq!(chunk_files(&data), before);
 
-    // A well-named chunk file that no manifest references.
-    let orphan = format!("ab{}", "0".repeat(62));
-    write(&data.join("chunks/ab").join(&orphan), b"orphan bytes");
+    // A well-formed chunk that no manifest references.
+    add_orphan(&data, &[b'o'; 64]);
     let g = json(&data, &["gc"]);
     assert_eq!(g["removed_chunks"], 1, "{g}");
-    assert_eq!(g["removed_bytes"], 12);
+    assert_eq!(g["removed_bytes"], 64);
     assert_eq!(chunk_files(&data), before);
     let text = ok(&data, &["gc"]);
-    assert!(text.contains("removed 0"), "{text}");
+    assert!(text.contains("dropped 0"), "{text}");
     let (code, _) = verify(&data, &["--read-data"]);
     assert_eq!(code, 0);
     Ok(())

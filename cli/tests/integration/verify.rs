@@ -1,5 +1,5 @@
-//! `verify` (DESIGN §5) through the CLI: a healthy store, then chunk files
-//! damaged, removed and added behind the store's back.
+//! `verify` (DESIGN §5) through the CLI: a healthy store, then chunks and
+//! packs damaged, removed and added behind the store's back.
 
 #![allow(clippy::unwrap_used)]
 
@@ -51,21 +51,33 @@ fn verify_healthy_store_is_ok() -> TestResult {
     Ok(())
 }
 
+/// The chunk of `chunks` (`<xx>/<hex>` paths) that ends last in its pack.
+fn last_in_pack(data: &Path, chunks: &[std::path::PathBuf]) -> std::path::PathBuf {
+    chunks
+        .iter()
+        .max_by_key(|c| chunk_location(data, c).1)
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn verify_classifies_damaged_missing_and_orphan_chunks() -> TestResult {
     let t = bbsync_tests::tempdir()?;
     let data = store_with_mini_bbs(t.path());
     let chunks = chunk_files(&data);
-    let rel = real_chunks(&data)[0].clone();
-    let path = data.join("chunks").join(&rel);
+    let all = real_chunks(&data);
+    // The chunk stored last: cutting its pack short harms only it.
+    let rel = last_in_pack(&data, &all);
     let chunk_hex = rel.file_name().unwrap().to_str().unwrap().to_string();
-    let good = fs::read(&path)?;
+    let (pack, offset, len) = chunk_location(&data, &rel);
+    let good = read_chunk(&data, &rel);
+    let good_pack = fs::read(&pack)?;
 
     // 1. One flipped byte: only --read-data sees it.
     let mut bad = good.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x01;
-    fs::write(&path, &bad)?;
+    write_chunk(&data, &rel, &bad);
     let (code, v) = verify(&data, &["--read-data"]);
     assert_eq!(code, 1, "{v}");
     let p = only_problem(&v);
@@ -73,6 +85,11 @@ fn verify_classifies_damaged_missing_and_orphan_chunks() -> TestResult {
     assert_eq!(p["chunk"], chunk_hex.as_str());
     assert!(p["object"].as_str().unwrap().contains(':'), "{p}");
     assert_eq!(v["counts"]["corrupt-chunk"], 1);
+    assert_eq!(
+        verify(&data, &[]).0,
+        0,
+        "same length: plain verify cannot see it"
+    );
     // Text output: one line per problem, then the verdict; still exit 1.
     let o = run(&data, &["verify", "--read-data"]);
     assert_eq!(o.code, 1, "{}", o.stdout);
@@ -91,21 +108,32 @@ fn verify_classifies_damaged_missing_and_orphan_chunks() -> TestResult {
         // A file object (directory objects: see the test below).
         assert!(!dest.exists(), "nothing written for a failed export");
     }
-    fs::write(&path, &good)?;
+    write_chunk(&data, &rel, &good);
     assert_eq!(verify(&data, &["--read-data"]).0, 0);
 
-    // 2. Truncated: plain verify (sizes only) catches it.
-    fs::write(&path, &good[..good.len() - 1])?;
-    let (code, v) = verify(&data, &[]);
-    assert_eq!(code, 1, "{v}");
-    assert_eq!(only_problem(&v)["class"], "corrupt-chunk");
-    let (code, v) = verify(&data, &["--read-data"]);
-    assert_eq!(code, 1, "{v}");
-    assert_eq!(only_problem(&v)["class"], "corrupt-chunk");
-    fs::write(&path, &good)?;
+    // 2. Truncated: the pack cut one byte into the chunk's end. Plain
+    //    verify (lengths only) catches it: that chunk is corrupt, and the
+    //    pack is cut short.
+    fs::write(&pack, &good_pack[..(offset + len - 1) as usize])?;
+    for extra in [&[][..], &["--read-data"][..]] {
+        let (code, v) = verify(&data, extra);
+        assert_eq!(code, 1, "{v}");
+        let mut classes = problem_classes(&v);
+        classes.sort();
+        assert_eq!(classes, ["corrupt-chunk", "truncated-pack"], "{v}");
+        let p = v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["class"] == "corrupt-chunk")
+            .unwrap()
+            .clone();
+        assert_eq!(p["chunk"], chunk_hex.as_str());
+    }
+    fs::write(&pack, &good_pack)?;
 
-    // 3. Missing.
-    fs::remove_file(&path)?;
+    // 3. Missing: the chunk is gone from the index.
+    lose_chunks(&data, std::slice::from_ref(&rel));
     for extra in [&[][..], &["--read-data"][..]] {
         let (code, v) = verify(&data, extra);
         assert_eq!(code, 1, "{v}");
@@ -113,35 +141,32 @@ fn verify_classifies_damaged_missing_and_orphan_chunks() -> TestResult {
         assert_eq!(p["class"], "missing-chunk");
         assert_eq!(p["chunk"], chunk_hex.as_str());
     }
-    fs::write(&path, &good)?;
-    assert_eq!(verify(&data, &[]).0, 0);
+    // The bytes are still in the pack: a repair of the index finds them.
+    let r = json(&data, &["repair-index"]);
+    assert_eq!(r["rebuild"]["skipped"], serde_json::json!([]), "{r}");
+    assert_eq!(verify(&data, &["--read-data"]).0, 0);
+    assert_eq!(chunk_files(&data), chunks);
 
-    // 4. An extra, well-named chunk file nobody references.
-    let orphan_hex = format!("{}{}", &chunk_hex[..2], "f".repeat(62));
-    assert_ne!(orphan_hex, chunk_hex);
-    let orphan = data.join("chunks").join(&chunk_hex[..2]).join(&orphan_hex);
-    fs::write(&orphan, b"not a real chunk")?;
+    // 4. An extra, well-formed chunk nobody references.
+    let orphan_hex = add_orphan(&data, &[0x5a; 200]);
     let (code, v) = verify(&data, &[]);
     assert_eq!(code, 1, "{v}");
     let p = only_problem(&v);
     assert_eq!(p["class"], "orphan-chunk");
     assert_eq!(p["chunk"], orphan_hex.as_str());
-    // gc removes exactly that file, and the store is healthy again.
+    // gc removes exactly that chunk, and the store is healthy again.
     assert_eq!(json(&data, &["gc"])["removed_chunks"], 1);
-    assert!(!orphan.exists());
     let (code, v) = verify(&data, &["--read-data"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(chunk_files(&data), chunks);
 
     // 5. Several problems at once are all listed, sorted by class.
-    fs::remove_file(&path)?;
-    let second = &real_chunks(&data)[1];
-    let second_path = data.join("chunks").join(second);
-    let second_good = fs::read(&second_path)?;
-    let mut b = second_good.clone();
+    let second = all.iter().find(|c| **c != rel).unwrap().clone();
+    lose_chunks(&data, std::slice::from_ref(&rel));
+    let mut b = read_chunk(&data, &second);
     b[0] ^= 0x80;
-    fs::write(&second_path, &b)?;
-    fs::write(&orphan, b"x")?;
+    write_chunk(&data, &second, &b);
+    add_orphan(&data, &[0x5b; 300]);
     let (code, v) = verify(&data, &["--read-data"]);
     assert_eq!(code, 1, "{v}");
     let mut classes = problem_classes(&v);
@@ -175,11 +200,10 @@ fn failed_export_of_a_damaged_directory_object_leaves_nothing_behind() -> TestRe
     );
     // Every chunk belongs to the one object: damage the last one.
     let last = real_chunks(&data).pop().unwrap();
-    let path = data.join("chunks").join(&last);
-    let mut b = fs::read(&path)?;
+    let mut b = read_chunk(&data, &last);
     let n = b.len();
     b[n - 1] ^= 0x01;
-    fs::write(&path, &b)?;
+    write_chunk(&data, &last, &b);
 
     let dest = t.path().join("new-dest");
     fail(&data, &["export", "applet:lord", dest.to_str().unwrap()]);
@@ -214,39 +238,52 @@ fn stray_files_in_the_chunk_dir_and_stale_temp_files() -> TestResult {
     let t = bbsync_tests::tempdir()?;
     let data = store_with_mini_bbs(t.path());
     let chunks = chunk_files(&data);
-    // A file that is not named like a chunk.
-    let stray = data.join("chunks/ab/not-a-chunk");
+    // A file that is not named like a pack.
+    let stray = data.join("packs/ab/not-a-chunk");
     write(&stray, "stray");
     let (code, v) = verify(&data, &[]);
     assert_eq!(code, 1, "{v}");
     let p = only_problem(&v);
     assert_eq!(p["class"], "orphan-chunk");
     assert!(p["detail"].as_str().unwrap().contains("not-a-chunk"), "{p}");
-    // gc never deletes what it does not recognise as a chunk.
+    // gc never deletes what it does not recognise as a pack.
     assert_eq!(json(&data, &["gc"])["removed_chunks"], 0);
     assert!(stray.exists());
     fs::remove_file(&stray)?;
 
-    // A chunk named for the wrong 2-digit dir is also flagged.
+    // A pack named for the wrong 2-digit dir is also flagged.
     let first = &real_chunks(&data)[0];
-    let hex = first.file_name().unwrap().to_str().unwrap();
-    let wrong_dir = if hex.starts_with("00") { "01" } else { "00" };
-    let misplaced = data.join("chunks").join(wrong_dir).join(hex);
-    write(&misplaced, fs::read(data.join("chunks").join(first))?);
+    let (pack, _, _) = chunk_location(&data, first);
+    let name = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let wrong_dir = if name.starts_with("00") { "01" } else { "00" };
+    let misplaced = data.join("packs").join(wrong_dir).join(&name);
+    write(&misplaced, fs::read(&pack)?);
     let (code, v) = verify(&data, &[]);
     assert_eq!(code, 1, "{v}");
     assert_eq!(only_problem(&v)["class"], "orphan-chunk");
     fs::remove_file(&misplaced)?;
 
-    // What a crashed import leaves (temp files beside their final names,
-    // behind the `dirty` marker) is swept at the next open, and verify
-    // does not count it as a problem.
-    let leftover = data
-        .join("chunks")
-        .join(&hex[..2])
-        .join(format!("{}.tmp.999999.0", "e".repeat(64)));
-    write(&leftover, "partial");
-    write(&data.join("chunks/dirty"), "");
+    // What a crashed write leaves (bytes appended to the open pack beyond
+    // its committed length, and the marker of chunks published but maybe
+    // not recorded) is cleared at the next open, and verify does not
+    // count it as a problem.
+    let mut f = fs::OpenOptions::new().append(true).open(&pack)?;
+    std::io::Write::write_all(&mut f, b"partial entry of an interrupted append")?;
+    drop(f);
+    {
+        let s = bbsync_store::Store::open(&data)?;
+        s.db().apply_index(
+            bbsync_store::db::IndexChange {
+                collect: Some(true),
+                ..Default::default()
+            },
+            true,
+        )?;
+    }
+    let mut f = fs::OpenOptions::new().append(true).open(&pack)?;
+    std::io::Write::write_all(&mut f, b"partial")?;
+    drop(f);
+    assert_eq!(chunk_temp_files(&data).len(), 2, "{:?}", chunk_files(&data));
     let (code, v) = verify(&data, &["--read-data"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(chunk_temp_files(&data), Vec::<std::path::PathBuf>::new());

@@ -40,7 +40,8 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Seal this instance's identity with this passphrase into `keys/`.
     pub identity_passphrase: Option<Zeroizing<String>>,
-    /// Copy chunk files even where a hard link would do.
+    /// Copy chunk files even where a hard link would do (no effect since
+    /// chunks live in pack files: every chunk is copied).
     pub copy: bool,
 }
 
@@ -173,7 +174,6 @@ impl Store {
             todo.len() as u64,
             todo.iter().map(|(_, l)| u64::from(*l)).sum(),
         );
-        let linked = AtomicU64::new(0);
         let mut groups: Vec<Vec<(ChunkId, u32)>> = Vec::new();
         let mut acc = GROUP_BYTES;
         for c in todo {
@@ -186,40 +186,33 @@ impl Store {
                 g.push(c);
             }
         }
-        let copy = opts.copy;
+        // Chunks are copied whatever `opts.copy` says: they live in packs,
+        // so there is no chunk file to link (a later repository format
+        // links whole packs).
         for g in groups {
-            // Linked, or staged as temp files; then one syncfs makes the
-            // staged bytes durable before any of them gets its name.
+            // Staged as temp files; then one syncfs makes the staged bytes
+            // durable before any of them gets its name.
             let staged: Vec<Option<String>> = g
                 .par_iter()
                 .map(|(id, len)| -> Result<Option<String>> {
-                    let src = self.chunks().path(id);
+                    // Chunks live in packs: each is read and copied into the
+                    // repository's one-file-per-chunk layout (format 1).
                     let dest = chunk_path(id);
-                    let r = if !copy
-                        && crate::failpoint::hit("backup.link")
-                            .and_then(|()| b.link_from(&src, &dest))
-                            .map_err(repo_io_err(format!("linking {loc}/{dest}")))?
-                    {
-                        linked.fetch_add(1, Ordering::Relaxed);
-                        None
-                    } else {
-                        let bytes = self.chunks().read(id).map_err(|e| StoreError::Io {
-                            context: format!("reading chunk {}", id.short()),
-                            source: e,
-                        })?;
-                        check_chunk_id(id, &bytes).map_err(|e| {
-                            StoreError::Corrupt(format!(
-                                "chunk {} in the store is damaged ({e}); run `bbsync verify --read-data`",
-                                id.short()
-                            ))
-                        })?;
-                        crate::failpoint::hit("backup.stage")
-                            .and_then(|()| b.stage(&dest, &bytes))
-                            .map_err(repo_io_err(format!("writing {loc}/{dest}")))?;
-                        Some(dest)
-                    };
+                    let bytes = self.packs().read(id).map_err(|e| StoreError::Io {
+                        context: format!("reading chunk {}", id.short()),
+                        source: e,
+                    })?;
+                    check_chunk_id(id, &bytes).map_err(|e| {
+                        StoreError::Corrupt(format!(
+                            "chunk {} in the store is damaged ({e}); run `bbsync verify --read-data`",
+                            id.short()
+                        ))
+                    })?;
+                    crate::failpoint::hit("backup.stage")
+                        .and_then(|()| b.stage(&dest, &bytes))
+                        .map_err(repo_io_err(format!("writing {loc}/{dest}")))?;
                     progress.advance(1, u64::from(*len));
-                    Ok(r)
+                    Ok(Some(dest))
                 })
                 .collect::<Result<_>>()?;
             let staged: Vec<String> = staged.into_iter().flatten().collect();
@@ -237,7 +230,7 @@ impl Store {
             report.bytes_new += g.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
         }
         progress.finish();
-        report.chunks_linked = linked.into_inner();
+        report.chunks_linked = 0;
 
         // 3. Manifests: new ones, and those whose envelope changed (rekey,
         // trust changes). Entries are of fixed size, so a changed envelope

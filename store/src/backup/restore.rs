@@ -463,7 +463,7 @@ impl Store {
                     if !seen.insert(c.id) {
                         continue;
                     }
-                    if self.chunks().size(&c.id) == Some(u64::from(c.len)) {
+                    if self.packs().size(&c.id) == Some(u64::from(c.len)) {
                         report.chunks_present += 1;
                         continue;
                     }
@@ -517,12 +517,10 @@ impl Store {
         );
         let mut published: Vec<ChunkId> = Vec::new();
         let mut tokens = Vec::new();
-        let undo = |published: &[ChunkId], tokens: Vec<crate::chunks::Published>| {
-            for id in published {
-                let _ = self.chunks().remove(id);
-            }
+        let undo = |published: &[ChunkId], tokens: Vec<crate::packs::Published>| {
+            let _ = self.packs().remove_many(published);
             for t in tokens {
-                self.chunks().recorded(t);
+                self.packs().recorded(t);
             }
         };
         let mut i = 0;
@@ -546,7 +544,7 @@ impl Store {
                 if check_chunk_id(id, &bytes).is_err() {
                     return Err(damaged(repo, path, "content does not hash to its name"));
                 }
-                let s = self.chunks().stage(*id, &bytes)?;
+                let s = self.packs().stage(*id, &bytes)?;
                 staged
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -558,13 +556,13 @@ impl Store {
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(e) = r {
-                self.chunks().discard(staged);
+                self.packs().discard(staged);
                 undo(&published, tokens);
                 progress.finish();
                 return Err(e);
             }
             let ids: Vec<ChunkId> = staged.iter().map(|s| s.id).collect();
-            match self.chunks().publish(staged) {
+            match self.packs().publish(staged) {
                 Ok(t) => tokens.push(t),
                 Err(e) => {
                     undo(&published, tokens);
@@ -612,7 +610,7 @@ impl Store {
                 let complete = m
                     .chunks
                     .iter()
-                    .all(|c| self.chunks().size(&c.id) == Some(u64::from(c.len)));
+                    .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)));
                 report.incomplete += u64::from(!complete && !m.deleted);
                 report.replaced += u64::from(p.previous.is_some());
                 let state = self.received_state(m, complete || m.deleted, &p.envelope);
@@ -621,11 +619,18 @@ impl Store {
                     object_id: m.object_id,
                     state,
                     manifest: m.bytes().to_vec(),
-                    envelope: p.envelope,
+                    envelope: p
+                        .envelope
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
                     previous: p.previous,
                 });
             }
             report.restored = writes.len() as u64;
+            if writes.iter().any(|w| w.previous.is_some()) {
+                self.packs().expect_garbage()?;
+            }
             writing.set(true);
             if !writes.is_empty() {
                 self.db().commit(writes)?;
@@ -637,7 +642,7 @@ impl Store {
         let restored = match committed {
             Ok(r) => {
                 for t in tokens {
-                    self.chunks().recorded(t);
+                    self.packs().recorded(t);
                 }
                 r
             }
