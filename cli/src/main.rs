@@ -7,6 +7,7 @@
 mod output;
 mod cmd;
 mod control;
+mod live;
 mod passphrase;
 mod progress;
 
@@ -122,6 +123,9 @@ enum Command {
         after_help = "Examples:\n  bbsync serve --listen /ip4/0.0.0.0/tcp/4040\n  bbsync serve --onion\n  bbsync serve --follow bbsyncinvite1...        # a standby of the node that made the invite\n  bbsync serve --passphrase-file /etc/bbsync/passphrase"
     )]
     Serve(cmd::net::ServeArgs),
+    /// Make this standby the primary: stop writing its tree from the
+    /// upstream, watch it instead (kept across restarts).
+    Promote(cmd::net::PromoteArgs),
     /// Clone everything a peer serves into this node.
     #[command(
         after_help = "Examples:\n  bbsync --data-dir /srv/mirror clone bbsyncinvite1... --name mirror   # a new node, by invite\n  bbsync clone /ip4/192.0.2.7/tcp/4040/p2p/12D3...\n  bbsync clone ADDR --peer ADDR2 --only message:general"
@@ -332,6 +336,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => cmd::verify::run(ctx, a),
         Command::Gc => cmd::verify::gc(ctx),
         Command::Serve(a) => cmd::net::serve(ctx, a),
+        Command::Promote(a) => cmd::net::promote(ctx, a),
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
         Command::Rekey(a) => cmd::rekey::run(ctx, a),

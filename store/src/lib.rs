@@ -25,6 +25,7 @@ pub mod identity_file;
 pub mod import;
 pub mod invite;
 pub mod layout;
+pub mod live;
 pub mod migrate;
 pub mod progress;
 pub mod rekey;
