@@ -33,7 +33,7 @@ use bbsync_store::{
 };
 use notify::{
     EventKind, RecursiveMode,
-    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
+    event::{AccessKind, AccessMode, ModifyKind},
 };
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 
@@ -237,12 +237,10 @@ fn note(root: &Path, ev: &notify::Event, writing: &mut BTreeMap<PathBuf, Writing
             }
             true
         }
-        EventKind::Modify(ModifyKind::Name(mode)) => {
+        EventKind::Modify(ModifyKind::Name(_)) => {
             // Renamed into place: complete. Renamed away: gone from here.
-            if mode != RenameMode::Both || rels.len() == ev.paths.len() {
-                for r in &rels {
-                    writing.remove(r);
-                }
+            for r in &rels {
+                writing.retain(|w, _| !w.starts_with(r));
             }
             true
         }

@@ -274,6 +274,17 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
             ),
         },
     };
+    let watching = live::status()
+        .lock()
+        .ok()
+        .filter(|s| s.role == "primary")
+        .and_then(|s| s.tree.clone());
+    if let Some(t) = watching {
+        bail!(
+            "this node is the primary already (it watches {})",
+            t.display()
+        );
+    }
     if ctx.store.is_some() && running.is_none() {
         bail!(
             "the serving node keeps no standby tree (it was started without --tree): nothing to promote"
