@@ -26,8 +26,12 @@
 # of a core). Exits non-zero when a post is lost or a step fails; missed
 # goals are reported, not failed.
 #
+# Then the same bbsync pair over a private Tor network (scripts/tor-testnet.py:
+# the primary serves only as an onion service, the standby follows its onion
+# address), reported beside (no goal; TOR=0 leaves it out).
+#
 # Environment: BBSYNC_BIN=PATH, POSTS=N, RATE=N, IDLE=SECONDS, WORK=DIR,
-# KEEP=1, SKIP_SYNCTHING=1.
+# KEEP=1, SKIP_SYNCTHING=1, TOR=0.
 set -euo pipefail
 
 PROG=bench-live.sh
@@ -165,30 +169,50 @@ cpu_ticks() { # PID: utime + stime in clock ticks
   awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
-# ---------------------------------------------------------------- bbsync
-log "== bbsync: $POSTS posts at $RATE/s into the primary's watched tree, standby tree on loopback"
-P="$WORKDIR/bbsync/primary" S="$WORKDIR/bbsync/standby"
-TA="$WORKDIR/bbsync/tree-a" TB="$WORKDIR/bbsync/tree-b"
-mkdir -p -- "$TA/boards/general" "$TB"
-printf '{"id":1,"body":"first"}\n' >"$TA/boards/general/1.json"
-"$BBSYNC" --data-dir "$P" -q init --name primary
-"$BBSYNC" --data-dir "$S" -q init --name standby
-"$BBSYNC" --data-dir "$P" -q trust add "$("$BBSYNC" --data-dir "$S" id)" --role full
-BBSYNC_LOG=info "$BBSYNC" --data-dir "$P" --no-progress serve --listen /ip4/127.0.0.1/tcp/0 \
-  --watch "$TA" >"$LOGS/bbsync-primary.out" 2>"$LOGS/bbsync-primary.log" &
-PIDS+=($!)
-PRIMARY_PID=$!
-ADDR="$(wait_addr "$LOGS/bbsync-primary.out")"
-BBSYNC_LOG=info "$BBSYNC" --data-dir "$S" --no-progress serve --listen /ip4/127.0.0.1/tcp/0 \
-  --follow "$ADDR" --tree "$TB" >"$LOGS/bbsync-standby.out" 2>"$LOGS/bbsync-standby.log" &
-PIDS+=($!)
-for _ in $(seq 1 200); do
-  [ -f "$TB/boards/general/1.json" ] && break
-  sleep 0.1
-done
-[ -f "$TB/boards/general/1.json" ] || die "the standby's tree did not fill (logs in $LOGS)"
-python3 "$WORKDIR/drive.py" "$TA" "$TB" "$WORKDIR/bbsync.json" "$POSTS" "$RATE"
+# bbsync_phase NAME TOR: a primary watching its tree and a standby keeping
+# its own, over loopback TCP (TOR=0) or the private Tor network (TOR=1:
+# the primary serves only as an onion service); results in $WORKDIR/NAME.json.
+bbsync_phase() {
+  local name="$1" tor="$2"
+  local P="$WORKDIR/$name/primary" S="$WORKDIR/$name/standby"
+  local TA="$WORKDIR/$name/tree-a" TB="$WORKDIR/$name/tree-b"
+  local targs=() listen=(--listen /ip4/127.0.0.1/tcp/0) wait=200
+  if [ "$tor" = 1 ]; then
+    targs=(--tor-config "$ARTI")
+    listen=(--onion)
+    wait=3600
+  fi
+  mkdir -p -- "$TA/boards/general" "$TB"
+  printf '{"id":1,"body":"first"}\n' >"$TA/boards/general/1.json"
+  "$BBSYNC" --data-dir "$P" -q init --name primary
+  "$BBSYNC" --data-dir "$S" -q init --name standby
+  "$BBSYNC" --data-dir "$P" -q trust add "$("$BBSYNC" --data-dir "$S" id)" --role full
+  BBSYNC_LOG=info "$BBSYNC" --data-dir "$P" --no-progress "${targs[@]}" serve "${listen[@]}" \
+    --watch "$TA" >"$LOGS/$name-primary.out" 2>"$LOGS/$name-primary.log" &
+  PIDS+=($!)
+  PRIMARY_PID=$!
+  local addr=""
+  for _ in $(seq 1 "$wait"); do
+    addr="$(head -n 1 "$LOGS/$name-primary.out" 2>/dev/null || true)"
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || die "the primary printed no address (log: $LOGS/$name-primary.log)"
+  log "    primary at $addr"
+  BBSYNC_LOG=info "$BBSYNC" --data-dir "$S" --no-progress "${targs[@]}" serve \
+    --listen /ip4/127.0.0.1/tcp/0 --follow "$addr" --tree "$TB" \
+    >"$LOGS/$name-standby.out" 2>"$LOGS/$name-standby.log" &
+  PIDS+=($!)
+  for _ in $(seq 1 "$wait"); do
+    [ -f "$TB/boards/general/1.json" ] && break
+    sleep 0.1
+  done
+  [ -f "$TB/boards/general/1.json" ] || die "the standby's tree did not fill (logs in $LOGS)"
+  python3 "$WORKDIR/drive.py" "$TA" "$TB" "$WORKDIR/$name.json" "$POSTS" "$RATE"
+}
 
+log "== bbsync: $POSTS posts at $RATE/s into the primary's watched tree, standby tree on loopback"
+bbsync_phase bbsync 0
 log "== bbsync: CPU of the idle watching primary over ${IDLE}s"
 sleep 2
 T0="$(cpu_ticks "$PRIMARY_PID")"
@@ -197,6 +221,19 @@ T1="$(cpu_ticks "$PRIMARY_PID")"
 HZ="$(getconf CLK_TCK)"
 IDLE_CPU="$(fcalc '%.2f' '(t1 - t0) / hz / s * 100' "t1=$T1" "t0=$T0" "hz=$HZ" "s=$IDLE")"
 stop_all
+
+# ---------------------------------------------------------------- over Tor
+if [ "${TOR:-1}" = 1 ]; then
+  ensure_cmd tor tor
+  NET="$WORKDIR/tornet"
+  trap 'stop_all; python3 "$BBSYNC_SCRIPTS_DIR/tor-testnet.py" down "$NET" 2>/dev/null || true; cleanup_workdir' EXIT
+  log "== private Tor network (scripts/tor-testnet.py)"
+  ARTI="$(python3 "$BBSYNC_SCRIPTS_DIR/tor-testnet.py" up "$NET" --owner $$)" || die "tor-testnet.py up failed"
+  log "== bbsync over Tor: the same posts, the standby following the primary's onion address"
+  bbsync_phase bbsync-tor 1
+  stop_all
+  python3 "$BBSYNC_SCRIPTS_DIR/tor-testnet.py" down "$NET" 2>/dev/null || true
+fi
 
 # ---------------------------------------------------------------- Syncthing
 if [ "${SKIP_SYNCTHING:-0}" != 1 ]; then
@@ -260,6 +297,8 @@ python3 - "$WORKDIR" "$IDLE_CPU" "${SKIP_SYNCTHING:-0}" <<'PY'
 import json, os, sys
 work, idle_cpu, skip = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
 b = json.load(open(os.path.join(work, "bbsync.json")))
+tor_file = os.path.join(work, "bbsync-tor.json")
+t = json.load(open(tor_file)) if os.path.exists(tor_file) else None
 s = None if skip else json.load(open(os.path.join(work, "syncthing.json")))
 def row(name, r):
     return (f"{name:<10} {r['arrived']:>5}/{r['posts']:<5} lost {r['n_lost']:>3}  bad {r['n_bad']:>3}"
@@ -269,6 +308,8 @@ print("write on the first tree -> same bytes renamed into place on the second, l
 print(row("bbsync", b))
 if s:
     print(row("Syncthing", s))
+if t:
+    print(row("bbsync/Tor", t) + "  (private Tor network, onion service)")
 ok = lambda c: "met" if c else "MISSED"
 print(f"goal p50 <= 100 ms: {ok(b['p50'] <= 100)} ({b['p50']:.1f} ms)")
 print(f"goal p99 <= 500 ms: {ok(b['p99'] <= 500)} ({b['p99']:.1f} ms)")
@@ -277,7 +318,8 @@ if s:
     print(f"goal worst case <= half of Syncthing's: {ok(b['max'] <= s['max'] / 2)}"
           f" ({b['max']:.1f} ms vs {s['max']:.1f} ms)")
 print(f"idle watching node: {idle_cpu:.2f}% of a core (goal < 1%: {ok(idle_cpu < 1)})")
-if b["n_lost"] or b["n_bad"]:
-    print(f"bbsync lost {b['lost']} / wrong bytes {b['bad']}")
-    sys.exit(1)
+for name, r in [("bbsync", b), ("bbsync over Tor", t)]:
+    if r and (r["n_lost"] or r["n_bad"]):
+        print(f"{name} lost {r['lost']} / wrong bytes {r['bad']}")
+        sys.exit(1)
 PY

@@ -370,3 +370,87 @@ fn failover_drill_promote_and_rejoin_lose_no_post() -> TestResult {
     drop(sb);
     Ok(())
 }
+
+/// Rows of the `posts` table of a copy of the database at `path` (a copy:
+/// opening a WAL database in the standby's tree would add files to it).
+fn rows_of_copy(path: &Path, scratch: &Path) -> Option<i64> {
+    let copy = scratch.join(format!("copy-{}.sqlite3", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+    }
+    std::fs::copy(path, &copy).ok()?;
+    let conn = rusqlite::Connection::open(&copy).ok()?;
+    conn.query_row("SELECT count(*) FROM posts", [], |r| r.get(0))
+        .ok()
+}
+
+#[test]
+fn a_live_sqlite_database_in_a_layout_reaches_the_standby_consistent() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (ta, tb) = (tmp.path().join("axon-a"), tmp.path().join("axon-b"));
+    std::fs::create_dir_all(ta.join("data"))?;
+    write(
+        &ta.join("data/user_data/alice/prefs.json"),
+        "{\"theme\":\"amber\"}\n",
+    );
+    write(&ta.join("media/logo.txt"), "AXON\n");
+    // The BBS's database, open and written in WAL mode all along.
+    let conn = rusqlite::Connection::open(ta.join("data/axon_bbs.sqlite3"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch("CREATE TABLE posts (id INTEGER PRIMARY KEY, body TEXT NOT NULL);")?;
+    conn.execute("INSERT INTO posts (body) VALUES ('first')", [])?;
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    trust(&a, &b);
+    let ta_s = ta.to_str().unwrap();
+    let p = serve_with(
+        &a,
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--watch",
+            ta_s,
+            "--layout",
+            "axon",
+        ],
+    );
+    let tb_s = tb.to_str().unwrap();
+    let _s = serve_with(
+        &b,
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--follow",
+            &p.addr,
+            "--tree",
+            tb_s,
+            "--layout",
+            "axon",
+        ],
+    );
+    let db_b = tb.join("data/axon_bbs.sqlite3");
+    wait_for(60, "the database on the standby", || {
+        rows_of_copy(&db_b, tmp.path()) == Some(1)
+    });
+    assert_eq!(
+        std::fs::read(tb.join("data/user_data/alice/prefs.json"))?,
+        b"{\"theme\":\"amber\"}\n"
+    );
+    assert_eq!(std::fs::read(tb.join("media/logo.txt"))?, b"AXON\n");
+    // Commits while the database stays open: each is taken through a
+    // consistent snapshot; the standby's copy always opens.
+    for i in 0..50 {
+        conn.execute(
+            "INSERT INTO posts (body) VALUES (?1)",
+            [format!("post {i}")],
+        )?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_for(60, "all 51 rows on the standby", || {
+        let n = rows_of_copy(&db_b, tmp.path());
+        assert!(n.is_some(), "the standby's database did not open");
+        n == Some(51)
+    });
+    drop(conn);
+    Ok(())
+}

@@ -33,6 +33,7 @@ use std::{
 
 use bbsync_protocol::{ObjectId, Shape};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::{
     ObjectState, Store,
@@ -276,6 +277,21 @@ impl LiveTree {
             Err(e) => return Err(e).ctx(|| format!("reading {}", p.display())),
             Ok(m) if m.file_type().is_symlink() => return Ok(Some("symlink".into())),
             Ok(_) => {}
+        }
+        let meta = crate::archive::lstat(&p).ctx(|| format!("reading {}", p.display()))?;
+        let has_companions = ["-wal", "-journal"]
+            .iter()
+            .any(|s| crate::sqlite::companion_path(&p, s).exists());
+        if meta.is_file() && !has_companions {
+            // As a scan digests a file without companions, without listing
+            // its directory (a board of many posts).
+            let mut h = sha2::Sha256::new();
+            crate::archive::stat_hash(&mut h, "", &meta);
+            return Ok(Some(hex::encode(h.finalize())));
+        }
+        if meta.is_dir() {
+            let walk = crate::archive::walk(&crate::archive::TreeDir::open(&p)?)?;
+            return Ok(Some(hex::encode(walk.stat_digest)));
         }
         let src = bbs::source_for_path(&p, &st.kind, &st.name, st.owner.clone())?;
         Ok(Some(hex::encode(src.stat_digest)))
