@@ -366,8 +366,18 @@ fn failover_drill_promote_and_rejoin_lose_no_post() -> TestResult {
         post(300, "after the rejoin"),
     );
     wait_same(&ta, &tb, 30, "a post after the rejoin on the old primary");
+    // Undoing the promotion needs the node stopped.
+    let e = fail(&b, &["demote"]);
+    assert_mentions(&e, &["a node is serving", "stop it first"]);
+    assert!(sb.stop().success());
+    let out = ok(&b, &["demote"]);
+    assert!(
+        out.contains("demoted: `serve --follow ADDR --tree"),
+        "{out}"
+    );
+    let e = fail(&b, &["demote"]);
+    assert_mentions(&e, &["this node was not promoted"]);
     drop(pa);
-    drop(sb);
     Ok(())
 }
 
@@ -452,5 +462,36 @@ fn a_live_sqlite_database_in_a_layout_reaches_the_standby_consistent() -> TestRe
         n == Some(51)
     });
     drop(conn);
+    Ok(())
+}
+
+#[test]
+fn live_tree_misuse_is_refused_with_one_line() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let a = node(tmp.path(), "alpha");
+    let t = tmp.path().join("bbs");
+    let u = tmp.path().join("other");
+    let (ts, us) = (t.to_str().unwrap(), u.to_str().unwrap());
+    let listen = ["serve", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let e = fail(&a, &[&listen[..], &["--tree", ts]].concat());
+    assert_mentions(&e, &["--tree", "give --follow ADDR too", "--watch DIR"]);
+    let e = fail(&a, &[&listen[..], &["--watch", ts, "--tree", us]].concat());
+    assert_mentions(&e, &["a node keeps one live tree"]);
+    let inside = a.join("bbs");
+    let e = fail(
+        &a,
+        &[&listen[..], &["--watch", inside.to_str().unwrap()]].concat(),
+    );
+    assert_mentions(&e, &["must not contain one another"]);
+    let e = fail(&a, &["promote"]);
+    assert_mentions(&e, &["no tree to watch", "--tree DIR"]);
+    let e = fail(&a, &["demote"]);
+    assert_mentions(&e, &["this node was not promoted"]);
+    // A promotion is kept; promoting twice is refused.
+    let out = ok(&a, &["promote", "--tree", ts]);
+    assert!(out.contains("promoted: `bbsync serve` watches"), "{out}");
+    let e = fail(&a, &["promote", "--tree", ts]);
+    assert_mentions(&e, &["this node is the primary already"]);
+    assert!(!t.exists(), "a refused or offline command made the tree");
     Ok(())
 }

@@ -758,3 +758,18 @@ pub fn save_promotion(data_dir: &Path, p: &Promotion) -> Result<()> {
         serde_json::to_vec_pretty(p).map_err(|e| StoreError::Invalid(format!("role file: {e}")))?;
     crate::write_file_atomic(&data_dir.join(ROLE_FILE), &bytes, 0o600)
 }
+
+/// Forgets a promotion (`bbsync demote`); whether there was one.
+pub fn remove_promotion(data_dir: &Path) -> Result<bool> {
+    let p = data_dir.join(ROLE_FILE);
+    match fs::remove_file(&p) {
+        Ok(()) => {
+            File::open(data_dir)
+                .and_then(|d| d.sync_all())
+                .ctx(|| format!("syncing {}", data_dir.display()))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).ctx(|| format!("removing {}", p.display())),
+    }
+}

@@ -244,6 +244,30 @@ fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bbsync demote`.
+pub fn demote(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    if ctx.store.is_some() {
+        bail!(
+            "a node is serving {}: stop it first (a running primary keeps watching its tree)",
+            ctx.data_dir.display()
+        );
+    }
+    // The data dir must be one (a clear error otherwise).
+    let _store = super::open(ctx)?;
+    match live::load_promotion(&ctx.data_dir)? {
+        None => bail!("this node was not promoted (nothing to demote)"),
+        Some(p) => {
+            live::remove_promotion(&ctx.data_dir)?;
+            outln!(
+                ctx,
+                "demoted: `serve --follow ADDR --tree {}` keeps the tree as a standby again",
+                p.tree.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `bbsync promote`.
 pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
