@@ -31,7 +31,7 @@ use bbsync_protocol::{
     Invite, InviteRefusal, ObjectId,
     wire::{MAX_PAGE, Request, Response},
 };
-use bbsync_store::{Store, StoreError, live::LiveTree};
+use bbsync_store::{Store, StoreError, failpoint, live::LiveTree};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::Serialize;
 
@@ -94,6 +94,9 @@ pub struct UpstreamStatus {
     pub rejected: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// Sessions that ended in an error (and were retried) since the node
+    /// started.
+    pub failed_sessions: u64,
 }
 
 /// The followers of this process, by address (what `status` reads when it
@@ -251,6 +254,7 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
         update(&key, |s| {
             s.state = "waiting to reconnect".into();
             s.last_error = Some(err.to_string());
+            s.failed_sessions += 1;
         });
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(opts.backoff_max);
@@ -352,6 +356,21 @@ async fn run_session(
         let store = store.clone();
         blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
     };
+    // A live tree is brought in line with the store once per process,
+    // before the first page: a failure is retried as a failed page is.
+    if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_reconciled()) {
+        let (st, tree) = (store.clone(), tree.clone());
+        let root = tree.root().display().to_string();
+        let r = blocking(move || st.tree_reconcile(&tree)).await?;
+        tracing::info!(
+            written = r.written,
+            removed = r.removed,
+            unchanged = r.unchanged,
+            adopted = r.adopted,
+            conflicts = r.conflicts.len(),
+            "the tree {root} is in line with the store"
+        );
+    }
     update(key, |s| {
         s.state = "following".into();
         s.cursor = cursor;
@@ -410,7 +429,11 @@ async fn run_session(
         // Durably applied (or nothing to apply): only now the cursor moves.
         if next != cursor {
             let st = store.clone();
-            blocking(move || st.db().set_cursor(&upstream, next)).await?;
+            blocking(move || {
+                failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
+                st.db().set_cursor(&upstream, next)
+            })
+            .await?;
             cursor = next;
             if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_primary()) {
                 let tree = tree.clone();
@@ -466,7 +489,11 @@ async fn apply(
     while let Some(answer) = answers.next().await {
         let (items, _) = answer?;
         let store = store.clone();
-        let acc = blocking(move || store.accept_manifests(&upstream, items)).await?;
+        let acc = blocking(move || {
+            failpoint::check("follow.accept", || "recording received manifests".into())?;
+            store.accept_manifests(&upstream, items)
+        })
+        .await?;
         for (what, why) in &acc.rejected {
             tracing::warn!(object = %what, "follow: refused: {why}");
         }
@@ -492,6 +519,9 @@ async fn apply(
         let store = store.clone();
         let ids = ids.clone();
         blocking(move || {
+            failpoint::check("follow.complete", || {
+                "marking fetched objects complete".into()
+            })?;
             let done = store.complete_ready_of(&ids)?;
             let incomplete = store.missing_chunks_of(&ids)?.len();
             Ok((done, incomplete))

@@ -148,6 +148,7 @@ pub struct LiveTree {
     layout: Option<Layout>,
     lock: Mutex<()>,
     primary: AtomicBool,
+    reconciled: AtomicBool,
 }
 
 impl LiveTree {
@@ -172,6 +173,7 @@ impl LiveTree {
             layout,
             lock: Mutex::new(()),
             primary: AtomicBool::new(false),
+            reconciled: AtomicBool::new(false),
         })
     }
 
@@ -196,6 +198,11 @@ impl LiveTree {
     /// Marks the tree as the primary's (see [`LiveTree::is_primary`]).
     pub fn set_primary(&self) {
         self.primary.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Store::tree_reconcile`] ran on it in this process.
+    pub fn is_reconciled(&self) -> bool {
+        self.reconciled.load(Ordering::SeqCst)
     }
 
     /// The layout the tree is read and written through (`None`: bbsync's own).
@@ -628,7 +635,9 @@ impl Store {
                 self.db().remove_tree_record(&id)?;
             }
         }
-        self.tree_apply(tree, &ids)
+        let rep = self.tree_apply(tree, &ids)?;
+        tree.reconciled.store(true, Ordering::SeqCst);
+        Ok(rep)
     }
 
     /// Imports what changed in the watched `tree` since this node last

@@ -217,8 +217,7 @@ fn live_tree(
 
 /// A standby's tree before the follower starts: a tree that was a
 /// primary's (an old primary rejoining) is imported once, so that what was
-/// written into it and never imported is kept; then it is brought in line
-/// with the store.
+/// written into it and never imported is kept.
 fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
     if tree.marker()?.is_some_and(|m| m.role == "primary") {
         tracing::warn!(
@@ -227,16 +226,8 @@ fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
         );
         store.import_live(tree, &|_| false, false, &bbsync_store::progress::NoProgress)?;
     }
-    let r = store.tree_reconcile(tree)?;
-    tracing::info!(
-        written = r.written,
-        removed = r.removed,
-        unchanged = r.unchanged,
-        adopted = r.adopted,
-        conflicts = r.conflicts.len(),
-        "standby tree {} in line with the store",
-        tree.root().display()
-    );
+    // The follower brings the tree in line with the store before its
+    // first page (retried like a page when it fails).
     live::update_status(|s| {
         s.tree = Some(tree.root().to_path_buf());
         s.role = "standby".into();
