@@ -7,6 +7,7 @@
 mod output;
 mod cmd;
 mod control;
+mod live;
 mod passphrase;
 mod progress;
 
@@ -125,9 +126,21 @@ enum Command {
     Migrate,
     /// Serve this node's content to trusted peers until Ctrl-C or SIGTERM.
     #[command(
-        after_help = "Examples:\n  bbsync serve --listen /ip4/0.0.0.0/tcp/4040\n  bbsync serve --onion\n  bbsync serve --follow bbsyncinvite1...        # a standby of the node that made the invite\n  bbsync serve --passphrase-file /etc/bbsync/passphrase"
+        after_help = "Examples:\n  bbsync serve --listen /ip4/0.0.0.0/tcp/4040\n  bbsync serve --onion\n  bbsync serve --follow bbsyncinvite1...        # a standby of the node that made the invite\n  bbsync serve --passphrase-file /etc/bbsync/passphrase\n  bbsync serve --watch /srv/bbs                 # the primary: import each change of the BBS tree\n  bbsync serve --follow ADDR --tree /srv/bbs    # a hot standby with a live BBS tree"
     )]
     Serve(cmd::net::ServeArgs),
+    /// Make this standby the primary: stop writing its tree from the
+    /// upstream, watch it instead (kept across restarts).
+    #[command(
+        after_help = "Examples:\n  bbsync promote                    # inside the running standby (serve --follow ADDR --tree DIR)\n  bbsync promote --tree /srv/bbs    # a stopped node: its next serve watches /srv/bbs"
+    )]
+    Promote(cmd::net::PromoteArgs),
+    /// Undo `promote` on a stopped node: the next `serve --follow ADDR
+    /// --tree DIR` keeps DIR as a standby again.
+    #[command(
+        after_help = "Example:\n  bbsync demote   # then: bbsync serve --follow NEW_PRIMARY --tree /srv/bbs"
+    )]
+    Demote,
     /// Clone everything a peer serves into this node.
     #[command(
         after_help = "Examples:\n  bbsync --data-dir /srv/mirror clone bbsyncinvite1... --name mirror   # a new node, by invite\n  bbsync clone /ip4/192.0.2.7/tcp/4040/p2p/12D3...\n  bbsync clone ADDR --peer ADDR2 --only message:general"
@@ -340,6 +353,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::RepairIndex => cmd::verify::repair_index(ctx),
         Command::Migrate => cmd::verify::migrate(ctx),
         Command::Serve(a) => cmd::net::serve(ctx, a),
+        Command::Promote(a) => cmd::net::promote(ctx, a),
+        Command::Demote => cmd::net::demote(ctx),
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
         Command::Rekey(a) => cmd::rekey::run(ctx, a),

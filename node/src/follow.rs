@@ -31,7 +31,7 @@ use bbsync_protocol::{
     Invite, InviteRefusal, ObjectId,
     wire::{MAX_PAGE, Request, Response},
 };
-use bbsync_store::{Store, StoreError, failpoint};
+use bbsync_store::{Store, StoreError, failpoint, live::LiveTree};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::Serialize;
 
@@ -53,6 +53,9 @@ pub struct FollowOptions {
     pub backoff_max: Duration,
     /// Chunk requests in flight.
     pub jobs: usize,
+    /// The BBS tree to keep equal to the applied objects (`serve --tree`):
+    /// each page is written into it before the cursor moves.
+    pub tree: Option<Arc<LiveTree>>,
 }
 
 impl Default for FollowOptions {
@@ -62,6 +65,7 @@ impl Default for FollowOptions {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             jobs: 8,
+            tree: None,
         }
     }
 }
@@ -352,6 +356,21 @@ async fn run_session(
         let store = store.clone();
         blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
     };
+    // A live tree is brought in line with the store once per process,
+    // before the first page: a failure is retried as a failed page is.
+    if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_reconciled()) {
+        let (st, tree) = (store.clone(), tree.clone());
+        let root = tree.root().display().to_string();
+        let r = blocking(move || st.tree_reconcile(&tree)).await?;
+        tracing::info!(
+            written = r.written,
+            removed = r.removed,
+            unchanged = r.unchanged,
+            adopted = r.adopted,
+            conflicts = r.conflicts.len(),
+            "the tree {root} is in line with the store"
+        );
+    }
     update(key, |s| {
         s.state = "following".into();
         s.cursor = cursor;
@@ -359,6 +378,7 @@ async fn run_session(
     });
     tracing::info!(upstream = %key, cursor, "following");
     let mut behind_since: Option<Instant> = None;
+    let mut conflicted: Vec<ObjectId> = Vec::new();
     let clone_opts = CloneOptions {
         jobs: opts.jobs,
         ..Default::default()
@@ -396,15 +416,38 @@ async fn run_session(
             let ids: Vec<ObjectId> = changes.iter().map(|c| c.object_id).collect();
             apply(node, store, peer, upstream, ids, &clone_opts).await?
         };
+        // The live tree follows the store before the cursor moves: a page
+        // whose objects could not be written is applied again. Objects left
+        // alone earlier (conflicts) are tried again with each page.
+        if let Some(tree) = &opts.tree {
+            let mut ids: Vec<ObjectId> = changes.iter().map(|c| c.object_id).collect();
+            ids.extend(conflicted.iter().copied());
+            let (store, tree) = (store.clone(), tree.clone());
+            let rep = blocking(move || store.tree_apply(&tree, &ids)).await?;
+            conflicted = rep.conflict_ids;
+        }
         // Durably applied (or nothing to apply): only now the cursor moves.
         if next != cursor {
-            let store = store.clone();
+            let st = store.clone();
             blocking(move || {
                 failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
-                store.db().set_cursor(&upstream, next)
+                st.db().set_cursor(&upstream, next)
             })
             .await?;
             cursor = next;
+            if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_primary()) {
+                let tree = tree.clone();
+                let marker = bbsync_store::live::Marker {
+                    format: 1,
+                    instance: store.instance_id().to_hex(),
+                    role: "standby".into(),
+                    upstream: Some(upstream.to_hex()),
+                    seq: next,
+                    updated_at_ms: bbsync_protocol::now_ms(),
+                };
+                blocking(move || tree.write_marker(&marker)).await?;
+                bbsync_store::live::update_status(|s| s.applied_seq = next);
+            }
         }
         let lag = last_seq.saturating_sub(cursor);
         let since = if lag == 0 {

@@ -161,6 +161,13 @@ impl Meta {
     }
 }
 
+/// The metadata of `path` itself (`lstat`: a symlink is not followed).
+pub fn lstat(path: &Path) -> io::Result<Meta> {
+    rustix::fs::lstat(path)
+        .map(|st| Meta::of(&st))
+        .map_err(io::Error::from)
+}
+
 /// Hashes the metadata that tells whether a file may have changed.
 pub fn stat_hash(h: &mut Sha256, path: &str, md: &Meta) {
     h.update((path.len() as u64).to_be_bytes());

@@ -214,6 +214,10 @@ pub fn scan(root: &Path) -> Result<Vec<Source>> {
     let tree = open_tree(root)?;
     let mut out = Vec::new();
     for c in tree.children()? {
+        if c.name == crate::live::STATE_DIR {
+            // A live tree's marker and temp files (crate::live).
+            continue;
+        }
         if !c.meta.is_dir() {
             return Err(bad(
                 &c.path,

@@ -41,6 +41,14 @@ pub struct Config {
     /// data dir). Unset: bbsync's own tree (docs/layouts.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// The BBS tree `serve` watches and imports as it changes (as with
+    /// `--watch`; relative paths are under the data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<std::path::PathBuf>,
+    /// The BBS tree `serve --follow` keeps equal to its upstream's (as with
+    /// `--tree`; relative paths are under the data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<std::path::PathBuf>,
 }
 
 fn default_level() -> i32 {
@@ -60,6 +68,8 @@ impl Default for Config {
             backup_repo: None,
             backup: Vec::new(),
             layout: None,
+            watch: None,
+            tree: None,
         }
     }
 }
@@ -92,6 +102,12 @@ follow = []
 # --layout: a built-in layout (axon), or a layout file (relative to this data
 # dir); unset: bbsync's own tree. See docs/layouts.md.
 # layout = "axon"
+
+# Live mirroring (docs/sync.md): the primary watches its BBS tree and imports
+# each change as it happens (as serve --watch); a standby keeps its own BBS
+# tree equal to its upstream's (as serve --tree, with follow).
+# watch = "/srv/bbs"
+# tree = "/srv/bbs"
 
 # Scheduled backups while `bbsync serve` runs: a 5-field cron expression
 # (UTC), an optional repository, tags and a retention policy applied after

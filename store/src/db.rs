@@ -401,6 +401,54 @@ impl Db {
         self.flush()
     }
 
+    /// Where this node last placed `id` in its live BBS tree, and what the
+    /// tree held there then ([`crate::live`]); `None` if it never did.
+    pub fn tree_record(&self, id: &ObjectId) -> Result<Option<crate::live::TreeRecord>> {
+        self.tree
+            .get(key(b"lt/", id.as_bytes()))
+            .map_err(db_err)?
+            .map(|v| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("tree record of {}: {e}", id.short())))
+            })
+            .transpose()
+    }
+
+    /// Records (not yet durably: the caller flushes) where `id` lies in the
+    /// live tree and what is there.
+    pub fn set_tree_record(&self, id: &ObjectId, rec: &crate::live::TreeRecord) -> Result<()> {
+        let v = serde_json::to_vec(rec)
+            .map_err(|e| StoreError::Corrupt(format!("tree record of {}: {e}", id.short())))?;
+        self.tree
+            .insert(key(b"lt/", id.as_bytes()), v)
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Forgets the live-tree record of `id`.
+    pub fn remove_tree_record(&self, id: &ObjectId) -> Result<()> {
+        self.tree
+            .remove(key(b"lt/", id.as_bytes()))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Every live-tree record, by object.
+    pub fn tree_records(&self) -> Result<Vec<(ObjectId, crate::live::TreeRecord)>> {
+        self.tree
+            .scan_prefix(b"lt/")
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                let id = ObjectId::from_slice(&k[3..])
+                    .map_err(|e| StoreError::Corrupt(format!("tree record key: {e}")))?;
+                let rec = serde_json::from_slice(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("tree record of {}: {e}", id.short()))
+                })?;
+                Ok((id, rec))
+            })
+            .collect()
+    }
+
     /// Sets the schema version (the last step of a migration; tests of the
     /// newer-schema refusal use it through
     /// `Store::dangerously_set_schema_version`).

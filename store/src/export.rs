@@ -219,7 +219,7 @@ impl Store {
 
     /// Extracts a directory object into `dest` (existing, empty); the
     /// SQLite databases in it must pass `PRAGMA integrity_check`.
-    fn extract_dir(&self, o: &OpenObject, dest: &Path) -> Result<(u64, u64)> {
+    pub(crate) fn extract_dir(&self, o: &OpenObject, dest: &Path) -> Result<(u64, u64)> {
         let mut ex = Extractor::new(dest);
         let bytes = self.read_open(o, |data| ex.feed(data))?;
         let (files, _) = ex.finish()?;

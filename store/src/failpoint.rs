@@ -212,6 +212,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "sqlite.rename",
         "sqlite::FileOut: a database written out is synced and checked, stale companions removed, before its rename (export, export-bbs, restore --to-tree)",
     ),
+    (
+        "live.write",
+        "live tree (serve --follow --tree): an applied object is about to be written into the tree (temp file, fsync, rename); the change-log cursor has not moved yet",
+    ),
 ];
 
 /// Reads `FAILPOINTS` from the environment (no-op without the feature).

@@ -544,6 +544,21 @@ impl Store {
         rotate: &HashSet<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
+        self.run_import_keeping(sources, tombstone_kinds, &HashSet::new(), rotate, progress)
+    }
+
+    /// Like [`Store::run_import_kinds`], but the objects named in `keep`
+    /// (kind, name) are never tombstoned, though they are not among the
+    /// sources (a live tree's files still being written, or objects that
+    /// came from elsewhere and are not in the tree yet).
+    pub(crate) fn run_import_keeping(
+        &self,
+        sources: Vec<Source>,
+        tombstone_kinds: &[&str],
+        keep: &HashSet<(String, String)>,
+        rotate: &HashSet<ObjectId>,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
         let start = Instant::now();
         let _g = self.lock();
         let mut stats = ImportStats {
@@ -665,6 +680,7 @@ impl Store {
                     if !st.deleted
                         && tombstone_kinds.contains(&st.kind.as_str())
                         && !names.contains(&name_digest(&st.kind, &st.name))
+                        && !keep.contains(&(st.kind.clone(), st.name.clone()))
                     {
                         match self.tombstone(id, &st)? {
                             Some(t) => {

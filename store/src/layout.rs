@@ -662,6 +662,10 @@ impl Layout {
         }
         let rel_dir = comps.join("/");
         for c in kids {
+            if comps.is_empty() && c.name == crate::live::STATE_DIR {
+                // A live tree's marker and temp files (crate::live).
+                continue;
+            }
             comps.push(c.name.clone());
             let rel = comps.join("/");
             check_rel_path(&rel).map_err(|reason| StoreError::BadTree {

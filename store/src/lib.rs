@@ -26,6 +26,7 @@ pub mod import;
 pub mod inspect;
 pub mod invite;
 pub mod layout;
+pub mod live;
 pub mod migrate;
 pub mod packs;
 pub mod progress;

@@ -143,10 +143,17 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             .map(|u| serde_json::to_value(u).unwrap_or_default())
             .collect()
     };
+    // The live tree, when this runs inside a `serve` that keeps one.
+    let live = bbsync_store::live::status()
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let live = live.tree.is_some().then_some(live);
     if ctx.json {
         output::json(
             ctx,
             &json!({
+                "live": live,
                 "data_dir": store.dir(),
                 "instance_id": store.instance_id().to_hex(),
                 "name": card.name,
@@ -219,6 +226,35 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 ));
             }
             outln!(ctx, "{line}");
+        }
+        if let Some(l) = &live {
+            let tree = l
+                .tree
+                .as_deref()
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            let mut line = if l.role == "primary" {
+                format!(
+                    "tree       {tree} (primary, watched): {} import(s) since start, {} written from peers",
+                    l.imports, l.written
+                )
+            } else {
+                format!(
+                    "tree       {tree} (standby): upstream change {} applied; {} written, {} removed since start",
+                    l.applied_seq, l.written, l.removed
+                )
+            };
+            if !l.held.is_empty() {
+                line.push_str(&format!("; {} file(s) still being written", l.held.len()));
+            }
+            line.push_str(&format!("; {} conflict(s)", l.conflicts.len()));
+            if let Some(e) = &l.last_error {
+                line.push_str(&format!("; last error: {e}"));
+            }
+            outln!(ctx, "{line}");
+            for (path, why) in l.conflicts.iter().take(output::MAX_LISTED) {
+                outln!(ctx, "conflict   {path}: {why}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

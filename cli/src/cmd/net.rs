@@ -1,7 +1,7 @@
 //! `serve` and `clone`.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
     time::Duration,
@@ -13,7 +13,11 @@ use bbsync_node::{
     fetch_missing, onion,
 };
 use bbsync_protocol::{Invite, invite::is_invite_text};
-use bbsync_store::{Store, StoreError, sync::Selection};
+use bbsync_store::{
+    Store, StoreError,
+    live::{self, LiveTree},
+    sync::Selection,
+};
 
 use crate::{Ctx, output, progress::Bar};
 
@@ -115,6 +119,217 @@ pub struct ServeArgs {
     /// with this instance name [default: the host name].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Watch this BBS tree (the primary's; also `watch` in config.toml):
+    /// import each change as it happens, a file once it is completely
+    /// written, and scan it whole at start-up so nothing written while the
+    /// node was down is missed.
+    #[arg(long, value_name = "DIR")]
+    watch: Option<PathBuf>,
+    /// With --follow: keep this BBS tree equal to the upstream's (a hot
+    /// standby; also `tree` in config.toml): each applied change is written
+    /// atomically, deletions applied; files bbsync did not write are never
+    /// replaced or deleted (a conflict in `status` and the log). After
+    /// `bbsync promote` the node watches it instead.
+    #[arg(long, value_name = "DIR")]
+    tree: Option<PathBuf>,
+    /// The layout of the tree of --watch or --tree: a built-in one (`axon`;
+    /// `bbsync` is bbsync's own tree) or a layout file [env: BBSYNC_LAYOUT;
+    /// config.toml: layout; default: bbsync's own tree].
+    #[arg(long, value_name = "NAME|FILE")]
+    layout: Option<String>,
+}
+
+/// Arguments of `promote`.
+#[derive(Debug, clap::Args)]
+pub struct PromoteArgs {
+    /// The BBS tree the node watches from now on [default: the --tree of
+    /// the running `serve`, else `tree` in config.toml].
+    #[arg(long, value_name = "DIR")]
+    tree: Option<PathBuf>,
+}
+
+/// What `promote` reaches inside a running `serve` with a standby tree:
+/// the tree, and where to say "watch it now".
+static PROMOTER: Mutex<Option<(PathBuf, tokio::sync::mpsc::UnboundedSender<()>)>> =
+    Mutex::new(None);
+
+/// The live tree of `serve` (`--watch`, `--tree`, config.toml, or the
+/// promotion recorded in the data dir), and whether this node is its
+/// primary (watching it) rather than a standby (writing it).
+fn live_tree(
+    ctx: &Ctx,
+    store: &Store,
+    a: &ServeArgs,
+    following: bool,
+) -> anyhow::Result<Option<(Arc<LiveTree>, bool)>> {
+    let cfg = store.config();
+    let in_data = |p: &Path| ctx.data_dir.join(p);
+    let watch = a
+        .watch
+        .as_ref()
+        .map(|p| ctx.path(p))
+        .or_else(|| cfg.watch.as_deref().map(in_data));
+    let tree = a
+        .tree
+        .as_ref()
+        .map(|p| ctx.path(p))
+        .or_else(|| cfg.tree.as_deref().map(in_data));
+    let promoted = live::load_promotion(&ctx.data_dir)?;
+    let (dir, primary) = match (watch, tree, promoted) {
+        (Some(w), Some(t), _) if w != t => bail!(
+            "--watch {} and --tree {}: a node keeps one live tree (--watch on the primary, --tree on a standby)",
+            w.display(),
+            t.display()
+        ),
+        (Some(w), _, _) => (w, true),
+        (None, Some(t), Some(p)) => {
+            tracing::warn!(
+                "promoted at {} ms: watching {} as the primary (not as a standby's tree)",
+                p.since_ms,
+                t.display()
+            );
+            (t, true)
+        }
+        (None, Some(t), None) => {
+            if !following {
+                bail!(
+                    "--tree {}: a standby's tree is written from its upstream: give --follow ADDR too (a primary watches its tree with --watch DIR)",
+                    t.display()
+                );
+            }
+            (t, false)
+        }
+        (None, None, Some(p)) => (p.tree, true),
+        (None, None, None) => return Ok(None),
+    };
+    if dir.starts_with(&ctx.data_dir) || ctx.data_dir.starts_with(&dir) {
+        bail!(
+            "{}: the live tree and the data dir {} must not contain one another",
+            dir.display(),
+            ctx.data_dir.display()
+        );
+    }
+    let layout = super::import::layout(ctx, store, a.layout.as_deref())?;
+    let tree = LiveTree::open(&dir, layout)
+        .with_context(|| format!("opening the live tree {}", dir.display()))?;
+    Ok(Some((Arc::new(tree), primary)))
+}
+
+/// A standby's tree before the follower starts: a tree that was a
+/// primary's (an old primary rejoining) is imported once, so that what was
+/// written into it and never imported is kept.
+fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
+    if tree.marker()?.is_some_and(|m| m.role == "primary") {
+        tracing::warn!(
+            "{} was a primary's tree: importing what it holds once before following",
+            tree.root().display()
+        );
+        store.import_live(tree, &|_| false, false, &bbsync_store::progress::NoProgress)?;
+    }
+    // The follower brings the tree in line with the store before its
+    // first page (retried like a page when it fails).
+    live::update_status(|s| {
+        s.tree = Some(tree.root().to_path_buf());
+        s.role = "standby".into();
+    });
+    Ok(())
+}
+
+/// `bbsync demote`.
+pub fn demote(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    if ctx.store.is_some() {
+        bail!(
+            "a node is serving {}: stop it first (a running primary keeps watching its tree)",
+            ctx.data_dir.display()
+        );
+    }
+    // The data dir must be one (a clear error otherwise).
+    let _store = super::open(ctx)?;
+    match live::load_promotion(&ctx.data_dir)? {
+        None => bail!("this node was not promoted (nothing to demote)"),
+        Some(p) => {
+            live::remove_promotion(&ctx.data_dir)?;
+            outln!(
+                ctx,
+                "demoted: `serve --follow ADDR --tree {}` keeps the tree as a standby again",
+                p.tree.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bbsync promote`.
+pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open(ctx)?;
+    if let Some(p) = live::load_promotion(&ctx.data_dir)? {
+        bail!(
+            "this node is the primary already (promoted at {} ms, watching {})",
+            p.since_ms,
+            p.tree.display()
+        );
+    }
+    let running = PROMOTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let given = a.tree.as_ref().map(|p| ctx.path(p));
+    let tree = match (&running, given) {
+        (Some((t, _)), Some(g)) if std::fs::canonicalize(&g).ok().as_ref() != Some(t) => bail!(
+            "--tree {}: the serving node keeps {} (promote that one, or stop it first)",
+            g.display(),
+            t.display()
+        ),
+        (Some((t, _)), _) => t.clone(),
+        (None, Some(g)) => g,
+        (None, None) => match &store.config().tree {
+            Some(t) => ctx.data_dir.join(t),
+            None => bail!(
+                "no tree to watch: give --tree DIR (the standby's BBS tree), or run it while `serve --tree DIR` runs"
+            ),
+        },
+    };
+    let watching = live::status()
+        .lock()
+        .ok()
+        .filter(|s| s.role == "primary")
+        .and_then(|s| s.tree.clone());
+    if let Some(t) = watching {
+        bail!(
+            "this node is the primary already (it watches {})",
+            t.display()
+        );
+    }
+    if ctx.store.is_some() && running.is_none() {
+        bail!(
+            "the serving node keeps no standby tree (it was started without --tree): nothing to promote"
+        );
+    }
+    live::save_promotion(
+        &ctx.data_dir,
+        &live::Promotion {
+            role: "primary".into(),
+            tree: tree.clone(),
+            since_ms: bbsync_protocol::now_ms(),
+        },
+    )?;
+    match running {
+        Some((_, tx)) => {
+            tx.send(())
+                .map_err(|_| anyhow!("the serving node is stopping; the promotion is recorded and the next `serve` watches {}", tree.display()))?;
+            outln!(
+                ctx,
+                "promoted: this node is the primary now, watching {} (a restart keeps the role)",
+                tree.display()
+            );
+        }
+        None => outln!(
+            ctx,
+            "promoted: `bbsync serve` watches {} as the primary from now on",
+            tree.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Arguments of `clone`.
@@ -306,6 +521,30 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             FollowTarget::Invite(i) => upstream_addrs.extend(invite_multiaddrs(i)?),
         }
     }
+    let live = live_tree(ctx, &store, &a, !follow.is_empty())?;
+    let mut watcher = None;
+    if let Some((tree, primary)) = &live {
+        if *primary {
+            watcher = Some(crate::live::start(store.clone(), tree.clone())?);
+            if !follow.is_empty() {
+                tracing::warn!(
+                    "primary with upstreams: their changes are still applied (and written into the tree), so that what an old primary wrote and never sent arrives when it comes back"
+                );
+            }
+        } else {
+            prepare_standby_tree(&store, tree)?;
+        }
+    }
+    let mut promote_rx = None;
+    if let Some((tree, false)) = &live {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *PROMOTER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((tree.root().to_path_buf(), tx));
+        promote_rx = Some(rx);
+    }
+    let follow_tree = live.as_ref().map(|(t, _)| t.clone());
     // Other commands on this data dir now come through the control socket.
     let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
     let _backups = super::backup::start_scheduler(ctx, &store)?;
@@ -350,18 +589,49 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
                     h.clone(),
                     store.clone(),
                     addr,
-                    bbsync_node::FollowOptions::default(),
+                    bbsync_node::FollowOptions {
+                        tree: follow_tree.clone(),
+                        ..Default::default()
+                    },
                 )),
                 FollowTarget::Invite(invite) => tokio::spawn(bbsync_node::follow_invite(
                     h.clone(),
                     store.clone(),
                     invite,
-                    bbsync_node::FollowOptions::default(),
+                    bbsync_node::FollowOptions {
+                        tree: follow_tree.clone(),
+                        ..Default::default()
+                    },
                 )),
             })
             .collect();
         tracing::info!("serving; Ctrl-C or SIGTERM stops");
-        shutdown_signal().await;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            let promoted = async {
+                match promote_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(()) = promoted => {
+                    promote_rx = None;
+                    if let Some((tree, _)) = &live {
+                        tracing::warn!("promoted: watching {} as the primary", tree.root().display());
+                        let (store, tree) = (store.clone(), tree.clone());
+                        let started = tokio::task::spawn_blocking(move || crate::live::start(store, tree)).await?;
+                        match started {
+                            Ok(w) => watcher = Some(w),
+                            Err(e) => tracing::error!("promoted, but watching the tree failed: {}", crate::one_line(&e)),
+                        }
+                    }
+                }
+            }
+        }
+        drop(watcher);
         for f in followers {
             f.abort();
         }

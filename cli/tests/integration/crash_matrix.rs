@@ -170,6 +170,8 @@ const MATRIX: &[(Path_, &[Row])] = &[
             ("db.mark_complete", &[A1, E1]),
             ("gc.drop", &[A1, EnospcLogged(1)]),
             ("follow.cursor", &[A1, E1]),
+            // The follower keeps a live tree (`--tree`) in this row.
+            ("live.write", &[A1, E1]),
             ("db.set_cursor", &[A1, E1]),
             ("db.flush", &[A1, Abort(3), E1]),
         ],
@@ -530,19 +532,25 @@ struct Follower {
 }
 
 impl Follower {
-    fn start(data: &Path, upstream: &str, failpoints: Option<&str>, log: PathBuf) -> Follower {
+    fn start(
+        data: &Path,
+        upstream: &str,
+        tree: Option<&Path>,
+        failpoints: Option<&str>,
+        log: PathBuf,
+    ) -> Follower {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bbsync"));
-        c.arg("--no-progress")
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "serve",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--follow",
-                upstream,
-            ])
-            .env_remove("BBSYNC_DATA")
+        c.arg("--no-progress").arg("--data-dir").arg(data).args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--follow",
+            upstream,
+        ]);
+        if let Some(t) = tree {
+            c.arg("--tree").arg(t);
+        }
+        c.env_remove("BBSYNC_DATA")
             .env_remove("BBSYNC_LOG")
             .env_remove("RUST_LOG")
             .env_remove("FAILPOINTS")
@@ -885,7 +893,15 @@ fn run_follow_row(f: &Fixture, point: &str, fault: Fault, work: &Path, upstream:
     let data = work.join("data");
     copy_dir(&f.b1, &data);
     let spec = fault.spec(point);
-    let first = Follower::start(&data, upstream, Some(&spec), work.join("follower-1.log"));
+    // The live tree's writer is on the path only with a tree.
+    let tree = (point == "live.write").then(|| work.join("tree"));
+    let first = Follower::start(
+        &data,
+        upstream,
+        tree.as_deref(),
+        Some(&spec),
+        work.join("follower-1.log"),
+    );
     let follower = match fault {
         Abort(_) => {
             let mut first = first;
@@ -909,7 +925,13 @@ fn run_follow_row(f: &Fixture, point: &str, fault: Fault, work: &Path, upstream:
             );
             drop(first);
             check_store_after_fault(&data, P::Follow, what);
-            Follower::start(&data, upstream, None, work.join("follower-2.log"))
+            Follower::start(
+                &data,
+                upstream,
+                tree.as_deref(),
+                None,
+                work.join("follower-2.log"),
+            )
         }
         Enospc(_) | EnospcLogged(_) => first,
     };
@@ -945,6 +967,27 @@ fn run_follow_row(f: &Fixture, point: &str, fault: Fault, work: &Path, upstream:
     follower.stop();
     wait_unlocked(&data);
     check_store_final(&data, &f.tree2, work, what);
+    if let Some(t) = &tree {
+        // The tree holds the upstream's files, and no temp file.
+        assert!(
+            fs::read_dir(t.join(".bbsync/tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{what}: a temp file was left in the live tree"
+        );
+        let files = |root: &Path| -> BTreeMap<String, Vec<u8>> {
+            read_tree(root)
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(".bbsync"))
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect()
+        };
+        assert!(
+            files(t) == files(&f.tree2),
+            "{what}: the live tree differs from the upstream's tree"
+        );
+    }
 }
 
 /// Runs every row of `path` (two at a time), each in its own directory,

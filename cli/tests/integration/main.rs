@@ -19,6 +19,7 @@ mod follow;
 mod identity;
 mod import_swap;
 mod invite;
+mod live;
 mod manual;
 mod net;
 mod objects;
