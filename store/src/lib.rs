@@ -30,6 +30,7 @@ pub mod progress;
 pub mod rekey;
 pub mod seal;
 pub mod sqlite;
+pub mod summary;
 pub mod sync;
 pub mod verify;
 
