@@ -541,7 +541,14 @@ async fn trust_add(State(s): St, _w: Writer, Body(b): Body<TrustAdd>) -> ApiResu
         .map_err(|e: bbsync_protocol::Error| HttpError::BadRequest(e.to_string()))?;
     let store = s.store.clone();
     let card = b.card.trim().to_string();
-    let (c, existed) = blocking(move || Ok(store.trust_add(&card, role)?)).await?;
+    // A card that does not decode or verify is bad input, not damage.
+    let (c, existed) = blocking(move || {
+        store.trust_add(&card, role).map_err(|e| match e {
+            bbsync_store::StoreError::Protocol { .. } => HttpError::BadRequest(e.to_string()),
+            other => other.into(),
+        })
+    })
+    .await?;
     let v = json!({
         "instance_id": c.instance.to_hex(), "name": c.name,
         "role": role.to_string(), "updated": existed,
@@ -625,6 +632,17 @@ async fn job_get(State(s): St, _r: Reader, Path(id): Path<String>) -> ApiResult 
 
 // ---- backups ----------------------------------------------------------------
 
+/// Opens a repository that must exist (a missing one is 404).
+fn open_repo(dir: &std::path::Path) -> Result<Repo, HttpError> {
+    if !dir.exists() {
+        return Err(HttpError::NotFound(format!(
+            "no backup repository at {}",
+            dir.display()
+        )));
+    }
+    Ok(Repo::open_dir(dir)?)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RepoQuery {
@@ -639,7 +657,7 @@ async fn backups_list(
     let q = query(q)?;
     let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
     let v = blocking(move || {
-        if !dir.join("config").exists() && !dir.exists() {
+        if !dir.exists() {
             return Ok(json!({ "repo": dir, "exists": false, "snapshots": [] }));
         }
         let repo = Repo::open_dir(&dir)?;
@@ -672,7 +690,7 @@ async fn backup_show(
     let q = query(q)?;
     let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
     let v = blocking(move || {
-        let repo = Repo::open_dir(&dir)?;
+        let repo = open_repo(&dir)?;
         let id = repo.resolve_snapshot(&id)?;
         serde_json::to_value(repo.load_snapshot(&id)?)
             .map_err(|e| HttpError::Internal(e.to_string()))
@@ -690,7 +708,7 @@ async fn backup_download(
     let q = query(q)?;
     let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
     let (id, body) = blocking(move || {
-        let repo = Repo::open_dir(&dir)?;
+        let repo = open_repo(&dir)?;
         let id = repo.resolve_snapshot(&id)?;
         let snap = repo.load_snapshot(&id)?;
         let body =
@@ -725,7 +743,7 @@ async fn backup_delete(
 ) -> ApiResult {
     let q = query(q)?;
     let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
-    let r = blocking(move || Ok(Repo::open_dir(&dir)?.delete_snapshot(&id, false)?)).await?;
+    let r = blocking(move || Ok(open_repo(&dir)?.delete_snapshot(&id, false)?)).await?;
     let v = serde_json::to_value(&r).map_err(|e| HttpError::Internal(e.to_string()))?;
     s.events
         .emit("backup.deleted", json!({ "removed": r.removed }));
