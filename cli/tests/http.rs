@@ -600,6 +600,15 @@ fn a_clone_job_over_the_api_equals_the_cli_clone_with_live_progress_and_metrics(
     init(&cli_dst, "cli-mirror");
     let src = source(tmp.path(), &[&api_dst, &cli_dst]);
     let server = serve(&src);
+    // The source's card names no address; config.toml's `peers` does.
+    let config = api_dst.join("config.toml");
+    let text = std::fs::read_to_string(&config)?;
+    assert!(text.contains("\npeers = []\n"), "{text}");
+    let text = text.replace(
+        "\npeers = []\n",
+        &format!("\npeers = [{:?}]\n", server.addr),
+    );
+    std::fs::write(&config, text)?;
     let n = serve_http(&api_dst, &[]);
     let token = ok(&api_dst, &["http", "token"]).trim().to_string();
 
@@ -685,7 +694,26 @@ fn a_clone_job_over_the_api_equals_the_cli_clone_with_live_progress_and_metrics(
     let (code, v) = verify(&api_dst, &["--read-data"]);
     assert_eq!(code, 0, "{v}");
 
-    // Metrics after: the counters moved, the store gauges show the clone.
+    // Axon's "clone configuration from peer" on the trusted source (now
+    // pinned in the trust table): nothing new to take.
+    let src_id = json(&src, &["status"])["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = post(
+        &n,
+        "/api/v1/jobs",
+        Cred::Bearer(&token),
+        &json!({"kind": "clone", "instance": &src_id[..12], "only": ["config"]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let again = wait_job(&n, &token, r.json()["id"].as_u64().unwrap());
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["result"]["objects"], 0, "{again}");
+    assert_eq!(again["result"]["chunks_fetched"], 0, "{again}");
+
+    // Metrics after: the counters moved, the store gauges show the clone
+    // (two clone jobs ran, the second fetched nothing).
     let m = get(&n, "/metrics", Cred::Bearer(&token)).body;
     let received = sample(&m, "bbsync_chunks_total", &[("direction", "received")]).unwrap();
     assert_eq!(received, job["result"]["chunks_fetched"].as_f64().unwrap());
@@ -706,7 +734,7 @@ fn a_clone_job_over_the_api_equals_the_cli_clone_with_live_progress_and_metrics(
             "bbsync_job_duration_seconds_count",
             &[("kind", "clone"), ("outcome", "success")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
     // The status the API shows is the node's real state.
     let s = get(&n, "/api/v1/status", Cred::Bearer(&token)).json();

@@ -404,7 +404,7 @@ fn instance_addrs(store: &Store, spec: &str) -> Result<Vec<String>, HttpError> {
         .find(|(c, _)| c.instance == id)
         .map(|(c, _)| c)
         .ok_or_else(|| HttpError::NotFound(format!("instance {id} is not trusted")))?;
-    let addrs: Vec<String> = card
+    let mut addrs: Vec<String> = card
         .addresses
         .iter()
         .map(|a| {
@@ -415,9 +415,22 @@ fn instance_addrs(store: &Store, spec: &str) -> Result<Vec<String>, HttpError> {
             }
         })
         .collect();
+    // Cards often name no address: then the addresses config.toml knows
+    // for that peer (`peers`, `follow`), pinned by its peer id.
+    let suffix = format!("/p2p/{peer}");
+    let config = store.config();
+    addrs.extend(
+        config
+            .peers
+            .iter()
+            .chain(&config.follow)
+            .filter(|a| a.ends_with(&suffix))
+            .cloned(),
+    );
+    addrs.dedup();
     if addrs.is_empty() {
         return Err(HttpError::BadRequest(format!(
-            "the card of instance {id} names no address; pass `addr`"
+            "no address is known for instance {id} (its card names none, nor do `peers` and `follow` in config.toml); pass `addr`"
         )));
     }
     Ok(addrs)
@@ -470,7 +483,13 @@ pub fn start(shared: &Arc<Shared>, spec: JobSpec) -> Result<JobState, HttpError>
 
 /// A job's arguments, checked.
 enum Prepared {
-    Clone(Vec<libp2p::Multiaddr>, Selection, usize),
+    /// Source addresses (the first that answers), other sources, selection, jobs.
+    Clone(
+        Vec<libp2p::Multiaddr>,
+        Vec<libp2p::Multiaddr>,
+        Selection,
+        usize,
+    ),
     Fetch(Vec<libp2p::Multiaddr>, usize),
     Backup(PathBuf, Selection, Vec<String>, String, Vec<String>),
     Verify(bool),
@@ -491,7 +510,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             skip_applets,
             jobs,
         } => {
-            let mut texts = match (addr, instance) {
+            let texts = match (addr, instance) {
                 (Some(a), None) => vec![a],
                 (None, Some(i)) => instance_addrs(store, &i)?,
                 _ => {
@@ -500,12 +519,12 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
                     ));
                 }
             };
-            texts.extend(peers);
-            let addrs = dial::parse_peer_addrs(&texts)?;
+            let source = dial::parse_peer_addrs(&texts)?;
+            let extra = dial::parse_peer_addrs(&peers)?;
             let mut sel = selection(&only)?;
             sel.skip_config = skip_config;
             sel.skip_applets = skip_applets;
-            Prepared::Clone(addrs, sel, jobs.clamp(1, 256))
+            Prepared::Clone(source, extra, sel, jobs.clamp(1, 256))
         }
         JobSpec::FetchMissing { from, jobs } => {
             let texts = if from.is_empty() {
@@ -601,11 +620,17 @@ async fn run(
     let store = shared.store.clone();
     let h = shared.node.clone();
     match p {
-        Prepared::Clone(addrs, selection, jobs) => {
-            job.log(format!("dialing {}", addrs[0]));
-            let peers = dial::dial_all(&h, addrs, true)
-                .await
-                .map_err(|e| e.to_string())?;
+        Prepared::Clone(source, extra, selection, jobs) => {
+            // As `clone`: the source must answer; other sources only help.
+            job.log(format!("dialing {}", source[0]));
+            let mut peers = vec![
+                dial::dial_first(&h, &source)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ];
+            if !extra.is_empty() {
+                peers.extend(dial::dial_all(&h, extra, false).await.unwrap_or_default());
+            }
             let opts = CloneOptions {
                 jobs,
                 selection,
