@@ -263,3 +263,42 @@ impl Sessions {
             .retain(|k, _| !same_secret(k.as_bytes(), session.as_bytes()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_code_works_once_and_opens_a_session_with_a_csrf_token() {
+        let mut s = Sessions::default();
+        let code = s.new_code();
+        assert!(s.redeem("not-a-code").is_none());
+        let id = s.redeem(&code).expect("the code works");
+        assert!(s.redeem(&code).is_none(), "a code works once");
+        let csrf = s.csrf_of(&id).expect("a live session");
+        assert_eq!(csrf.len(), 48);
+        assert!(s.csrf_of("forged").is_none());
+        s.end(&id);
+        assert!(s.csrf_of(&id).is_none());
+    }
+
+    #[test]
+    fn tokens_are_created_private_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = load_or_create(dir.path()).expect("created");
+        let again = load_or_create(dir.path()).expect("read back");
+        assert_eq!(*t.admin, *again.admin);
+        assert_eq!(*t.read, *again.read);
+        assert!(t.admin.starts_with("bba_") && t.read.starts_with("bbr_"));
+        let r = rotate(dir.path()).expect("rotated");
+        assert_ne!(*r.admin, *t.admin);
+        std::fs::write(token_path(dir.path()), "admin x\n").expect("write");
+        let e = load_or_create(dir.path()).expect_err("a broken file");
+        assert!(e.to_string().contains("http.token"), "{e}");
+        assert!(
+            same_secret(b"abc", b"abc")
+                && !same_secret(b"abc", b"abd")
+                && !same_secret(b"ab", b"abc")
+        );
+    }
+}

@@ -109,3 +109,35 @@ impl Events {
         v[v.len().saturating_sub(n)..].to_vec()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_replays_what_followed_and_names_a_gap() {
+        let ev = Events::default();
+        for i in 0..(RING as u64 + 10) {
+            ev.emit("job.log", serde_json::json!({ "n": i }));
+        }
+        // Ids are 1..=RING+10; the ring keeps the last RING (11..).
+        let (_, replay, gap) = ev.subscribe(Some(RING as u64 + 5));
+        assert_eq!(gap, None);
+        let ids: Vec<u64> = replay.iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            (RING as u64 + 6..=RING as u64 + 10).collect::<Vec<_>>()
+        );
+        // A client that saw id 3 missed 4..=10: the gap names 11.
+        let (_, replay, gap) = ev.subscribe(Some(3));
+        assert_eq!(gap, Some(11));
+        assert_eq!(replay.first().map(|e| e.id), Some(11));
+        assert_eq!(replay.len(), RING);
+        // New subscribers without an id get nothing old.
+        let (mut rx, replay, gap) = ev.subscribe(None);
+        assert!(replay.is_empty() && gap.is_none());
+        ev.emit("login", serde_json::json!({}));
+        assert_eq!(rx.try_recv().map(|e| e.id).ok(), Some(RING as u64 + 11));
+        assert_eq!(ev.tail(2, None).len(), 2);
+    }
+}
