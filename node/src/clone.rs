@@ -16,7 +16,9 @@ use bbsync_protocol::{
 };
 use bbsync_store::{
     Store,
+    chunks::Staged,
     db::ObjectState,
+    failpoint,
     progress::{NoProgress, Progress},
     sync::{Selection, Served, StagedChunks},
 };
@@ -233,15 +235,27 @@ async fn fetch_round(
             let group = std::mem::take(&mut pending);
             pending_bytes = 0;
             let store = store.clone();
-            stored += blocking(move || store.publish_chunks(group)).await?;
+            stored += blocking(move || publish(&store, group)).await?;
         }
     }
     if !pending.is_empty() {
         let store = store.clone();
-        stored += blocking(move || store.publish_chunks(pending)).await?;
+        stored += blocking(move || publish(&store, pending)).await?;
     }
     report.chunks_fetched += stored;
     Ok(stored)
+}
+
+/// Makes a group of received chunks durable and visible (failpoint
+/// `fetch.publish` first; what it refuses is discarded).
+fn publish(store: &Store, group: Vec<Staged>) -> Result<u64, bbsync_store::StoreError> {
+    if let Err(e) = failpoint::check("fetch.publish", || {
+        format!("publishing {} received chunks", group.len())
+    }) {
+        store.chunks().discard(group);
+        return Err(e);
+    }
+    store.publish_chunks(group)
 }
 
 pub(crate) fn out_of_protocol(peer: &PeerId, what: &str) -> NodeError {
@@ -485,8 +499,11 @@ pub async fn clone_from(
             let (items, n) = answer?;
             let store = store.clone();
             let selection = opts.selection.clone();
-            let accepted =
-                blocking(move || store.accept_selected(&source, items, &selection)).await?;
+            let accepted = blocking(move || {
+                failpoint::check("clone.accept", || "recording received manifests".into())?;
+                store.accept_selected(&source, items, &selection)
+            })
+            .await?;
             report.objects += accepted.recorded.len() as u64;
             report.already += accepted.already;
             report.skipped += accepted.skipped;
@@ -523,7 +540,11 @@ pub async fn clone_from(
     if replaced > 0 {
         // Older versions replaced here leave chunks nothing references.
         let store = store.clone();
-        if let Err(e) = blocking(move || store.gc()).await {
+        let gc = blocking(move || {
+            failpoint::check("clone.gc", || "collecting unreferenced chunks".into())?;
+            store.gc()
+        });
+        if let Err(e) = gc.await {
             tracing::warn!("clone: removing unreferenced chunks failed: {e}");
         }
     }
@@ -591,7 +612,13 @@ where
     )
     .await?;
     let store = store.clone();
-    blocking(move || store.complete_ready()).await?;
+    blocking(move || {
+        failpoint::check("clone.complete", || {
+            "marking fetched objects complete".into()
+        })?;
+        store.complete_ready()
+    })
+    .await?;
     Ok(())
 }
 

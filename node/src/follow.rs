@@ -31,7 +31,7 @@ use bbsync_protocol::{
     Invite, InviteRefusal, ObjectId,
     wire::{MAX_PAGE, Request, Response},
 };
-use bbsync_store::{Store, StoreError};
+use bbsync_store::{Store, StoreError, failpoint};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::Serialize;
 
@@ -90,6 +90,9 @@ pub struct UpstreamStatus {
     pub rejected: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// Sessions that ended in an error (and were retried) since the node
+    /// started.
+    pub failed_sessions: u64,
 }
 
 /// The followers of this process, by address (what `status` reads when it
@@ -271,6 +274,7 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
         update(&key, |s| {
             s.state = "waiting to reconnect".into();
             s.last_error = Some(err.to_string());
+            s.failed_sessions += 1;
         });
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(opts.backoff_max);
@@ -419,7 +423,11 @@ async fn run_session(
         // Durably applied (or nothing to apply): only now the cursor moves.
         if next != cursor {
             let store = store.clone();
-            blocking(move || store.db().set_cursor(&upstream, next)).await?;
+            blocking(move || {
+                failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
+                store.db().set_cursor(&upstream, next)
+            })
+            .await?;
             cursor = next;
         }
         let lag = last_seq.saturating_sub(cursor);
@@ -462,7 +470,11 @@ async fn apply(
     while let Some(answer) = answers.next().await {
         let (items, _) = answer?;
         let store = store.clone();
-        let acc = blocking(move || store.accept_manifests(&upstream, items)).await?;
+        let acc = blocking(move || {
+            failpoint::check("follow.accept", || "recording received manifests".into())?;
+            store.accept_manifests(&upstream, items)
+        })
+        .await?;
         for (what, why) in &acc.rejected {
             tracing::warn!(object = %what, "follow: refused: {why}");
         }
@@ -488,6 +500,9 @@ async fn apply(
         let store = store.clone();
         let ids = ids.clone();
         blocking(move || {
+            failpoint::check("follow.complete", || {
+                "marking fetched objects complete".into()
+            })?;
             let done = store.complete_ready_of(&ids)?;
             let incomplete = store.missing_chunks_of(&ids)?.len();
             Ok((done, incomplete))

@@ -177,6 +177,7 @@ impl ChunkFiles {
             std::process::id()
         ));
         let write = |tmp: &Path| -> io::Result<()> {
+            crate::failpoint::hit("chunks.stage")?;
             let mut f = match File::create(tmp) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir_all(tmp.parent().unwrap_or(&self.root))?;
@@ -262,12 +263,17 @@ impl ChunkFiles {
         }
         self.join_writeback();
         let r = (|| {
+            crate::failpoint::hit("chunks.sync_staged")
+                .ctx(|| format!("syncing {}", self.root.display()))?;
             self.syncfs()?;
             for s in &staged {
                 let dest = self.path(&s.id);
-                fs::rename(&s.tmp, &dest)
+                crate::failpoint::hit("chunks.rename")
+                    .and_then(|()| fs::rename(&s.tmp, &dest))
                     .ctx(|| format!("renaming chunk into {}", dest.display()))?;
             }
+            crate::failpoint::hit("chunks.sync_renamed")
+                .ctx(|| format!("syncing {}", self.root.display()))?;
             self.syncfs()
         })();
         match r {
@@ -284,6 +290,8 @@ impl ChunkFiles {
 
     /// Published chunks are recorded in the database: they need no recovery.
     pub fn recorded(&self, p: Published) {
+        // Abort only: the marker's removal has no failure to report.
+        let _ = crate::failpoint::hit("chunks.recorded");
         if p.0 > 0 {
             self.settle(p.0);
         }

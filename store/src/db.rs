@@ -7,6 +7,7 @@
 //! |------------------------------|--------------------------------------------------------------|
 //! | `meta/schema_version`        | u32 big-endian                                               |
 //! | `meta/next_seq`              | u64 big-endian: next change-log number                       |
+//! | `meta/gc_pending`            | present while replaced versions' chunks may be uncollected   |
 //! | `o/` object_id               | postcard [`ObjectRecord`]: state, latest manifest, envelope  |
 //! | `n/` kind `\0` name          | object_id                                                    |
 //! | `c/` seq (u64 BE)            | object_id                                                    |
@@ -31,11 +32,15 @@ use crate::{
 /// The schema this build writes. Older ones are migrated at open
 /// (`crate::migrate`), newer ones refused.
 pub const SCHEMA_VERSION: u32 = 2;
+/// How long opening a data dir waits for another process's lock on it
+/// before reporting [`StoreError::InUse`].
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Objects per atomic database batch in [`Db::commit`].
 pub const COMMIT_BATCH: usize = 1024;
 
 const K_SCHEMA: &[u8] = b"meta/schema_version";
 const K_NEXT_SEQ: &[u8] = b"meta/next_seq";
+const K_GC_PENDING: &[u8] = b"meta/gc_pending";
 const MAX_RECORD: usize = 48 * 1024 * 1024;
 /// Largest invite record (1,000 redemptions with their names fit).
 const MAX_INVITE_RECORD: usize = 1024 * 1024;
@@ -154,6 +159,12 @@ fn db_err(e: sled::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// Passes a failpoint (see `failpoint.rs`); an injected error comes back as
+/// sled's own I/O error would.
+fn failpoint(name: &'static str) -> Result<()> {
+    crate::failpoint::hit(name).map_err(|e| db_err(sled::Error::Io(e)))
+}
+
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
     k.extend_from_slice(prefix);
@@ -206,19 +217,32 @@ pub struct Db {
 impl Db {
     /// Opens (or, with `create`, creates) the database at `path`, checking its schema.
     pub fn open(path: &Path, data_dir: &Path, create: bool) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::InUse(data_dir.to_path_buf())
+        // Another process holding the lock may be a short command (`status`,
+        // `ls` run while no node serves): wait a little for it rather than
+        // fail at once (a `serve` started by systemd at the same moment
+        // would otherwise exit). A long holder is still reported.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(64 * 1024 * 1024)
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                        StoreError::InUse(data_dir.to_path_buf())
+                    }
+                    sled::Error::Io(io) if io.to_string().contains("lock") => {
+                        StoreError::InUse(data_dir.to_path_buf())
+                    }
+                    other => db_err(other),
+                });
+            match opened {
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    StoreError::InUse(data_dir.to_path_buf())
-                }
-                other => db_err(other),
-            })?;
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("bbsync").map_err(db_err)?;
         match tree.get(K_SCHEMA).map_err(db_err)? {
             Some(v) => {
@@ -278,6 +302,7 @@ impl Db {
                 seq += 1;
             }
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            failpoint("db.mark_complete")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
         }
         self.flush()?;
@@ -309,6 +334,7 @@ impl Db {
 
     /// Records (durably) the cursor of an upstream.
     pub fn set_cursor(&self, upstream: &InstanceId, seq: u64) -> Result<()> {
+        failpoint("db.set_cursor")?;
         self.tree
             .insert(key(b"u/", upstream.as_bytes()), &seq.to_be_bytes())
             .map_err(db_err)?;
@@ -337,6 +363,7 @@ impl Db {
 
     /// Flushes to disk.
     pub fn flush(&self) -> Result<()> {
+        failpoint("db.flush")?;
         self.db.flush().map_err(db_err)?;
         Ok(())
     }
@@ -373,6 +400,7 @@ impl Db {
             .record(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
         f(&mut rec);
+        failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(&rec))
             .map_err(db_err)?;
@@ -381,6 +409,7 @@ impl Db {
 
     /// Replaces an object's whole record (its change-log number stays).
     pub(crate) fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
+        failpoint("db.update_record")?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -468,6 +497,12 @@ impl Db {
             for w in writes.by_ref().take(COMMIT_BATCH) {
                 let oid = w.object_id.as_bytes();
                 if let Some(prev) = &w.previous {
+                    if prev.chunks > 0 && prev.manifest_id != w.state.manifest_id {
+                        // The old version's chunks may now be garbage: until a
+                        // GC has run, the next open collects them (a crash
+                        // between this commit and the GC leaks nothing).
+                        batch.insert(K_GC_PENDING, &[1u8]);
+                    }
                     batch.remove(key(b"c/", &prev.seq.to_be_bytes()));
                     let old = name_key(&prev.kind, &prev.name);
                     if (prev.kind != w.state.kind || prev.name != w.state.name)
@@ -499,11 +534,26 @@ impl Db {
                 seq += 1;
             }
             batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+            failpoint("db.commit")?;
             self.tree.apply_batch(batch).map_err(db_err)?;
         }
         self.flush()?;
         self.notify_changed();
         Ok(seq - 1)
+    }
+
+    /// Whether a commit replaced versions whose chunks no GC has collected
+    /// since (see [`Db::commit`]).
+    pub fn gc_pending(&self) -> Result<bool> {
+        self.tree.contains_key(K_GC_PENDING).map_err(db_err)
+    }
+
+    /// A GC ran after every replacing commit: clears [`Db::gc_pending`].
+    pub fn clear_gc_pending(&self) -> Result<()> {
+        if self.tree.remove(K_GC_PENDING).map_err(db_err)?.is_some() {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Who holds a name key: as given earlier in the running commit, else
@@ -527,6 +577,7 @@ impl Db {
     /// Adds or replaces a trusted instance (the node's view of who is
     /// trusted is refreshed through [`Db::watch_changes`]).
     pub(crate) fn put_trust(&self, id: &InstanceId, rec: &TrustRecord) -> Result<()> {
+        failpoint("db.put_trust")?;
         self.tree
             .insert(key(b"t/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
@@ -538,6 +589,7 @@ impl Db {
     /// Removes a trusted instance; false if it was not there. Waiting
     /// subscriptions wake up to re-check their peer's trust.
     pub(crate) fn remove_trust(&self, id: &InstanceId) -> Result<bool> {
+        failpoint("db.remove_trust")?;
         let had = self
             .tree
             .remove(key(b"t/", id.as_bytes()))

@@ -13,31 +13,166 @@
 //! | `return(enospc)`        | the write fails with `ENOSPC` (disk full)                      |
 //! | `return(eio)`           | the write fails with `EIO`                                     |
 //! | `N*off->return(abort)`  | the same at the (N+1)-th hit (the `fail` crate's counting)     |
+//! | `1*return(enospc)`      | `ENOSPC` at the first hit only (a retrying follower goes on)   |
 //!
-//! Every point is listed in [`POINTS`] with the command paths that pass
-//! it, so that the crash-matrix tests can enumerate them.
+//! Every point is listed in [`POINTS`] with what a crash there leaves
+//! behind; `cli/tests/integration/crash_matrix.rs` runs every one of them on every
+//! command path that passes it (docs/dev-notes.md has the table).
 
 use std::io;
 
-/// Every failpoint in the store and node crates: `(name, what it guards)`.
-/// Names are `area.step`; the crash-matrix tests iterate over this list.
+/// Every failpoint in the store and node crates: `(name, what a crash or
+/// an injected error there leaves behind)`. Names are `area.step`; the
+/// crash-matrix tests (`cli/tests/integration/crash_matrix.rs`) fail when a point here
+/// is on none of their rows, or when the code has a point not listed here.
 pub const POINTS: &[(&str, &str)] = &[
+    // Files written whole (identity, config).
     (
         "file.rename",
         "write_file_atomic: the temp file is written and synced, before its rename (identity, config)",
     ),
+    // Chunk files (chunks.rs): stage, syncfs, rename, syncfs, record.
+    (
+        "chunks.stage",
+        "before a chunk's temp file is written (the dirty marker is durable)",
+    ),
+    (
+        "chunks.sync_staged",
+        "publish: before the syncfs that makes the staged temp files durable",
+    ),
+    (
+        "chunks.rename",
+        "publish: before one staged chunk is renamed to its final name",
+    ),
+    (
+        "chunks.sync_renamed",
+        "publish: every staged chunk renamed, before the syncfs that makes the renames durable",
+    ),
+    (
+        "chunks.recorded",
+        "the caller recorded the published chunks, before the dirty marker goes (abort only: nothing can fail here)",
+    ),
+    // The database (db.rs): every sled write, and its flush.
+    (
+        "db.commit",
+        "before one atomic batch of object records (with the change log) is applied",
+    ),
+    (
+        "db.mark_complete",
+        "before one atomic batch of objects is marked complete",
+    ),
+    (
+        "db.update_record",
+        "before one object's record is replaced in place (local state, envelope)",
+    ),
+    (
+        "db.set_cursor",
+        "before a follower's upstream cursor is written",
+    ),
+    ("db.put_trust", "before a trust record is written"),
+    ("db.remove_trust", "before a trust record is removed"),
+    (
+        "db.flush",
+        "before sled's flush, which makes the writes before it durable",
+    ),
+    // gc (lib.rs).
+    ("gc.remove", "before one unreferenced chunk file is removed"),
+    // import (import.rs): seal and stage, publish, commit, gc.
+    (
+        "import.publish",
+        "every source sealed and its new chunks staged, before they are published",
+    ),
+    (
+        "import.commit",
+        "the new chunks published, before the manifests are committed",
+    ),
+    (
+        "import.gc",
+        "the import committed, before the chunks of replaced versions are collected (an error here is logged, the import stands)",
+    ),
+    // clone and follow (node crate): manifests, chunks, completion, cursor.
+    (
+        "clone.accept",
+        "clone: a page of manifests received and checked, before it is recorded (incomplete)",
+    ),
+    (
+        "fetch.publish",
+        "clone, fetch-missing, follow: a group of received chunks staged, before it is published",
+    ),
+    (
+        "clone.complete",
+        "clone: every chunk fetched, before the objects are marked complete",
+    ),
+    (
+        "clone.gc",
+        "clone: complete, before the chunks of replaced versions are collected (an error here is logged)",
+    ),
+    (
+        "follow.accept",
+        "follow: a batch of manifests of a change page received, before it is recorded",
+    ),
+    (
+        "follow.complete",
+        "follow: the page's chunks fetched, before its objects are marked complete",
+    ),
+    (
+        "follow.cursor",
+        "follow: the page applied, before the upstream cursor advances",
+    ),
+    // backup (backup/): chunks, manifests, snapshot last.
+    (
+        "backup.repo_config",
+        "a new repository: its directory made, before repo.json is written",
+    ),
+    (
+        "backup.link",
+        "before one chunk is hard-linked into the repository",
+    ),
+    (
+        "backup.stage",
+        "before one chunk is copied to a temp file in the repository (--copy, other file system)",
+    ),
+    (
+        "backup.sync_chunks",
+        "a group of copied chunks staged, before the syncfs that makes them durable",
+    ),
+    (
+        "backup.publish",
+        "before one copied chunk is renamed to its final name in the repository",
+    ),
+    ("backup.manifest", "before one manifest file is written"),
+    (
+        "repo.rename",
+        "a repository file (repo.json, manifest, key, snapshot) written to its temp file, before its rename",
+    ),
+    (
+        "backup.sync",
+        "chunks and manifests written, before the syncfs that makes them durable",
+    ),
+    (
+        "backup.snapshot",
+        "everything durable, before the snapshot file (written last) is written",
+    ),
+    // restore (backup/restore.rs): chunks (chunks.*), then the records.
     (
         "restore.commit",
-        "restore: the chunks are published (durable under their names), before the records are committed",
+        "every needed chunk published, before trust and the object records are committed",
     ),
+    (
+        "restore.rekey",
+        "the records committed, before --rekey adds envelope entries",
+    ),
+    // schema migration (migrate.rs).
     (
         "migrate.batch",
         "schema migration: after each batch of rewritten records is flushed, before the next (and before the schema number is raised)",
     ),
+    // import's walk (import.rs), used by in-process tests through on_hit.
     (
         "import.after_walk",
         "import (import, import-bbs, rekey --rotate): the sources are walked, before the first is opened and read",
     ),
+    // SQLite databases written out (sqlite/).
     (
         "sqlite.rename",
         "sqlite::FileOut: a database written out is synced and checked, stale companions removed, before its rename (export, export-bbs, restore --to-tree)",
@@ -82,6 +217,16 @@ pub fn hit(name: &'static str) -> io::Result<()> {
     }
     let _ = name;
     Ok(())
+}
+
+/// [`hit`] as a store error: an injected I/O error becomes
+/// [`crate::StoreError::Io`] with `context` (what was about to be written,
+/// as the real failure there would say).
+pub fn check(name: &'static str, context: impl FnOnce() -> String) -> crate::Result<()> {
+    hit(name).map_err(|source| crate::StoreError::Io {
+        context: context(),
+        source,
+    })
 }
 
 #[cfg(feature = "failpoints")]

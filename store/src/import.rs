@@ -39,6 +39,7 @@ use crate::{
     chunks::Staged,
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
+    failpoint,
     progress::Progress,
     sqlite,
 };
@@ -650,9 +651,14 @@ impl Store {
         }
         let replaced = stats.changed + stats.deleted > 0;
         let t = Instant::now();
+        if let Err(e) = failpoint::check("import.publish", || "publishing new chunks".into()) {
+            self.chunks().discard(staged_all);
+            return Err(e);
+        }
         let published = self.chunks().publish(staged_all)?;
         tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (syncfs, rename, syncfs)");
         let t = Instant::now();
+        failpoint::check("import.commit", || "committing the import".into())?;
         if !writes.is_empty() {
             self.db().commit(writes)?;
         }
@@ -667,7 +673,9 @@ impl Store {
         if replaced {
             // The import is durable already; a failed clean-up is reported,
             // not turned into a failed import (`bbsync gc` retries it).
-            match self.gc() {
+            let gc = failpoint::check("import.gc", || "collecting unreferenced chunks".into())
+                .and_then(|()| self.gc());
+            match gc {
                 Ok((n, _)) => stats.chunks_collected = n,
                 Err(e) => {
                     tracing::warn!("import done, but removing unreferenced chunks failed: {e}")

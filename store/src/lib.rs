@@ -185,11 +185,14 @@ impl Store {
         match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StoreError::NotADirectory(dir.to_path_buf())),
             Ok(_) => {
-                if dir.join(IDENTITY_FILE).exists() || dir.join("db").exists() {
+                if dir.join(IDENTITY_FILE).exists() {
                     return Err(StoreError::AlreadyInitialized(dir.to_path_buf()));
                 }
+                // An init that stopped before its identity was durable left
+                // a database (and maybe temp files): it is finished below,
+                // once its database is known to hold nothing.
                 let mut entries = fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
-                if entries.next().is_some() {
+                if !dir.join("db").is_dir() && entries.next().is_some() {
                     return Err(StoreError::Invalid(format!(
                         "{} is not empty and holds no bbsync store; init needs a new or empty directory",
                         dir.display()
@@ -209,7 +212,15 @@ impl Store {
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
         let db = db::Db::open(&dir.join("db"), dir, true)?;
-        write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
+        if db.last_seq()? > 0 || db.object_count() > 0 || !db.trusted()?.is_empty() {
+            // Content without an identity is not an interrupted init; a new
+            // identity could read none of it.
+            return Err(StoreError::Corrupt(format!(
+                "{} holds a database with content but no {IDENTITY_FILE}; restore the identity \
+                 (`bbsync restore` of a backup with its escrow) or start in a new directory",
+                dir.display()
+            )));
+        }
         if !dir.join(CONFIG_FILE).exists() {
             write_file_atomic(
                 &dir.join(CONFIG_FILE),
@@ -217,6 +228,9 @@ impl Store {
                 0o644,
             )?;
         }
+        // The identity last: it is what makes the directory a store, so an
+        // init that stops before it can simply be run again.
+        write_file_atomic(&dir.join(IDENTITY_FILE), &id_bytes, 0o600)?;
         let chunks = chunks::ChunkFiles::open(&dir.join("chunks"))?;
         let record_key = identity.local_key("record-mac");
         Ok(Store {
@@ -287,9 +301,10 @@ impl Store {
         // Snapshots and dumps of SQLite databases a killed process left
         // (plaintext; only this process can be using the data dir now).
         sqlite::sweep_temp(&dir.join("tmp"));
-        if store.chunks.recovered() {
+        if store.chunks.recovered() || store.db.gc_pending()? {
             // The last writer stopped between publishing chunks and recording
-            // them: what no manifest references is garbage from that write.
+            // them, or between replacing versions and collecting their old
+            // chunks: what no manifest references is garbage from that write.
             let (n, bytes) = store.gc()?;
             tracing::info!(
                 files = n,
@@ -857,11 +872,13 @@ impl Store {
             if let Ok((id, len)) = item
                 && !referenced.contains(&id)
             {
+                failpoint::check("gc.remove", || format!("removing chunk {}", id.short()))?;
                 self.chunks.remove(&id)?;
                 files += 1;
                 bytes += len;
             }
         }
+        self.db.clear_gc_pending()?;
         Ok((files, bytes))
     }
 

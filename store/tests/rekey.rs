@@ -52,7 +52,7 @@ fn live_ids(s: &Store) -> Vec<ObjectId> {
 
 #[test]
 fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let t = tmp.path().join("tree");
     tree(&t);
     let a = Store::init(&tmp.path().join("a"), "owner")?;

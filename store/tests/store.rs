@@ -96,7 +96,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     Fixture {

@@ -89,7 +89,7 @@ fn clone(src: &Store, dst: &Store, role: Role) -> (Signed<Checkpoint>, Vec<Accep
 
 #[test]
 fn clone_is_complete_and_proves_it() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);
@@ -113,7 +113,7 @@ fn clone_is_complete_and_proves_it() -> R {
 
 #[test]
 fn just_in_time_rekey_writes_nothing_on_the_source() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);
@@ -165,7 +165,7 @@ fn just_in_time_rekey_writes_nothing_on_the_source() -> R {
 
 #[test]
 fn blind_peer_holds_everything_and_reads_nothing() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Blind);
@@ -194,7 +194,7 @@ fn blind_peer_holds_everything_and_reads_nothing() -> R {
 
 #[test]
 fn corrupt_chunk_is_rejected_and_never_stored() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);
@@ -227,7 +227,7 @@ fn corrupt_chunk_is_rejected_and_never_stored() -> R {
 
 #[test]
 fn forged_manifests_and_entries_are_rejected() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);
@@ -293,7 +293,7 @@ fn forged_manifests_and_entries_are_rejected() -> R {
 
 #[test]
 fn excluded_owners_are_never_served() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);
@@ -318,7 +318,7 @@ fn excluded_owners_are_never_served() -> R {
 
 #[test]
 fn interrupted_clone_resumes_without_refetching() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);
@@ -354,7 +354,7 @@ fn interrupted_clone_resumes_without_refetching() -> R {
 
 #[test]
 fn newer_versions_replace_older_and_tombstones_arrive() -> R {
-    let tmp = tempfile::tempdir()?;
+    let tmp = common::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let (src, dst) = pair(tmp.path(), Role::Full);

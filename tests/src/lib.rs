@@ -1,3 +1,6 @@
 //! Shared harness for bbsync end-to-end tests.
 
+pub mod scratch;
 pub mod tor_net;
+
+pub use scratch::tempdir;

@@ -150,7 +150,10 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 ));
             }
             if let Some(e) = u.get("last_error").and_then(|e| e.as_str()) {
-                line.push_str(&format!("; last error: {e}"));
+                line.push_str(&format!(
+                    "; last error ({} failed session(s)): {e}",
+                    field("failed_sessions")
+                ));
             }
             outln!(ctx, "{line}");
         }

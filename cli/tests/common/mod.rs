@@ -30,7 +30,8 @@ pub fn bare() -> Command {
     let mut c = Command::cargo_bin("bbsync").unwrap();
     c.env_remove("BBSYNC_DATA")
         .env_remove("BBSYNC_LOG")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("FAILPOINTS");
     c
 }
 
@@ -370,6 +371,24 @@ pub fn wait_unlocked(data: &Path) {
     panic!("{} stays locked", data.display());
 }
 
+/// Waits until no one holds the lock of `data`'s database (sled's lock,
+/// an exclusive `flock` of `db/db`), without opening the store: a store
+/// dropped in this process lets go of it once sled's threads are done.
+pub fn wait_released(data: &Path) {
+    use rustix::fs::{FlockOperation, flock};
+    let file = std::fs::File::open(data.join("db/db")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the database is still locked",
+            data.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    flock(&file, FlockOperation::Unlock).unwrap();
+}
+
 /// Whether this process can still read a file it has just made mode 000
 /// (true when running as root or with CAP_DAC_OVERRIDE).
 pub fn can_bypass_permissions(path: &Path) -> bool {
@@ -413,12 +432,26 @@ pub fn serve(data: &Path) -> Server {
 }
 
 /// A free TCP port on 127.0.0.1 (free when this returns).
+///
+/// Never the same port twice in one test binary: the kernel may hand out a
+/// port again once its probe socket is closed, and `bbsync serve` binds with
+/// `SO_REUSEPORT`, so two nodes given one port would both listen on it and
+/// each would reach itself half of the time.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits up to `secs` for `ok`, polling; panics with `what` if it never holds.
@@ -473,4 +506,73 @@ pub fn gen_bbs(dir: &Path, profile: &str, seed: u32) {
         "gen-bbs.py failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A small deterministic generator (xorshift), so a failing run can be
+/// repeated.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Writes `n` posts of 2-18 KB (one chunk each) over 8 boards under `root`,
+/// different for each `seed`: a tree with many chunk files that imports in
+/// a second or two, for tests that need a command to take a while.
+pub fn message_tree(root: &Path, n: u64, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    for i in 0..n {
+        let len = 1000 + (rng.next() % 8000) as usize;
+        let body: String = (0..len)
+            .map(|_| format!("{:02x}", rng.next() as u8))
+            .collect();
+        write(
+            &root.join(format!("boards/b{}/{i}.json", i % 8)),
+            format!("{{\"id\":{i},\"body\":\"{body}\"}}\n"),
+        );
+    }
+}
+
+/// Runs `bbsync --data-dir DATA ARGS` and kills it with SIGKILL as soon as
+/// `progress()` reaches `target` (progress seen on disk, not a timer).
+/// `slow` names a failpoint that sleeps a millisecond at each hit (the
+/// `fail` crate's `sleep` action: nothing fails), so that on a fast disk
+/// (or in memory) the command is still running when the target is seen.
+/// Returns whether the kill landed (the process was still running).
+pub fn kill_at(
+    data: &Path,
+    args: &[&str],
+    slow: &str,
+    target: usize,
+    progress: impl Fn() -> usize,
+) -> bool {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        .arg("--no-progress")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("BBSYNC_DATA")
+        .env("FAILPOINTS", format!("{slow}=sleep(1)"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if progress() >= target || std::time::Instant::now() > deadline {
+            let _ = child.kill(); // SIGKILL
+            let st = child.wait().unwrap();
+            return st.code().is_none();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }

@@ -111,6 +111,7 @@ impl LocalDir {
             f.sync_all()?;
         }
         drop(f);
+        crate::failpoint::hit("repo.rename")?;
         fs::rename(&tmp, &p)?;
         if durable {
             File::open(&dir)?.sync_all()?;

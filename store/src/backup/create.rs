@@ -196,7 +196,8 @@ impl Store {
                     let src = self.chunks().path(id);
                     let dest = chunk_path(id);
                     let r = if !copy
-                        && b.link_from(&src, &dest)
+                        && crate::failpoint::hit("backup.link")
+                            .and_then(|()| b.link_from(&src, &dest))
                             .map_err(repo_io_err(format!("linking {loc}/{dest}")))?
                     {
                         linked.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +213,8 @@ impl Store {
                                 id.short()
                             ))
                         })?;
-                        b.stage(&dest, &bytes)
+                        crate::failpoint::hit("backup.stage")
+                            .and_then(|()| b.stage(&dest, &bytes))
                             .map_err(repo_io_err(format!("writing {loc}/{dest}")))?;
                         Some(dest)
                     };
@@ -222,9 +224,12 @@ impl Store {
                 .collect::<Result<_>>()?;
             let staged: Vec<String> = staged.into_iter().flatten().collect();
             if !staged.is_empty() {
-                b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+                crate::failpoint::hit("backup.sync_chunks")
+                    .and_then(|()| b.sync())
+                    .map_err(repo_io_err(format!("syncing {loc}")))?;
                 for dest in &staged {
-                    b.publish(dest)
+                    crate::failpoint::hit("backup.publish")
+                        .and_then(|()| b.publish(dest))
                         .map_err(repo_io_err(format!("renaming into {loc}/{dest}")))?;
                 }
             }
@@ -254,7 +259,8 @@ impl Store {
                         Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
                     };
                 if !same {
-                    b.write_lazy(&path, &bytes)
+                    crate::failpoint::hit("backup.manifest")
+                        .and_then(|()| b.write_lazy(&path, &bytes))
                         .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
                     written.fetch_add(1, Ordering::Relaxed);
                 }
@@ -273,7 +279,9 @@ impl Store {
         // Links, renames and manifests durable before the snapshot names
         // them (nothing new: nothing to wait for).
         if report.chunks_new > 0 || report.manifests_new > 0 || report.identity_escrow.is_some() {
-            b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+            crate::failpoint::hit("backup.sync")
+                .and_then(|()| b.sync())
+                .map_err(repo_io_err(format!("syncing {loc}")))?;
         }
 
         // 4. The snapshot, signed by this instance, last.
@@ -315,6 +323,8 @@ impl Store {
             },
         )
         .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))?;
+        crate::failpoint::hit("backup.snapshot")
+            .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
         repo.write_snapshot(&snap)?;
         report.snapshot = id;
         report.elapsed = start.elapsed();

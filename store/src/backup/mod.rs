@@ -198,7 +198,8 @@ impl Repo {
     /// directory does not exist or is empty.
     pub fn open_or_create_dir(dir: &Path) -> Result<(Repo, bool)> {
         let empty = match std::fs::read_dir(dir) {
-            Ok(mut rd) => rd.next().is_none(),
+            // (A temp repo.json is a creation that was interrupted.)
+            Ok(rd) => rd.flatten().all(|e| e.file_name() == ".repo.json.tmp"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(repo_io_err(format!("reading {}", dir.display()))(e)),
         };
@@ -220,8 +221,8 @@ impl Repo {
         let mut bytes = serde_json::to_vec_pretty(&info)
             .map_err(|e| StoreError::Invalid(format!("encoding repo.json: {e}")))?;
         bytes.push(b'\n');
-        backend
-            .write("repo.json", &bytes)
+        crate::failpoint::hit("backup.repo_config")
+            .and_then(|()| backend.write("repo.json", &bytes))
             .map_err(repo_io_err(format!("writing {}/repo.json", dir.display())))?;
         Ok((Repo { backend, info }, true))
     }

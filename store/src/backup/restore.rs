@@ -581,6 +581,10 @@ impl Store {
 
         // 6. Trust, then the records, in one commit; then the chunks are
         // recorded (the dirty marker may go).
+        // Once the records' commit has begun, some may be written (a flush
+        // that failed does not undo them): the chunks stay, and so does the
+        // dirty marker, so the next open collects what no record names.
+        let writing = std::cell::Cell::new(false);
         let committed = (|| -> Result<Vec<ObjectId>> {
             crate::failpoint::hit("restore.commit").map_err(|source| StoreError::Io {
                 context: "committing the restored records".into(),
@@ -622,6 +626,7 @@ impl Store {
                 });
             }
             report.restored = writes.len() as u64;
+            writing.set(true);
             if !writes.is_empty() {
                 self.db().commit(writes)?;
             } else {
@@ -636,12 +641,24 @@ impl Store {
                 }
                 r
             }
+            Err(e) if writing.get() => {
+                drop(tokens);
+                return Err(e);
+            }
             Err(e) => {
                 undo(&published, tokens);
                 return Err(e);
             }
         };
+        if report.replaced > 0 {
+            // Chunks of the replaced versions; a failure is only logged
+            // (the store's next open collects them).
+            if let Err(e) = self.gc() {
+                tracing::warn!("restore done, but removing unreferenced chunks failed: {e}");
+            }
+        }
         if opts.rekey && !restored.is_empty() {
+            crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
             report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
         }
         report.elapsed = start.elapsed();

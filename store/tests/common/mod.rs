@@ -7,6 +7,26 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// A temporary directory for a test, in memory when possible: the same
+/// rule as `bbsync_tests::tempdir` (tests/src/scratch.rs), which the store
+/// cannot depend on (that crate depends on the store).
+pub fn tempdir() -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix("bbsync-test-");
+    if let Some(d) = std::env::var_os("BBSYNC_TEST_TMPDIR") {
+        return b.tempdir_in(d);
+    }
+    let shm = Path::new("/dev/shm");
+    let roomy = rustix::fs::statvfs(shm)
+        .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= 2 << 30)
+        && rustix::fs::access(shm, rustix::fs::Access::WRITE_OK).is_ok();
+    if roomy {
+        b.tempdir_in(shm)
+    } else {
+        b.tempdir()
+    }
+}
+
 /// Writes `data` to `root/rel`, creating parent directories.
 pub fn write(root: &Path, rel: &str, data: &[u8]) {
     let p = root.join(rel);

@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -17,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// A `serve --http` node, killed on drop.

@@ -86,7 +86,7 @@ fn snapshot(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_chunks_from_one_source_come_from_another() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = bbsync_tests::tempdir().unwrap();
     let t = tmp.path().join("tree");
     tree(&t);
     let a = Arc::new(Store::init(&tmp.path().join("a"), "honest").unwrap());
@@ -172,7 +172,7 @@ async fn damaged_chunks_from_one_source_come_from_another() {
 async fn a_source_that_dies_mid_transfer_is_replaced_by_the_other() {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = bbsync_tests::tempdir().unwrap();
     let t = tmp.path().join("tree");
     tree(&t);
     let a = Arc::new(Store::init(&tmp.path().join("a"), "dying").unwrap());

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{fs, path::Path};
 
-use common::*;
+use crate::common::*;
 
 /// A store with the mini BBS imported; returns its data dir.
 fn store_with_mini_bbs(root: &Path) -> std::path::PathBuf {
@@ -28,7 +26,7 @@ fn only_problem(v: &serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn verify_healthy_store_is_ok() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     // An empty store verifies.
     let empty = t.path().join("empty");
     init(&empty, "empty");
@@ -55,7 +53,7 @@ fn verify_healthy_store_is_ok() -> TestResult {
 
 #[test]
 fn verify_classifies_damaged_missing_and_orphan_chunks() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = store_with_mini_bbs(t.path());
     let chunks = chunk_files(&data);
     let rel = real_chunks(&data)[0].clone();
@@ -158,7 +156,7 @@ fn verify_classifies_damaged_missing_and_orphan_chunks() -> TestResult {
 
 #[test]
 fn failed_export_of_a_damaged_directory_object_leaves_nothing_behind() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "partial");
     let tree = t.path().join("bbs");
@@ -213,7 +211,7 @@ fn failed_export_of_a_damaged_directory_object_leaves_nothing_behind() -> TestRe
 
 #[test]
 fn stray_files_in_the_chunk_dir_and_stale_temp_files() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = store_with_mini_bbs(t.path());
     let chunks = chunk_files(&data);
     // A file that is not named like a chunk.

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 
 /// `bbsync ARGS...` (no data dir needed); stdout of a successful run.
 fn out(args: &[&str]) -> String {

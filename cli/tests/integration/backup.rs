@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     fs,
     os::unix::fs::MetadataExt,
@@ -14,8 +12,8 @@ use std::{
     process::Command as StdCommand,
 };
 
+use crate::common::*;
 use bbsync_store::Store;
-use common::*;
 use serde_json::Value;
 
 const PASS: &str = "correct horse battery staple";
@@ -63,7 +61,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let t = tempfile::tempdir().unwrap();
+        let t = bbsync_tests::tempdir().unwrap();
         let root = t.path().to_path_buf();
         let a = root.join("a");
         let b = root.join("b");
@@ -229,7 +227,7 @@ fn incremental_backup_copies_only_new_chunks() -> TestResult {
 
 #[test]
 fn disaster_recovery_restores_identity_and_content() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let tree = t.path().join("gen");
     gen_small(&tree, 3);
     let a = t.path().join("a");
@@ -738,7 +736,7 @@ fn nonexistent_snapshot() -> TestResult {
 
 #[test]
 fn bad_cron_expression_stops_serve_before_it_starts() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let a = t.path().join("a");
     init(&a, "cron");
     let cfg = a.join("config.toml");
@@ -813,7 +811,7 @@ fn clone_from_backup_refuses_a_snapshot_of_another_host() -> TestResult {
 
 #[test]
 fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let a = t.path().join("a");
     init(&a, "cron");
     let tree = t.path().join("bbs");

@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn commands_run_through_the_serving_node() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let src = tmp.path().join("src");
@@ -84,7 +82,7 @@ fn commands_run_through_the_serving_node() -> TestResult {
 
 #[test]
 fn a_socket_left_by_a_killed_node_is_ignored() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let data = tmp.path().join("d");
     init(&data, "a");
     let mut server = serve(&data);

@@ -9,8 +9,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -18,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 

@@ -40,7 +40,7 @@ async fn wait_until(secs: u64, what: &str, ok: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cursor_never_passes_a_change_that_failed() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = bbsync_tests::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     write(&tree, "config/bbs.toml", b"name = \"f\"\n");
     write(&tree, "boards/general/1.json", b"{\"id\":1}");

@@ -9,20 +9,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
+use crate::common::*;
 use bbsync_protocol::{
     ContentKey, EnvelopeEntry, Identity, Manifest, Role, Snapshot, SnapshotTrust, Unverified,
     encoding, wrap_content_key,
 };
 use bbsync_store::{Store, backup::repofile::ManifestFile};
-use common::*;
 use serde_json::Value;
 
 const PASS: &str = "correct horse battery staple";
@@ -506,6 +504,7 @@ fn schema_1_stores_are_migrated_and_their_forged_entries_dropped() -> TestResult
     // (The store was closed in this process: no wait_unlocked here, which
     // would open it and so migrate it.)
     schema_1_store_with_forged_entry(&x, &chosen);
+    wait_released(&x.v);
     // A crash in the middle of the migration (after a batch is flushed,
     // before the schema number moves) ...
     let o = run_env(

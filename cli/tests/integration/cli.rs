@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use predicates::prelude::*;
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -16,7 +14,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 #[test]
 fn init_prints_id_and_card_and_id_repeats_the_card() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("node");
 
     // Text output.
@@ -68,7 +66,7 @@ fn init_prints_id_and_card_and_id_repeats_the_card() -> TestResult {
 
 #[test]
 fn status_json_of_a_fresh_store() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     let v = init(&data, "fresh");
     let s = json(&data, &["status"]);
@@ -89,7 +87,7 @@ fn status_json_of_a_fresh_store() -> TestResult {
 
 #[test]
 fn trust_add_update_remove_list() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let a = t.path().join("a");
     let b = t.path().join("b");
     init(&a, "node-a");
@@ -153,7 +151,7 @@ fn trust_add_update_remove_list() -> TestResult {
 
 #[test]
 fn trust_refusals_change_nothing() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let a = t.path().join("a");
     let b = t.path().join("b");
     let aj = init(&a, "node-a");
@@ -178,7 +176,7 @@ fn trust_refusals_change_nothing() -> TestResult {
 
 #[test]
 fn usage_errors_exit_2() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "u");
     let before = snapshot(&data);
@@ -232,7 +230,7 @@ fn usage_errors_exit_2() -> TestResult {
 
 #[test]
 fn bbsync_data_env_is_the_default_data_dir_and_flag_wins() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let env_dir = t.path().join("from-env");
     let flag_dir = t.path().join("from-flag");
     bare()
@@ -256,7 +254,7 @@ fn bbsync_data_env_is_the_default_data_dir_and_flag_wins() -> TestResult {
 
 #[test]
 fn global_flags_work_after_the_subcommand() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "g");
     let o = bare()
@@ -281,10 +279,11 @@ fn global_flags_work_after_the_subcommand() -> TestResult {
 /// kills the process at that point, as `kill -9` would.
 #[test]
 fn failpoints_reach_the_real_binary() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     let o = bbsync(&data)
-        .env("FAILPOINTS", "file.rename=return(enospc)")
+        // (The first write is config.toml, the second identity.key.)
+        .env("FAILPOINTS", "file.rename=1*off->return(enospc)")
         .args(["init", "--name", "f"])
         .output()?;
     assert_eq!(o.status.code(), Some(1));

@@ -10,8 +10,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -20,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use rusqlite::{Connection, types::Value};
 
 /// A process that writes a database as a busy BBS would
@@ -624,7 +622,7 @@ fn axon_install(root: &Path) {
     let c = Connection::open(&db).unwrap();
     // The dump creates tables in name order; references come later.
     c.execute_batch("PRAGMA foreign_keys=OFF").unwrap();
-    c.execute_batch(include_str!("data/axon_schema.sql"))
+    c.execute_batch(include_str!("../data/axon_schema.sql"))
         .unwrap();
     c.execute_batch(
         "INSERT INTO core_user(password, is_superuser, username, first_name, last_name, email, is_staff, is_active,

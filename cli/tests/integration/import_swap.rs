@@ -190,8 +190,11 @@ fn expect_refused(err: StoreError, tree: &Path, case: &Case) {
 fn swap_at_failpoint(case: &'static Case, tree: PathBuf, out: PathBuf) -> Arc<AtomicBool> {
     let ran = Arc::new(AtomicBool::new(false));
     let flag = ran.clone();
+    // Only the import of the thread that installs it: this test binary runs
+    // other tests beside this one, and the failpoint is process-wide.
+    let me = std::thread::current().id();
     failpoint::on_hit("import.after_walk", move || {
-        if !flag.swap(true, Ordering::SeqCst) {
+        if std::thread::current().id() == me && !flag.swap(true, Ordering::SeqCst) {
             (case.swap)(&tree, &out);
         }
     })

@@ -9,8 +9,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     io::BufRead as _,
     os::unix::fs::PermissionsExt as _,
@@ -18,7 +16,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const PASS: &str = "correct horse battery";

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{fs, path::Path, process::Command as StdCommand};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn counts(s: &Value) -> (u64, u64, u64, u64) {
@@ -26,7 +24,7 @@ fn import_bbs(data: &Path, tree: &Path) -> Value {
 
 #[test]
 fn mini_bbs_round_trip_incremental_change_and_delete() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "mini");
     let tree = t.path().join("bbs");
@@ -160,7 +158,7 @@ fn mini_bbs_round_trip_incremental_change_and_delete() -> TestResult {
 
 #[test]
 fn import_bbs_text_summary_and_export_bbs_into_empty_existing_dir() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "text");
     let tree = t.path().join("bbs");
@@ -185,7 +183,7 @@ fn import_bbs_text_summary_and_export_bbs_into_empty_existing_dir() -> TestResul
 
 #[test]
 fn generated_small_profile_round_trip() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let tree = t.path().join("gen");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gen-bbs.py");
     let st = StdCommand::new("python3")
@@ -233,7 +231,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn import_bbs_warns_about_empty_dirs_outside_dir_objects() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "warn");
     let tree = t.path().join("bbs");
@@ -250,7 +248,7 @@ fn import_bbs_warns_about_empty_dirs_outside_dir_objects() -> TestResult {
 
 #[test]
 fn log_lines_are_plain_text_when_stderr_is_not_a_terminal() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "plain");
     let tree = t.path().join("bbs");

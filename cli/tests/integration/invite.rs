@@ -8,16 +8,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     io::BufRead as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
+use crate::common::*;
 use bbsync_protocol::{Invite, invite::text_of_payload};
-use common::*;
 use serde_json::Value;
 
 /// A source holding the mini BBS, serving on a free loopback port with
@@ -400,7 +398,7 @@ fn a_standby_follows_by_invite_and_a_restart_does_not_redeem_again() -> TestResu
     let text = invite(&src, &["--name", "standby"]);
     let standby = tmp.path().join("standby");
     let start = || {
-        Command::new(env!("CARGO_BIN_EXE_bbsync"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bbsync"))
             .arg("--no-progress")
             .arg("--data-dir")
             .arg(&standby)
@@ -414,10 +412,21 @@ fn a_standby_follows_by_invite_and_a_restart_does_not_redeem_again() -> TestResu
                 "standby",
             ])
             .env_remove("BBSYNC_DATA")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        // Its first address means it serves (the control socket is up):
+        // a `status` before that would open the store itself and hold its
+        // lock while the standby opens it.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(!line.is_empty(), "the standby exited before it served");
+        child
     };
     let following = || {
         // Through the control socket of the running standby: its live

@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
-use common::*;
+use crate::common::*;
 
 /// (kind, name) -> (version, manifest id) of the live objects.
 fn versions(data: &Path) -> BTreeMap<(String, String), (u64, String)> {
@@ -63,7 +61,7 @@ fn listen_on(port: u16) -> String {
 
 #[test]
 fn a_standby_follows_through_restarts_of_both_sides() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let a = node(tmp.path(), "primary");
@@ -152,7 +150,7 @@ fn a_standby_follows_through_restarts_of_both_sides() -> TestResult {
 
 #[test]
 fn chains_and_fan_out() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let a = node(tmp.path(), "a");
@@ -196,7 +194,7 @@ fn chains_and_fan_out() -> TestResult {
 
 #[test]
 fn two_writers_converge() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let a = node(tmp.path(), "a");
@@ -244,19 +242,29 @@ fn two_writers_converge() -> TestResult {
 
 #[test]
 fn a_removed_follower_is_denied_at_once() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let a = node(tmp.path(), "primary");
     let b = node(tmp.path(), "standby");
+    // A second standby that stays trusted: what reaches it has been
+    // offered to every follower.
+    let c = node(tmp.path(), "witness");
     trust(&a, &b);
+    trust(&a, &c);
     let sa = serve(&a);
     let _sb = serve_with(
         &b,
         &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sa.addr],
     );
+    let _sc = serve_with(
+        &c,
+        &["--listen", "/ip4/127.0.0.1/tcp/0", "--follow", &sa.addr],
+    );
     ok(&a, &["import-bbs", tree.to_str().unwrap()]);
-    wait_for(20, "the standby to catch up", || converged(&a, &b));
+    wait_for(20, "the standbys to catch up", || {
+        converged(&a, &b) && converged(&a, &c)
+    });
     let held = versions(&b);
     // Removed while its subscription waits on the primary.
     let b_id = json(&b, &["status"])["instance_id"]
@@ -264,8 +272,9 @@ fn a_removed_follower_is_denied_at_once() -> TestResult {
         .unwrap()
         .to_string();
     ok(&a, &["trust", "remove", &b_id]);
+    let upstream = |data: &Path| json(data, &["status"])["upstreams"][0].clone();
     wait_for(10, "the standby to be denied", || {
-        json(&b, &["status"])["upstreams"][0]["last_error"]
+        upstream(&b)["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("denied"))
     });
@@ -274,7 +283,19 @@ fn a_removed_follower_is_denied_at_once() -> TestResult {
         "{\"id\":8,\"body\":\"secret\"}\n",
     );
     ok(&a, &["import-bbs", tree.to_str().unwrap()]);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The post reached the trusted standby; the removed one has asked again
+    // since (one more failed session, denied) and got nothing.
+    wait_for(20, "the new post on the trusted standby", || {
+        converged(&a, &c)
+    });
+    let failed = upstream(&b)["failed_sessions"].as_u64().unwrap();
+    wait_for(40, "the removed standby to be denied again", || {
+        let u = upstream(&b);
+        u["failed_sessions"].as_u64().unwrap() > failed
+            && u["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("denied"))
+    });
     assert_eq!(
         versions(&b),
         held,
@@ -285,7 +306,7 @@ fn a_removed_follower_is_denied_at_once() -> TestResult {
 
 #[test]
 fn rekey_and_rotation_reach_the_standby() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = bbsync_tests::tempdir()?;
     let tree = tmp.path().join("tree");
     mini_bbs(&tree);
     let a = node(tmp.path(), "primary");

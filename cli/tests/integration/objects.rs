@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn import_and_export_a_single_file_by_name_and_by_id_prefix() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "files");
     let src = t.path().join("src");
@@ -150,7 +148,7 @@ fn import_and_export_a_single_file_by_name_and_by_id_prefix() -> TestResult {
 
 #[test]
 fn import_and_export_a_directory_with_empty_dirs_empty_files_and_unicode() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "dirs");
     let bbs = t.path().join("bbs");
@@ -228,7 +226,7 @@ fn import_and_export_a_directory_with_empty_dirs_empty_files_and_unicode() -> Te
 
 #[test]
 fn reimport_unchanged_then_changed_object_and_ls_filters() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "versions");
     let f = t.path().join("motd.txt");
@@ -301,7 +299,7 @@ fn reimport_unchanged_then_changed_object_and_ls_filters() -> TestResult {
 
 #[test]
 fn gc_removes_only_unreferenced_chunks() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "gc");
     let f = t.path().join("x.txt");

@@ -3,16 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
+use crate::common::*;
 use bbsync_store::Store;
-use common::*;
 use data_encoding::BASE32_NOPAD;
 
 /// A store with the mini BBS imported and one trusted peer, so that
@@ -31,7 +29,7 @@ fn populated_store(root: &Path) -> PathBuf {
 
 #[test]
 fn import_of_missing_or_unreadable_paths() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
 
@@ -100,7 +98,7 @@ fn import_of_missing_or_unreadable_paths() -> TestResult {
 
 #[test]
 fn import_with_a_bad_kind_or_name() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
     let f = t.path().join("f.txt");
@@ -122,7 +120,7 @@ fn import_with_a_bad_kind_or_name() -> TestResult {
 
 #[test]
 fn failed_import_with_a_bad_owner_leaves_no_temp_files() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let chunks = chunk_files(&data);
     let before = snapshot(&data);
@@ -158,7 +156,7 @@ fn failed_import_with_a_bad_owner_leaves_no_temp_files() -> TestResult {
 
 #[test]
 fn import_refuses_bbs_kind_names_outside_the_tree_layout() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
     let f = t.path().join("f.txt");
@@ -186,7 +184,7 @@ fn import_refuses_bbs_kind_names_outside_the_tree_layout() -> TestResult {
 
 #[test]
 fn export_of_unknown_objects() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
     let ids: Vec<String> = json(&data, &["ls", "--all"])
@@ -224,7 +222,7 @@ fn export_of_unknown_objects() -> TestResult {
 
 #[test]
 fn export_to_an_existing_destination_is_refused() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let dest = t.path().join("dest");
     write(&dest.join("keep.txt"), "keep me\n");
@@ -246,7 +244,7 @@ fn export_to_an_existing_destination_is_refused() -> TestResult {
 
 #[test]
 fn export_of_a_deleted_object_says_it_is_deleted() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let tree = t.path().join("bbs");
     fs::remove_file(tree.join("boards/general/2.json"))?;
@@ -265,7 +263,7 @@ fn export_of_a_deleted_object_says_it_is_deleted() -> TestResult {
 
 #[test]
 fn export_bbs_into_a_non_empty_directory() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let dest = t.path().join("dest");
     write(&dest.join("README"), "already here\n");
@@ -283,7 +281,7 @@ fn export_bbs_into_a_non_empty_directory() -> TestResult {
 
 #[test]
 fn duplicate_init_is_refused() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
     let id_key = fs::read(data.join("identity.key"))?;
@@ -302,7 +300,7 @@ fn duplicate_init_is_refused() -> TestResult {
 
 #[test]
 fn init_into_a_non_empty_foreign_directory_is_refused() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let dir = t.path().join("home");
     write(&dir.join("notes.txt"), "my own files\n");
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
@@ -328,7 +326,7 @@ fn card_with_broken_signature(card: &str) -> String {
 
 #[test]
 fn trust_add_of_malformed_or_forged_cards() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let other = t.path().join("other");
     init(&other, "other");
@@ -378,7 +376,7 @@ fn trust_add_of_malformed_or_forged_cards() -> TestResult {
 
 #[test]
 fn newer_schema_is_refused_by_every_command() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let chunks = chunk_files(&data);
     {
@@ -425,7 +423,7 @@ fn newer_schema_is_refused_by_every_command() -> TestResult {
 
 #[test]
 fn corrupted_identity_file() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let path = data.join("identity.key");
     let mut bytes = fs::read(&path)?;
@@ -454,7 +452,7 @@ fn corrupted_identity_file() -> TestResult {
 
 #[test]
 fn data_dir_that_is_a_regular_file() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let file = t.path().join("not-a-dir");
     write(&file, "plain file\n");
     for args in [&["status"][..], &["init"][..], &["ls"][..], &["id"][..]] {
@@ -467,7 +465,7 @@ fn data_dir_that_is_a_regular_file() -> TestResult {
 
 #[test]
 fn data_dir_that_was_never_initialized() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let missing = t.path().join("never");
     let empty = t.path().join("empty");
     fs::create_dir(&empty)?;
@@ -503,7 +501,7 @@ fn data_dir_that_was_never_initialized() -> TestResult {
 
 #[test]
 fn import_bbs_of_a_tree_with_unexpected_entries() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = t.path().join("d");
     init(&data, "strict");
     let before = snapshot(&data);
@@ -567,7 +565,7 @@ fn import_bbs_of_a_tree_with_unexpected_entries() -> TestResult {
 
 #[test]
 fn data_dir_in_use_by_another_process() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
     let f = t.path().join("f.txt");
@@ -597,7 +595,7 @@ fn data_dir_in_use_by_another_process() -> TestResult {
 
 #[test]
 fn invalid_config_toml() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let path = data.join("config.toml");
     let good = fs::read_to_string(&path)?;
@@ -614,7 +612,7 @@ fn invalid_config_toml() -> TestResult {
 
 #[test]
 fn import_of_a_symlink_or_special_file_is_refused() -> TestResult {
-    let t = tempfile::tempdir()?;
+    let t = bbsync_tests::tempdir()?;
     let data = populated_store(t.path());
     let before = snapshot(&data);
     let target = t.path().join("target.txt");

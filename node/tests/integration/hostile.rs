@@ -89,7 +89,7 @@ impl request_response::Codec for RawCodec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_messages_fail_alone() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = bbsync_tests::tempdir().unwrap();
     let server_store = Arc::new(Store::init(&tmp.path().join("server"), "server").unwrap());
     let good = Arc::new(Store::init(&tmp.path().join("good"), "good").unwrap());
     server_store

@@ -1,0 +1,30 @@
+//! The CLI's integration tests, as one test binary: one link step, one copy
+//! of the shared helpers (`../common`), and the tests of every file run in
+//! parallel with each other. `tor.rs` stays a binary of its own: it owns
+//! the private Tor network of the run. Run one file's tests with e.g.
+//! `cargo test -p bbsync --test integration net::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod backup;
+mod backup_crash;
+mod bad_input;
+mod bbs;
+mod browser;
+mod cli;
+mod control;
+mod crash;
+mod crash_matrix;
+mod follow;
+mod http;
+mod identity;
+mod import_swap;
+mod invite;
+mod manual;
+mod net;
+mod objects;
+mod service;
+mod sqlite;
+mod trust_boundaries;
+mod verify;
