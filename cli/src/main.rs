@@ -172,6 +172,15 @@ enum Command {
         after_help = "Examples:\n  bbsync restore --repo /mnt/backup\n  bbsync restore --repo /mnt/backup latest --to-tree /tmp/old"
     )]
     Restore(cmd::backup::RestoreArgs),
+    /// Tokens of the admin HTTP API (`serve --http`).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bbsync http token\n  bbsync http token --rotate"
+    )]
+    Http(cmd::http::HttpCommand),
+    /// Print a one-time login URL of the web dashboard of the running `serve --http`.
+    #[command(after_help = "Example:\n  bbsync ui   # then open the URL it prints")]
+    Ui,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  bbsync completions bash > /etc/bash_completion.d/bbsync\n  bbsync completions zsh > \"${fpath[1]}/_bbsync\"\n  bbsync completions fish > ~/.config/fish/completions/bbsync.fish"
@@ -352,6 +361,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Gc => cmd::verify::gc(ctx),
         Command::RepairIndex => cmd::verify::repair_index(ctx),
         Command::Migrate => cmd::verify::migrate(ctx),
+        Command::Http(c) => cmd::http::run(ctx, c),
+        Command::Ui => cmd::http::ui(ctx),
         Command::Serve(a) => cmd::net::serve(ctx, a),
         Command::Promote(a) => cmd::net::promote(ctx, a),
         Command::Demote => cmd::net::demote(ctx),

@@ -6,6 +6,12 @@ pub enum NodeError {
     /// A malformed address.
     #[error("bad address {0}: {1}")]
     BadAddress(String, String),
+    /// An address that cannot be used (the text says which and why).
+    #[error("{0}")]
+    Address(String),
+    /// None of several sources could be reached (the last error).
+    #[error("none of the sources could be reached: {0}")]
+    NoSource(Box<NodeError>),
     /// Listening failed.
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),

@@ -106,6 +106,30 @@ pub fn registry() -> &'static Mutex<BTreeMap<String, UpstreamStatus>> {
     R.get_or_init(Default::default)
 }
 
+/// The upstreams of this node as `status` and the admin API show them:
+/// live from the followers when this process runs them, else the cursors
+/// kept in the store (state `not running`).
+pub fn upstreams(store: &Store) -> Result<Vec<serde_json::Value>, StoreError> {
+    let live: Vec<UpstreamStatus> = registry()
+        .lock()
+        .map(|r| r.values().cloned().collect())
+        .unwrap_or_default();
+    if live.is_empty() {
+        return Ok(store
+            .db()
+            .cursors()?
+            .into_iter()
+            .map(|(id, cursor)| {
+                serde_json::json!({ "instance": id.to_hex(), "state": "not running", "cursor": cursor })
+            })
+            .collect());
+    }
+    Ok(live
+        .iter()
+        .map(|u| serde_json::to_value(u).unwrap_or_default())
+        .collect())
+}
+
 fn update(addr: &str, f: impl FnOnce(&mut UpstreamStatus)) {
     let mut r = registry()
         .lock()

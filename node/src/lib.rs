@@ -13,9 +13,11 @@
 
 pub mod clone;
 pub mod codec;
+pub mod dial;
 mod error;
 pub mod follow;
 pub mod gate;
+pub mod http;
 pub mod invite;
 pub mod node;
 pub mod onion;
@@ -28,5 +30,6 @@ pub use error::NodeError;
 pub use follow::{FollowOptions, UpstreamStatus, follow, follow_invite};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
 pub use node::{
-    Node, NodeHandle, NodeOptions, Responder, TOR_SUPPORTED, TorOptions, instance_of, peer_id_of,
+    ConnectedPeer, Node, NodeHandle, NodeOptions, NodeStats, Responder, TOR_SUPPORTED, TorOptions,
+    instance_of, peer_id_of,
 };

@@ -17,7 +17,10 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -99,6 +102,7 @@ pub type Responder = Arc<dyn Fn(&Store, Option<InstanceId>, Request) -> Response
 enum Command {
     Listen(Multiaddr, oneshot::Sender<Result<Multiaddr, NodeError>>),
     Listeners(oneshot::Sender<Vec<Multiaddr>>),
+    Peers(oneshot::Sender<Vec<ConnectedPeer>>),
     Dial(Multiaddr, PeerId, oneshot::Sender<Result<(), NodeError>>),
     Request(
         PeerId,
@@ -117,9 +121,52 @@ enum Command {
     CloseDenied(PeerId),
 }
 
+/// Counters of a running node since it started (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Requests of peers answered (anything but `Denied`).
+    pub requests_served: AtomicU64,
+    /// Requests of peers answered `Denied`.
+    pub requests_denied: AtomicU64,
+    /// Chunks sent to peers.
+    pub chunks_sent: AtomicU64,
+    /// Stored bytes of the chunks sent to peers.
+    pub bytes_sent: AtomicU64,
+    /// Chunks received from peers (before their checks).
+    pub chunks_received: AtomicU64,
+    /// Stored bytes of the chunks received from peers.
+    pub bytes_received: AtomicU64,
+}
+
+/// A peer connected now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectedPeer {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its instance id (hex), when its key is ed25519.
+    pub instance: Option<String>,
+    /// The remote address of its first connection.
+    pub addr: String,
+    /// `dialer` (this node dialed it) or `listener` (it dialed this node).
+    pub role: &'static str,
+    /// Open connections.
+    pub connections: u32,
+    /// When its first connection opened (Unix ms).
+    pub since_ms: u64,
+    /// When it last sent a request or an answer (Unix ms).
+    pub last_seen_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A cloneable handle to a running node.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
+    stats: Arc<NodeStats>,
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     tor: bool,
@@ -307,7 +354,9 @@ impl Node {
             })
             .build();
         let (tx, rx) = mpsc::channel(256);
+        let stats = Arc::new(NodeStats::default());
         let handle = NodeHandle {
+            stats: stats.clone(),
             tx: tx.clone(),
             peer_id,
             tor,
@@ -328,6 +377,8 @@ impl Node {
             permits: HashMap::new(),
             closing: HashSet::new(),
             stop: stop_rx,
+            stats,
+            peers: HashMap::new(),
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {
@@ -472,6 +523,16 @@ impl NodeHandle {
         self.call(|r| Command::Listen(addr, r)).await?
     }
 
+    /// The node's counters since it started.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The peers connected now.
+    pub async fn connected_peers(&self) -> Result<Vec<ConnectedPeer>, NodeError> {
+        self.call(Command::Peers).await
+    }
+
     /// Every address this node listens on.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
         self.call(Command::Listeners).await
@@ -526,6 +587,10 @@ struct EventLoop {
     closing: HashSet<InboundRequestId>,
     /// Set when the node stops: requests in progress give up.
     stop: watch::Receiver<bool>,
+    /// Counters shared with the handles.
+    stats: Arc<NodeStats>,
+    /// The peers connected now.
+    peers: HashMap<PeerId, ConnectedPeer>,
 }
 
 /// Answers one inbound request: a `Subscribe` as a long poll on the
@@ -636,6 +701,11 @@ impl EventLoop {
             Command::Listeners(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::Peers(reply) => {
+                let mut v: Vec<ConnectedPeer> = self.peers.values().cloned().collect();
+                v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(v);
+            }
             Command::Dial(addr, peer, reply) => {
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
@@ -663,6 +733,21 @@ impl EventLoop {
                 request_id,
             } => {
                 let denied = matches!(response, Response::Denied);
+                self.seen(&peer);
+                if denied {
+                    self.stats.requests_denied.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.requests_served.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Response::Chunks { chunks, .. } = &response {
+                    let bytes: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+                    self.stats
+                        .chunks_sent
+                        .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                }
                 if denied {
                     // New connections of this peer are refused from now on;
                     // the ones it has are closed once the answer is out.
@@ -684,6 +769,13 @@ impl EventLoop {
             }
             Command::Trusted(peers) => self.swarm.behaviour_mut().gate.set_trusted(peers),
             Command::CloseDenied(peer) => self.close_denied(peer),
+        }
+    }
+
+    /// Notes that `peer` was heard from now.
+    fn seen(&mut self, peer: &PeerId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.last_seen_ms = now_ms();
         }
     }
 
@@ -780,6 +872,16 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
+                    self.seen(&peer);
+                    if let Response::Chunks { chunks, .. } = &response {
+                        let bytes: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+                        self.stats
+                            .chunks_received
+                            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+                        self.stats
+                            .bytes_received
+                            .fetch_add(bytes as u64, Ordering::Relaxed);
+                    }
                     if let Some(reply) = self.pending.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
@@ -846,6 +948,23 @@ impl EventLoop {
                 peer_id, endpoint, ..
             } => {
                 tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let now = now_ms();
+                self.peers
+                    .entry(peer_id)
+                    .and_modify(|p| p.connections += 1)
+                    .or_insert_with(|| ConnectedPeer {
+                        peer_id: peer_id.to_string(),
+                        instance: instance_of(&peer_id).map(|i| i.to_hex()),
+                        addr: endpoint.get_remote_address().to_string(),
+                        role: if endpoint.is_dialer() {
+                            "dialer"
+                        } else {
+                            "listener"
+                        },
+                        connections: 1,
+                        since_ms: now,
+                        last_seen_ms: now,
+                    });
                 for reply in self.dials.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -882,7 +1001,11 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, "disconnected");
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connections = num_established;
+                }
                 if num_established == 0 {
+                    self.peers.remove(&peer_id);
                     // Requests still running keep their permits (Arc).
                     self.permits.remove(&peer_id);
                 }

@@ -49,6 +49,19 @@ pub struct Config {
     /// `--tree`; relative paths are under the data dir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<std::path::PathBuf>,
+    /// Where `serve` serves the admin HTTP API, dashboard and `/metrics`
+    /// (as with `--http`), e.g. `127.0.0.1:8080`. Unset: no HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+    /// Allow `http_listen` (or `--http`) on an address other than loopback
+    /// (as with `--http-allow-remote`): the API is then reachable from the
+    /// network, behind its token only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http_allow_remote: bool,
+    /// Serve `/metrics` without a token (for a Prometheus on the same host
+    /// that cannot send one). Everything else still needs a token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics_without_auth: bool,
 }
 
 fn default_level() -> i32 {
@@ -66,6 +79,9 @@ impl Default for Config {
             follow: Vec::new(),
             tor_config: None,
             backup_repo: None,
+            http_listen: None,
+            http_allow_remote: false,
+            metrics_without_auth: false,
             backup: Vec::new(),
             layout: None,
             watch: None,
@@ -145,6 +161,17 @@ impl Config {
             });
         }
         Ok(c)
+    }
+
+    /// The default backup repository for a node whose data dir is
+    /// `data_dir`: `backup_repo` (relative: under the data dir), else
+    /// `<data>/backup`.
+    pub fn backup_repo_dir(&self, data_dir: &Path) -> std::path::PathBuf {
+        match &self.backup_repo {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => data_dir.join(p),
+            None => data_dir.join("backup"),
+        }
     }
 
     /// The chunk compression setting.

@@ -34,6 +34,7 @@ pub mod rekey;
 pub mod seal;
 mod spool;
 pub mod sqlite;
+pub mod summary;
 pub mod sync;
 pub mod verify;
 

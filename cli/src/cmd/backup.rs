@@ -163,11 +163,7 @@ pub fn repo_dir(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<PathBuf> {
         Some(s) => s.config().clone(),
         None => Config::load(&ctx.data_dir.join("config.toml"))?,
     };
-    Ok(match config.backup_repo {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => ctx.data_dir.join(p),
-        None => ctx.data_dir.join("backup"),
-    })
+    Ok(config.backup_repo_dir(&ctx.data_dir))
 }
 
 fn open_repo(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
@@ -559,6 +555,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let store = store_for_restore(ctx, &repo, a.snapshot.as_deref(), a.trust_host.as_deref())?;
     let bar = Bar::new(ctx.progress);
+    let asked = a.snapshot.clone();
     let r = store.restore(
         &repo,
         &RestoreOptions {
@@ -572,7 +569,14 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
             clone_source: None,
         },
         &bar,
-    )?;
+    );
+    bbsync_store::backup::history::record(
+        store.dir(),
+        &repo_dir(ctx, &a.repo)?,
+        asked.as_deref(),
+        &r,
+    );
+    let r = r?;
     print_restore(ctx, &r);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,8 @@
 //! `ls` and `status`.
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::process::ExitCode;
 
-use bbsync_store::ObjectState;
+use bbsync_store::summary::{ObjectFilter, state_word};
 use serde_json::json;
 
 use crate::{Ctx, output};
@@ -18,28 +18,14 @@ pub struct LsArgs {
     all: bool,
 }
 
-fn state_word(st: &ObjectState) -> &'static str {
-    if st.deleted {
-        "deleted"
-    } else if !st.complete {
-        "incomplete"
-    } else {
-        "ok"
-    }
-}
-
 /// `bbsync ls`.
 pub fn run(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
-    let mut rows = Vec::new();
-    for r in store.db().objects() {
-        let (id, st) = r?;
-        if a.kind.as_ref().is_some_and(|k| *k != st.kind) || (st.deleted && !a.all) {
-            continue;
-        }
-        rows.push((id, st));
-    }
-    rows.sort_by(|a, b| (&a.1.kind, &a.1.name).cmp(&(&b.1.kind, &b.1.name)));
+    let rows = store.list_objects(&ObjectFilter {
+        kind: a.kind,
+        name_contains: None,
+        include_deleted: a.all,
+    })?;
     if ctx.json {
         let v: Vec<_> = rows
             .iter()
@@ -93,56 +79,8 @@ pub fn run(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
 /// `bbsync status`.
 pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
-    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut objects, mut deleted, mut incomplete, mut plain, mut stored) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    for r in store.db().objects() {
-        let (_, st) = r?;
-        if st.deleted {
-            deleted += 1;
-            continue;
-        }
-        objects += 1;
-        if !st.complete {
-            incomplete += 1;
-        }
-        plain += st.plaintext_len;
-        stored += st.stored_len;
-        *by_kind.entry(st.kind.clone()).or_default() += 1;
-    }
-    let (mut chunks, mut chunk_bytes) = (0u64, 0u64);
-    for (_, len) in store.packs().list()? {
-        chunks += 1;
-        chunk_bytes += len;
-    }
-    let (mut packs, mut pack_bytes) = (0u64, 0u64);
-    for (_, len) in store.packs().pack_files()?.into_iter().flatten() {
-        packs += 1;
-        pack_bytes += len;
-    }
-    let trusted = store.trust_list()?;
-    let seq = store.db().last_seq()?;
-    let card = store.card()?;
-    // Upstreams: live from the followers when this runs inside `serve`,
-    // else the cursors kept in the store.
-    let live: Vec<bbsync_node::UpstreamStatus> = bbsync_node::follow::registry()
-        .lock()
-        .map(|r| r.values().cloned().collect())
-        .unwrap_or_default();
-    let upstreams: Vec<serde_json::Value> = if live.is_empty() {
-        store
-            .db()
-            .cursors()?
-            .into_iter()
-            .map(|(id, cursor)| {
-                json!({ "instance": id.to_hex(), "state": "not running", "cursor": cursor })
-            })
-            .collect()
-    } else {
-        live.iter()
-            .map(|u| serde_json::to_value(u).unwrap_or_default())
-            .collect()
-    };
+    let sum = store.summary()?;
+    let upstreams = bbsync_node::follow::upstreams(&store)?;
     // The live tree, when this runs inside a `serve` that keeps one.
     let live = bbsync_store::live::status()
         .lock()
@@ -155,51 +93,54 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             &json!({
                 "live": live,
                 "data_dir": store.dir(),
-                "instance_id": store.instance_id().to_hex(),
-                "name": card.name,
-                "schema_version": store.db().schema_version()?,
-                "seq": seq,
-                "objects": objects,
-                "objects_by_kind": by_kind,
-                "deleted": deleted,
-                "incomplete": incomplete,
-                "plaintext_bytes": plain,
-                "referenced_bytes": stored,
-                "chunks": chunks,
-                "chunk_bytes": chunk_bytes,
-                "packs": packs,
-                "pack_bytes": pack_bytes,
-                "trusted": trusted.len(),
-                "identity_encrypted": store.identity_is_sealed()?,
+                "instance_id": sum.instance_id,
+                "name": sum.name,
+                "schema_version": sum.schema_version,
+                "seq": sum.seq,
+                "objects": sum.objects,
+                "objects_by_kind": sum.objects_by_kind,
+                "deleted": sum.deleted,
+                "incomplete": sum.incomplete,
+                "plaintext_bytes": sum.plaintext_bytes,
+                "referenced_bytes": sum.referenced_bytes,
+                "chunks": sum.chunks,
+                "chunk_bytes": sum.chunk_bytes,
+                "packs": sum.packs,
+                "pack_bytes": sum.pack_bytes,
+                "trusted": sum.trusted,
+                "identity_encrypted": sum.identity_encrypted,
                 "upstreams": upstreams,
             }),
         )?;
     } else {
-        outln!(ctx, "instance   {} ({})", store.instance_id(), card.name);
+        outln!(ctx, "instance   {} ({})", store.instance_id(), sum.name);
         outln!(ctx, "data dir   {}", store.dir().display());
-        if store.identity_is_sealed()? {
+        if sum.identity_encrypted {
             outln!(ctx, "identity   identity.key sealed with a passphrase");
         }
         outln!(
             ctx,
-            "objects    {objects} live ({}), {deleted} deleted, {incomplete} incomplete",
-            by_kind
+            "objects    {} live ({}), {} deleted, {} incomplete",
+            sum.objects,
+            sum.objects_by_kind
                 .iter()
                 .map(|(k, n)| format!("{n} {k}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            sum.deleted,
+            sum.incomplete
         );
         outln!(
             ctx,
             "content    {} plaintext in {} chunks ({}), {} pack files ({} on disk)",
-            output::size(plain),
-            chunks,
-            output::size(chunk_bytes),
-            packs,
-            output::size(pack_bytes)
+            output::size(sum.plaintext_bytes),
+            sum.chunks,
+            output::size(sum.chunk_bytes),
+            sum.packs,
+            output::size(sum.pack_bytes)
         );
-        outln!(ctx, "change log seq {seq}");
-        outln!(ctx, "trusted    {} instance(s)", trusted.len());
+        outln!(ctx, "change log seq {}", sum.seq);
+        outln!(ctx, "trusted    {} instance(s)", sum.trusted);
         for u in &upstreams {
             let field = |k: &str| u.get(k).cloned().unwrap_or_default();
             let text = |k: &str| field(k).as_str().unwrap_or("").to_string();

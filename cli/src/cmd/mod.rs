@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod export;
+pub mod http;
 pub mod identity;
 pub mod import;
 pub mod init;

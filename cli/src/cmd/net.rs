@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use bbsync_node::{
-    CloneOptions, Multiaddr, Node, NodeHandle, NodeOptions, PeerId, TorOptions, clone_from,
+    CloneOptions, Multiaddr, Node, NodeOptions, TorOptions, clone_from,
+    dial::{dial_all, dial_first, parse_addr, parse_peer_addrs},
     fetch_missing, onion,
 };
 use bbsync_protocol::{Invite, invite::is_invite_text};
@@ -137,6 +138,17 @@ pub struct ServeArgs {
     /// config.toml: layout; default: bbsync's own tree].
     #[arg(long, value_name = "NAME|FILE")]
     layout: Option<String>,
+    /// Also serve the admin HTTP API, the web dashboard and /metrics on
+    /// this address (e.g. 127.0.0.1:8080; port 0 picks a free one) [config
+    /// `http_listen`; default: no HTTP]. Tokens: `bbsync http token`;
+    /// dashboard login: `bbsync ui`.
+    #[arg(long = "http", value_name = "ADDR")]
+    http: Option<String>,
+    /// Allow --http on an address other than loopback (the API is then
+    /// reachable from the network, behind its token only; plain HTTP: put
+    /// a TLS proxy in front) [config `http_allow_remote`].
+    #[arg(long)]
+    http_allow_remote: bool,
 }
 
 /// Arguments of `promote`.
@@ -332,6 +344,32 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The HTTP address of `serve`: `--http`, else config `http_listen`;
+/// a non-loopback one only when allowed.
+fn http_listen(a: &ServeArgs, store: &Store) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(text) = a
+        .http
+        .clone()
+        .or_else(|| store.config().http_listen.clone())
+    else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        anyhow!("--http {text}: not an IP address and port (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    })?;
+    if !bbsync_node::http::is_loopback(&addr) {
+        if !(a.http_allow_remote || store.config().http_allow_remote) {
+            bail!(
+                "--http {addr}: not a loopback address; the admin API would be reachable from the network (pass --http-allow-remote, or http_allow_remote = true in config.toml, to mean it)"
+            );
+        }
+        tracing::warn!(
+            "the admin HTTP API listens on {addr}, reachable from the network: plain HTTP behind a token only (put a TLS proxy in front)"
+        );
+    }
+    Ok(Some(addr))
+}
+
 /// Arguments of `clone`.
 #[derive(Debug, clap::Args)]
 pub struct CloneArgs {
@@ -395,12 +433,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn parse_only(s: &str) -> Result<(String, Option<String>), String> {
     Selection::parse_only(s).map_err(|e| e.to_string())
-}
-
-fn parse_addr(s: &str) -> anyhow::Result<Multiaddr> {
-    onion::check_text(s).map_err(|e| anyhow!("malformed address {s:?}: {e}"))?;
-    s.parse::<Multiaddr>()
-        .map_err(|e| anyhow!("malformed address {s:?}: {e}"))
 }
 
 /// Tor settings for a node that needs Tor (`needed`), from
@@ -475,7 +507,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let addrs = listen
         .iter()
-        .map(|s| parse_addr(s))
+        .map(|s| parse_addr(s).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(bad) = addrs.iter().find(|a| onion::is_onion(a)) {
         bail!(
@@ -509,6 +541,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         check_as_made(ctx, &store, a.name.as_deref(), false)?;
         store
     };
+    let http = http_listen(&a, &store)?;
     let mut follow = a.follow.clone();
     follow.extend(store.config().follow.iter().cloned());
     follow.dedup();
@@ -567,19 +600,38 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .map(|addr| format!("{addr}/p2p/{}", h.peer_id()))
             .collect();
+        let http_server = match http {
+            Some(listen) => Some(
+                bbsync_node::http::serve(
+                    store.clone(),
+                    h.clone(),
+                    bbsync_node::http::HttpOptions {
+                        listen,
+                        metrics_without_auth: store.config().metrics_without_auth,
+                        node_addrs: full.clone(),
+                    },
+                )
+                .await?,
+            ),
+            None => None,
+        };
         if ctx.json {
             let onion: Option<&String> = full.iter().find(|a| a.starts_with("/onion3/"));
-            output::json(
-                ctx,
-                &serde_json::json!({
-                    "peer_id": h.peer_id().to_string(),
-                    "addresses": full,
-                    "onion": onion,
-                }),
-            )?;
+            let mut v = serde_json::json!({
+                "peer_id": h.peer_id().to_string(),
+                "addresses": full,
+                "onion": onion,
+            });
+            if let Some(s) = &http_server {
+                v["http"] = serde_json::json!(format!("http://{}/", s.addr));
+            }
+            output::json(ctx, &v)?;
         } else {
             for addr in &full {
                 outln!(ctx, "{addr}");
+            }
+            if let Some(s) = &http_server {
+                outln!(ctx, "http: http://{}/", s.addr);
             }
         }
         let followers: Vec<_> = follow
@@ -636,60 +688,12 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             f.abort();
         }
         tracing::info!("stopping");
+        if let Some(s) = http_server {
+            s.stop();
+        }
         node.stop();
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Parses full peer addresses (each must end in /p2p/<PeerId>).
-fn parse_peer_addrs(texts: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
-    texts
-        .iter()
-        .map(|text| {
-            let addr = parse_addr(text)?;
-            if !matches!(addr.iter().last(), Some(bbsync_node::AddrProtocol::P2p(_))) {
-                bail!("address {text} must end in /p2p/<PeerId> (the form `bbsync serve` prints)");
-            }
-            Ok(addr)
-        })
-        .collect()
-}
-
-/// Dials every address (30 s each). With `first_required`, failing to reach
-/// the first one fails; the others (and all, without it) are skipped with a
-/// warning. Errors when none answers.
-async fn dial_all(
-    h: &NodeHandle,
-    addrs: Vec<Multiaddr>,
-    first_required: bool,
-) -> anyhow::Result<Vec<PeerId>> {
-    let n = addrs.len();
-    let mut peers = Vec::new();
-    let mut last = None;
-    for (i, addr) in addrs.into_iter().enumerate() {
-        let limit = h.dial_timeout(&addr);
-        let dialed = tokio::time::timeout(limit, h.dial(addr.clone()))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "cannot reach {addr}: no answer within {} s",
-                    limit.as_secs()
-                )
-            })
-            .and_then(|r| r.map_err(anyhow::Error::from));
-        match dialed {
-            Ok(p) => peers.push(p),
-            Err(e) if (i == 0 && first_required) || n == 1 => return Err(e),
-            Err(e) => {
-                tracing::warn!("not used as a source: {e:#}");
-                last = Some(e);
-            }
-        }
-    }
-    match (peers.is_empty(), last) {
-        (true, Some(e)) => Err(e.context("none of the sources could be reached")),
-        _ => Ok(peers),
-    }
 }
 
 /// `bbsync fetch-missing`.
@@ -896,29 +900,6 @@ fn clone_invite(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(r?)
     })?;
     finish_clone(ctx, report, from_backup.as_ref(), Some(role))
-}
-
-/// Dials the first of `addrs` that answers (an invite's addresses, in the
-/// issuer's order); the last error if none does.
-async fn dial_first(h: &NodeHandle, addrs: &[Multiaddr]) -> anyhow::Result<PeerId> {
-    let mut last = None;
-    for addr in addrs {
-        let limit = h.dial_timeout(addr);
-        match tokio::time::timeout(limit, h.dial(addr.clone())).await {
-            Ok(Ok(p)) => return Ok(p),
-            Ok(Err(e)) => {
-                tracing::info!("{e}");
-                last = Some(anyhow::Error::from(e));
-            }
-            Err(_) => {
-                last = Some(anyhow!(
-                    "cannot reach {addr}: no answer within {} s",
-                    limit.as_secs()
-                ));
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow!("the invite names no address")))
 }
 
 /// `bbsync clone`.

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod check;
 pub mod create;
 pub mod escrow;
+pub mod history;
 pub mod repofile;
 pub mod restore;
 pub mod retention;
