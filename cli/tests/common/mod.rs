@@ -424,6 +424,18 @@ pub struct Snapshot {
     pub status: Value,
 }
 
+/// A snapshot of a store that a running node holds (its chunk index
+/// cannot be read beside it): objects, trust table and status (with the
+/// chunk and pack counts) through the node's control socket.
+pub fn served_snapshot(data: &Path) -> Snapshot {
+    Snapshot {
+        chunks: BTreeSet::new(),
+        ls: json(data, &["ls", "--all"]),
+        trust: json(data, &["trust", "list"]),
+        status: json(data, &["status"]),
+    }
+}
+
 /// Takes a snapshot of a store through the CLI (chunk files first, so
 /// that the commands run here cannot hide anything).
 pub fn snapshot(data: &Path) -> Snapshot {

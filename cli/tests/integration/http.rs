@@ -238,7 +238,7 @@ fn every_route_refuses_requests_without_valid_credentials() -> TestResult {
     );
     assert_eq!(mode & 0o777, 0o600);
     let n = serve_http(&data, &[]);
-    let before = snapshot(&data);
+    let before = served_snapshot(&data);
 
     // (method, path, body, changes something)
     let routes: Vec<(&str, &str, Option<Value>, bool)> = vec![
@@ -308,8 +308,8 @@ fn every_route_refuses_requests_without_valid_credentials() -> TestResult {
         assert!(msg.contains("session"), "{method} {path}: {msg}");
     }
     // Nothing changed, nothing was read into a job.
-    assert_eq!(snapshot(&data).ls, before.ls);
-    assert_eq!(snapshot(&data).trust, before.trust);
+    assert_eq!(served_snapshot(&data).ls, before.ls);
+    assert_eq!(served_snapshot(&data).trust, before.trust);
     let jobs = get(&n, "/api/v1/jobs", Cred::Bearer(&token)).json();
     assert_eq!(jobs, json!([]));
 
@@ -322,7 +322,7 @@ fn every_route_refuses_requests_without_valid_credentials() -> TestResult {
             assert!(msg.contains("read-only token"), "{msg}");
         }
     }
-    assert_eq!(snapshot(&data).trust, before.trust);
+    assert_eq!(served_snapshot(&data).trust, before.trust);
     assert_eq!(
         get(&n, "/api/v1/jobs", Cred::Bearer(&token)).json(),
         json!([])
@@ -358,7 +358,7 @@ fn every_route_refuses_requests_without_valid_credentials() -> TestResult {
     )
     .error(403);
     assert!(msg.contains("CSRF"), "{msg}");
-    assert_eq!(snapshot(&data).trust, before.trust);
+    assert_eq!(served_snapshot(&data).trust, before.trust);
     let r = post(
         &n,
         "/api/v1/trust",
@@ -438,8 +438,8 @@ fn every_route_refuses_requests_without_valid_credentials() -> TestResult {
     get(&n, "/api/v1/objects/config:nothing", Cred::Bearer(&token)).error(404);
     let r = request("PUT", &url, Cred::Bearer(&token), Some("{}"));
     r.error(405);
-    assert_eq!(snapshot(&data).trust, before.trust);
-    assert_eq!(snapshot(&data).ls, before.ls);
+    assert_eq!(served_snapshot(&data).trust, before.trust);
+    assert_eq!(served_snapshot(&data).ls, before.ls);
 
     // Rotation: the old tokens stop working at once in the running node.
     let new = ok(&data, &["http", "token", "--rotate"]).trim().to_string();
