@@ -92,7 +92,8 @@ pub struct UpstreamStatus {
     pub applied: u64,
     /// Manifests refused (logged), since the node started.
     pub rejected: u64,
-    /// The last error, if any.
+    /// The last error, if any: kept until the follower has applied a page
+    /// or caught up since (a reconnect alone does not clear it).
     pub last_error: Option<String>,
     /// Sessions that ended in an error (and were retried) since the node
     /// started.
@@ -398,7 +399,6 @@ async fn run_session(
     update(key, |s| {
         s.state = "following".into();
         s.cursor = cursor;
-        s.last_error = None;
     });
     tracing::info!(upstream = %key, cursor, "following");
     let mut behind_since: Option<Instant> = None;
@@ -484,6 +484,12 @@ async fn run_session(
                 .as_secs_f64()
         };
         update(key, |s| {
+            // The last error stays until the follower applied a page or
+            // caught up after it: a session that reconnects and fails on
+            // the same change again must not look healthy in between.
+            if lag == 0 || cursor > s.cursor {
+                s.last_error = None;
+            }
             s.cursor = cursor;
             s.upstream_seq = last_seq;
             s.lag_changes = lag;

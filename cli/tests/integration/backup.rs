@@ -830,13 +830,21 @@ fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestRe
     ));
     fs::write(&cfg, text)?;
     let log = t.path().join("serve.log");
+    let out = t.path().join("serve.out");
+    let token = ok(&a, &["http", "token"]).trim().to_string();
     let mut child = StdCommand::new(env!("CARGO_BIN_EXE_bbsync"))
         .args(["--no-progress", "-v", "--data-dir"])
         .arg(&a)
-        .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .env_remove("BBSYNC_DATA")
         .env_remove("BBSYNC_LOG")
-        .stdout(std::process::Stdio::null())
+        .stdout(fs::File::create(&out)?)
         .stderr(fs::File::create(&log)?)
         .spawn()?;
     // Cron ticks once a minute: the first run comes within 60 s.
@@ -858,6 +866,29 @@ fn scheduled_backups_run_in_serve_and_a_failing_one_does_not_stop_it() -> TestRe
     let s = json(&a, &["backups", "list", "--repo", good.to_str().unwrap()]);
     assert_eq!(s[0]["tags"], serde_json::json!(["cron"]));
     assert_eq!(s[0]["objects"], 8);
+    // The scheduled runs count in /metrics like the API's: the good
+    // repository's last success, and one failed backup job.
+    let base = fs::read_to_string(&out)?
+        .lines()
+        .find_map(|l| l.strip_prefix("http: ").map(str::to_string))
+        .expect("serve printed its http address");
+    let mut reply = ureq::get(&format!("{base}metrics"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()?;
+    let metrics = reply.body_mut().read_to_string()?;
+    let repo = good.to_str().unwrap();
+    let last = crate::http::sample(
+        &metrics,
+        "bbsync_backup_last_success_timestamp_seconds",
+        &[("repository", repo)],
+    );
+    assert!(last.is_some_and(|t| t > 1.7e9), "{metrics}");
+    let failed = crate::http::sample(
+        &metrics,
+        "bbsync_job_duration_seconds_count",
+        &[("kind", "backup"), ("outcome", "failure")],
+    );
+    assert!(failed.is_some_and(|n| n >= 1.0), "{metrics}");
     child.kill()?;
     child.wait()?;
     Ok(())

@@ -557,7 +557,7 @@ fn sse(
 }
 
 /// The value of a sample of `family` with `labels` in Prometheus text.
-fn sample(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     scrape

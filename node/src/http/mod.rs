@@ -286,6 +286,21 @@ pub async fn serve(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push((store.dir().to_path_buf(), Arc::downgrade(&shared)));
+    // Scheduled backups (`[[backup]]` in config.toml) count in the metrics
+    // and the event log like the ones started through the API.
+    let weak = Arc::downgrade(&shared);
+    bbsync_store::backup::schedule::on_finished(move |f| {
+        if let Some(shared) = weak.upgrade() {
+            shared.metrics.job_finished("backup", f.seconds, f.ok);
+            if f.ok {
+                shared.metrics.backup_succeeded(&f.repo, f.seconds);
+            }
+            shared.events.emit(
+                "backup.scheduled",
+                serde_json::json!({ "repository": f.repo, "seconds": f.seconds, "ok": f.ok }),
+            );
+        }
+    });
     let app = api::router(shared.clone());
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

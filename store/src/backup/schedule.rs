@@ -6,7 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -186,11 +186,60 @@ impl Cron {
     }
 }
 
+/// A scheduled backup that ended, as [`on_finished`] listeners see it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The repository (as `Repo::location` names it).
+    pub repo: String,
+    /// How long the backup (and its retention) took.
+    pub seconds: f64,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+type Listener = Box<dyn Fn(&Finished) + Send + Sync>;
+
+fn listeners() -> &'static Mutex<Vec<Listener>> {
+    static L: Mutex<Vec<Listener>> = Mutex::new(Vec::new());
+    &L
+}
+
+/// Calls `f` after every scheduled backup of this process (the admin
+/// API's metrics and events use it); listeners stay for the process's life.
+pub fn on_finished(f: impl Fn(&Finished) + Send + Sync + 'static) {
+    listeners()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(f));
+}
+
+fn finished(f: &Finished) {
+    for l in listeners()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        l(f);
+    }
+}
+
 /// Runs one scheduled job: backup, then retention. Returns a summary line.
 pub fn run_job(store: &Store, job: &BackupJob, repo_dir: &Path) -> Result<String> {
-    let (repo, _) = Repo::open_or_create_dir(repo_dir)?;
+    let started = std::time::Instant::now();
+    let result =
+        Repo::open_or_create_dir(repo_dir).and_then(|(repo, _)| run_job_in(store, job, &repo));
+    finished(&Finished {
+        // As `Repo::location` names a local directory.
+        repo: repo_dir.display().to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+        ok: result.is_ok(),
+    });
+    result
+}
+
+fn run_job_in(store: &Store, job: &BackupJob, repo: &Repo) -> Result<String> {
     let r = store.backup(
-        &repo,
+        repo,
         &BackupOptions {
             description: format!("scheduled ({})", job.cron),
             tags: job.tags.clone(),
