@@ -73,6 +73,18 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The selection of `--only` values (`KIND` or `KIND:NAME` each; none:
+    /// everything), as the CLI and the admin API take them.
+    pub fn from_only(specs: &[String]) -> Result<Selection> {
+        Ok(Selection {
+            only: specs
+                .iter()
+                .map(|s| Selection::parse_only(s))
+                .collect::<Result<_>>()?,
+            ..Default::default()
+        })
+    }
+
     /// Parses one `--only` value: `KIND` or `KIND:NAME`.
     pub fn parse_only(spec: &str) -> Result<(String, Option<String>)> {
         let (kind, name) = match spec.split_once(':') {

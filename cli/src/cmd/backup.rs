@@ -171,13 +171,7 @@ fn open_repo(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
 }
 
 fn selection(only: &[String]) -> anyhow::Result<Selection> {
-    Ok(Selection {
-        only: only
-            .iter()
-            .map(|s| Selection::parse_only(s))
-            .collect::<Result<_, _>>()?,
-        ..Default::default()
-    })
+    Ok(Selection::from_only(only)?)
 }
 
 /// `bbsync backup`.

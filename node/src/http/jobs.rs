@@ -383,13 +383,7 @@ pub fn repo_dir(store: &Store, repo: Option<&Path>) -> PathBuf {
 }
 
 fn selection(only: &[String]) -> Result<Selection, HttpError> {
-    Ok(Selection {
-        only: only
-            .iter()
-            .map(|s| Selection::parse_only(s))
-            .collect::<Result<_, _>>()?,
-        ..Default::default()
-    })
+    Ok(Selection::from_only(only)?)
 }
 
 /// The addresses of a trusted instance (its card's, each ending in
