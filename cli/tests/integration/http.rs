@@ -773,3 +773,55 @@ fn a_clone_job_over_the_api_equals_the_cli_clone_with_live_progress_and_metrics(
     );
     Ok(())
 }
+
+/// One raw HTTP/1.1 GET with this `Host` line (none: no `Host` at all);
+/// returns the status line and the body.
+fn raw_get(n: &HttpNode, path: &str, host: Option<&str>, token: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let addr = n.base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\n{host}Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.lines().next().unwrap_or("").to_string();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn a_request_naming_another_host_is_refused() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("node");
+    init(&data, "node");
+    let token = ok(&data, &["http", "token"]).trim().to_string();
+    let n = serve_http(&data, &[]);
+    let port = n.base.rsplit_once(':').unwrap().1.to_string();
+    // A page whose DNS name was rebound to 127.0.0.1 sends its own name:
+    // refused before any route, even /healthz, even with the token.
+    for host in ["evil.example", &format!("evil.example:{port}"), "10.0.0.1"] {
+        for path in ["/healthz", "/api/v1/status", "/"] {
+            let (status, body) = raw_get(&n, path, Some(host), &token);
+            assert!(status.contains(" 403 "), "{host} {path}: {status}");
+            assert!(
+                body.contains("the Host header does not name a loopback address"),
+                "{body}"
+            );
+        }
+    }
+    // Loopback names pass (and a request without Host, which no browser sends).
+    for host in [
+        Some(format!("127.0.0.1:{port}")),
+        Some(format!("localhost:{port}")),
+        Some("LOCALHOST".to_string()),
+        None,
+    ] {
+        let (status, body) = raw_get(&n, "/api/v1/status", host.as_deref(), &token);
+        assert!(status.contains(" 200 "), "{host:?}: {status} {body}");
+    }
+    Ok(())
+}

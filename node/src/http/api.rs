@@ -74,8 +74,48 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            loopback_host_only,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(shared)
+}
+
+/// On a loopback listener, a request must name a loopback host (`Host`, or
+/// the authority of an HTTP/2 request): a web page whose DNS name is
+/// rebound to 127.0.0.1 sends its own name and is refused before any route
+/// (it could not authenticate, but it could reach `/healthz` and the login
+/// page). A request naming no host at all is not a browser's and passes.
+async fn loopback_host_only(State(s): St, req: Request, next: axum::middleware::Next) -> Response {
+    if super::is_loopback(&s.addr) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("?"))
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if host.is_some_and(|h| !names_loopback(h)) {
+            return HttpError::Forbidden(format!(
+                "the Host header does not name a loopback address (a page of another site whose name points here?); use http://{}/",
+                s.addr
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether `host` (`name[:port]`, IPv6 in brackets) is `localhost` or a
+/// loopback address.
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -971,4 +1011,35 @@ async fn log(State(s): St, _r: Reader, q: Result<Query<EventsQuery>, QueryReject
     let q = query(q)?;
     let limit = q.limit.unwrap_or(200).min(super::events::RING);
     ok(json!(s.events.tail(limit, q.after)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_loopback;
+
+    #[test]
+    fn loopback_host_names() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.8.9.1:1",
+            "localhost",
+            "LocalHost:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(names_loopback(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:80",
+            "[::2]:80",
+            "127.0.0.1.evil.example",
+            "",
+        ] {
+            assert!(!names_loopback(bad), "{bad}");
+        }
+    }
 }
