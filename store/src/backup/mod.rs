@@ -532,3 +532,35 @@ fn legacy_view(s: LegacySnapshotFile) -> SnapshotFile {
         objects_sha256: s.objects_sha256,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_order_by_sequence_not_by_name() {
+        let ms = 1_764_489_600_123;
+        // Same millisecond, sequences across a digit boundary: the names
+        // sort the other way, the sequence does not.
+        let a = new_snapshot_id(ms, 999_999);
+        let b = new_snapshot_id(ms, 1_000_000);
+        assert!(b < a, "{a} {b}");
+        assert_eq!((snapshot_seq(&a), snapshot_seq(&b)), (999_999, 1_000_000));
+        assert!(a.starts_with("20251130T080000Z-999999-"), "{a}");
+        // Ids written before sequence numbers: sequence 0.
+        assert_eq!(snapshot_seq("20251130T080000Z-0a1b2c3d"), 0);
+        assert_eq!(snapshot_seq("20251130T080000Z-12345-0a1b2c3d"), 0);
+        assert_eq!(snapshot_seq("x-000001-y-z"), 0);
+        let mut ids = vec![
+            a.clone(),
+            "20261231T000000Z-ffffffff".to_string(),
+            b.clone(),
+        ];
+        ids.sort_by(|x, y| (snapshot_seq(x), x).cmp(&(snapshot_seq(y), y)));
+        assert_eq!(ids, vec!["20261231T000000Z-ffffffff".to_string(), a, b]);
+        // Every new id is a valid snapshot id for the signed type.
+        let id = new_snapshot_id(ms, 1);
+        assert!(id.len() <= bbsync_protocol::snapshot::MAX_SNAPSHOT_ID);
+    }
+}
