@@ -923,3 +923,48 @@ fn restore_skip_chunks_then_fetch_missing_from_a_peer() -> TestResult {
     drop(server);
     Ok(())
 }
+
+/// Issue 13: eight backups in a row (most within one second), each after a
+/// change; `backups list` shows them in the order they were taken, and
+/// `latest` is the last one, not whichever sorts last by its random part.
+#[test]
+fn latest_is_the_last_of_several_backups_within_one_second() -> TestResult {
+    let f = Fixture::new();
+    let msg = f.tree.join("boards/general/1.json");
+    let original = fs::read_to_string(&msg)?;
+    let mut taken = vec![f.snap.clone()];
+    for i in 0..8 {
+        fs::write(&msg, original.replace("}", &format!(",\"edit\":{i}}}")))?;
+        ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
+        let r = json(
+            &f.a,
+            &["backup", "--repo", f.r(), "--description", &format!("n{i}")],
+        );
+        taken.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    let l = json(&f.a, &["backups", "list", "--repo", f.r()]);
+    let listed: Vec<String> = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, taken, "backups list is not in the order taken");
+    let s = json(&f.a, &["backups", "show", "--repo", f.r(), "latest"]);
+    assert_eq!(s["id"], taken[8].as_str());
+    assert_eq!(s["description"], "n7");
+    let out = f.root.join("latest-tree");
+    ok(
+        &f.a,
+        &[
+            "restore",
+            "--repo",
+            f.r(),
+            "--to-tree",
+            out.to_str().unwrap(),
+            "latest",
+        ],
+    );
+    assert_same_tree(&f.tree, &out);
+    Ok(())
+}

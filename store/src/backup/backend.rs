@@ -39,8 +39,32 @@ pub trait Backend: Send + Sync {
     fn location(&self) -> String;
     /// The whole content of a file (`NotFound` when absent).
     fn read(&self, path: &str) -> io::Result<Vec<u8>>;
+    /// `len` bytes of a file from `offset` (`UnexpectedEof` when the file
+    /// is shorter). The default reads the whole file; backends override it
+    /// with a positioned read or a ranged request.
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let all = self.read(path)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = usize::try_from(offset.saturating_add(len)).unwrap_or(usize::MAX);
+        all.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{path} is shorter than {end} bytes"),
+            )
+        })
+    }
     /// Writes a file so that it appears complete or not at all, durably.
     fn write(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Creates a file only if no file has its name (complete or not at
+    /// all, durably): `Ok(false)` when one exists. Backends without a
+    /// conditional create check first and then write (a race between two
+    /// writers remains; the lock protocol checks again after writing).
+    fn write_new(&self, path: &str, bytes: &[u8]) -> io::Result<bool> {
+        if self.size(path)?.is_some() {
+            return Ok(false);
+        }
+        self.write(path, bytes).map(|()| true)
+    }
     /// Writes a file so that it appears complete or not at all, not yet
     /// durable: [`Backend::sync`] makes every such write durable.
     fn write_lazy(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
@@ -146,12 +170,54 @@ impl Backend for LocalDir {
         fs::read(self.full(path))
     }
 
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = File::open(self.full(path))?;
+        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        match f.read_exact_at(&mut buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{path} is shorter than {} bytes", offset + len),
+            )),
+            r => r.map(|()| buf),
+        }
+    }
+
     fn write(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
         self.write_tmp(path, bytes, true)
     }
 
     fn write_lazy(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
         self.write_tmp(path, bytes, false)
+    }
+
+    fn write_new(&self, path: &str, bytes: &[u8]) -> io::Result<bool> {
+        // Written and synced under a temp name, then hard-linked to its
+        // name: link(2) fails when the name exists, atomically.
+        let p = self.full(path);
+        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        self.make_dirs(&dir)?;
+        let mut rnd = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut rnd);
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(rnd)));
+        let mut f = create_private_file(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        let linked = fs::hard_link(&tmp, &p);
+        fs::remove_file(&tmp)?;
+        match linked {
+            Ok(()) => {
+                File::open(&dir)?.sync_all()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn stage(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
@@ -243,9 +309,15 @@ impl Backend for LocalDir {
             self.full("snapshots"),
             self.full("keys"),
         ];
-        if let Ok(rd) = fs::read_dir(self.full("chunks")) {
-            for e in rd.flatten() {
-                dirs.push(e.path());
+        dirs.push(self.full("index"));
+        dirs.push(self.full("locks"));
+        for parent in ["chunks", "data", "manifests"] {
+            if let Ok(rd) = fs::read_dir(self.full(parent)) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        dirs.push(e.path());
+                    }
+                }
             }
         }
         let mut n = 0;

@@ -64,7 +64,7 @@ impl RepoCheck {
     }
 }
 
-fn problem(class: &str, path: String, detail: String) -> RepoProblem {
+pub(crate) fn problem(class: &str, path: String, detail: String) -> RepoProblem {
     RepoProblem {
         class: class.into(),
         path,
@@ -84,7 +84,22 @@ pub(crate) struct CheckedManifest {
 }
 
 /// A decoded manifest file: the manifest, not yet verified, and its entries.
-type ReadManifest = (Unverified<Manifest>, Vec<Vec<u8>>);
+pub(crate) type ReadManifest = (Unverified<Manifest>, Vec<Vec<u8>>);
+
+/// Decodes the bytes of one manifest file (signature not yet checked).
+pub(crate) fn decode_manifest_file(
+    bytes: &[u8],
+) -> std::result::Result<ReadManifest, (&'static str, String)> {
+    let f = super::repofile::ManifestFile::decode(bytes)
+        .map_err(|e| ("bad-manifest", format!("undecodable: {e}")))?;
+    let u = Unverified::<Manifest>::decode(&f.manifest)
+        .map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+    for e in &f.envelope {
+        Unverified::<EnvelopeEntry>::decode(e)
+            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
+    }
+    Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
+}
 
 /// Reads and decodes one manifest file (signature not yet checked).
 fn read_manifest_file(
@@ -99,15 +114,7 @@ fn read_manifest_file(
         }
         Err(e) => return Err(("bad-manifest", format!("unreadable: {e}"))),
     };
-    let f = super::repofile::ManifestFile::decode(&bytes)
-        .map_err(|e| ("bad-manifest", format!("undecodable: {e}")))?;
-    let u = Unverified::<Manifest>::decode(&f.manifest)
-        .map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
-    for e in &f.envelope {
-        Unverified::<EnvelopeEntry>::decode(e)
-            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
-    }
-    Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
+    decode_manifest_file(&bytes)
 }
 
 /// Reads and checks manifest files against the object versions a snapshot
@@ -118,14 +125,20 @@ pub(crate) fn check_manifests(
     repo: &Repo,
     items: &[&super::repofile::SnapObject],
 ) -> Vec<ManifestCheck> {
+    check_manifests_with(items, |mid| read_manifest_file(repo, mid))
+}
+
+/// [`check_manifests`] with the files read by `read` (format 1: one file
+/// per manifest; format 2: through the index).
+pub(crate) fn check_manifests_with(
+    items: &[&super::repofile::SnapObject],
+    read: impl Fn(&ManifestId) -> std::result::Result<ReadManifest, (&'static str, String)> + Sync,
+) -> Vec<ManifestCheck> {
     const GROUP: usize = 512;
     items
         .par_chunks(GROUP)
         .flat_map_iter(|group| {
-            let read: Vec<_> = group
-                .iter()
-                .map(|o| read_manifest_file(repo, &o.manifest_id))
-                .collect();
+            let read: Vec<_> = group.iter().map(|o| read(&o.manifest_id)).collect();
             let mut slots = Vec::new();
             let mut batch = Vec::new();
             let mut out: Vec<Option<ManifestCheck>> = Vec::with_capacity(group.len());

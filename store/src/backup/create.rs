@@ -8,7 +8,7 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkId, Manifest, Signed, Snapshot, SnapshotObject, SnapshotTrust, Unverified,
+    ChunkId, Manifest, ManifestId, Signed, Snapshot, SnapshotObject, SnapshotTrust, Unverified,
     chunk::check_chunk_id, encoding::FORMAT_V1,
 };
 use rayon::prelude::*;
@@ -17,8 +17,8 @@ use serde_bytes::ByteBuf;
 use zeroize::Zeroizing;
 
 use super::{
-    Repo, chunk_path, escrow, list_chunks, manifest_path, now_ms, repo_io_err,
-    repofile::ManifestFile, rfc3339,
+    Repo, chunk_path, escrow, list_chunks, manifest_path, new_snapshot_id, now_ms, repo_io_err,
+    repofile::ManifestFile,
 };
 use crate::{
     Store,
@@ -109,56 +109,17 @@ impl Store {
             None => None,
         };
         // 1. What the snapshot holds: live and deleted objects, complete.
-        let mut objects = Vec::new();
-        let mut manifests = Vec::new();
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut plaintext_bytes = 0u64;
-        let mut chunks: Vec<(ChunkId, u32)> = Vec::new();
-        let mut seen = HashSet::new();
-        for r in self.db().objects() {
-            let (id, st) = r?;
-            if !opts.selection.matches(&st.kind, &st.name) {
-                continue;
-            }
-            if !st.complete && !st.deleted {
-                report
-                    .skipped_incomplete
-                    .push(format!("{}:{}", st.kind, st.name));
-                continue;
-            }
-            let Some(rec) = self.db().record(&id)? else {
-                continue;
-            };
-            let m = Unverified::<Manifest>::decode(&rec.manifest)
-                .map_err(|e| {
-                    StoreError::Corrupt(format!("manifest of object {}: {e}", id.short()))
-                })?
-                .dangerously_assume_verified();
-            if !st.deleted {
-                for c in &m.chunks {
-                    if seen.insert(c.id) {
-                        chunks.push((c.id, c.len));
-                        report.bytes += u64::from(c.len);
-                    }
-                }
-                plaintext_bytes += m.plaintext_len;
-            }
-            *counts.entry(st.kind.clone()).or_default() += 1;
-            objects.push(SnapshotObject {
-                object_id: id,
-                version: st.version,
-                manifest_id: st.manifest_id,
-            });
-            manifests.push((
-                st.manifest_id,
-                ManifestFile {
-                    format: 1,
-                    manifest: ByteBuf::from(rec.manifest),
-                    envelope: rec.envelope,
-                },
-            ));
-        }
-        objects.sort_by_key(|o| o.object_id);
+        let Collected {
+            objects,
+            manifests,
+            counts,
+            plaintext_bytes,
+            chunks,
+            bytes,
+            skipped_incomplete,
+        } = self.collect_backup(opts)?;
+        report.skipped_incomplete = skipped_incomplete;
+        report.bytes = bytes;
         report.objects = objects.len() as u64;
         report.chunks = chunks.len() as u64;
 
@@ -278,11 +239,119 @@ impl Store {
         }
 
         // 4. The snapshot, signed by this instance, last.
+        // Its id carries the repository's next sequence number, so that
+        // `latest` and `backups list` order backups taken within one
+        // second (or on a host whose clock stepped back) as they were taken.
         let created_ms = now_ms();
-        let mut short = [0u8; 4];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut short);
-        let created = rfc3339(created_ms);
-        let id = format!("{}-{}", created.replace([':', '-'], ""), hex::encode(short));
+        let id = new_snapshot_id(created_ms, repo.next_snapshot_seq()?);
+        let snap = self.sign_snapshot(
+            id.clone(),
+            created_ms,
+            opts,
+            counts,
+            &report,
+            plaintext_bytes,
+            objects,
+        )?;
+        crate::failpoint::hit("backup.snapshot")
+            .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
+        repo.write_snapshot(&snap)?;
+        report.snapshot = id;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+}
+
+/// What a snapshot of a store holds (step 1 of a backup, both formats).
+pub(crate) struct Collected {
+    /// The objects, sorted by object id.
+    pub objects: Vec<SnapshotObject>,
+    /// Each object's manifest file, as the store holds it.
+    pub manifests: Vec<(ManifestId, ManifestFile)>,
+    /// Objects by kind.
+    pub counts: BTreeMap<String, u64>,
+    /// Plaintext bytes of the live objects.
+    pub plaintext_bytes: u64,
+    /// Distinct chunks of the live objects, with their stored length.
+    pub chunks: Vec<(ChunkId, u32)>,
+    /// Sum of those lengths.
+    pub bytes: u64,
+    /// Incomplete objects left out (`kind:name`).
+    pub skipped_incomplete: Vec<String>,
+}
+
+impl Store {
+    /// Step 1 of a backup: the live and deleted objects the selection
+    /// takes, complete ones only, with their manifests and chunks.
+    pub(crate) fn collect_backup(&self, opts: &BackupOptions) -> Result<Collected> {
+        let mut c = Collected {
+            objects: Vec::new(),
+            manifests: Vec::new(),
+            counts: BTreeMap::new(),
+            plaintext_bytes: 0,
+            chunks: Vec::new(),
+            bytes: 0,
+            skipped_incomplete: Vec::new(),
+        };
+        let mut seen = HashSet::new();
+        for r in self.db().objects() {
+            let (id, st) = r?;
+            if !opts.selection.matches(&st.kind, &st.name) {
+                continue;
+            }
+            if !st.complete && !st.deleted {
+                c.skipped_incomplete
+                    .push(format!("{}:{}", st.kind, st.name));
+                continue;
+            }
+            let Some(rec) = self.db().record(&id)? else {
+                continue;
+            };
+            let m = Unverified::<Manifest>::decode(&rec.manifest)
+                .map_err(|e| {
+                    StoreError::Corrupt(format!("manifest of object {}: {e}", id.short()))
+                })?
+                .dangerously_assume_verified();
+            if !st.deleted {
+                for ch in &m.chunks {
+                    if seen.insert(ch.id) {
+                        c.chunks.push((ch.id, ch.len));
+                        c.bytes += u64::from(ch.len);
+                    }
+                }
+                c.plaintext_bytes += m.plaintext_len;
+            }
+            *c.counts.entry(st.kind.clone()).or_default() += 1;
+            c.objects.push(SnapshotObject {
+                object_id: id,
+                version: st.version,
+                manifest_id: st.manifest_id,
+            });
+            c.manifests.push((
+                st.manifest_id,
+                ManifestFile {
+                    format: 1,
+                    manifest: ByteBuf::from(rec.manifest),
+                    envelope: rec.envelope,
+                },
+            ));
+        }
+        c.objects.sort_by_key(|o| o.object_id);
+        Ok(c)
+    }
+
+    /// The last step of a backup: the snapshot, signed by this instance.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sign_snapshot(
+        &self,
+        id: String,
+        created_ms: u64,
+        opts: &BackupOptions,
+        counts: BTreeMap<String, u64>,
+        report: &BackupReport,
+        plaintext_bytes: u64,
+        objects: Vec<SnapshotObject>,
+    ) -> Result<Signed<Snapshot>> {
         let card = self.card()?;
         let trust = self
             .db()
@@ -293,11 +362,11 @@ impl Store {
                 role: rec.role,
             })
             .collect();
-        let snap = Signed::sign(
+        Signed::sign(
             self.identity(),
             Snapshot {
                 format: FORMAT_V1,
-                id: id.clone(),
+                id,
                 created_ms,
                 host: self.instance_id(),
                 host_card: card.bytes().to_vec(),
@@ -315,12 +384,6 @@ impl Store {
                 objects,
             },
         )
-        .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))?;
-        crate::failpoint::hit("backup.snapshot")
-            .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
-        repo.write_snapshot(&snap)?;
-        report.snapshot = id;
-        report.elapsed = start.elapsed();
-        Ok(report)
+        .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))
     }
 }

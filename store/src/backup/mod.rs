@@ -25,6 +25,7 @@ pub mod repofile;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod v2;
 
 use std::{
     collections::HashSet,
@@ -69,6 +70,33 @@ pub fn chunk_path(id: &ChunkId) -> String {
 /// `manifests/<hex>` of a manifest.
 pub fn manifest_path(id: &ManifestId) -> String {
     format!("manifests/{}", id.to_hex())
+}
+
+/// The per-repository sequence number of a snapshot id. Ids are
+/// `<YYYYMMDDTHHMMSSZ>-<sequence, at least 6 digits>-<8 random hex>` since
+/// issue 13 (the id is signed with the snapshot, so is its sequence); ids
+/// written before, `<YYYYMMDDTHHMMSSZ>-<8 random hex>`, have sequence 0.
+pub fn snapshot_seq(id: &str) -> u64 {
+    let mut parts = id.split('-');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(seq), Some(_), None)
+            if (6..=19).contains(&seq.len()) && seq.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            seq.parse().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// The id of a new snapshot taken at `created_ms` with sequence `seq`.
+pub fn new_snapshot_id(created_ms: u64, seq: u64) -> String {
+    let mut short = [0u8; 4];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut short);
+    format!(
+        "{}-{seq:06}-{}",
+        rfc3339(created_ms).replace([':', '-'], ""),
+        hex::encode(short)
+    )
 }
 
 /// `snapshots/<id>.json`.
@@ -227,7 +255,9 @@ impl Repo {
         Ok((Repo { backend, info }, true))
     }
 
-    /// Snapshot ids, oldest first.
+    /// Snapshot ids, oldest first: by their per-repository sequence
+    /// ([`snapshot_seq`]; ids written before it have sequence 0 and come
+    /// first), then by name (which starts with the UTC second).
     pub fn snapshot_ids(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = self
             .backend
@@ -239,17 +269,60 @@ impl Repo {
             .into_iter()
             .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
             .collect();
-        ids.sort();
+        ids.sort_by(|a, b| (snapshot_seq(a), a).cmp(&(snapshot_seq(b), b)));
         Ok(ids)
     }
 
-    /// Resolves a snapshot given in full, as a unique prefix, or `latest`.
+    /// The sequence number the next snapshot of this repository gets: one
+    /// more than the highest any snapshot in it has.
+    pub fn next_snapshot_seq(&self) -> Result<u64> {
+        let max = self
+            .snapshot_ids()?
+            .iter()
+            .map(|i| snapshot_seq(i))
+            .max()
+            .unwrap_or(0);
+        Ok(max.saturating_add(1))
+    }
+
+    /// The latest snapshot: the highest sequence number; among snapshots
+    /// that share it (two writers at once, or ids of the same second
+    /// written before sequence numbers) the latest signed creation time
+    /// (its file is read and checked: a damaged one is an error, not
+    /// skipped).
+    fn latest_of(&self, ids: &[String]) -> Result<String> {
+        let Some(last) = ids.last() else {
+            return Err(StoreError::Invalid(format!(
+                "no snapshot in {} yet",
+                self.location()
+            )));
+        };
+        let seq = snapshot_seq(last);
+        let second = |i: &str| i.split('-').next().unwrap_or("").to_string();
+        let peers: Vec<&String> = ids
+            .iter()
+            .filter(|i| snapshot_seq(i) == seq && (seq > 0 || second(i) == second(last)))
+            .collect();
+        if peers.len() == 1 {
+            return Ok(last.clone());
+        }
+        let mut best: Option<(u64, String)> = None;
+        for id in peers {
+            let s = self.load_snapshot(id)?;
+            let key = (s.created_ms, id.clone());
+            if best.as_ref().is_none_or(|b| key > *b) {
+                best = Some(key);
+            }
+        }
+        Ok(best.map_or_else(|| last.clone(), |(_, id)| id))
+    }
+
+    /// Resolves a snapshot given in full, as a unique prefix, by its
+    /// random suffix, or `latest` (see [`Repo::snapshot_ids`]).
     pub fn resolve_snapshot(&self, spec: &str) -> Result<String> {
         let ids = self.snapshot_ids()?;
         if spec == "latest" {
-            return ids.last().cloned().ok_or_else(|| {
-                StoreError::Invalid(format!("no snapshot in {} yet", self.location()))
-            });
+            return self.latest_of(&ids);
         }
         if ids.iter().any(|i| i == spec) {
             return Ok(spec.to_string());
@@ -383,7 +456,7 @@ impl Repo {
 }
 
 /// The view of a verified signed snapshot.
-fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
+pub(crate) fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
     let bad = |e: bbsync_protocol::Error| StoreError::Repo(format!("snapshot {}: {e}", signed.id));
     let host = signed.host_card().map_err(bad)?;
     let trust = signed
@@ -457,5 +530,37 @@ fn legacy_view(s: LegacySnapshotFile) -> SnapshotFile {
         identity_escrow: s.identity_escrow,
         objects: s.objects,
         objects_sha256: s.objects_sha256,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_order_by_sequence_not_by_name() {
+        let ms = 1_764_489_600_123;
+        // Same millisecond, sequences across a digit boundary: the names
+        // sort the other way, the sequence does not.
+        let a = new_snapshot_id(ms, 999_999);
+        let b = new_snapshot_id(ms, 1_000_000);
+        assert!(b < a, "{a} {b}");
+        assert_eq!((snapshot_seq(&a), snapshot_seq(&b)), (999_999, 1_000_000));
+        assert!(a.starts_with("20251130T080000Z-999999-"), "{a}");
+        // Ids written before sequence numbers: sequence 0.
+        assert_eq!(snapshot_seq("20251130T080000Z-0a1b2c3d"), 0);
+        assert_eq!(snapshot_seq("20251130T080000Z-12345-0a1b2c3d"), 0);
+        assert_eq!(snapshot_seq("x-000001-y-z"), 0);
+        let mut ids = vec![
+            a.clone(),
+            "20261231T000000Z-ffffffff".to_string(),
+            b.clone(),
+        ];
+        ids.sort_by(|x, y| (snapshot_seq(x), x).cmp(&(snapshot_seq(y), y)));
+        assert_eq!(ids, vec!["20261231T000000Z-ffffffff".to_string(), a, b]);
+        // Every new id is a valid snapshot id for the signed type.
+        let id = new_snapshot_id(ms, 1);
+        assert!(id.len() <= bbsync_protocol::snapshot::MAX_SNAPSHOT_ID);
     }
 }

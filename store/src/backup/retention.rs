@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Repo, SnapshotFile, chunk_path, civil_from_days, list_chunks, manifest_path, repo_io_err,
-    snapshot_path,
+    snapshot_path, snapshot_seq,
 };
 use crate::error::{Result, StoreError};
 
@@ -49,7 +49,8 @@ impl Policy {
     /// rules that keep it.
     pub fn apply(&self, snaps: &[(String, u64)]) -> BTreeMap<String, Vec<&'static str>> {
         let mut newest_first: Vec<&(String, u64)> = snaps.iter().collect();
-        newest_first.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
+        newest_first
+            .sort_by(|a, b| (snapshot_seq(&b.0), b.1, &b.0).cmp(&(snapshot_seq(&a.0), a.1, &a.0)));
         let mut keep: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
         let rules: [Rule; 4] = [
             ("last", self.keep_last, |_| 0),
@@ -136,12 +137,23 @@ pub struct RepoStats {
 }
 
 impl Repo {
-    /// Every snapshot, loaded and checked (a damaged one is an error).
+    /// Every snapshot, loaded and checked (a damaged one is an error),
+    /// oldest first: by sequence number, then signed creation time, then id
+    /// (the order `latest` follows).
     pub fn snapshots(&self) -> Result<Vec<SnapshotFile>> {
-        self.snapshot_ids()?
+        let mut snaps = self
+            .snapshot_ids()?
             .iter()
             .map(|id| self.load_snapshot(id))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        snaps.sort_by(|a, b| {
+            (snapshot_seq(&a.id), a.created_ms, &a.id).cmp(&(
+                snapshot_seq(&b.id),
+                b.created_ms,
+                &b.id,
+            ))
+        });
+        Ok(snaps)
     }
 
     /// Removes one snapshot, then what nothing references any more.

@@ -41,8 +41,8 @@ use bbsync_protocol::ChunkId;
 
 pub use format::{
     ENTRY_HEADER_LEN, Entry, FOOTER_LEN, Footer, HEADER_LEN, Location, PACK_TARGET, PackId,
-    TRAILER_ENTRY_LEN, check_header, decode_entry_header, footer_fits, parse_footer, parse_trailer,
-    valid_chunk_len, walk_entries,
+    TRAILER_ENTRY_LEN, check_header, decode_entry_header, encode_header, footer_fits, parse_footer,
+    parse_trailer, valid_chunk_len, walk_entries,
 };
 pub use gc::{GcReport, REPACK_THRESHOLD};
 pub use rebuild::RebuildReport;

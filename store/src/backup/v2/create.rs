@@ -1,0 +1,329 @@
+//! `bbsync backup` into a format-2 repository (docs/format.md §17.8):
+//! data packs (a sealed store pack put in whole when mostly live, else the
+//! missing chunks repacked), one manifest pack with the manifests the index
+//! lacks, index file(s), the escrow, then the signed snapshot, last.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Instant,
+};
+
+use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::{
+    format::{
+        INDEX_FILE_ENTRIES, INDEX_FORMAT, IndexFile, IndexPack, ManifestRef, PackBuilder, PackKind,
+        data_pack_path, index_path, key_path, mostly_live, read_sealed_pack, snapshot_path,
+    },
+    repo::Repo2,
+};
+use crate::{
+    Store,
+    backup::{
+        create::{BackupOptions, BackupReport, Collected},
+        escrow, new_snapshot_id, now_ms, repo_io_err,
+    },
+    error::{Result, StoreError},
+    packs::{Location, PackId},
+    progress::Progress,
+};
+
+/// Packs staged (not yet visible) and the index entries they bring.
+struct Staging<'a> {
+    repo: &'a Repo2,
+    staged: Vec<String>,
+    packs: Vec<IndexPack>,
+}
+
+impl Staging<'_> {
+    fn stage(&mut self, bytes: &[u8], ip: IndexPack) -> Result<()> {
+        let path = ip.kind.path(&PackId(ip.pack));
+        let loc = self.repo.location();
+        crate::failpoint::hit("backup.stage")
+            .and_then(|()| self.repo.backend().stage(&path, bytes))
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        self.staged.push(path);
+        self.packs.push(ip);
+        Ok(())
+    }
+
+    /// Flushes a builder when it is full (or `force` and not empty).
+    fn flush(&mut self, b: &mut Option<PackBuilder>, force: bool) -> Result<()> {
+        let full = b
+            .as_ref()
+            .is_some_and(|p| !p.is_empty() && (force || p.len() >= self.repo.config.pack_target));
+        if full && let Some(p) = b.take() {
+            let (bytes, ip) = p.finish();
+            self.stage(&bytes, ip)?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Backs this store up into a format-2 repository.
+    pub fn backup_v2(
+        &self,
+        repo: &Repo2,
+        opts: &BackupOptions,
+        progress: &dyn Progress,
+    ) -> Result<BackupReport> {
+        let start = Instant::now();
+        let loc = repo.location();
+        let b = repo.backend();
+        let mut report = BackupReport {
+            repo: loc.clone(),
+            ..Default::default()
+        };
+        bbsync_protocol::snapshot::check_description(&opts.description)
+            .map_err(|e| StoreError::Invalid(format!("--description: {e}")))?;
+        for t in &opts.tags {
+            bbsync_protocol::snapshot::check_tag(t)
+                .map_err(|e| StoreError::Invalid(format!("--tag {t:?}: {e}")))?;
+        }
+        let escrow = match &opts.identity_passphrase {
+            Some(p) => Some(escrow::seal(self.identity(), p)?),
+            None => None,
+        };
+        let Collected {
+            objects,
+            manifests,
+            counts,
+            plaintext_bytes,
+            chunks,
+            bytes,
+            skipped_incomplete,
+        } = self.collect_backup(opts)?;
+        report.skipped_incomplete = skipped_incomplete;
+        report.bytes = bytes;
+        report.objects = objects.len() as u64;
+        report.chunks = chunks.len() as u64;
+
+        let ix = repo.load_index()?;
+        let seq = repo.next_seq()?;
+
+        // 1. Data: the chunks the index lacks, by store pack.
+        let todo: HashSet<ChunkId> = chunks
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !ix.chunks.contains_key(id))
+            .collect();
+        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Location)>> = BTreeMap::new();
+        for id in &todo {
+            let at = self.packs().location(id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "chunk {} of a complete object is not in the store's index; run `bbsync verify`",
+                    id.short()
+                ))
+            })?;
+            by_pack.entry(at.pack).or_default().push((*id, at));
+        }
+        progress.start(
+            "backup",
+            todo.len() as u64,
+            by_pack
+                .values()
+                .flatten()
+                .map(|(_, l)| u64::from(l.len))
+                .sum(),
+        );
+        let open: HashSet<PackId> = self.packs().open_packs().iter().map(|(p, _)| *p).collect();
+        let mut st = Staging {
+            repo,
+            staged: Vec::new(),
+            packs: Vec::new(),
+        };
+        let mut builder: Option<PackBuilder> = None;
+        for (pack, items) in by_pack {
+            let n = items.len() as u64;
+            let item_bytes: u64 = items.iter().map(|(_, l)| u64::from(l.len)).sum();
+            // A sealed store pack whose bytes are mostly wanted goes in whole.
+            let whole = if open.contains(&pack) {
+                None
+            } else {
+                let src = self.packs().path(&pack);
+                std::fs::read(&src).ok().and_then(|bytes| {
+                    let entries = read_sealed_pack(PackKind::Data, &pack, &bytes).ok()?;
+                    mostly_live(&entries, |i| todo.contains(&ChunkId(*i)))
+                        .then_some((src, bytes, entries))
+                })
+            };
+            if let Some((src, bytes, entries)) = whole {
+                items.par_iter().try_for_each(|(id, at)| {
+                    let stored = bytes
+                        .get(at.offset as usize..at.end() as usize)
+                        .unwrap_or_default();
+                    check_chunk_id(id, stored).map_err(|e| damaged(id, &e))
+                })?;
+                let dest = data_pack_path(&pack);
+                let linked = b
+                    .link_from(&src, &dest)
+                    .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
+                let ip = IndexPack {
+                    kind: PackKind::Data,
+                    pack: pack.0,
+                    pack_len: bytes.len() as u64,
+                    entries,
+                };
+                if linked {
+                    report.chunks_linked += n;
+                    st.packs.push(ip);
+                } else {
+                    st.stage(&bytes, ip)?;
+                }
+            } else {
+                let datas: Vec<(ChunkId, Vec<u8>)> = items
+                    .par_iter()
+                    .map(|(id, _)| -> Result<(ChunkId, Vec<u8>)> {
+                        let d = self.packs().read(id).map_err(|e| StoreError::Io {
+                            context: format!("reading chunk {}", id.short()),
+                            source: e,
+                        })?;
+                        check_chunk_id(id, &d).map_err(|e| damaged(id, &e))?;
+                        Ok((*id, d))
+                    })
+                    .collect::<Result<_>>()?;
+                for (id, d) in datas {
+                    builder
+                        .get_or_insert_with(|| PackBuilder::new(PackKind::Data))
+                        .push(id.0, &d)
+                        .map_err(|e| StoreError::Invalid(format!("repacking: {e}")))?;
+                    st.flush(&mut builder, false)?;
+                }
+            }
+            report.chunks_new += n;
+            report.bytes_new += item_bytes;
+            progress.advance(n, item_bytes);
+        }
+        st.flush(&mut builder, true)?;
+        progress.finish();
+
+        // 2. Manifests whose current file the index lacks: new objects, and
+        // changed envelopes (a new file for the same manifest id).
+        let changed: Vec<(ManifestRef, Option<Vec<u8>>)> = manifests
+            .par_iter()
+            .filter_map(|(mid, f)| {
+                let bytes = f.encode();
+                let file: [u8; 32] = Sha256::digest(&bytes).into();
+                if ix.manifests.get(mid).map(|(_, h)| *h) == Some(file) {
+                    return None;
+                }
+                let r = ManifestRef {
+                    manifest: mid.0,
+                    file,
+                };
+                Some((r, (!ix.files.contains_key(&file)).then_some(bytes)))
+            })
+            .collect();
+        let mut mb: Option<PackBuilder> = None;
+        let mut written = HashSet::new();
+        let mut refs = Vec::with_capacity(changed.len());
+        for (r, bytes) in changed {
+            if let Some(bytes) = bytes
+                && written.insert(r.file)
+            {
+                mb.get_or_insert_with(|| PackBuilder::new(PackKind::Manifests))
+                    .push(r.file, &bytes)
+                    .map_err(|e| StoreError::Invalid(format!("packing manifests: {e}")))?;
+                st.flush(&mut mb, false)?;
+            }
+            refs.push(r);
+        }
+        st.flush(&mut mb, true)?;
+        report.manifests_new = refs.len() as u64;
+
+        // Staged packs durable, then visible.
+        if !st.staged.is_empty() {
+            crate::failpoint::hit("backup.sync_chunks")
+                .and_then(|()| b.sync())
+                .map_err(repo_io_err(format!("syncing {loc}")))?;
+            for p in &st.staged {
+                crate::failpoint::hit("backup.publish")
+                    .and_then(|()| b.publish(p))
+                    .map_err(repo_io_err(format!("renaming into {loc}/{p}")))?;
+            }
+        }
+
+        // 3. Index files naming those packs (a handful: one per
+        // INDEX_FILE_ENTRIES entries), the manifest refs in the last.
+        let mut files: Vec<IndexFile> = Vec::new();
+        let mut cur = IndexFile {
+            format: INDEX_FORMAT,
+            seq,
+            packs: Vec::new(),
+            manifests: Vec::new(),
+        };
+        let mut entries = 0usize;
+        for p in st.packs {
+            if entries > 0 && entries + p.entries.len() > INDEX_FILE_ENTRIES {
+                files.push(std::mem::replace(
+                    &mut cur,
+                    IndexFile {
+                        format: INDEX_FORMAT,
+                        seq,
+                        packs: Vec::new(),
+                        manifests: Vec::new(),
+                    },
+                ));
+                entries = 0;
+            }
+            entries += p.entries.len();
+            cur.packs.push(p);
+        }
+        cur.manifests = refs;
+        if !cur.packs.is_empty() || !cur.manifests.is_empty() {
+            files.push(cur);
+        }
+        for f in &files {
+            let bytes = f.encode();
+            let path = index_path(&bytes);
+            crate::failpoint::hit("backup.manifest")
+                .and_then(|()| b.write_lazy(&path, &bytes))
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        }
+        // 4. The escrow: a new key file, never replacing one.
+        if let Some(k) = &escrow {
+            let path = key_path(&self.instance_id().to_hex(), seq);
+            let mut bytes = serde_json::to_vec_pretty(k)
+                .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
+            bytes.push(b'\n');
+            b.write_lazy(&path, &bytes)
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+            report.identity_escrow = Some(path);
+        }
+        if report.chunks_new > 0 || !files.is_empty() || report.identity_escrow.is_some() {
+            crate::failpoint::hit("backup.sync")
+                .and_then(|()| b.sync())
+                .map_err(repo_io_err(format!("syncing {loc}")))?;
+        }
+
+        // 5. The snapshot, signed, last.
+        let created_ms = now_ms();
+        let id = new_snapshot_id(created_ms, seq);
+        let snap = self.sign_snapshot(
+            id.clone(),
+            created_ms,
+            opts,
+            counts,
+            &report,
+            plaintext_bytes,
+            objects,
+        )?;
+        let path = snapshot_path(&id);
+        crate::failpoint::hit("backup.snapshot")
+            .and_then(|()| b.write(&path, snap.bytes()))
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        report.snapshot = id;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+}
+
+fn damaged(id: &ChunkId, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!(
+        "chunk {} in the store is damaged ({e}); run `bbsync verify --read-data`",
+        id.short()
+    ))
+}

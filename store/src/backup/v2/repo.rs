@@ -1,0 +1,229 @@
+//! An opened format-2 repository: its config, its snapshots and its merged
+//! index, read through a [`Backend`].
+
+use std::sync::Arc;
+
+use bbsync_protocol::{ChunkId, ManifestId, Snapshot, Unverified, chunk::check_chunk_id};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::format::{CONFIG_FORMAT, ConfigFile, Index, IndexFile, PackKind, snapshot_path};
+use crate::{
+    backup::{
+        Backend, SnapshotFile, new_snapshot_id, now_ms, repo_io_err, repofile::ManifestFile,
+        rfc3339, snapshot_seq, view_of,
+    },
+    error::{Result, StoreError},
+    packs::PACK_TARGET,
+};
+
+/// A format-2 repository.
+#[derive(Clone)]
+pub struct Repo2 {
+    backend: Arc<dyn Backend>,
+    /// Its `config`.
+    pub config: ConfigFile,
+}
+
+impl std::fmt::Debug for Repo2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo2")
+            .field("location", &self.backend.location())
+            .finish()
+    }
+}
+
+impl Repo2 {
+    /// The storage.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The storage, shared (for a lock's refresh thread).
+    pub(crate) fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// Where it is, for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Opens a repository: `config` must be there and of format 2.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Repo2> {
+        let loc = backend.location();
+        let bytes = match backend.read("config") {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Repo(format!(
+                    "{loc} is not a bbsync backup repository of format 2 (no config)"
+                )));
+            }
+            Err(e) => return Err(repo_io_err(format!("reading {loc}/config"))(e)),
+        };
+        let config = ConfigFile::decode(&loc, &bytes).map_err(StoreError::Repo)?;
+        Ok(Repo2 { backend, config })
+    }
+
+    /// Creates a repository where nothing is yet (no `config`, no
+    /// `repo.json`): writes `config`, durably.
+    pub fn create(backend: Arc<dyn Backend>) -> Result<Repo2> {
+        let loc = backend.location();
+        for name in ["config", "repo.json"] {
+            if backend
+                .size(name)
+                .map_err(repo_io_err(format!("reading {loc}/{name}")))?
+                .is_some()
+            {
+                return Err(StoreError::Repo(format!(
+                    "{loc} already holds a backup repository ({name}); nothing was created"
+                )));
+            }
+        }
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let config = ConfigFile {
+            format: CONFIG_FORMAT,
+            repo_id: hex::encode(id),
+            created: rfc3339(now_ms()),
+            pack_target: PACK_TARGET,
+        };
+        crate::failpoint::hit("backup.repo_config")
+            .and_then(|()| backend.write("config", &config.encode()))
+            .map_err(repo_io_err(format!("writing {loc}/config")))?;
+        Ok(Repo2 { backend, config })
+    }
+
+    /// Snapshot ids, oldest first (sequence, then name).
+    pub fn snapshot_ids(&self) -> Result<Vec<String>> {
+        let mut ids = self.backend.list("snapshots").map_err(repo_io_err(format!(
+            "listing {}/snapshots",
+            self.location()
+        )))?;
+        ids.sort_by(|a, b| (snapshot_seq(a), a).cmp(&(snapshot_seq(b), b)));
+        Ok(ids)
+    }
+
+    /// The sequence number of the next snapshot.
+    pub fn next_seq(&self) -> Result<u64> {
+        let max = self
+            .snapshot_ids()?
+            .iter()
+            .map(|i| snapshot_seq(i))
+            .max()
+            .unwrap_or(0);
+        Ok(max.saturating_add(1))
+    }
+
+    /// A fresh snapshot id with the next sequence number.
+    pub fn new_snapshot_id(&self, created_ms: u64) -> Result<(String, u64)> {
+        let seq = self.next_seq()?;
+        Ok((new_snapshot_id(created_ms, seq), seq))
+    }
+
+    /// Reads a snapshot: decodes, verifies the host's signature, checks
+    /// the id against the name.
+    pub fn load_snapshot(&self, id: &str) -> Result<SnapshotFile> {
+        let path = snapshot_path(id);
+        let bytes = match self.backend.read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Invalid(format!(
+                    "no snapshot {id} in {}",
+                    self.location()
+                )));
+            }
+            Err(e) => {
+                return Err(repo_io_err(format!("reading {}/{path}", self.location()))(
+                    e,
+                ));
+            }
+        };
+        let un = Unverified::<Snapshot>::decode(&bytes).map_err(|e| {
+            StoreError::Repo(format!(
+                "snapshot {id}: {path} is not a valid snapshot file ({e})"
+            ))
+        })?;
+        let signed = un.verify(|_| true).map_err(|e| match e.kind() {
+            bbsync_protocol::ErrorKind::BadSignature => StoreError::Repo(format!(
+                "snapshot {id}: bad signature: {path} was changed after its host signed it"
+            )),
+            _ => StoreError::Repo(format!(
+                "snapshot {id}: {path} is not a valid snapshot file ({e})"
+            )),
+        })?;
+        let s = view_of(signed)?;
+        if s.id != id {
+            return Err(StoreError::Repo(format!(
+                "snapshot {id}: {path} says it is snapshot {}",
+                s.id
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Reads every index file (in parallel) and merges them. A damaged
+    /// one is an error naming it.
+    pub fn load_index(&self) -> Result<Index> {
+        let loc = self.location();
+        let names = self
+            .backend
+            .list("index")
+            .map_err(repo_io_err(format!("listing {loc}/index")))?;
+        let files: Vec<IndexFile> = names
+            .par_iter()
+            .map(|n| -> Result<IndexFile> {
+                let path = format!("index/{n}");
+                let bytes = self
+                    .backend
+                    .read(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+                IndexFile::decode(&path, &bytes).map_err(|e| {
+                    StoreError::Repo(format!("backup repository {loc} is damaged: {e}"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut ix = Index::default();
+        for f in &files {
+            ix.add(f);
+        }
+        Ok(ix)
+    }
+
+    /// Reads a manifest's current file through the index, checked against
+    /// its hash, and decodes it (the manifest is not yet verified).
+    pub fn read_manifest(&self, ix: &Index, id: &ManifestId) -> Result<ManifestFile> {
+        let (file, at) = ix.manifest(id).ok_or_else(|| {
+            StoreError::Repo(format!("manifest {} is not in the index", id.short()))
+        })?;
+        let path = PackKind::Manifests.path(&at.pack);
+        let bytes = self
+            .backend
+            .read_range(&path, u64::from(at.offset), u64::from(at.len))
+            .map_err(repo_io_err(format!("reading {}/{path}", self.location())))?;
+        if Sha256::digest(&bytes).as_slice() != file {
+            return Err(StoreError::Repo(format!(
+                "{path}: the file of manifest {} does not hash to its name",
+                id.short()
+            )));
+        }
+        ManifestFile::decode(&bytes)
+            .map_err(|e| StoreError::Repo(format!("{path}: manifest {}: {e}", id.short())))
+    }
+
+    /// Reads a chunk through the index, checked against its id.
+    pub fn read_chunk(&self, ix: &Index, id: &ChunkId) -> Result<Vec<u8>> {
+        let at = ix
+            .chunks
+            .get(id)
+            .ok_or_else(|| StoreError::Repo(format!("chunk {} is not in the index", id.short())))?;
+        let path = PackKind::Data.path(&at.pack);
+        let bytes = self
+            .backend
+            .read_range(&path, u64::from(at.offset), u64::from(at.len))
+            .map_err(repo_io_err(format!("reading {}/{path}", self.location())))?;
+        check_chunk_id(id, &bytes)
+            .map_err(|e| StoreError::Repo(format!("{path}: chunk {}: {e}", id.short())))?;
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,185 @@
+//! Backup repository format 2 (issue 13), through the library on a local
+//! directory: a full backup links the store's sealed packs and repacks the
+//! rest, everything reads back through the index and checks out, an
+//! incremental backup after one new post writes one pack, one manifest
+//! pack, one index file and one snapshot, and `latest` order follows the
+//! sequence.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{fs, path::Path, sync::Arc};
+
+use bbsync_protocol::{Manifest, Unverified};
+use bbsync_store::{
+    Store,
+    backup::{
+        LocalDir,
+        create::BackupOptions,
+        v2::{Repo2, format::PackKind, tar::TarBackend},
+    },
+    progress::NoProgress,
+};
+use common::{noise, write};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+/// Files under `dir` (recursively) of the repository.
+fn files(repo: &Path, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join(dir)];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(repo).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every object of a snapshot back through the index: each
+/// manifest's file hashes to its name and decodes, each chunk hashes to
+/// its id.
+fn read_back(repo: &Repo2, snapshot: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let s = repo.load_snapshot(snapshot)?;
+    let ix = repo.load_index()?;
+    let mut chunks = 0;
+    for o in &s.objects {
+        let f = repo.read_manifest(&ix, &o.manifest_id)?;
+        let m = Unverified::<Manifest>::decode(&f.manifest)?.dangerously_assume_verified();
+        for c in &m.chunks {
+            assert_eq!(repo.read_chunk(&ix, &c.id)?.len(), c.len as usize);
+            chunks += 1;
+        }
+    }
+    Ok(chunks)
+}
+
+#[test]
+fn full_and_incremental_backups_in_format_2() -> R {
+    let tmp = common::tempdir()?;
+    let tree = tmp.path().join("tree");
+    let data = tmp.path().join("data");
+    let dir = tmp.path().join("repo");
+    write(&tree, "config/bbs.toml", b"name = \"Test BBS\"\n");
+    write(
+        &tree,
+        "boards/general/1.json",
+        b"{\"id\":1,\"body\":\"hello\"}",
+    );
+    // Enough to fill (and seal) two store packs of 16 MiB, and leave an open one.
+    write(&tree, "files/big.bin", &noise(7, 40 << 20));
+    let store = Store::init(&data, "alpha")?;
+    store.import_bbs(&tree, &NoProgress)?;
+
+    let repo = Repo2::create(Arc::new(LocalDir::new(&dir)))?;
+    let opts = BackupOptions::default();
+    let r1 = store.backup_v2(&repo, &opts, &NoProgress)?;
+    assert_eq!(r1.chunks_new, r1.chunks, "{r1:?}");
+    assert!(
+        r1.chunks_linked > 0,
+        "no sealed store pack was linked: {r1:?}"
+    );
+    assert!(
+        r1.chunks_linked < r1.chunks,
+        "the open pack's chunks are repacked: {r1:?}"
+    );
+    assert_eq!(r1.manifests_new, r1.objects);
+    assert_eq!(read_back(&repo, &r1.snapshot)?, r1.chunks);
+    assert_eq!(files(&dir, "index").len(), 1);
+    assert_eq!(files(&dir, "manifests").len(), 1);
+
+    // One new post: one data pack, one manifest pack, one index file.
+    let before: Vec<Vec<String>> = ["data", "manifests", "index"]
+        .iter()
+        .map(|d| files(&dir, d))
+        .collect();
+    write(
+        &tree,
+        "boards/general/2.json",
+        b"{\"id\":2,\"body\":\"world\"}",
+    );
+    store.import_bbs(&tree, &NoProgress)?;
+    let r2 = store.backup_v2(&repo, &opts, &NoProgress)?;
+    assert_eq!((r2.chunks_new, r2.manifests_new), (1, 1), "{r2:?}");
+    for (d, b) in ["data", "manifests", "index"].iter().zip(&before) {
+        assert_eq!(files(&dir, d).len(), b.len() + 1, "{d}");
+    }
+    assert_eq!(read_back(&repo, &r2.snapshot)?, r2.chunks);
+
+    // Nothing new: no pack, no index file; only the snapshot.
+    let r3 = store.backup_v2(&repo, &opts, &NoProgress)?;
+    assert_eq!((r3.chunks_new, r3.manifests_new), (0, 0), "{r3:?}");
+    assert_eq!(files(&dir, "index").len(), 2);
+    assert_eq!(
+        repo.snapshot_ids()?,
+        vec![
+            r1.snapshot.clone(),
+            r2.snapshot.clone(),
+            r3.snapshot.clone()
+        ]
+    );
+    assert_eq!(bbsync_store::backup::snapshot_seq(&r3.snapshot), 3);
+
+    let v = repo.verify(true, &NoProgress)?;
+    assert!(v.is_ok(), "{:?}", v.problems);
+    assert_eq!(v.snapshots, 3);
+    assert!(v.bytes_read >= r1.bytes, "{v:?}");
+
+    // Export of one snapshot: a tar that reads as a repository in place.
+    let out = tmp.path().join("export.tar");
+    let e = repo.export("latest", &out)?;
+    assert_eq!(e.snapshot, r3.snapshot);
+    let tar = Repo2::open(Arc::new(TarBackend::open(&out)?))?;
+    assert_eq!(tar.snapshot_ids()?, vec![r3.snapshot.clone()]);
+    assert_eq!(read_back(&tar, &r3.snapshot)?, r3.chunks);
+    let v = tar.verify(true, &NoProgress)?;
+    assert!(v.is_ok(), "{:?}", v.problems);
+    let mut cut = fs::read(&out)?;
+    cut.truncate(cut.len() - 2000);
+    let cut_path = tmp.path().join("cut.tar");
+    fs::write(&cut_path, &cut)?;
+    let err = TarBackend::open(&cut_path).unwrap_err().to_string();
+    assert!(err.contains("is not a valid bbsync export file"), "{err}");
+
+    // A flipped byte in a chunk is caught when it is read.
+    let ix = repo.load_index()?;
+    let (id, at) = ix.chunks.iter().next().map(|(k, v)| (*k, *v)).unwrap();
+    let path = dir.join(PackKind::Data.path(&at.pack));
+    let mut bytes = fs::read(&path)?;
+    bytes[at.offset as usize] ^= 1;
+    // A linked pack shares the store's inode: write a new file instead.
+    fs::remove_file(&path)?;
+    fs::write(&path, &bytes)?;
+    let e = repo.read_chunk(&ix, &id).unwrap_err().to_string();
+    assert!(e.contains(&id.short()), "{e}");
+    let v = repo.verify(true, &NoProgress)?;
+    let classes: Vec<&str> = v.problems.iter().map(|p| p.class.as_str()).collect();
+    assert_eq!(classes, ["corrupt-chunk"], "{:?}", v.problems);
+    assert_eq!(v.problems[0].path, PackKind::Data.path(&at.pack));
+
+    // A changed index file is refused by name.
+    let name = files(&dir, "index")[0].clone();
+    let mut b = fs::read(dir.join(&name))?;
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    fs::write(dir.join(&name), &b)?;
+    let e = repo.load_index().unwrap_err().to_string();
+    assert!(e.contains("does not hash to its name"), "{e}");
+    let v = repo.verify(false, &NoProgress)?;
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.class == "bad-index" && p.path == name),
+        "{:?}",
+        v.problems
+    );
+    Ok(())
+}
