@@ -58,6 +58,17 @@ pub struct RepoCheck {
 }
 
 impl RepoCheck {
+    /// Takes the problems found (sorted by class and path, counted by
+    /// class) and the wall time since `start`.
+    pub(crate) fn finish(&mut self, mut problems: Vec<RepoProblem>, start: std::time::Instant) {
+        problems.sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
+        for p in &problems {
+            *self.counts.entry(p.class.clone()).or_default() += 1;
+        }
+        self.problems = problems;
+        self.elapsed = start.elapsed();
+    }
+
     /// No problem found.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
@@ -422,12 +433,7 @@ impl Repo {
                 }
             }
         }
-        problems.sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
-        for p in &problems {
-            *r.counts.entry(p.class.clone()).or_default() += 1;
-        }
-        r.problems = problems;
-        r.elapsed = start.elapsed();
+        r.finish(problems, start);
         Ok(r)
     }
 }

@@ -98,16 +98,7 @@ impl Store {
             ..Default::default()
         };
         // Labels and escrow first: bad input fails before anything is copied.
-        bbsync_protocol::snapshot::check_description(&opts.description)
-            .map_err(|e| StoreError::Invalid(format!("--description: {e}")))?;
-        for t in &opts.tags {
-            bbsync_protocol::snapshot::check_tag(t)
-                .map_err(|e| StoreError::Invalid(format!("--tag {t:?}: {e}")))?;
-        }
-        let escrow = match &opts.identity_passphrase {
-            Some(p) => Some(escrow::seal(self.identity(), p)?),
-            None => None,
-        };
+        let escrow = self.check_labels_and_seal(opts)?;
         // 1. What the snapshot holds: live and deleted objects, complete.
         let Collected {
             objects,
@@ -281,6 +272,25 @@ pub(crate) struct Collected {
 }
 
 impl Store {
+    /// Step 0 of a backup (either format): the description and tags are
+    /// checked and the identity escrow, if asked for, is sealed, so that
+    /// bad input fails before anything is written.
+    pub(crate) fn check_labels_and_seal(
+        &self,
+        opts: &BackupOptions,
+    ) -> Result<Option<super::repofile::KeyFile>> {
+        bbsync_protocol::snapshot::check_description(&opts.description)
+            .map_err(|e| StoreError::Invalid(format!("--description: {e}")))?;
+        for t in &opts.tags {
+            bbsync_protocol::snapshot::check_tag(t)
+                .map_err(|e| StoreError::Invalid(format!("--tag {t:?}: {e}")))?;
+        }
+        opts.identity_passphrase
+            .as_deref()
+            .map(|p| escrow::seal(self.identity(), p))
+            .transpose()
+    }
+
     /// Step 1 of a backup: the live and deleted objects the selection
     /// takes, complete ones only, with their manifests and chunks.
     pub(crate) fn collect_backup(&self, opts: &BackupOptions) -> Result<Collected> {

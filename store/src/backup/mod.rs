@@ -72,6 +72,16 @@ pub fn manifest_path(id: &ManifestId) -> String {
     format!("manifests/{}", id.to_hex())
 }
 
+/// The sequence number a new snapshot gets among `ids`: one more than the
+/// highest any of them has (old ids without one count as 0).
+pub(crate) fn seq_after(ids: &[String]) -> u64 {
+    ids.iter()
+        .map(|i| snapshot_seq(i))
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1)
+}
+
 /// The per-repository sequence number of a snapshot id. Ids are
 /// `<YYYYMMDDTHHMMSSZ>-<sequence, at least 6 digits>-<8 random hex>` since
 /// issue 13 (the id is signed with the snapshot, so is its sequence); ids
@@ -276,13 +286,7 @@ impl Repo {
     /// The sequence number the next snapshot of this repository gets: one
     /// more than the highest any snapshot in it has.
     pub fn next_snapshot_seq(&self) -> Result<u64> {
-        let max = self
-            .snapshot_ids()?
-            .iter()
-            .map(|i| snapshot_seq(i))
-            .max()
-            .unwrap_or(0);
-        Ok(max.saturating_add(1))
+        Ok(seq_after(&self.snapshot_ids()?))
     }
 
     /// The latest snapshot: the highest sequence number; among snapshots

@@ -101,14 +101,8 @@ impl Packs {
                 },
                 true,
             )?;
-            self.delete_packs(&ids)?;
-            self.db.apply_index(
-                IndexChange {
-                    doomed: Some(Vec::new()),
-                    ..Default::default()
-                },
-                false,
-            )?;
+            // Recorded as doomed above: deleted, then the list cleared.
+            self.delete_doomed()?;
             report.packs_deleted += ids.len() as u64;
             report.bytes_freed += empty.iter().map(|(_, l)| *l).sum::<u64>();
         }
@@ -195,14 +189,8 @@ impl Packs {
         // Referenced already: nothing more to record.
         self.recorded(published);
         failpoint::hit("gc.repack").ctx(|| "repacking".to_string())?;
-        self.delete_packs(&ids)?;
-        self.db.apply_index(
-            IndexChange {
-                doomed: Some(Vec::new()),
-                ..Default::default()
-            },
-            false,
-        )?;
+        // Recorded as doomed with the copies: deleted, then the list cleared.
+        self.delete_doomed()?;
         report.packs_repacked += ids.len() as u64;
         report.packs_deleted += ids.len() as u64;
         report.bytes_freed += doomed.iter().map(|(_, l)| *l).sum::<u64>();

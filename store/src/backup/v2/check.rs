@@ -317,12 +317,7 @@ impl Repo2 {
                 ));
             }
         }
-        problems.sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
-        for p in &problems {
-            *r.counts.entry(p.class.clone()).or_default() += 1;
-        }
-        r.problems = problems;
-        r.elapsed = start.elapsed();
+        r.finish(problems, start);
         Ok(r)
     }
 }

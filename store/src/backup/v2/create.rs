@@ -23,7 +23,7 @@ use crate::{
     Store,
     backup::{
         create::{BackupOptions, BackupReport, Collected},
-        escrow, new_snapshot_id, now_ms, repo_io_err,
+        new_snapshot_id, now_ms, repo_io_err,
     },
     error::{Result, StoreError},
     packs::{Location, PackId},
@@ -77,16 +77,7 @@ impl Store {
             repo: loc.clone(),
             ..Default::default()
         };
-        bbsync_protocol::snapshot::check_description(&opts.description)
-            .map_err(|e| StoreError::Invalid(format!("--description: {e}")))?;
-        for t in &opts.tags {
-            bbsync_protocol::snapshot::check_tag(t)
-                .map_err(|e| StoreError::Invalid(format!("--tag {t:?}: {e}")))?;
-        }
-        let escrow = match &opts.identity_passphrase {
-            Some(p) => Some(escrow::seal(self.identity(), p)?),
-            None => None,
-        };
+        let escrow = self.check_labels_and_seal(opts)?;
         let Collected {
             objects,
             manifests,

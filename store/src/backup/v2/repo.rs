@@ -106,13 +106,7 @@ impl Repo2 {
 
     /// The sequence number of the next snapshot.
     pub fn next_seq(&self) -> Result<u64> {
-        let max = self
-            .snapshot_ids()?
-            .iter()
-            .map(|i| snapshot_seq(i))
-            .max()
-            .unwrap_or(0);
-        Ok(max.saturating_add(1))
+        Ok(super::super::seq_after(&self.snapshot_ids()?))
     }
 
     /// A fresh snapshot id with the next sequence number.
