@@ -282,3 +282,81 @@ print(len(got), flush=True)
     child.wait()?;
     Ok(())
 }
+
+/// Sends one control request (a well-formed one, as the client would) to
+/// the socket of `data` from a process running as `uid`; returns the bytes
+/// the node answered before it closed the connection.
+fn raw_request_as(uid: u32, data: &std::path::Path, argv: &[&str]) -> usize {
+    use std::os::unix::process::CommandExt as _;
+    let request = serde_json::json!({ "argv": argv, "cwd": "/", "env": {} }).to_string();
+    // A reset or a broken pipe is the node closing without an answer.
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        s.connect(sys.argv[1])\n\
+        n = 0\n\
+        try:\n\
+        \x20   s.sendall(sys.argv[2].encode() + b'\\n')\n\
+        \x20   while True:\n\
+        \x20       b = s.recv(65536)\n\
+        \x20       if not b: break\n\
+        \x20       n += len(b)\n\
+        except (ConnectionResetError, BrokenPipeError):\n\
+        \x20   pass\n\
+        print(n)\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(data.join("control.sock"))
+        .arg(&request)
+        .uid(uid)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The node's side of item 8: a local user of another uid who reaches the
+/// socket (here its modes are opened up on purpose; normally 0600 stops
+/// it first) is refused on its peer credentials before the request is
+/// read: a well-formed `trust add` changes nothing, and the same bytes from
+/// this uid do.
+#[test]
+fn the_node_refuses_a_control_connection_of_another_user() -> TestResult {
+    if !is_root() {
+        eprintln!("skipped: needs root to connect as another uid");
+        return Ok(());
+    }
+    let tmp = bbsync_tests::tempdir()?;
+    let data = tmp.path().join("d");
+    init(&data, "a");
+    let other = tmp.path().join("other");
+    init(&other, "mallory");
+    let card = ok(&other, &["id"])
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let server = serve(&data);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::set_permissions(
+        data.join("control.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )?;
+    let argv = ["bbsync", "trust", "add", card.as_str(), "--role", "full"];
+
+    let answered = raw_request_as(65534, &data, &argv);
+    assert_eq!(answered, 0, "the node answered another uid");
+    assert_eq!(json(&data, &["trust", "list"]), serde_json::json!([]));
+
+    let answered = raw_request_as(0, &data, &argv);
+    assert!(answered > 0, "the node did not answer its own uid");
+    let t = json(&data, &["trust", "list"]);
+    assert_eq!(t.as_array().map(Vec::len), Some(1), "{t}");
+    drop(server);
+    Ok(())
+}
