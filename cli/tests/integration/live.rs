@@ -440,6 +440,11 @@ fn a_live_sqlite_database_in_a_layout_reaches_the_standby_consistent() -> TestRe
     wait_for(60, "the database on the standby", || {
         rows_of_copy(&db_b, tmp.path()) == Some(1)
     });
+    // The tree's other objects are their own changes: each may land a
+    // moment before or after the database's.
+    wait_for(60, "the other files on the standby", || {
+        tb.join("data/user_data/alice/prefs.json").exists() && tb.join("media/logo.txt").exists()
+    });
     assert_eq!(
         std::fs::read(tb.join("data/user_data/alice/prefs.json"))?,
         b"{\"theme\":\"amber\"}\n"
