@@ -61,6 +61,7 @@ const K_INDEX: &[u8] = b"meta/index";
 const K_OPEN_PACKS: &[u8] = b"meta/open_packs";
 const K_COLLECT: &[u8] = b"meta/collect";
 const K_DOOMED: &[u8] = b"meta/doomed_packs";
+const K_LAST_VERIFY: &[u8] = b"meta/last_verify";
 /// Index records per sled batch when many are written at once (see
 /// [`COMMIT_BATCH`] for why this is small).
 const INDEX_BATCH: usize = 256;
@@ -802,6 +803,22 @@ impl Db {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The outcome of the last `verify` of this store (JSON, written by
+    /// [`crate::Store::verify`]), `None` before the first one.
+    pub fn last_verify(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(K_LAST_VERIFY)
+            .map_err(db_err)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Records the outcome of a `verify` (see [`Db::last_verify`]).
+    pub fn set_last_verify(&self, v: &[u8]) -> Result<()> {
+        self.tree.insert(K_LAST_VERIFY, v).map_err(db_err)?;
+        self.flush()
     }
 
     /// The packs not sealed yet, with the length of their bytes that are

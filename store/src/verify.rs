@@ -795,7 +795,7 @@ impl Store {
         for p in &problems {
             *counts.entry(p.class.to_string()).or_insert(0) += 1;
         }
-        Ok(VerifyReport {
+        let report = VerifyReport {
             objects,
             chunks,
             bytes_read,
@@ -804,8 +804,47 @@ impl Store {
             problems,
             counts,
             elapsed: start.elapsed(),
-        })
+        };
+        let last = LastVerify {
+            time_ms: crate::backup::now_ms(),
+            read_data,
+            problems: report.problems.len() as u64,
+            counts: report.counts.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        };
+        // A record for monitoring (`/metrics`, `status`): a verify whose
+        // record cannot be written still reports what it found.
+        if let Err(e) = serde_json::to_vec(&last)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+            .and_then(|v| self.db().set_last_verify(&v))
+        {
+            tracing::warn!("could not record the outcome of this verify: {e}");
+        }
+        Ok(report)
     }
+
+    /// The outcome of the last `verify` of this store, by the CLI or the
+    /// admin API (`None` before the first one, or when the record does not
+    /// parse).
+    pub fn last_verify(&self) -> Result<Option<LastVerify>> {
+        Ok(self
+            .db()
+            .last_verify()?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+}
+
+/// What the last `verify` of a store found, kept in the store for
+/// monitoring.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LastVerify {
+    /// When it ended (Unix ms).
+    pub time_ms: u64,
+    /// Whether chunk contents were re-hashed.
+    pub read_data: bool,
+    /// Problems found.
+    pub problems: u64,
+    /// Problems by class.
+    pub counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// Makes sure a failing verify maps to an error the CLI can exit on.

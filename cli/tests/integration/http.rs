@@ -825,3 +825,77 @@ fn a_request_naming_another_host_is_refused() -> TestResult {
     }
     Ok(())
 }
+
+/// The samples of `family` in Prometheus text, by their `class` label.
+fn by_class(text: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == family)
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (s.labels.get("class").unwrap_or("").to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn the_verify_metrics_show_the_last_verify_of_the_store_by_the_cli_across_restarts() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let data = source(tmp.path(), &[]);
+    let token = ok(&data, &["http", "token"]).trim().to_string();
+    // Before any verify: no verify samples at all (not a reassuring 0).
+    let n = serve_http(&data, &[]);
+    let m = get(&n, "/metrics", Cred::Bearer(&token)).body;
+    assert_eq!(sample(&m, "bbsync_verify_last_problems", &[]), None, "{m}");
+    drop(n);
+    wait_unlocked(&data);
+
+    // A clean verify by the CLI, on the stopped node: seen by the next serve.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let (code, _) = verify(&data, &[]);
+    assert_eq!(code, 0);
+    let n = serve_http(&data, &[]);
+    let m = get(&n, "/metrics", Cred::Bearer(&token)).body;
+    assert_eq!(
+        sample(&m, "bbsync_verify_last_problems", &[]),
+        Some(0.0),
+        "{m}"
+    );
+    let at = sample(&m, "bbsync_verify_last_timestamp_seconds", &[]).unwrap();
+    assert!(at >= before.floor(), "{at} < {before}");
+    assert!(by_class(&m, "bbsync_verify_problems").is_empty(), "{m}");
+    drop(n);
+    wait_unlocked(&data);
+
+    // Lost chunks: the CLI's verify fails, and the metrics say so by class,
+    // with the same counts as its report.
+    let lost: Vec<_> = real_chunks(&data).into_iter().take(2).collect();
+    lose_chunks(&data, &lost);
+    wait_unlocked(&data);
+    let (code, report) = verify(&data, &[]);
+    assert_eq!(code, 1);
+    let n = serve_http(&data, &[]);
+    let m = get(&n, "/metrics", Cred::Bearer(&token)).body;
+    let classes = by_class(&m, "bbsync_verify_problems");
+    let expected: std::collections::BTreeMap<String, f64> = report["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+        .collect();
+    assert!(!expected.is_empty(), "{report}");
+    assert_eq!(classes, expected, "{m}");
+    assert_eq!(
+        sample(&m, "bbsync_verify_last_problems", &[]),
+        Some(report["problems"].as_array().unwrap().len() as f64)
+    );
+    Ok(())
+}

@@ -316,7 +316,8 @@ async fn metrics_route(State(s): St, method: Method, headers: HeaderMap) -> ApiR
         credential(&method, &headers, &s)?;
     }
     let store = s.store.clone();
-    let summary = blocking(move || Ok(store.summary()?)).await?;
+    let (summary, last_verify) =
+        blocking(move || Ok((store.summary()?, store.last_verify()?))).await?;
     let peers = s.node.connected_peers().await?.len() as u64;
     let upstreams = crate::follow::registry()
         .lock()
@@ -329,7 +330,7 @@ async fn metrics_route(State(s): St, method: Method, headers: HeaderMap) -> ApiR
             peers,
             upstreams,
             stats: metrics::NodeStatsCopy::of(s.node.stats()),
-            verify: Vec::new(),
+            last_verify,
         },
     )
     .map_err(|e| HttpError::Internal(format!("encoding the metrics: {e}")))?;

@@ -698,12 +698,10 @@ async fn run(
         }
         Prepared::Verify(read_data) => {
             let job = job.clone();
-            let metrics = shared.metrics.clone();
             blocking(move || {
                 let r = store
                     .verify(read_data, job.as_ref())
                     .map_err(|e| e.to_string())?;
-                metrics.verify_done(r.counts.iter().map(|(k, v)| (k.clone(), *v)));
                 let v = json(&r)?;
                 if !r.is_ok() {
                     return Err(format!("verify found {} problem(s)", r.problems.len()));

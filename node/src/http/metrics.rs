@@ -1,10 +1,10 @@
 //! `/metrics`: Prometheus text (format 0.0.4) through the official
 //! `prometheus-client` crate. What lives in the node (requests, chunks,
-//! jobs, backups, verify problems) is counted as it happens; what lives in
-//! the store (objects and bytes by kind) and in the followers (lag, applied
-//! changes) is read at scrape time.
+//! jobs, backups) is counted as it happens; what lives in the store
+//! (objects and bytes by kind, the last verify) and in the followers (lag,
+//! applied changes) is read at scrape time.
 
-use std::sync::{Mutex, atomic::Ordering};
+use std::sync::atomic::Ordering;
 
 use prometheus_client::{
     collector::Collector,
@@ -35,7 +35,6 @@ pub struct Metrics {
     job_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     backup_last_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     backup_last_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    verify_problems: Mutex<Vec<(String, u64)>>,
 }
 
 impl Default for Metrics {
@@ -44,7 +43,6 @@ impl Default for Metrics {
             job_seconds: Family::new_with_constructor(job_buckets),
             backup_last_success: Family::default(),
             backup_last_seconds: Family::default(),
-            verify_problems: Mutex::new(Vec::new()),
         }
     }
 }
@@ -72,16 +70,6 @@ impl Metrics {
         self.backup_last_success.get_or_create(&l).set(now);
         self.backup_last_seconds.get_or_create(&l).set(secs);
     }
-
-    /// A store verify ended with these problem counts by class.
-    pub fn verify_done(&self, counts: impl Iterator<Item = (String, u64)>) {
-        let mut v: Vec<(String, u64)> = counts.collect();
-        v.sort();
-        *self
-            .verify_problems
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = v;
-    }
 }
 
 /// Values read at scrape time.
@@ -95,8 +83,9 @@ pub struct Scrape {
     pub upstreams: Vec<UpstreamStatus>,
     /// The node's counters.
     pub stats: NodeStatsCopy,
-    /// Problems of the last verify, by class.
-    pub verify: Vec<(String, u64)>,
+    /// The last verify of the store (by the CLI or the API, kept in the
+    /// store across restarts).
+    pub last_verify: Option<bbsync_store::verify::LastVerify>,
 }
 
 /// A copy of [`NodeStats`].
@@ -264,14 +253,28 @@ impl Collector for Scrape {
             "Objects applied from the upstream since the node started",
             self.upstreams.iter().map(|u| (up(u), u.applied)),
         )?;
-        gauge_family(
-            &mut e,
-            "bbsync_verify_problems",
-            "Problems the last verify started here found, by class",
-            self.verify
-                .iter()
-                .map(|(c, n)| (vec![("class".to_string(), c.clone())], *n as f64)),
-        )?;
+        if let Some(v) = &self.last_verify {
+            gauge_family(
+                &mut e,
+                "bbsync_verify_last_timestamp_seconds",
+                "When the last verify of the store ended (Unix time)",
+                std::iter::once((Vec::new(), v.time_ms as f64 / 1000.0)),
+            )?;
+            gauge_family(
+                &mut e,
+                "bbsync_verify_last_problems",
+                "Problems the last verify of the store found",
+                std::iter::once((Vec::new(), v.problems as f64)),
+            )?;
+            gauge_family(
+                &mut e,
+                "bbsync_verify_problems",
+                "Problems the last verify of the store found, by class",
+                v.counts
+                    .iter()
+                    .map(|(c, n)| (vec![("class".to_string(), c.clone())], *n as f64)),
+            )?;
+        }
         Ok(())
     }
 }
@@ -302,12 +305,7 @@ pub fn render(metrics: &Metrics, scrape: Scrape) -> Result<String, std::fmt::Err
         "How long the last successful backup into the repository took",
         metrics.backup_last_seconds.clone(),
     );
-    let verify = metrics
-        .verify_problems
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    r.register_collector(Box::new(Scrape { verify, ..scrape }));
+    r.register_collector(Box::new(scrape));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &r)?;
     Ok(out)
