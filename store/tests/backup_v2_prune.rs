@@ -606,7 +606,7 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
     let repo = small_repo(&dir, 32 * 1024);
     let digests: Arc<Mutex<BTreeMap<String, [u8; 32]>>> = Arc::default();
     let done = Arc::new(AtomicUsize::new(0));
-    const BACKUPS: u32 = 8;
+    const BACKUPS: u32 = 12;
     // Two hosts back up into the repository, each changing its tree
     // between backups (new posts, changed ones, deleted ones).
     let backups: Vec<_> = ["alpha", "beta"]
@@ -846,6 +846,94 @@ fn a_crash_at_every_prune_point_leaves_a_verifiable_repository_and_a_rerun_finis
             fs::remove_dir_all(&dir)?;
         }
     }
+    eprintln!("prune crashed and rerun at {crashes} hits");
     assert!(crashes >= points.len(), "{crashes}");
+    Ok(())
+}
+
+#[test]
+fn a_damaged_repository_is_not_pruned() -> R {
+    let tmp = common::tempdir()?;
+    let tree = tmp.path().join("tree");
+    let dir = tmp.path().join("repo");
+    let store = Store::init(&tmp.path().join("data"), "alpha")?;
+    let repo = small_repo(&dir, 64 * 1024);
+    let (ids, _) = four_snapshots(&store, &tree, &repo);
+    let opts = PruneOptions {
+        forget: ids[..2].to_vec(),
+        max_unused_percent: 0,
+        ..Default::default()
+    };
+    // A pack holding live chunks is gone: pruning could only make it
+    // worse (it would repack and delete around the hole).
+    let ix = repo.load_index()?;
+    let s4 = repo.load_snapshot(&ids[3])?;
+    let m = s4
+        .objects
+        .iter()
+        .map(|o| {
+            let f = repo.read_manifest(&ix, &o.manifest_id).unwrap();
+            Unverified::<Manifest>::decode(&f.manifest)
+                .unwrap()
+                .dangerously_assume_verified()
+        })
+        .find(|m| !m.chunks.is_empty())
+        .unwrap();
+    let at = ix.chunks[&m.chunks[0].id];
+    let pack = bbsync_store::backup::v2::format::PackKind::Data.path(&at.pack);
+    let saved = fs::read(dir.join(&pack))?;
+    fs::remove_file(dir.join(&pack))?;
+    let before = state(&dir);
+    let e = repo.prune(&opts).unwrap_err().to_string();
+    assert!(
+        e.starts_with("chunk ")
+            && e.contains(" of manifest ")
+            && e.ends_with(
+                "is in no pack of the repository; run `bbsync backups verify --read-data` (nothing was pruned)"
+            ),
+        "{e}"
+    );
+    assert_eq!(state(&dir), before);
+    fs::write(dir.join(&pack), &saved)?;
+    // A changed index file: refused by name.
+    let name = files(&dir, "index")[0].clone();
+    let mut b = fs::read(dir.join(&name))?;
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    fs::write(dir.join(&name), &b)?;
+    let before = state(&dir);
+    let e = repo.prune(&opts).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "backup repository {} is damaged: {name}: its content does not hash to its name (changed or damaged); run `bbsync backups verify --read-data` (nothing was pruned)",
+            dir.display()
+        )
+    );
+    assert_eq!(state(&dir), before);
+    // A snapshot that does not verify: named, and how to get past it.
+    b[last] ^= 1;
+    fs::write(dir.join(&name), &b)?;
+    let snap = dir.join("snapshots").join(&ids[2]);
+    let mut sb = fs::read(&snap)?;
+    let n = sb.len();
+    sb[n - 1] ^= 1;
+    fs::write(&snap, &sb)?;
+    let e = repo.prune(&opts).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("snapshot {}: ", ids[2]))
+            && e.ends_with(&format!(
+                "; repair it or delete it (`bbsync backups delete {}`) before pruning (nothing was pruned)",
+                ids[2]
+            )),
+        "{e}"
+    );
+    // Deleting it works without reading it.
+    let r = repo.prune(&PruneOptions {
+        forget: vec![ids[0].clone(), ids[1].clone(), ids[2].clone()],
+        ..Default::default()
+    })?;
+    assert_eq!(r.remaining, 1);
+    assert!(problems(&repo).is_empty(), "{:?}", problems(&repo));
     Ok(())
 }
