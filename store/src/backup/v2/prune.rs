@@ -753,7 +753,8 @@ impl Repo2 {
             });
         }
         let mut entries = 0usize;
-        let mut cur: Option<IndexFile> = out.pop().filter(|f| f.seq == pack_seq);
+        // The last file (the highest seq, `pack_seq`) also takes the packs.
+        let mut cur: Option<IndexFile> = out.pop();
         for p in plan.carry_packs.iter().cloned().chain(new_packs) {
             let n = p.entries.len();
             if entries > 0 && entries + n > INDEX_FILE_ENTRIES {
