@@ -114,13 +114,35 @@ impl LockRecord {
     pub fn refusal(&self, repo: &str, path: &str, refused: &str) -> String {
         format!(
             "backup repository {repo} is locked by {} (instance {}, pid {}, since {}) for a {}; nothing was {refused} (retry later, or remove {path} if that process is gone)",
-            self.hostname,
-            &self.host[..self.host.len().min(16)],
+            one_line(&self.hostname, 255),
+            // Read from a file anyone with write access to the repository
+            // may have written: by characters, never a byte slice that
+            // could split one, and on one line.
+            if self.host.is_empty() {
+                "unknown".to_string()
+            } else {
+                one_line(&self.host, 16)
+            },
             self.pid,
             super::super::rfc3339(self.created_ms),
-            self.operation,
+            one_line(&self.operation, 64),
         )
     }
+}
+
+/// At most `max` characters of `s`, control characters shown escaped.
+fn one_line(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 /// This machine's host name (for the dead-process rule).
@@ -507,6 +529,19 @@ mod tests {
         let l = rec(true, 5);
         assert_eq!(LockRecord::decode("locks/x", &l.encode()).unwrap(), l);
         assert!(LockRecord::decode("locks/x", b"{\"host\":1}").is_err());
+        let mut odd = rec(false, 0);
+        odd.host = "é".repeat(20);
+        assert!(
+            odd.refusal("/srv/r", "locks/ab", "pruned")
+                .contains(&"é".repeat(16))
+        );
+        odd.hostname = "evil\nerror: forged".into();
+        assert!(!odd.refusal("/srv/r", "locks/ab", "pruned").contains('\n'));
+        odd.host.clear();
+        assert!(
+            odd.refusal("/srv/r", "locks/ab", "pruned")
+                .contains("(instance unknown, pid 42")
+        );
         assert_eq!(
             rec(false, 0).refusal("/srv/r", "locks/ab", "pruned"),
             "backup repository /srv/r is locked by bbs1 (instance abababababababab, pid 42, since 2025-11-30T08:00:00Z) for a backup; nothing was pruned (retry later, or remove locks/ab if that process is gone)"
