@@ -606,6 +606,9 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
     let repo = small_repo(&dir, 32 * 1024);
     let digests: Arc<Mutex<BTreeMap<String, [u8; 32]>>> = Arc::default();
     let done = Arc::new(AtomicUsize::new(0));
+    // Prunes finished: backup i of a host waits for the i-th (a
+    // condition, not a timer), so prunes fall between and across backups.
+    let pruned = Arc::new(AtomicUsize::new(0));
     const BACKUPS: u32 = 12;
     // Two hosts back up into the repository, each changing its tree
     // between backups (new posts, changed ones, deleted ones).
@@ -615,13 +618,18 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
         .map(|(h, name)| {
             let repo = repo.clone();
             let root = tmp.path().join(name);
-            let (digests, done) = (digests.clone(), done.clone());
+            let (digests, done, pruned) = (digests.clone(), done.clone(), pruned.clone());
             std::thread::spawn(move || {
                 let tree = root.join("tree");
                 let store = Store::init(&root.join("data"), name).unwrap();
                 let host = store.instance_id().to_hex();
                 write(&tree, "config/bbs.toml", b"name = \"Test BBS\"\n");
                 for i in 0..BACKUPS {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                    while pruned.load(Ordering::SeqCst) < i as usize {
+                        assert!(std::time::Instant::now() < deadline, "no prune ran");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     let seed = (h as u64 + 1) * 10_000 + u64::from(i) * 100;
                     for n in 0..6 {
                         post(&tree, i * 6 + n, seed + u64::from(n));
@@ -654,25 +662,30 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
     // byte) and forgets, until both hosts are done.
     let pruner = {
         let repo = repo.clone();
-        let done = done.clone();
+        let (done, pruned) = (done.clone(), pruned.clone());
         std::thread::spawn(move || {
             let lock = LockOptions {
                 host: "ee".repeat(32),
                 wait: Duration::from_secs(600),
             };
             let mut rounds = 0u32;
+            let (mut removed, mut packs_gone) = (0usize, 0u64);
             while done.load(Ordering::SeqCst) < 2 || rounds < 3 {
                 rounds += 1;
-                repo.prune(&PruneOptions {
-                    policy: Policy {
-                        keep_last: 4,
+                let r = repo
+                    .prune(&PruneOptions {
+                        policy: Policy {
+                            keep_last: 4,
+                            ..Default::default()
+                        },
+                        max_unused_percent: 0,
+                        lock: lock.clone(),
                         ..Default::default()
-                    },
-                    max_unused_percent: 0,
-                    lock: lock.clone(),
-                    ..Default::default()
-                })
-                .unwrap();
+                    })
+                    .unwrap();
+                removed += r.removed.len();
+                packs_gone += r.packs_deleted + r.packs_repacked;
+                pruned.fetch_add(1, Ordering::SeqCst);
                 if rounds.is_multiple_of(3) {
                     let ids = repo.snapshot_ids().unwrap();
                     if ids.len() > 2 {
@@ -681,14 +694,22 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
                 }
                 std::thread::yield_now();
             }
-            rounds
+            (rounds, removed, packs_gone)
         })
     };
     for b in backups {
         b.join().unwrap();
     }
-    let rounds = pruner.join().unwrap();
+    let (rounds, removed, packs_gone) = pruner.join().unwrap();
+    eprintln!(
+        "{rounds} prune rounds beside {} backups: {removed} snapshots and {packs_gone} packs removed",
+        2 * BACKUPS
+    );
     assert!(rounds >= 3);
+    assert!(
+        removed > 0 && packs_gone > 0,
+        "the prunes had nothing to do"
+    );
     let problems = problems(&repo);
     assert!(problems.is_empty(), "{problems:?}");
     let ids = repo.snapshot_ids()?;
