@@ -128,6 +128,40 @@ pub const POINTS: &[(&str, &str)] = &[
         "backup.snapshot",
         "everything durable, before the snapshot file (written last) is written",
     ),
+    // format-2 forget and prune (backup/v2/prune.rs): new packs, new index
+    // files, snapshots, sync, old index files, sync, packs, key files.
+    (
+        "prune2.repack",
+        "prune (format 2): before one repacked pack is written (a crash leaves earlier new packs that no index file names yet: unindexed-pack, removed by the next prune)",
+    ),
+    (
+        "prune2.index",
+        "prune (format 2): the repacked packs written, before one new index file is written (the old index files still name every live entry)",
+    ),
+    (
+        "prune2.forget",
+        "forget, prune (format 2): before one snapshot file is removed (its data stays until a prune finishes)",
+    ),
+    (
+        "prune2.sync",
+        "prune (format 2): new packs, new index files and snapshot removals written, before the syncfs that makes them durable (nothing old removed yet)",
+    ),
+    (
+        "prune2.remove_index",
+        "prune (format 2): before one old index file is removed (oldest sequence first; the new index files name everything live)",
+    ),
+    (
+        "prune2.sync_removed",
+        "prune (format 2): the old index files removed, before the syncfs that makes that durable (before any pack is deleted)",
+    ),
+    (
+        "prune2.remove_pack",
+        "prune (format 2): before one pack is deleted (repacked, dead, or named by no index file; a crash leaves unindexed packs)",
+    ),
+    (
+        "prune2.remove_key",
+        "prune (format 2): before one key file no remaining snapshot names is removed",
+    ),
     // restore (backup/restore.rs): chunks (chunks.*), then the records.
     (
         "pack.stage",

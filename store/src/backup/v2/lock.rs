@@ -1,10 +1,15 @@
 //! Repository locks (docs/format.md §17.7): who is writing, and whether a
-//! lock found in `locks/` stops this writer. Pure decisions; taking and
-//! refreshing a lock through a backend comes with the write path.
+//! lock found in `locks/` stops this writer; taking one (check, conditional
+//! create, check again), waiting for one (bounded), refreshing it, and
+//! noticing when it was lost.
 
 use std::{
-    sync::{Arc, mpsc},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +46,12 @@ pub struct LockRecord {
     pub created_ms: u64,
     /// When it was last refreshed.
     pub refreshed_ms: u64,
+    /// Which run of `pid` holds it: `<boot id>/<start time in clock
+    /// ticks>` of the process (Linux `/proc`), so that a pid reused by
+    /// another process after the holder died, or a reboot, is not taken
+    /// for the holder. Absent where `/proc` is not readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }
 
 impl LockRecord {
@@ -73,17 +84,65 @@ impl LockRecord {
         self.exclusive || exclusive
     }
 
+    /// Whether the holder of this lock, written on this machine, still
+    /// runs: its pid runs and, when the record says which run of the pid
+    /// it was ([`LockRecord::process`]), the process with that pid now is
+    /// that run.
+    pub fn holder_alive(&self) -> bool {
+        pid_alive(self.pid)
+            && self
+                .process
+                .as_deref()
+                .is_none_or(|p| process_stamp(self.pid).is_none_or(|now| now == p))
+    }
+
+    /// Whether this record, found on a machine named like this one, was
+    /// written by this machine in this boot: only then can its pid be
+    /// checked here. A record of a machine that merely has the same host
+    /// name (another container, a cloned VM) or of an earlier boot says
+    /// nothing about processes here; the time rule alone decides for it.
+    pub fn from_this_boot(&self) -> bool {
+        match (&self.process, boot_id()) {
+            (Some(p), Some(b)) => p.split('/').next() == Some(b.as_str()),
+            // No stamp: the pid rule of the host name alone (as written
+            // before stamps existed, or without /proc).
+            _ => true,
+        }
+    }
+
     /// The refusal an operator sees, for `repo` and the refused operation.
     pub fn refusal(&self, repo: &str, path: &str, refused: &str) -> String {
         format!(
             "backup repository {repo} is locked by {} (instance {}, pid {}, since {}) for a {}; nothing was {refused} (retry later, or remove {path} if that process is gone)",
-            self.hostname,
-            &self.host[..self.host.len().min(16)],
+            one_line(&self.hostname, 255),
+            // Read from a file anyone with write access to the repository
+            // may have written: by characters, never a byte slice that
+            // could split one, and on one line.
+            if self.host.is_empty() {
+                "unknown".to_string()
+            } else {
+                one_line(&self.host, 16)
+            },
             self.pid,
             super::super::rfc3339(self.created_ms),
-            self.operation,
+            one_line(&self.operation, 64),
         )
     }
+}
+
+/// At most `max` characters of `s`, control characters shown escaped.
+fn one_line(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 /// This machine's host name (for the dead-process rule).
@@ -98,11 +157,46 @@ pub fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// `<boot id>/<start time>` of a running process (see
+/// [`LockRecord::process`]); `None` when it does not run or `/proc` does
+/// not say.
+pub fn process_stamp(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // the fields after the last ')' start at field 3 (state); start time
+    // is field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{}/{start}", boot_id()?))
+}
+
+/// Who takes a lock, and how long to wait for a conflicting one to go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockOptions {
+    /// The instance taking it (hex), for the record and messages.
+    pub host: String,
+    /// How long to wait for a conflicting lock (`--lock-wait`; zero:
+    /// refuse at once).
+    pub wait: Duration,
+}
+
 /// A lock held on a repository: refreshed by a thread, removed on drop.
 #[must_use = "the lock is released when this is dropped"]
 pub struct LockGuard {
     backend: Arc<dyn Backend>,
     path: String,
+    /// Set by the refresh thread when the lock file was found removed (by
+    /// another writer that took it for stale) or could not be refreshed
+    /// for so long that others may take it for stale.
+    lost: Arc<AtomicBool>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
     /// Stale locks of dead writers removed while taking this one.
@@ -121,6 +215,29 @@ impl LockGuard {
     /// The lock file.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Checks that the lock is still held: its file is there and the
+    /// refresh thread has not lost it. A writer calls this before each
+    /// step that others must not see half-done (prune before it removes
+    /// anything; a backup before its snapshot): a lock removed as stale
+    /// by another writer no longer excludes anyone.
+    pub fn ensure_held(&self) -> Result<()> {
+        let loc = self.backend.location();
+        let present = self
+            .backend
+            .size(&self.path)
+            .map_err(repo_io_err(format!("reading {loc}/{}", self.path)))?
+            .is_some();
+        if !present || self.lost.load(Ordering::SeqCst) {
+            self.lost.store(true, Ordering::SeqCst);
+            return Err(StoreError::Repo(format!(
+                "the lock {loc}/{} was lost (removed by another writer that took it for stale, or not refreshed for {} minutes); stopped before changing more",
+                self.path,
+                STALE_AFTER_MS / 60_000
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -165,11 +282,20 @@ fn others(b: &dyn Backend, own: &str) -> Result<Vec<(String, LockRecord)>> {
     Ok(out)
 }
 
+/// Why a lock was not taken.
+enum NotTaken {
+    /// A conflicting live lock (the refusal text).
+    Conflict(String),
+    /// Anything else (storage errors).
+    Failed(StoreError),
+}
+
 impl Repo2 {
     /// Takes a lock: `exclusive` for prune and delete, shared for backup
     /// and restore (docs/format.md §17.7). Stale locks are removed; a
     /// conflicting live one refuses with [`LockRecord::refusal`] (`refused`
-    /// says what was not done: "pruned", "backed up", ...).
+    /// says what was not done: "pruned", "backed up", ...). Does not wait:
+    /// [`Repo2::lock_with`] does.
     pub fn lock(
         &self,
         host: &str,
@@ -177,78 +303,189 @@ impl Repo2 {
         operation: &str,
         refused: &str,
     ) -> Result<LockGuard> {
+        let opts = LockOptions {
+            host: host.to_string(),
+            wait: Duration::ZERO,
+        };
+        self.lock_with(&opts, exclusive, operation, refused)
+    }
+
+    /// [`Repo2::lock`], waiting up to `opts.wait` for conflicting locks to
+    /// go (retrying with a growing, jittered pause of 50 ms to 2 s), then
+    /// refusing with the holder named.
+    pub fn lock_with(
+        &self,
+        opts: &LockOptions,
+        exclusive: bool,
+        operation: &str,
+        refused: &str,
+    ) -> Result<LockGuard> {
+        let deadline = Instant::now() + opts.wait;
+        let mut pause = Duration::from_millis(50);
+        let mut removed_stale = Vec::new();
+        loop {
+            match self.try_lock(
+                &opts.host,
+                exclusive,
+                operation,
+                refused,
+                &mut removed_stale,
+            ) {
+                Ok(mut g) => {
+                    g.removed_stale = removed_stale;
+                    return Ok(g);
+                }
+                Err(NotTaken::Failed(e)) => return Err(e),
+                Err(NotTaken::Conflict(msg)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(StoreError::Repo(msg));
+                    }
+                    // Jitter: two writers that backed out of each other's
+                    // way do not retry in step.
+                    let jitter =
+                        rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..=pause.as_millis() as u64);
+                    let sleep = (pause / 2 + Duration::from_millis(jitter / 2)).min(deadline - now);
+                    std::thread::sleep(sleep);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn try_lock(
+        &self,
+        host: &str,
+        exclusive: bool,
+        operation: &str,
+        refused: &str,
+        removed_stale: &mut Vec<String>,
+    ) -> std::result::Result<LockGuard, NotTaken> {
         let b = self.backend_arc();
         let loc = b.location();
         let me = hostname();
         let now = now_ms();
+        let pid = std::process::id();
         let rec = LockRecord {
             host: host.to_string(),
             hostname: me.clone(),
-            pid: std::process::id(),
+            pid,
             exclusive,
             operation: operation.to_string(),
             created_ms: now,
             refreshed_ms: now,
+            process: process_stamp(pid),
         };
         let mut id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let path = format!("locks/{}", hex::encode(id));
-        let mut removed_stale = Vec::new();
-        let check = |removed: &mut Vec<String>| -> Result<()> {
-            for (p, other) in others(&*b, &path)? {
-                if other.is_stale(now_ms(), &me, pid_alive) {
+        let check = |removed: &mut Vec<String>| -> std::result::Result<(), NotTaken> {
+            for (p, other) in others(&*b, &path).map_err(NotTaken::Failed)? {
+                let stale = other.is_stale(now_ms(), &me, |_| {
+                    !other.from_this_boot() || other.holder_alive()
+                });
+                if stale {
                     b.remove(&p)
-                        .map_err(repo_io_err(format!("removing the stale lock {loc}/{p}")))?;
+                        .map_err(repo_io_err(format!("removing the stale lock {loc}/{p}")))
+                        .map_err(NotTaken::Failed)?;
+                    tracing::warn!(path = %p, holder = %other.hostname, pid = other.pid, "removed a stale repository lock");
                     removed.push(p);
                 } else if other.conflicts_with(exclusive) {
-                    return Err(StoreError::Repo(other.refusal(&loc, &p, refused)));
+                    return Err(NotTaken::Conflict(other.refusal(&loc, &p, refused)));
                 }
             }
             Ok(())
         };
-        check(&mut removed_stale)?;
-        if !b
-            .write_new(&path, &rec.encode())
-            .map_err(repo_io_err(format!("writing {loc}/{path}")))?
-        {
-            return Err(StoreError::Repo(format!(
+        check(removed_stale)?;
+        let mut created = b.write_new(&path, &rec.encode());
+        if matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // A local write_new's temp file removed under it by a prune's
+            // sweep of temp files (it holds the exclusive lock, and this
+            // writer is about to see it): once more.
+            created = b.write_new(&path, &rec.encode());
+        }
+        let created = created
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))
+            .map_err(NotTaken::Failed)?;
+        if !created {
+            return Err(NotTaken::Failed(StoreError::Repo(format!(
                 "{loc}/{path} exists already (a random name drawn twice?); try again"
-            )));
+            ))));
         }
         // Another writer may have written its lock between the check and
         // ours: look again, and back out if so (both may back out; neither
-        // proceeds against the other).
-        if let Err(e) = check(&mut removed_stale) {
+        // proceeds against the other, and the waiting loop retries with
+        // jitter).
+        if let Err(e) = check(removed_stale) {
             let _ = b.remove(&path);
             return Err(e);
         }
+        let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
         let rb = b.clone();
         let rpath = path.clone();
+        let rlost = lost.clone();
         let refresher = std::thread::Builder::new()
             .name("bbsync-repo-lock".into())
-            .spawn(move || {
-                let mut rec = rec;
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(Duration::from_millis(REFRESH_EVERY_MS))
-                {
-                    rec.refreshed_ms = now_ms();
-                    if let Err(e) = rb.write(&rpath, &rec.encode()) {
-                        tracing::warn!(path = %rpath, error = %e, "could not refresh a repository lock");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Io {
-                context: "starting the lock refresh thread".into(),
-                source: e,
+            .spawn(move || refresh(&*rb, &rpath, rec, &rlost, &stopped))
+            .map_err(|e| {
+                let _ = b.remove(&path);
+                NotTaken::Failed(StoreError::Io {
+                    context: "starting the lock refresh thread".into(),
+                    source: e,
+                })
             })?;
         Ok(LockGuard {
             backend: b,
             path,
+            lost,
             stop: Some(stop),
             refresher: Some(refresher),
-            removed_stale,
+            removed_stale: Vec::new(),
         })
+    }
+}
+
+/// The refresh loop of a held lock: every [`REFRESH_EVERY_MS`], unless the
+/// file is gone (another writer removed it as stale: never recreated, the
+/// lock is lost) or refreshing has failed for so long that others may
+/// take it for stale (lost too).
+fn refresh(
+    b: &dyn Backend,
+    path: &str,
+    mut rec: LockRecord,
+    lost: &AtomicBool,
+    stopped: &mpsc::Receiver<()>,
+) {
+    let mut last_ok = rec.refreshed_ms;
+    while let Err(mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(Duration::from_millis(REFRESH_EVERY_MS))
+    {
+        match b.size(path) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!(path, "the repository lock was removed by another writer");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(path, error = %e, "could not check a repository lock");
+                if now_ms().saturating_sub(last_ok) > STALE_AFTER_MS - REFRESH_EVERY_MS {
+                    lost.store(true, Ordering::SeqCst);
+                }
+                continue;
+            }
+        }
+        rec.refreshed_ms = now_ms();
+        match b.write(path, &rec.encode()) {
+            Ok(()) => last_ok = rec.refreshed_ms,
+            Err(e) => {
+                tracing::warn!(path, error = %e, "could not refresh a repository lock");
+                if now_ms().saturating_sub(last_ok) > STALE_AFTER_MS - REFRESH_EVERY_MS {
+                    lost.store(true, Ordering::SeqCst);
+                }
+            }
+        }
     }
 }
 
@@ -266,6 +503,7 @@ mod tests {
             operation: "backup".into(),
             created_ms: 1_764_489_600_000,
             refreshed_ms,
+            process: None,
         }
     }
 
@@ -291,6 +529,19 @@ mod tests {
         let l = rec(true, 5);
         assert_eq!(LockRecord::decode("locks/x", &l.encode()).unwrap(), l);
         assert!(LockRecord::decode("locks/x", b"{\"host\":1}").is_err());
+        let mut odd = rec(false, 0);
+        odd.host = "é".repeat(20);
+        assert!(
+            odd.refusal("/srv/r", "locks/ab", "pruned")
+                .contains(&"é".repeat(16))
+        );
+        odd.hostname = "evil\nerror: forged".into();
+        assert!(!odd.refusal("/srv/r", "locks/ab", "pruned").contains('\n'));
+        odd.host.clear();
+        assert!(
+            odd.refusal("/srv/r", "locks/ab", "pruned")
+                .contains("(instance unknown, pid 42")
+        );
         assert_eq!(
             rec(false, 0).refusal("/srv/r", "locks/ab", "pruned"),
             "backup repository /srv/r is locked by bbs1 (instance abababababababab, pid 42, since 2025-11-30T08:00:00Z) for a backup; nothing was pruned (retry later, or remove locks/ab if that process is gone)"
@@ -336,6 +587,7 @@ mod tests {
             operation: "prune".into(),
             created_ms: now_ms(),
             refreshed_ms: now_ms(),
+            process: None,
         };
         assert!(backend.write_new("locks/0123", &dead.encode()).unwrap());
         assert!(!backend.write_new("locks/0123", b"x").unwrap());

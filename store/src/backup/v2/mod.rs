@@ -8,7 +8,9 @@
 //! its snapshots and merged index, reading manifests and chunks through it;
 //! [`create`], the backup write path, and [`check`], `backups verify`
 //! (neither reachable from a command yet); [`tar`], the export file and a
-//! read-only backend over it, and [`export`], writing one. The commands on format 2 (with the export
+//! read-only backend over it, and [`export`], writing one; [`prune`],
+//! `forget` and `prune` (deleting and repacking packs, rewriting index
+//! files) under the exclusive lock. The commands on format 2 (with the export
 //! and restore), the S3 backend and taking locks come next
 //! (docs/dev-notes.md "Backup repository v2 (issue 13)").
 
@@ -17,6 +19,7 @@ pub mod create;
 pub mod export;
 pub mod format;
 pub mod lock;
+pub mod prune;
 pub mod repo;
 pub mod tar;
 

@@ -1,0 +1,963 @@
+//! `backups forget`, `backups delete` and `backups prune` on a format-2
+//! repository (docs/format.md §17.8, "Prune"), under the exclusive lock.
+//!
+//! Prune reads everything first and changes nothing until it knows what it
+//! will do (a dry run stops there):
+//!
+//! 1. the snapshots to remove: those named, and those a retention
+//!    [`Policy`] does not keep (chosen as for format 1);
+//! 2. the live set: the manifests the remaining snapshots name, the
+//!    current file of each (the index's newest, §17.3), and the chunks
+//!    those manifests name; each read and checked, a missing or damaged
+//!    one refuses the prune (it would otherwise remove what a damaged
+//!    record still needs);
+//! 3. per pack: its live bytes (an id found in several packs counts in one
+//!    of them: the pack with the highest live share, so a pack repacked by
+//!    an interrupted prune wins over its source); a pack with no live
+//!    entry is deleted, one whose dead share is above
+//!    [`PruneOptions::max_unused_percent`] is repacked (its live entries
+//!    copied, sealed and checked against their ids, never decrypted, into
+//!    new packs), the rest are kept as they are; a pack no index file
+//!    names (left by an interrupted backup or prune) is deleted;
+//! 4. the index files that name anything deleted or repacked, or a
+//!    manifest file that is no longer current, are rewritten: new index
+//!    files name what stays of them, the repacked packs and the current
+//!    manifest files, each under the sequence number of the index file it
+//!    came from (so that "the newest index file wins" decides as before).
+//!
+//! Then the write order, every step behind a `prune2.*` failpoint: new
+//! packs, new index files, the removed snapshots, one `sync`; then the old
+//! index files (oldest sequence first), a `sync`; then the packs, then the
+//! key files. A crash anywhere leaves a repository in which every
+//! remaining snapshot reads and verifies (at most packs no index file
+//! names, which verify reports as `unindexed-pack` and the next prune
+//! deletes); running prune again finishes the work.
+//!
+//! Key files (escrows, §17.6): one is removed when no remaining snapshot
+//! names it, it is older (by the sequence in its name) than the newest
+//! remaining snapshot, and a newer key file of the same instance stays. So
+//! every remaining snapshot keeps its own escrow (a new passphrase never
+//! makes an older snapshot unreadable), each instance keeps its newest
+//! escrow as long as the repository exists, and an escrow written by a
+//! backup that has not finished is never touched.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use bbsync_protocol::{ChunkId, Manifest, ManifestId, Unverified, chunk::check_chunk_id};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{
+    format::{
+        INDEX_FILE_ENTRIES, INDEX_FORMAT, IndexEntry, IndexFile, IndexPack, MOSTLY_LIVE_PERCENT,
+        ManifestRef, PackBuilder, PackKind, snapshot_path,
+    },
+    lock::{LockGuard, LockOptions},
+    repo::Repo2,
+};
+use crate::{
+    backup::{SnapshotFile, repo_io_err, repofile::ManifestFile, retention::Policy, snapshot_seq},
+    error::{Result, StoreError},
+    packs::PackId,
+};
+
+/// The dead share of a pack, in percent of its entry bytes, above which
+/// prune repacks it: the complement of
+/// [`MOSTLY_LIVE_PERCENT`](super::format::MOSTLY_LIVE_PERCENT), so that a
+/// store pack a backup linked whole (at least 80 % live then) is not
+/// copied by the next prune. restic's `--max-unused` (5 % by default) is a
+/// bound over the whole repository; this is a bound per pack.
+pub const DEFAULT_MAX_UNUSED_PERCENT: u8 = (100 - MOSTLY_LIVE_PERCENT) as u8;
+
+/// What `backups prune` (and `backups delete`) should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneOptions {
+    /// Retention applied first (empty: no snapshot is removed by policy).
+    pub policy: Policy,
+    /// Snapshots removed besides those the policy drops (exact ids;
+    /// `backups delete`).
+    pub forget: Vec<String>,
+    /// Only report what would be done.
+    pub dry_run: bool,
+    /// A pack whose dead bytes are more than this share of its entry
+    /// bytes is repacked (0: every pack with a dead byte; 100: none, only
+    /// packs with no live entry go).
+    pub max_unused_percent: u8,
+    /// Who takes the exclusive lock, and how long to wait for it.
+    pub lock: LockOptions,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            policy: Policy::default(),
+            forget: Vec::new(),
+            dry_run: false,
+            max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
+            lock: LockOptions::default(),
+        }
+    }
+}
+
+/// One thing prune does (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PruneAction {
+    /// `forget` (a snapshot), `delete-pack`, `repack`, `remove-index`,
+    /// `remove-key`.
+    pub action: &'static str,
+    /// The file in the repository.
+    pub path: String,
+    /// Why, with sizes.
+    pub detail: String,
+}
+
+/// What `backups prune` did (or would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneReport {
+    /// The repository.
+    pub repo: String,
+    /// Only reported, nothing changed.
+    pub dry_run: bool,
+    /// Snapshots kept by the policy, with the rules that keep them (empty
+    /// without a policy).
+    pub kept: BTreeMap<String, Vec<&'static str>>,
+    /// Snapshots removed.
+    pub removed: Vec<String>,
+    /// Snapshots that remain.
+    pub remaining: u64,
+    /// Packs deleted whole: no live entry, or named by no index file.
+    pub packs_deleted: u64,
+    /// Packs whose live entries were copied into new packs (then deleted).
+    pub packs_repacked: u64,
+    /// Packs kept as they are.
+    pub packs_kept: u64,
+    /// New packs written by the repacking.
+    pub packs_written: u64,
+    /// Entries copied by the repacking.
+    pub entries_repacked: u64,
+    /// Index files removed.
+    pub index_removed: u64,
+    /// Index files written.
+    pub index_written: u64,
+    /// Key files removed (see the module docs for the rule).
+    pub keys_removed: Vec<String>,
+    /// Bytes of the packs deleted or repacked.
+    pub bytes_deleted: u64,
+    /// Bytes of the new packs.
+    pub bytes_written: u64,
+    /// `bytes_deleted - bytes_written`.
+    pub bytes_freed: u64,
+    /// Live entry bytes after the prune.
+    pub live_bytes: u64,
+    /// Dead entry bytes left in kept packs (under the threshold).
+    pub dead_bytes_kept: u64,
+    /// Everything done (or, in a dry run, to be done), in order.
+    pub actions: Vec<PruneAction>,
+    /// Stale locks removed while taking the lock.
+    pub stale_locks_removed: Vec<String>,
+    /// Temp files of interrupted local writes removed.
+    pub temp_removed: u64,
+    /// Wall time.
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub elapsed: Duration,
+}
+
+/// What `forget` did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ForgetReport {
+    /// The repository.
+    pub repo: String,
+    /// Snapshots removed (their data stays until `prune`).
+    pub removed: Vec<String>,
+    /// Stale locks removed while taking the lock.
+    pub stale_locks_removed: Vec<String>,
+    /// Wall time.
+    #[serde(serialize_with = "crate::serialize_secs")]
+    pub elapsed: Duration,
+}
+
+/// Every copy of an id: (kind, id) -> (pack index, entry).
+type Copies = HashMap<(PackKind, [u8; 32]), Vec<(usize, IndexEntry)>>;
+
+/// What happens to a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Repack,
+    Delete,
+}
+
+/// A pack named by the index.
+#[derive(Debug)]
+struct PackInfo {
+    kind: PackKind,
+    id: PackId,
+    len: u64,
+    entries: Vec<IndexEntry>,
+    present: bool,
+    /// Entry bytes whose id is live (any copy).
+    potential: u64,
+    /// Entry bytes whose id is live and chosen here.
+    live: u64,
+    total: u64,
+    fate: Fate,
+}
+
+impl PackInfo {
+    fn path(&self) -> String {
+        self.kind.path(&self.id)
+    }
+}
+
+/// Everything prune decided, before it changes anything.
+struct Plan {
+    remove: Vec<String>,
+    kept: BTreeMap<String, Vec<&'static str>>,
+    remaining: u64,
+    packs: Vec<PackInfo>,
+    /// Live entries chosen in each repacked pack: (pack index, entries).
+    repack: Vec<(usize, Vec<IndexEntry>)>,
+    /// Present pack files no index file names: (path, size).
+    unindexed: Vec<(String, u64)>,
+    /// Index files to remove, oldest sequence first: (path, seq).
+    dirty: Vec<(String, u64)>,
+    /// Packs kept as they are that only dirty index files name.
+    carry_packs: Vec<IndexPack>,
+    /// Current manifest files only dirty index files name, by the
+    /// sequence they won with.
+    carry_refs: BTreeMap<u64, Vec<ManifestRef>>,
+    /// The highest sequence of any index file (new index files that hold
+    /// no carried manifest file get it).
+    top_seq: u64,
+    keys: Vec<String>,
+}
+
+impl Repo2 {
+    /// Removes snapshots (their files) under the exclusive lock; their data
+    /// stays until [`Repo2::prune`]. Every id must be a snapshot of the
+    /// repository (exact ids; resolve `latest` and prefixes first).
+    pub fn forget(&self, ids: &[String]) -> Result<ForgetReport> {
+        self.forget_with(ids, &LockOptions::default())
+    }
+
+    /// [`Repo2::forget`] with the lock's holder and wait.
+    pub fn forget_with(&self, ids: &[String], lock: &LockOptions) -> Result<ForgetReport> {
+        let start = Instant::now();
+        let loc = self.location();
+        let guard = self.lock_with(lock, true, "forget", "forgotten")?;
+        let present: HashSet<String> = self.snapshot_ids()?.into_iter().collect();
+        let mut remove: Vec<String> = Vec::new();
+        for id in ids {
+            if !present.contains(id) {
+                return Err(StoreError::Invalid(format!(
+                    "no snapshot {id} in {loc}; nothing was forgotten"
+                )));
+            }
+            if !remove.contains(id) {
+                remove.push(id.clone());
+            }
+        }
+        guard.ensure_held()?;
+        self.remove_snapshots(&remove)?;
+        if !remove.is_empty() {
+            self.backend()
+                .sync()
+                .map_err(repo_io_err(format!("syncing {loc}")))?;
+        }
+        Ok(ForgetReport {
+            repo: loc,
+            removed: remove,
+            stale_locks_removed: guard.removed_stale.clone(),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Applies the policy and the named removals, then deletes and repacks
+    /// what no remaining snapshot needs (see the module docs), under the
+    /// exclusive lock.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        let start = Instant::now();
+        if opts.max_unused_percent > 100 {
+            return Err(StoreError::Invalid(format!(
+                "--max-unused {} is not a percentage (0..=100); nothing was pruned",
+                opts.max_unused_percent
+            )));
+        }
+        let guard = self.lock_with(&opts.lock, true, "prune", "pruned")?;
+        let plan = self.plan_prune(opts)?;
+        let mut r = PruneReport {
+            repo: self.location(),
+            dry_run: opts.dry_run,
+            kept: plan.kept.clone(),
+            removed: plan.remove.clone(),
+            remaining: plan.remaining,
+            stale_locks_removed: guard.removed_stale.clone(),
+            ..Default::default()
+        };
+        describe(&plan, &mut r);
+        if !opts.dry_run {
+            self.apply_prune(&guard, &plan, &mut r)?;
+        }
+        r.bytes_freed = r.bytes_deleted.saturating_sub(r.bytes_written);
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+
+    fn remove_snapshots(&self, ids: &[String]) -> Result<()> {
+        let loc = self.location();
+        for id in ids {
+            let path = snapshot_path(id);
+            crate::failpoint::hit("prune2.forget")
+                .and_then(|()| self.backend().remove(&path))
+                .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the repository and decides; changes nothing.
+    fn plan_prune(&self, opts: &PruneOptions) -> Result<Plan> {
+        let b = self.backend();
+        let loc = self.location();
+        let refuse = |e: String| {
+            StoreError::Repo(format!(
+                "{e}; run `bbsync backups verify --read-data` (nothing was pruned)"
+            ))
+        };
+
+        // 1. Snapshots: which go, which stay (every one that stays must
+        // read and verify, or its data could go).
+        let ids = self.snapshot_ids()?;
+        for id in &opts.forget {
+            if !ids.contains(id) {
+                return Err(StoreError::Invalid(format!(
+                    "no snapshot {id} in {loc}; nothing was pruned"
+                )));
+            }
+        }
+        let mut snaps: Vec<SnapshotFile> = Vec::new();
+        for id in ids.iter().filter(|i| !opts.forget.contains(i)) {
+            snaps.push(self.load_snapshot(id).map_err(|e| {
+                StoreError::Repo(format!(
+                    "{e}; repair it or delete it (`bbsync backups delete {id}`) before pruning (nothing was pruned)"
+                ))
+            })?);
+        }
+        let mut remove: Vec<String> = ids
+            .iter()
+            .filter(|i| opts.forget.contains(i))
+            .cloned()
+            .collect();
+        let mut kept = BTreeMap::new();
+        if !opts.policy.is_empty() {
+            kept = opts.policy.apply(
+                &snaps
+                    .iter()
+                    .map(|s| (s.id.clone(), s.created_ms))
+                    .collect::<Vec<_>>(),
+            );
+            remove.extend(
+                snaps
+                    .iter()
+                    .filter(|s| !kept.contains_key(&s.id))
+                    .map(|s| s.id.clone()),
+            );
+            snaps.retain(|s| kept.contains_key(&s.id));
+        }
+        remove.sort_by(|a, c| (snapshot_seq(a), a).cmp(&(snapshot_seq(c), c)));
+        remove.dedup();
+
+        // 2. Index files, each by name (a damaged one refuses: its packs
+        // would look unindexed and be deleted).
+        let names = b
+            .list("index")
+            .map_err(repo_io_err(format!("listing {loc}/index")))?;
+        let files: Vec<(String, IndexFile)> = names
+            .par_iter()
+            .map(|n| -> Result<(String, IndexFile)> {
+                let path = format!("index/{n}");
+                let bytes = b
+                    .read(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+                let f = IndexFile::decode(&path, &bytes)
+                    .map_err(|e| refuse(format!("backup repository {loc} is damaged: {e}")))?;
+                Ok((path, f))
+            })
+            .collect::<Result<_>>()?;
+        let top_seq = files.iter().map(|(_, f)| f.seq).max().unwrap_or(0);
+
+        // Current manifest file of every manifest: the highest seq wins.
+        let mut winners: HashMap<ManifestId, (u64, [u8; 32])> = HashMap::new();
+        for (_, f) in &files {
+            for m in &f.manifests {
+                let slot = winners
+                    .entry(ManifestId(m.manifest))
+                    .or_insert((f.seq, m.file));
+                if f.seq > slot.0 {
+                    *slot = (f.seq, m.file);
+                }
+            }
+        }
+        // Packs (a pack named twice: the first naming counts).
+        let mut packs: Vec<PackInfo> = Vec::new();
+        let mut pack_at: HashMap<(PackKind, PackId), usize> = HashMap::new();
+        for (_, f) in &files {
+            for p in &f.packs {
+                let key = (p.kind, PackId(p.pack));
+                if pack_at.contains_key(&key) {
+                    continue;
+                }
+                pack_at.insert(key, packs.len());
+                packs.push(PackInfo {
+                    kind: p.kind,
+                    id: PackId(p.pack),
+                    len: p.pack_len,
+                    total: p.entries.iter().map(|e| u64::from(e.len)).sum(),
+                    entries: p.entries.clone(),
+                    present: false,
+                    potential: 0,
+                    live: 0,
+                    fate: Fate::Keep,
+                });
+            }
+        }
+        // Where each id is: (pack index, entry).
+        let mut copies: Copies = HashMap::new();
+        for (i, p) in packs.iter().enumerate() {
+            for e in &p.entries {
+                copies.entry((p.kind, e.id)).or_default().push((i, *e));
+            }
+        }
+
+        // 3. Which pack files exist.
+        let mut unindexed = Vec::new();
+        for kind in [PackKind::Data, PackKind::Manifests] {
+            let top = top_dir(kind);
+            for d in b
+                .list(top)
+                .map_err(repo_io_err(format!("listing {loc}/{top}")))?
+            {
+                let dir = format!("{top}/{d}");
+                for name in b
+                    .list(&dir)
+                    .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
+                {
+                    let path = format!("{dir}/{name}");
+                    let Some(id) = PackId::from_file_name(&name) else {
+                        continue;
+                    };
+                    match pack_at.get(&(kind, id)) {
+                        Some(&i) if packs[i].path() == path => packs[i].present = true,
+                        Some(_) => {}
+                        None => {
+                            let size = b
+                                .size(&path)
+                                .map_err(repo_io_err(format!("reading {loc}/{path}")))?
+                                .unwrap_or(0);
+                            unindexed.push((path, size));
+                        }
+                    }
+                }
+            }
+        }
+
+        // 4. The live set: the remaining snapshots' manifests, their
+        // current files, the chunks they name.
+        let mut live_manifests: BTreeMap<ManifestId, String> = BTreeMap::new();
+        for s in &snaps {
+            for o in &s.objects {
+                live_manifests
+                    .entry(o.manifest_id)
+                    .or_insert_with(|| s.id.clone());
+            }
+        }
+        let read_file = |file: &[u8; 32]| -> std::result::Result<Vec<u8>, String> {
+            let mut why = "in no index file".to_string();
+            for (i, e) in copies
+                .get(&(PackKind::Manifests, *file))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let path = packs[*i].path();
+                match b.read_range(&path, u64::from(e.offset), u64::from(e.len)) {
+                    Ok(bytes) if Sha256::digest(&bytes).as_slice() == file => return Ok(bytes),
+                    Ok(_) => why = format!("{path}: does not hash to its name"),
+                    Err(e) => why = format!("{path}: unreadable: {e}"),
+                }
+            }
+            Err(why)
+        };
+        let chunk_lists: Vec<Vec<ChunkId>> = live_manifests
+            .par_iter()
+            .map(|(mid, snap)| -> Result<Vec<ChunkId>> {
+                let what = format!("manifest {} of snapshot {snap}", mid.short());
+                let (_, file) = winners
+                    .get(mid)
+                    .ok_or_else(|| refuse(format!("{what} is in no index file")))?;
+                let bytes = read_file(file).map_err(|e| refuse(format!("{what}: {e}")))?;
+                let f = ManifestFile::decode(&bytes)
+                    .map_err(|e| refuse(format!("{what} is damaged: {e}")))?;
+                let m = Unverified::<Manifest>::decode(&f.manifest)
+                    .map_err(|e| refuse(format!("{what} is damaged: {e}")))?
+                    .dangerously_assume_verified();
+                Ok(m.chunks.iter().map(|c| c.id).collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut live: HashSet<(PackKind, [u8; 32])> = HashSet::new();
+        for mid in live_manifests.keys() {
+            if let Some((_, file)) = winners.get(mid) {
+                live.insert((PackKind::Manifests, *file));
+            }
+        }
+        for (list, (mid, snap)) in chunk_lists.iter().zip(&live_manifests) {
+            for c in list {
+                if live.insert((PackKind::Data, c.0)) {
+                    let any = copies
+                        .get(&(PackKind::Data, c.0))
+                        .is_some_and(|v| v.iter().any(|(i, _)| packs[*i].present));
+                    if !any {
+                        return Err(refuse(format!(
+                            "chunk {} of manifest {} (snapshot {snap}) is in no pack of the repository",
+                            c.short(),
+                            mid.short()
+                        )));
+                    }
+                }
+            }
+        }
+
+        // 5. Live bytes per pack: each live id counts in one present pack,
+        // the one with the highest live share.
+        for ((kind, id), v) in &copies {
+            if live.contains(&(*kind, *id)) {
+                for (i, e) in v {
+                    if packs[*i].present {
+                        packs[*i].potential += u64::from(e.len);
+                    }
+                }
+            }
+        }
+        let mut chosen: HashSet<(usize, [u8; 32])> = HashSet::new();
+        for key in &live {
+            let Some(v) = copies.get(key) else { continue };
+            let best = v
+                .iter()
+                .filter(|(i, _)| packs[*i].present)
+                .max_by(|(a, _), (c, _)| {
+                    let (pa, pc) = (&packs[*a], &packs[*c]);
+                    // potential/total, compared without division.
+                    (u128::from(pa.potential) * u128::from(pc.total.max(1)))
+                        .cmp(&(u128::from(pc.potential) * u128::from(pa.total.max(1))))
+                        .then(pa.potential.cmp(&pc.potential))
+                        .then(pc.id.cmp(&pa.id))
+                });
+            if let Some((i, e)) = best
+                && chosen.insert((*i, e.id))
+            {
+                packs[*i].live += u64::from(e.len);
+            }
+        }
+        let mut repack = Vec::new();
+        for (i, p) in packs.iter_mut().enumerate() {
+            let dead = p.total - p.live.min(p.total);
+            p.fate = if p.live == 0 {
+                Fate::Delete
+            } else if !p.present {
+                // Unreachable: a live copy is only chosen in a present pack.
+                Fate::Keep
+            } else if u128::from(dead) * 100
+                > u128::from(p.total) * u128::from(opts.max_unused_percent)
+            {
+                let entries: Vec<IndexEntry> = p
+                    .entries
+                    .iter()
+                    .filter(|e| chosen.contains(&(i, e.id)))
+                    .copied()
+                    .collect();
+                repack.push((i, entries));
+                Fate::Repack
+            } else {
+                Fate::Keep
+            };
+        }
+
+        // 6. Index files: clean ones stay; the others are rewritten.
+        let fate_of = |kind: PackKind, id: [u8; 16]| {
+            pack_at
+                .get(&(kind, PackId(id)))
+                .map_or(Fate::Delete, |i| packs[*i].fate)
+        };
+        let ref_live = |m: &ManifestRef| {
+            let mid = ManifestId(m.manifest);
+            live_manifests.contains_key(&mid) && winners.get(&mid).map(|w| w.1) == Some(m.file)
+        };
+        let is_clean = |f: &IndexFile| {
+            f.packs
+                .iter()
+                .all(|p| fate_of(p.kind, p.pack) == Fate::Keep)
+                && f.manifests.iter().all(ref_live)
+        };
+        let mut dirty = Vec::new();
+        let mut clean_packs: HashSet<(PackKind, [u8; 16])> = HashSet::new();
+        let mut clean_refs: HashSet<(u64, [u8; 32], [u8; 32])> = HashSet::new();
+        for (path, f) in &files {
+            if is_clean(f) {
+                clean_packs.extend(f.packs.iter().map(|p| (p.kind, p.pack)));
+                clean_refs.extend(f.manifests.iter().map(|m| (f.seq, m.manifest, m.file)));
+            } else {
+                dirty.push((path.clone(), f.seq));
+            }
+        }
+        dirty.sort_by(|a, c| (a.1, &a.0).cmp(&(c.1, &c.0)));
+        let mut carry_packs = Vec::new();
+        let mut carried: HashSet<(PackKind, [u8; 16])> = HashSet::new();
+        for (path, f) in &files {
+            if !dirty.iter().any(|(d, _)| d == path) {
+                continue;
+            }
+            for p in &f.packs {
+                let key = (p.kind, p.pack);
+                if fate_of(p.kind, p.pack) == Fate::Keep
+                    && !clean_packs.contains(&key)
+                    && carried.insert(key)
+                {
+                    carry_packs.push(p.clone());
+                }
+            }
+        }
+        let mut carry_refs: BTreeMap<u64, Vec<ManifestRef>> = BTreeMap::new();
+        for mid in live_manifests.keys() {
+            if let Some((seq, file)) = winners.get(mid)
+                && !clean_refs.contains(&(*seq, mid.0, *file))
+            {
+                carry_refs.entry(*seq).or_default().push(ManifestRef {
+                    manifest: mid.0,
+                    file: *file,
+                });
+            }
+        }
+
+        // 7. Key files.
+        let named: HashSet<&str> = snaps
+            .iter()
+            .filter_map(|s| s.identity_escrow.as_deref())
+            .collect();
+        let newest_snap = snaps.iter().map(|s| snapshot_seq(&s.id)).max().unwrap_or(0);
+        let key_names = b
+            .list("keys")
+            .map_err(repo_io_err(format!("listing {loc}/keys")))?;
+        let mut newest_key: HashMap<&str, u64> = HashMap::new();
+        let parsed: Vec<(&String, Option<(&str, u64)>)> =
+            key_names.iter().map(|n| (n, key_name(n))).collect();
+        for (inst, seq) in parsed.iter().filter_map(|(_, p)| *p) {
+            let e = newest_key.entry(inst).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        let keys = parsed
+            .iter()
+            .filter_map(|(n, p)| {
+                let (inst, seq) = (*p)?;
+                let path = format!("keys/{n}");
+                (!named.contains(path.as_str())
+                    && seq < newest_snap
+                    && newest_key.get(inst).is_some_and(|m| *m > seq))
+                .then_some(path)
+            })
+            .collect();
+
+        Ok(Plan {
+            remaining: snaps.len() as u64,
+            remove,
+            kept,
+            packs,
+            repack,
+            unindexed,
+            dirty,
+            carry_packs,
+            carry_refs,
+            top_seq,
+            keys,
+        })
+    }
+
+    /// Carries a plan out, in the order of the module docs.
+    fn apply_prune(&self, guard: &LockGuard, plan: &Plan, r: &mut PruneReport) -> Result<()> {
+        let b = self.backend();
+        let loc = self.location();
+        guard.ensure_held()?;
+
+        // 1. Repack: read each source pack once, check the live entries,
+        // copy them into new packs (written whole; durable at the sync).
+        let mut new_packs: Vec<IndexPack> = Vec::new();
+        for kind in [PackKind::Data, PackKind::Manifests] {
+            let mut builder: Option<PackBuilder> = None;
+            for (i, entries) in &plan.repack {
+                let p = &plan.packs[*i];
+                if p.kind != kind {
+                    continue;
+                }
+                let path = p.path();
+                let bytes = b
+                    .read(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+                for e in entries {
+                    let data = bytes
+                        .get(e.offset as usize..e.end() as usize)
+                        .unwrap_or_default();
+                    let ok = match kind {
+                        PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
+                        PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
+                    };
+                    if !ok {
+                        return Err(StoreError::Repo(format!(
+                            "{loc}/{path}: entry {} at offset {} does not hash to its id (damaged); run `bbsync backups verify --read-data` (nothing was removed)",
+                            hex::encode(&e.id[..8]),
+                            e.offset
+                        )));
+                    }
+                    let full = builder.as_ref().is_some_and(|x| {
+                        !x.is_empty() && x.len() + u64::from(e.len) > self.config.pack_target
+                    });
+                    if full && let Some(x) = builder.take() {
+                        self.write_pack(x, &mut new_packs, r)?;
+                    }
+                    builder
+                        .get_or_insert_with(|| PackBuilder::new(kind))
+                        .push(e.id, data)
+                        .map_err(|e| StoreError::Invalid(format!("repacking {path}: {e}")))?;
+                }
+            }
+            if let Some(x) = builder.take().filter(|x| !x.is_empty()) {
+                self.write_pack(x, &mut new_packs, r)?;
+            }
+        }
+
+        // 2. New index files: the carried manifest files under the
+        // sequence they won with; the packs in the file of the highest.
+        let mut out: Vec<IndexFile> = Vec::new();
+        let pack_seq = plan
+            .carry_refs
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(plan.top_seq);
+        for (seq, refs) in &plan.carry_refs {
+            out.push(IndexFile {
+                format: INDEX_FORMAT,
+                seq: *seq,
+                packs: Vec::new(),
+                manifests: refs.clone(),
+            });
+        }
+        let mut entries = 0usize;
+        // The last file (the highest seq, `pack_seq`) also takes the packs.
+        let mut cur: Option<IndexFile> = out.pop();
+        for p in plan.carry_packs.iter().cloned().chain(new_packs) {
+            let n = p.entries.len();
+            if entries > 0 && entries + n > INDEX_FILE_ENTRIES {
+                out.extend(cur.take());
+                entries = 0;
+            }
+            cur.get_or_insert_with(|| IndexFile {
+                format: INDEX_FORMAT,
+                seq: pack_seq,
+                packs: Vec::new(),
+                manifests: Vec::new(),
+            })
+            .packs
+            .push(p);
+            entries += n;
+        }
+        out.extend(cur);
+        for f in &out {
+            let bytes = f.encode();
+            let path = super::format::index_path(&bytes);
+            crate::failpoint::hit("prune2.index")
+                .and_then(|()| b.write_lazy(&path, &bytes))
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+            r.index_written += 1;
+        }
+
+        // 3. The snapshots that go.
+        guard.ensure_held()?;
+        self.remove_snapshots(&plan.remove)?;
+
+        // Everything written so far durable (and the snapshots gone for
+        // good) before any old file goes.
+        crate::failpoint::hit("prune2.sync")
+            .and_then(|()| b.sync())
+            .map_err(repo_io_err(format!("syncing {loc}")))?;
+
+        // 4. Old index files, oldest sequence first (so that while some
+        // remain, the newest naming a manifest is still the one that
+        // decides), then durably gone before the packs they name.
+        guard.ensure_held()?;
+        for (path, _) in &plan.dirty {
+            crate::failpoint::hit("prune2.remove_index")
+                .and_then(|()| b.remove(path))
+                .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+        }
+        if !plan.dirty.is_empty() {
+            crate::failpoint::hit("prune2.sync_removed")
+                .and_then(|()| b.sync())
+                .map_err(repo_io_err(format!("syncing {loc}")))?;
+        }
+
+        // 5. Packs: repacked sources, dead ones, unindexed ones.
+        for (path, _, _) in doomed(plan) {
+            crate::failpoint::hit("prune2.remove_pack")
+                .and_then(|()| b.remove(&path))
+                .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+        }
+
+        // 6. Key files no remaining snapshot needs.
+        for path in &plan.keys {
+            crate::failpoint::hit("prune2.remove_key")
+                .and_then(|()| b.remove(path))
+                .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+        }
+        r.temp_removed = b
+            .remove_temp_files()
+            .map_err(repo_io_err(format!("removing temp files in {loc}")))?;
+        b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+        Ok(())
+    }
+
+    fn write_pack(
+        &self,
+        builder: PackBuilder,
+        out: &mut Vec<IndexPack>,
+        r: &mut PruneReport,
+    ) -> Result<()> {
+        let (bytes, ip) = builder.finish();
+        let path = ip.kind.path(&PackId(ip.pack));
+        crate::failpoint::hit("prune2.repack")
+            .and_then(|()| self.backend().write_lazy(&path, &bytes))
+            .map_err(repo_io_err(format!("writing {}/{path}", self.location())))?;
+        r.packs_written += 1;
+        r.bytes_written += bytes.len() as u64;
+        out.push(ip);
+        Ok(())
+    }
+}
+
+/// The pack files a plan deletes: (path, size, why).
+fn doomed(plan: &Plan) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    for p in &plan.packs {
+        match (p.fate, p.present) {
+            (Fate::Repack, _) => out.push((
+                p.path(),
+                p.len,
+                format!("repacked ({} of {} entry bytes live)", p.live, p.total),
+            )),
+            (Fate::Delete, true) => out.push((p.path(), p.len, "no live entry".into())),
+            (Fate::Delete, false) => out.push((
+                p.path(),
+                0,
+                "missing, and nothing live was in it (dropped from the index)".into(),
+            )),
+            (Fate::Keep, _) => {}
+        }
+    }
+    for (path, size) in &plan.unindexed {
+        out.push((path.clone(), *size, "named by no index file".into()));
+    }
+    out
+}
+
+/// Counts of a plan, and (for a dry run) what it would do.
+fn describe(plan: &Plan, r: &mut PruneReport) {
+    for id in &plan.remove {
+        r.actions.push(PruneAction {
+            action: "forget",
+            path: snapshot_path(id),
+            detail: String::new(),
+        });
+    }
+    for (i, entries) in &plan.repack {
+        let p = &plan.packs[*i];
+        r.entries_repacked += entries.len() as u64;
+        r.actions.push(PruneAction {
+            action: "repack",
+            path: p.path(),
+            detail: format!("{} of {} entry bytes live", p.live, p.total),
+        });
+    }
+    for (path, seq) in &plan.dirty {
+        r.actions.push(PruneAction {
+            action: "remove-index",
+            path: path.clone(),
+            detail: format!("sequence {seq}"),
+        });
+    }
+    for (path, size, why) in doomed(plan) {
+        r.bytes_deleted += size;
+        r.actions.push(PruneAction {
+            action: "delete-pack",
+            path,
+            detail: why,
+        });
+    }
+    for path in &plan.keys {
+        r.actions.push(PruneAction {
+            action: "remove-key",
+            path: path.clone(),
+            detail: "named by no remaining snapshot, and not its instance's newest".into(),
+        });
+    }
+    r.keys_removed = plan.keys.clone();
+    r.index_removed = plan.dirty.len() as u64;
+    for p in &plan.packs {
+        match p.fate {
+            Fate::Keep => {
+                r.packs_kept += 1;
+                r.live_bytes += p.live;
+                r.dead_bytes_kept += p.total - p.live.min(p.total);
+            }
+            Fate::Repack => {
+                r.packs_repacked += 1;
+                r.live_bytes += p.live;
+            }
+            Fate::Delete => r.packs_deleted += 1,
+        }
+    }
+    r.packs_deleted += plan.unindexed.len() as u64;
+}
+
+/// `data` or `manifests`.
+fn top_dir(kind: PackKind) -> &'static str {
+    match kind {
+        PackKind::Data => "data",
+        PackKind::Manifests => "manifests",
+    }
+}
+
+/// `<instance hex>-<seq>` of a key file name.
+fn key_name(name: &str) -> Option<(&str, u64)> {
+    let (inst, seq) = name.rsplit_once('-')?;
+    let ok = !inst.is_empty() && !seq.is_empty() && seq.bytes().all(|c| c.is_ascii_digit());
+    Some((inst, seq.parse().ok().filter(|_| ok)?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        assert_eq!(key_name("abcd-000012"), Some(("abcd", 12)));
+        assert_eq!(key_name("abcd-12x"), None);
+        assert_eq!(key_name("abcd"), None);
+        assert_eq!(key_name("-000001"), None);
+    }
+
+    #[test]
+    fn the_default_threshold_is_the_complement_of_mostly_live() {
+        assert_eq!(DEFAULT_MAX_UNUSED_PERCENT, 20);
+    }
+}
