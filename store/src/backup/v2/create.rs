@@ -30,33 +30,37 @@ use crate::{
     progress::Progress,
 };
 
-/// Packs staged (not yet visible) and the index entries they bring.
-struct Staging<'a> {
+/// Packs written (each whole under its final name, not yet durable: one
+/// `sync` makes them durable before any index file names them) and the
+/// index entries they bring. No rename anywhere: object storage has none,
+/// and a PUT is atomic.
+struct Written<'a> {
     repo: &'a Repo2,
-    staged: Vec<String>,
+    /// Packs written by this backup (not linked).
+    written: u64,
     packs: Vec<IndexPack>,
 }
 
-impl Staging<'_> {
-    fn stage(&mut self, bytes: &[u8], ip: IndexPack) -> Result<()> {
+impl Written<'_> {
+    fn write(&mut self, bytes: &[u8], ip: IndexPack) -> Result<()> {
         let path = ip.kind.path(&PackId(ip.pack));
         let loc = self.repo.location();
         crate::failpoint::hit("backup.stage")
-            .and_then(|()| self.repo.backend().stage(&path, bytes))
+            .and_then(|()| self.repo.backend().write_lazy(&path, bytes))
             .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-        self.staged.push(path);
+        self.written += 1;
         self.packs.push(ip);
         Ok(())
     }
 
-    /// Flushes a builder when it is full (or `force` and not empty).
+    /// Writes a builder's pack when it is full (or `force` and not empty).
     fn flush(&mut self, b: &mut Option<PackBuilder>, force: bool) -> Result<()> {
         let full = b
             .as_ref()
             .is_some_and(|p| !p.is_empty() && (force || p.len() >= self.repo.config.pack_target));
         if full && let Some(p) = b.take() {
             let (bytes, ip) = p.finish();
-            self.stage(&bytes, ip)?;
+            self.write(&bytes, ip)?;
         }
         Ok(())
     }
@@ -121,9 +125,9 @@ impl Store {
                 .sum(),
         );
         let open: HashSet<PackId> = self.packs().open_packs().iter().map(|(p, _)| *p).collect();
-        let mut st = Staging {
+        let mut st = Written {
             repo,
-            staged: Vec::new(),
+            written: 0,
             packs: Vec::new(),
         };
         let mut builder: Option<PackBuilder> = None;
@@ -149,9 +153,9 @@ impl Store {
                     check_chunk_id(id, stored).map_err(|e| damaged(id, &e))
                 })?;
                 let dest = data_pack_path(&pack);
-                let linked = b
-                    .link_from(&src, &dest)
-                    .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
+                let linked = !opts.copy
+                    && b.link_from(&src, &dest)
+                        .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
                 let ip = IndexPack {
                     kind: PackKind::Data,
                     pack: pack.0,
@@ -162,7 +166,7 @@ impl Store {
                     report.chunks_linked += n;
                     st.packs.push(ip);
                 } else {
-                    st.stage(&bytes, ip)?;
+                    st.write(&bytes, ip)?;
                 }
             } else {
                 let datas: Vec<(ChunkId, Vec<u8>)> = items
@@ -225,16 +229,13 @@ impl Store {
         st.flush(&mut mb, true)?;
         report.manifests_new = refs.len() as u64;
 
-        // Staged packs durable, then visible.
-        if !st.staged.is_empty() {
+        // Every pack durable (on object storage: every upload done) before
+        // an index file names it (a linked store pack's bytes are durable
+        // already, its new directory entry is not).
+        if st.written > 0 || report.chunks_linked > 0 {
             crate::failpoint::hit("backup.sync_chunks")
                 .and_then(|()| b.sync())
                 .map_err(repo_io_err(format!("syncing {loc}")))?;
-            for p in &st.staged {
-                crate::failpoint::hit("backup.publish")
-                    .and_then(|()| b.publish(p))
-                    .map_err(repo_io_err(format!("renaming into {loc}/{p}")))?;
-            }
         }
 
         // 3. Index files naming those packs (a handful: one per

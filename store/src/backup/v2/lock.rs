@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use bbsync_protocol::text::escape_hidden;
 use serde::{Deserialize, Serialize};
 
 use super::repo::Repo2;
@@ -75,13 +76,19 @@ impl LockRecord {
 
     /// The refusal an operator sees, for `repo` and the refused operation.
     pub fn refusal(&self, repo: &str, path: &str, refused: &str) -> String {
+        // (A holder without a store, `backups verify` for one, names no instance.)
+        let instance = if self.host.is_empty() {
+            String::new()
+        } else {
+            let first: String = self.host.chars().take(16).collect();
+            format!("instance {}, ", escape_hidden(&first))
+        };
         format!(
-            "backup repository {repo} is locked by {} (instance {}, pid {}, since {}) for a {}; nothing was {refused} (retry later, or remove {path} if that process is gone)",
-            self.hostname,
-            &self.host[..self.host.len().min(16)],
+            "backup repository {repo} is locked by {} ({instance}pid {}, since {}) for a {}; nothing was {refused} (retry later, or remove {path} if that process is gone)",
+            escape_hidden(&self.hostname),
             self.pid,
             super::super::rfc3339(self.created_ms),
-            self.operation,
+            escape_hidden(&self.operation),
         )
     }
 }
@@ -177,6 +184,52 @@ impl Repo2 {
         operation: &str,
         refused: &str,
     ) -> Result<LockGuard> {
+        self.try_lock(host, exclusive, operation, refused)?
+            .map_err(StoreError::Repo)
+    }
+
+    /// [`Repo2::lock`], waiting up to `wait` for conflicting holders to go
+    /// (looking again every second); then the refusal of the last holder.
+    pub fn lock_waiting(
+        &self,
+        host: &str,
+        exclusive: bool,
+        operation: &str,
+        refused: &str,
+        wait: Duration,
+    ) -> Result<LockGuard> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut said = false;
+        loop {
+            match self.try_lock(host, exclusive, operation, refused)? {
+                Ok(g) => return Ok(g),
+                Err(refusal) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return Err(StoreError::Repo(refusal));
+                    }
+                    if !said {
+                        tracing::warn!(
+                            "waiting up to {}s (--lock-wait) for the lock: {refusal}",
+                            wait.as_secs()
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep((deadline - now).min(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+
+    /// One attempt: the guard, `Ok(Err(refusal))` when a live conflicting
+    /// lock holds the repository, or an error reading or writing.
+    fn try_lock(
+        &self,
+        host: &str,
+        exclusive: bool,
+        operation: &str,
+        refused: &str,
+    ) -> Result<std::result::Result<LockGuard, String>> {
         let b = self.backend_arc();
         let loc = b.location();
         let me = hostname();
@@ -194,19 +247,22 @@ impl Repo2 {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let path = format!("locks/{}", hex::encode(id));
         let mut removed_stale = Vec::new();
-        let check = |removed: &mut Vec<String>| -> Result<()> {
+        let check = |removed: &mut Vec<String>| -> Result<Option<String>> {
             for (p, other) in others(&*b, &path)? {
                 if other.is_stale(now_ms(), &me, pid_alive) {
                     b.remove(&p)
                         .map_err(repo_io_err(format!("removing the stale lock {loc}/{p}")))?;
+                    tracing::warn!(lock = %p, holder = %other.hostname, pid = other.pid, "removed a stale repository lock");
                     removed.push(p);
                 } else if other.conflicts_with(exclusive) {
-                    return Err(StoreError::Repo(other.refusal(&loc, &p, refused)));
+                    return Ok(Some(other.refusal(&loc, &p, refused)));
                 }
             }
-            Ok(())
+            Ok(None)
         };
-        check(&mut removed_stale)?;
+        if let Some(refusal) = check(&mut removed_stale)? {
+            return Ok(Err(refusal));
+        }
         if !b
             .write_new(&path, &rec.encode())
             .map_err(repo_io_err(format!("writing {loc}/{path}")))?
@@ -218,9 +274,16 @@ impl Repo2 {
         // Another writer may have written its lock between the check and
         // ours: look again, and back out if so (both may back out; neither
         // proceeds against the other).
-        if let Err(e) = check(&mut removed_stale) {
-            let _ = b.remove(&path);
-            return Err(e);
+        match check(&mut removed_stale) {
+            Ok(None) => {}
+            Ok(Some(refusal)) => {
+                let _ = b.remove(&path);
+                return Ok(Err(refusal));
+            }
+            Err(e) => {
+                let _ = b.remove(&path);
+                return Err(e);
+            }
         }
         let (stop, stopped) = mpsc::channel::<()>();
         let rb = b.clone();
@@ -242,13 +305,13 @@ impl Repo2 {
                 context: "starting the lock refresh thread".into(),
                 source: e,
             })?;
-        Ok(LockGuard {
+        Ok(Ok(LockGuard {
             backend: b,
             path,
             stop: Some(stop),
             refresher: Some(refresher),
             removed_stale,
-        })
+        }))
     }
 }
 

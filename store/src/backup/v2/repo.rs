@@ -49,6 +49,12 @@ impl Repo2 {
         self.backend.location()
     }
 
+    /// A handle on a repository whose `config` is not written yet (a
+    /// migration, which locks before it switches the repository over).
+    pub(crate) fn from_parts(backend: Arc<dyn Backend>, config: ConfigFile) -> Repo2 {
+        Repo2 { backend, config }
+    }
+
     /// Opens a repository: `config` must be there and of format 2.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repo2> {
         let loc = backend.location();
