@@ -269,7 +269,7 @@ const MATRIX: &[(Path_, &[Row])] = &[
             ("repo_migrate.pack", &[A1, Abort(2), E1]),
             ("repo_migrate.sync", &[A1, E1]),
             ("repo_migrate.index", &[A1, E1]),
-            ("repo_migrate.snapshot", &[A1, Abort(2), E1]),
+            ("repo_migrate.snapshot", &[A1, E1]),
             ("repo_migrate.config", &[A1, E1]),
             ("repo_migrate.cleanup", &[A1, E1]),
             ("repo.rename", &[A1, E1]),

@@ -261,10 +261,22 @@ fn convert(
     }
     // What an earlier, interrupted run packed and indexed already.
     let ix: Index = r2.load_index()?;
+    // Packs it wrote but did not index yet: checked, indexed below.
+    let leftovers = r2.leftover_packs(&ix)?;
+    let mut reused_chunks = std::collections::HashSet::new();
+    let mut reused_files = std::collections::HashSet::new();
+    for p in &leftovers {
+        for e in &p.entries {
+            match p.kind {
+                PackKind::Data => reused_chunks.insert(ChunkId(e.id)),
+                PackKind::Manifests => reused_files.insert(e.id),
+            };
+        }
+    }
     let (have, _) = list_chunks(b)?;
     let mut todo: Vec<ChunkId> = Vec::new();
     for id in have {
-        if ix.chunks.contains_key(&id) {
+        if ix.chunks.contains_key(&id) || reused_chunks.contains(&id) {
             report.chunks_done_before += 1;
         } else {
             todo.push(id);
@@ -287,10 +299,10 @@ fn convert(
     let mut pending = Pending {
         b,
         loc: loc.clone(),
-        packs: Vec::new(),
+        entries: leftovers.iter().map(|p| p.entries.len()).sum(),
+        bytes: leftovers.iter().map(|p| p.pack_len).sum(),
+        packs: leftovers,
         refs: Vec::new(),
-        bytes: 0,
-        entries: 0,
         report,
     };
     progress.start("migrate", todo.len() as u64, 0);
@@ -337,7 +349,7 @@ fn convert(
         if ix.manifests.get(&mid).map(|(_, h)| *h) == Some(file) {
             continue;
         }
-        if !ix.files.contains_key(&file) {
+        if !ix.files.contains_key(&file) && !reused_files.contains(&file) {
             let p = mb.get_or_insert_with(|| PackBuilder::new(PackKind::Manifests));
             p.push(file, &bytes).map_err(|e| damaged(&loc, &path, &e))?;
             if p.len() >= r2.config.pack_target

@@ -98,12 +98,26 @@ impl Store {
 
         let ix = repo.load_index()?;
         let seq = repo.next_seq()?;
+        // 0. Packs an interrupted backup left: checked, then indexed by
+        // this one instead of written again.
+        let leftovers = repo.leftover_packs(&ix)?;
+        let mut reused_chunks: HashSet<ChunkId> = HashSet::new();
+        let mut reused_files: HashSet<[u8; 32]> = HashSet::new();
+        for p in &leftovers {
+            for e in &p.entries {
+                match p.kind {
+                    PackKind::Data => reused_chunks.insert(ChunkId(e.id)),
+                    PackKind::Manifests => reused_files.insert(e.id),
+                };
+            }
+        }
+        let adopted = leftovers.len() as u64;
 
         // 1. Data: the chunks the index lacks, by store pack.
         let todo: HashSet<ChunkId> = chunks
             .iter()
             .map(|(id, _)| *id)
-            .filter(|id| !ix.chunks.contains_key(id))
+            .filter(|id| !ix.chunks.contains_key(id) && !reused_chunks.contains(id))
             .collect();
         let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Location)>> = BTreeMap::new();
         for id in &todo {
@@ -128,7 +142,7 @@ impl Store {
         let mut st = Written {
             repo,
             written: 0,
-            packs: Vec::new(),
+            packs: leftovers,
         };
         let mut builder: Option<PackBuilder> = None;
         for (pack, items) in by_pack {
@@ -209,7 +223,8 @@ impl Store {
                     manifest: mid.0,
                     file,
                 };
-                Some((r, (!ix.files.contains_key(&file)).then_some(bytes)))
+                let have = ix.files.contains_key(&file) || reused_files.contains(&file);
+                Some((r, (!have).then_some(bytes)))
             })
             .collect();
         let mut mb: Option<PackBuilder> = None;
@@ -232,7 +247,7 @@ impl Store {
         // Every pack durable (on object storage: every upload done) before
         // an index file names it (a linked store pack's bytes are durable
         // already, its new directory entry is not).
-        if st.written > 0 || report.chunks_linked > 0 {
+        if st.written > 0 || report.chunks_linked > 0 || adopted > 0 {
             crate::failpoint::hit("backup.sync_chunks")
                 .and_then(|()| b.sync())
                 .map_err(repo_io_err(format!("syncing {loc}")))?;
