@@ -545,13 +545,56 @@ impl Store {
             needed.len() as u64,
             needed.iter().map(|n| u64::from(n.1)).sum(),
         );
+        // The chunks of every planned object are pinned (durably, before
+        // the first is copied): a restore that fails on a read or a write
+        // (disk full, a repository that stops answering) records what it
+        // copied as pinned, and the next run finds those chunks present and
+        // does not copy them again; every collection keeps them until a
+        // restore finishes. Damage found in the repository undoes the
+        // copies instead (nothing was restored). A restore that is killed
+        // leaves the marker: the next open drops the pins and collects its
+        // copies, as before (no orphan survives a crash).
+        let pins = self.dir().join(crate::RESTORE_PINS);
+        if !needed.is_empty() {
+            let mut ids = Vec::new();
+            let mut seen = HashSet::new();
+            for p in &plan {
+                for c in &p.manifest.chunks {
+                    if seen.insert(c.id) {
+                        ids.extend_from_slice(&c.id.0);
+                    }
+                }
+            }
+            crate::write_file_atomic(&pins, &ids, 0o600)?;
+        }
+        let clear_pins = || {
+            if let Err(e) = std::fs::remove_file(&pins)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("removing {}: {e}", pins.display());
+            }
+        };
         let mut published: Vec<ChunkId> = Vec::new();
         let mut tokens = Vec::new();
-        let undo = |published: &[ChunkId], tokens: Vec<crate::packs::Published>| {
+        let undo = |e: &StoreError, published: &[ChunkId], tokens: Vec<crate::packs::Published>| {
+            if matches!(e, StoreError::Io { .. }) {
+                // Kept for the rerun: recorded as pinned (the pins file is
+                // durable already), so no collection takes them.
+                for t in tokens {
+                    self.packs().recorded(t);
+                }
+                tracing::info!(
+                    "restore stopped: the {} chunks it copied stay for the next restore (pinned in {})",
+                    published.len(),
+                    self.dir().join(crate::RESTORE_PINS).display()
+                );
+                return;
+            }
             let _ = self.packs().remove_many(published);
             for t in tokens {
                 self.packs().recorded(t);
             }
+            clear_pins();
         };
         let mut i = 0;
         while i < needed.len() {
@@ -587,7 +630,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(e) = r {
                 self.packs().discard(staged);
-                undo(&published, tokens);
+                undo(&e, &published, tokens);
                 progress.finish();
                 return Err(e);
             }
@@ -595,7 +638,7 @@ impl Store {
             match self.packs().publish(staged) {
                 Ok(t) => tokens.push(t),
                 Err(e) => {
-                    undo(&published, tokens);
+                    undo(&e, &published, tokens);
                     progress.finish();
                     return Err(e);
                 }
@@ -674,6 +717,7 @@ impl Store {
                 for t in tokens {
                     self.packs().recorded(t);
                 }
+                clear_pins();
                 r
             }
             Err(e) if writing.get() => {
@@ -681,7 +725,7 @@ impl Store {
                 return Err(e);
             }
             Err(e) => {
-                undo(&published, tokens);
+                undo(&e, &published, tokens);
                 return Err(e);
             }
         };
