@@ -162,6 +162,35 @@ pub const POINTS: &[(&str, &str)] = &[
         "prune2.remove_key",
         "prune (format 2): before one key file no remaining snapshot names is removed",
     ),
+    // (Format 2 passes backup.repo_config (config), backup.stage (one pack
+    // written whole), backup.sync_chunks (the packs durable), backup.manifest
+    // (one index file), backup.sync and backup.snapshot.)
+    // backups migrate (backup/migrate.rs): packs, index, snapshots, the
+    // switch to config, then the format-1 files removed.
+    (
+        "repo_migrate.pack",
+        "backups migrate: before one data or manifest pack is written",
+    ),
+    (
+        "repo_migrate.sync",
+        "backups migrate: packs written, before the sync that precedes their index file",
+    ),
+    (
+        "repo_migrate.index",
+        "backups migrate: packs durable, before the index file naming them is written",
+    ),
+    (
+        "repo_migrate.snapshot",
+        "backups migrate: every pack indexed, before one snapshot's signed bytes are written to snapshots/<id>",
+    ),
+    (
+        "repo_migrate.config",
+        "backups migrate: everything of format 2 durable, before config (the switch) is written",
+    ),
+    (
+        "repo_migrate.cleanup",
+        "backups migrate: config written, before the format-1 files and repo.json are removed",
+    ),
     // restore (backup/restore.rs): chunks (chunks.*), then the records.
     (
         "pack.stage",

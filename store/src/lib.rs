@@ -80,6 +80,10 @@ pub const PACKS_DIR: &str = "packs";
 /// Temp files of long operations inside a data dir (spools, a rotation's plaintext).
 pub const TMP_DIR: &str = "tmp";
 const CONFIG_FILE: &str = "config.toml";
+/// Chunks a restore in progress copied (32-byte ids, concatenated): kept
+/// by every collection until a restore finishes, so that a restore that
+/// stopped resumes instead of copying them again (backup/restore.rs).
+pub const RESTORE_PINS: &str = "restore-pins";
 
 fn check_data_dir(dir: &Path) -> Result<()> {
     match fs::metadata(dir) {
@@ -354,7 +358,16 @@ impl Store {
             // The last writer stopped between publishing chunks and
             // recording them, or between replacing versions and collecting
             // their old chunks: what no manifest references is garbage
-            // from that write.
+            // from that write. (A restore killed before its commit leaves
+            // its pins: they go too, and its copies with them.)
+            if let Err(e) = std::fs::remove_file(self.dir.join(RESTORE_PINS))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(StoreError::Io {
+                    context: format!("removing {}", self.dir.join(RESTORE_PINS).display()),
+                    source: e,
+                });
+            }
             let r = self.gc()?;
             tracing::info!(
                 chunks = r.chunks_removed,
@@ -937,9 +950,26 @@ impl Store {
         Ok(r)
     }
 
-    /// Every chunk id referenced by a stored manifest.
+    /// Every chunk id referenced by a stored manifest, and those a
+    /// restore in progress pins ([`RESTORE_PINS`]).
     pub fn referenced_chunks(&self) -> Result<std::collections::HashSet<bbsync_protocol::ChunkId>> {
         let mut set = std::collections::HashSet::new();
+        match std::fs::read(self.dir.join(RESTORE_PINS)) {
+            Ok(bytes) => {
+                for id in bytes.chunks_exact(32) {
+                    if let Ok(c) = bbsync_protocol::ChunkId::from_slice(id) {
+                        set.insert(c);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("reading {}", self.dir.join(RESTORE_PINS).display()),
+                    source: e,
+                });
+            }
+        }
         for r in self.db.objects() {
             let (id, st) = r?;
             if st.deleted {

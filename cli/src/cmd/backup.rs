@@ -7,22 +7,83 @@ use crate::{Ctx, output, passphrase::get as passphrase, progress::Bar};
 use bbsync_store::{
     Config, Store, StoreError,
     backup::{
-        Repo, SnapshotSignature,
+        Backend, DEFAULT_REPO_FORMAT, LocalDir, Repo, SnapshotSignature,
         create::BackupOptions,
         restore::{RestoreOptions, escrow_of, open_escrow, precheck_snapshot},
         retention::Policy,
+        v2::tar::TarBackend,
     },
     sync::Selection,
 };
 
 /// Where the repository is: `--repo`, else `BBSYNC_REPO`, else the config's
 /// `backup_repo`, else `<data>/backup`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct RepoArg {
-    /// Backup repository (a directory) [env: BBSYNC_REPO; default: config
+    /// Backup repository: a directory, or an export file (`backups
+    /// export`) to read in place [env: BBSYNC_REPO; default: config
     /// `backup_repo`, else <data dir>/backup].
     #[arg(long, value_name = "REPO")]
     repo: Option<PathBuf>,
+    /// How long to wait for another command's lock on a format-2
+    /// repository (`30s`, `10m`, `1h`) [default: refuse at once, naming
+    /// the holder].
+    #[arg(long, value_name = "DURATION", value_parser = super::invite::parse_duration)]
+    lock_wait: Option<std::time::Duration>,
+}
+
+impl RepoArg {
+    /// A repository named by a path (`clone --from-backup REPO`).
+    pub fn path(repo: PathBuf) -> RepoArg {
+        RepoArg {
+            repo: Some(repo),
+            lock_wait: None,
+        }
+    }
+}
+
+/// Where a repository is stored. Every repository argument of every
+/// command goes through [`open_repository`], the one place that turns it
+/// into storage.
+pub enum RepoLocation {
+    /// A local directory (it may not exist yet).
+    Dir(PathBuf),
+    /// An export file, read in place (read only).
+    Export(PathBuf),
+}
+
+impl RepoLocation {
+    /// The storage of an existing repository.
+    pub fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        Ok(match self {
+            RepoLocation::Dir(d) => Arc::new(LocalDir::new(d)),
+            RepoLocation::Export(f) => Arc::new(TarBackend::open(f).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    anyhow::anyhow!("{e}")
+                } else {
+                    anyhow::anyhow!("reading {}: {e}", f.display())
+                }
+            })?),
+        })
+    }
+}
+
+/// Where `arg` points: `--repo`, `BBSYNC_REPO`, the config's `backup_repo`
+/// or `<data>/backup`; a regular file there is an export file.
+pub fn repo_location(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<RepoLocation> {
+    let path = repo_dir(ctx, arg)?;
+    Ok(if path.is_file() {
+        RepoLocation::Export(path)
+    } else {
+        RepoLocation::Dir(path)
+    })
+}
+
+/// Opens the repository `arg` names (either format, or an export file),
+/// with the lock wait it asks for.
+pub fn open_repository(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
+    let backend = repo_location(ctx, arg)?.backend()?;
+    Ok(Repo::open(backend)?.with_lock_wait(arg.lock_wait.unwrap_or_default()))
 }
 
 /// Arguments of `backup`.
@@ -43,9 +104,16 @@ pub struct BackupArgs {
     /// repository (env BBSYNC_PASSPHRASE, or a prompt on a terminal).
     #[arg(long)]
     include_identity: bool,
-    /// Copy chunk files even where a hard link would do.
+    /// Format 2: copy the store's pack files into the repository even
+    /// where a hard link would do (format 1: no effect, chunks are always
+    /// copied).
     #[arg(long)]
     copy: bool,
+    /// Format of a repository this backup creates: 2 (packs and an index,
+    /// the default) or 1 (a file per chunk, for older bbsync). An existing
+    /// repository keeps its format (`backups migrate` converts 1 to 2).
+    #[arg(long, value_name = "N", default_value_t = bbsync_store::backup::DEFAULT_REPO_FORMAT)]
+    repo_format: u16,
 }
 
 /// `backups` subcommands.
@@ -114,6 +182,24 @@ pub enum BackupsCommand {
     /// Sizes and counts of a repository.
     #[command(after_help = "Example:\n  bbsync backups stats --repo /mnt/backup")]
     Stats(RepoArg),
+    /// Write one snapshot of a format-2 repository into one self-contained
+    /// file (a tar: restore --repo FILE and clone --from-backup FILE read it
+    /// in place).
+    #[command(
+        after_help = "Examples:\n  bbsync backups export latest /media/usb/bbs.tar --repo /mnt/backup\n  bbsync restore --repo /media/usb/bbs.tar"
+    )]
+    Export {
+        /// Snapshot id, unique prefix, or `latest`.
+        id: String,
+        /// The file to write (must not exist).
+        file: PathBuf,
+        #[command(flatten)]
+        repo: RepoArg,
+    },
+    /// Convert a format-1 repository to format 2 in place (resumable: run
+    /// it again after an interruption).
+    #[command(after_help = "Example:\n  bbsync backups migrate --repo /mnt/backup")]
+    Migrate(RepoArg),
 }
 
 /// Arguments of `restore`.
@@ -167,7 +253,21 @@ pub fn repo_dir(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<PathBuf> {
 }
 
 fn open_repo(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
-    Ok(Repo::open_dir(&repo_dir(ctx, arg)?)?)
+    open_repository(ctx, arg)
+}
+
+/// One line of what a format-2 prune did (or would do).
+fn packs_line(p: &bbsync_store::backup::v2::prune::PruneReport) -> String {
+    format!(
+        "{} packs {}deleted, {} repacked into {}, {} kept; {} index files rewritten; {} freed",
+        p.packs_deleted,
+        if p.dry_run { "to be " } else { "" },
+        p.packs_repacked,
+        p.packs_written,
+        p.packs_kept,
+        p.index_removed,
+        output::size(p.bytes_freed)
+    )
 }
 
 fn selection(only: &[String]) -> anyhow::Result<Selection> {
@@ -178,13 +278,28 @@ fn selection(only: &[String]) -> anyhow::Result<Selection> {
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<ExitCode> {
     let sel = selection(&a.only)?;
     let store = super::open(ctx)?;
-    let dir = repo_dir(ctx, &a.repo)?;
+    let dir = match repo_location(ctx, &a.repo)? {
+        RepoLocation::Dir(d) => d,
+        RepoLocation::Export(f) => anyhow::bail!(
+            "{} is a file (an export file is read only); a backup writes into a repository directory",
+            f.display()
+        ),
+    };
     let pass = if a.include_identity {
         Some(passphrase(ctx, "the identity escrow", true)?)
     } else {
         None
     };
-    let (repo, created) = Repo::open_or_create_dir(&dir)?;
+    let (repo, created) = Repo::open_or_create_dir(&dir, a.repo_format)?;
+    if !created && repo.format() != a.repo_format && a.repo_format != DEFAULT_REPO_FORMAT {
+        anyhow::bail!(
+            "--repo-format {}: {} is a repository of format {} already (a repository keeps its format; nothing was backed up)",
+            a.repo_format,
+            repo.location(),
+            repo.format()
+        );
+    }
+    let repo = repo.with_lock_wait(a.repo.lock_wait.unwrap_or_default());
     let bar = Bar::new(ctx.progress);
     let mut r = store.backup(
         &repo,
@@ -208,7 +323,12 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<ExitCode> {
     }
     if !ctx.quiet {
         if created {
-            outln!(ctx, "created backup repository {}", r.repo);
+            outln!(
+                ctx,
+                "created backup repository {} (format {})",
+                r.repo,
+                repo.format()
+            );
         }
         if let Some(k) = &r.identity_escrow {
             outln!(ctx, "identity sealed into {k}");
@@ -247,6 +367,13 @@ pub fn backups(ctx: &Ctx, c: BackupsCommand) -> anyhow::Result<ExitCode> {
             let r = repo.delete_snapshot(&id, false)?;
             if ctx.json {
                 output::json(ctx, &r)?;
+            } else if let (false, Some(p)) = (ctx.quiet, &r.packs) {
+                outln!(
+                    ctx,
+                    "deleted snapshot {}; {}",
+                    r.removed.join(", "),
+                    packs_line(p)
+                );
             } else if !ctx.quiet {
                 outln!(
                     ctx,
@@ -284,6 +411,17 @@ pub fn backups(ctx: &Ctx, c: BackupsCommand) -> anyhow::Result<ExitCode> {
                 for id in &r.removed {
                     outln!(ctx, "remove {id}");
                 }
+                if let Some(p) = &r.packs {
+                    outln!(
+                        ctx,
+                        "prune{}: {} snapshots removed, {} kept; {}",
+                        if dry_run { " (dry run)" } else { "" },
+                        r.removed.len(),
+                        p.remaining,
+                        packs_line(p)
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 outln!(
                     ctx,
                     "prune{}: {} snapshots removed, {} kept; {} manifests and {} chunks ({}) {}",
@@ -302,12 +440,22 @@ pub fn backups(ctx: &Ctx, c: BackupsCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        BackupsCommand::Export { id, file, repo } => {
+            export(ctx, &open_repo(ctx, &repo)?, &id, &file)
+        }
+        BackupsCommand::Migrate(r) => migrate(ctx, &r),
         BackupsCommand::Stats(r) => {
             let s = open_repo(ctx, &r)?.stats()?;
             if ctx.json {
                 output::json(ctx, &s)?;
             } else {
-                outln!(ctx, "repository:       {} ({})", s.repo, s.repo_id);
+                outln!(
+                    ctx,
+                    "repository:       {} ({}, format {})",
+                    s.repo,
+                    s.repo_id,
+                    s.format
+                );
                 outln!(ctx, "snapshots:        {}", s.snapshots);
                 outln!(ctx, "manifests:        {}", s.manifests);
                 outln!(
@@ -316,6 +464,15 @@ pub fn backups(ctx: &Ctx, c: BackupsCommand) -> anyhow::Result<ExitCode> {
                     s.chunks,
                     output::size(s.chunk_bytes)
                 );
+                if s.format >= 2 {
+                    outln!(
+                        ctx,
+                        "packs:            {} data, {} manifest; {} index files",
+                        s.data_packs,
+                        s.manifest_packs,
+                        s.index_files
+                    );
+                }
                 outln!(
                     ctx,
                     "snapshots hold:   {} sealed, {} plaintext (deduplicated {:.1}x)",
@@ -328,6 +485,97 @@ pub fn backups(ctx: &Ctx, c: BackupsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `backups export SNAPSHOT FILE`.
+fn export(ctx: &Ctx, repo: &Repo, spec: &str, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let Some(r2) = repo.v2() else {
+        anyhow::bail!(
+            "{} is a format-1 repository; export writes format 2 (run `bbsync backups migrate --repo {}` first)",
+            repo.location(),
+            repo.location()
+        );
+    };
+    let out = ctx.path(file);
+    let r = {
+        let _lock = repo.lock("", false, "export", "exported")?;
+        r2.export(spec, &out)?
+    };
+    if ctx.json {
+        output::json(ctx, &r)?;
+    } else if !ctx.quiet {
+        outln!(
+            ctx,
+            "backups export: snapshot {} into {}: {} data packs, {} manifest packs, identity escrow {}, {} in {}",
+            r.snapshot,
+            r.file,
+            r.data_packs,
+            r.manifest_packs,
+            if r.identity_escrow {
+                "included"
+            } else {
+                "not included"
+            },
+            output::size(r.bytes),
+            output::secs(r.elapsed)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backups migrate`.
+fn migrate(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<ExitCode> {
+    let backend = match repo_location(ctx, arg)? {
+        RepoLocation::Dir(d) => RepoLocation::Dir(d).backend()?,
+        RepoLocation::Export(f) => anyhow::bail!(
+            "{} is an export file (format 2, read only); nothing to migrate",
+            f.display()
+        ),
+    };
+    let host = match &ctx.store {
+        Some(s) => s.instance_id().to_hex(),
+        None => String::new(),
+    };
+    let bar = Bar::new(ctx.progress);
+    let r = bbsync_store::backup::migrate::migrate(
+        backend,
+        &host,
+        arg.lock_wait.unwrap_or_default(),
+        &bar,
+    )?;
+    if ctx.json {
+        output::json(ctx, &r)?;
+    } else if !ctx.quiet {
+        if r.already {
+            outln!(
+                ctx,
+                "{} is a format-2 repository already; nothing to do",
+                r.repo
+            );
+        } else {
+            outln!(
+                ctx,
+                "backups migrate: {} is format 2 now: {} snapshots, {} chunks packed ({}) into {} data packs{}, {} manifests into {} manifest packs, {} index files, {} escrows; {} format-1 files removed, in {}",
+                r.repo,
+                r.snapshots,
+                r.chunks,
+                output::size(r.bytes),
+                r.data_packs,
+                if r.chunks_done_before > 0 {
+                    format!(" ({} packed by an earlier run)", r.chunks_done_before)
+                } else {
+                    String::new()
+                },
+                r.manifests,
+                r.manifest_packs,
+                r.index_files,
+                r.keys,
+                r.files_removed,
+                output::secs(r.elapsed)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list(ctx: &Ctx, repo: &Repo) -> anyhow::Result<ExitCode> {
@@ -652,7 +900,7 @@ pub fn restore_for_clone(
     let Some(dir) = repo else {
         return Ok(None);
     };
-    let repo = Repo::open_dir(&ctx.path(&dir))?;
+    let repo = open_repository(ctx, &RepoArg::path(dir))?;
     let bar = Bar::new(ctx.progress);
     let r = store.restore(
         &repo,
@@ -695,7 +943,7 @@ pub fn start_scheduler(
     ctx: &Ctx,
     store: &Arc<Store>,
 ) -> anyhow::Result<Option<bbsync_store::backup::schedule::Scheduler>> {
-    let default = repo_dir(ctx, &RepoArg { repo: None })?;
+    let default = repo_dir(ctx, &RepoArg::default())?;
     Ok(bbsync_store::backup::schedule::spawn(
         store.clone(),
         default,

@@ -72,7 +72,18 @@ impl Fixture {
         mini_bbs(&tree);
         ok(&a, &["import-bbs", tree.to_str().unwrap()]);
         let repo = root.join("repo");
-        let r = json(&a, &["backup", "--repo", repo.to_str().unwrap()]);
+        // Format 1 (these tests mutilate its chunk and manifest files;
+        // backup_v2.rs has the format-2 equivalents).
+        let r = json(
+            &a,
+            &[
+                "backup",
+                "--repo-format",
+                "1",
+                "--repo",
+                repo.to_str().unwrap(),
+            ],
+        );
         let snap = r["snapshot"].as_str().unwrap().to_string();
         Fixture {
             _t: t,
@@ -176,7 +187,18 @@ fn backup_verify_list_show() -> TestResult {
     assert_eq!(s["schema_version"], bbsync_store::SCHEMA_VERSION);
     assert_eq!(s["signature"], "verified");
     // The default repository lives under the data dir.
-    let r = json(&f.a, &["backup", "--description", "nightly", "--tag", "x"]);
+    let r = json(
+        &f.a,
+        &[
+            "backup",
+            "--repo-format",
+            "1",
+            "--description",
+            "nightly",
+            "--tag",
+            "x",
+        ],
+    );
     assert!(f.a.join("backup/repo.json").is_file(), "{r}");
     let s = json(&f.a, &["backups", "show", r["snapshot"].as_str().unwrap()]);
     assert_eq!(s["description"], "nightly");
@@ -188,6 +210,8 @@ fn backup_verify_list_show() -> TestResult {
         &f.a,
         &[
             "backup",
+            "--repo-format",
+            "1",
             "--repo",
             f.root.join("copied").to_str().unwrap(),
             "--copy",
@@ -238,7 +262,15 @@ fn disaster_recovery_restores_identity_and_content() -> TestResult {
     let r = repo.to_str().unwrap();
     let out = ok_env(
         &a,
-        &["--json", "backup", "--repo", r, "--include-identity"],
+        &[
+            "--json",
+            "backup",
+            "--repo-format",
+            "1",
+            "--repo",
+            r,
+            "--include-identity",
+        ],
         &[("BBSYNC_PASSPHRASE", PASS)],
     );
     let b = js(&out);

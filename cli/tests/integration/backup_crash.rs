@@ -65,7 +65,7 @@ fn backup_and_restore_survive_kill_9() -> TestResult {
     // once a third of the chunks are in the repository.
     let landed = kill_at(
         &a,
-        &["backup", "--repo", r, "--copy"],
+        &["backup", "--repo-format", "1", "--repo", r, "--copy"],
         "backup.stage",
         total / 3,
         || chunk_entries(&repo),

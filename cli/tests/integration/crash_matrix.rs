@@ -94,6 +94,14 @@ enum Path_ {
     /// `export` of a SQLite database object to a new file (a temp file
     /// beside it, synced and checked, then renamed).
     Export,
+    /// `backup` into a new repository of format 2 (packs written whole,
+    /// one sync, index file, escrow, snapshot).
+    Backup2,
+    /// `restore --rekey` of the newer snapshot out of a format-2
+    /// repository (a safety snapshot into it first).
+    Restore2,
+    /// `backups migrate` of a format-1 repository holding two snapshots.
+    RepoMigrate,
 }
 
 use Path_ as P;
@@ -226,6 +234,47 @@ const MATRIX: &[(Path_, &[Row])] = &[
         ],
     ),
     (P::Export, &[("sqlite.rename", &[A1, E1])]),
+    (
+        P::Backup2,
+        &[
+            ("backup.repo_config", &[A1, E1]),
+            // config, then the packs, the index file and the snapshot.
+            ("repo.rename", &[A1, Abort(2), Abort(3), E1, Enospc(2)]),
+            ("backup.stage", &[A1, E1]),
+            ("backup.sync_chunks", &[A1, E1]),
+            ("backup.manifest", &[A1, E1]),
+            ("backup.sync", &[A1, E1]),
+            ("backup.snapshot", &[A1, E1]),
+        ],
+    ),
+    (
+        P::Restore2,
+        &[
+            // The safety snapshot of the store as it was.
+            ("backup.stage", &[A1, E1]),
+            ("backup.manifest", &[A1, E1]),
+            ("backup.snapshot", &[A1, E1]),
+            // Chunks read through the index, then trust and records.
+            ("pack.stage", &[A1, E1]),
+            ("pack.sync", &[A1, E1]),
+            ("pack.write", &[A1, E1]),
+            ("restore.commit", &[A1, E1]),
+            ("db.commit", &[A1, E1]),
+            ("restore.rekey", &[A1, E1]),
+        ],
+    ),
+    (
+        P::RepoMigrate,
+        &[
+            ("repo_migrate.pack", &[A1, Abort(2), E1]),
+            ("repo_migrate.sync", &[A1, E1]),
+            ("repo_migrate.index", &[A1, E1]),
+            ("repo_migrate.snapshot", &[A1, E1]),
+            ("repo_migrate.config", &[A1, E1]),
+            ("repo_migrate.cleanup", &[A1, E1]),
+            ("repo.rename", &[A1, E1]),
+        ],
+    ),
 ];
 
 /// Pack points whose steps no path above passes with certainty on these
@@ -281,6 +330,10 @@ struct Fixture {
     /// That snapshot's id (a restore names it: a rerun of `restore` without
     /// one would take the safety snapshot of the first run as the latest).
     snap2: String,
+    /// The same backup of A2 in a format-2 repository.
+    repo2v2: PathBuf,
+    /// Its snapshot.
+    snap2v2: String,
     /// A2 plus a SQLite database (`file:bbs.sqlite3`), imported from tree3
     /// (tree2 and the database).
     a3: PathBuf,
@@ -483,8 +536,20 @@ impl Fixture {
         let repo2 = root.join("repo2");
         let snap2 = json(
             &a2,
-            &["backup", "--copy", "--repo", repo2.to_str().unwrap()],
+            &[
+                "backup",
+                "--repo-format",
+                "1",
+                "--copy",
+                "--repo",
+                repo2.to_str().unwrap(),
+            ],
         )["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let repo2v2 = root.join("repo2v2");
+        let snap2v2 = json(&a2, &["backup", "--repo", repo2v2.to_str().unwrap()])["snapshot"]
             .as_str()
             .unwrap()
             .to_string();
@@ -511,6 +576,8 @@ impl Fixture {
             garbage,
             repo2,
             snap2,
+            repo2v2,
+            snap2v2,
             a3,
             db_export,
             versions2,
@@ -613,11 +680,19 @@ fn allowed_while_unfinished(path: Path_) -> &'static [&'static str] {
         P::Clone | P::Follow => &["incomplete-object"],
         // Chunks are published before the records that reference them;
         // a GC removes unreferenced chunks one by one.
-        P::Restore | P::Gc => &["orphan-chunk"],
+        P::Restore | P::Restore2 | P::Gc => &["orphan-chunk"],
         // An import is atomic per object and collects its leftovers at the
         // next open; a backup, a migration (finished by any open) and an
         // export do not leave the store unfinished.
-        P::Init | P::Trust | P::Import | P::Backup | P::BackupCopy | P::Migrate | P::Export => &[],
+        P::Init
+        | P::Trust
+        | P::Import
+        | P::Backup
+        | P::BackupCopy
+        | P::Migrate
+        | P::Export
+        | P::Backup2
+        | P::RepoMigrate => &[],
     }
 }
 
@@ -644,6 +719,26 @@ fn check_store_after_fault(data: &Path, path: Path_, what: &str) {
 /// manifests that no snapshot references yet are what an unfinished backup
 /// leaves (the rerun uses them, `backups prune` would remove them).
 fn check_repo_after_fault(data: &Path, repo: &Path, what: &str) {
+    if repo.join("config").exists() {
+        // Format 2: packs no index file names yet are what an unfinished
+        // backup leaves.
+        let r = repo.to_str().unwrap();
+        let o = run(
+            data,
+            &["--json", "backups", "verify", "--repo", r, "--read-data"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{what}: backups verify --json ({e}): {}{}",
+                o.stdout, o.stderr
+            )
+        });
+        assert!(
+            problem_classes(&v).iter().all(|c| c == "unindexed-pack"),
+            "{what}: repository after the fault: {v}"
+        );
+        return;
+    }
     if !repo.join("repo.json").exists() {
         return;
     }
@@ -796,7 +891,13 @@ fn run_row(
             let data = work.join("data");
             copy_dir(&f.a2, &data);
             let repo = work.join("repo");
-            let mut args = vec!["backup", "--repo", repo.to_str().unwrap()];
+            let mut args = vec![
+                "backup",
+                "--repo-format",
+                "1",
+                "--repo",
+                repo.to_str().unwrap(),
+            ];
             if path == P::BackupCopy {
                 args.push("--copy");
             }
@@ -811,17 +912,82 @@ fn run_row(
             assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
             check_backup_final(&data, &repo, &f.tree2, work, &what);
         }
-        P::Restore => {
+        P::Backup2 => {
+            let data = work.join("data");
+            copy_dir(&f.a2, &data);
+            let repo = work.join("repo");
+            let args = ["backup", "--repo", repo.to_str().unwrap()];
+            let o = run_fp(&data, &args, Some(&spec));
+            check_fault_outcome(&o, point, fault, &what);
+            check_repo_after_fault(&data, &repo, &what);
+            let snaps = fs::read_dir(repo.join("snapshots"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(snaps, 0, "{what}: a failed backup left a snapshot");
+            let o = run(&data, &args);
+            assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
+            check_backup_final(&data, &repo, &f.tree2, work, &what);
+        }
+        P::RepoMigrate => {
+            let data = work.join("data");
+            copy_dir(&f.a2, &data);
+            let repo = work.join("repo");
+            copy_dir(&f.repo2, &repo);
+            let r = repo.to_str().unwrap();
+            let listed = ok(&data, &["--json", "backups", "list", "--repo", r]);
+            let args = ["backups", "migrate", "--repo", r];
+            let o = run_fp(&data, &args, Some(&spec));
+            check_fault_outcome(&o, point, fault, &what);
+            if repo.join("repo.json").exists() && repo.join("config").exists() {
+                // Switched, format-1 files not all gone: every command
+                // but migrate refuses and says to finish it.
+                let o = run(&data, &["backups", "list", "--repo", r]);
+                assert!(
+                    o.code == 1 && o.stderr.contains("run `bbsync backups migrate"),
+                    "{what}: {}",
+                    o.stderr
+                );
+            } else {
+                // Not switched: still format 1, its snapshots as they were.
+                assert!(repo.join("repo.json").exists(), "{what}");
+                let now = ok(&data, &["--json", "backups", "list", "--repo", r]);
+                assert_eq!(now, listed, "{what}: the snapshots changed");
+            }
+            let o = run(&data, &args);
+            assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
+            assert!(
+                !repo.join("repo.json").exists() && repo.join("config").exists(),
+                "{what}: not format 2 after the rerun"
+            );
+            assert_eq!(
+                ok(&data, &["--json", "backups", "list", "--repo", r]),
+                listed,
+                "{what}: the snapshots changed"
+            );
+            check_backup_final(&data, &repo, &f.tree2, work, &what);
+        }
+        P::Restore | P::Restore2 => {
             let data = work.join("data");
             copy_dir(&f.a1, &data);
             let repo = work.join("repo");
-            copy_dir(&f.repo2, &repo);
+            copy_dir(
+                if path == P::Restore2 {
+                    &f.repo2v2
+                } else {
+                    &f.repo2
+                },
+                &repo,
+            );
             let args = [
                 "restore",
                 "--rekey",
                 "--repo",
                 repo.to_str().unwrap(),
-                &f.snap2,
+                if path == P::Restore2 {
+                    &f.snap2v2
+                } else {
+                    &f.snap2
+                },
             ];
             let o = run_fp(&data, &args, Some(&spec));
             check_fault_outcome(&o, point, fault, &what);
@@ -1087,6 +1253,21 @@ fn backup_crashes_and_errors_resume() {
 #[test]
 fn restore_crashes_and_errors_resume() {
     run_path(P::Restore);
+}
+
+#[test]
+fn backup_format_2_crashes_and_errors_resume() {
+    run_path(P::Backup2);
+}
+
+#[test]
+fn restore_format_2_crashes_and_errors_resume() {
+    run_path(P::Restore2);
+}
+
+#[test]
+fn repository_migration_crashes_and_errors_resume() {
+    run_path(P::RepoMigrate);
 }
 
 #[test]

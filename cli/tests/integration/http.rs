@@ -766,6 +766,31 @@ fn a_clone_job_over_the_api_equals_the_cli_clone_with_live_progress_and_metrics(
     assert_eq!(snaps[0]["tags"], json!(["api"]));
     let cli_list = json(&api_dst, &["backups", "list"]);
     assert_eq!(cli_list[0]["id"], snaps[0]["id"]);
+    // The dashboard's Download: the snapshot's export file (format 2, the
+    // default), which the CLI reads in place.
+    let mut resp = agent()
+        .get(&format!("{}/api/v1/backups/latest/download", n.base))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let tar = resp.body_mut().with_config().limit(1 << 30).read_to_vec()?;
+    let file = tmp.path().join("download.tar");
+    std::fs::write(&file, &tar)?;
+    let from_file = json(
+        &api_dst,
+        &["backups", "list", "--repo", file.to_str().unwrap()],
+    );
+    assert_eq!(from_file[0]["id"], snaps[0]["id"]);
+    ok(
+        &api_dst,
+        &[
+            "backups",
+            "verify",
+            "--read-data",
+            "--repo",
+            file.to_str().unwrap(),
+        ],
+    );
     let m = get(&n, "/metrics", Cred::Bearer(&token)).body;
     assert!(
         m.contains("bbsync_backup_last_success_timestamp_seconds{"),

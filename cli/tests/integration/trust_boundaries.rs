@@ -101,6 +101,8 @@ impl Victim {
             &[
                 "--json",
                 "backup",
+                "--repo-format",
+                "1",
                 "--repo",
                 repo.to_str().unwrap(),
                 "--include-identity",

@@ -740,6 +740,11 @@ async fn backup_show(
     ok(v)
 }
 
+/// `GET /api/v1/backups/{id}/download`: a format-2 repository's snapshot as
+/// its export file (`backups export`: one tar that `restore --repo FILE`
+/// and `clone --from-backup FILE` read in place), streamed from a temp
+/// file that is unlinked once opened; a format-1 repository's snapshot
+/// record as JSON (format 1 has no export).
 async fn backup_download(
     State(s): St,
     _r: Reader,
@@ -748,13 +753,35 @@ async fn backup_download(
 ) -> ApiResult {
     let q = query(q)?;
     let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
+    let tmp = s.store.dir().join("tmp");
     let (id, body) = blocking(move || {
         let repo = open_repo(&dir)?;
         let id = repo.resolve_snapshot(&id)?;
-        let snap = repo.load_snapshot(&id)?;
-        let body =
-            serde_json::to_vec_pretty(&snap).map_err(|e| HttpError::Internal(e.to_string()))?;
-        Ok((id, body))
+        let Some(r2) = repo.v2() else {
+            let snap = repo.load_snapshot(&id)?;
+            let body =
+                serde_json::to_vec_pretty(&snap).map_err(|e| HttpError::Internal(e.to_string()))?;
+            return Ok((id, Download::Record(body)));
+        };
+        std::fs::create_dir_all(&tmp).map_err(|e| HttpError::Internal(e.to_string()))?;
+        let mut rnd = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut rnd);
+        let file = tmp.join(format!(
+            "download-{}.tar",
+            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        let exported = {
+            let _lock = repo.lock("", false, "export", "exported")?;
+            r2.export(&id, &file)
+        };
+        let opened = exported.and_then(|_| {
+            std::fs::File::open(&file).map_err(|e| bbsync_store::StoreError::Io {
+                context: format!("reading {}", file.display()),
+                source: e,
+            })
+        });
+        let _ = std::fs::remove_file(&file);
+        Ok((id, Download::Export(opened?)))
     })
     .await?;
     // The id is the repository's own (checked by resolve_snapshot);
@@ -763,17 +790,57 @@ async fn backup_download(
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         .collect();
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json".to_string()),
+    Ok(match body {
+        Download::Record(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"snapshot-{name}.json\""),
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Download::Export(file) => {
+            let stream = futures::stream::unfold(Some(file), |file| async move {
+                let mut f = file?;
+                let r = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let n = std::io::Read::read(&mut f, &mut buf)?;
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>((f, buf))
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                match r {
+                    Ok((_, buf)) if buf.is_empty() => None,
+                    Ok((f, buf)) => Some((Ok(buf), Some(f))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            });
             (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"snapshot-{name}.json\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+                [
+                    (header::CONTENT_TYPE, "application/x-tar".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"bbsync-{name}.tar\""),
+                    ),
+                ],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+    })
+}
+
+/// What a download serves.
+enum Download {
+    /// A format-1 snapshot record (JSON).
+    Record(Vec<u8>),
+    /// A format-2 export file, opened (and already unlinked).
+    Export(std::fs::File),
 }
 
 async fn backup_delete(

@@ -674,7 +674,9 @@ async fn run(
             let metrics = shared.metrics.clone();
             blocking(move || {
                 let started = Instant::now();
-                let (repo, created) = Repo::open_or_create_dir(&dir).map_err(|e| e.to_string())?;
+                let (repo, created) =
+                    Repo::open_or_create_dir(&dir, bbsync_store::backup::DEFAULT_REPO_FORMAT)
+                        .map_err(|e| e.to_string())?;
                 let mut r = store
                     .backup(
                         &repo,
@@ -713,7 +715,7 @@ async fn run(
         Prepared::BackupVerify(dir, snapshot, read_data) => {
             let job = job.clone();
             blocking(move || {
-                let repo = Repo::open_dir(&dir).map_err(|e| e.to_string())?;
+                let repo = Repo::open_path(&dir).map_err(|e| e.to_string())?;
                 let r = repo
                     .verify(snapshot.as_deref(), read_data, job.as_ref())
                     .map_err(|e| e.to_string())?;
@@ -732,8 +734,8 @@ async fn run(
             let job = job.clone();
             let data_dir = store.dir().to_path_buf();
             blocking(move || {
-                let r =
-                    Repo::open_dir(&dir).and_then(|repo| store.restore(&repo, &opts, job.as_ref()));
+                let r = Repo::open_path(&dir)
+                    .and_then(|repo| store.restore(&repo, &opts, job.as_ref()));
                 bbsync_store::backup::history::record(
                     &data_dir,
                     &dir,

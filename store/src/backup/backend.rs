@@ -37,6 +37,11 @@ fn create_private_file(path: &Path) -> io::Result<File> {
 pub trait Backend: Send + Sync {
     /// Where the repository is, for messages.
     fn location(&self) -> String;
+    /// Whether nothing can be written (an export file read in place):
+    /// readers take no lock there.
+    fn is_read_only(&self) -> bool {
+        false
+    }
     /// The whole content of a file (`NotFound` when absent).
     fn read(&self, path: &str) -> io::Result<Vec<u8>>;
     /// `len` bytes of a file from `offset` (`UnexpectedEof` when the file

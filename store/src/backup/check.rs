@@ -112,31 +112,15 @@ pub(crate) fn decode_manifest_file(
     Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
 }
 
-/// Reads and decodes one manifest file (signature not yet checked).
-fn read_manifest_file(
-    repo: &Repo,
-    mid: &ManifestId,
-) -> std::result::Result<ReadManifest, (&'static str, String)> {
-    let path = manifest_path(mid);
-    let bytes = match repo.backend().read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(("missing-manifest", "missing".into()));
-        }
-        Err(e) => return Err(("bad-manifest", format!("unreadable: {e}"))),
-    };
-    decode_manifest_file(&bytes)
-}
-
 /// Reads and checks manifest files against the object versions a snapshot
 /// lists: each file decodes, its signature verifies under its author's key
 /// (ed25519 batches, on all cores), its id is the hash of the signed body,
 /// and it is that object and version. Results in the order of `items`.
 pub(crate) fn check_manifests(
-    repo: &Repo,
+    reader: &super::RepoReader<'_>,
     items: &[&super::repofile::SnapObject],
 ) -> Vec<ManifestCheck> {
-    check_manifests_with(items, |mid| read_manifest_file(repo, mid))
+    check_manifests_with(items, |mid| reader.read_manifest_file(mid))
 }
 
 /// [`check_manifests`] with the files read by `read` (format 1: one file
@@ -231,13 +215,19 @@ pub(crate) fn snapshot_problem(
 
 impl Repo {
     /// Checks one snapshot (`Some(id)`) or the whole repository (`None`:
-    /// also unreferenced files and key files).
+    /// also unreferenced files and key files). Format 2 under a shared
+    /// lock ([`super::v2::Repo2::verify_snapshots`]).
     pub fn verify(
         &self,
         only: Option<&str>,
         read_data: bool,
         progress: &dyn Progress,
     ) -> Result<RepoCheck> {
+        if let Some(r) = self.v2() {
+            let _lock = self.lock("", false, "verify", "verified")?;
+            let only = only.map(|s| self.resolve_snapshot(s)).transpose()?;
+            return r.verify_snapshots(only.as_deref(), read_data, progress);
+        }
         let start = Instant::now();
         let b = self.backend();
         let mut r = RepoCheck {
@@ -287,7 +277,7 @@ impl Repo {
         let objects: Vec<&super::repofile::SnapObject> = wanted.values().map(|(o, _)| o).collect();
         let checked: Vec<(ManifestId, ManifestCheck, String)> = wanted
             .iter()
-            .zip(check_manifests(self, &objects))
+            .zip(check_manifests(&self.reader()?, &objects))
             .map(|((mid, (_, snap)), c)| (*mid, c, snap.clone()))
             .collect();
         // chunk -> (expected length, who references it)

@@ -40,8 +40,10 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Seal this instance's identity with this passphrase into `keys/`.
     pub identity_passphrase: Option<Zeroizing<String>>,
-    /// Copy chunk files even where a hard link would do (no effect since
-    /// chunks live in pack files: every chunk is copied).
+    /// Format 2: copy the store's sealed packs into the repository even
+    /// where a hard link would do (a link shares the store file's inode, so
+    /// damage to one is damage to both). Format 1: no effect (chunks live in
+    /// packs, so every chunk is copied into its own file anyway).
     pub copy: bool,
 }
 
@@ -83,13 +85,19 @@ const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 const GROUP_CHUNKS: usize = 256;
 
 impl Store {
-    /// Backs this store up into `repo` (see the module docs).
+    /// Backs this store up into `repo` (see the module docs; format 2:
+    /// [`Store::backup_v2`] under a shared lock).
     pub fn backup(
         &self,
         repo: &Repo,
         opts: &BackupOptions,
         progress: &dyn Progress,
     ) -> Result<BackupReport> {
+        if let Some(r2) = repo.v2() {
+            let lock = repo.lock(&self.instance_id().to_hex(), false, "backup", "backed up")?;
+            return self.backup_v2_locked(r2, opts, progress, lock.as_ref());
+        }
+        let _lock = repo.lock_format1_writer(&self.instance_id().to_hex())?;
         let start = Instant::now();
         let loc = repo.location();
         let b = repo.backend();

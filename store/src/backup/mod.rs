@@ -21,6 +21,8 @@ pub mod check;
 pub mod create;
 pub mod escrow;
 pub mod history;
+pub mod migrate;
+pub mod reader;
 pub mod repofile;
 pub mod restore;
 pub mod retention;
@@ -38,6 +40,7 @@ pub use backend::{Backend, LocalDir};
 use bbsync_protocol::{
     ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
 };
+pub use reader::RepoReader;
 use repofile::{
     LegacySnapshotFile, SNAPSHOT_FILE_FORMAT, SignedSnapshotFile, SnapObject, SnapTrust,
 };
@@ -45,12 +48,26 @@ pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
 
 use crate::error::{Result, StoreError};
 
-/// An opened backup repository.
+/// The format a new repository gets unless told otherwise
+/// (`backup --repo-format`, docs/backup.md).
+pub const DEFAULT_REPO_FORMAT: u16 = v2::format::CONFIG_FORMAT;
+
+/// An opened backup repository of either format: format 1 (§16 of
+/// docs/format.md: a file per chunk and per manifest, `repo.json`) or
+/// format 2 (§17: packs, index files, `config`). Every command works on it
+/// through the same methods; the format is read from the repository.
 #[derive(Clone)]
 pub struct Repo {
     backend: Arc<dyn Backend>,
-    /// Its `repo.json`.
-    pub info: RepoFile,
+    kind: RepoKind,
+    /// How long taking a lock waits for a conflicting holder (0: refuse at once).
+    lock_wait: std::time::Duration,
+}
+
+#[derive(Clone)]
+enum RepoKind {
+    V1(RepoFile),
+    V2(v2::Repo2),
 }
 
 impl std::fmt::Debug for Repo {
@@ -191,6 +208,99 @@ impl Repo {
         &*self.backend
     }
 
+    /// The storage, shared.
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// The repository format: 1 or 2.
+    pub fn format(&self) -> u16 {
+        match &self.kind {
+            RepoKind::V1(i) => i.format,
+            RepoKind::V2(r) => r.config.format,
+        }
+    }
+
+    /// The random id of the repository.
+    pub fn repo_id(&self) -> &str {
+        match &self.kind {
+            RepoKind::V1(i) => &i.repo_id,
+            RepoKind::V2(r) => &r.config.repo_id,
+        }
+    }
+
+    /// The format-2 repository, when it is one.
+    pub fn v2(&self) -> Option<&v2::Repo2> {
+        match &self.kind {
+            RepoKind::V1(_) => None,
+            RepoKind::V2(r) => Some(r),
+        }
+    }
+
+    /// How long commands wait for a conflicting lock (`--lock-wait`).
+    pub fn lock_wait(&self) -> std::time::Duration {
+        self.lock_wait
+    }
+
+    /// The same repository whose locks wait up to `wait` for a
+    /// conflicting holder to go (`--lock-wait`; default: refuse at once).
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Repo {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Takes a lock on a format-2 repository (`exclusive` for migrate,
+    /// prune and delete; shared for backup, restore, verify, export and
+    /// stats), waiting up to the repository's lock wait; `refused` says
+    /// what was not done in the refusal ("backed up", "restored", ...). A
+    /// format-1 repository has no locks: `None`.
+    pub fn lock(
+        &self,
+        host: &str,
+        exclusive: bool,
+        operation: &str,
+        refused: &str,
+    ) -> Result<Option<v2::lock::LockGuard>> {
+        match &self.kind {
+            RepoKind::V2(_) if self.backend.is_read_only() => Ok(None),
+            RepoKind::V1(_) => Ok(None),
+            RepoKind::V2(r) => r
+                .lock_waiting(host, exclusive, operation, refused, self.lock_wait)
+                .map(Some),
+        }
+    }
+
+    /// The shared lock of a backup into a format-1 repository: format 1
+    /// has no locks of its own, but a migration to format 2 takes an
+    /// exclusive one, and a format-1 backup must not run into it.
+    pub(crate) fn lock_format1_writer(&self, host: &str) -> Result<v2::lock::LockGuard> {
+        v2::Repo2::from_parts(
+            self.backend.clone(),
+            v2::format::ConfigFile {
+                format: REPO_FORMAT,
+                repo_id: self.repo_id().to_string(),
+                created: String::new(),
+                pack_target: crate::packs::PACK_TARGET,
+            },
+        )
+        .lock_waiting(host, false, "backup", "backed up", self.lock_wait)
+    }
+
+    /// A reader of the repository's manifests and chunks: format 2 loads
+    /// its index once here.
+    pub fn reader(&self) -> Result<RepoReader<'_>> {
+        let index = match &self.kind {
+            RepoKind::V1(_) => None,
+            RepoKind::V2(r) => Some(r.load_index()?),
+        };
+        Ok(RepoReader {
+            repo: self,
+            index,
+            pack_sizes: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
     /// Where it is, for messages.
     pub fn location(&self) -> String {
         self.backend.location()
@@ -201,9 +311,57 @@ impl Repo {
         Repo::open(Arc::new(LocalDir::new(dir)))
     }
 
-    /// Opens a repository: `repo.json` must be there and of a known format.
+    /// Opens the repository at a local path: a directory, or an export
+    /// file (`backups export`) read in place, read only.
+    pub fn open_path(path: &Path) -> Result<Repo> {
+        if path.is_file() {
+            let t = v2::tar::TarBackend::open(path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    StoreError::Repo(e.to_string())
+                } else {
+                    repo_io_err(format!("reading {}", path.display()))(e)
+                }
+            })?;
+            return Repo::open(Arc::new(t));
+        }
+        Repo::open_dir(path)
+    }
+
+    /// Opens a repository of either format: `config` (format 2) or
+    /// `repo.json` (format 1) must be there, not both (a migration that
+    /// stopped before its end: `backups migrate` finishes it).
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repo> {
         let loc = backend.location();
+        let has = |name: &str| {
+            backend
+                .size(name)
+                .map(|s| s.is_some())
+                .map_err(repo_io_err(format!("reading {loc}/{name}")))
+        };
+        let (config, legacy) = (has("config")?, has("repo.json")?);
+        if config && legacy {
+            return Err(StoreError::Repo(format!(
+                "backup repository {loc} holds both config (format 2) and repo.json (format 1): a migration to format 2 stopped before its end; run `bbsync backups migrate --repo {loc}` to finish it"
+            )));
+        }
+        if config {
+            let r = v2::Repo2::open(backend.clone())?;
+            return Ok(Repo {
+                backend,
+                kind: RepoKind::V2(r),
+                lock_wait: std::time::Duration::ZERO,
+            });
+        }
+        if !legacy
+            && !backend
+                .list("index")
+                .map_err(repo_io_err(format!("listing {loc}/index")))?
+                .is_empty()
+        {
+            return Err(StoreError::Repo(format!(
+                "{loc} is not a bbsync backup repository (no config)"
+            )));
+        }
         let bytes = match backend.read("repo.json") {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -229,15 +387,28 @@ impl Repo {
         let info: RepoFile = serde_json::from_slice(&bytes).map_err(|e| {
             StoreError::Repo(format!("{loc}/repo.json is not a valid repo.json: {e}"))
         })?;
-        Ok(Repo { backend, info })
+        Ok(Repo {
+            backend,
+            kind: RepoKind::V1(info),
+            lock_wait: std::time::Duration::ZERO,
+        })
     }
 
-    /// Opens the repository in a local directory, creating it when the
-    /// directory does not exist or is empty.
-    pub fn open_or_create_dir(dir: &Path) -> Result<(Repo, bool)> {
+    /// Opens the repository in a local directory, creating it in `format`
+    /// (1 or 2, [`DEFAULT_REPO_FORMAT`] unless the operator says) when the
+    /// directory does not exist or is empty. An existing repository keeps
+    /// its format: `format` only says what a new one gets.
+    pub fn open_or_create_dir(dir: &Path, format: u16) -> Result<(Repo, bool)> {
+        if format != REPO_FORMAT && format != v2::format::CONFIG_FORMAT {
+            return Err(StoreError::Invalid(format!(
+                "--repo-format {format}: this bbsync writes repository formats 1 and 2"
+            )));
+        }
         let empty = match std::fs::read_dir(dir) {
-            // (A temp repo.json is a creation that was interrupted.)
-            Ok(rd) => rd.flatten().all(|e| e.file_name() == ".repo.json.tmp"),
+            // (A temp repo.json or config is a creation that was interrupted.)
+            Ok(rd) => rd
+                .flatten()
+                .all(|e| e.file_name() == ".repo.json.tmp" || e.file_name() == ".config.tmp"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(repo_io_err(format!("reading {}", dir.display()))(e)),
         };
@@ -248,6 +419,18 @@ impl Repo {
         // ciphertext, every envelope and possibly the identity escrow.
         backend::create_private_dir(dir)
             .map_err(repo_io_err(format!("creating {}", dir.display())))?;
+        if format == v2::format::CONFIG_FORMAT {
+            let backend: Arc<dyn Backend> = Arc::new(LocalDir::new(dir));
+            let r = v2::Repo2::create(backend.clone())?;
+            return Ok((
+                Repo {
+                    backend,
+                    kind: RepoKind::V2(r),
+                    lock_wait: std::time::Duration::ZERO,
+                },
+                true,
+            ));
+        }
         let mut id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let info = RepoFile {
@@ -262,13 +445,23 @@ impl Repo {
         crate::failpoint::hit("backup.repo_config")
             .and_then(|()| backend.write("repo.json", &bytes))
             .map_err(repo_io_err(format!("writing {}/repo.json", dir.display())))?;
-        Ok((Repo { backend, info }, true))
+        Ok((
+            Repo {
+                backend,
+                kind: RepoKind::V1(info),
+                lock_wait: std::time::Duration::ZERO,
+            },
+            true,
+        ))
     }
 
     /// Snapshot ids, oldest first: by their per-repository sequence
     /// ([`snapshot_seq`]; ids written before it have sequence 0 and come
     /// first), then by name (which starts with the UTC second).
     pub fn snapshot_ids(&self) -> Result<Vec<String>> {
+        if let RepoKind::V2(r) = &self.kind {
+            return r.snapshot_ids();
+        }
         let mut ids: Vec<String> = self
             .backend
             .list("snapshots")
@@ -355,6 +548,9 @@ impl Repo {
     /// Either way its id must match its name. The host is not judged here:
     /// that is the restoring store's decision.
     pub fn load_snapshot(&self, id: &str) -> Result<SnapshotFile> {
+        if let RepoKind::V2(r) = &self.kind {
+            return r.load_snapshot(id);
+        }
         let path = snapshot_path(id);
         let bytes = match self.backend.read(&path) {
             Ok(b) => b,
@@ -440,7 +636,15 @@ impl Repo {
             .map_err(repo_io_err(format!("writing {}/{path}", self.location())))
     }
 
-    /// Reads and decodes a manifest file (not yet verified).
+    /// The path of a snapshot in this repository's format (for messages).
+    pub fn snapshot_path(&self, id: &str) -> String {
+        match &self.kind {
+            RepoKind::V1(_) => snapshot_path(id),
+            RepoKind::V2(_) => v2::format::snapshot_path(id),
+        }
+    }
+
+    /// Reads and decodes a format-1 manifest file (not yet verified).
     pub fn read_manifest(&self, id: &ManifestId) -> Result<repofile::ManifestFile> {
         let path = manifest_path(id);
         let bytes = match self.backend.read(&path) {

@@ -33,8 +33,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    Repo, SnapshotFile, SnapshotSignature, check::check_manifests, chunk_path,
-    create::BackupOptions, escrow, manifest_path, repofile::KeyFile,
+    Repo, SnapshotFile, SnapshotSignature, check::check_manifests, create::BackupOptions, escrow,
+    repofile::KeyFile,
 };
 use crate::{
     Store,
@@ -164,10 +164,52 @@ fn damaged(repo: &Repo, path: &str, detail: &str) -> StoreError {
 /// The identity escrow of a snapshot's host, if the repository holds one.
 /// (Opening it with the passphrase is what proves it; the file's argon2
 /// parameters are bounded before any work, see `escrow::open`.)
+/// Format 1: `keys/identity.<host>`. Format 2: the key file the snapshot
+/// names when it is one of its host's (`keys/<host>-<seq>`), else the
+/// newest of its host's key files written no later than the snapshot, else
+/// the newest of them (a migrated repository's).
 pub fn escrow_of(repo: &Repo, snap: &SnapshotFile) -> Result<Option<(String, KeyFile)>> {
     let host = card_from_str(&snap.host)
         .map_err(|e| StoreError::Repo(format!("snapshot {}: bad host card: {e}", snap.id)))?;
-    let path = format!("keys/identity.{}", host.instance.to_hex());
+    let path = if repo.v2().is_some() {
+        let prefix = format!("{}-", host.instance.to_hex());
+        let names = repo
+            .backend()
+            .list("keys")
+            .map_err(super::repo_io_err(format!(
+                "listing {}/keys",
+                repo.location()
+            )))?;
+        let seq_of = |n: &str| {
+            n.strip_prefix(&prefix)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let mut keys: Vec<(u64, &String)> = names
+            .iter()
+            .filter_map(|n| seq_of(n).map(|q| (q, n)))
+            .collect();
+        keys.sort();
+        let named = snap
+            .identity_escrow
+            .as_deref()
+            .and_then(|p| p.strip_prefix("keys/"))
+            .filter(|n| keys.iter().any(|(_, k)| k.as_str() == *n));
+        let snap_seq = super::snapshot_seq(&snap.id);
+        let chosen = named.map(str::to_string).or_else(|| {
+            keys.iter()
+                .rev()
+                .find(|(q, _)| *q <= snap_seq)
+                .or_else(|| keys.last())
+                .map(|(_, n)| (*n).clone())
+        });
+        match chosen {
+            Some(n) => format!("keys/{n}"),
+            None => return Ok(None),
+        }
+    } else {
+        format!("keys/identity.{}", host.instance.to_hex())
+    };
     match repo.backend().size(&path) {
         Ok(Some(n)) if n > escrow::MAX_KEY_FILE as u64 => {
             return Err(StoreError::Repo(format!(
@@ -334,9 +376,11 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let start = Instant::now();
+        let _lock = repo.lock(&self.instance_id().to_hex(), false, "restore", "restored")?;
         let snap_id = repo.resolve_snapshot(opts.snapshot.as_deref().unwrap_or("latest"))?;
         let snap = repo.load_snapshot(&snap_id)?;
         let me = self.instance_id();
+        let reader = repo.reader()?;
 
         // 1. Whether to believe the snapshot at all, and whose trust table
         // (if any) comes with it.
@@ -395,13 +439,14 @@ impl Store {
         let checked: Vec<_> = snap
             .objects
             .iter()
-            .zip(check_manifests(repo, &refs))
+            .zip(check_manifests(&reader, &refs))
             .collect();
         let mut plan: Vec<Planned> = Vec::new();
         let mut names = HashSet::new();
         for (o, c) in checked {
-            let c =
-                c.map_err(|(_, detail)| damaged(repo, &manifest_path(&o.manifest_id), &detail))?;
+            let c = c.map_err(|(_, detail)| {
+                damaged(repo, &reader.manifest_path(&o.manifest_id), &detail)
+            })?;
             let m = c.manifest;
             if !opts.selection.matches(&m.kind, &m.name) {
                 report.skipped_selection += 1;
@@ -452,7 +497,7 @@ impl Store {
         report.refused.sort();
 
         // 3. Chunks the store lacks: present in the repository at their size.
-        let mut needed: Vec<(ChunkId, u32, String)> = Vec::new();
+        let mut needed: Vec<(ChunkId, u32)> = Vec::new();
         if !opts.skip_chunks {
             let mut seen = HashSet::new();
             for p in &plan {
@@ -467,26 +512,11 @@ impl Store {
                         report.chunks_present += 1;
                         continue;
                     }
-                    let path = chunk_path(&c.id);
                     let label = format!("{}:{}", p.manifest.kind, p.manifest.name);
-                    match repo.backend().size(&path) {
-                        Ok(Some(n)) if n == u64::from(c.len) => needed.push((c.id, c.len, path)),
-                        Ok(Some(n)) => {
-                            return Err(damaged(
-                                repo,
-                                &path,
-                                &format!("has {n} bytes, the manifest of {label} says {}", c.len),
-                            ));
-                        }
-                        Ok(None) => {
-                            return Err(damaged(
-                                repo,
-                                &path,
-                                &format!("missing, referenced by {label}"),
-                            ));
-                        }
-                        Err(e) => return Err(super::repo_io_err(format!("reading {path}"))(e)),
+                    if let Err(detail) = reader.check_chunk(&c.id, c.len, &label)? {
+                        return Err(damaged(repo, &reader.chunk_path(&c.id), &detail));
                     }
+                    needed.push((c.id, c.len));
                 }
             }
         }
@@ -515,13 +545,56 @@ impl Store {
             needed.len() as u64,
             needed.iter().map(|n| u64::from(n.1)).sum(),
         );
+        // The chunks of every planned object are pinned (durably, before
+        // the first is copied): a restore that fails on a read or a write
+        // (disk full, a repository that stops answering) records what it
+        // copied as pinned, and the next run finds those chunks present and
+        // does not copy them again; every collection keeps them until a
+        // restore finishes. Damage found in the repository undoes the
+        // copies instead (nothing was restored). A restore that is killed
+        // leaves the marker: the next open drops the pins and collects its
+        // copies, as before (no orphan survives a crash).
+        let pins = self.dir().join(crate::RESTORE_PINS);
+        if !needed.is_empty() {
+            let mut ids = Vec::new();
+            let mut seen = HashSet::new();
+            for p in &plan {
+                for c in &p.manifest.chunks {
+                    if seen.insert(c.id) {
+                        ids.extend_from_slice(&c.id.0);
+                    }
+                }
+            }
+            crate::write_file_atomic(&pins, &ids, 0o600)?;
+        }
+        let clear_pins = || {
+            if let Err(e) = std::fs::remove_file(&pins)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("removing {}: {e}", pins.display());
+            }
+        };
         let mut published: Vec<ChunkId> = Vec::new();
         let mut tokens = Vec::new();
-        let undo = |published: &[ChunkId], tokens: Vec<crate::packs::Published>| {
+        let undo = |e: &StoreError, published: &[ChunkId], tokens: Vec<crate::packs::Published>| {
+            if matches!(e, StoreError::Io { .. }) {
+                // Kept for the rerun: recorded as pinned (the pins file is
+                // durable already), so no collection takes them.
+                for t in tokens {
+                    self.packs().recorded(t);
+                }
+                tracing::info!(
+                    "restore stopped: the {} chunks it copied stay for the next restore (pinned in {})",
+                    published.len(),
+                    self.dir().join(crate::RESTORE_PINS).display()
+                );
+                return;
+            }
             let _ = self.packs().remove_many(published);
             for t in tokens {
                 self.packs().recorded(t);
             }
+            clear_pins();
         };
         let mut i = 0;
         while i < needed.len() {
@@ -533,16 +606,16 @@ impl Store {
             }
             let group = &needed[i..j];
             let staged = Mutex::new(Vec::new());
-            let r: Result<()> = group.par_iter().try_for_each(|(id, len, path)| {
-                let bytes = repo
-                    .backend()
-                    .read(path)
+            let r: Result<()> = group.par_iter().try_for_each(|(id, len)| {
+                let bytes = reader
+                    .read_chunk(id, *len)
                     .map_err(super::repo_io_err(format!(
-                        "reading {}/{path}",
-                        repo.location()
+                        "reading {}/{}",
+                        repo.location(),
+                        reader.chunk_path(id)
                     )))?;
                 if check_chunk_id(id, &bytes).is_err() {
-                    return Err(damaged(repo, path, "content does not hash to its name"));
+                    return Err(damaged(repo, &reader.chunk_path(id), &reader.bad_chunk(id)));
                 }
                 let s = self.packs().stage(*id, &bytes)?;
                 staged
@@ -557,7 +630,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(e) = r {
                 self.packs().discard(staged);
-                undo(&published, tokens);
+                undo(&e, &published, tokens);
                 progress.finish();
                 return Err(e);
             }
@@ -565,7 +638,7 @@ impl Store {
             match self.packs().publish(staged) {
                 Ok(t) => tokens.push(t),
                 Err(e) => {
-                    undo(&published, tokens);
+                    undo(&e, &published, tokens);
                     progress.finish();
                     return Err(e);
                 }
@@ -644,6 +717,7 @@ impl Store {
                 for t in tokens {
                     self.packs().recorded(t);
                 }
+                clear_pins();
                 r
             }
             Err(e) if writing.get() => {
@@ -651,7 +725,7 @@ impl Store {
                 return Err(e);
             }
             Err(e) => {
-                undo(&published, tokens);
+                undo(&e, &published, tokens);
                 return Err(e);
             }
         };
@@ -705,8 +779,10 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<TreeReport> {
         let start = Instant::now();
+        let _lock = repo.lock(&self.instance_id().to_hex(), false, "restore", "restored")?;
         let snap_id = repo.resolve_snapshot(snapshot.unwrap_or("latest"))?;
         let snap = repo.load_snapshot(&snap_id)?;
+        let reader = repo.reader()?;
         // The same host rules as a restore (nothing is trusted here: a
         // `--trust-host` only vouches for this one command).
         let host = self.accept_snapshot(&snap, trust_host)?;
@@ -722,15 +798,16 @@ impl Store {
         let full = |a: &InstanceId| *a == me || self.is_full(a) || host_full.contains(a);
         progress.start("restore --to-tree", snap.objects.len() as u64, 0);
         let refs: Vec<&super::repofile::SnapObject> = snap.objects.iter().collect();
-        let checks = check_manifests(repo, &refs);
+        let checks = check_manifests(&reader, &refs);
         let results: Vec<Option<ObjectOutcome>> = snap
             .objects
             .par_iter()
             .zip(checks)
             .map(|(o, c)| {
                 let r = (|| -> Result<Option<(String, (u64, u64))>> {
-                    let c =
-                        c.map_err(|(_, d)| damaged_tree(repo, &manifest_path(&o.manifest_id), &d))?;
+                    let c = c.map_err(|(_, d)| {
+                        damaged_tree(repo, &reader.manifest_path(&o.manifest_id), &d)
+                    })?;
                     let m = c.manifest;
                     let label = format!("{}:{}", m.kind, m.name);
                     if m.deleted
@@ -775,12 +852,12 @@ impl Store {
                     let feed = |sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<u64> {
                         let mut total = 0u64;
                         for ch in &m.chunks {
-                            let path = chunk_path(&ch.id);
-                            let stored = repo.backend().read(&path).map_err(|e| {
+                            let path = reader.chunk_path(&ch.id);
+                            let stored = reader.read_chunk(&ch.id, ch.len).map_err(|e| {
                                 damaged_tree(repo, &path, &format!("unreadable: {e}"))
                             })?;
                             check_chunk_id(&ch.id, &stored).map_err(|_| {
-                                damaged_tree(repo, &path, "content does not hash to its name")
+                                damaged_tree(repo, &path, &reader.bad_chunk(&ch.id))
                             })?;
                             let plain = cipher.open(&ch.id, &stored).map_err(|e| {
                                 StoreError::Invalid(format!(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Repo, SnapshotFile, chunk_path, civil_from_days, list_chunks, manifest_path, repo_io_err,
-    snapshot_path, snapshot_seq,
+    snapshot_path, snapshot_seq, v2::format::PackKind,
 };
 use crate::error::{Result, StoreError};
 
@@ -110,6 +110,10 @@ pub struct PruneReport {
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
+    /// Format 2: what the pack-level prune did (packs deleted, repacked,
+    /// index files rewritten, keys removed, every action).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packs: Option<super::v2::prune::PruneReport>,
 }
 
 /// What `backups stats` reports.
@@ -119,14 +123,22 @@ pub struct RepoStats {
     pub repo: String,
     /// Its id.
     pub repo_id: String,
+    /// Its format (1 or 2).
+    pub format: u16,
     /// Snapshots.
     pub snapshots: u64,
-    /// Manifest files.
+    /// Manifest files (format 2: manifests indexed).
     pub manifests: u64,
-    /// Chunk files.
+    /// Chunk files (format 2: chunks indexed).
     pub chunks: u64,
-    /// Bytes of chunk files.
+    /// Bytes of chunk files (format 2: of data packs, dead bytes included).
     pub chunk_bytes: u64,
+    /// Format 2: data packs indexed.
+    pub data_packs: u64,
+    /// Format 2: manifest packs indexed.
+    pub manifest_packs: u64,
+    /// Format 2: index files.
+    pub index_files: u64,
     /// Sum over snapshots of the sealed bytes each references (what full
     /// copies would take).
     pub snapshot_bytes: u64,
@@ -159,6 +171,9 @@ impl Repo {
     /// Removes one snapshot, then what nothing references any more.
     pub fn delete_snapshot(&self, spec: &str, dry_run: bool) -> Result<PruneReport> {
         let id = self.resolve_snapshot(spec)?;
+        if let Some(r) = self.v2() {
+            return prune_v2(r, &[id], dry_run, self.lock_wait());
+        }
         self.prune_with(&[id], dry_run)
     }
 
@@ -181,7 +196,10 @@ impl Repo {
                 .map(|s| s.id.clone())
                 .collect()
         };
-        let mut r = self.prune_with(&remove, dry_run)?;
+        let mut r = match self.v2() {
+            Some(r2) => prune_v2(r2, &remove, dry_run, self.lock_wait())?,
+            None => self.prune_with(&remove, dry_run)?,
+        };
         if !policy.is_empty() {
             r.kept = policy.apply(
                 &snaps
@@ -287,13 +305,15 @@ impl Repo {
         Ok(r)
     }
 
-    /// Sizes and counts.
+    /// Sizes and counts (format 2: from the index, under a shared lock).
     pub fn stats(&self) -> Result<RepoStats> {
         let b = self.backend();
         let loc = self.location();
+        let _lock = self.lock("", false, "stats", "counted")?;
         let mut s = RepoStats {
             repo: loc.clone(),
-            repo_id: self.info.repo_id.clone(),
+            repo_id: self.repo_id().to_string(),
+            format: self.format(),
             ..Default::default()
         };
         for snap in self.snapshots()? {
@@ -301,13 +321,32 @@ impl Repo {
             s.snapshot_bytes += snap.bytes;
             s.plaintext_bytes += snap.plaintext_bytes;
         }
-        s.manifests = b
-            .list("manifests")
-            .map_err(repo_io_err(format!("listing {loc}/manifests")))?
-            .len() as u64;
         s.identity_escrows = b
             .list("keys")
             .map_err(repo_io_err(format!("listing {loc}/keys")))?
+            .len() as u64;
+        if let Some(r) = self.v2() {
+            let ix = r.load_index()?;
+            s.manifests = ix.manifests.len() as u64;
+            s.chunks = ix.chunks.len() as u64;
+            for (kind, len) in ix.packs.values() {
+                match kind {
+                    PackKind::Data => {
+                        s.data_packs += 1;
+                        s.chunk_bytes += len;
+                    }
+                    PackKind::Manifests => s.manifest_packs += 1,
+                }
+            }
+            s.index_files = b
+                .list("index")
+                .map_err(repo_io_err(format!("listing {loc}/index")))?
+                .len() as u64;
+            return Ok(s);
+        }
+        s.manifests = b
+            .list("manifests")
+            .map_err(repo_io_err(format!("listing {loc}/manifests")))?
             .len() as u64;
         let (have, _) = list_chunks(b)?;
         s.chunks = have.len() as u64;
@@ -320,4 +359,39 @@ impl Repo {
         }
         Ok(s)
     }
+}
+
+/// `backups delete` and `backups prune` on a format-2 repository: the
+/// snapshots in `remove` go, then what nothing references. This is the one
+/// place that calls the format-2 prune library (`v2/prune.rs`, one
+/// `Repo2::prune` under the exclusive lock it takes itself, waiting up to
+/// `lock_wait`); the snapshots to remove are chosen above (policy,
+/// `retention.rs`).
+fn prune_v2(
+    repo: &super::v2::Repo2,
+    remove: &[String],
+    dry_run: bool,
+    lock_wait: std::time::Duration,
+) -> Result<PruneReport> {
+    let opts = super::v2::prune::PruneOptions {
+        forget: remove.to_vec(),
+        dry_run,
+        lock: super::v2::lock::LockOptions {
+            host: String::new(),
+            wait: lock_wait,
+        },
+        ..Default::default()
+    };
+    let r = repo.prune(&opts)?;
+    Ok(PruneReport {
+        dry_run,
+        kept: BTreeMap::new(),
+        removed: r.removed.clone(),
+        manifests_removed: 0,
+        chunks_removed: 0,
+        bytes_removed: r.bytes_freed,
+        temp_removed: r.temp_removed,
+        elapsed: r.elapsed,
+        packs: Some(r),
+    })
 }

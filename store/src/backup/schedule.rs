@@ -226,8 +226,8 @@ fn finished(f: &Finished) {
 /// Runs one scheduled job: backup, then retention. Returns a summary line.
 pub fn run_job(store: &Store, job: &BackupJob, repo_dir: &Path) -> Result<String> {
     let started = std::time::Instant::now();
-    let result =
-        Repo::open_or_create_dir(repo_dir).and_then(|(repo, _)| run_job_in(store, job, &repo));
+    let result = Repo::open_or_create_dir(repo_dir, super::DEFAULT_REPO_FORMAT)
+        .and_then(|(repo, _)| run_job_in(store, job, &repo));
     finished(&Finished {
         // As `Repo::location` names a local directory.
         repo: repo_dir.display().to_string(),
@@ -258,13 +258,26 @@ fn run_job_in(store: &Store, job: &BackupJob, repo: &Repo) -> Result<String> {
         r.elapsed.as_secs_f64()
     );
     if !job.policy().is_empty() {
-        let p = repo.prune(&job.policy(), false)?;
-        line.push_str(&format!(
-            "; retention removed {} snapshots, {} chunks ({} bytes)",
-            p.removed.len(),
-            p.chunks_removed,
-            p.bytes_removed
-        ));
+        // The backup stands whatever retention does: a retention that
+        // fails (a damaged snapshot, a lock held, a format-2 repository
+        // without the prune library) is logged as an error and said in the
+        // summary, and the backup still counts as done.
+        match repo.prune(&job.policy(), false) {
+            Ok(p) => line.push_str(&format!(
+                "; retention removed {} snapshots, {} chunks ({} bytes)",
+                p.removed.len(),
+                p.chunks_removed,
+                p.bytes_removed
+            )),
+            Err(e) => {
+                tracing::error!(
+                    "scheduled backup {} into {}: retention failed (the backup stands): {e}",
+                    r.snapshot,
+                    repo.location()
+                );
+                line.push_str(&format!("; retention failed: {e}"));
+            }
+        }
     }
     Ok(line)
 }

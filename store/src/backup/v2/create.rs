@@ -30,45 +30,65 @@ use crate::{
     progress::Progress,
 };
 
-/// Packs staged (not yet visible) and the index entries they bring.
-struct Staging<'a> {
+/// Packs written (each whole under its final name, not yet durable: one
+/// `sync` makes them durable before any index file names them) and the
+/// index entries they bring. No rename anywhere: object storage has none,
+/// and a PUT is atomic.
+struct Written<'a> {
     repo: &'a Repo2,
-    staged: Vec<String>,
+    /// Packs written by this backup (not linked).
+    written: u64,
     packs: Vec<IndexPack>,
 }
 
-impl Staging<'_> {
-    fn stage(&mut self, bytes: &[u8], ip: IndexPack) -> Result<()> {
+impl Written<'_> {
+    fn write(&mut self, bytes: &[u8], ip: IndexPack) -> Result<()> {
         let path = ip.kind.path(&PackId(ip.pack));
         let loc = self.repo.location();
         crate::failpoint::hit("backup.stage")
-            .and_then(|()| self.repo.backend().stage(&path, bytes))
+            .and_then(|()| self.repo.backend().write_lazy(&path, bytes))
             .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-        self.staged.push(path);
+        self.written += 1;
         self.packs.push(ip);
         Ok(())
     }
 
-    /// Flushes a builder when it is full (or `force` and not empty).
+    /// Writes a builder's pack when it is full (or `force` and not empty).
     fn flush(&mut self, b: &mut Option<PackBuilder>, force: bool) -> Result<()> {
         let full = b
             .as_ref()
             .is_some_and(|p| !p.is_empty() && (force || p.len() >= self.repo.config.pack_target));
         if full && let Some(p) = b.take() {
             let (bytes, ip) = p.finish();
-            self.stage(&bytes, ip)?;
+            self.write(&bytes, ip)?;
         }
         Ok(())
     }
 }
 
 impl Store {
-    /// Backs this store up into a format-2 repository.
+    /// Backs this store up into a format-2 repository (the caller holds
+    /// the repository's shared lock, or knows no prune runs beside it:
+    /// [`Store::backup`] takes it).
     pub fn backup_v2(
         &self,
         repo: &Repo2,
         opts: &BackupOptions,
         progress: &dyn Progress,
+    ) -> Result<BackupReport> {
+        self.backup_v2_locked(repo, opts, progress, None)
+    }
+
+    /// [`Store::backup_v2`] under `lock`, which is checked to be still
+    /// held (not taken for stale by a prune) before the snapshot is
+    /// written: a prune that took over would not have counted this
+    /// backup's packs as live.
+    pub(crate) fn backup_v2_locked(
+        &self,
+        repo: &Repo2,
+        opts: &BackupOptions,
+        progress: &dyn Progress,
+        lock: Option<&super::lock::LockGuard>,
     ) -> Result<BackupReport> {
         let start = Instant::now();
         let loc = repo.location();
@@ -94,12 +114,26 @@ impl Store {
 
         let ix = repo.load_index()?;
         let seq = repo.next_seq()?;
+        // 0. Packs an interrupted backup left: checked, then indexed by
+        // this one instead of written again.
+        let leftovers = repo.leftover_packs(&ix)?;
+        let mut reused_chunks: HashSet<ChunkId> = HashSet::new();
+        let mut reused_files: HashSet<[u8; 32]> = HashSet::new();
+        for p in &leftovers {
+            for e in &p.entries {
+                match p.kind {
+                    PackKind::Data => reused_chunks.insert(ChunkId(e.id)),
+                    PackKind::Manifests => reused_files.insert(e.id),
+                };
+            }
+        }
+        let adopted = leftovers.len() as u64;
 
         // 1. Data: the chunks the index lacks, by store pack.
         let todo: HashSet<ChunkId> = chunks
             .iter()
             .map(|(id, _)| *id)
-            .filter(|id| !ix.chunks.contains_key(id))
+            .filter(|id| !ix.chunks.contains_key(id) && !reused_chunks.contains(id))
             .collect();
         let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Location)>> = BTreeMap::new();
         for id in &todo {
@@ -121,10 +155,10 @@ impl Store {
                 .sum(),
         );
         let open: HashSet<PackId> = self.packs().open_packs().iter().map(|(p, _)| *p).collect();
-        let mut st = Staging {
+        let mut st = Written {
             repo,
-            staged: Vec::new(),
-            packs: Vec::new(),
+            written: 0,
+            packs: leftovers,
         };
         let mut builder: Option<PackBuilder> = None;
         for (pack, items) in by_pack {
@@ -149,9 +183,9 @@ impl Store {
                     check_chunk_id(id, stored).map_err(|e| damaged(id, &e))
                 })?;
                 let dest = data_pack_path(&pack);
-                let linked = b
-                    .link_from(&src, &dest)
-                    .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
+                let linked = !opts.copy
+                    && b.link_from(&src, &dest)
+                        .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
                 let ip = IndexPack {
                     kind: PackKind::Data,
                     pack: pack.0,
@@ -162,7 +196,7 @@ impl Store {
                     report.chunks_linked += n;
                     st.packs.push(ip);
                 } else {
-                    st.stage(&bytes, ip)?;
+                    st.write(&bytes, ip)?;
                 }
             } else {
                 let datas: Vec<(ChunkId, Vec<u8>)> = items
@@ -205,7 +239,8 @@ impl Store {
                     manifest: mid.0,
                     file,
                 };
-                Some((r, (!ix.files.contains_key(&file)).then_some(bytes)))
+                let have = ix.files.contains_key(&file) || reused_files.contains(&file);
+                Some((r, (!have).then_some(bytes)))
             })
             .collect();
         let mut mb: Option<PackBuilder> = None;
@@ -225,16 +260,13 @@ impl Store {
         st.flush(&mut mb, true)?;
         report.manifests_new = refs.len() as u64;
 
-        // Staged packs durable, then visible.
-        if !st.staged.is_empty() {
+        // Every pack durable (on object storage: every upload done) before
+        // an index file names it (a linked store pack's bytes are durable
+        // already, its new directory entry is not).
+        if st.written > 0 || report.chunks_linked > 0 || adopted > 0 {
             crate::failpoint::hit("backup.sync_chunks")
                 .and_then(|()| b.sync())
                 .map_err(repo_io_err(format!("syncing {loc}")))?;
-            for p in &st.staged {
-                crate::failpoint::hit("backup.publish")
-                    .and_then(|()| b.publish(p))
-                    .map_err(repo_io_err(format!("renaming into {loc}/{p}")))?;
-            }
         }
 
         // 3. Index files naming those packs (a handful: one per
@@ -303,6 +335,9 @@ impl Store {
             objects,
         )?;
         let path = snapshot_path(&id);
+        if let Some(l) = lock {
+            l.ensure_held()?;
+        }
         crate::failpoint::hit("backup.snapshot")
             .and_then(|()| b.write(&path, snap.bytes()))
             .map_err(repo_io_err(format!("writing {loc}/{path}")))?;

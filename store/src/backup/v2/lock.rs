@@ -112,6 +112,8 @@ impl LockRecord {
 
     /// The refusal an operator sees, for `repo` and the refused operation.
     pub fn refusal(&self, repo: &str, path: &str, refused: &str) -> String {
+        // (A holder without a store, `backups verify` for one, names no
+        // instance: "instance unknown".)
         format!(
             "backup repository {repo} is locked by {} (instance {}, pid {}, since {}) for a {}; nothing was {refused} (retry later, or remove {path} if that process is gone)",
             one_line(&self.hostname, 255),
@@ -323,6 +325,7 @@ impl Repo2 {
         let deadline = Instant::now() + opts.wait;
         let mut pause = Duration::from_millis(50);
         let mut removed_stale = Vec::new();
+        let mut said = false;
         loop {
             match self.try_lock(
                 &opts.host,
@@ -341,6 +344,13 @@ impl Repo2 {
                     if now >= deadline {
                         return Err(StoreError::Repo(msg));
                     }
+                    if !said {
+                        tracing::warn!(
+                            "waiting up to {}s (--lock-wait) for the lock: {msg}",
+                            opts.wait.as_secs()
+                        );
+                        said = true;
+                    }
                     // Jitter: two writers that backed out of each other's
                     // way do not retry in step.
                     let jitter =
@@ -351,6 +361,22 @@ impl Repo2 {
                 }
             }
         }
+    }
+
+    /// [`Repo2::lock_with`] for `host`, waiting up to `wait` (`--lock-wait`).
+    pub fn lock_waiting(
+        &self,
+        host: &str,
+        exclusive: bool,
+        operation: &str,
+        refused: &str,
+        wait: Duration,
+    ) -> Result<LockGuard> {
+        let opts = LockOptions {
+            host: host.to_string(),
+            wait,
+        };
+        self.lock_with(&opts, exclusive, operation, refused)
     }
 
     fn try_lock(

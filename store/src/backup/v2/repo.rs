@@ -7,14 +7,17 @@ use bbsync_protocol::{ChunkId, ManifestId, Snapshot, Unverified, chunk::check_ch
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::format::{CONFIG_FORMAT, ConfigFile, Index, IndexFile, PackKind, snapshot_path};
+use super::format::{
+    CONFIG_FORMAT, ConfigFile, Index, IndexFile, IndexPack, PackKind, read_sealed_pack,
+    snapshot_path,
+};
 use crate::{
     backup::{
         Backend, SnapshotFile, new_snapshot_id, now_ms, repo_io_err, repofile::ManifestFile,
         rfc3339, snapshot_seq, view_of,
     },
     error::{Result, StoreError},
-    packs::PACK_TARGET,
+    packs::{PACK_TARGET, PackId},
 };
 
 /// A format-2 repository.
@@ -47,6 +50,12 @@ impl Repo2 {
     /// Where it is, for messages.
     pub fn location(&self) -> String {
         self.backend.location()
+    }
+
+    /// A handle on a repository whose `config` is not written yet (a
+    /// migration, which locks before it switches the repository over).
+    pub(crate) fn from_parts(backend: Arc<dyn Backend>, config: ConfigFile) -> Repo2 {
+        Repo2 { backend, config }
     }
 
     /// Opens a repository: `config` must be there and of format 2.
@@ -182,6 +191,83 @@ impl Repo2 {
             ix.add(f);
         }
         Ok(ix)
+    }
+
+    /// Packs an interrupted backup or migration left: written whole under
+    /// their final name, named by no index file of `ix`. Each is read,
+    /// its trailer checked (`read_sealed_pack`) and every entry hashed
+    /// against its id; those that check out are returned for the caller to
+    /// index (after its sync), so that a rerun does not write them again.
+    /// One that does not check out is left for `backups verify` and prune.
+    pub(crate) fn leftover_packs(&self, ix: &Index) -> Result<Vec<IndexPack>> {
+        let b = &*self.backend;
+        let loc = self.location();
+        let mut out = Vec::new();
+        for kind in [PackKind::Data, PackKind::Manifests] {
+            let top = match kind {
+                PackKind::Data => "data",
+                PackKind::Manifests => "manifests",
+            };
+            for d in b
+                .list(top)
+                .map_err(repo_io_err(format!("listing {loc}/{top}")))?
+            {
+                // (A format-1 repository being migrated has manifest files,
+                // not directories, in manifests/.)
+                if d.len() != 2 || !d.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    continue;
+                }
+                let dir = format!("{top}/{d}");
+                for name in b
+                    .list(&dir)
+                    .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
+                {
+                    let Some(pack) = PackId::from_file_name(&name) else {
+                        continue;
+                    };
+                    if ix.packs.contains_key(&pack) {
+                        continue;
+                    }
+                    let path = kind.path(&pack);
+                    let bytes = match b.read(&path) {
+                        Ok(v) => v,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
+                    };
+                    let entries = match read_sealed_pack(kind, &pack, &bytes) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(
+                                "{loc}/{path}: left by an interrupted write, not reused: {e}"
+                            );
+                            continue;
+                        }
+                    };
+                    let whole = entries.par_iter().all(|e| {
+                        let data = bytes
+                            .get(e.offset as usize..e.end() as usize)
+                            .unwrap_or_default();
+                        match kind {
+                            PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
+                            PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
+                        }
+                    });
+                    if !whole {
+                        tracing::warn!(
+                            "{loc}/{path}: left by an interrupted write, not reused: an entry does not hash to its id"
+                        );
+                        continue;
+                    }
+                    out.push(IndexPack {
+                        kind,
+                        pack: pack.0,
+                        pack_len: bytes.len() as u64,
+                        entries,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads a manifest's current file through the index, checked against

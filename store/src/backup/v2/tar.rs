@@ -213,7 +213,7 @@ impl TarBackend {
         })
     }
 
-    fn read_only(&self) -> io::Error {
+    fn refused(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("{} is an export file, read only", self.path.display()),
@@ -222,6 +222,10 @@ impl TarBackend {
 }
 
 impl Backend for TarBackend {
+    fn is_read_only(&self) -> bool {
+        true
+    }
+
     fn location(&self) -> String {
         self.path.display().to_string()
     }
@@ -248,19 +252,19 @@ impl Backend for TarBackend {
     }
 
     fn write(&self, _: &str, _: &[u8]) -> io::Result<()> {
-        Err(self.read_only())
+        Err(self.refused())
     }
 
     fn write_lazy(&self, _: &str, _: &[u8]) -> io::Result<()> {
-        Err(self.read_only())
+        Err(self.refused())
     }
 
     fn stage(&self, _: &str, _: &[u8]) -> io::Result<()> {
-        Err(self.read_only())
+        Err(self.refused())
     }
 
     fn publish(&self, _: &str) -> io::Result<()> {
-        Err(self.read_only())
+        Err(self.refused())
     }
 
     fn size(&self, path: &str) -> io::Result<Option<u64>> {
@@ -280,7 +284,7 @@ impl Backend for TarBackend {
     }
 
     fn remove(&self, _: &str) -> io::Result<()> {
-        Err(self.read_only())
+        Err(self.refused())
     }
 
     fn sync(&self) -> io::Result<()> {
