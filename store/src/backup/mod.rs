@@ -21,9 +21,11 @@ pub mod check;
 pub mod create;
 pub mod escrow;
 pub mod history;
+pub mod location;
 pub mod repofile;
 pub mod restore;
 pub mod retention;
+pub mod s3;
 pub mod schedule;
 pub mod v2;
 
@@ -38,10 +40,12 @@ pub use backend::{Backend, LocalDir};
 use bbsync_protocol::{
     ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
 };
+pub use location::{RepoLocation, S3Settings};
 use repofile::{
     LegacySnapshotFile, SNAPSHOT_FILE_FORMAT, SignedSnapshotFile, SnapObject, SnapTrust,
 };
 pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
+pub use s3::{RequestCounts, S3Backend};
 
 use crate::error::{Result, StoreError};
 
