@@ -205,6 +205,27 @@ fn s3_backend_contract() -> R {
     b.sync()?;
     assert_eq!(b.read("index/late")?, b"now");
 
+    // A server without conditional writes (501 NotImplemented): a HEAD,
+    // then a PUT, from then on.
+    proxy.refuse_conditional_puts(true);
+    let fb = S3Backend::open("contract", "repo/one", &settings(&proxy.endpoint()))?;
+    let before = (
+        proxy.conditional_puts(),
+        proxy.count("HEAD"),
+        proxy.count("PUT"),
+    );
+    assert!(fb.write_new("locks/fallback", b"first")?);
+    assert!(!fb.write_new("locks/fallback", b"second")?);
+    assert_eq!(fb.read("locks/fallback")?, b"first");
+    assert_eq!(proxy.conditional_puts() - before.0, 1, "asked once");
+    assert_eq!(proxy.count("HEAD") - before.1, 2);
+    assert_eq!(
+        proxy.count("PUT") - before.2,
+        2,
+        "the refused one and the plain one"
+    );
+    proxy.refuse_conditional_puts(false);
+
     // A bucket that does not exist is an error, not an absent object.
     let nb = S3Backend::open("no-such-bucket", "x", &settings(&proxy.endpoint()))?;
     let e = nb.read("config").unwrap_err();

@@ -176,6 +176,9 @@ struct ProxyState {
     unparsed: AtomicU64,
     /// PUTs carrying `If-None-Match: *` (conditional creates).
     conditional_puts: AtomicU64,
+    /// Answer conditional PUTs with 501 NotImplemented (as a server
+    /// without conditional writes does) instead of forwarding them.
+    refuse_conditional: AtomicBool,
 }
 
 impl ProxyState {
@@ -263,6 +266,12 @@ impl Proxy {
         self.state.conditional_puts.load(Ordering::SeqCst)
     }
 
+    /// Answers conditional PUTs (`If-None-Match: *`) with `501
+    /// NotImplemented` from now on (`false`: forwards them again).
+    pub fn refuse_conditional_puts(&self, on: bool) {
+        self.state.refuse_conditional.store(on, Ordering::SeqCst);
+    }
+
     /// Closes every connection and refuses new ones until [`Proxy::restore`].
     pub fn cut(&self) {
         self.state.cut_now();
@@ -321,6 +330,7 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, st: &ProxyState) {
         let method = text.split_whitespace().next().unwrap_or("?").to_string();
         let mut len = 0u64;
         let mut chunked = false;
+        let mut conditional = false;
         for l in text.lines().skip(1) {
             if let Some((k, v)) = l.split_once(':') {
                 if method == "PUT"
@@ -328,6 +338,7 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, st: &ProxyState) {
                     && v.trim() == "*"
                 {
                     st.conditional_puts.fetch_add(1, Ordering::SeqCst);
+                    conditional = true;
                 }
                 if k.trim().eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
@@ -351,6 +362,26 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, st: &ProxyState) {
             }
         }
         *st.counts.lock().unwrap().entry(method).or_default() += 1;
+        if conditional && st.refuse_conditional.load(Ordering::SeqCst) {
+            // Read the body, answer in place of the server (one request
+            // at a time on a connection: nothing else is in flight).
+            if io::copy(&mut (&mut r).take(len), &mut io::sink()).is_err() {
+                return;
+            }
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>";
+            let answer = format!(
+                "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if r.get_ref()
+                .try_clone()
+                .and_then(|mut c| c.write_all(answer.as_bytes()))
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         if server.write_all(&head).is_err() {
             return;
         }
