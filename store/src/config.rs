@@ -1,11 +1,70 @@
 //! `<data>/config.toml`: operator settings.
 
-use std::path::Path;
+use std::{fmt, os::unix::fs::MetadataExt, path::Path};
 
 use bbsync_protocol::Compression;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
+
+/// A secret setting (an S3 secret key): zeroized when dropped, redacted in
+/// `Debug`, never part of an error message.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value, for the one place that needs it (the request signer).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// `[s3]` of config.toml: how to reach the S3 server of `s3://` backup
+/// repositories. The standard `AWS_*` environment variables win over
+/// each of these (docs/backup.md "S3").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The server's URL, `https://host[:port]` (as `AWS_ENDPOINT_URL`);
+    /// unset: AWS's endpoint of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region (as `AWS_REGION`) [default: us-east-1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The access key id (as `AWS_ACCESS_KEY_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// The secret access key (as `AWS_SECRET_ACCESS_KEY`); config.toml must
+    /// then be readable by its owner only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    /// Path-style requests (`https://host/bucket/key`, what MinIO, Ceph
+    /// and Garage expect) rather than virtual-host style
+    /// (`https://bucket.host/key`) [default: true].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Parallel uploads (1-64) [default: 6].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uploads: Option<usize>,
+    /// Retries of a request that failed transiently (0-20) [default: 6].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<usize>,
+}
 
 /// Operator settings. Unknown keys are an error, so typos are caught.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +121,9 @@ pub struct Config {
     /// that cannot send one). Everything else still needs a token.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub metrics_without_auth: bool,
+    /// How to reach the S3 server of `s3://` backup repositories (`[s3]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
 }
 
 fn default_level() -> i32 {
@@ -86,6 +148,7 @@ impl Default for Config {
             layout: None,
             watch: None,
             tree: None,
+            s3: None,
         }
     }
 }
@@ -135,6 +198,18 @@ follow = []
 # keep_daily = 7
 # keep_weekly = 4
 # keep_monthly = 6
+
+# The S3 server of s3://bucket/prefix repositories (docs/backup.md "S3"). The
+# AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+# variables win over these. With a secret key here, this file must be
+# readable by its owner only (chmod 600).
+# [s3]
+# endpoint = "https://minio.example.org:9000"
+# region = "us-east-1"
+# access_key_id = "..."
+# secret_access_key = "..."
+# path_style = true
+# max_uploads = 6
 "#;
 
 impl Config {
@@ -154,6 +229,38 @@ impl Config {
             path: path.to_path_buf(),
             reason: e.message().to_string(),
         })?;
+        if let Some(s3) = &c.s3 {
+            if s3.secret_access_key.is_some() {
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| StoreError::Config {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(StoreError::Config {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "it holds [s3] secret_access_key but other users may read it (mode {:o}); run: chmod 600 {}",
+                            mode & 0o777,
+                            path.display()
+                        ),
+                    });
+                }
+            }
+            if s3.max_uploads.is_some_and(|n| !(1..=64).contains(&n)) {
+                return Err(StoreError::Config {
+                    path: path.to_path_buf(),
+                    reason: "[s3] max_uploads must be 1-64".into(),
+                });
+            }
+            if s3.max_retries.is_some_and(|n| n > 20) {
+                return Err(StoreError::Config {
+                    path: path.to_path_buf(),
+                    reason: "[s3] max_retries must be 0-20".into(),
+                });
+            }
+        }
         if !(0..=19).contains(&c.compression_level) {
             return Err(StoreError::Config {
                 path: path.to_path_buf(),
@@ -174,6 +281,20 @@ impl Config {
         }
     }
 
+    /// The default backup repository, as a location: `backup_repo` when it
+    /// is an `s3://` URL, else [`Config::backup_repo_dir`].
+    pub fn backup_repo_location(
+        &self,
+        data_dir: &Path,
+    ) -> Result<crate::backup::location::RepoLocation> {
+        match self.backup_repo.as_deref().and_then(Path::to_str) {
+            Some(s) if s.contains("://") => crate::backup::location::RepoLocation::parse(s),
+            _ => Ok(crate::backup::location::RepoLocation::Dir(
+                self.backup_repo_dir(data_dir),
+            )),
+        }
+    }
+
     /// The chunk compression setting.
     pub fn compression(&self) -> Compression {
         if self.compression_level == 0 {
@@ -181,5 +302,55 @@ impl Config {
         } else {
             Compression::Zstd(self.compression_level)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_config_holding_an_s3_secret_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[s3]\nendpoint = \"http://127.0.0.1:9000\"\naccess_key_id = \"id\"\nsecret_access_key = \"hunter2\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "bad config {p}: it holds [s3] secret_access_key but other users may read it (mode 644); run: chmod 600 {p}",
+                p = path.display()
+            )
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::load(&path).unwrap();
+        let s3 = c.s3.as_ref().unwrap();
+        assert_eq!(s3.secret_access_key.as_ref().unwrap().expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        // Without a secret, the mode does not matter.
+        std::fs::write(&path, "[s3]\nregion = \"garage\"\nmax_uploads = 65\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap_err().to_string(),
+            format!(
+                "bad config {}: [s3] max_uploads must be 1-64",
+                path.display()
+            )
+        );
+        // An s3:// backup_repo is a location, not a directory.
+        std::fs::write(&path, "backup_repo = \"s3://bbs-backups/axon\"\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(
+            c.backup_repo_location(dir.path()).unwrap().to_string(),
+            "s3://bbs-backups/axon"
+        );
     }
 }

@@ -7,7 +7,7 @@ use crate::{Ctx, output, passphrase::get as passphrase, progress::Bar};
 use bbsync_store::{
     Config, Store, StoreError,
     backup::{
-        Backend, DEFAULT_REPO_FORMAT, LocalDir, Repo, SnapshotSignature,
+        Backend, DEFAULT_REPO_FORMAT, LocalDir, Repo, S3Settings, SnapshotSignature,
         create::BackupOptions,
         restore::{RestoreOptions, escrow_of, open_escrow, precheck_snapshot},
         retention::Policy,
@@ -50,11 +50,16 @@ pub enum RepoLocation {
     Dir(PathBuf),
     /// An export file, read in place (read only).
     Export(PathBuf),
+    /// An S3 bucket and prefix (`s3://bucket/prefix`; format 2 only).
+    S3(bbsync_store::backup::RepoLocation),
 }
 
 impl RepoLocation {
-    /// The storage of an existing repository.
-    pub fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+    /// The storage of a repository (an S3 location is opened with the S3
+    /// settings of the environment and config.toml's `[s3]`; inside a
+    /// serving node for a control-socket client, config.toml's only: the
+    /// client's `AWS_*` variables do not travel).
+    pub fn backend(&self, ctx: &Ctx) -> anyhow::Result<Arc<dyn Backend>> {
         Ok(match self {
             RepoLocation::Dir(d) => Arc::new(LocalDir::new(d)),
             RepoLocation::Export(f) => Arc::new(TarBackend::open(f).map_err(|e| {
@@ -64,25 +69,61 @@ impl RepoLocation {
                     anyhow::anyhow!("reading {}: {e}", f.display())
                 }
             })?),
+            RepoLocation::S3(loc) => {
+                let config = match &ctx.store {
+                    Some(s) => s.config().clone(),
+                    None => Config::load(&ctx.data_dir.join("config.toml"))?,
+                };
+                let remote = ctx.remote();
+                loc.open(|| {
+                    S3Settings::resolve(config.s3.as_ref(), |k| {
+                        if remote { None } else { std::env::var(k).ok() }
+                    })
+                })?
+            }
         })
+    }
+
+    /// How messages and the restore history name it.
+    pub fn display(&self) -> String {
+        match self {
+            RepoLocation::Dir(p) | RepoLocation::Export(p) => p.display().to_string(),
+            RepoLocation::S3(l) => l.to_string(),
+        }
     }
 }
 
 /// Where `arg` points: `--repo`, `BBSYNC_REPO`, the config's `backup_repo`
-/// or `<data>/backup`; a regular file there is an export file.
+/// or `<data>/backup`; `s3://bucket/prefix` is S3, a regular file is an
+/// export file.
 pub fn repo_location(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<RepoLocation> {
-    let path = repo_dir(ctx, arg)?;
-    Ok(if path.is_file() {
-        RepoLocation::Export(path)
-    } else {
-        RepoLocation::Dir(path)
+    let text = match &arg.repo {
+        Some(r) => Some(r.to_string_lossy().into_owned()),
+        None => ctx.env("BBSYNC_REPO").map(str::to_string),
+    };
+    let loc = match text {
+        Some(t) => bbsync_store::backup::RepoLocation::parse(&t)?.under(&ctx.cwd),
+        None => {
+            let config = match &ctx.store {
+                Some(s) => s.config().clone(),
+                None => Config::load(&ctx.data_dir.join("config.toml"))?,
+            };
+            config.backup_repo_location(&ctx.data_dir)?
+        }
+    };
+    Ok(match loc {
+        bbsync_store::backup::RepoLocation::Dir(path) if path.is_file() => {
+            RepoLocation::Export(path)
+        }
+        bbsync_store::backup::RepoLocation::Dir(path) => RepoLocation::Dir(path),
+        s3 => RepoLocation::S3(s3),
     })
 }
 
 /// Opens the repository `arg` names (either format, or an export file),
 /// with the lock wait it asks for.
 pub fn open_repository(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
-    let backend = repo_location(ctx, arg)?.backend()?;
+    let backend = repo_location(ctx, arg)?.backend(ctx)?;
     Ok(Repo::open(backend)?.with_lock_wait(arg.lock_wait.unwrap_or_default()))
 }
 
@@ -278,19 +319,22 @@ fn selection(only: &[String]) -> anyhow::Result<Selection> {
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<ExitCode> {
     let sel = selection(&a.only)?;
     let store = super::open(ctx)?;
-    let dir = match repo_location(ctx, &a.repo)? {
-        RepoLocation::Dir(d) => d,
-        RepoLocation::Export(f) => anyhow::bail!(
+    let loc = repo_location(ctx, &a.repo)?;
+    if let RepoLocation::Export(f) = &loc {
+        anyhow::bail!(
             "{} is a file (an export file is read only); a backup writes into a repository directory",
             f.display()
-        ),
-    };
+        );
+    }
     let pass = if a.include_identity {
         Some(passphrase(ctx, "the identity escrow", true)?)
     } else {
         None
     };
-    let (repo, created) = Repo::open_or_create_dir(&dir, a.repo_format)?;
+    let (repo, created) = match &loc {
+        RepoLocation::Dir(dir) => Repo::open_or_create_dir(dir, a.repo_format)?,
+        _ => Repo::open_or_create(loc.backend(ctx)?, a.repo_format)?,
+    };
     if !created && repo.format() != a.repo_format && a.repo_format != DEFAULT_REPO_FORMAT {
         anyhow::bail!(
             "--repo-format {}: {} is a repository of format {} already (a repository keeps its format; nothing was backed up)",
@@ -526,11 +570,11 @@ fn export(ctx: &Ctx, repo: &Repo, spec: &str, file: &std::path::Path) -> anyhow:
 /// `backups migrate`.
 fn migrate(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<ExitCode> {
     let backend = match repo_location(ctx, arg)? {
-        RepoLocation::Dir(d) => RepoLocation::Dir(d).backend()?,
         RepoLocation::Export(f) => anyhow::bail!(
             "{} is an export file (format 2, read only); nothing to migrate",
             f.display()
         ),
+        loc => loc.backend(ctx)?,
     };
     let host = match &ctx.store {
         Some(s) => s.instance_id().to_hex(),
@@ -814,7 +858,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
     );
     bbsync_store::backup::history::record(
         store.dir(),
-        &repo_dir(ctx, &a.repo)?,
+        std::path::Path::new(&repo_location(ctx, &a.repo)?.display()),
         asked.as_deref(),
         &r,
     );

@@ -9,6 +9,7 @@ mod common;
 
 mod backup;
 mod backup_crash;
+mod backup_s3;
 mod backup_v2;
 mod bad_input;
 mod bbs;

@@ -96,6 +96,11 @@ pub trait Backend: Send + Sync {
     /// Removes the temp files an interrupted write left (only while no
     /// other writer uses the repository). Returns how many.
     fn remove_temp_files(&self) -> io::Result<u64>;
+    /// The requests this backend sent so far, when it is an object store
+    /// (for progress, logs and request budgets); `None` for local files.
+    fn request_counts(&self) -> Option<super::s3::RequestCounts> {
+        None
+    }
 }
 
 /// A repository in a local directory.

@@ -21,11 +21,13 @@ pub mod check;
 pub mod create;
 pub mod escrow;
 pub mod history;
+pub mod location;
 pub mod migrate;
 pub mod reader;
 pub mod repofile;
 pub mod restore;
 pub mod retention;
+pub mod s3;
 pub mod schedule;
 pub mod v2;
 
@@ -40,11 +42,13 @@ pub use backend::{Backend, LocalDir};
 use bbsync_protocol::{
     ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
 };
+pub use location::{RepoLocation, S3Settings};
 pub use reader::RepoReader;
 use repofile::{
     LegacySnapshotFile, SNAPSHOT_FILE_FORMAT, SignedSnapshotFile, SnapObject, SnapTrust,
 };
 pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
+pub use s3::{RequestCounts, S3Backend};
 
 use crate::error::{Result, StoreError};
 
@@ -392,6 +396,37 @@ impl Repo {
             kind: RepoKind::V1(info),
             lock_wait: std::time::Duration::ZERO,
         })
+    }
+
+    /// Opens the repository of a storage that is not a local directory
+    /// (S3), creating a format-2 one when nothing is there yet (`config`
+    /// and `repo.json` both absent). Format 1 lives in local directories
+    /// only: asking for it here is refused.
+    pub fn open_or_create(backend: Arc<dyn Backend>, format: u16) -> Result<(Repo, bool)> {
+        let loc = backend.location();
+        let has = |name: &str| {
+            backend
+                .size(name)
+                .map(|s| s.is_some())
+                .map_err(repo_io_err(format!("reading {loc}/{name}")))
+        };
+        if has("config")? || has("repo.json")? {
+            return Ok((Repo::open(backend)?, false));
+        }
+        if format != v2::format::CONFIG_FORMAT {
+            return Err(StoreError::Invalid(format!(
+                "--repo-format {format}: {loc} is not a local directory, and only format 2 lives elsewhere (nothing was backed up)"
+            )));
+        }
+        let r = v2::Repo2::create(backend.clone())?;
+        Ok((
+            Repo {
+                backend,
+                kind: RepoKind::V2(r),
+                lock_wait: std::time::Duration::ZERO,
+            },
+            true,
+        ))
     }
 
     /// Opens the repository in a local directory, creating it in `format`
