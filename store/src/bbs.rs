@@ -39,6 +39,9 @@ pub struct Source {
     pub anchor: Anchor,
     /// File or directory.
     pub shape: Shape,
+    /// Permission bits (`archive::MODE_BITS`) of the file, or of the
+    /// directory of a directory object.
+    pub mode: u32,
     /// The walk, for directories.
     pub walk: Option<archive::Walk>,
     /// Plaintext length (file size, or archive length).
@@ -128,6 +131,7 @@ pub(crate) fn source_at(
             path: c.path.clone(),
             anchor,
             shape: Shape::Dir,
+            mode: c.meta.perm(),
             stat_digest: walk.stat_digest,
             content_bytes: walk.file_bytes,
             len,
@@ -143,6 +147,7 @@ pub(crate) fn source_at(
             path: c.path.clone(),
             anchor,
             shape: Shape::File,
+            mode: c.meta.perm(),
             walk: None,
             len: c.meta.size,
             stat_digest: h.finalize().into(),

@@ -25,7 +25,6 @@ use std::{
 use bbsync_protocol::{
     ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed, WrapSession,
     chunk::{chunk_ranges, chunker},
-    encoding::FORMAT_V1,
     key_commitment,
     manifest::{MANIFEST_FORMAT, MAX_VERSION, next_version},
 };
@@ -85,15 +84,18 @@ pub struct ImportStats {
 }
 
 /// Keyed plaintext fingerprint: keyed BLAKE3 under a local-only key over a
-/// domain string, the shape byte and the plaintext. Never leaves this
-/// machine; only tells a re-import that content is unchanged.
+/// domain string, the shape byte, the mode and the plaintext. Never leaves
+/// this machine; only tells a re-import that content (and mode) is
+/// unchanged. (v1, before modes were kept, had no mode: an object
+/// fingerprinted then is read and compared once more.)
 struct Fingerprinter(blake3::Hasher);
 
 impl Fingerprinter {
-    fn new(key: &[u8; 32], shape: u8) -> Self {
+    fn new(key: &[u8; 32], shape: u8, mode: u32) -> Self {
         let mut h = blake3::Hasher::new_keyed(key);
-        h.update(b"bbsync/fingerprint/v1\0");
+        h.update(b"bbsync/fingerprint/v2\0");
         h.update(&[shape]);
+        h.update(&mode.to_be_bytes());
         Fingerprinter(h)
     }
     fn update(&mut self, data: &[u8]) {
@@ -225,7 +227,7 @@ fn read_all(src: &Source) -> Result<Vec<u8>> {
 
 fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
     let mut r = open_source(src)?;
-    let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
+    let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = r.read(&mut buf).map_err(|e| read_err(src, e))?;
@@ -279,7 +281,7 @@ impl Store {
         {
             let fp = if src.len <= SMALL_SOURCE {
                 let buf = read_all(src)?;
-                let mut f = Fingerprinter::new(fp_key, shape_byte(src.shape));
+                let mut f = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
                 f.update(&buf);
                 buffered = Some(buf);
                 f.finish()
@@ -304,7 +306,7 @@ impl Store {
             ));
         }
         let next = |v: u64| next_version(v).unwrap_or(MAX_VERSION);
-        let (object_id, key, version, old_chunks) = match &existing {
+        let (object_id, key, version, old) = match &existing {
             // A deleted object that comes back gets a fresh key: the
             // tombstone carries none, and nothing of the old chunks is kept.
             // A rotation (`rekey --rotate`) too: the chunks are sealed anew.
@@ -313,13 +315,25 @@ impl Store {
             }
             Some((id, st)) => {
                 let (m, key) = self.manifest_and_key(id)?;
-                (*id, key, next(st.version), Some(m.chunks.clone()))
+                // What the version has as its meta: the same chunks under
+                // another mode (or under none, from before modes were
+                // kept) are a change too.
+                let meta = match &m.meta {
+                    Some(sealed) => ChunkCipher::new(&key)
+                        .open_meta(sealed)
+                        .and_then(|plain| ObjectMeta::decode(&plain))
+                        .ok(),
+                    None => None,
+                };
+                (*id, key, next(st.version), Some((m.chunks.clone(), meta)))
             }
             None => (ObjectId::random(), ContentKey::generate(), 1, None),
         };
         let cipher = ChunkCipher::new(&key);
         let compression = self.config().compression();
-        let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
+        let new_meta = ObjectMeta::new(src.shape, src.mode);
+        let old_chunks = old.as_ref().map(|(chunks, _)| chunks);
+        let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
         let mut refs = Vec::new();
         let mut staged = Vec::new();
         let mut seen = HashSet::new();
@@ -378,8 +392,9 @@ impl Store {
         }
         let fingerprint = fp.finish();
         progress.advance(1, src.content_bytes);
-        if let (Some((id, st)), Some(old)) = (&existing, &old_chunks)
+        if let (Some((id, st)), Some((old, old_meta))) = (&existing, &old)
             && *old == refs
+            && old_meta.as_ref() == Some(&new_meta)
             && st.owner == src.owner
             && st.complete
         {
@@ -392,13 +407,7 @@ impl Store {
         // Anything failing from here on must not leave staged chunks behind.
         let built = (|| -> Result<ObjectWrite> {
             let meta = cipher
-                .seal_meta(
-                    &ObjectMeta {
-                        format: FORMAT_V1,
-                        shape: src.shape,
-                    }
-                    .encode(),
-                )
+                .seal_meta(&new_meta.encode())
                 .ctx(|| "sealing object meta".to_string())?;
             let manifest = Manifest {
                 format: MANIFEST_FORMAT,

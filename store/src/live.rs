@@ -323,7 +323,7 @@ impl LiveTree {
         crate::failpoint::hit("live.write").ctx(|| format!("writing {}", dest.display()))?;
         match o.shape {
             Shape::File => {
-                let mut out = FileOut::new(&tmp, false, o.manifest.plaintext_len);
+                let mut out = FileOut::new(&tmp, false, o.manifest.plaintext_len).with_mode(o.mode);
                 let written = store
                     .read_open(o, |d| out.write(d))
                     .and_then(|_| out.finish(&label));
@@ -402,13 +402,19 @@ impl LiveTree {
         sync_parent(&p)
     }
 
-    /// Whether `rel` holds exactly the object's content.
+    /// Whether `rel` holds exactly the object's content (and, for an
+    /// object with modes, its modes).
     fn same_content(&self, store: &Store, o: &OpenObject, rel: &str) -> Result<bool> {
+        use std::os::unix::fs::PermissionsExt as _;
         let p = self.root.join(rel);
         let m = fs::symlink_metadata(&p).ctx(|| format!("reading {}", p.display()))?;
+        let perm = m.permissions().mode() & crate::archive::MODE_BITS;
         match o.shape {
             Shape::File => {
-                if !m.is_file() || m.len() != o.manifest.plaintext_len {
+                if !m.is_file()
+                    || m.len() != o.manifest.plaintext_len
+                    || o.mode.is_some_and(|mode| mode != perm)
+                {
                     return Ok(false);
                 }
                 let mut f = File::open(&p).ctx(|| format!("reading {}", p.display()))?;
@@ -431,9 +437,12 @@ impl LiveTree {
                 }
                 let tmp = self.tmp_path();
                 fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-                let r = store
-                    .extract_dir(o, &tmp)
-                    .and_then(|_| same_tree(&tmp, &p).ctx(|| format!("comparing {}", p.display())));
+                let modes = o.mode.is_some();
+                let r = store.extract_dir(o, &tmp).and_then(|_| {
+                    Ok(same_mode(&tmp, &p, modes)?
+                        && same_tree(&tmp, &p, modes)
+                            .ctx(|| format!("comparing {}", p.display()))?)
+                });
                 let _ = fs::remove_dir_all(&tmp);
                 r
             }
@@ -448,8 +457,24 @@ fn sync_parent(p: &Path) -> Result<()> {
         .ctx(|| format!("syncing {}", dir.display()))
 }
 
-/// Whether two directories hold the same names, kinds and file bytes.
-fn same_tree(a: &Path, b: &Path) -> io::Result<bool> {
+/// Whether two paths have the same permission bits (always, unless `modes`).
+fn same_mode(a: &Path, b: &Path, modes: bool) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !modes {
+        return Ok(true);
+    }
+    let perm = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| m.permissions().mode() & crate::archive::MODE_BITS)
+            .ctx(|| format!("reading {}", p.display()))
+    };
+    Ok(perm(a)? == perm(b)?)
+}
+
+/// Whether two directories hold the same names, kinds and file bytes (and,
+/// with `modes`, the same permission bits).
+fn same_tree(a: &Path, b: &Path, modes: bool) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
     let list = |d: &Path| -> io::Result<Vec<(std::ffi::OsString, fs::Metadata)>> {
         let mut v = fs::read_dir(d)?
             .map(|e| e.and_then(|e| Ok((e.file_name(), fs::symlink_metadata(e.path())?))))
@@ -462,12 +487,15 @@ fn same_tree(a: &Path, b: &Path) -> io::Result<bool> {
         return Ok(false);
     }
     for ((na, ma), (nb, mb)) in la.iter().zip(&lb) {
-        if na != nb || ma.file_type() != mb.file_type() {
+        if na != nb
+            || ma.file_type() != mb.file_type()
+            || (modes && ma.permissions().mode() & 0o777 != mb.permissions().mode() & 0o777)
+        {
             return Ok(false);
         }
         let (pa, pb) = (a.join(na), b.join(nb));
         if ma.is_dir() {
-            if !same_tree(&pa, &pb)? {
+            if !same_tree(&pa, &pb, modes)? {
                 return Ok(false);
             }
         } else if !ma.is_file() || ma.len() != mb.len() || fs::read(&pa)? != fs::read(&pb)? {

@@ -493,3 +493,96 @@ fn live_tree_misuse_is_refused_with_one_line() -> TestResult {
     assert!(!t.exists(), "a refused or offline command made the tree");
     Ok(())
 }
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mode_of(p: &Path) -> Option<u32> {
+    std::fs::symlink_metadata(p).ok().map(|m| m.mode() & 0o7777)
+}
+
+/// The modes a tree must keep (of files and of directory objects' entries).
+const MODES: [(&str, u32); 8] = [
+    ("config/bbs.toml", 0o600),
+    ("boards/general/1.json", 0o640),
+    ("files/run.sh", 0o755),
+    ("applets/lord", 0o750),
+    ("applets/lord/main.lua", 0o600),
+    ("applets/lord/assets", 0o700),
+    ("applets/lord/assets/x.bin", 0o444),
+    ("data/lord/alice/save.json", 0o660),
+];
+
+/// Whether every path of [`MODES`] has its mode (or the last of `chmods`
+/// naming it), and the setuid file arrived as 0755.
+fn modes_are_kept(root: &Path, chmods: &[(&str, u32)]) -> bool {
+    let mut want: BTreeMap<&str, u32> = MODES.into_iter().collect();
+    want.extend(chmods.iter().copied());
+    want.iter().all(|(p, m)| mode_of(&root.join(p)) == Some(*m))
+        && mode_of(&root.join("files/suid")) == Some(0o755)
+}
+
+#[test]
+fn modes_reach_the_standby_tree_an_export_and_a_restore_without_setuid() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (ta, tb) = (tmp.path().join("bbs-a"), tmp.path().join("bbs-b"));
+    mini_bbs(&ta);
+    write(&ta.join("files/run.sh"), "#!/bin/sh\necho hi\n");
+    write(&ta.join("files/suid"), "not really a program\n");
+    for (p, m) in MODES {
+        chmod(&ta.join(p), m);
+    }
+    // Setuid and setgid: never kept (modes come from a peer).
+    chmod(&ta.join("files/suid"), 0o6755);
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    trust(&a, &b);
+    let p = primary(&a, &ta);
+    let s = standby(&b, &p.addr, &tb);
+    wait_same(&ta, &tb, 60, "the mini BBS on the standby");
+    wait_for(30, "the modes in the standby's tree", || {
+        modes_are_kept(&tb, &[])
+    });
+    // A chmod alone, of a file object and of a directory object's entry,
+    // is a change that reaches the standby.
+    let chmods = [
+        ("boards/general/1.json", 0o600),
+        ("applets/lord/main.lua", 0o750),
+    ];
+    for (p, m) in chmods {
+        chmod(&ta.join(p), m);
+    }
+    wait_for(30, "the chmods on the standby", || {
+        modes_are_kept(&tb, &chmods)
+    });
+    let row = ls_row(&b, "message", "general/1").unwrap();
+    assert_eq!(row["version"], 2, "{row}");
+    drop(s);
+    drop(p);
+    // export-bbs and restore --to-tree write the same modes.
+    let out = tmp.path().join("export");
+    ok(&b, &["export-bbs", out.to_str().unwrap()]);
+    assert_eq!(files(&out), files(&ta));
+    assert!(modes_are_kept(&out, &chmods), "modes of export-bbs");
+    let repo = tmp.path().join("repo");
+    ok(&b, &["backup", "--repo", repo.to_str().unwrap()]);
+    let restored = tmp.path().join("restored");
+    ok(
+        &b,
+        &[
+            "restore",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--to-tree",
+            restored.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(files(&restored), files(&ta));
+    assert!(
+        modes_are_kept(&restored, &chmods),
+        "modes of restore --to-tree"
+    );
+    Ok(())
+}
