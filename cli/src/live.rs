@@ -139,6 +139,30 @@ pub fn start(store: Arc<Store>, tree: Arc<LiveTree>) -> anyhow::Result<Watcher> 
     })
 }
 
+/// Stops watching `tree` (`bbsync demote` on a running node): the watcher
+/// (if any) is stopped and waited for, then the tree is a standby's again:
+/// its marker says so and so does `status`.
+pub fn stop(store: &Store, tree: &LiveTree, watcher: Option<Watcher>) -> anyhow::Result<()> {
+    drop(watcher);
+    tree.set_standby();
+    // A primary's marker names no upstream: the follower writes both at
+    // its next page.
+    let old = tree.marker()?.filter(|m| m.role == "standby");
+    tree.write_marker(&Marker {
+        format: 1,
+        instance: store.instance_id().to_hex(),
+        role: "standby".into(),
+        upstream: old.as_ref().and_then(|m| m.upstream.clone()),
+        seq: old.as_ref().map_or(0, |m| m.seq),
+        updated_at_ms: bbsync_protocol::now_ms(),
+    })?;
+    update_status(|s| {
+        s.role = "standby".into();
+        s.held.clear();
+    });
+    Ok(())
+}
+
 fn run(
     store: &Store,
     tree: &LiveTree,

@@ -200,6 +200,12 @@ impl LiveTree {
         self.primary.store(true, Ordering::SeqCst);
     }
 
+    /// Marks the tree as a standby's again (`bbsync demote` on a running
+    /// node, once its watcher has stopped).
+    pub fn set_standby(&self) {
+        self.primary.store(false, Ordering::SeqCst);
+    }
+
     /// Whether [`Store::tree_reconcile`] ran on it in this process.
     pub fn is_reconciled(&self) -> bool {
         self.reconciled.load(Ordering::SeqCst)

@@ -364,18 +364,54 @@ fn failover_drill_promote_and_rejoin_lose_no_post() -> TestResult {
         post(300, "after the rejoin"),
     );
     wait_same(&ta, &tb, 30, "a post after the rejoin on the old primary");
-    // Undoing the promotion needs the node stopped.
-    let e = fail(&b, &["demote"]);
-    assert_mentions(&e, &["a node is serving", "stop it first"]);
-    assert!(sb.stop().success());
+    // Fail back while both run: the new primary is demoted through its
+    // running node (its tree is no longer watched; its upstream's changes
+    // are written into it), the old one promoted again.
     let out = ok(&b, &["demote"]);
+    assert!(
+        out.contains("demoted: this node is a standby again"),
+        "{out}"
+    );
+    assert_eq!(json(&b, &["status"])["live"]["role"], "standby");
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tb.join(".bbsync/tree.json"))?)?;
+    assert_eq!(marker["role"], "standby", "{marker}");
+    let e = fail(&b, &["demote"]);
+    assert_mentions(&e, &["this node was not promoted"]);
+    let out = ok(&a, &["promote"]);
+    assert!(
+        out.contains("promoted: this node is the primary now"),
+        "{out}"
+    );
+    write(
+        &ta.join("boards/general/400.json"),
+        post(400, "after the fail-back"),
+    );
+    wait_same(
+        &ta,
+        &tb,
+        30,
+        "a post after the fail-back on the demoted node",
+    );
+    // A restart keeps the demotion: the demoted node still follows.
+    assert!(sb.stop().success());
+    sb = standby(&b, &pa.addr, &tb);
+    write(
+        &ta.join("boards/general/401.json"),
+        post(401, "after the demoted node's restart"),
+    );
+    wait_same(&ta, &tb, 30, "a post after the demoted node restarted");
+    assert_eq!(json(&b, &["status"])["live"]["role"], "standby");
+    // On a stopped node, demote only forgets the promotion.
+    assert!(pa.stop().success());
+    let out = ok(&a, &["demote"]);
     assert!(
         out.contains("demoted: `serve --follow ADDR --tree"),
         "{out}"
     );
-    let e = fail(&b, &["demote"]);
+    let e = fail(&a, &["demote"]);
     assert_mentions(&e, &["this node was not promoted"]);
-    drop(pa);
+    drop(sb);
     Ok(())
 }
 
@@ -491,6 +527,19 @@ fn live_tree_misuse_is_refused_with_one_line() -> TestResult {
     let e = fail(&a, &["promote", "--tree", ts]);
     assert_mentions(&e, &["this node is the primary already"]);
     assert!(!t.exists(), "a refused or offline command made the tree");
+    // A promoted node that follows no upstream: demoting it while it runs
+    // would leave its tree neither watched nor written.
+    let s = serve_with(&a, &listen[1..]);
+    let e = fail(&a, &["demote"]);
+    assert_mentions(
+        &e,
+        &[
+            "the serving node follows no upstream",
+            "stop it, then `bbsync demote`",
+        ],
+    );
+    assert_eq!(json(&a, &["status"])["live"]["role"], "primary");
+    drop(s);
     Ok(())
 }
 
