@@ -282,6 +282,23 @@ impl TreeDir {
         })
     }
 
+    /// The child `name` as it is now, or `None` if there is none (not
+    /// following a symlink).
+    pub fn child_if_exists(&self, name: &str) -> Result<Option<Child>> {
+        let path = self.path.join(name);
+        match rustix::fs::statat(self.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(Child {
+                name: name.to_string(),
+                path,
+                meta: Meta::of(&st),
+            })),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => {
+                Err(io::Error::from(e)).ctx(|| format!("reading metadata of {}", path.display()))
+            }
+        }
+    }
+
     /// Its metadata now.
     pub fn meta(&self) -> Result<Meta> {
         rustix::fs::fstat(self.fd.as_fd())

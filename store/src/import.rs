@@ -44,6 +44,22 @@ use crate::{
     sqlite,
 };
 
+/// Which live objects an import tombstones (besides writing its sources).
+#[derive(Clone, Copy)]
+pub(crate) enum Gone<'a> {
+    /// Those of these kinds that are not among the sources, except `keep`
+    /// (a tree import: the tree is the whole truth for its kinds).
+    Missing {
+        /// The kinds.
+        kinds: &'a [&'a str],
+        /// (kind, name) never tombstoned.
+        keep: &'a HashSet<(String, String)>,
+    },
+    /// Exactly these objects, unless among the sources (a watch batch:
+    /// what was at the paths it names and is gone).
+    These(&'a [ObjectId]),
+}
+
 /// What an import did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ImportStats {
@@ -568,6 +584,26 @@ impl Store {
         rotate: &HashSet<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
+        self.run_import_gone(
+            sources,
+            Gone::Missing {
+                kinds: tombstone_kinds,
+                keep,
+            },
+            rotate,
+            progress,
+        )
+    }
+
+    /// Imports `sources` and tombstones the live objects `gone` names
+    /// (those among the sources excepted).
+    pub(crate) fn run_import_gone(
+        &self,
+        sources: Vec<Source>,
+        gone: Gone<'_>,
+        rotate: &HashSet<ObjectId>,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
         let start = Instant::now();
         let _g = self.lock();
         let mut stats = ImportStats {
@@ -683,14 +719,23 @@ impl Store {
                     return Err(e);
                 }
             }
-            if !tombstone_kinds.is_empty() {
-                for r in self.db().objects() {
+            let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> =
+                match gone {
+                    Gone::Missing { kinds, .. } if kinds.is_empty() => Box::new(std::iter::empty()),
+                    Gone::Missing { .. } => Box::new(self.db().objects()),
+                    Gone::These(ids) => Box::new(ids.iter().map(|id| Ok((*id, self.state(id)?)))),
+                };
+            {
+                for r in candidates {
                     let (id, st) = r?;
-                    if !st.deleted
-                        && tombstone_kinds.contains(&st.kind.as_str())
-                        && !names.contains(&name_digest(&st.kind, &st.name))
-                        && !keep.contains(&(st.kind.clone(), st.name.clone()))
-                    {
+                    let wanted = match gone {
+                        Gone::Missing { kinds, keep } => {
+                            kinds.contains(&st.kind.as_str())
+                                && !keep.contains(&(st.kind.clone(), st.name.clone()))
+                        }
+                        Gone::These(_) => true,
+                    };
+                    if !st.deleted && wanted && !names.contains(&name_digest(&st.kind, &st.name)) {
                         match self.tombstone(id, &st)? {
                             Some(t) => {
                                 writes.push(*id.as_bytes(), &t)?;
