@@ -473,9 +473,17 @@ fn a_live_sqlite_database_in_a_layout_reaches_the_standby_consistent() -> TestRe
         ],
     );
     let db_b = tb.join("data/axon_bbs.sqlite3");
-    wait_for(60, "the database on the standby", || {
-        rows_of_copy(&db_b, tmp.path()) == Some(1)
-    });
+    // The objects of one page are written in object-id order (random): the
+    // database may come before the others.
+    wait_for(
+        60,
+        "the database and the other objects on the standby",
+        || {
+            rows_of_copy(&db_b, tmp.path()) == Some(1)
+                && tb.join("data/user_data/alice/prefs.json").exists()
+                && tb.join("media/logo.txt").exists()
+        },
+    );
     assert_eq!(
         std::fs::read(tb.join("data/user_data/alice/prefs.json"))?,
         b"{\"theme\":\"amber\"}\n"
