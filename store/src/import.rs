@@ -721,7 +721,7 @@ impl Store {
             }
             let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> =
                 match gone {
-                    Gone::Missing { kinds, .. } if kinds.is_empty() => Box::new(std::iter::empty()),
+                    Gone::Missing { kinds: [], .. } => Box::new(std::iter::empty()),
                     Gone::Missing { .. } => Box::new(self.db().objects()),
                     Gone::These(ids) => Box::new(ids.iter().map(|id| Ok((*id, self.state(id)?)))),
                 };
