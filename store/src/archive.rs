@@ -633,12 +633,14 @@ fn walk_into(dir: &TreeDir, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Resul
     Ok(())
 }
 
-fn entry_header(e: &Entry) -> Vec<u8> {
+fn entry_header(e: &Entry, version: u16) -> Vec<u8> {
     let mut b = Vec::with_capacity(1 + 2 + e.path.len() + 2 + 8);
     b.push(if e.size.is_some() { TAG_FILE } else { TAG_DIR });
     b.extend_from_slice(&(e.path.len() as u16).to_be_bytes());
     b.extend_from_slice(e.path.as_bytes());
-    b.extend_from_slice(&(e.meta.perm() as u16).to_be_bytes());
+    if version != VERSION_1 {
+        b.extend_from_slice(&(e.meta.perm() as u16).to_be_bytes());
+    }
     if let Some(size) = e.size {
         b.extend_from_slice(&size.to_be_bytes());
     }
@@ -660,6 +662,7 @@ pub fn archive_len(w: &Walk) -> u64 {
 /// (symlink, another inode) as [`StoreError::ReplacedDuringImport`], carried
 /// the same way ([`into_store_error`] gets it back).
 pub struct ArchiveReader {
+    version: u16,
     root: TreeDir,
     entries: std::vec::IntoIter<Entry>,
     buf: Vec<u8>,
@@ -673,9 +676,17 @@ impl ArchiveReader {
     /// Starts streaming `walk` of the directory `root` (opened through its
     /// [`Anchor`], so it is the directory that was walked).
     pub fn new(root: TreeDir, walk: Walk) -> Self {
+        Self::with_version(root, walk, VERSION)
+    }
+
+    /// Like [`ArchiveReader::new`], in archive `version` (1: without modes,
+    /// what an import compares with a fingerprint taken before modes were
+    /// kept).
+    pub fn with_version(root: TreeDir, walk: Walk, version: u16) -> Self {
         let mut buf = MAGIC.to_vec();
-        buf.extend_from_slice(&VERSION.to_be_bytes());
+        buf.extend_from_slice(&version.to_be_bytes());
         ArchiveReader {
+            version,
             root,
             entries: walk.entries.into_iter(),
             buf,
@@ -740,7 +751,7 @@ impl Read for ArchiveReader {
             self.pos = 0;
             match self.entries.next() {
                 Some(e) => {
-                    self.buf = entry_header(&e);
+                    self.buf = entry_header(&e, self.version);
                     if let Some(size) = e.size {
                         // A database is read from its snapshot (checked
                         // against the snapshot's metadata), anything else

@@ -142,8 +142,13 @@ fn shape_byte(s: Shape) -> u8 {
 /// descriptor, never through a symlink, and only if it is still the file or
 /// directory that the walk saw (`archive::Anchor`).
 fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
+    open_source_version(src, crate::archive::VERSION)
+}
+
+/// Like [`open_source`], a directory as an archive of `version`.
+fn open_source_version(src: &Source, version: u16) -> Result<Box<dyn Read + Send>> {
     match &src.walk {
-        Some(w) => Ok(Box::new(ArchiveReader::new(
+        Some(w) => Ok(Box::new(ArchiveReader::with_version(
             src.anchor.open_dir()?,
             crate::archive::Walk {
                 entries: w.entries.clone(),
@@ -151,6 +156,7 @@ fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
                 stat_digest: w.stat_digest,
                 substitutes: w.substitutes.clone(),
             },
+            version,
         ))),
         None => Ok(Box::new(ExactFile::new(
             src.anchor.open_file()?,
@@ -241,6 +247,36 @@ fn read_all(src: &Source) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The fingerprint a version before modes were kept recorded for the
+/// source's content as it is now (v1: no mode; a directory as an archive
+/// without modes): equal to the recorded one, the content is unchanged.
+fn legacy_fingerprint(
+    src: &Source,
+    fp_key: &[u8; 32],
+    buffered: Option<&[u8]>,
+) -> Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new_keyed(fp_key);
+    h.update(b"bbsync/fingerprint/v1\0");
+    h.update(&[shape_byte(src.shape)]);
+    match (&src.walk, buffered) {
+        (None, Some(buf)) => {
+            h.update(buf);
+        }
+        _ => {
+            let mut r = open_source_version(src, crate::archive::VERSION_1)?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = r.read(&mut buf).map_err(|e| read_err(src, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
 fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
     let mut r = open_source(src)?;
     let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
@@ -304,8 +340,16 @@ impl Store {
             } else {
                 fingerprint(src, fp_key)?
             };
-            if st.fingerprint == Some(fp) {
+            // Equal, or equal to what a version before modes were kept
+            // recorded for this content (then its fingerprint is brought to
+            // this version's, with the mode as it is now: the mode is
+            // recorded with the next version, so that the first import
+            // after the upgrade writes nothing for an unchanged tree).
+            if st.fingerprint == Some(fp)
+                || st.fingerprint == Some(legacy_fingerprint(src, fp_key, buffered.as_deref())?)
+            {
                 let mut st = st.clone();
+                st.fingerprint = Some(fp);
                 st.stat_digest = Some(src.stat_digest);
                 progress.advance(1, src.content_bytes);
                 return Ok(Outcome::Unchanged(*id, Some(Box::new(st))));
