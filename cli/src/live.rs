@@ -9,12 +9,16 @@
 //! closes it (`IN_CLOSE_WRITE`) or renames it into place, or, for a writer
 //! that keeps it open, until its size and mtime are the same across two
 //! looks [`SETTLE`] apart. SQLite databases are never held: they are read
-//! through consistent snapshots. At start-up, and whenever the kernel's
-//! queue overflowed, the whole tree is scanned again (the metadata digests
-//! make that cheap), so nothing written while the node was down is missed.
+//! through consistent snapshots. A batch looks only at the paths its
+//! events name ([`Store::import_live_paths`]: the directories on the way
+//! to them are not listed, their entries are looked up directly), so it
+//! costs what changed, not the tree. At start-up, and whenever the
+//! kernel's queue overflowed or a path is not UTF-8, the whole tree is
+//! scanned again (the metadata digests make that cheap next to reading),
+//! so nothing written while the node was down is missed.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -28,6 +32,7 @@ use std::{
 use anyhow::Context as _;
 use bbsync_store::{
     Store,
+    bbs::Focus,
     live::{LiveTree, Marker, update_status},
     progress::NoProgress,
 };
@@ -100,7 +105,9 @@ pub fn start(store: Arc<Store>, tree: Arc<LiveTree>) -> anyhow::Result<Watcher> 
         .with_context(|| format!("watching {}", root.display()))?;
     tree.set_primary();
     let full = tree.marker()?.is_none();
-    import(&store, &tree, &BTreeMap::new(), full);
+    // A failed start-up import is tried again whole (not only the paths
+    // of the next events).
+    let started = import(&store, &tree, &BTreeMap::new(), None, full);
     match store.tree_reconcile(&tree) {
         Ok(r) if r.written + r.removed > 0 => tracing::info!(
             written = r.written,
@@ -130,7 +137,7 @@ pub fn start(store: Arc<Store>, tree: Arc<LiveTree>) -> anyhow::Result<Watcher> 
         .spawn(move || {
             // The debouncer lives as long as the loop.
             let _debouncer = debouncer;
-            run(&store, &tree, &rx, &stopping);
+            run(&store, &tree, &rx, &stopping, !started);
         })
         .context("starting the watcher thread")?;
     Ok(Watcher {
@@ -139,16 +146,44 @@ pub fn start(store: Arc<Store>, tree: Arc<LiveTree>) -> anyhow::Result<Watcher> 
     })
 }
 
+/// Stops watching `tree` (`bbsync demote` on a running node): the watcher
+/// (if any) is stopped and waited for, then the tree is a standby's again:
+/// its marker says so and so does `status`.
+pub fn stop(store: &Store, tree: &LiveTree, watcher: Option<Watcher>) -> anyhow::Result<()> {
+    drop(watcher);
+    tree.set_standby();
+    // A primary's marker names no upstream: the follower writes both at
+    // its next page.
+    let old = tree.marker()?.filter(|m| m.role == "standby");
+    tree.write_marker(&Marker {
+        format: 1,
+        instance: store.instance_id().to_hex(),
+        role: "standby".into(),
+        upstream: old.as_ref().and_then(|m| m.upstream.clone()),
+        seq: old.as_ref().map_or(0, |m| m.seq),
+        updated_at_ms: bbsync_protocol::now_ms(),
+    })?;
+    update_status(|s| {
+        s.role = "standby".into();
+        s.held.clear();
+    });
+    Ok(())
+}
+
 fn run(
     store: &Store,
     tree: &LiveTree,
     rx: &mpsc::Receiver<DebounceEventResult>,
     stop: &AtomicBool,
+    rescan_first: bool,
 ) {
     let root = tree.root().to_path_buf();
     let mut writing: BTreeMap<PathBuf, Writing> = BTreeMap::new();
+    // The paths the next batch looks at, or the whole tree (`rescan`).
+    let mut focus: BTreeSet<String> = BTreeSet::new();
+    let mut rescan = rescan_first;
     let mut dirty = false;
-    let mut failing = false;
+    let mut failing = rescan_first;
     let mut last_try = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let wait = if writing.is_empty() {
@@ -164,9 +199,13 @@ fn run(
                             "watch: the kernel's event queue overflowed; scanning the whole tree"
                         );
                         dirty = true;
+                        rescan = true;
                         continue;
                     }
-                    dirty |= note(&root, &ev.event, &mut writing);
+                    if note(&root, &ev.event, &mut writing) {
+                        dirty = true;
+                        rescan |= !add_focus(&root, &ev.event.paths, &mut focus);
+                    }
                 }
             }
             Ok(Err(errors)) => {
@@ -174,6 +213,7 @@ fn run(
                     tracing::warn!("watch: {e}; scanning the whole tree");
                 }
                 dirty = true;
+                rescan = true;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -196,15 +236,44 @@ fn run(
         for p in settled {
             tracing::info!(path = %p.display(), "watch: unchanged for {}s while open: taking it", SETTLE.as_secs());
             writing.remove(&p);
+            rescan |= !add_focus(&root, &[root.join(&p)], &mut focus);
             dirty = true;
         }
         // A failed import is tried again on the next change, or after a while.
         if dirty || (failing && last_try.elapsed() >= RETRY) {
             dirty = false;
             last_try = Instant::now();
-            failing = !import(store, tree, &writing, false);
+            let batch = Focus::new(focus.iter().cloned());
+            let scope = if rescan { None } else { Some(&batch) };
+            failing = !import(store, tree, &writing, scope, false);
+            // A failed batch is tried again whole (its paths kept).
+            if !failing {
+                focus.clear();
+                rescan = false;
+            }
         }
     }
+}
+
+/// Adds the paths of an event (below `root`, bbsync's own left out) to the
+/// next batch's focus; false when one is not UTF-8 (the batch then scans
+/// the whole tree, which reports it).
+fn add_focus(root: &Path, paths: &[PathBuf], focus: &mut BTreeSet<String>) -> bool {
+    for p in paths {
+        let Ok(rel) = p.strip_prefix(root) else {
+            continue;
+        };
+        if LiveTree::is_internal(rel) {
+            continue;
+        }
+        match rel.to_str() {
+            Some(r) => {
+                focus.insert(r.to_string());
+            }
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Notes one event; whether the tree may have changed.
@@ -214,6 +283,22 @@ fn note(root: &Path, ev: &notify::Event, writing: &mut BTreeMap<PathBuf, Writing
         .iter()
         .filter_map(|p| p.strip_prefix(root).ok().map(Path::to_path_buf))
         .filter(|r| !LiveTree::is_internal(r))
+        // A database's `-shm` is the readers' shared index, written by every
+        // reader (this watcher's own snapshot too), and its `-wal` and
+        // `-journal` are opened for writing (closed, their metadata set: SQLite
+        // running as root chowns them) by every reader: none of that is
+        // content (a write to them is an `IN_MODIFY`), and taking it as a
+        // change would make each batch's snapshot trigger the next.
+        .filter(|r| {
+            let name = r.to_string_lossy();
+            let companion = name.ends_with("-wal") || name.ends_with("-journal");
+            !(name.ends_with("-shm")
+                || (companion
+                    && matches!(
+                        ev.kind,
+                        EventKind::Modify(ModifyKind::Metadata(_)) | EventKind::Access(_)
+                    )))
+        })
         .collect();
     if rels.is_empty() {
         return false;
@@ -254,11 +339,13 @@ fn note(root: &Path, ev: &notify::Event, writing: &mut BTreeMap<PathBuf, Writing
     }
 }
 
-/// One import of the watched tree; false when it failed (tried again).
+/// One import of the watched tree (only what `focus` names, or the whole
+/// tree); false when it failed (tried again).
 fn import(
     store: &Store,
     tree: &LiveTree,
     writing: &BTreeMap<PathBuf, Writing>,
+    focus: Option<&Focus>,
     full: bool,
 ) -> bool {
     let held = |rel: &str| {
@@ -266,7 +353,22 @@ fn import(
         writing.keys().any(|w| w.starts_with(rel))
     };
     let t = Instant::now();
-    match store.import_live(tree, &held, full, &NoProgress) {
+    let result = match focus {
+        Some(f) => store.import_live_paths(tree, f, &held, &NoProgress),
+        None => store.import_live(tree, &held, full, &NoProgress),
+    };
+    // What scripts/bench-watch.sh reads.
+    tracing::debug!(
+        paths = focus.map_or(0, |f| f.paths().count()),
+        first = focus.and_then(|f| f.paths().next()).unwrap_or(""),
+        whole_tree = focus.is_none(),
+        written = result
+            .as_ref()
+            .map_or(0, |r| r.stats.new + r.stats.changed + r.stats.deleted),
+        elapsed_us = t.elapsed().as_micros() as u64,
+        "watch: batch"
+    );
+    match result {
         Ok(r) => {
             let s = &r.stats;
             let changed = s.new + s.changed + s.deleted;

@@ -135,10 +135,11 @@ enum Command {
         after_help = "Examples:\n  bbsync promote                    # inside the running standby (serve --follow ADDR --tree DIR)\n  bbsync promote --tree /srv/bbs    # a stopped node: its next serve watches /srv/bbs"
     )]
     Promote(cmd::net::PromoteArgs),
-    /// Undo `promote` on a stopped node: the next `serve --follow ADDR
-    /// --tree DIR` keeps DIR as a standby again.
+    /// Undo `promote`: inside a running `serve --follow ADDR --tree DIR`
+    /// the node stops watching DIR and keeps it as a standby again; on a
+    /// stopped node its next `serve --follow ADDR --tree DIR` does.
     #[command(
-        after_help = "Example:\n  bbsync demote   # then: bbsync serve --follow NEW_PRIMARY --tree /srv/bbs"
+        after_help = "Examples:\n  bbsync demote   # inside the running node: it is a standby of its upstream again\n  bbsync demote   # a stopped node; then: bbsync serve --follow NEW_PRIMARY --tree /srv/bbs"
     )]
     Demote,
     /// Clone everything a peer serves into this node.

@@ -325,25 +325,164 @@ pub enum Shape {
     Dir,
 }
 
+/// The format of [`ObjectMeta`] this version writes: format 1 plus `mode`.
+pub const OBJECT_META_FORMAT: u16 = 2;
+
+/// The permission bits an object (and a directory archive entry) may
+/// carry: `rwxrwxrwx`. Setuid, setgid and sticky are never recorded nor
+/// written: modes come from a peer.
+pub const MODE_BITS: u32 = 0o777;
+
 /// The plaintext of a manifest's `meta` blob.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Format 1 is `format, shape`; format 2 (written since modes are kept)
+/// adds `mode`: the permission bits ([`MODE_BITS`]) of the file, or of the
+/// root directory of a directory object. A format-1 meta has no mode
+/// (`None`): such an object is written with the umask, as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
-    /// Format number.
+    /// Format number (1 or 2).
     pub format: u16,
     /// File or directory.
     pub shape: Shape,
+    /// Format 2: the permission bits (`0o000..=0o777`); `None` in format 1.
+    pub mode: Option<u32>,
+}
+
+/// The layout of format 1.
+#[derive(Serialize, Deserialize)]
+struct ObjectMetaV1 {
+    format: u16,
+    shape: Shape,
+}
+
+/// The layout of format 2.
+#[derive(Serialize, Deserialize)]
+struct ObjectMetaV2 {
+    format: u16,
+    shape: Shape,
+    mode: u32,
 }
 
 impl ObjectMeta {
-    /// Encodes for sealing.
-    pub fn encode(&self) -> Vec<u8> {
-        crate::encoding::encode(self)
+    /// The meta this version writes: format 2, with `mode` masked to
+    /// [`MODE_BITS`].
+    pub fn new(shape: Shape, mode: u32) -> Self {
+        ObjectMeta {
+            format: OBJECT_META_FORMAT,
+            shape,
+            mode: Some(mode & MODE_BITS),
+        }
     }
 
-    /// Decodes an opened meta blob.
+    /// Encodes for sealing (in the layout of its format; a format-1 meta
+    /// drops `mode`, a format-2 one without a mode records 0).
+    pub fn encode(&self) -> Vec<u8> {
+        if self.format == FORMAT_V1 {
+            encode(&ObjectMetaV1 {
+                format: self.format,
+                shape: self.shape,
+            })
+        } else {
+            encode(&ObjectMetaV2 {
+                format: self.format,
+                shape: self.shape,
+                mode: self.mode.unwrap_or(0),
+            })
+        }
+    }
+
+    /// Decodes an opened meta blob (format 1 or 2). A mode with bits
+    /// outside [`MODE_BITS`] is refused.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let m: ObjectMeta = crate::encoding::decode("object meta", bytes, 1024)?;
-        crate::encoding::check_format("object meta", m.format)?;
-        Ok(m)
+        const WHAT: &str = "object meta";
+        const LIMIT: usize = 1024;
+        if bytes.len() > LIMIT {
+            return Err(Error::TooLarge {
+                what: WHAT,
+                len: bytes.len(),
+                limit: LIMIT,
+            });
+        }
+        let (format, _) =
+            postcard::take_from_bytes::<u16>(bytes).map_err(|e| Error::malformed(WHAT, e))?;
+        match format {
+            FORMAT_V1 => {
+                let m: ObjectMetaV1 = decode(WHAT, bytes, LIMIT)?;
+                Ok(ObjectMeta {
+                    format: m.format,
+                    shape: m.shape,
+                    mode: None,
+                })
+            }
+            OBJECT_META_FORMAT => {
+                let m: ObjectMetaV2 = decode(WHAT, bytes, LIMIT)?;
+                if m.mode & !MODE_BITS != 0 {
+                    return Err(Error::invalid(
+                        WHAT,
+                        format!(
+                            "mode {:#o} has bits outside {MODE_BITS:#o} (setuid, setgid and sticky are never kept)",
+                            m.mode
+                        ),
+                    ));
+                }
+                Ok(ObjectMeta {
+                    format: m.format,
+                    shape: m.shape,
+                    mode: Some(m.mode),
+                })
+            }
+            found => Err(Error::UnsupportedFormat {
+                what: WHAT,
+                found,
+                supported: OBJECT_META_FORMAT,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn object_meta_format_2_encodes_the_mode_after_the_shape() {
+        // format varint 2, shape variant 0/1, mode varint (0o640 = 416 =
+        // 0xa0 0x03).
+        let m = ObjectMeta::new(Shape::File, 0o640);
+        assert_eq!(m.encode(), vec![2, 0, 0xa0, 0x03]);
+        assert_eq!(ObjectMeta::decode(&m.encode()).unwrap(), m);
+        let d = ObjectMeta::new(Shape::Dir, 0o755);
+        assert_eq!(d.encode(), vec![2, 1, 0xed, 0x03]);
+        assert_eq!(ObjectMeta::decode(&d.encode()).unwrap().mode, Some(0o755));
+        // Setuid, setgid and sticky are masked when written...
+        assert_eq!(ObjectMeta::new(Shape::File, 0o4755).mode, Some(0o755));
+        // ...and refused when read.
+        let e = ObjectMeta::decode(&[2, 0, 0xed, 0x13]).unwrap_err();
+        assert!(
+            e.to_string().contains("mode 0o4755 has bits outside 0o777"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn object_meta_format_1_reads_without_a_mode_and_re_encodes_the_same() {
+        let v1 = [1u8, 1];
+        let m = ObjectMeta::decode(&v1).unwrap();
+        assert_eq!(
+            m,
+            ObjectMeta {
+                format: 1,
+                shape: Shape::Dir,
+                mode: None
+            }
+        );
+        assert_eq!(m.encode(), v1);
+        // A format-1 blob with a mode after it is not format 1.
+        assert!(ObjectMeta::decode(&[1, 0, 0xa0, 0x03]).is_err());
+        let e = ObjectMeta::decode(&[3, 0, 0]).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::UnsupportedFormat);
     }
 }

@@ -440,7 +440,7 @@ proptest! {
 
     #[test]
     fn object_meta_round_trip(dir in any::<bool>()) {
-        let meta = ObjectMeta { format: 1, shape: if dir { Shape::Dir } else { Shape::File } };
+        let meta = ObjectMeta { format: 1, shape: if dir { Shape::Dir } else { Shape::File }, mode: None };
         prop_assert_eq!(ObjectMeta::decode(&meta.encode()).unwrap(), meta);
     }
 

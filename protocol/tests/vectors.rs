@@ -566,6 +566,7 @@ fn gen_meta() -> Value {
             let meta = ObjectMeta {
                 format: 1,
                 shape: *shape,
+                mode: None,
             };
             let encoded = meta.encode();
             let sealed = cipher.seal_meta(&encoded).unwrap();
@@ -1241,6 +1242,7 @@ fn gen_bad() -> Value {
             &ObjectMeta {
                 format: 1,
                 shape: Shape::Dir,
+                mode: None,
             }
             .encode(),
         )
@@ -1287,10 +1289,22 @@ fn gen_bad() -> Value {
             "empty input",
         ),
         (
-            "object-meta/bad-format-2",
-            vec![2, 0],
+            "object-meta/bad-format-3",
+            vec![3, 0],
             ErrorKind::UnsupportedFormat,
-            "format 2",
+            "format 3",
+        ),
+        (
+            "object-meta/bad-format-2-no-mode",
+            vec![2, 0],
+            ErrorKind::Malformed,
+            "format 2 without its mode",
+        ),
+        (
+            "object-meta/bad-mode-setuid",
+            vec![2, 0, 0xed, 0x13],
+            ErrorKind::Invalid,
+            "mode 0o4755: setuid is never kept",
         ),
         (
             "object-meta/bad-shape-2",
@@ -1614,7 +1628,11 @@ fn meta_vectors() -> TestResult {
             "dir" => Shape::Dir,
             other => panic!("shape {other}"),
         };
-        let meta = ObjectMeta { format: 1, shape };
+        let meta = ObjectMeta {
+            format: 1,
+            shape,
+            mode: None,
+        };
         let encoded = h(&row["encoded"]);
         let sealed = h(&row["sealed"]);
 

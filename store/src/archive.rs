@@ -2,15 +2,21 @@
 //! plaintext, so that export reproduces the tree byte for byte.
 //!
 //! ```text
-//! archive = magic "BBDIR\0" || version u16 BE (1) || entry* || 0x00
-//! entry   = 0x01 (dir)  || path_len u16 BE || path
-//!         | 0x02 (file) || path_len u16 BE || path || size u64 BE || bytes
+//! archive = magic "BBDIR\0" || version u16 BE (2) || entry* || 0x00
+//! entry   = 0x01 (dir)  || path_len u16 BE || path || mode u16 BE
+//!         | 0x02 (file) || path_len u16 BE || path || mode u16 BE || size u64 BE || bytes
 //! ```
 //! Paths are relative, UTF-8, `/`-separated, without empty, `.` or `..`
 //! components. Entries come depth first with siblings sorted by their name's
 //! bytes; every directory (empty ones included) has an entry before its
-//! children. Nothing else (modes, times, owners) is recorded, so the same
-//! tree always gives the same bytes.
+//! children. `mode` holds the permission bits (`0o777` at most: setuid,
+//! setgid and sticky are never recorded, as modes come from a peer); a
+//! directory is always written with its owner's `rwx` added, so that bbsync
+//! can fill, replace and remove it. Nothing else (times, owners) is
+//! recorded, so the same tree always gives the same bytes.
+//!
+//! Version 1 (written before modes were kept) has no `mode` field; it is
+//! still extracted, its files and directories created with the umask.
 
 use std::{
     cmp::Ordering,
@@ -34,8 +40,12 @@ use crate::error::{Context, Result, StoreError};
 
 /// Archive magic.
 pub const MAGIC: &[u8; 6] = b"BBDIR\0";
-/// Archive format version.
-pub const VERSION: u16 = 1;
+/// Archive format version written (2: with modes).
+pub const VERSION: u16 = 2;
+/// The archive format without modes, still read.
+pub const VERSION_1: u16 = 1;
+/// The permission bits kept (see the module docs).
+pub const MODE_BITS: u32 = bbsync_protocol::manifest::MODE_BITS;
 const TAG_END: u8 = 0;
 const TAG_DIR: u8 = 1;
 const TAG_FILE: u8 = 2;
@@ -61,8 +71,9 @@ pub struct Walk {
     pub entries: Vec<Entry>,
     /// Sum of file sizes.
     pub file_bytes: u64,
-    /// SHA-256 over (path, type, size, mtime, ctime, inode) of every entry
-    /// (and of the `-wal`/`-journal` companions of its databases).
+    /// SHA-256 over the directory's own permission bits, then (path, type,
+    /// size, mtime, ctime, inode) of every entry (and of the
+    /// `-wal`/`-journal` companions of its databases).
     pub stat_digest: [u8; 32],
     /// Entries read from another file than their own: the snapshots of the
     /// SQLite databases among them (see [`crate::sqlite`]), by entry path,
@@ -117,6 +128,8 @@ pub struct Meta {
     pub kind: MetaKind,
     /// Size in bytes.
     pub size: u64,
+    /// The mode's permission, setuid, setgid and sticky bits (`0o7777`).
+    pub mode: u32,
     mtime: i64,
     mtime_nsec: i64,
     ctime: i64,
@@ -132,6 +145,7 @@ impl Meta {
             ino: st.st_ino as u64,
             kind: MetaKind::of(st.st_mode as u32),
             size: st.st_size as u64,
+            mode: (st.st_mode as u32) & 0o7777,
             mtime: st.st_mtime as i64,
             mtime_nsec: st.st_mtime_nsec as i64,
             ctime: st.st_ctime as i64,
@@ -147,6 +161,11 @@ impl Meta {
     /// A regular file.
     pub fn is_file(&self) -> bool {
         self.kind == MetaKind::File
+    }
+
+    /// The permission bits that are kept ([`MODE_BITS`]).
+    pub fn perm(&self) -> u32 {
+        self.mode & MODE_BITS
     }
 
     /// The modification time.
@@ -261,6 +280,23 @@ impl TreeDir {
             path,
             meta: Meta::of(&st),
         })
+    }
+
+    /// The child `name` as it is now, or `None` if there is none (not
+    /// following a symlink).
+    pub fn child_if_exists(&self, name: &str) -> Result<Option<Child>> {
+        let path = self.path.join(name);
+        match rustix::fs::statat(self.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(Child {
+                name: name.to_string(),
+                path,
+                meta: Meta::of(&st),
+            })),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => {
+                Err(io::Error::from(e)).ctx(|| format!("reading metadata of {}", path.display()))
+            }
+        }
     }
 
     /// Its metadata now.
@@ -540,6 +576,10 @@ pub fn walk(root: &TreeDir) -> Result<Walk> {
         substitutes: BTreeMap::new(),
     };
     let mut h = Sha256::new();
+    // The directory's own mode (its object's mode); its times change with
+    // every child, which is hashed below anyway.
+    h.update(b"mode");
+    h.update(root.meta()?.perm().to_be_bytes());
     walk_into(root, "", &mut w, &mut h)?;
     w.stat_digest = h.finalize().into();
     Ok(w)
@@ -593,11 +633,14 @@ fn walk_into(dir: &TreeDir, prefix: &str, w: &mut Walk, h: &mut Sha256) -> Resul
     Ok(())
 }
 
-fn entry_header(e: &Entry) -> Vec<u8> {
-    let mut b = Vec::with_capacity(1 + 2 + e.path.len() + 8);
+fn entry_header(e: &Entry, version: u16) -> Vec<u8> {
+    let mut b = Vec::with_capacity(1 + 2 + e.path.len() + 2 + 8);
     b.push(if e.size.is_some() { TAG_FILE } else { TAG_DIR });
     b.extend_from_slice(&(e.path.len() as u16).to_be_bytes());
     b.extend_from_slice(e.path.as_bytes());
+    if version != VERSION_1 {
+        b.extend_from_slice(&(e.meta.perm() as u16).to_be_bytes());
+    }
     if let Some(size) = e.size {
         b.extend_from_slice(&size.to_be_bytes());
     }
@@ -608,7 +651,7 @@ fn entry_header(e: &Entry) -> Vec<u8> {
 pub fn archive_len(w: &Walk) -> u64 {
     let mut n = (MAGIC.len() + 2 + 1) as u64;
     for e in &w.entries {
-        n += 1 + 2 + e.path.len() as u64 + e.size.map_or(0, |s| 8 + s);
+        n += 1 + 2 + e.path.len() as u64 + 2 + e.size.map_or(0, |s| 8 + s);
     }
     n
 }
@@ -619,6 +662,7 @@ pub fn archive_len(w: &Walk) -> u64 {
 /// (symlink, another inode) as [`StoreError::ReplacedDuringImport`], carried
 /// the same way ([`into_store_error`] gets it back).
 pub struct ArchiveReader {
+    version: u16,
     root: TreeDir,
     entries: std::vec::IntoIter<Entry>,
     buf: Vec<u8>,
@@ -632,9 +676,17 @@ impl ArchiveReader {
     /// Starts streaming `walk` of the directory `root` (opened through its
     /// [`Anchor`], so it is the directory that was walked).
     pub fn new(root: TreeDir, walk: Walk) -> Self {
+        Self::with_version(root, walk, VERSION)
+    }
+
+    /// Like [`ArchiveReader::new`], in archive `version` (1: without modes,
+    /// what an import compares with a fingerprint taken before modes were
+    /// kept).
+    pub fn with_version(root: TreeDir, walk: Walk, version: u16) -> Self {
         let mut buf = MAGIC.to_vec();
-        buf.extend_from_slice(&VERSION.to_be_bytes());
+        buf.extend_from_slice(&version.to_be_bytes());
         ArchiveReader {
+            version,
             root,
             entries: walk.entries.into_iter(),
             buf,
@@ -699,7 +751,7 @@ impl Read for ArchiveReader {
             self.pos = 0;
             match self.entries.next() {
                 Some(e) => {
-                    self.buf = entry_header(&e);
+                    self.buf = entry_header(&e, self.version);
                     if let Some(size) = e.size {
                         // A database is read from its snapshot (checked
                         // against the snapshot's metadata), anything else
@@ -770,9 +822,24 @@ enum State {
     Tag,
     PathLen(u8),
     Path(u8, usize),
-    Size(String),
+    Mode(u8, String),
+    Size(String, Option<u32>),
     Data(u64),
     End,
+}
+
+/// Sets the permission bits ([`MODE_BITS`]) of an open file (a file being
+/// written keeps its write access through the descriptor).
+pub fn set_file_mode(f: &File, mode: u32) -> io::Result<()> {
+    rustix::fs::fchmod(f, Mode::from_raw_mode(mode & MODE_BITS)).map_err(io::Error::from)
+}
+
+/// Sets the permission bits of a directory bbsync writes: `mode`
+/// ([`MODE_BITS`]) with the owner's `rwx` added (see the module docs).
+pub fn set_dir_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode((mode & MODE_BITS) | 0o700))
+        .ctx(|| format!("setting the mode of {}", path.display()))
 }
 
 /// Writes an archive's entries under `dest` as bytes are fed in, checking
@@ -780,6 +847,7 @@ enum State {
 pub struct Extractor {
     dest: PathBuf,
     state: State,
+    version: u16,
     acc: Vec<u8>,
     last: Option<String>,
     file: Option<(io::BufWriter<File>, PathBuf)>,
@@ -799,6 +867,7 @@ impl Extractor {
         Extractor {
             dest: dest.to_path_buf(),
             state: State::Magic,
+            version: VERSION,
             acc: Vec::new(),
             last: None,
             file: None,
@@ -814,7 +883,7 @@ impl Extractor {
         self.acc.len() == n
     }
 
-    fn begin_entry(&mut self, tag: u8, path: String) -> Result<()> {
+    fn begin_entry(&mut self, tag: u8, path: String, mode: Option<u32>) -> Result<()> {
         check_rel_path(&path).map_err(bad)?;
         if let Some(last) = &self.last
             && path_order(last, &path) != Ordering::Less
@@ -830,10 +899,13 @@ impl Extractor {
         let full = self.dest.join(&path);
         if tag == TAG_DIR {
             fs::create_dir(&full).ctx(|| format!("creating {}", full.display()))?;
+            if let Some(mode) = mode {
+                set_dir_mode(&full, mode)?;
+            }
             self.dirs += 1;
             self.state = State::Tag;
         } else {
-            self.state = State::Size(path);
+            self.state = State::Size(path, mode);
         }
         Ok(())
     }
@@ -844,9 +916,11 @@ impl Extractor {
             match std::mem::replace(&mut self.state, State::End) {
                 State::Magic => {
                     if self.need(&mut data, MAGIC.len() + 2) {
-                        if &self.acc[..6] != MAGIC || self.acc[6..8] != VERSION.to_be_bytes() {
+                        let version = u16::from_be_bytes([self.acc[6], self.acc[7]]);
+                        if &self.acc[..6] != MAGIC || !(VERSION_1..=VERSION).contains(&version) {
                             return Err(bad("bad magic or version"));
                         }
+                        self.version = version;
                         self.acc.clear();
                         self.state = State::Tag;
                     } else {
@@ -878,12 +952,30 @@ impl Extractor {
                     if self.need(&mut data, n) {
                         let path = String::from_utf8(std::mem::take(&mut self.acc))
                             .map_err(|_| bad("path is not UTF-8"))?;
-                        self.begin_entry(tag, path)?;
+                        if self.version == VERSION_1 {
+                            self.begin_entry(tag, path, None)?;
+                        } else {
+                            self.state = State::Mode(tag, path);
+                        }
                     } else {
                         self.state = State::Path(tag, n);
                     }
                 }
-                State::Size(path) => {
+                State::Mode(tag, path) => {
+                    if self.need(&mut data, 2) {
+                        let mode = u32::from(u16::from_be_bytes([self.acc[0], self.acc[1]]));
+                        self.acc.clear();
+                        if mode & !MODE_BITS != 0 {
+                            return Err(bad(format!(
+                                "entry {path:?} has mode {mode:#o}, with bits outside {MODE_BITS:#o}"
+                            )));
+                        }
+                        self.begin_entry(tag, path, Some(mode))?;
+                    } else {
+                        self.state = State::Mode(tag, path);
+                    }
+                }
+                State::Size(path, mode) => {
                     if self.need(&mut data, 8) {
                         let mut b = [0u8; 8];
                         b.copy_from_slice(&self.acc);
@@ -895,11 +987,16 @@ impl Extractor {
                             .create_new(true)
                             .open(&full)
                             .ctx(|| format!("creating {}", full.display()))?;
+                        // Set on the open file, before a byte is written.
+                        if let Some(mode) = mode {
+                            set_file_mode(&f, mode)
+                                .ctx(|| format!("setting the mode of {}", full.display()))?;
+                        }
                         self.files += 1;
                         self.file = Some((io::BufWriter::with_capacity(256 * 1024, f), full));
                         self.state = State::Data(size);
                     } else {
-                        self.state = State::Size(path);
+                        self.state = State::Size(path, mode);
                     }
                 }
                 State::Data(remaining) => {
@@ -945,5 +1042,124 @@ impl Extractor {
             State::End => Ok((self.files, self.dirs)),
             _ => Err(bad("truncated")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn chmod(p: &Path, mode: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn archive_of(root: &Path) -> Vec<u8> {
+        let dir = TreeDir::open(root).unwrap();
+        let w = walk(&dir).unwrap();
+        let len = archive_len(&w);
+        let mut out = Vec::new();
+        ArchiveReader::new(dir, w).read_to_end(&mut out).unwrap();
+        assert_eq!(out.len() as u64, len);
+        out
+    }
+
+    fn extract(bytes: &[u8], dest: &Path) -> Result<(u64, u64)> {
+        fs::create_dir(dest).unwrap();
+        let mut ex = Extractor::new(dest);
+        // In small pieces: every state must resume.
+        for piece in bytes.chunks(3) {
+            ex.feed(piece)?;
+        }
+        ex.finish()
+    }
+
+    #[test]
+    fn the_example_of_format_md() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("src");
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::create_dir_all(root.join("empty")).unwrap();
+        fs::write(root.join("a/b"), "hi\n").unwrap();
+        fs::write(root.join("a.txt"), "").unwrap();
+        chmod(&root.join("a"), 0o755);
+        chmod(&root.join("a/b"), 0o644);
+        chmod(&root.join("a.txt"), 0o600);
+        chmod(&root.join("empty"), 0o700);
+        let want = "424244495200 0002 \
+                    01 0001 61 01ed \
+                    02 0003 612f62 01a4 0000000000000003 68690a \
+                    02 0005 612e747874 0180 0000000000000000 \
+                    01 0005 656d707479 01c0 \
+                    00"
+        .split_whitespace()
+        .collect::<String>();
+        assert_eq!(hex::encode(archive_of(&root)), want);
+        assert_eq!(want.len() / 2, 62);
+    }
+
+    #[test]
+    fn modes_come_back_without_setuid_and_version_1_still_extracts() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("src");
+        fs::create_dir_all(root.join("locked/inner")).unwrap();
+        fs::write(root.join("locked/inner/f"), "f").unwrap();
+        fs::write(root.join("run"), "#!/bin/sh\n").unwrap();
+        fs::write(root.join("suid"), "x").unwrap();
+        fs::write(root.join("ro"), "r").unwrap();
+        chmod(&root.join("locked/inner/f"), 0o640);
+        chmod(&root.join("locked/inner"), 0o750);
+        // A directory without its owner's write bit still gets filled.
+        chmod(&root.join("locked"), 0o555);
+        chmod(&root.join("run"), 0o755);
+        chmod(&root.join("suid"), 0o6755);
+        chmod(&root.join("ro"), 0o400);
+        let bytes = archive_of(&root);
+        let out = t.path().join("out");
+        assert_eq!(extract(&bytes, &out).unwrap(), (4, 2));
+        assert_eq!(mode_of(&out.join("locked/inner/f")), 0o640);
+        assert_eq!(mode_of(&out.join("locked/inner")), 0o750);
+        assert_eq!(mode_of(&out.join("locked")), 0o755, "owner rwx added");
+        assert_eq!(mode_of(&out.join("run")), 0o755);
+        assert_eq!(mode_of(&out.join("suid")), 0o755, "setuid/setgid dropped");
+        assert_eq!(mode_of(&out.join("ro")), 0o400);
+        assert_eq!(fs::read(out.join("ro")).unwrap(), b"r");
+        chmod(&root.join("locked"), 0o755);
+
+        // Version 1: the same entries without modes.
+        let v1 = [
+            &b"BBDIR\0\x00\x01"[..],
+            b"\x01\x00\x01d",
+            b"\x02\x00\x03d/f\x00\x00\x00\x00\x00\x00\x00\x02hi",
+            b"\x00",
+        ]
+        .concat();
+        let old = t.path().join("old");
+        assert_eq!(extract(&v1, &old).unwrap(), (1, 1));
+        assert_eq!(fs::read(old.join("d/f")).unwrap(), b"hi");
+
+        // A mode with setuid in a version-2 archive is refused.
+        let evil = [
+            &b"BBDIR\0\x00\x02"[..],
+            b"\x02\x00\x01f\x09\xed\x00\x00\x00\x00\x00\x00\x00\x00",
+            b"\x00",
+        ]
+        .concat();
+        let e = extract(&evil, &t.path().join("evil")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("entry \"f\" has mode 0o4755, with bits outside 0o777"),
+            "{e}"
+        );
+        // Version 3 is not known.
+        let e = extract(b"BBDIR\0\x00\x03\x00", &t.path().join("v3")).unwrap_err();
+        assert!(e.to_string().contains("bad magic or version"), "{e}");
     }
 }

@@ -10,7 +10,10 @@
 //! Anything else in the tree is refused with the path named, so that no
 //! content is silently left out of a clone.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use bbsync_protocol::Shape;
 use sha2::{Digest, Sha256};
@@ -39,6 +42,9 @@ pub struct Source {
     pub anchor: Anchor,
     /// File or directory.
     pub shape: Shape,
+    /// Permission bits (`archive::MODE_BITS`) of the file, or of the
+    /// directory of a directory object.
+    pub mode: u32,
     /// The walk, for directories.
     pub walk: Option<archive::Walk>,
     /// Plaintext length (file size, or archive length).
@@ -47,6 +53,90 @@ pub struct Source {
     pub stat_digest: [u8; 32],
     /// Bytes of file content (for progress and rates).
     pub content_bytes: u64,
+}
+
+/// The paths (relative to a tree's root, `/`-separated) that one batch of
+/// a watched tree looks at. A scan with a focus lists no directory but
+/// those on the way to these paths (it looks their next component up
+/// directly) and those at or below them (listed whole), so that a batch
+/// costs what it names, not the tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Focus {
+    paths: BTreeSet<String>,
+}
+
+impl Focus {
+    /// A focus on `paths` (empty components and `.`/`..` are not expected:
+    /// they come from the watcher, relative to the root).
+    pub fn new(paths: impl IntoIterator<Item = String>) -> Focus {
+        Focus {
+            paths: paths.into_iter().collect(),
+        }
+    }
+
+    /// The paths.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.paths.iter().map(String::as_str)
+    }
+
+    /// Whether nothing is in focus.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Whether `rel` is in focus itself (at or below a path of it).
+    pub fn covers(&self, rel: &str) -> bool {
+        self.paths.iter().any(|p| {
+            p.is_empty()
+                || rel == p
+                || rel
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+    }
+}
+
+/// The children of `dir` (which is `rel_dir` below the root) that a scan
+/// with `focus` looks at, sorted by name, and whether that is all of them:
+/// without a focus, or when `rel_dir` is in focus itself, every child;
+/// otherwise the next component of each focused path below it (and the
+/// database and companion names next to it, so that a database and its
+/// `-wal` are seen together), those that exist.
+pub(crate) fn children_in(
+    focus: Option<&Focus>,
+    dir: &TreeDir,
+    rel_dir: &str,
+) -> Result<(Vec<Child>, bool)> {
+    let Some(f) = focus.filter(|f| !f.covers(rel_dir)) else {
+        return Ok((dir.children()?, true));
+    };
+    let mut names = BTreeSet::new();
+    for p in f.paths() {
+        let rest = if rel_dir.is_empty() {
+            Some(p)
+        } else {
+            p.strip_prefix(rel_dir).and_then(|r| r.strip_prefix('/'))
+        };
+        if let Some(name) = rest.and_then(|r| r.split('/').next()) {
+            names.insert(name.to_string());
+        }
+    }
+    for n in names.clone() {
+        for s in ["-wal", "-shm", "-journal"] {
+            if let Some(base) = n.strip_suffix(s) {
+                names.insert(base.to_string());
+            }
+            names.insert(format!("{n}{s}"));
+        }
+    }
+    let mut kids = Vec::new();
+    for n in names {
+        if let Some(c) = dir.child_if_exists(&n)? {
+            kids.push(c);
+        }
+    }
+    kids.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    Ok((kids, false))
 }
 
 fn bad(path: &Path, reason: &str) -> StoreError {
@@ -128,6 +218,7 @@ pub(crate) fn source_at(
             path: c.path.clone(),
             anchor,
             shape: Shape::Dir,
+            mode: c.meta.perm(),
             stat_digest: walk.stat_digest,
             content_bytes: walk.file_bytes,
             len,
@@ -143,6 +234,7 @@ pub(crate) fn source_at(
             path: c.path.clone(),
             anchor,
             shape: Shape::File,
+            mode: c.meta.perm(),
             walk: None,
             len: c.meta.size,
             stat_digest: h.finalize().into(),
@@ -155,17 +247,20 @@ pub(crate) fn source_at(
 
 /// The files below `dir` (which is `rel_dir` below `root`), with their
 /// names relative to `dir`, as sources.
+#[allow(clippy::too_many_arguments)]
 fn files_under(
     root: &TreeDir,
     dir: &TreeDir,
     rel_dir: &str,
     prefix: &str,
     kind: &str,
+    focus: Option<&Focus>,
     out: &mut Vec<Source>,
 ) -> Result<()> {
     // A database's -wal/-shm/-journal files are part of it (src/sqlite).
-    let (kids, mut companions) = crate::sqlite::split_companions(dir, dir.children()?);
-    if kids.is_empty() && !prefix.is_empty() {
+    let (listed, all) = children_in(focus, dir, rel_dir)?;
+    let (kids, mut companions) = crate::sqlite::split_companions(dir, listed);
+    if all && kids.is_empty() && !prefix.is_empty() {
         tracing::warn!(path = %dir.path().display(), "empty directory is not kept (only files are objects here)");
     }
     for c in kids {
@@ -183,6 +278,7 @@ fn files_under(
                 &format!("{rel_dir}/{}", c.name),
                 &rel,
                 kind,
+                focus,
                 out,
             )?;
         } else if c.meta.is_file() {
@@ -198,8 +294,8 @@ fn files_under(
     Ok(())
 }
 
-fn dirs_only(dir: &TreeDir) -> Result<Vec<Child>> {
-    let kids = dir.children()?;
+fn dirs_only(focus: Option<&Focus>, dir: &TreeDir, rel_dir: &str) -> Result<Vec<Child>> {
+    let (kids, _) = children_in(focus, dir, rel_dir)?;
     if let Some(c) = kids.iter().find(|c| !c.meta.is_dir()) {
         return Err(bad(&c.path, "expected only directories here"));
     }
@@ -211,9 +307,15 @@ fn dirs_only(dir: &TreeDir) -> Result<Vec<Child>> {
 /// symlink; each source keeps the tree's root descriptor and its path below
 /// it, so that it is opened the same way when it is read (see [`Anchor`]).
 pub fn scan(root: &Path) -> Result<Vec<Source>> {
+    scan_in(root, None)
+}
+
+/// Like [`scan`], looking only at what `focus` names (the whole tree
+/// without one): what a batch of the watcher imports.
+pub fn scan_in(root: &Path, focus: Option<&Focus>) -> Result<Vec<Source>> {
     let tree = open_tree(root)?;
     let mut out = Vec::new();
-    for c in tree.children()? {
+    for c in children_in(focus, &tree, "")?.0 {
         if c.name == crate::live::STATE_DIR {
             // A live tree's marker and temp files (crate::live).
             continue;
@@ -228,20 +330,20 @@ pub fn scan(root: &Path) -> Result<Vec<Source>> {
         match c.name.as_str() {
             "config" | "files" => {
                 let kind = if c.name == "config" { "config" } else { "file" };
-                files_under(&tree, &top, &c.name, "", kind, &mut out)?;
+                files_under(&tree, &top, &c.name, "", kind, focus, &mut out)?;
             }
             "applets" => {
-                for a in dirs_only(&top)? {
+                for a in dirs_only(focus, &top, "applets")? {
                     out.push(source_at(
                         &tree, &top, "applets", &a, "applet", &a.name, None,
                     )?);
                 }
             }
             "data" => {
-                for applet in dirs_only(&top)? {
+                for applet in dirs_only(focus, &top, "data")? {
                     let ad = top.subdir(&applet)?;
                     let rel_dir = format!("data/{}", applet.name);
-                    for user in dirs_only(&ad)? {
+                    for user in dirs_only(focus, &ad, &rel_dir)? {
                         out.push(source_at(
                             &tree,
                             &ad,
@@ -255,10 +357,10 @@ pub fn scan(root: &Path) -> Result<Vec<Source>> {
                 }
             }
             "boards" => {
-                for board in dirs_only(&top)? {
+                for board in dirs_only(focus, &top, "boards")? {
                     let bd = top.subdir(&board)?;
                     let rel_dir = format!("boards/{}", board.name);
-                    for f in bd.children()? {
+                    for f in children_in(focus, &bd, &rel_dir)?.0 {
                         let id = f
                             .name
                             .strip_suffix(".json")

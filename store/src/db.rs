@@ -416,22 +416,83 @@ impl Db {
     }
 
     /// Records (not yet durably: the caller flushes) where `id` lies in the
-    /// live tree and what is there.
+    /// live tree and what is there; keeps the path index (`lp/`) in step.
     pub fn set_tree_record(&self, id: &ObjectId, rec: &crate::live::TreeRecord) -> Result<()> {
         let v = serde_json::to_vec(rec)
             .map_err(|e| StoreError::Corrupt(format!("tree record of {}: {e}", id.short())))?;
+        if let Some(old) = self.tree_record(id)?
+            && old.path != rec.path
+        {
+            self.tree
+                .remove(key(b"lp/", old.path.as_bytes()))
+                .map_err(db_err)?;
+        }
         self.tree
             .insert(key(b"lt/", id.as_bytes()), v)
+            .map_err(db_err)?;
+        self.tree
+            .insert(key(b"lp/", rec.path.as_bytes()), id.as_bytes())
             .map_err(db_err)?;
         Ok(())
     }
 
-    /// Forgets the live-tree record of `id`.
+    /// Forgets the live-tree record of `id` (and its path in `lp/`).
     pub fn remove_tree_record(&self, id: &ObjectId) -> Result<()> {
+        if let Some(old) = self.tree_record(id)? {
+            let k = key(b"lp/", old.path.as_bytes());
+            // Only if the path is still this object's.
+            if self.tree.get(&k).map_err(db_err)?.as_deref() == Some(id.as_bytes().as_slice()) {
+                self.tree.remove(k).map_err(db_err)?;
+            }
+        }
         self.tree
             .remove(key(b"lt/", id.as_bytes()))
             .map_err(db_err)?;
         Ok(())
+    }
+
+    /// Brings the path index `lp/` in line with the `lt/` records (given,
+    /// as the caller read them): entries missing or pointing elsewhere are
+    /// written, entries of no record removed. Reads only, when it is in
+    /// line (records written before the index existed, or by an older
+    /// build, are indexed here).
+    pub fn sync_tree_paths(&self, records: &[(ObjectId, crate::live::TreeRecord)]) -> Result<()> {
+        let mut want = std::collections::HashMap::with_capacity(records.len());
+        for (id, rec) in records {
+            let k = key(b"lp/", rec.path.as_bytes());
+            if self.tree.get(&k).map_err(db_err)?.as_deref() != Some(id.as_bytes().as_slice()) {
+                self.tree.insert(k.clone(), id.as_bytes()).map_err(db_err)?;
+            }
+            want.insert(k, *id);
+        }
+        for r in self.tree.scan_prefix(b"lp/") {
+            let (k, v) = r.map_err(db_err)?;
+            if want
+                .get(k.as_ref())
+                .is_none_or(|id| id.as_bytes().as_slice() != v.as_ref())
+            {
+                self.tree.remove(k).map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The objects whose live-tree record lies at `path` or below it (by
+    /// the path index, without reading the other records).
+    pub fn tree_records_under(&self, path: &str) -> Result<Vec<ObjectId>> {
+        let mut out = Vec::new();
+        for r in self.tree.scan_prefix(key(b"lp/", path.as_bytes())) {
+            let (k, v) = r.map_err(db_err)?;
+            let rest = &k[3 + path.len()..];
+            if !(rest.is_empty() || rest.starts_with(b"/") || path.is_empty()) {
+                continue;
+            }
+            out.push(
+                ObjectId::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("tree path index: {e}")))?,
+            );
+        }
+        Ok(out)
     }
 
     /// Every live-tree record, by object.

@@ -63,6 +63,10 @@ pub struct OpenObject {
     pub manifest: Signed<Manifest>,
     /// File or directory.
     pub shape: Shape,
+    /// The permission bits of the file (or of the directory of a directory
+    /// object); `None` for an object written before modes were kept (it is
+    /// written with the umask).
+    pub mode: Option<u32>,
     cipher: ChunkCipher,
 }
 
@@ -91,21 +95,21 @@ impl Store {
         }
         let (manifest, key) = self.manifest_and_key(id)?;
         let cipher = ChunkCipher::new(&key);
-        let shape = match &manifest.meta {
+        let (shape, mode) = match &manifest.meta {
             Some(meta) => {
                 let plain = cipher
                     .open_meta(meta)
                     .ctx(|| format!("meta of {}", id.short()))?;
-                ObjectMeta::decode(&plain)
-                    .ctx(|| format!("meta of {}", id.short()))?
-                    .shape
+                let m = ObjectMeta::decode(&plain).ctx(|| format!("meta of {}", id.short()))?;
+                (m.shape, m.mode)
             }
-            None => Shape::File,
+            None => (Shape::File, None),
         };
         Ok(OpenObject {
             state,
             manifest,
             shape,
+            mode,
             cipher,
         })
     }
@@ -211,18 +215,22 @@ impl Store {
         if target.exists() {
             return Err(StoreError::DestinationNotEmpty(target.to_path_buf()));
         }
-        let mut out = FileOut::new(target, atomic, o.manifest.plaintext_len);
+        let mut out = FileOut::new(target, atomic, o.manifest.plaintext_len).with_mode(o.mode);
         let n = self.read_open(o, |data| out.write(data))?;
         out.finish(&format!("{}:{}", o.state.kind, o.state.name))?;
         Ok(n)
     }
 
-    /// Extracts a directory object into `dest` (existing, empty); the
-    /// SQLite databases in it must pass `PRAGMA integrity_check`.
+    /// Extracts a directory object into `dest` (existing, empty) and gives
+    /// `dest` the object's mode (if it has one); the SQLite databases in it
+    /// must pass `PRAGMA integrity_check`.
     pub(crate) fn extract_dir(&self, o: &OpenObject, dest: &Path) -> Result<(u64, u64)> {
         let mut ex = Extractor::new(dest);
         let bytes = self.read_open(o, |data| ex.feed(data))?;
         let (files, _) = ex.finish()?;
+        if let Some(mode) = o.mode {
+            crate::archive::set_dir_mode(dest, mode)?;
+        }
         crate::sqlite::check_tree(dest, &format!("{}:{}", o.state.kind, o.state.name))?;
         Ok((files, bytes))
     }

@@ -25,7 +25,6 @@ use std::{
 use bbsync_protocol::{
     ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed, WrapSession,
     chunk::{chunk_ranges, chunker},
-    encoding::FORMAT_V1,
     key_commitment,
     manifest::{MANIFEST_FORMAT, MAX_VERSION, next_version},
 };
@@ -44,6 +43,22 @@ use crate::{
     spool::Spool,
     sqlite,
 };
+
+/// Which live objects an import tombstones (besides writing its sources).
+#[derive(Clone, Copy)]
+pub(crate) enum Gone<'a> {
+    /// Those of these kinds that are not among the sources, except `keep`
+    /// (a tree import: the tree is the whole truth for its kinds).
+    Missing {
+        /// The kinds.
+        kinds: &'a [&'a str],
+        /// (kind, name) never tombstoned.
+        keep: &'a HashSet<(String, String)>,
+    },
+    /// Exactly these objects, unless among the sources (a watch batch:
+    /// what was at the paths it names and is gone).
+    These(&'a [ObjectId]),
+}
 
 /// What an import did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -85,15 +100,18 @@ pub struct ImportStats {
 }
 
 /// Keyed plaintext fingerprint: keyed BLAKE3 under a local-only key over a
-/// domain string, the shape byte and the plaintext. Never leaves this
-/// machine; only tells a re-import that content is unchanged.
+/// domain string, the shape byte, the mode and the plaintext. Never leaves
+/// this machine; only tells a re-import that content (and mode) is
+/// unchanged. (v1, before modes were kept, had no mode: an object
+/// fingerprinted then is read and compared once more.)
 struct Fingerprinter(blake3::Hasher);
 
 impl Fingerprinter {
-    fn new(key: &[u8; 32], shape: u8) -> Self {
+    fn new(key: &[u8; 32], shape: u8, mode: u32) -> Self {
         let mut h = blake3::Hasher::new_keyed(key);
-        h.update(b"bbsync/fingerprint/v1\0");
+        h.update(b"bbsync/fingerprint/v2\0");
         h.update(&[shape]);
+        h.update(&mode.to_be_bytes());
         Fingerprinter(h)
     }
     fn update(&mut self, data: &[u8]) {
@@ -124,8 +142,13 @@ fn shape_byte(s: Shape) -> u8 {
 /// descriptor, never through a symlink, and only if it is still the file or
 /// directory that the walk saw (`archive::Anchor`).
 fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
+    open_source_version(src, crate::archive::VERSION)
+}
+
+/// Like [`open_source`], a directory as an archive of `version`.
+fn open_source_version(src: &Source, version: u16) -> Result<Box<dyn Read + Send>> {
     match &src.walk {
-        Some(w) => Ok(Box::new(ArchiveReader::new(
+        Some(w) => Ok(Box::new(ArchiveReader::with_version(
             src.anchor.open_dir()?,
             crate::archive::Walk {
                 entries: w.entries.clone(),
@@ -133,6 +156,7 @@ fn open_source(src: &Source) -> Result<Box<dyn Read + Send>> {
                 stat_digest: w.stat_digest,
                 substitutes: w.substitutes.clone(),
             },
+            version,
         ))),
         None => Ok(Box::new(ExactFile::new(
             src.anchor.open_file()?,
@@ -223,9 +247,39 @@ fn read_all(src: &Source) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The fingerprint a version before modes were kept recorded for the
+/// source's content as it is now (v1: no mode; a directory as an archive
+/// without modes): equal to the recorded one, the content is unchanged.
+fn legacy_fingerprint(
+    src: &Source,
+    fp_key: &[u8; 32],
+    buffered: Option<&[u8]>,
+) -> Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new_keyed(fp_key);
+    h.update(b"bbsync/fingerprint/v1\0");
+    h.update(&[shape_byte(src.shape)]);
+    match (&src.walk, buffered) {
+        (None, Some(buf)) => {
+            h.update(buf);
+        }
+        _ => {
+            let mut r = open_source_version(src, crate::archive::VERSION_1)?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = r.read(&mut buf).map_err(|e| read_err(src, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
 fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
     let mut r = open_source(src)?;
-    let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
+    let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = r.read(&mut buf).map_err(|e| read_err(src, e))?;
@@ -279,15 +333,23 @@ impl Store {
         {
             let fp = if src.len <= SMALL_SOURCE {
                 let buf = read_all(src)?;
-                let mut f = Fingerprinter::new(fp_key, shape_byte(src.shape));
+                let mut f = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
                 f.update(&buf);
                 buffered = Some(buf);
                 f.finish()
             } else {
                 fingerprint(src, fp_key)?
             };
-            if st.fingerprint == Some(fp) {
+            // Equal, or equal to what a version before modes were kept
+            // recorded for this content (then its fingerprint is brought to
+            // this version's, with the mode as it is now: the mode is
+            // recorded with the next version, so that the first import
+            // after the upgrade writes nothing for an unchanged tree).
+            if st.fingerprint == Some(fp)
+                || st.fingerprint == Some(legacy_fingerprint(src, fp_key, buffered.as_deref())?)
+            {
                 let mut st = st.clone();
+                st.fingerprint = Some(fp);
                 st.stat_digest = Some(src.stat_digest);
                 progress.advance(1, src.content_bytes);
                 return Ok(Outcome::Unchanged(*id, Some(Box::new(st))));
@@ -304,7 +366,7 @@ impl Store {
             ));
         }
         let next = |v: u64| next_version(v).unwrap_or(MAX_VERSION);
-        let (object_id, key, version, old_chunks) = match &existing {
+        let (object_id, key, version, old) = match &existing {
             // A deleted object that comes back gets a fresh key: the
             // tombstone carries none, and nothing of the old chunks is kept.
             // A rotation (`rekey --rotate`) too: the chunks are sealed anew.
@@ -313,13 +375,25 @@ impl Store {
             }
             Some((id, st)) => {
                 let (m, key) = self.manifest_and_key(id)?;
-                (*id, key, next(st.version), Some(m.chunks.clone()))
+                // What the version has as its meta: the same chunks under
+                // another mode (or under none, from before modes were
+                // kept) are a change too.
+                let meta = match &m.meta {
+                    Some(sealed) => ChunkCipher::new(&key)
+                        .open_meta(sealed)
+                        .and_then(|plain| ObjectMeta::decode(&plain))
+                        .ok(),
+                    None => None,
+                };
+                (*id, key, next(st.version), Some((m.chunks.clone(), meta)))
             }
             None => (ObjectId::random(), ContentKey::generate(), 1, None),
         };
         let cipher = ChunkCipher::new(&key);
         let compression = self.config().compression();
-        let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape));
+        let new_meta = ObjectMeta::new(src.shape, src.mode);
+        let old_chunks = old.as_ref().map(|(chunks, _)| chunks);
+        let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
         let mut refs = Vec::new();
         let mut staged = Vec::new();
         let mut seen = HashSet::new();
@@ -378,8 +452,9 @@ impl Store {
         }
         let fingerprint = fp.finish();
         progress.advance(1, src.content_bytes);
-        if let (Some((id, st)), Some(old)) = (&existing, &old_chunks)
+        if let (Some((id, st)), Some((old, old_meta))) = (&existing, &old)
             && *old == refs
+            && old_meta.as_ref() == Some(&new_meta)
             && st.owner == src.owner
             && st.complete
         {
@@ -392,13 +467,7 @@ impl Store {
         // Anything failing from here on must not leave staged chunks behind.
         let built = (|| -> Result<ObjectWrite> {
             let meta = cipher
-                .seal_meta(
-                    &ObjectMeta {
-                        format: FORMAT_V1,
-                        shape: src.shape,
-                    }
-                    .encode(),
-                )
+                .seal_meta(&new_meta.encode())
                 .ctx(|| "sealing object meta".to_string())?;
             let manifest = Manifest {
                 format: MANIFEST_FORMAT,
@@ -559,6 +628,26 @@ impl Store {
         rotate: &HashSet<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<ImportStats> {
+        self.run_import_gone(
+            sources,
+            Gone::Missing {
+                kinds: tombstone_kinds,
+                keep,
+            },
+            rotate,
+            progress,
+        )
+    }
+
+    /// Imports `sources` and tombstones the live objects `gone` names
+    /// (those among the sources excepted).
+    pub(crate) fn run_import_gone(
+        &self,
+        sources: Vec<Source>,
+        gone: Gone<'_>,
+        rotate: &HashSet<ObjectId>,
+        progress: &dyn Progress,
+    ) -> Result<ImportStats> {
         let start = Instant::now();
         let _g = self.lock();
         let mut stats = ImportStats {
@@ -674,14 +763,23 @@ impl Store {
                     return Err(e);
                 }
             }
-            if !tombstone_kinds.is_empty() {
-                for r in self.db().objects() {
+            let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> =
+                match gone {
+                    Gone::Missing { kinds: [], .. } => Box::new(std::iter::empty()),
+                    Gone::Missing { .. } => Box::new(self.db().objects()),
+                    Gone::These(ids) => Box::new(ids.iter().map(|id| Ok((*id, self.state(id)?)))),
+                };
+            {
+                for r in candidates {
                     let (id, st) = r?;
-                    if !st.deleted
-                        && tombstone_kinds.contains(&st.kind.as_str())
-                        && !names.contains(&name_digest(&st.kind, &st.name))
-                        && !keep.contains(&(st.kind.clone(), st.name.clone()))
-                    {
+                    let wanted = match gone {
+                        Gone::Missing { kinds, keep } => {
+                            kinds.contains(&st.kind.as_str())
+                                && !keep.contains(&(st.kind.clone(), st.name.clone()))
+                        }
+                        Gone::These(_) => true,
+                    };
+                    if !st.deleted && wanted && !names.contains(&name_digest(&st.kind, &st.name)) {
                         match self.tombstone(id, &st)? {
                             Some(t) => {
                                 writes.push(*id.as_bytes(), &t)?;

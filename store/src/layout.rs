@@ -643,9 +643,15 @@ impl Layout {
     /// descriptors and never follows a symlink; each source keeps the root's
     /// descriptor and its path below it (`archive::Anchor`).
     pub fn scan(&self, root: &Path) -> Result<Vec<Source>> {
+        self.scan_in(root, None)
+    }
+
+    /// Like [`Layout::scan`], looking only at what `focus` names (the whole
+    /// tree without one): what a batch of the watcher imports.
+    pub fn scan_in(&self, root: &Path, focus: Option<&crate::bbs::Focus>) -> Result<Vec<Source>> {
         let tree = open_tree(root)?;
         let mut out = Vec::new();
-        self.scan_dir(&tree, &tree, &mut Vec::new(), &mut out)?;
+        self.scan_dir(&tree, &tree, &mut Vec::new(), focus, &mut out)?;
         Ok(out)
     }
 
@@ -654,13 +660,16 @@ impl Layout {
         root: &TreeDir,
         dir: &TreeDir,
         comps: &mut Vec<String>,
+        focus: Option<&crate::bbs::Focus>,
         out: &mut Vec<Source>,
     ) -> Result<()> {
-        let (kids, mut companions) = crate::sqlite::split_companions(dir, dir.children()?);
-        if kids.is_empty() && !comps.is_empty() {
+        let rel_here = comps.join("/");
+        let (listed, all) = crate::bbs::children_in(focus, dir, &rel_here)?;
+        let (kids, mut companions) = crate::sqlite::split_companions(dir, listed);
+        if all && kids.is_empty() && !comps.is_empty() {
             tracing::warn!(path = %dir.path().display(), "empty directory is not kept (no object in it)");
         }
-        let rel_dir = comps.join("/");
+        let rel_dir = rel_here;
         for c in kids {
             if comps.is_empty() && c.name == crate::live::STATE_DIR {
                 // A live tree's marker and temp files (crate::live).
@@ -680,7 +689,7 @@ impl Layout {
                         out.push(self.source(root, dir, &rel_dir, &c, rule, &caps, &[])?)
                     }
                     Verdict::Uncovered if self.could_enter(&view) => {
-                        self.scan_dir(root, &dir.subdir(&c)?, comps, out)?
+                        self.scan_dir(root, &dir.subdir(&c)?, comps, focus, out)?
                     }
                     Verdict::Uncovered => return Err(self.uncovered(&c.path)),
                 }

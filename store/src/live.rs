@@ -149,6 +149,7 @@ pub struct LiveTree {
     lock: Mutex<()>,
     primary: AtomicBool,
     reconciled: AtomicBool,
+    indexed: AtomicBool,
 }
 
 impl LiveTree {
@@ -174,6 +175,7 @@ impl LiveTree {
             lock: Mutex::new(()),
             primary: AtomicBool::new(false),
             reconciled: AtomicBool::new(false),
+            indexed: AtomicBool::new(false),
         })
     }
 
@@ -198,6 +200,12 @@ impl LiveTree {
     /// Marks the tree as the primary's (see [`LiveTree::is_primary`]).
     pub fn set_primary(&self) {
         self.primary.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the tree as a standby's again (`bbsync demote` on a running
+    /// node, once its watcher has stopped).
+    pub fn set_standby(&self) {
+        self.primary.store(false, Ordering::SeqCst);
     }
 
     /// Whether [`Store::tree_reconcile`] ran on it in this process.
@@ -323,7 +331,7 @@ impl LiveTree {
         crate::failpoint::hit("live.write").ctx(|| format!("writing {}", dest.display()))?;
         match o.shape {
             Shape::File => {
-                let mut out = FileOut::new(&tmp, false, o.manifest.plaintext_len);
+                let mut out = FileOut::new(&tmp, false, o.manifest.plaintext_len).with_mode(o.mode);
                 let written = store
                     .read_open(o, |d| out.write(d))
                     .and_then(|_| out.finish(&label));
@@ -402,13 +410,19 @@ impl LiveTree {
         sync_parent(&p)
     }
 
-    /// Whether `rel` holds exactly the object's content.
+    /// Whether `rel` holds exactly the object's content (and, for an
+    /// object with modes, its modes).
     fn same_content(&self, store: &Store, o: &OpenObject, rel: &str) -> Result<bool> {
+        use std::os::unix::fs::PermissionsExt as _;
         let p = self.root.join(rel);
         let m = fs::symlink_metadata(&p).ctx(|| format!("reading {}", p.display()))?;
+        let perm = m.permissions().mode() & crate::archive::MODE_BITS;
         match o.shape {
             Shape::File => {
-                if !m.is_file() || m.len() != o.manifest.plaintext_len {
+                if !m.is_file()
+                    || m.len() != o.manifest.plaintext_len
+                    || o.mode.is_some_and(|mode| mode != perm)
+                {
                     return Ok(false);
                 }
                 let mut f = File::open(&p).ctx(|| format!("reading {}", p.display()))?;
@@ -431,9 +445,12 @@ impl LiveTree {
                 }
                 let tmp = self.tmp_path();
                 fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-                let r = store
-                    .extract_dir(o, &tmp)
-                    .and_then(|_| same_tree(&tmp, &p).ctx(|| format!("comparing {}", p.display())));
+                let modes = o.mode.is_some();
+                let r = store.extract_dir(o, &tmp).and_then(|_| {
+                    Ok(same_mode(&tmp, &p, modes)?
+                        && same_tree(&tmp, &p, modes)
+                            .ctx(|| format!("comparing {}", p.display()))?)
+                });
                 let _ = fs::remove_dir_all(&tmp);
                 r
             }
@@ -448,8 +465,24 @@ fn sync_parent(p: &Path) -> Result<()> {
         .ctx(|| format!("syncing {}", dir.display()))
 }
 
-/// Whether two directories hold the same names, kinds and file bytes.
-fn same_tree(a: &Path, b: &Path) -> io::Result<bool> {
+/// Whether two paths have the same permission bits (always, unless `modes`).
+fn same_mode(a: &Path, b: &Path, modes: bool) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !modes {
+        return Ok(true);
+    }
+    let perm = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| m.permissions().mode() & crate::archive::MODE_BITS)
+            .ctx(|| format!("reading {}", p.display()))
+    };
+    Ok(perm(a)? == perm(b)?)
+}
+
+/// Whether two directories hold the same names, kinds and file bytes (and,
+/// with `modes`, the same permission bits).
+fn same_tree(a: &Path, b: &Path, modes: bool) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
     let list = |d: &Path| -> io::Result<Vec<(std::ffi::OsString, fs::Metadata)>> {
         let mut v = fs::read_dir(d)?
             .map(|e| e.and_then(|e| Ok((e.file_name(), fs::symlink_metadata(e.path())?))))
@@ -462,12 +495,15 @@ fn same_tree(a: &Path, b: &Path) -> io::Result<bool> {
         return Ok(false);
     }
     for ((na, ma), (nb, mb)) in la.iter().zip(&lb) {
-        if na != nb || ma.file_type() != mb.file_type() {
+        if na != nb
+            || ma.file_type() != mb.file_type()
+            || (modes && ma.permissions().mode() & 0o777 != mb.permissions().mode() & 0o777)
+        {
             return Ok(false);
         }
         let (pa, pb) = (a.join(na), b.join(nb));
         if ma.is_dir() {
-            if !same_tree(&pa, &pb)? {
+            if !same_tree(&pa, &pb, modes)? {
                 return Ok(false);
             }
         } else if !ma.is_file() || ma.len() != mb.len() || fs::read(&pa)? != fs::read(&pb)? {
@@ -727,8 +763,147 @@ impl Store {
                 self.db().remove_tree_record(&id)?;
             }
         }
+        // The path index of the records, checked once per process (records
+        // of an older build are indexed here).
+        if !tree.indexed.load(Ordering::SeqCst) {
+            let records = self.db().tree_records()?;
+            self.db().sync_tree_paths(&records)?;
+            tree.indexed.store(true, Ordering::SeqCst);
+        }
         self.db().flush()?;
         Ok(out)
+    }
+
+    /// Imports what changed at the paths `focus` names (relative to the
+    /// root; the directories they imply are looked at, nothing else) in the
+    /// watched `tree`: one batch of the watcher, whose cost is what it
+    /// names, not the tree. An object found there is imported as
+    /// [`Store::import_live`] would; an object whose record lies at or
+    /// below a focused path and that is no longer there is tombstoned
+    /// (unless `held`). Without the path index (records written by an
+    /// older version, not yet checked in this process) this is a whole
+    /// [`Store::import_live`].
+    pub fn import_live_paths(
+        &self,
+        tree: &LiveTree,
+        focus: &bbs::Focus,
+        held: &dyn Fn(&str) -> bool,
+        progress: &dyn Progress,
+    ) -> Result<LiveImport> {
+        if !tree.indexed.load(Ordering::SeqCst) {
+            return self.import_live(tree, held, false, progress);
+        }
+        let _g = tree.lock();
+        let sources = match &tree.layout {
+            None => bbs::scan_in(&tree.root, Some(focus))?,
+            Some(l) => l.scan_in(&tree.root, Some(focus))?,
+        };
+        let kinds = tree.kinds();
+        let mut out = LiveImport::default();
+        let mut todo = Vec::new();
+        let mut wanted = Vec::new();
+        let mut found = HashSet::new();
+        for src in sources {
+            let rel = src
+                .path
+                .strip_prefix(&tree.root)
+                .unwrap_or(&src.path)
+                .to_string_lossy()
+                .into_owned();
+            let id = self.db().lookup(&src.kind, &src.name)?;
+            if let Some(id) = id {
+                found.insert(id);
+            }
+            if held(&rel) {
+                out.held.push(rel);
+                continue;
+            }
+            let digest = hex::encode(src.stat_digest);
+            let unchanged = match id {
+                Some(id) => self
+                    .db()
+                    .tree_record(&id)?
+                    .is_some_and(|r| r.path == rel && r.digest == digest),
+                None => false,
+            };
+            if unchanged {
+                continue;
+            }
+            wanted.push((src.kind.clone(), src.name.clone(), rel, digest));
+            todo.push(src);
+        }
+        // What was at the focused paths (by the path index) and is gone.
+        let mut gone = Vec::new();
+        let mut under = HashSet::new();
+        for p in focus.paths() {
+            under.extend(self.db().tree_records_under(p)?);
+        }
+        for id in under {
+            if found.contains(&id) {
+                continue;
+            }
+            let Some(rec) = self.db().tree_record(&id)? else {
+                continue;
+            };
+            let st = match self.state(&id) {
+                Ok(st) => st,
+                Err(StoreError::UnknownObject(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if !kinds.contains(&st.kind) || held(&rec.path) {
+                continue;
+            }
+            if st.deleted || self.tree_path_exists(tree, &rec.path)? {
+                // Deleted already, or still there (then not this
+                // object's any more: another took its place).
+                if st.deleted {
+                    self.db().remove_tree_record(&id)?;
+                }
+                continue;
+            }
+            gone.push(id);
+        }
+        out.stats = self.run_import_gone(
+            todo,
+            crate::import::Gone::These(&gone),
+            &HashSet::new(),
+            progress,
+        )?;
+        for (kind, name, rel, digest) in wanted {
+            let Some(id) = self.db().lookup(&kind, &name)? else {
+                continue;
+            };
+            let st = self.state(&id)?;
+            if st.deleted {
+                continue;
+            }
+            self.db().set_tree_record(
+                &id,
+                &TreeRecord {
+                    path: rel,
+                    digest,
+                    version: st.version,
+                    manifest: st.manifest_id.to_hex(),
+                },
+            )?;
+        }
+        for id in &gone {
+            if self.state(id).is_ok_and(|st| st.deleted) {
+                self.db().remove_tree_record(id)?;
+            }
+        }
+        self.db().flush()?;
+        Ok(out)
+    }
+
+    /// Whether something is at `rel` in the tree (not following a symlink).
+    fn tree_path_exists(&self, tree: &LiveTree, rel: &str) -> Result<bool> {
+        let p = tree.root.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx(|| format!("reading {}", p.display())),
+        }
     }
 }
 

@@ -160,10 +160,41 @@ pub struct PromoteArgs {
     tree: Option<PathBuf>,
 }
 
-/// What `promote` reaches inside a running `serve` with a standby tree:
-/// the tree, and where to say "watch it now".
-static PROMOTER: Mutex<Option<(PathBuf, tokio::sync::mpsc::UnboundedSender<()>)>> =
+/// A change of role asked of a running `serve` (through the control
+/// socket), with where to answer once it is done (or why it failed).
+#[derive(Debug)]
+struct RoleChange {
+    /// `true`: watch the tree (promote); `false`: stop watching it (demote).
+    promote: bool,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// What `promote` and `demote` reach inside a running `serve` that keeps a
+/// live tree and follows an upstream (a standby, or a promoted one): the
+/// tree, and where to ask for the change of role.
+static PROMOTER: Mutex<Option<(PathBuf, tokio::sync::mpsc::UnboundedSender<RoleChange>)>> =
     Mutex::new(None);
+
+/// Asks the running `serve` for a change of role and waits until it is done.
+fn change_role(
+    tx: &tokio::sync::mpsc::UnboundedSender<RoleChange>,
+    promote: bool,
+    tree: &Path,
+) -> anyhow::Result<()> {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let stopping = || {
+        anyhow!(
+            "the serving node is stopping; its next `serve` takes the role recorded now (tree {})",
+            tree.display()
+        )
+    };
+    tx.send(RoleChange { promote, done })
+        .map_err(|_| stopping())?;
+    answer
+        .blocking_recv()
+        .map_err(|_| stopping())?
+        .map_err(|e| anyhow!("{e}"))
+}
 
 /// The live tree of `serve` (`--watch`, `--tree`, config.toml, or the
 /// promotion recorded in the data dir), and whether this node is its
@@ -247,27 +278,42 @@ fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bbsync demote`.
+/// `bbsync demote`: on a stopped node, forgets the promotion; inside a
+/// running `serve` that follows an upstream, also stops watching the tree,
+/// which its upstream's changes are written into from then on.
 pub fn demote(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    if ctx.store.is_some() {
-        bail!(
-            "a node is serving {}: stop it first (a running primary keeps watching its tree)",
-            ctx.data_dir.display()
-        );
-    }
     // The data dir must be one (a clear error otherwise).
     let _store = super::open(ctx)?;
-    match live::load_promotion(&ctx.data_dir)? {
-        None => bail!("this node was not promoted (nothing to demote)"),
-        Some(p) => {
-            live::remove_promotion(&ctx.data_dir)?;
-            outln!(
-                ctx,
-                "demoted: `serve --follow ADDR --tree {}` keeps the tree as a standby again",
-                p.tree.display()
-            );
-        }
+    let Some(p) = live::load_promotion(&ctx.data_dir)? else {
+        bail!("this node was not promoted (nothing to demote)");
+    };
+    if ctx.store.is_none() {
+        live::remove_promotion(&ctx.data_dir)?;
+        outln!(
+            ctx,
+            "demoted: `serve --follow ADDR --tree {}` keeps the tree as a standby again",
+            p.tree.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
+    let running = PROMOTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some((tree, tx)) = running else {
+        bail!(
+            "the serving node follows no upstream: demoted, nothing would write {} any more; stop it, then `bbsync demote` and `bbsync serve --follow ADDR --tree {}`",
+            p.tree.display(),
+            p.tree.display()
+        );
+    };
+    live::remove_promotion(&ctx.data_dir)?;
+    change_role(&tx, false, &tree)?;
+    outln!(
+        ctx,
+        "demoted: this node is a standby again: {} is no longer watched, its upstream's changes are written into it (a restart keeps the role)",
+        tree.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -327,8 +373,7 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
     )?;
     match running {
         Some((_, tx)) => {
-            tx.send(())
-                .map_err(|_| anyhow!("the serving node is stopping; the promotion is recorded and the next `serve` watches {}", tree.display()))?;
+            change_role(&tx, true, &tree)?;
             outln!(
                 ctx,
                 "promoted: this node is the primary now, watching {} (a restart keeps the role)",
@@ -568,8 +613,12 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             prepare_standby_tree(&store, tree)?;
         }
     }
+    // A node that keeps a tree and follows an upstream can change its role
+    // while it runs (`promote`, `demote`).
     let mut promote_rx = None;
-    if let Some((tree, false)) = &live {
+    if let Some((tree, primary)) = &live
+        && (!primary || !follow.is_empty())
+    {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *PROMOTER
             .lock()
@@ -669,17 +718,30 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             };
             tokio::select! {
                 _ = &mut stop => break,
-                Some(()) = promoted => {
-                    promote_rx = None;
-                    if let Some((tree, _)) = &live {
+                Some(change) = promoted => {
+                    let Some((tree, _)) = &live else { continue };
+                    let (store, tree) = (store.clone(), tree.clone());
+                    let result = if change.promote {
                         tracing::warn!("promoted: watching {} as the primary", tree.root().display());
-                        let (store, tree) = (store.clone(), tree.clone());
-                        let started = tokio::task::spawn_blocking(move || crate::live::start(store, tree)).await?;
-                        match started {
-                            Ok(w) => watcher = Some(w),
-                            Err(e) => tracing::error!("promoted, but watching the tree failed: {}", crate::one_line(&e)),
+                        match tokio::task::spawn_blocking(move || crate::live::start(store, tree)).await? {
+                            Ok(w) => {
+                                watcher = Some(w);
+                                Ok(())
+                            }
+                            Err(e) => {
+                                let e = format!("promoted, but watching the tree failed: {}", crate::one_line(&e));
+                                tracing::error!("{e}");
+                                Err(e)
+                            }
                         }
-                    }
+                    } else {
+                        tracing::warn!("demoted: {} is a standby's tree again (no longer watched)", tree.root().display());
+                        let stopping = watcher.take();
+                        tokio::task::spawn_blocking(move || crate::live::stop(&store, &tree, stopping))
+                            .await?
+                            .map_err(|e| crate::one_line(&e))
+                    };
+                    let _ = change.done.send(result);
                 }
             }
         }

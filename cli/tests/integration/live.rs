@@ -364,18 +364,54 @@ fn failover_drill_promote_and_rejoin_lose_no_post() -> TestResult {
         post(300, "after the rejoin"),
     );
     wait_same(&ta, &tb, 30, "a post after the rejoin on the old primary");
-    // Undoing the promotion needs the node stopped.
-    let e = fail(&b, &["demote"]);
-    assert_mentions(&e, &["a node is serving", "stop it first"]);
-    assert!(sb.stop().success());
+    // Fail back while both run: the new primary is demoted through its
+    // running node (its tree is no longer watched; its upstream's changes
+    // are written into it), the old one promoted again.
     let out = ok(&b, &["demote"]);
+    assert!(
+        out.contains("demoted: this node is a standby again"),
+        "{out}"
+    );
+    assert_eq!(json(&b, &["status"])["live"]["role"], "standby");
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tb.join(".bbsync/tree.json"))?)?;
+    assert_eq!(marker["role"], "standby", "{marker}");
+    let e = fail(&b, &["demote"]);
+    assert_mentions(&e, &["this node was not promoted"]);
+    let out = ok(&a, &["promote"]);
+    assert!(
+        out.contains("promoted: this node is the primary now"),
+        "{out}"
+    );
+    write(
+        &ta.join("boards/general/400.json"),
+        post(400, "after the fail-back"),
+    );
+    wait_same(
+        &ta,
+        &tb,
+        30,
+        "a post after the fail-back on the demoted node",
+    );
+    // A restart keeps the demotion: the demoted node still follows.
+    assert!(sb.stop().success());
+    sb = standby(&b, &pa.addr, &tb);
+    write(
+        &ta.join("boards/general/401.json"),
+        post(401, "after the demoted node's restart"),
+    );
+    wait_same(&ta, &tb, 30, "a post after the demoted node restarted");
+    assert_eq!(json(&b, &["status"])["live"]["role"], "standby");
+    // On a stopped node, demote only forgets the promotion.
+    assert!(pa.stop().success());
+    let out = ok(&a, &["demote"]);
     assert!(
         out.contains("demoted: `serve --follow ADDR --tree"),
         "{out}"
     );
-    let e = fail(&b, &["demote"]);
+    let e = fail(&a, &["demote"]);
     assert_mentions(&e, &["this node was not promoted"]);
-    drop(pa);
+    drop(sb);
     Ok(())
 }
 
@@ -437,14 +473,17 @@ fn a_live_sqlite_database_in_a_layout_reaches_the_standby_consistent() -> TestRe
         ],
     );
     let db_b = tb.join("data/axon_bbs.sqlite3");
-    wait_for(60, "the database on the standby", || {
-        rows_of_copy(&db_b, tmp.path()) == Some(1)
-    });
-    // The tree's other objects are their own changes: each may land a
-    // moment before or after the database's.
-    wait_for(60, "the other files on the standby", || {
-        tb.join("data/user_data/alice/prefs.json").exists() && tb.join("media/logo.txt").exists()
-    });
+    // The objects of one page are written in object-id order (random): the
+    // database may come before the others.
+    wait_for(
+        60,
+        "the database and the other objects on the standby",
+        || {
+            rows_of_copy(&db_b, tmp.path()) == Some(1)
+                && tb.join("data/user_data/alice/prefs.json").exists()
+                && tb.join("media/logo.txt").exists()
+        },
+    );
     assert_eq!(
         std::fs::read(tb.join("data/user_data/alice/prefs.json"))?,
         b"{\"theme\":\"amber\"}\n"
@@ -496,5 +535,111 @@ fn live_tree_misuse_is_refused_with_one_line() -> TestResult {
     let e = fail(&a, &["promote", "--tree", ts]);
     assert_mentions(&e, &["this node is the primary already"]);
     assert!(!t.exists(), "a refused or offline command made the tree");
+    // A promoted node that follows no upstream: demoting it while it runs
+    // would leave its tree neither watched nor written.
+    let s = serve_with(&a, &listen[1..]);
+    let e = fail(&a, &["demote"]);
+    assert_mentions(
+        &e,
+        &[
+            "the serving node follows no upstream",
+            "stop it, then `bbsync demote`",
+        ],
+    );
+    assert_eq!(json(&a, &["status"])["live"]["role"], "primary");
+    drop(s);
+    Ok(())
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mode_of(p: &Path) -> Option<u32> {
+    std::fs::symlink_metadata(p).ok().map(|m| m.mode() & 0o7777)
+}
+
+/// The modes a tree must keep (of files and of directory objects' entries).
+const MODES: [(&str, u32); 8] = [
+    ("config/bbs.toml", 0o600),
+    ("boards/general/1.json", 0o640),
+    ("files/run.sh", 0o755),
+    ("applets/lord", 0o750),
+    ("applets/lord/main.lua", 0o600),
+    ("applets/lord/assets", 0o700),
+    ("applets/lord/assets/x.bin", 0o444),
+    ("data/lord/alice/save.json", 0o660),
+];
+
+/// Whether every path of [`MODES`] has its mode (or the last of `chmods`
+/// naming it), and the setuid file arrived as 0755.
+fn modes_are_kept(root: &Path, chmods: &[(&str, u32)]) -> bool {
+    let mut want: BTreeMap<&str, u32> = MODES.into_iter().collect();
+    want.extend(chmods.iter().copied());
+    want.iter().all(|(p, m)| mode_of(&root.join(p)) == Some(*m))
+        && mode_of(&root.join("files/suid")) == Some(0o755)
+}
+
+#[test]
+fn modes_reach_the_standby_tree_an_export_and_a_restore_without_setuid() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (ta, tb) = (tmp.path().join("bbs-a"), tmp.path().join("bbs-b"));
+    mini_bbs(&ta);
+    write(&ta.join("files/run.sh"), "#!/bin/sh\necho hi\n");
+    write(&ta.join("files/suid"), "not really a program\n");
+    for (p, m) in MODES {
+        chmod(&ta.join(p), m);
+    }
+    // Setuid and setgid: never kept (modes come from a peer).
+    chmod(&ta.join("files/suid"), 0o6755);
+    let a = node(tmp.path(), "primary");
+    let b = node(tmp.path(), "standby");
+    trust(&a, &b);
+    let p = primary(&a, &ta);
+    let s = standby(&b, &p.addr, &tb);
+    wait_same(&ta, &tb, 60, "the mini BBS on the standby");
+    wait_for(30, "the modes in the standby's tree", || {
+        modes_are_kept(&tb, &[])
+    });
+    // A chmod alone, of a file object and of a directory object's entry,
+    // is a change that reaches the standby.
+    let chmods = [
+        ("boards/general/1.json", 0o600),
+        ("applets/lord/main.lua", 0o750),
+    ];
+    for (p, m) in chmods {
+        chmod(&ta.join(p), m);
+    }
+    wait_for(30, "the chmods on the standby", || {
+        modes_are_kept(&tb, &chmods)
+    });
+    let row = ls_row(&b, "message", "general/1").unwrap();
+    assert_eq!(row["version"], 2, "{row}");
+    drop(s);
+    drop(p);
+    // export-bbs and restore --to-tree write the same modes.
+    let out = tmp.path().join("export");
+    ok(&b, &["export-bbs", out.to_str().unwrap()]);
+    assert_eq!(files(&out), files(&ta));
+    assert!(modes_are_kept(&out, &chmods), "modes of export-bbs");
+    let repo = tmp.path().join("repo");
+    ok(&b, &["backup", "--repo", repo.to_str().unwrap()]);
+    let restored = tmp.path().join("restored");
+    ok(
+        &b,
+        &[
+            "restore",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--to-tree",
+            restored.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(files(&restored), files(&ta));
+    assert!(
+        modes_are_kept(&restored, &chmods),
+        "modes of restore --to-tree"
+    );
     Ok(())
 }

@@ -87,6 +87,7 @@ pub fn sample_meta() -> Vec<u8> {
     let meta = ObjectMeta {
         format: 1,
         shape: Shape::File,
+        mode: None,
     };
     ChunkCipher::new(&content_key())
         .seal_meta(&meta.encode())

@@ -831,16 +831,18 @@ impl Store {
                         .key_of(&m, &c.envelope, &full)
                         .ok_or_else(|| StoreError::Undecryptable(label.clone()))?;
                     let cipher = bbsync_protocol::ChunkCipher::new(&key);
-                    let shape = match &m.meta {
+                    let (shape, mode) = match &m.meta {
                         Some(meta) => {
                             let plain = cipher.open_meta(meta).map_err(|e| {
                                 StoreError::Invalid(format!("meta of {label}: {e}"))
                             })?;
-                            bbsync_protocol::ObjectMeta::decode(&plain)
-                                .map_err(|e| StoreError::Invalid(format!("meta of {label}: {e}")))?
-                                .shape
+                            let meta =
+                                bbsync_protocol::ObjectMeta::decode(&plain).map_err(|e| {
+                                    StoreError::Invalid(format!("meta of {label}: {e}"))
+                                })?;
+                            (meta.shape, meta.mode)
                         }
-                        None => bbsync_protocol::Shape::File,
+                        None => (bbsync_protocol::Shape::File, None),
                     };
                     let target = dir.join(path);
                     if let Some(parent) = target.parent() {
@@ -881,7 +883,8 @@ impl Store {
                             // A SQLite database goes through a temp file and
                             // must pass its integrity check (src/sqlite).
                             let mut w =
-                                crate::sqlite::FileOut::new(&target, false, m.plaintext_len);
+                                crate::sqlite::FileOut::new(&target, false, m.plaintext_len)
+                                    .with_mode(mode);
                             let n = feed(&mut |d: &[u8]| w.write(d))?;
                             w.finish(&label)?;
                             (1, n)
@@ -894,6 +897,9 @@ impl Store {
                             let mut ex = crate::archive::Extractor::new(&target);
                             let n = feed(&mut |d: &[u8]| ex.feed(d))?;
                             let (files, _) = ex.finish()?;
+                            if let Some(mode) = mode {
+                                crate::archive::set_dir_mode(&target, mode)?;
+                            }
                             crate::sqlite::check_tree(&target, &label).inspect_err(|_| {
                                 let _ = std::fs::remove_dir_all(&target);
                             })?;

@@ -685,6 +685,7 @@ pub fn check_file(path: &Path) -> rusqlite::Result<Vec<String>> {
 pub struct FileOut {
     target: PathBuf,
     atomic: bool,
+    mode: Option<u32>,
     cap: usize,
     open: Option<(BufWriter<File>, PathBuf, bool)>,
     done: bool,
@@ -696,10 +697,21 @@ impl FileOut {
         FileOut {
             target: target.to_path_buf(),
             atomic,
+            mode: None,
             cap: (len as usize).clamp(8 * 1024, 1 << 20),
             open: None,
             done: false,
         }
+    }
+
+    /// Gives the file these permission bits (`archive::MODE_BITS`), set
+    /// on it as it is created, before any byte is written or it is renamed
+    /// into place; `None`: the umask decides, as for an object written
+    /// before modes were kept.
+    #[must_use]
+    pub fn with_mode(mut self, mode: Option<u32>) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The temp name used for `target`.
@@ -733,6 +745,12 @@ impl FileOut {
             .create_new(true)
             .open(&path)
             .ctx(|| format!("creating {}", path.display()))?;
+        if let Some(mode) = self.mode
+            && let Err(e) = crate::archive::set_file_mode(&f, mode)
+        {
+            let _ = fs::remove_file(&path);
+            return Err(e).ctx(|| format!("setting the mode of {}", path.display()));
+        }
         self.open = Some((BufWriter::with_capacity(self.cap, f), path, db));
         Ok(())
     }

@@ -106,6 +106,7 @@ impl Store {
                     path: src.path.clone(),
                     anchor: snapshot_anchor(&snap)?,
                     shape: Shape::File,
+                    mode: src.mode,
                     walk: None,
                     len: snap.len,
                     stat_digest: if racy {
@@ -166,6 +167,7 @@ impl Store {
                     path: src.path.clone(),
                     anchor: src.anchor.clone(),
                     shape: Shape::Dir,
+                    mode: src.mode,
                     len: archive_len(&walk),
                     walk: Some(walk),
                     stat_digest: if racy {
