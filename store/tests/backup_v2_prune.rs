@@ -609,6 +609,10 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
     // Prunes finished: backup i of a host waits for the i-th (a
     // condition, not a timer), so prunes fall between and across backups.
     let pruned = Arc::new(AtomicUsize::new(0));
+    // Backups finished: a prune round waits for one more (a condition), so
+    // that the pruner, which would take the exclusive lock again at once,
+    // cannot starve the backups' shared locks.
+    let finished = Arc::new(AtomicUsize::new(0));
     const BACKUPS: u32 = 12;
     // Two hosts back up into the repository, each changing its tree
     // between backups (new posts, changed ones, deleted ones).
@@ -619,6 +623,7 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
             let repo = repo.clone();
             let root = tmp.path().join(name);
             let (digests, done, pruned) = (digests.clone(), done.clone(), pruned.clone());
+            let finished = finished.clone();
             std::thread::spawn(move || {
                 let tree = root.join("tree");
                 let store = Store::init(&root.join("data"), name).unwrap();
@@ -653,6 +658,7 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
                     g.ensure_held().unwrap();
                     drop(g);
                     digests.lock().unwrap().insert(r.snapshot, d);
+                    finished.fetch_add(1, Ordering::SeqCst);
                 }
                 done.fetch_add(1, Ordering::SeqCst);
             })
@@ -662,7 +668,7 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
     // byte) and forgets, until both hosts are done.
     let pruner = {
         let repo = repo.clone();
-        let (done, pruned) = (done.clone(), pruned.clone());
+        let (done, pruned, finished) = (done.clone(), pruned.clone(), finished.clone());
         std::thread::spawn(move || {
             let lock = LockOptions {
                 host: "ee".repeat(32),
@@ -670,8 +676,12 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
             };
             let mut rounds = 0u32;
             let (mut removed, mut packs_gone) = (0usize, 0u64);
-            while done.load(Ordering::SeqCst) < 2 || rounds < 3 {
+            loop {
+                // The last round starts after both hosts are done, so the
+                // policy's outcome is known at the end.
+                let all_done = done.load(Ordering::SeqCst) == 2;
                 rounds += 1;
+                let seen = finished.load(Ordering::SeqCst);
                 let r = repo
                     .prune(&PruneOptions {
                         policy: Policy {
@@ -692,7 +702,14 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
                         let _ = repo.forget_with(&ids[..1], &lock);
                     }
                 }
-                std::thread::yield_now();
+                if all_done && rounds >= 3 {
+                    break;
+                }
+                let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                while finished.load(Ordering::SeqCst) == seen && done.load(Ordering::SeqCst) < 2 {
+                    assert!(std::time::Instant::now() < deadline, "no backup ran");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             (rounds, removed, packs_gone)
         })
