@@ -101,26 +101,18 @@ impl Store {
         let start = Instant::now();
         let loc = repo.location();
         let b = repo.backend();
-        let mut report = BackupReport {
-            repo: loc.clone(),
-            ..Default::default()
-        };
-        // Labels and escrow first: bad input fails before anything is copied.
-        let escrow = self.check_labels_and_seal(opts)?;
-        // 1. What the snapshot holds: live and deleted objects, complete.
+        // Labels and escrow first (bad input fails before anything is
+        // copied), then 1. what the snapshot holds: live and deleted
+        // objects, complete.
+        let (mut report, escrow, c) = self.begin_backup(loc.clone(), opts)?;
         let Collected {
             objects,
             manifests,
             counts,
             plaintext_bytes,
             chunks,
-            bytes,
-            skipped_incomplete,
-        } = self.collect_backup(opts)?;
-        report.skipped_incomplete = skipped_incomplete;
-        report.bytes = bytes;
-        report.objects = objects.len() as u64;
-        report.chunks = chunks.len() as u64;
+            ..
+        } = c;
 
         // 2. Chunks the repository lacks: linked, or copied (checked against
         // their id on the way) in groups made durable by one syncfs.
@@ -280,6 +272,27 @@ pub(crate) struct Collected {
 }
 
 impl Store {
+    /// The start of a backup, both formats: the labels checked and the
+    /// escrow sealed ([`Store::check_labels_and_seal`]), what the snapshot
+    /// holds ([`Store::collect_backup`]), and the report's counts of it.
+    pub(crate) fn begin_backup(
+        &self,
+        repo: String,
+        opts: &BackupOptions,
+    ) -> Result<(BackupReport, Option<super::repofile::KeyFile>, Collected)> {
+        let escrow = self.check_labels_and_seal(opts)?;
+        let mut c = self.collect_backup(opts)?;
+        let report = BackupReport {
+            repo,
+            skipped_incomplete: std::mem::take(&mut c.skipped_incomplete),
+            bytes: c.bytes,
+            objects: c.objects.len() as u64,
+            chunks: c.chunks.len() as u64,
+            ..Default::default()
+        };
+        Ok((report, escrow, c))
+    }
+
     /// Step 0 of a backup (either format): the description and tags are
     /// checked and the identity escrow, if asked for, is sealed, so that
     /// bad input fails before anything is written.

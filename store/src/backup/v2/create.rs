@@ -93,24 +93,15 @@ impl Store {
         let start = Instant::now();
         let loc = repo.location();
         let b = repo.backend();
-        let mut report = BackupReport {
-            repo: loc.clone(),
-            ..Default::default()
-        };
-        let escrow = self.check_labels_and_seal(opts)?;
+        let (mut report, escrow, c) = self.begin_backup(loc.clone(), opts)?;
         let Collected {
             objects,
             manifests,
             counts,
             plaintext_bytes,
             chunks,
-            bytes,
-            skipped_incomplete,
-        } = self.collect_backup(opts)?;
-        report.skipped_incomplete = skipped_incomplete;
-        report.bytes = bytes;
-        report.objects = objects.len() as u64;
-        report.chunks = chunks.len() as u64;
+            ..
+        } = c;
 
         let ix = repo.load_index()?;
         let seq = repo.next_seq()?;
