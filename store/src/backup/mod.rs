@@ -130,6 +130,27 @@ pub fn new_snapshot_id(created_ms: u64, seq: u64) -> String {
     )
 }
 
+/// The snapshot `spec` names among `ids` (both formats): an exact id, a
+/// unique prefix, or a unique random suffix.
+pub(crate) fn match_snapshot_id(ids: &[String], spec: &str, location: &str) -> Result<String> {
+    if ids.iter().any(|i| i == spec) {
+        return Ok(spec.to_string());
+    }
+    let hits: Vec<&String> = ids
+        .iter()
+        .filter(|i| !spec.is_empty() && (i.starts_with(spec) || i.rsplit('-').next() == Some(spec)))
+        .collect();
+    match hits.len() {
+        1 => Ok(hits[0].clone()),
+        0 => Err(StoreError::Invalid(format!(
+            "no snapshot {spec} in {location}"
+        ))),
+        n => Err(StoreError::Invalid(format!(
+            "snapshot {spec} is ambiguous ({n} matches)"
+        ))),
+    }
+}
+
 /// `snapshots/<id>.json`.
 pub fn snapshot_path(id: &str) -> String {
     format!("snapshots/{id}.json")
@@ -556,25 +577,7 @@ impl Repo {
         if spec == "latest" {
             return self.latest_of(&ids);
         }
-        if ids.iter().any(|i| i == spec) {
-            return Ok(spec.to_string());
-        }
-        let hits: Vec<&String> = ids
-            .iter()
-            .filter(|i| {
-                !spec.is_empty() && (i.starts_with(spec) || i.rsplit('-').next() == Some(spec))
-            })
-            .collect();
-        match hits.len() {
-            1 => Ok(hits[0].clone()),
-            0 => Err(StoreError::Invalid(format!(
-                "no snapshot {spec} in {}",
-                self.location()
-            ))),
-            n => Err(StoreError::Invalid(format!(
-                "snapshot {spec} is ambiguous ({n} matches)"
-            ))),
-        }
+        match_snapshot_id(&ids, spec, &self.location())
     }
 
     /// Reads and checks a snapshot file: a signed one (format 2) must

@@ -74,25 +74,7 @@ impl Repo2 {
                 StoreError::Invalid(format!("no snapshot in {} yet", self.location()))
             });
         }
-        if ids.iter().any(|i| i == spec) {
-            return Ok(spec.to_string());
-        }
-        let hits: Vec<&String> = ids
-            .iter()
-            .filter(|i| {
-                !spec.is_empty() && (i.starts_with(spec) || i.rsplit('-').next() == Some(spec))
-            })
-            .collect();
-        match hits.len() {
-            1 => Ok(hits[0].clone()),
-            0 => Err(StoreError::Invalid(format!(
-                "no snapshot {spec} in {}",
-                self.location()
-            ))),
-            n => Err(StoreError::Invalid(format!(
-                "snapshot {spec} is ambiguous ({n} matches)"
-            ))),
-        }
+        crate::backup::match_snapshot_id(&ids, spec, &self.location())
     }
 
     /// Writes snapshot `spec` and everything it needs into `out` (see the
