@@ -44,6 +44,11 @@ pub trait Backend: Send + Sync {
     }
     /// The whole content of a file (`NotFound` when absent).
     fn read(&self, path: &str) -> io::Result<Vec<u8>>;
+    /// How many reads are worth running at once: a local directory is
+    /// bound by its cores, object storage by each request's round trip.
+    fn read_concurrency(&self) -> usize {
+        rayon::current_num_threads().max(1)
+    }
     /// `len` bytes of a file from `offset` (`UnexpectedEof` when the file
     /// is shorter). The default reads the whole file; backends override it
     /// with a positioned read or a ranged request.

@@ -120,20 +120,23 @@ pub(crate) fn check_manifests(
     reader: &super::RepoReader<'_>,
     items: &[&super::repofile::SnapObject],
 ) -> Vec<ManifestCheck> {
-    check_manifests_with(items, |mid| reader.read_manifest_file(mid))
+    check_manifests_with(items, |mids| reader.read_manifest_files(mids))
 }
 
-/// [`check_manifests`] with the files read by `read` (format 1: one file
-/// per manifest; format 2: through the index).
+/// [`check_manifests`] with the files read by `read`, a group at a time
+/// (format 1: one file per manifest; format 2: through the index, runs of
+/// a pack in one read), results in the order asked.
 pub(crate) fn check_manifests_with(
     items: &[&super::repofile::SnapObject],
-    read: impl Fn(&ManifestId) -> std::result::Result<ReadManifest, (&'static str, String)> + Sync,
+    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (&'static str, String)>>
+    + Sync,
 ) -> Vec<ManifestCheck> {
     const GROUP: usize = 512;
     items
         .par_chunks(GROUP)
         .flat_map_iter(|group| {
-            let read: Vec<_> = group.iter().map(|o| read(&o.manifest_id)).collect();
+            let mids: Vec<ManifestId> = group.iter().map(|o| o.manifest_id).collect();
+            let read = read(&mids);
             let mut slots = Vec::new();
             let mut batch = Vec::new();
             let mut out: Vec<Option<ManifestCheck>> = Vec::with_capacity(group.len());

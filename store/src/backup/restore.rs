@@ -153,6 +153,28 @@ fn damaged_tree(repo: &Repo, path: &str, detail: &str) -> StoreError {
 
 /// Chunk bytes staged per publish (two syncfs each).
 const GROUP_BYTES: u64 = 128 * 1024 * 1024;
+/// Chunk bytes read at once within a group (held until staged).
+const READ_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `items` cut into consecutive slices of about `max` bytes each (at least
+/// one item per slice).
+fn byte_batches(items: &[(ChunkId, u32)], max: u64) -> impl Iterator<Item = &[(ChunkId, u32)]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut acc = 0u64;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || acc + u64::from(rest[n].1) <= max) {
+            acc += u64::from(rest[n].1);
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
 
 fn damaged(repo: &Repo, path: &str, detail: &str) -> StoreError {
     StoreError::Repo(format!(
@@ -521,6 +543,9 @@ impl Store {
             }
         }
 
+        // Read in the order of the repository's packs (format 2).
+        reader.sort_by_location(&mut needed);
+
         // 4. The safety snapshot of what the store holds now.
         if opts.safety_snapshot && !plan.is_empty() && !self.is_empty() {
             let r = self.backup(
@@ -606,24 +631,34 @@ impl Store {
             }
             let group = &needed[i..j];
             let staged = Mutex::new(Vec::new());
-            let r: Result<()> = group.par_iter().try_for_each(|(id, len)| {
-                let bytes = reader
-                    .read_chunk(id, *len)
-                    .map_err(super::repo_io_err(format!(
-                        "reading {}/{}",
-                        repo.location(),
-                        reader.chunk_path(id)
-                    )))?;
-                if check_chunk_id(id, &bytes).is_err() {
-                    return Err(damaged(repo, &reader.chunk_path(id), &reader.bad_chunk(id)));
-                }
-                let s = self.packs().stage(*id, &bytes)?;
-                staged
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(s);
-                progress.advance(1, u64::from(*len));
-                Ok(())
+            // Read a slice at a time (runs of a pack in one request, several
+            // at once), then hashed and staged on all cores.
+            let r: Result<()> = byte_batches(group, READ_BYTES).try_for_each(|batch| {
+                let read = reader.read_chunks(batch);
+                batch
+                    .par_iter()
+                    .zip(read)
+                    .try_for_each(|((id, len), bytes)| {
+                        let bytes = bytes.map_err(super::repo_io_err(format!(
+                            "reading {}/{}",
+                            repo.location(),
+                            reader.chunk_path(id)
+                        )))?;
+                        if check_chunk_id(id, &bytes).is_err() {
+                            return Err(damaged(
+                                repo,
+                                &reader.chunk_path(id),
+                                &reader.bad_chunk(id),
+                            ));
+                        }
+                        let s = self.packs().stage(*id, &bytes)?;
+                        staged
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(s);
+                        progress.advance(1, u64::from(*len));
+                        Ok(())
+                    })
             });
             let staged = staged
                 .into_inner()

@@ -203,6 +203,9 @@ pub struct S3Backend {
     /// The server answered a conditional create with "not implemented".
     no_conditional_create: AtomicBool,
     handle: Handle,
+    /// Reads worth running at once (twice `max_uploads`; the requests
+    /// themselves are bounded by the client's limit layer).
+    reads: usize,
     /// Owned, shut down in the background on drop (a runtime dropped
     /// normally inside another runtime's thread panics).
     runtime: Option<Runtime>,
@@ -410,6 +413,7 @@ impl S3Backend {
             failed: Arc::new(Mutex::new(None)),
             no_conditional_create: AtomicBool::new(false),
             handle,
+            reads: settings.max_uploads.max(1) * 2,
             runtime: Some(runtime),
         })
     }
@@ -484,6 +488,10 @@ impl S3Backend {
 impl Backend for S3Backend {
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn read_concurrency(&self) -> usize {
+        self.reads
     }
 
     fn read(&self, path: &str) -> io::Result<Vec<u8>> {

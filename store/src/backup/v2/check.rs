@@ -21,10 +21,7 @@ use super::{
 use crate::{
     StoreError,
     backup::{
-        check::{
-            ManifestCheck, RepoCheck, RepoProblem, check_manifests_with, decode_manifest_file,
-            problem,
-        },
+        check::{ManifestCheck, RepoCheck, RepoProblem, check_manifests_with, problem},
         repo_io_err,
         repofile::{KeyFile, SnapObject},
     },
@@ -104,24 +101,8 @@ impl Repo2 {
         }
         r.manifests = wanted.len() as u64;
         let objects: Vec<&SnapObject> = wanted.values().map(|(o, _)| o).collect();
-        let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mid| {
-            let Some((file, at)) = ix.manifest(mid) else {
-                return Err((
-                    "missing-manifest",
-                    "in no index file (an index file is missing or damaged)".into(),
-                ));
-            };
-            let path = PackKind::Manifests.path(&at.pack);
-            let bytes = b
-                .read_range(&path, u64::from(at.offset), u64::from(at.len))
-                .map_err(|e| ("missing-manifest", format!("{path}: unreadable: {e}")))?;
-            if Sha256::digest(&bytes).as_slice() != file {
-                return Err((
-                    "corrupt-manifest",
-                    format!("{path}: its file does not hash to its name"),
-                ));
-            }
-            decode_manifest_file(&bytes)
+        let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mids| {
+            crate::backup::reader::read_manifest_files(b, &ix, mids)
         });
         // chunk -> (length, who references it)
         let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
