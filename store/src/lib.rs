@@ -868,6 +868,19 @@ impl Store {
         raw: &[Vec<u8>],
         trusted: &dyn Fn(&InstanceId) -> bool,
     ) -> (Vec<Vec<u8>>, usize) {
+        let (kept, _, dropped) = self.verified_entry_values(m, raw, trusted);
+        (kept, dropped)
+    }
+
+    /// [`Store::verified_entries`], with the verified entries themselves
+    /// (in the order of the kept bytes), so that a caller looking for its
+    /// key does not check their signatures a second time.
+    pub(crate) fn verified_entry_values(
+        &self,
+        m: &Manifest,
+        raw: &[Vec<u8>],
+        trusted: &dyn Fn(&InstanceId) -> bool,
+    ) -> (Vec<Vec<u8>>, Vec<Signed<EnvelopeEntry>>, usize) {
         let me = self.instance_id();
         let author = m.author;
         let decoded: Vec<(usize, Unverified<EnvelopeEntry>)> = raw
@@ -881,15 +894,17 @@ impl Store {
                 *w == author || *w == me || trusted(w)
             });
         let mut kept = Vec::new();
+        let mut values = Vec::new();
         for (i, r) in idx.into_iter().zip(results) {
             if let Ok(e) = r
                 && entry_fits(&e, m)
             {
                 kept.push(raw[i].clone());
+                values.push(e);
             }
         }
         let dropped = raw.len() - kept.len();
-        (kept, dropped)
+        (kept, values, dropped)
     }
 
     /// This instance and every trusted `full` instance: the recipients of new envelopes.

@@ -280,6 +280,27 @@ struct Planned {
     previous: Option<ObjectState>,
 }
 
+/// What the checks of one snapshot object found (restore, step 2).
+enum Looked {
+    /// Its manifest file is damaged: (where, what).
+    Damaged(String, String),
+    /// Outside the selection.
+    NotSelected,
+    /// Refused: (label, why).
+    Refused(String, String),
+    /// The store has this version or a later one.
+    Existing,
+    /// To restore, once its name is free.
+    Candidate {
+        label: String,
+        /// Envelope entries left out.
+        dropped: usize,
+        /// A key unwraps for this instance (or it is a deletion).
+        has_key: bool,
+        planned: Box<Planned>,
+    },
+}
+
 /// The checks on a snapshot's host that need no store: its card is valid,
 /// a `--trust-host` card names that very instance, and an unsigned snapshot
 /// is not restored without one. Done before anything is created (a disaster
@@ -463,57 +484,93 @@ impl Store {
             .iter()
             .zip(check_manifests(&reader, &refs))
             .collect();
-        let mut plan: Vec<Planned> = Vec::new();
-        let mut names = HashSet::new();
-        for (o, c) in checked {
-            let c = c.map_err(|(_, detail)| {
-                damaged(repo, &reader.manifest_path(&o.manifest_id), &detail)
-            })?;
-            let m = c.manifest;
-            if !opts.selection.matches(&m.kind, &m.name) {
-                report.skipped_selection += 1;
-                continue;
-            }
-            let label = format!("{}:{}", m.kind, m.name);
-            if !full(&m.author) {
-                report.refused.push((
-                    label,
-                    format!(
+        // The per-object checks (the store's record, each envelope entry's
+        // signature, whether a key unwraps) on all cores; what they decide
+        // is then applied in the snapshot's order, as one pass would.
+        let looked: Vec<Looked> = checked
+            .into_par_iter()
+            .map(|(o, c)| -> Result<Looked> {
+                let c = match c {
+                    Ok(c) => c,
+                    Err((_, detail)) => {
+                        return Ok(Looked::Damaged(
+                            reader.manifest_path(&o.manifest_id),
+                            detail,
+                        ));
+                    }
+                };
+                let m = c.manifest;
+                if !opts.selection.matches(&m.kind, &m.name) {
+                    return Ok(Looked::NotSelected);
+                }
+                let label = format!("{}:{}", m.kind, m.name);
+                if !full(&m.author) {
+                    let why = format!(
                         "written by instance {}, which this node does not trust",
                         m.author.short()
-                    ),
-                ));
-                continue;
+                    );
+                    return Ok(Looked::Refused(label, why));
+                }
+                let previous = self.db().object(&m.object_id)?;
+                if let Some(p) = &previous
+                    && !opts.overwrite
+                    && p.version >= m.version
+                {
+                    return Ok(Looked::Existing);
+                }
+                // Only entries whose signatures verify are kept (and MAC'd).
+                let (envelope, values, dropped) =
+                    self.verified_entry_values(&m, &c.envelope, &full);
+                // A key of this instance's that unwraps and matches (what
+                // `key_of` looks for, on entries verified just above).
+                let has_key = m.deleted
+                    || values
+                        .into_iter()
+                        .filter(|e| e.recipient == me)
+                        .any(|e| self.usable_entry(&m, e).is_ok());
+                Ok(Looked::Candidate {
+                    label,
+                    dropped,
+                    has_key,
+                    planned: Box::new(Planned {
+                        manifest: m,
+                        envelope,
+                        previous,
+                    }),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut plan: Vec<Planned> = Vec::new();
+        let mut names = HashSet::new();
+        for l in looked {
+            match l {
+                Looked::Damaged(path, detail) => return Err(damaged(repo, &path, &detail)),
+                Looked::NotSelected => report.skipped_selection += 1,
+                Looked::Refused(label, why) => report.refused.push((label, why)),
+                Looked::Existing => report.skipped_existing += 1,
+                Looked::Candidate {
+                    label,
+                    dropped,
+                    has_key,
+                    planned,
+                } => {
+                    if let Err(why) = self.check_name_free(&planned.manifest, &mut names) {
+                        report.refused.push((label, why));
+                        continue;
+                    }
+                    if dropped > 0 {
+                        tracing::warn!(
+                            "{label}: {dropped} envelope entries left out (their signatures do not verify, or their wrapper is not trusted)"
+                        );
+                        report.entries_dropped += dropped as u64;
+                    }
+                    if !has_key {
+                        report.undecryptable.push(label);
+                        continue;
+                    }
+                    plan.push(*planned);
+                }
             }
-            let previous = self.db().object(&m.object_id)?;
-            if let Some(p) = &previous
-                && !opts.overwrite
-                && p.version >= m.version
-            {
-                report.skipped_existing += 1;
-                continue;
-            }
-            if let Err(why) = self.check_name_free(&m, &mut names) {
-                report.refused.push((label, why));
-                continue;
-            }
-            // Only entries whose signatures verify are kept (and MAC'd).
-            let (envelope, dropped) = self.verified_entries(&m, &c.envelope, &full);
-            if dropped > 0 {
-                tracing::warn!(
-                    "{label}: {dropped} envelope entries left out (their signatures do not verify, or their wrapper is not trusted)"
-                );
-                report.entries_dropped += dropped as u64;
-            }
-            if !m.deleted && self.key_of(&m, &envelope, &full).is_none() {
-                report.undecryptable.push(label);
-                continue;
-            }
-            plan.push(Planned {
-                manifest: m,
-                envelope,
-                previous,
-            });
         }
         report.undecryptable.sort();
         report.refused.sort();

@@ -72,91 +72,6 @@ impl Repo2 {
             }
         }
 
-        // 2. Snapshots, and the manifests they name (each once).
-        let mut wanted: BTreeMap<ManifestId, (SnapObject, String)> = BTreeMap::new();
-        let ids = match only {
-            Some(id) => vec![id.to_string()],
-            None => self.snapshot_ids()?,
-        };
-        for id in ids {
-            r.snapshots += 1;
-            match self.load_snapshot(&id) {
-                Ok(s) => {
-                    for o in s.objects {
-                        wanted
-                            .entry(o.manifest_id)
-                            .or_insert_with(|| (o, id.clone()));
-                    }
-                }
-                Err(StoreError::Repo(msg)) => {
-                    let class = if msg.contains(": bad signature: ") {
-                        "bad-snapshot-signature"
-                    } else {
-                        "bad-snapshot"
-                    };
-                    problems.push(problem(class, snapshot_path(&id), msg));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        r.manifests = wanted.len() as u64;
-        let objects: Vec<&SnapObject> = wanted.values().map(|(o, _)| o).collect();
-        let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mids| {
-            crate::backup::reader::read_manifest_files(b, &ix, mids)
-        });
-        // chunk -> (length, who references it)
-        let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
-        for ((mid, (_, snap)), c) in wanted.iter().zip(checked) {
-            match c {
-                Ok(c) => {
-                    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
-                    for ch in &c.manifest.chunks {
-                        refs.entry(ch.id)
-                            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
-                    }
-                }
-                Err((class, detail)) => {
-                    let path = ix.manifest(mid).map_or_else(
-                        || format!("manifest {}", mid.to_hex()),
-                        |(_, at)| PackKind::Manifests.path(&at.pack),
-                    );
-                    problems.push(problem(
-                        class,
-                        path,
-                        format!("manifest {}: {detail} (snapshot {snap})", mid.short()),
-                    ));
-                }
-            }
-        }
-
-        // 3. Chunks: indexed, at the length the manifest says.
-        r.chunks = refs.len() as u64;
-        let mut referenced_packs: HashMap<PackId, String> = HashMap::new();
-        for (id, (len, label)) in &refs {
-            match ix.chunks.get(id) {
-                None => problems.push(problem(
-                    "missing-chunk",
-                    format!("chunk {}", id.to_hex()),
-                    format!("in no index file, referenced by {label}"),
-                )),
-                Some(at) if at.len != *len => problems.push(problem(
-                    "bad-index",
-                    PackKind::Data.path(&at.pack),
-                    format!(
-                        "the index says chunk {} has {} bytes, the manifest {len} ({label})",
-                        id.short(),
-                        at.len
-                    ),
-                )),
-                Some(at) => {
-                    referenced_packs
-                        .entry(at.pack)
-                        .or_insert_with(|| label.clone());
-                }
-            }
-        }
-
-        // 4. Packs: present, of the indexed length.
         let mut entries: HashMap<PackId, Vec<IndexEntry>> = HashMap::new();
         for (id, at) in &ix.chunks {
             entries.entry(at.pack).or_default().push(IndexEntry {
@@ -172,6 +87,134 @@ impl Repo2 {
                 len: at.len,
             });
         }
+        // The whole repository with its data: every pack the index names is
+        // read while the snapshots and manifests are checked (both use every
+        // core; the manifests' serial parts no longer leave one idle). What
+        // a read found is reported in steps 4 and 5, as if read there.
+        let prefetch = read_data && only.is_none();
+        let mut all_packs: Vec<(PackId, PackKind, u64)> =
+            ix.packs.iter().map(|(p, (k, l))| (*p, *k, *l)).collect();
+        all_packs.sort_by_key(|t| t.0);
+        if prefetch {
+            progress.start(
+                "verify",
+                all_packs.len() as u64,
+                all_packs.iter().map(|t| t.2).sum(),
+            );
+        }
+        let (prefetched, checked) = rayon::join(
+            || -> HashMap<PackId, PackRead> {
+                if !prefetch {
+                    return HashMap::new();
+                }
+                all_packs
+                    .par_iter()
+                    .map(|(pack, kind, len)| {
+                        let got = read_pack(b, pack, *kind, &entries);
+                        progress.advance(1, *len);
+                        (*pack, got)
+                    })
+                    .collect()
+            },
+            || -> Result<Steps23> {
+                // 2. Snapshots, and the manifests they name (each once).
+                let mut wanted: BTreeMap<ManifestId, (SnapObject, String)> = BTreeMap::new();
+                let ids = match only {
+                    Some(id) => vec![id.to_string()],
+                    None => self.snapshot_ids()?,
+                };
+                for id in ids {
+                    r.snapshots += 1;
+                    match self.load_snapshot(&id) {
+                        Ok(s) => {
+                            for o in s.objects {
+                                wanted
+                                    .entry(o.manifest_id)
+                                    .or_insert_with(|| (o, id.clone()));
+                            }
+                        }
+                        Err(StoreError::Repo(msg)) => {
+                            let class = if msg.contains(": bad signature: ") {
+                                "bad-snapshot-signature"
+                            } else {
+                                "bad-snapshot"
+                            };
+                            problems.push(problem(class, snapshot_path(&id), msg));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                r.manifests = wanted.len() as u64;
+                let objects: Vec<&SnapObject> = wanted.values().map(|(o, _)| o).collect();
+                let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mids| {
+                    crate::backup::reader::read_manifest_files(b, &ix, mids)
+                });
+                // chunk -> (length, who references it)
+                let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
+                for ((mid, (_, snap)), c) in wanted.iter().zip(checked) {
+                    match c {
+                        Ok(c) => {
+                            let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
+                            for ch in &c.manifest.chunks {
+                                refs.entry(ch.id).or_insert_with(|| {
+                                    (ch.len, format!("{label} in snapshot {snap}"))
+                                });
+                            }
+                        }
+                        Err((class, detail)) => {
+                            let path = ix.manifest(mid).map_or_else(
+                                || format!("manifest {}", mid.to_hex()),
+                                |(_, at)| PackKind::Manifests.path(&at.pack),
+                            );
+                            problems.push(problem(
+                                class,
+                                path,
+                                format!("manifest {}: {detail} (snapshot {snap})", mid.short()),
+                            ));
+                        }
+                    }
+                }
+
+                // 3. Chunks: indexed, at the length the manifest says.
+                r.chunks = refs.len() as u64;
+                let mut referenced_packs: HashMap<PackId, String> = HashMap::new();
+                for (id, (len, label)) in &refs {
+                    match ix.chunks.get(id) {
+                    None => problems.push(problem(
+                        "missing-chunk",
+                        format!("chunk {}", id.to_hex()),
+                        format!("in no index file, referenced by {label}"),
+                    )),
+                    Some(at) if at.len != *len => problems.push(problem(
+                        "bad-index",
+                        PackKind::Data.path(&at.pack),
+                        format!(
+                            "the index says chunk {} has {} bytes, the manifest {len} ({label})",
+                            id.short(),
+                            at.len
+                        ),
+                    )),
+                    Some(at) => {
+                        referenced_packs
+                            .entry(at.pack)
+                            .or_insert_with(|| label.clone());
+                    }
+                }
+                }
+                Ok(Steps23 {
+                    wanted,
+                    referenced_packs,
+                })
+            },
+        );
+        let Steps23 {
+            wanted,
+            referenced_packs,
+        } = checked?;
+        let mut read_problems: Vec<RepoProblem> = Vec::new();
+        let mut prefetched = prefetched;
+
+        // 4. Packs: present, of the indexed length.
         let mut to_read: Vec<(PackId, PackKind, u64)> = Vec::new();
         let mut packs: Vec<(&PackId, &(PackKind, u64))> = ix.packs.iter().collect();
         packs.sort_by_key(|(p, _)| **p);
@@ -192,10 +235,15 @@ impl Repo2 {
                 .get(pack)
                 .map(|l| format!(", holds chunks of {l}"))
                 .unwrap_or_default();
-            match b
-                .size(&path)
-                .map_err(repo_io_err(format!("reading {loc}/{path}")))?
-            {
+            // Its size: from the read already made, else asked.
+            let size = match prefetched.get(pack) {
+                Some(PackRead::Missing(_)) => None,
+                Some(PackRead::Read { size, .. }) => Some(*size),
+                Some(PackRead::Unreadable(_)) | None => b
+                    .size(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?,
+            };
+            match size {
                 None => problems.push(problem("missing-pack", path, format!("missing{used}"))),
                 Some(s) if s < *len => problems.push(problem(
                     "truncated-pack",
@@ -207,60 +255,42 @@ impl Repo2 {
                     path,
                     format!("has {s} bytes, the index says {len}{used}"),
                 )),
-                Some(_) => to_read.push((*pack, *kind, *len)),
+                Some(_) => match prefetched.remove(pack) {
+                    Some(PackRead::Read { problems: p, .. }) => {
+                        r.bytes_read += len;
+                        read_problems.extend(p);
+                    }
+                    Some(PackRead::Unreadable(e)) => {
+                        r.bytes_read += len;
+                        read_problems.push(problem("bad-pack", path, format!("unreadable: {e}")));
+                    }
+                    Some(PackRead::Missing(_)) | None => to_read.push((*pack, *kind, *len)),
+                },
             }
         }
 
         // 5. With read_data: each pack read once, its trailer checked, each
-        // indexed entry re-hashed.
+        // indexed entry re-hashed (the whole repository's were read above).
         if read_data {
-            progress.start(
-                "verify",
-                to_read.len() as u64,
-                to_read.iter().map(|t| t.2).sum(),
-            );
+            if !prefetch {
+                progress.start(
+                    "verify",
+                    to_read.len() as u64,
+                    to_read.iter().map(|t| t.2).sum(),
+                );
+            }
             let found = Mutex::new(Vec::new());
             let bytes_read: u64 = to_read
                 .par_iter()
                 .map(|(pack, kind, len)| {
-                    let path = kind.path(pack);
-                    let mut out = Vec::new();
-                    match b.read(&path) {
-                        Err(e) => out.push(problem(
+                    let out = match read_pack(b, pack, *kind, &entries) {
+                        PackRead::Read { problems, .. } => problems,
+                        PackRead::Missing(e) | PackRead::Unreadable(e) => vec![problem(
                             "bad-pack",
-                            path.clone(),
+                            kind.path(pack),
                             format!("unreadable: {e}"),
-                        )),
-                        Ok(bytes) => {
-                            if let Err(e) = read_sealed_pack(*kind, pack, &bytes) {
-                                out.push(problem("bad-pack", path.clone(), e));
-                            }
-                            for e in entries.get(pack).map(Vec::as_slice).unwrap_or_default() {
-                                let data = bytes
-                                    .get(e.offset as usize..e.end() as usize)
-                                    .unwrap_or_default();
-                                let ok = match kind {
-                                    PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
-                                    PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
-                                };
-                                if !ok {
-                                    let what = match kind {
-                                        PackKind::Data => "corrupt-chunk",
-                                        PackKind::Manifests => "corrupt-manifest",
-                                    };
-                                    out.push(problem(
-                                        what,
-                                        path.clone(),
-                                        format!(
-                                            "entry {} at offset {} does not hash to its id",
-                                            hex::encode(&e.id[..8]),
-                                            e.offset
-                                        ),
-                                    ));
-                                }
-                            }
-                        }
-                    }
+                        )],
+                    };
                     if !out.is_empty() {
                         found
                             .lock()
@@ -272,7 +302,8 @@ impl Repo2 {
                 })
                 .sum();
             progress.finish();
-            r.bytes_read = bytes_read;
+            r.bytes_read += bytes_read;
+            problems.extend(read_problems);
             problems.extend(
                 found
                     .into_inner()
@@ -333,4 +364,73 @@ impl Repo2 {
         r.finish(problems, start);
         Ok(r)
     }
+}
+
+/// What reading one pack found (`backups verify --read-data`).
+enum PackRead {
+    /// Not there (the read's error).
+    Missing(String),
+    /// Read whole: its size, and what is wrong inside (trailer, entries).
+    Read {
+        size: u64,
+        problems: Vec<RepoProblem>,
+    },
+    /// The read failed otherwise.
+    Unreadable(String),
+}
+
+/// Reads one pack whole, checks its trailer and re-hashes every entry the
+/// index puts in it.
+fn read_pack(
+    b: &dyn crate::backup::backend::Backend,
+    pack: &PackId,
+    kind: PackKind,
+    entries: &HashMap<PackId, Vec<IndexEntry>>,
+) -> PackRead {
+    let path = kind.path(pack);
+    let bytes = match b.read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return PackRead::Missing(e.to_string());
+        }
+        Err(e) => return PackRead::Unreadable(e.to_string()),
+    };
+    let mut out = Vec::new();
+    if let Err(e) = read_sealed_pack(kind, pack, &bytes) {
+        out.push(problem("bad-pack", path.clone(), e));
+    }
+    for e in entries.get(pack).map(Vec::as_slice).unwrap_or_default() {
+        let data = bytes
+            .get(e.offset as usize..e.end() as usize)
+            .unwrap_or_default();
+        let ok = match kind {
+            PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
+            PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
+        };
+        if !ok {
+            let what = match kind {
+                PackKind::Data => "corrupt-chunk",
+                PackKind::Manifests => "corrupt-manifest",
+            };
+            out.push(problem(
+                what,
+                path.clone(),
+                format!(
+                    "entry {} at offset {} does not hash to its id",
+                    hex::encode(&e.id[..8]),
+                    e.offset
+                ),
+            ));
+        }
+    }
+    PackRead::Read {
+        size: bytes.len() as u64,
+        problems: out,
+    }
+}
+
+/// What steps 2 and 3 of a verify hand on.
+struct Steps23 {
+    wanted: BTreeMap<ManifestId, (SnapObject, String)>,
+    referenced_packs: HashMap<PackId, String>,
 }
