@@ -285,9 +285,22 @@ pub fn verify_many<T: SignedBody>(
     let mut iter = items.into_iter().peekable();
     while iter.peek().is_some() {
         let group: Vec<Unverified<T>> = iter.by_ref().take(VERIFY_BATCH).collect();
+        // Most items of a group share a signer (one author's manifests):
+        // its key is decompressed once.
+        let mut last: Option<(InstanceId, Option<VerifyingKey>)> = None;
         let keys: Option<Vec<VerifyingKey>> = group
             .iter()
-            .map(|u| verifying_key(&u.claimed_signer()).filter(|k| !k.is_weak()))
+            .map(|u| {
+                let signer = u.claimed_signer();
+                match &last {
+                    Some((s, k)) if *s == signer => *k,
+                    _ => {
+                        let k = verifying_key(&signer).filter(|k| !k.is_weak());
+                        last = Some((signer, k));
+                        k
+                    }
+                }
+            })
             .collect();
         let batch_ok = keys.is_some_and(|keys| {
             let msgs: Vec<Vec<u8>> = group

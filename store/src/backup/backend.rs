@@ -49,6 +49,12 @@ pub trait Backend: Send + Sync {
     fn read_concurrency(&self) -> usize {
         rayon::current_num_threads().max(1)
     }
+    /// [`Backend::read`] into `buf` (replacing what it held), so that a
+    /// caller reading many large files reuses one allocation.
+    fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+        *buf = self.read(path)?;
+        Ok(())
+    }
     /// `len` bytes of a file from `offset` (`UnexpectedEof` when the file
     /// is shorter). The default reads the whole file; backends override it
     /// with a positioned read or a ranged request.
@@ -183,6 +189,18 @@ impl Backend for LocalDir {
 
     fn read(&self, path: &str) -> io::Result<Vec<u8>> {
         fs::read(self.full(path))
+    }
+
+    fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+        use std::io::Read;
+        let mut f = File::open(self.full(path))?;
+        let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+        // Only bytes beyond what the buffer held before are zeroed.
+        buf.resize(len, 0);
+        f.read_exact(buf)?;
+        // A file that grew since: the rest too.
+        f.read_to_end(buf)?;
+        Ok(())
     }
 
     fn read_range(&self, path: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {

@@ -387,46 +387,53 @@ fn read_pack(
     kind: PackKind,
     entries: &HashMap<PackId, Vec<IndexEntry>>,
 ) -> PackRead {
-    let path = kind.path(pack);
-    let bytes = match b.read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return PackRead::Missing(e.to_string());
-        }
-        Err(e) => return PackRead::Unreadable(e.to_string()),
-    };
-    let mut out = Vec::new();
-    if let Err(e) = read_sealed_pack(kind, pack, &bytes) {
-        out.push(problem("bad-pack", path.clone(), e));
+    // One buffer per thread, reused from pack to pack.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    for e in entries.get(pack).map(Vec::as_slice).unwrap_or_default() {
-        let data = bytes
-            .get(e.offset as usize..e.end() as usize)
-            .unwrap_or_default();
-        let ok = match kind {
-            PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
-            PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
-        };
-        if !ok {
-            let what = match kind {
-                PackKind::Data => "corrupt-chunk",
-                PackKind::Manifests => "corrupt-manifest",
+    BUF.with_borrow_mut(|bytes| {
+        let path = kind.path(pack);
+        match b.read_into(&path, bytes) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return PackRead::Missing(e.to_string());
+            }
+            Err(e) => return PackRead::Unreadable(e.to_string()),
+        }
+        let bytes: &[u8] = bytes;
+        let mut out = Vec::new();
+        if let Err(e) = read_sealed_pack(kind, pack, &bytes) {
+            out.push(problem("bad-pack", path.clone(), e));
+        }
+        for e in entries.get(pack).map(Vec::as_slice).unwrap_or_default() {
+            let data = bytes
+                .get(e.offset as usize..e.end() as usize)
+                .unwrap_or_default();
+            let ok = match kind {
+                PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
+                PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
             };
-            out.push(problem(
-                what,
-                path.clone(),
-                format!(
-                    "entry {} at offset {} does not hash to its id",
-                    hex::encode(&e.id[..8]),
-                    e.offset
-                ),
-            ));
+            if !ok {
+                let what = match kind {
+                    PackKind::Data => "corrupt-chunk",
+                    PackKind::Manifests => "corrupt-manifest",
+                };
+                out.push(problem(
+                    what,
+                    path.clone(),
+                    format!(
+                        "entry {} at offset {} does not hash to its id",
+                        hex::encode(&e.id[..8]),
+                        e.offset
+                    ),
+                ));
+            }
         }
-    }
-    PackRead::Read {
-        size: bytes.len() as u64,
-        problems: out,
-    }
+        PackRead::Read {
+            size: bytes.len() as u64,
+            problems: out,
+        }
+    })
 }
 
 /// What steps 2 and 3 of a verify hand on.
