@@ -975,3 +975,89 @@ fn a_damaged_repository_is_not_pruned() -> R {
     assert!(problems(&repo).is_empty(), "{:?}", problems(&repo));
     Ok(())
 }
+
+/// Two hosts back up into one repository at the same time, both under
+/// shared locks, and both have drawn their sequence before either writes
+/// its snapshot (the failpoint before the snapshot holds each until the
+/// other is there): the sequences differ, `latest` is the snapshot of the
+/// higher one, and no sequence claim is left.
+#[cfg(feature = "failpoints")]
+#[test]
+fn two_backups_at_once_draw_different_sequences() -> R {
+    use bbsync_store::{
+        backup::{Repo, snapshot_seq},
+        failpoint,
+    };
+    use std::{cell::Cell, sync::Condvar};
+
+    thread_local! {
+        /// Set in this test's backup threads: other tests of this binary
+        /// pass the same failpoint and must not wait here.
+        static MINE: Cell<bool> = const { Cell::new(false) };
+    }
+    let tmp = common::tempdir()?;
+    let dir = tmp.path().join("repo");
+    Repo2::create(Arc::new(LocalDir::new(&dir)))?;
+    let repo = Repo::open_dir(&dir)?;
+    let stores: Vec<Store> = ["alpha", "beta"]
+        .iter()
+        .map(|name| {
+            let root = tmp.path().join(name);
+            let tree = root.join("tree");
+            write(&tree, "config/bbs.toml", b"name = \"Test BBS\"\n");
+            for n in 0..5 {
+                post(&tree, n, u64::from(n) + name.len() as u64 * 1000);
+            }
+            let store = Store::init(&root.join("data"), name).unwrap();
+            store.import_bbs(&tree, &NoProgress).unwrap();
+            store
+        })
+        .collect();
+    // A rendezvous of the two backup threads (with a deadline: a backup
+    // that fails before it goes on alone and the test reports its error).
+    let arrived = Arc::new((Mutex::new(0u32), Condvar::new()));
+    let a = arrived.clone();
+    failpoint::on_hit("backup.snapshot", move || {
+        if !MINE.with(Cell::get) {
+            return;
+        }
+        let (n, cv) = &*a;
+        let mut n = n.lock().unwrap();
+        *n += 1;
+        cv.notify_all();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while *n < 2 && std::time::Instant::now() < deadline {
+            n = cv.wait_timeout(n, Duration::from_millis(100)).unwrap().0;
+        }
+    })?;
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let repo = &repo;
+                s.spawn(move || {
+                    MINE.with(|m| m.set(true));
+                    store.backup(repo, &BackupOptions::default(), &NoProgress)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    failpoint::clear("backup.snapshot");
+    let ids: Vec<String> = reports
+        .into_iter()
+        .map(|r| r.map(|r| r.snapshot))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(*arrived.0.lock().unwrap(), 2, "the backups did not meet");
+    let mut seqs: Vec<u64> = ids.iter().map(|i| snapshot_seq(i)).collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 2], "{ids:?}");
+    let later = ids.iter().find(|i| snapshot_seq(i) == 2).unwrap();
+    assert_eq!(&repo.resolve_snapshot("latest")?, later);
+    assert_eq!(repo.v2().unwrap().snapshot_ids()?.len(), 2);
+    assert!(files(&dir, "seqs").is_empty(), "{:?}", files(&dir, "seqs"));
+    assert!(files(&dir, "locks").is_empty());
+    let problems = problems(repo.v2().unwrap());
+    assert!(problems.is_empty(), "{problems:?}");
+    Ok(())
+}

@@ -964,3 +964,86 @@ fn prune_and_delete_on_format_2_remove_snapshots_and_their_packs() -> TestResult
     assert_one_line_error(&o, "delete of an unknown snapshot");
     Ok(())
 }
+
+/// A backup with `--include-identity` killed between its key file and its
+/// snapshot leaves an escrow no snapshot names (and its sequence claim).
+/// The next backup, under another passphrase, neither replaces that file
+/// nor fails: it draws the next sequence and writes its own key file; its
+/// snapshot opens with its own passphrase only. Prune then removes the
+/// orphan and the claim.
+#[test]
+fn a_crashed_backups_escrow_is_never_replaced_and_prune_removes_it() -> TestResult {
+    let f = Fixture::new();
+    let inst = instance_hex(&f.a);
+    let k1 = format!("keys/{inst}-000001");
+    let claim2 = "seqs/000002";
+    write(
+        &f.tree.join("boards/general/91.json"),
+        "{\"id\":91,\"body\":\"after the first backup\"}\n",
+    );
+    ok(&f.a, &["import-bbs", f.tree.to_str().unwrap()]);
+    let args = ["--json", "backup", "--repo", f.r(), "--include-identity"];
+    let o = run_env(
+        &f.a,
+        &args,
+        &[
+            ("BBSYNC_PASSPHRASE", "the first passphrase"),
+            ("FAILPOINTS", "backup.snapshot=return(abort)"),
+        ],
+    );
+    assert_eq!(o.code, -1, "{}", o.stderr);
+    assert!(o.stderr.contains("failpoint backup.snapshot: abort"));
+    let orphan = format!("keys/{inst}-000002");
+    assert_eq!(files(&f.repo, "keys"), [k1.clone(), orphan.clone()]);
+    assert_eq!(files(&f.repo, "seqs"), [claim2]);
+    assert_eq!(files(&f.repo, "snapshots").len(), 1);
+    let orphan_bytes = fs::read(f.repo.join(&orphan))?;
+
+    // The rerun: sequence 3, its own key file, the orphan untouched.
+    const OTHER: &str = "another passphrase";
+    let o = run_env(&f.a, &args, &[("BBSYNC_PASSPHRASE", OTHER)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r: Value = serde_json::from_str(&o.stdout)?;
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    assert!(snap.contains("-000003-"), "{snap}");
+    let k3 = format!("keys/{inst}-000003");
+    assert_eq!(r["identity_escrow"], k3.as_str(), "{r}");
+    assert_eq!(fs::read(f.repo.join(&orphan))?, orphan_bytes);
+    assert_eq!(
+        files(&f.repo, "seqs"),
+        [claim2],
+        "the rerun released its own claim only"
+    );
+    let out = ok(&f.a, &["backups", "verify", "--repo", f.r(), "--read-data"]);
+    assert!(out.contains(": OK"), "{out}");
+    // Its escrow opens with its passphrase, not with the orphan's.
+    let lost = f.root.join("lost");
+    let o = run_env(
+        &lost,
+        &["restore", "--repo", f.r(), &snap],
+        &[("BBSYNC_PASSPHRASE", "the first passphrase")],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let _ = fs::remove_dir_all(&lost);
+    let o = run_env(
+        &lost,
+        &["restore", "--repo", f.r(), &snap],
+        &[("BBSYNC_PASSPHRASE", OTHER)],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(ok(&lost, &["id"]), ok(&f.a, &["id"]));
+    let exp = f.root.join("exp-lost");
+    ok(&lost, &["export-bbs", exp.to_str().unwrap()]);
+    assert_same_tree(&f.tree, &exp);
+
+    // Prune (no policy): the orphan escrow and the claim go; the first
+    // snapshot keeps its escrow, the last its own.
+    let p = json(&f.a, &["backups", "prune", "--repo", f.r()])["packs"].clone();
+    assert_eq!(p["keys_removed"], serde_json::json!([orphan]), "{p}");
+    assert_eq!(p["claims_removed"], 1, "{p}");
+    assert_eq!(files(&f.repo, "keys"), [k1, k3]);
+    assert!(files(&f.repo, "seqs").is_empty());
+    let out = ok(&f.a, &["backups", "verify", "--repo", f.r(), "--read-data"]);
+    assert!(out.contains(": OK"), "{out}");
+    Ok(())
+}

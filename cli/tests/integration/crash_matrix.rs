@@ -29,7 +29,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::{Duration, Instant},
 };
 
@@ -102,6 +102,12 @@ enum Path_ {
     Restore2,
     /// `backups migrate` of a format-1 repository holding two snapshots.
     RepoMigrate,
+    /// `backups prune --keep-last 1` of a format-2 repository holding
+    /// three snapshots with escrows (tree1, tree2, tree4): two snapshots
+    /// and two escrows go, a data and a manifest pack of each are partly
+    /// dead (repacked: two new packs) or wholly dead (deleted), both of
+    /// their index files are rewritten.
+    Prune2,
 }
 
 use Path_ as P;
@@ -275,6 +281,24 @@ const MATRIX: &[(Path_, &[Row])] = &[
             ("repo.rename", &[A1, E1]),
         ],
     ),
+    (
+        P::Prune2,
+        &[
+            // New packs (a data and a manifest pack), new index files, the
+            // two snapshots, a sync; then the two old index files, a sync,
+            // the four repacked packs, the two old escrows. Every point a
+            // prune passes more than once is also crashed at its second hit
+            // (between two removals: forget and remove_key as well).
+            ("prune2.repack", &[A1, Abort(2), E1]),
+            ("prune2.index", &[A1, E1]),
+            ("prune2.forget", &[A1, Abort(2), E1]),
+            ("prune2.sync", &[A1, E1]),
+            ("prune2.remove_index", &[A1, Abort(2), E1]),
+            ("prune2.sync_removed", &[A1, E1]),
+            ("prune2.remove_pack", &[A1, Abort(2), E1]),
+            ("prune2.remove_key", &[A1, Abort(2), E1]),
+        ],
+    ),
 ];
 
 /// Pack points whose steps no path above passes with certainty on these
@@ -292,17 +316,6 @@ const IN_PACKS_TEST: &[&str] = &[
     "migrate.group",
     "migrate.schema",
     "migrate.cleanup",
-    // Format-2 prune: crashed at every hit in-process by
-    // store/tests/backup_v2_prune.rs (`a_crash_at_every_prune_point_...`)
-    // until `backups prune` on format 2 has its rows here.
-    "prune2.repack",
-    "prune2.index",
-    "prune2.forget",
-    "prune2.sync",
-    "prune2.remove_index",
-    "prune2.sync_removed",
-    "prune2.remove_pack",
-    "prune2.remove_key",
 ];
 
 // ---------------------------------------------------------------- fixture
@@ -344,6 +357,109 @@ struct Fixture {
     versions2: BTreeMap<(String, String), (u64, String)>,
     /// Rows done, for the table printed at the end of each path.
     log: Mutex<Vec<String>>,
+    /// What the prune rows work on, made by the first of them.
+    prune2: OnceLock<Prune2Fixture>,
+}
+
+/// The format-2 repository of the prune rows and what it must hold after.
+struct Prune2Fixture {
+    /// Tree2 without `files/big.bin`, posts 25..=28 changed, 29 and 30 new.
+    tree4: PathBuf,
+    /// Instance A holding tree4 (A2 + import of tree4).
+    a4: PathBuf,
+    /// Snapshots of A1, A2 and A4, each with an escrow (format 2).
+    repo: PathBuf,
+    /// The snapshot of A4: the one `--keep-last 1` keeps.
+    keep: String,
+    /// Its escrow: the one key file left after the prune.
+    key: String,
+}
+
+/// The passphrase of the prune repository's escrows.
+const PRUNE2_PASSPHRASE: &str = "crash matrix passphrase";
+
+impl Prune2Fixture {
+    /// Built from copies of A1 and A2 (other paths' rows copy those while
+    /// this runs: no process may open them).
+    fn make(f: &Fixture) -> Prune2Fixture {
+        let root = f.root.join("prune2");
+        let tree4 = root.join("tree4");
+        copy_dir(&f.tree2, &tree4);
+        fs::remove_file(tree4.join("files/big.bin")).unwrap();
+        for i in 25..=30 {
+            write(
+                &tree4.join(format!("boards/b{}/{i}.json", i % 3)),
+                message(i, "four"),
+            );
+        }
+        let (a1, a2, a4) = (root.join("a1"), root.join("a2"), root.join("a4"));
+        copy_dir(&f.a1, &a1);
+        copy_dir(&f.a2, &a2);
+        copy_dir(&f.a2, &a4);
+        ok(&a4, &["import-bbs", tree4.to_str().unwrap()]);
+        let repo = root.join("repo");
+        let r = repo.to_str().unwrap();
+        let mut last = serde_json::Value::Null;
+        for data in [&a1, &a2, &a4] {
+            let o = bbsync(data)
+                .env("BBSYNC_PASSPHRASE", PRUNE2_PASSPHRASE)
+                .args(["--json", "backup", "--repo", r, "--include-identity"])
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "backup of {}: {out}{}",
+                data.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            last = serde_json::from_str(&out).unwrap();
+        }
+        let keep = last["snapshot"].as_str().unwrap().to_string();
+        let key = last["identity_escrow"].as_str().unwrap().to_string();
+        // An uninterrupted prune passes every point, and the points of the
+        // rows at hit 2 twice.
+        let reference = root.join("reference");
+        copy_dir(&repo, &reference);
+        let p = json(
+            &a4,
+            &[
+                "backups",
+                "prune",
+                "--keep-last",
+                "1",
+                "--repo",
+                reference.to_str().unwrap(),
+            ],
+        );
+        let n = |k: &str| p["packs"][k].as_u64().unwrap();
+        assert!(
+            p["removed"].as_array().unwrap().len() == 2
+                && n("packs_written") >= 2
+                && n("index_written") >= 1
+                && n("index_removed") >= 2
+                && n("packs_deleted") + n("packs_repacked") >= 2
+                && !p["packs"]["keys_removed"].as_array().unwrap().is_empty(),
+            "the reference prune does not pass every point: {p}"
+        );
+        eprintln!(
+            "Prune2 reference: {} snapshots removed, {} packs repacked into {}, {} deleted, {} index files removed and {} written, keys removed {}",
+            p["removed"].as_array().unwrap().len(),
+            n("packs_repacked"),
+            n("packs_written"),
+            n("packs_deleted"),
+            n("index_removed"),
+            n("index_written"),
+            p["packs"]["keys_removed"]
+        );
+        Prune2Fixture {
+            tree4,
+            a4,
+            repo,
+            keep,
+            key,
+        }
+    }
 }
 
 /// The fixture, shared by the tests that run at the same time and removed
@@ -582,6 +698,7 @@ impl Fixture {
             db_export,
             versions2,
             log: Mutex::new(Vec::new()),
+            prune2: OnceLock::new(),
         }
     }
 }
@@ -692,7 +809,8 @@ fn allowed_while_unfinished(path: Path_) -> &'static [&'static str] {
         | P::Migrate
         | P::Export
         | P::Backup2
-        | P::RepoMigrate => &[],
+        | P::RepoMigrate
+        | P::Prune2 => &[],
     }
 }
 
@@ -1044,6 +1162,7 @@ fn run_row(
             let (code, report) = verify(&data, &["--read-data"]);
             assert_eq!(code, 0, "{what}: verify after the rerun: {report}");
         }
+        P::Prune2 => run_prune2_row(f, point, fault, work, &what),
         P::Follow => run_follow_row(f, point, fault, work, upstream.unwrap(), &what),
     }
     format!("{path:?} | {point} | {} | ok", fault_label(path, fault))
@@ -1061,6 +1180,52 @@ fn fault_label(path: Path_, f: Fault) -> String {
         1 => what.to_string(),
         n => format!("{what} (at hit {n})"),
     }
+}
+
+/// `backups prune --keep-last 1` with the fault. After it: the repository
+/// verifies with its data (packs no index file names are allowed: new ones
+/// not indexed yet, or old ones whose index file is gone), the snapshot
+/// prune keeps restores, and prune run again finishes: that snapshot and
+/// its escrow are all that is left, verify is clean, it still restores.
+fn run_prune2_row(f: &Fixture, point: &str, fault: Fault, work: &Path, what: &str) {
+    let p = f.prune2.get_or_init(|| Prune2Fixture::make(f));
+    let data = work.join("data");
+    copy_dir(&p.a4, &data);
+    let repo = work.join("repo");
+    copy_dir(&p.repo, &repo);
+    let r = repo.to_str().unwrap();
+    let args = ["backups", "prune", "--keep-last", "1", "--repo", r];
+    let o = run_fp(&data, &args, Some(&fault.spec(point)));
+    check_fault_outcome(&o, point, fault, what);
+    check_repo_after_fault(&data, &repo, what);
+    let out = work.join("kept-tree");
+    ok(
+        &data,
+        &[
+            "restore",
+            "--repo",
+            r,
+            "--to-tree",
+            out.to_str().unwrap(),
+            &p.keep,
+        ],
+    );
+    assert_same_tree(&p.tree4, &out);
+    let o = run(&data, &args);
+    assert_eq!(o.code, 0, "{what}: the rerun failed: {}", o.stderr);
+    let ids: Vec<String> = json(&data, &["backups", "list", "--repo", r])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, [p.keep.as_str()], "{what}: snapshots after the rerun");
+    let keys: Vec<String> = fs::read_dir(repo.join("keys"))
+        .unwrap()
+        .map(|e| format!("keys/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert_eq!(keys, [p.key.as_str()], "{what}: key files after the rerun");
+    check_backup_final(&data, &repo, &p.tree4, work, what);
 }
 
 /// A follower started with the fault: it aborts there (and is restarted
@@ -1268,6 +1433,11 @@ fn restore_format_2_crashes_and_errors_resume() {
 #[test]
 fn repository_migration_crashes_and_errors_resume() {
     run_path(P::RepoMigrate);
+}
+
+#[test]
+fn prune_format_2_crashes_and_errors_resume() {
+    run_path(P::Prune2);
 }
 
 #[test]

@@ -104,7 +104,10 @@ impl Store {
         } = c;
 
         let ix = repo.load_index()?;
-        let seq = repo.next_seq()?;
+        // This backup's sequence, claimed for it alone (another backup may
+        // hold a shared lock too); kept if anything below fails.
+        let claim = repo.claim_seq(&ix)?;
+        let seq = claim.seq;
         // 0. Packs an interrupted backup left: checked, then indexed by
         // this one instead of written again.
         let leftovers = repo.leftover_packs(&ix)?;
@@ -297,14 +300,29 @@ impl Store {
                 .and_then(|()| b.write_lazy(&path, &bytes))
                 .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
         }
-        // 4. The escrow: a new key file, never replacing one.
+        // 4. The escrow: a new key file, created only if no file has its
+        // name (an escrow is never replaced: an older snapshot may need
+        // it with its own passphrase). The name cannot be taken: `seq` is
+        // this backup's alone, and above every key file's (`next_seq`),
+        // so a key that a backup crashed between its key file and its
+        // snapshot left (an orphan: no snapshot names it) keeps its bytes
+        // and its sequence, and goes at the next prune (§17.8.1: named by
+        // no snapshot, older than the newest, its instance has a newer
+        // one). A name taken anyway means a writer outside the protocol:
+        // stop before the snapshot.
         if let Some(k) = &escrow {
             let path = key_path(&self.instance_id().to_hex(), seq);
             let mut bytes = serde_json::to_vec_pretty(k)
                 .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
             bytes.push(b'\n');
-            b.write_lazy(&path, &bytes)
+            let created = b
+                .write_new(&path, &bytes)
                 .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+            if !created {
+                return Err(StoreError::Repo(format!(
+                    "{loc}/{path} exists already, written by another writer (an escrow is never replaced); no snapshot was written"
+                )));
+            }
             report.identity_escrow = Some(path);
         }
         if report.chunks_new > 0 || !files.is_empty() || report.identity_escrow.is_some() {
@@ -332,6 +350,7 @@ impl Store {
         crate::failpoint::hit("backup.snapshot")
             .and_then(|()| b.write(&path, snap.bytes()))
             .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        claim.release(repo);
         report.snapshot = id;
         report.elapsed = start.elapsed();
         Ok(report)

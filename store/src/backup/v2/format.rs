@@ -142,6 +142,29 @@ pub fn key_path(instance_hex: &str, seq: u64) -> String {
     format!("keys/{instance_hex}-{seq:06}")
 }
 
+/// `<instance hex>-<seq>` of a key file's name (in `keys/`).
+pub fn key_name(name: &str) -> Option<(&str, u64)> {
+    let (inst, seq) = name.rsplit_once('-')?;
+    let ok = !inst.is_empty() && !seq.is_empty() && seq.bytes().all(|c| c.is_ascii_digit());
+    Some((inst, seq.parse().ok().filter(|_| ok)?))
+}
+
+/// The directory of sequence claims (§17.5): `seqs/<seq>` exists while a
+/// backup that drew that snapshot sequence has not written its snapshot.
+pub const SEQ_CLAIMS: &str = "seqs";
+
+/// `seqs/<seq>` (at least 6 digits, as in snapshot ids).
+pub fn seq_claim_path(seq: u64) -> String {
+    format!("{SEQ_CLAIMS}/{seq:06}")
+}
+
+/// The sequence of a claim's name (in `seqs/`).
+pub fn seq_claim_name(name: &str) -> Option<u64> {
+    (!name.is_empty() && name.len() <= 20 && name.bytes().all(|c| c.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
 /// One entry of an index file: an id, where its bytes start in the pack
 /// (after the 36-byte entry header) and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,12 +303,15 @@ pub struct Index {
     pub packs: HashMap<PackId, (PackKind, u64)>,
     /// Index files merged.
     pub index_files: u64,
+    /// The highest `seq` of an index file merged (0 when none).
+    pub top_seq: u64,
 }
 
 impl Index {
     /// Adds one decoded index file.
     pub fn add(&mut self, f: &IndexFile) {
         self.index_files += 1;
+        self.top_seq = self.top_seq.max(f.seq);
         for p in &f.packs {
             let pack = PackId(p.pack);
             self.packs.insert(pack, (p.kind, p.pack_len));

@@ -28,7 +28,8 @@
 //! Then the write order, every step behind a `prune2.*` failpoint: new
 //! packs, new index files, the removed snapshots, one `sync`; then the old
 //! index files (oldest sequence first), a `sync`; then the packs, then the
-//! key files. A crash anywhere leaves a repository in which every
+//! key files, then (no failpoint: a claim left is harmless) the sequence
+//! claims of backups that failed before their snapshot. A crash anywhere leaves a repository in which every
 //! remaining snapshot reads and verifies (at most packs no index file
 //! names, which verify reports as `unindexed-pack` and the next prune
 //! deletes); running prune again finishes the work.
@@ -54,7 +55,7 @@ use sha2::{Digest, Sha256};
 use super::{
     format::{
         INDEX_FILE_ENTRIES, INDEX_FORMAT, IndexEntry, IndexFile, IndexPack, MOSTLY_LIVE_PERCENT,
-        ManifestRef, PackBuilder, PackKind, snapshot_path,
+        ManifestRef, PackBuilder, PackKind, SEQ_CLAIMS, key_name, snapshot_path,
     },
     lock::{LockGuard, LockOptions},
     repo::Repo2,
@@ -161,6 +162,9 @@ pub struct PruneReport {
     pub stale_locks_removed: Vec<String>,
     /// Temp files of interrupted local writes removed.
     pub temp_removed: u64,
+    /// Sequence claims (`seqs/`) of backups that failed or crashed before
+    /// their snapshot, removed.
+    pub claims_removed: u64,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
@@ -819,6 +823,19 @@ impl Repo2 {
                 .and_then(|()| b.remove(path))
                 .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
         }
+        // 7. Sequence claims: no backup runs under the exclusive lock, so
+        // each is one that failed or crashed before its snapshot (what it
+        // left besides, a key file or index files, still keeps its
+        // sequence from being drawn again: `Repo2::next_seq`).
+        for name in b
+            .list(SEQ_CLAIMS)
+            .map_err(repo_io_err(format!("listing {loc}/{SEQ_CLAIMS}")))?
+        {
+            let path = format!("{SEQ_CLAIMS}/{name}");
+            b.remove(&path)
+                .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+            r.claims_removed += 1;
+        }
         r.temp_removed = b
             .remove_temp_files()
             .map_err(repo_io_err(format!("removing temp files in {loc}")))?;
@@ -934,13 +951,6 @@ fn top_dir(kind: PackKind) -> &'static str {
         PackKind::Data => "data",
         PackKind::Manifests => "manifests",
     }
-}
-
-/// `<instance hex>-<seq>` of a key file name.
-fn key_name(name: &str) -> Option<(&str, u64)> {
-    let (inst, seq) = name.rsplit_once('-')?;
-    let ok = !inst.is_empty() && !seq.is_empty() && seq.bytes().all(|c| c.is_ascii_digit());
-    Some((inst, seq.parse().ok().filter(|_| ok)?))
 }
 
 #[cfg(test)]

@@ -8,17 +8,42 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::format::{
-    CONFIG_FORMAT, ConfigFile, Index, IndexFile, IndexPack, PackKind, read_sealed_pack,
-    snapshot_path,
+    CONFIG_FORMAT, ConfigFile, Index, IndexFile, IndexPack, PackKind, SEQ_CLAIMS, key_name,
+    read_sealed_pack, seq_claim_name, seq_claim_path, snapshot_path,
 };
 use crate::{
     backup::{
-        Backend, SnapshotFile, new_snapshot_id, now_ms, repo_io_err, repofile::ManifestFile,
-        rfc3339, snapshot_seq, view_of,
+        Backend, SnapshotFile, now_ms, repo_io_err, repofile::ManifestFile, rfc3339, snapshot_seq,
+        view_of,
     },
     error::{Result, StoreError},
     packs::{PACK_TARGET, PackId},
 };
+
+/// How often [`Repo2::claim_seq`] draws before it gives up.
+const SEQ_CLAIM_TRIES: u32 = 64;
+
+/// A snapshot sequence number one backup holds alone (`seqs/<seq>`) until
+/// its snapshot, which carries the number in its id, is written.
+#[derive(Debug)]
+#[must_use = "release the claim once the snapshot is written"]
+pub struct SeqClaim {
+    /// The sequence number.
+    pub seq: u64,
+    path: String,
+}
+
+impl SeqClaim {
+    /// Removes the claim: the snapshot is written and holds the sequence
+    /// now. A failure is logged, not returned (the backup is done; the
+    /// claim only keeps its sequence from being drawn, which the snapshot
+    /// does as well, and the next prune removes it).
+    pub fn release(self, repo: &Repo2) {
+        if let Err(e) = repo.backend.remove(&self.path) {
+            tracing::warn!(path = %self.path, error = %e, repo = %repo.location(), "could not remove a sequence claim");
+        }
+    }
+}
 
 /// A format-2 repository.
 #[derive(Clone)]
@@ -113,15 +138,84 @@ impl Repo2 {
         Ok(ids)
     }
 
-    /// The sequence number of the next snapshot.
-    pub fn next_seq(&self) -> Result<u64> {
-        Ok(super::super::seq_after(&self.snapshot_ids()?))
+    /// The lowest sequence number no file of the repository uses: one
+    /// more than the highest of any snapshot, sequence claim, key file (of
+    /// any instance) and index file of `ix` (docs/format.md §17.5). A
+    /// backup that crashed before its snapshot leaves its claim, maybe its
+    /// key file and index files: their sequence is never drawn again, so
+    /// an escrow is never replaced and two index files of different
+    /// backups never tie on `seq`.
+    pub fn next_seq(&self, ix: &Index) -> Result<u64> {
+        let loc = self.location();
+        let list = |dir: &str| {
+            self.backend
+                .list(dir)
+                .map_err(repo_io_err(format!("listing {loc}/{dir}")))
+        };
+        let top = self
+            .snapshot_ids()?
+            .iter()
+            .map(|i| snapshot_seq(i))
+            .chain(list(SEQ_CLAIMS)?.iter().filter_map(|n| seq_claim_name(n)))
+            .chain(
+                list("keys")?
+                    .iter()
+                    .filter_map(|n| key_name(n).map(|k| k.1)),
+            )
+            .chain([ix.top_seq])
+            .max()
+            .unwrap_or(0);
+        Ok(top.saturating_add(1))
     }
 
-    /// A fresh snapshot id with the next sequence number.
-    pub fn new_snapshot_id(&self, created_ms: u64) -> Result<(String, u64)> {
-        let seq = self.next_seq()?;
-        Ok((new_snapshot_id(created_ms, seq), seq))
+    /// Draws the next snapshot sequence number and claims it for this
+    /// backup alone: `seqs/<seq>` created with [`Backend::write_new`] (a
+    /// `link(2)` on a local directory, `If-None-Match: *` on S3; no
+    /// rename). Backups hold shared locks, so two can draw at once: the
+    /// one whose create fails draws again. The claim holds a random nonce
+    /// that is read back (where a server lacks conditional creates, the
+    /// later of two writes wins and the other draws again), and a snapshot
+    /// of that sequence written meanwhile (by a backup that claimed it,
+    /// finished and released its claim between this one's listing and its
+    /// create) makes it draw again too. Release the claim with
+    /// [`SeqClaim::release`] once the snapshot is written; a backup that
+    /// fails or crashes leaves it, and prune removes it.
+    pub fn claim_seq(&self, ix: &Index) -> Result<SeqClaim> {
+        let loc = self.location();
+        let mut nonce = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let body = format!(
+            "{{\"nonce\":\"{}\",\"created_ms\":{}}}\n",
+            hex::encode(nonce),
+            now_ms()
+        )
+        .into_bytes();
+        let mut seq = self.next_seq(ix)?;
+        for _ in 0..SEQ_CLAIM_TRIES {
+            let path = seq_claim_path(seq);
+            let created = self
+                .backend
+                .write_new(&path, &body)
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+            let won = created
+                && self
+                    .backend
+                    .read(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?
+                    == body;
+            if won {
+                if !self.snapshot_ids()?.iter().any(|i| snapshot_seq(i) == seq) {
+                    return Ok(SeqClaim { seq, path });
+                }
+                self.backend
+                    .remove(&path)
+                    .map_err(repo_io_err(format!("removing {loc}/{path}")))?;
+            }
+            seq = self.next_seq(ix)?.max(seq.saturating_add(1));
+        }
+        Err(StoreError::Repo(format!(
+            "could not claim a snapshot sequence number in {loc} after {SEQ_CLAIM_TRIES} tries (as many backups at once?); nothing was written"
+        )))
     }
 
     /// Reads a snapshot: decodes, verifies the host's signature, checks
