@@ -626,6 +626,15 @@ impl Db {
         })
     }
 
+    /// Every object's whole record, in object-id order (one pass over the
+    /// tree, each record decoded once).
+    pub fn records(&self) -> impl Iterator<Item = Result<(ObjectId, ObjectRecord)>> + '_ {
+        self.tree.scan_prefix(b"o/").map(|r| {
+            let (k, v) = r.map_err(db_err)?;
+            Ok((oid_from(&k[2..])?, decode_record(&v)?))
+        })
+    }
+
     /// Number of objects.
     pub fn object_count(&self) -> usize {
         self.tree.scan_prefix(b"o/").count()

@@ -325,8 +325,9 @@ impl Store {
             skipped_incomplete: Vec::new(),
         };
         let mut seen = HashSet::new();
-        for r in self.db().objects() {
-            let (id, st) = r?;
+        for r in self.db().records() {
+            let (id, rec) = r?;
+            let st = &rec.state;
             if !opts.selection.matches(&st.kind, &st.name) {
                 continue;
             }
@@ -335,9 +336,6 @@ impl Store {
                     .push(format!("{}:{}", st.kind, st.name));
                 continue;
             }
-            let Some(rec) = self.db().record(&id)? else {
-                continue;
-            };
             let m = Unverified::<Manifest>::decode(&rec.manifest)
                 .map_err(|e| {
                     StoreError::Corrupt(format!("manifest of object {}: {e}", id.short()))
