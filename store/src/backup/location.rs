@@ -533,6 +533,74 @@ mod tests {
         assert_eq!(err(""), "bad repository location: it is empty");
     }
 
+    #[test]
+    fn a_repository_argument_resolves_and_opens_into_its_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let config = Config {
+            backup_repo: Some("s3://bbs-backups/site".into()),
+            ..Config::default()
+        };
+        let resolve = |given: Option<&str>| {
+            RepoLocation::resolve(given, base, || Ok(config.clone()), Path::new("/data"))
+        };
+        // Given: relative to the base; else the config's default.
+        assert_eq!(
+            resolve(Some("rel")).unwrap(),
+            RepoLocation::Dir(base.join("rel"))
+        );
+        assert_eq!(resolve(None).unwrap().to_string(), "s3://bbs-backups/site");
+        assert_eq!(
+            RepoLocation::resolve(None, base, || Ok(Config::default()), Path::new("/data"))
+                .unwrap(),
+            RepoLocation::Dir("/data/backup".into())
+        );
+        // The config is not read when a location is given.
+        assert!(
+            RepoLocation::resolve(
+                Some("/srv/b"),
+                base,
+                || Err(StoreError::Invalid("unread".into())),
+                base
+            )
+            .is_ok()
+        );
+        // S3 settings are asked for only for S3; their error is the error.
+        let no_keys = || Err(StoreError::Invalid("no S3 keys".into()));
+        let d = resolve(Some("repo")).unwrap().storage(no_keys).unwrap();
+        assert!(matches!(&d, RepoStorage::Dir(p) if p == &base.join("repo")));
+        assert!(!d.exists().unwrap());
+        assert!(d.check_writable().is_ok());
+        let e = resolve(None).unwrap().storage(no_keys).unwrap_err();
+        assert_eq!(e.to_string(), "no S3 keys");
+        let s3 = resolve(None)
+            .unwrap()
+            .storage(|| {
+                Ok(S3Settings::new(
+                    Some("http://127.0.0.1:9".into()),
+                    "us-east-1",
+                    "id",
+                    Secret::new("hunter2".into()),
+                ))
+            })
+            .unwrap();
+        assert_eq!(s3.to_string(), "s3://bbs-backups/site");
+        assert!(!format!("{s3:?}").contains("hunter2"));
+        // A regular file is an export file: read only.
+        let file = base.join("snap.tar");
+        std::fs::write(&file, b"not a tar").unwrap();
+        let x = resolve(Some("snap.tar")).unwrap().storage(no_keys).unwrap();
+        assert!(x.is_export());
+        assert_eq!(
+            x.open_or_create(2).unwrap_err().to_string(),
+            format!(
+                "{} is a file (an export file is read only); a backup writes into a repository directory",
+                file.display()
+            )
+        );
+        assert!(x.open().is_err());
+    }
+
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = vars
             .iter()
