@@ -963,8 +963,8 @@ async fn schedules(State(s): St, _r: Reader) -> ApiResult {
         .backup
         .iter()
         .map(|j| {
-            // Where it backs up (a location holds no keys), as `serve`
-            // resolved it when it started.
+            // Where it backs up (a location holds no keys): its `repo`,
+            // else the config's default.
             let repo = default
                 .as_ref()
                 .map_err(|_| ())
