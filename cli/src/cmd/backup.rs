@@ -19,9 +19,9 @@ use bbsync_store::{
 /// `backup_repo`, else `<data>/backup`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RepoArg {
-    /// Backup repository: a directory, or an export file (`backups
-    /// export`) to read in place [env: BBSYNC_REPO; default: config
-    /// `backup_repo`, else <data dir>/backup].
+    /// Backup repository: a directory, `s3://bucket/prefix`, or an export
+    /// file (`backups export`) to read in place [env: BBSYNC_REPO;
+    /// default: config `backup_repo`, else <data dir>/backup].
     #[arg(long, value_name = "REPO")]
     repo: Option<PathBuf>,
     /// How long to wait for another command's lock on a format-2
