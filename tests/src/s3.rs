@@ -81,7 +81,140 @@ fn http(port: u16, method: &str, path: &str) -> io::Result<u16> {
         .ok_or_else(|| io::Error::other(format!("not an HTTP answer: {line:?}")))
 }
 
+/// Sends one HTTP/1.1 request with `headers` and `body`; returns the
+/// status code and the body (read to the end: the connection is closed).
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)?;
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let (status, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("not an HTTP answer: {status:?}")))?;
+    Ok((code, rest.to_string()))
+}
+
+/// Percent-encodes a form value.
+fn form_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The text between `<tag>` and `</tag>`, each occurrence.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(after[..j].to_string());
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
 impl MotoServer {
+    /// One IAM call (Query API, form body), before authentication is on.
+    fn iam(&self, params: &[(&str, &str)]) -> String {
+        let mut body = String::from("Version=2010-05-08");
+        for (k, v) in params {
+            body.push_str(&format!("&{k}={}", form_value(v)));
+        }
+        // moto routes by the credential scope's service; the signature
+        // is not checked while authentication is off.
+        let auth = "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0";
+        let (code, text) = exchange(
+            self.port,
+            "POST",
+            "/",
+            &[
+                ("Authorization", auth),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "IAM {params:?}: HTTP {code}: {text}");
+        text
+    }
+
+    /// Makes moto check every later request like AWS does: a valid
+    /// Signature V4 by a key of an IAM user whose policy allows the
+    /// action. Creates that user (allowed `s3:*`) and its access key, and
+    /// returns the key's id and secret. Create buckets first.
+    pub fn require_auth(&self) -> (String, String) {
+        self.iam(&[("Action", "CreateUser"), ("UserName", "bbsync")]);
+        let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "bbsync"),
+            ("PolicyName", "s3"),
+            ("PolicyDocument", policy),
+        ]);
+        let text = self.iam(&[("Action", "CreateAccessKey"), ("UserName", "bbsync")]);
+        let id = xml_values(&text, "AccessKeyId").pop().unwrap();
+        let secret = xml_values(&text, "SecretAccessKey").pop().unwrap();
+        self.set_auth(true);
+        (id, secret)
+    }
+
+    /// Turns authentication on (`true`: every request from now) or off.
+    pub fn set_auth(&self, on: bool) {
+        let count = if on { "0" } else { "inf" };
+        let (code, text) = exchange(
+            self.port,
+            "POST",
+            "/moto-api/reset-auth",
+            &[],
+            count.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "moto reset-auth: HTTP {code}: {text}");
+    }
+
+    /// The names of every object in `bucket` (an unsigned LIST: only
+    /// while authentication is off).
+    pub fn object_keys(&self, bucket: &str) -> Vec<String> {
+        let (code, text) = exchange(
+            self.port,
+            "GET",
+            &format!("/{bucket}?list-type=2&max-keys=1000"),
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(code, 200, "listing {bucket}: HTTP {code}: {text}");
+        xml_values(&text, "Key")
+    }
+
     /// Starts moto_server on a free port and waits until it answers;
     /// `None` (after printing why) when it is not installed and
     /// `BBSYNC_REQUIRE_S3` is not `1`.

@@ -7,11 +7,10 @@ use crate::{Ctx, output, passphrase::get as passphrase, progress::Bar};
 use bbsync_store::{
     Config, Store, StoreError,
     backup::{
-        Backend, DEFAULT_REPO_FORMAT, LocalDir, Repo, S3Settings, SnapshotSignature,
+        DEFAULT_REPO_FORMAT, Repo, RepoLocation, RepoStorage, SnapshotSignature,
         create::BackupOptions,
         restore::{RestoreOptions, escrow_of, open_escrow, precheck_snapshot},
         retention::Policy,
-        v2::tar::TarBackend,
     },
     sync::Selection,
 };
@@ -20,9 +19,9 @@ use bbsync_store::{
 /// `backup_repo`, else `<data>/backup`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RepoArg {
-    /// Backup repository: a directory, or an export file (`backups
-    /// export`) to read in place [env: BBSYNC_REPO; default: config
-    /// `backup_repo`, else <data dir>/backup].
+    /// Backup repository: a directory, `s3://bucket/prefix`, or an export
+    /// file (`backups export`) to read in place [env: BBSYNC_REPO;
+    /// default: config `backup_repo`, else <data dir>/backup].
     #[arg(long, value_name = "REPO")]
     repo: Option<PathBuf>,
     /// How long to wait for another command's lock on a format-2
@@ -42,89 +41,38 @@ impl RepoArg {
     }
 }
 
-/// Where a repository is stored. Every repository argument of every
-/// command goes through [`open_repository`], the one place that turns it
-/// into storage.
-pub enum RepoLocation {
-    /// A local directory (it may not exist yet).
-    Dir(PathBuf),
-    /// An export file, read in place (read only).
-    Export(PathBuf),
-    /// An S3 bucket and prefix (`s3://bucket/prefix`; format 2 only).
-    S3(bbsync_store::backup::RepoLocation),
-}
-
-impl RepoLocation {
-    /// The storage of a repository (an S3 location is opened with the S3
-    /// settings of the environment and config.toml's `[s3]`; inside a
-    /// serving node for a control-socket client, config.toml's only: the
-    /// client's `AWS_*` variables do not travel).
-    pub fn backend(&self, ctx: &Ctx) -> anyhow::Result<Arc<dyn Backend>> {
-        Ok(match self {
-            RepoLocation::Dir(d) => Arc::new(LocalDir::new(d)),
-            RepoLocation::Export(f) => Arc::new(TarBackend::open(f).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    anyhow::anyhow!("{e}")
-                } else {
-                    anyhow::anyhow!("reading {}: {e}", f.display())
-                }
-            })?),
-            RepoLocation::S3(loc) => {
-                let config = match &ctx.store {
-                    Some(s) => s.config().clone(),
-                    None => Config::load(&ctx.data_dir.join("config.toml"))?,
-                };
-                let remote = ctx.remote();
-                loc.open(|| {
-                    S3Settings::resolve(config.s3.as_ref(), |k| {
-                        if remote { None } else { std::env::var(k).ok() }
-                    })
-                })?
-            }
-        })
-    }
-
-    /// How messages and the restore history name it.
-    pub fn display(&self) -> String {
-        match self {
-            RepoLocation::Dir(p) | RepoLocation::Export(p) => p.display().to_string(),
-            RepoLocation::S3(l) => l.to_string(),
-        }
+/// The config.toml of the command's data dir (the serving node's, for a
+/// control-socket client).
+fn config(ctx: &Ctx) -> bbsync_store::Result<Config> {
+    match &ctx.store {
+        Some(s) => Ok(s.config().clone()),
+        None => Config::load(&ctx.data_dir.join("config.toml")),
     }
 }
 
 /// Where `arg` points: `--repo`, `BBSYNC_REPO`, the config's `backup_repo`
-/// or `<data>/backup`; `s3://bucket/prefix` is S3, a regular file is an
-/// export file.
-pub fn repo_location(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<RepoLocation> {
-    let text = match &arg.repo {
+/// or `<data>/backup`; `s3://bucket/prefix` is S3 (opened with the S3
+/// settings of the environment and config.toml's `[s3]`: inside a serving
+/// node for a control-socket client, the node's own; the client's
+/// `AWS_*` variables do not travel), a regular file is an export file.
+/// Every repository argument of every command goes through here
+/// (`RepoLocation::resolve` and `RepoLocation::storage_with`, which the
+/// admin API's jobs and the scheduled backups of `serve` use too).
+pub fn repo_storage(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<RepoStorage> {
+    let given = match &arg.repo {
         Some(r) => Some(r.to_string_lossy().into_owned()),
         None => ctx.env("BBSYNC_REPO").map(str::to_string),
     };
-    let loc = match text {
-        Some(t) => bbsync_store::backup::RepoLocation::parse(&t)?.under(&ctx.cwd),
-        None => {
-            let config = match &ctx.store {
-                Some(s) => s.config().clone(),
-                None => Config::load(&ctx.data_dir.join("config.toml"))?,
-            };
-            config.backup_repo_location(&ctx.data_dir)?
-        }
-    };
-    Ok(match loc {
-        bbsync_store::backup::RepoLocation::Dir(path) if path.is_file() => {
-            RepoLocation::Export(path)
-        }
-        bbsync_store::backup::RepoLocation::Dir(path) => RepoLocation::Dir(path),
-        s3 => RepoLocation::S3(s3),
-    })
+    let loc = RepoLocation::resolve(given.as_deref(), &ctx.cwd, || config(ctx), &ctx.data_dir)?;
+    let s3 = if loc.is_s3() { config(ctx)?.s3 } else { None };
+    Ok(loc.storage_with(s3.as_ref())?)
 }
 
 /// Opens the repository `arg` names (either format, or an export file),
 /// with the lock wait it asks for.
 pub fn open_repository(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
-    let backend = repo_location(ctx, arg)?.backend(ctx)?;
-    Ok(Repo::open(backend)?.with_lock_wait(arg.lock_wait.unwrap_or_default()))
+    let repo = repo_storage(ctx, arg)?.open()?;
+    Ok(repo.with_lock_wait(arg.lock_wait.unwrap_or_default()))
 }
 
 /// Arguments of `backup`.
@@ -278,21 +226,6 @@ pub struct RestoreArgs {
     to_tree: Option<PathBuf>,
 }
 
-/// The repository directory for `arg`.
-pub fn repo_dir(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<PathBuf> {
-    if let Some(r) = &arg.repo {
-        return Ok(ctx.path(r));
-    }
-    if let Some(r) = ctx.env("BBSYNC_REPO") {
-        return Ok(ctx.path(std::path::Path::new(r)));
-    }
-    let config = match &ctx.store {
-        Some(s) => s.config().clone(),
-        None => Config::load(&ctx.data_dir.join("config.toml"))?,
-    };
-    Ok(config.backup_repo_dir(&ctx.data_dir))
-}
-
 fn open_repo(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<Repo> {
     open_repository(ctx, arg)
 }
@@ -319,22 +252,14 @@ fn selection(only: &[String]) -> anyhow::Result<Selection> {
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<ExitCode> {
     let sel = selection(&a.only)?;
     let store = super::open(ctx)?;
-    let loc = repo_location(ctx, &a.repo)?;
-    if let RepoLocation::Export(f) = &loc {
-        anyhow::bail!(
-            "{} is a file (an export file is read only); a backup writes into a repository directory",
-            f.display()
-        );
-    }
+    let storage = repo_storage(ctx, &a.repo)?;
+    storage.check_writable()?;
     let pass = if a.include_identity {
         Some(passphrase(ctx, "the identity escrow", true)?)
     } else {
         None
     };
-    let (repo, created) = match &loc {
-        RepoLocation::Dir(dir) => Repo::open_or_create_dir(dir, a.repo_format)?,
-        _ => Repo::open_or_create(loc.backend(ctx)?, a.repo_format)?,
-    };
+    let (repo, created) = storage.open_or_create(a.repo_format)?;
     if !created && repo.format() != a.repo_format && a.repo_format != DEFAULT_REPO_FORMAT {
         anyhow::bail!(
             "--repo-format {}: {} is a repository of format {} already (a repository keeps its format; nothing was backed up)",
@@ -569,12 +494,12 @@ fn export(ctx: &Ctx, repo: &Repo, spec: &str, file: &std::path::Path) -> anyhow:
 
 /// `backups migrate`.
 fn migrate(ctx: &Ctx, arg: &RepoArg) -> anyhow::Result<ExitCode> {
-    let backend = match repo_location(ctx, arg)? {
-        RepoLocation::Export(f) => anyhow::bail!(
+    let backend = match repo_storage(ctx, arg)? {
+        RepoStorage::Export(f) => anyhow::bail!(
             "{} is an export file (format 2, read only); nothing to migrate",
             f.display()
         ),
-        loc => loc.backend(ctx)?,
+        storage => storage.backend()?,
     };
     let host = match &ctx.store {
         Some(s) => s.instance_id().to_hex(),
@@ -858,7 +783,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> anyhow::Result<ExitCode> {
     );
     bbsync_store::backup::history::record(
         store.dir(),
-        std::path::Path::new(&repo_location(ctx, &a.repo)?.display()),
+        std::path::Path::new(&repo.location()),
         asked.as_deref(),
         &r,
     );
@@ -987,7 +912,12 @@ pub fn start_scheduler(
     ctx: &Ctx,
     store: &Arc<Store>,
 ) -> anyhow::Result<Option<bbsync_store::backup::schedule::Scheduler>> {
-    let default = repo_dir(ctx, &RepoArg::default())?;
+    let default = RepoLocation::resolve(
+        ctx.env("BBSYNC_REPO"),
+        &ctx.cwd,
+        || config(ctx),
+        &ctx.data_dir,
+    )?;
     Ok(bbsync_store::backup::schedule::spawn(
         store.clone(),
         default,

@@ -20,6 +20,7 @@ mod crash;
 mod crash_matrix;
 mod follow;
 mod http;
+mod http_s3;
 mod identity;
 mod import_swap;
 mod invite;

@@ -1,7 +1,7 @@
 //! The routes: `/healthz`, `/metrics`, `/login`, `/logout`, the
 //! dashboard's files, and `/api/v1/...` (docs/http.md).
 
-use std::{convert::Infallible, path::PathBuf, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -19,7 +19,10 @@ use axum::{
 use bbsync_protocol::Role;
 use bbsync_store::{
     Store,
-    backup::{Repo, SnapshotSignature, history, schedule::Cron},
+    backup::{
+        Repo, RepoStorage, SnapshotSignature, history,
+        schedule::{Cron, job_location},
+    },
     summary::{ObjectFilter, state_word},
 };
 use futures::Stream;
@@ -674,20 +677,19 @@ async fn job_get(State(s): St, _r: Reader, Path(id): Path<String>) -> ApiResult 
 // ---- backups ----------------------------------------------------------------
 
 /// Opens a repository that must exist (a missing one is 404).
-fn open_repo(dir: &std::path::Path) -> Result<Repo, HttpError> {
-    if !dir.exists() {
+fn open_repo(storage: &RepoStorage) -> Result<Repo, HttpError> {
+    if !storage.exists()? {
         return Err(HttpError::NotFound(format!(
-            "no backup repository at {}",
-            dir.display()
+            "no backup repository at {storage}"
         )));
     }
-    Ok(Repo::open_dir(dir)?)
+    Ok(storage.open()?)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RepoQuery {
-    repo: Option<PathBuf>,
+    repo: Option<String>,
 }
 
 async fn backups_list(
@@ -696,12 +698,12 @@ async fn backups_list(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
+    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
     let v = blocking(move || {
-        if !dir.exists() {
-            return Ok(json!({ "repo": dir, "exists": false, "snapshots": [] }));
+        if !storage.exists()? {
+            return Ok(json!({ "repo": storage.to_string(), "exists": false, "snapshots": [] }));
         }
-        let repo = Repo::open_dir(&dir)?;
+        let repo = storage.open()?;
         let rows: Vec<Value> = repo
             .snapshots()?
             .iter()
@@ -729,9 +731,9 @@ async fn backup_show(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
+    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
     let v = blocking(move || {
-        let repo = open_repo(&dir)?;
+        let repo = open_repo(&storage)?;
         let id = repo.resolve_snapshot(&id)?;
         serde_json::to_value(repo.load_snapshot(&id)?)
             .map_err(|e| HttpError::Internal(e.to_string()))
@@ -752,10 +754,10 @@ async fn backup_download(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
+    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
     let tmp = s.store.dir().join("tmp");
     let (id, body) = blocking(move || {
-        let repo = open_repo(&dir)?;
+        let repo = open_repo(&storage)?;
         let id = repo.resolve_snapshot(&id)?;
         let Some(r2) = repo.v2() else {
             let snap = repo.load_snapshot(&id)?;
@@ -850,8 +852,8 @@ async fn backup_delete(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let dir = jobs::repo_dir(&s.store, q.repo.as_deref());
-    let r = blocking(move || Ok(open_repo(&dir)?.delete_snapshot(&id, false)?)).await?;
+    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
+    let r = blocking(move || Ok(open_repo(&storage)?.delete_snapshot(&id, false)?)).await?;
     let v = serde_json::to_value(&r).map_err(|e| HttpError::Internal(e.to_string()))?;
     s.events
         .emit("backup.deleted", json!({ "removed": r.removed }));
@@ -862,7 +864,7 @@ async fn backup_delete(
 #[serde(deny_unknown_fields)]
 struct BackupBody {
     #[serde(default)]
-    repo: Option<PathBuf>,
+    repo: Option<String>,
     #[serde(default)]
     only: Vec<String>,
     #[serde(default)]
@@ -887,7 +889,7 @@ async fn backups_run(State(s): St, _w: Writer, Body(b): Body<BackupBody>) -> Api
 #[serde(deny_unknown_fields)]
 struct VerifyBody {
     #[serde(default)]
-    repo: Option<PathBuf>,
+    repo: Option<String>,
     #[serde(default)]
     read_data: bool,
 }
@@ -913,7 +915,7 @@ async fn backup_verify(
 #[serde(deny_unknown_fields)]
 struct RestoreBody {
     #[serde(default)]
-    repo: Option<PathBuf>,
+    repo: Option<String>,
     #[serde(default)]
     only: Vec<String>,
     #[serde(default)]
@@ -955,12 +957,18 @@ async fn backup_restore(
 
 async fn schedules(State(s): St, _r: Reader) -> ApiResult {
     let now = now_ms();
-    let rows: Vec<Value> = s
-        .store
-        .config()
+    let config = s.store.config();
+    let default = config.backup_repo_location(s.store.dir());
+    let rows: Vec<Value> = config
         .backup
         .iter()
         .map(|j| {
+            // Where it backs up (a location holds no keys): its `repo`,
+            // else the config's default.
+            let repo = default
+                .as_ref()
+                .map_err(|_| ())
+                .and_then(|d| job_location(j, d, s.store.dir()).map_err(|_| ()));
             let next = j
                 .cron
                 .parse::<Cron>()
@@ -969,7 +977,10 @@ async fn schedules(State(s): St, _r: Reader) -> ApiResult {
                 .map(bbsync_store::backup::rfc3339);
             json!({
                 "cron": j.cron,
-                "repo": jobs::repo_dir(&s.store, j.repo.as_deref()),
+                "repo": repo.as_ref().map_or_else(
+                    |_| j.repo.as_ref().map(|p| p.display().to_string()),
+                    |l| Some(l.to_string()),
+                ),
                 "tags": j.tags,
                 "keep_last": j.keep_last, "keep_daily": j.keep_daily,
                 "keep_weekly": j.keep_weekly, "keep_monthly": j.keep_monthly,

@@ -7,14 +7,16 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
 };
 
 use bbsync_store::{
     Store,
-    backup::{Repo, create::BackupOptions, restore::RestoreOptions, retention::Policy},
+    backup::{
+        RepoLocation, RepoStorage, create::BackupOptions, restore::RestoreOptions,
+        retention::Policy,
+    },
     progress::Progress,
     sync::Selection,
 };
@@ -78,9 +80,11 @@ pub enum JobSpec {
     },
     /// `bbsync backup`.
     Backup {
-        /// Repository directory [default: config `backup_repo`, else <data>/backup].
+        /// Repository: a directory (relative: under the data dir) or
+        /// `s3://bucket/prefix` [default: config `backup_repo`, else
+        /// <data>/backup].
         #[serde(default)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// As `--only`.
         #[serde(default)]
         only: Vec<String>,
@@ -99,9 +103,9 @@ pub enum JobSpec {
     },
     /// `bbsync backups verify [ID] [--read-data]`.
     BackupVerify {
-        /// Repository directory.
+        /// Repository (as for `backup`).
         #[serde(default)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// Only this snapshot.
         #[serde(default)]
         snapshot: Option<String>,
@@ -111,9 +115,9 @@ pub enum JobSpec {
     },
     /// `bbsync restore [SNAPSHOT]`.
     Restore {
-        /// Repository directory.
+        /// Repository (as for `backup`).
         #[serde(default)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// Snapshot id, unique prefix or `latest` [default: latest].
         #[serde(default)]
         snapshot: Option<String>,
@@ -138,9 +142,9 @@ pub enum JobSpec {
     },
     /// `bbsync backups prune`.
     Prune {
-        /// Repository directory.
+        /// Repository (as for `backup`).
         #[serde(default)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// As `--keep-last`.
         #[serde(default)]
         keep_last: u32,
@@ -372,14 +376,16 @@ impl Jobs {
     }
 }
 
-/// A repository path of a job: absolute as given, relative under the data
-/// dir, unset: the default repository.
-pub fn repo_dir(store: &Store, repo: Option<&Path>) -> PathBuf {
-    match repo {
-        Some(p) if p.is_absolute() => p.to_path_buf(),
-        Some(p) => store.dir().join(p),
-        None => store.config().backup_repo_dir(store.dir()),
-    }
+/// The repository of a job or of a read: `repo` (a directory, relative:
+/// under the data dir; or `s3://bucket/prefix`), unset: the config's
+/// default (`backup_repo`, else `<data>/backup`). An S3 location is opened
+/// with the node's S3 settings (its own `AWS_*` variables, else `[s3]` of
+/// config.toml; a request never carries keys). A bad location or missing
+/// S3 settings is 400; nothing is sent yet.
+pub fn repo_storage(store: &Store, repo: Option<&str>) -> Result<RepoStorage, HttpError> {
+    let config = store.config();
+    let loc = RepoLocation::resolve(repo, store.dir(), || Ok(config.clone()), store.dir())?;
+    Ok(loc.storage_with(config.s3.as_ref())?)
 }
 
 fn selection(only: &[String]) -> Result<Selection, HttpError> {
@@ -485,11 +491,11 @@ enum Prepared {
         usize,
     ),
     Fetch(Vec<libp2p::Multiaddr>, usize),
-    Backup(PathBuf, Selection, Vec<String>, String, Vec<String>),
+    Backup(RepoStorage, Selection, Vec<String>, String, Vec<String>),
     Verify(bool),
-    BackupVerify(PathBuf, Option<String>, bool),
-    Restore(PathBuf, RestoreOptions),
-    Prune(PathBuf, Policy, bool),
+    BackupVerify(RepoStorage, Option<String>, bool),
+    Restore(RepoStorage, RestoreOptions),
+    Prune(RepoStorage, Policy, bool),
 }
 
 fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
@@ -539,7 +545,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             description,
             tags,
         } => Prepared::Backup(
-            repo_dir(store, repo.as_deref()),
+            repo_storage(store, repo.as_deref())?,
             selection(&only)?,
             only,
             description,
@@ -550,7 +556,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             repo,
             snapshot,
             read_data,
-        } => Prepared::BackupVerify(repo_dir(store, repo.as_deref()), snapshot, read_data),
+        } => Prepared::BackupVerify(repo_storage(store, repo.as_deref())?, snapshot, read_data),
         JobSpec::Restore {
             repo,
             snapshot,
@@ -561,7 +567,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             safety_snapshot,
             trust_host,
         } => Prepared::Restore(
-            repo_dir(store, repo.as_deref()),
+            repo_storage(store, repo.as_deref())?,
             RestoreOptions {
                 snapshot,
                 selection: selection(&only)?,
@@ -581,7 +587,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             keep_monthly,
             dry_run,
         } => Prepared::Prune(
-            repo_dir(store, repo.as_deref()),
+            repo_storage(store, repo.as_deref())?,
             Policy {
                 keep_last,
                 keep_daily,
@@ -669,14 +675,15 @@ async fn run(
             }
             json(&r)
         }
-        Prepared::Backup(dir, selection, only, description, tags) => {
+        Prepared::Backup(storage, selection, only, description, tags) => {
             let job = job.clone();
             let metrics = shared.metrics.clone();
             blocking(move || {
                 let started = Instant::now();
-                let (repo, created) =
-                    Repo::open_or_create_dir(&dir, bbsync_store::backup::DEFAULT_REPO_FORMAT)
-                        .map_err(|e| e.to_string())?;
+                job.log(format!("repository {storage}"));
+                let (repo, created) = storage
+                    .open_or_create(bbsync_store::backup::DEFAULT_REPO_FORMAT)
+                    .map_err(|e| e.to_string())?;
                 let mut r = store
                     .backup(
                         &repo,
@@ -712,10 +719,10 @@ async fn run(
             })
             .await
         }
-        Prepared::BackupVerify(dir, snapshot, read_data) => {
+        Prepared::BackupVerify(storage, snapshot, read_data) => {
             let job = job.clone();
             blocking(move || {
-                let repo = Repo::open_path(&dir).map_err(|e| e.to_string())?;
+                let repo = storage.open().map_err(|e| e.to_string())?;
                 let r = repo
                     .verify(snapshot.as_deref(), read_data, job.as_ref())
                     .map_err(|e| e.to_string())?;
@@ -730,15 +737,16 @@ async fn run(
             })
             .await
         }
-        Prepared::Restore(dir, opts) => {
+        Prepared::Restore(storage, opts) => {
             let job = job.clone();
             let data_dir = store.dir().to_path_buf();
             blocking(move || {
-                let r = Repo::open_path(&dir)
+                let r = storage
+                    .open()
                     .and_then(|repo| store.restore(&repo, &opts, job.as_ref()));
                 bbsync_store::backup::history::record(
                     &data_dir,
-                    &dir,
+                    std::path::Path::new(&storage.to_string()),
                     opts.snapshot.as_deref(),
                     &r,
                 );
@@ -747,9 +755,9 @@ async fn run(
             })
             .await
         }
-        Prepared::Prune(dir, policy, dry_run) => {
+        Prepared::Prune(storage, policy, dry_run) => {
             blocking(move || {
-                let repo = Repo::open_dir(&dir).map_err(|e| e.to_string())?;
+                let repo = storage.open().map_err(|e| e.to_string())?;
                 let r = repo.prune(&policy, dry_run).map_err(|e| e.to_string())?;
                 json(&r)
             })

@@ -297,7 +297,9 @@ pub async fn serve(
             }
             shared.events.emit(
                 "backup.scheduled",
-                serde_json::json!({ "repository": f.repo, "seconds": f.seconds, "ok": f.ok }),
+                serde_json::json!({
+                    "repository": f.repo, "seconds": f.seconds, "ok": f.ok, "error": f.error,
+                }),
             );
         }
     });

@@ -1,7 +1,10 @@
 //! Where a backup repository is: a local directory or
 //! `s3://bucket/prefix` (strictly parsed), and opening it into a
-//! [`Backend`]. S3 settings come from the standard `AWS_*` environment
-//! variables, else `[s3]` of config.toml (docs/backup.md "S3").
+//! [`Backend`] and a [`Repo`]. S3 settings come from the standard `AWS_*`
+//! environment variables, else `[s3]` of config.toml (docs/backup.md
+//! "S3"). Every place that opens a repository (the CLI's commands, the
+//! admin API's jobs and reads, the scheduled backups of `serve`) goes
+//! through [`RepoLocation::resolve`] and [`RepoLocation::storage`].
 
 use std::{
     fmt,
@@ -10,8 +13,9 @@ use std::{
     time::Duration,
 };
 
-use super::{Backend, LocalDir, s3::S3Backend};
+use super::{Backend, LocalDir, Repo, repo_io_err, s3::S3Backend, v2::tar::TarBackend};
 use crate::{
+    Config,
     config::{S3Config, Secret},
     error::{Result, StoreError},
 };
@@ -149,6 +153,46 @@ impl RepoLocation {
         }
     }
 
+    /// The repository a command or job names: `given` (a directory
+    /// relative to `base`, or `s3://bucket/prefix`), else the config's
+    /// default ([`Config::backup_repo_location`]: `backup_repo`, else
+    /// `<data>/backup`); `config` is asked for only when `given` is `None`.
+    pub fn resolve(
+        given: Option<&str>,
+        base: &Path,
+        config: impl FnOnce() -> Result<Config>,
+        data_dir: &Path,
+    ) -> Result<RepoLocation> {
+        match given {
+            Some(text) => Ok(RepoLocation::parse(text)?.under(base)),
+            None => config()?.backup_repo_location(data_dir),
+        }
+    }
+
+    /// The storage of this location: a directory, an export file (a
+    /// regular file where a directory was named; read only), or an object
+    /// store with the S3 settings `s3` gives (asked for only for an S3
+    /// location; nothing is sent yet). An export file is not opened yet.
+    pub fn storage(&self, s3: impl FnOnce() -> Result<S3Settings>) -> Result<RepoStorage> {
+        Ok(match self {
+            RepoLocation::Dir(p) if p.is_file() => RepoStorage::Export(p.clone()),
+            RepoLocation::Dir(p) => RepoStorage::Dir(p.clone()),
+            RepoLocation::S3 { .. } => RepoStorage::Remote {
+                location: self.clone(),
+                backend: self.open(s3)?,
+            },
+        })
+    }
+
+    /// [`RepoLocation::storage`] with the S3 settings of this process's
+    /// environment and `config` (`[s3]` of config.toml): what the CLI, the
+    /// admin API and the scheduled backups of `serve` all use. Inside a
+    /// serving node, that is the node's own environment: a control-socket
+    /// client's `AWS_*` variables never travel.
+    pub fn storage_with(&self, config: Option<&S3Config>) -> Result<RepoStorage> {
+        self.storage(|| S3Settings::resolve(config, |k| std::env::var(k).ok()))
+    }
+
     /// Opens the location (nothing is sent or created yet); `s3` gives the
     /// S3 settings, asked for only for an S3 location.
     pub fn open(&self, s3: impl FnOnce() -> Result<S3Settings>) -> Result<Arc<dyn Backend>> {
@@ -164,11 +208,115 @@ impl RepoLocation {
             }
         }
     }
+}
 
-    /// Opens the location with the S3 settings of this process's
-    /// environment and `config` (`[s3]` of config.toml).
-    pub fn open_with(&self, config: Option<&S3Config>) -> Result<Arc<dyn Backend>> {
-        self.open(|| S3Settings::resolve(config, |k| std::env::var(k).ok()))
+/// A repository location opened into storage ([`RepoLocation::storage`]).
+pub enum RepoStorage {
+    /// A local directory (it may not exist yet).
+    Dir(PathBuf),
+    /// An export file (`backups export`), read in place (read only).
+    Export(PathBuf),
+    /// An object store (S3), its backend opened (nothing sent yet).
+    Remote {
+        /// Where it is (`s3://bucket/prefix`).
+        location: RepoLocation,
+        /// Its storage.
+        backend: Arc<dyn Backend>,
+    },
+}
+
+impl fmt::Debug for RepoStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoStorage::Dir(p) => f.debug_tuple("Dir").field(p).finish(),
+            RepoStorage::Export(p) => f.debug_tuple("Export").field(p).finish(),
+            RepoStorage::Remote { location, .. } => f
+                .debug_tuple("Remote")
+                .field(&location.to_string())
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Display for RepoStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoStorage::Dir(p) | RepoStorage::Export(p) => write!(f, "{}", p.display()),
+            RepoStorage::Remote { location, .. } => write!(f, "{location}"),
+        }
+    }
+}
+
+impl RepoStorage {
+    /// Whether this is an export file.
+    pub fn is_export(&self) -> bool {
+        matches!(self, RepoStorage::Export(_))
+    }
+
+    /// The backend of this storage (an export file is opened and its
+    /// table of contents checked here).
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(match self {
+            RepoStorage::Dir(d) => Arc::new(LocalDir::new(d)),
+            RepoStorage::Export(f) => Arc::new(TarBackend::open(f).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    StoreError::Repo(e.to_string())
+                } else {
+                    repo_io_err(format!("reading {}", f.display()))(e)
+                }
+            })?),
+            RepoStorage::Remote { backend, .. } => backend.clone(),
+        })
+    }
+
+    /// Whether a repository is there: a directory that exists (its
+    /// contents are checked by [`RepoStorage::open`]), an export file, or
+    /// an object store holding `config` (format 2) or `repo.json`.
+    pub fn exists(&self) -> Result<bool> {
+        match self {
+            RepoStorage::Dir(d) => Ok(d.exists()),
+            RepoStorage::Export(_) => Ok(true),
+            RepoStorage::Remote { location, backend } => {
+                for name in ["config", "repo.json"] {
+                    let size = backend
+                        .size(name)
+                        .map_err(repo_io_err(format!("reading {location}/{name}")))?;
+                    if size.is_some() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Opens the repository there (either format; an export file read in
+    /// place).
+    pub fn open(&self) -> Result<Repo> {
+        Repo::open(self.backend()?)
+    }
+
+    /// Refuses an export file as the repository of a backup (it is read
+    /// only).
+    pub fn check_writable(&self) -> Result<()> {
+        match self {
+            RepoStorage::Export(f) => Err(StoreError::Invalid(format!(
+                "{} is a file (an export file is read only); a backup writes into a repository directory",
+                f.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens the repository there to write into it, creating it in
+    /// `format` when there is none yet (an object store: format 2 only).
+    /// An export file is refused ([`RepoStorage::check_writable`]).
+    pub fn open_or_create(&self, format: u16) -> Result<(Repo, bool)> {
+        self.check_writable()?;
+        match self {
+            RepoStorage::Remote { backend, .. } => Repo::open_or_create(backend.clone(), format),
+            RepoStorage::Dir(d) | RepoStorage::Export(d) => Repo::open_or_create_dir(d, format),
+        }
     }
 }
 
@@ -383,6 +531,74 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         assert!(!err("https://u:hunter2@host/x").contains("hunter2"));
         assert_eq!(err(""), "bad repository location: it is empty");
+    }
+
+    #[test]
+    fn a_repository_argument_resolves_and_opens_into_its_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let config = Config {
+            backup_repo: Some("s3://bbs-backups/site".into()),
+            ..Config::default()
+        };
+        let resolve = |given: Option<&str>| {
+            RepoLocation::resolve(given, base, || Ok(config.clone()), Path::new("/data"))
+        };
+        // Given: relative to the base; else the config's default.
+        assert_eq!(
+            resolve(Some("rel")).unwrap(),
+            RepoLocation::Dir(base.join("rel"))
+        );
+        assert_eq!(resolve(None).unwrap().to_string(), "s3://bbs-backups/site");
+        assert_eq!(
+            RepoLocation::resolve(None, base, || Ok(Config::default()), Path::new("/data"))
+                .unwrap(),
+            RepoLocation::Dir("/data/backup".into())
+        );
+        // The config is not read when a location is given.
+        assert!(
+            RepoLocation::resolve(
+                Some("/srv/b"),
+                base,
+                || Err(StoreError::Invalid("unread".into())),
+                base
+            )
+            .is_ok()
+        );
+        // S3 settings are asked for only for S3; their error is the error.
+        let no_keys = || Err(StoreError::Invalid("no S3 keys".into()));
+        let d = resolve(Some("repo")).unwrap().storage(no_keys).unwrap();
+        assert!(matches!(&d, RepoStorage::Dir(p) if p == &base.join("repo")));
+        assert!(!d.exists().unwrap());
+        assert!(d.check_writable().is_ok());
+        let e = resolve(None).unwrap().storage(no_keys).unwrap_err();
+        assert_eq!(e.to_string(), "no S3 keys");
+        let s3 = resolve(None)
+            .unwrap()
+            .storage(|| {
+                Ok(S3Settings::new(
+                    Some("http://127.0.0.1:9".into()),
+                    "us-east-1",
+                    "id",
+                    Secret::new("hunter2".into()),
+                ))
+            })
+            .unwrap();
+        assert_eq!(s3.to_string(), "s3://bbs-backups/site");
+        assert!(!format!("{s3:?}").contains("hunter2"));
+        // A regular file is an export file: read only.
+        let file = base.join("snap.tar");
+        std::fs::write(&file, b"not a tar").unwrap();
+        let x = resolve(Some("snap.tar")).unwrap().storage(no_keys).unwrap();
+        assert!(x.is_export());
+        assert_eq!(
+            x.open_or_create(2).unwrap_err().to_string(),
+            format!(
+                "{} is a file (an export file is read only); a backup writes into a repository directory",
+                file.display()
+            )
+        );
+        assert!(x.open().is_err());
     }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

@@ -42,7 +42,7 @@ pub use backend::{Backend, LocalDir};
 use bbsync_protocol::{
     ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
 };
-pub use location::{RepoLocation, S3Settings};
+pub use location::{RepoLocation, RepoStorage, S3Settings};
 pub use reader::RepoReader;
 use repofile::{
     LegacySnapshotFile, SNAPSHOT_FILE_FORMAT, SignedSnapshotFile, SnapObject, SnapTrust,

@@ -258,6 +258,10 @@ fn io_err(e: &opendal::Error) -> io::Error {
     }
     let msg = match e.kind() {
         opendal::ErrorKind::NotFound => "no such object".to_string(),
+        // (A HEAD's refusal has no body: then opendal says nothing more.)
+        opendal::ErrorKind::PermissionDenied if text.trim().is_empty() => {
+            "access denied (check the keys and the bucket's policy)".to_string()
+        }
         opendal::ErrorKind::PermissionDenied => {
             format!("access denied (check the keys and the bucket's policy): {text}")
         }

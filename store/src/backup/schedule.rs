@@ -1,7 +1,8 @@
 //! Scheduled backups in `serve`: `[[backup]]` entries of config.toml, each
-//! with a 5-field cron expression (UTC), a repository and a retention
-//! policy applied after each backup. A failed run is logged and tried
-//! again at the next tick; it never stops the node.
+//! with a 5-field cron expression (UTC), a repository (a directory or
+//! `s3://bucket/prefix`) and a retention policy applied after each backup.
+//! A failed run is logged and tried again at the next tick; it never stops
+//! the node.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Repo, create::BackupOptions, now_ms, retention::Policy};
+use super::{Repo, RepoLocation, RepoStorage, create::BackupOptions, now_ms, retention::Policy};
 use crate::{
     Store,
     error::{Result, StoreError},
@@ -27,7 +28,9 @@ use crate::{
 pub struct BackupJob {
     /// When, as `minute hour day-of-month month day-of-week` (UTC).
     pub cron: String,
-    /// The repository [default: the config's `backup_repo`, else `<data>/backup`].
+    /// The repository: a directory (relative: under the data dir) or
+    /// `s3://bucket/prefix` [default: the config's `backup_repo`, else
+    /// `<data>/backup`].
     #[serde(default)]
     pub repo: Option<PathBuf>,
     /// Tags of each snapshot.
@@ -195,6 +198,8 @@ pub struct Finished {
     pub seconds: f64,
     /// Whether it succeeded.
     pub ok: bool,
+    /// Why it failed (one line; never a key).
+    pub error: Option<String>,
 }
 
 type Listener = Box<dyn Fn(&Finished) + Send + Sync>;
@@ -223,18 +228,43 @@ fn finished(f: &Finished) {
     }
 }
 
-/// Runs one scheduled job: backup, then retention. Returns a summary line.
-pub fn run_job(store: &Store, job: &BackupJob, repo_dir: &Path) -> Result<String> {
+/// Runs one scheduled job into `repo` (a directory or an object store,
+/// created in format 2 when nothing is there yet): backup, then retention.
+/// Returns a summary line.
+pub fn run_job(store: &Store, job: &BackupJob, repo: &RepoStorage) -> Result<String> {
     let started = std::time::Instant::now();
-    let result = Repo::open_or_create_dir(repo_dir, super::DEFAULT_REPO_FORMAT)
+    let result = repo
+        .open_or_create(super::DEFAULT_REPO_FORMAT)
         .and_then(|(repo, _)| run_job_in(store, job, &repo));
     finished(&Finished {
-        // As `Repo::location` names a local directory.
-        repo: repo_dir.display().to_string(),
+        // As `Repo::location` names it: a path, or s3://bucket/prefix.
+        repo: repo.to_string(),
         seconds: started.elapsed().as_secs_f64(),
         ok: result.is_ok(),
+        error: result.as_ref().err().map(|e| e.to_string()),
     });
     result
+}
+
+/// Where a `[[backup]]` entry backs up: its `repo` (a relative directory
+/// under `data_dir`), else `default`.
+pub fn job_location(
+    job: &BackupJob,
+    default: &RepoLocation,
+    data_dir: &Path,
+) -> Result<RepoLocation> {
+    match &job.repo {
+        Some(p) => {
+            let text = p.to_str().ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "[[backup]] repo {:?} is not valid UTF-8",
+                    p.display()
+                ))
+            })?;
+            Ok(RepoLocation::parse(text)?.under(data_dir))
+        }
+        None => Ok(default.clone()),
+    }
 }
 
 fn run_job_in(store: &Store, job: &BackupJob, repo: &Repo) -> Result<String> {
@@ -294,9 +324,12 @@ impl Drop for Scheduler {
     }
 }
 
-/// Starts the scheduler of the store's `[[backup]]` entries in a thread.
-/// A bad cron expression is an error here, before `serve` starts.
-pub fn spawn(store: Arc<Store>, default_repo: PathBuf) -> Result<Option<Scheduler>> {
+/// Starts the scheduler of the store's `[[backup]]` entries in a thread;
+/// `default_repo` is the repository of an entry that names none. A bad
+/// cron expression, a bad repository location, or an S3 repository
+/// without usable S3 settings (this process's `AWS_*` variables, else
+/// `[s3]` of config.toml) is an error here, before `serve` starts.
+pub fn spawn(store: Arc<Store>, default_repo: RepoLocation) -> Result<Option<Scheduler>> {
     let jobs = store.config().backup.clone();
     if jobs.is_empty() {
         return Ok(None);
@@ -304,12 +337,9 @@ pub fn spawn(store: Arc<Store>, default_repo: PathBuf) -> Result<Option<Schedule
     let mut parsed = Vec::new();
     for j in jobs {
         let cron: Cron = j.cron.parse()?;
-        let repo = j.repo.clone().unwrap_or_else(|| default_repo.clone());
-        let repo = if repo.is_relative() {
-            store.dir().join(repo)
-        } else {
-            repo
-        };
+        let repo = job_location(&j, &default_repo, store.dir())
+            .and_then(|l| l.storage_with(store.config().s3.as_ref()))
+            .map_err(|e| StoreError::Invalid(format!("[[backup]] with cron {:?}: {e}", j.cron)))?;
         parsed.push((j, cron, repo));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -325,8 +355,7 @@ pub fn spawn(store: Arc<Store>, default_repo: PathBuf) -> Result<Option<Schedule
                         match run_job(&store, job, repo) {
                             Ok(line) => tracing::info!("{line}"),
                             Err(e) => tracing::warn!(
-                                "scheduled backup into {} failed (tried again at the next tick): {e}",
-                                repo.display()
+                                "scheduled backup into {repo} failed (tried again at the next tick): {e}"
                             ),
                         }
                         next[i] = cron.next_after(now_ms());
