@@ -712,11 +712,27 @@ pub fn into_store_error(e: io::Error) -> std::result::Result<StoreError, io::Err
     Err(e)
 }
 
-/// Marker error message for a file that changed size while being read.
-pub const CHANGED_MARKER: &str = "bbsync: file changed during import";
+/// The error an [`ArchiveReader`] or [`ExactFile`] read carries (inside an
+/// [`io::Error`]) when a file changed size while being read; callers test for
+/// it with [`FileChanged::is_in`], never by its text.
+#[derive(Debug, thiserror::Error)]
+#[error("bbsync: file changed during import: {}", path.display())]
+pub struct FileChanged {
+    /// The file that changed.
+    pub path: PathBuf,
+}
+
+impl FileChanged {
+    /// Whether a read error is a [`FileChanged`].
+    pub fn is_in(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|r| r.is::<FileChanged>())
+    }
+}
 
 fn changed(path: &Path) -> io::Error {
-    io::Error::other(format!("{CHANGED_MARKER}: {}", path.display()))
+    io::Error::other(FileChanged {
+        path: path.to_path_buf(),
+    })
 }
 
 impl Read for ArchiveReader {

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::{
     Store,
-    archive::{ArchiveReader, CHANGED_MARKER, ExactFile, into_store_error},
+    archive::{ArchiveReader, ExactFile, FileChanged, into_store_error},
     bbs::{self, BBS_KINDS, Source},
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
@@ -171,7 +171,7 @@ fn read_err(src: &Source, e: std::io::Error) -> StoreError {
         Ok(carried) => return carried,
         Err(e) => e,
     };
-    if e.to_string().contains(CHANGED_MARKER) {
+    if FileChanged::is_in(&e) {
         StoreError::ChangedDuringImport(src.path.clone())
     } else {
         StoreError::Unreadable {
