@@ -14,6 +14,7 @@
 //! checks the ed25519 signature (strictly) and asks the caller whether the
 //! signer is trusted.
 
+pub mod card;
 pub mod checkpoint;
 pub mod chunk;
 pub mod encoding;
@@ -28,11 +29,12 @@ pub mod snapshot;
 pub mod text;
 pub mod wire;
 
+pub use card::{InstanceCard, card_from_str, card_to_string};
 pub use checkpoint::{Checkpoint, RootBuilder};
 pub use chunk::{ChunkCipher, Compression, ContentKey, SealedChunk};
 pub use envelope::{EnvelopeEntry, Unwrapper, WrapSession, wrap_content_key};
 pub use error::{Error, ErrorKind};
-pub use identity::{Identity, InstanceCard, Role, card_from_str, card_to_string};
+pub use identity::{Identity, Role};
 pub use ids::{ChunkId, InstanceId, InviteId, ManifestId, ObjectId};
 pub use invite::{Invite, InviteRefusal};
 pub use manifest::{ChunkRef, MAX_VERSION, Manifest, ObjectMeta, Shape, key_commitment};
