@@ -194,15 +194,15 @@ pub(crate) fn snapshot_problem(
 ) -> Result<std::result::Result<SnapshotFile, RepoProblem>> {
     match repo.load_snapshot(id) {
         Ok(s) => Ok(Ok(s)),
-        Err(crate::StoreError::Repo(msg)) => {
-            let class = if msg.contains("checksum mismatch") {
-                "snapshot-checksum"
-            } else if msg.contains(": bad signature: ") {
-                "bad-snapshot-signature"
-            } else {
-                "bad-snapshot"
+        Err(crate::StoreError::BadSnapshot { fault, message }) => {
+            let class = match fault {
+                crate::SnapshotFault::ChecksumMismatch => "snapshot-checksum",
+                crate::SnapshotFault::BadSignature => "bad-snapshot-signature",
             };
-            Ok(Err(problem(class, super::snapshot_path(id), msg)))
+            Ok(Err(problem(class, super::snapshot_path(id), message)))
+        }
+        Err(crate::StoreError::Repo(msg)) => {
+            Ok(Err(problem("bad-snapshot", super::snapshot_path(id), msg)))
         }
         Err(e) => Err(e),
     }
