@@ -144,3 +144,35 @@ impl NodeError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn kinds_follow_what_went_wrong() {
+        let s = |s: &str| s.to_string();
+        let bad = NodeError::BadAddress {
+            addr: s("x"),
+            reason: s("y"),
+        };
+        assert_eq!(bad.kind(), ErrorKind::Usage);
+        assert_eq!(bad.to_string(), "bad address x: y");
+        let denied = NodeError::Denied { peer: s("p") };
+        assert_eq!(denied.kind(), ErrorKind::Refused);
+        assert_eq!(
+            NodeError::NoSource(Box::new(denied)).kind(),
+            ErrorKind::Unreachable
+        );
+        let key = NodeError::Identity { reason: s("bad") };
+        assert_eq!(key.kind(), ErrorKind::Setup);
+        assert_eq!(key.to_string(), "cannot use this node's identity key: bad");
+        let store = NodeError::from(bbsync_store::StoreError::Invalid(s("no")));
+        assert_eq!(
+            store.kind(),
+            ErrorKind::Store(bbsync_store::ErrorKind::Usage)
+        );
+    }
+}

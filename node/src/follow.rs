@@ -621,3 +621,23 @@ async fn apply(
     }
     Ok((recorded.len() as u64, rejected))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn upstream_states_serialize_as_the_words_status_shows() {
+        for (state, word) in [
+            (UpstreamState::Connecting, "connecting"),
+            (UpstreamState::Following, "following"),
+            (UpstreamState::WaitingToReconnect, "waiting to reconnect"),
+            (UpstreamState::Stopped, "stopped"),
+            (UpstreamState::NotRunning, "not running"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), word);
+        }
+    }
+}

@@ -1178,4 +1178,29 @@ mod tests {
         let e = extract(b"BBDIR\0\x00\x03\x00", &t.path().join("v3")).unwrap_err();
         assert!(e.to_string().contains("bad magic or version"), "{e}");
     }
+
+    #[test]
+    fn a_file_that_changes_size_while_read_is_a_typed_file_changed_error() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        fs::write(&p, b"abc").unwrap();
+        // Shorter than expected, then longer than expected.
+        for expected in [5, 2] {
+            let mut r = ExactFile::new(File::open(&p).unwrap(), &p, expected);
+            let e = io::copy(&mut r, &mut io::sink()).unwrap_err();
+            assert!(FileChanged::is_in(&e), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("bbsync: file changed during import: {}", p.display())
+            );
+        }
+        // Another error with the same words is not one.
+        let e = io::Error::other(format!(
+            "bbsync: file changed during import: {}",
+            p.display()
+        ));
+        assert!(!FileChanged::is_in(&e));
+        let mut r = ExactFile::new(File::open(&p).unwrap(), &p, 3);
+        assert_eq!(io::copy(&mut r, &mut io::sink()).unwrap(), 3);
+    }
 }
