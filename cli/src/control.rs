@@ -13,9 +13,8 @@
 //! on the socket runs as its uid (`SO_PEERCRED`).
 //!
 //! Wire format: the client sends one JSON line ([`Request`]); the node
-//! answers with frames `tag (1 byte) || length (u32, big-endian) || bytes`,
-//! tag 1 = stdout, 2 = stderr, 3 = exit code (one byte), which ends the
-//! exchange.
+//! answers with frames ([`crate::frame`]): stdout, stderr, and last the
+//! exit code.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -33,16 +32,15 @@ use bbsync_store::Store;
 use clap::Parser as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{Cli, Command, Ctx, output::Sink};
+use crate::{
+    Cli, Command, Ctx,
+    frame::{FrameWriter, ReadFrameError, TAG_ERR, TAG_EXIT, TAG_OUT, read_frame},
+    output::Sink,
+};
 
 const SOCKET: &str = "control.sock";
-const TAG_OUT: u8 = 1;
-const TAG_ERR: u8 = 2;
-const TAG_EXIT: u8 = 3;
 /// Largest request line (arguments, working directory, environment).
 const MAX_REQUEST: u64 = 1 << 20;
-/// Largest output frame a client accepts.
-const MAX_FRAME: u32 = 64 << 20;
 
 /// What a client asks the running node to do.
 #[derive(Serialize, Deserialize)]
@@ -50,22 +48,6 @@ struct Request {
     argv: Vec<String>,
     cwd: PathBuf,
     env: std::collections::BTreeMap<String, String>,
-}
-
-/// Writes output frames to a client.
-pub struct FrameWriter(UnixStream);
-
-impl FrameWriter {
-    /// Writes one frame.
-    pub fn frame(&mut self, tag: u8, bytes: &[u8]) -> std::io::Result<()> {
-        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let mut head = [0u8; 5];
-        head[0] = tag;
-        head[1..].copy_from_slice(&len.to_be_bytes());
-        self.0.write_all(&head)?;
-        self.0.write_all(&bytes[..len as usize])?;
-        self.0.flush()
-    }
 }
 
 fn socket_path(data_dir: &Path) -> PathBuf {
@@ -177,15 +159,14 @@ pub fn forward(data_dir: &Path) -> anyhow::Result<Option<ExitCode>> {
     let lost =
         || anyhow!("the serving node closed the control connection before the command finished");
     loop {
-        let mut head = [0u8; 5];
-        r.read_exact(&mut head).map_err(|_| lost())?;
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        if len > MAX_FRAME {
-            bail!("the serving node sent an oversized output frame");
-        }
-        let mut body = vec![0u8; len as usize];
-        r.read_exact(&mut body).map_err(|_| lost())?;
-        match head[0] {
+        let (tag, body) = match read_frame(&mut r) {
+            Ok(f) => f,
+            Err(ReadFrameError::Lost) => return Err(lost()),
+            Err(ReadFrameError::Oversized) => {
+                bail!("the serving node sent an oversized output frame")
+            }
+        };
+        match tag {
             TAG_OUT => {
                 let mut o = std::io::stdout().lock();
                 o.write_all(&body)?;
@@ -264,7 +245,7 @@ fn handle(conn: UnixStream, data_dir: &Path, store: Arc<Store>) -> anyhow::Resul
         .read_until(b'\n', &mut line)
         .context("reading the request")?;
     let req: Request = serde_json::from_slice(&line).context("malformed control request")?;
-    let writer = Arc::new(Mutex::new(FrameWriter(conn.try_clone()?)));
+    let writer = Arc::new(Mutex::new(FrameWriter::new(conn.try_clone()?)));
     let out = Sink::Remote(writer.clone(), TAG_OUT);
     let err = Sink::Remote(writer.clone(), TAG_ERR);
     let code = run_request(req, data_dir, store, out, &err);

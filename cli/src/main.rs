@@ -7,6 +7,7 @@
 mod output;
 mod cmd;
 mod control;
+mod frame;
 mod live;
 mod passphrase;
 mod progress;

@@ -1,6 +1,6 @@
 //! Text and JSON output helpers, and where output goes: this process's
 //! stdout/stderr, or the client of the control socket when the command runs
-//! inside `serve` (see [`crate::control`]).
+//! inside `serve` (frames of [`crate::frame`]).
 
 use std::{
     io::Write as _,
@@ -22,7 +22,7 @@ pub enum Sink {
     /// This process's stderr.
     Stderr,
     /// A frame stream to a control-socket client (`tag` says which stream).
-    Remote(Arc<Mutex<crate::control::FrameWriter>>, u8),
+    Remote(Arc<Mutex<crate::frame::FrameWriter>>, u8),
 }
 
 /// A string from outside this process (an object name, a snapshot

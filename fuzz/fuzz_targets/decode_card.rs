@@ -6,7 +6,7 @@
 #![no_main]
 
 use bbsync_fuzz::{check_resign, check_wire, ok_or_check};
-use bbsync_protocol::{InstanceCard, card_from_str, card_to_string, identity::CARD_PREFIX};
+use bbsync_protocol::{InstanceCard, card_from_str, card_to_string, card::CARD_PREFIX};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

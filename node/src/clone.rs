@@ -127,7 +127,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, NodeError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| NodeError::Request("local".into(), format!("store task failed: {e}")))?
+        .map_err(|e| NodeError::Request {
+            peer: "local".into(),
+            reason: format!("store task failed: {e}"),
+        })?
         .map_err(NodeError::from)
 }
 
@@ -259,7 +262,10 @@ fn publish(store: &Store, group: Vec<Staged>) -> Result<u64, bbsync_store::Store
 }
 
 pub(crate) fn out_of_protocol(peer: &PeerId, what: &str) -> NodeError {
-    NodeError::Protocol(peer.to_string(), format!("expected {what}"))
+    NodeError::Protocol {
+        peer: peer.to_string(),
+        reason: format!("expected {what}"),
+    }
 }
 
 /// Checks a page of changes asked for from `since` with `limit`: at most
@@ -274,7 +280,12 @@ pub(crate) fn check_page(
     changes: &[WireChange],
     cursor: u64,
 ) -> Result<(), NodeError> {
-    let bad = |why: String| Err(NodeError::Protocol(peer.to_string(), why));
+    let bad = |why: String| {
+        Err(NodeError::Protocol {
+            peer: peer.to_string(),
+            reason: why,
+        })
+    };
     if changes.len() > limit as usize {
         return bad(format!(
             "a page of {} changes, more than the {limit} asked for",
@@ -311,23 +322,31 @@ pub(crate) async fn hello(
     node: &NodeHandle,
     peer: PeerId,
 ) -> Result<(Signed<InstanceCard>, Signed<Checkpoint>), NodeError> {
-    let source = instance_of(&peer)
-        .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
+    let source = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
+        addr: peer.to_string(),
+        reason: "not an ed25519 peer id".into(),
+    })?;
     let Response::Hello { card, checkpoint } = node.request(peer, Request::Hello).await? else {
         return Err(out_of_protocol(&peer, "Hello"));
     };
     let card = Unverified::<InstanceCard>::decode(&card)
         .and_then(|u| u.verify_self_signed())
-        .map_err(|e| NodeError::Check("source card".into(), e))?;
+        .map_err(|e| NodeError::Check {
+            what: "source card",
+            source: e,
+        })?;
     if card.instance != source {
-        return Err(NodeError::Protocol(
-            peer.to_string(),
-            "its card names another instance".into(),
-        ));
+        return Err(NodeError::Protocol {
+            peer: peer.to_string(),
+            reason: "its card names another instance".into(),
+        });
     }
     let checkpoint = Unverified::<Checkpoint>::decode(&checkpoint)
         .and_then(|u| u.verify(|i| *i == source))
-        .map_err(|e| NodeError::Check("source checkpoint".into(), e))?;
+        .map_err(|e| NodeError::Check {
+            what: "source checkpoint",
+            source: e,
+        })?;
     Ok((card, checkpoint))
 }
 
@@ -410,10 +429,12 @@ impl ManifestRequests {
                     .iter()
                     .any(|d| !asked_set.contains(d) || !once.insert(*d))
             {
-                return Err(NodeError::Protocol(
-                    self.peer.to_string(),
-                    "a manifest answer deferred ids it was not asked for, or served nothing".into(),
-                ));
+                return Err(NodeError::Protocol {
+                    peer: self.peer.to_string(),
+                    reason:
+                        "a manifest answer deferred ids it was not asked for, or served nothing"
+                            .into(),
+                });
             }
             self.todo.extend(deferred.iter().copied());
         }
@@ -436,10 +457,15 @@ pub async fn clone_from(
 ) -> Result<CloneReport, NodeError> {
     let start = Instant::now();
     let Some(&peer) = sources.first() else {
-        return Err(NodeError::BadAddress("-".into(), "no source given".into()));
+        return Err(NodeError::BadAddress {
+            addr: "-".into(),
+            reason: "no source given".into(),
+        });
     };
-    let source = instance_of(&peer)
-        .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
+    let source = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
+        addr: peer.to_string(),
+        reason: "not an ed25519 peer id".into(),
+    })?;
     // 1. Hello: the primary must answer, and is trusted (the operator named
     //    it); the others are extra chunk sources, not trusted.
     let (card, checkpoint) = hello(node, peer).await?;
@@ -726,10 +752,10 @@ pub async fn fetch_missing(
         }
     }
     if answered.is_empty() {
-        return Err(NodeError::Request(
-            "every source".into(),
-            "none of the sources answered".into(),
-        ));
+        return Err(NodeError::Request {
+            peer: "every source".into(),
+            reason: "none of the sources answered".into(),
+        });
     }
     let mut report = CloneReport::default();
     // Complete objects too: a chunk file of one may have been lost.

@@ -35,11 +35,9 @@ pub async fn dial_within(h: &NodeHandle, addr: &Multiaddr) -> Result<PeerId, Nod
     let limit = h.dial_timeout(addr);
     tokio::time::timeout(limit, h.dial(addr.clone()))
         .await
-        .map_err(|_| {
-            NodeError::Dial(
-                addr.to_string(),
-                format!("no answer within {} s", limit.as_secs()),
-            )
+        .map_err(|_| NodeError::Dial {
+            peer: addr.to_string(),
+            reason: format!("no answer within {} s", limit.as_secs()),
         })?
 }
 

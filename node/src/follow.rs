@@ -70,6 +70,30 @@ impl Default for FollowOptions {
     }
 }
 
+/// Where the follower of one upstream is (serialized as the words `status`
+/// and the admin API show).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum UpstreamState {
+    /// Dialing the upstream or saying hello.
+    #[default]
+    #[serde(rename = "connecting")]
+    Connecting,
+    /// Connected and applying the upstream's changes.
+    #[serde(rename = "following")]
+    Following,
+    /// The last session failed (`last_error` says why); the next starts
+    /// after a back-off.
+    #[serde(rename = "waiting to reconnect")]
+    WaitingToReconnect,
+    /// Not followed any more (`last_error` says why).
+    #[serde(rename = "stopped")]
+    Stopped,
+    /// No follower runs in this process: only the cursor kept in the
+    /// store is known.
+    #[serde(rename = "not running")]
+    NotRunning,
+}
+
 /// What `status` shows of one upstream.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UpstreamStatus {
@@ -77,9 +101,8 @@ pub struct UpstreamStatus {
     pub addr: String,
     /// The upstream's instance id (hex).
     pub instance: String,
-    /// `connecting`, `following`, `waiting to reconnect`, or `stopped`
-    /// (not followed any more: `last_error` says why).
-    pub state: String,
+    /// Where its follower is.
+    pub state: UpstreamState,
     /// The last change-log number of the upstream applied here.
     pub cursor: u64,
     /// The upstream's last change-log number, as last seen.
@@ -121,7 +144,11 @@ pub fn upstreams(store: &Store) -> Result<Vec<serde_json::Value>, StoreError> {
             .cursors()?
             .into_iter()
             .map(|(id, cursor)| {
-                serde_json::json!({ "instance": id.to_hex(), "state": "not running", "cursor": cursor })
+                serde_json::json!({
+                    "instance": id.to_hex(),
+                    "state": UpstreamState::NotRunning,
+                    "cursor": cursor,
+                })
             })
             .collect());
     }
@@ -180,7 +207,7 @@ pub async fn follow(node: NodeHandle, store: Arc<Store>, addr: Multiaddr, opts: 
         _ => {
             update(&key, |s| {
                 s.addr = key.clone();
-                s.state = "stopped".into();
+                s.state = UpstreamState::Stopped;
                 s.last_error = Some("the address must end in /p2p/<PeerId>".into());
             });
             return;
@@ -213,7 +240,7 @@ pub async fn follow_invite(
             let key = format!("invite {}", invite.id.short());
             update(&key, |s| {
                 s.addr = key.clone();
-                s.state = "stopped".into();
+                s.state = UpstreamState::Stopped;
                 s.last_error = Some(e.to_string());
             });
             return;
@@ -241,7 +268,7 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
     });
     let mut backoff = opts.backoff_min;
     loop {
-        update(&key, |s| s.state = "connecting".into());
+        update(&key, |s| s.state = UpstreamState::Connecting);
         let started = Instant::now();
         let mut established = false;
         let err = match session(&node, &store, &up, &opts, &key, &mut established).await {
@@ -249,7 +276,7 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
             Ended::Stop(why) => {
                 tracing::error!(upstream = %key, "follow: {why}");
                 update(&key, |s| {
-                    s.state = "stopped".into();
+                    s.state = UpstreamState::Stopped;
                     s.last_error = Some(why);
                 });
                 return;
@@ -267,17 +294,21 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
             backoff = opts.backoff_min;
         }
         let mut delay = jittered(backoff);
-        if matches!(err, NodeError::Denied(_)) {
+        if matches!(err, NodeError::Denied { .. }) {
             // The upstream refuses this node's connections for a while
             // after a denial; knocking sooner only gets refused.
             delay = delay.max(DENIED_COOLDOWN + jittered(opts.backoff_min));
         }
-        if let NodeError::InviteRefused(_, InviteRefusal::RateLimited { retry_after_secs }) = err {
+        if let NodeError::InviteRefused {
+            refusal: InviteRefusal::RateLimited { retry_after_secs },
+            ..
+        } = err
+        {
             delay = delay.max(Duration::from_secs(u64::from(retry_after_secs)));
         }
         tracing::warn!(upstream = %key, "follow: {err}; reconnecting in {:.1}s", delay.as_secs_f64());
         update(&key, |s| {
-            s.state = "waiting to reconnect".into();
+            s.state = UpstreamState::WaitingToReconnect;
             s.last_error = Some(err.to_string());
             s.failed_sessions += 1;
         });
@@ -316,26 +347,30 @@ async fn dial_first(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<(), NodeEr
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => last = Some(e),
             Err(_) => {
-                last = Some(NodeError::Dial(
-                    addr.to_string(),
-                    format!("no answer within {} s", limit.as_secs()),
-                ));
+                last = Some(NodeError::Dial {
+                    peer: addr.to_string(),
+                    reason: format!("no answer within {} s", limit.as_secs()),
+                });
             }
         }
     }
-    Err(last.unwrap_or_else(|| NodeError::BadAddress("-".into(), "no address to dial".into())))
+    Err(last.unwrap_or_else(|| NodeError::BadAddress {
+        addr: "-".into(),
+        reason: "no address to dial".into(),
+    }))
 }
 
 /// A refused invite stops the follower, unless trying again can help.
 fn stop_on_invite_refusal(e: NodeError) -> Ended {
     match e {
-        NodeError::InviteRefused(
-            _,
-            InviteRefusal::RateLimited { .. }
-            | InviteRefusal::BadChallenge
-            | InviteRefusal::Unavailable,
-        ) => Ended::Retry(e),
-        NodeError::InviteRefused(..) => Ended::Stop(format!(
+        NodeError::InviteRefused {
+            refusal:
+                InviteRefusal::RateLimited { .. }
+                | InviteRefusal::BadChallenge
+                | InviteRefusal::Unavailable,
+            ..
+        } => Ended::Retry(e),
+        NodeError::InviteRefused { .. } => Ended::Stop(format!(
             "{e}; not following it (ask its operator for a new invite)"
         )),
         other => Ended::Retry(other),
@@ -351,8 +386,10 @@ async fn run_session(
     established: &mut bool,
 ) -> Result<std::convert::Infallible, Ended> {
     let peer = up.peer;
-    let upstream = instance_of(&peer)
-        .ok_or_else(|| NodeError::BadAddress(peer.to_string(), "not an ed25519 peer id".into()))?;
+    let upstream = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
+        addr: peer.to_string(),
+        reason: "not an ed25519 peer id".into(),
+    })?;
     dial_first(node, &up.addrs).await?;
     if let Some(inv) = &up.invite {
         let followed = {
@@ -397,7 +434,7 @@ async fn run_session(
         );
     }
     update(key, |s| {
-        s.state = "following".into();
+        s.state = UpstreamState::Following;
         s.cursor = cursor;
     });
     tracing::info!(upstream = %key, cursor, "following");
@@ -559,10 +596,10 @@ async fn apply(
         .await?
     };
     if incomplete > 0 {
-        return Err(NodeError::Request(
-            peer.to_string(),
-            format!("{incomplete} chunk(s) could not be fetched; the page is retried"),
-        ));
+        return Err(NodeError::Request {
+            peer: peer.to_string(),
+            reason: format!("{incomplete} chunk(s) could not be fetched; the page is retried"),
+        });
     }
     if replaced > 0 {
         // The old versions' chunks that nothing references any more go, as
@@ -583,4 +620,24 @@ async fn apply(
         );
     }
     Ok((recorded.len() as u64, rejected))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn upstream_states_serialize_as_the_words_status_shows() {
+        for (state, word) in [
+            (UpstreamState::Connecting, "connecting"),
+            (UpstreamState::Following, "following"),
+            (UpstreamState::WaitingToReconnect, "waiting to reconnect"),
+            (UpstreamState::Stopped, "stopped"),
+            (UpstreamState::NotRunning, "not running"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), word);
+        }
+    }
 }

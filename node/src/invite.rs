@@ -226,11 +226,9 @@ pub fn is_invite_request(req: &Request) -> bool {
 /// Errs when none is left.
 pub fn invite_addrs(invite: &Invite) -> Result<Vec<libp2p::Multiaddr>, NodeError> {
     use libp2p::multiaddr::Protocol;
-    let peer = peer_id_of(&invite.source).ok_or_else(|| {
-        NodeError::BadAddress(
-            invite.source.to_hex(),
-            "the invite names a key that is not a valid ed25519 key".into(),
-        )
+    let peer = peer_id_of(&invite.source).ok_or_else(|| NodeError::BadAddress {
+        addr: invite.source.to_hex(),
+        reason: "the invite names a key that is not a valid ed25519 key".into(),
     })?;
     let mut out = Vec::new();
     let mut why = String::new();
@@ -255,10 +253,10 @@ pub fn invite_addrs(invite: &Invite) -> Result<Vec<libp2p::Multiaddr>, NodeError
         out.push(addr);
     }
     if out.is_empty() {
-        return Err(NodeError::BadAddress(
-            "the invite".into(),
-            format!("none of its addresses can be dialed ({why})"),
-        ));
+        return Err(NodeError::BadAddress {
+            addr: "the invite".into(),
+            reason: format!("none of its addresses can be dialed ({why})"),
+        });
     }
     Ok(out)
 }
@@ -273,13 +271,14 @@ pub async fn redeem(
     store: &Arc<Store>,
     invite: &Invite,
 ) -> Result<Role, NodeError> {
-    let peer = peer_id_of(&invite.source).ok_or_else(|| {
-        NodeError::BadAddress(
-            invite.source.to_hex(),
-            "the invite names a key that is not a valid ed25519 key".into(),
-        )
+    let peer = peer_id_of(&invite.source).ok_or_else(|| NodeError::BadAddress {
+        addr: invite.source.to_hex(),
+        reason: "the invite names a key that is not a valid ed25519 key".into(),
     })?;
-    let refused = |reason| NodeError::InviteRefused(peer.to_string(), reason);
+    let refused = |reason| NodeError::InviteRefused {
+        peer: peer.to_string(),
+        refusal: reason,
+    };
     let challenge = match node.request(peer, Request::InviteChallenge).await? {
         Response::InviteChallenge { challenge } => challenge,
         Response::InviteRefused { reason } => return Err(refused(reason)),

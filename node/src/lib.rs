@@ -26,8 +26,8 @@ pub mod server;
 pub mod tor;
 
 pub use clone::{CloneOptions, CloneReport, FetchReport, ProgressSink, clone_from, fetch_missing};
-pub use error::NodeError;
-pub use follow::{FollowOptions, UpstreamStatus, follow, follow_invite};
+pub use error::{ErrorKind, NodeError};
+pub use follow::{FollowOptions, UpstreamState, UpstreamStatus, follow, follow_invite};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};
 pub use node::{
     ConnectedPeer, Node, NodeHandle, NodeOptions, NodeStats, Responder, TOR_SUPPORTED, TorOptions,

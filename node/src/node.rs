@@ -157,12 +157,6 @@ pub struct ConnectedPeer {
     pub last_seen_ms: u64,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// A cloneable handle to a running node.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
@@ -305,8 +299,11 @@ impl Node {
         let NodeOptions { tor, responder } = opts;
         let mut secret = *store.identity().ed25519_secret();
         // `ed25519_from_bytes` zeroizes the copy it is given.
-        let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
-            .map_err(|e| NodeError::Listen("identity".into(), e.to_string()))?;
+        let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).map_err(|e| {
+            NodeError::Identity {
+                reason: e.to_string(),
+            }
+        })?;
         let peer_id = keypair.public().to_peer_id();
         // Watch first, then read: no trust change can fall in between.
         let changes = store.db().watch_changes();
@@ -338,11 +335,20 @@ impl Node {
                 noise::Config::new,
                 yamux::Config::default,
             )
-            .map_err(|e| NodeError::Listen("tcp".into(), e.to_string()))?
+            .map_err(|e| NodeError::Setup {
+                what: "TCP transport",
+                reason: e.to_string(),
+            })?
             .with_other_transport(|_| other)
-            .map_err(|e| NodeError::Listen("tor".into(), e.to_string()))?
+            .map_err(|e| NodeError::Setup {
+                what: "Tor transport",
+                reason: e.to_string(),
+            })?
             .with_behaviour(|_| behaviour)
-            .map_err(|e| NodeError::Listen("behaviour".into(), e.to_string()))?
+            .map_err(|e| NodeError::Setup {
+                what: "libp2p behaviour",
+                reason: e.to_string(),
+            })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
             // libp2p bounds every connection attempt (10 s by default); an
             // onion dial may retry for its whole budget (each transport
@@ -461,7 +467,10 @@ impl NodeHandle {
 
     /// Checks that this node can dial `addr` (an onion address needs Tor).
     fn check_dialable(&self, addr: &Multiaddr) -> Result<(), NodeError> {
-        let bad = |why: String| NodeError::BadAddress(addr.to_string(), why);
+        let bad = |why: String| NodeError::BadAddress {
+            addr: addr.to_string(),
+            reason: why,
+        };
         match onion::target(addr) {
             None if onion::is_onion(addr) => Err(bad(
                 "an onion address is /onion3/<address>:<port>[/p2p/<PeerId>]".into(),
@@ -490,18 +499,19 @@ impl NodeHandle {
             return Err(NodeError::Tor("this node was started without Tor".into()));
         }
         if port == 0 {
-            return Err(NodeError::Listen(
-                "onion service".into(),
-                "the onion port must be 1-65535".into(),
-            ));
+            return Err(NodeError::Listen {
+                addr: "onion service".into(),
+                reason: "the onion port must be 1-65535".into(),
+            });
         }
         // Any 35 bytes stand for "this node's own onion address".
         self.listen(onion::multiaddr([0; 35], port))
             .await
             .map_err(|e| match e {
-                NodeError::Listen(_, why) => {
-                    NodeError::Listen(format!("an onion service (port {port})"), why)
-                }
+                NodeError::Listen { reason, .. } => NodeError::Listen {
+                    addr: format!("an onion service (port {port})"),
+                    reason,
+                },
                 other => other,
             })
     }
@@ -544,10 +554,10 @@ impl NodeHandle {
         let peer = match addr.iter().last() {
             Some(Protocol::P2p(p)) => p,
             _ => {
-                return Err(NodeError::BadAddress(
-                    addr.to_string(),
-                    "it must end in /p2p/<PeerId>".into(),
-                ));
+                return Err(NodeError::BadAddress {
+                    addr: addr.to_string(),
+                    reason: "it must end in /p2p/<PeerId>".into(),
+                });
             }
         };
         self.check_dialable(&addr)?;
@@ -559,8 +569,13 @@ impl NodeHandle {
     /// answers become errors.
     pub async fn request(&self, peer: PeerId, req: Request) -> Result<Response, NodeError> {
         match self.call(|r| Command::Request(peer, req, r)).await?? {
-            Response::Denied => Err(NodeError::Denied(peer.to_string())),
-            Response::Error { message, .. } => Err(NodeError::Remote(peer.to_string(), message)),
+            Response::Denied => Err(NodeError::Denied {
+                peer: peer.to_string(),
+            }),
+            Response::Error { message, .. } => Err(NodeError::Remote {
+                peer: peer.to_string(),
+                message,
+            }),
             other => Ok(other),
         }
     }
@@ -695,7 +710,10 @@ impl EventLoop {
                     self.listens.insert(id, (addr.to_string(), reply));
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(NodeError::Listen(addr.to_string(), e.to_string())));
+                    let _ = reply.send(Err(NodeError::Listen {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    }));
                 }
             },
             Command::Listeners(reply) => {
@@ -714,7 +732,10 @@ impl EventLoop {
                 match self.swarm.dial(addr.clone()) {
                     Ok(()) => self.dials.entry(peer).or_default().push(reply),
                     Err(e) => {
-                        let _ = reply.send(Err(NodeError::Dial(addr.to_string(), e.to_string())));
+                        let _ = reply.send(Err(NodeError::Dial {
+                            peer: addr.to_string(),
+                            reason: e.to_string(),
+                        }));
                     }
                 }
             }
@@ -775,7 +796,7 @@ impl EventLoop {
     /// Notes that `peer` was heard from now.
     fn seen(&mut self, peer: &PeerId) {
         if let Some(p) = self.peers.get_mut(peer) {
-            p.last_seen_ms = now_ms();
+            p.last_seen_ms = bbsync_protocol::now_ms();
         }
     }
 
@@ -894,8 +915,10 @@ impl EventLoop {
                 ..
             } => {
                 if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ =
-                        reply.send(Err(NodeError::Request(peer.to_string(), error.to_string())));
+                    let _ = reply.send(Err(NodeError::Request {
+                        peer: peer.to_string(),
+                        reason: error.to_string(),
+                    }));
                 }
             }
             request_response::Event::InboundFailure {
@@ -941,14 +964,14 @@ impl EventLoop {
                         Ok(()) => "closed".to_string(),
                         Err(e) => e.to_string(),
                     };
-                    let _ = reply.send(Err(NodeError::Listen(addr, why)));
+                    let _ = reply.send(Err(NodeError::Listen { addr, reason: why }));
                 }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
                 tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                let now = now_ms();
+                let now = bbsync_protocol::now_ms();
                 self.peers
                     .entry(peer_id)
                     .and_modify(|p| p.connections += 1)
@@ -985,7 +1008,10 @@ impl EventLoop {
                     other => other.to_string(),
                 };
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(NodeError::Dial(peer.to_string(), why.clone())));
+                    let _ = reply.send(Err(NodeError::Dial {
+                        peer: peer.to_string(),
+                        reason: why.clone(),
+                    }));
                 }
             }
             SwarmEvent::IncomingConnectionError {

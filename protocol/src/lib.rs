@@ -14,6 +14,7 @@
 //! checks the ed25519 signature (strictly) and asks the caller whether the
 //! signer is trusted.
 
+pub mod card;
 pub mod checkpoint;
 pub mod chunk;
 pub mod encoding;
@@ -28,11 +29,12 @@ pub mod snapshot;
 pub mod text;
 pub mod wire;
 
+pub use card::{InstanceCard, card_from_str, card_to_string};
 pub use checkpoint::{Checkpoint, RootBuilder};
 pub use chunk::{ChunkCipher, Compression, ContentKey, SealedChunk};
 pub use envelope::{EnvelopeEntry, Unwrapper, WrapSession, wrap_content_key};
 pub use error::{Error, ErrorKind};
-pub use identity::{Identity, InstanceCard, Role, card_from_str, card_to_string};
+pub use identity::{Identity, Role};
 pub use ids::{ChunkId, InstanceId, InviteId, ManifestId, ObjectId};
 pub use invite::{Invite, InviteRefusal};
 pub use manifest::{ChunkRef, MAX_VERSION, Manifest, ObjectMeta, Shape, key_commitment};
@@ -47,6 +49,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -249,8 +249,9 @@ fn check_wire_by_hand(bytes: &[u8], body: &[u8], domain: &[u8], signer_seed: &[u
 // Generation (run only on purpose, see the crate comment)
 // ---------------------------------------------------------------------------
 
-/// Purposes whose `Identity::local_key` is pinned by identity.json.
-const LOCAL_KEY_PURPOSES: [&str; 2] = ["fingerprint", "db"];
+/// Purposes whose `Identity::local_key` is pinned by identity.json: the ones
+/// the store derives (import fingerprints, §13.3; the record MAC, §13.4).
+const LOCAL_KEY_PURPOSES: [&str; 2] = ["fingerprint", "record-mac"];
 
 const REGEN: &str = "cargo test -p bbsync-protocol --test vectors -- --ignored regenerate_vectors";
 

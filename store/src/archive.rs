@@ -712,11 +712,27 @@ pub fn into_store_error(e: io::Error) -> std::result::Result<StoreError, io::Err
     Err(e)
 }
 
-/// Marker error message for a file that changed size while being read.
-pub const CHANGED_MARKER: &str = "bbsync: file changed during import";
+/// The error an [`ArchiveReader`] or [`ExactFile`] read carries (inside an
+/// [`io::Error`]) when a file changed size while being read; callers test for
+/// it with [`FileChanged::is_in`], never by its text.
+#[derive(Debug, thiserror::Error)]
+#[error("bbsync: file changed during import: {}", path.display())]
+pub struct FileChanged {
+    /// The file that changed.
+    pub path: PathBuf,
+}
+
+impl FileChanged {
+    /// Whether a read error is a [`FileChanged`].
+    pub fn is_in(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|r| r.is::<FileChanged>())
+    }
+}
 
 fn changed(path: &Path) -> io::Error {
-    io::Error::other(format!("{CHANGED_MARKER}: {}", path.display()))
+    io::Error::other(FileChanged {
+        path: path.to_path_buf(),
+    })
 }
 
 impl Read for ArchiveReader {
@@ -1161,5 +1177,30 @@ mod tests {
         // Version 3 is not known.
         let e = extract(b"BBDIR\0\x00\x03\x00", &t.path().join("v3")).unwrap_err();
         assert!(e.to_string().contains("bad magic or version"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_changes_size_while_read_is_a_typed_file_changed_error() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        fs::write(&p, b"abc").unwrap();
+        // Shorter than expected, then longer than expected.
+        for expected in [5, 2] {
+            let mut r = ExactFile::new(File::open(&p).unwrap(), &p, expected);
+            let e = io::copy(&mut r, &mut io::sink()).unwrap_err();
+            assert!(FileChanged::is_in(&e), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("bbsync: file changed during import: {}", p.display())
+            );
+        }
+        // Another error with the same words is not one.
+        let e = io::Error::other(format!(
+            "bbsync: file changed during import: {}",
+            p.display()
+        ));
+        assert!(!FileChanged::is_in(&e));
+        let mut r = ExactFile::new(File::open(&p).unwrap(), &p, 3);
+        assert_eq!(io::copy(&mut r, &mut io::sink()).unwrap(), 3);
     }
 }

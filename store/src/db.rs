@@ -263,6 +263,16 @@ pub struct Db {
     changed: tokio::sync::watch::Sender<u64>,
 }
 
+/// Whether another process holds the lock sled takes on the database file
+/// (`<path>/db`, an exclusive `flock`): probed with the same kind of lock,
+/// released at once.
+fn lock_held(path: &Path) -> bool {
+    match std::fs::File::open(path.join("db")) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 impl Db {
     /// Opens (or, with `create`, creates) the database at `path`, checking its schema.
     pub fn open(path: &Path, data_dir: &Path, create: bool) -> Result<Self> {
@@ -288,10 +298,11 @@ impl Db {
                 .cache_capacity(CACHE_BYTES)
                 .open()
                 .map_err(|e| match e {
-                    sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                        StoreError::InUse(data_dir.to_path_buf())
-                    }
-                    sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    // sled reports a held lock as an untyped I/O error: ask
+                    // the lock itself rather than read the message.
+                    sled::Error::Io(ref io)
+                        if io.kind() == std::io::ErrorKind::WouldBlock || lock_held(path) =>
+                    {
                         StoreError::InUse(data_dir.to_path_buf())
                     }
                     other => db_err(other),

@@ -17,6 +17,17 @@ pub enum ErrorKind {
     Busy,
 }
 
+/// Why a snapshot file was refused ([`StoreError::BadSnapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotFault {
+    /// Its host's signature does not verify: the file was changed after
+    /// it was signed.
+    BadSignature,
+    /// A format-1 (unsigned) file whose object list does not hash to the
+    /// checksum it states.
+    ChecksumMismatch,
+}
+
 /// Errors of the store crate. Messages name paths and ids, never secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -128,6 +139,15 @@ pub enum StoreError {
     /// A backup repository is missing, damaged or of an unsupported format.
     #[error("{0}")]
     Repo(String),
+    /// A snapshot file of a backup repository fails a check that `verify`
+    /// reports in a class of its own.
+    #[error("{message}")]
+    BadSnapshot {
+        /// Which check failed.
+        fault: SnapshotFault,
+        /// What to show (names the snapshot and the file).
+        message: String,
+    },
     /// A passphrase does not open what it should.
     #[error("{0}")]
     Passphrase(String),
@@ -180,6 +200,7 @@ impl StoreError {
             | Corrupt(_)
             | Incomplete(_)
             | Repo(_)
+            | BadSnapshot { .. }
             | DatabaseDamaged { .. } => ErrorKind::Corrupt,
             InUse(_) => ErrorKind::Busy,
             Undecryptable(_) | Passphrase(_) | IdentityLocked(_) | ReplacedDuringImport { .. } => {

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::{
     Store,
-    archive::{ArchiveReader, CHANGED_MARKER, ExactFile, into_store_error},
+    archive::{ArchiveReader, ExactFile, FileChanged, into_store_error},
     bbs::{self, BBS_KINDS, Source},
     db::{ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
@@ -171,7 +171,7 @@ fn read_err(src: &Source, e: std::io::Error) -> StoreError {
         Ok(carried) => return carried,
         Err(e) => e,
     };
-    if e.to_string().contains(CHANGED_MARKER) {
+    if FileChanged::is_in(&e) {
         StoreError::ChangedDuringImport(src.path.clone())
     } else {
         StoreError::Unreadable {
@@ -490,20 +490,9 @@ impl Store {
             let recipients = self.recipients_for(recipients, src.owner.as_deref());
             let envelope = self.wrap_for(session, recipients, object_id, version, &key)?;
             let state = ObjectState {
-                version,
-                manifest_id: signed.id(),
-                seq: 0,
-                complete: true,
-                kind: src.kind.clone(),
-                name: src.name.clone(),
-                owner: src.owner.clone(),
-                deleted: false,
-                plaintext_len: plain,
-                stored_len: signed.chunks.iter().map(|c| u64::from(c.len)).sum(),
-                chunks: signed.chunks.len() as u32,
                 fingerprint: Some(fingerprint),
                 stat_digest: Some(src.stat_digest),
-                checked_mac: Some(self.record_mac(signed.bytes(), &envelope)),
+                ..self.received_state(&signed, true, &envelope)
             };
             let write = ObjectWrite {
                 object_id,
@@ -571,22 +560,7 @@ impl Store {
         .ctx(|| format!("signing the tombstone of {}", id.short()))?;
         Ok(Some(ObjectWrite {
             object_id: id,
-            state: ObjectState {
-                version,
-                manifest_id: signed.id(),
-                seq: 0,
-                complete: true,
-                kind: st.kind.clone(),
-                name: st.name.clone(),
-                owner: st.owner.clone(),
-                deleted: true,
-                plaintext_len: 0,
-                stored_len: 0,
-                chunks: 0,
-                fingerprint: None,
-                stat_digest: None,
-                checked_mac: Some(self.record_mac(signed.bytes(), &[] as &[Vec<u8>])),
-            },
+            state: self.received_state(&signed, true, &[] as &[Vec<u8>]),
             manifest: signed.bytes().to_vec(),
             envelope: Vec::new(),
             previous: Some(st.clone()),

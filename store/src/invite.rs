@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use bbsync_protocol::{
-    Invite, InviteId, InviteRefusal, Role, Unverified,
-    identity::{InstanceCard, MAX_NAME_LEN},
+    InstanceCard, Invite, InviteId, InviteRefusal, Role, Unverified,
+    identity::MAX_NAME_LEN,
     invite::{check_redeem_mac, secret_hash},
     now_ms,
 };

@@ -54,7 +54,7 @@ use bbsync_protocol::{
 pub use config::Config;
 pub use db::{ObjectState, PACKS_SCHEMA, SCHEMA_VERSION, TrustRecord};
 use error::Context;
-pub use error::{ErrorKind, Result, StoreError};
+pub use error::{ErrorKind, Result, SnapshotFault, StoreError};
 
 /// An open store. One process holds it at a time (sled's file lock).
 pub struct Store {

@@ -153,6 +153,23 @@ pub struct LiveTree {
 }
 
 impl LiveTree {
+    /// The objects of the tree, read through its layout: all of them, or
+    /// only what `focus` names.
+    fn scan(&self, focus: Option<&bbs::Focus>) -> Result<Vec<bbs::Source>> {
+        match &self.layout {
+            None => bbs::scan_in(&self.root, focus),
+            Some(l) => l.scan_in(&self.root, focus),
+        }
+    }
+
+    /// `path` relative to the root of the tree, as the records keep it.
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// Opens (creating it if needed) the live tree at `root`, read through
     /// `layout` (`None`: bbsync's own tree). Temp files a killed writer
     /// left behind are removed.
@@ -691,10 +708,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<LiveImport> {
         let _g = tree.lock();
-        let sources = match &tree.layout {
-            None => bbs::scan(&tree.root)?,
-            Some(l) => l.scan(&tree.root)?,
-        };
+        let sources = tree.scan(None)?;
         let kinds = tree.kinds();
         let records: HashMap<ObjectId, TreeRecord> =
             self.db().tree_records()?.into_iter().collect();
@@ -704,12 +718,7 @@ impl Store {
         let mut out = LiveImport::default();
         let mut seen = HashSet::new();
         for src in sources {
-            let rel = src
-                .path
-                .strip_prefix(&tree.root)
-                .unwrap_or(&src.path)
-                .to_string_lossy()
-                .into_owned();
+            let rel = tree.rel(&src.path);
             let id = self.db().lookup(&src.kind, &src.name)?;
             if let Some(id) = id {
                 seen.insert(id);
@@ -794,22 +803,14 @@ impl Store {
             return self.import_live(tree, held, false, progress);
         }
         let _g = tree.lock();
-        let sources = match &tree.layout {
-            None => bbs::scan_in(&tree.root, Some(focus))?,
-            Some(l) => l.scan_in(&tree.root, Some(focus))?,
-        };
+        let sources = tree.scan(Some(focus))?;
         let kinds = tree.kinds();
         let mut out = LiveImport::default();
         let mut todo = Vec::new();
         let mut wanted = Vec::new();
         let mut found = HashSet::new();
         for src in sources {
-            let rel = src
-                .path
-                .strip_prefix(&tree.root)
-                .unwrap_or(&src.path)
-                .to_string_lossy()
-                .into_owned();
+            let rel = tree.rel(&src.path);
             let id = self.db().lookup(&src.kind, &src.name)?;
             if let Some(id) = id {
                 found.insert(id);

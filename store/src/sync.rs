@@ -58,6 +58,35 @@ where
     results.into_iter().flatten().collect()
 }
 
+/// [`verify_par`] over the items that are there: `items[i]` is `None` where
+/// nothing is to be verified (decided before, or undecodable), and its
+/// result is then `None` too; every other result is at its item's place.
+/// `trusted` gets each item's index in `items`. The one batch-verify-then-
+/// scatter that receiving, `verify` and the backup check share.
+pub(crate) fn verify_slots<T>(
+    items: Vec<Option<Unverified<T>>>,
+    trusted: impl Fn(usize, &InstanceId) -> bool + Sync,
+) -> Vec<Option<bbsync_protocol::Result<Signed<T>>>>
+where
+    T: SignedBody + Send,
+{
+    let mut out: Vec<Option<_>> = Vec::with_capacity(items.len());
+    let mut slots = Vec::new();
+    let mut batch = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        out.push(None);
+        if let Some(u) = item {
+            slots.push(i);
+            batch.push(u);
+        }
+    }
+    let verified = verify_par(batch, |j, w| trusted(slots[j], w));
+    for (i, r) in slots.iter().zip(verified) {
+        out[*i] = Some(r);
+    }
+    out
+}
+
 /// Which objects a partial clone takes (`--skip-config`, `--skip-applets`,
 /// `--only KIND[:NAME]`). The default takes everything.
 #[derive(Debug, Default, Clone)]
@@ -175,8 +204,11 @@ pub struct StagedChunks {
 }
 
 impl Store {
-    /// The state of a manifest this store received whole (from a peer or a
-    /// backup repository) and checked, with the envelope it keeps.
+    /// The state of an object at a manifest this store holds whole and
+    /// checked (received from a peer or a backup repository, or signed here
+    /// by an import), with the envelope it keeps: the one place an
+    /// [`ObjectState`] is built from a manifest. The local-only fields
+    /// (`fingerprint`, `stat_digest`) are left empty for an import to set.
     pub(crate) fn received_state(
         &self,
         m: &Signed<Manifest>,
@@ -522,40 +554,30 @@ impl Store {
         // wrapper must be the source, the manifest's author or a trusted
         // `full` instance), then addressed to this instance for that version
         // and unwrapped. A blind copy has none: held, not readable here.
-        let mut decoded = Vec::new();
-        let mut slot = vec![None; kept.len()];
-        for (i, (m, _, raw, label)) in kept.iter().enumerate() {
-            if let Some(raw) = raw {
-                match Unverified::<EnvelopeEntry>::decode(raw) {
-                    Ok(u) => {
-                        slot[i] = Some(decoded.len());
-                        decoded.push((i, u));
-                    }
-                    Err(e) => {
+        let mut entries = Vec::with_capacity(kept.len());
+        for (m, _, raw, label) in &kept {
+            entries.push(
+                match raw.as_ref().map(|b| Unverified::<EnvelopeEntry>::decode(b)) {
+                    Some(Ok(u)) => Some(u),
+                    Some(Err(e)) => {
                         report.rejected.push((
                             label.clone(),
                             format!("envelope entry of {}: {e}", m.object_id.short()),
                         ));
+                        None
                     }
-                }
-            }
+                    None => None,
+                },
+            );
         }
-        let owners: Vec<usize> = decoded.iter().map(|(i, _)| *i).collect();
-        let mut checked: Vec<Option<bbsync_protocol::Result<Signed<EnvelopeEntry>>>> =
-            verify_par(decoded.into_iter().map(|(_, u)| u).collect(), |j, w| {
-                w == source || *w == kept[owners[j]].0.author || self.is_full(w)
-            })
-            .into_iter()
-            .map(Some)
-            .collect();
-        for (i, (m, previous, raw, label)) in kept.into_iter().enumerate() {
-            let entry = match (raw, slot[i]) {
+        let checked = verify_slots(entries, |i, w| {
+            w == source || *w == kept[i].0.author || self.is_full(w)
+        });
+        for ((m, previous, raw, label), verified) in kept.into_iter().zip(checked) {
+            let entry = match (raw, verified) {
                 (None, _) => None,
                 (Some(_), None) => continue, // undecodable: rejected above
-                (Some(_), Some(j)) => {
-                    let Some(verified) = checked[j].take() else {
-                        continue; // (each index is taken once)
-                    };
+                (Some(_), Some(verified)) => {
                     match verified
                         .ctx(|| format!("envelope entry of {}", m.object_id.short()))
                         .and_then(|e| self.check_entry_fits(&m, e))
@@ -664,9 +686,29 @@ impl Store {
         &self,
         keep: impl Fn(&ObjectState) -> bool,
     ) -> Result<Vec<(ChunkId, u32)>> {
+        self.missing_chunks_among(self.db().objects(), keep)
+    }
+
+    /// The objects among `ids` this store holds, with their state, in
+    /// order (an id it does not hold is left out).
+    fn states_of<'a>(
+        &'a self,
+        ids: &'a [ObjectId],
+    ) -> impl Iterator<Item = Result<(ObjectId, ObjectState)>> + 'a {
+        ids.iter()
+            .filter_map(move |id| self.db().object(id).transpose().map(|st| Ok((*id, st?))))
+    }
+
+    /// Chunks that the live objects among `objects` that `keep` takes
+    /// reference and the disk lacks, each once.
+    fn missing_chunks_among(
+        &self,
+        objects: impl Iterator<Item = Result<(ObjectId, ObjectState)>>,
+        keep: impl Fn(&ObjectState) -> bool,
+    ) -> Result<Vec<(ChunkId, u32)>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for r in self.db().objects() {
+        for r in objects {
             let (id, st) = r?;
             if st.deleted || !keep(&st) {
                 continue;
@@ -735,49 +777,30 @@ impl Store {
 
     /// Chunks that the live objects among `ids` reference and the disk lacks.
     pub fn missing_chunks_of(&self, ids: &[ObjectId]) -> Result<Vec<(ChunkId, u32)>> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for id in ids {
-            match self.db().object(id)? {
-                Some(st) if !st.deleted => {}
-                _ => continue,
-            }
-            for c in self.dangerously_manifest_unverified(id)?.chunks {
-                if seen.insert(c.id) && !self.packs().contains(&c.id) {
-                    out.push((c.id, c.len));
-                }
-            }
-        }
-        Ok(out)
+        self.missing_chunks_among(self.states_of(ids), |_| true)
     }
 
     /// [`Store::complete_ready`] among `ids` only (no scan of the store).
     pub fn complete_ready_of(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
         let _g = self.lock();
-        let mut done = Vec::new();
-        for id in ids {
-            match self.db().object(id)? {
-                Some(st) if !st.complete => {}
-                _ => continue,
-            }
-            let m = self.dangerously_manifest_unverified(id)?;
-            if m.chunks
-                .iter()
-                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)))
-            {
-                done.push(*id);
-            }
-        }
-        self.db().mark_complete(&done)?;
-        Ok(done)
+        self.complete_ready_among(self.states_of(ids))
     }
 
     /// Marks complete every incomplete object whose chunks are all on disk
     /// (published, so durable). Returns them.
     pub fn complete_ready(&self) -> Result<Vec<ObjectId>> {
         let _g = self.lock();
+        self.complete_ready_among(self.db().objects())
+    }
+
+    /// [`Store::complete_ready`] among `objects` (the caller holds the
+    /// store's lock).
+    fn complete_ready_among(
+        &self,
+        objects: impl Iterator<Item = Result<(ObjectId, ObjectState)>>,
+    ) -> Result<Vec<ObjectId>> {
         let mut done = Vec::new();
-        for r in self.db().objects() {
+        for r in objects {
             let (id, st) = r?;
             if st.complete {
                 continue;

@@ -9,7 +9,6 @@ use std::{
 
 use bbsync_protocol::{
     ChunkId, EnvelopeEntry, InstanceId, Manifest, ObjectId, Unverified, chunk::check_chunk_id,
-    verify_many,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -22,6 +21,7 @@ use crate::{
         decode_entry_header, footer_fits, parse_footer, parse_trailer,
     },
     progress::Progress,
+    sync::verify_slots,
 };
 
 /// The classes of problems `verify` reports.
@@ -173,7 +173,6 @@ impl Store {
         let mut pending = Vec::new();
         let mut results: Vec<Option<SignedResult<Manifest>>> = Vec::new();
         let mut batch = Vec::new();
-        let mut batch_slots = Vec::new();
         for (k, (id, st)) in group.iter().enumerate() {
             let idx = base + k;
             let info = &infos[idx];
@@ -189,11 +188,11 @@ impl Store {
             match Unverified::<Manifest>::decode(&rec.manifest) {
                 Ok(u) if checked => {
                     results.push(Some(u.dangerously_verified_before(|a| self.is_full(a))));
+                    batch.push(None);
                 }
                 Ok(u) => {
-                    batch_slots.push(results.len());
                     results.push(None);
-                    batch.push(u);
+                    batch.push(Some(u));
                 }
                 Err(e) => {
                     ps.push(info.problem(
@@ -205,14 +204,15 @@ impl Store {
             }
             pending.push((idx, st, rec, checked));
         }
-        let batched = verify_many(batch, |_, author| self.is_full(author));
-        for (slot, r) in batch_slots.into_iter().zip(batched) {
-            results[slot] = Some(r);
+        let batched = verify_slots(batch, |_, author| self.is_full(author));
+        for (r, v) in results.iter_mut().zip(batched) {
+            if v.is_some() {
+                *r = v;
+            }
         }
         // 2. This instance's entries: candidates found, checked the same way.
         let mut batch = Vec::new();
-        let mut batch_of = Vec::new();
-        let mut decided = Vec::new();
+        let mut rows = Vec::new();
         for ((idx, st, rec, checked), r) in pending.into_iter().zip(results) {
             let info = &infos[idx];
             let m = match r {
@@ -265,11 +265,12 @@ impl Store {
             match (candidates.next(), decode_err) {
                 (Some(u), _) if checked => {
                     let first = u.dangerously_verified_before(trusted);
-                    decided.push((idx, m, first, candidates.collect::<Vec<_>>()));
+                    rows.push((idx, m, Some(first), candidates.collect::<Vec<_>>()));
+                    batch.push(None);
                 }
                 (Some(u), _) => {
-                    batch.push(u);
-                    batch_of.push((idx, m, candidates.collect::<Vec<_>>()));
+                    rows.push((idx, m, None, candidates.collect::<Vec<_>>()));
+                    batch.push(Some(u));
                 }
                 (None, Some(e)) => ps.push(info.problem(ProblemClass::BadEnvelope, e.to_string())),
                 (None, None) => ps.push(info.problem(
@@ -278,15 +279,12 @@ impl Store {
                 )),
             }
         }
-        let batched = verify_many(batch, |i, w| *w == batch_of[i].1.author || self.is_full(w));
-        decided.extend(
-            batch_of
-                .into_iter()
-                .zip(batched)
-                .map(|((idx, m, others), r)| (idx, m, r, others)),
-        );
+        let batched = verify_slots(batch, |i, w| *w == rows[i].1.author || self.is_full(w));
         // 3. Each object needs one usable entry: right version, unwraps.
-        for (idx, m, first, others) in decided {
+        for ((idx, m, decided, others), verified) in rows.into_iter().zip(batched) {
+            let Some(first) = decided.or(verified) else {
+                continue; // (every row was decided or verified above)
+            };
             let info = &infos[idx];
             let author = m.author;
             let usable = |r: SignedResult<EnvelopeEntry>| {

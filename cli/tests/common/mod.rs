@@ -45,14 +45,30 @@ pub struct Out {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Out {
+    fn from(o: std::process::Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs `bbsync --data-dir DATA ARGS...` and returns what it printed.
 pub fn run(data: &Path, args: &[&str]) -> Out {
-    let o = bbsync(data).args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    bbsync(data).args(args).output().unwrap().into()
+}
+
+/// [`run`] with extra environment variables, and none of the invoking
+/// process's `BBSYNC_PASSPHRASE` or `BBSYNC_REPO`.
+pub fn run_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut c = bbsync(data);
+    c.env_remove("BBSYNC_PASSPHRASE").env_remove("BBSYNC_REPO");
+    for (k, v) in env {
+        c.env(k, v);
     }
+    c.args(args).output().unwrap().into()
 }
 
 /// Runs a command that must succeed; returns its stdout.

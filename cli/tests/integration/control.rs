@@ -146,16 +146,12 @@ impl FakeNode {
 
 /// Runs `bbsync status` on `data` with a passphrase in the environment.
 fn status_with_secret(data: &std::path::Path) -> Out {
-    let o = bbsync(data)
+    bbsync(data)
         .env("BBSYNC_PASSPHRASE", "hunter2-do-not-send")
         .arg("status")
         .output()
-        .unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+        .unwrap()
+        .into()
 }
 
 #[test]

@@ -44,12 +44,7 @@ fn cmd(data: &Path, pass: Option<&str>, args: &[&str]) -> Command {
 }
 
 fn run_with(data: &Path, pass: Option<&str>, args: &[&str]) -> Out {
-    let o = cmd(data, pass, args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    cmd(data, pass, args).output().unwrap().into()
 }
 
 fn ok_with(data: &Path, pass: Option<&str>, args: &[&str]) -> String {
@@ -223,11 +218,7 @@ fn serve_reads_its_passphrase_from_a_systemd_credential() -> TestResult {
     let o = cmd(&src, None, &["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .env("CREDENTIALS_DIRECTORY", &creds)
         .output()?;
-    let o = Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    };
+    let o = Out::from(o);
     assert_mentions(
         &assert_one_line_error(&o, "serve with a wrong credential"),
         &["wrong passphrase"],

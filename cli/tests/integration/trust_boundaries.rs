@@ -26,23 +26,6 @@ use serde_json::Value;
 const PASS: &str = "correct horse battery staple";
 const MSG: &str = "message:general/1";
 
-/// Runs with extra environment variables.
-fn run_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut c = bbsync(data);
-    c.env_remove("BBSYNC_PASSPHRASE")
-        .env_remove("BBSYNC_REPO")
-        .env_remove("FAILPOINTS");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
 /// The wire bytes of `body` under `sig` (the postcard wrapper by hand).
 fn wire(body: &[u8], sig: &[u8]) -> Vec<u8> {
     let mut out = encoding::encode(&1u16);

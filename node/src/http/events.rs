@@ -44,12 +44,9 @@ impl Default for Events {
     }
 }
 
-/// Unix time in ms.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+/// Unix time in ms (the protocol crate's clock, re-exported for the API's
+/// modules).
+pub use bbsync_protocol::now_ms;
 
 impl Events {
     /// Records an event and sends it to the subscribers.

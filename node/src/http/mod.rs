@@ -101,9 +101,7 @@ impl HttpError {
                 ErrorKind::Busy => StatusCode::CONFLICT,
                 ErrorKind::Io | ErrorKind::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            HttpError::Node(NodeError::Address(_) | NodeError::BadAddress(..)) => {
-                StatusCode::BAD_REQUEST
-            }
+            HttpError::Node(e) if e.kind() == crate::ErrorKind::Usage => StatusCode::BAD_REQUEST,
             HttpError::Node(_) => StatusCode::BAD_GATEWAY,
             HttpError::TokenFile(..) | HttpError::NotServing(_) | HttpError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

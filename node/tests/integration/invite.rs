@@ -147,7 +147,7 @@ async fn a_captured_redemption_cannot_be_replayed() {
     // Everything else is still denied to the untrusted b, and allowed to a.
     assert!(matches!(
         b.request(peer, Request::Hello).await,
-        Err(NodeError::Denied(_))
+        Err(NodeError::Denied { .. })
     ));
     assert!(matches!(
         a.request(peer, Request::Hello).await,

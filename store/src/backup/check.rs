@@ -10,7 +10,7 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkId, EnvelopeEntry, Manifest, ManifestId, Unverified, chunk::check_chunk_id, verify_many,
+    ChunkId, EnvelopeEntry, Manifest, ManifestId, Unverified, chunk::check_chunk_id,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -135,32 +135,27 @@ pub(crate) fn check_manifests_with(
     items
         .par_chunks(GROUP)
         .flat_map_iter(|group| {
+            // Each file read: its manifest to verify in the batch, and the
+            // rest (its envelope, or why it could not be read).
             let mids: Vec<ManifestId> = group.iter().map(|o| o.manifest_id).collect();
-            let read = read(&mids);
-            let mut slots = Vec::new();
-            let mut batch = Vec::new();
-            let mut out: Vec<Option<ManifestCheck>> = Vec::with_capacity(group.len());
-            let mut envelopes = Vec::with_capacity(group.len());
-            for r in read {
-                match r {
-                    Ok((u, env)) => {
-                        slots.push(out.len());
-                        batch.push(u);
-                        out.push(None);
-                        envelopes.push(env);
-                    }
-                    Err(e) => {
-                        out.push(Some(Err(e)));
-                        envelopes.push(Vec::new());
-                    }
-                }
-            }
-            for (slot, r) in slots.into_iter().zip(verify_many(batch, |_, _| true)) {
-                let o = group[slot];
-                let envelope = std::mem::take(&mut envelopes[slot]);
-                out[slot] = Some(finish(o, r, envelope));
-            }
-            out.into_iter().flatten().collect::<Vec<_>>()
+            let (batch, rest): (Vec<_>, Vec<_>) = read(&mids)
+                .into_iter()
+                .map(|r| match r {
+                    Ok((u, envelope)) => (Some(u), Ok(envelope)),
+                    Err(e) => (None, Err(e)),
+                })
+                .unzip();
+            let verified = crate::sync::verify_slots(batch, |_, _| true);
+            group
+                .iter()
+                .zip(verified.into_iter().zip(rest))
+                .map(|(o, (r, rest))| match (r, rest) {
+                    (Some(r), Ok(envelope)) => finish(o, r, envelope),
+                    (_, Err(e)) => Err(e),
+                    // (every manifest read was verified)
+                    (None, Ok(_)) => Err(("bad-manifest", "bad manifest: not verified".into())),
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -202,15 +197,15 @@ pub(crate) fn snapshot_problem(
 ) -> Result<std::result::Result<SnapshotFile, RepoProblem>> {
     match repo.load_snapshot(id) {
         Ok(s) => Ok(Ok(s)),
-        Err(crate::StoreError::Repo(msg)) => {
-            let class = if msg.contains("checksum mismatch") {
-                "snapshot-checksum"
-            } else if msg.contains(": bad signature: ") {
-                "bad-snapshot-signature"
-            } else {
-                "bad-snapshot"
+        Err(crate::StoreError::BadSnapshot { fault, message }) => {
+            let class = match fault {
+                crate::SnapshotFault::ChecksumMismatch => "snapshot-checksum",
+                crate::SnapshotFault::BadSignature => "bad-snapshot-signature",
             };
-            Ok(Err(problem(class, super::snapshot_path(id), msg)))
+            Ok(Err(problem(class, super::snapshot_path(id), message)))
+        }
+        Err(crate::StoreError::Repo(msg)) => {
+            Ok(Err(problem("bad-snapshot", super::snapshot_path(id), msg)))
         }
         Err(e) => Err(e),
     }

@@ -625,9 +625,12 @@ impl Repo {
                 // Self-signed by the host it names (the card inside is
                 // checked to be the host's by validation).
                 let signed = un.verify(|_| true).map_err(|e| match e.kind() {
-                    bbsync_protocol::ErrorKind::BadSignature => StoreError::Repo(format!(
+                    bbsync_protocol::ErrorKind::BadSignature => StoreError::BadSnapshot {
+ fault: crate::SnapshotFault::BadSignature,
+ message: format!(
                         "snapshot {id}: bad signature: {path} was changed after its host signed it"
-                    )),
+                    ),
+ },
                     _ => not_valid(&e),
                 })?;
                 view_of(signed)?
@@ -637,10 +640,13 @@ impl Repo {
                     serde_json::from_slice(&bytes).map_err(|e| not_valid(&e))?;
                 let sum = repofile::objects_sha256(&s.objects);
                 if sum != s.objects_sha256 {
-                    return Err(StoreError::Repo(format!(
-                        "snapshot {id}: checksum mismatch: the file says {}, its object list hashes to {sum}",
-                        s.objects_sha256
-                    )));
+                    return Err(StoreError::BadSnapshot {
+                        fault: crate::SnapshotFault::ChecksumMismatch,
+                        message: format!(
+                            "snapshot {id}: checksum mismatch: the file says {}, its object list hashes to {sum}",
+                            s.objects_sha256
+                        ),
+                    });
                 }
                 legacy_view(s)
             }

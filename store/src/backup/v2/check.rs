@@ -133,13 +133,15 @@ impl Repo2 {
                                     .or_insert_with(|| (o, id.clone()));
                             }
                         }
-                        Err(StoreError::Repo(msg)) => {
-                            let class = if msg.contains(": bad signature: ") {
-                                "bad-snapshot-signature"
-                            } else {
-                                "bad-snapshot"
+                        Err(StoreError::BadSnapshot { fault, message }) => {
+                            let class = match fault {
+                                crate::SnapshotFault::BadSignature => "bad-snapshot-signature",
+                                crate::SnapshotFault::ChecksumMismatch => "snapshot-checksum",
                             };
-                            problems.push(problem(class, snapshot_path(&id), msg));
+                            problems.push(problem(class, snapshot_path(&id), message));
+                        }
+                        Err(StoreError::Repo(msg)) => {
+                            problems.push(problem("bad-snapshot", snapshot_path(&id), msg));
                         }
                         Err(e) => return Err(e),
                     }

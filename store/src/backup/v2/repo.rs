@@ -242,9 +242,12 @@ impl Repo2 {
             ))
         })?;
         let signed = un.verify(|_| true).map_err(|e| match e.kind() {
-            bbsync_protocol::ErrorKind::BadSignature => StoreError::Repo(format!(
-                "snapshot {id}: bad signature: {path} was changed after its host signed it"
-            )),
+            bbsync_protocol::ErrorKind::BadSignature => StoreError::BadSnapshot {
+                fault: crate::SnapshotFault::BadSignature,
+                message: format!(
+                    "snapshot {id}: bad signature: {path} was changed after its host signed it"
+                ),
+            },
             _ => StoreError::Repo(format!(
                 "snapshot {id}: {path} is not a valid snapshot file ({e})"
             )),
