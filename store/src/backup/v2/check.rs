@@ -404,7 +404,7 @@ fn read_pack(
         }
         let bytes: &[u8] = bytes;
         let mut out = Vec::new();
-        if let Err(e) = read_sealed_pack(kind, pack, &bytes) {
+        if let Err(e) = read_sealed_pack(kind, pack, bytes) {
             out.push(problem("bad-pack", path.clone(), e));
         }
         for e in entries.get(pack).map(Vec::as_slice).unwrap_or_default() {
