@@ -266,7 +266,7 @@ impl<T: SignedBody> Unverified<T> {
 }
 
 /// Signatures per ed25519 batch in [`verify_many`].
-pub const VERIFY_BATCH: usize = 64;
+pub const VERIFY_BATCH: usize = 256;
 
 /// Verifies many structures of one type, like [`Unverified::verify`] on each
 /// (`trusted` gets the item's index and its signer), but checks the

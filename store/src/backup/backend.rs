@@ -204,16 +204,19 @@ impl Backend for LocalDir {
     }
 
     fn read_range(&self, path: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let f = File::open(self.full(path))?;
-        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
-        match f.read_exact_at(&mut buf, offset) {
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = File::open(self.full(path))?;
+        f.seek(SeekFrom::Start(offset))?;
+        // Read into spare capacity (not zeroed first).
+        let mut buf = Vec::with_capacity(usize::try_from(len).map_err(io::Error::other)?);
+        f.take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("{path} is shorter than {} bytes", offset + len),
-            )),
-            r => r.map(|()| buf),
+            ));
         }
+        Ok(buf)
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
