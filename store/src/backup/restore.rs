@@ -689,33 +689,52 @@ impl Store {
             let group = &needed[i..j];
             let staged = Mutex::new(Vec::new());
             // Read a slice at a time (runs of a pack in one request, several
-            // at once), then hashed and staged on all cores.
-            let r: Result<()> = byte_batches(group, READ_BYTES).try_for_each(|batch| {
-                let read = reader.read_chunks(batch);
-                batch
-                    .par_iter()
-                    .zip(read)
-                    .try_for_each(|((id, len), bytes)| {
-                        let bytes = bytes.map_err(super::repo_io_err(format!(
-                            "reading {}/{}",
-                            repo.location(),
-                            reader.chunk_path(id)
-                        )))?;
-                        if check_chunk_id(id, &bytes).is_err() {
-                            return Err(damaged(
-                                repo,
-                                &reader.chunk_path(id),
-                                &reader.bad_chunk(id),
-                            ));
-                        }
-                        let s = self.packs().stage(*id, &bytes)?;
-                        staged
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(s);
-                        progress.advance(1, u64::from(*len));
-                        Ok(())
-                    })
+            // at once), then hashed and staged on all cores; the next slice
+            // is read meanwhile (on object storage the reads are round
+            // trips, on a directory they overlap the hashing).
+            let batches: Vec<&[(ChunkId, u32)]> = byte_batches(group, READ_BYTES).collect();
+            let reader = &reader;
+            let r: Result<()> = std::thread::scope(|sc| {
+                let read_ahead = |k: usize| {
+                    batches
+                        .get(k)
+                        .copied()
+                        .map(|b| sc.spawn(move || reader.read_chunks(b)))
+                };
+                let mut next = read_ahead(0);
+                for (k, batch) in batches.iter().enumerate() {
+                    let read = match next.take().map(std::thread::ScopedJoinHandle::join) {
+                        Some(Ok(read)) => read,
+                        // (a reader thread that panicked: read here instead)
+                        _ => reader.read_chunks(batch),
+                    };
+                    next = read_ahead(k + 1);
+                    batch
+                        .par_iter()
+                        .zip(read)
+                        .try_for_each(|((id, len), bytes)| {
+                            let bytes = bytes.map_err(super::repo_io_err(format!(
+                                "reading {}/{}",
+                                repo.location(),
+                                reader.chunk_path(id)
+                            )))?;
+                            if check_chunk_id(id, &bytes).is_err() {
+                                return Err(damaged(
+                                    repo,
+                                    &reader.chunk_path(id),
+                                    &reader.bad_chunk(id),
+                                ));
+                            }
+                            let s = self.packs().stage(*id, &bytes)?;
+                            staged
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(s);
+                            progress.advance(1, u64::from(*len));
+                            Ok(())
+                        })?;
+                }
+                Ok(())
             });
             let staged = staged
                 .into_inner()
