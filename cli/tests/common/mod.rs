@@ -735,3 +735,38 @@ pub fn kill_at(
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// `bbsync serve --listen /ip4/127.0.0.1/tcp/0 --http 127.0.0.1:0` on
+/// `data` (stdout piped for [`read_serve_http_base`], stderr dropped, no
+/// `BBSYNC_DATA` from the test's environment).
+pub fn serve_http_command(data: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"));
+    c.args(["--no-progress", "--data-dir"])
+        .arg(data)
+        .args([
+            "serve",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .env_remove("BBSYNC_DATA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// Reads the two lines a `serve --http` prints (its peer address, then
+/// `http: URL`) and returns the URL without a trailing slash.
+pub fn read_serve_http_base(child: &mut std::process::Child) -> String {
+    let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut addr, mut http) = (String::new(), String::new());
+    r.read_line(&mut addr).unwrap();
+    assert!(addr.contains("/p2p/12D3"), "serve printed {addr:?}");
+    r.read_line(&mut http).unwrap();
+    http.trim()
+        .strip_prefix("http: ")
+        .unwrap_or_else(|| panic!("serve printed {http:?}"))
+        .trim_end_matches('/')
+        .to_string()
+}

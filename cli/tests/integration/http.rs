@@ -10,7 +10,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
-    process::{Child, Stdio},
+    process::Child,
     sync::mpsc,
     time::Duration,
 };
@@ -35,33 +35,8 @@ impl Drop for HttpNode {
 /// Starts `serve --listen 127.0.0.1:0 --http 127.0.0.1:0 EXTRA...` and
 /// reads its two lines (address, `http: URL`).
 fn serve_http(data: &Path, extra: &[&str]) -> HttpNode {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"))
-        .args(["--no-progress", "--data-dir"])
-        .arg(data)
-        .args([
-            "serve",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env_remove("BBSYNC_DATA")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut r = BufReader::new(child.stdout.take().unwrap());
-    let (mut addr, mut http) = (String::new(), String::new());
-    r.read_line(&mut addr).unwrap();
-    assert!(addr.contains("/p2p/12D3"), "serve printed {addr:?}");
-    r.read_line(&mut http).unwrap();
-    let base = http
-        .trim()
-        .strip_prefix("http: ")
-        .unwrap_or_else(|| panic!("serve printed {http:?}"))
-        .trim_end_matches('/')
-        .to_string();
+    let mut child = serve_http_command(data).args(extra).spawn().unwrap();
+    let base = read_serve_http_base(&mut child);
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     HttpNode { child, base }
 }

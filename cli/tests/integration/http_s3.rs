@@ -9,12 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Child, time::Duration};
 
 use crate::common::*;
 use bbsync_tests::s3::{ACCESS_KEY_ID, MotoServer, REGION, SECRET_ACCESS_KEY};
@@ -38,20 +33,8 @@ impl Drop for Node {
 /// Starts `serve --http` on `data` with exactly the `AWS_*` variables in
 /// `env` (none of the test process's own).
 fn serve_http(data: &Path, env: &[(&str, &str)]) -> Node {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"));
-    c.args(["--no-progress", "--data-dir"])
-        .arg(data)
-        .args([
-            "serve",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .env_remove("BBSYNC_DATA")
-        .env_remove("BBSYNC_REPO")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let mut c = serve_http_command(data);
+    c.env_remove("BBSYNC_REPO");
     for k in [
         "AWS_ENDPOINT_URL",
         "AWS_REGION",
@@ -63,17 +46,7 @@ fn serve_http(data: &Path, env: &[(&str, &str)]) -> Node {
     }
     c.envs(env.iter().copied());
     let mut child = c.spawn().unwrap();
-    let mut r = BufReader::new(child.stdout.take().unwrap());
-    let (mut addr, mut http) = (String::new(), String::new());
-    r.read_line(&mut addr).unwrap();
-    assert!(addr.contains("/p2p/12D3"), "serve printed {addr:?}");
-    r.read_line(&mut http).unwrap();
-    let base = http
-        .trim()
-        .strip_prefix("http: ")
-        .unwrap_or_else(|| panic!("serve printed {http:?}"))
-        .trim_end_matches('/')
-        .to_string();
+    let base = read_serve_http_base(&mut child);
     // Through the control socket.
     let token = ok(data, &["http", "token"]).trim().to_string();
     Node { child, base, token }
@@ -196,6 +169,17 @@ fn s3_cli_json(data: &Path, moto: &MotoServer, args: &[&str]) -> Value {
     serde_json::from_str(&o.stdout).unwrap()
 }
 
+/// Instance `alpha` in `ROOT/a`, holding the mini BBS imported from
+/// `ROOT/bbs`.
+fn node_with_mini_bbs(root: &Path) -> std::path::PathBuf {
+    let a = root.join("a");
+    init(&a, "alpha");
+    let tree = root.join("bbs");
+    mini_bbs(&tree);
+    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    a
+}
+
 fn snapshot_ids(list: &Value) -> Vec<String> {
     list.as_array()
         .unwrap()
@@ -212,11 +196,7 @@ fn api_jobs_reads_and_scheduled_backups_work_on_s3_without_showing_keys() -> Tes
     moto.create_bucket("bbs-api");
     let t = bbsync_tests::tempdir()?;
     let root = t.path();
-    let a = root.join("a");
-    init(&a, "alpha");
-    let tree = root.join("bbs");
-    mini_bbs(&tree);
-    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    let a = node_with_mini_bbs(root);
     // A scheduled backup every minute into S3, and the API's jobs into
     // another prefix of the same bucket.
     let cfg = a.join("config.toml");
@@ -409,11 +389,7 @@ fn a_wrong_s3_secret_fails_the_job_with_one_line_and_writes_nothing() -> TestRes
     let wrong = "wrong-secret-0123456789abcdefABCDEF";
     let t = bbsync_tests::tempdir()?;
     let root = t.path();
-    let a = root.join("a");
-    init(&a, "alpha");
-    let tree = root.join("bbs");
-    mini_bbs(&tree);
-    ok(&a, &["import-bbs", tree.to_str().unwrap()]);
+    let a = node_with_mini_bbs(root);
     // The node's keys come from config.toml (owner-only), with a wrong secret.
     let cfg = a.join("config.toml");
     let text = std::fs::read_to_string(&cfg)?;
