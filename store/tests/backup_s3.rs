@@ -15,7 +15,6 @@ mod s3srv;
 
 use std::{io, sync::Arc, time::Duration};
 
-use bbsync_protocol::{Manifest, Unverified};
 use bbsync_store::{
     Store,
     backup::{
@@ -29,7 +28,7 @@ use bbsync_store::{
     config::Secret,
     progress::NoProgress,
 };
-use common::{noise, write};
+use common::{noise, read_back, write};
 use s3srv::{MotoServer, Proxy};
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -249,22 +248,6 @@ fn s3_backend_contract() -> R {
         assert_eq!(b3.read("index/rt").unwrap(), b"rt");
     });
     Ok(())
-}
-
-/// Reads every object of a snapshot back through the index.
-fn read_back(repo: &Repo2, snapshot: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let s = repo.load_snapshot(snapshot)?;
-    let ix = repo.load_index()?;
-    let mut chunks = 0;
-    for o in &s.objects {
-        let f = repo.read_manifest(&ix, &o.manifest_id)?;
-        let m = Unverified::<Manifest>::decode(&f.manifest)?.dangerously_assume_verified();
-        for c in &m.chunks {
-            assert_eq!(repo.read_chunk(&ix, &c.id)?.len(), c.len as usize);
-            chunks += 1;
-        }
-    }
-    Ok(chunks)
 }
 
 /// The problems of a verify, as `class path: detail` lines.

@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::{fs, path::Path, sync::Arc};
+use std::{fs, sync::Arc};
 
-use bbsync_protocol::{Manifest, Unverified};
 use bbsync_store::{
     Store,
     backup::{
@@ -21,46 +20,9 @@ use bbsync_store::{
     },
     progress::NoProgress,
 };
-use common::{noise, write};
+use common::{files, noise, read_back, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
-
-/// Files under `dir` (recursively) of the repository.
-fn files(repo: &Path, dir: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.join(dir)];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(repo).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Reads every object of a snapshot back through the index: each
-/// manifest's file hashes to its name and decodes, each chunk hashes to
-/// its id.
-fn read_back(repo: &Repo2, snapshot: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let s = repo.load_snapshot(snapshot)?;
-    let ix = repo.load_index()?;
-    let mut chunks = 0;
-    for o in &s.objects {
-        let f = repo.read_manifest(&ix, &o.manifest_id)?;
-        let m = Unverified::<Manifest>::decode(&f.manifest)?.dangerously_assume_verified();
-        for c in &m.chunks {
-            assert_eq!(repo.read_chunk(&ix, &c.id)?.len(), c.len as usize);
-            chunks += 1;
-        }
-    }
-    Ok(chunks)
-}
 
 #[test]
 fn full_and_incremental_backups_in_format_2() -> R {

@@ -36,29 +36,10 @@ use bbsync_store::{
     },
     progress::NoProgress,
 };
-use common::{noise, write};
+use common::{files, noise, write};
 use sha2::{Digest, Sha256};
 
 type R = Result<(), Box<dyn std::error::Error>>;
-
-/// Files under `dir` (recursively) of the repository, temp files included.
-fn files(repo: &Path, dir: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.join(dir)];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(repo).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Everything in the repository: path -> SHA-256 of the bytes.
 fn state(repo: &Path) -> BTreeMap<String, [u8; 32]> {

@@ -65,3 +65,45 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     }
     out
 }
+
+/// Files under `dir` (recursively) of a repository, as paths relative to
+/// it, sorted (temp files included).
+pub fn files(repo: &Path, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join(dir)];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(repo).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every object of a format-2 snapshot back through the index: each
+/// manifest's file hashes to its name and decodes, each chunk hashes to
+/// its id. Returns how many chunks were read.
+pub fn read_back(
+    repo: &bbsync_store::backup::v2::Repo2,
+    snapshot: &str,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    use bbsync_protocol::{Manifest, Unverified};
+    let s = repo.load_snapshot(snapshot)?;
+    let ix = repo.load_index()?;
+    let mut chunks = 0;
+    for o in &s.objects {
+        let f = repo.read_manifest(&ix, &o.manifest_id)?;
+        let m = Unverified::<Manifest>::decode(&f.manifest)?.dangerously_assume_verified();
+        for c in &m.chunks {
+            assert_eq!(repo.read_chunk(&ix, &c.id)?.len(), c.len as usize);
+            chunks += 1;
+        }
+    }
+    Ok(chunks)
+}
