@@ -770,3 +770,22 @@ pub fn read_serve_http_base(child: &mut std::process::Child) -> String {
         .trim_end_matches('/')
         .to_string()
 }
+
+/// Files below `dir` of `root` (recursively), relative to `root`, sorted.
+pub fn files(root: &Path, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(dir)];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -18,21 +18,6 @@ use serde_json::Value;
 
 const PASS: &str = "correct horse battery staple";
 
-/// Runs with extra environment variables.
-fn run_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut c = bbsync(data);
-    c.env_remove("BBSYNC_PASSPHRASE").env_remove("BBSYNC_REPO");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
 fn ok_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let o = run_env(data, args, env);
     assert_eq!(o.code, 0, "{args:?}: {}\n{}", o.stdout, o.stderr);

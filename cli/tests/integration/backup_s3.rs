@@ -19,22 +19,15 @@ const PASS: &str = "correct horse battery staple";
 
 /// `bbsync ARGS` with the test server's S3 settings (`extra` on top).
 fn s3(data: &Path, moto: &MotoServer, args: &[&str], extra: &[(&str, &str)]) -> Out {
-    let mut c = bbsync(data);
-    c.env_remove("BBSYNC_PASSPHRASE")
-        .env_remove("BBSYNC_REPO")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY);
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    let o = c.args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    let endpoint = moto.endpoint();
+    let mut env = vec![
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+    ];
+    env.extend_from_slice(extra);
+    run_env(data, args, &env)
 }
 
 fn s3_ok(data: &Path, moto: &MotoServer, args: &[&str], extra: &[(&str, &str)]) -> String {

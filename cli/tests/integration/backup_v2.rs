@@ -19,39 +19,6 @@ use serde_json::Value;
 const PASS: &str = "correct horse battery staple";
 const MSG: &str = "message:general/1";
 
-fn run_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut c = bbsync(data);
-    c.env_remove("BBSYNC_PASSPHRASE").env_remove("BBSYNC_REPO");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-/// Files below `dir` of `root`, relative, sorted.
-fn files(root: &Path, dir: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.join(dir)];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A store `a` with the mini BBS, `b` trusted `full` by `a`, and a backup
 /// of `a` (with its escrow) in a new repository of the default format.
 struct Fixture {
