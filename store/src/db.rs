@@ -718,11 +718,13 @@ impl Db {
                 state.seq = seq;
                 batch.insert(key(b"c/", &seq.to_be_bytes()), oid.as_slice());
                 let nk = name_key(&state.kind, &state.name);
-                let takes_name = match self.name_holder_in(&named, &nk)? {
-                    None => true,
-                    Some(h) if h == w.object_id => true,
-                    Some(_) => !state.deleted,
-                };
+                // A live object always takes its name (no lookup needed); a
+                // tombstone only a free name or its own.
+                let takes_name = !state.deleted
+                    || match self.name_holder_in(&named, &nk)? {
+                        None => true,
+                        Some(h) => h == w.object_id,
+                    };
                 if takes_name {
                     batch.insert(nk.clone(), oid.as_slice());
                     named.insert(nk, w.object_id);

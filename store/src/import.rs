@@ -222,11 +222,6 @@ fn check_source(src: &Source) -> Result<()> {
 
 /// Sources up to this size are read whole and chunked in memory.
 const SMALL_SOURCE: u64 = 8 * 1024 * 1024;
-/// Sources sealed together (in parallel) before their results are spooled:
-/// at most this many...
-const BATCH_SOURCES: usize = 1024;
-/// ...or this many plaintext bytes.
-const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The 16-byte digest of `kind:name` an import keeps for each source.
 fn name_digest(kind: &str, name: &str) -> [u8; 16] {
@@ -289,6 +284,113 @@ fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
         fp.update(&buf[..n]);
     }
     Ok(fp.finish())
+}
+
+/// Where an import collects what its sources produced (behind a mutex:
+/// sources finish on every core).
+struct Taken<'a> {
+    stats: &'a mut ImportStats,
+    writes: &'a mut Spool<ObjectWrite>,
+    refresh: &'a mut Spool<(ObjectId, ObjectState)>,
+    staged: &'a mut Vec<Staged>,
+}
+
+impl Taken<'_> {
+    /// Counts and spools one source's outcome. The chunks a write staged
+    /// are kept (to publish, or to discard on any failure) before anything
+    /// else can fail.
+    fn take(&mut self, r: Result<Outcome>) -> Result<()> {
+        match r? {
+            Outcome::Stuck(label, why) => {
+                tracing::warn!("{label}: {why}");
+                self.stats.stuck.push((label, why));
+            }
+            Outcome::Unchanged(id, st) => {
+                self.stats.unchanged += 1;
+                if let Some(st) = st {
+                    self.refresh.push(*id.as_bytes(), &(id, *st))?;
+                }
+            }
+            Outcome::Write(w, staged, written, reused, bytes) => {
+                self.staged.extend(staged);
+                let stats = &mut *self.stats;
+                if w.previous.is_some() {
+                    stats.changed += 1;
+                } else {
+                    stats.new += 1;
+                }
+                stats.chunks_written += written;
+                stats.chunks_reused += reused;
+                stats.bytes_written += bytes;
+                stats.bytes_read += w.state.plaintext_len;
+                self.writes.push(*w.object_id.as_bytes(), &w)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What sealing one source has produced so far.
+struct Sealed {
+    fp: Fingerprinter,
+    refs: Vec<ChunkRef>,
+    staged: Vec<Staged>,
+    seen: HashSet<bbsync_protocol::ChunkId>,
+    written: u64,
+    reused: u64,
+    bytes_written: u64,
+    plain: u64,
+    /// A new object (fresh key): none of its chunks can exist yet.
+    fresh: bool,
+}
+
+impl Sealed {
+    /// Adds a chunk's plaintext to the fingerprint (in source order).
+    fn fingerprint(&mut self, chunk: &[u8]) {
+        self.fp.update(chunk);
+        self.plain += chunk.len() as u64;
+    }
+
+    /// Takes the next sealed chunk (in source order): referenced, and
+    /// staged unless the store or this source has it already.
+    fn take(&mut self, store: &Store, sealed: bbsync_protocol::SealedChunk) -> Result<()> {
+        self.refs.push(ChunkRef {
+            id: sealed.id,
+            len: sealed.bytes.len() as u32,
+        });
+        if self.seen.insert(sealed.id) && (self.fresh || !store.packs().contains(&sealed.id)) {
+            self.bytes_written += sealed.bytes.len() as u64;
+            self.written += 1;
+            self.staged
+                .push(store.packs().stage(sealed.id, &sealed.bytes)?);
+        } else {
+            self.reused += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Plaintext bytes of a large source sealed together on the rayon pool.
+const SEAL_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+/// The next chunks of a stream, up to [`SEAL_GROUP_BYTES`] (empty at its end).
+fn read_group(
+    chunks: &mut impl Iterator<Item = std::io::Result<Vec<u8>>>,
+    src: &Source,
+) -> Result<Vec<Vec<u8>>> {
+    let mut group = Vec::new();
+    let mut bytes = 0;
+    while bytes < SEAL_GROUP_BYTES {
+        match chunks.next() {
+            Some(c) => {
+                let c = c.map_err(|e| read_err(src, e))?;
+                bytes += c.len();
+                group.push(c);
+            }
+            None => break,
+        }
+    }
+    Ok(group)
 }
 
 impl Store {
@@ -393,41 +495,38 @@ impl Store {
         let compression = self.config().compression();
         let new_meta = ObjectMeta::new(src.shape, src.mode);
         let old_chunks = old.as_ref().map(|(chunks, _)| chunks);
-        let mut fp = Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode);
-        let mut refs = Vec::new();
-        let mut staged = Vec::new();
-        let mut seen = HashSet::new();
-        let (mut written, mut reused, mut bytes_written, mut plain) = (0u64, 0u64, 0u64, 0u64);
-        let mut seal_one = |chunk: &[u8]| -> Result<()> {
-            fp.update(chunk);
-            plain += chunk.len() as u64;
-            let sealed = cipher
+        let mut acc = Sealed {
+            fp: Fingerprinter::new(fp_key, shape_byte(src.shape), src.mode),
+            refs: Vec::new(),
+            staged: Vec::new(),
+            seen: HashSet::new(),
+            written: 0,
+            reused: 0,
+            bytes_written: 0,
+            plain: 0,
+            fresh: old_chunks.is_none(),
+        };
+        let seal = |chunk: &[u8]| {
+            cipher
                 .seal(chunk, compression)
-                .ctx(|| format!("sealing {}", src.path.display()))?;
-            refs.push(ChunkRef {
-                id: sealed.id,
-                len: sealed.bytes.len() as u32,
-            });
-            // A new object has a fresh key: none of its chunks can exist yet.
-            if seen.insert(sealed.id)
-                && (old_chunks.is_none() || !self.packs().contains(&sealed.id))
-            {
-                bytes_written += sealed.bytes.len() as u64;
-                written += 1;
-                staged.push(self.packs().stage(sealed.id, &sealed.bytes)?);
-            } else {
-                reused += 1;
-            }
-            Ok(())
+                .ctx(|| format!("sealing {}", src.path.display()))
         };
         let result = if let Some(size) = prepared.as_ref().and_then(|p| p.chunk_size) {
             // A database: fixed, page-aligned chunks (docs/format.md §6.4).
             match buffered.take() {
                 Some(buf) => sqlite::fixed_ranges(buf.len(), size)
                     .into_iter()
-                    .try_for_each(|r| seal_one(&buf[r])),
+                    .try_for_each(|r| {
+                        let c = &buf[r];
+                        acc.fingerprint(c);
+                        acc.take(self, seal(c)?)
+                    }),
                 None => open_source(src).and_then(|r| {
-                    sqlite::read_fixed(r, size, |c| seal_one(c.map_err(|e| read_err(src, e))?))
+                    sqlite::read_fixed(r, size, |c| {
+                        let c = c.map_err(|e| read_err(src, e))?;
+                        acc.fingerprint(c);
+                        acc.take(self, seal(c)?)
+                    })
                 }),
             }
         } else if src.len <= SMALL_SOURCE {
@@ -437,15 +536,45 @@ impl Store {
                 None => read_all(src),
             };
             buf.and_then(|buf| {
-                chunk_ranges(&buf)
-                    .into_iter()
-                    .try_for_each(|r| seal_one(&buf[r]))
+                chunk_ranges(&buf).into_iter().try_for_each(|r| {
+                    let c = &buf[r];
+                    acc.fingerprint(c);
+                    acc.take(self, seal(c)?)
+                })
             })
         } else {
+            // A large source: groups of chunks sealed on every core while
+            // the next group is read and the current one fingerprinted.
             open_source(src).and_then(|r| {
-                chunker(r).try_for_each(|chunk| seal_one(&chunk.map_err(|e| read_err(src, e))?))
+                let mut chunks = chunker(r);
+                let mut next = read_group(&mut chunks, src)?;
+                while !next.is_empty() {
+                    let group = std::mem::take(&mut next);
+                    let (sealed, read) = rayon::join(
+                        || group.par_iter().map(|c| seal(c)).collect::<Vec<_>>(),
+                        || {
+                            group.iter().for_each(|c| acc.fingerprint(c));
+                            read_group(&mut chunks, src)
+                        },
+                    );
+                    for s in sealed {
+                        acc.take(self, s?)?;
+                    }
+                    next = read?;
+                }
+                Ok(())
             })
         };
+        let Sealed {
+            fp,
+            refs,
+            staged,
+            written,
+            reused,
+            bytes_written,
+            plain,
+            ..
+        } = acc;
         if let Err(e) = result {
             self.packs().discard(staged);
             return Err(e);
@@ -642,8 +771,8 @@ impl Store {
             check_source(src)?;
         }
         let count = sources.len() as u64;
-        // Taken from the end in batches: largest first, so that big files do
-        // not end up alone at the tail.
+        // Largest first (taken from the end), so that big files do not end
+        // up alone at the tail.
         let mut rest = sources;
         rest.sort_by_key(|s| s.len);
         // Between the walk and the first open (a test swaps a file for a
@@ -661,31 +790,33 @@ impl Store {
         let mut refresh: Spool<(ObjectId, ObjectState)> = Spool::new(&tmp);
         let mut staged_all: Vec<Staged> = Vec::new();
         let sealed = (|| -> Result<()> {
-            while !rest.is_empty() {
-                let mut n = 0;
-                let mut bytes = 0u64;
-                for s in rest.iter().rev() {
-                    if n > 0 && (n >= BATCH_SOURCES || bytes >= BATCH_BYTES) {
-                        break;
-                    }
-                    n += 1;
-                    bytes += s.len;
-                }
-                let batch = rest.split_off(rest.len() - n);
-                if rest.len() < rest.capacity() / 2 {
-                    rest.shrink_to_fit();
-                }
-                let results: Vec<Result<Outcome>> = batch
-                    .par_iter()
-                    .rev()
-                    .map(|src| {
+            // Every source on the rayon pool, largest first, each result
+            // spooled as soon as it is ready (no batch waits for its slowest
+            // source); each source is dropped once processed.
+            let taken = std::sync::Mutex::new(Taken {
+                stats: &mut stats,
+                writes: &mut writes,
+                refresh: &mut refresh,
+                staged: &mut staged_all,
+            });
+            let take = |r: Result<Outcome>| -> Result<()> {
+                let mut t = taken
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.take(r)
+            };
+            std::mem::take(&mut rest)
+                .into_par_iter()
+                .rev()
+                .try_for_each(|src| {
+                    let processed = (|| {
                         let existing = match self.db().lookup(&src.kind, &src.name)? {
                             Some(id) => Some((id, self.state(&id)?)),
                             None => None,
                         };
                         let rotate = existing.as_ref().is_some_and(|(id, _)| rotate.contains(id));
                         self.process(
-                            src,
+                            &src,
                             existing,
                             rotate,
                             &fp_key,
@@ -694,49 +825,9 @@ impl Store {
                             progress,
                             &snapshots,
                         )
-                    })
-                    .collect();
-                let mut first_err = None;
-                for r in results {
-                    match r {
-                        Ok(Outcome::Stuck(label, why)) => {
-                            tracing::warn!("{label}: {why}");
-                            stats.stuck.push((label, why));
-                        }
-                        Ok(Outcome::Unchanged(id, st)) => {
-                            stats.unchanged += 1;
-                            if let Some(st) = st {
-                                refresh.push(*id.as_bytes(), &(id, *st))?;
-                            }
-                        }
-                        Ok(Outcome::Write(w, staged, written, reused, bytes)) => {
-                            if w.previous.is_some() {
-                                stats.changed += 1;
-                            } else {
-                                stats.new += 1;
-                            }
-                            stats.chunks_written += written;
-                            stats.chunks_reused += reused;
-                            stats.bytes_written += bytes;
-                            stats.bytes_read += w.state.plaintext_len;
-                            staged_all.extend(staged);
-                            if first_err.is_none()
-                                && let Err(e) = writes.push(*w.object_id.as_bytes(), &w)
-                            {
-                                first_err = Some(e);
-                            }
-                        }
-                        Err(e) => {
-                            if first_err.is_none() {
-                                first_err = Some(e);
-                            }
-                        }
-                    }
-                }
-                if let Some(e) = first_err {
-                    return Err(e);
-                }
-            }
+                    })();
+                    take(processed)
+                })?;
             let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> =
                 match gone {
                     Gone::Missing { kinds: [], .. } => Box::new(std::iter::empty()),
@@ -791,15 +882,19 @@ impl Store {
             // Old versions' chunks become unreferenced with this commit.
             self.packs().expect_garbage()?;
         }
-        // In object-id order: sled's B-tree fills page after page.
-        if writes.len() > 0 {
-            self.db().commit_from(writes.drain_sorted())?;
-        }
-        for r in refresh.drain_sorted() {
-            let (id, st) = r?;
-            self.db().put_state(&id, &st)?;
-        }
-        self.db().flush()?;
+        // In object-id order: sled's B-tree fills page after page. The packs
+        // this import filled are sealed meanwhile on another core.
+        std::thread::scope(|s| {
+            s.spawn(|| self.packs().seal_full());
+            if writes.len() > 0 {
+                self.db().commit_from(writes.drain_sorted())?;
+            }
+            for r in refresh.drain_sorted() {
+                let (id, st) = r?;
+                self.db().put_state(&id, &st)?;
+            }
+            self.db().flush()
+        })?;
         self.packs().recorded(published);
         stats.seq = self.db().last_seq()?;
         tracing::info!(elapsed = ?t.elapsed(), "import: metadata committed");

@@ -12,7 +12,9 @@
 //! buffers, `fdatasync`s every pack holding staged bytes, then commits their
 //! index records, the packs' committed lengths and the collect marker in
 //! one sled batch and flushes it. The caller then commits its manifests and
-//! hands the returned [`Published`] to [`Packs::recorded`]. So no index
+//! hands the returned [`Published`] to [`Packs::recorded`], which also seals
+//! the packs that filled up (an import seals them on another thread while it
+//! commits its manifests: [`Packs::seal_full`]). So no index
 //! record names bytes that are not durable, and a crash between the index
 //! commit and the manifests' commit leaves the marker, which makes the next
 //! open collect what nothing references. A commit that replaces objects
@@ -34,7 +36,10 @@ use std::{
     io,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use bbsync_protocol::ChunkId;
@@ -55,6 +60,8 @@ use crate::{
 
 /// Buffered appends are written to the pack file once this much is pending.
 const WRITE_BUF: usize = 1 << 20;
+/// Background syncs of full packs running at once.
+const WRITEBACKS: usize = 4;
 /// Open read handles kept for positioned reads.
 const MAX_HANDLES: usize = 128;
 
@@ -101,6 +108,9 @@ struct OpenPack {
     pending: u64,
     /// No more appends: sealed once nothing is pending.
     full: bool,
+    /// A background `fdatasync` started when the pack filled: the length it
+    /// covers and whether it has succeeded. Dropped when the file is cut.
+    writeback: Option<(u64, Arc<AtomicBool>)>,
 }
 
 impl OpenPack {
@@ -127,9 +137,9 @@ struct Writer {
     /// A commit made chunks unreferenced and no collection ran since (the
     /// marker is set while true).
     garbage: bool,
-    /// A background `fdatasync` of a full pack (only starts the write-out
-    /// early: durability comes from [`Packs::publish`]).
-    writeback: Option<std::thread::JoinHandle<()>>,
+    /// Background `fdatasync`s of full packs (they start the write-out
+    /// early; [`Packs::publish`] counts on one only once it has succeeded).
+    writebacks: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
@@ -288,6 +298,7 @@ impl Packs {
                 committed,
                 pending: 0,
                 full: damaged || committed >= PACK_TARGET,
+                writeback: None,
             });
         }
         if changed {
@@ -345,6 +356,7 @@ impl Packs {
             committed: HEADER_LEN,
             pending: 0,
             full: false,
+            writeback: None,
         });
         Ok(())
     }
@@ -373,10 +385,9 @@ impl Packs {
                     let p = &mut w.packs[i];
                     p.full = true;
                     let r = p.write_buf();
-                    let file = p.file.clone();
                     let path = self.path(&p.id);
                     r.ctx(|| format!("writing {}", path.display()))?;
-                    self.start_writeback(&mut w, file);
+                    self.start_writeback(&mut w, i);
                 }
                 self.new_pack(&mut w)?;
                 w.packs.len() - 1
@@ -407,17 +418,28 @@ impl Packs {
         })
     }
 
-    /// Starts a background `fdatasync` of a full pack unless one is running.
-    fn start_writeback(&self, w: &mut Writer, file: Arc<File>) {
-        if w.writeback.as_ref().is_some_and(|h| !h.is_finished()) {
+    /// Starts a background `fdatasync` of a full pack (at most
+    /// [`WRITEBACKS`] at once; beyond that, publishing syncs it).
+    fn start_writeback(&self, w: &mut Writer, idx: usize) {
+        w.writebacks.retain(|h| !h.is_finished());
+        if w.writebacks.len() >= WRITEBACKS {
             return;
         }
-        w.writeback = std::thread::Builder::new()
+        let p = &mut w.packs[idx];
+        let file = p.file.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let spawned = std::thread::Builder::new()
             .name("bbsync-writeback".into())
             .spawn(move || {
-                let _ = file.sync_data();
-            })
-            .ok();
+                if file.sync_data().is_ok() {
+                    flag.store(true, Ordering::Release);
+                }
+            });
+        if let Ok(h) = spawned {
+            p.writeback = Some((p.written, done));
+            w.writebacks.push(h);
+        }
     }
 
     /// Drops staged chunks (an aborted write). A pack whose appends are all
@@ -439,9 +461,16 @@ impl Packs {
         }
     }
 
-    /// Cuts settled packs back to their committed length, removes empty
-    /// ones, and seals full ones.
+    /// [`Packs::settle_lengths`], then seals full packs.
     fn settle(&self, w: &mut Writer) -> Result<()> {
+        self.settle_lengths(w)?;
+        self.seal_ready(w);
+        Ok(())
+    }
+
+    /// Cuts settled packs back to their committed length and removes empty
+    /// ones.
+    fn settle_lengths(&self, w: &mut Writer) -> Result<()> {
         let mut removed = Vec::new();
         for p in w.packs.iter_mut().filter(|p| p.pending == 0) {
             if p.len() > p.committed {
@@ -452,6 +481,7 @@ impl Packs {
                         .ctx(|| format!("truncating {}", self.path(&p.id).display()))?;
                     p.written = p.committed;
                     p.synced = p.synced.min(p.committed);
+                    p.writeback = None;
                 }
                 p.full = p.committed >= PACK_TARGET;
             }
@@ -477,6 +507,12 @@ impl Packs {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Seals the full packs that have nothing pending (a failure is logged
+    /// and the pack left open: a later write tries again).
+    fn seal_ready(&self, w: &mut Writer) {
         let ready: Vec<PackId> = w
             .packs
             .iter()
@@ -485,11 +521,30 @@ impl Packs {
             .collect();
         for id in ready {
             if let Err(e) = self.seal(w, &id) {
-                // Left open; a later write tries again.
                 tracing::warn!(pack = %id, "sealing failed: {e}");
             }
         }
-        Ok(())
+    }
+
+    /// Asks the kernel to start reading every pack file now (a caller that
+    /// reads them all next, `verify --read-data`, then waits less on the
+    /// disk). Best effort: nothing is reported.
+    pub fn prefetch_all(&self) {
+        for (id, _) in self.pack_files().into_iter().flatten().flatten() {
+            if let Ok(f) = File::open(self.path(&id)) {
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
+            }
+        }
+    }
+
+    /// Seals the packs that publishing has filled (which [`Packs::recorded`]
+    /// also does): a caller may run this beside its own commit, since
+    /// sealing needs only the chunk index, not the manifests.
+    pub fn seal_full(&self) {
+        let t = std::time::Instant::now();
+        let mut w = self.writer();
+        self.seal_ready(&mut w);
+        tracing::debug!(elapsed = ?t.elapsed(), "packs: full packs sealed");
     }
 
     /// Makes staged chunks durable and indexed (see the module docs). The
@@ -507,10 +562,13 @@ impl Packs {
             return Ok(Published(0));
         }
         let mut w = self.writer();
+        let t = std::time::Instant::now();
         let r = self.publish_locked(&mut w, &staged, doomed);
+        tracing::debug!(elapsed = ?t.elapsed(), "packs: synced and indexed");
         match r {
             Ok(n) => {
-                if let Err(e) = self.settle(&mut w) {
+                // Full packs are sealed by `recorded` (or `seal_full`).
+                if let Err(e) = self.settle_lengths(&mut w) {
                     tracing::warn!("after publishing chunks: {e}");
                 }
                 Ok(Published(n))
@@ -543,9 +601,16 @@ impl Packs {
                 .ctx(|| format!("writing {}", path.display()))?;
             if p.synced < p.written {
                 failpoint::hit("pack.sync").ctx(|| format!("syncing {}", path.display()))?;
-                p.file
-                    .sync_data()
-                    .ctx(|| format!("syncing {}", path.display()))?;
+                // Unless a background sync of all of it has succeeded.
+                let done = p
+                    .writeback
+                    .as_ref()
+                    .is_some_and(|(len, ok)| *len >= p.written && ok.load(Ordering::Acquire));
+                if !done {
+                    p.file
+                        .sync_data()
+                        .ctx(|| format!("syncing {}", path.display()))?;
+                }
                 p.synced = p.written;
             }
         }
@@ -699,6 +764,7 @@ impl Packs {
         if let Err(e) = self.clear_marker(&w) {
             tracing::warn!("clearing the collect marker: {e}");
         }
+        self.seal_ready(&mut w);
     }
 
     fn clear_marker(&self, w: &Writer) -> Result<()> {
