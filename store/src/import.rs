@@ -222,6 +222,9 @@ fn check_source(src: &Source) -> Result<()> {
 
 /// Sources up to this size are read whole and chunked in memory.
 const SMALL_SOURCE: u64 = 8 * 1024 * 1024;
+/// Sources handed to the rayon pool at once (a round ends when its last
+/// source is done; the list of sources shrinks between rounds).
+const PAR_SOURCES: usize = 8192;
 
 /// The 16-byte digest of `kind:name` an import keeps for each source.
 fn name_digest(kind: &str, name: &str) -> [u8; 16] {
@@ -791,8 +794,9 @@ impl Store {
         let mut staged_all: Vec<Staged> = Vec::new();
         let sealed = (|| -> Result<()> {
             // Every source on the rayon pool, largest first, each result
-            // spooled as soon as it is ready (no batch waits for its slowest
-            // source); each source is dropped once processed.
+            // spooled as soon as it is ready; taken from the end in rounds
+            // of PAR_SOURCES (each source dropped once processed, the list
+            // shrunk between rounds: memory stays flat at scale).
             let taken = std::sync::Mutex::new(Taken {
                 stats: &mut stats,
                 writes: &mut writes,
@@ -800,15 +804,12 @@ impl Store {
                 staged: &mut staged_all,
             });
             let take = |r: Result<Outcome>| -> Result<()> {
-                let mut t = taken
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut t = taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 t.take(r)
             };
-            std::mem::take(&mut rest)
-                .into_par_iter()
-                .rev()
-                .try_for_each(|src| {
+            while !rest.is_empty() {
+                let from = rest.len().saturating_sub(PAR_SOURCES);
+                rest.par_drain(from..).rev().try_for_each(|src| {
                     let processed = (|| {
                         let existing = match self.db().lookup(&src.kind, &src.name)? {
                             Some(id) => Some((id, self.state(&id)?)),
@@ -828,6 +829,10 @@ impl Store {
                     })();
                     take(processed)
                 })?;
+                if rest.len() < rest.capacity() / 2 {
+                    rest.shrink_to_fit();
+                }
+            }
             let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> =
                 match gone {
                     Gone::Missing { kinds: [], .. } => Box::new(std::iter::empty()),
