@@ -442,6 +442,36 @@ impl ManifestRequests {
     }
 }
 
+/// A page of manifests being committed, and how many ids it answered.
+type Committing = (
+    tokio::task::JoinHandle<Result<bbsync_store::sync::Accepted, NodeError>>,
+    u64,
+);
+
+/// Waits for a page's commit and counts it into `report`; returns how many
+/// objects it replaced.
+async fn recorded(
+    (task, n): Committing,
+    report: &mut CloneReport,
+    opts: &CloneOptions,
+    start: Instant,
+) -> Result<u64, NodeError> {
+    let accepted = task.await.map_err(|e| NodeError::Request {
+        peer: "local".into(),
+        reason: format!("store task failed: {e}"),
+    })??;
+    report.objects += accepted.recorded.len() as u64;
+    report.already += accepted.already;
+    report.skipped += accepted.skipped;
+    for (what, why) in &accepted.rejected {
+        tracing::warn!(object = %what, "rejected: {why}");
+    }
+    report.rejected_manifests.extend(accepted.rejected);
+    opts.progress.advance(n, 0);
+    tracing::debug!(ms = start.elapsed().as_millis(), n, "manifests recorded");
+    Ok(accepted.replaced)
+}
+
 /// Clones everything the first of `sources` serves into `store`, fetching
 /// chunks from every source that answers. The first source (the one the
 /// operator named) is trusted as `full` here once its card proves the
@@ -520,26 +550,31 @@ pub async fn clone_from(
         // Several manifest requests in flight: the source re-keys the next
         // batches (on its other cores) while this side checks one.
         let ids = changes.iter().map(|c| c.object_id).collect();
+        // Each answer is checked (signatures, entries: all cores, nothing
+        // read of the objects held) while the one before is committed.
         let mut answers = ManifestRequests::new(node, peer, ids, opts.manifest_batch);
+        let mut committing: Option<Committing> = None;
         while let Some(answer) = answers.next().await {
             let (items, n) = answer?;
+            let checked = {
+                let store = store.clone();
+                blocking(move || Ok(store.check_served(&source, items))).await?
+            };
+            if let Some(c) = committing.take() {
+                replaced += recorded(c, &mut report, opts, start).await?;
+            }
             let store = store.clone();
             let selection = opts.selection.clone();
-            let accepted = blocking(move || {
-                failpoint::check("clone.accept", || "recording received manifests".into())?;
-                store.accept_selected(&source, items, &selection)
-            })
-            .await?;
-            report.objects += accepted.recorded.len() as u64;
-            report.already += accepted.already;
-            report.skipped += accepted.skipped;
-            replaced += accepted.replaced;
-            for (what, why) in &accepted.rejected {
-                tracing::warn!(object = %what, "rejected: {why}");
-            }
-            report.rejected_manifests.extend(accepted.rejected);
-            opts.progress.advance(n, 0);
-            tracing::debug!(ms = start.elapsed().as_millis(), n, "manifests recorded");
+            committing = Some((
+                tokio::spawn(blocking(move || {
+                    failpoint::check("clone.accept", || "recording received manifests".into())?;
+                    store.accept_checked(&source, checked, &selection)
+                })),
+                n,
+            ));
+        }
+        if let Some(c) = committing.take() {
+            replaced += recorded(c, &mut report, opts, start).await?;
         }
         if last_page {
             break;

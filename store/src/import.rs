@@ -804,7 +804,9 @@ impl Store {
                 staged: &mut staged_all,
             });
             let take = |r: Result<Outcome>| -> Result<()> {
-                let mut t = taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut t = taken
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 t.take(r)
             };
             while !rest.is_empty() {

@@ -87,6 +87,32 @@ where
     out
 }
 
+/// A page of served manifests with their signatures and entries checked
+/// ([`Store::check_served`]), for [`Store::accept_checked`].
+#[derive(Debug)]
+pub struct CheckedPage {
+    /// Manifests that did not decode: ("manifest", why).
+    undecodable: Vec<(String, String)>,
+    items: Vec<CheckedItem>,
+}
+
+#[derive(Debug)]
+struct CheckedItem {
+    manifest: std::result::Result<Signed<Manifest>, String>,
+    entry: EntryCheck,
+}
+
+/// What became of a served manifest's envelope entry.
+#[derive(Debug)]
+enum EntryCheck {
+    /// None sent, or none to look at (a tombstone, a manifest that failed).
+    Absent,
+    /// Sent, not decodable (why).
+    Undecodable(String),
+    /// Decoded: verified and fitting, or why not.
+    Checked(std::result::Result<Signed<EnvelopeEntry>, String>),
+}
+
 /// Which objects a partial clone takes (`--skip-config`, `--skip-applets`,
 /// `--only KIND[:NAME]`). The default takes everything.
 #[derive(Debug, Default, Clone)]
@@ -493,34 +519,108 @@ impl Store {
         items: Vec<Served>,
         selection: &Selection,
     ) -> Result<Accepted> {
-        let _g = self.lock();
+        let page = self.check_served(source, items);
+        self.accept_checked(source, page, selection)
+    }
+
+    /// The first half of [`Store::accept_selected`], which reads nothing of
+    /// the objects held here (so that a clone checks the next page while
+    /// the previous one is committed): every manifest's signature, then
+    /// every live manifest's entry (decoded, its signature checked with the
+    /// wrapper the source, the manifest's author or a trusted `full`
+    /// instance, addressed to this instance for that version, unwrapping to
+    /// the key the manifest commits to), in ed25519 batches on all cores.
+    pub fn check_served(&self, source: &InstanceId, items: Vec<Served>) -> CheckedPage {
         let me = self.instance_id();
-        let mut report = Accepted::default();
-        let mut writes = Vec::new();
-        let mut seen = HashSet::new();
-        let mut names = HashSet::new();
-        let mut kept = Vec::new();
-        // Signatures of the whole page in ed25519 batches.
+        let mut undecodable = Vec::new();
         let mut decoded = Vec::with_capacity(items.len());
         for item in items {
             match Unverified::<Manifest>::decode(&item.manifest) {
                 Ok(u) => decoded.push((u, item.entry)),
-                Err(e) => report.rejected.push(("manifest".into(), e.to_string())),
+                Err(e) => undecodable.push(("manifest".into(), e.to_string())),
             }
         }
         let (unverified, entries): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
-        let verified = verify_par(unverified, |_, a| {
+        let manifests = verify_par(unverified, |_, a| {
             *a == me || a == source || self.is_full(a)
         });
-        for (r, entry) in verified.into_iter().zip(entries) {
-            let item = Served {
-                manifest: Vec::new(),
-                entry,
+        // Entries of the live manifests that verified (a tombstone's entry
+        // is ignored, as before).
+        let mut raws = Vec::with_capacity(manifests.len());
+        let mut slots = Vec::with_capacity(manifests.len());
+        for (m, raw) in manifests.iter().zip(entries) {
+            let raw = match m {
+                Ok(m) if !m.deleted => raw,
+                _ => None,
             };
-            let m = match r {
+            slots.push(
+                match raw.as_ref().map(|b| Unverified::<EnvelopeEntry>::decode(b)) {
+                    Some(Ok(u)) => Some(u),
+                    _ => None,
+                },
+            );
+            raws.push(raw);
+        }
+        let authors: Vec<Option<InstanceId>> = manifests
+            .iter()
+            .map(|m| m.as_ref().ok().map(|m| m.author))
+            .collect();
+        let verified = verify_slots(slots, |i, w| {
+            w == source || Some(*w) == authors[i] || self.is_full(w)
+        });
+        let items = manifests
+            .into_iter()
+            .zip(raws)
+            .zip(verified)
+            .map(|((m, raw), verified)| {
+                let entry = match (&m, raw) {
+                    (Err(_), _) | (Ok(_), None) => EntryCheck::Absent,
+                    (Ok(m), Some(raw)) => match verified {
+                        // Not decodable: the same error again, for the report.
+                        None => EntryCheck::Undecodable(
+                            Unverified::<EnvelopeEntry>::decode(&raw)
+                                .err()
+                                .map_or_else(|| "undecodable".to_string(), |e| e.to_string()),
+                        ),
+                        Some(v) => EntryCheck::Checked(
+                            v.ctx(|| format!("envelope entry of {}", m.object_id.short()))
+                                .and_then(|e| self.check_entry_fits(m, e))
+                                .map_err(|e| e.to_string()),
+                        ),
+                    },
+                };
+                CheckedItem {
+                    manifest: m.map_err(|e| e.to_string()),
+                    entry,
+                }
+            })
+            .collect();
+        CheckedPage { undecodable, items }
+    }
+
+    /// The second half of [`Store::accept_selected`]: against the objects
+    /// held here, which manifests are new, which names are free; then the
+    /// commit.
+    pub fn accept_checked(
+        &self,
+        _source: &InstanceId,
+        page: CheckedPage,
+        selection: &Selection,
+    ) -> Result<Accepted> {
+        let _g = self.lock();
+        let mut report = Accepted {
+            rejected: page.undecodable,
+            ..Default::default()
+        };
+        let mut writes = Vec::new();
+        let mut seen = HashSet::new();
+        let mut names = HashSet::new();
+        let mut kept = Vec::new();
+        for item in page.items {
+            let m = match item.manifest {
                 Ok(m) => m,
                 Err(e) => {
-                    report.rejected.push(("manifest".into(), e.to_string()));
+                    report.rejected.push(("manifest".into(), e));
                     continue;
                 }
             };
@@ -546,48 +646,26 @@ impl Store {
                 report.rejected.push((label, why));
                 continue;
             }
-            // Entries are checked together below (their signatures in batches).
-            let raw = if m.deleted { None } else { item.entry };
-            kept.push((m, previous, raw, label));
+            kept.push((m, previous, item.entry, label));
         }
-        // The entries: decoded, signatures checked in ed25519 batches (the
-        // wrapper must be the source, the manifest's author or a trusted
-        // `full` instance), then addressed to this instance for that version
-        // and unwrapped. A blind copy has none: held, not readable here.
-        let mut entries = Vec::with_capacity(kept.len());
-        for (m, _, raw, label) in &kept {
-            entries.push(
-                match raw.as_ref().map(|b| Unverified::<EnvelopeEntry>::decode(b)) {
-                    Some(Ok(u)) => Some(u),
-                    Some(Err(e)) => {
-                        report.rejected.push((
-                            label.clone(),
-                            format!("envelope entry of {}: {e}", m.object_id.short()),
-                        ));
-                        None
-                    }
-                    None => None,
-                },
-            );
+        // Undecodable entries are reported first, then the rest in order
+        // (as when both were checked here).
+        for (m, _, entry, label) in &kept {
+            if let EntryCheck::Undecodable(e) = entry {
+                report.rejected.push((
+                    label.clone(),
+                    format!("envelope entry of {}: {e}", m.object_id.short()),
+                ));
+            }
         }
-        let checked = verify_slots(entries, |i, w| {
-            w == source || *w == kept[i].0.author || self.is_full(w)
-        });
-        for ((m, previous, raw, label), verified) in kept.into_iter().zip(checked) {
-            let entry = match (raw, verified) {
-                (None, _) => None,
-                (Some(_), None) => continue, // undecodable: rejected above
-                (Some(_), Some(verified)) => {
-                    match verified
-                        .ctx(|| format!("envelope entry of {}", m.object_id.short()))
-                        .and_then(|e| self.check_entry_fits(&m, e))
-                    {
-                        Ok(e) => Some(e),
-                        Err(e) => {
-                            report.rejected.push((label, e.to_string()));
-                            continue;
-                        }
-                    }
+        for (m, previous, entry, label) in kept {
+            let entry = match entry {
+                EntryCheck::Absent => None,
+                EntryCheck::Undecodable(_) => continue, // rejected above
+                EntryCheck::Checked(Ok(e)) => Some(e),
+                EntryCheck::Checked(Err(e)) => {
+                    report.rejected.push((label, e));
+                    continue;
                 }
             };
             let envelope: Vec<Vec<u8>> = entry.iter().map(|e| e.bytes().to_vec()).collect();
