@@ -811,26 +811,33 @@ impl Store {
             };
             while !rest.is_empty() {
                 let from = rest.len().saturating_sub(PAR_SOURCES);
-                rest.par_drain(from..).rev().try_for_each(|src| {
-                    let processed = (|| {
-                        let existing = match self.db().lookup(&src.kind, &src.name)? {
-                            Some(id) => Some((id, self.state(&id)?)),
-                            None => None,
-                        };
-                        let rotate = existing.as_ref().is_some_and(|(id, _)| rotate.contains(id));
-                        self.process(
-                            &src,
-                            existing,
-                            rotate,
-                            &fp_key,
-                            &session,
-                            &recipients,
-                            progress,
-                            &snapshots,
-                        )
-                    })();
-                    take(processed)
-                })?;
+                // One source per rayon job: with rayon's default splitting a
+                // thread could be left with a run of large sources while
+                // the other had nothing to steal.
+                rest.par_drain(from..)
+                    .rev()
+                    .with_max_len(1)
+                    .try_for_each(|src| {
+                        let processed = (|| {
+                            let existing = match self.db().lookup(&src.kind, &src.name)? {
+                                Some(id) => Some((id, self.state(&id)?)),
+                                None => None,
+                            };
+                            let rotate =
+                                existing.as_ref().is_some_and(|(id, _)| rotate.contains(id));
+                            self.process(
+                                &src,
+                                existing,
+                                rotate,
+                                &fp_key,
+                                &session,
+                                &recipients,
+                                progress,
+                                &snapshots,
+                            )
+                        })();
+                        take(processed)
+                    })?;
                 if rest.len() < rest.capacity() / 2 {
                     rest.shrink_to_fit();
                 }
