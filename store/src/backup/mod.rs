@@ -717,7 +717,7 @@ pub(crate) fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
         .into_iter()
         .map(|(card, role)| SnapTrust {
             card: card_to_string(&card),
-            role: role.to_string(),
+            role,
         })
         .collect();
     let objects: Vec<SnapObject> = signed
