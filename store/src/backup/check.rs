@@ -18,15 +18,116 @@ use serde::Serialize;
 use super::{Repo, SnapshotFile, chunk_path, list_chunks, manifest_path, repo_io_err};
 use crate::{error::Result, progress::Progress};
 
+/// The classes of problems `backups verify` reports (docs/backup.md
+/// "Verify"), written in kebab case (`missing-chunk`) in text and JSON and
+/// ordered by that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepoProblemClass {
+    /// An index file that does not decode, or whose entry disagrees with a manifest (format 2).
+    BadIndex,
+    /// A file under `keys/` that is not a valid identity escrow.
+    BadKeyFile,
+    /// A manifest file that does not decode or verify, or that is not the manifest it is named for.
+    BadManifest,
+    /// A pack file that cannot be read, or whose header or trailer does not match (format 2).
+    BadPack,
+    /// A snapshot file that does not parse.
+    BadSnapshot,
+    /// A snapshot whose host's signature does not verify.
+    BadSnapshotSignature,
+    /// Chunk bytes that do not hash to their id.
+    CorruptChunk,
+    /// Manifest file bytes that do not hash to their name (format 2).
+    CorruptManifest,
+    /// A chunk a manifest names that the repository does not hold.
+    MissingChunk,
+    /// A manifest a snapshot names that the repository does not hold.
+    MissingManifest,
+    /// A pack file an index names that is not there (format 2).
+    MissingPack,
+    /// A chunk no snapshot references (format 1).
+    OrphanChunk,
+    /// A manifest no snapshot references (format 1).
+    OrphanManifest,
+    /// A snapshot file whose checksum does not match its content.
+    SnapshotChecksum,
+    /// A file that has no place in the repository layout (format 1).
+    StrayFile,
+    /// A chunk file shorter than its manifest says (format 1).
+    TruncatedChunk,
+    /// A pack file shorter than its index says (format 2).
+    TruncatedPack,
+    /// A pack file no index names (an interrupted backup; prune removes it).
+    UnindexedPack,
+    /// A snapshot written before snapshots were signed.
+    UnsignedSnapshot,
+    /// A chunk file longer than its manifest says (format 1).
+    WrongSizeChunk,
+    /// A pack file longer than its index says (format 2).
+    WrongSizePack,
+}
+
+impl RepoProblemClass {
+    /// The class's name, as printed (`missing-chunk`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoProblemClass::BadIndex => "bad-index",
+            RepoProblemClass::BadKeyFile => "bad-key-file",
+            RepoProblemClass::BadManifest => "bad-manifest",
+            RepoProblemClass::BadPack => "bad-pack",
+            RepoProblemClass::BadSnapshot => "bad-snapshot",
+            RepoProblemClass::BadSnapshotSignature => "bad-snapshot-signature",
+            RepoProblemClass::CorruptChunk => "corrupt-chunk",
+            RepoProblemClass::CorruptManifest => "corrupt-manifest",
+            RepoProblemClass::MissingChunk => "missing-chunk",
+            RepoProblemClass::MissingManifest => "missing-manifest",
+            RepoProblemClass::MissingPack => "missing-pack",
+            RepoProblemClass::OrphanChunk => "orphan-chunk",
+            RepoProblemClass::OrphanManifest => "orphan-manifest",
+            RepoProblemClass::SnapshotChecksum => "snapshot-checksum",
+            RepoProblemClass::StrayFile => "stray-file",
+            RepoProblemClass::TruncatedChunk => "truncated-chunk",
+            RepoProblemClass::TruncatedPack => "truncated-pack",
+            RepoProblemClass::UnindexedPack => "unindexed-pack",
+            RepoProblemClass::UnsignedSnapshot => "unsigned-snapshot",
+            RepoProblemClass::WrongSizeChunk => "wrong-size-chunk",
+            RepoProblemClass::WrongSizePack => "wrong-size-pack",
+        }
+    }
+}
+
+impl std::fmt::Display for RepoProblemClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // (`pad`: a width such as `{:<18}` lines the classes up)
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RepoProblemClass {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialOrd for RepoProblemClass {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By name, as the problems are listed.
+impl Ord for RepoProblemClass {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
 /// One problem found in a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RepoProblem {
-    /// `missing-chunk`, `truncated-chunk`, `wrong-size-chunk`,
-    /// `corrupt-chunk`, `orphan-chunk`, `stray-file`, `missing-manifest`,
-    /// `bad-manifest`, `orphan-manifest`, `bad-snapshot`,
-    /// `bad-snapshot-signature`, `unsigned-snapshot`, `snapshot-checksum`,
-    /// `bad-key-file`.
-    pub class: String,
+    /// What kind of problem.
+    pub class: RepoProblemClass,
     /// The file, relative to the repository.
     pub path: String,
     /// What is wrong.
@@ -51,7 +152,7 @@ pub struct RepoCheck {
     /// Problems, sorted.
     pub problems: Vec<RepoProblem>,
     /// Problems by class.
-    pub counts: BTreeMap<String, u64>,
+    pub counts: BTreeMap<RepoProblemClass, u64>,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
@@ -63,7 +164,7 @@ impl RepoCheck {
     pub(crate) fn finish(&mut self, mut problems: Vec<RepoProblem>, start: std::time::Instant) {
         problems.sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
         for p in &problems {
-            *self.counts.entry(p.class.clone()).or_default() += 1;
+            *self.counts.entry(p.class).or_default() += 1;
         }
         self.problems = problems;
         self.elapsed = start.elapsed();
@@ -75,16 +176,16 @@ impl RepoCheck {
     }
 }
 
-pub(crate) fn problem(class: &str, path: String, detail: String) -> RepoProblem {
+pub(crate) fn problem(class: RepoProblemClass, path: String, detail: String) -> RepoProblem {
     RepoProblem {
-        class: class.into(),
+        class,
         path,
         detail,
     }
 }
 
 /// A manifest check's outcome: the checked file, or (problem class, detail).
-pub(crate) type ManifestCheck = std::result::Result<CheckedManifest, (&'static str, String)>;
+pub(crate) type ManifestCheck = std::result::Result<CheckedManifest, (RepoProblemClass, String)>;
 
 /// What one manifest file holds, once checked.
 pub(crate) struct CheckedManifest {
@@ -100,14 +201,18 @@ pub(crate) type ReadManifest = (Unverified<Manifest>, Vec<Vec<u8>>);
 /// Decodes the bytes of one manifest file (signature not yet checked).
 pub(crate) fn decode_manifest_file(
     bytes: &[u8],
-) -> std::result::Result<ReadManifest, (&'static str, String)> {
+) -> std::result::Result<ReadManifest, (RepoProblemClass, String)> {
     let f = super::repofile::ManifestFile::decode(bytes)
-        .map_err(|e| ("bad-manifest", format!("undecodable: {e}")))?;
+        .map_err(|e| (RepoProblemClass::BadManifest, format!("undecodable: {e}")))?;
     let u = Unverified::<Manifest>::decode(&f.manifest)
-        .map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+        .map_err(|e| (RepoProblemClass::BadManifest, format!("bad manifest: {e}")))?;
     for e in &f.envelope {
-        Unverified::<EnvelopeEntry>::decode(e)
-            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
+        Unverified::<EnvelopeEntry>::decode(e).map_err(|e| {
+            (
+                RepoProblemClass::BadManifest,
+                format!("bad envelope entry: {e}"),
+            )
+        })?;
     }
     Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
 }
@@ -128,7 +233,7 @@ pub(crate) fn check_manifests(
 /// a pack in one read), results in the order asked.
 pub(crate) fn check_manifests_with(
     items: &[&super::repofile::SnapObject],
-    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (&'static str, String)>>
+    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>>
     + Sync,
 ) -> Vec<ManifestCheck> {
     const GROUP: usize = 512;
@@ -153,7 +258,10 @@ pub(crate) fn check_manifests_with(
                     (Some(r), Ok(envelope)) => finish(o, r, envelope),
                     (_, Err(e)) => Err(e),
                     // (every manifest read was verified)
-                    (None, Ok(_)) => Err(("bad-manifest", "bad manifest: not verified".into())),
+                    (None, Ok(_)) => Err((
+                        RepoProblemClass::BadManifest,
+                        "bad manifest: not verified".into(),
+                    )),
                 })
                 .collect::<Vec<_>>()
         })
@@ -165,16 +273,16 @@ fn finish(
     r: bbsync_protocol::Result<bbsync_protocol::Signed<Manifest>>,
     envelope: Vec<Vec<u8>>,
 ) -> ManifestCheck {
-    let m = r.map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+    let m = r.map_err(|e| (RepoProblemClass::BadManifest, format!("bad manifest: {e}")))?;
     if m.id() != object.manifest_id {
         return Err((
-            "bad-manifest",
+            RepoProblemClass::BadManifest,
             format!("holds manifest {}, not the one named", m.id().to_hex()),
         ));
     }
     if m.object_id != object.object_id || m.version != object.version {
         return Err((
-            "bad-manifest",
+            RepoProblemClass::BadManifest,
             format!(
                 "is object {} version {}, the snapshot lists object {} version {}",
                 m.object_id.to_hex(),
@@ -199,14 +307,16 @@ pub(crate) fn snapshot_problem(
         Ok(s) => Ok(Ok(s)),
         Err(crate::StoreError::BadSnapshot { fault, message }) => {
             let class = match fault {
-                crate::SnapshotFault::ChecksumMismatch => "snapshot-checksum",
-                crate::SnapshotFault::BadSignature => "bad-snapshot-signature",
+                crate::SnapshotFault::ChecksumMismatch => RepoProblemClass::SnapshotChecksum,
+                crate::SnapshotFault::BadSignature => RepoProblemClass::BadSnapshotSignature,
             };
             Ok(Err(problem(class, super::snapshot_path(id), message)))
         }
-        Err(crate::StoreError::Repo(msg)) => {
-            Ok(Err(problem("bad-snapshot", super::snapshot_path(id), msg)))
-        }
+        Err(crate::StoreError::Repo(msg)) => Ok(Err(problem(
+            RepoProblemClass::BadSnapshot,
+            super::snapshot_path(id),
+            msg,
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -253,7 +363,7 @@ impl Repo {
                         // Readable, but nothing vouches for it: a restore
                         // refuses it without --trust-host.
                         problems.push(problem(
-                            "unsigned-snapshot",
+                            RepoProblemClass::UnsignedSnapshot,
                             super::snapshot_path(id),
                             "written before snapshots were signed: anyone who can write the repository could have changed it; restore needs --trust-host (take a new backup, then delete it)".into(),
                         ));
@@ -307,7 +417,7 @@ impl Repo {
             let path = chunk_path(id);
             if !have.contains(id) {
                 problems.push(problem(
-                    "missing-chunk",
+                    RepoProblemClass::MissingChunk,
                     path,
                     format!("missing, referenced by {label}"),
                 ));
@@ -319,9 +429,9 @@ impl Repo {
                 .unwrap_or(0);
             if size != u64::from(*len) {
                 let class = if size < u64::from(*len) {
-                    "truncated-chunk"
+                    RepoProblemClass::TruncatedChunk
                 } else {
-                    "wrong-size-chunk"
+                    RepoProblemClass::WrongSizeChunk
                 };
                 problems.push(problem(
                     class,
@@ -357,7 +467,7 @@ impl Repo {
                         found
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(problem("corrupt-chunk", path.clone(), d));
+                            .push(problem(RepoProblemClass::CorruptChunk, path.clone(), d));
                     }
                     progress.advance(1, u64::from(*len));
                     u64::from(*len)
@@ -376,7 +486,7 @@ impl Repo {
             for id in &have {
                 if !refs.contains_key(id) {
                     problems.push(problem(
-                        "orphan-chunk",
+                        RepoProblemClass::OrphanChunk,
                         chunk_path(id),
                         "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
                     ));
@@ -385,7 +495,11 @@ impl Repo {
         }
         if only.is_none() {
             for s in strays {
-                problems.push(problem("stray-file", s, "not a chunk file name".into()));
+                problems.push(problem(
+                    RepoProblemClass::StrayFile,
+                    s,
+                    "not a chunk file name".into(),
+                ));
             }
             let names: HashSet<String> = wanted.keys().map(|m| m.to_hex()).collect();
             for name in b.list("manifests").map_err(repo_io_err(format!(
@@ -394,7 +508,7 @@ impl Repo {
             )))? {
                 if snapshots_ok && !names.contains(&name) {
                     problems.push(problem(
-                        "orphan-manifest",
+                        RepoProblemClass::OrphanManifest,
                         format!("manifests/{name}"),
                         "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
                     ));
@@ -414,7 +528,7 @@ impl Repo {
                     .is_some_and(|k| name == format!("identity.{}", k.instance));
                 if !ok {
                     problems.push(problem(
-                        "bad-key-file",
+                        RepoProblemClass::BadKeyFile,
                         path,
                         "not a valid identity escrow".into(),
                     ));
