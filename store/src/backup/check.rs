@@ -123,6 +123,29 @@ impl Ord for RepoProblemClass {
     }
 }
 
+impl From<crate::SnapshotFault> for RepoProblemClass {
+    fn from(fault: crate::SnapshotFault) -> Self {
+        match fault {
+            crate::SnapshotFault::BadSignature => RepoProblemClass::BadSnapshotSignature,
+            crate::SnapshotFault::ChecksumMismatch => RepoProblemClass::SnapshotChecksum,
+        }
+    }
+}
+
+/// Adds the chunks of a checked manifest to `refs` (chunk -> its length
+/// and who references it: the first reference of each is kept).
+pub(crate) fn add_chunk_refs(
+    refs: &mut HashMap<ChunkId, (u32, String)>,
+    c: &CheckedManifest,
+    snap: &str,
+) {
+    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
+    for ch in &c.manifest.chunks {
+        refs.entry(ch.id)
+            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
+    }
+}
+
 /// One problem found in a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RepoProblem {
@@ -305,13 +328,11 @@ pub(crate) fn snapshot_problem(
 ) -> Result<std::result::Result<SnapshotFile, RepoProblem>> {
     match repo.load_snapshot(id) {
         Ok(s) => Ok(Ok(s)),
-        Err(crate::StoreError::BadSnapshot { fault, message }) => {
-            let class = match fault {
-                crate::SnapshotFault::ChecksumMismatch => RepoProblemClass::SnapshotChecksum,
-                crate::SnapshotFault::BadSignature => RepoProblemClass::BadSnapshotSignature,
-            };
-            Ok(Err(problem(class, super::snapshot_path(id), message)))
-        }
+        Err(crate::StoreError::BadSnapshot { fault, message }) => Ok(Err(problem(
+            fault.into(),
+            super::snapshot_path(id),
+            message,
+        ))),
         Err(crate::StoreError::Repo(msg)) => Ok(Err(problem(
             RepoProblemClass::BadSnapshot,
             super::snapshot_path(id),
@@ -349,13 +370,45 @@ impl Repo {
         };
         let mut problems = Vec::new();
         // 1. Snapshots, then the manifests they name (each once).
+        let refs = self.v1_references(&ids, &mut r, &mut problems)?;
+        // 2. Chunks: present with the right length; with read_data, re-hashed.
+        let (have, strays) = list_chunks(b)?;
+        r.chunks = refs.chunks.len() as u64;
+        let to_read = self.v1_chunk_sizes(&refs.chunks, &have, &mut problems)?;
+        if read_data {
+            progress.start(
+                "verify",
+                to_read.len() as u64,
+                to_read.iter().map(|t| u64::from(t.1)).sum(),
+            );
+            let (bytes, found) = read_v1_chunks(b, &to_read, progress);
+            progress.finish();
+            r.bytes_read = bytes;
+            problems.extend(found);
+        }
+        // 3. The whole repository: what nothing references, and key files.
+        if only.is_none() {
+            self.v1_unreferenced(&refs, &have, strays, &mut problems)?;
+        }
+        r.finish(problems, start);
+        Ok(r)
+    }
+
+    /// Format 1, step 1: the snapshots `ids`, then the manifests they name
+    /// (each once), and the chunks those reference.
+    fn v1_references(
+        &self,
+        ids: &[String],
+        r: &mut RepoCheck,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<V1References> {
         let mut wanted: BTreeMap<ManifestId, (super::repofile::SnapObject, String)> =
             BTreeMap::new();
         // What an unreadable snapshot or manifest references is unknown:
         // then nothing is called unreferenced.
-        let mut complete_refs = true;
+        let mut complete = true;
         let mut snapshots_ok = true;
-        for id in &ids {
+        for id in ids {
             r.snapshots += 1;
             match snapshot_problem(self, id)? {
                 Ok(s) => {
@@ -375,7 +428,7 @@ impl Repo {
                     }
                 }
                 Err(p) => {
-                    complete_refs = false;
+                    complete = false;
                     snapshots_ok = false;
                     problems.push(p);
                 }
@@ -389,18 +442,12 @@ impl Repo {
             .map(|((mid, (_, snap)), c)| (*mid, c, snap.clone()))
             .collect();
         // chunk -> (expected length, who references it)
-        let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
+        let mut chunks: HashMap<ChunkId, (u32, String)> = HashMap::new();
         for (mid, c, snap) in checked {
             match c {
-                Ok(c) => {
-                    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
-                    for ch in &c.manifest.chunks {
-                        refs.entry(ch.id)
-                            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
-                    }
-                }
+                Ok(c) => add_chunk_refs(&mut chunks, &c, &snap),
                 Err((class, detail)) => {
-                    complete_refs = false;
+                    complete = false;
                     problems.push(problem(
                         class,
                         manifest_path(&mid),
@@ -409,11 +456,26 @@ impl Repo {
                 }
             }
         }
-        // 2. Chunks: present with the right length; with read_data, re-hashed.
-        let (have, strays) = list_chunks(b)?;
-        r.chunks = refs.len() as u64;
+        Ok(V1References {
+            manifests: wanted.keys().map(|m| m.to_hex()).collect(),
+            chunks,
+            complete,
+            snapshots_ok,
+        })
+    }
+
+    /// Format 1, step 2: each referenced chunk is present at the length
+    /// its manifest says; returns those to re-hash: (id, length, who
+    /// references it, path).
+    fn v1_chunk_sizes(
+        &self,
+        refs: &HashMap<ChunkId, (u32, String)>,
+        have: &HashSet<ChunkId>,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<Vec<(ChunkId, u32, String, String)>> {
+        let b = self.backend();
         let mut to_read = Vec::new();
-        for (id, (len, label)) in &refs {
+        for (id, (len, label)) in refs {
             let path = chunk_path(id);
             if !have.contains(id) {
                 problems.push(problem(
@@ -440,51 +502,24 @@ impl Repo {
                 ));
                 continue;
             }
-            if read_data {
-                to_read.push((*id, *len, label.clone(), path));
-            }
+            to_read.push((*id, *len, label.clone(), path));
         }
-        if read_data {
-            progress.start(
-                "verify",
-                to_read.len() as u64,
-                to_read.iter().map(|t| u64::from(t.1)).sum(),
-            );
-            let found = Mutex::new(Vec::new());
-            let bytes: u64 = to_read
-                .par_iter()
-                .map(|(id, len, label, path)| {
-                    let detail = match b.read(path) {
-                        Ok(data) => match check_chunk_id(id, &data) {
-                            Ok(()) => None,
-                            Err(_) => Some(format!(
-                                "content does not hash to its name, referenced by {label}"
-                            )),
-                        },
-                        Err(e) => Some(format!("unreadable: {e}")),
-                    };
-                    if let Some(d) = detail {
-                        found
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(problem(RepoProblemClass::CorruptChunk, path.clone(), d));
-                    }
-                    progress.advance(1, u64::from(*len));
-                    u64::from(*len)
-                })
-                .sum();
-            progress.finish();
-            r.bytes_read = bytes;
-            problems.extend(
-                found
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-        }
-        // 3. The whole repository: what nothing references, and key files.
-        if only.is_none() && complete_refs {
-            for id in &have {
-                if !refs.contains_key(id) {
+        Ok(to_read)
+    }
+
+    /// Format 1, step 3 (the whole repository): chunks and manifests no
+    /// snapshot references, files that are not chunks, key files.
+    fn v1_unreferenced(
+        &self,
+        refs: &V1References,
+        have: &HashSet<ChunkId>,
+        strays: Vec<String>,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<()> {
+        let b = self.backend();
+        if refs.complete {
+            for id in have {
+                if !refs.chunks.contains_key(id) {
                     problems.push(problem(
                         RepoProblemClass::OrphanChunk,
                         chunk_path(id),
@@ -493,49 +528,92 @@ impl Repo {
                 }
             }
         }
-        if only.is_none() {
-            for s in strays {
+        for s in strays {
+            problems.push(problem(
+                RepoProblemClass::StrayFile,
+                s,
+                "not a chunk file name".into(),
+            ));
+        }
+        for name in b.list("manifests").map_err(repo_io_err(format!(
+            "listing {}/manifests",
+            self.location()
+        )))? {
+            if refs.snapshots_ok && !refs.manifests.contains(&name) {
                 problems.push(problem(
-                    RepoProblemClass::StrayFile,
-                    s,
-                    "not a chunk file name".into(),
+                    RepoProblemClass::OrphanManifest,
+                    format!("manifests/{name}"),
+                    "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
                 ));
             }
-            let names: HashSet<String> = wanted.keys().map(|m| m.to_hex()).collect();
-            for name in b.list("manifests").map_err(repo_io_err(format!(
-                "listing {}/manifests",
-                self.location()
-            )))? {
-                if snapshots_ok && !names.contains(&name) {
-                    problems.push(problem(
-                        RepoProblemClass::OrphanManifest,
-                        format!("manifests/{name}"),
-                        "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
-                    ));
-                }
-            }
-            for name in b
-                .list("keys")
-                .map_err(repo_io_err(format!("listing {}/keys", self.location())))?
-            {
-                let path = format!("keys/{name}");
-                let ok = b
-                    .read(&path)
-                    .ok()
-                    .and_then(|bytes| {
-                        serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok()
-                    })
-                    .is_some_and(|k| name == format!("identity.{}", k.instance));
-                if !ok {
-                    problems.push(problem(
-                        RepoProblemClass::BadKeyFile,
-                        path,
-                        "not a valid identity escrow".into(),
-                    ));
-                }
+        }
+        for name in b
+            .list("keys")
+            .map_err(repo_io_err(format!("listing {}/keys", self.location())))?
+        {
+            let path = format!("keys/{name}");
+            let ok = b
+                .read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok())
+                .is_some_and(|k| name == format!("identity.{}", k.instance));
+            if !ok {
+                problems.push(problem(
+                    RepoProblemClass::BadKeyFile,
+                    path,
+                    "not a valid identity escrow".into(),
+                ));
             }
         }
-        r.finish(problems, start);
-        Ok(r)
+        Ok(())
     }
+}
+
+/// What the snapshots of a format-1 verify reference (step 1).
+struct V1References {
+    /// The manifests named (hex).
+    manifests: HashSet<String>,
+    /// chunk -> (expected length, who references it).
+    chunks: HashMap<ChunkId, (u32, String)>,
+    /// Every snapshot and manifest was read (else nothing is called
+    /// unreferenced).
+    complete: bool,
+    /// Every snapshot was read (else no manifest is called unreferenced).
+    snapshots_ok: bool,
+}
+
+/// Format 1, step 2 with `read_data`: the chunks re-hashed on all cores;
+/// returns the bytes read and the problems found.
+fn read_v1_chunks(
+    b: &dyn super::Backend,
+    to_read: &[(ChunkId, u32, String, String)],
+    progress: &dyn Progress,
+) -> (u64, Vec<RepoProblem>) {
+    let found = Mutex::new(Vec::new());
+    let bytes: u64 = to_read
+        .par_iter()
+        .map(|(id, len, label, path)| {
+            let detail = match b.read(path) {
+                Ok(data) => match check_chunk_id(id, &data) {
+                    Ok(()) => None,
+                    Err(_) => Some(format!(
+                        "content does not hash to its name, referenced by {label}"
+                    )),
+                },
+                Err(e) => Some(format!("unreadable: {e}")),
+            };
+            if let Some(d) = detail {
+                found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(problem(RepoProblemClass::CorruptChunk, path.clone(), d));
+            }
+            progress.advance(1, u64::from(*len));
+            u64::from(*len)
+        })
+        .sum();
+    let found = found
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (bytes, found)
 }

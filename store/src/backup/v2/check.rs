@@ -22,7 +22,8 @@ use crate::{
     StoreError,
     backup::{
         check::{
-            ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass, check_manifests_with, problem,
+            ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass, add_chunk_refs,
+            check_manifests_with, problem,
         },
         repo_io_err,
         repofile::{KeyFile, SnapObject},
@@ -192,15 +193,7 @@ impl Repo2 {
                     }
                 }
                 Err(StoreError::BadSnapshot { fault, message }) => {
-                    let class = match fault {
-                        crate::SnapshotFault::BadSignature => {
-                            RepoProblemClass::BadSnapshotSignature
-                        }
-                        crate::SnapshotFault::ChecksumMismatch => {
-                            RepoProblemClass::SnapshotChecksum
-                        }
-                    };
-                    problems.push(problem(class, snapshot_path(&id), message));
+                    problems.push(problem(fault.into(), snapshot_path(&id), message));
                 }
                 Err(StoreError::Repo(msg)) => {
                     problems.push(problem(
@@ -222,13 +215,7 @@ impl Repo2 {
         let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
         for ((mid, (_, snap)), c) in wanted.iter().zip(checked) {
             match c {
-                Ok(c) => {
-                    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
-                    for ch in &c.manifest.chunks {
-                        refs.entry(ch.id)
-                            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
-                    }
-                }
+                Ok(c) => add_chunk_refs(&mut refs, &c, snap),
                 Err((class, detail)) => {
                     let path = ix.manifest(mid).map_or_else(
                         || format!("manifest {}", mid.to_hex()),
