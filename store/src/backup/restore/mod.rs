@@ -337,13 +337,7 @@ impl Store {
 
         // 1. Whether to believe the snapshot at all, and whose trust table
         // (if any) comes with it.
-        let source_card = opts
-            .clone_source
-            .filter(|_| snap.signature == super::SnapshotSignature::Verified)
-            .filter(|src| card_from_str(&snap.host).is_ok_and(|c| c.instance == *src))
-            .map(|_| snap.host.clone());
-        let host =
-            self.accept_snapshot(&snap, opts.trust_host.as_deref().or(source_card.as_deref()))?;
+        let host = self.restore_host(&snap, opts)?;
         let mut report = RestoreReport {
             repo: repo.location(),
             snapshot: snap_id.clone(),
@@ -369,16 +363,7 @@ impl Store {
 
         // 4. The safety snapshot of what the store holds now.
         if opts.safety_snapshot && !plan.is_empty() && !self.is_empty() {
-            let r = self.backup(
-                repo,
-                &BackupOptions {
-                    description: format!("safety snapshot before restoring {snap_id}"),
-                    tags: vec!["safety".into()],
-                    ..Default::default()
-                },
-                &NoProgress,
-            )?;
-            report.safety_snapshot = Some(r.snapshot);
+            report.safety_snapshot = Some(self.safety_snapshot(repo, &snap_id)?);
         }
 
         // 5. Chunks, hashed as they are read, in groups made durable by
@@ -420,6 +405,45 @@ impl Store {
                 return Err(e);
             }
         };
+        self.after_restore(&restored, opts, &mut report)?;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+
+    /// Step 1: the snapshot's host, accepted (see [`Store::accept_snapshot`]);
+    /// a clone's source vouches for a snapshot it signed.
+    fn restore_host(&self, snap: &SnapshotFile, opts: &RestoreOptions) -> Result<AcceptedHost> {
+        let source_card = opts
+            .clone_source
+            .filter(|_| snap.signature == super::SnapshotSignature::Verified)
+            .filter(|src| card_from_str(&snap.host).is_ok_and(|c| c.instance == *src))
+            .map(|_| snap.host.clone());
+        self.accept_snapshot(snap, opts.trust_host.as_deref().or(source_card.as_deref()))
+    }
+
+    /// Step 4: a backup of the store as it is, into the repository the
+    /// restore reads; returns its snapshot id.
+    fn safety_snapshot(&self, repo: &Repo, snap_id: &str) -> Result<String> {
+        let r = self.backup(
+            repo,
+            &BackupOptions {
+                description: format!("safety snapshot before restoring {snap_id}"),
+                tags: vec!["safety".into()],
+                ..Default::default()
+            },
+            &NoProgress,
+        )?;
+        Ok(r.snapshot)
+    }
+
+    /// After the commit: the chunks of replaced versions collected, and
+    /// with `--rekey` the restored objects rekeyed.
+    fn after_restore(
+        &self,
+        restored: &[ObjectId],
+        opts: &RestoreOptions,
+        report: &mut RestoreReport,
+    ) -> Result<()> {
         if report.replaced > 0 {
             // Chunks of the replaced versions; a failure is only logged
             // (the store's next open collects them).
@@ -429,10 +453,9 @@ impl Store {
         }
         if opts.rekey && !restored.is_empty() {
             crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
-            report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
+            report.rekey = Some(self.rekey(restored, false, false, &NoProgress)?);
         }
-        report.elapsed = start.elapsed();
-        Ok(report)
+        Ok(())
     }
 
     /// Step 6: the new trust and the planned records, in one commit (no
