@@ -146,6 +146,35 @@ pub(crate) fn add_chunk_refs(
     }
 }
 
+/// Every file under `keys/` is an identity escrow whose name `fits` it
+/// (format 1: `identity.<instance>`; format 2: `<instance>-<seq>`).
+pub(crate) fn check_key_files(
+    b: &dyn super::Backend,
+    loc: &str,
+    fits: impl Fn(&str, &super::repofile::KeyFile) -> bool,
+    problems: &mut Vec<RepoProblem>,
+) -> Result<()> {
+    for name in b
+        .list("keys")
+        .map_err(repo_io_err(format!("listing {loc}/keys")))?
+    {
+        let path = format!("keys/{name}");
+        let ok = b
+            .read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok())
+            .is_some_and(|k| fits(&name, &k));
+        if !ok {
+            problems.push(problem(
+                RepoProblemClass::BadKeyFile,
+                path,
+                "not a valid identity escrow".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One problem found in a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RepoProblem {
@@ -547,25 +576,12 @@ impl Repo {
                 ));
             }
         }
-        for name in b
-            .list("keys")
-            .map_err(repo_io_err(format!("listing {}/keys", self.location())))?
-        {
-            let path = format!("keys/{name}");
-            let ok = b
-                .read(&path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok())
-                .is_some_and(|k| name == format!("identity.{}", k.instance));
-            if !ok {
-                problems.push(problem(
-                    RepoProblemClass::BadKeyFile,
-                    path,
-                    "not a valid identity escrow".into(),
-                ));
-            }
-        }
-        Ok(())
+        check_key_files(
+            b,
+            &self.location(),
+            |name, k| name == format!("identity.{}", k.instance),
+            problems,
+        )
     }
 }
 

@@ -23,10 +23,10 @@ use crate::{
     backup::{
         check::{
             ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass, add_chunk_refs,
-            check_manifests_with, problem,
+            check_key_files, check_manifests_with, problem,
         },
         repo_io_err,
-        repofile::{KeyFile, SnapObject},
+        repofile::SnapObject,
     },
     error::Result,
     packs::PackId,
@@ -130,7 +130,14 @@ impl Repo2 {
         // removes them), and key files.
         if only.is_none() {
             self.find_unindexed_packs(&ix, &mut problems)?;
-            self.check_key_files(&mut problems)?;
+            // Every key file is an identity escrow of the instance its
+            // name starts with.
+            check_key_files(
+                b,
+                &self.location(),
+                |name, k| name.starts_with(&format!("{}-", k.instance)),
+                &mut problems,
+            )?;
         }
         r.finish(problems, start);
         Ok(r)
@@ -342,31 +349,6 @@ impl Repo2 {
                         ));
                     }
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// Step 6: every key file is an identity escrow of the instance its
-    /// name starts with.
-    fn check_key_files(&self, problems: &mut Vec<RepoProblem>) -> Result<()> {
-        let b = self.backend();
-        for name in b
-            .list("keys")
-            .map_err(repo_io_err(format!("listing {}/keys", self.location())))?
-        {
-            let path = format!("keys/{name}");
-            let ok = b
-                .read(&path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<KeyFile>(&bytes).ok())
-                .is_some_and(|k| name.starts_with(&format!("{}-", k.instance)));
-            if !ok {
-                problems.push(problem(
-                    RepoProblemClass::BadKeyFile,
-                    path,
-                    "not a valid identity escrow".into(),
-                ));
             }
         }
         Ok(())
