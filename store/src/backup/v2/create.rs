@@ -167,7 +167,11 @@ impl Store {
             .map(|(id, _)| *id)
             .filter(|id| !ix.chunks.contains_key(id) && !reused.chunks.contains(id))
             .collect();
-        self.backup_data(&todo, opts, &mut st, &mut report, progress)?;
+        let job = DataJob {
+            todo: &todo,
+            copy: opts.copy,
+        };
+        self.backup_data(&job, &mut st, &mut report, progress)?;
 
         // 2. Manifests whose current file the index lacks: new objects, and
         // changed envelopes (a new file for the same manifest id).
@@ -186,13 +190,7 @@ impl Store {
         // 3. Index files naming those packs (a handful: one per
         // INDEX_FILE_ENTRIES entries), the manifest refs in the last.
         let files = index_files(st.packs, refs, seq);
-        for f in &files {
-            let bytes = f.encode();
-            let path = index_path(&bytes);
-            crate::failpoint::hit("backup.manifest")
-                .and_then(|()| b.write_lazy(&path, &bytes))
-                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-        }
+        write_index_files(repo, &files)?;
         // 4. The escrow (see `write_escrow`).
         if let Some(k) = &escrow {
             report.identity_escrow = Some(self.write_escrow(repo, k, seq)?);
@@ -233,12 +231,12 @@ impl Store {
     /// (linked where it can be), the others' chunks are packed anew.
     fn backup_data(
         &self,
-        todo: &HashSet<ChunkId>,
-        opts: &BackupOptions,
+        job: &DataJob<'_>,
         st: &mut Written<'_>,
         report: &mut BackupReport,
         progress: &dyn Progress,
     ) -> Result<()> {
+        let todo = job.todo;
         let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Location)>> = BTreeMap::new();
         for id in todo {
             let at = self.packs().location(id)?.ok_or_else(|| {
@@ -275,7 +273,7 @@ impl Store {
                 })
             };
             if let Some((src, bytes, entries)) = whole {
-                let linked = st.store_pack(&pack, &items, &src, bytes, entries, opts.copy)?;
+                let linked = st.store_pack(&pack, &items, &src, bytes, entries, job.copy)?;
                 if linked {
                     report.chunks_linked += n;
                 }
@@ -335,6 +333,27 @@ impl Store {
         }
         Ok(path)
     }
+}
+
+/// What step 1 of a backup copies: the chunks the index lacks, and
+/// whether store packs are copied rather than linked (`--copy`).
+struct DataJob<'a> {
+    todo: &'a HashSet<ChunkId>,
+    copy: bool,
+}
+
+/// Step 3: the index files written (not yet durable: the sync after the
+/// escrow makes them so, before the snapshot).
+fn write_index_files(repo: &Repo2, files: &[IndexFile]) -> Result<()> {
+    let loc = repo.location();
+    for f in files {
+        let bytes = f.encode();
+        let path = index_path(&bytes);
+        crate::failpoint::hit("backup.manifest")
+            .and_then(|()| repo.backend().write_lazy(&path, &bytes))
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+    }
+    Ok(())
 }
 
 /// What the packs an interrupted backup (or migration) left hold: their
