@@ -23,6 +23,7 @@ pub mod escrow;
 pub mod history;
 pub mod location;
 pub mod migrate;
+mod problem;
 pub mod reader;
 pub mod repofile;
 pub mod restore;

@@ -81,14 +81,7 @@ impl Repo2 {
                 if !prefetch {
                     return HashMap::new();
                 }
-                all_packs
-                    .par_iter()
-                    .map(|(pack, kind, len)| {
-                        let got = read_pack(b, pack, *kind, &entries);
-                        progress.advance(1, *len);
-                        (*pack, got)
-                    })
-                    .collect()
+                read_packs_ahead(b, &all_packs, &entries, progress)
             },
             || -> Result<Steps23> {
                 // 2. Snapshots, and the manifests they name (each once).
@@ -407,6 +400,24 @@ fn check_chunk_index(
         }
     }
     referenced_packs
+}
+
+/// Every pack of the repository read (on all cores) while the snapshots
+/// and manifests are checked: what each read found, by pack.
+fn read_packs_ahead(
+    b: &dyn crate::backup::backend::Backend,
+    packs: &[(PackId, PackKind, u64)],
+    entries: &HashMap<PackId, Vec<IndexEntry>>,
+    progress: &dyn Progress,
+) -> HashMap<PackId, PackRead> {
+    packs
+        .par_iter()
+        .map(|(pack, kind, len)| {
+            let got = read_pack(b, pack, *kind, entries);
+            progress.advance(1, *len);
+            (*pack, got)
+        })
+        .collect()
 }
 
 /// Step 5: the packs read on all cores; returns the bytes read and what
