@@ -15,6 +15,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod backup_api;
 pub mod bbs;
 pub mod config;
 pub mod db;

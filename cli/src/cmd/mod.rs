@@ -1,6 +1,8 @@
 //! One module per subcommand group.
 
-pub mod backup;
+pub mod backups;
+/// (the name `net.rs` and `main.rs` use for [`backups`])
+pub use backups as backup;
 pub mod export;
 pub mod http;
 pub mod identity;
@@ -17,7 +19,7 @@ pub mod verify;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bbsync_store::Store;
+use bbsync_store::{Store, sync::Selection};
 
 use crate::Ctx;
 
@@ -48,4 +50,51 @@ pub fn passphrase(ctx: &Ctx) -> anyhow::Result<Option<zeroize::Zeroizing<String>
     Ok(Some(
         crate::passphrase::get(ctx, &what, false).with_context(context)?,
     ))
+}
+
+/// `--only KIND[:NAME]` (repeatable), as `backup` and `restore` take it:
+/// parsed by clap with [`Selection::parse_only`], so a bad value is a
+/// usage error before anything runs, as for `clone --only`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OnlyArgs {
+    /// Only objects of this kind (and name or name prefix), repeatable.
+    #[arg(long = "only", value_name = "KIND[:NAME]", value_parser = parse_only)]
+    only: Vec<OnlySpec>,
+}
+
+/// One `--only` value: as given, and the kind and name it selects.
+#[derive(Debug, Clone)]
+pub struct OnlySpec {
+    text: String,
+    kind: String,
+    name: Option<String>,
+}
+
+/// The clap value parser of `--only` ([`Selection::parse_only`]).
+pub fn parse_only(s: &str) -> Result<OnlySpec, String> {
+    let (kind, name) = Selection::parse_only(s).map_err(|e| e.to_string())?;
+    Ok(OnlySpec {
+        text: s.to_string(),
+        kind,
+        name,
+    })
+}
+
+impl OnlyArgs {
+    /// The selection the values make (none: everything).
+    pub fn selection(&self) -> Selection {
+        Selection {
+            only: self
+                .only
+                .iter()
+                .map(|o| (o.kind.clone(), o.name.clone()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The values as given (a snapshot records them).
+    pub fn texts(&self) -> Vec<String> {
+        self.only.iter().map(|o| o.text.clone()).collect()
+    }
 }

@@ -15,18 +15,58 @@ use bbsync_protocol::{
 use rayon::prelude::*;
 use serde::Serialize;
 
+pub use super::problem::RepoProblemClass;
 use super::{Repo, SnapshotFile, chunk_path, list_chunks, manifest_path, repo_io_err};
 use crate::{error::Result, progress::Progress};
+
+/// Adds the chunks of a checked manifest to `refs` (chunk -> its length
+/// and who references it: the first reference of each is kept).
+pub(crate) fn add_chunk_refs(
+    refs: &mut HashMap<ChunkId, (u32, String)>,
+    c: &CheckedManifest,
+    snap: &str,
+) {
+    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
+    for ch in &c.manifest.chunks {
+        refs.entry(ch.id)
+            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
+    }
+}
+
+/// Every file under `keys/` is an identity escrow whose name `fits` it
+/// (format 1: `identity.<instance>`; format 2: `<instance>-<seq>`).
+pub(crate) fn check_key_files(
+    b: &dyn super::Backend,
+    loc: &str,
+    fits: impl Fn(&str, &super::repofile::KeyFile) -> bool,
+    problems: &mut Vec<RepoProblem>,
+) -> Result<()> {
+    for name in b
+        .list("keys")
+        .map_err(repo_io_err(format!("listing {loc}/keys")))?
+    {
+        let path = format!("keys/{name}");
+        let ok = b
+            .read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok())
+            .is_some_and(|k| fits(&name, &k));
+        if !ok {
+            problems.push(problem(
+                RepoProblemClass::BadKeyFile,
+                path,
+                "not a valid identity escrow".into(),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// One problem found in a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RepoProblem {
-    /// `missing-chunk`, `truncated-chunk`, `wrong-size-chunk`,
-    /// `corrupt-chunk`, `orphan-chunk`, `stray-file`, `missing-manifest`,
-    /// `bad-manifest`, `orphan-manifest`, `bad-snapshot`,
-    /// `bad-snapshot-signature`, `unsigned-snapshot`, `snapshot-checksum`,
-    /// `bad-key-file`.
-    pub class: String,
+    /// What kind of problem.
+    pub class: RepoProblemClass,
     /// The file, relative to the repository.
     pub path: String,
     /// What is wrong.
@@ -51,7 +91,7 @@ pub struct RepoCheck {
     /// Problems, sorted.
     pub problems: Vec<RepoProblem>,
     /// Problems by class.
-    pub counts: BTreeMap<String, u64>,
+    pub counts: BTreeMap<RepoProblemClass, u64>,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
@@ -63,7 +103,7 @@ impl RepoCheck {
     pub(crate) fn finish(&mut self, mut problems: Vec<RepoProblem>, start: std::time::Instant) {
         problems.sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
         for p in &problems {
-            *self.counts.entry(p.class.clone()).or_default() += 1;
+            *self.counts.entry(p.class).or_default() += 1;
         }
         self.problems = problems;
         self.elapsed = start.elapsed();
@@ -75,16 +115,16 @@ impl RepoCheck {
     }
 }
 
-pub(crate) fn problem(class: &str, path: String, detail: String) -> RepoProblem {
+pub(crate) fn problem(class: RepoProblemClass, path: String, detail: String) -> RepoProblem {
     RepoProblem {
-        class: class.into(),
+        class,
         path,
         detail,
     }
 }
 
 /// A manifest check's outcome: the checked file, or (problem class, detail).
-pub(crate) type ManifestCheck = std::result::Result<CheckedManifest, (&'static str, String)>;
+pub(crate) type ManifestCheck = std::result::Result<CheckedManifest, (RepoProblemClass, String)>;
 
 /// What one manifest file holds, once checked.
 pub(crate) struct CheckedManifest {
@@ -100,14 +140,18 @@ pub(crate) type ReadManifest = (Unverified<Manifest>, Vec<Vec<u8>>);
 /// Decodes the bytes of one manifest file (signature not yet checked).
 pub(crate) fn decode_manifest_file(
     bytes: &[u8],
-) -> std::result::Result<ReadManifest, (&'static str, String)> {
+) -> std::result::Result<ReadManifest, (RepoProblemClass, String)> {
     let f = super::repofile::ManifestFile::decode(bytes)
-        .map_err(|e| ("bad-manifest", format!("undecodable: {e}")))?;
+        .map_err(|e| (RepoProblemClass::BadManifest, format!("undecodable: {e}")))?;
     let u = Unverified::<Manifest>::decode(&f.manifest)
-        .map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+        .map_err(|e| (RepoProblemClass::BadManifest, format!("bad manifest: {e}")))?;
     for e in &f.envelope {
-        Unverified::<EnvelopeEntry>::decode(e)
-            .map_err(|e| ("bad-manifest", format!("bad envelope entry: {e}")))?;
+        Unverified::<EnvelopeEntry>::decode(e).map_err(|e| {
+            (
+                RepoProblemClass::BadManifest,
+                format!("bad envelope entry: {e}"),
+            )
+        })?;
     }
     Ok((u, f.envelope.into_iter().map(|b| b.into_vec()).collect()))
 }
@@ -128,7 +172,7 @@ pub(crate) fn check_manifests(
 /// a pack in one read), results in the order asked.
 pub(crate) fn check_manifests_with(
     items: &[&super::repofile::SnapObject],
-    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (&'static str, String)>>
+    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>>
     + Sync,
 ) -> Vec<ManifestCheck> {
     const GROUP: usize = 512;
@@ -153,7 +197,10 @@ pub(crate) fn check_manifests_with(
                     (Some(r), Ok(envelope)) => finish(o, r, envelope),
                     (_, Err(e)) => Err(e),
                     // (every manifest read was verified)
-                    (None, Ok(_)) => Err(("bad-manifest", "bad manifest: not verified".into())),
+                    (None, Ok(_)) => Err((
+                        RepoProblemClass::BadManifest,
+                        "bad manifest: not verified".into(),
+                    )),
                 })
                 .collect::<Vec<_>>()
         })
@@ -165,16 +212,16 @@ fn finish(
     r: bbsync_protocol::Result<bbsync_protocol::Signed<Manifest>>,
     envelope: Vec<Vec<u8>>,
 ) -> ManifestCheck {
-    let m = r.map_err(|e| ("bad-manifest", format!("bad manifest: {e}")))?;
+    let m = r.map_err(|e| (RepoProblemClass::BadManifest, format!("bad manifest: {e}")))?;
     if m.id() != object.manifest_id {
         return Err((
-            "bad-manifest",
+            RepoProblemClass::BadManifest,
             format!("holds manifest {}, not the one named", m.id().to_hex()),
         ));
     }
     if m.object_id != object.object_id || m.version != object.version {
         return Err((
-            "bad-manifest",
+            RepoProblemClass::BadManifest,
             format!(
                 "is object {} version {}, the snapshot lists object {} version {}",
                 m.object_id.to_hex(),
@@ -197,16 +244,16 @@ pub(crate) fn snapshot_problem(
 ) -> Result<std::result::Result<SnapshotFile, RepoProblem>> {
     match repo.load_snapshot(id) {
         Ok(s) => Ok(Ok(s)),
-        Err(crate::StoreError::BadSnapshot { fault, message }) => {
-            let class = match fault {
-                crate::SnapshotFault::ChecksumMismatch => "snapshot-checksum",
-                crate::SnapshotFault::BadSignature => "bad-snapshot-signature",
-            };
-            Ok(Err(problem(class, super::snapshot_path(id), message)))
-        }
-        Err(crate::StoreError::Repo(msg)) => {
-            Ok(Err(problem("bad-snapshot", super::snapshot_path(id), msg)))
-        }
+        Err(crate::StoreError::BadSnapshot { fault, message }) => Ok(Err(problem(
+            fault.into(),
+            super::snapshot_path(id),
+            message,
+        ))),
+        Err(crate::StoreError::Repo(msg)) => Ok(Err(problem(
+            RepoProblemClass::BadSnapshot,
+            super::snapshot_path(id),
+            msg,
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -239,13 +286,45 @@ impl Repo {
         };
         let mut problems = Vec::new();
         // 1. Snapshots, then the manifests they name (each once).
+        let refs = self.v1_references(&ids, &mut r, &mut problems)?;
+        // 2. Chunks: present with the right length; with read_data, re-hashed.
+        let (have, strays) = list_chunks(b)?;
+        r.chunks = refs.chunks.len() as u64;
+        let to_read = self.v1_chunk_sizes(&refs.chunks, &have, &mut problems)?;
+        if read_data {
+            progress.start(
+                "verify",
+                to_read.len() as u64,
+                to_read.iter().map(|t| u64::from(t.1)).sum(),
+            );
+            let (bytes, found) = read_v1_chunks(b, &to_read, progress);
+            progress.finish();
+            r.bytes_read = bytes;
+            problems.extend(found);
+        }
+        // 3. The whole repository: what nothing references, and key files.
+        if only.is_none() {
+            self.v1_unreferenced(&refs, &have, strays, &mut problems)?;
+        }
+        r.finish(problems, start);
+        Ok(r)
+    }
+
+    /// Format 1, step 1: the snapshots `ids`, then the manifests they name
+    /// (each once), and the chunks those reference.
+    fn v1_references(
+        &self,
+        ids: &[String],
+        r: &mut RepoCheck,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<V1References> {
         let mut wanted: BTreeMap<ManifestId, (super::repofile::SnapObject, String)> =
             BTreeMap::new();
         // What an unreadable snapshot or manifest references is unknown:
         // then nothing is called unreferenced.
-        let mut complete_refs = true;
+        let mut complete = true;
         let mut snapshots_ok = true;
-        for id in &ids {
+        for id in ids {
             r.snapshots += 1;
             match snapshot_problem(self, id)? {
                 Ok(s) => {
@@ -253,7 +332,7 @@ impl Repo {
                         // Readable, but nothing vouches for it: a restore
                         // refuses it without --trust-host.
                         problems.push(problem(
-                            "unsigned-snapshot",
+                            RepoProblemClass::UnsignedSnapshot,
                             super::snapshot_path(id),
                             "written before snapshots were signed: anyone who can write the repository could have changed it; restore needs --trust-host (take a new backup, then delete it)".into(),
                         ));
@@ -265,7 +344,7 @@ impl Repo {
                     }
                 }
                 Err(p) => {
-                    complete_refs = false;
+                    complete = false;
                     snapshots_ok = false;
                     problems.push(p);
                 }
@@ -279,18 +358,12 @@ impl Repo {
             .map(|((mid, (_, snap)), c)| (*mid, c, snap.clone()))
             .collect();
         // chunk -> (expected length, who references it)
-        let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
+        let mut chunks: HashMap<ChunkId, (u32, String)> = HashMap::new();
         for (mid, c, snap) in checked {
             match c {
-                Ok(c) => {
-                    let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
-                    for ch in &c.manifest.chunks {
-                        refs.entry(ch.id)
-                            .or_insert_with(|| (ch.len, format!("{label} in snapshot {snap}")));
-                    }
-                }
+                Ok(c) => add_chunk_refs(&mut chunks, &c, &snap),
                 Err((class, detail)) => {
-                    complete_refs = false;
+                    complete = false;
                     problems.push(problem(
                         class,
                         manifest_path(&mid),
@@ -299,15 +372,30 @@ impl Repo {
                 }
             }
         }
-        // 2. Chunks: present with the right length; with read_data, re-hashed.
-        let (have, strays) = list_chunks(b)?;
-        r.chunks = refs.len() as u64;
+        Ok(V1References {
+            manifests: wanted.keys().map(|m| m.to_hex()).collect(),
+            chunks,
+            complete,
+            snapshots_ok,
+        })
+    }
+
+    /// Format 1, step 2: each referenced chunk is present at the length
+    /// its manifest says; returns those to re-hash: (id, length, who
+    /// references it, path).
+    fn v1_chunk_sizes(
+        &self,
+        refs: &HashMap<ChunkId, (u32, String)>,
+        have: &HashSet<ChunkId>,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<Vec<(ChunkId, u32, String, String)>> {
+        let b = self.backend();
         let mut to_read = Vec::new();
-        for (id, (len, label)) in &refs {
+        for (id, (len, label)) in refs {
             let path = chunk_path(id);
             if !have.contains(id) {
                 problems.push(problem(
-                    "missing-chunk",
+                    RepoProblemClass::MissingChunk,
                     path,
                     format!("missing, referenced by {label}"),
                 ));
@@ -319,9 +407,9 @@ impl Repo {
                 .unwrap_or(0);
             if size != u64::from(*len) {
                 let class = if size < u64::from(*len) {
-                    "truncated-chunk"
+                    RepoProblemClass::TruncatedChunk
                 } else {
-                    "wrong-size-chunk"
+                    RepoProblemClass::WrongSizeChunk
                 };
                 problems.push(problem(
                     class,
@@ -330,98 +418,105 @@ impl Repo {
                 ));
                 continue;
             }
-            if read_data {
-                to_read.push((*id, *len, label.clone(), path));
-            }
+            to_read.push((*id, *len, label.clone(), path));
         }
-        if read_data {
-            progress.start(
-                "verify",
-                to_read.len() as u64,
-                to_read.iter().map(|t| u64::from(t.1)).sum(),
-            );
-            let found = Mutex::new(Vec::new());
-            let bytes: u64 = to_read
-                .par_iter()
-                .map(|(id, len, label, path)| {
-                    let detail = match b.read(path) {
-                        Ok(data) => match check_chunk_id(id, &data) {
-                            Ok(()) => None,
-                            Err(_) => Some(format!(
-                                "content does not hash to its name, referenced by {label}"
-                            )),
-                        },
-                        Err(e) => Some(format!("unreadable: {e}")),
-                    };
-                    if let Some(d) = detail {
-                        found
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(problem("corrupt-chunk", path.clone(), d));
-                    }
-                    progress.advance(1, u64::from(*len));
-                    u64::from(*len)
-                })
-                .sum();
-            progress.finish();
-            r.bytes_read = bytes;
-            problems.extend(
-                found
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-        }
-        // 3. The whole repository: what nothing references, and key files.
-        if only.is_none() && complete_refs {
-            for id in &have {
-                if !refs.contains_key(id) {
+        Ok(to_read)
+    }
+
+    /// Format 1, step 3 (the whole repository): chunks and manifests no
+    /// snapshot references, files that are not chunks, key files.
+    fn v1_unreferenced(
+        &self,
+        refs: &V1References,
+        have: &HashSet<ChunkId>,
+        strays: Vec<String>,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<()> {
+        let b = self.backend();
+        if refs.complete {
+            for id in have {
+                if !refs.chunks.contains_key(id) {
                     problems.push(problem(
-                        "orphan-chunk",
+                        RepoProblemClass::OrphanChunk,
                         chunk_path(id),
                         "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
                     ));
                 }
             }
         }
-        if only.is_none() {
-            for s in strays {
-                problems.push(problem("stray-file", s, "not a chunk file name".into()));
-            }
-            let names: HashSet<String> = wanted.keys().map(|m| m.to_hex()).collect();
-            for name in b.list("manifests").map_err(repo_io_err(format!(
-                "listing {}/manifests",
-                self.location()
-            )))? {
-                if snapshots_ok && !names.contains(&name) {
-                    problems.push(problem(
-                        "orphan-manifest",
-                        format!("manifests/{name}"),
-                        "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
-                    ));
-                }
-            }
-            for name in b
-                .list("keys")
-                .map_err(repo_io_err(format!("listing {}/keys", self.location())))?
-            {
-                let path = format!("keys/{name}");
-                let ok = b
-                    .read(&path)
-                    .ok()
-                    .and_then(|bytes| {
-                        serde_json::from_slice::<super::repofile::KeyFile>(&bytes).ok()
-                    })
-                    .is_some_and(|k| name == format!("identity.{}", k.instance));
-                if !ok {
-                    problems.push(problem(
-                        "bad-key-file",
-                        path,
-                        "not a valid identity escrow".into(),
-                    ));
-                }
+        for s in strays {
+            problems.push(problem(
+                RepoProblemClass::StrayFile,
+                s,
+                "not a chunk file name".into(),
+            ));
+        }
+        for name in b.list("manifests").map_err(repo_io_err(format!(
+            "listing {}/manifests",
+            self.location()
+        )))? {
+            if refs.snapshots_ok && !refs.manifests.contains(&name) {
+                problems.push(problem(
+                    RepoProblemClass::OrphanManifest,
+                    format!("manifests/{name}"),
+                    "referenced by no snapshot (`bbsync backups prune` removes it)".into(),
+                ));
             }
         }
-        r.finish(problems, start);
-        Ok(r)
+        check_key_files(
+            b,
+            &self.location(),
+            |name, k| name == format!("identity.{}", k.instance),
+            problems,
+        )
     }
+}
+
+/// What the snapshots of a format-1 verify reference (step 1).
+struct V1References {
+    /// The manifests named (hex).
+    manifests: HashSet<String>,
+    /// chunk -> (expected length, who references it).
+    chunks: HashMap<ChunkId, (u32, String)>,
+    /// Every snapshot and manifest was read (else nothing is called
+    /// unreferenced).
+    complete: bool,
+    /// Every snapshot was read (else no manifest is called unreferenced).
+    snapshots_ok: bool,
+}
+
+/// Format 1, step 2 with `read_data`: the chunks re-hashed on all cores;
+/// returns the bytes read and the problems found.
+fn read_v1_chunks(
+    b: &dyn super::Backend,
+    to_read: &[(ChunkId, u32, String, String)],
+    progress: &dyn Progress,
+) -> (u64, Vec<RepoProblem>) {
+    let found = Mutex::new(Vec::new());
+    let bytes: u64 = to_read
+        .par_iter()
+        .map(|(id, len, label, path)| {
+            let detail = match b.read(path) {
+                Ok(data) => match check_chunk_id(id, &data) {
+                    Ok(()) => None,
+                    Err(_) => Some(format!(
+                        "content does not hash to its name, referenced by {label}"
+                    )),
+                },
+                Err(e) => Some(format!("unreadable: {e}")),
+            };
+            if let Some(d) = detail {
+                found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(problem(RepoProblemClass::CorruptChunk, path.clone(), d));
+            }
+            progress.advance(1, u64::from(*len));
+            u64::from(*len)
+        })
+        .sum();
+    let found = found
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (bytes, found)
 }

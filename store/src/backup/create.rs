@@ -114,13 +114,70 @@ impl Store {
             ..
         } = c;
 
-        // 2. Chunks the repository lacks: linked, or copied (checked against
-        // their id on the way) in groups made durable by one syncfs.
+        // 2. Chunks the repository lacks (see `copy_chunks_v1`).
         let (have, _) = list_chunks(b)?;
         let todo: Vec<(ChunkId, u32)> = chunks
             .into_iter()
             .filter(|(id, _)| !have.contains(id))
             .collect();
+        self.copy_chunks_v1(repo, todo, &mut report, progress)?;
+
+        // 3. Manifests: new ones, and those whose envelope changed (see
+        // `write_manifests_v1`), and the escrow.
+        report.manifests_new = write_manifests_v1(repo, &manifests)?;
+        if let Some(k) = &escrow {
+            let path = escrow::key_path(self.identity());
+            let mut bytes = serde_json::to_vec_pretty(k)
+                .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
+            bytes.push(b'\n');
+            b.write_lazy(&path, &bytes)
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+            report.identity_escrow = Some(path);
+        }
+        // Links, renames and manifests durable before the snapshot names
+        // them (nothing new: nothing to wait for).
+        if report.chunks_new > 0 || report.manifests_new > 0 || report.identity_escrow.is_some() {
+            crate::failpoint::hit("backup.sync")
+                .and_then(|()| b.sync())
+                .map_err(repo_io_err(format!("syncing {loc}")))?;
+        }
+
+        // 4. The snapshot, signed by this instance, last.
+        // Its id carries the repository's next sequence number, so that
+        // `latest` and `backups list` order backups taken within one
+        // second (or on a host whose clock stepped back) as they were taken.
+        let created_ms = now_ms();
+        let id = new_snapshot_id(created_ms, repo.next_snapshot_seq()?);
+        let snap = self.sign_snapshot(
+            id.clone(),
+            created_ms,
+            opts,
+            counts,
+            &report,
+            plaintext_bytes,
+            objects,
+        )?;
+        crate::failpoint::hit("backup.snapshot")
+            .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
+        repo.write_snapshot(&snap)?;
+        report.snapshot = id;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+
+    /// Format 1, step 2: the chunks `todo` copied (checked against their
+    /// id on the way) in groups made durable by one syncfs. Chunks are
+    /// copied whatever `opts.copy` says: they live in packs, so there is
+    /// no chunk file to link (format 2 links whole packs).
+    fn copy_chunks_v1(
+        &self,
+        repo: &Repo,
+        todo: Vec<(ChunkId, u32)>,
+        report: &mut BackupReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let loc = repo.location();
+        let b = repo.backend();
         progress.start(
             "backup",
             todo.len() as u64,
@@ -138,9 +195,6 @@ impl Store {
                 g.push(c);
             }
         }
-        // Chunks are copied whatever `opts.copy` says: they live in packs,
-        // so there is no chunk file to link (a later repository format
-        // links whole packs).
         for g in groups {
             // Staged as temp files; then one syncfs makes the staged bytes
             // durable before any of them gets its name.
@@ -183,74 +237,41 @@ impl Store {
         }
         progress.finish();
         report.chunks_linked = 0;
-
-        // 3. Manifests: new ones, and those whose envelope changed (rekey,
-        // trust changes). Entries are of fixed size, so a changed envelope
-        // can have the old size: a file of the same size is read and its
-        // content compared.
-        let written = AtomicU64::new(0);
-        manifests
-            .par_iter()
-            .try_for_each(|(mid, f)| -> Result<()> {
-                let path = manifest_path(mid);
-                let bytes = f.encode();
-                let size = b
-                    .size(&path)
-                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
-                let same = size == Some(bytes.len() as u64)
-                    && match b.read(&path) {
-                        Ok(have) => have == bytes,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                        Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
-                    };
-                if !same {
-                    crate::failpoint::hit("backup.manifest")
-                        .and_then(|()| b.write_lazy(&path, &bytes))
-                        .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-                    written.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            })?;
-        report.manifests_new = written.into_inner();
-        if let Some(k) = &escrow {
-            let path = escrow::key_path(self.identity());
-            let mut bytes = serde_json::to_vec_pretty(k)
-                .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
-            bytes.push(b'\n');
-            b.write_lazy(&path, &bytes)
-                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-            report.identity_escrow = Some(path);
-        }
-        // Links, renames and manifests durable before the snapshot names
-        // them (nothing new: nothing to wait for).
-        if report.chunks_new > 0 || report.manifests_new > 0 || report.identity_escrow.is_some() {
-            crate::failpoint::hit("backup.sync")
-                .and_then(|()| b.sync())
-                .map_err(repo_io_err(format!("syncing {loc}")))?;
-        }
-
-        // 4. The snapshot, signed by this instance, last.
-        // Its id carries the repository's next sequence number, so that
-        // `latest` and `backups list` order backups taken within one
-        // second (or on a host whose clock stepped back) as they were taken.
-        let created_ms = now_ms();
-        let id = new_snapshot_id(created_ms, repo.next_snapshot_seq()?);
-        let snap = self.sign_snapshot(
-            id.clone(),
-            created_ms,
-            opts,
-            counts,
-            &report,
-            plaintext_bytes,
-            objects,
-        )?;
-        crate::failpoint::hit("backup.snapshot")
-            .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
-        repo.write_snapshot(&snap)?;
-        report.snapshot = id;
-        report.elapsed = start.elapsed();
-        Ok(report)
+        Ok(())
     }
+}
+
+/// Format 1, step 3: the manifest files that are new or whose envelope
+/// changed (rekey, trust changes); returns how many were written. Entries
+/// are of fixed size, so a changed envelope can have the old size: a file
+/// of the same size is read and its content compared.
+fn write_manifests_v1(repo: &Repo, manifests: &[(ManifestId, ManifestFile)]) -> Result<u64> {
+    let loc = repo.location();
+    let b = repo.backend();
+    let written = AtomicU64::new(0);
+    manifests
+        .par_iter()
+        .try_for_each(|(mid, f)| -> Result<()> {
+            let path = manifest_path(mid);
+            let bytes = f.encode();
+            let size = b
+                .size(&path)
+                .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+            let same = size == Some(bytes.len() as u64)
+                && match b.read(&path) {
+                    Ok(have) => have == bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
+                };
+            if !same {
+                crate::failpoint::hit("backup.manifest")
+                    .and_then(|()| b.write_lazy(&path, &bytes))
+                    .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })?;
+    Ok(written.into_inner())
 }
 
 /// What a snapshot of a store holds (step 1 of a backup, both formats).

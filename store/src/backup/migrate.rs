@@ -32,6 +32,7 @@ use super::{
     rfc3339, snapshot_path,
     v2::{
         Repo2,
+        create::Reused,
         format::{
             CONFIG_FORMAT, ConfigFile, INDEX_FILE_ENTRIES, INDEX_FORMAT, Index, IndexFile,
             IndexPack, ManifestRef, PackBuilder, PackKind, index_path, key_path,
@@ -235,48 +236,16 @@ fn convert(
     let b = v1.backend();
     let loc = v1.location();
     // 1. Every snapshot loads and is signed, before anything is written.
-    let ids = v1.snapshot_ids()?;
-    let mut raw: Vec<(String, Vec<u8>)> = Vec::with_capacity(ids.len());
-    for id in &ids {
-        let s = v1.load_snapshot(id).map_err(|e| {
-            StoreError::Repo(format!(
-                "{e}; repair or delete it before migrating (nothing was migrated)"
-            ))
-        })?;
-        if s.signature != SnapshotSignature::Verified {
-            return Err(StoreError::Repo(format!(
-                "snapshot {id} in {loc} is unsigned (written before bbsync signed snapshots), and format 2 holds signed snapshots only; take a new backup, delete it (`bbsync backups delete {id} --repo {loc}`), then migrate (nothing was migrated)"
-            )));
-        }
-        let path = snapshot_path(id);
-        let bytes = b
-            .read(&path)
-            .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
-        let f: SignedSnapshotFile = serde_json::from_slice(&bytes)
-            .map_err(|e| damaged(&loc, &path, &format!("not a valid snapshot file ({e})")))?;
-        let wire = data_encoding::BASE64
-            .decode(f.snapshot.as_bytes())
-            .map_err(|e| damaged(&loc, &path, &format!("snapshot: {e}")))?;
-        raw.push((id.clone(), wire));
-    }
+    let raw = signed_snapshots(v1)?;
     // What an earlier, interrupted run packed and indexed already.
     let ix: Index = r2.load_index()?;
     // Packs it wrote but did not index yet: checked, indexed below.
     let leftovers = r2.leftover_packs(&ix)?;
-    let mut reused_chunks = std::collections::HashSet::new();
-    let mut reused_files = std::collections::HashSet::new();
-    for p in &leftovers {
-        for e in &p.entries {
-            match p.kind {
-                PackKind::Data => reused_chunks.insert(ChunkId(e.id)),
-                PackKind::Manifests => reused_files.insert(e.id),
-            };
-        }
-    }
+    let reused = Reused::of(&leftovers);
     let (have, _) = list_chunks(b)?;
     let mut todo: Vec<ChunkId> = Vec::new();
     for id in have {
-        if ix.chunks.contains_key(&id) || reused_chunks.contains(&id) {
+        if ix.chunks.contains_key(&id) || reused.chunks.contains(&id) {
             report.chunks_done_before += 1;
         } else {
             todo.push(id);
@@ -305,6 +274,69 @@ fn convert(
         refs: Vec::new(),
         report,
     };
+    pack_chunks(r2, &todo, &mut pending, progress)?;
+    pack_manifests(r2, &ix, &reused, manifests, &mut pending)?;
+    pending.write_index()?;
+
+    // 3. Snapshots (their signed bytes, unchanged) and escrows.
+    for (id, wire) in &raw {
+        let path = super::v2::format::snapshot_path(id);
+        if b.size(&path)
+            .map_err(repo_io_err(format!("reading {loc}/{path}")))?
+            != Some(wire.len() as u64)
+        {
+            crate::failpoint::hit("repo_migrate.snapshot")
+                .and_then(|()| b.write_lazy(&path, wire))
+                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        }
+        pending.report.snapshots += 1;
+    }
+    pending.report.keys += copy_escrows(b, &loc)?;
+    b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
+    Ok(())
+}
+
+/// Step 1: every snapshot of `v1`, loaded and signed, as its signed wire
+/// bytes: (id, bytes).
+fn signed_snapshots(v1: &Repo) -> Result<Vec<(String, Vec<u8>)>> {
+    let b = v1.backend();
+    let loc = v1.location();
+    let ids = v1.snapshot_ids()?;
+    let mut raw: Vec<(String, Vec<u8>)> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let s = v1.load_snapshot(id).map_err(|e| {
+            StoreError::Repo(format!(
+                "{e}; repair or delete it before migrating (nothing was migrated)"
+            ))
+        })?;
+        if s.signature != SnapshotSignature::Verified {
+            return Err(StoreError::Repo(format!(
+                "snapshot {id} in {loc} is unsigned (written before bbsync signed snapshots), and format 2 holds signed snapshots only; take a new backup, delete it (`bbsync backups delete {id} --repo {loc}`), then migrate (nothing was migrated)"
+            )));
+        }
+        let path = snapshot_path(id);
+        let bytes = b
+            .read(&path)
+            .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+        let f: SignedSnapshotFile = serde_json::from_slice(&bytes)
+            .map_err(|e| damaged(&loc, &path, &format!("not a valid snapshot file ({e})")))?;
+        let wire = data_encoding::BASE64
+            .decode(f.snapshot.as_bytes())
+            .map_err(|e| damaged(&loc, &path, &format!("snapshot: {e}")))?;
+        raw.push((id.clone(), wire));
+    }
+    Ok(raw)
+}
+
+/// Step 2: the chunk files `todo` (checked against their names) into
+/// data packs.
+fn pack_chunks(
+    r2: &Repo2,
+    todo: &[ChunkId],
+    pending: &mut Pending<'_>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let (b, loc) = (pending.b, pending.loc.clone());
     progress.start("migrate", todo.len() as u64, 0);
     let mut builder: Option<PackBuilder> = None;
     for batch in todo.chunks(READ_BATCH) {
@@ -338,6 +370,19 @@ fn convert(
         pending.write_pack(p)?;
     }
     progress.finish();
+    Ok(())
+}
+
+/// Step 2: the manifest files the index lacks (each decoded first) into
+/// manifest packs, and every manifest's ref.
+fn pack_manifests(
+    r2: &Repo2,
+    ix: &Index,
+    reused: &Reused,
+    manifests: Vec<ManifestId>,
+    pending: &mut Pending<'_>,
+) -> Result<()> {
+    let (b, loc) = (pending.b, pending.loc.clone());
     let mut mb: Option<PackBuilder> = None;
     for mid in manifests {
         let path = manifest_path(&mid);
@@ -349,7 +394,7 @@ fn convert(
         if ix.manifests.get(&mid).map(|(_, h)| *h) == Some(file) {
             continue;
         }
-        if !ix.files.contains_key(&file) && !reused_files.contains(&file) {
+        if !ix.files.contains_key(&file) && !reused.files.contains(&file) {
             let p = mb.get_or_insert_with(|| PackBuilder::new(PackKind::Manifests));
             p.push(file, &bytes).map_err(|e| damaged(&loc, &path, &e))?;
             if p.len() >= r2.config.pack_target
@@ -367,21 +412,13 @@ fn convert(
     if let Some(p) = mb.take().filter(|p| !p.is_empty()) {
         pending.write_pack(p)?;
     }
-    pending.write_index()?;
+    Ok(())
+}
 
-    // 3. Snapshots (their signed bytes, unchanged) and escrows.
-    for (id, wire) in &raw {
-        let path = super::v2::format::snapshot_path(id);
-        if b.size(&path)
-            .map_err(repo_io_err(format!("reading {loc}/{path}")))?
-            != Some(wire.len() as u64)
-        {
-            crate::failpoint::hit("repo_migrate.snapshot")
-                .and_then(|()| b.write_lazy(&path, wire))
-                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-        }
-        pending.report.snapshots += 1;
-    }
+/// Step 3: each escrow `keys/identity.<host>` as `keys/<host>-0` (unless
+/// there already); returns how many.
+fn copy_escrows(b: &dyn Backend, loc: &str) -> Result<u64> {
+    let mut keys = 0;
     for name in b
         .list("keys")
         .map_err(repo_io_err(format!("listing {loc}/keys")))?
@@ -394,10 +431,10 @@ fn convert(
             .read(&path)
             .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
         let k: KeyFile = serde_json::from_slice(&bytes)
-            .map_err(|e| damaged(&loc, &path, &format!("not a valid identity escrow ({e})")))?;
+            .map_err(|e| damaged(loc, &path, &format!("not a valid identity escrow ({e})")))?;
         if k.instance != host {
             return Err(damaged(
-                &loc,
+                loc,
                 &path,
                 &format!("holds the escrow of instance {}", k.instance),
             ));
@@ -410,10 +447,9 @@ fn convert(
             b.write_lazy(&dest, &bytes)
                 .map_err(repo_io_err(format!("writing {loc}/{dest}")))?;
         }
-        pending.report.keys += 1;
+        keys += 1;
     }
-    b.sync().map_err(repo_io_err(format!("syncing {loc}")))?;
-    Ok(())
+    Ok(keys)
 }
 
 /// Step 5: the format-1 files go, `repo.json` last.

@@ -23,6 +23,7 @@ pub mod escrow;
 pub mod history;
 pub mod location;
 pub mod migrate;
+mod problem;
 pub mod reader;
 pub mod repofile;
 pub mod restore;
@@ -717,7 +718,7 @@ pub(crate) fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
         .into_iter()
         .map(|(card, role)| SnapTrust {
             card: card_to_string(&card),
-            role: role.to_string(),
+            role,
         })
         .collect();
     let objects: Vec<SnapObject> = signed

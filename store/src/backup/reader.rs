@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Repo,
     backend::Backend,
-    check::{ReadManifest, decode_manifest_file},
+    check::{ReadManifest, RepoProblemClass, decode_manifest_file},
     chunk_path, manifest_path, repo_io_err,
     v2::format::{Index, PackKind},
 };
@@ -83,22 +83,22 @@ impl RepoReader<'_> {
     pub(crate) fn read_manifest_file(
         &self,
         mid: &ManifestId,
-    ) -> std::result::Result<ReadManifest, (&'static str, String)> {
+    ) -> std::result::Result<ReadManifest, (RepoProblemClass, String)> {
         let b = self.repo.backend();
         let Some(ix) = &self.index else {
             let path = manifest_path(mid);
             let bytes = match b.read(&path) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(("missing-manifest", "missing".into()));
+                    return Err((RepoProblemClass::MissingManifest, "missing".into()));
                 }
-                Err(e) => return Err(("bad-manifest", format!("unreadable: {e}"))),
+                Err(e) => return Err((RepoProblemClass::BadManifest, format!("unreadable: {e}"))),
             };
             return decode_manifest_file(&bytes);
         };
         read_manifest_files(b, ix, std::slice::from_ref(mid))
             .pop()
-            .unwrap_or_else(|| Err(("missing-manifest", "not read".into())))
+            .unwrap_or_else(|| Err((RepoProblemClass::MissingManifest, "not read".into())))
     }
 
     /// [`Self::read_manifest_file`] for many manifests, in their order:
@@ -108,7 +108,7 @@ impl RepoReader<'_> {
     pub(crate) fn read_manifest_files(
         &self,
         mids: &[ManifestId],
-    ) -> Vec<std::result::Result<ReadManifest, (&'static str, String)>> {
+    ) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>> {
         match &self.index {
             None => mids.iter().map(|m| self.read_manifest_file(m)).collect(),
             Some(ix) => read_manifest_files(self.repo.backend(), ix, mids),
@@ -277,8 +277,8 @@ pub(crate) fn read_manifest_files(
     b: &dyn Backend,
     ix: &Index,
     mids: &[ManifestId],
-) -> Vec<std::result::Result<ReadManifest, (&'static str, String)>> {
-    let mut out: Vec<Option<std::result::Result<ReadManifest, (&'static str, String)>>> =
+) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>> {
+    let mut out: Vec<Option<std::result::Result<ReadManifest, (RepoProblemClass, String)>>> =
         Vec::new();
     out.resize_with(mids.len(), || None);
     let mut wanted = Vec::with_capacity(mids.len());
@@ -297,7 +297,7 @@ pub(crate) fn read_manifest_files(
             None => {
                 files.push([0; 32]);
                 out[slot] = Some(Err((
-                    "missing-manifest",
+                    RepoProblemClass::MissingManifest,
                     "in no index file (an index file is missing or damaged)".into(),
                 )));
             }
@@ -307,16 +307,19 @@ pub(crate) fn read_manifest_files(
     for (slot, r) in read_spans(b, PackKind::Manifests, wanted) {
         let path = PackKind::Manifests.path(&paths[&slot]);
         out[slot] = Some(match r {
-            Err(e) => Err(("missing-manifest", format!("{path}: unreadable: {e}"))),
+            Err(e) => Err((
+                RepoProblemClass::MissingManifest,
+                format!("{path}: unreadable: {e}"),
+            )),
             Ok(bytes) if Sha256::digest(&bytes).as_slice() != files[slot] => Err((
-                "corrupt-manifest",
+                RepoProblemClass::CorruptManifest,
                 format!("{path}: its file does not hash to its name"),
             )),
             Ok(bytes) => decode_manifest_file(&bytes),
         });
     }
     out.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(("missing-manifest", "not read".into()))))
+        .map(|r| r.unwrap_or_else(|| Err((RepoProblemClass::MissingManifest, "not read".into()))))
         .collect()
 }
 

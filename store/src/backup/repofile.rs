@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use bbsync_protocol::{ManifestId, ObjectId, encoding};
+use bbsync_protocol::{ManifestId, ObjectId, Role, encoding};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -75,8 +75,25 @@ pub struct SnapObject {
 pub struct SnapTrust {
     /// Its card string (`bbsync1...`, self-signed).
     pub card: String,
-    /// `full` or `blind`.
-    pub role: String,
+    /// `full` or `blind` in the file.
+    #[serde(with = "role_text")]
+    pub role: Role,
+}
+
+/// A [`Role`] written as `full` or `blind` (its `Display` and `FromStr`),
+/// as snapshot files have always held it.
+mod role_text {
+    use bbsync_protocol::Role;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(role)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `snapshots/<id>.json` as written since snapshots are signed: the wire

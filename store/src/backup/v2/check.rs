@@ -21,9 +21,12 @@ use super::{
 use crate::{
     StoreError,
     backup::{
-        check::{ManifestCheck, RepoCheck, RepoProblem, check_manifests_with, problem},
+        check::{
+            ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass, add_chunk_refs,
+            check_key_files, check_manifests_with, problem,
+        },
         repo_io_err,
-        repofile::{KeyFile, SnapObject},
+        repofile::SnapObject,
     },
     error::Result,
     packs::PackId,
@@ -48,45 +51,16 @@ impl Repo2 {
     ) -> Result<RepoCheck> {
         let start = Instant::now();
         let b = self.backend();
-        let loc = self.location();
         let mut r = RepoCheck {
-            repo: loc.clone(),
+            repo: self.location(),
             read_data,
             ..Default::default()
         };
         let mut problems: Vec<RepoProblem> = Vec::new();
 
         // 1. Index files, one by one (a damaged one is a problem, not an error).
-        let mut ix = Index::default();
-        for n in b
-            .list("index")
-            .map_err(repo_io_err(format!("listing {loc}/index")))?
-        {
-            let path = format!("index/{n}");
-            match b.read(&path) {
-                Ok(bytes) => match IndexFile::decode(&path, &bytes) {
-                    Ok(f) => ix.add(&f),
-                    Err(e) => problems.push(problem("bad-index", path, e)),
-                },
-                Err(e) => problems.push(problem("bad-index", path, format!("unreadable: {e}"))),
-            }
-        }
-
-        let mut entries: HashMap<PackId, Vec<IndexEntry>> = HashMap::new();
-        for (id, at) in &ix.chunks {
-            entries.entry(at.pack).or_default().push(IndexEntry {
-                id: id.0,
-                offset: at.offset,
-                len: at.len,
-            });
-        }
-        for (file, at) in &ix.files {
-            entries.entry(at.pack).or_default().push(IndexEntry {
-                id: *file,
-                offset: at.offset,
-                len: at.len,
-            });
-        }
+        let ix = self.read_index_files(&mut problems)?;
+        let entries = pack_entries(&ix);
         // The whole repository with its data: every pack the index names is
         // read while the snapshots and manifests are checked (both use every
         // core; the manifests' serial parts no longer leave one idle). What
@@ -107,123 +81,180 @@ impl Repo2 {
                 if !prefetch {
                     return HashMap::new();
                 }
-                all_packs
-                    .par_iter()
-                    .map(|(pack, kind, len)| {
-                        let got = read_pack(b, pack, *kind, &entries);
-                        progress.advance(1, *len);
-                        (*pack, got)
-                    })
-                    .collect()
+                read_packs_ahead(b, &all_packs, &entries, progress)
             },
             || -> Result<Steps23> {
                 // 2. Snapshots, and the manifests they name (each once).
-                let mut wanted: BTreeMap<ManifestId, (SnapObject, String)> = BTreeMap::new();
-                let ids = match only {
-                    Some(id) => vec![id.to_string()],
-                    None => self.snapshot_ids()?,
-                };
-                for id in ids {
-                    r.snapshots += 1;
-                    match self.load_snapshot(&id) {
-                        Ok(s) => {
-                            for o in s.objects {
-                                wanted
-                                    .entry(o.manifest_id)
-                                    .or_insert_with(|| (o, id.clone()));
-                            }
-                        }
-                        Err(StoreError::BadSnapshot { fault, message }) => {
-                            let class = match fault {
-                                crate::SnapshotFault::BadSignature => "bad-snapshot-signature",
-                                crate::SnapshotFault::ChecksumMismatch => "snapshot-checksum",
-                            };
-                            problems.push(problem(class, snapshot_path(&id), message));
-                        }
-                        Err(StoreError::Repo(msg)) => {
-                            problems.push(problem("bad-snapshot", snapshot_path(&id), msg));
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                r.manifests = wanted.len() as u64;
-                let objects: Vec<&SnapObject> = wanted.values().map(|(o, _)| o).collect();
-                let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mids| {
-                    crate::backup::reader::read_manifest_files(b, &ix, mids)
-                });
-                // chunk -> (length, who references it)
-                let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
-                for ((mid, (_, snap)), c) in wanted.iter().zip(checked) {
-                    match c {
-                        Ok(c) => {
-                            let label = format!("{}:{}", c.manifest.kind, c.manifest.name);
-                            for ch in &c.manifest.chunks {
-                                refs.entry(ch.id).or_insert_with(|| {
-                                    (ch.len, format!("{label} in snapshot {snap}"))
-                                });
-                            }
-                        }
-                        Err((class, detail)) => {
-                            let path = ix.manifest(mid).map_or_else(
-                                || format!("manifest {}", mid.to_hex()),
-                                |(_, at)| PackKind::Manifests.path(&at.pack),
-                            );
-                            problems.push(problem(
-                                class,
-                                path,
-                                format!("manifest {}: {detail} (snapshot {snap})", mid.short()),
-                            ));
-                        }
-                    }
-                }
-
+                let (wanted, refs) = self.check_snapshots(only, &ix, &mut r, &mut problems)?;
                 // 3. Chunks: indexed, at the length the manifest says.
                 r.chunks = refs.len() as u64;
-                let mut referenced_packs: HashMap<PackId, String> = HashMap::new();
-                for (id, (len, label)) in &refs {
-                    match ix.chunks.get(id) {
-                    None => problems.push(problem(
-                        "missing-chunk",
-                        format!("chunk {}", id.to_hex()),
-                        format!("in no index file, referenced by {label}"),
-                    )),
-                    Some(at) if at.len != *len => problems.push(problem(
-                        "bad-index",
-                        PackKind::Data.path(&at.pack),
-                        format!(
-                            "the index says chunk {} has {} bytes, the manifest {len} ({label})",
-                            id.short(),
-                            at.len
-                        ),
-                    )),
-                    Some(at) => {
-                        referenced_packs
-                            .entry(at.pack)
-                            .or_insert_with(|| label.clone());
-                    }
-                }
-                }
+                let referenced_packs = check_chunk_index(&ix, &refs, &mut problems);
                 Ok(Steps23 {
                     wanted,
                     referenced_packs,
                 })
             },
         );
-        let Steps23 {
-            wanted,
-            referenced_packs,
-        } = checked?;
-        let mut read_problems: Vec<RepoProblem> = Vec::new();
+        let steps = checked?;
         let mut prefetched = prefetched;
 
         // 4. Packs: present, of the indexed length.
+        let (to_read, read_problems) =
+            self.check_pack_sizes(only, &ix, &steps, &mut prefetched, &mut r, &mut problems)?;
+
+        // 5. With read_data: each pack read once, its trailer checked, each
+        // indexed entry re-hashed (the whole repository's were read above).
+        if read_data {
+            if !prefetch {
+                progress.start(
+                    "verify",
+                    to_read.len() as u64,
+                    to_read.iter().map(|t| t.2).sum(),
+                );
+            }
+            let (bytes_read, found) = read_packs(b, &to_read, &entries, progress);
+            progress.finish();
+            r.bytes_read += bytes_read;
+            problems.extend(read_problems);
+            problems.extend(found);
+        }
+
+        // 6. Packs no index file names (an interrupted backup; prune
+        // removes them), and key files.
+        if only.is_none() {
+            self.find_unindexed_packs(&ix, &mut problems)?;
+            // Every key file is an identity escrow of the instance its
+            // name starts with.
+            check_key_files(
+                b,
+                &self.location(),
+                |name, k| name.starts_with(&format!("{}-", k.instance)),
+                &mut problems,
+            )?;
+        }
+        r.finish(problems, start);
+        Ok(r)
+    }
+
+    /// Step 1: every index file, read into one index; a damaged one is a
+    /// problem, not an error.
+    fn read_index_files(&self, problems: &mut Vec<RepoProblem>) -> Result<Index> {
+        let b = self.backend();
+        let loc = self.location();
+        let mut ix = Index::default();
+        for n in b
+            .list("index")
+            .map_err(repo_io_err(format!("listing {loc}/index")))?
+        {
+            let path = format!("index/{n}");
+            match b.read(&path) {
+                Ok(bytes) => match IndexFile::decode(&path, &bytes) {
+                    Ok(f) => ix.add(&f),
+                    Err(e) => problems.push(problem(RepoProblemClass::BadIndex, path, e)),
+                },
+                Err(e) => problems.push(problem(
+                    RepoProblemClass::BadIndex,
+                    path,
+                    format!("unreadable: {e}"),
+                )),
+            }
+        }
+        Ok(ix)
+    }
+
+    /// Step 2: the snapshots checked (one, or all), and the manifests they
+    /// name, each once, checked through the index; returns the manifests
+    /// wanted (with the first snapshot naming each) and every chunk they
+    /// reference (with its length and who references it).
+    #[allow(clippy::type_complexity)]
+    fn check_snapshots(
+        &self,
+        only: Option<&str>,
+        ix: &Index,
+        r: &mut RepoCheck,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<(
+        BTreeMap<ManifestId, (SnapObject, String)>,
+        HashMap<ChunkId, (u32, String)>,
+    )> {
+        let mut wanted: BTreeMap<ManifestId, (SnapObject, String)> = BTreeMap::new();
+        let ids = match only {
+            Some(id) => vec![id.to_string()],
+            None => self.snapshot_ids()?,
+        };
+        for id in ids {
+            r.snapshots += 1;
+            match self.load_snapshot(&id) {
+                Ok(s) => {
+                    for o in s.objects {
+                        wanted
+                            .entry(o.manifest_id)
+                            .or_insert_with(|| (o, id.clone()));
+                    }
+                }
+                Err(StoreError::BadSnapshot { fault, message }) => {
+                    problems.push(problem(fault.into(), snapshot_path(&id), message));
+                }
+                Err(StoreError::Repo(msg)) => {
+                    problems.push(problem(
+                        RepoProblemClass::BadSnapshot,
+                        snapshot_path(&id),
+                        msg,
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        r.manifests = wanted.len() as u64;
+        let b = self.backend();
+        let objects: Vec<&SnapObject> = wanted.values().map(|(o, _)| o).collect();
+        let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mids| {
+            crate::backup::reader::read_manifest_files(b, ix, mids)
+        });
+        // chunk -> (length, who references it)
+        let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
+        for ((mid, (_, snap)), c) in wanted.iter().zip(checked) {
+            match c {
+                Ok(c) => add_chunk_refs(&mut refs, &c, snap),
+                Err((class, detail)) => {
+                    let path = ix.manifest(mid).map_or_else(
+                        || format!("manifest {}", mid.to_hex()),
+                        |(_, at)| PackKind::Manifests.path(&at.pack),
+                    );
+                    problems.push(problem(
+                        class,
+                        path,
+                        format!("manifest {}: {detail} (snapshot {snap})", mid.short()),
+                    ));
+                }
+            }
+        }
+        Ok((wanted, refs))
+    }
+
+    /// Step 4: every pack the check covers is present, of the indexed
+    /// length; returns the packs still to read (step 5) and what the reads
+    /// made ahead of time found.
+    #[allow(clippy::type_complexity)]
+    fn check_pack_sizes(
+        &self,
+        only: Option<&str>,
+        ix: &Index,
+        steps: &Steps23,
+        prefetched: &mut HashMap<PackId, PackRead>,
+        r: &mut RepoCheck,
+        problems: &mut Vec<RepoProblem>,
+    ) -> Result<(Vec<(PackId, PackKind, u64)>, Vec<RepoProblem>)> {
+        let b = self.backend();
+        let loc = self.location();
+        let mut read_problems: Vec<RepoProblem> = Vec::new();
         let mut to_read: Vec<(PackId, PackKind, u64)> = Vec::new();
         let mut packs: Vec<(&PackId, &(PackKind, u64))> = ix.packs.iter().collect();
         packs.sort_by_key(|(p, _)| **p);
         // One snapshot: only the packs its chunks and manifests are in.
         let mut needed: std::collections::HashSet<PackId> =
-            referenced_packs.keys().copied().collect();
-        for mid in wanted.keys() {
+            steps.referenced_packs.keys().copied().collect();
+        for mid in steps.wanted.keys() {
             if let Some((_, at)) = ix.manifest(mid) {
                 needed.insert(at.pack);
             }
@@ -233,7 +264,8 @@ impl Repo2 {
                 continue;
             }
             let path = kind.path(pack);
-            let used = referenced_packs
+            let used = steps
+                .referenced_packs
                 .get(pack)
                 .map(|l| format!(", holds chunks of {l}"))
                 .unwrap_or_default();
@@ -246,14 +278,18 @@ impl Repo2 {
                     .map_err(repo_io_err(format!("reading {loc}/{path}")))?,
             };
             match size {
-                None => problems.push(problem("missing-pack", path, format!("missing{used}"))),
+                None => problems.push(problem(
+                    RepoProblemClass::MissingPack,
+                    path,
+                    format!("missing{used}"),
+                )),
                 Some(s) if s < *len => problems.push(problem(
-                    "truncated-pack",
+                    RepoProblemClass::TruncatedPack,
                     path,
                     format!("has {s} bytes, the index says {len}{used}"),
                 )),
                 Some(s) if s > *len => problems.push(problem(
-                    "wrong-size-pack",
+                    RepoProblemClass::WrongSizePack,
                     path,
                     format!("has {s} bytes, the index says {len}{used}"),
                 )),
@@ -264,61 +300,24 @@ impl Repo2 {
                     }
                     Some(PackRead::Unreadable(e)) => {
                         r.bytes_read += len;
-                        read_problems.push(problem("bad-pack", path, format!("unreadable: {e}")));
+                        read_problems.push(problem(
+                            RepoProblemClass::BadPack,
+                            path,
+                            format!("unreadable: {e}"),
+                        ));
                     }
                     Some(PackRead::Missing(_)) | None => to_read.push((*pack, *kind, *len)),
                 },
             }
         }
+        Ok((to_read, read_problems))
+    }
 
-        // 5. With read_data: each pack read once, its trailer checked, each
-        // indexed entry re-hashed (the whole repository's were read above).
-        if read_data {
-            if !prefetch {
-                progress.start(
-                    "verify",
-                    to_read.len() as u64,
-                    to_read.iter().map(|t| t.2).sum(),
-                );
-            }
-            let found = Mutex::new(Vec::new());
-            let bytes_read: u64 = to_read
-                .par_iter()
-                .map(|(pack, kind, len)| {
-                    let out = match read_pack(b, pack, *kind, &entries) {
-                        PackRead::Read { problems, .. } => problems,
-                        PackRead::Missing(e) | PackRead::Unreadable(e) => vec![problem(
-                            "bad-pack",
-                            kind.path(pack),
-                            format!("unreadable: {e}"),
-                        )],
-                    };
-                    if !out.is_empty() {
-                        found
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .extend(out);
-                    }
-                    progress.advance(1, *len);
-                    *len
-                })
-                .sum();
-            progress.finish();
-            r.bytes_read += bytes_read;
-            problems.extend(read_problems);
-            problems.extend(
-                found
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-        }
-
-        // 6. Packs no index file names (an interrupted backup; prune
-        // removes them), and key files.
-        if only.is_some() {
-            r.finish(problems, start);
-            return Ok(r);
-        }
+    /// Step 6: pack files no index names (left by an interrupted backup;
+    /// prune removes them).
+    fn find_unindexed_packs(&self, ix: &Index, problems: &mut Vec<RepoProblem>) -> Result<()> {
+        let b = self.backend();
+        let loc = self.location();
         for kind in [PackKind::Data, PackKind::Manifests] {
             let top = match kind {
                 PackKind::Data => "data",
@@ -337,7 +336,7 @@ impl Repo2 {
                         .is_some_and(|p| ix.packs.get(&p).is_some_and(|(k, _)| *k == kind));
                     if !known {
                         problems.push(problem(
-                            "unindexed-pack",
+                            RepoProblemClass::UnindexedPack,
                             format!("{dir}/{name}"),
                             "named by no index file (left by an interrupted backup; `bbsync backups prune` removes it)".into(),
                         ));
@@ -345,27 +344,116 @@ impl Repo2 {
                 }
             }
         }
-        for name in b
-            .list("keys")
-            .map_err(repo_io_err(format!("listing {loc}/keys")))?
-        {
-            let path = format!("keys/{name}");
-            let ok = b
-                .read(&path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<KeyFile>(&bytes).ok())
-                .is_some_and(|k| name.starts_with(&format!("{}-", k.instance)));
-            if !ok {
-                problems.push(problem(
-                    "bad-key-file",
-                    path,
-                    "not a valid identity escrow".into(),
-                ));
+        Ok(())
+    }
+}
+
+/// The entries the index puts in each pack (chunks and manifest files).
+fn pack_entries(ix: &Index) -> HashMap<PackId, Vec<IndexEntry>> {
+    let mut entries: HashMap<PackId, Vec<IndexEntry>> = HashMap::new();
+    for (id, at) in &ix.chunks {
+        entries.entry(at.pack).or_default().push(IndexEntry {
+            id: id.0,
+            offset: at.offset,
+            len: at.len,
+        });
+    }
+    for (file, at) in &ix.files {
+        entries.entry(at.pack).or_default().push(IndexEntry {
+            id: *file,
+            offset: at.offset,
+            len: at.len,
+        });
+    }
+    entries
+}
+
+/// Step 3: every chunk referenced is indexed, at the length its manifest
+/// says; returns the packs that hold them (with who references each).
+fn check_chunk_index(
+    ix: &Index,
+    refs: &HashMap<ChunkId, (u32, String)>,
+    problems: &mut Vec<RepoProblem>,
+) -> HashMap<PackId, String> {
+    let mut referenced_packs: HashMap<PackId, String> = HashMap::new();
+    for (id, (len, label)) in refs {
+        match ix.chunks.get(id) {
+            None => problems.push(problem(
+                RepoProblemClass::MissingChunk,
+                format!("chunk {}", id.to_hex()),
+                format!("in no index file, referenced by {label}"),
+            )),
+            Some(at) if at.len != *len => problems.push(problem(
+                RepoProblemClass::BadIndex,
+                PackKind::Data.path(&at.pack),
+                format!(
+                    "the index says chunk {} has {} bytes, the manifest {len} ({label})",
+                    id.short(),
+                    at.len
+                ),
+            )),
+            Some(at) => {
+                referenced_packs
+                    .entry(at.pack)
+                    .or_insert_with(|| label.clone());
             }
         }
-        r.finish(problems, start);
-        Ok(r)
     }
+    referenced_packs
+}
+
+/// Every pack of the repository read (on all cores) while the snapshots
+/// and manifests are checked: what each read found, by pack.
+fn read_packs_ahead(
+    b: &dyn crate::backup::backend::Backend,
+    packs: &[(PackId, PackKind, u64)],
+    entries: &HashMap<PackId, Vec<IndexEntry>>,
+    progress: &dyn Progress,
+) -> HashMap<PackId, PackRead> {
+    packs
+        .par_iter()
+        .map(|(pack, kind, len)| {
+            let got = read_pack(b, pack, *kind, entries);
+            progress.advance(1, *len);
+            (*pack, got)
+        })
+        .collect()
+}
+
+/// Step 5: the packs read on all cores; returns the bytes read and what
+/// the reads found.
+fn read_packs(
+    b: &dyn crate::backup::backend::Backend,
+    to_read: &[(PackId, PackKind, u64)],
+    entries: &HashMap<PackId, Vec<IndexEntry>>,
+    progress: &dyn Progress,
+) -> (u64, Vec<RepoProblem>) {
+    let found = Mutex::new(Vec::new());
+    let bytes_read: u64 = to_read
+        .par_iter()
+        .map(|(pack, kind, len)| {
+            let out = match read_pack(b, pack, *kind, entries) {
+                PackRead::Read { problems, .. } => problems,
+                PackRead::Missing(e) | PackRead::Unreadable(e) => vec![problem(
+                    RepoProblemClass::BadPack,
+                    kind.path(pack),
+                    format!("unreadable: {e}"),
+                )],
+            };
+            if !out.is_empty() {
+                found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(out);
+            }
+            progress.advance(1, *len);
+            *len
+        })
+        .sum();
+    let found = found
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (bytes_read, found)
 }
 
 /// What reading one pack found (`backups verify --read-data`).
@@ -405,7 +493,7 @@ fn read_pack(
         let bytes: &[u8] = bytes;
         let mut out = Vec::new();
         if let Err(e) = read_sealed_pack(kind, pack, bytes) {
-            out.push(problem("bad-pack", path.clone(), e));
+            out.push(problem(RepoProblemClass::BadPack, path.clone(), e));
         }
         for e in entries.get(pack).map(Vec::as_slice).unwrap_or_default() {
             let data = bytes
@@ -417,8 +505,8 @@ fn read_pack(
             };
             if !ok {
                 let what = match kind {
-                    PackKind::Data => "corrupt-chunk",
-                    PackKind::Manifests => "corrupt-manifest",
+                    PackKind::Data => RepoProblemClass::CorruptChunk,
+                    PackKind::Manifests => RepoProblemClass::CorruptManifest,
                 };
                 out.push(problem(
                     what,

@@ -8,14 +8,15 @@ use std::{
     time::Instant,
 };
 
-use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
+use bbsync_protocol::{ChunkId, ManifestId, chunk::check_chunk_id};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{
     format::{
-        INDEX_FILE_ENTRIES, INDEX_FORMAT, IndexFile, IndexPack, ManifestRef, PackBuilder, PackKind,
-        data_pack_path, index_path, key_path, mostly_live, read_sealed_pack, snapshot_path,
+        INDEX_FILE_ENTRIES, INDEX_FORMAT, Index, IndexEntry, IndexFile, IndexPack, ManifestRef,
+        PackBuilder, PackKind, data_pack_path, index_path, key_path, mostly_live, read_sealed_pack,
+        snapshot_path,
     },
     repo::Repo2,
 };
@@ -24,6 +25,7 @@ use crate::{
     backup::{
         create::{BackupOptions, BackupReport, Collected},
         new_snapshot_id, now_ms, repo_io_err,
+        repofile::{KeyFile, ManifestFile},
     },
     error::{Result, StoreError},
     packs::{Location, PackId},
@@ -63,6 +65,46 @@ impl Written<'_> {
             self.write(&bytes, ip)?;
         }
         Ok(())
+    }
+
+    /// A sealed store pack whose bytes are mostly wanted, in whole: its
+    /// wanted chunks checked, then linked (unless `copy`, or the backend
+    /// cannot) or written. Returns whether it was linked.
+    fn store_pack(
+        &mut self,
+        pack: &PackId,
+        items: &[(ChunkId, Location)],
+        src: &std::path::Path,
+        bytes: Vec<u8>,
+        entries: Vec<IndexEntry>,
+        copy: bool,
+    ) -> Result<bool> {
+        items.par_iter().try_for_each(|(id, at)| {
+            let stored = bytes
+                .get(at.offset as usize..at.end() as usize)
+                .unwrap_or_default();
+            check_chunk_id(id, stored).map_err(|e| damaged(id, &e))
+        })?;
+        let dest = data_pack_path(pack);
+        let loc = self.repo.location();
+        let linked = !copy
+            && self
+                .repo
+                .backend()
+                .link_from(src, &dest)
+                .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
+        let ip = IndexPack {
+            kind: PackKind::Data,
+            pack: pack.0,
+            pack_len: bytes.len() as u64,
+            entries,
+        };
+        if linked {
+            self.packs.push(ip);
+        } else {
+            self.write(&bytes, ip)?;
+        }
+        Ok(linked)
     }
 }
 
@@ -111,147 +153,29 @@ impl Store {
         // 0. Packs an interrupted backup left: checked, then indexed by
         // this one instead of written again.
         let leftovers = repo.leftover_packs(&ix)?;
-        let mut reused_chunks: HashSet<ChunkId> = HashSet::new();
-        let mut reused_files: HashSet<[u8; 32]> = HashSet::new();
-        for p in &leftovers {
-            for e in &p.entries {
-                match p.kind {
-                    PackKind::Data => reused_chunks.insert(ChunkId(e.id)),
-                    PackKind::Manifests => reused_files.insert(e.id),
-                };
-            }
-        }
+        let reused = Reused::of(&leftovers);
         let adopted = leftovers.len() as u64;
-
-        // 1. Data: the chunks the index lacks, by store pack.
-        let todo: HashSet<ChunkId> = chunks
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !ix.chunks.contains_key(id) && !reused_chunks.contains(id))
-            .collect();
-        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Location)>> = BTreeMap::new();
-        for id in &todo {
-            let at = self.packs().location(id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "chunk {} of a complete object is not in the store's index; run `bbsync verify`",
-                    id.short()
-                ))
-            })?;
-            by_pack.entry(at.pack).or_default().push((*id, at));
-        }
-        progress.start(
-            "backup",
-            todo.len() as u64,
-            by_pack
-                .values()
-                .flatten()
-                .map(|(_, l)| u64::from(l.len))
-                .sum(),
-        );
-        let open: HashSet<PackId> = self.packs().open_packs().iter().map(|(p, _)| *p).collect();
         let mut st = Written {
             repo,
             written: 0,
             packs: leftovers,
         };
-        let mut builder: Option<PackBuilder> = None;
-        for (pack, items) in by_pack {
-            let n = items.len() as u64;
-            let item_bytes: u64 = items.iter().map(|(_, l)| u64::from(l.len)).sum();
-            // A sealed store pack whose bytes are mostly wanted goes in whole.
-            let whole = if open.contains(&pack) {
-                None
-            } else {
-                let src = self.packs().path(&pack);
-                std::fs::read(&src).ok().and_then(|bytes| {
-                    let entries = read_sealed_pack(PackKind::Data, &pack, &bytes).ok()?;
-                    mostly_live(&entries, |i| todo.contains(&ChunkId(*i)))
-                        .then_some((src, bytes, entries))
-                })
-            };
-            if let Some((src, bytes, entries)) = whole {
-                items.par_iter().try_for_each(|(id, at)| {
-                    let stored = bytes
-                        .get(at.offset as usize..at.end() as usize)
-                        .unwrap_or_default();
-                    check_chunk_id(id, stored).map_err(|e| damaged(id, &e))
-                })?;
-                let dest = data_pack_path(&pack);
-                let linked = !opts.copy
-                    && b.link_from(&src, &dest)
-                        .map_err(repo_io_err(format!("linking {loc}/{dest}")))?;
-                let ip = IndexPack {
-                    kind: PackKind::Data,
-                    pack: pack.0,
-                    pack_len: bytes.len() as u64,
-                    entries,
-                };
-                if linked {
-                    report.chunks_linked += n;
-                    st.packs.push(ip);
-                } else {
-                    st.write(&bytes, ip)?;
-                }
-            } else {
-                let datas: Vec<(ChunkId, Vec<u8>)> = items
-                    .par_iter()
-                    .map(|(id, _)| -> Result<(ChunkId, Vec<u8>)> {
-                        let d = self.packs().read(id).map_err(|e| StoreError::Io {
-                            context: format!("reading chunk {}", id.short()),
-                            source: e,
-                        })?;
-                        check_chunk_id(id, &d).map_err(|e| damaged(id, &e))?;
-                        Ok((*id, d))
-                    })
-                    .collect::<Result<_>>()?;
-                for (id, d) in datas {
-                    builder
-                        .get_or_insert_with(|| PackBuilder::new(PackKind::Data))
-                        .push(id.0, &d)
-                        .map_err(|e| StoreError::Invalid(format!("repacking: {e}")))?;
-                    st.flush(&mut builder, false)?;
-                }
-            }
-            report.chunks_new += n;
-            report.bytes_new += item_bytes;
-            progress.advance(n, item_bytes);
-        }
-        st.flush(&mut builder, true)?;
-        progress.finish();
+
+        // 1. Data: the chunks the index lacks, by store pack.
+        let todo: HashSet<ChunkId> = chunks
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !ix.chunks.contains_key(id) && !reused.chunks.contains(id))
+            .collect();
+        let job = DataJob {
+            todo: &todo,
+            copy: opts.copy,
+        };
+        self.backup_data(&job, &mut st, &mut report, progress)?;
 
         // 2. Manifests whose current file the index lacks: new objects, and
         // changed envelopes (a new file for the same manifest id).
-        let changed: Vec<(ManifestRef, Option<Vec<u8>>)> = manifests
-            .par_iter()
-            .filter_map(|(mid, f)| {
-                let bytes = f.encode();
-                let file: [u8; 32] = Sha256::digest(&bytes).into();
-                if ix.manifests.get(mid).map(|(_, h)| *h) == Some(file) {
-                    return None;
-                }
-                let r = ManifestRef {
-                    manifest: mid.0,
-                    file,
-                };
-                let have = ix.files.contains_key(&file) || reused_files.contains(&file);
-                Some((r, (!have).then_some(bytes)))
-            })
-            .collect();
-        let mut mb: Option<PackBuilder> = None;
-        let mut written = HashSet::new();
-        let mut refs = Vec::with_capacity(changed.len());
-        for (r, bytes) in changed {
-            if let Some(bytes) = bytes
-                && written.insert(r.file)
-            {
-                mb.get_or_insert_with(|| PackBuilder::new(PackKind::Manifests))
-                    .push(r.file, &bytes)
-                    .map_err(|e| StoreError::Invalid(format!("packing manifests: {e}")))?;
-                st.flush(&mut mb, false)?;
-            }
-            refs.push(r);
-        }
-        st.flush(&mut mb, true)?;
+        let refs = backup_manifests(&ix, &manifests, &reused, &mut st)?;
         report.manifests_new = refs.len() as u64;
 
         // Every pack durable (on object storage: every upload done) before
@@ -265,65 +189,11 @@ impl Store {
 
         // 3. Index files naming those packs (a handful: one per
         // INDEX_FILE_ENTRIES entries), the manifest refs in the last.
-        let mut files: Vec<IndexFile> = Vec::new();
-        let mut cur = IndexFile {
-            format: INDEX_FORMAT,
-            seq,
-            packs: Vec::new(),
-            manifests: Vec::new(),
-        };
-        let mut entries = 0usize;
-        for p in st.packs {
-            if entries > 0 && entries + p.entries.len() > INDEX_FILE_ENTRIES {
-                files.push(std::mem::replace(
-                    &mut cur,
-                    IndexFile {
-                        format: INDEX_FORMAT,
-                        seq,
-                        packs: Vec::new(),
-                        manifests: Vec::new(),
-                    },
-                ));
-                entries = 0;
-            }
-            entries += p.entries.len();
-            cur.packs.push(p);
-        }
-        cur.manifests = refs;
-        if !cur.packs.is_empty() || !cur.manifests.is_empty() {
-            files.push(cur);
-        }
-        for f in &files {
-            let bytes = f.encode();
-            let path = index_path(&bytes);
-            crate::failpoint::hit("backup.manifest")
-                .and_then(|()| b.write_lazy(&path, &bytes))
-                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-        }
-        // 4. The escrow: a new key file, created only if no file has its
-        // name (an escrow is never replaced: an older snapshot may need
-        // it with its own passphrase). The name cannot be taken: `seq` is
-        // this backup's alone, and above every key file's (`next_seq`),
-        // so a key that a backup crashed between its key file and its
-        // snapshot left (an orphan: no snapshot names it) keeps its bytes
-        // and its sequence, and goes at the next prune (§17.8.1: named by
-        // no snapshot, older than the newest, its instance has a newer
-        // one). A name taken anyway means a writer outside the protocol:
-        // stop before the snapshot.
+        let files = index_files(st.packs, refs, seq);
+        write_index_files(repo, &files)?;
+        // 4. The escrow (see `write_escrow`).
         if let Some(k) = &escrow {
-            let path = key_path(&self.instance_id().to_hex(), seq);
-            let mut bytes = serde_json::to_vec_pretty(k)
-                .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
-            bytes.push(b'\n');
-            let created = b
-                .write_new(&path, &bytes)
-                .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-            if !created {
-                return Err(StoreError::Repo(format!(
-                    "{loc}/{path} exists already, written by another writer (an escrow is never replaced); no snapshot was written"
-                )));
-            }
-            report.identity_escrow = Some(path);
+            report.identity_escrow = Some(self.write_escrow(repo, k, seq)?);
         }
         if report.chunks_new > 0 || !files.is_empty() || report.identity_escrow.is_some() {
             crate::failpoint::hit("backup.sync")
@@ -355,6 +225,233 @@ impl Store {
         report.elapsed = start.elapsed();
         Ok(report)
     }
+
+    /// Step 1: the chunks `todo` into the repository, by store pack: a
+    /// sealed store pack whose bytes are mostly wanted goes in whole
+    /// (linked where it can be), the others' chunks are packed anew.
+    fn backup_data(
+        &self,
+        job: &DataJob<'_>,
+        st: &mut Written<'_>,
+        report: &mut BackupReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let todo = job.todo;
+        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Location)>> = BTreeMap::new();
+        for id in todo {
+            let at = self.packs().location(id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "chunk {} of a complete object is not in the store's index; run `bbsync verify`",
+                    id.short()
+                ))
+            })?;
+            by_pack.entry(at.pack).or_default().push((*id, at));
+        }
+        progress.start(
+            "backup",
+            todo.len() as u64,
+            by_pack
+                .values()
+                .flatten()
+                .map(|(_, l)| u64::from(l.len))
+                .sum(),
+        );
+        let open: HashSet<PackId> = self.packs().open_packs().iter().map(|(p, _)| *p).collect();
+        let mut builder: Option<PackBuilder> = None;
+        for (pack, items) in by_pack {
+            let n = items.len() as u64;
+            let item_bytes: u64 = items.iter().map(|(_, l)| u64::from(l.len)).sum();
+            // A sealed store pack whose bytes are mostly wanted goes in whole.
+            let whole = if open.contains(&pack) {
+                None
+            } else {
+                let src = self.packs().path(&pack);
+                std::fs::read(&src).ok().and_then(|bytes| {
+                    let entries = read_sealed_pack(PackKind::Data, &pack, &bytes).ok()?;
+                    mostly_live(&entries, |i| todo.contains(&ChunkId(*i)))
+                        .then_some((src, bytes, entries))
+                })
+            };
+            if let Some((src, bytes, entries)) = whole {
+                let linked = st.store_pack(&pack, &items, &src, bytes, entries, job.copy)?;
+                if linked {
+                    report.chunks_linked += n;
+                }
+            } else {
+                let datas: Vec<(ChunkId, Vec<u8>)> = items
+                    .par_iter()
+                    .map(|(id, _)| -> Result<(ChunkId, Vec<u8>)> {
+                        let d = self.packs().read(id).map_err(|e| StoreError::Io {
+                            context: format!("reading chunk {}", id.short()),
+                            source: e,
+                        })?;
+                        check_chunk_id(id, &d).map_err(|e| damaged(id, &e))?;
+                        Ok((*id, d))
+                    })
+                    .collect::<Result<_>>()?;
+                for (id, d) in datas {
+                    builder
+                        .get_or_insert_with(|| PackBuilder::new(PackKind::Data))
+                        .push(id.0, &d)
+                        .map_err(|e| StoreError::Invalid(format!("repacking: {e}")))?;
+                    st.flush(&mut builder, false)?;
+                }
+            }
+            report.chunks_new += n;
+            report.bytes_new += item_bytes;
+            progress.advance(n, item_bytes);
+        }
+        st.flush(&mut builder, true)?;
+        progress.finish();
+        Ok(())
+    }
+
+    /// Step 4: the escrow, a new key file, created only if no file has its
+    /// name (an escrow is never replaced: an older snapshot may need it
+    /// with its own passphrase). The name cannot be taken: `seq` is this
+    /// backup's alone, and above every key file's (`next_seq`), so a key
+    /// that a backup crashed between its key file and its snapshot left
+    /// (an orphan: no snapshot names it) keeps its bytes and its sequence,
+    /// and goes at the next prune (§17.8.1: named by no snapshot, older
+    /// than the newest, its instance has a newer one). A name taken anyway
+    /// means a writer outside the protocol: stop before the snapshot.
+    /// Returns the key file's path.
+    fn write_escrow(&self, repo: &Repo2, k: &KeyFile, seq: u64) -> Result<String> {
+        let loc = repo.location();
+        let path = key_path(&self.instance_id().to_hex(), seq);
+        let mut bytes = serde_json::to_vec_pretty(k)
+            .map_err(|e| StoreError::Invalid(format!("encoding the key file: {e}")))?;
+        bytes.push(b'\n');
+        let created = repo
+            .backend()
+            .write_new(&path, &bytes)
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        if !created {
+            return Err(StoreError::Repo(format!(
+                "{loc}/{path} exists already, written by another writer (an escrow is never replaced); no snapshot was written"
+            )));
+        }
+        Ok(path)
+    }
+}
+
+/// What step 1 of a backup copies: the chunks the index lacks, and
+/// whether store packs are copied rather than linked (`--copy`).
+struct DataJob<'a> {
+    todo: &'a HashSet<ChunkId>,
+    copy: bool,
+}
+
+/// Step 3: the index files written (not yet durable: the sync after the
+/// escrow makes them so, before the snapshot).
+fn write_index_files(repo: &Repo2, files: &[IndexFile]) -> Result<()> {
+    let loc = repo.location();
+    for f in files {
+        let bytes = f.encode();
+        let path = index_path(&bytes);
+        crate::failpoint::hit("backup.manifest")
+            .and_then(|()| repo.backend().write_lazy(&path, &bytes))
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+    }
+    Ok(())
+}
+
+/// What the packs an interrupted backup (or migration) left hold: their
+/// chunks and manifest files are indexed, not written again.
+pub(crate) struct Reused {
+    /// Chunks in data packs.
+    pub(crate) chunks: HashSet<ChunkId>,
+    /// Manifest files (their SHA-256) in manifest packs.
+    pub(crate) files: HashSet<[u8; 32]>,
+}
+
+impl Reused {
+    /// What `leftovers` hold.
+    pub(crate) fn of(leftovers: &[IndexPack]) -> Self {
+        let mut r = Reused {
+            chunks: HashSet::new(),
+            files: HashSet::new(),
+        };
+        for p in leftovers {
+            for e in &p.entries {
+                match p.kind {
+                    PackKind::Data => r.chunks.insert(ChunkId(e.id)),
+                    PackKind::Manifests => r.files.insert(e.id),
+                };
+            }
+        }
+        r
+    }
+}
+
+/// Step 2: the manifest files the index lacks, packed; returns the refs
+/// of every manifest whose current file is new (a new object, or a
+/// changed envelope).
+fn backup_manifests(
+    ix: &Index,
+    manifests: &[(ManifestId, ManifestFile)],
+    reused: &Reused,
+    st: &mut Written<'_>,
+) -> Result<Vec<ManifestRef>> {
+    let changed: Vec<(ManifestRef, Option<Vec<u8>>)> = manifests
+        .par_iter()
+        .filter_map(|(mid, f)| {
+            let bytes = f.encode();
+            let file: [u8; 32] = Sha256::digest(&bytes).into();
+            if ix.manifests.get(mid).map(|(_, h)| *h) == Some(file) {
+                return None;
+            }
+            let r = ManifestRef {
+                manifest: mid.0,
+                file,
+            };
+            let have = ix.files.contains_key(&file) || reused.files.contains(&file);
+            Some((r, (!have).then_some(bytes)))
+        })
+        .collect();
+    let mut mb: Option<PackBuilder> = None;
+    let mut written = HashSet::new();
+    let mut refs = Vec::with_capacity(changed.len());
+    for (r, bytes) in changed {
+        if let Some(bytes) = bytes
+            && written.insert(r.file)
+        {
+            mb.get_or_insert_with(|| PackBuilder::new(PackKind::Manifests))
+                .push(r.file, &bytes)
+                .map_err(|e| StoreError::Invalid(format!("packing manifests: {e}")))?;
+            st.flush(&mut mb, false)?;
+        }
+        refs.push(r);
+    }
+    st.flush(&mut mb, true)?;
+    Ok(refs)
+}
+
+/// Step 3: the index files naming `packs` (one per INDEX_FILE_ENTRIES
+/// entries), the manifest refs in the last; none when both are empty.
+fn index_files(packs: Vec<IndexPack>, refs: Vec<ManifestRef>, seq: u64) -> Vec<IndexFile> {
+    let empty = || IndexFile {
+        format: INDEX_FORMAT,
+        seq,
+        packs: Vec::new(),
+        manifests: Vec::new(),
+    };
+    let mut files: Vec<IndexFile> = Vec::new();
+    let mut cur = empty();
+    let mut entries = 0usize;
+    for p in packs {
+        if entries > 0 && entries + p.entries.len() > INDEX_FILE_ENTRIES {
+            files.push(std::mem::replace(&mut cur, empty()));
+            entries = 0;
+        }
+        entries += p.entries.len();
+        cur.packs.push(p);
+    }
+    cur.manifests = refs;
+    if !cur.packs.is_empty() || !cur.manifests.is_empty() {
+        files.push(cur);
+    }
+    files
 }
 
 fn damaged(id: &ChunkId, e: &dyn std::fmt::Display) -> StoreError {

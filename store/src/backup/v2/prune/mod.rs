@@ -42,26 +42,27 @@
 //! escrow as long as the repository exists, and an escrow written by a
 //! backup that has not finished is never touched.
 
+mod plan;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkId, Manifest, ManifestId, Unverified, chunk::check_chunk_id};
-use rayon::prelude::*;
+use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{
     format::{
         INDEX_FILE_ENTRIES, INDEX_FORMAT, IndexEntry, IndexFile, IndexPack, MOSTLY_LIVE_PERCENT,
-        ManifestRef, PackBuilder, PackKind, SEQ_CLAIMS, key_name, snapshot_path,
+        ManifestRef, PackBuilder, PackKind, SEQ_CLAIMS, snapshot_path,
     },
     lock::{LockGuard, LockOptions},
     repo::Repo2,
 };
 use crate::{
-    backup::{SnapshotFile, repo_io_err, repofile::ManifestFile, retention::Policy, snapshot_seq},
+    backup::{repo_io_err, retention::Policy},
     error::{Result, StoreError},
     packs::PackId,
 };
@@ -322,371 +323,6 @@ impl Repo2 {
         Ok(())
     }
 
-    /// Reads the repository and decides; changes nothing.
-    fn plan_prune(&self, opts: &PruneOptions) -> Result<Plan> {
-        let b = self.backend();
-        let loc = self.location();
-        let refuse = |e: String| {
-            StoreError::Repo(format!(
-                "{e}; run `bbsync backups verify --read-data` (nothing was pruned)"
-            ))
-        };
-
-        // 1. Snapshots: which go, which stay (every one that stays must
-        // read and verify, or its data could go).
-        let ids = self.snapshot_ids()?;
-        for id in &opts.forget {
-            if !ids.contains(id) {
-                return Err(StoreError::Invalid(format!(
-                    "no snapshot {id} in {loc}; nothing was pruned"
-                )));
-            }
-        }
-        let mut snaps: Vec<SnapshotFile> = Vec::new();
-        for id in ids.iter().filter(|i| !opts.forget.contains(i)) {
-            snaps.push(self.load_snapshot(id).map_err(|e| {
-                StoreError::Repo(format!(
-                    "{e}; repair it or delete it (`bbsync backups delete {id}`) before pruning (nothing was pruned)"
-                ))
-            })?);
-        }
-        let mut remove: Vec<String> = ids
-            .iter()
-            .filter(|i| opts.forget.contains(i))
-            .cloned()
-            .collect();
-        let mut kept = BTreeMap::new();
-        if !opts.policy.is_empty() {
-            kept = opts.policy.apply(
-                &snaps
-                    .iter()
-                    .map(|s| (s.id.clone(), s.created_ms))
-                    .collect::<Vec<_>>(),
-            );
-            remove.extend(
-                snaps
-                    .iter()
-                    .filter(|s| !kept.contains_key(&s.id))
-                    .map(|s| s.id.clone()),
-            );
-            snaps.retain(|s| kept.contains_key(&s.id));
-        }
-        remove.sort_by(|a, c| (snapshot_seq(a), a).cmp(&(snapshot_seq(c), c)));
-        remove.dedup();
-
-        // 2. Index files, each by name (a damaged one refuses: its packs
-        // would look unindexed and be deleted).
-        let names = b
-            .list("index")
-            .map_err(repo_io_err(format!("listing {loc}/index")))?;
-        let files: Vec<(String, IndexFile)> = names
-            .par_iter()
-            .map(|n| -> Result<(String, IndexFile)> {
-                let path = format!("index/{n}");
-                let bytes = b
-                    .read(&path)
-                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
-                let f = IndexFile::decode(&path, &bytes)
-                    .map_err(|e| refuse(format!("backup repository {loc} is damaged: {e}")))?;
-                Ok((path, f))
-            })
-            .collect::<Result<_>>()?;
-        let top_seq = files.iter().map(|(_, f)| f.seq).max().unwrap_or(0);
-
-        // Current manifest file of every manifest: the highest seq wins.
-        let mut winners: HashMap<ManifestId, (u64, [u8; 32])> = HashMap::new();
-        for (_, f) in &files {
-            for m in &f.manifests {
-                let slot = winners
-                    .entry(ManifestId(m.manifest))
-                    .or_insert((f.seq, m.file));
-                if f.seq > slot.0 {
-                    *slot = (f.seq, m.file);
-                }
-            }
-        }
-        // Packs (a pack named twice: the first naming counts).
-        let mut packs: Vec<PackInfo> = Vec::new();
-        let mut pack_at: HashMap<(PackKind, PackId), usize> = HashMap::new();
-        for (_, f) in &files {
-            for p in &f.packs {
-                let key = (p.kind, PackId(p.pack));
-                if pack_at.contains_key(&key) {
-                    continue;
-                }
-                pack_at.insert(key, packs.len());
-                packs.push(PackInfo {
-                    kind: p.kind,
-                    id: PackId(p.pack),
-                    len: p.pack_len,
-                    total: p.entries.iter().map(|e| u64::from(e.len)).sum(),
-                    entries: p.entries.clone(),
-                    present: false,
-                    potential: 0,
-                    live: 0,
-                    fate: Fate::Keep,
-                });
-            }
-        }
-        // Where each id is: (pack index, entry).
-        let mut copies: Copies = HashMap::new();
-        for (i, p) in packs.iter().enumerate() {
-            for e in &p.entries {
-                copies.entry((p.kind, e.id)).or_default().push((i, *e));
-            }
-        }
-
-        // 3. Which pack files exist.
-        let mut unindexed = Vec::new();
-        for kind in [PackKind::Data, PackKind::Manifests] {
-            let top = top_dir(kind);
-            for d in b
-                .list(top)
-                .map_err(repo_io_err(format!("listing {loc}/{top}")))?
-            {
-                let dir = format!("{top}/{d}");
-                for name in b
-                    .list(&dir)
-                    .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
-                {
-                    let path = format!("{dir}/{name}");
-                    let Some(id) = PackId::from_file_name(&name) else {
-                        continue;
-                    };
-                    match pack_at.get(&(kind, id)) {
-                        Some(&i) if packs[i].path() == path => packs[i].present = true,
-                        Some(_) => {}
-                        None => {
-                            let size = b
-                                .size(&path)
-                                .map_err(repo_io_err(format!("reading {loc}/{path}")))?
-                                .unwrap_or(0);
-                            unindexed.push((path, size));
-                        }
-                    }
-                }
-            }
-        }
-
-        // 4. The live set: the remaining snapshots' manifests, their
-        // current files, the chunks they name.
-        let mut live_manifests: BTreeMap<ManifestId, String> = BTreeMap::new();
-        for s in &snaps {
-            for o in &s.objects {
-                live_manifests
-                    .entry(o.manifest_id)
-                    .or_insert_with(|| s.id.clone());
-            }
-        }
-        let read_file = |file: &[u8; 32]| -> std::result::Result<Vec<u8>, String> {
-            let mut why = "in no index file".to_string();
-            for (i, e) in copies
-                .get(&(PackKind::Manifests, *file))
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let path = packs[*i].path();
-                match b.read_range(&path, u64::from(e.offset), u64::from(e.len)) {
-                    Ok(bytes) if Sha256::digest(&bytes).as_slice() == file => return Ok(bytes),
-                    Ok(_) => why = format!("{path}: does not hash to its name"),
-                    Err(e) => why = format!("{path}: unreadable: {e}"),
-                }
-            }
-            Err(why)
-        };
-        let chunk_lists: Vec<Vec<ChunkId>> = live_manifests
-            .par_iter()
-            .map(|(mid, snap)| -> Result<Vec<ChunkId>> {
-                let what = format!("manifest {} of snapshot {snap}", mid.short());
-                let (_, file) = winners
-                    .get(mid)
-                    .ok_or_else(|| refuse(format!("{what} is in no index file")))?;
-                let bytes = read_file(file).map_err(|e| refuse(format!("{what}: {e}")))?;
-                let f = ManifestFile::decode(&bytes)
-                    .map_err(|e| refuse(format!("{what} is damaged: {e}")))?;
-                let m = Unverified::<Manifest>::decode(&f.manifest)
-                    .map_err(|e| refuse(format!("{what} is damaged: {e}")))?
-                    .dangerously_assume_verified();
-                Ok(m.chunks.iter().map(|c| c.id).collect())
-            })
-            .collect::<Result<_>>()?;
-        let mut live: HashSet<(PackKind, [u8; 32])> = HashSet::new();
-        for mid in live_manifests.keys() {
-            if let Some((_, file)) = winners.get(mid) {
-                live.insert((PackKind::Manifests, *file));
-            }
-        }
-        for (list, (mid, snap)) in chunk_lists.iter().zip(&live_manifests) {
-            for c in list {
-                if live.insert((PackKind::Data, c.0)) {
-                    let any = copies
-                        .get(&(PackKind::Data, c.0))
-                        .is_some_and(|v| v.iter().any(|(i, _)| packs[*i].present));
-                    if !any {
-                        return Err(refuse(format!(
-                            "chunk {} of manifest {} (snapshot {snap}) is in no pack of the repository",
-                            c.short(),
-                            mid.short()
-                        )));
-                    }
-                }
-            }
-        }
-
-        // 5. Live bytes per pack: each live id counts in one present pack,
-        // the one with the highest live share.
-        for ((kind, id), v) in &copies {
-            if live.contains(&(*kind, *id)) {
-                for (i, e) in v {
-                    if packs[*i].present {
-                        packs[*i].potential += u64::from(e.len);
-                    }
-                }
-            }
-        }
-        let mut chosen: HashSet<(usize, [u8; 32])> = HashSet::new();
-        for key in &live {
-            let Some(v) = copies.get(key) else { continue };
-            let best = v
-                .iter()
-                .filter(|(i, _)| packs[*i].present)
-                .max_by(|(a, _), (c, _)| {
-                    let (pa, pc) = (&packs[*a], &packs[*c]);
-                    // potential/total, compared without division.
-                    (u128::from(pa.potential) * u128::from(pc.total.max(1)))
-                        .cmp(&(u128::from(pc.potential) * u128::from(pa.total.max(1))))
-                        .then(pa.potential.cmp(&pc.potential))
-                        .then(pc.id.cmp(&pa.id))
-                });
-            if let Some((i, e)) = best
-                && chosen.insert((*i, e.id))
-            {
-                packs[*i].live += u64::from(e.len);
-            }
-        }
-        let mut repack = Vec::new();
-        for (i, p) in packs.iter_mut().enumerate() {
-            let dead = p.total - p.live.min(p.total);
-            p.fate = if p.live == 0 {
-                Fate::Delete
-            } else if !p.present {
-                // Unreachable: a live copy is only chosen in a present pack.
-                Fate::Keep
-            } else if u128::from(dead) * 100
-                > u128::from(p.total) * u128::from(opts.max_unused_percent)
-            {
-                let entries: Vec<IndexEntry> = p
-                    .entries
-                    .iter()
-                    .filter(|e| chosen.contains(&(i, e.id)))
-                    .copied()
-                    .collect();
-                repack.push((i, entries));
-                Fate::Repack
-            } else {
-                Fate::Keep
-            };
-        }
-
-        // 6. Index files: clean ones stay; the others are rewritten.
-        let fate_of = |kind: PackKind, id: [u8; 16]| {
-            pack_at
-                .get(&(kind, PackId(id)))
-                .map_or(Fate::Delete, |i| packs[*i].fate)
-        };
-        let ref_live = |m: &ManifestRef| {
-            let mid = ManifestId(m.manifest);
-            live_manifests.contains_key(&mid) && winners.get(&mid).map(|w| w.1) == Some(m.file)
-        };
-        let is_clean = |f: &IndexFile| {
-            f.packs
-                .iter()
-                .all(|p| fate_of(p.kind, p.pack) == Fate::Keep)
-                && f.manifests.iter().all(ref_live)
-        };
-        let mut dirty = Vec::new();
-        let mut clean_packs: HashSet<(PackKind, [u8; 16])> = HashSet::new();
-        let mut clean_refs: HashSet<(u64, [u8; 32], [u8; 32])> = HashSet::new();
-        for (path, f) in &files {
-            if is_clean(f) {
-                clean_packs.extend(f.packs.iter().map(|p| (p.kind, p.pack)));
-                clean_refs.extend(f.manifests.iter().map(|m| (f.seq, m.manifest, m.file)));
-            } else {
-                dirty.push((path.clone(), f.seq));
-            }
-        }
-        dirty.sort_by(|a, c| (a.1, &a.0).cmp(&(c.1, &c.0)));
-        let mut carry_packs = Vec::new();
-        let mut carried: HashSet<(PackKind, [u8; 16])> = HashSet::new();
-        for (path, f) in &files {
-            if !dirty.iter().any(|(d, _)| d == path) {
-                continue;
-            }
-            for p in &f.packs {
-                let key = (p.kind, p.pack);
-                if fate_of(p.kind, p.pack) == Fate::Keep
-                    && !clean_packs.contains(&key)
-                    && carried.insert(key)
-                {
-                    carry_packs.push(p.clone());
-                }
-            }
-        }
-        let mut carry_refs: BTreeMap<u64, Vec<ManifestRef>> = BTreeMap::new();
-        for mid in live_manifests.keys() {
-            if let Some((seq, file)) = winners.get(mid)
-                && !clean_refs.contains(&(*seq, mid.0, *file))
-            {
-                carry_refs.entry(*seq).or_default().push(ManifestRef {
-                    manifest: mid.0,
-                    file: *file,
-                });
-            }
-        }
-
-        // 7. Key files.
-        let named: HashSet<&str> = snaps
-            .iter()
-            .filter_map(|s| s.identity_escrow.as_deref())
-            .collect();
-        let newest_snap = snaps.iter().map(|s| snapshot_seq(&s.id)).max().unwrap_or(0);
-        let key_names = b
-            .list("keys")
-            .map_err(repo_io_err(format!("listing {loc}/keys")))?;
-        let mut newest_key: HashMap<&str, u64> = HashMap::new();
-        let parsed: Vec<(&String, Option<(&str, u64)>)> =
-            key_names.iter().map(|n| (n, key_name(n))).collect();
-        for (inst, seq) in parsed.iter().filter_map(|(_, p)| *p) {
-            let e = newest_key.entry(inst).or_insert(seq);
-            *e = (*e).max(seq);
-        }
-        let keys = parsed
-            .iter()
-            .filter_map(|(n, p)| {
-                let (inst, seq) = (*p)?;
-                let path = format!("keys/{n}");
-                (!named.contains(path.as_str())
-                    && seq < newest_snap
-                    && newest_key.get(inst).is_some_and(|m| *m > seq))
-                .then_some(path)
-            })
-            .collect();
-
-        Ok(Plan {
-            remaining: snaps.len() as u64,
-            remove,
-            kept,
-            packs,
-            repack,
-            unindexed,
-            dirty,
-            carry_packs,
-            carry_refs,
-            top_seq,
-            keys,
-        })
-    }
-
     /// Carries a plan out, in the order of the module docs.
     fn apply_prune(&self, guard: &LockGuard, plan: &Plan, r: &mut PruneReport) -> Result<()> {
         let b = self.backend();
@@ -695,87 +331,11 @@ impl Repo2 {
 
         // 1. Repack: read each source pack once, check the live entries,
         // copy them into new packs (written whole; durable at the sync).
-        let mut new_packs: Vec<IndexPack> = Vec::new();
-        for kind in [PackKind::Data, PackKind::Manifests] {
-            let mut builder: Option<PackBuilder> = None;
-            for (i, entries) in &plan.repack {
-                let p = &plan.packs[*i];
-                if p.kind != kind {
-                    continue;
-                }
-                let path = p.path();
-                let bytes = b
-                    .read(&path)
-                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
-                for e in entries {
-                    let data = bytes
-                        .get(e.offset as usize..e.end() as usize)
-                        .unwrap_or_default();
-                    let ok = match kind {
-                        PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
-                        PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
-                    };
-                    if !ok {
-                        return Err(StoreError::Repo(format!(
-                            "{loc}/{path}: entry {} at offset {} does not hash to its id (damaged); run `bbsync backups verify --read-data` (nothing was removed)",
-                            hex::encode(&e.id[..8]),
-                            e.offset
-                        )));
-                    }
-                    let full = builder.as_ref().is_some_and(|x| {
-                        !x.is_empty() && x.len() + u64::from(e.len) > self.config.pack_target
-                    });
-                    if full && let Some(x) = builder.take() {
-                        self.write_pack(x, &mut new_packs, r)?;
-                    }
-                    builder
-                        .get_or_insert_with(|| PackBuilder::new(kind))
-                        .push(e.id, data)
-                        .map_err(|e| StoreError::Invalid(format!("repacking {path}: {e}")))?;
-                }
-            }
-            if let Some(x) = builder.take().filter(|x| !x.is_empty()) {
-                self.write_pack(x, &mut new_packs, r)?;
-            }
-        }
+        let new_packs = self.repack(plan, r)?;
 
         // 2. New index files: the carried manifest files under the
         // sequence they won with; the packs in the file of the highest.
-        let mut out: Vec<IndexFile> = Vec::new();
-        let pack_seq = plan
-            .carry_refs
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(plan.top_seq);
-        for (seq, refs) in &plan.carry_refs {
-            out.push(IndexFile {
-                format: INDEX_FORMAT,
-                seq: *seq,
-                packs: Vec::new(),
-                manifests: refs.clone(),
-            });
-        }
-        let mut entries = 0usize;
-        // The last file (the highest seq, `pack_seq`) also takes the packs.
-        let mut cur: Option<IndexFile> = out.pop();
-        for p in plan.carry_packs.iter().cloned().chain(new_packs) {
-            let n = p.entries.len();
-            if entries > 0 && entries + n > INDEX_FILE_ENTRIES {
-                out.extend(cur.take());
-                entries = 0;
-            }
-            cur.get_or_insert_with(|| IndexFile {
-                format: INDEX_FORMAT,
-                seq: pack_seq,
-                packs: Vec::new(),
-                manifests: Vec::new(),
-            })
-            .packs
-            .push(p);
-            entries += n;
-        }
-        out.extend(cur);
+        let out = new_index_files(plan, new_packs);
         for f in &out {
             let bytes = f.encode();
             let path = super::format::index_path(&bytes);
@@ -843,6 +403,57 @@ impl Repo2 {
         Ok(())
     }
 
+    /// Apply, step 1: the live entries of each pack to repack (each
+    /// source read once, each entry checked) into new packs, written whole.
+    fn repack(&self, plan: &Plan, r: &mut PruneReport) -> Result<Vec<IndexPack>> {
+        let b = self.backend();
+        let loc = self.location();
+        let mut new_packs: Vec<IndexPack> = Vec::new();
+        for kind in [PackKind::Data, PackKind::Manifests] {
+            let mut builder: Option<PackBuilder> = None;
+            for (i, entries) in &plan.repack {
+                let p = &plan.packs[*i];
+                if p.kind != kind {
+                    continue;
+                }
+                let path = p.path();
+                let bytes = b
+                    .read(&path)
+                    .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
+                for e in entries {
+                    let data = bytes
+                        .get(e.offset as usize..e.end() as usize)
+                        .unwrap_or_default();
+                    let ok = match kind {
+                        PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
+                        PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
+                    };
+                    if !ok {
+                        return Err(StoreError::Repo(format!(
+                            "{loc}/{path}: entry {} at offset {} does not hash to its id (damaged); run `bbsync backups verify --read-data` (nothing was removed)",
+                            hex::encode(&e.id[..8]),
+                            e.offset
+                        )));
+                    }
+                    let full = builder.as_ref().is_some_and(|x| {
+                        !x.is_empty() && x.len() + u64::from(e.len) > self.config.pack_target
+                    });
+                    if full && let Some(x) = builder.take() {
+                        self.write_pack(x, &mut new_packs, r)?;
+                    }
+                    builder
+                        .get_or_insert_with(|| PackBuilder::new(kind))
+                        .push(e.id, data)
+                        .map_err(|e| StoreError::Invalid(format!("repacking {path}: {e}")))?;
+                }
+            }
+            if let Some(x) = builder.take().filter(|x| !x.is_empty()) {
+                self.write_pack(x, &mut new_packs, r)?;
+            }
+        }
+        Ok(new_packs)
+    }
+
     fn write_pack(
         &self,
         builder: PackBuilder,
@@ -859,6 +470,48 @@ impl Repo2 {
         out.push(ip);
         Ok(())
     }
+}
+
+/// Apply, step 2: the new index files: the carried manifest files under
+/// the sequence they won with; the carried and new packs in the file of
+/// the highest (more files of that sequence past INDEX_FILE_ENTRIES).
+fn new_index_files(plan: &Plan, new_packs: Vec<IndexPack>) -> Vec<IndexFile> {
+    let mut out: Vec<IndexFile> = Vec::new();
+    let pack_seq = plan
+        .carry_refs
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(plan.top_seq);
+    for (seq, refs) in &plan.carry_refs {
+        out.push(IndexFile {
+            format: INDEX_FORMAT,
+            seq: *seq,
+            packs: Vec::new(),
+            manifests: refs.clone(),
+        });
+    }
+    let mut entries = 0usize;
+    // The last file (the highest seq, `pack_seq`) also takes the packs.
+    let mut cur: Option<IndexFile> = out.pop();
+    for p in plan.carry_packs.iter().cloned().chain(new_packs) {
+        let n = p.entries.len();
+        if entries > 0 && entries + n > INDEX_FILE_ENTRIES {
+            out.extend(cur.take());
+            entries = 0;
+        }
+        cur.get_or_insert_with(|| IndexFile {
+            format: INDEX_FORMAT,
+            seq: pack_seq,
+            packs: Vec::new(),
+            manifests: Vec::new(),
+        })
+        .packs
+        .push(p);
+        entries += n;
+    }
+    out.extend(cur);
+    out
 }
 
 /// The pack files a plan deletes: (path, size, why).
@@ -956,7 +609,7 @@ fn top_dir(kind: PackKind) -> &'static str {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::*;
+    use super::{super::format::key_name, *};
 
     #[test]
     fn key_names() {

@@ -1,0 +1,246 @@
+//! Step 5 of a restore: the chunks the store lacks, copied from the
+//! repository, and what keeps or undoes them once the records are (or are
+//! not) committed.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
+use rayon::prelude::*;
+
+use super::{RestoreReport, damaged, plan::Planned};
+use crate::{
+    Store,
+    backup::{Repo, RepoReader, repo_io_err},
+    error::{Result, StoreError},
+    packs::Published,
+    progress::Progress,
+};
+
+/// Chunk bytes staged per publish (two syncfs each).
+const GROUP_BYTES: u64 = 128 * 1024 * 1024;
+/// Chunk bytes read at once within a group (held until staged).
+const READ_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `items` cut into consecutive slices of about `max` bytes each (at least
+/// one item per slice).
+fn byte_batches(items: &[(ChunkId, u32)], max: u64) -> impl Iterator<Item = &[(ChunkId, u32)]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut acc = 0u64;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || acc + u64::from(rest[n].1) <= max) {
+            acc += u64::from(rest[n].1);
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+/// Removes the pins file of a restore (a failure is only logged).
+fn clear_pins(pins: &Path) {
+    if let Err(e) = std::fs::remove_file(pins)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("removing {}: {e}", pins.display());
+    }
+}
+
+/// The chunks one restore copied: durable (published) but not yet
+/// recorded, so the dirty marker stays until [`ChunkCopy::finish`] (after
+/// the records' commit), [`ChunkCopy::undo`] or [`ChunkCopy::abandon`].
+#[must_use = "a chunk copy is finished, undone or abandoned"]
+pub(super) struct ChunkCopy<'a> {
+    store: &'a Store,
+    pins: PathBuf,
+    published: Vec<ChunkId>,
+    tokens: Vec<Published>,
+}
+
+impl<'a> ChunkCopy<'a> {
+    /// Pins the chunks of every planned object (durably, before the first
+    /// is copied) when there is anything to copy: a restore that fails on
+    /// a read or a write (disk full, a repository that stops answering)
+    /// records what it copied as pinned, and the next run finds those
+    /// chunks present and does not copy them again; every collection
+    /// keeps them until a restore finishes. Damage found in the repository
+    /// undoes the copies instead (nothing was restored). A restore that is
+    /// killed leaves the marker: the next open drops the pins and collects
+    /// its copies, as before (no orphan survives a crash).
+    pub(super) fn pin(
+        store: &'a Store,
+        plan: &[Planned],
+        needed: &[(ChunkId, u32)],
+    ) -> Result<Self> {
+        let pins = store.dir().join(crate::RESTORE_PINS);
+        if !needed.is_empty() {
+            let mut ids = Vec::new();
+            let mut seen = HashSet::new();
+            for p in plan {
+                for c in &p.manifest.chunks {
+                    if seen.insert(c.id) {
+                        ids.extend_from_slice(&c.id.0);
+                    }
+                }
+            }
+            crate::write_file_atomic(&pins, &ids, 0o600)?;
+        }
+        Ok(ChunkCopy {
+            store,
+            pins,
+            published: Vec::new(),
+            tokens: Vec::new(),
+        })
+    }
+
+    /// Copies `needed`, hashed as it is read, in groups made durable by
+    /// publish. On an error the caller undoes the copy
+    /// ([`ChunkCopy::undo`]).
+    pub(super) fn copy(
+        &mut self,
+        repo: &Repo,
+        reader: &RepoReader<'_>,
+        needed: &[(ChunkId, u32)],
+        progress: &dyn Progress,
+        report: &mut RestoreReport,
+    ) -> Result<()> {
+        let mut i = 0;
+        while i < needed.len() {
+            let mut acc = 0u64;
+            let mut j = i;
+            while j < needed.len() && acc < GROUP_BYTES {
+                acc += u64::from(needed[j].1);
+                j += 1;
+            }
+            let group = &needed[i..j];
+            let store = self.store;
+            let packs = store.packs();
+            let staged = Mutex::new(Vec::new());
+            let r = self.stage_group(repo, reader, group, &staged, progress);
+            let staged = staged
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(e) = r {
+                packs.discard(staged);
+                return Err(e);
+            }
+            let ids: Vec<ChunkId> = staged.iter().map(|s| s.id).collect();
+            self.tokens.push(packs.publish(staged)?);
+            self.published.extend(ids);
+            report.chunks_copied += group.len() as u64;
+            report.bytes_copied += acc;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Reads one group a slice at a time (runs of a pack in one request,
+    /// several at once), then hashes and stages it on all cores; the next
+    /// slice is read meanwhile (on object storage the reads are round
+    /// trips, on a directory they overlap the hashing).
+    fn stage_group(
+        &self,
+        repo: &Repo,
+        reader: &RepoReader<'_>,
+        group: &[(ChunkId, u32)],
+        staged: &Mutex<Vec<crate::packs::Staged>>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let batches: Vec<&[(ChunkId, u32)]> = byte_batches(group, READ_BYTES).collect();
+        std::thread::scope(|sc| {
+            let read_ahead = |k: usize| {
+                batches
+                    .get(k)
+                    .copied()
+                    .map(|b| sc.spawn(move || reader.read_chunks(b)))
+            };
+            let mut next = read_ahead(0);
+            for (k, batch) in batches.iter().enumerate() {
+                let read = match next.take().map(std::thread::ScopedJoinHandle::join) {
+                    Some(Ok(read)) => read,
+                    // (a reader thread that panicked: read here instead)
+                    _ => reader.read_chunks(batch),
+                };
+                next = read_ahead(k + 1);
+                batch
+                    .par_iter()
+                    .zip(read)
+                    .try_for_each(|((id, len), bytes)| {
+                        let bytes = bytes.map_err(repo_io_err(format!(
+                            "reading {}/{}",
+                            repo.location(),
+                            reader.chunk_path(id)
+                        )))?;
+                        if check_chunk_id(id, &bytes).is_err() {
+                            return Err(damaged(
+                                repo,
+                                &reader.chunk_path(id),
+                                &reader.bad_chunk(id),
+                            ));
+                        }
+                        let s = self.store.packs().stage(*id, &bytes)?;
+                        staged
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(s);
+                        progress.advance(1, u64::from(*len));
+                        Ok(())
+                    })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// After `e`: an I/O error keeps the copies for the rerun (recorded as
+    /// pinned: the pins file is durable already, so no collection takes
+    /// them); any other error (damage, a refusal) removes them and the pins.
+    pub(super) fn undo(self, e: &StoreError) {
+        let ChunkCopy {
+            store,
+            pins,
+            published,
+            tokens,
+        } = self;
+        let packs = store.packs();
+        if matches!(e, StoreError::Io { .. }) {
+            for t in tokens {
+                packs.recorded(t);
+            }
+            tracing::info!(
+                "restore stopped: the {} chunks it copied stay for the next restore (pinned in {})",
+                published.len(),
+                store.dir().join(crate::RESTORE_PINS).display()
+            );
+            return;
+        }
+        let _ = packs.remove_many(&published);
+        for t in tokens {
+            packs.recorded(t);
+        }
+        clear_pins(&pins);
+    }
+
+    /// The records naming the copies are committed: the chunks are
+    /// recorded (the dirty marker may go) and the pins removed.
+    pub(super) fn finish(self) {
+        for t in self.tokens {
+            self.store.packs().recorded(t);
+        }
+        clear_pins(&self.pins);
+    }
+
+    /// The records' commit failed once writing had begun (some may be
+    /// written): the chunks stay, and so does the dirty marker, so the
+    /// next open collects what no record names.
+    pub(super) fn abandon(self) {
+        drop(self.tokens);
+    }
+}

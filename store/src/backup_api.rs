@@ -1,0 +1,164 @@
+//! The store operations backups need (store/src/backup/), as narrow public
+//! methods: backup code reaches nothing crate-private (no `db` records,
+//! no `ObjectWrite`, no `received_state`), so that `backup/` could become
+//! a crate of its own on this API.
+
+use std::collections::HashSet;
+
+use bbsync_protocol::{
+    ContentKey, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role, Signed,
+};
+
+use crate::{
+    ObjectState, Store, TrustRecord,
+    db::ObjectWrite,
+    error::{Result, StoreError},
+};
+
+/// One object a restore records (see [`Store::record_restored`]): its
+/// manifest, verified and checked whole, with the envelope entries whose
+/// signatures verified ([`Store::verified_envelope`]).
+#[derive(Debug)]
+pub struct RestoredObject {
+    /// The verified manifest.
+    pub manifest: Signed<Manifest>,
+    /// The envelope entries kept (wire bytes); only these are MAC'd.
+    pub envelope: Vec<Vec<u8>>,
+    /// The object's state here before, if the store holds it
+    /// ([`Store::object_state`]).
+    pub previous: Option<ObjectState>,
+}
+
+/// What [`Store::record_restored`] wrote.
+#[derive(Debug, Default)]
+pub struct RestoredRecords {
+    /// The objects recorded, in the order given.
+    pub objects: Vec<ObjectId>,
+    /// Of those, live objects still lacking chunks.
+    pub incomplete: u64,
+    /// Of those, replacing a version held here.
+    pub replaced: u64,
+}
+
+/// Why [`Store::record_restored`] failed, and whether records may have
+/// been written: chunks copied for them may be undone only `Before`.
+#[derive(Debug)]
+pub enum RecordError {
+    /// Nothing of the objects was written (trust may have been).
+    Before(StoreError),
+    /// The records' commit had begun: some may be written (a flush that
+    /// failed does not undo them).
+    Writing(StoreError),
+}
+
+impl From<StoreError> for RecordError {
+    fn from(e: StoreError) -> Self {
+        RecordError::Before(e)
+    }
+}
+
+impl Store {
+    /// Whether the store holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.db().object_count() == 0
+    }
+
+    /// Whether this store trusts no instance (a restore brings its own
+    /// snapshot's trust table only into such a store).
+    pub fn trust_table_is_empty(&self) -> Result<bool> {
+        Ok(self.db().trusted()?.is_empty())
+    }
+
+    /// The object's state here, if the store holds it.
+    pub fn object_state(&self, id: &ObjectId) -> Result<Option<ObjectState>> {
+        self.db().object(id)
+    }
+
+    /// The envelope entries of a manifest read from a backup that may be
+    /// kept: each whose signature checks, whose wrapper is the author,
+    /// this instance or `trusted`, and that is for this object version.
+    /// Returns their bytes, the verified entries (in the same order) and
+    /// how many were dropped.
+    pub fn verified_envelope(
+        &self,
+        m: &Manifest,
+        raw: &[Vec<u8>],
+        trusted: &dyn Fn(&InstanceId) -> bool,
+    ) -> (Vec<Vec<u8>>, Vec<Signed<EnvelopeEntry>>, usize) {
+        self.verified_entry_values(m, raw, trusted)
+    }
+
+    /// The content key of a verified entry: it must be this instance's,
+    /// for `m`'s object version, unwrap, and match `m`'s key commitment.
+    pub fn entry_key(&self, m: &Manifest, e: Signed<EnvelopeEntry>) -> Result<ContentKey> {
+        self.usable_entry(m, e).map(|(_, k)| k)
+    }
+
+    /// Why `m` may not take its name here (another live object holds it,
+    /// or one earlier in the same batch, collected in `names`); `Ok` for a
+    /// deletion or a free name.
+    pub fn name_free(
+        &self,
+        m: &Manifest,
+        names: &mut HashSet<(String, String)>,
+    ) -> std::result::Result<(), String> {
+        self.check_name_free(m, names)
+    }
+
+    /// Records what a restore checked, under the store's write lock: the
+    /// `trust` first, then every object in one commit (each complete when
+    /// the store holds all its chunks at their sizes). When a replaced
+    /// version leaves chunks behind, the next open is told to collect
+    /// them. The caller records its copied chunks only after this returns.
+    pub fn record_restored(
+        &self,
+        trust: &[(Signed<InstanceCard>, Role)],
+        objects: Vec<RestoredObject>,
+    ) -> std::result::Result<RestoredRecords, RecordError> {
+        let _g = self.lock();
+        for (card, role) in trust {
+            self.db().put_trust(
+                &card.instance,
+                &TrustRecord {
+                    role: *role,
+                    card: card.bytes().to_vec(),
+                    added_at_ms: bbsync_protocol::now_ms(),
+                },
+            )?;
+        }
+        let mut out = RestoredRecords::default();
+        let mut writes = Vec::with_capacity(objects.len());
+        for o in objects {
+            let m = &o.manifest;
+            let complete = m
+                .chunks
+                .iter()
+                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)));
+            out.incomplete += u64::from(!complete && !m.deleted);
+            out.replaced += u64::from(o.previous.is_some());
+            let state = self.received_state(m, complete || m.deleted, &o.envelope);
+            out.objects.push(m.object_id);
+            writes.push(ObjectWrite {
+                object_id: m.object_id,
+                state,
+                manifest: m.bytes().to_vec(),
+                envelope: o
+                    .envelope
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                previous: o.previous,
+            });
+        }
+        if writes.iter().any(|w| w.previous.is_some()) {
+            self.packs().expect_garbage()?;
+        }
+        let written = if writes.is_empty() {
+            self.db().flush()
+        } else {
+            self.db().commit(writes).map(|_| ())
+        };
+        written.map_err(RecordError::Writing)?;
+        Ok(out)
+    }
+}
