@@ -5,9 +5,9 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use crate::{Ctx, output, passphrase::get as passphrase, progress::Bar};
 use bbsync_store::{
-    Config, Store, StoreError,
+    Store, StoreError,
     backup::{
-        DEFAULT_REPO_FORMAT, Repo, RepoLocation, RepoStorage, SnapshotSignature,
+        BackupConfig, DEFAULT_REPO_FORMAT, Repo, RepoLocation, RepoStorage, SnapshotSignature,
         create::BackupOptions,
         restore::{RestoreOptions, escrow_of, open_escrow, precheck_snapshot},
         retention::Policy,
@@ -43,10 +43,10 @@ impl RepoArg {
 
 /// The config.toml of the command's data dir (the serving node's, for a
 /// control-socket client).
-fn config(ctx: &Ctx) -> bbsync_store::Result<Config> {
-    match &ctx.store {
-        Some(s) => Ok(s.config().clone()),
-        None => Config::load(&ctx.data_dir.join("config.toml")),
+fn config(ctx: &Ctx) -> bbsync_store::Result<BackupConfig> {
+    match &ctx.config {
+        Some(c) => Ok(c.backup.clone()),
+        None => Ok(crate::config::Config::load(&ctx.data_dir.join("config.toml"))?.backup),
     }
 }
 
@@ -920,6 +920,7 @@ pub fn start_scheduler(
     )?;
     Ok(bbsync_store::backup::schedule::spawn(
         store.clone(),
+        &config(ctx)?,
         default,
     )?)
 }

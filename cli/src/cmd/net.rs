@@ -20,7 +20,7 @@ use bbsync_store::{
     sync::Selection,
 };
 
-use crate::{Ctx, output, progress::Bar};
+use crate::{Ctx, config::CliConfig, output, progress::Bar};
 
 /// The addresses the `serve` of this process listens on (without
 /// `/p2p/`), onion first, loopback last: what `invite create` puts in an
@@ -205,7 +205,8 @@ fn live_tree(
     a: &ServeArgs,
     following: bool,
 ) -> anyhow::Result<Option<(Arc<LiveTree>, bool)>> {
-    let cfg = store.config();
+    let config = crate::config::of(ctx)?;
+    let cfg = &config.cli;
     let in_data = |p: &Path| ctx.data_dir.join(p);
     let watch = a
         .watch
@@ -319,7 +320,8 @@ pub fn demote(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 /// `bbsync promote`.
 pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open(ctx)?;
+    // The data dir must be one (a clear error otherwise).
+    let _store = super::open(ctx)?;
     if let Some(p) = live::load_promotion(&ctx.data_dir)? {
         bail!(
             "this node is the primary already (promoted at {} ms, watching {})",
@@ -340,7 +342,7 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
         ),
         (Some((t, _)), _) => t.clone(),
         (None, Some(g)) => g,
-        (None, None) => match &store.config().tree {
+        (None, None) => match &crate::config::of(ctx)?.cli.tree {
             Some(t) => ctx.data_dir.join(t),
             None => bail!(
                 "no tree to watch: give --tree DIR (the standby's BBS tree), or run it while `serve --tree DIR` runs"
@@ -391,19 +393,15 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
 
 /// The HTTP address of `serve`: `--http`, else config `http_listen`;
 /// a non-loopback one only when allowed.
-fn http_listen(a: &ServeArgs, store: &Store) -> anyhow::Result<Option<std::net::SocketAddr>> {
-    let Some(text) = a
-        .http
-        .clone()
-        .or_else(|| store.config().http_listen.clone())
-    else {
+fn http_listen(a: &ServeArgs, cfg: &CliConfig) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(text) = a.http.clone().or_else(|| cfg.http_listen.clone()) else {
         return Ok(None);
     };
     let addr: std::net::SocketAddr = text.parse().map_err(|_| {
         anyhow!("--http {text}: not an IP address and port (e.g. 127.0.0.1:8080 or [::1]:8080)")
     })?;
     if !bbsync_node::http::is_loopback(&addr) {
-        if !(a.http_allow_remote || store.config().http_allow_remote) {
+        if !(a.http_allow_remote || cfg.http_allow_remote) {
             bail!(
                 "--http {addr}: not a loopback address; the admin API would be reachable from the network (pass --http-allow-remote, or http_allow_remote = true in config.toml, to mean it)"
             );
@@ -482,7 +480,7 @@ fn parse_only(s: &str) -> Result<(String, Option<String>), String> {
 
 /// Tor settings for a node that needs Tor (`needed`), from
 /// `--tor-config`, `BBSYNC_TOR_CONFIG` or config.toml's `tor_config`.
-fn tor_options(ctx: &Ctx, store: &Store, needed: bool) -> anyhow::Result<Option<TorOptions>> {
+fn tor_options(ctx: &Ctx, needed: bool) -> anyhow::Result<Option<TorOptions>> {
     if !needed {
         return Ok(None);
     }
@@ -494,8 +492,8 @@ fn tor_options(ctx: &Ctx, store: &Store, needed: bool) -> anyhow::Result<Option<
     let config_file = match (&ctx.tor_config, ctx.env("BBSYNC_TOR_CONFIG")) {
         (Some(p), _) => Some(ctx.path(p)),
         (None, Some(p)) if !p.is_empty() => Some(ctx.path(Path::new(p))),
-        _ => store
-            .config()
+        _ => crate::config::of(ctx)?
+            .node
             .tor_config
             .as_ref()
             .map(|p| ctx.data_dir.join(p)),
@@ -522,7 +520,7 @@ fn start_node(
 ) -> anyhow::Result<Node> {
     let needed = force_tor || addrs.iter().any(onion::is_onion);
     let opts = NodeOptions {
-        tor: tor_options(ctx, store, needed)?,
+        tor: tor_options(ctx, needed)?,
         ..Default::default()
     };
     Ok(Node::start_with(store.clone(), opts)?)
@@ -586,9 +584,10 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         check_as_made(ctx, &store, a.name.as_deref(), false)?;
         store
     };
-    let http = http_listen(&a, &store)?;
+    let config = crate::config::of(ctx)?;
+    let http = http_listen(&a, &config.cli)?;
     let mut follow = a.follow.clone();
-    follow.extend(store.config().follow.iter().cloned());
+    follow.extend(config.node.follow.iter().cloned());
     follow.dedup();
     let follow = parse_follow(&follow)?;
     // Tor is needed when any upstream can be reached only as an onion.
@@ -628,7 +627,13 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let follow_tree = live.as_ref().map(|(t, _)| t.clone());
     // Other commands on this data dir now come through the control socket.
-    let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
+    let _control = crate::control::listen(
+        &ctx.data_dir,
+        crate::control::Served {
+            store: store.clone(),
+            config: config.clone(),
+        },
+    )?;
     let _backups = super::backup::start_scheduler(ctx, &store)?;
     runtime()?.block_on(async move {
         let node = start_node(ctx, &store, &upstream_addrs, a.onion)?;
@@ -656,8 +661,10 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
                     h.clone(),
                     bbsync_node::http::HttpOptions {
                         listen,
-                        metrics_without_auth: store.config().metrics_without_auth,
+                        metrics_without_auth: config.cli.metrics_without_auth,
                         node_addrs: full.clone(),
+                        node_config: config.node.clone(),
+                        backup_config: config.backup.clone(),
                     },
                 )
                 .await?,
@@ -762,7 +769,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
 pub fn fetch_missing_cmd(ctx: &Ctx, a: FetchMissingArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let texts = if a.from.is_empty() {
-        store.config().peers.clone()
+        crate::config::of(ctx)?.node.peers.clone()
     } else {
         a.from.clone()
     };

@@ -15,7 +15,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Repo, RepoLocation, RepoStorage, create::BackupOptions, now_ms, retention::Policy};
+use super::{
+    BackupConfig, Repo, RepoLocation, RepoStorage, create::BackupOptions, now_ms, retention::Policy,
+};
 use crate::{
     Store,
     error::{Result, StoreError},
@@ -324,13 +326,17 @@ impl Drop for Scheduler {
     }
 }
 
-/// Starts the scheduler of the store's `[[backup]]` entries in a thread;
-/// `default_repo` is the repository of an entry that names none. A bad
+/// Starts the scheduler of the `[[backup]]` entries of `config` in a
+/// thread; `default_repo` is the repository of an entry that names none. A bad
 /// cron expression, a bad repository location, or an S3 repository
 /// without usable S3 settings (this process's `AWS_*` variables, else
 /// `[s3]` of config.toml) is an error here, before `serve` starts.
-pub fn spawn(store: Arc<Store>, default_repo: RepoLocation) -> Result<Option<Scheduler>> {
-    let jobs = store.config().backup.clone();
+pub fn spawn(
+    store: Arc<Store>,
+    config: &BackupConfig,
+    default_repo: RepoLocation,
+) -> Result<Option<Scheduler>> {
+    let jobs = config.jobs.clone();
     if jobs.is_empty() {
         return Ok(None);
     }
@@ -338,7 +344,7 @@ pub fn spawn(store: Arc<Store>, default_repo: RepoLocation) -> Result<Option<Sch
     for j in jobs {
         let cron: Cron = j.cron.parse()?;
         let repo = job_location(&j, &default_repo, store.dir())
-            .and_then(|l| l.storage_with(store.config().s3.as_ref()))
+            .and_then(|l| l.storage_with(config.s3.as_ref()))
             .map_err(|e| StoreError::Invalid(format!("[[backup]] with cron {:?}: {e}", j.cron)))?;
         parsed.push((j, cron, repo));
     }
