@@ -22,6 +22,7 @@ pub mod http;
 pub mod invite;
 pub mod node;
 pub mod onion;
+pub mod schedule;
 pub mod server;
 #[cfg(feature = "tor")]
 pub mod tor;

@@ -906,21 +906,3 @@ pub fn print_hybrid(
         );
     }
 }
-
-/// Starts the scheduled backups of config.toml (`[[backup]]`) for `serve`.
-pub fn start_scheduler(
-    ctx: &Ctx,
-    store: &Arc<Store>,
-) -> anyhow::Result<Option<bbsync_store::backup::schedule::Scheduler>> {
-    let default = RepoLocation::resolve(
-        ctx.env("BBSYNC_REPO"),
-        &ctx.cwd,
-        || config(ctx),
-        &ctx.data_dir,
-    )?;
-    Ok(bbsync_store::backup::schedule::spawn(
-        store.clone(),
-        &config(ctx)?,
-        default,
-    )?)
-}

@@ -16,6 +16,10 @@ use bbsync_node::{
 use bbsync_protocol::{Invite, invite::is_invite_text};
 use bbsync_store::{
     Store, StoreError,
+    backup::{
+        RepoLocation,
+        schedule::{self, Scheduled},
+    },
     live::{self, LiveTree},
     sync::Selection,
 };
@@ -634,8 +638,9 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             config: config.clone(),
         },
     )?;
-    let _backups = super::backup::start_scheduler(ctx, &store)?;
+    let backups = backup_plan(ctx, &config)?;
     runtime()?.block_on(async move {
+        let scheduler = bbsync_node::schedule::spawn(store.clone(), backups);
         let node = start_node(ctx, &store, &upstream_addrs, a.onion)?;
         let h = node.handle();
         for addr in addrs {
@@ -753,6 +758,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         drop(watcher);
+        drop(scheduler);
         for f in followers {
             f.abort();
         }
@@ -763,6 +769,20 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         node.stop();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The scheduled backups of config.toml (`[[backup]]`) that `serve` runs:
+/// an entry without `repo` backs up into `BBSYNC_REPO`, else the config's
+/// `backup_repo`, else `<data>/backup`. A bad entry stops `serve` here,
+/// before it starts.
+fn backup_plan(ctx: &Ctx, config: &crate::config::Config) -> anyhow::Result<Vec<Scheduled>> {
+    let default = RepoLocation::resolve(
+        ctx.env("BBSYNC_REPO"),
+        &ctx.cwd,
+        || Ok(config.backup.clone()),
+        &ctx.data_dir,
+    )?;
+    Ok(schedule::plan(&config.backup, &default, &ctx.data_dir)?)
 }
 
 /// `bbsync fetch-missing`.
