@@ -56,6 +56,15 @@ pub fn read_text(path: &Path) -> Result<Option<String>> {
     }
 }
 
+/// The part `T` of the config file `path`, parsed and checked by `parse`
+/// (a part's `from_toml`); a missing file gives `T`'s defaults.
+pub fn load_part<T: Default>(path: &Path, parse: fn(&str, &Path) -> Result<T>) -> Result<T> {
+    match read_text(path)? {
+        Some(text) => parse(&text, path),
+        None => Ok(T::default()),
+    }
+}
+
 /// `text` (the config file `path`) as the part `T` of it: a file that is
 /// not TOML, or a key of `T` of the wrong type, is a [`StoreError::Config`].
 pub fn parse_part<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
@@ -128,10 +137,7 @@ impl Config {
     /// Reads the store's keys of the config file `path`; a missing file
     /// gives the defaults.
     pub fn load(path: &Path) -> Result<Self> {
-        match read_text(path)? {
-            Some(text) => Config::from_toml(&text, path),
-            None => Ok(Config::default()),
-        }
+        load_part(path, Config::from_toml)
     }
 
     /// The store's keys of `text`, the config file `path`, checked.

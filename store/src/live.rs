@@ -530,6 +530,17 @@ fn same_tree(a: &Path, b: &Path, modes: bool) -> io::Result<bool> {
     Ok(true)
 }
 
+/// An object of the tree an import is given: what to record for it once
+/// the import is committed.
+struct Wanted {
+    kind: String,
+    name: String,
+    /// Its path in the tree, relative to the root.
+    path: String,
+    /// The stat digest it was imported at.
+    digest: String,
+}
+
 /// What one import of a watched tree did.
 #[derive(Debug, Default)]
 pub struct LiveImport {
@@ -736,7 +747,12 @@ impl Store {
                 keep.insert((src.kind.clone(), src.name.clone()));
                 continue;
             }
-            wanted.push((src.kind.clone(), src.name.clone(), rel, digest));
+            wanted.push(Wanted {
+                kind: src.kind.clone(),
+                name: src.name.clone(),
+                path: rel,
+                digest,
+            });
             todo.push(src);
         }
         if !full {
@@ -749,24 +765,7 @@ impl Store {
         }
         let kind_refs: Vec<&str> = kinds.iter().map(String::as_str).collect();
         out.stats = self.run_import_keeping(todo, &kind_refs, &keep, &HashSet::new(), progress)?;
-        for (kind, name, rel, digest) in wanted {
-            let Some(id) = self.db().lookup(&kind, &name)? else {
-                continue;
-            };
-            let st = self.state(&id)?;
-            if st.deleted {
-                continue;
-            }
-            self.db().set_tree_record(
-                &id,
-                &TreeRecord {
-                    path: rel,
-                    digest,
-                    version: st.version,
-                    manifest: st.manifest_id.to_hex(),
-                },
-            )?;
-        }
+        self.record_imported(wanted)?;
         for (id, _) in records {
             if !seen.contains(&id) && self.state(&id).is_ok_and(|st| st.deleted) {
                 self.db().remove_tree_record(&id)?;
@@ -830,7 +829,12 @@ impl Store {
             if unchanged {
                 continue;
             }
-            wanted.push((src.kind.clone(), src.name.clone(), rel, digest));
+            wanted.push(Wanted {
+                kind: src.kind.clone(),
+                name: src.name.clone(),
+                path: rel,
+                digest,
+            });
             todo.push(src);
         }
         // What was at the focused paths (by the path index) and is gone.
@@ -870,8 +874,22 @@ impl Store {
             &HashSet::new(),
             progress,
         )?;
-        for (kind, name, rel, digest) in wanted {
-            let Some(id) = self.db().lookup(&kind, &name)? else {
+        self.record_imported(wanted)?;
+        for id in &gone {
+            if self.state(id).is_ok_and(|st| st.deleted) {
+                self.db().remove_tree_record(id)?;
+            }
+        }
+        self.db().flush()?;
+        Ok(out)
+    }
+
+    /// Records where each object of `wanted` lies in the tree, at the
+    /// version the import left; an object the import did not leave live
+    /// (not imported, or deleted) gets no record.
+    fn record_imported(&self, wanted: Vec<Wanted>) -> Result<()> {
+        for w in wanted {
+            let Some(id) = self.db().lookup(&w.kind, &w.name)? else {
                 continue;
             };
             let st = self.state(&id)?;
@@ -881,20 +899,14 @@ impl Store {
             self.db().set_tree_record(
                 &id,
                 &TreeRecord {
-                    path: rel,
-                    digest,
+                    path: w.path,
+                    digest: w.digest,
                     version: st.version,
                     manifest: st.manifest_id.to_hex(),
                 },
             )?;
         }
-        for id in &gone {
-            if self.state(id).is_ok_and(|st| st.deleted) {
-                self.db().remove_tree_record(id)?;
-            }
-        }
-        self.db().flush()?;
-        Ok(out)
+        Ok(())
     }
 
     /// Whether something is at `rel` in the tree (not following a symlink).

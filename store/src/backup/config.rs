@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{location::RepoLocation, schedule::BackupJob};
 use crate::{
-    config::{parse_part, read_text},
+    config::{load_part, parse_part},
     error::{Result, StoreError},
 };
 
@@ -91,10 +91,7 @@ impl BackupConfig {
     /// Reads the backups' keys of the config file `path`; a missing file
     /// gives the defaults.
     pub fn load(path: &Path) -> Result<Self> {
-        match read_text(path)? {
-            Some(text) => BackupConfig::from_toml(&text, path),
-            None => Ok(BackupConfig::default()),
-        }
+        load_part(path, BackupConfig::from_toml)
     }
 
     /// The backups' keys of `text`, the config file `path`, checked: an
