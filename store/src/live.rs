@@ -43,7 +43,7 @@ use crate::{
     import::ImportStats,
     layout::Layout,
     progress::Progress,
-    sqlite::FileOut,
+    sqlite::{FileOut, WriteMode},
 };
 
 /// The directory of a live tree that holds bbsync's marker and temp files
@@ -348,7 +348,8 @@ impl LiveTree {
         crate::failpoint::hit("live.write").ctx(|| format!("writing {}", dest.display()))?;
         match o.shape {
             Shape::File => {
-                let mut out = FileOut::new(&tmp, false, o.manifest.plaintext_len).with_mode(o.mode);
+                let mut out = FileOut::new(&tmp, WriteMode::InPlace, o.manifest.plaintext_len)
+                    .with_mode(o.mode);
                 let written = store
                     .read_open(o, |d| out.write(d))
                     .and_then(|_| out.finish(&label));
@@ -530,6 +531,19 @@ fn same_tree(a: &Path, b: &Path, modes: bool) -> io::Result<bool> {
     Ok(true)
 }
 
+/// What a whole import of a watched tree ([`Store::import_live`]) does
+/// with a live object of the tree's kinds that is not in the tree and that
+/// this node has no record of writing there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrecorded {
+    /// Keep it: it came from a peer and is not written out yet (every
+    /// import but a tree's first).
+    Keep,
+    /// Tombstone it: the tree is the whole truth, as for `import-bbs` (the
+    /// first watch of a tree).
+    Tombstone,
+}
+
 /// An object of the tree an import is given: what to record for it once
 /// the import is committed.
 struct Wanted {
@@ -709,13 +723,12 @@ impl Store {
     /// path (relative to the root) is still being written: an object with
     /// such a file keeps its version until it is complete. Objects this
     /// node has no record of (they came from a peer and are not written out
-    /// yet) are not tombstoned, unless `full` (the first watch of a tree:
-    /// then the tree is the whole truth, like `import-bbs`).
+    /// yet) are kept or tombstoned as `unrecorded` says.
     pub fn import_live(
         &self,
         tree: &LiveTree,
         held: &dyn Fn(&str) -> bool,
-        full: bool,
+        unrecorded: Unrecorded,
         progress: &dyn Progress,
     ) -> Result<LiveImport> {
         let _g = tree.lock();
@@ -755,7 +768,7 @@ impl Store {
             });
             todo.push(src);
         }
-        if !full {
+        if unrecorded == Unrecorded::Keep {
             for r in self.db().objects() {
                 let (id, st) = r?;
                 if !st.deleted && kinds.contains(&st.kind) && !records.contains_key(&id) {
@@ -799,7 +812,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<LiveImport> {
         if !tree.indexed.load(Ordering::SeqCst) {
-            return self.import_live(tree, held, false, progress);
+            return self.import_live(tree, held, Unrecorded::Keep, progress);
         }
         let _g = tree.lock();
         let sources = tree.scan(Some(focus))?;

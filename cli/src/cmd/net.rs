@@ -272,7 +272,12 @@ fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
             "{} was a primary's tree: importing what it holds once before following",
             tree.root().display()
         );
-        store.import_live(tree, &|_| false, false, &bbsync_store::progress::NoProgress)?;
+        store.import_live(
+            tree,
+            &|_| false,
+            live::Unrecorded::Keep,
+            &bbsync_store::progress::NoProgress,
+        )?;
     }
     // The follower brings the tree in line with the store before its
     // first page (retried like a page when it fails).

@@ -635,8 +635,10 @@ async fn rekey(State(s): St, _w: Writer, Body(b): Body<RekeyBody>) -> ApiResult 
             .collect::<Result<Vec<_>, _>>()?;
         Ok(store.rekey(
             &ids,
-            b.dry_run,
-            b.rotate,
+            bbsync_store::rekey::RekeyOptions {
+                dry_run: b.dry_run,
+                rotate: b.rotate,
+            },
             &bbsync_store::progress::NoProgress,
         )?)
     })

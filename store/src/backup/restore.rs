@@ -849,7 +849,7 @@ impl Store {
         }
         if opts.rekey && !restored.is_empty() {
             crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
-            report.rekey = Some(self.rekey(&restored, false, false, &NoProgress)?);
+            report.rekey = Some(self.rekey(&restored, Default::default(), &NoProgress)?);
         }
         report.elapsed = start.elapsed();
         Ok(report)
@@ -993,9 +993,12 @@ impl Store {
                         bbsync_protocol::Shape::File => {
                             // A SQLite database goes through a temp file and
                             // must pass its integrity check (src/sqlite).
-                            let mut w =
-                                crate::sqlite::FileOut::new(&target, false, m.plaintext_len)
-                                    .with_mode(mode);
+                            let mut w = crate::sqlite::FileOut::new(
+                                &target,
+                                crate::sqlite::WriteMode::InPlace,
+                                m.plaintext_len,
+                            )
+                            .with_mode(mode);
                             let n = feed(&mut |d: &[u8]| w.write(d))?;
                             w.finish(&label)?;
                             (1, n)
