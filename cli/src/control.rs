@@ -193,10 +193,20 @@ impl Drop for Control {
     }
 }
 
-/// Opens the control socket of `data_dir` (whose `store` this process
-/// holds, so any socket file there is stale) and carries out each command
-/// that arrives on its own thread.
-pub fn listen(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<Control> {
+/// What a serving node hands the commands of its control-socket clients:
+/// its store and the config.toml it read when it started.
+#[derive(Clone)]
+pub struct Served {
+    /// The node's store.
+    pub store: Arc<Store>,
+    /// The node's config.toml.
+    pub config: Arc<crate::config::Config>,
+}
+
+/// Opens the control socket of `data_dir` (whose store `served` holds, so
+/// any socket file there is stale) and carries out each command that
+/// arrives on its own thread.
+pub fn listen(data_dir: &Path, served: Served) -> anyhow::Result<Control> {
     let path = socket_path(data_dir);
     match std::fs::remove_file(&path) {
         Ok(()) => tracing::info!("removed a stale control socket"),
@@ -217,12 +227,12 @@ pub fn listen(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<Control> {
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let store = store.clone();
+                let served = served.clone();
                 let data_dir = data_dir.clone();
                 let _ = std::thread::Builder::new()
                     .name("control-cmd".into())
                     .spawn(move || {
-                        if let Err(e) = handle(conn, &data_dir, store) {
+                        if let Err(e) = handle(conn, &data_dir, served) {
                             tracing::warn!("control connection: {}", crate::one_line(&e));
                         }
                     });
@@ -232,7 +242,7 @@ pub fn listen(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<Control> {
     Ok(control)
 }
 
-fn handle(conn: UnixStream, data_dir: &Path, store: Arc<Store>) -> anyhow::Result<()> {
+fn handle(conn: UnixStream, data_dir: &Path, served: Served) -> anyhow::Result<()> {
     let cred = rustix::net::sockopt::socket_peercred(&conn).context("reading the peer's uid")?;
     if cred.uid != rustix::process::getuid() {
         bail!(
@@ -248,7 +258,7 @@ fn handle(conn: UnixStream, data_dir: &Path, store: Arc<Store>) -> anyhow::Resul
     let writer = Arc::new(Mutex::new(FrameWriter::new(conn.try_clone()?)));
     let out = Sink::Remote(writer.clone(), TAG_OUT);
     let err = Sink::Remote(writer.clone(), TAG_ERR);
-    let code = run_request(req, data_dir, store, out, &err);
+    let code = run_request(req, data_dir, served, out, &err);
     let mut w = writer
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -256,7 +266,7 @@ fn handle(conn: UnixStream, data_dir: &Path, store: Arc<Store>) -> anyhow::Resul
     Ok(())
 }
 
-fn run_request(req: Request, data_dir: &Path, store: Arc<Store>, out: Sink, err: &Sink) -> u8 {
+fn run_request(req: Request, data_dir: &Path, served: Served, out: Sink, err: &Sink) -> u8 {
     let cli = match Cli::try_parse_from(&req.argv) {
         Ok(cli) => cli,
         Err(e) => {
@@ -292,7 +302,8 @@ fn run_request(req: Request, data_dir: &Path, store: Arc<Store>, out: Sink, err:
         env: req.env,
         out,
         err: err.clone(),
-        store: Some(store),
+        store: Some(served.store),
+        config: Some(served.config),
         tor_config: cli.tor_config,
         tor_dial_budget: cli.tor_dial_budget,
         passphrase_file: cli.passphrase_file,

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use bbsync_store::{
     Store,
     bbs::Focus,
-    live::{LiveTree, Marker, update_status},
+    live::{LiveTree, Marker, Unrecorded, update_status},
     progress::NoProgress,
 };
 use notify::{
@@ -104,10 +104,15 @@ pub fn start(store: Arc<Store>, tree: Arc<LiveTree>) -> anyhow::Result<Watcher> 
         .watch(&root, RecursiveMode::Recursive)
         .with_context(|| format!("watching {}", root.display()))?;
     tree.set_primary();
-    let full = tree.marker()?.is_none();
+    // The first watch of a tree: the tree is the whole truth.
+    let unrecorded = if tree.marker()?.is_none() {
+        Unrecorded::Tombstone
+    } else {
+        Unrecorded::Keep
+    };
     // A failed start-up import is tried again whole (not only the paths
     // of the next events).
-    let started = import(&store, &tree, &BTreeMap::new(), None, full);
+    let started = import(&store, &tree, &BTreeMap::new(), None, unrecorded);
     match store.tree_reconcile(&tree) {
         Ok(r) if r.written + r.removed > 0 => tracing::info!(
             written = r.written,
@@ -245,7 +250,7 @@ fn run(
             last_try = Instant::now();
             let batch = Focus::new(focus.iter().cloned());
             let scope = if rescan { None } else { Some(&batch) };
-            failing = !import(store, tree, &writing, scope, false);
+            failing = !import(store, tree, &writing, scope, Unrecorded::Keep);
             // A failed batch is tried again whole (its paths kept).
             if !failing {
                 focus.clear();
@@ -346,7 +351,7 @@ fn import(
     tree: &LiveTree,
     writing: &BTreeMap<PathBuf, Writing>,
     focus: Option<&Focus>,
-    full: bool,
+    unrecorded: Unrecorded,
 ) -> bool {
     let held = |rel: &str| {
         let rel = Path::new(rel);
@@ -355,7 +360,7 @@ fn import(
     let t = Instant::now();
     let result = match focus {
         Some(f) => store.import_live_paths(tree, f, &held, &NoProgress),
-        None => store.import_live(tree, &held, full, &NoProgress),
+        None => store.import_live(tree, &held, unrecorded, &NoProgress),
     };
     // What scripts/bench-watch.sh reads.
     tracing::debug!(

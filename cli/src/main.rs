@@ -6,6 +6,7 @@
 #[macro_use]
 mod output;
 mod cmd;
+mod config;
 mod control;
 mod frame;
 mod live;
@@ -218,6 +219,9 @@ pub struct Ctx {
     pub err: output::Sink,
     /// The running node's store, when the command came through the control socket.
     pub store: Option<Arc<Store>>,
+    /// The running node's config.toml (read when it started), when the
+    /// command came through the control socket.
+    pub config: Option<Arc<config::Config>>,
     /// `--tor-config` as given (not yet resolved against `cwd`).
     pub tor_config: Option<PathBuf>,
     /// `--tor-dial-budget` in seconds.
@@ -338,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         out: output::Sink::Stdout,
         err: output::Sink::Stderr,
         store: None,
+        config: None,
         tor_config: cli.tor_config,
         tor_dial_budget: cli.tor_dial_budget,
         passphrase_file: cli.passphrase_file,

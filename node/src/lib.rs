@@ -13,6 +13,7 @@
 
 pub mod clone;
 pub mod codec;
+pub mod config;
 pub mod dial;
 mod error;
 pub mod follow;
@@ -21,11 +22,13 @@ pub mod http;
 pub mod invite;
 pub mod node;
 pub mod onion;
+pub mod schedule;
 pub mod server;
 #[cfg(feature = "tor")]
 pub mod tor;
 
 pub use clone::{CloneOptions, CloneReport, FetchReport, ProgressSink, clone_from, fetch_missing};
+pub use config::NodeConfig;
 pub use error::{ErrorKind, NodeError};
 pub use follow::{FollowOptions, UpstreamState, UpstreamStatus, follow, follow_invite};
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol as AddrProtocol};

@@ -16,7 +16,7 @@ use crate::{
     bbs::{BBS_KINDS, tree_path},
     error::{Context, Result, StoreError},
     progress::Progress,
-    sqlite::FileOut,
+    sqlite::{FileOut, WriteMode},
 };
 
 /// What an export did.
@@ -183,7 +183,7 @@ impl Store {
                 } else {
                     dest.to_path_buf()
                 };
-                stats.bytes = self.write_file(&o, &target, true)?;
+                stats.bytes = self.write_file(&o, &target, WriteMode::Atomic)?;
                 stats.files = 1;
             }
             Shape::Dir => {
@@ -206,16 +206,17 @@ impl Store {
         Ok(stats)
     }
 
-    /// Writes a file object to `target`, which must not exist. With `atomic`
-    /// through a temp file and a rename; otherwise directly (into a fresh
-    /// tree), removing the partial file on failure. A SQLite database is
+    /// Writes a file object to `target`, which must not exist:
+    /// [`WriteMode::Atomic`] through a temp file and a rename,
+    /// [`WriteMode::InPlace`] directly (into a fresh tree), removing the
+    /// partial file on failure. A SQLite database is
     /// always written through a temp file, fsynced and checked with `PRAGMA
     /// integrity_check` before the rename ([`crate::sqlite::FileOut`]).
-    fn write_file(&self, o: &OpenObject, target: &Path, atomic: bool) -> Result<u64> {
+    fn write_file(&self, o: &OpenObject, target: &Path, how: WriteMode) -> Result<u64> {
         if target.exists() {
             return Err(StoreError::DestinationNotEmpty(target.to_path_buf()));
         }
-        let mut out = FileOut::new(target, atomic, o.manifest.plaintext_len).with_mode(o.mode);
+        let mut out = FileOut::new(target, how, o.manifest.plaintext_len).with_mode(o.mode);
         let n = self.read_open(o, |data| out.write(data))?;
         out.finish(&format!("{}:{}", o.state.kind, o.state.name))?;
         Ok(n)
@@ -319,7 +320,7 @@ impl Store {
                                 .ctx(|| format!("creating {}", parent.display()))?;
                         }
                         match o.shape {
-                            Shape::File => Ok((1, self.write_file(&o, path, false)?)),
+                            Shape::File => Ok((1, self.write_file(&o, path, WriteMode::InPlace)?)),
                             Shape::Dir => {
                                 fs::create_dir(path)
                                     .ctx(|| format!("creating {}", path.display()))?;

@@ -43,7 +43,7 @@ use crate::{
     import::ImportStats,
     layout::Layout,
     progress::Progress,
-    sqlite::FileOut,
+    sqlite::{FileOut, WriteMode},
 };
 
 /// The directory of a live tree that holds bbsync's marker and temp files
@@ -348,7 +348,8 @@ impl LiveTree {
         crate::failpoint::hit("live.write").ctx(|| format!("writing {}", dest.display()))?;
         match o.shape {
             Shape::File => {
-                let mut out = FileOut::new(&tmp, false, o.manifest.plaintext_len).with_mode(o.mode);
+                let mut out = FileOut::new(&tmp, WriteMode::InPlace, o.manifest.plaintext_len)
+                    .with_mode(o.mode);
                 let written = store
                     .read_open(o, |d| out.write(d))
                     .and_then(|_| out.finish(&label));
@@ -530,6 +531,30 @@ fn same_tree(a: &Path, b: &Path, modes: bool) -> io::Result<bool> {
     Ok(true)
 }
 
+/// What a whole import of a watched tree ([`Store::import_live`]) does
+/// with a live object of the tree's kinds that is not in the tree and that
+/// this node has no record of writing there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrecorded {
+    /// Keep it: it came from a peer and is not written out yet (every
+    /// import but a tree's first).
+    Keep,
+    /// Tombstone it: the tree is the whole truth, as for `import-bbs` (the
+    /// first watch of a tree).
+    Tombstone,
+}
+
+/// An object of the tree an import is given: what to record for it once
+/// the import is committed.
+struct Wanted {
+    kind: String,
+    name: String,
+    /// Its path in the tree, relative to the root.
+    path: String,
+    /// The stat digest it was imported at.
+    digest: String,
+}
+
 /// What one import of a watched tree did.
 #[derive(Debug, Default)]
 pub struct LiveImport {
@@ -698,13 +723,12 @@ impl Store {
     /// path (relative to the root) is still being written: an object with
     /// such a file keeps its version until it is complete. Objects this
     /// node has no record of (they came from a peer and are not written out
-    /// yet) are not tombstoned, unless `full` (the first watch of a tree:
-    /// then the tree is the whole truth, like `import-bbs`).
+    /// yet) are kept or tombstoned as `unrecorded` says.
     pub fn import_live(
         &self,
         tree: &LiveTree,
         held: &dyn Fn(&str) -> bool,
-        full: bool,
+        unrecorded: Unrecorded,
         progress: &dyn Progress,
     ) -> Result<LiveImport> {
         let _g = tree.lock();
@@ -736,10 +760,15 @@ impl Store {
                 keep.insert((src.kind.clone(), src.name.clone()));
                 continue;
             }
-            wanted.push((src.kind.clone(), src.name.clone(), rel, digest));
+            wanted.push(Wanted {
+                kind: src.kind.clone(),
+                name: src.name.clone(),
+                path: rel,
+                digest,
+            });
             todo.push(src);
         }
-        if !full {
+        if unrecorded == Unrecorded::Keep {
             for r in self.db().objects() {
                 let (id, st) = r?;
                 if !st.deleted && kinds.contains(&st.kind) && !records.contains_key(&id) {
@@ -749,24 +778,7 @@ impl Store {
         }
         let kind_refs: Vec<&str> = kinds.iter().map(String::as_str).collect();
         out.stats = self.run_import_keeping(todo, &kind_refs, &keep, &HashSet::new(), progress)?;
-        for (kind, name, rel, digest) in wanted {
-            let Some(id) = self.db().lookup(&kind, &name)? else {
-                continue;
-            };
-            let st = self.state(&id)?;
-            if st.deleted {
-                continue;
-            }
-            self.db().set_tree_record(
-                &id,
-                &TreeRecord {
-                    path: rel,
-                    digest,
-                    version: st.version,
-                    manifest: st.manifest_id.to_hex(),
-                },
-            )?;
-        }
+        self.record_imported(wanted)?;
         for (id, _) in records {
             if !seen.contains(&id) && self.state(&id).is_ok_and(|st| st.deleted) {
                 self.db().remove_tree_record(&id)?;
@@ -800,7 +812,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<LiveImport> {
         if !tree.indexed.load(Ordering::SeqCst) {
-            return self.import_live(tree, held, false, progress);
+            return self.import_live(tree, held, Unrecorded::Keep, progress);
         }
         let _g = tree.lock();
         let sources = tree.scan(Some(focus))?;
@@ -830,7 +842,12 @@ impl Store {
             if unchanged {
                 continue;
             }
-            wanted.push((src.kind.clone(), src.name.clone(), rel, digest));
+            wanted.push(Wanted {
+                kind: src.kind.clone(),
+                name: src.name.clone(),
+                path: rel,
+                digest,
+            });
             todo.push(src);
         }
         // What was at the focused paths (by the path index) and is gone.
@@ -870,8 +887,22 @@ impl Store {
             &HashSet::new(),
             progress,
         )?;
-        for (kind, name, rel, digest) in wanted {
-            let Some(id) = self.db().lookup(&kind, &name)? else {
+        self.record_imported(wanted)?;
+        for id in &gone {
+            if self.state(id).is_ok_and(|st| st.deleted) {
+                self.db().remove_tree_record(id)?;
+            }
+        }
+        self.db().flush()?;
+        Ok(out)
+    }
+
+    /// Records where each object of `wanted` lies in the tree, at the
+    /// version the import left; an object the import did not leave live
+    /// (not imported, or deleted) gets no record.
+    fn record_imported(&self, wanted: Vec<Wanted>) -> Result<()> {
+        for w in wanted {
+            let Some(id) = self.db().lookup(&w.kind, &w.name)? else {
                 continue;
             };
             let st = self.state(&id)?;
@@ -881,20 +912,14 @@ impl Store {
             self.db().set_tree_record(
                 &id,
                 &TreeRecord {
-                    path: rel,
-                    digest,
+                    path: w.path,
+                    digest: w.digest,
                     version: st.version,
                     manifest: st.manifest_id.to_hex(),
                 },
             )?;
         }
-        for id in &gone {
-            if self.state(id).is_ok_and(|st| st.deleted) {
-                self.db().remove_tree_record(id)?;
-            }
-        }
-        self.db().flush()?;
-        Ok(out)
+        Ok(())
     }
 
     /// Whether something is at `rel` in the tree (not following a symlink).

@@ -70,15 +70,27 @@ pub struct Exposed {
     pub readers: Vec<String>,
 }
 
+/// How [`Store::rekey`] runs; the default applies the changes and keeps
+/// each object's content key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RekeyOptions {
+    /// Report what would change, write nothing.
+    pub dry_run: bool,
+    /// Give each object a new content key (re-encrypting its chunks), so
+    /// that an instance dropped from the envelopes cannot read what comes
+    /// next even with the old key.
+    pub rotate: bool,
+}
+
 impl Store {
     /// Rekeys `only` (all live objects when empty); see the module docs.
     pub fn rekey(
         &self,
         only: &[ObjectId],
-        dry_run: bool,
-        rotate: bool,
+        opts: RekeyOptions,
         progress: &dyn Progress,
     ) -> Result<RekeyReport> {
+        let RekeyOptions { dry_run, rotate } = opts;
         let mut report = RekeyReport {
             dry_run,
             ..Default::default()

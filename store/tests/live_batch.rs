@@ -6,7 +6,12 @@
 
 use std::fs;
 
-use bbsync_store::{Store, bbs::Focus, live::LiveTree, progress::NoProgress};
+use bbsync_store::{
+    Store,
+    bbs::Focus,
+    live::{LiveTree, Unrecorded},
+    progress::NoProgress,
+};
 
 mod common;
 
@@ -40,7 +45,7 @@ fn a_batch_imports_and_deletes_only_what_its_paths_name() -> R {
     let s = Store::init(&tmp.path().join("data"), "a")?;
     let tree = LiveTree::open(&root, None)?;
     // The first (whole-tree) import: what a watcher does at start-up.
-    let first = s.import_live(&tree, &|_| false, true, &NoProgress)?;
+    let first = s.import_live(&tree, &|_| false, Unrecorded::Tombstone, &NoProgress)?;
     assert_eq!(first.stats.new, 92);
     let none = |_: &str| false;
 
@@ -114,7 +119,7 @@ fn a_batch_imports_and_deletes_only_what_its_paths_name() -> R {
     assert_eq!(r.held, vec!["boards/general/50.json".to_string()]);
 
     // What a whole-tree scan would find now, a batch found already.
-    let again = s.import_live(&tree, &|_| false, false, &NoProgress)?;
+    let again = s.import_live(&tree, &|_| false, Unrecorded::Keep, &NoProgress)?;
     let st = &again.stats;
     assert_eq!(
         (st.new, st.changed),

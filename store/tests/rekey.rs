@@ -10,7 +10,7 @@ use bbsync_protocol::{
     ChunkCipher, ContentKey, EnvelopeEntry, InstanceId, ObjectId, Role, Signed, Unverified,
     card_to_string,
 };
-use bbsync_store::{Store, progress::NoProgress};
+use bbsync_store::{Store, progress::NoProgress, rekey::RekeyOptions};
 use common::{noise, snapshot, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -65,13 +65,20 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
 
     // A newly trusted instance gets an entry on every object it can open.
     trust(&a, &b);
-    let dry = a.rekey(&[], true, false, &NoProgress)?;
+    let dry = a.rekey(
+        &[],
+        RekeyOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+        &NoProgress,
+    )?;
     assert_eq!(dry.entries_added as usize, ids.len());
     assert!(
         ids.iter().all(|id| entry_for(&a, id, &b).is_none()),
         "dry run wrote"
     );
-    let r = a.rekey(&[], false, false, &NoProgress)?;
+    let r = a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     assert_eq!(r.entries_added as usize, ids.len());
     assert_eq!(r.entries_dropped, 0);
     let mut old_keys: Vec<(ObjectId, ContentKey)> = Vec::new();
@@ -83,14 +90,14 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
         old_keys.push((*id, key));
     }
     // Idempotent.
-    let again = a.rekey(&[], false, false, &NoProgress)?;
+    let again = a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     assert!(again.changed.is_empty(), "{again:?}");
     assert!(a.verify(true, &NoProgress)?.is_ok());
 
     // Removed: its entries go, and the report says what it could read.
     a.trust_remove(&b.instance_id())?;
     let before = snapshot(&tmp.path().join("a/packs"));
-    let r = a.rekey(&[], false, false, &NoProgress)?;
+    let r = a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     assert_eq!(r.entries_dropped as usize, ids.len());
     assert_eq!(r.exposed.len(), ids.len());
     assert!(ids.iter().all(|id| entry_for(&a, id, &b).is_none()));
@@ -102,9 +109,16 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
 
     // Rotation: trust again, hand out entries, remove, rotate.
     trust(&a, &b);
-    a.rekey(&[], false, false, &NoProgress)?;
+    a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     a.trust_remove(&b.instance_id())?;
-    let r = a.rekey(&[], false, true, &NoProgress)?;
+    let r = a.rekey(
+        &[],
+        RekeyOptions {
+            rotate: true,
+            ..Default::default()
+        },
+        &NoProgress,
+    )?;
     assert_eq!(r.rotated.len(), ids.len(), "{r:?}");
     assert_eq!(r.exposed.len(), ids.len());
     for (id, old) in &old_keys {
@@ -136,7 +150,14 @@ fn entries_follow_the_trust_table_and_rotate_locks_out_a_removed_instance() -> R
     a.export_bbs(&out, &NoProgress)?;
     assert_eq!(snapshot(&t), snapshot(&out));
     // Nothing left to do.
-    let r = a.rekey(&[], false, true, &NoProgress)?;
+    let r = a.rekey(
+        &[],
+        RekeyOptions {
+            rotate: true,
+            ..Default::default()
+        },
+        &NoProgress,
+    )?;
     assert!(r.changed.is_empty() && r.rotated.is_empty(), "{r:?}");
     Ok(())
 }

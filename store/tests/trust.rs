@@ -11,7 +11,7 @@ use bbsync_protocol::{
     ContentKey, EnvelopeEntry, Identity, Manifest, ObjectId, Role, Signed, SignedBody, Unverified,
     card_to_string, encoding, key_commitment, manifest::MAX_VERSION, wrap_content_key,
 };
-use bbsync_store::{Store, progress::NoProgress, sync::Served};
+use bbsync_store::{Store, progress::NoProgress, rekey::RekeyOptions, sync::Served};
 
 mod common;
 
@@ -304,7 +304,7 @@ fn rekey_keeps_only_entries_whose_signatures_verify() -> R {
         r.envelope
             .insert(0, serde_bytes::ByteBuf::from(forged.clone()))
     })?;
-    let r = a.rekey(&[], false, false, &NoProgress)?;
+    let r = a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     assert_eq!(r.entries_dropped, 1, "{r:?}");
     let rec = a.db().record(&id)?.unwrap();
     assert!(
@@ -358,7 +358,7 @@ fn excluded_owners_are_wrapped_for_this_instance_only() -> R {
         vec![a.instance_id(), b.instance_id()]
     );
     // rekey keeps it so.
-    a.rekey(&[], false, false, &NoProgress)?;
+    a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     assert_eq!(recipients("applet-data:lord/sysop"), vec![a.instance_id()]);
     Ok(())
 }

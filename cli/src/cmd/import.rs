@@ -45,7 +45,7 @@ pub fn layout(
 ) -> anyhow::Result<Option<Layout>> {
     let (spec, base) = match flag.or_else(|| ctx.env("BBSYNC_LAYOUT")) {
         Some(f) => (f.to_string(), ctx.cwd.clone()),
-        None => match &store.config().layout {
+        None => match &crate::config::of(ctx)?.cli.layout {
             Some(l) => (l.clone(), store.dir().to_path_buf()),
             None => return Ok(None),
         },

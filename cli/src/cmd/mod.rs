@@ -26,6 +26,7 @@ use crate::Ctx;
 /// The store of the data dir: the running node's when the command came
 /// through the control socket, else opened here (asking for the
 /// passphrase of a sealed `identity.key`, see [`crate::passphrase`]).
+/// A bad config.toml stops every command here, before the store opens.
 pub fn open(ctx: &Ctx) -> anyhow::Result<Arc<Store>> {
     if let Some(store) = &ctx.store {
         return Ok(store.clone());
@@ -33,6 +34,7 @@ pub fn open(ctx: &Ctx) -> anyhow::Result<Arc<Store>> {
     let dir = &ctx.data_dir;
     let context = || format!("opening data dir {}", dir.display());
     let pass = passphrase(ctx)?;
+    crate::config::of(ctx)?;
     Store::open_with_passphrase(dir, pass.as_deref().map(String::as_str))
         .map(Arc::new)
         .with_context(context)

@@ -16,11 +16,15 @@ use bbsync_node::{
 use bbsync_protocol::{Invite, invite::is_invite_text};
 use bbsync_store::{
     Store, StoreError,
+    backup::{
+        RepoLocation,
+        schedule::{self, Scheduled},
+    },
     live::{self, LiveTree},
     sync::Selection,
 };
 
-use crate::{Ctx, output, progress::Bar};
+use crate::{Ctx, config::CliConfig, output, progress::Bar};
 
 /// The addresses the `serve` of this process listens on (without
 /// `/p2p/`), onion first, loopback last: what `invite create` puts in an
@@ -205,7 +209,8 @@ fn live_tree(
     a: &ServeArgs,
     following: bool,
 ) -> anyhow::Result<Option<(Arc<LiveTree>, bool)>> {
-    let cfg = store.config();
+    let config = crate::config::of(ctx)?;
+    let cfg = &config.cli;
     let in_data = |p: &Path| ctx.data_dir.join(p);
     let watch = a
         .watch
@@ -267,7 +272,12 @@ fn prepare_standby_tree(store: &Store, tree: &LiveTree) -> anyhow::Result<()> {
             "{} was a primary's tree: importing what it holds once before following",
             tree.root().display()
         );
-        store.import_live(tree, &|_| false, false, &bbsync_store::progress::NoProgress)?;
+        store.import_live(
+            tree,
+            &|_| false,
+            live::Unrecorded::Keep,
+            &bbsync_store::progress::NoProgress,
+        )?;
     }
     // The follower brings the tree in line with the store before its
     // first page (retried like a page when it fails).
@@ -319,7 +329,8 @@ pub fn demote(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 /// `bbsync promote`.
 pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open(ctx)?;
+    // The data dir must be one (a clear error otherwise).
+    let _store = super::open(ctx)?;
     if let Some(p) = live::load_promotion(&ctx.data_dir)? {
         bail!(
             "this node is the primary already (promoted at {} ms, watching {})",
@@ -340,7 +351,7 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
         ),
         (Some((t, _)), _) => t.clone(),
         (None, Some(g)) => g,
-        (None, None) => match &store.config().tree {
+        (None, None) => match &crate::config::of(ctx)?.cli.tree {
             Some(t) => ctx.data_dir.join(t),
             None => bail!(
                 "no tree to watch: give --tree DIR (the standby's BBS tree), or run it while `serve --tree DIR` runs"
@@ -391,19 +402,15 @@ pub fn promote(ctx: &Ctx, a: PromoteArgs) -> anyhow::Result<ExitCode> {
 
 /// The HTTP address of `serve`: `--http`, else config `http_listen`;
 /// a non-loopback one only when allowed.
-fn http_listen(a: &ServeArgs, store: &Store) -> anyhow::Result<Option<std::net::SocketAddr>> {
-    let Some(text) = a
-        .http
-        .clone()
-        .or_else(|| store.config().http_listen.clone())
-    else {
+fn http_listen(a: &ServeArgs, cfg: &CliConfig) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(text) = a.http.clone().or_else(|| cfg.http_listen.clone()) else {
         return Ok(None);
     };
     let addr: std::net::SocketAddr = text.parse().map_err(|_| {
         anyhow!("--http {text}: not an IP address and port (e.g. 127.0.0.1:8080 or [::1]:8080)")
     })?;
     if !bbsync_node::http::is_loopback(&addr) {
-        if !(a.http_allow_remote || store.config().http_allow_remote) {
+        if !(a.http_allow_remote || cfg.http_allow_remote) {
             bail!(
                 "--http {addr}: not a loopback address; the admin API would be reachable from the network (pass --http-allow-remote, or http_allow_remote = true in config.toml, to mean it)"
             );
@@ -482,7 +489,7 @@ fn parse_only(s: &str) -> Result<(String, Option<String>), String> {
 
 /// Tor settings for a node that needs Tor (`needed`), from
 /// `--tor-config`, `BBSYNC_TOR_CONFIG` or config.toml's `tor_config`.
-fn tor_options(ctx: &Ctx, store: &Store, needed: bool) -> anyhow::Result<Option<TorOptions>> {
+fn tor_options(ctx: &Ctx, needed: bool) -> anyhow::Result<Option<TorOptions>> {
     if !needed {
         return Ok(None);
     }
@@ -494,8 +501,8 @@ fn tor_options(ctx: &Ctx, store: &Store, needed: bool) -> anyhow::Result<Option<
     let config_file = match (&ctx.tor_config, ctx.env("BBSYNC_TOR_CONFIG")) {
         (Some(p), _) => Some(ctx.path(p)),
         (None, Some(p)) if !p.is_empty() => Some(ctx.path(Path::new(p))),
-        _ => store
-            .config()
+        _ => crate::config::of(ctx)?
+            .node
             .tor_config
             .as_ref()
             .map(|p| ctx.data_dir.join(p)),
@@ -522,7 +529,7 @@ fn start_node(
 ) -> anyhow::Result<Node> {
     let needed = force_tor || addrs.iter().any(onion::is_onion);
     let opts = NodeOptions {
-        tor: tor_options(ctx, store, needed)?,
+        tor: tor_options(ctx, needed)?,
         ..Default::default()
     };
     Ok(Node::start_with(store.clone(), opts)?)
@@ -543,52 +550,18 @@ async fn shutdown_signal() {
     }
 }
 
-/// `bbsync serve`.
+/// `bbsync serve`: checks the command line and the config, opens (or, to
+/// follow by invite, makes) the store, starts the live tree, the control
+/// socket and the backup plan, then runs the node until Ctrl-C or SIGTERM.
 pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let listen = if a.listen.is_empty() && !a.onion {
-        vec!["/ip4/0.0.0.0/tcp/4040".to_string()]
-    } else {
-        a.listen.clone()
-    };
-    let addrs = listen
-        .iter()
-        .map(|s| parse_addr(s).map_err(anyhow::Error::from))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(bad) = addrs.iter().find(|a| onion::is_onion(a)) {
-        bail!(
-            "cannot --listen on {bad}: use --onion [--onion-port PORT] to serve as an onion service"
-        );
-    }
-    if a.onion && !bbsync_node::TOR_SUPPORTED {
-        bail!("this bbsync was built without Tor (cargo feature `tor`): --onion needs it");
-    }
+    let addrs = serve_listen_addrs(&a)?;
     // The command line's upstreams are checked before anything is made.
     let given = parse_follow(&a.follow)?;
-    let by_invite = given.iter().any(|f| matches!(f, FollowTarget::Invite(_)));
-    let new_dir = by_invite
-        && ctx.store.is_none()
-        && matches!(
-            Store::identity_sealed(&ctx.data_dir),
-            Err(StoreError::NotInitialized(_))
-        );
-    let store = if new_dir {
-        let name = super::init::new_name(a.name.clone());
-        let store = Store::init(&ctx.data_dir, &name)
-            .with_context(|| format!("initializing {}", ctx.data_dir.display()))?;
-        tracing::warn!(
-            "initialized {}: instance {} ({name}), to follow by invite",
-            ctx.data_dir.display(),
-            store.instance_id()
-        );
-        Arc::new(store)
-    } else {
-        let store = super::open(ctx)?;
-        check_as_made(ctx, &store, a.name.as_deref(), false)?;
-        store
-    };
-    let http = http_listen(&a, &store)?;
+    let store = serve_store(ctx, &a, &given)?;
+    let config = crate::config::of(ctx)?;
+    let http = http_listen(&a, &config.cli)?;
     let mut follow = a.follow.clone();
-    follow.extend(store.config().follow.iter().cloned());
+    follow.extend(config.node.follow.iter().cloned());
     follow.dedup();
     let follow = parse_follow(&follow)?;
     // Tor is needed when any upstream can be reached only as an onion.
@@ -600,37 +573,19 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let live = live_tree(ctx, &store, &a, !follow.is_empty())?;
-    let mut watcher = None;
-    if let Some((tree, primary)) = &live {
-        if *primary {
-            watcher = Some(crate::live::start(store.clone(), tree.clone())?);
-            if !follow.is_empty() {
-                tracing::warn!(
-                    "primary with upstreams: their changes are still applied (and written into the tree), so that what an old primary wrote and never sent arrives when it comes back"
-                );
-            }
-        } else {
-            prepare_standby_tree(&store, tree)?;
-        }
-    }
-    // A node that keeps a tree and follows an upstream can change its role
-    // while it runs (`promote`, `demote`).
-    let mut promote_rx = None;
-    if let Some((tree, primary)) = &live
-        && (!primary || !follow.is_empty())
-    {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        *PROMOTER
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((tree.root().to_path_buf(), tx));
-        promote_rx = Some(rx);
-    }
+    let (watcher, promote_rx) = start_live(&store, live.as_ref(), !follow.is_empty())?;
     let follow_tree = live.as_ref().map(|(t, _)| t.clone());
     // Other commands on this data dir now come through the control socket.
-    let _control = crate::control::listen(&ctx.data_dir, store.clone())?;
-    let _backups = super::backup::start_scheduler(ctx, &store)?;
+    let _control = crate::control::listen(
+        &ctx.data_dir,
+        crate::control::Served {
+            store: store.clone(),
+            config: config.clone(),
+        },
+    )?;
+    let backups = backup_plan(ctx, &config)?;
     runtime()?.block_on(async move {
+        let scheduler = bbsync_node::schedule::spawn(store.clone(), backups);
         let node = start_node(ctx, &store, &upstream_addrs, a.onion)?;
         let h = node.handle();
         for addr in addrs {
@@ -656,96 +611,22 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
                     h.clone(),
                     bbsync_node::http::HttpOptions {
                         listen,
-                        metrics_without_auth: store.config().metrics_without_auth,
+                        metrics_without_auth: config.cli.metrics_without_auth,
                         node_addrs: full.clone(),
+                        node_config: config.node.clone(),
+                        backup_config: config.backup.clone(),
                     },
                 )
                 .await?,
             ),
             None => None,
         };
-        if ctx.json {
-            let onion: Option<&String> = full.iter().find(|a| a.starts_with("/onion3/"));
-            let mut v = serde_json::json!({
-                "peer_id": h.peer_id().to_string(),
-                "addresses": full,
-                "onion": onion,
-            });
-            if let Some(s) = &http_server {
-                v["http"] = serde_json::json!(format!("http://{}/", s.addr));
-            }
-            output::json(ctx, &v)?;
-        } else {
-            for addr in &full {
-                outln!(ctx, "{addr}");
-            }
-            if let Some(s) = &http_server {
-                outln!(ctx, "http: http://{}/", s.addr);
-            }
-        }
-        let followers: Vec<_> = follow
-            .into_iter()
-            .map(|up| match up {
-                FollowTarget::Addr(addr) => tokio::spawn(bbsync_node::follow(
-                    h.clone(),
-                    store.clone(),
-                    addr,
-                    bbsync_node::FollowOptions {
-                        tree: follow_tree.clone(),
-                        ..Default::default()
-                    },
-                )),
-                FollowTarget::Invite(invite) => tokio::spawn(bbsync_node::follow_invite(
-                    h.clone(),
-                    store.clone(),
-                    invite,
-                    bbsync_node::FollowOptions {
-                        tree: follow_tree.clone(),
-                        ..Default::default()
-                    },
-                )),
-            })
-            .collect();
+        print_serving(ctx, &h, &full, http_server.as_ref())?;
+        let followers = start_followers(&h, &store, follow, follow_tree);
         tracing::info!("serving; Ctrl-C or SIGTERM stops");
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
-        loop {
-            let promoted = async {
-                match promote_rx.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = &mut stop => break,
-                Some(change) = promoted => {
-                    let Some((tree, _)) = &live else { continue };
-                    let (store, tree) = (store.clone(), tree.clone());
-                    let result = if change.promote {
-                        tracing::warn!("promoted: watching {} as the primary", tree.root().display());
-                        match tokio::task::spawn_blocking(move || crate::live::start(store, tree)).await? {
-                            Ok(w) => {
-                                watcher = Some(w);
-                                Ok(())
-                            }
-                            Err(e) => {
-                                let e = format!("promoted, but watching the tree failed: {}", crate::one_line(&e));
-                                tracing::error!("{e}");
-                                Err(e)
-                            }
-                        }
-                    } else {
-                        tracing::warn!("demoted: {} is a standby's tree again (no longer watched)", tree.root().display());
-                        let stopping = watcher.take();
-                        tokio::task::spawn_blocking(move || crate::live::stop(&store, &tree, stopping))
-                            .await?
-                            .map_err(|e| crate::one_line(&e))
-                    };
-                    let _ = change.done.send(result);
-                }
-            }
-        }
+        let watcher = run_until_stopped(&store, live.as_ref(), watcher, promote_rx).await?;
         drop(watcher);
+        drop(scheduler);
         for f in followers {
             f.abort();
         }
@@ -758,11 +639,241 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The addresses `serve` listens on (`--listen`, default all interfaces on
+/// port 4040 unless `--onion`), checked.
+fn serve_listen_addrs(a: &ServeArgs) -> anyhow::Result<Vec<Multiaddr>> {
+    let listen = if a.listen.is_empty() && !a.onion {
+        vec!["/ip4/0.0.0.0/tcp/4040".to_string()]
+    } else {
+        a.listen.clone()
+    };
+    let addrs = listen
+        .iter()
+        .map(|s| parse_addr(s).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(bad) = addrs.iter().find(|a| onion::is_onion(a)) {
+        bail!(
+            "cannot --listen on {bad}: use --onion [--onion-port PORT] to serve as an onion service"
+        );
+    }
+    if a.onion && !bbsync_node::TOR_SUPPORTED {
+        bail!("this bbsync was built without Tor (cargo feature `tor`): --onion needs it");
+    }
+    Ok(addrs)
+}
+
+/// The store `serve` serves: the data dir's, or, when it follows by invite
+/// (`given`) and the data dir is not one yet, a new one.
+fn serve_store(ctx: &Ctx, a: &ServeArgs, given: &[FollowTarget]) -> anyhow::Result<Arc<Store>> {
+    let by_invite = given.iter().any(|f| matches!(f, FollowTarget::Invite(_)));
+    let new_dir = by_invite
+        && ctx.store.is_none()
+        && matches!(
+            Store::identity_sealed(&ctx.data_dir),
+            Err(StoreError::NotInitialized(_))
+        );
+    if !new_dir {
+        let store = super::open(ctx)?;
+        check_as_made(ctx, &store, a.name.as_deref(), false)?;
+        return Ok(store);
+    }
+    let name = super::init::new_name(a.name.clone());
+    let store = Store::init(&ctx.data_dir, &name)
+        .with_context(|| format!("initializing {}", ctx.data_dir.display()))?;
+    tracing::warn!(
+        "initialized {}: instance {} ({name}), to follow by invite",
+        ctx.data_dir.display(),
+        store.instance_id()
+    );
+    Ok(Arc::new(store))
+}
+
+/// Where `promote` and `demote` send a change of role to a running `serve`.
+type RoleChanges = tokio::sync::mpsc::UnboundedReceiver<RoleChange>;
+
+/// Starts the live tree of `serve`, if any: a primary's is watched, a
+/// standby's prepared for its follower. A node that keeps a tree and
+/// follows an upstream (`following`) can change its role while it runs
+/// (`promote`, `demote`): then the receiver of those changes.
+fn start_live(
+    store: &Arc<Store>,
+    live: Option<&(Arc<LiveTree>, bool)>,
+    following: bool,
+) -> anyhow::Result<(Option<crate::live::Watcher>, Option<RoleChanges>)> {
+    let Some((tree, primary)) = live else {
+        return Ok((None, None));
+    };
+    let mut watcher = None;
+    if *primary {
+        watcher = Some(crate::live::start(store.clone(), tree.clone())?);
+        if following {
+            tracing::warn!(
+                "primary with upstreams: their changes are still applied (and written into the tree), so that what an old primary wrote and never sent arrives when it comes back"
+            );
+        }
+    } else {
+        prepare_standby_tree(store, tree)?;
+    }
+    let mut promote_rx = None;
+    if !primary || following {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *PROMOTER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((tree.root().to_path_buf(), tx));
+        promote_rx = Some(rx);
+    }
+    Ok((watcher, promote_rx))
+}
+
+/// Prints where `serve` is reachable (its full addresses, the HTTP URL).
+fn print_serving(
+    ctx: &Ctx,
+    h: &bbsync_node::NodeHandle,
+    full: &[String],
+    http_server: Option<&bbsync_node::http::HttpServer>,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        let onion: Option<&String> = full.iter().find(|a| a.starts_with("/onion3/"));
+        let mut v = serde_json::json!({
+            "peer_id": h.peer_id().to_string(),
+            "addresses": full,
+            "onion": onion,
+        });
+        if let Some(s) = http_server {
+            v["http"] = serde_json::json!(format!("http://{}/", s.addr));
+        }
+        output::json(ctx, &v)?;
+    } else {
+        for addr in full {
+            outln!(ctx, "{addr}");
+        }
+        if let Some(s) = http_server {
+            outln!(ctx, "http: http://{}/", s.addr);
+        }
+    }
+    Ok(())
+}
+
+/// One follower task per upstream (writing into `tree` when the node keeps
+/// a standby's tree).
+fn start_followers(
+    h: &bbsync_node::NodeHandle,
+    store: &Arc<Store>,
+    follow: Vec<FollowTarget>,
+    tree: Option<Arc<LiveTree>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let opts = || bbsync_node::FollowOptions {
+        tree: tree.clone(),
+        ..Default::default()
+    };
+    follow
+        .into_iter()
+        .map(|up| match up {
+            FollowTarget::Addr(addr) => {
+                tokio::spawn(bbsync_node::follow(h.clone(), store.clone(), addr, opts()))
+            }
+            FollowTarget::Invite(invite) => tokio::spawn(bbsync_node::follow_invite(
+                h.clone(),
+                store.clone(),
+                invite,
+                opts(),
+            )),
+        })
+        .collect()
+}
+
+/// Serves until Ctrl-C or SIGTERM, carrying out the changes of role that
+/// `promote` and `demote` send; returns the tree's watcher of the moment.
+async fn run_until_stopped(
+    store: &Arc<Store>,
+    live: Option<&(Arc<LiveTree>, bool)>,
+    mut watcher: Option<crate::live::Watcher>,
+    mut promote_rx: Option<RoleChanges>,
+) -> anyhow::Result<Option<crate::live::Watcher>> {
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let promoted = async {
+            match promote_rx.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return Ok(watcher),
+            Some(change) = promoted => {
+                let Some((tree, _)) = live else { continue };
+                let result = change_role_now(store, tree, change.promote, &mut watcher).await?;
+                let _ = change.done.send(result);
+            }
+        }
+    }
+}
+
+/// Carries out one change of role inside `serve`: promote watches `tree`,
+/// demote stops watching it. The error is the line `promote`/`demote`
+/// print.
+async fn change_role_now(
+    store: &Arc<Store>,
+    tree: &Arc<LiveTree>,
+    promote: bool,
+    watcher: &mut Option<crate::live::Watcher>,
+) -> anyhow::Result<Result<(), String>> {
+    let (store, tree) = (store.clone(), tree.clone());
+    if promote {
+        tracing::warn!(
+            "promoted: watching {} as the primary",
+            tree.root().display()
+        );
+        return Ok(
+            match tokio::task::spawn_blocking(move || crate::live::start(store, tree)).await? {
+                Ok(w) => {
+                    *watcher = Some(w);
+                    Ok(())
+                }
+                Err(e) => {
+                    let e = format!(
+                        "promoted, but watching the tree failed: {}",
+                        crate::one_line(&e)
+                    );
+                    tracing::error!("{e}");
+                    Err(e)
+                }
+            },
+        );
+    }
+    tracing::warn!(
+        "demoted: {} is a standby's tree again (no longer watched)",
+        tree.root().display()
+    );
+    let stopping = watcher.take();
+    Ok(
+        tokio::task::spawn_blocking(move || crate::live::stop(&store, &tree, stopping))
+            .await?
+            .map_err(|e| crate::one_line(&e)),
+    )
+}
+
+/// The scheduled backups of config.toml (`[[backup]]`) that `serve` runs:
+/// an entry without `repo` backs up into `BBSYNC_REPO`, else the config's
+/// `backup_repo`, else `<data>/backup`. A bad entry stops `serve` here,
+/// before it starts.
+fn backup_plan(ctx: &Ctx, config: &crate::config::Config) -> anyhow::Result<Vec<Scheduled>> {
+    let default = RepoLocation::resolve(
+        ctx.env("BBSYNC_REPO"),
+        &ctx.cwd,
+        || Ok(config.backup.clone()),
+        &ctx.data_dir,
+    )?;
+    Ok(schedule::plan(&config.backup, &default, &ctx.data_dir)?)
+}
+
 /// `bbsync fetch-missing`.
 pub fn fetch_missing_cmd(ctx: &Ctx, a: FetchMissingArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let texts = if a.from.is_empty() {
-        store.config().peers.clone()
+        crate::config::of(ctx)?.node.peers.clone()
     } else {
         a.from.clone()
     };

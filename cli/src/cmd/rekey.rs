@@ -28,7 +28,14 @@ pub fn run(ctx: &Ctx, a: RekeyArgs) -> anyhow::Result<ExitCode> {
         .map(|o| store.resolve(o))
         .collect::<Result<Vec<_>, _>>()?;
     let bar = Bar::new(ctx.progress);
-    let r = store.rekey(&ids, a.dry_run, a.rotate, &bar)?;
+    let r = store.rekey(
+        &ids,
+        bbsync_store::rekey::RekeyOptions {
+            dry_run: a.dry_run,
+            rotate: a.rotate,
+        },
+        &bar,
+    )?;
     if ctx.json {
         output::json(ctx, &r)?;
         return Ok(ExitCode::SUCCESS);

@@ -635,8 +635,10 @@ async fn rekey(State(s): St, _w: Writer, Body(b): Body<RekeyBody>) -> ApiResult 
             .collect::<Result<Vec<_>, _>>()?;
         Ok(store.rekey(
             &ids,
-            b.dry_run,
-            b.rotate,
+            bbsync_store::rekey::RekeyOptions {
+                dry_run: b.dry_run,
+                rotate: b.rotate,
+            },
             &bbsync_store::progress::NoProgress,
         )?)
     })
@@ -698,7 +700,7 @@ async fn backups_list(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
+    let storage = jobs::repo_storage(&s, q.repo.as_deref())?;
     let v = blocking(move || {
         if !storage.exists()? {
             return Ok(json!({ "repo": storage.to_string(), "exists": false, "snapshots": [] }));
@@ -731,7 +733,7 @@ async fn backup_show(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
+    let storage = jobs::repo_storage(&s, q.repo.as_deref())?;
     let v = blocking(move || {
         let repo = open_repo(&storage)?;
         let id = repo.resolve_snapshot(&id)?;
@@ -754,7 +756,7 @@ async fn backup_download(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
+    let storage = jobs::repo_storage(&s, q.repo.as_deref())?;
     let tmp = s.store.dir().join("tmp");
     let (id, body) = blocking(move || {
         let repo = open_repo(&storage)?;
@@ -852,7 +854,7 @@ async fn backup_delete(
     q: Result<Query<RepoQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let storage = jobs::repo_storage(&s.store, q.repo.as_deref())?;
+    let storage = jobs::repo_storage(&s, q.repo.as_deref())?;
     let r = blocking(move || Ok(open_repo(&storage)?.delete_snapshot(&id, false)?)).await?;
     let v = serde_json::to_value(&r).map_err(|e| HttpError::Internal(e.to_string()))?;
     s.events
@@ -957,10 +959,10 @@ async fn backup_restore(
 
 async fn schedules(State(s): St, _r: Reader) -> ApiResult {
     let now = now_ms();
-    let config = s.store.config();
+    let config = &s.opts.backup_config;
     let default = config.backup_repo_location(s.store.dir());
     let rows: Vec<Value> = config
-        .backup
+        .jobs
         .iter()
         .map(|j| {
             // Where it backs up (a location holds no keys): its `repo`,

@@ -12,7 +12,6 @@ use std::{
 };
 
 use bbsync_store::{
-    Store,
     backup::{
         RepoLocation, RepoStorage, create::BackupOptions, restore::RestoreOptions,
         retention::Policy,
@@ -382,9 +381,10 @@ impl Jobs {
 /// with the node's S3 settings (its own `AWS_*` variables, else `[s3]` of
 /// config.toml; a request never carries keys). A bad location or missing
 /// S3 settings is 400; nothing is sent yet.
-pub fn repo_storage(store: &Store, repo: Option<&str>) -> Result<RepoStorage, HttpError> {
-    let config = store.config();
-    let loc = RepoLocation::resolve(repo, store.dir(), || Ok(config.clone()), store.dir())?;
+pub fn repo_storage(shared: &Shared, repo: Option<&str>) -> Result<RepoStorage, HttpError> {
+    let config = &shared.opts.backup_config;
+    let dir = shared.store.dir();
+    let loc = RepoLocation::resolve(repo, dir, || Ok(config.clone()), dir)?;
     Ok(loc.storage_with(config.s3.as_ref())?)
 }
 
@@ -394,7 +394,8 @@ fn selection(only: &[String]) -> Result<Selection, HttpError> {
 
 /// The addresses of a trusted instance (its card's, each ending in
 /// /p2p/<its PeerId>).
-fn instance_addrs(store: &Store, spec: &str) -> Result<Vec<String>, HttpError> {
+fn instance_addrs(shared: &Shared, spec: &str) -> Result<Vec<String>, HttpError> {
+    let store = &shared.store;
     let id = store.resolve_instance(spec)?;
     let peer = crate::peer_id_of(&id)
         .ok_or_else(|| HttpError::BadRequest(format!("instance {id} has no valid key")))?;
@@ -418,15 +419,7 @@ fn instance_addrs(store: &Store, spec: &str) -> Result<Vec<String>, HttpError> {
     // Cards often name no address: then the addresses config.toml knows
     // for that peer (`peers`, `follow`), pinned by its peer id.
     let suffix = format!("/p2p/{peer}");
-    let config = store.config();
-    addrs.extend(
-        config
-            .peers
-            .iter()
-            .chain(&config.follow)
-            .filter(|a| a.ends_with(&suffix))
-            .cloned(),
-    );
+    addrs.extend(shared.opts.node_config.addrs_of(&suffix).cloned());
     addrs.dedup();
     if addrs.is_empty() {
         return Err(HttpError::BadRequest(format!(
@@ -499,7 +492,6 @@ enum Prepared {
 }
 
 fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
-    let store = &shared.store;
     Ok(match spec.clone() {
         JobSpec::Clone {
             addr,
@@ -512,7 +504,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
         } => {
             let texts = match (addr, instance) {
                 (Some(a), None) => vec![a],
-                (None, Some(i)) => instance_addrs(store, &i)?,
+                (None, Some(i)) => instance_addrs(shared, &i)?,
                 _ => {
                     return Err(HttpError::BadRequest(
                         "a clone needs exactly one of `addr` and `instance`".into(),
@@ -528,7 +520,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
         }
         JobSpec::FetchMissing { from, jobs } => {
             let texts = if from.is_empty() {
-                store.config().peers.clone()
+                shared.opts.node_config.peers.clone()
             } else {
                 from
             };
@@ -545,7 +537,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             description,
             tags,
         } => Prepared::Backup(
-            repo_storage(store, repo.as_deref())?,
+            repo_storage(shared, repo.as_deref())?,
             selection(&only)?,
             only,
             description,
@@ -556,7 +548,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             repo,
             snapshot,
             read_data,
-        } => Prepared::BackupVerify(repo_storage(store, repo.as_deref())?, snapshot, read_data),
+        } => Prepared::BackupVerify(repo_storage(shared, repo.as_deref())?, snapshot, read_data),
         JobSpec::Restore {
             repo,
             snapshot,
@@ -567,7 +559,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             safety_snapshot,
             trust_host,
         } => Prepared::Restore(
-            repo_storage(store, repo.as_deref())?,
+            repo_storage(shared, repo.as_deref())?,
             RestoreOptions {
                 snapshot,
                 selection: selection(&only)?,
@@ -587,7 +579,7 @@ fn prepare(shared: &Shared, spec: &JobSpec) -> Result<Prepared, HttpError> {
             keep_monthly,
             dry_run,
         } => Prepared::Prune(
-            repo_storage(store, repo.as_deref())?,
+            repo_storage(shared, repo.as_deref())?,
             Policy {
                 keep_last,
                 keep_daily,

@@ -146,6 +146,11 @@ pub struct HttpOptions {
     pub metrics_without_auth: bool,
     /// The addresses the node listens on (full, with /p2p/), for `status`.
     pub node_addrs: Vec<String>,
+    /// The node's part of config.toml (the addresses it knows of peers).
+    pub node_config: crate::NodeConfig,
+    /// The backups' part of config.toml (the default repository, the
+    /// scheduled backups, the S3 server).
+    pub backup_config: bbsync_store::backup::BackupConfig,
 }
 
 /// What every request handler reaches.

@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
+use super::BackupConfig;
 use super::{Backend, LocalDir, Repo, repo_io_err, s3::S3Backend, v2::tar::TarBackend};
 use crate::{
-    Config,
     config::{S3Config, Secret},
     error::{Result, StoreError},
 };
@@ -155,12 +155,12 @@ impl RepoLocation {
 
     /// The repository a command or job names: `given` (a directory
     /// relative to `base`, or `s3://bucket/prefix`), else the config's
-    /// default ([`Config::backup_repo_location`]: `backup_repo`, else
+    /// default ([`BackupConfig::backup_repo_location`]: `backup_repo`, else
     /// `<data>/backup`); `config` is asked for only when `given` is `None`.
     pub fn resolve(
         given: Option<&str>,
         base: &Path,
-        config: impl FnOnce() -> Result<Config>,
+        config: impl FnOnce() -> Result<BackupConfig>,
         data_dir: &Path,
     ) -> Result<RepoLocation> {
         match given {
@@ -537,9 +537,9 @@ mod tests {
     fn a_repository_argument_resolves_and_opens_into_its_storage() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path();
-        let config = Config {
+        let config = BackupConfig {
             backup_repo: Some("s3://bbs-backups/site".into()),
-            ..Config::default()
+            ..BackupConfig::default()
         };
         let resolve = |given: Option<&str>| {
             RepoLocation::resolve(given, base, || Ok(config.clone()), Path::new("/data"))
@@ -551,8 +551,13 @@ mod tests {
         );
         assert_eq!(resolve(None).unwrap().to_string(), "s3://bbs-backups/site");
         assert_eq!(
-            RepoLocation::resolve(None, base, || Ok(Config::default()), Path::new("/data"))
-                .unwrap(),
+            RepoLocation::resolve(
+                None,
+                base,
+                || Ok(BackupConfig::default()),
+                Path::new("/data")
+            )
+            .unwrap(),
             RepoLocation::Dir("/data/backup".into())
         );
         // The config is not read when a location is given.

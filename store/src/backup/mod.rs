@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod config;
 pub mod create;
 pub mod escrow;
 pub mod history;
@@ -43,6 +44,7 @@ pub use backend::{Backend, LocalDir};
 use bbsync_protocol::{
     ChunkId, ManifestId, Signed, Snapshot, Unverified, card_from_str, card_to_string,
 };
+pub use config::BackupConfig;
 pub use location::{RepoLocation, RepoStorage, S3Settings};
 pub use reader::RepoReader;
 use repofile::{

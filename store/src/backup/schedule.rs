@@ -1,21 +1,20 @@
-//! Scheduled backups in `serve`: `[[backup]]` entries of config.toml, each
-//! with a 5-field cron expression (UTC), a repository (a directory or
+//! Scheduled backups: `[[backup]]` entries of config.toml, each with a
+//! 5-field cron expression (UTC), a repository (a directory or
 //! `s3://bucket/prefix`) and a retention policy applied after each backup.
-//! A failed run is logged and tried again at the next tick; it never stops
-//! the node.
+//! This module parses and runs one entry; `serve` owns the timer (the
+//! node's `schedule`), where a failed run is logged and tried again at its
+//! next time and never stops the node.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+    sync::Mutex,
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{Repo, RepoLocation, RepoStorage, create::BackupOptions, now_ms, retention::Policy};
+use super::{
+    BackupConfig, Repo, RepoLocation, RepoStorage, create::BackupOptions, retention::Policy,
+};
 use crate::{
     Store,
     error::{Result, StoreError},
@@ -62,31 +61,29 @@ impl BackupJob {
     }
 }
 
-/// A parsed cron expression: the allowed values of each field as bit sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cron {
-    minutes: u64,
-    hours: u32,
-    days: u32,
-    months: u16,
-    weekdays: u8,
-    days_any: bool,
-    weekdays_any: bool,
-}
+/// A parsed cron expression: 5 fields, `minute hour day-of-month month
+/// day-of-week`, in UTC. The fields take what docs/backup.md promises
+/// (`*`, numbers, ranges `a-b`, steps `*/n`, `a/n` and `a-b/n`, lists
+/// `a,b`; day of week 0-7, 0 and 7 both Sunday); when both day fields are
+/// restricted either one matching is enough (Vixie cron). The matching and
+/// the calendar are croner's; the syntax is checked here first, so that
+/// croner's extensions (names, `L`, `W`, `#`, seconds, `@daily`) are not
+/// accepted and each error names the field.
+#[derive(Debug, Clone)]
+pub struct Cron(croner::Cron);
 
-fn field(text: &str, lo: u32, hi: u32, what: &str) -> std::result::Result<(u64, bool), String> {
-    let mut bits = 0u64;
-    let any = text == "*";
+/// Checks one field of a cron expression (`lo`-`hi` its values).
+fn check_field(text: &str, lo: u32, hi: u32, what: &str) -> std::result::Result<(), String> {
     for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (
-                r,
+        let range = match part.split_once('/') {
+            Some((r, s)) => {
                 s.parse::<u32>()
                     .ok()
                     .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("bad step {s:?} in the {what} field"))?,
-            ),
-            None => (part, 1),
+                    .ok_or_else(|| format!("bad step {s:?} in the {what} field"))?;
+                r
+            }
+            None => part,
         };
         let num = |s: &str| {
             s.parse::<u32>()
@@ -94,24 +91,21 @@ fn field(text: &str, lo: u32, hi: u32, what: &str) -> std::result::Result<(u64, 
                 .filter(|v| (lo..=hi).contains(v))
                 .ok_or_else(|| format!("{s:?} is not a {what} ({lo}-{hi})"))
         };
-        let (a, b) = if range == "*" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (num(a)?, num(b)?)
-        } else {
-            let a = num(range)?;
-            (a, if part.contains('/') { hi } else { a })
-        };
-        if a > b {
-            return Err(format!("range {range:?} of the {what} field is backwards"));
+        if range == "*" {
+            continue;
         }
-        let mut v = a;
-        while v <= b {
-            bits |= 1 << v;
-            v += step;
+        match range.split_once('-') {
+            Some((a, b)) => {
+                if num(a)? > num(b)? {
+                    return Err(format!("range {range:?} of the {what} field is backwards"));
+                }
+            }
+            None => {
+                num(range)?;
+            }
         }
     }
-    Ok((bits, any))
+    Ok(())
 }
 
 impl std::str::FromStr for Cron {
@@ -125,67 +119,34 @@ impl std::str::FromStr for Cron {
                 "needs 5 fields: minute hour day-of-month month day-of-week".into(),
             ));
         }
-        let (minutes, _) = field(parts[0], 0, 59, "minute").map_err(err)?;
-        let (hours, _) = field(parts[1], 0, 23, "hour").map_err(err)?;
-        let (days, days_any) = field(parts[2], 1, 31, "day-of-month").map_err(err)?;
-        let (months, _) = field(parts[3], 1, 12, "month").map_err(err)?;
-        let (mut weekdays, weekdays_any) = field(parts[4], 0, 7, "day-of-week").map_err(err)?;
-        if weekdays & (1 << 7) != 0 {
-            weekdays |= 1; // 7 is Sunday too
+        for (text, (lo, hi, what)) in parts.iter().zip([
+            (0, 59, "minute"),
+            (0, 23, "hour"),
+            (1, 31, "day-of-month"),
+            (1, 12, "month"),
+            (0, 7, "day-of-week"),
+        ]) {
+            check_field(text, lo, hi, what).map_err(err)?;
         }
-        Ok(Cron {
-            minutes,
-            hours: hours as u32,
-            days: days as u32,
-            months: months as u16,
-            weekdays: (weekdays & 0x7f) as u8,
-            days_any,
-            weekdays_any,
-        })
+        // `a/n` (from a to the field's end) is croner's "sloppy" range.
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .sloppy_ranges(true)
+            .build()
+            .parse(&parts.join(" "))
+            .map(Cron)
+            .map_err(|e| err(e.to_string()))
     }
 }
 
 impl Cron {
-    fn day_matches(&self, day: i64) -> bool {
-        let (_, m, d) = super::civil_from_days(day);
-        if self.months & (1 << m) == 0 {
-            return false;
-        }
-        let wd = (day + 4).rem_euclid(7) as u32; // 0 = Sunday; 1970-01-01 was a Thursday
-        let dom = self.days & (1 << d) != 0;
-        let dow = self.weekdays & (1 << wd) != 0;
-        // Vixie cron: when both are restricted, either one matching is enough.
-        match (self.days_any, self.weekdays_any) {
-            (true, true) => true,
-            (false, true) => dom,
-            (true, false) => dow,
-            (false, false) => dom || dow,
-        }
-    }
-
     /// The first matching minute strictly after `after_ms` (ms since the
-    /// epoch), or `None` when nothing matches within five years (e.g. `0 0 31 2 *`).
+    /// epoch), or `None` when it never matches (e.g. `0 0 31 2 *`).
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
-        let mut minute = (after_ms / 60_000) as i64 + 1;
-        let limit = minute + 5 * 366 * 24 * 60;
-        while minute < limit {
-            let day = minute.div_euclid(24 * 60);
-            if !self.day_matches(day) {
-                minute = (day + 1) * 24 * 60;
-                continue;
-            }
-            let h = (minute.rem_euclid(24 * 60) / 60) as u32;
-            if self.hours & (1 << h) == 0 {
-                minute = (minute / 60 + 1) * 60;
-                continue;
-            }
-            let m = minute.rem_euclid(60) as u32;
-            if self.minutes & (1 << m) != 0 {
-                return Some(minute as u64 * 60_000);
-            }
-            minute += 1;
-        }
-        None
+        let after = chrono::DateTime::from_timestamp_millis(i64::try_from(after_ms).ok()?)?;
+        let next = self.0.find_next_occurrence(&after, false).ok()?;
+        u64::try_from(next.timestamp_millis()).ok()
     }
 }
 
@@ -312,63 +273,47 @@ fn run_job_in(store: &Store, job: &BackupJob, repo: &Repo) -> Result<String> {
     Ok(line)
 }
 
-/// A running scheduler; dropping it stops it (at the next second).
+/// One `[[backup]]` entry, ready to run: its cron expression parsed and
+/// its repository's storage resolved.
 #[derive(Debug)]
-pub struct Scheduler {
-    stop: Arc<AtomicBool>,
+pub struct Scheduled {
+    /// The entry.
+    pub job: BackupJob,
+    /// When it runs.
+    pub cron: Cron,
+    /// Where it backs up.
+    pub repo: RepoStorage,
 }
 
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Starts the scheduler of the store's `[[backup]]` entries in a thread;
-/// `default_repo` is the repository of an entry that names none. A bad
-/// cron expression, a bad repository location, or an S3 repository
-/// without usable S3 settings (this process's `AWS_*` variables, else
-/// `[s3]` of config.toml) is an error here, before `serve` starts.
-pub fn spawn(store: Arc<Store>, default_repo: RepoLocation) -> Result<Option<Scheduler>> {
-    let jobs = store.config().backup.clone();
-    if jobs.is_empty() {
-        return Ok(None);
-    }
-    let mut parsed = Vec::new();
-    for j in jobs {
-        let cron: Cron = j.cron.parse()?;
-        let repo = job_location(&j, &default_repo, store.dir())
-            .and_then(|l| l.storage_with(store.config().s3.as_ref()))
-            .map_err(|e| StoreError::Invalid(format!("[[backup]] with cron {:?}: {e}", j.cron)))?;
-        parsed.push((j, cron, repo));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::Builder::new()
-        .name("backup-scheduler".into())
-        .spawn(move || {
-            let mut next: Vec<Option<u64>> = parsed.iter().map(|(_, c, _)| c.next_after(now_ms())).collect();
-            while !flag.load(Ordering::Relaxed) {
-                let now = now_ms();
-                for (i, (job, cron, repo)) in parsed.iter().enumerate() {
-                    if next[i].is_some_and(|t| t <= now) {
-                        match run_job(&store, job, repo) {
-                            Ok(line) => tracing::info!("{line}"),
-                            Err(e) => tracing::warn!(
-                                "scheduled backup into {repo} failed (tried again at the next tick): {e}"
-                            ),
-                        }
-                        next[i] = cron.next_after(now_ms());
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
+/// The `[[backup]]` entries of `config`, ready to run; `default_repo` is
+/// the repository of an entry that names none, `data_dir` the base of a
+/// relative one. A bad cron expression, a bad repository location, or an
+/// S3 repository without usable S3 settings (this process's `AWS_*`
+/// variables, else `[s3]` of config.toml) is an error here, so that
+/// `serve` stops before it starts. `serve` runs them (the node's
+/// scheduler).
+pub fn plan(
+    config: &BackupConfig,
+    default_repo: &RepoLocation,
+    data_dir: &Path,
+) -> Result<Vec<Scheduled>> {
+    config
+        .jobs
+        .iter()
+        .map(|j| {
+            let cron: Cron = j.cron.parse()?;
+            let repo = job_location(j, default_repo, data_dir)
+                .and_then(|l| l.storage_with(config.s3.as_ref()))
+                .map_err(|e| {
+                    StoreError::Invalid(format!("[[backup]] with cron {:?}: {e}", j.cron))
+                })?;
+            Ok(Scheduled {
+                job: j.clone(),
+                cron,
+                repo,
+            })
         })
-        .map_err(|e| StoreError::Io {
-            context: "starting the backup scheduler".into(),
-            source: e,
-        })?;
-    Ok(Some(Scheduler { stop }))
+        .collect()
 }
 
 #[cfg(test)]
@@ -426,6 +371,60 @@ mod tests {
         ] {
             assert!(bad.parse::<Cron>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_dialect_is_the_documented_one_and_no_more() {
+        let next = |c: &str, from: u64| {
+            c.parse::<Cron>()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .next_after(from)
+        };
+        // `a/n` runs from a to the field's end; `a-b/n`, lists.
+        assert_eq!(
+            next("5/20 * * * *", at(2026, 1, 1, 0, 6)),
+            Some(at(2026, 1, 1, 0, 25))
+        );
+        assert_eq!(
+            next("0 1-5/2,22 * * *", at(2026, 1, 1, 3, 0)),
+            Some(at(2026, 1, 1, 5, 0))
+        );
+        assert_eq!(
+            next("0 1-5/2,22 * * *", at(2026, 1, 1, 5, 0)),
+            Some(at(2026, 1, 1, 22, 0))
+        );
+        // A month restricts the days (2026-12-01 is a Tuesday).
+        assert_eq!(
+            next("0 0 * 12 2", at(2026, 11, 26, 0, 0)),
+            Some(at(2026, 12, 1, 0, 0))
+        );
+        // croner's extensions are not part of it; each error names its field.
+        for bad in [
+            "0 0 * * MON",
+            "0 0 * JAN *",
+            "0 0 L * *",
+            "0 0 * * 1#2",
+            "@daily",
+            "0 0 0 * * *",
+            "/5 * * * *",
+            "0 0 * * 8",
+        ] {
+            assert!(bad.parse::<Cron>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "61 * * * *"
+                .parse::<Cron>()
+                .expect_err("61 is no minute")
+                .to_string(),
+            "cron expression \"61 * * * *\": \"61\" is not a minute (0-59)"
+        );
+        assert_eq!(
+            "0 0 * * 5-1"
+                .parse::<Cron>()
+                .expect_err("backwards")
+                .to_string(),
+            "cron expression \"0 0 * * 5-1\": range \"5-1\" of the day-of-week field is backwards"
+        );
     }
 
     #[test]

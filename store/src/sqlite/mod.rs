@@ -671,15 +671,27 @@ pub fn check_file(path: &Path) -> rusqlite::Result<Vec<String>> {
     }
 }
 
+/// How a [`FileOut`] writes a file that is not a SQLite database (a
+/// database always goes through a temp file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Through `.<name>.bbsync-tmp` and a rename: the target is never seen
+    /// half written.
+    Atomic,
+    /// Straight into the target (a fresh tree nobody reads yet).
+    InPlace,
+}
+
 /// Writes one file object's plaintext to a target path, as it arrives.
 ///
-/// The first bytes decide: a SQLite database (and any file when `atomic`)
+/// The first bytes decide: a SQLite database (and any file written
+/// [`WriteMode::Atomic`])
 /// is written to `.<name>.bbsync-tmp` beside the target; at
 /// [`FileOut::finish`] a database is fsynced, must pass `PRAGMA
 /// integrity_check`, stale `-wal`/`-journal`/`-shm` files of the target are
 /// removed (SQLite would otherwise apply them to the new file), and only
 /// then is it renamed over the target and the directory fsynced. Other
-/// files without `atomic` are written in place (a new tree). Dropping it
+/// files written [`WriteMode::InPlace`] are written in place (a new tree). Dropping it
 /// unfinished removes what it wrote.
 #[derive(Debug)]
 pub struct FileOut {
@@ -693,10 +705,10 @@ pub struct FileOut {
 
 impl FileOut {
     /// Prepares to write `target` (`len`: the expected size, for buffering).
-    pub fn new(target: &Path, atomic: bool, len: u64) -> Self {
+    pub fn new(target: &Path, how: WriteMode, len: u64) -> Self {
         FileOut {
             target: target.to_path_buf(),
-            atomic,
+            atomic: how == WriteMode::Atomic,
             mode: None,
             cap: (len as usize).clamp(8 * 1024, 1 << 20),
             open: None,
@@ -1183,7 +1195,7 @@ mod tests {
         let target = tmp.path().join("out.db");
         // A stale WAL of another database must not survive next to the new file.
         fs::write(companion_path(&target, "-wal"), b"stale").unwrap();
-        let mut out = FileOut::new(&target, false, good.len() as u64);
+        let mut out = FileOut::new(&target, WriteMode::InPlace, good.len() as u64);
         for part in good.chunks(4096) {
             out.write(part).unwrap();
         }
@@ -1201,7 +1213,7 @@ mod tests {
         let mid = (bad.len() / 4096 / 2) * 4096;
         bad[mid..mid + 4096].fill(0x5a);
         let target2 = tmp.path().join("out2.db");
-        let mut out = FileOut::new(&target2, true, bad.len() as u64);
+        let mut out = FileOut::new(&target2, WriteMode::Atomic, bad.len() as u64);
         out.write(&bad).unwrap();
         let e = out.finish("file:out2.db").unwrap_err().to_string();
         assert!(
@@ -1213,16 +1225,18 @@ mod tests {
 
         // Not a database: written in place unless atomic; an empty object is an empty file.
         let plain = tmp.path().join("plain.txt");
-        let mut out = FileOut::new(&plain, false, 5);
+        let mut out = FileOut::new(&plain, WriteMode::InPlace, 5);
         out.write(b"hello").unwrap();
         assert!(plain.exists());
         assert!(!out.finish("file:plain.txt").unwrap());
         let empty = tmp.path().join("empty");
-        FileOut::new(&empty, true, 0).finish("file:empty").unwrap();
+        FileOut::new(&empty, WriteMode::Atomic, 0)
+            .finish("file:empty")
+            .unwrap();
         assert_eq!(fs::read(&empty).unwrap(), b"");
         // Dropped unfinished: nothing stays.
         let gone = tmp.path().join("gone.db");
-        let mut out = FileOut::new(&gone, false, 0);
+        let mut out = FileOut::new(&gone, WriteMode::InPlace, 0);
         out.write(&good[..4096]).unwrap();
         drop(out);
         assert!(!gone.exists() && !FileOut::temp_path(&gone).exists());

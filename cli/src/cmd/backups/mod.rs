@@ -9,22 +9,17 @@ mod list;
 mod migrate;
 mod prune;
 mod restore;
-mod schedule;
 mod show;
 mod stats;
 mod verify;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use bbsync_store::{
-    Config,
-    backup::{Repo, RepoLocation, RepoStorage, retention::Policy},
-};
+use bbsync_store::backup::{BackupConfig, Repo, RepoLocation, RepoStorage, retention::Policy};
 
 pub use self::{
     backup::{BackupArgs, backup},
     restore::{RestoreArgs, print_hybrid, restore, restore_for_clone},
-    schedule::start_scheduler,
 };
 use crate::Ctx;
 
@@ -56,10 +51,10 @@ impl RepoArg {
 
 /// The config.toml of the command's data dir (the serving node's, for a
 /// control-socket client).
-fn config(ctx: &Ctx) -> bbsync_store::Result<Config> {
-    match &ctx.store {
-        Some(s) => Ok(s.config().clone()),
-        None => Config::load(&ctx.data_dir.join("config.toml")),
+fn config(ctx: &Ctx) -> bbsync_store::Result<BackupConfig> {
+    match &ctx.config {
+        Some(c) => Ok(c.backup.clone()),
+        None => Ok(crate::config::Config::load(&ctx.data_dir.join("config.toml"))?.backup),
     }
 }
 

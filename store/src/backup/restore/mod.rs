@@ -261,7 +261,7 @@ impl Store {
         }
         if opts.rekey && !restored.is_empty() {
             crate::failpoint::check("restore.rekey", || "rekeying restored objects".into())?;
-            report.rekey = Some(self.rekey(restored, false, false, &NoProgress)?);
+            report.rekey = Some(self.rekey(restored, Default::default(), &NoProgress)?);
         }
         Ok(())
     }

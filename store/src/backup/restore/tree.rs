@@ -192,8 +192,12 @@ impl Store {
             Shape::File => {
                 // A SQLite database goes through a temp file and must pass
                 // its integrity check (src/sqlite).
-                let mut w =
-                    crate::sqlite::FileOut::new(&target, false, m.plaintext_len).with_mode(o.mode);
+                let mut w = crate::sqlite::FileOut::new(
+                    &target,
+                    crate::sqlite::WriteMode::InPlace,
+                    m.plaintext_len,
+                )
+                .with_mode(o.mode);
                 let n = o.feed(job, &mut |d: &[u8]| w.write(d))?;
                 w.finish(&o.label)?;
                 (1, n)
