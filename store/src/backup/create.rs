@@ -146,11 +146,8 @@ impl Store {
         // Its id carries the repository's next sequence number, so that
         // `latest` and `backups list` order backups taken within one
         // second (or on a host whose clock stepped back) as they were taken.
-        let created_ms = now_ms();
-        let id = new_snapshot_id(created_ms, repo.next_snapshot_seq()?);
-        let snap = self.sign_snapshot(
-            id.clone(),
-            created_ms,
+        let (id, snap) = self.sign_snapshot(
+            repo.next_snapshot_seq()?,
             opts,
             counts,
             &report,
@@ -390,18 +387,20 @@ impl Store {
         Ok(c)
     }
 
-    /// The last step of a backup: the snapshot, signed by this instance.
-    #[allow(clippy::too_many_arguments)]
+    /// The last step of a backup: the snapshot, signed by this instance,
+    /// with its id (made of the time now and the repository's sequence
+    /// number `seq`).
     pub(crate) fn sign_snapshot(
         &self,
-        id: String,
-        created_ms: u64,
+        seq: u64,
         opts: &BackupOptions,
         counts: BTreeMap<String, u64>,
         report: &BackupReport,
         plaintext_bytes: u64,
         objects: Vec<SnapshotObject>,
-    ) -> Result<Signed<Snapshot>> {
+    ) -> Result<(String, Signed<Snapshot>)> {
+        let created_ms = now_ms();
+        let id = new_snapshot_id(created_ms, seq);
         let card = self.card()?;
         let trust = self
             .db()
@@ -412,11 +411,11 @@ impl Store {
                 role: rec.role,
             })
             .collect();
-        Signed::sign(
+        let signed = Signed::sign(
             self.identity(),
             Snapshot {
                 format: FORMAT_V1,
-                id,
+                id: id.clone(),
                 created_ms,
                 host: self.instance_id(),
                 host_card: card.bytes().to_vec(),
@@ -434,6 +433,7 @@ impl Store {
                 objects,
             },
         )
-        .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))
+        .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))?;
+        Ok((id, signed))
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     Store,
     backup::{
         create::{BackupOptions, BackupReport, Collected},
-        new_snapshot_id, now_ms, repo_io_err,
+        repo_io_err,
         repofile::{KeyFile, ManifestFile},
     },
     error::{Result, StoreError},
@@ -202,17 +202,8 @@ impl Store {
         }
 
         // 5. The snapshot, signed, last.
-        let created_ms = now_ms();
-        let id = new_snapshot_id(created_ms, seq);
-        let snap = self.sign_snapshot(
-            id.clone(),
-            created_ms,
-            opts,
-            counts,
-            &report,
-            plaintext_bytes,
-            objects,
-        )?;
+        let (id, snap) =
+            self.sign_snapshot(seq, opts, counts, &report, plaintext_bytes, objects)?;
         let path = snapshot_path(&id);
         if let Some(l) = lock {
             l.ensure_held()?;
