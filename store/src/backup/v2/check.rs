@@ -10,9 +10,8 @@ use std::{
     time::Instant,
 };
 
-use bbsync_protocol::{ChunkId, ManifestId, chunk::check_chunk_id};
+use bbsync_protocol::{ChunkId, ManifestId};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::{
     format::{Index, IndexEntry, IndexFile, PackKind, read_sealed_pack, snapshot_path},
@@ -319,10 +318,7 @@ impl Repo2 {
         let b = self.backend();
         let loc = self.location();
         for kind in [PackKind::Data, PackKind::Manifests] {
-            let top = match kind {
-                PackKind::Data => "data",
-                PackKind::Manifests => "manifests",
-            };
+            let top = kind.dir();
             for d in b
                 .list(top)
                 .map_err(repo_io_err(format!("listing {loc}/{top}")))?
@@ -499,11 +495,7 @@ fn read_pack(
             let data = bytes
                 .get(e.offset as usize..e.end() as usize)
                 .unwrap_or_default();
-            let ok = match kind {
-                PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
-                PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
-            };
-            if !ok {
+            if !kind.entry_matches(&e.id, data) {
                 let what = match kind {
                     PackKind::Data => RepoProblemClass::CorruptChunk,
                     PackKind::Manifests => RepoProblemClass::CorruptManifest,

@@ -100,6 +100,26 @@ pub enum PackKind {
 }
 
 impl PackKind {
+    /// The repository directory of packs of this kind.
+    pub fn dir(self) -> &'static str {
+        match self {
+            PackKind::Data => "data",
+            PackKind::Manifests => "manifests",
+        }
+    }
+
+    /// Whether an entry's bytes hash to its id (a chunk's id is checked as
+    /// a ChunkId, a manifest file's as the SHA-256 of its bytes).
+    pub fn entry_matches(self, id: &[u8; 32], data: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        match self {
+            PackKind::Data => {
+                bbsync_protocol::chunk::check_chunk_id(&bbsync_protocol::ChunkId(*id), data).is_ok()
+            }
+            PackKind::Manifests => Sha256::digest(data).as_slice() == id,
+        }
+    }
+
     /// Whether `len` is a possible entry length in a pack of this kind.
     pub fn valid_len(self, len: u64) -> bool {
         match self {

@@ -49,9 +49,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::{
     format::{
@@ -424,11 +422,7 @@ impl Repo2 {
                     let data = bytes
                         .get(e.offset as usize..e.end() as usize)
                         .unwrap_or_default();
-                    let ok = match kind {
-                        PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
-                        PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
-                    };
-                    if !ok {
+                    if !kind.entry_matches(&e.id, data) {
                         return Err(StoreError::Repo(format!(
                             "{loc}/{path}: entry {} at offset {} does not hash to its id (damaged); run `bbsync backups verify --read-data` (nothing was removed)",
                             hex::encode(&e.id[..8]),
@@ -596,14 +590,6 @@ fn describe(plan: &Plan, r: &mut PruneReport) {
         }
     }
     r.packs_deleted += plan.unindexed.len() as u64;
-}
-
-/// `data` or `manifests`.
-fn top_dir(kind: PackKind) -> &'static str {
-    match kind {
-        PackKind::Data => "data",
-        PackKind::Manifests => "manifests",
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use bbsync_protocol::{ChunkId, Manifest, ManifestId, Unverified};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::{Copies, Fate, PackInfo, Plan, PruneOptions, top_dir};
+use super::{Copies, Fate, PackInfo, Plan, PruneOptions};
 use crate::{
     backup::{
         SnapshotFile, repo_io_err,
@@ -157,7 +157,7 @@ impl Repo2 {
         let loc = self.location();
         let mut unindexed = Vec::new();
         for kind in [PackKind::Data, PackKind::Manifests] {
-            let top = top_dir(kind);
+            let top = kind.dir();
             for d in b
                 .list(top)
                 .map_err(repo_io_err(format!("listing {loc}/{top}")))?
