@@ -62,6 +62,11 @@ const K_OPEN_PACKS: &[u8] = b"meta/open_packs";
 const K_COLLECT: &[u8] = b"meta/collect";
 const K_DOOMED: &[u8] = b"meta/doomed_packs";
 const K_LAST_VERIFY: &[u8] = b"meta/last_verify";
+/// A random token replaced before every write of an object record that
+/// takes no change-log number (`put_record`, `update_record`: rekey, local
+/// state, migration): what is derived from the records as of a change-log
+/// number (the backup cache) is valid only while this token is the same.
+const K_UNLOGGED: &[u8] = b"meta/unlogged_token";
 /// Index records per sled batch when many are written at once (see
 /// [`COMMIT_BATCH`] for why this is small).
 const INDEX_BATCH: usize = 256;
@@ -582,6 +587,7 @@ impl Db {
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
         f(&mut rec);
         failpoint("db.update_record")?;
+        self.new_unlogged_token()?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(&rec))
             .map_err(db_err)?;
@@ -591,10 +597,32 @@ impl Db {
     /// Replaces an object's whole record (its change-log number stays).
     pub(crate) fn put_record(&self, id: &ObjectId, rec: &ObjectRecord) -> Result<()> {
         failpoint("db.update_record")?;
+        self.new_unlogged_token()?;
         self.tree
             .insert(key(b"o/", id.as_bytes()), encoding::encode(rec))
             .map_err(db_err)?;
         Ok(())
+    }
+
+    /// Replaces the unlogged-write token (see `K_UNLOGGED`), before the
+    /// record write it announces: sled recovers a prefix of its writes, so
+    /// a record written without a change-log number is never seen with
+    /// the old token.
+    fn new_unlogged_token(&self) -> Result<[u8; 16]> {
+        let mut t = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut t);
+        self.tree.insert(K_UNLOGGED, &t).map_err(db_err)?;
+        Ok(t)
+    }
+
+    /// The unlogged-write token (see `K_UNLOGGED`), made on first use.
+    pub(crate) fn unlogged_token(&self) -> Result<[u8; 16]> {
+        if let Some(v) = self.tree.get(K_UNLOGGED).map_err(db_err)?
+            && let Ok(t) = <[u8; 16]>::try_from(v.as_ref())
+        {
+            return Ok(t);
+        }
+        self.new_unlogged_token()
     }
 
     /// The state of one object.

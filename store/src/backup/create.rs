@@ -2,23 +2,22 @@
 //! or copies, manifests with their envelopes), then writes the snapshot.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use bbsync_protocol::{
-    ChunkId, Manifest, ManifestId, Signed, Snapshot, SnapshotObject, SnapshotTrust, Unverified,
-    chunk::check_chunk_id, encoding::FORMAT_V1,
+    ChunkId, Signed, Snapshot, SnapshotObject, SnapshotTrust, chunk::check_chunk_id,
+    encoding::FORMAT_V1,
 };
 use rayon::prelude::*;
 use serde::Serialize;
-use serde_bytes::ByteBuf;
 use zeroize::Zeroizing;
 
+pub(crate) use super::collect::{Collected, CollectedManifest};
 use super::{
     Repo, chunk_path, escrow, list_chunks, manifest_path, new_snapshot_id, now_ms, repo_io_err,
-    repofile::ManifestFile,
 };
 use crate::{
     Store,
@@ -74,9 +73,31 @@ pub struct BackupReport {
     pub manifests_new: u64,
     /// The identity escrow written, if any.
     pub identity_escrow: Option<String>,
+    /// Whether the backup cache served the collection (only the records
+    /// changed since the last backup of this selection were read).
+    pub from_cache: bool,
+    /// Format 2: index files read from the repository (the local index
+    /// cache serves the others).
+    pub index_files_read: u64,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
+}
+
+impl BackupReport {
+    /// A report's counts of what the snapshot holds (the incomplete
+    /// objects left out taken from `c`).
+    pub(crate) fn of(repo: String, c: &mut Collected) -> BackupReport {
+        BackupReport {
+            repo,
+            skipped_incomplete: std::mem::take(&mut c.skipped_incomplete),
+            bytes: c.bytes,
+            objects: c.objects.len() as u64,
+            chunks: c.chunks.len() as u64,
+            from_cache: c.from_cache,
+            ..Default::default()
+        }
+    }
 }
 
 /// Chunk bytes and chunks copied per `syncfs` group (what an interrupted
@@ -94,8 +115,9 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<BackupReport> {
         if let Some(r2) = repo.v2() {
-            let lock = repo.lock(&self.instance_id().to_hex(), false, "backup", "backed up")?;
-            return self.backup_v2_locked(r2, opts, progress, lock.as_ref());
+            let take_lock =
+                || repo.lock(&self.instance_id().to_hex(), false, "backup", "backed up");
+            return self.backup_v2_locked(r2, opts, progress, take_lock);
         }
         let _lock = repo.lock_format1_writer(&self.instance_id().to_hex())?;
         let start = Instant::now();
@@ -124,7 +146,7 @@ impl Store {
 
         // 3. Manifests: new ones, and those whose envelope changed (see
         // `write_manifests_v1`), and the escrow.
-        report.manifests_new = write_manifests_v1(repo, &manifests)?;
+        report.manifests_new = self.write_manifests_v1(repo, &manifests)?;
         if let Some(k) = &escrow {
             let path = escrow::key_path(self.identity());
             let mut bytes = serde_json::to_vec_pretty(k)
@@ -238,19 +260,18 @@ impl Store {
     }
 }
 
-/// Format 1, step 3: the manifest files that are new or whose envelope
-/// changed (rekey, trust changes); returns how many were written. Entries
-/// are of fixed size, so a changed envelope can have the old size: a file
-/// of the same size is read and its content compared.
-fn write_manifests_v1(repo: &Repo, manifests: &[(ManifestId, ManifestFile)]) -> Result<u64> {
-    let loc = repo.location();
-    let b = repo.backend();
-    let written = AtomicU64::new(0);
-    manifests
-        .par_iter()
-        .try_for_each(|(mid, f)| -> Result<()> {
-            let path = manifest_path(mid);
-            let bytes = f.encode();
+impl Store {
+    /// Format 1, step 3: the manifest files that are new or whose envelope
+    /// changed (rekey, trust changes); returns how many were written.
+    /// Entries are of fixed size, so a changed envelope can have the old
+    /// size: a file of the same size is read and its content compared.
+    fn write_manifests_v1(&self, repo: &Repo, manifests: &[CollectedManifest]) -> Result<u64> {
+        let loc = repo.location();
+        let b = repo.backend();
+        let written = AtomicU64::new(0);
+        manifests.par_iter().try_for_each(|m| -> Result<()> {
+            let path = manifest_path(&m.manifest_id);
+            let (_, bytes) = self.manifest_file(m)?;
             let size = b
                 .size(&path)
                 .map_err(repo_io_err(format!("reading {loc}/{path}")))?;
@@ -268,28 +289,9 @@ fn write_manifests_v1(repo: &Repo, manifests: &[(ManifestId, ManifestFile)]) -> 
             }
             Ok(())
         })?;
-    Ok(written.into_inner())
-}
+        Ok(written.into_inner())
+    }
 
-/// What a snapshot of a store holds (step 1 of a backup, both formats).
-pub(crate) struct Collected {
-    /// The objects, sorted by object id.
-    pub objects: Vec<SnapshotObject>,
-    /// Each object's manifest file, as the store holds it.
-    pub manifests: Vec<(ManifestId, ManifestFile)>,
-    /// Objects by kind.
-    pub counts: BTreeMap<String, u64>,
-    /// Plaintext bytes of the live objects.
-    pub plaintext_bytes: u64,
-    /// Distinct chunks of the live objects, with their stored length.
-    pub chunks: Vec<(ChunkId, u32)>,
-    /// Sum of those lengths.
-    pub bytes: u64,
-    /// Incomplete objects left out (`kind:name`).
-    pub skipped_incomplete: Vec<String>,
-}
-
-impl Store {
     /// The start of a backup, both formats: the labels checked and the
     /// escrow sealed ([`Store::check_labels_and_seal`]), what the snapshot
     /// holds ([`Store::collect_backup`]), and the report's counts of it.
@@ -300,14 +302,7 @@ impl Store {
     ) -> Result<(BackupReport, Option<super::repofile::KeyFile>, Collected)> {
         let escrow = self.check_labels_and_seal(opts)?;
         let mut c = self.collect_backup(opts)?;
-        let report = BackupReport {
-            repo,
-            skipped_incomplete: std::mem::take(&mut c.skipped_incomplete),
-            bytes: c.bytes,
-            objects: c.objects.len() as u64,
-            chunks: c.chunks.len() as u64,
-            ..Default::default()
-        };
+        let report = BackupReport::of(repo, &mut c);
         Ok((report, escrow, c))
     }
 
@@ -328,63 +323,6 @@ impl Store {
             .as_deref()
             .map(|p| escrow::seal(self.identity(), p))
             .transpose()
-    }
-
-    /// Step 1 of a backup: the live and deleted objects the selection
-    /// takes, complete ones only, with their manifests and chunks.
-    pub(crate) fn collect_backup(&self, opts: &BackupOptions) -> Result<Collected> {
-        let mut c = Collected {
-            objects: Vec::new(),
-            manifests: Vec::new(),
-            counts: BTreeMap::new(),
-            plaintext_bytes: 0,
-            chunks: Vec::new(),
-            bytes: 0,
-            skipped_incomplete: Vec::new(),
-        };
-        let mut seen = HashSet::new();
-        for r in self.db().records() {
-            let (id, rec) = r?;
-            let st = &rec.state;
-            if !opts.selection.matches(&st.kind, &st.name) {
-                continue;
-            }
-            if !st.complete && !st.deleted {
-                c.skipped_incomplete
-                    .push(format!("{}:{}", st.kind, st.name));
-                continue;
-            }
-            let m = Unverified::<Manifest>::decode(&rec.manifest)
-                .map_err(|e| {
-                    StoreError::Corrupt(format!("manifest of object {}: {e}", id.short()))
-                })?
-                .dangerously_assume_verified();
-            if !st.deleted {
-                for ch in &m.chunks {
-                    if seen.insert(ch.id) {
-                        c.chunks.push((ch.id, ch.len));
-                        c.bytes += u64::from(ch.len);
-                    }
-                }
-                c.plaintext_bytes += m.plaintext_len;
-            }
-            *c.counts.entry(st.kind.clone()).or_default() += 1;
-            c.objects.push(SnapshotObject {
-                object_id: id,
-                version: st.version,
-                manifest_id: st.manifest_id,
-            });
-            c.manifests.push((
-                st.manifest_id,
-                ManifestFile {
-                    format: 1,
-                    manifest: ByteBuf::from(rec.manifest),
-                    envelope: rec.envelope,
-                },
-            ));
-        }
-        c.objects.sort_by_key(|o| o.object_id);
-        Ok(c)
     }
 
     /// The last step of a backup: the snapshot, signed by this instance,

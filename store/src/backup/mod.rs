@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod check;
+mod collect;
 pub mod config;
 pub mod create;
 pub mod escrow;

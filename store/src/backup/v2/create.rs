@@ -8,24 +8,24 @@ use std::{
     time::Instant,
 };
 
-use bbsync_protocol::{ChunkId, ManifestId, chunk::check_chunk_id};
+use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::{
     format::{
-        INDEX_FILE_ENTRIES, INDEX_FORMAT, Index, IndexEntry, IndexFile, IndexPack, ManifestRef,
+        INDEX_FILE_ENTRIES, INDEX_FORMAT, IndexEntry, IndexFile, IndexPack, ManifestRef,
         PackBuilder, PackKind, data_pack_path, index_path, key_path, mostly_live, read_sealed_pack,
         snapshot_path,
     },
+    ixcache::IndexView,
     repo::Repo2,
 };
 use crate::{
     Store,
     backup::{
-        create::{BackupOptions, BackupReport, Collected},
+        create::{BackupOptions, BackupReport, Collected, CollectedManifest},
         repo_io_err,
-        repofile::{KeyFile, ManifestFile},
+        repofile::KeyFile,
     },
     error::{Result, StoreError},
     packs::{Location, PackId},
@@ -118,24 +118,42 @@ impl Store {
         opts: &BackupOptions,
         progress: &dyn Progress,
     ) -> Result<BackupReport> {
-        self.backup_v2_locked(repo, opts, progress, None)
+        self.backup_v2_locked(repo, opts, progress, || Ok(None))
     }
 
-    /// [`Store::backup_v2`] under `lock`, which is checked to be still
-    /// held (not taken for stale by a prune) before the snapshot is
-    /// written: a prune that took over would not have counted this
-    /// backup's packs as live.
+    /// [`Store::backup_v2`] under the lock `take_lock` takes (before the
+    /// repository's index is read), which is checked to be still held (not
+    /// taken for stale by a prune) before the snapshot is written: a prune
+    /// that took over would not have counted this backup's packs as live.
     pub(crate) fn backup_v2_locked(
         &self,
         repo: &Repo2,
         opts: &BackupOptions,
         progress: &dyn Progress,
-        lock: Option<&super::lock::LockGuard>,
+        take_lock: impl FnOnce() -> Result<Option<super::lock::LockGuard>> + Send,
     ) -> Result<BackupReport> {
         let start = Instant::now();
         let loc = repo.location();
         let b = repo.backend();
-        let (mut report, escrow, c) = self.begin_backup(loc.clone(), opts)?;
+        // Bad labels or a bad passphrase fail before anything is written.
+        let escrow = self.check_labels_and_seal(opts)?;
+        // What the snapshot holds (from the store) is read while the
+        // repository is locked, its index read and this backup's sequence
+        // claimed (for it alone: another backup may hold a shared lock too;
+        // the claim is kept if anything below fails).
+        let (collected, locked) = rayon::join(
+            || self.collect_backup(opts),
+            || -> Result<_> {
+                let lock = take_lock()?;
+                let rix = self.backup_index(repo)?;
+                let claim = repo.claim_seq(rix.view())?;
+                Ok((lock, rix, claim))
+            },
+        );
+        let (lock, rix, claim) = locked?;
+        let mut c = collected?;
+        let mut report = BackupReport::of(loc.clone(), &mut c);
+        let lock = lock.as_ref();
         let Collected {
             objects,
             manifests,
@@ -144,15 +162,91 @@ impl Store {
             chunks,
             ..
         } = c;
-
-        let ix = repo.load_index()?;
-        // This backup's sequence, claimed for it alone (another backup may
-        // hold a shared lock too); kept if anything below fails.
-        let claim = repo.claim_seq(&ix)?;
+        report.index_files_read = rix.files_read();
+        let ix = rix.view();
         let seq = claim.seq;
+        // The snapshot is signed while steps 0-4 write: all it says is
+        // known now (its escrow's name is fixed by `seq`). It is written
+        // last (step 5), as ever.
+        let snap_report = BackupReport {
+            bytes: report.bytes,
+            chunks: report.chunks,
+            identity_escrow: escrow
+                .as_ref()
+                .map(|_| key_path(&self.instance_id().to_hex(), seq)),
+            ..Default::default()
+        };
+        let (signed, files) = rayon::join(
+            || self.sign_snapshot(seq, opts, counts, &snap_report, plaintext_bytes, objects),
+            || -> Result<(Vec<IndexFile>, Vec<String>)> {
+                let job = StepsJob {
+                    repo,
+                    ix,
+                    chunks: &chunks,
+                    manifests: &manifests,
+                    escrow: escrow.as_ref(),
+                    copy: opts.copy,
+                    seq,
+                };
+                self.backup_steps(&job, &mut report, progress)
+            },
+        );
+        let (files, written) = files?;
+        let (id, snap) = signed?;
+        if report.identity_escrow != snap_report.identity_escrow {
+            return Err(StoreError::Invalid(format!(
+                "the escrow was written as {:?}, not as the snapshot names it; no snapshot was written",
+                report.identity_escrow
+            )));
+        }
+
+        // 5. The snapshot, signed, last.
+        let path = snapshot_path(&id);
+        if let Some(l) = lock {
+            l.ensure_held()?;
+        }
+        crate::failpoint::hit("backup.snapshot")
+            .and_then(|()| b.write(&path, snap.bytes()))
+            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        claim.release(repo);
+        self.update_index_cache(repo, rix, &files, written);
+        report.snapshot = id;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+
+    /// Steps 0 to 4 of a backup: the leftover packs adopted, the data and
+    /// manifests the index lacks written, every pack durable, the index
+    /// files and the escrow written and durable. Returns the index files
+    /// written and their names.
+    fn backup_steps(
+        &self,
+        job: &StepsJob<'_>,
+        report: &mut BackupReport,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<IndexFile>, Vec<String>)> {
+        let StepsJob {
+            repo,
+            ix,
+            chunks,
+            manifests,
+            escrow,
+            copy,
+            seq,
+        } = *job;
+        let loc = repo.location();
+        let b = repo.backend();
         // 0. Packs an interrupted backup left: checked, then indexed by
-        // this one instead of written again.
-        let leftovers = repo.leftover_packs(&ix)?;
+        // this one instead of written again. Only a backup that did not
+        // finish leaves its sequence claim (a claim goes once the snapshot
+        // is written; prune removes stale ones, and the unindexed packs
+        // with them): with no claim but this backup's, there is nothing
+        // to look for, and the listing of every pack directory is skipped.
+        let leftovers = if repo.other_claims(seq)? {
+            repo.leftover_packs(ix)?
+        } else {
+            Vec::new()
+        };
         let reused = Reused::of(&leftovers);
         let adopted = leftovers.len() as u64;
         let mut st = Written {
@@ -165,17 +259,14 @@ impl Store {
         let todo: HashSet<ChunkId> = chunks
             .iter()
             .map(|(id, _)| *id)
-            .filter(|id| !ix.chunks.contains_key(id) && !reused.chunks.contains(id))
+            .filter(|id| !ix.has_chunk(id) && !reused.chunks.contains(id))
             .collect();
-        let job = DataJob {
-            todo: &todo,
-            copy: opts.copy,
-        };
-        self.backup_data(&job, &mut st, &mut report, progress)?;
+        let job = DataJob { todo: &todo, copy };
+        self.backup_data(&job, &mut st, report, progress)?;
 
         // 2. Manifests whose current file the index lacks: new objects, and
         // changed envelopes (a new file for the same manifest id).
-        let refs = backup_manifests(&ix, &manifests, &reused, &mut st)?;
+        let refs = backup_manifests(self, ix, manifests, &reused, &mut st)?;
         report.manifests_new = refs.len() as u64;
 
         // Every pack durable (on object storage: every upload done) before
@@ -190,9 +281,9 @@ impl Store {
         // 3. Index files naming those packs (a handful: one per
         // INDEX_FILE_ENTRIES entries), the manifest refs in the last.
         let files = index_files(st.packs, refs, seq);
-        write_index_files(repo, &files)?;
+        let written = write_index_files(repo, &files)?;
         // 4. The escrow (see `write_escrow`).
-        if let Some(k) = &escrow {
+        if let Some(k) = escrow {
             report.identity_escrow = Some(self.write_escrow(repo, k, seq)?);
         }
         if report.chunks_new > 0 || !files.is_empty() || report.identity_escrow.is_some() {
@@ -200,21 +291,7 @@ impl Store {
                 .and_then(|()| b.sync())
                 .map_err(repo_io_err(format!("syncing {loc}")))?;
         }
-
-        // 5. The snapshot, signed, last.
-        let (id, snap) =
-            self.sign_snapshot(seq, opts, counts, &report, plaintext_bytes, objects)?;
-        let path = snapshot_path(&id);
-        if let Some(l) = lock {
-            l.ensure_held()?;
-        }
-        crate::failpoint::hit("backup.snapshot")
-            .and_then(|()| b.write(&path, snap.bytes()))
-            .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
-        claim.release(repo);
-        report.snapshot = id;
-        report.elapsed = start.elapsed();
-        Ok(report)
+        Ok((files, written))
     }
 
     /// Step 1: the chunks `todo` into the repository, by store pack: a
@@ -326,6 +403,18 @@ impl Store {
     }
 }
 
+/// What steps 0 to 4 of a backup take.
+#[derive(Clone, Copy)]
+struct StepsJob<'a> {
+    repo: &'a Repo2,
+    ix: &'a dyn IndexView,
+    chunks: &'a [(ChunkId, u32)],
+    manifests: &'a [CollectedManifest],
+    escrow: Option<&'a KeyFile>,
+    copy: bool,
+    seq: u64,
+}
+
 /// What step 1 of a backup copies: the chunks the index lacks, and
 /// whether store packs are copied rather than linked (`--copy`).
 struct DataJob<'a> {
@@ -335,16 +424,19 @@ struct DataJob<'a> {
 
 /// Step 3: the index files written (not yet durable: the sync after the
 /// escrow makes them so, before the snapshot).
-fn write_index_files(repo: &Repo2, files: &[IndexFile]) -> Result<()> {
+/// Returns their names (in `index/`).
+fn write_index_files(repo: &Repo2, files: &[IndexFile]) -> Result<Vec<String>> {
     let loc = repo.location();
+    let mut names = Vec::with_capacity(files.len());
     for f in files {
         let bytes = f.encode();
         let path = index_path(&bytes);
         crate::failpoint::hit("backup.manifest")
             .and_then(|()| repo.backend().write_lazy(&path, &bytes))
             .map_err(repo_io_err(format!("writing {loc}/{path}")))?;
+        names.extend(path.strip_prefix("index/").map(str::to_string));
     }
-    Ok(())
+    Ok(names)
 }
 
 /// What the packs an interrupted backup (or migration) left hold: their
@@ -377,29 +469,32 @@ impl Reused {
 
 /// Step 2: the manifest files the index lacks, packed; returns the refs
 /// of every manifest whose current file is new (a new object, or a
-/// changed envelope).
+/// changed envelope). Only those files are read (from the collection, or
+/// from the store when the backup cache served).
 fn backup_manifests(
-    ix: &Index,
-    manifests: &[(ManifestId, ManifestFile)],
+    store: &Store,
+    ix: &dyn IndexView,
+    manifests: &[CollectedManifest],
     reused: &Reused,
     st: &mut Written<'_>,
 ) -> Result<Vec<ManifestRef>> {
     let changed: Vec<(ManifestRef, Option<Vec<u8>>)> = manifests
         .par_iter()
-        .filter_map(|(mid, f)| {
-            let bytes = f.encode();
-            let file: [u8; 32] = Sha256::digest(&bytes).into();
-            if ix.manifests.get(mid).map(|(_, h)| *h) == Some(file) {
-                return None;
+        .filter(|m| ix.manifest_file(&m.manifest_id) != Some(m.file))
+        .map(|m| -> Result<Option<(ManifestRef, Option<Vec<u8>>)>> {
+            let (file, bytes) = store.manifest_file(m)?;
+            if ix.manifest_file(&m.manifest_id) == Some(file) {
+                return Ok(None);
             }
             let r = ManifestRef {
-                manifest: mid.0,
+                manifest: m.manifest_id.0,
                 file,
             };
-            let have = ix.files.contains_key(&file) || reused.files.contains(&file);
-            Some((r, (!have).then_some(bytes)))
+            let have = ix.has_file(&file) || reused.files.contains(&file);
+            Ok(Some((r, (!have).then_some(bytes))))
         })
-        .collect();
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
     let mut mb: Option<PackBuilder> = None;
     let mut written = HashSet::new();
     let mut refs = Vec::with_capacity(changed.len());

@@ -18,6 +18,7 @@ pub mod check;
 pub mod create;
 pub mod export;
 pub mod format;
+pub mod ixcache;
 pub mod lock;
 pub mod prune;
 pub mod repo;

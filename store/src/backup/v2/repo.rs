@@ -11,6 +11,7 @@ use super::format::{
     CONFIG_FORMAT, ConfigFile, Index, IndexFile, IndexPack, PackKind, SEQ_CLAIMS, key_name,
     read_sealed_pack, seq_claim_name, seq_claim_path, snapshot_path,
 };
+use super::ixcache::IndexView;
 use crate::{
     backup::{
         Backend, SnapshotFile, now_ms, repo_io_err, repofile::ManifestFile, rfc3339, snapshot_seq,
@@ -145,7 +146,7 @@ impl Repo2 {
     /// key file and index files: their sequence is never drawn again, so
     /// an escrow is never replaced and two index files of different
     /// backups never tie on `seq`.
-    pub fn next_seq(&self, ix: &Index) -> Result<u64> {
+    pub fn next_seq(&self, ix: &dyn IndexView) -> Result<u64> {
         let loc = self.location();
         let list = |dir: &str| {
             self.backend
@@ -162,10 +163,23 @@ impl Repo2 {
                     .iter()
                     .filter_map(|n| key_name(n).map(|k| k.1)),
             )
-            .chain([ix.top_seq])
+            .chain([ix.top_seq()])
             .max()
             .unwrap_or(0);
         Ok(top.saturating_add(1))
+    }
+
+    /// Whether `seqs/` holds a claim other than `seq`'s (a backup running
+    /// beside this one, or one that did not finish).
+    pub fn other_claims(&self, seq: u64) -> Result<bool> {
+        let loc = self.location();
+        Ok(self
+            .backend
+            .list(SEQ_CLAIMS)
+            .map_err(repo_io_err(format!("listing {loc}/{SEQ_CLAIMS}")))?
+            .iter()
+            .filter_map(|n| seq_claim_name(n))
+            .any(|s| s != seq))
     }
 
     /// Draws the next snapshot sequence number and claims it for this
@@ -180,7 +194,7 @@ impl Repo2 {
     /// create) makes it draw again too. Release the claim with
     /// [`SeqClaim::release`] once the snapshot is written; a backup that
     /// fails or crashes leaves it, and prune removes it.
-    pub fn claim_seq(&self, ix: &Index) -> Result<SeqClaim> {
+    pub fn claim_seq(&self, ix: &dyn IndexView) -> Result<SeqClaim> {
         let loc = self.location();
         let mut nonce = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
@@ -265,11 +279,20 @@ impl Repo2 {
     /// Reads every index file (in parallel) and merges them. A damaged
     /// one is an error naming it.
     pub fn load_index(&self) -> Result<Index> {
+        self.load_index_files(&self.index_names()?)
+    }
+
+    /// The names of the index files.
+    pub fn index_names(&self) -> Result<Vec<String>> {
         let loc = self.location();
-        let names = self
-            .backend
+        self.backend
             .list("index")
-            .map_err(repo_io_err(format!("listing {loc}/index")))?;
+            .map_err(repo_io_err(format!("listing {loc}/index")))
+    }
+
+    /// The index files `names` (in `index/`), read, checked and merged.
+    pub fn load_index_files(&self, names: &[String]) -> Result<Index> {
+        let loc = self.location();
         let files: Vec<IndexFile> = names
             .par_iter()
             .map(|n| -> Result<IndexFile> {
@@ -296,7 +319,7 @@ impl Repo2 {
     /// against its id; those that check out are returned for the caller to
     /// index (after its sync), so that a rerun does not write them again.
     /// One that does not check out is left for `backups verify` and prune.
-    pub(crate) fn leftover_packs(&self, ix: &Index) -> Result<Vec<IndexPack>> {
+    pub(crate) fn leftover_packs(&self, ix: &dyn IndexView) -> Result<Vec<IndexPack>> {
         let b = &*self.backend;
         let loc = self.location();
         let mut out = Vec::new();
@@ -322,7 +345,7 @@ impl Repo2 {
                     let Some(pack) = PackId::from_file_name(&name) else {
                         continue;
                     };
-                    if ix.packs.contains_key(&pack) {
+                    if ix.has_pack(&pack) {
                         continue;
                     }
                     let path = kind.path(&pack);
