@@ -11,7 +11,9 @@
 #       the same file system), and bbsync backup --copy into another one;
 #       restic backup of the tree into a fresh restic repository;
 #   (b) one new message imported, then an incremental bbsync backup, five
-#       times (timed in microseconds; the median is the figure);
+#       times (timed in microseconds; the median is the figure); then the
+#       same while `bbsync serve` runs on the data dir (the commands go to
+#       the serving node over its control socket);
 #   (c) bbsync restore into a fresh data dir of the same identity, and
 #       bbsync restore --to-tree (plaintext, like restic); restic restore;
 #   (d) bbsync backups verify --read-data.
@@ -115,6 +117,37 @@ done
 INC_MEDIAN_US="$(printf '%s\n' "${INC_US[@]}" | sort -n | sed -n 3p)"
 INC_SECS="$(fcalc '%.3f' 'u / 1e6' "u=$INC_MEDIAN_US")"
 log "    -> $(printf '%s\n' "${INC_US[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? ", " : ""), $1 / 1000 }') ms; median $INC_SECS s"
+
+log ""
+log "== (b2) the same, five times, while a node serves the data dir"
+# The commands go to the serving node over its control socket and run on
+# its open store (what a scheduled backup in `serve` does too): no process
+# start beyond the client's, no database open.
+"$BBSYNC" --no-progress --data-dir "$DATA" serve --listen /ip4/127.0.0.1/tcp/0 \
+  >"$LOGS/serve.out" 2>"$LOGS/serve.log" &
+SERVE_PID=$!
+stop_serve() { kill "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; }
+for _ in $(seq 1 100); do
+  [ -S "$DATA/control.sock" ] && [ -s "$LOGS/serve.out" ] && break
+  kill -0 "$SERVE_PID" 2>/dev/null || die "serve exited: $(tail -n 5 "$LOGS/serve.log")"
+  sleep 0.1
+done
+[ -S "$DATA/control.sock" ] || { stop_serve; die "serve made no control socket (log: $LOGS/serve.log)"; }
+NODE_US=()
+for n in 1 2 3 4 5; do
+  printf '{"id":"bench-node-%s","from":"bench","subject":"new","body":"one new message"}\n' "$n" >"$BOARD/bench-node-$n.json"
+  b --data-dir "$DATA" import-bbs "$TREE" >>"$LOGS/import2.out" 2>&1 || { stop_serve; die "import of new message $n through the node failed"; }
+  sync
+  T0="$(date +%s%N)"
+  "$BBSYNC" --no-progress --data-dir "$DATA" backup --repo "$REPO" >"$LOGS/node-incremental-$n.out" 2>&1 ||
+    { stop_serve; die "incremental backup $n through the node failed (logs: $LOGS/node-incremental-$n.out)"; }
+  T1="$(date +%s%N)"
+  NODE_US+=("$(((T1 - T0) / 1000))")
+  sed 's/^/    | /' "$LOGS/node-incremental-$n.out"
+done
+stop_serve
+NODE_INC_SECS="$(fcalc '%.3f' 'u / 1e6' "u=$(printf '%s\n' "${NODE_US[@]}" | sort -n | sed -n 3p)")"
+log "    -> $(printf '%s\n' "${NODE_US[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? ", " : ""), $1 / 1000 }') ms; median $NODE_INC_SECS s"
 
 log ""
 log "== (c) restores"
@@ -222,6 +255,7 @@ ratio() { fcalc '%.2f' 'a / (b > 0.01 ? b : 0.01)' "a=$1" "b=$2"; }
 yesno() { if [ "$(fcalc '%d' "$1" "${@:2}")" = 1 ]; then echo yes; else echo no; fi; }
 R_FULL="$(ratio "$FULL_SECS" "$RESTIC_BACKUP_SECS")"
 R_COPY="$(ratio "$COPY_SECS" "$RESTIC_BACKUP_SECS")"
+R_NODE_INC="$(fcalc '%.1f' 'a * 100 / (b > 0.01 ? b : 0.01)' "a=$NODE_INC_SECS" "b=$FULL_SECS")"
 R_INC="$(fcalc '%.1f' 'a * 100 / (b > 0.01 ? b : 0.01)' "a=$INC_SECS" "b=$FULL_SECS")"
 R_REST="$(ratio "$RESTORE_SECS" "$RESTIC_RESTORE_SECS")"
 R_TREE="$(ratio "$TOTREE_SECS" "$RESTIC_RESTORE_SECS")"
@@ -235,6 +269,7 @@ row "bbsync backup (full, hard links)" "$FULL_SECS" "$R_FULL x restic" "<= 0.5x 
 row "bbsync backup --copy (full)" "$COPY_SECS" "$R_COPY x restic" "(for reference)" "-"
 row "restic backup" "$RESTIC_BACKUP_SECS" "-" "reference" "-"
 row "bbsync backup (1 new message)" "$INC_SECS" "$R_INC% of full" "<= 5% of full" "$(yesno 'a <= 5' "a=$R_INC")"
+row "  the same, through a serving node" "$NODE_INC_SECS" "$R_NODE_INC% of full" "<= 5% of full" "$(yesno 'a <= 5' "a=$R_NODE_INC")"
 row "bbsync restore (into a node)" "$RESTORE_SECS" "$R_REST x restic" "<= 1.0x restic" "$(yesno 'a <= 1.0' "a=$R_REST")"
 row "bbsync restore --to-tree" "$TOTREE_SECS" "$R_TREE x restic" "(plaintext, reference)" "-"
 row "restic restore" "$RESTIC_RESTORE_SECS" "-" "reference" "-"

@@ -285,3 +285,36 @@ fn the_index_cache_follows_new_and_rewritten_index_files() -> R {
     assert!(v.is_ok(), "{:?}", v.problems);
     Ok(())
 }
+
+/// With thousands of objects the cache's objects are collected in two
+/// halves at once; the snapshot is still exactly a full read's, with
+/// changes on both sides of the split.
+#[test]
+fn a_large_selection_collected_in_halves_writes_the_same_snapshot() -> R {
+    let tmp = common::tempdir()?;
+    let tree = tmp.path().join("tree");
+    write(&tree, "config/bbs.toml", b"name = \"halves\"\n");
+    for n in 1..=4200 {
+        post(&tree, n, "hello");
+    }
+    let store = Store::init(&tmp.path().join("data"), "alpha")?;
+    store.import_bbs(&tree, &NoProgress)?;
+    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.path().join("repo"))))?;
+    let all = BackupOptions::default();
+    store.backup_v2(&repo, &all, &NoProgress)?;
+    for n in (1..=4200).step_by(300) {
+        post(&tree, n, "edited");
+    }
+    for n in (150..=4200).step_by(600) {
+        fs::remove_file(tree.join(format!("boards/general/{n}.json")))?;
+    }
+    for n in 4201..=4220 {
+        post(&tree, n, "new");
+    }
+    store.import_bbs(&tree, &NoProgress)?;
+    let (r, full) = backup_both(&store, &repo, &all);
+    assert!(r.from_cache, "{r:?}");
+    // 4,200 posts (the deleted ones as tombstones), the config, 20 new.
+    assert_eq!(full.objects, 4200 + 1 + 20, "{full:?}");
+    Ok(())
+}

@@ -270,12 +270,44 @@ enum Entry<'a> {
     Incomplete(ObjectId, &'a str),
 }
 
-/// The objects of the selection in object-id order: the cache's, except
-/// those changed since, and the records read (`fresh`).
+/// Object ids from `lo` (inclusive) to `hi` (exclusive); `None`: no bound.
+#[derive(Clone, Copy, Default)]
+struct Bounds {
+    lo: Option<ObjectId>,
+    hi: Option<ObjectId>,
+}
+
+impl Bounds {
+    fn holds(&self, id: &ObjectId) -> bool {
+        self.lo.is_none_or(|l| *id >= l) && self.hi.is_none_or(|h| *id < h)
+    }
+}
+
+impl Cache {
+    /// The first object of the table whose id is not below `id`.
+    fn position(&self, id: Option<ObjectId>, or: usize) -> usize {
+        let Some(id) = id else { return or };
+        let (mut lo, mut hi) = (0, self.objects);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.obj(mid)[..16] < id.0[..] {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// The objects of the selection within `bounds`, in object-id order: the
+/// cache's, except those changed since, and the records read (`fresh`,
+/// sorted, all within `bounds`).
 fn for_each_entry<'a>(
     cache: Option<&'a Cache>,
     changed: &IdSet<ObjectId>,
     fresh: &'a [(ObjectId, Item)],
+    bounds: Bounds,
     mut f: impl FnMut(Entry<'a>),
 ) {
     let fresh_entry = |(id, item): &'a (ObjectId, Item)| match item {
@@ -291,15 +323,15 @@ fn for_each_entry<'a>(
         }),
         Item::Incomplete(name) => Entry::Incomplete(*id, name),
     };
-    let mut cached: Vec<(ObjectId, Entry<'a>)> = Vec::new();
+    // Each entry, after the fresh ones whose id is below its own.
     let mut fresh = fresh.iter().peekable();
-    let mut emit = |id: ObjectId, e: Entry<'a>, f: &mut dyn FnMut(Entry<'a>)| {
-        while let Some(n) = fresh.peek()
-            && n.0 < id
-        {
-            if let Some(n) = fresh.next() {
-                f(fresh_entry(n));
-            }
+    let mut emit = |e: Entry<'a>, f: &mut dyn FnMut(Entry<'a>)| {
+        let id = match &e {
+            Entry::Taken(v) => v.id,
+            Entry::Incomplete(id, _) => *id,
+        };
+        while let Some(n) = fresh.next_if(|n| n.0 < id) {
+            f(fresh_entry(n));
         }
         f(e);
     };
@@ -308,29 +340,20 @@ fn for_each_entry<'a>(
         let mut inc = c
             .incomplete
             .iter()
-            .filter(|(id, _)| !changed.contains(id))
+            .filter(|(id, _)| bounds.holds(id) && !changed.contains(id))
             .peekable();
-        for i in 0..c.objects {
+        let range = c.position(bounds.lo, 0)..c.position(bounds.hi, c.objects);
+        for i in range {
             let v = c.view(i);
-            while let Some((iid, name)) = inc.peek()
-                && *iid < v.id
-            {
-                cached.push((*iid, Entry::Incomplete(*iid, name)));
-                inc.next();
+            while let Some((iid, name)) = inc.next_if(|(iid, _)| *iid < v.id) {
+                emit(Entry::Incomplete(*iid, name), &mut f);
             }
             if !changed.contains(&v.id) {
-                let id = v.id;
-                for (cid, e) in cached.drain(..) {
-                    emit(cid, e, &mut f);
-                }
-                emit(id, Entry::Taken(v), &mut f);
+                emit(Entry::Taken(v), &mut f);
             }
         }
         for (iid, name) in inc {
-            cached.push((*iid, Entry::Incomplete(*iid, name)));
-        }
-        for (cid, e) in cached.drain(..) {
-            emit(cid, e, &mut f);
+            emit(Entry::Incomplete(*iid, name), &mut f);
         }
     }
     for n in fresh {
@@ -574,7 +597,7 @@ impl Store {
         let mut incomplete = Vec::new();
         let mut n = 0u64;
         let mut nchunks = 0u32;
-        for_each_entry(cache, changed, fresh, |e| match e {
+        for_each_entry(cache, changed, fresh, Bounds::default(), |e| match e {
             Entry::Taken(v) => {
                 let k = match kind_ix.get(v.kind) {
                     Some(k) => *k,
@@ -700,60 +723,133 @@ fn fresh_of(recs: Vec<(ObjectId, ObjectRecord)>) -> Result<Fresh> {
 }
 
 /// What the snapshot holds: the cache's objects (but the changed ones)
-/// and the records read, in object-id order.
+/// and the records read, in object-id order; in two halves on two cores
+/// when there are many.
 fn collected(
     cache: Option<&Cache>,
     changed: &IdSet<ObjectId>,
     fresh: Fresh,
     from_cache: bool,
 ) -> Collected {
-    let Fresh { items, mut bytes } = fresh;
+    let Fresh { items, bytes } = fresh;
     let n = cache.map_or(0, |c| c.objects) + items.len();
+    let split = match cache {
+        Some(c) if c.objects >= 4096 => Some(c.view(c.objects / 2).id),
+        _ => None,
+    };
+    let (a, b) = match split {
+        Some(mid) => {
+            let at = items.partition_point(|(id, _)| *id < mid);
+            let (lo, hi) = items.split_at(at);
+            let lo_bounds = Bounds {
+                lo: None,
+                hi: split,
+            };
+            let hi_bounds = Bounds {
+                lo: split,
+                hi: None,
+            };
+            let (a, b) = rayon::join(
+                || Part::of(cache, changed, lo, lo_bounds, &bytes, n / 2),
+                || Part::of(cache, changed, hi, hi_bounds, &bytes, n / 2),
+            );
+            (a, Some(b))
+        }
+        None => (
+            Part::of(cache, changed, &items, Bounds::default(), &bytes, n),
+            None,
+        ),
+    };
     let mut c = Collected {
-        objects: Vec::with_capacity(n),
-        manifests: Vec::with_capacity(n),
+        objects: a.objects,
+        manifests: a.manifests,
         counts: BTreeMap::new(),
-        plaintext_bytes: 0,
-        chunks: Vec::with_capacity(n),
+        plaintext_bytes: a.plaintext_bytes,
+        chunks: a.chunks,
         bytes: 0,
-        skipped_incomplete: Vec::new(),
+        skipped_incomplete: a.skipped,
         from_cache,
     };
-    let mut seen = IdSet::with_capacity_and_hasher(n, IdHash::new());
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for_each_entry(cache, changed, &items, |e| {
-        let v = match e {
-            Entry::Taken(v) => v,
-            Entry::Incomplete(_, name) => {
-                c.skipped_incomplete.push(name.to_string());
-                return;
-            }
-        };
-        if !v.deleted {
-            v.chunks.for_each(|ch, len| {
-                if seen.insert(ch) {
-                    c.chunks.push((ch, len));
-                    c.bytes += u64::from(len);
-                }
-            });
-            c.plaintext_bytes += v.plaintext_len;
+    let mut counts = a.counts;
+    if let Some(b) = b {
+        c.objects.extend(b.objects);
+        c.manifests.extend(b.manifests);
+        c.plaintext_bytes += b.plaintext_bytes;
+        c.skipped_incomplete.extend(b.skipped);
+        // A chunk both halves reference counts once.
+        c.chunks
+            .extend(b.chunks.into_iter().filter(|(id, _)| !a.seen.contains(id)));
+        for (k, v) in b.counts {
+            *counts.entry(k).or_default() += v;
         }
-        *counts.entry(v.kind).or_default() += 1;
-        c.objects.push(SnapshotObject {
-            object_id: v.id,
-            version: v.version,
-            manifest_id: v.manifest_id,
-        });
-        c.manifests.push(CollectedManifest {
-            object_id: v.id,
-            manifest_id: v.manifest_id,
-            file: v.file,
-            bytes: bytes.remove(&v.id),
-        });
-    });
+    }
+    c.bytes = c.chunks.iter().map(|(_, l)| u64::from(*l)).sum();
     c.counts = counts
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     c
+}
+
+/// What one range of object ids contributes to a snapshot.
+struct Part<'a> {
+    objects: Vec<SnapshotObject>,
+    manifests: Vec<CollectedManifest>,
+    /// Its distinct chunks, and the set of them.
+    chunks: Vec<(ChunkId, u32)>,
+    seen: IdSet<ChunkId>,
+    counts: BTreeMap<&'a str, u64>,
+    plaintext_bytes: u64,
+    skipped: Vec<String>,
+}
+
+impl<'a> Part<'a> {
+    fn of(
+        cache: Option<&'a Cache>,
+        changed: &IdSet<ObjectId>,
+        fresh: &'a [(ObjectId, Item)],
+        bounds: Bounds,
+        bytes: &BTreeMap<ObjectId, Vec<u8>>,
+        n: usize,
+    ) -> Part<'a> {
+        let mut p = Part {
+            objects: Vec::with_capacity(n),
+            manifests: Vec::with_capacity(n),
+            chunks: Vec::with_capacity(n),
+            seen: IdSet::with_capacity_and_hasher(n, IdHash::new()),
+            counts: BTreeMap::new(),
+            plaintext_bytes: 0,
+            skipped: Vec::new(),
+        };
+        for_each_entry(cache, changed, fresh, bounds, |e| {
+            let v = match e {
+                Entry::Taken(v) => v,
+                Entry::Incomplete(_, name) => {
+                    p.skipped.push(name.to_string());
+                    return;
+                }
+            };
+            if !v.deleted {
+                v.chunks.for_each(|ch, len| {
+                    if p.seen.insert(ch) {
+                        p.chunks.push((ch, len));
+                    }
+                });
+                p.plaintext_bytes += v.plaintext_len;
+            }
+            *p.counts.entry(v.kind).or_default() += 1;
+            p.objects.push(SnapshotObject {
+                object_id: v.id,
+                version: v.version,
+                manifest_id: v.manifest_id,
+            });
+            p.manifests.push(CollectedManifest {
+                object_id: v.id,
+                manifest_id: v.manifest_id,
+                file: v.file,
+                bytes: bytes.get(&v.id).cloned(),
+            });
+        });
+        p
+    }
 }

@@ -15,10 +15,7 @@
 //! without a cache, and writes the cache anew. The cache says only what
 //! the repository's own index files said; it grants no trust.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
 
 use bbsync_protocol::{ChunkId, InstanceId, ManifestId};
 use serde::{Deserialize, Serialize};
@@ -224,55 +221,55 @@ impl CachedIndex {
 
     /// Merges an index into the tables (a manifest's higher seq wins).
     fn merge(&mut self, ix: &Index) {
-        let mut chunks: Vec<Vec<u8>> = self.chunks.records().map(<[u8]>::to_vec).collect();
-        chunks.extend(
-            ix.chunks
-                .keys()
-                .filter(|k| self.chunks.get(&k.0).is_none())
-                .map(|k| k.0.to_vec()),
+        let recs = |keys: Vec<Vec<u8>>| {
+            let mut keys = keys;
+            keys.sort_unstable();
+            keys
+        };
+        let chunks = recs(ix.chunks.keys().map(|k| k.0.to_vec()).collect());
+        let manifests = recs(
+            ix.manifests
+                .iter()
+                .map(|(id, (seq, file))| [&id.0[..], &seq.to_be_bytes(), &file[..]].concat())
+                .collect(),
         );
-        let mut manifests: HashMap<[u8; 32], (u64, [u8; 32])> = self
+        let files = recs(ix.files.keys().map(|k| k.to_vec()).collect());
+        let packs = recs(ix.packs.keys().map(|k| k.0.to_vec()).collect());
+        self.chunks = self.chunks.merged(&chunks, |_, _| false);
+        // A manifest's file of a higher seq wins.
+        self.manifests = self
             .manifests
-            .records()
-            .filter_map(|r| {
-                Some((
-                    r[..32].try_into().ok()?,
-                    (
-                        u64::from_be_bytes(r[32..40].try_into().ok()?),
-                        r[40..72].try_into().ok()?,
-                    ),
-                ))
-            })
-            .collect();
-        for (id, (seq, file)) in &ix.manifests {
-            let slot = manifests.entry(id.0).or_insert((*seq, *file));
-            if *seq > slot.0 {
-                *slot = (*seq, *file);
-            }
-        }
-        let manifests = manifests
-            .into_iter()
-            .map(|(id, (seq, file))| [&id[..], &seq.to_be_bytes(), &file].concat())
-            .collect();
-        let mut files: Vec<Vec<u8>> = self.files.records().map(<[u8]>::to_vec).collect();
-        files.extend(
-            ix.files
-                .keys()
-                .filter(|k| self.files.get(&k[..]).is_none())
-                .map(|k| k.to_vec()),
-        );
-        let mut packs: Vec<Vec<u8>> = self.packs.records().map(<[u8]>::to_vec).collect();
-        packs.extend(
-            ix.packs
-                .keys()
-                .filter(|k| self.packs.get(&k.0).is_none())
-                .map(|k| k.0.to_vec()),
-        );
-        self.chunks = Table::of(chunks, CHUNK_REC, 32);
-        self.manifests = Table::of(manifests, MANIFEST_REC, 32);
-        self.files = Table::of(files, FILE_REC, 32);
-        self.packs = Table::of(packs, PACK_REC, 16);
+            .merged(&manifests, |old, new| new[32..40] > old[32..40]);
+        self.files = self.files.merged(&files, |_, _| false);
+        self.packs = self.packs.merged(&packs, |_, _| false);
         self.top_seq = self.top_seq.max(ix.top_seq);
+    }
+}
+
+impl Table {
+    /// This table with the sorted records `new` merged in (one pass over
+    /// both): of two records with the same key, the new one replaces the
+    /// old where `replace(old, new)`.
+    fn merged(&self, new: &[Vec<u8>], replace: impl Fn(&[u8], &[u8]) -> bool) -> Table {
+        let mut out = Vec::with_capacity((self.len + new.len()) * self.rec);
+        let mut n = 0usize;
+        let mut new = new.iter().filter(|r| r.len() == self.rec).peekable();
+        for r in self.records() {
+            while let Some(x) = new.next_if(|x| x[..self.key] < r[..self.key]) {
+                out.extend_from_slice(x);
+                n += 1;
+            }
+            match new.next_if(|x| x[..self.key] == r[..self.key]) {
+                Some(x) if replace(r, x) => out.extend_from_slice(x),
+                _ => out.extend_from_slice(r),
+            }
+            n += 1;
+        }
+        for x in new {
+            out.extend_from_slice(x);
+            n += 1;
+        }
+        Table::new(Arc::new(out), 0, n, self.rec, self.key)
     }
 }
 
