@@ -141,6 +141,28 @@ pub fn forward(data_dir: &Path) -> anyhow::Result<Option<ExitCode>> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // A client's S3 keys stay with the client (only BBSYNC_* variables
+    // travel): say so, rather than let the node's settings be used
+    // silently for an s3:// repository.
+    if argv.iter().any(|a| a.contains("s3://")) {
+        let unused: Vec<&str> = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+        ]
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
+        if !unused.is_empty() {
+            eprintln!(
+                "note: a node serves {}: the command runs there, with the node's S3 settings; this shell's {} are not used",
+                data_dir.display(),
+                unused.join(", ")
+            );
+        }
+    }
     let req = Request {
         argv,
         cwd: std::env::current_dir().context("reading the working directory")?,

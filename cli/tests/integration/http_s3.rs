@@ -424,17 +424,30 @@ fn a_wrong_s3_secret_fails_the_job_with_one_line_and_writes_nothing() -> TestRes
     assert_no_secret("the event log", &r.body, &secrets);
 
     // A client's command through the control socket uses the node's keys,
-    // not the client's (right) ones: they do not travel.
+    // not the client's (right) ones: they do not travel, and the client
+    // says so first (naming the variables, never their values).
     let o = bbsync(&a)
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env("AWS_ACCESS_KEY_ID", &key_id)
         .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_SESSION_TOKEN")
         .args(["backup", "--repo", repo])
         .output()?;
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let (note, rest) = stderr.split_once('\n').unwrap_or((&stderr, ""));
+    assert!(
+        note.starts_with("note: a node serves ")
+            && note.ends_with(
+                ": the command runs there, with the node's S3 settings; this shell's AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL are not used"
+            ),
+        "{stderr}"
+    );
+    assert_no_secret("the client's note", note.as_bytes(), &secrets);
     let o = Out {
         code: o.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        stderr: rest.to_string(),
     };
     let line = assert_one_line_error(&o, "a forwarded backup with the node's wrong secret");
     // Its first request (the repository's config) was refused.
