@@ -508,7 +508,7 @@ fn two_exclusive_lockers_racing_on_s3_never_both_hold_the_lock() -> R {
                     let (repo, barrier) = (repo.clone(), &barrier);
                     s.spawn(move || {
                         barrier.wait();
-                        repo.lock(host, true, "prune", "pruned")
+                        repo.lock(host, bbsync_store::backup::LockFor::PRUNE)
                     })
                 })
                 .collect();
@@ -529,9 +529,9 @@ fn two_exclusive_lockers_racing_on_s3_never_both_hold_the_lock() -> R {
         );
     }
     // Alone, a locker gets it, and a second one is refused while it holds.
-    let g = repo.lock("alpha", true, "prune", "pruned")?;
+    let g = repo.lock("alpha", bbsync_store::backup::LockFor::PRUNE)?;
     let e = repo
-        .lock("beta", true, "prune", "pruned")
+        .lock("beta", bbsync_store::backup::LockFor::PRUNE)
         .unwrap_err()
         .to_string();
     assert!(

@@ -410,7 +410,7 @@ fn prune_refuses_or_waits_while_a_backup_holds_the_lock() -> R {
     let dir = tmp.path().join("repo");
     let repo = Repo2::create(Arc::new(LocalDir::new(&dir)))?;
     let host = "ab".repeat(32);
-    let backup = repo.lock(&host, false, "backup", "backed up")?;
+    let backup = repo.lock(&host, bbsync_store::backup::LockFor::BACKUP)?;
     let e = repo
         .prune(&PruneOptions {
             lock: LockOptions {
@@ -493,7 +493,7 @@ fn a_killed_holder_is_stale_a_reused_pid_is_not_the_holder_a_lost_lock_is_notice
         "locks/00000000000000000000000000000002",
         &record(std::process::id(), Some(format!("{boot}/1"))).encode(),
     )?;
-    let g = repo.lock(&host, true, "prune", "pruned")?;
+    let g = repo.lock(&host, bbsync_store::backup::LockFor::PRUNE)?;
     assert_eq!(
         g.removed_stale,
         vec![
@@ -509,7 +509,7 @@ fn a_killed_holder_is_stale_a_reused_pid_is_not_the_holder_a_lost_lock_is_notice
         &record(u32::MAX - 1, Some("another-boot/5".into())).encode(),
     )?;
     let e = repo
-        .lock(&host, true, "prune", "pruned")
+        .lock(&host, bbsync_store::backup::LockFor::PRUNE)
         .unwrap_err()
         .to_string();
     assert!(e.contains("locks/00000000000000000000000000000003"), "{e}");
@@ -517,7 +517,7 @@ fn a_killed_holder_is_stale_a_reused_pid_is_not_the_holder_a_lost_lock_is_notice
 
     // A lock removed under its holder (taken for stale by another writer)
     // is noticed before the holder changes anything more.
-    let g = repo.lock(&host, true, "prune", "pruned")?;
+    let g = repo.lock(&host, bbsync_store::backup::LockFor::PRUNE)?;
     g.ensure_held()?;
     backend.remove(g.path())?;
     let e = g.ensure_held().unwrap_err().to_string();
@@ -550,7 +550,12 @@ fn exclusive_locks_exclude_everyone_under_contention() {
                     wait: Duration::from_secs(300),
                 };
                 for _ in 0..15 {
-                    let g = repo.lock_with(&opts, exclusive, "test", "tested").unwrap();
+                    let what = bbsync_store::backup::LockFor {
+                        exclusive,
+                        operation: "test",
+                        refused: "tested",
+                    };
+                    let g = repo.lock_with(&opts, what).unwrap();
                     taken.fetch_add(1, Ordering::SeqCst);
                     if exclusive {
                         assert_eq!(
@@ -631,7 +636,9 @@ fn backups_and_prunes_at_the_same_time_never_corrupt_the_repository() -> R {
                         host: host.clone(),
                         wait: Duration::from_secs(600),
                     };
-                    let g = repo.lock_with(&lock, false, "backup", "backed up").unwrap();
+                    let g = repo
+                        .lock_with(&lock, bbsync_store::backup::LockFor::BACKUP)
+                        .unwrap();
                     let r = store
                         .backup_v2(&repo, &BackupOptions::default(), &NoProgress)
                         .unwrap();

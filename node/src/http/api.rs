@@ -775,7 +775,7 @@ async fn backup_download(
             rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
         ));
         let exported = {
-            let _lock = repo.lock("", false, "export", "exported")?;
+            let _lock = repo.lock("", bbsync_store::backup::LockFor::EXPORT)?;
             r2.export(&id, &file)
         };
         let opened = exported.and_then(|_| {

@@ -269,7 +269,7 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RepoCheck> {
         if let Some(r) = self.v2() {
-            let _lock = self.lock("", false, "verify", "verified")?;
+            let _lock = self.lock("", crate::backup::LockFor::VERIFY)?;
             let only = only.map(|s| self.resolve_snapshot(s)).transpose()?;
             return r.verify_snapshots(only.as_deref(), read_data, progress);
         }

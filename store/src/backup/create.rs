@@ -116,7 +116,7 @@ impl Store {
     ) -> Result<BackupReport> {
         if let Some(r2) = repo.v2() {
             let take_lock =
-                || repo.lock(&self.instance_id().to_hex(), false, "backup", "backed up");
+                || repo.lock(&self.instance_id().to_hex(), crate::backup::LockFor::BACKUP);
             return self.backup_v2_locked(r2, opts, progress, take_lock);
         }
         let _lock = repo.lock_format1_writer(&self.instance_id().to_hex())?;

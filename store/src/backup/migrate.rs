@@ -210,7 +210,7 @@ pub fn migrate(
         },
     };
     let r2 = Repo2::from_parts(backend.clone(), cfg.clone());
-    let _lock = r2.lock_waiting(host, true, "migration", "migrated", lock_wait)?;
+    let _lock = r2.lock_waiting(host, crate::backup::LockFor::MIGRATION, lock_wait)?;
 
     if config.is_none() {
         let v1 = Repo::open(backend.clone())?;

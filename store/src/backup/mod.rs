@@ -53,6 +53,7 @@ use repofile::{
 };
 pub use repofile::{REPO_FORMAT, RepoFile, SnapshotFile, SnapshotSignature};
 pub use s3::{RequestCounts, S3Backend};
+pub use v2::lock::LockFor;
 
 use crate::error::{Result, StoreError};
 
@@ -279,24 +280,15 @@ impl Repo {
         self
     }
 
-    /// Takes a lock on a format-2 repository (`exclusive` for migrate,
-    /// prune and delete; shared for backup, restore, verify, export and
-    /// stats), waiting up to the repository's lock wait; `refused` says
-    /// what was not done in the refusal ("backed up", "restored", ...). A
+    /// Takes a lock on a format-2 repository for `what` (exclusive for
+    /// migrate, prune and delete; shared for backup, restore, verify,
+    /// export and stats), waiting up to the repository's lock wait. A
     /// format-1 repository has no locks: `None`.
-    pub fn lock(
-        &self,
-        host: &str,
-        exclusive: bool,
-        operation: &str,
-        refused: &str,
-    ) -> Result<Option<v2::lock::LockGuard>> {
+    pub fn lock(&self, host: &str, what: LockFor) -> Result<Option<v2::lock::LockGuard>> {
         match &self.kind {
             RepoKind::V2(_) if self.backend.is_read_only() => Ok(None),
             RepoKind::V1(_) => Ok(None),
-            RepoKind::V2(r) => r
-                .lock_waiting(host, exclusive, operation, refused, self.lock_wait)
-                .map(Some),
+            RepoKind::V2(r) => r.lock_waiting(host, what, self.lock_wait).map(Some),
         }
     }
 
@@ -313,7 +305,7 @@ impl Repo {
                 pack_target: crate::packs::PACK_TARGET,
             },
         )
-        .lock_waiting(host, false, "backup", "backed up", self.lock_wait)
+        .lock_waiting(host, LockFor::BACKUP, self.lock_wait)
     }
 
     /// A reader of the repository's manifests and chunks: format 2 loads

@@ -309,7 +309,7 @@ impl Repo {
     pub fn stats(&self) -> Result<RepoStats> {
         let b = self.backend();
         let loc = self.location();
-        let _lock = self.lock("", false, "stats", "counted")?;
+        let _lock = self.lock("", crate::backup::LockFor::STATS)?;
         let mut s = RepoStats {
             repo: loc.clone(),
             repo_id: self.repo_id().to_string(),

@@ -22,7 +22,7 @@ pub(super) fn export(
     };
     let out = ctx.path(file);
     let r = {
-        let _lock = repo.lock("", false, "export", "exported")?;
+        let _lock = repo.lock("", bbsync_store::backup::LockFor::EXPORT)?;
         r2.export(spec, &out)?
     };
     if ctx.json {

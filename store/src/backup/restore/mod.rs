@@ -138,7 +138,10 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let start = Instant::now();
-        let _lock = repo.lock(&self.instance_id().to_hex(), false, "restore", "restored")?;
+        let _lock = repo.lock(
+            &self.instance_id().to_hex(),
+            crate::backup::LockFor::RESTORE,
+        )?;
         let snap_id = repo.resolve_snapshot(opts.snapshot.as_deref().unwrap_or("latest"))?;
         let snap = repo.load_snapshot(&snap_id)?;
         let reader = repo.reader()?;

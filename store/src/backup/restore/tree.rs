@@ -87,7 +87,10 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<TreeReport> {
         let start = Instant::now();
-        let _lock = repo.lock(&self.instance_id().to_hex(), false, "restore", "restored")?;
+        let _lock = repo.lock(
+            &self.instance_id().to_hex(),
+            crate::backup::LockFor::RESTORE,
+        )?;
         let snap_id = repo.resolve_snapshot(snapshot.unwrap_or("latest"))?;
         let snap = repo.load_snapshot(&snap_id)?;
         let reader = repo.reader()?;

@@ -292,48 +292,76 @@ enum NotTaken {
     Failed(StoreError),
 }
 
+/// What a lock is taken for: shared or exclusive, and the words of its
+/// messages (the operation a holder is named doing, and what a refused
+/// command did not do: "pruned", "backed up", ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockFor {
+    /// Exclusive (prune, delete, migration) or shared (everything else).
+    pub exclusive: bool,
+    /// What the holder does, as a lock record says it.
+    pub operation: &'static str,
+    /// What a refused command did not do.
+    pub refused: &'static str,
+}
+
+impl LockFor {
+    const fn shared(operation: &'static str, refused: &'static str) -> LockFor {
+        LockFor {
+            exclusive: false,
+            operation,
+            refused,
+        }
+    }
+
+    const fn exclusive(operation: &'static str, refused: &'static str) -> LockFor {
+        LockFor {
+            exclusive: true,
+            operation,
+            refused,
+        }
+    }
+
+    /// `backup` (shared).
+    pub const BACKUP: LockFor = LockFor::shared("backup", "backed up");
+    /// `restore` (shared).
+    pub const RESTORE: LockFor = LockFor::shared("restore", "restored");
+    /// `backups export` (shared).
+    pub const EXPORT: LockFor = LockFor::shared("export", "exported");
+    /// `backups stats` (shared).
+    pub const STATS: LockFor = LockFor::shared("stats", "counted");
+    /// `backups verify` (shared).
+    pub const VERIFY: LockFor = LockFor::shared("verify", "verified");
+    /// `backups prune` (exclusive).
+    pub const PRUNE: LockFor = LockFor::exclusive("prune", "pruned");
+    /// `backups delete` (exclusive).
+    pub const FORGET: LockFor = LockFor::exclusive("forget", "forgotten");
+    /// `backups migrate` (exclusive).
+    pub const MIGRATION: LockFor = LockFor::exclusive("migration", "migrated");
+}
+
 impl Repo2 {
-    /// Takes a lock: `exclusive` for prune and delete, shared for backup
-    /// and restore (docs/format.md §17.7). Stale locks are removed; a
-    /// conflicting live one refuses with [`LockRecord::refusal`] (`refused`
-    /// says what was not done: "pruned", "backed up", ...). Does not wait:
-    /// [`Repo2::lock_with`] does.
-    pub fn lock(
-        &self,
-        host: &str,
-        exclusive: bool,
-        operation: &str,
-        refused: &str,
-    ) -> Result<LockGuard> {
+    /// Takes a lock for `what` (docs/format.md §17.7). Stale locks are
+    /// removed; a conflicting live one refuses with
+    /// [`LockRecord::refusal`]. Does not wait: [`Repo2::lock_with`] does.
+    pub fn lock(&self, host: &str, what: LockFor) -> Result<LockGuard> {
         let opts = LockOptions {
             host: host.to_string(),
             wait: Duration::ZERO,
         };
-        self.lock_with(&opts, exclusive, operation, refused)
+        self.lock_with(&opts, what)
     }
 
     /// [`Repo2::lock`], waiting up to `opts.wait` for conflicting locks to
     /// go (retrying with a growing, jittered pause of 50 ms to 2 s), then
     /// refusing with the holder named.
-    pub fn lock_with(
-        &self,
-        opts: &LockOptions,
-        exclusive: bool,
-        operation: &str,
-        refused: &str,
-    ) -> Result<LockGuard> {
+    pub fn lock_with(&self, opts: &LockOptions, what: LockFor) -> Result<LockGuard> {
         let deadline = Instant::now() + opts.wait;
         let mut pause = Duration::from_millis(50);
         let mut removed_stale = Vec::new();
         let mut said = false;
         loop {
-            match self.try_lock(
-                &opts.host,
-                exclusive,
-                operation,
-                refused,
-                &mut removed_stale,
-            ) {
+            match self.try_lock(&opts.host, what, &mut removed_stale) {
                 Ok(mut g) => {
                     g.removed_stale = removed_stale;
                     return Ok(g);
@@ -364,29 +392,25 @@ impl Repo2 {
     }
 
     /// [`Repo2::lock_with`] for `host`, waiting up to `wait` (`--lock-wait`).
-    pub fn lock_waiting(
-        &self,
-        host: &str,
-        exclusive: bool,
-        operation: &str,
-        refused: &str,
-        wait: Duration,
-    ) -> Result<LockGuard> {
+    pub fn lock_waiting(&self, host: &str, what: LockFor, wait: Duration) -> Result<LockGuard> {
         let opts = LockOptions {
             host: host.to_string(),
             wait,
         };
-        self.lock_with(&opts, exclusive, operation, refused)
+        self.lock_with(&opts, what)
     }
 
     fn try_lock(
         &self,
         host: &str,
-        exclusive: bool,
-        operation: &str,
-        refused: &str,
+        what: LockFor,
         removed_stale: &mut Vec<String>,
     ) -> std::result::Result<LockGuard, NotTaken> {
+        let LockFor {
+            exclusive,
+            operation,
+            refused,
+        } = what;
         let b = self.backend_arc();
         let loc = b.location();
         let me = hostname();
@@ -580,23 +604,17 @@ mod tests {
         let backend = Arc::new(crate::backup::LocalDir::new(tmp.path()));
         let repo = Repo2::create(backend.clone()).unwrap();
         let host = "cd".repeat(32);
-        let a = repo.lock(&host, false, "backup", "backed up").unwrap();
-        let b = repo.lock(&host, false, "restore", "restored").unwrap();
-        let e = repo
-            .lock(&host, true, "prune", "pruned")
-            .unwrap_err()
-            .to_string();
+        let a = repo.lock(&host, LockFor::BACKUP).unwrap();
+        let b = repo.lock(&host, LockFor::RESTORE).unwrap();
+        let e = repo.lock(&host, LockFor::PRUNE).unwrap_err().to_string();
         assert!(
             e.contains("is locked by") && e.contains("nothing was pruned"),
             "{e}"
         );
         drop(a);
         drop(b);
-        let p = repo.lock(&host, true, "prune", "pruned").unwrap();
-        let e = repo
-            .lock(&host, false, "backup", "backed up")
-            .unwrap_err()
-            .to_string();
+        let p = repo.lock(&host, LockFor::PRUNE).unwrap();
+        let e = repo.lock(&host, LockFor::BACKUP).unwrap_err().to_string();
         assert!(e.contains("for a prune; nothing was backed up"), "{e}");
         let held = p.path().to_string();
         drop(p);
@@ -617,7 +635,7 @@ mod tests {
         };
         assert!(backend.write_new("locks/0123", &dead.encode()).unwrap());
         assert!(!backend.write_new("locks/0123", b"x").unwrap());
-        let l = repo.lock(&host, false, "backup", "backed up").unwrap();
+        let l = repo.lock(&host, LockFor::BACKUP).unwrap();
         assert_eq!(l.removed_stale, vec!["locks/0123".to_string()]);
     }
 }

@@ -251,7 +251,7 @@ impl Repo2 {
     pub fn forget_with(&self, ids: &[String], lock: &LockOptions) -> Result<ForgetReport> {
         let start = Instant::now();
         let loc = self.location();
-        let guard = self.lock_with(lock, true, "forget", "forgotten")?;
+        let guard = self.lock_with(lock, crate::backup::LockFor::FORGET)?;
         let present: HashSet<String> = self.snapshot_ids()?.into_iter().collect();
         let mut remove: Vec<String> = Vec::new();
         for id in ids {
@@ -290,7 +290,7 @@ impl Repo2 {
                 opts.max_unused_percent
             )));
         }
-        let guard = self.lock_with(&opts.lock, true, "prune", "pruned")?;
+        let guard = self.lock_with(&opts.lock, crate::backup::LockFor::PRUNE)?;
         let plan = self.plan_prune(opts)?;
         let mut r = PruneReport {
             repo: self.location(),
