@@ -855,7 +855,11 @@ async fn backup_delete(
 ) -> ApiResult {
     let q = query(q)?;
     let storage = jobs::repo_storage(&s, q.repo.as_deref())?;
-    let r = blocking(move || Ok(open_repo(&storage)?.delete_snapshot(&id, false)?)).await?;
+    let r = blocking(move || {
+        Ok(open_repo(&storage)?
+            .delete_snapshot(&id, bbsync_store::backup::retention::Removal::Apply)?)
+    })
+    .await?;
     let v = serde_json::to_value(&r).map_err(|e| HttpError::Internal(e.to_string()))?;
     s.events
         .emit("backup.deleted", json!({ "removed": r.removed }));

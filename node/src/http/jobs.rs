@@ -750,7 +750,12 @@ async fn run(
         Prepared::Prune(storage, policy, dry_run) => {
             blocking(move || {
                 let repo = storage.open().map_err(|e| e.to_string())?;
-                let r = repo.prune(&policy, dry_run).map_err(|e| e.to_string())?;
+                let r = repo
+                    .prune(
+                        &policy,
+                        bbsync_store::backup::retention::Removal::dry_run_if(dry_run),
+                    )
+                    .map_err(|e| e.to_string())?;
                 json(&r)
             })
             .await

@@ -90,6 +90,26 @@ fn day_of(ms: u64) -> i64 {
     (ms / 1000) as i64 / 86_400
 }
 
+/// Whether `prune` and `delete` remove, or only report what they would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Remove.
+    Apply,
+    /// Only report (`--dry-run`).
+    DryRun,
+}
+
+impl Removal {
+    /// [`Removal::DryRun`] when `dry_run` (a command's `--dry-run`).
+    pub fn dry_run_if(dry_run: bool) -> Removal {
+        if dry_run {
+            Removal::DryRun
+        } else {
+            Removal::Apply
+        }
+    }
+}
+
 /// What `backups prune` (or `delete`) did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PruneReport {
@@ -168,8 +188,10 @@ impl Repo {
         Ok(snaps)
     }
 
-    /// Removes one snapshot, then what nothing references any more.
-    pub fn delete_snapshot(&self, spec: &str, dry_run: bool) -> Result<PruneReport> {
+    /// Removes one snapshot, then what nothing references any more (with
+    /// [`Removal::DryRun`]: reports what it would remove).
+    pub fn delete_snapshot(&self, spec: &str, removal: Removal) -> Result<PruneReport> {
+        let dry_run = removal == Removal::DryRun;
         let id = self.resolve_snapshot(spec)?;
         if let Some(r) = self.v2() {
             return prune_v2(r, &[id], dry_run, self.lock_wait());
@@ -178,8 +200,10 @@ impl Repo {
     }
 
     /// Applies a policy, then removes what nothing references. An empty
-    /// policy removes no snapshot, only unreferenced data.
-    pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<PruneReport> {
+    /// policy removes no snapshot, only unreferenced data. With
+    /// [`Removal::DryRun`], reports what it would remove.
+    pub fn prune(&self, policy: &Policy, removal: Removal) -> Result<PruneReport> {
+        let dry_run = removal == Removal::DryRun;
         let snaps = self.snapshots()?;
         let remove: Vec<String> = if policy.is_empty() {
             Vec::new()

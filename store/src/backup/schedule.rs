@@ -253,7 +253,7 @@ fn run_job_in(store: &Store, job: &BackupJob, repo: &Repo) -> Result<String> {
         // fails (a damaged snapshot, a lock held, a format-2 repository
         // without the prune library) is logged as an error and said in the
         // summary, and the backup still counts as done.
-        match repo.prune(&job.policy(), false) {
+        match repo.prune(&job.policy(), super::retention::Removal::Apply) {
             Ok(p) => line.push_str(&format!(
                 "; retention removed {} snapshots, {} chunks ({} bytes)",
                 p.removed.len(),

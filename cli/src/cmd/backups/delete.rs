@@ -10,7 +10,7 @@ use crate::{Ctx, output};
 /// `backups delete SNAPSHOT`: the snapshot, then the data no other
 /// snapshot references.
 pub(super) fn delete(ctx: &Ctx, repo: &Repo, id: &str) -> anyhow::Result<ExitCode> {
-    let r = repo.delete_snapshot(id, false)?;
+    let r = repo.delete_snapshot(id, bbsync_store::backup::retention::Removal::Apply)?;
     if ctx.json {
         output::json(ctx, &r)?;
     } else if let (false, Some(p)) = (ctx.quiet, &r.packs) {

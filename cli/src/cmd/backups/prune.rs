@@ -28,7 +28,10 @@ pub(super) fn prune(
     policy: &Policy,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let r = repo.prune(policy, dry_run)?;
+    let r = repo.prune(
+        policy,
+        bbsync_store::backup::retention::Removal::dry_run_if(dry_run),
+    )?;
     if ctx.json {
         output::json(ctx, &r)?;
     } else if !ctx.quiet {
