@@ -130,13 +130,13 @@ enum Command {
     #[command(
         after_help = "Examples:\n  bbsync serve --listen /ip4/0.0.0.0/tcp/4040\n  bbsync serve --onion\n  bbsync serve --follow bbsyncinvite1...        # a standby of the node that made the invite\n  bbsync serve --passphrase-file /etc/bbsync/passphrase\n  bbsync serve --watch /srv/bbs                 # the primary: import each change of the BBS tree\n  bbsync serve --follow ADDR --tree /srv/bbs    # a hot standby with a live BBS tree"
     )]
-    Serve(cmd::net::ServeArgs),
+    Serve(cmd::serve::ServeArgs),
     /// Make this standby the primary: stop writing its tree from the
     /// upstream, watch it instead (kept across restarts).
     #[command(
         after_help = "Examples:\n  bbsync promote                    # inside the running standby (serve --follow ADDR --tree DIR)\n  bbsync promote --tree /srv/bbs    # a stopped node: its next serve watches /srv/bbs"
     )]
-    Promote(cmd::net::PromoteArgs),
+    Promote(cmd::serve::PromoteArgs),
     /// Undo `promote`: inside a running `serve --follow ADDR --tree DIR`
     /// the node stops watching DIR and keeps it as a standby again; on a
     /// stopped node its next `serve --follow ADDR --tree DIR` does.
@@ -370,9 +370,9 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate => cmd::verify::migrate(ctx),
         Command::Http(c) => cmd::http::run(ctx, c),
         Command::Ui => cmd::http::ui(ctx),
-        Command::Serve(a) => cmd::net::serve(ctx, a),
-        Command::Promote(a) => cmd::net::promote(ctx, a),
-        Command::Demote => cmd::net::demote(ctx),
+        Command::Serve(a) => cmd::serve::serve(ctx, a),
+        Command::Promote(a) => cmd::serve::promote(ctx, a),
+        Command::Demote => cmd::serve::demote(ctx),
         Command::Clone(a) => cmd::net::clone(ctx, a),
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
         Command::Rekey(a) => cmd::rekey::run(ctx, a),

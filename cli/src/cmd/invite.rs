@@ -179,7 +179,7 @@ pub fn run(ctx: &Ctx, c: InviteCommand) -> anyhow::Result<ExitCode> {
             let texts = if !a.addresses.is_empty() {
                 a.addresses.clone()
             } else if ctx.remote() {
-                super::net::serving_addresses()
+                super::serve::serving_addresses()
             } else {
                 Vec::new()
             };

@@ -13,6 +13,7 @@ pub mod ls;
 pub mod manual;
 pub mod net;
 pub mod rekey;
+pub mod serve;
 pub mod trust;
 pub mod verify;
 
