@@ -303,7 +303,7 @@ impl Store {
     /// The index of `repo` for a backup: from the cache and the index files
     /// added since where it can (see the module docs), else every index
     /// file (the cache then written anew; a failure to is logged).
-    pub fn backup_index(&self, repo: &Repo2) -> Result<RepoIndex> {
+    pub(crate) fn backup_index(&self, repo: &Repo2) -> Result<RepoIndex> {
         let names = repo.index_names()?;
         let path = self.index_cache_path(repo);
         if let Some(mut c) = self.read_index_cache(repo, &path) {
@@ -326,7 +326,7 @@ impl Store {
     /// [`REWRITE_AFTER`] files or [`REWRITE_ENTRIES`] entries); else left
     /// as it is (the next backup reads those files beside it). A failure
     /// to write is logged.
-    pub fn update_index_cache(
+    pub(crate) fn update_index_cache(
         &self,
         repo: &Repo2,
         rix: RepoIndex,
