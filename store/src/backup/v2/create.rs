@@ -140,16 +140,19 @@ impl Store {
         // What the snapshot holds (from the store) is read while the
         // repository is locked, its index read and this backup's sequence
         // claimed (for it alone: another backup may hold a shared lock too;
-        // the claim is kept if anything below fails).
-        let (collected, locked) = rayon::join(
-            || self.collect_backup(opts),
-            || -> Result<_> {
+        // the claim is kept if anything below fails). On a thread of its
+        // own, not the rayon pool's: the lock may wait (`--lock-wait`), and
+        // a node's pool must not wait with it.
+        let (collected, locked) = std::thread::scope(|sc| {
+            let locking = sc.spawn(|| -> Result<_> {
                 let lock = take_lock()?;
                 let rix = self.backup_index(repo)?;
                 let claim = repo.claim_seq(rix.view())?;
                 Ok((lock, rix, claim))
-            },
-        );
+            });
+            let collected = self.collect_backup(opts);
+            (collected, join_scoped(locking))
+        });
         let (lock, rix, claim) = locked?;
         let mut c = collected?;
         let mut report = BackupReport::of(loc.clone(), &mut c);
@@ -176,21 +179,22 @@ impl Store {
                 .map(|_| key_path(&self.instance_id().to_hex(), seq)),
             ..Default::default()
         };
-        let (signed, files) = rayon::join(
-            || self.sign_snapshot(seq, opts, counts, &snap_report, plaintext_bytes, objects),
-            || -> Result<(Vec<IndexFile>, Vec<String>)> {
-                let job = StepsJob {
-                    repo,
-                    ix,
-                    chunks: &chunks,
-                    manifests: &manifests,
-                    escrow: escrow.as_ref(),
-                    copy: opts.copy,
-                    seq,
-                };
-                self.backup_steps(&job, &mut report, progress)
-            },
-        );
+        let job = StepsJob {
+            repo,
+            ix,
+            chunks: &chunks,
+            manifests: &manifests,
+            escrow: escrow.as_ref(),
+            copy: opts.copy,
+            seq,
+        };
+        let (signed, files) = std::thread::scope(|sc| {
+            let signing = sc.spawn(|| {
+                self.sign_snapshot(seq, opts, counts, &snap_report, plaintext_bytes, objects)
+            });
+            let files = self.backup_steps(&job, &mut report, progress);
+            (join_scoped(signing), files)
+        });
         let (files, written) = files?;
         let (id, snap) = signed?;
         if report.identity_escrow != snap_report.identity_escrow {
@@ -401,6 +405,13 @@ impl Store {
         }
         Ok(path)
     }
+}
+
+/// The result of a scoped thread of a backup (a panic there is an error
+/// here, not a second panic).
+fn join_scoped<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    h.join()
+        .unwrap_or_else(|_| Err(StoreError::Invalid("a backup thread panicked".into())))
 }
 
 /// What steps 0 to 4 of a backup take.
