@@ -315,28 +315,16 @@ impl Repo2 {
     /// Step 6: pack files no index names (left by an interrupted backup;
     /// prune removes them).
     fn find_unindexed_packs(&self, ix: &Index, problems: &mut Vec<RepoProblem>) -> Result<()> {
-        let b = self.backend();
-        let loc = self.location();
         for kind in [PackKind::Data, PackKind::Manifests] {
-            let top = kind.dir();
-            for d in b
-                .list(top)
-                .map_err(repo_io_err(format!("listing {loc}/{top}")))?
-            {
-                let dir = format!("{top}/{d}");
-                for name in b
-                    .list(&dir)
-                    .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
-                {
-                    let known = PackId::from_file_name(&name)
-                        .is_some_and(|p| ix.packs.get(&p).is_some_and(|(k, _)| *k == kind));
-                    if !known {
-                        problems.push(problem(
+            for (dir, name) in self.pack_dir_files(kind, |_| true)? {
+                let known = PackId::from_file_name(&name)
+                    .is_some_and(|p| ix.packs.get(&p).is_some_and(|(k, _)| *k == kind));
+                if !known {
+                    problems.push(problem(
                             RepoProblemClass::UnindexedPack,
                             format!("{dir}/{name}"),
                             "named by no index file (left by an interrupted backup; `bbsync backups prune` removes it)".into(),
                         ));
-                    }
                 }
             }
         }

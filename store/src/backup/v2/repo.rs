@@ -324,67 +324,83 @@ impl Repo2 {
         let loc = self.location();
         let mut out = Vec::new();
         for kind in [PackKind::Data, PackKind::Manifests] {
-            let top = match kind {
-                PackKind::Data => "data",
-                PackKind::Manifests => "manifests",
-            };
-            for d in b
-                .list(top)
-                .map_err(repo_io_err(format!("listing {loc}/{top}")))?
-            {
-                // (A format-1 repository being migrated has manifest files,
-                // not directories, in manifests/.)
-                if d.len() != 2 || !d.bytes().all(|c| c.is_ascii_hexdigit()) {
+            // (A format-1 repository being migrated has manifest files,
+            // not directories, in manifests/.)
+            let two_hex = |d: &str| d.len() == 2 && d.bytes().all(|c| c.is_ascii_hexdigit());
+            for (_, name) in self.pack_dir_files(kind, two_hex)? {
+                let Some(pack) = PackId::from_file_name(&name) else {
+                    continue;
+                };
+                if ix.has_pack(&pack) {
                     continue;
                 }
-                let dir = format!("{top}/{d}");
-                for name in b
-                    .list(&dir)
-                    .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
-                {
-                    let Some(pack) = PackId::from_file_name(&name) else {
-                        continue;
-                    };
-                    if ix.has_pack(&pack) {
-                        continue;
-                    }
-                    let path = kind.path(&pack);
-                    let bytes = match b.read(&path) {
-                        Ok(v) => v,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
-                    };
-                    let entries = match read_sealed_pack(kind, &pack, &bytes) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::warn!(
-                                "{loc}/{path}: left by an interrupted write, not reused: {e}"
-                            );
-                            continue;
-                        }
-                    };
-                    let whole = entries.par_iter().all(|e| {
-                        let data = bytes
-                            .get(e.offset as usize..e.end() as usize)
-                            .unwrap_or_default();
-                        match kind {
-                            PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
-                            PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
-                        }
-                    });
-                    if !whole {
+                let path = kind.path(&pack);
+                let bytes = match b.read(&path) {
+                    Ok(v) => v,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(repo_io_err(format!("reading {loc}/{path}"))(e)),
+                };
+                let entries = match read_sealed_pack(kind, &pack, &bytes) {
+                    Ok(e) => e,
+                    Err(e) => {
                         tracing::warn!(
-                            "{loc}/{path}: left by an interrupted write, not reused: an entry does not hash to its id"
+                            "{loc}/{path}: left by an interrupted write, not reused: {e}"
                         );
                         continue;
                     }
-                    out.push(IndexPack {
-                        kind,
-                        pack: pack.0,
-                        pack_len: bytes.len() as u64,
-                        entries,
-                    });
+                };
+                let whole = entries.par_iter().all(|e| {
+                    let data = bytes
+                        .get(e.offset as usize..e.end() as usize)
+                        .unwrap_or_default();
+                    match kind {
+                        PackKind::Data => check_chunk_id(&ChunkId(e.id), data).is_ok(),
+                        PackKind::Manifests => Sha256::digest(data).as_slice() == e.id,
+                    }
+                });
+                if !whole {
+                    tracing::warn!(
+                        "{loc}/{path}: left by an interrupted write, not reused: an entry does not hash to its id"
+                    );
+                    continue;
                 }
+                out.push(IndexPack {
+                    kind,
+                    pack: pack.0,
+                    pack_len: bytes.len() as u64,
+                    entries,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The files in the pack directories of `kind` (`data/ab/`,
+    /// `manifests/ab/`) whose directory name `keep_dir` takes: each as
+    /// (directory path, file name). Used by the leftover scan of a backup,
+    /// prune's pack census and verify's unindexed-pack check.
+    pub(crate) fn pack_dir_files(
+        &self,
+        kind: PackKind,
+        keep_dir: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, String)>> {
+        let b = &*self.backend;
+        let loc = self.location();
+        let top = kind.dir();
+        let mut out = Vec::new();
+        for d in b
+            .list(top)
+            .map_err(repo_io_err(format!("listing {loc}/{top}")))?
+        {
+            if !keep_dir(&d) {
+                continue;
+            }
+            let dir = format!("{top}/{d}");
+            for name in b
+                .list(&dir)
+                .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
+            {
+                out.push((dir.clone(), name));
             }
         }
         Ok(out)

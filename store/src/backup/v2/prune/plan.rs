@@ -157,30 +157,20 @@ impl Repo2 {
         let loc = self.location();
         let mut unindexed = Vec::new();
         for kind in [PackKind::Data, PackKind::Manifests] {
-            let top = kind.dir();
-            for d in b
-                .list(top)
-                .map_err(repo_io_err(format!("listing {loc}/{top}")))?
-            {
-                let dir = format!("{top}/{d}");
-                for name in b
-                    .list(&dir)
-                    .map_err(repo_io_err(format!("listing {loc}/{dir}")))?
-                {
-                    let path = format!("{dir}/{name}");
-                    let Some(id) = PackId::from_file_name(&name) else {
-                        continue;
-                    };
-                    match ix.pack_at.get(&(kind, id)) {
-                        Some(&i) if ix.packs[i].path() == path => ix.packs[i].present = true,
-                        Some(_) => {}
-                        None => {
-                            let size = b
-                                .size(&path)
-                                .map_err(repo_io_err(format!("reading {loc}/{path}")))?
-                                .unwrap_or(0);
-                            unindexed.push((path, size));
-                        }
+            for (dir, name) in self.pack_dir_files(kind, |_| true)? {
+                let path = format!("{dir}/{name}");
+                let Some(id) = PackId::from_file_name(&name) else {
+                    continue;
+                };
+                match ix.pack_at.get(&(kind, id)) {
+                    Some(&i) if ix.packs[i].path() == path => ix.packs[i].present = true,
+                    Some(_) => {}
+                    None => {
+                        let size = b
+                            .size(&path)
+                            .map_err(repo_io_err(format!("reading {loc}/{path}")))?
+                            .unwrap_or(0);
+                        unindexed.push((path, size));
                     }
                 }
             }
