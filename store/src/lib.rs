@@ -359,15 +359,27 @@ impl Store {
             // The last writer stopped between publishing chunks and
             // recording them, or between replacing versions and collecting
             // their old chunks: what no manifest references is garbage
-            // from that write. (A restore killed before its commit leaves
-            // its pins: they go too, and its copies with them.)
-            if let Err(e) = std::fs::remove_file(self.dir.join(RESTORE_PINS))
-                && e.kind() != std::io::ErrorKind::NotFound
+            // from that write. A restore that stopped before its commit
+            // keeps its copies, pinned, for its rerun (until the pins
+            // expire: backup/restore/pins.rs).
+            if let Some(p) = backup::restore::pins::read(&self.dir.join(RESTORE_PINS))?
+                && !p.expired()
+                && !p.ids.is_empty()
             {
-                return Err(StoreError::Io {
-                    context: format!("removing {}", self.dir.join(RESTORE_PINS).display()),
-                    source: e,
-                });
+                tracing::warn!(
+                    "a restore{} stopped before it finished: the {} chunks it pins stay for {} h, so that running it again does not copy them again",
+                    if p.snapshot.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" of snapshot {} from {}", p.snapshot, p.repo)
+                    },
+                    p.ids.len(),
+                    (backup::restore::pins::PIN_TTL
+                        .saturating_sub(p.age)
+                        .as_secs()
+                        + 3599)
+                        / 3600,
+                );
             }
             let r = self.gc()?;
             tracing::info!(
@@ -957,8 +969,17 @@ impl Store {
 
     /// Drops the chunks no manifest references from the index, deletes
     /// packs left empty and repacks packs mostly dead (see [`packs::Packs::collect`]).
+    /// Removes every chunk neither a manifest nor the pins of a restore
+    /// that stopped reference (pins older than a day are dropped first).
     pub fn gc(&self) -> Result<packs::GcReport> {
         let _g = self.lock();
+        let pins = self.dir.join(RESTORE_PINS);
+        if backup::restore::pins::read(&pins)?.is_some_and(|p| p.expired()) {
+            tracing::info!(
+                "dropping the pins of a restore that stopped more than a day ago: its chunks are collected"
+            );
+            backup::restore::pins::clear(&pins);
+        }
         let referenced = self.referenced_chunks()?;
         let r = self.packs.collect(&|id| referenced.contains(id))?;
         self.packs.collected()?;
@@ -970,21 +991,8 @@ impl Store {
     /// restore in progress pins ([`RESTORE_PINS`]).
     pub fn referenced_chunks(&self) -> Result<std::collections::HashSet<bbsync_protocol::ChunkId>> {
         let mut set = std::collections::HashSet::new();
-        match std::fs::read(self.dir.join(RESTORE_PINS)) {
-            Ok(bytes) => {
-                for id in bytes.chunks_exact(32) {
-                    if let Ok(c) = bbsync_protocol::ChunkId::from_slice(id) {
-                        set.insert(c);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(StoreError::Io {
-                    context: format!("reading {}", self.dir.join(RESTORE_PINS).display()),
-                    source: e,
-                });
-            }
+        if let Some(p) = backup::restore::pins::read(&self.dir.join(RESTORE_PINS))? {
+            set.extend(p.ids);
         }
         for r in self.db.objects() {
             let (id, st) = r?;

@@ -615,6 +615,13 @@ impl Store {
             pack: None,
             detail,
         };
+        // The copies of a restore that stopped, pinned for its rerun (a day
+        // at most): not orphans.
+        let pinned: HashSet<ChunkId> =
+            crate::backup::restore::pins::read(&self.dir().join(crate::RESTORE_PINS))?
+                .filter(|p| !p.expired())
+                .map(|p| p.ids.into_iter().collect())
+                .unwrap_or_default();
         // 1. The index, merged with the references (both in chunk-id order).
         refs.sort_unstable_by_key(|a| a.id);
         let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
@@ -653,7 +660,7 @@ impl Store {
             match loc {
                 Some(l) => {
                     by_pack.entry(l.pack).or_default().push((id, l));
-                    if !referenced {
+                    if !referenced && !pinned.contains(&id) {
                         problems.push(Problem {
                             class: ProblemClass::OrphanChunk,
                             object: None,

@@ -786,8 +786,57 @@ fn migrate_refuses_an_unsigned_snapshot_and_changes_nothing() -> TestResult {
 /// A restore that fails after its chunks were copied (disk full at
 /// `restore.commit`, before the records) is run again: its own counters
 /// show the chunks the first run copied are found in the store and not
-/// copied again. (A killed one is collected at the next open instead:
-/// trust_boundaries.rs `a_crash_before_the_restore_commit_leaves_no_orphan_chunks`.)
+/// copied again. (A killed one: `a_killed_restore_resumes_where_it_stopped`;
+/// pins that expired: trust_boundaries.rs
+/// `a_crash_before_the_restore_commit_leaves_no_orphan_chunks`.)
+/// A restore killed (`kill -9`) after copying its chunks, into a store
+/// that already held objects (so the first run took a safety snapshot,
+/// now the latest): run again without a snapshot id, it resumes the
+/// snapshot it was restoring, not the safety snapshot, and copies none of
+/// the chunks the first run copied.
+#[test]
+fn a_killed_restore_resumes_where_it_stopped() -> TestResult {
+    let f = Fixture::new();
+    let host = card(&f.a);
+    let other = f.root.join("other");
+    fs::create_dir_all(other.join("boards/local"))?;
+    fs::write(
+        other.join("boards/local/hello.json"),
+        r#"{"id":"hello","from":"b","subject":"local","body":"held before the restore"}"#,
+    )?;
+    ok(&f.b, &["import-bbs", other.to_str().unwrap()]);
+    let o = run_env(
+        &f.b,
+        &["restore", "--repo", f.r(), &f.snap, "--trust-host", &host],
+        &[("FAILPOINTS", "restore.commit=return(abort)")],
+    );
+    assert_ne!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("failpoint restore.commit: abort"),
+        "{}",
+        o.stderr
+    );
+    let latest = json(&f.b, &["backups", "show", "--repo", f.r(), "latest"]);
+    assert_ne!(
+        latest["id"],
+        f.snap.as_str(),
+        "no safety snapshot was taken"
+    );
+    assert!(f.b.join("restore-pins").is_file());
+    // The next open keeps the pinned copies; so does a collection.
+    wait_unlocked(&f.b);
+    ok(&f.b, &["gc"]);
+    let again = json(&f.b, &["restore", "--repo", f.r(), "--trust-host", &host]);
+    assert_eq!(again["snapshot"], f.snap.as_str(), "{again}");
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["chunks_copied"], 0, "{again}");
+    assert_eq!(again["restored"], 8, "{again}");
+    assert!(!f.b.join("restore-pins").exists());
+    let (code, v) = verify(&f.b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    Ok(())
+}
+
 #[test]
 fn an_interrupted_restore_resumes_without_copying_again() -> TestResult {
     let f = Fixture::new();

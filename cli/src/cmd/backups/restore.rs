@@ -18,7 +18,8 @@ use crate::{Ctx, cmd, cmd::OnlyArgs, output, passphrase::get as passphrase, prog
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
-    /// Snapshot id, unique prefix, or `latest` [default: latest].
+    /// Snapshot id, unique prefix, or `latest` [default: the snapshot of a
+    /// restore from this repository that stopped (a day at most), else latest].
     snapshot: Option<String>,
     #[command(flatten)]
     repo: RepoArg,
@@ -201,6 +202,14 @@ pub fn print_restore(ctx: &Ctx, r: &RestoreReport) {
             k.changed.len(),
             k.entries_added,
             k.entries_dropped
+        );
+    }
+    if r.resumed {
+        outln!(
+            ctx,
+            "restore: resumed the restore of snapshot {} that had stopped ({} chunks were here already)",
+            r.snapshot,
+            r.chunks_present
         );
     }
     outln!(

@@ -2,11 +2,7 @@
 //! repository, and what keeps or undoes them once the records are (or are
 //! not) committed.
 
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use std::{collections::HashSet, path::PathBuf, sync::Mutex};
 
 use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
 use rayon::prelude::*;
@@ -45,15 +41,6 @@ fn byte_batches(items: &[(ChunkId, u32)], max: u64) -> impl Iterator<Item = &[(C
     })
 }
 
-/// Removes the pins file of a restore (a failure is only logged).
-fn clear_pins(pins: &Path) {
-    if let Err(e) = std::fs::remove_file(pins)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("removing {}: {e}", pins.display());
-    }
-}
-
 /// The chunks one restore copied: durable (published) but not yet
 /// recorded, so the dirty marker stays until [`ChunkCopy::finish`] (after
 /// the records' commit), [`ChunkCopy::undo`] or [`ChunkCopy::abandon`].
@@ -67,16 +54,18 @@ pub(super) struct ChunkCopy<'a> {
 
 impl<'a> ChunkCopy<'a> {
     /// Pins the chunks of every planned object (durably, before the first
-    /// is copied) when there is anything to copy: a restore that fails on
-    /// a read or a write (disk full, a repository that stops answering)
-    /// records what it copied as pinned, and the next run finds those
-    /// chunks present and does not copy them again; every collection
-    /// keeps them until a restore finishes. Damage found in the repository
-    /// undoes the copies instead (nothing was restored). A restore that is
-    /// killed leaves the marker: the next open drops the pins and collects
-    /// its copies, as before (no orphan survives a crash).
+    /// is copied) when there is anything to copy, naming the snapshot and
+    /// the repository (pins.rs): a restore that stops on a read or a write
+    /// error (disk full, a repository that stops answering) or is killed
+    /// keeps what it copied, and the next run finds those chunks present
+    /// and does not copy them again; every collection keeps them until a
+    /// restore finishes, another replaces them, or they expire
+    /// ([`super::pins::PIN_TTL`]: then the next collection takes them, so
+    /// no orphan outlives a day). Damage found in the repository undoes
+    /// the copies instead (nothing was restored).
     pub(super) fn pin(
         store: &'a Store,
+        (repo, snapshot): (&str, &str),
         plan: &[Planned],
         needed: &[(ChunkId, u32)],
     ) -> Result<Self> {
@@ -87,11 +76,11 @@ impl<'a> ChunkCopy<'a> {
             for p in plan {
                 for c in &p.manifest.chunks {
                     if seen.insert(c.id) {
-                        ids.extend_from_slice(&c.id.0);
+                        ids.push(c.id);
                     }
                 }
             }
-            crate::write_file_atomic(&pins, &ids, 0o600)?;
+            super::pins::write(&pins, snapshot, repo, &ids)?;
         }
         Ok(ChunkCopy {
             store,
@@ -225,7 +214,7 @@ impl<'a> ChunkCopy<'a> {
         for t in tokens {
             packs.recorded(t);
         }
-        clear_pins(&pins);
+        super::pins::clear(&pins);
     }
 
     /// The records naming the copies are committed: the chunks are
@@ -234,12 +223,12 @@ impl<'a> ChunkCopy<'a> {
         for t in self.tokens {
             self.store.packs().recorded(t);
         }
-        clear_pins(&self.pins);
+        super::pins::clear(&self.pins);
     }
 
     /// The records' commit failed once writing had begun (some may be
     /// written): the chunks stay, and so does the dirty marker, so the
-    /// next open collects what no record names.
+    /// next open collects what neither a record nor the pins name.
     pub(super) fn abandon(self) {
         drop(self.tokens);
     }

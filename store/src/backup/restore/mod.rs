@@ -21,6 +21,7 @@
 
 mod copy;
 mod host;
+pub mod pins;
 mod plan;
 mod tree;
 
@@ -46,7 +47,9 @@ use crate::{
 /// What to restore and how.
 #[derive(Debug, Default)]
 pub struct RestoreOptions {
-    /// Snapshot id, unique prefix or `latest` (`None`: the latest).
+    /// Snapshot id, unique prefix or `latest` (`None`: the snapshot of
+    /// this repository whose restore stopped, if its pins are still held,
+    /// else the latest).
     pub snapshot: Option<String>,
     /// Which objects (default: all).
     pub selection: Selection,
@@ -76,6 +79,10 @@ pub struct RestoreReport {
     pub repo: String,
     /// The snapshot restored.
     pub snapshot: String,
+    /// A restore of this snapshot from this repository had stopped, and
+    /// this one went on from its pinned chunks (`chunks_present` counts
+    /// them).
+    pub resumed: bool,
     /// Its host (short id) and how it was accepted: `this instance`,
     /// `trusted full`, or `--trust-host`.
     pub host: String,
@@ -142,7 +149,25 @@ impl Store {
             &self.instance_id().to_hex(),
             crate::backup::LockFor::RESTORE,
         )?;
-        let snap_id = repo.resolve_snapshot(opts.snapshot.as_deref().unwrap_or("latest"))?;
+        let pins_path = self.dir().join(crate::RESTORE_PINS);
+        let pins = pins::read(&pins_path)?.filter(|p| !p.expired());
+        let location = repo.location();
+        let snap_id = match (&opts.snapshot, &pins) {
+            (Some(s), _) => repo.resolve_snapshot(s)?,
+            // The restore that stopped, if its snapshot is still there.
+            (None, Some(p)) if p.repo == location && !p.snapshot.is_empty() => {
+                match repo.resolve_snapshot(&p.snapshot) {
+                    Ok(id) if id == p.snapshot => {
+                        tracing::info!(
+                            "resuming the restore of snapshot {id} that stopped (give a snapshot id to restore another)"
+                        );
+                        id
+                    }
+                    _ => repo.resolve_snapshot("latest")?,
+                }
+            }
+            (None, _) => repo.resolve_snapshot("latest")?,
+        };
         let snap = repo.load_snapshot(&snap_id)?;
         let reader = repo.reader()?;
 
@@ -150,8 +175,9 @@ impl Store {
         // (if any) comes with it.
         let host = self.restore_host(&snap, opts)?;
         let mut report = RestoreReport {
-            repo: repo.location(),
+            repo: location.clone(),
             snapshot: snap_id.clone(),
+            resumed: pins.as_ref().is_some_and(|p| p.are_of(&location, &snap_id)),
             host: host.card.instance.short(),
             host_accepted: host.why.to_string(),
             snapshot_objects: snap.objects.len() as u64,
@@ -188,7 +214,7 @@ impl Store {
             needed.len() as u64,
             needed.iter().map(|n| u64::from(n.1)).sum(),
         );
-        let mut copy = ChunkCopy::pin(self, &plan, &needed)?;
+        let mut copy = ChunkCopy::pin(self, (&location, &snap_id), &plan, &needed)?;
         if let Err(e) = copy.copy(repo, &reader, &needed, progress, &mut report) {
             copy.undo(&e);
             progress.finish();
