@@ -21,6 +21,21 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
+/// Appends `v` as postcard writes an unsigned integer (LEB128: seven bits
+/// per byte, low first).
+pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// How many bytes [`push_varint`] writes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Decodes exactly one `T` from `bytes`: rejects input over `limit` bytes
 /// before looking at it, and rejects trailing bytes.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8], limit: usize) -> Result<T> {
@@ -52,5 +67,30 @@ pub fn check_format(what: &'static str, found: u16) -> Result<()> {
             found,
             supported: FORMAT_V1,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_are_postcards() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_varint(&mut out, v);
+            assert_eq!(out, encode(&v), "{v}");
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
     }
 }

@@ -51,6 +51,7 @@ const MANIFEST_DOMAIN: &[u8] = b"bbsync/manifest/v1\0";
 const ENTRY_DOMAIN: &[u8] = b"bbsync/envelope-entry/v1\0";
 const CHECKPOINT_DOMAIN: &[u8] = b"bbsync/checkpoint/v1\0";
 const SNAPSHOT_DOMAIN: &[u8] = b"bbsync/snapshot/v1\0";
+const SNAPSHOT_PREHASH_DOMAIN: &[u8] = b"bbsync/snapshot/v2/sha256\0";
 const KEY_COMMIT_DOMAIN: &[u8] = b"bbsync/key-commit/v1";
 const ROOT_DOMAIN: &[u8] = b"bbsync/checkpoint-root/v1\0";
 const CHUNK_NONCE_DOMAIN: &[u8] = b"bbsync/chunk-nonce/v1";
@@ -390,11 +391,17 @@ fn gen_manifests() -> Value {
 }
 
 /// The snapshot of the vectors: alice's, trusting bob (full) and carol
-/// (blind), two objects.
+/// (blind), two objects; in the format this version writes.
 fn sample_snapshot() -> Snapshot {
+    sample_snapshot_of(bbsync_protocol::SNAPSHOT_FORMAT)
+}
+
+/// The same in snapshot format `format` (1: the whole body signed; 2: its
+/// SHA-256).
+fn sample_snapshot_of(format: u16) -> Snapshot {
     let card = |who: &str, t: u64| ident(who).card(Vec::new(), t).unwrap().bytes().to_vec();
     Snapshot {
-        format: 1,
+        format,
         id: "20231114T221320Z-0a0b0c0d".into(),
         created_ms: T0,
         host: alice().instance_id(),
@@ -490,17 +497,24 @@ fn snapshot_body_by_hand(s: &Snapshot) -> Vec<u8> {
 
 fn gen_snapshots() -> Value {
     let a = alice();
-    let snap = sample_snapshot();
-    let signed = Signed::sign(&a, snap.clone()).unwrap();
+    let rows: Vec<Value> = [1u16, 2]
+        .into_iter()
+        .map(|format| {
+            let snap = sample_snapshot_of(format);
+            let signed = Signed::sign(&a, snap.clone()).unwrap();
+            json!({
+                "signer": "alice",
+                "format": format,
+                "id": snap.id,
+                "body": hex::encode(signed.body_bytes()),
+                "bytes": hex::encode(signed.bytes()),
+            })
+        })
+        .collect();
     json!({
-        "comment": "Signed::sign(alice, snapshot): bytes = postcard Wire {format 1, body = postcard(Snapshot), ed25519(\"bbsync/snapshot/v1\\0\" || body)} by the host. Fields in order: format, id, created_ms, host (32 raw), host_card (bytes: the host's card wire bytes), description, tags, bbsync_version, schema_version, only, counts [(kind, n)], bytes, plaintext_bytes, chunks, trust [(card bytes, role: 0 full / 1 blind)], identity_escrow (option), objects [(object_id 16 raw, version, manifest_id 32 raw)]. Cards: Identity::card([], created) of alice (T0), bob (T0+1), carol (T0+2). Repository format 1 stores base64(bytes) in snapshots/<id>.json.",
+        "comment": "Signed::sign(alice, snapshot): bytes = postcard Wire {format 1, body = postcard(Snapshot), sig} by the host; snapshot format 1: sig = ed25519(\"bbsync/snapshot/v1\\0\" || body); snapshot format 2 (written since issue 13's fifth session; same body layout): sig = ed25519(\"bbsync/snapshot/v2/sha256\\0\" || SHA-256(body)). Fields in order: format, id, created_ms, host (32 raw), host_card (bytes: the host's card wire bytes), description, tags, bbsync_version, schema_version, only, counts [(kind, n)], bytes, plaintext_bytes, chunks, trust [(card bytes, role: 0 full / 1 blind)], identity_escrow (option), objects [(object_id 16 raw, version, manifest_id 32 raw)]. Cards: Identity::card([], created) of alice (T0), bob (T0+1), carol (T0+2). Repository format 1 stores base64(bytes) in snapshots/<id>.json.",
         "regenerate": REGEN,
-        "snapshots": [{
-            "signer": "alice",
-            "id": snap.id,
-            "body": hex::encode(signed.body_bytes()),
-            "bytes": hex::encode(signed.bytes()),
-        }],
+        "snapshots": rows,
     })
 }
 
@@ -756,7 +770,8 @@ fn gen_bad() -> Value {
         ErrorKind::Malformed,
         "one byte after the wire structure",
     ));
-    let mut unsorted = sample_snapshot();
+    // (Signed by hand as format 1: the whole body.)
+    let mut unsorted = sample_snapshot_of(1);
     unsorted.objects.reverse();
     rows.push(bad(
         "snapshot/bad-unsorted-objects",
@@ -765,7 +780,7 @@ fn gen_bad() -> Value {
         ErrorKind::Invalid,
         "validly signed snapshot whose objects are not sorted by id",
     ));
-    let mut other_card = sample_snapshot();
+    let mut other_card = sample_snapshot_of(1);
     other_card.host_card = ident("bob").card(Vec::new(), T0).unwrap().bytes().to_vec();
     rows.push(bad(
         "snapshot/bad-host-card",
@@ -1528,6 +1543,10 @@ fn domains_match_the_crate() {
     assert_eq!(<EnvelopeEntry as SignedBody>::DOMAIN, ENTRY_DOMAIN);
     assert_eq!(<Checkpoint as SignedBody>::DOMAIN, CHECKPOINT_DOMAIN);
     assert_eq!(<Snapshot as SignedBody>::DOMAIN, SNAPSHOT_DOMAIN);
+    assert_eq!(
+        <Snapshot as SignedBody>::PREHASH_DOMAIN,
+        SNAPSHOT_PREHASH_DOMAIN
+    );
     assert_eq!(bbsync_protocol::identity::IDENTITY_MAGIC, IDENTITY_MAGIC);
 }
 
@@ -2132,10 +2151,11 @@ fn checkpoint_vectors() -> TestResult {
 fn snapshot_vectors() -> TestResult {
     let v = load("snapshot.json");
     let rows = arr(&v["snapshots"]);
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), 2);
     for row in rows {
         let signer = s(&row["signer"]);
-        let snap = sample_snapshot();
+        let format = u16::try_from(n(&row["format"]))?;
+        let snap = sample_snapshot_of(format);
         let bytes = h(&row["bytes"]);
         let body = h(&row["body"]);
         assert_eq!(s(&row["id"]), snap.id);
@@ -2162,7 +2182,45 @@ fn snapshot_vectors() -> TestResult {
         );
         // By hand.
         assert_eq!(snapshot_body_by_hand(&snap), body, "body by hand");
-        check_wire_by_hand(&bytes, &body, SNAPSHOT_DOMAIN, &seed_of(signer));
+        if format == 1 {
+            check_wire_by_hand(&bytes, &body, SNAPSHOT_DOMAIN, &seed_of(signer));
+        } else {
+            // The signature covers the body's SHA-256, not the body.
+            let digest = Sha256::digest(&body);
+            let parts = parse_wire(&bytes).expect("wire layout");
+            assert_eq!((parts.format, &parts.body), (1, &body));
+            assert!(signature_ok(
+                &alice().instance_id(),
+                SNAPSHOT_PREHASH_DOMAIN,
+                &digest,
+                &parts.sig
+            ));
+            assert!(!signature_ok(
+                &alice().instance_id(),
+                SNAPSHOT_DOMAIN,
+                &body,
+                &parts.sig
+            ));
+            // A format-1 signature over the same body (its format number
+            // changed to 1) is not a format-2 signature, nor the reverse.
+            let mut as_v1 = snap.clone();
+            as_v1.format = 1;
+            let v1_body = encoding::encode(&as_v1);
+            let forged = build_wire(1, &body, SNAPSHOT_DOMAIN, &seed_of(signer));
+            let e = Unverified::<Snapshot>::decode(&forged)?
+                .verify(|_| true)
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::BadSignature);
+            let mut wire = varint(1);
+            wire.extend(varint(v1_body.len() as u64));
+            wire.extend_from_slice(&v1_body);
+            wire.extend(varint(64));
+            wire.extend_from_slice(&parts.sig);
+            let e = Unverified::<Snapshot>::decode(&wire)?
+                .verify(|_| true)
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::BadSignature);
+        }
         // Any appended trust entry breaks the signature (issue 10, item 1b).
         let mut forged = snap.clone();
         forged.trust.push(SnapshotTrust {

@@ -374,11 +374,10 @@ impl Store {
                         format!(" of snapshot {} from {}", p.snapshot, p.repo)
                     },
                     p.ids.len(),
-                    (backup::restore::pins::PIN_TTL
+                    backup::restore::pins::PIN_TTL
                         .saturating_sub(p.age)
                         .as_secs()
-                        + 3599)
-                        / 3600,
+                        .div_ceil(3600),
                 );
             }
             let r = self.gc()?;

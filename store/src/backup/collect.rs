@@ -374,11 +374,18 @@ impl Store {
         // again by the next backup.
         let token = self.db().unlogged_token()?;
         let store_seq = self.db().last_seq()?;
+        let t = std::time::Instant::now();
         let cache = self.read_backup_cache(&selection, &token, store_seq);
+        let read_ms = t.elapsed().as_secs_f64() * 1e3;
         let served = match &cache {
             Some(c) => self.changed_records(opts, c)?,
             None => None,
         };
+        tracing::debug!(
+            read_ms,
+            changes_ms = t.elapsed().as_secs_f64() * 1e3 - read_ms,
+            "backup: cache read, changed records read"
+        );
         let (cache, changed, fresh) = match served {
             Some((changed, fresh)) => (cache, changed, fresh),
             None => (
@@ -562,10 +569,10 @@ impl Store {
             store_seq: h.store_seq,
         };
         // Strictly increasing ids, known kinds, chunk runs inside the table.
-        let mut prev: Option<[u8; 16]> = None;
+        let mut prev: Option<u128> = None;
         for i in 0..objects {
             let o = c.obj(i);
-            let id: [u8; 16] = o[..16].try_into().ok()?;
+            let id = u128::from_be_bytes(o[..16].try_into().ok()?);
             let kind = be32(&o[96..100])? as usize;
             let first = be32(&o[101..105])? as usize;
             let n = be32(&o[105..109])? as usize;

@@ -9,7 +9,6 @@ use std::{
 
 use bbsync_protocol::{
     ChunkId, Signed, Snapshot, SnapshotObject, SnapshotTrust, chunk::check_chunk_id,
-    encoding::FORMAT_V1,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -352,7 +351,7 @@ impl Store {
         let signed = Signed::sign(
             self.identity(),
             Snapshot {
-                format: FORMAT_V1,
+                format: bbsync_protocol::SNAPSHOT_FORMAT,
                 id: id.clone(),
                 created_ms,
                 host: self.instance_id(),

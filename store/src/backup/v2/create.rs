@@ -146,8 +146,16 @@ impl Store {
         let (collected, locked) = std::thread::scope(|sc| {
             let locking = sc.spawn(|| -> Result<_> {
                 let lock = take_lock()?;
+                let locked_ms = start.elapsed().as_secs_f64() * 1e3;
                 let rix = self.backup_index(repo)?;
+                let index_ms = start.elapsed().as_secs_f64() * 1e3;
                 let claim = repo.claim_seq(rix.view())?;
+                tracing::debug!(
+                    locked_ms,
+                    index_ms,
+                    claimed_ms = start.elapsed().as_secs_f64() * 1e3,
+                    "backup: repository locked, index read, sequence claimed"
+                );
                 Ok((lock, rix, claim))
             });
             let collected = self.collect_backup(opts);
@@ -155,6 +163,11 @@ impl Store {
         });
         let (lock, rix, claim) = locked?;
         let mut c = collected?;
+        tracing::debug!(
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            from_cache = c.from_cache,
+            "backup: store read, repository locked and its index read"
+        );
         let mut report = BackupReport::of(loc.clone(), &mut c);
         let lock = lock.as_ref();
         let Collected {
@@ -197,6 +210,10 @@ impl Store {
         });
         let (files, written) = files?;
         let (id, snap) = signed?;
+        tracing::debug!(
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            "backup: packs, index and escrow written, snapshot signed"
+        );
         if report.identity_escrow != snap_report.identity_escrow {
             return Err(StoreError::Invalid(format!(
                 "the escrow was written as {:?}, not as the snapshot names it; no snapshot was written",
@@ -216,6 +233,10 @@ impl Store {
         self.update_index_cache(repo, rix, &files, written);
         report.snapshot = id;
         report.elapsed = start.elapsed();
+        tracing::debug!(
+            ms = report.elapsed.as_secs_f64() * 1e3,
+            "backup: snapshot written"
+        );
         Ok(report)
     }
 
