@@ -195,10 +195,10 @@ impl Backend for LocalDir {
         use std::io::Read;
         let mut f = File::open(self.full(path))?;
         let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
-        // Only bytes beyond what the buffer held before are zeroed.
-        buf.resize(len, 0);
-        f.read_exact(buf)?;
-        // A file that grew since: the rest too.
+        // Read into spare capacity: nothing is zeroed first (a file that
+        // grew since is read whole too).
+        buf.clear();
+        buf.try_reserve_exact(len).map_err(io::Error::other)?;
         f.read_to_end(buf)?;
         Ok(())
     }

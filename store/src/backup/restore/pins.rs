@@ -98,7 +98,10 @@ pub fn read(path: &Path) -> Result<Option<RestorePins>> {
 fn parse(bytes: &[u8]) -> Option<(String, String, Vec<ChunkId>)> {
     let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
         // bbsync 0.1: ids only.
-        return bytes.len().is_multiple_of(32).then(|| (String::new(), String::new(), ids(bytes)));
+        return bytes
+            .len()
+            .is_multiple_of(32)
+            .then(|| (String::new(), String::new(), ids(bytes)));
     };
     let mut text = || -> Option<String> {
         let (len, tail) = rest.split_at_checked(2)?;
@@ -109,7 +112,9 @@ fn parse(bytes: &[u8]) -> Option<(String, String, Vec<ChunkId>)> {
     };
     let snapshot = text()?;
     let repo = text()?;
-    rest.len().is_multiple_of(32).then(|| (snapshot, repo, ids(rest)))
+    rest.len()
+        .is_multiple_of(32)
+        .then(|| (snapshot, repo, ids(rest)))
 }
 
 fn ids(bytes: &[u8]) -> Vec<ChunkId> {

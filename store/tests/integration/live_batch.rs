@@ -13,9 +13,9 @@ use bbsync_store::{
     progress::NoProgress,
 };
 
-mod common;
+use crate::common;
 
-use common::write;
+use crate::common::write;
 
 type R = Result<(), Box<dyn std::error::Error>>;
 

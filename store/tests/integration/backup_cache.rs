@@ -7,10 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::{fs, path::Path, sync::Arc};
 
+use crate::common::{noise, read_back, write};
 use bbsync_protocol::{Role, card_to_string};
 use bbsync_store::{
     Store,
@@ -23,7 +24,6 @@ use bbsync_store::{
     rekey::RekeyOptions,
     sync::Selection,
 };
-use common::{noise, read_back, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 

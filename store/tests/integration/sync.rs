@@ -15,9 +15,9 @@ use bbsync_store::{
     verify::ProblemClass,
 };
 
-mod common;
+use crate::common;
 
-use common::{noise, snapshot, write};
+use crate::common::{noise, snapshot, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 

@@ -7,10 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::{fs, sync::Arc};
 
+use crate::common::{files, noise, read_back, write};
 use bbsync_store::{
     Store,
     backup::{
@@ -20,7 +21,6 @@ use bbsync_store::{
     },
     progress::NoProgress,
 };
-use common::{files, noise, read_back, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 

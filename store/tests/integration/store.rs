@@ -14,9 +14,9 @@ use bbsync_store::{
     verify::{ProblemClass, VerifyReport},
 };
 
-mod common;
+use crate::common;
 
-use common::{noise, snapshot, write};
+use crate::common::{noise, snapshot, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -303,7 +303,12 @@ fn second_process_is_refused_while_store_is_open() -> R {
     // sled's lock is per process (fcntl), so check from a child process.
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new(exe)
-        .args(["--exact", "open_from_child", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "store::open_from_child",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("BBSYNC_TEST_OPEN", &f.data)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);

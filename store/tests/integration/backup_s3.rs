@@ -8,13 +8,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 #[allow(dead_code)]
-#[path = "../../tests/src/s3.rs"]
+#[path = "../../../tests/src/s3.rs"]
 mod s3srv;
 
 use std::{io, sync::Arc, time::Duration};
 
+use crate::common::{noise, read_back, write};
 use bbsync_store::{
     Store,
     backup::{
@@ -28,7 +29,6 @@ use bbsync_store::{
     config::Secret,
     progress::NoProgress,
 };
-use common::{noise, read_back, write};
 use s3srv::{MotoServer, Proxy};
 
 type R = Result<(), Box<dyn std::error::Error>>;

@@ -13,9 +13,7 @@ use bbsync_protocol::{
 };
 use bbsync_store::{Store, progress::NoProgress, rekey::RekeyOptions, sync::Served};
 
-mod common;
-
-use common::write;
+use crate::common::write;
 
 type R = Result<(), Box<dyn std::error::Error>>;
 

@@ -4,14 +4,14 @@
 //! one still reads everything.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
+use crate::common::{noise, snapshot, write};
 use bbsync_protocol::{
     ChunkCipher, ContentKey, EnvelopeEntry, InstanceId, ObjectId, Role, Signed, Unverified,
     card_to_string,
 };
 use bbsync_store::{Store, progress::NoProgress, rekey::RekeyOptions};
-use common::{noise, snapshot, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 

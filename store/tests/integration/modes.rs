@@ -16,9 +16,9 @@ use bbsync_protocol::{
 };
 use bbsync_store::{Store, progress::NoProgress, sync::Served};
 
-mod common;
+use crate::common;
 
-use common::{snapshot, write};
+use crate::common::{snapshot, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
