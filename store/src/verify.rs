@@ -582,110 +582,61 @@ impl Store {
         }
     }
 
-    /// Checks the packs, the index and every referenced chunk: presence
-    /// and length (index record, pack long enough), and with `read_data`
-    /// the packs read sequentially (in parallel) and every chunk re-hashed.
-    /// `refs` are sorted by chunk id here and merged with the index (which
-    /// sled yields in chunk-id order), so nothing of the size of the store
-    /// but the references and the index records is held. Returns the
-    /// problems found, the bytes read and the packs checked.
-    fn chunk_problems(
-        &self,
-        refs: &mut [ChunkRef],
-        incomplete: &HashSet<ObjectId>,
-        read_data: bool,
-        progress: &dyn Progress,
-    ) -> Result<(Vec<Problem>, u64, u64)> {
+    /// Step B of a verify: every object's record, manifest and envelope,
+    /// in rounds of groups (the groups of a round checked in parallel, the
+    /// signatures of each group in ed25519 batches). Returns the problems,
+    /// the chunk references, the object count and the incomplete objects.
+    #[allow(clippy::type_complexity)]
+    fn check_records(&self) -> Result<(Vec<Problem>, Vec<ChunkRef>, u64, HashSet<ObjectId>)> {
         let mut problems = Vec::new();
-        let mut labels: HashMap<ObjectId, String> = HashMap::new();
-        let mut label = |id: &ObjectId| -> String {
-            labels
-                .entry(*id)
-                .or_insert_with(|| match self.db().object(id) {
-                    Ok(Some(st)) => format!("{}:{}", st.kind, st.name),
-                    _ => id.to_hex(),
-                })
-                .clone()
-        };
-        let chunk_problem = |class, r: &ChunkRef, label: String, detail: String| Problem {
-            class,
-            object: Some(label),
-            object_id: Some(r.object.to_hex()),
-            chunk: Some(r.id.to_hex()),
-            pack: None,
-            detail,
-        };
-        // The copies of a restore that stopped, pinned for its rerun (a day
-        // at most): not orphans.
-        let pinned: HashSet<ChunkId> =
-            crate::backup::restore::pins::read(&self.dir().join(crate::RESTORE_PINS))?
-                .filter(|p| !p.expired())
-                .map(|p| p.ids.into_iter().collect())
-                .unwrap_or_default();
-        // 1. The index, merged with the references (both in chunk-id order).
-        refs.sort_unstable_by_key(|a| a.id);
-        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
-        let mut next = 0;
-        let mut missing = |r: &ChunkRef, problems: &mut Vec<Problem>, detail: &str| {
-            // An object marked incomplete is expected to lack chunks.
-            if !incomplete.contains(&r.object) {
-                let l = label(&r.object);
-                problems.push(chunk_problem(
-                    ProblemClass::MissingChunk,
-                    r,
-                    l,
-                    detail.into(),
-                ));
+        let mut refs: Vec<ChunkRef> = Vec::new();
+        let mut objects = 0u64;
+        let mut incomplete: HashSet<ObjectId> = HashSet::new();
+        let mut records = self.db().objects();
+        loop {
+            let round: Vec<(ObjectId, ObjectState)> = records
+                .by_ref()
+                .take(GROUP * GROUPS_PER_ROUND)
+                .collect::<Result<_>>()?;
+            if round.is_empty() {
+                break;
             }
-        };
+            objects += round.len() as u64;
+            incomplete.extend(
+                round
+                    .iter()
+                    .filter(|(_, st)| !st.complete && !st.deleted)
+                    .map(|(id, _)| *id),
+            );
+            let checked: Vec<Checked> = round
+                .par_chunks(GROUP)
+                .map(|group| self.check_group(group))
+                .collect();
+            for (ps, rs) in checked {
+                problems.extend(ps);
+                refs.extend(rs);
+            }
+        }
+        Ok((problems, refs, objects, incomplete))
+    }
+
+    /// Step A of a verify (beside the records, step B): the chunk index
+    /// read once, in chunk-id order and by pack; then the pack files
+    /// checked in parallel (length, trailer, and with `read_data` every
+    /// indexed chunk re-hashed). Nothing here needs the records: what the
+    /// packs hold is compared with what the manifests reference in
+    /// [`Store::chunk_problems`], once both are known.
+    fn scan_packs(&self, read_data: bool, progress: &dyn Progress) -> Result<PackScan> {
+        let mut index = Vec::new();
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
         for rec in self.db().index_iter_lenient() {
             let (id, loc) = rec?;
-            while next < refs.len() && refs[next].id < id {
-                missing(&refs[next], &mut problems, "not in the chunk index");
-                next += 1;
+            if let Some(l) = loc {
+                by_pack.entry(l.pack).or_default().push((id, l));
             }
-            let mut referenced = false;
-            while next < refs.len() && refs[next].id == id {
-                referenced = true;
-                match loc {
-                    Some(l) => refs[next].loc = Some(l),
-                    None => missing(
-                        &refs[next],
-                        &mut problems,
-                        "its index record is damaged (run `bbsync repair-index`)",
-                    ),
-                }
-                next += 1;
-            }
-            match loc {
-                Some(l) => {
-                    by_pack.entry(l.pack).or_default().push((id, l));
-                    if !referenced && !pinned.contains(&id) {
-                        problems.push(Problem {
-                            class: ProblemClass::OrphanChunk,
-                            object: None,
-                            object_id: None,
-                            chunk: Some(id.to_hex()),
-                            pack: None,
-                            detail: "no manifest references this chunk".into(),
-                        });
-                    }
-                }
-                None if !referenced => problems.push(Problem {
-                    class: ProblemClass::MissingChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: Some(id.to_hex()),
-                    pack: None,
-                    detail: "its index record is damaged (run `bbsync repair-index`)".into(),
-                }),
-                None => {}
-            }
+            index.push((id, loc));
         }
-        for r in &refs[next..] {
-            missing(r, &mut problems, "not in the chunk index");
-        }
-        // 2. The pack files, in parallel.
+        let mut problems = Vec::new();
         let open: HashMap<PackId, u64> = self.packs().open_packs().into_iter().collect();
         let mut files = Vec::new();
         for item in self.packs().pack_files()? {
@@ -744,6 +695,115 @@ impl Store {
                 ));
             }
         }
+        Ok(PackScan {
+            index,
+            problems,
+            bad,
+            bytes_read,
+            packs: files.len() as u64,
+            on_disk,
+        })
+    }
+
+    /// After steps A and B: the index merged with the references (both in
+    /// chunk-id order: what is referenced and missing, what is indexed and
+    /// referenced by nothing), then each referenced chunk that has a
+    /// location against what the packs held. Returns the problems (the
+    /// packs' own first).
+    fn chunk_problems(
+        &self,
+        refs: &mut [ChunkRef],
+        incomplete: &HashSet<ObjectId>,
+        scan: PackScan,
+    ) -> Result<Vec<Problem>> {
+        let PackScan {
+            index,
+            mut problems,
+            bad,
+            on_disk,
+            ..
+        } = scan;
+        let mut labels: HashMap<ObjectId, String> = HashMap::new();
+        let mut label = |id: &ObjectId| -> String {
+            labels
+                .entry(*id)
+                .or_insert_with(|| match self.db().object(id) {
+                    Ok(Some(st)) => format!("{}:{}", st.kind, st.name),
+                    _ => id.to_hex(),
+                })
+                .clone()
+        };
+        let chunk_problem = |class, r: &ChunkRef, label: String, detail: String| Problem {
+            class,
+            object: Some(label),
+            object_id: Some(r.object.to_hex()),
+            chunk: Some(r.id.to_hex()),
+            pack: None,
+            detail,
+        };
+        // The copies of a restore that stopped, pinned for its rerun (a day
+        // at most): not orphans.
+        let pinned: HashSet<ChunkId> =
+            crate::backup::restore::pins::read(&self.dir().join(crate::RESTORE_PINS))?
+                .filter(|p| !p.expired())
+                .map(|p| p.ids.into_iter().collect())
+                .unwrap_or_default();
+        // 1. The index, merged with the references (both in chunk-id order).
+        refs.sort_unstable_by_key(|a| a.id);
+        let mut next = 0;
+        let mut missing = |r: &ChunkRef, problems: &mut Vec<Problem>, detail: &str| {
+            // An object marked incomplete is expected to lack chunks.
+            if !incomplete.contains(&r.object) {
+                let l = label(&r.object);
+                problems.push(chunk_problem(
+                    ProblemClass::MissingChunk,
+                    r,
+                    l,
+                    detail.into(),
+                ));
+            }
+        };
+        for (id, loc) in index {
+            while next < refs.len() && refs[next].id < id {
+                missing(&refs[next], &mut problems, "not in the chunk index");
+                next += 1;
+            }
+            let mut referenced = false;
+            while next < refs.len() && refs[next].id == id {
+                referenced = true;
+                match loc {
+                    Some(l) => refs[next].loc = Some(l),
+                    None => missing(
+                        &refs[next],
+                        &mut problems,
+                        "its index record is damaged (run `bbsync repair-index`)",
+                    ),
+                }
+                next += 1;
+            }
+            match loc {
+                Some(_) if !referenced && !pinned.contains(&id) => problems.push(Problem {
+                    class: ProblemClass::OrphanChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: Some(id.to_hex()),
+                    pack: None,
+                    detail: "no manifest references this chunk".into(),
+                }),
+                None if !referenced => problems.push(Problem {
+                    class: ProblemClass::MissingChunk,
+                    object: None,
+                    object_id: None,
+                    chunk: Some(id.to_hex()),
+                    pack: None,
+                    detail: "its index record is damaged (run `bbsync repair-index`)".into(),
+                }),
+                _ => {}
+            }
+        }
+        for r in &refs[next..] {
+            missing(r, &mut problems, "not in the chunk index");
+        }
         // 3. Each referenced chunk that has a location.
         for r in refs.iter() {
             let Some(loc) = r.loc else { continue };
@@ -772,8 +832,22 @@ impl Store {
                 problems.push(chunk_problem(class, r, l, detail));
             }
         }
-        Ok((problems, bytes_read, files.len() as u64))
+        Ok(problems)
     }
+}
+
+/// What step A of a verify found (see [`Store::scan_packs`]).
+struct PackScan {
+    /// The chunk index in chunk-id order (`None`: a damaged record).
+    index: Vec<(ChunkId, Option<Location>)>,
+    /// Problems of the packs themselves (stray files, trailers, a missing
+    /// open pack).
+    problems: Vec<Problem>,
+    /// Chunks whose bytes in their pack are wrong, with the first problem.
+    bad: HashMap<ChunkId, (ProblemClass, String)>,
+    bytes_read: u64,
+    packs: u64,
+    on_disk: HashSet<PackId>,
 }
 
 impl Store {
@@ -786,43 +860,19 @@ impl Store {
             // Read from disk while the manifests are checked.
             self.packs().prefetch_all();
         }
-        let mut problems = Vec::new();
-        let mut refs: Vec<ChunkRef> = Vec::new();
-        let mut objects = 0u64;
-        let mut incomplete: HashSet<ObjectId> = HashSet::new();
-        // Manifests and envelopes: the records stream in rounds of groups,
-        // the groups of a round checked in parallel, the signatures of each
-        // group in ed25519 batches.
-        let mut records = self.db().objects();
-        loop {
-            let round: Vec<(ObjectId, ObjectState)> = records
-                .by_ref()
-                .take(GROUP * GROUPS_PER_ROUND)
-                .collect::<Result<_>>()?;
-            if round.is_empty() {
-                break;
-            }
-            objects += round.len() as u64;
-            incomplete.extend(
-                round
-                    .iter()
-                    .filter(|(_, st)| !st.complete && !st.deleted)
-                    .map(|(id, _)| *id),
-            );
-            let checked: Vec<Checked> = round
-                .par_chunks(GROUP)
-                .map(|group| self.check_group(group))
-                .collect();
-            for (ps, rs) in checked {
-                problems.extend(ps);
-                refs.extend(rs);
-            }
-        }
-        drop(records);
+        // A. The chunk index and the packs (with read_data every chunk
+        // re-hashed), beside B. the records: their manifests and envelopes
+        // checked and the chunks they reference listed. Both use every
+        // core; neither needs the other until the two are compared.
+        let (scan, records) = rayon::join(
+            || self.scan_packs(read_data, progress),
+            || self.check_records(),
+        );
+        let (mut problems, mut refs, objects, incomplete) = records?;
+        let scan = scan?;
+        let (bytes_read, packs) = (scan.bytes_read, scan.packs);
         let chunks = refs.len() as u64;
-        // Chunks and packs: presence, length, and with read_data the hash.
-        let (chunk_problems, bytes_read, packs) =
-            self.chunk_problems(&mut refs, &incomplete, read_data, progress)?;
+        let chunk_problems = self.chunk_problems(&mut refs, &incomplete, scan)?;
         drop(refs);
         let mut seen = HashSet::new();
         for p in chunk_problems {
