@@ -20,7 +20,8 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Whether `c` is an invisible formatting character (general category Cf).
 pub fn is_format(c: char) -> bool {
-    c.general_category() == GeneralCategory::Format
+    // (No ASCII character is: the table lookup is for the rest.)
+    !c.is_ascii() && c.general_category() == GeneralCategory::Format
 }
 
 /// Whether `c` is refused in object names and escaped on output: a control

@@ -112,16 +112,17 @@ impl VerifyReport {
     }
 }
 
-struct ObjInfo {
-    label: String,
+struct ObjInfo<'a> {
+    /// Its kind and name (formatted `kind:name` only for a problem).
+    st: &'a ObjectState,
     id: ObjectId,
 }
 
-impl ObjInfo {
+impl ObjInfo<'_> {
     fn problem(&self, class: ProblemClass, detail: String) -> Problem {
         Problem {
             class,
-            object: Some(self.label.clone()),
+            object: Some(format!("{}:{}", self.st.kind, self.st.name)),
             object_id: Some(self.id.to_hex()),
             chunk: None,
             pack: None,
@@ -161,10 +162,7 @@ impl Store {
     fn check_group(&self, group: &[(ObjectId, ObjectState)]) -> Checked {
         let infos: Vec<ObjInfo> = group
             .iter()
-            .map(|(id, st)| ObjInfo {
-                label: format!("{}:{}", st.kind, st.name),
-                id: *id,
-            })
+            .map(|(id, st)| ObjInfo { st, id: *id })
             .collect();
         let base = 0;
         let mut ps = Vec::new();
