@@ -1,0 +1,241 @@
+//! Step B of a verify: the records, their manifests and this instance's
+//! envelope entries (signatures in ed25519 batches unless the record MAC
+//! says they were checked before), and the chunks they reference.
+
+use std::collections::HashSet;
+
+use bbsync_protocol::{EnvelopeEntry, InstanceId, Manifest, ObjectId, Unverified};
+use rayon::prelude::*;
+
+use super::{ChunkRef, Problem, ProblemClass};
+use crate::{ObjectState, Store, error::Result, sync::verify_slots};
+
+struct ObjInfo<'a> {
+    /// Its kind and name (formatted `kind:name` only for a problem).
+    st: &'a ObjectState,
+    id: ObjectId,
+}
+
+impl ObjInfo<'_> {
+    fn problem(&self, class: ProblemClass, detail: String) -> Problem {
+        Problem {
+            class,
+            object: Some(format!("{}:{}", self.st.kind, self.st.name)),
+            object_id: Some(self.id.to_hex()),
+            chunk: None,
+            pack: None,
+            detail,
+        }
+    }
+}
+
+/// Objects checked together (one signature batch run per group and kind).
+const GROUP: usize = 256;
+
+/// Groups checked in parallel between two reads of the object records (the
+/// records of one round are in memory at once; the rest stream).
+const GROUPS_PER_ROUND: usize = 16;
+
+/// Problems found, and the chunk references to check.
+type Checked = (Vec<Problem>, Vec<ChunkRef>);
+
+type SignedResult<T> = bbsync_protocol::Result<bbsync_protocol::Signed<T>>;
+
+impl Store {
+    /// Checks the manifests and this instance's envelope entries of a group
+    /// of objects; `base` is the index of the group's first object. Records
+    /// whose bytes still match the MAC this instance stored when it verified
+    /// or wrote them (`Store::record_mac`) skip the signature math; all
+    /// others are checked in ed25519 batches. Format rules and trust are
+    /// checked for every record.
+    fn check_group(&self, group: &[(ObjectId, ObjectState)]) -> Checked {
+        let infos: Vec<ObjInfo> = group
+            .iter()
+            .map(|(id, st)| ObjInfo { st, id: *id })
+            .collect();
+        let base = 0;
+        let mut ps = Vec::new();
+        let mut refs = Vec::new();
+        // 1. Manifests: decode all; verify the unchecked ones in one batch run.
+        let mut pending = Vec::new();
+        let mut results: Vec<Option<SignedResult<Manifest>>> = Vec::new();
+        let mut batch = Vec::new();
+        for (k, (id, st)) in group.iter().enumerate() {
+            let idx = base + k;
+            let info = &infos[idx];
+            let rec = match self.db().record(id) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    ps.push(info.problem(ProblemClass::BadManifestSignature, e.to_string()));
+                    continue;
+                }
+            };
+            let checked = self.record_checked(&rec);
+            match Unverified::<Manifest>::decode(&rec.manifest) {
+                Ok(u) if checked => {
+                    results.push(Some(u.dangerously_verified_before(|a| self.is_full(a))));
+                    batch.push(None);
+                }
+                Ok(u) => {
+                    results.push(None);
+                    batch.push(Some(u));
+                }
+                Err(e) => {
+                    ps.push(info.problem(
+                        ProblemClass::BadManifestSignature,
+                        format!("manifest of object {}: {e}", id.short()),
+                    ));
+                    continue;
+                }
+            }
+            pending.push((idx, st, rec, checked));
+        }
+        let batched = verify_slots(batch, |_, author| self.is_full(author));
+        for (r, v) in results.iter_mut().zip(batched) {
+            if v.is_some() {
+                *r = v;
+            }
+        }
+        // 2. This instance's entries: candidates found, checked the same way.
+        let mut batch = Vec::new();
+        let mut rows = Vec::new();
+        for ((idx, st, rec, checked), r) in pending.into_iter().zip(results) {
+            let info = &infos[idx];
+            let m = match r {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    ps.push(info.problem(
+                        ProblemClass::BadManifestSignature,
+                        format!("manifest of object {}: {e}", info.id.short()),
+                    ));
+                    // Its chunks are still referenced (not orphans): check them too.
+                    if let Ok(u) = Unverified::<Manifest>::decode(&rec.manifest) {
+                        let m = u.dangerously_assume_verified();
+                        refs.extend(m.chunks.iter().map(|c| ChunkRef {
+                            id: c.id,
+                            len: c.len,
+                            object: info.id,
+                            loc: None,
+                        }));
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            if m.id() != st.manifest_id || m.version != st.version {
+                ps.push(info.problem(
+                    ProblemClass::BadManifestSignature,
+                    "manifest does not match the object record".into(),
+                ));
+            }
+            if !st.complete {
+                ps.push(info.problem(
+                    ProblemClass::IncompleteObject,
+                    "not all chunks fetched yet".into(),
+                ));
+            }
+            if st.deleted {
+                continue;
+            }
+            refs.extend(m.chunks.iter().map(|c| ChunkRef {
+                id: c.id,
+                len: c.len,
+                object: info.id,
+                loc: None,
+            }));
+            // Every entry addressed to us is a candidate (as for export).
+            let (candidates, decode_err) = self.entry_candidates(&rec);
+            let author = m.author;
+            let trusted = |w: &InstanceId| *w == author || self.is_full(w);
+            let mut candidates = candidates.into_iter();
+            match (candidates.next(), decode_err) {
+                (Some(u), _) if checked => {
+                    let first = u.dangerously_verified_before(trusted);
+                    rows.push((idx, m, Some(first), candidates.collect::<Vec<_>>()));
+                    batch.push(None);
+                }
+                (Some(u), _) => {
+                    rows.push((idx, m, None, candidates.collect::<Vec<_>>()));
+                    batch.push(Some(u));
+                }
+                (None, Some(e)) => ps.push(info.problem(ProblemClass::BadEnvelope, e.to_string())),
+                (None, None) => ps.push(info.problem(
+                    ProblemClass::Undecryptable,
+                    "no envelope entry for this instance".into(),
+                )),
+            }
+        }
+        let batched = verify_slots(batch, |i, w| *w == rows[i].1.author || self.is_full(w));
+        // 3. Each object needs one usable entry: right version, unwraps.
+        for ((idx, m, decided, others), verified) in rows.into_iter().zip(batched) {
+            let Some(first) = decided.or(verified) else {
+                continue; // (every row was decided or verified above)
+            };
+            let info = &infos[idx];
+            let author = m.author;
+            let usable = |r: SignedResult<EnvelopeEntry>| {
+                r.map_err(|e| e.to_string()).and_then(|e| {
+                    if !crate::entry_fits(&e, &m) {
+                        return Err("entry is for another object version".to_string());
+                    }
+                    // Unwraps, and to the key the manifest commits to.
+                    self.unwrap_for(&m, &e).map(drop).map_err(|e| e.to_string())
+                })
+            };
+            let mut result = usable(first);
+            for u in others {
+                if result.is_ok() {
+                    break;
+                }
+                if usable(u.verify(|w| *w == author || self.is_full(w))).is_ok() {
+                    result = Ok(());
+                }
+            }
+            if let Err(detail) = result {
+                ps.push(info.problem(ProblemClass::BadEnvelope, detail));
+            }
+        }
+        (ps, refs)
+    }
+
+    /// Step B of a verify: every object's record, manifest and envelope,
+    /// in rounds of groups (the groups of a round checked in parallel, the
+    /// signatures of each group in ed25519 batches). Returns the problems,
+    /// the chunk references, the object count and the incomplete objects.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn check_records(
+        &self,
+    ) -> Result<(Vec<Problem>, Vec<ChunkRef>, u64, HashSet<ObjectId>)> {
+        let mut problems = Vec::new();
+        let mut refs: Vec<ChunkRef> = Vec::new();
+        let mut objects = 0u64;
+        let mut incomplete: HashSet<ObjectId> = HashSet::new();
+        let mut records = self.db().objects();
+        loop {
+            let round: Vec<(ObjectId, ObjectState)> = records
+                .by_ref()
+                .take(GROUP * GROUPS_PER_ROUND)
+                .collect::<Result<_>>()?;
+            if round.is_empty() {
+                break;
+            }
+            objects += round.len() as u64;
+            incomplete.extend(
+                round
+                    .iter()
+                    .filter(|(_, st)| !st.complete && !st.deleted)
+                    .map(|(id, _)| *id),
+            );
+            let checked: Vec<Checked> = round
+                .par_chunks(GROUP)
+                .map(|group| self.check_group(group))
+                .collect();
+            for (ps, rs) in checked {
+                problems.extend(ps);
+                refs.extend(rs);
+            }
+        }
+        Ok((problems, refs, objects, incomplete))
+    }
+}
