@@ -18,19 +18,16 @@
 //! written anew. Nothing in it is trusted for the repository: which chunks
 //! and manifest files the repository has is always its index's answer.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    path::PathBuf,
-};
+mod cache;
 
-use bbsync_protocol::{
-    ChunkId, InstanceId, Manifest, ManifestId, ObjectId, SnapshotObject, Unverified,
-};
+use std::collections::{BTreeMap, HashSet};
+
+use bbsync_protocol::{ChunkId, Manifest, ManifestId, ObjectId, SnapshotObject, Unverified};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
+use self::cache::{CHUNK_LEN, Cache, rand_u64};
 use super::{create::BackupOptions, repofile::ManifestFile};
 use crate::{
     Store,
@@ -138,16 +135,6 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// Cache file format.
-const CACHE_FORMAT: u16 = 1;
-/// The cache MAC's context.
-const CACHE_CONTEXT: &[u8] = b"bbsync/backup-cache/v1\0";
-/// Bytes of one object in the cache's object table: object id, manifest
-/// id, file hash, version, plaintext length, kind index, flags, index of
-/// its first chunk reference, chunk count.
-const OBJ_LEN: usize = 16 + 32 + 32 + 8 + 8 + 4 + 1 + 4 + 4;
-/// Bytes of one chunk reference: id, stored length.
-const CHUNK_LEN: usize = 32 + 4;
 /// A backup whose changed objects are more than this share of the cached
 /// ones (or more than [`MIN_CHANGES`]) reads the whole store instead.
 const MAX_CHANGED_SHARE: usize = 4;
@@ -155,67 +142,6 @@ const MIN_CHANGES: usize = 4096;
 /// A cache that served is written anew only when more changed records
 /// than this were read (see [`Store::collect_backup`]).
 const CACHE_REWRITE_CHANGES: usize = 256;
-
-/// The cache file's header (postcard), before its tables and MAC.
-#[derive(Serialize, Deserialize)]
-struct Header {
-    format: u16,
-    instance: InstanceId,
-    /// The selection it was collected with (`Selection`'s debug form).
-    selection: String,
-    /// The store's unlogged-write token when it was read.
-    token: [u8; 16],
-    /// The store's last change-log number before it was read.
-    store_seq: u64,
-    kinds: Vec<String>,
-    objects: u64,
-    chunks: u64,
-    /// Incomplete objects: id, `kind:name`.
-    incomplete: Vec<(ByteBuf, String)>,
-}
-
-/// A cache file read and checked: its tables stay as they are in the
-/// file (sorted by object id; each record checked once when read).
-struct Cache {
-    bytes: Vec<u8>,
-    /// Where the object and chunk tables start in `bytes`.
-    objs_at: usize,
-    chunks_at: usize,
-    objects: usize,
-    kinds: Vec<String>,
-    incomplete: Vec<(ObjectId, String)>,
-    store_seq: u64,
-}
-
-impl Cache {
-    fn obj(&self, i: usize) -> &[u8] {
-        &self.bytes[self.objs_at + i * OBJ_LEN..self.objs_at + (i + 1) * OBJ_LEN]
-    }
-
-    /// Object `i` of the table (checked when the cache was read).
-    fn view(&self, i: usize) -> ObjView<'_> {
-        let o = self.obj(i);
-        let at = |r: std::ops::Range<usize>| -> [u8; 32] { o[r].try_into().unwrap_or([0; 32]) };
-        let u64_at = |i: usize| u64::from_be_bytes(o[i..i + 8].try_into().unwrap_or([0; 8]));
-        let u32_at = |i: usize| u32::from_be_bytes(o[i..i + 4].try_into().unwrap_or([0; 4]));
-        let first = u32_at(101) as usize;
-        let n = u32_at(105) as usize;
-        let c = self.chunks_at + first * CHUNK_LEN;
-        ObjView {
-            id: ObjectId(o[0..16].try_into().unwrap_or([0; 16])),
-            manifest_id: ManifestId(at(16..48)),
-            file: at(48..80),
-            version: u64_at(80),
-            plaintext_len: u64_at(88),
-            kind: self
-                .kinds
-                .get(u32_at(96) as usize)
-                .map_or("", String::as_str),
-            deleted: o[100] & 1 != 0,
-            chunks: Chunks::Raw(&self.bytes[c..c + n * CHUNK_LEN]),
-        }
-    }
-}
 
 /// Chunk references of an object: from the cache, or from its record.
 #[derive(Clone, Copy)]
@@ -280,23 +206,6 @@ struct Bounds {
 impl Bounds {
     fn holds(&self, id: &ObjectId) -> bool {
         self.lo.is_none_or(|l| *id >= l) && self.hi.is_none_or(|h| *id < h)
-    }
-}
-
-impl Cache {
-    /// The first object of the table whose id is not below `id`.
-    fn position(&self, id: Option<ObjectId>, or: usize) -> usize {
-        let Some(id) = id else { return or };
-        let (mut lo, mut hi) = (0, self.objects);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.obj(mid)[..16] < id.0[..] {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
     }
 }
 
@@ -477,201 +386,6 @@ impl Store {
             ))),
         }
     }
-
-    fn backup_cache_path(&self, selection: &str) -> PathBuf {
-        let h = Sha256::digest(selection.as_bytes());
-        self.dir()
-            .join("cache")
-            .join(format!("backup-{}", hex::encode(&h[..8])))
-    }
-
-    /// Keyed BLAKE3 (the local record-MAC key) of a cache file's body,
-    /// under `context`.
-    fn cache_mac(&self, context: &[u8], body: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.record_key);
-        h.update(context);
-        h.update(body);
-        *h.finalize().as_bytes()
-    }
-
-    /// The body of a cache file whose MAC (its last 32 bytes) checks out.
-    pub(crate) fn check_cache_mac<'a>(&self, context: &[u8], bytes: &'a [u8]) -> Option<&'a [u8]> {
-        let (body, mac) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-        if self.cache_mac(context, body) != mac {
-            tracing::debug!("a cache file does not check out; not used");
-            return None;
-        }
-        Some(body)
-    }
-
-    /// Writes a cache file: `body` and its MAC, into a temp file renamed
-    /// over `path` (not synced: a cache lost or torn in a crash does not
-    /// check out, and is not used).
-    pub(crate) fn write_cache_file(
-        &self,
-        context: &[u8],
-        path: &std::path::Path,
-        mut body: Vec<u8>,
-    ) -> std::io::Result<()> {
-        let mac = self.cache_mac(context, &body);
-        body.extend_from_slice(&mac);
-        let dir = path.parent().unwrap_or(self.dir());
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)?;
-        let tmp = dir.join(format!(".cache-{:016x}.tmp", rand_u64()));
-        let res = write_private(&tmp, &body).and_then(|()| std::fs::rename(&tmp, path));
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res
-    }
-
-    /// The cache of `selection`, if it exists, checks out and is of this
-    /// store as it is (its token, a change-log number not beyond the
-    /// store's); every record of its tables checked once here.
-    fn read_backup_cache(
-        &self,
-        selection: &str,
-        token: &[u8; 16],
-        store_seq: u64,
-    ) -> Option<Cache> {
-        let bytes = std::fs::read(self.backup_cache_path(selection)).ok()?;
-        let body_len = self.check_cache_mac(CACHE_CONTEXT, &bytes)?.len();
-        let hlen = be32(bytes.get(..4)?)? as usize;
-        let h: Header = postcard::from_bytes(bytes.get(4..4 + hlen)?).ok()?;
-        if h.format != CACHE_FORMAT
-            || h.instance != self.instance_id()
-            || h.selection != selection
-            || &h.token != token
-            || h.store_seq > store_seq
-        {
-            return None;
-        }
-        let objects = usize::try_from(h.objects).ok()?;
-        let nchunks = usize::try_from(h.chunks).ok()?;
-        let objs_at = 4 + hlen;
-        let chunks_at = objs_at.checked_add(objects.checked_mul(OBJ_LEN)?)?;
-        if chunks_at.checked_add(nchunks.checked_mul(CHUNK_LEN)?)? != body_len {
-            return None;
-        }
-        let mut incomplete = Vec::with_capacity(h.incomplete.len());
-        for (id, name) in h.incomplete {
-            incomplete.push((ObjectId(id.as_slice().try_into().ok()?), name));
-        }
-        incomplete.sort_unstable_by_key(|(id, _)| *id);
-        let c = Cache {
-            bytes,
-            objs_at,
-            chunks_at,
-            objects,
-            kinds: h.kinds,
-            incomplete,
-            store_seq: h.store_seq,
-        };
-        // Strictly increasing ids, known kinds, chunk runs inside the table.
-        let mut prev: Option<u128> = None;
-        for i in 0..objects {
-            let o = c.obj(i);
-            let id = u128::from_be_bytes(o[..16].try_into().ok()?);
-            let kind = be32(&o[96..100])? as usize;
-            let first = be32(&o[101..105])? as usize;
-            let n = be32(&o[105..109])? as usize;
-            if prev.is_some_and(|p| p >= id) || kind >= c.kinds.len() || first + n > nchunks {
-                return None;
-            }
-            prev = Some(id);
-        }
-        if c.incomplete.windows(2).any(|w| w[0].0 == w[1].0) {
-            return None;
-        }
-        Some(c)
-    }
-
-    /// Writes the cache of `selection`: the objects of the collection.
-    fn write_backup_cache(
-        &self,
-        selection: &str,
-        token: &[u8; 16],
-        store_seq: u64,
-        cache: Option<&Cache>,
-        changed: &IdSet<ObjectId>,
-        fresh: &[(ObjectId, Item)],
-    ) -> std::io::Result<()> {
-        let mut kinds: Vec<String> = Vec::new();
-        let mut kind_ix: BTreeMap<String, u32> = BTreeMap::new();
-        let mut objs = Vec::new();
-        let mut chunks = Vec::new();
-        let mut incomplete = Vec::new();
-        let mut n = 0u64;
-        let mut nchunks = 0u32;
-        for_each_entry(cache, changed, fresh, Bounds::default(), |e| match e {
-            Entry::Taken(v) => {
-                let k = match kind_ix.get(v.kind) {
-                    Some(k) => *k,
-                    None => {
-                        kinds.push(v.kind.to_string());
-                        let k = (kinds.len() - 1) as u32;
-                        kind_ix.insert(v.kind.to_string(), k);
-                        k
-                    }
-                };
-                objs.extend_from_slice(v.id.as_bytes());
-                objs.extend_from_slice(&v.manifest_id.0);
-                objs.extend_from_slice(&v.file);
-                objs.extend_from_slice(&v.version.to_be_bytes());
-                objs.extend_from_slice(&v.plaintext_len.to_be_bytes());
-                objs.extend_from_slice(&k.to_be_bytes());
-                objs.push(u8::from(v.deleted));
-                objs.extend_from_slice(&nchunks.to_be_bytes());
-                objs.extend_from_slice(&(v.chunks.len() as u32).to_be_bytes());
-                v.chunks.for_each(|c, len| {
-                    chunks.extend_from_slice(&c.0);
-                    chunks.extend_from_slice(&len.to_be_bytes());
-                });
-                n += 1;
-                nchunks += v.chunks.len() as u32;
-            }
-            Entry::Incomplete(id, name) => {
-                incomplete.push((ByteBuf::from(id.as_bytes().to_vec()), name.to_string()));
-            }
-        });
-        let header = Header {
-            format: CACHE_FORMAT,
-            instance: self.instance_id(),
-            selection: selection.to_string(),
-            token: *token,
-            store_seq,
-            kinds,
-            objects: n,
-            chunks: u64::from(nchunks),
-            incomplete,
-        };
-        let hb = postcard::to_allocvec(&header).map_err(std::io::Error::other)?;
-        let mut body = Vec::with_capacity(4 + hb.len() + objs.len() + chunks.len() + 32);
-        body.extend_from_slice(&(hb.len() as u32).to_be_bytes());
-        body.extend_from_slice(&hb);
-        body.extend_from_slice(&objs);
-        body.extend_from_slice(&chunks);
-        self.write_cache_file(CACHE_CONTEXT, &self.backup_cache_path(selection), body)
-    }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
-
-fn rand_u64() -> u64 {
-    rand::RngCore::next_u64(&mut rand::rngs::OsRng)
-}
-
-fn be32(b: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(b.try_into().ok()?))
 }
 
 /// A record's manifest file bytes.
