@@ -248,16 +248,21 @@ pub struct Child {
 impl TreeDir {
     /// Opens a directory the operator named (the path is followed as given).
     pub fn open(path: &Path) -> Result<TreeDir> {
+        Self::open_io(path).map_err(|e| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// [`TreeDir::open`] with the OS error as it is (its kind decides,
+    /// never its text).
+    pub(crate) fn open_io(path: &Path) -> io::Result<TreeDir> {
         let fd = rustix::fs::openat(
             rustix::fs::CWD,
             path,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(|e| StoreError::Unreadable {
-            path: path.to_path_buf(),
-            reason: io::Error::from(e).to_string(),
-        })?;
+        )?;
         Ok(TreeDir {
             fd: Arc::new(fd),
             path: path.to_path_buf(),

@@ -399,11 +399,15 @@ pub fn scan_in(root: &Path, focus: Option<&Focus>) -> Result<Vec<Source>> {
 /// Opens the root of a BBS tree (the path is followed as the operator gave
 /// it); a file there is refused as not being a tree.
 pub(crate) fn open_tree(root: &Path) -> Result<TreeDir> {
-    TreeDir::open(root).map_err(|e| match e {
-        StoreError::Unreadable { reason, .. } if reason.contains("Not a directory") => {
+    TreeDir::open_io(root).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotADirectory {
             bad(root, "a BBS tree must be a directory")
+        } else {
+            StoreError::Unreadable {
+                path: root.to_path_buf(),
+                reason: e.to_string(),
+            }
         }
-        other => other,
     })
 }
 

@@ -285,6 +285,27 @@ fn stale_temp_files_are_removed_on_open() -> R {
     Ok(())
 }
 
+/// A BBS tree that is a file (the OS says "not a directory") is refused
+/// as such; one that does not exist is unreadable. (The kind of the OS
+/// error decides, not its text.)
+#[test]
+fn a_tree_that_is_a_file_is_refused_as_not_a_tree() -> R {
+    let f = fixture();
+    let store = Store::init(&f.data, "alpha")?;
+    let file = f.out.with_extension("txt");
+    fs::write(&file, "not a tree")?;
+    let e = store.import_bbs(&file, &NoProgress).unwrap_err();
+    assert!(
+        e.to_string().contains("a BBS tree must be a directory"),
+        "{e}"
+    );
+    let e = store
+        .import_bbs(&f.out.join("missing"), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Unreadable { .. }), "{e}");
+    Ok(())
+}
+
 #[test]
 fn newer_schema_is_refused() -> R {
     let f = fixture();
