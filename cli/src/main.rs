@@ -118,8 +118,8 @@ enum Command {
     #[command(after_help = "Examples:\n  bbsync verify\n  bbsync verify --read-data --json")]
     Verify(cmd::verify::VerifyArgs),
     /// Drop chunks that no manifest references; repack packs that are mostly dead.
-    #[command(after_help = "Example:\n  bbsync gc")]
-    Gc,
+    #[command(after_help = "Examples:\n  bbsync gc\n  bbsync gc --drop-restore-pins")]
+    Gc(cmd::verify::GcArgs),
     /// Rebuild the chunk index from the pack files alone.
     #[command(after_help = "Example:\n  bbsync repair-index")]
     RepairIndex,
@@ -365,7 +365,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => cmd::ls::run(ctx, a),
         Command::Status => cmd::ls::status(ctx),
         Command::Verify(a) => cmd::verify::run(ctx, a),
-        Command::Gc => cmd::verify::gc(ctx),
+        Command::Gc(a) => cmd::verify::gc(ctx, a),
         Command::RepairIndex => cmd::verify::repair_index(ctx),
         Command::Migrate => cmd::verify::migrate(ctx),
         Command::Http(c) => cmd::http::run(ctx, c),

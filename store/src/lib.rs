@@ -968,6 +968,22 @@ impl Store {
 
     /// Drops the chunks no manifest references from the index, deletes
     /// packs left empty and repacks packs mostly dead (see [`packs::Packs::collect`]).
+    /// Drops the pins of a restore that stopped (`bbsync gc
+    /// --drop-restore-pins`): the next collection takes the chunks it
+    /// copied. Returns what they pinned, if there were pins.
+    pub fn drop_restore_pins(&self) -> Result<Option<backup::restore::pins::RestorePins>> {
+        let _g = self.lock();
+        let path = self.dir.join(RESTORE_PINS);
+        let pins = backup::restore::pins::read(&path)?;
+        if pins.is_some() {
+            std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+                context: format!("removing {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(pins)
+    }
+
     /// Removes every chunk neither a manifest nor the pins of a restore
     /// that stopped reference (pins older than a day are dropped first).
     pub fn gc(&self) -> Result<packs::GcReport> {

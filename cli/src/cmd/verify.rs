@@ -56,14 +56,45 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Arguments of `gc`.
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// Also drop the pins of a restore that stopped, so that the chunks it
+    /// copied are collected now (its rerun copies them again); without
+    /// this, pins older than a day are dropped.
+    #[arg(long)]
+    drop_restore_pins: bool,
+}
+
 /// `bbsync gc`.
-pub fn gc(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+pub fn gc(ctx: &Ctx, a: GcArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
+    let dropped = if a.drop_restore_pins {
+        store.drop_restore_pins()?
+    } else {
+        None
+    };
     let r = store.gc()?;
+    if let Some(p) = &dropped
+        && !ctx.json
+        && !ctx.quiet
+    {
+        outln!(
+            ctx,
+            "gc: dropped the pins of a restore that stopped{} ({} chunks)",
+            if p.snapshot.is_empty() {
+                String::new()
+            } else {
+                format!(" (snapshot {} from {})", p.snapshot, p.repo)
+            },
+            p.ids.len()
+        );
+    }
     if ctx.json {
         output::json(
             ctx,
             &json!({
+                "restore_pins_dropped": dropped.as_ref().map(|p| p.ids.len()),
                 "removed_chunks": r.chunks_removed,
                 "removed_bytes": r.bytes_removed,
                 "packs_repacked": r.packs_repacked,

@@ -725,22 +725,22 @@ fn a_crash_before_the_restore_commit_leaves_no_orphan_chunks() -> TestResult {
     assert_eq!(code, 0, "{v}");
     let kept: Vec<_> = chunk_files(b).into_iter().collect();
     assert_eq!(kept, copied, "the marker stayed, or the pinned copies went");
+    // The operator gives the restore up: the copies go now.
+    let g = json(b, &["gc", "--drop-restore-pins"]);
+    assert_eq!(
+        g["restore_pins_dropped"].as_u64(),
+        Some(copied.len() as u64),
+        "{g}"
+    );
+    assert!(!pins.exists(), "the pins were kept");
+    assert!(chunk_files(b).is_empty(), "orphan chunks were left");
     // Pins older than a day pin nothing: the next open (after another
     // crash) or collection takes the copies, and no orphan is left.
-    let age = |p: &std::path::Path| {
-        std::fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600))
-            .unwrap();
-    };
-    age(&pins);
-    ok(b, &["gc"]);
-    assert!(!pins.exists(), "expired pins were kept");
-    assert!(chunk_files(b).is_empty(), "orphan chunks were left");
     crash();
-    age(&pins);
+    std::fs::File::options()
+        .write(true)
+        .open(&pins)?
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600))?;
     wait_unlocked(b);
     let (code, v) = verify(b, &[]);
     assert_eq!(code, 0, "{v}");
