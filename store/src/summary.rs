@@ -45,6 +45,22 @@ pub struct StoreSummary {
     pub trusted: u64,
     /// Whether identity.key is sealed with a passphrase.
     pub identity_encrypted: bool,
+    /// The pins of a restore that is running or stopped before it
+    /// finished (`restore-pins`; expired ones are not shown).
+    pub restore_pins: Option<RestorePinsSummary>,
+}
+
+/// What the pins of a restore say (see [`StoreSummary::restore_pins`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestorePinsSummary {
+    /// The snapshot that restore takes (empty: pins of an older bbsync).
+    pub snapshot: String,
+    /// Its repository.
+    pub repo: String,
+    /// Chunks pinned.
+    pub chunks: u64,
+    /// Seconds until a collection drops them.
+    pub expires_in_secs: u64,
 }
 
 /// Which objects [`Store::list_objects`] returns.
@@ -80,6 +96,18 @@ impl Store {
             seq: self.db().last_seq()?,
             trusted: self.trust_list()?.len() as u64,
             identity_encrypted: self.identity_is_sealed()?,
+            restore_pins: crate::backup::restore::pins::read(
+                &self.dir().join(crate::RESTORE_PINS),
+            )?
+            .filter(|p| !p.expired())
+            .map(|p| RestorePinsSummary {
+                chunks: p.ids.len() as u64,
+                expires_in_secs: crate::backup::restore::pins::PIN_TTL
+                    .saturating_sub(p.age)
+                    .as_secs(),
+                snapshot: p.snapshot,
+                repo: p.repo,
+            }),
             ..Default::default()
         };
         for r in self.db().objects() {

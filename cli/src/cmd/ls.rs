@@ -109,6 +109,7 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 "pack_bytes": sum.pack_bytes,
                 "trusted": sum.trusted,
                 "identity_encrypted": sum.identity_encrypted,
+                "restore_pins": sum.restore_pins,
                 "upstreams": upstreams,
             }),
         )?;
@@ -141,6 +142,19 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         );
         outln!(ctx, "change log seq {}", sum.seq);
         outln!(ctx, "trusted    {} instance(s)", sum.trusted);
+        if let Some(p) = &sum.restore_pins {
+            let again = if p.snapshot.is_empty() {
+                "run that restore again".to_string()
+            } else {
+                format!("`bbsync restore {} --repo {}`", p.snapshot, p.repo)
+            };
+            outln!(
+                ctx,
+                "restore    {} chunks pinned by a restore that is running or stopped before it finished: {again} finishes it without copying them again; `bbsync gc --drop-restore-pins` gives it up (otherwise the pins expire in {} h)",
+                p.chunks,
+                p.expires_in_secs.div_ceil(3600)
+            );
+        }
         for u in &upstreams {
             let field = |k: &str| u.get(k).cloned().unwrap_or_default();
             let text = |k: &str| field(k).as_str().unwrap_or("").to_string();

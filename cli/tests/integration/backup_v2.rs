@@ -826,12 +826,22 @@ fn a_killed_restore_resumes_where_it_stopped() -> TestResult {
     // The next open keeps the pinned copies; so does a collection.
     wait_unlocked(&f.b);
     ok(&f.b, &["gc"]);
+    // `status` says what is pinned, and for which restore.
+    let st = json(&f.b, &["status"]);
+    assert_eq!(st["restore_pins"]["snapshot"], f.snap.as_str(), "{st}");
+    assert!(st["restore_pins"]["chunks"].as_u64() > Some(0), "{st}");
+    let text = ok(&f.b, &["status"]);
+    assert!(
+        text.contains(&format!("`bbsync restore {} --repo {}`", f.snap, f.r())),
+        "{text}"
+    );
     let again = json(&f.b, &["restore", "--repo", f.r(), "--trust-host", &host]);
     assert_eq!(again["snapshot"], f.snap.as_str(), "{again}");
     assert_eq!(again["resumed"], true, "{again}");
     assert_eq!(again["chunks_copied"], 0, "{again}");
     assert_eq!(again["restored"], 8, "{again}");
     assert!(!f.b.join("restore-pins").exists());
+    assert!(json(&f.b, &["status"])["restore_pins"].is_null());
     let (code, v) = verify(&f.b, &["--read-data"]);
     assert_eq!(code, 0, "{v}");
     Ok(())
