@@ -4,10 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bbsync_protocol::{ChunkId, ObjectId, chunk::check_chunk_id};
+use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
 use rayon::prelude::*;
 
-use super::{ChunkRef, Problem, ProblemClass};
+use super::{Problem, ProblemClass};
 use crate::{
     Store,
     error::Result,
@@ -371,148 +371,18 @@ impl Store {
             on_disk,
         })
     }
-
-    /// After steps A and B: the index merged with the references (both in
-    /// chunk-id order: what is referenced and missing, what is indexed and
-    /// referenced by nothing), then each referenced chunk that has a
-    /// location against what the packs held. Returns the problems (the
-    /// packs' own first).
-    pub(super) fn chunk_problems(
-        &self,
-        refs: &mut [ChunkRef],
-        incomplete: &HashSet<ObjectId>,
-        scan: PackScan,
-    ) -> Result<Vec<Problem>> {
-        let PackScan {
-            index,
-            mut problems,
-            bad,
-            on_disk,
-            ..
-        } = scan;
-        let mut labels: HashMap<ObjectId, String> = HashMap::new();
-        let mut label = |id: &ObjectId| -> String {
-            labels
-                .entry(*id)
-                .or_insert_with(|| match self.db().object(id) {
-                    Ok(Some(st)) => format!("{}:{}", st.kind, st.name),
-                    _ => id.to_hex(),
-                })
-                .clone()
-        };
-        let chunk_problem = |class, r: &ChunkRef, label: String, detail: String| Problem {
-            class,
-            object: Some(label),
-            object_id: Some(r.object.to_hex()),
-            chunk: Some(r.id.to_hex()),
-            pack: None,
-            detail,
-        };
-        // The copies of a restore that stopped, pinned for its rerun (a day
-        // at most): not orphans.
-        let pinned: HashSet<ChunkId> =
-            crate::backup::restore::pins::read(&self.dir().join(crate::RESTORE_PINS))?
-                .filter(|p| !p.expired())
-                .map(|p| p.ids.into_iter().collect())
-                .unwrap_or_default();
-        // 1. The index, merged with the references (both in chunk-id order).
-        refs.sort_unstable_by_key(|a| a.id);
-        let mut next = 0;
-        let mut missing = |r: &ChunkRef, problems: &mut Vec<Problem>, detail: &str| {
-            // An object marked incomplete is expected to lack chunks.
-            if !incomplete.contains(&r.object) {
-                let l = label(&r.object);
-                problems.push(chunk_problem(
-                    ProblemClass::MissingChunk,
-                    r,
-                    l,
-                    detail.into(),
-                ));
-            }
-        };
-        for (id, loc) in index {
-            while next < refs.len() && refs[next].id < id {
-                missing(&refs[next], &mut problems, "not in the chunk index");
-                next += 1;
-            }
-            let mut referenced = false;
-            while next < refs.len() && refs[next].id == id {
-                referenced = true;
-                match loc {
-                    Some(l) => refs[next].loc = Some(l),
-                    None => missing(
-                        &refs[next],
-                        &mut problems,
-                        "its index record is damaged (run `bbsync repair-index`)",
-                    ),
-                }
-                next += 1;
-            }
-            match loc {
-                Some(_) if !referenced && !pinned.contains(&id) => problems.push(Problem {
-                    class: ProblemClass::OrphanChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: Some(id.to_hex()),
-                    pack: None,
-                    detail: "no manifest references this chunk".into(),
-                }),
-                None if !referenced => problems.push(Problem {
-                    class: ProblemClass::MissingChunk,
-                    object: None,
-                    object_id: None,
-                    chunk: Some(id.to_hex()),
-                    pack: None,
-                    detail: "its index record is damaged (run `bbsync repair-index`)".into(),
-                }),
-                _ => {}
-            }
-        }
-        for r in &refs[next..] {
-            missing(r, &mut problems, "not in the chunk index");
-        }
-        // 3. Each referenced chunk that has a location.
-        for r in refs.iter() {
-            let Some(loc) = r.loc else { continue };
-            let p = if !on_disk.contains(&loc.pack) {
-                if incomplete.contains(&r.object) {
-                    None
-                } else {
-                    Some((
-                        ProblemClass::MissingChunk,
-                        format!(
-                            "its pack {} is missing",
-                            self.packs().path(&loc.pack).display()
-                        ),
-                    ))
-                }
-            } else if loc.len != r.len {
-                Some((
-                    ProblemClass::CorruptChunk,
-                    format!("length {} (expected {})", loc.len, r.len),
-                ))
-            } else {
-                bad.get(&r.id).cloned()
-            };
-            if let Some((class, detail)) = p {
-                let l = label(&r.object);
-                problems.push(chunk_problem(class, r, l, detail));
-            }
-        }
-        Ok(problems)
-    }
 }
 
 /// What step A of a verify found (see [`Store::scan_packs`]).
 pub(super) struct PackScan {
     /// The chunk index in chunk-id order (`None`: a damaged record).
-    index: Vec<(ChunkId, Option<Location>)>,
+    pub(super) index: Vec<(ChunkId, Option<Location>)>,
     /// Problems of the packs themselves (stray files, trailers, a missing
     /// open pack).
-    problems: Vec<Problem>,
+    pub(super) problems: Vec<Problem>,
     /// Chunks whose bytes in their pack are wrong, with the first problem.
-    bad: HashMap<ChunkId, (ProblemClass, String)>,
+    pub(super) bad: HashMap<ChunkId, (ProblemClass, String)>,
     pub(super) bytes_read: u64,
     pub(super) packs: u64,
-    on_disk: HashSet<PackId>,
+    pub(super) on_disk: HashSet<PackId>,
 }

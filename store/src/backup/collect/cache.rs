@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use super::{Bounds, Chunks, Entry, IdSet, Item, ObjView, for_each_entry};
+use super::{
+    Chunks, IdSet, Item, ObjView,
+    assemble::{Bounds, Entry, for_each_entry},
+};
 use crate::Store;
 
 /// Cache file format.

@@ -22,6 +22,7 @@ pub mod ixcache;
 pub mod lock;
 pub mod prune;
 pub mod repo;
+mod table;
 pub mod tar;
 
 pub use repo::Repo2;
