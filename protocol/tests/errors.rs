@@ -515,6 +515,53 @@ fn non_canonical_wire_bytes_are_rejected() -> TestResult {
     Ok(())
 }
 
+/// Every varint of the wire wrapper padded in turn (the body's length, the
+/// signature's length): each padding makes other bytes for the same signed
+/// object, and each is refused as not canonical. (Since decoding borrows
+/// the body and checks the length of the whole instead of encoding it
+/// again.)
+#[test]
+fn padded_length_varints_of_the_wire_are_rejected() -> TestResult {
+    let a = alice();
+    let good = Signed::sign(&a, sample_manifest(a.instance_id()))?;
+    let bytes = good.bytes();
+    let body_len = good.body_bytes().len();
+    // format (1) || varint(body_len) || body || varint(64) = 0x40 || sig
+    let mut varint = Vec::new();
+    let mut v = body_len as u64;
+    while v >= 0x80 {
+        varint.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    varint.push(v as u8);
+    assert_eq!(&bytes[1..1 + varint.len()], &varint[..]);
+    let body_at = 1 + varint.len();
+    let sig_len_at = body_at + body_len;
+    assert_eq!(bytes[sig_len_at], 0x40);
+    // The body's length: its last byte gets a continuation bit and a zero
+    // byte follows.
+    let mut padded_len = varint.clone();
+    *padded_len.last_mut().unwrap() |= 0x80;
+    padded_len.push(0);
+    let a1 = [&bytes[..1], &padded_len[..], &bytes[body_at..]].concat();
+    // The signature's length: `c0 00` instead of `40`.
+    let a2 = [
+        &bytes[..sig_len_at],
+        &[0xc0, 0x00][..],
+        &bytes[sig_len_at + 1..],
+    ]
+    .concat();
+    for (what, padded) in [("body length", a1), ("signature length", a2)] {
+        assert_ne!(padded, bytes);
+        let e = match decode_verify::<Manifest>(&padded) {
+            Ok(m) => panic!("{what}: non-canonical bytes verified as {:?}", m.id()),
+            Err(e) => e,
+        };
+        assert_eq!(e.kind(), ErrorKind::Malformed, "{what}: {e}");
+    }
+    Ok(())
+}
+
 #[test]
 fn names_refuse_bidi_and_invisible_characters() -> TestResult {
     let a = alice();
