@@ -362,8 +362,7 @@ impl Store {
             // from that write. A restore that stopped before its commit
             // keeps its copies, pinned, for its rerun (until the pins
             // expire: backup/restore/pins.rs).
-            if let Some(p) = backup::restore::pins::read(&self.dir.join(RESTORE_PINS))?
-                && !p.expired()
+            if let Some(p) = self.held_restore_pins()?
                 && !p.ids.is_empty()
             {
                 tracing::warn!(
@@ -374,10 +373,7 @@ impl Store {
                         format!(" of snapshot {} from {}", p.snapshot, p.repo)
                     },
                     p.ids.len(),
-                    backup::restore::pins::PIN_TTL
-                        .saturating_sub(p.age)
-                        .as_secs()
-                        .div_ceil(3600),
+                    p.expires_in().as_secs().div_ceil(3600),
                 );
             }
             let r = self.gc()?;
@@ -973,7 +969,7 @@ impl Store {
     /// copied. Returns what they pinned, if there were pins.
     pub fn drop_restore_pins(&self) -> Result<Option<backup::restore::pins::RestorePins>> {
         let _g = self.lock();
-        let path = self.dir.join(RESTORE_PINS);
+        let path = self.restore_pins_path();
         let pins = backup::restore::pins::read(&path)?;
         if pins.is_some() {
             std::fs::remove_file(&path).map_err(|source| StoreError::Io {
@@ -988,7 +984,7 @@ impl Store {
     /// that stopped reference (pins older than a day are dropped first).
     pub fn gc(&self) -> Result<packs::GcReport> {
         let _g = self.lock();
-        let pins = self.dir.join(RESTORE_PINS);
+        let pins = self.restore_pins_path();
         if backup::restore::pins::read(&pins)?.is_some_and(|p| p.expired()) {
             tracing::info!(
                 "dropping the pins of a restore that stopped more than a day ago: its chunks are collected"
@@ -1003,10 +999,10 @@ impl Store {
     }
 
     /// Every chunk id referenced by a stored manifest, and those a
-    /// restore in progress pins ([`RESTORE_PINS`]).
+    /// restore in progress or stopped pins ([`RESTORE_PINS`], unless expired).
     pub fn referenced_chunks(&self) -> Result<std::collections::HashSet<bbsync_protocol::ChunkId>> {
         let mut set = std::collections::HashSet::new();
-        if let Some(p) = backup::restore::pins::read(&self.dir.join(RESTORE_PINS))? {
+        if let Some(p) = self.held_restore_pins()? {
             set.extend(p.ids);
         }
         for r in self.db.objects() {

@@ -96,15 +96,9 @@ impl Store {
             seq: self.db().last_seq()?,
             trusted: self.trust_list()?.len() as u64,
             identity_encrypted: self.identity_is_sealed()?,
-            restore_pins: crate::backup::restore::pins::read(
-                &self.dir().join(crate::RESTORE_PINS),
-            )?
-            .filter(|p| !p.expired())
-            .map(|p| RestorePinsSummary {
+            restore_pins: self.held_restore_pins()?.map(|p| RestorePinsSummary {
                 chunks: p.ids.len() as u64,
-                expires_in_secs: crate::backup::restore::pins::PIN_TTL
-                    .saturating_sub(p.age)
-                    .as_secs(),
+                expires_in_secs: p.expires_in().as_secs(),
                 snapshot: p.snapshot,
                 repo: p.repo,
             }),

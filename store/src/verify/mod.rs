@@ -151,11 +151,10 @@ impl Store {
         };
         // The copies of a restore that stopped, pinned for its rerun (a day
         // at most): not orphans.
-        let pinned: HashSet<ChunkId> =
-            crate::backup::restore::pins::read(&self.dir().join(crate::RESTORE_PINS))?
-                .filter(|p| !p.expired())
-                .map(|p| p.ids.into_iter().collect())
-                .unwrap_or_default();
+        let pinned: HashSet<ChunkId> = self
+            .held_restore_pins()?
+            .map(|p| p.ids.into_iter().collect())
+            .unwrap_or_default();
         // 1. The index, merged with the references (both in chunk-id order).
         refs.sort_unstable_by_key(|a| a.id);
         let mut next = 0;

@@ -69,7 +69,7 @@ impl<'a> ChunkCopy<'a> {
         plan: &[Planned],
         needed: &[(ChunkId, u32)],
     ) -> Result<Self> {
-        let pins = store.dir().join(crate::RESTORE_PINS);
+        let pins = store.restore_pins_path();
         if !needed.is_empty() {
             let mut ids = Vec::new();
             let mut seen = HashSet::new();
@@ -206,7 +206,7 @@ impl<'a> ChunkCopy<'a> {
             tracing::info!(
                 "restore stopped: the {} chunks it copied stay for the next restore (pinned in {})",
                 published.len(),
-                store.dir().join(crate::RESTORE_PINS).display()
+                store.restore_pins_path().display()
             );
             return;
         }

@@ -149,8 +149,7 @@ impl Store {
             &self.instance_id().to_hex(),
             crate::backup::LockFor::RESTORE,
         )?;
-        let pins_path = self.dir().join(crate::RESTORE_PINS);
-        let pins = pins::read(&pins_path)?.filter(|p| !p.expired());
+        let pins = self.held_restore_pins()?;
         let location = repo.location();
         let snap_id = match (&opts.snapshot, &pins) {
             (Some(s), _) => repo.resolve_snapshot(s)?,

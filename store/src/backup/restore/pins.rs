@@ -52,9 +52,26 @@ impl RestorePins {
         self.age > PIN_TTL
     }
 
+    /// How long until a collection drops them.
+    pub fn expires_in(&self) -> Duration {
+        PIN_TTL.saturating_sub(self.age)
+    }
+
     /// Whether they are the pins of `snapshot` of `repo`.
     pub fn are_of(&self, repo: &str, snapshot: &str) -> bool {
         self.repo == repo && self.snapshot == snapshot
+    }
+}
+
+impl crate::Store {
+    /// Where this store's pins file is.
+    pub(crate) fn restore_pins_path(&self) -> std::path::PathBuf {
+        self.dir().join(crate::RESTORE_PINS)
+    }
+
+    /// The pins that hold chunks now: the file read, unless it expired.
+    pub(crate) fn held_restore_pins(&self) -> Result<Option<RestorePins>> {
+        Ok(read(&self.restore_pins_path())?.filter(|p| !p.expired()))
     }
 }
 
