@@ -35,8 +35,9 @@ pub struct Source {
     pub name: String,
     /// Owner.
     pub owner: Option<String>,
-    /// Where it is (for messages; it is opened through `anchor`).
-    pub path: PathBuf,
+    /// Where it is, for messages, when that is not where `anchor` opens
+    /// (a database's snapshot); see [`Source::path`].
+    pub shown_path: Option<PathBuf>,
     /// How to open it: below a directory descriptor of the tree, never
     /// through a symlink, and only if it is still what the walk saw.
     pub anchor: Anchor,
@@ -53,6 +54,15 @@ pub struct Source {
     pub stat_digest: [u8; 32],
     /// Bytes of file content (for progress and rates).
     pub content_bytes: u64,
+}
+
+impl Source {
+    /// Where it is, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.shown_path
+            .clone()
+            .unwrap_or_else(|| self.anchor.path())
+    }
 }
 
 /// The paths (relative to a tree's root, `/`-separated) that one batch of
@@ -177,7 +187,7 @@ pub fn source_for_path(
     // A database's -wal/-journal count in its change detection.
     let (_, mut companions) = crate::sqlite::split_companions(&dir, kids);
     let mut src = source_at(&dir, &dir, "", &child, kind, name, owner)?;
-    src.path = path.to_path_buf();
+    src.shown_path = Some(path.to_path_buf());
     if let Some(comp) = companions.remove(leaf) {
         src.stat_digest = crate::sqlite::digest_with_companions(src.stat_digest, &comp);
     }
@@ -215,7 +225,7 @@ pub(crate) fn source_at(
             kind: kind.into(),
             name: name.into(),
             owner,
-            path: c.path.clone(),
+            shown_path: None,
             anchor,
             shape: Shape::Dir,
             mode: c.meta.perm(),
@@ -231,7 +241,7 @@ pub(crate) fn source_at(
             kind: kind.into(),
             name: name.into(),
             owner,
-            path: c.path.clone(),
+            shown_path: None,
             anchor,
             shape: Shape::File,
             mode: c.meta.perm(),

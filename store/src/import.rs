@@ -160,7 +160,7 @@ fn open_source_version(src: &Source, version: u16) -> Result<Box<dyn Read + Send
         ))),
         None => Ok(Box::new(ExactFile::new(
             src.anchor.open_file()?,
-            &src.path,
+            &src.path(),
             src.len,
         ))),
     }
@@ -172,10 +172,10 @@ fn read_err(src: &Source, e: std::io::Error) -> StoreError {
         Err(e) => e,
     };
     if FileChanged::is_in(&e) {
-        StoreError::ChangedDuringImport(src.path.clone())
+        StoreError::ChangedDuringImport(src.path())
     } else {
         StoreError::Unreadable {
-            path: src.path.clone(),
+            path: src.path(),
             reason: e.to_string(),
         }
     }
@@ -192,7 +192,7 @@ fn check_source(src: &Source) -> Result<()> {
             Some(o) => check_name("object owner", o),
             None => Ok(()),
         })
-        .ctx(|| format!("importing {}", src.path.display()))?;
+        .ctx(|| format!("importing {}", src.path().display()))?;
     if BBS_KINDS.contains(&src.kind.as_str()) {
         let want = match src.kind.as_str() {
             "applet" | "applet-data" => Shape::Dir,
@@ -213,7 +213,7 @@ fn check_source(src: &Source) -> Result<()> {
             return Err(StoreError::Invalid(format!(
                 "a {} object must be {what}: {}",
                 src.kind,
-                src.path.display()
+                src.path().display()
             )));
         }
     }
@@ -291,6 +291,33 @@ fn fingerprint(src: &Source, fp_key: &[u8; 32]) -> Result<[u8; 32]> {
 
 /// Where an import collects what its sources produced (behind a mutex:
 /// sources finish on every core).
+/// What an import will write once every source is sealed.
+struct Pending {
+    /// Object records, new and changed versions and tombstones.
+    writes: Spool<ObjectWrite>,
+    /// States of unchanged objects to refresh (their file times).
+    refresh: Spool<(ObjectId, ObjectState)>,
+    /// Chunks staged in packs, to publish (or to discard on any failure).
+    staged: Vec<Staged>,
+}
+
+/// Duplicate names in one import, and bad sources, refused before anything
+/// is read; the names, as 16-byte digests (for the tombstones), not as
+/// strings.
+fn source_names(sources: &[Source]) -> Result<HashSet<[u8; 16]>> {
+    let mut names: HashSet<[u8; 16]> = HashSet::with_capacity(sources.len());
+    for src in sources {
+        if !names.insert(name_digest(&src.kind, &src.name)) {
+            return Err(StoreError::Invalid(format!(
+                "two sources map to {}:{}",
+                src.kind, src.name
+            )));
+        }
+        check_source(src)?;
+    }
+    Ok(names)
+}
+
 struct Taken<'a> {
     stats: &'a mut ImportStats,
     writes: &'a mut Spool<ObjectWrite>,
@@ -512,7 +539,7 @@ impl Store {
         let seal = |chunk: &[u8]| {
             cipher
                 .seal(chunk, compression)
-                .ctx(|| format!("sealing {}", src.path.display()))
+                .ctx(|| format!("sealing {}", src.path().display()))
         };
         let result = if let Some(size) = prepared.as_ref().and_then(|p| p.chunk_size) {
             // A database: fixed, page-aligned chunks (docs/format.md §6.4).
@@ -617,7 +644,7 @@ impl Store {
                 key_commit: Some(key_commitment(&key, &object_id)),
             };
             let signed = Signed::sign(self.identity(), manifest)
-                .ctx(|| format!("signing the manifest of {}", src.path.display()))?;
+                .ctx(|| format!("signing the manifest of {}", src.path().display()))?;
             // An excluded owner's object is wrapped for this instance only.
             let recipients = self.recipients_for(recipients, src.owner.as_deref());
             let envelope = self.wrap_for(session, recipients, object_id, version, &key)?;
@@ -760,20 +787,53 @@ impl Store {
             bytes_scanned: sources.iter().map(|s| s.content_bytes).sum(),
             ..Default::default()
         };
-        // Refuse duplicate names in one import, and bad sources, before
-        // anything is read. The names are kept as 16-byte digests (for the
-        // tombstones below), not as strings.
-        let mut names: HashSet<[u8; 16]> = HashSet::with_capacity(sources.len());
-        for src in &sources {
-            if !names.insert(name_digest(&src.kind, &src.name)) {
-                return Err(StoreError::Invalid(format!(
-                    "two sources map to {}:{}",
-                    src.kind, src.name
-                )));
-            }
-            check_source(src)?;
+        let names = source_names(&sources)?;
+        progress.start("import", sources.len() as u64, stats.bytes_scanned);
+        // What the import will write, spooled (memory stays flat).
+        let tmp = self.dir().join(crate::TMP_DIR);
+        let mut pending = Pending {
+            writes: Spool::new(&tmp),
+            refresh: Spool::new(&tmp),
+            staged: Vec::new(),
+        };
+        let sealed = self
+            .seal_sources(sources, rotate, progress, &mut stats, &mut pending)
+            .and_then(|()| self.tombstone_gone(&gone, &names, &mut stats, &mut pending.writes));
+        progress.finish();
+        if let Err(e) = sealed {
+            self.packs().discard(pending.staged);
+            return Err(e);
         }
-        let count = sources.len() as u64;
+        drop(names);
+        tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
+        self.commit_import(pending, &mut stats)?;
+        drop(_g);
+        if stats.changed + stats.deleted > 0 {
+            // The import is durable already; a failed clean-up is reported,
+            // not turned into a failed import (`bbsync gc` retries it).
+            let gc = failpoint::check("import.gc", || "collecting unreferenced chunks".into())
+                .and_then(|()| self.gc());
+            match gc {
+                Ok(r) => stats.chunks_collected = r.chunks_removed,
+                Err(e) => {
+                    tracing::warn!("import done, but removing unreferenced chunks failed: {e}")
+                }
+            }
+        }
+        stats.elapsed = start.elapsed();
+        Ok(stats)
+    }
+
+    /// Every source read, sealed and staged on the rayon pool, largest
+    /// first, each result spooled into `pending` as soon as it is ready.
+    fn seal_sources(
+        &self,
+        sources: Vec<Source>,
+        rotate: &HashSet<ObjectId>,
+        progress: &dyn Progress,
+        stats: &mut ImportStats,
+        pending: &mut Pending,
+    ) -> Result<()> {
         // Largest first (taken from the end), so that big files do not end
         // up alone at the tail.
         let mut rest = sources;
@@ -786,113 +846,119 @@ impl Store {
         let session = WrapSession::new(self.identity());
         let recipients = self.recipients()?;
         let snapshots = sqlite::SnapshotTally::default();
-        progress.start("import", count, stats.bytes_scanned);
-        // What the import will write, spooled (memory stays flat).
-        let tmp = self.dir().join(crate::TMP_DIR);
-        let mut writes: Spool<ObjectWrite> = Spool::new(&tmp);
-        let mut refresh: Spool<(ObjectId, ObjectState)> = Spool::new(&tmp);
-        let mut staged_all: Vec<Staged> = Vec::new();
-        let sealed = (|| -> Result<()> {
-            // Every source on the rayon pool, largest first, each result
-            // spooled as soon as it is ready; taken from the end in rounds
-            // of PAR_SOURCES (each source dropped once processed, the list
-            // shrunk between rounds: memory stays flat at scale).
-            let taken = std::sync::Mutex::new(Taken {
-                stats: &mut stats,
-                writes: &mut writes,
-                refresh: &mut refresh,
-                staged: &mut staged_all,
-            });
-            let take = |r: Result<Outcome>| -> Result<()> {
-                let mut t = taken
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                t.take(r)
-            };
-            while !rest.is_empty() {
-                let from = rest.len().saturating_sub(PAR_SOURCES);
-                // One source per rayon job: with rayon's default splitting a
-                // thread could be left with a run of large sources while
-                // the other had nothing to steal.
-                rest.par_drain(from..)
-                    .rev()
-                    .with_max_len(1)
-                    .try_for_each(|src| {
-                        let processed = (|| {
-                            let existing = match self.db().lookup(&src.kind, &src.name)? {
-                                Some(id) => Some((id, self.state(&id)?)),
-                                None => None,
-                            };
-                            let rotate =
-                                existing.as_ref().is_some_and(|(id, _)| rotate.contains(id));
-                            self.process(
-                                &src,
-                                existing,
-                                rotate,
-                                &fp_key,
-                                &session,
-                                &recipients,
-                                progress,
-                                &snapshots,
-                            )
-                        })();
-                        take(processed)
-                    })?;
-                if rest.len() < rest.capacity() / 2 {
-                    rest.shrink_to_fit();
-                }
+        let taken = std::sync::Mutex::new(Taken {
+            stats: &mut *stats,
+            writes: &mut pending.writes,
+            refresh: &mut pending.refresh,
+            staged: &mut pending.staged,
+        });
+        let take = |r: Result<Outcome>| -> Result<()> {
+            let mut t = taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            t.take(r)
+        };
+        // Taken from the end in rounds of PAR_SOURCES (each source dropped
+        // once processed, the list shrunk between rounds: memory stays flat
+        // at scale).
+        let mut sealed = Ok(());
+        while !rest.is_empty() && sealed.is_ok() {
+            let from = rest.len().saturating_sub(PAR_SOURCES);
+            // One source per rayon job: with rayon's default splitting a
+            // thread could be left with a run of large sources while the
+            // other had nothing to steal.
+            sealed = rest
+                .par_drain(from..)
+                .rev()
+                .with_max_len(1)
+                .try_for_each(|src| {
+                    let processed = (|| {
+                        let existing = match self.db().lookup(&src.kind, &src.name)? {
+                            Some(id) => Some((id, self.state(&id)?)),
+                            None => None,
+                        };
+                        let rotate = existing.as_ref().is_some_and(|(id, _)| rotate.contains(id));
+                        self.process(
+                            &src,
+                            existing,
+                            rotate,
+                            &fp_key,
+                            &session,
+                            &recipients,
+                            progress,
+                            &snapshots,
+                        )
+                    })();
+                    take(processed)
+                });
+            if rest.len() < rest.capacity() / 2 {
+                rest.shrink_to_fit();
             }
-            let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> =
-                match gone {
-                    Gone::Missing { kinds: [], .. } => Box::new(std::iter::empty()),
-                    Gone::Missing { .. } => Box::new(self.db().objects()),
-                    Gone::These(ids) => Box::new(ids.iter().map(|id| Ok((*id, self.state(id)?)))),
-                };
-            {
-                for r in candidates {
-                    let (id, st) = r?;
-                    let wanted = match gone {
-                        Gone::Missing { kinds, keep } => {
-                            kinds.contains(&st.kind.as_str())
-                                && !keep.contains(&(st.kind.clone(), st.name.clone()))
-                        }
-                        Gone::These(_) => true,
-                    };
-                    if !st.deleted && wanted && !names.contains(&name_digest(&st.kind, &st.name)) {
-                        match self.tombstone(id, &st)? {
-                            Some(t) => {
-                                writes.push(*id.as_bytes(), &t)?;
-                                stats.deleted += 1;
-                            }
-                            None => stats.stuck.push((
-                                format!("{}:{}", st.kind, st.name),
-                                self.stuck_detail(&id, st.version),
-                            )),
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
-        progress.finish();
-        (stats.databases, stats.snapshot_time) = snapshots.totals();
-        if let Err(e) = sealed {
-            self.packs().discard(staged_all);
-            return Err(e);
         }
-        drop(names);
-        tracing::info!(elapsed = ?start.elapsed(), "import: sources sealed");
-        let replaced = stats.changed + stats.deleted > 0;
+        (stats.databases, stats.snapshot_time) = snapshots.totals();
+        sealed
+    }
+
+    /// The live objects `gone` names, unless among the sources (`names`),
+    /// tombstoned into `writes` (or counted as stuck).
+    fn tombstone_gone(
+        &self,
+        gone: &Gone<'_>,
+        names: &HashSet<[u8; 16]>,
+        stats: &mut ImportStats,
+        writes: &mut Spool<ObjectWrite>,
+    ) -> Result<()> {
+        let candidates: Box<dyn Iterator<Item = Result<(ObjectId, ObjectState)>> + '_> = match gone
+        {
+            Gone::Missing { kinds: [], .. } => Box::new(std::iter::empty()),
+            Gone::Missing { .. } => Box::new(self.db().objects()),
+            Gone::These(ids) => Box::new(ids.iter().map(|id| Ok((*id, self.state(id)?)))),
+        };
+        for r in candidates {
+            let (id, st) = r?;
+            let wanted = match gone {
+                Gone::Missing { kinds, keep } => {
+                    kinds.contains(&st.kind.as_str())
+                        && !keep.contains(&(st.kind.clone(), st.name.clone()))
+                }
+                Gone::These(_) => true,
+            };
+            if st.deleted || !wanted || names.contains(&name_digest(&st.kind, &st.name)) {
+                continue;
+            }
+            match self.tombstone(id, &st)? {
+                Some(t) => {
+                    writes.push(*id.as_bytes(), &t)?;
+                    stats.deleted += 1;
+                }
+                None => stats.stuck.push((
+                    format!("{}:{}", st.kind, st.name),
+                    self.stuck_detail(&id, st.version),
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// What an import sealed made durable: its chunks published
+    /// (fdatasync, index), then its records committed in object-id order
+    /// while the packs it filled are sealed.
+    fn commit_import(&self, pending: Pending, stats: &mut ImportStats) -> Result<()> {
+        let Pending {
+            writes,
+            refresh,
+            staged,
+        } = pending;
         let t = Instant::now();
         if let Err(e) = failpoint::check("import.publish", || "publishing new chunks".into()) {
-            self.packs().discard(staged_all);
+            self.packs().discard(staged);
             return Err(e);
         }
-        let published = self.packs().publish(staged_all)?;
+        let published = self.packs().publish(staged)?;
         tracing::info!(elapsed = ?t.elapsed(), "import: chunks published (fdatasync, index)");
         let t = Instant::now();
         failpoint::check("import.commit", || "committing the import".into())?;
-        if replaced {
+        if stats.changed + stats.deleted > 0 {
             // Old versions' chunks become unreferenced with this commit.
             self.packs().expect_garbage()?;
         }
@@ -912,21 +978,7 @@ impl Store {
         self.packs().recorded(published);
         stats.seq = self.db().last_seq()?;
         tracing::info!(elapsed = ?t.elapsed(), "import: metadata committed");
-        drop(_g);
-        if replaced {
-            // The import is durable already; a failed clean-up is reported,
-            // not turned into a failed import (`bbsync gc` retries it).
-            let gc = failpoint::check("import.gc", || "collecting unreferenced chunks".into())
-                .and_then(|()| self.gc());
-            match gc {
-                Ok(r) => stats.chunks_collected = r.chunks_removed,
-                Err(e) => {
-                    tracing::warn!("import done, but removing unreferenced chunks failed: {e}")
-                }
-            }
-        }
-        stats.elapsed = start.elapsed();
-        Ok(stats)
+        Ok(())
     }
 
     /// Imports one file or directory as the object `kind:name`.

@@ -742,7 +742,7 @@ impl Store {
         let mut out = LiveImport::default();
         let mut seen = HashSet::new();
         for src in sources {
-            let rel = tree.rel(&src.path);
+            let rel = tree.rel(&src.path());
             let id = self.db().lookup(&src.kind, &src.name)?;
             if let Some(id) = id {
                 seen.insert(id);
@@ -822,7 +822,7 @@ impl Store {
         let mut wanted = Vec::new();
         let mut found = HashSet::new();
         for src in sources {
-            let rel = tree.rel(&src.path);
+            let rel = tree.rel(&src.path());
             let id = self.db().lookup(&src.kind, &src.name)?;
             if let Some(id) = id {
                 found.insert(id);

@@ -304,3 +304,46 @@ fn failpoints_reach_the_real_binary() -> TestResult {
     assert!(String::from_utf8_lossy(&o.stderr).contains("failpoint file.rename: abort"));
     Ok(())
 }
+
+/// The commands whose memory grows with the store (here `serve`) execute
+/// themselves once more with glibc's malloc arenas limited to two: the same
+/// process (its id) ends up with `MALLOC_ARENA_MAX=2` in its environment.
+/// A value the operator set, even glibc's default `0`, is kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn commands_that_grow_with_the_store_run_with_two_malloc_arenas() -> TestResult {
+    use std::io::BufRead;
+    let t = bbsync_tests::tempdir()?;
+    let data = t.path().join("d");
+    init(&data, "arenas");
+    let arenas_of = |preset: Option<&str>| -> std::io::Result<Vec<String>> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bbsync"));
+        cmd.arg("--no-progress")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env_remove("BBSYNC_DATA")
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(v) = preset {
+            cmd.env("MALLOC_ARENA_MAX", v);
+        }
+        let mut child = cmd.spawn()?;
+        // Serving (its address printed): whatever it executed is in place.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let environ = fs::read(format!("/proc/{}/environ", child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(line.contains("/p2p/12D3"), "serve printed {line:?}");
+        Ok(environ?
+            .split(|b| *b == 0)
+            .filter(|v| v.starts_with(b"MALLOC_ARENA_MAX="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect())
+    };
+    assert_eq!(arenas_of(None)?, ["MALLOC_ARENA_MAX=2"]);
+    assert_eq!(arenas_of(Some("0"))?, ["MALLOC_ARENA_MAX=0"]);
+    Ok(())
+}
