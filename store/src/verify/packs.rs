@@ -43,6 +43,115 @@ fn pack_problem(class: ProblemClass, pack: &PackId, detail: String) -> Problem {
     }
 }
 
+/// Where a pack's body ends, and its trailer if it is sealed (its
+/// committed length if it is the open pack): a truncated pack, a missing
+/// or misfit footer and a bad trailer are recorded as pack problems.
+fn pack_body(
+    f: &mut PackFindings,
+    pack: &PackId,
+    shown: &str,
+    file_len: u64,
+    committed: Option<u64>,
+    read: &dyn Fn(&mut [u8], u64) -> std::io::Result<()>,
+) -> (u64, Option<Vec<crate::packs::Entry>>) {
+    if let Some(c) = committed {
+        if file_len < c {
+            f.packs.push(pack_problem(
+                ProblemClass::TruncatedPack,
+                pack,
+                format!("{shown}: {file_len} bytes, {c} committed"),
+            ));
+        }
+        return (c.min(file_len), None);
+    }
+    let mut tail = [0u8; FOOTER_LEN as usize];
+    let footer =
+        if file_len >= HEADER_LEN + FOOTER_LEN && read(&mut tail, file_len - FOOTER_LEN).is_ok() {
+            parse_footer(&tail)
+        } else {
+            Footer::Absent
+        };
+    let Footer::Present {
+        count,
+        trailer_offset,
+        sum,
+    } = footer
+    else {
+        f.packs.push(pack_problem(
+            ProblemClass::TruncatedPack,
+            pack,
+            format!("{shown}: sealed, but its trailer is gone (cut short at {file_len} bytes)"),
+        ));
+        return (file_len, None);
+    };
+    if !footer_fits(count, trailer_offset, file_len) {
+        f.packs.push(pack_problem(
+            ProblemClass::PackTrailerMismatch,
+            pack,
+            format!("{shown}: its footer does not fit the file ({count} entries from {trailer_offset}, {file_len} bytes)"),
+        ));
+        return (file_len - FOOTER_LEN, None);
+    }
+    let mut tb = vec![0u8; (file_len - FOOTER_LEN - u64::from(trailer_offset)) as usize];
+    let trailer = match read(&mut tb, u64::from(trailer_offset))
+        .map_err(|e| e.to_string())
+        .and_then(|()| parse_trailer(pack, &tb, &sum, trailer_offset))
+    {
+        Ok(entries) => Some(entries),
+        Err(e) => {
+            f.packs.push(pack_problem(
+                ProblemClass::PackTrailerMismatch,
+                pack,
+                format!("{shown}: {e}"),
+            ));
+            None
+        }
+    };
+    (u64::from(trailer_offset), trailer)
+}
+
+/// The index records of a pack: each listed by its trailer (if it has
+/// one), each inside its body.
+fn records_fit(
+    f: &mut PackFindings,
+    pack: &PackId,
+    shown: &str,
+    records: &[(ChunkId, Location)],
+    body_end: u64,
+    trailer: Option<&[crate::packs::Entry]>,
+) {
+    if let Some(t) = trailer {
+        let listed: HashSet<(ChunkId, u32, u32)> =
+            t.iter().map(|e| (e.id, e.offset, e.len)).collect();
+        for (id, loc) in records {
+            if !listed.contains(&(*id, loc.offset, loc.len)) {
+                f.packs.push(pack_problem(
+                    ProblemClass::PackTrailerMismatch,
+                    pack,
+                    format!(
+                        "{shown}: the index puts chunk {} at {}, which its trailer does not list",
+                        id.short(),
+                        loc.offset
+                    ),
+                ));
+            }
+        }
+    }
+    for (id, loc) in records {
+        if loc.end() > body_end {
+            bad_chunk(
+                f,
+                *id,
+                ProblemClass::CorruptChunk,
+                format!(
+                    "pack {shown} is cut short: the chunk ends at {}, the pack's data at {body_end}",
+                    loc.end()
+                ),
+            );
+        }
+    }
+}
+
 impl Store {
     /// Checks one pack file and the index records pointing into it. Without
     /// `read_data` only its header, its footer and its length are read;
@@ -100,99 +209,8 @@ impl Store {
                 format!("{shown}: {e}"),
             ));
         }
-        // Where the body ends, and the trailer if sealed.
-        let mut trailer: Option<Vec<crate::packs::Entry>> = None;
-        let body_end = match committed {
-            Some(c) => {
-                if file_len < c {
-                    f.packs.push(pack_problem(
-                        ProblemClass::TruncatedPack,
-                        pack,
-                        format!("{shown}: {file_len} bytes, {c} committed"),
-                    ));
-                }
-                c.min(file_len)
-            }
-            None => {
-                let mut tail = [0u8; FOOTER_LEN as usize];
-                let footer = if file_len >= HEADER_LEN + FOOTER_LEN
-                    && read(&mut tail, file_len - FOOTER_LEN).is_ok()
-                {
-                    parse_footer(&tail)
-                } else {
-                    Footer::Absent
-                };
-                match footer {
-                    Footer::Absent => {
-                        f.packs.push(pack_problem(
-                            ProblemClass::TruncatedPack,
-                            pack,
-                            format!("{shown}: sealed, but its trailer is gone (cut short at {file_len} bytes)"),
-                        ));
-                        file_len
-                    }
-                    Footer::Present {
-                        count,
-                        trailer_offset,
-                        sum,
-                    } => {
-                        if !footer_fits(count, trailer_offset, file_len) {
-                            f.packs.push(pack_problem(
-                                ProblemClass::PackTrailerMismatch,
-                                pack,
-                                format!("{shown}: its footer does not fit the file ({count} entries from {trailer_offset}, {file_len} bytes)"),
-                            ));
-                            file_len - FOOTER_LEN
-                        } else {
-                            let mut tb = vec![
-                                0u8;
-                                (file_len - FOOTER_LEN - u64::from(trailer_offset))
-                                    as usize
-                            ];
-                            match read(&mut tb, u64::from(trailer_offset))
-                                .map_err(|e| e.to_string())
-                                .and_then(|()| parse_trailer(pack, &tb, &sum, trailer_offset))
-                            {
-                                Ok(entries) => trailer = Some(entries),
-                                Err(e) => f.packs.push(pack_problem(
-                                    ProblemClass::PackTrailerMismatch,
-                                    pack,
-                                    format!("{shown}: {e}"),
-                                )),
-                            }
-                            u64::from(trailer_offset)
-                        }
-                    }
-                }
-            }
-        };
-        // Index records: inside the body, and listed by the trailer.
-        if let Some(t) = &trailer {
-            let listed: HashSet<(ChunkId, u32, u32)> =
-                t.iter().map(|e| (e.id, e.offset, e.len)).collect();
-            for (id, loc) in records {
-                if !listed.contains(&(*id, loc.offset, loc.len)) {
-                    f.packs.push(pack_problem(
-                        ProblemClass::PackTrailerMismatch,
-                        pack,
-                        format!("{shown}: the index puts chunk {} at {}, which its trailer does not list", id.short(), loc.offset),
-                    ));
-                }
-            }
-        }
-        for (id, loc) in records {
-            if loc.end() > body_end {
-                bad_chunk(
-                    &mut f,
-                    *id,
-                    ProblemClass::CorruptChunk,
-                    format!(
-                        "pack {shown} is cut short: the chunk ends at {}, the pack's data at {body_end}",
-                        loc.end()
-                    ),
-                );
-            }
-        }
+        let (body_end, trailer) = pack_body(&mut f, pack, &shown, file_len, committed, &read);
+        records_fit(&mut f, pack, &shown, records, body_end, trailer.as_deref());
         if !read_data {
             return f;
         }
