@@ -513,6 +513,56 @@ pub async fn clone_from(
     };
     // 2. Changes, page by page, then their manifests.
     opts.progress.start("objects", checkpoint.count, 0);
+    let (listed, replaced) =
+        record_changes(node, &store, peer, source, opts, &mut report, start).await?;
+    opts.progress.finish();
+    report.manifests_elapsed = start.elapsed();
+    // 3. Missing chunks: config first (so a mirror can be configured while
+    //    the bulk arrives), then everything else.
+    let selection = opts.selection.clone();
+    let config_first = |st: &ObjectState| !st.complete && st.kind == "config";
+    fetch_chunks(
+        node,
+        &store,
+        &chunk_sources,
+        &config_first,
+        opts,
+        &mut report,
+    )
+    .await?;
+    let all = move |st: &ObjectState| !st.complete && selection.matches(&st.kind, &st.name);
+    fetch_chunks(node, &store, &chunk_sources, &all, opts, &mut report).await?;
+    report.chunks_elapsed = start.elapsed() - report.manifests_elapsed;
+    if replaced > 0 {
+        // Older versions replaced here leave chunks nothing references.
+        let store = store.clone();
+        let gc = blocking(move || {
+            failpoint::check("clone.gc", || "collecting unreferenced chunks".into())?;
+            store.gc()
+        });
+        if let Err(e) = gc.await {
+            tracing::warn!("clone: removing unreferenced chunks failed: {e}");
+        }
+    }
+    // 4. The proof: the root over the objects the source listed, as held
+    //    here, must be the root the source signed.
+    prove(&store, listed, &checkpoint, opts, &mut report).await?;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Step 2 of [`clone_from`]: the source's changes, page by page, and
+/// their manifests, checked and recorded. Returns the objects the source
+/// listed and how many older versions here were replaced.
+async fn record_changes(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    peer: PeerId,
+    source: bbsync_protocol::InstanceId,
+    opts: &CloneOptions,
+    report: &mut CloneReport,
+    start: Instant,
+) -> Result<(HashSet<bbsync_protocol::ObjectId>, u64), NodeError> {
     let mut listed: HashSet<bbsync_protocol::ObjectId> = HashSet::new();
     let mut replaced = 0u64;
     let mut cursor = 0;
@@ -561,7 +611,7 @@ pub async fn clone_from(
                 blocking(move || Ok(store.check_served(&source, items))).await?
             };
             if let Some(c) = committing.take() {
-                replaced += recorded(c, &mut report, opts, start).await?;
+                replaced += recorded(c, report, opts, start).await?;
             }
             let store = store.clone();
             let selection = opts.selection.clone();
@@ -574,43 +624,26 @@ pub async fn clone_from(
             ));
         }
         if let Some(c) = committing.take() {
-            replaced += recorded(c, &mut report, opts, start).await?;
+            replaced += recorded(c, report, opts, start).await?;
         }
         if last_page {
             break;
         }
     }
-    opts.progress.finish();
-    report.manifests_elapsed = start.elapsed();
-    // 3. Missing chunks: config first (so a mirror can be configured while
-    //    the bulk arrives), then everything else.
-    let selection = opts.selection.clone();
-    let config_first = |st: &ObjectState| !st.complete && st.kind == "config";
-    fetch_chunks(
-        node,
-        &store,
-        &chunk_sources,
-        &config_first,
-        opts,
-        &mut report,
-    )
-    .await?;
-    let all = move |st: &ObjectState| !st.complete && selection.matches(&st.kind, &st.name);
-    fetch_chunks(node, &store, &chunk_sources, &all, opts, &mut report).await?;
-    report.chunks_elapsed = start.elapsed() - report.manifests_elapsed;
-    if replaced > 0 {
-        // Older versions replaced here leave chunks nothing references.
-        let store = store.clone();
-        let gc = blocking(move || {
-            failpoint::check("clone.gc", || "collecting unreferenced chunks".into())?;
-            store.gc()
-        });
-        if let Err(e) = gc.await {
-            tracing::warn!("clone: removing unreferenced chunks failed: {e}");
-        }
-    }
-    // 4. The proof: the root over the objects the source listed, as held
-    //    here, must be the root the source signed.
+    Ok((listed, replaced))
+}
+
+/// Step 4 of [`clone_from`]: whether the copy is complete. A whole clone
+/// must hold every object the source `listed`, and their root must be the
+/// one the source signed in its `checkpoint`; a partial one must hold every
+/// selected object's chunks.
+async fn prove(
+    store: &Arc<Store>,
+    listed: HashSet<bbsync_protocol::ObjectId>,
+    checkpoint: &Checkpoint,
+    opts: &CloneOptions,
+    report: &mut CloneReport,
+) -> Result<(), NodeError> {
     let (count, root, lacking) = {
         let store = store.clone();
         blocking(move || store.root_of(&listed)).await?
@@ -629,8 +662,7 @@ pub async fn clone_from(
     } else {
         lacking == 0 && count == checkpoint.count && root == checkpoint.root
     };
-    report.elapsed = start.elapsed();
-    Ok(report)
+    Ok(())
 }
 
 /// Hellos the extra sources (their cards must prove their peer ids; they
