@@ -377,14 +377,16 @@ fn stop_on_invite_refusal(e: NodeError) -> Ended {
     }
 }
 
-async fn run_session(
+/// The start of a follow session: the upstream dialled, its invite
+/// redeemed if this node does not follow it yet, its card checked and the
+/// upstream admitted (trusted as `full` on its first follow). Returns its
+/// instance id.
+async fn establish(
     node: &NodeHandle,
     store: &Arc<Store>,
     up: &Upstream,
-    opts: &FollowOptions,
     key: &str,
-    established: &mut bool,
-) -> Result<std::convert::Infallible, Ended> {
+) -> Result<bbsync_protocol::InstanceId, Ended> {
     let peer = up.peer;
     let upstream = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
         addr: peer.to_string(),
@@ -413,6 +415,49 @@ async fn run_session(
     if added {
         tracing::warn!(upstream = %key, "trusting upstream {} as full (first follow of it)", upstream.short());
     }
+    Ok(upstream)
+}
+
+/// Moves the upstream's cursor to `next` (durably), then, on a standby
+/// with a live tree, the tree's marker.
+async fn advance_cursor(
+    store: &Arc<Store>,
+    opts: &FollowOptions,
+    upstream: bbsync_protocol::InstanceId,
+    next: u64,
+) -> Result<(), Ended> {
+    let st = store.clone();
+    blocking(move || {
+        failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
+        st.db().set_cursor(&upstream, next)
+    })
+    .await?;
+    if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_primary()) {
+        let tree = tree.clone();
+        let marker = bbsync_store::live::Marker {
+            format: 1,
+            instance: store.instance_id().to_hex(),
+            role: "standby".into(),
+            upstream: Some(upstream.to_hex()),
+            seq: next,
+            updated_at_ms: bbsync_protocol::now_ms(),
+        };
+        blocking(move || tree.write_marker(&marker)).await?;
+        bbsync_store::live::update_status(|s| s.applied_seq = next);
+    }
+    Ok(())
+}
+
+async fn run_session(
+    node: &NodeHandle,
+    store: &Arc<Store>,
+    up: &Upstream,
+    opts: &FollowOptions,
+    key: &str,
+    established: &mut bool,
+) -> Result<std::convert::Infallible, Ended> {
+    let peer = up.peer;
+    let upstream = establish(node, store, up, key).await?;
     *established = true;
     let mut cursor = {
         let store = store.clone();
@@ -489,26 +534,8 @@ async fn run_session(
         }
         // Durably applied (or nothing to apply): only now the cursor moves.
         if next != cursor {
-            let st = store.clone();
-            blocking(move || {
-                failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
-                st.db().set_cursor(&upstream, next)
-            })
-            .await?;
+            advance_cursor(store, opts, upstream, next).await?;
             cursor = next;
-            if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_primary()) {
-                let tree = tree.clone();
-                let marker = bbsync_store::live::Marker {
-                    format: 1,
-                    instance: store.instance_id().to_hex(),
-                    role: "standby".into(),
-                    upstream: Some(upstream.to_hex()),
-                    seq: next,
-                    updated_at_ms: bbsync_protocol::now_ms(),
-                };
-                blocking(move || tree.write_marker(&marker)).await?;
-                bbsync_store::live::update_status(|s| s.applied_seq = next);
-            }
         }
         let lag = last_seq.saturating_sub(cursor);
         let since = if lag == 0 {
