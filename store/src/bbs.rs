@@ -46,8 +46,9 @@ pub struct Source {
     /// Permission bits (`archive::MODE_BITS`) of the file, or of the
     /// directory of a directory object.
     pub mode: u32,
-    /// The walk, for directories.
-    pub walk: Option<archive::Walk>,
+    /// The walk, for directories (boxed: most sources are files, and a
+    /// large import holds every source until it is sealed).
+    pub walk: Option<Box<archive::Walk>>,
     /// Plaintext length (file size, or archive length).
     pub len: u64,
     /// Digest of the source's file metadata.
@@ -232,7 +233,7 @@ pub(crate) fn source_at(
             stat_digest: walk.stat_digest,
             content_bytes: walk.file_bytes,
             len,
-            walk: Some(walk),
+            walk: Some(Box::new(walk)),
         })
     } else if c.meta.is_file() {
         let mut h = Sha256::new();
@@ -403,6 +404,8 @@ pub fn scan_in(root: &Path, focus: Option<&Focus>) -> Result<Vec<Source>> {
             }
         }
     }
+    // Held until every source is sealed: not a third more than needed.
+    out.shrink_to_fit();
     Ok(out)
 }
 

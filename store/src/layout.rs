@@ -652,6 +652,8 @@ impl Layout {
         let tree = open_tree(root)?;
         let mut out = Vec::new();
         self.scan_dir(&tree, &tree, &mut Vec::new(), focus, &mut out)?;
+        // Held until every source is sealed: not a third more than needed.
+        out.shrink_to_fit();
         Ok(out)
     }
 

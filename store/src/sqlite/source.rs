@@ -169,7 +169,7 @@ impl Store {
                     shape: Shape::Dir,
                     mode: src.mode,
                     len: archive_len(&walk),
-                    walk: Some(walk),
+                    walk: Some(Box::new(walk)),
                     stat_digest: if racy {
                         RECHECK_DIGEST
                     } else {
