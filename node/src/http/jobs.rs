@@ -22,7 +22,7 @@ use bbsync_store::{
 use serde::{Deserialize, Serialize};
 
 use super::{HttpError, Shared, events::now_ms};
-use crate::{CloneOptions, clone_from, dial, fetch_missing};
+use crate::{CloneOptions, NodeHandle, clone_from, dial, fetch_missing};
 
 /// Lines of log kept per job.
 const LOG_TAIL: usize = 200;
@@ -613,89 +613,21 @@ async fn run(
     let h = shared.node.clone();
     match p {
         Prepared::Clone(source, extra, selection, jobs) => {
-            // As `clone`: the source must answer; other sources only help.
-            job.log(format!("dialing {}", source[0]));
-            let mut peers = vec![
-                dial::dial_first(&h, &source)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ];
-            if !extra.is_empty() {
-                peers.extend(dial::dial_all(&h, extra, false).await.unwrap_or_default());
-            }
-            let opts = CloneOptions {
-                jobs,
-                selection,
-                progress: job.clone(),
-                ..Default::default()
-            };
-            let r = clone_from(&h, store, &peers, &opts)
-                .await
-                .map_err(|e| e.to_string())?;
-            for (obj, why) in &r.rejected_manifests {
-                job.log(format!("rejected: {obj}: {why}"));
-            }
-            let v = json(&r)?;
-            if !r.rejected_manifests.is_empty() {
-                return Err(format!(
-                    "{} manifest(s) were rejected",
-                    r.rejected_manifests.len()
-                ));
-            }
-            if !r.complete {
-                return Err("the clone is incomplete (run it again to resume)".into());
-            }
-            Ok(v)
+            run_clone(&h, store, job, &source, extra, selection, jobs).await
         }
-        Prepared::Fetch(addrs, jobs) => {
-            let peers = dial::dial_all(&h, addrs, false)
-                .await
-                .map_err(|e| e.to_string())?;
-            let opts = CloneOptions {
-                jobs,
-                progress: job.clone(),
-                ..Default::default()
-            };
-            let r = fetch_missing(&h, store, &peers, &opts)
-                .await
-                .map_err(|e| e.to_string())?;
-            if r.still_missing > 0 {
-                return Err(format!(
-                    "{} chunk(s) are still missing (no source had them)",
-                    r.still_missing
-                ));
-            }
-            json(&r)
-        }
+        Prepared::Fetch(addrs, jobs) => run_fetch(&h, store, job, addrs, jobs).await,
         Prepared::Backup(storage, selection, only, description, tags) => {
             let job = job.clone();
             let metrics = shared.metrics.clone();
-            blocking(move || {
-                let started = Instant::now();
-                job.log(format!("repository {storage}"));
-                let (repo, created) = storage
-                    .open_or_create(bbsync_store::backup::DEFAULT_REPO_FORMAT)
-                    .map_err(|e| e.to_string())?;
-                let mut r = store
-                    .backup(
-                        &repo,
-                        &BackupOptions {
-                            selection,
-                            only,
-                            description,
-                            tags,
-                            identity_passphrase: None,
-                            copy: false,
-                        },
-                        job.as_ref(),
-                    )
-                    .map_err(|e| e.to_string())?;
-                r.repo_created = created;
-                metrics.backup_succeeded(&repo.location(), started.elapsed().as_secs_f64());
-                job.log(format!("snapshot {} in {}", r.snapshot, r.repo));
-                json(&r)
-            })
-            .await
+            let opts = BackupOptions {
+                selection,
+                only,
+                description,
+                tags,
+                identity_passphrase: None,
+                copy: false,
+            };
+            blocking(move || run_backup(&store, &job, &metrics, &storage, &opts)).await
         }
         Prepared::Verify(read_data) => {
             let job = job.clone();
@@ -761,4 +693,100 @@ async fn run(
             .await
         }
     }
+}
+
+/// A clone job: as `clone`, the source must answer; other sources only help.
+async fn run_clone(
+    h: &NodeHandle,
+    store: Arc<bbsync_store::Store>,
+    job: &Arc<Job>,
+    source: &[libp2p::Multiaddr],
+    extra: Vec<libp2p::Multiaddr>,
+    selection: Selection,
+    jobs: usize,
+) -> Result<serde_json::Value, String> {
+    // As `clone`: the source must answer; other sources only help.
+    job.log(format!("dialing {}", source[0]));
+    let mut peers = vec![
+        dial::dial_first(h, source)
+            .await
+            .map_err(|e| e.to_string())?,
+    ];
+    if !extra.is_empty() {
+        peers.extend(dial::dial_all(h, extra, false).await.unwrap_or_default());
+    }
+    let opts = CloneOptions {
+        jobs,
+        selection,
+        progress: job.clone(),
+        ..Default::default()
+    };
+    let r = clone_from(h, store, &peers, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (obj, why) in &r.rejected_manifests {
+        job.log(format!("rejected: {obj}: {why}"));
+    }
+    let v = json(&r)?;
+    if !r.rejected_manifests.is_empty() {
+        return Err(format!(
+            "{} manifest(s) were rejected",
+            r.rejected_manifests.len()
+        ));
+    }
+    if !r.complete {
+        return Err("the clone is incomplete (run it again to resume)".into());
+    }
+    Ok(v)
+}
+
+/// A fetch-missing job: every source that answers.
+async fn run_fetch(
+    h: &NodeHandle,
+    store: Arc<bbsync_store::Store>,
+    job: &Arc<Job>,
+    addrs: Vec<libp2p::Multiaddr>,
+    jobs: usize,
+) -> Result<serde_json::Value, String> {
+    let peers = dial::dial_all(h, addrs, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let opts = CloneOptions {
+        jobs,
+        progress: job.clone(),
+        ..Default::default()
+    };
+    let r = fetch_missing(h, store, &peers, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.still_missing > 0 {
+        return Err(format!(
+            "{} chunk(s) are still missing (no source had them)",
+            r.still_missing
+        ));
+    }
+    json(&r)
+}
+
+/// A backup job (on the blocking pool): into its repository, created if
+/// needed; counted in the metrics.
+fn run_backup(
+    store: &bbsync_store::Store,
+    job: &Arc<Job>,
+    metrics: &super::metrics::Metrics,
+    storage: &RepoStorage,
+    opts: &BackupOptions,
+) -> Result<serde_json::Value, String> {
+    let started = Instant::now();
+    job.log(format!("repository {storage}"));
+    let (repo, created) = storage
+        .open_or_create(bbsync_store::backup::DEFAULT_REPO_FORMAT)
+        .map_err(|e| e.to_string())?;
+    let mut r = store
+        .backup(&repo, opts, job.as_ref())
+        .map_err(|e| e.to_string())?;
+    r.repo_created = created;
+    metrics.backup_succeeded(&repo.location(), started.elapsed().as_secs_f64());
+    job.log(format!("snapshot {} in {}", r.snapshot, r.repo));
+    json(&r)
 }
