@@ -26,7 +26,7 @@ use futures::{StreamExt, stream, stream::BoxStream};
 use libp2p::PeerId;
 use serde::Serialize;
 
-use crate::{NodeError, NodeHandle, instance_of};
+use crate::{NodeError, NodeHandle, node::instance_of_peer};
 
 /// Bytes asked for in one chunk request (at most).
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
@@ -322,10 +322,7 @@ pub(crate) async fn hello(
     node: &NodeHandle,
     peer: PeerId,
 ) -> Result<(Signed<InstanceCard>, Signed<Checkpoint>), NodeError> {
-    let source = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
-        addr: peer.to_string(),
-        reason: "not an ed25519 peer id".into(),
-    })?;
+    let source = instance_of_peer(&peer)?;
     let Response::Hello { card, checkpoint } = node.request(peer, Request::Hello).await? else {
         return Err(out_of_protocol(&peer, "Hello"));
     };
@@ -492,10 +489,7 @@ pub async fn clone_from(
             reason: "no source given".into(),
         });
     };
-    let source = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
-        addr: peer.to_string(),
-        reason: "not an ed25519 peer id".into(),
-    })?;
+    let source = instance_of_peer(&peer)?;
     // 1. Hello: the primary must answer, and is trusted (the operator named
     //    it); the others are extra chunk sources, not trusted.
     let (card, checkpoint) = hello(node, peer).await?;

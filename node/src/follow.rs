@@ -388,10 +388,7 @@ async fn establish(
     key: &str,
 ) -> Result<bbsync_protocol::InstanceId, Ended> {
     let peer = up.peer;
-    let upstream = instance_of(&peer).ok_or_else(|| NodeError::BadAddress {
-        addr: peer.to_string(),
-        reason: "not an ed25519 peer id".into(),
-    })?;
+    let upstream = crate::node::instance_of_peer(&peer)?;
     dial_first(node, &up.addrs).await?;
     if let Some(inv) = &up.invite {
         let followed = {

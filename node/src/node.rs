@@ -87,6 +87,15 @@ pub fn instance_of(peer: &PeerId) -> Option<InstanceId> {
     Some(InstanceId(pk.try_into_ed25519().ok()?.to_bytes()))
 }
 
+/// [`instance_of`], or the error that a peer to talk to is not an ed25519
+/// peer.
+pub(crate) fn instance_of_peer(peer: &PeerId) -> Result<InstanceId, crate::NodeError> {
+    instance_of(peer).ok_or_else(|| crate::NodeError::BadAddress {
+        addr: peer.to_string(),
+        reason: "not an ed25519 peer id".into(),
+    })
+}
+
 /// The peer id of an instance.
 pub fn peer_id_of(id: &InstanceId) -> Option<PeerId> {
     let ed = identity::ed25519::PublicKey::try_from_bytes(id.as_bytes()).ok()?;
