@@ -41,27 +41,54 @@ type Checked = (Vec<Problem>, Vec<ChunkRef>);
 
 type SignedResult<T> = bbsync_protocol::Result<bbsync_protocol::Signed<T>>;
 
+/// A record whose manifest decoded: its place in the group, its state, the
+/// record, and whether the record MAC vouched for it.
+type ManifestRow<'a> = (usize, &'a ObjectState, crate::db::ObjectRecord, bool);
+
+/// An object whose manifest verified: its place in the group, the
+/// manifest, the verdict on its first entry candidate when the record MAC
+/// vouched for it (else the batch decides), and the other candidates.
+type EntryRow = (
+    usize,
+    bbsync_protocol::Signed<Manifest>,
+    Option<SignedResult<EnvelopeEntry>>,
+    Vec<Unverified<EnvelopeEntry>>,
+);
+
 impl Store {
     /// Checks the manifests and this instance's envelope entries of a group
-    /// of objects; `base` is the index of the group's first object. Records
-    /// whose bytes still match the MAC this instance stored when it verified
-    /// or wrote them (`Store::record_mac`) skip the signature math; all
-    /// others are checked in ed25519 batches. Format rules and trust are
-    /// checked for every record.
+    /// of objects. Records whose bytes still match the MAC this instance
+    /// stored when it verified or wrote them (`Store::record_mac`) skip the
+    /// signature math; all others are checked in ed25519 batches. Format
+    /// rules and trust are checked for every record.
     fn check_group(&self, group: &[(ObjectId, ObjectState)]) -> Checked {
         let infos: Vec<ObjInfo> = group
             .iter()
             .map(|(id, st)| ObjInfo { st, id: *id })
             .collect();
-        let base = 0;
         let mut ps = Vec::new();
         let mut refs = Vec::new();
-        // 1. Manifests: decode all; verify the unchecked ones in one batch run.
+        let manifests = self.group_manifests(group, &infos, &mut ps);
+        let (rows, batched) = self.group_entries(manifests, &infos, &mut ps, &mut refs);
+        self.usable_entries(rows, batched, &infos, &mut ps);
+        (ps, refs)
+    }
+
+    /// Step 1 of [`Store::check_group`]: every record read and its
+    /// manifest decoded; the manifests the record MAC does not vouch for
+    /// verified in one batch run. Returns, for each record that decoded,
+    /// its place in the group, state, record, whether the MAC vouched for
+    /// it, and its manifest's verdict.
+    fn group_manifests<'a>(
+        &self,
+        group: &'a [(ObjectId, ObjectState)],
+        infos: &[ObjInfo],
+        ps: &mut Vec<Problem>,
+    ) -> Vec<(ManifestRow<'a>, Option<SignedResult<Manifest>>)> {
         let mut pending = Vec::new();
         let mut results: Vec<Option<SignedResult<Manifest>>> = Vec::new();
         let mut batch = Vec::new();
-        for (k, (id, st)) in group.iter().enumerate() {
-            let idx = base + k;
+        for (idx, (id, st)) in group.iter().enumerate() {
             let info = &infos[idx];
             let rec = match self.db().record(id) {
                 Ok(Some(r)) => r,
@@ -97,10 +124,23 @@ impl Store {
                 *r = v;
             }
         }
-        // 2. This instance's entries: candidates found, checked the same way.
+        pending.into_iter().zip(results).collect()
+    }
+
+    /// Step 2 of [`Store::check_group`]: each verified manifest matched
+    /// with its record, its chunks referenced, and this instance's entries
+    /// found; the first candidate of each checked like the manifests (the
+    /// MAC, or one batch run). Returns the rows and the batch's verdicts.
+    fn group_entries(
+        &self,
+        manifests: Vec<(ManifestRow<'_>, Option<SignedResult<Manifest>>)>,
+        infos: &[ObjInfo],
+        ps: &mut Vec<Problem>,
+        refs: &mut Vec<ChunkRef>,
+    ) -> (Vec<EntryRow>, Vec<Option<SignedResult<EnvelopeEntry>>>) {
         let mut batch = Vec::new();
         let mut rows = Vec::new();
-        for ((idx, st, rec, checked), r) in pending.into_iter().zip(results) {
+        for ((idx, st, rec, checked), r) in manifests {
             let info = &infos[idx];
             let m = match r {
                 Some(Ok(m)) => m,
@@ -167,7 +207,20 @@ impl Store {
             }
         }
         let batched = verify_slots(batch, |i, w| *w == rows[i].1.author || self.is_full(w));
-        // 3. Each object needs one usable entry: right version, unwraps.
+        (rows, batched)
+    }
+
+    /// Step 3 of [`Store::check_group`]: each object needs one usable
+    /// entry (right version, unwraps to the key its manifest commits to);
+    /// the other candidates are tried, verified one by one, only when the
+    /// first is not.
+    fn usable_entries(
+        &self,
+        rows: Vec<EntryRow>,
+        batched: Vec<Option<SignedResult<EnvelopeEntry>>>,
+        infos: &[ObjInfo],
+        ps: &mut Vec<Problem>,
+    ) {
         for ((idx, m, decided, others), verified) in rows.into_iter().zip(batched) {
             let Some(first) = decided.or(verified) else {
                 continue; // (every row was decided or verified above)
@@ -196,7 +249,6 @@ impl Store {
                 ps.push(info.problem(ProblemClass::BadEnvelope, detail));
             }
         }
-        (ps, refs)
     }
 
     /// Step B of a verify: every object's record, manifest and envelope,
