@@ -271,7 +271,8 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
         update(&key, |s| s.state = UpstreamState::Connecting);
         let started = Instant::now();
         let mut established = false;
-        let err = match session(&node, &store, &up, &opts, &key, &mut established).await {
+        let Err(ended) = session(&node, &store, &up, &opts, &key, &mut established).await;
+        let err = match ended {
             Ended::Retry(e) => e,
             Ended::Stop(why) => {
                 tracing::error!(upstream = %key, "follow: {why}");
@@ -321,21 +322,6 @@ async fn run(node: NodeHandle, store: Arc<Store>, up: Upstream, opts: FollowOpti
 fn jittered(d: Duration) -> Duration {
     use rand::Rng as _;
     d.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
-}
-
-/// One connection's worth of following; returns why it ended.
-async fn session(
-    node: &NodeHandle,
-    store: &Arc<Store>,
-    up: &Upstream,
-    opts: &FollowOptions,
-    key: &str,
-    established: &mut bool,
-) -> Ended {
-    match run_session(node, store, up, opts, key, established).await {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
 }
 
 /// Dials the first of `addrs` that answers; the last error if none does.
@@ -445,7 +431,9 @@ async fn advance_cursor(
     Ok(())
 }
 
-async fn run_session(
+/// One connection's worth of following; it never ends well: the error
+/// says why it ended (to retry, or to stop).
+async fn session(
     node: &NodeHandle,
     store: &Arc<Store>,
     up: &Upstream,

@@ -695,6 +695,16 @@ async fn run(
     }
 }
 
+/// The options of a network job: its requests in flight, its progress
+/// reported to the job.
+fn job_options(job: &Arc<Job>, jobs: usize) -> CloneOptions {
+    CloneOptions {
+        jobs,
+        progress: job.clone(),
+        ..Default::default()
+    }
+}
+
 /// A clone job: as `clone`, the source must answer; other sources only help.
 async fn run_clone(
     h: &NodeHandle,
@@ -716,10 +726,8 @@ async fn run_clone(
         peers.extend(dial::dial_all(h, extra, false).await.unwrap_or_default());
     }
     let opts = CloneOptions {
-        jobs,
         selection,
-        progress: job.clone(),
-        ..Default::default()
+        ..job_options(job, jobs)
     };
     let r = clone_from(h, store, &peers, &opts)
         .await
@@ -751,11 +759,7 @@ async fn run_fetch(
     let peers = dial::dial_all(h, addrs, false)
         .await
         .map_err(|e| e.to_string())?;
-    let opts = CloneOptions {
-        jobs,
-        progress: job.clone(),
-        ..Default::default()
-    };
+    let opts = job_options(job, jobs);
     let r = fetch_missing(h, store, &peers, &opts)
         .await
         .map_err(|e| e.to_string())?;

@@ -32,6 +32,13 @@ fn bad_chunk(f: &mut PackFindings, id: ChunkId, class: ProblemClass, detail: Str
     f.chunks.entry(id).or_insert((class, detail));
 }
 
+/// Every chunk of `records` corrupt, for one reason (their pack).
+fn every_chunk_bad(f: &mut PackFindings, records: &[(ChunkId, Location)], detail: &str) {
+    for (id, _) in records {
+        bad_chunk(f, *id, ProblemClass::CorruptChunk, detail.to_string());
+    }
+}
+
 fn pack_problem(class: ProblemClass, pack: &PackId, detail: String) -> Problem {
     Problem {
         class,
@@ -171,14 +178,7 @@ impl Store {
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) => {
-                for (id, _) in records {
-                    bad_chunk(
-                        &mut f,
-                        *id,
-                        ProblemClass::CorruptChunk,
-                        format!("pack {shown} unreadable: {e}"),
-                    );
-                }
+                every_chunk_bad(&mut f, records, &format!("pack {shown} unreadable: {e}"));
                 return f;
             }
         };
@@ -192,14 +192,7 @@ impl Store {
                 pack,
                 format!("{shown}: shorter than its header"),
             ));
-            for (id, _) in records {
-                bad_chunk(
-                    &mut f,
-                    *id,
-                    ProblemClass::CorruptChunk,
-                    format!("pack {shown} is cut short"),
-                );
-            }
+            every_chunk_bad(&mut f, records, &format!("pack {shown} is cut short"));
             return f;
         }
         if let Err(e) = check_header(&head, pack) {
