@@ -127,7 +127,7 @@ pub fn start(store: Arc<Store>, tree: Arc<LiveTree>) -> anyhow::Result<Watcher> 
         instance: store.instance_id().to_hex(),
         role: "primary".into(),
         upstream: None,
-        seq: store.db().last_seq()?,
+        seq: store.last_seq()?,
         updated_at_ms: bbsync_protocol::now_ms(),
     })?;
     update_status(|s| {

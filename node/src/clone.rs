@@ -15,9 +15,7 @@ use bbsync_protocol::{
     wire::{MAX_CHUNK_IDS, Request, Response, WireChange},
 };
 use bbsync_store::{
-    Store,
-    db::ObjectState,
-    failpoint,
+    ObjectState, Store, failpoint,
     packs::Staged,
     progress::{NoProgress, Progress},
     sync::{Selection, Served, StagedChunks},

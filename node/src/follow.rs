@@ -140,8 +140,7 @@ pub fn upstreams(store: &Store) -> Result<Vec<serde_json::Value>, StoreError> {
         .unwrap_or_default();
     if live.is_empty() {
         return Ok(store
-            .db()
-            .cursors()?
+            .follow_cursors()?
             .into_iter()
             .map(|(id, cursor)| {
                 serde_json::json!({
@@ -379,7 +378,7 @@ async fn establish(
     if let Some(inv) = &up.invite {
         let followed = {
             let store = store.clone();
-            blocking(move || Ok(store.db().cursor(&upstream)?.is_some())).await?
+            blocking(move || Ok(store.follow_cursor(&upstream)?.is_some())).await?
         };
         if !followed {
             let role = invite::redeem(node, store, inv)
@@ -412,7 +411,7 @@ async fn advance_cursor(
     let st = store.clone();
     blocking(move || {
         failpoint::check("follow.cursor", || "advancing the upstream cursor".into())?;
-        st.db().set_cursor(&upstream, next)
+        st.set_follow_cursor(&upstream, next)
     })
     .await?;
     if let Some(tree) = opts.tree.as_ref().filter(|t| !t.is_primary()) {
@@ -446,7 +445,7 @@ async fn session(
     *established = true;
     let mut cursor = {
         let store = store.clone();
-        blocking(move || Ok(store.db().cursor(&upstream)?.unwrap_or(0))).await?
+        blocking(move || Ok(store.follow_cursor(&upstream)?.unwrap_or(0))).await?
     };
     // A live tree is brought in line with the store once per process,
     // before the first page: a failure is retried as a failed page is.

@@ -254,10 +254,9 @@ pub struct Node {
 /// every request still checks the peer's trust record and card itself.
 fn trusted_peers(store: &Store) -> Result<HashSet<PeerId>, StoreError> {
     Ok(store
-        .db()
-        .trusted()?
+        .trusted_ids()?
         .into_iter()
-        .filter_map(|(id, _)| peer_id_of(&id))
+        .filter_map(|id| peer_id_of(&id))
         .collect())
 }
 
@@ -315,7 +314,7 @@ impl Node {
         })?;
         let peer_id = keypair.public().to_peer_id();
         // Watch first, then read: no trust change can fall in between.
-        let changes = store.db().watch_changes();
+        let changes = store.watch_changes();
         let trusted = trusted_peers(&store)?;
         let behaviour = Behaviour {
             gate: Gate::new(trusted),
@@ -676,7 +675,7 @@ async fn long_poll(
     let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look: no change can slip in between.
-    let mut changes = store.db().watch_changes();
+    let mut changes = store.watch_changes();
     loop {
         let request = Request::Subscribe {
             since,

@@ -91,7 +91,7 @@ pub fn answer_with(
             Ok(Response::Changes {
                 changes,
                 cursor,
-                last_seq: store.db().last_seq()?,
+                last_seq: store.last_seq()?,
             })
         }
         Request::GetManifests { ids } => {

@@ -9,6 +9,7 @@ use bbsync_protocol::{
     ContentKey, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role, Signed,
 };
 
+pub use crate::db::ObjectRecord;
 use crate::{
     ObjectState, Store, TrustRecord,
     db::ObjectWrite,
@@ -58,6 +59,37 @@ impl From<StoreError> for RecordError {
 }
 
 impl Store {
+    /// The change log's generation: its numbers (and a backup cache built
+    /// on them) describe the records only while this token is the same (a
+    /// record written without a change-log entry replaces it first).
+    pub fn change_log_token(&self) -> Result<[u8; 16]> {
+        self.db().unlogged_token()
+    }
+
+    /// The change-log entries after `since`, at most `limit`, as `(seq,
+    /// object)`.
+    pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, ObjectId)>> {
+        self.db().changes_since(since, limit)
+    }
+
+    /// Every object record as stored (state, manifest and envelope bytes,
+    /// as this instance verified or wrote them), in object-id order. A
+    /// backup copies these bytes; whoever reads them back checks them again.
+    pub fn stored_records(&self) -> impl Iterator<Item = Result<(ObjectId, ObjectRecord)>> + '_ {
+        self.db().records()
+    }
+
+    /// One object's record as stored (see [`Store::stored_records`]).
+    pub fn stored_record(&self, id: &ObjectId) -> Result<Option<ObjectRecord>> {
+        self.db().record(id)
+    }
+
+    /// The trust table as stored (each card's bytes, the role), for a
+    /// snapshot's copy of it.
+    pub fn trust_records(&self) -> Result<Vec<(InstanceId, TrustRecord)>> {
+        self.db().trusted()
+    }
+
     /// Whether the store holds no object.
     pub fn is_empty(&self) -> bool {
         self.db().object_count() == 0

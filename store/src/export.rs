@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bbsync_protocol::{ChunkCipher, Manifest, ObjectId, ObjectMeta, Shape, Signed};
+use bbsync_protocol::{
+    ChunkCipher, ChunkRef, ContentKey, Manifest, ObjectId, ObjectMeta, Shape, Signed,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -54,27 +56,186 @@ pub fn prepare_empty_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// An object opened for reading: its state, verified manifest, cipher and
-/// shape, so that each is checked once however the object is then written.
-pub struct OpenObject {
-    /// The object's state.
-    pub state: ObjectState,
-    /// Its verified manifest.
-    pub manifest: Signed<Manifest>,
+/// Where an object's sealed chunks come from: this store's packs (export,
+/// the live tree, database dumps) or a backup repository (`restore
+/// --to-tree`). Each source says in its own words what a missing or damaged
+/// chunk means.
+pub trait ChunkSource: Sync {
+    /// The sealed bytes of chunk `c` of `object`.
+    fn sealed(&self, object: &ObjectId, c: &ChunkRef) -> Result<Vec<u8>>;
+}
+
+/// This store's packs.
+impl ChunkSource for Store {
+    fn sealed(&self, object: &ObjectId, c: &ChunkRef) -> Result<Vec<u8>> {
+        match self.packs().read(&c.id) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Incomplete(
+                format!("{} (chunk {} missing)", object.to_hex(), c.id.short()),
+            )),
+            Err(e) => Err(e).ctx(|| format!("reading chunk {}", c.id.short())),
+        }
+    }
+}
+
+/// An object's content key at work: the cipher of its chunks, and the
+/// shape and mode its sealed meta gives. Made once per object, however the
+/// object is then read or written.
+pub struct ContentReader {
+    cipher: ChunkCipher,
     /// File or directory.
     pub shape: Shape,
     /// The permission bits of the file (or of the directory of a directory
     /// object); `None` for an object written before modes were kept (it is
     /// written with the umask).
     pub mode: Option<u32>,
-    cipher: ChunkCipher,
+}
+
+impl ContentReader {
+    /// Opens the sealed meta of `m` (whose key `key` is, already checked
+    /// against the manifest's commitment); `label` names the object in errors.
+    pub fn new(m: &Manifest, key: &ContentKey, label: &str) -> Result<Self> {
+        let cipher = ChunkCipher::new(key);
+        let (shape, mode) = match &m.meta {
+            Some(meta) => {
+                let plain = cipher.open_meta(meta).ctx(|| format!("meta of {label}"))?;
+                let meta = ObjectMeta::decode(&plain).ctx(|| format!("meta of {label}"))?;
+                (meta.shape, meta.mode)
+            }
+            None => (Shape::File, None),
+        };
+        Ok(ContentReader {
+            cipher,
+            shape,
+            mode,
+        })
+    }
+
+    /// Reads the chunks of `m` from `src`, decrypts them and passes the
+    /// plaintext, chunk by chunk, to `sink`. Returns the length, which
+    /// must be the manifest's.
+    pub fn read(
+        &self,
+        m: &Manifest,
+        label: &str,
+        src: &dyn ChunkSource,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        let mut total = 0u64;
+        for c in &m.chunks {
+            let stored = src.sealed(&m.object_id, c)?;
+            let plain = self
+                .cipher
+                .open(&c.id, &stored)
+                .ctx(|| format!("chunk {} of {label}", c.id.short()))?;
+            total += plain.len() as u64;
+            sink(&plain)?;
+        }
+        if total != m.plaintext_len {
+            return Err(StoreError::Corrupt(format!(
+                "{label} decrypted to {total} bytes, its manifest says {}",
+                m.plaintext_len
+            )));
+        }
+        Ok(total)
+    }
+
+    /// Writes the object into a tree being filled at `path` (its parent
+    /// created, `path` not there yet): a file object directly, a directory
+    /// object extracted into a new directory, removed again if anything
+    /// fails. A SQLite database must pass its integrity check
+    /// ([`crate::sqlite::FileOut`], [`crate::sqlite::check_tree`]).
+    /// Returns (files, bytes).
+    pub fn write_in_tree(
+        &self,
+        m: &Manifest,
+        label: &str,
+        src: &dyn ChunkSource,
+        path: &Path,
+    ) -> Result<(u64, u64)> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        match self.shape {
+            Shape::File => Ok((1, self.write_file(m, label, src, path, WriteMode::InPlace)?)),
+            Shape::Dir => {
+                fs::create_dir(path).ctx(|| format!("creating {}", path.display()))?;
+                self.extract_dir(m, label, src, path).inspect_err(|_| {
+                    // Nothing half-written stays in the tree.
+                    let _ = fs::remove_dir_all(path);
+                })
+            }
+        }
+    }
+
+    /// Writes a file object to `target`, which must not exist:
+    /// [`WriteMode::Atomic`] through a temp file and a rename,
+    /// [`WriteMode::InPlace`] directly (into a fresh tree), removing the
+    /// partial file on failure. A SQLite database is always written
+    /// through a temp file, fsynced and checked with `PRAGMA
+    /// integrity_check` before the rename ([`crate::sqlite::FileOut`]).
+    fn write_file(
+        &self,
+        m: &Manifest,
+        label: &str,
+        src: &dyn ChunkSource,
+        target: &Path,
+        how: WriteMode,
+    ) -> Result<u64> {
+        if target.exists() {
+            return Err(StoreError::DestinationNotEmpty(target.to_path_buf()));
+        }
+        let mut out = FileOut::new(target, how, m.plaintext_len).with_mode(self.mode);
+        let n = self.read(m, label, src, &mut |data| out.write(data))?;
+        out.finish(label)?;
+        Ok(n)
+    }
+
+    /// Extracts a directory object into `dest` (existing, empty) and gives
+    /// `dest` the object's mode (if it has one); the SQLite databases in it
+    /// must pass `PRAGMA integrity_check`.
+    fn extract_dir(
+        &self,
+        m: &Manifest,
+        label: &str,
+        src: &dyn ChunkSource,
+        dest: &Path,
+    ) -> Result<(u64, u64)> {
+        let mut ex = Extractor::new(dest);
+        let bytes = self.read(m, label, src, &mut |data| ex.feed(data))?;
+        let (files, _) = ex.finish()?;
+        if let Some(mode) = self.mode {
+            crate::archive::set_dir_mode(dest, mode)?;
+        }
+        crate::sqlite::check_tree(dest, label)?;
+        Ok((files, bytes))
+    }
+}
+
+/// An object of this store opened for reading: its state, its verified
+/// manifest and its content reader, so that each is checked once however
+/// the object is then written.
+pub struct OpenObject {
+    /// The object's state.
+    pub state: ObjectState,
+    /// Its verified manifest.
+    pub manifest: Signed<Manifest>,
+    /// Its cipher, shape and mode.
+    pub content: ContentReader,
+}
+
+impl OpenObject {
+    /// `kind:name`, as errors name it.
+    fn label(&self) -> String {
+        format!("{}:{}", self.state.kind, self.state.name)
+    }
 }
 
 impl std::fmt::Debug for OpenObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenObject")
             .field("object", &self.manifest.object_id)
-            .field("shape", &self.shape)
+            .field("shape", &self.content.shape)
             .finish()
     }
 }
@@ -82,7 +243,7 @@ impl std::fmt::Debug for OpenObject {
 impl Store {
     /// Opens an object for reading: verifies its manifest and envelope entry
     /// once and reads its shape. Deleted and incomplete objects are refused.
-    pub fn open_object(&self, id: &ObjectId) -> Result<OpenObject> {
+    pub(crate) fn open_object(&self, id: &ObjectId) -> Result<OpenObject> {
         let state = self.state(id)?;
         if state.deleted {
             return Err(StoreError::UnknownObject(format!(
@@ -94,78 +255,28 @@ impl Store {
             return Err(StoreError::Incomplete(id.to_hex()));
         }
         let (manifest, key) = self.manifest_and_key(id)?;
-        let cipher = ChunkCipher::new(&key);
-        let (shape, mode) = match &manifest.meta {
-            Some(meta) => {
-                let plain = cipher
-                    .open_meta(meta)
-                    .ctx(|| format!("meta of {}", id.short()))?;
-                let m = ObjectMeta::decode(&plain).ctx(|| format!("meta of {}", id.short()))?;
-                (m.shape, m.mode)
-            }
-            None => (Shape::File, None),
-        };
+        let label = format!("{}:{}", state.kind, state.name);
+        let content = ContentReader::new(&manifest, &key, &label)?;
         Ok(OpenObject {
             state,
             manifest,
-            shape,
-            mode,
-            cipher,
+            content,
         })
     }
 
-    /// Decrypts an opened object and passes its plaintext, chunk by chunk, to
-    /// `sink`. Every chunk is checked against its id first. Returns the length.
-    pub fn read_open(
+    /// Decrypts an opened object from this store's packs and passes its
+    /// plaintext, chunk by chunk, to `sink`. Returns the length.
+    pub(crate) fn read_open(
         &self,
         o: &OpenObject,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<u64> {
-        let id = o.manifest.object_id;
-        let mut total = 0u64;
-        for c in &o.manifest.chunks {
-            let stored = match self.packs().read(&c.id) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::Incomplete(format!(
-                        "{} (chunk {} missing)",
-                        id.to_hex(),
-                        c.id.short()
-                    )));
-                }
-                Err(e) => return Err(e).ctx(|| format!("reading chunk {}", c.id.short())),
-            };
-            let plain = o
-                .cipher
-                .open(&c.id, &stored)
-                .ctx(|| format!("chunk {} of object {}", c.id.short(), id.short()))?;
-            total += plain.len() as u64;
-            sink(&plain)?;
-        }
-        if total != o.manifest.plaintext_len {
-            return Err(StoreError::Corrupt(format!(
-                "object {} decrypted to {total} bytes, manifest says {}",
-                id.short(),
-                o.manifest.plaintext_len
-            )));
-        }
-        Ok(total)
-    }
-
-    /// Decrypts an object and passes its plaintext, chunk by chunk, to `sink`.
-    pub fn read_object(
-        &self,
-        id: &ObjectId,
-        sink: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<(Shape, u64)> {
-        let o = self.open_object(id)?;
-        let n = self.read_open(&o, sink)?;
-        Ok((o.shape, n))
+        o.content.read(&o.manifest, &o.label(), self, &mut sink)
     }
 
     /// Whether an object is a file or a directory (needs its key).
-    pub fn shape_of(&self, id: &ObjectId) -> Result<Shape> {
-        Ok(self.open_object(id)?.shape)
+    pub(crate) fn shape_of(&self, id: &ObjectId) -> Result<Shape> {
+        Ok(self.open_object(id)?.content.shape)
     }
 
     /// Writes an object to `dest`: a file object to a new file (or into an
@@ -175,7 +286,7 @@ impl Store {
         let start = Instant::now();
         let o = self.open_object(id)?;
         let mut stats = ExportStats::default();
-        match o.shape {
+        match o.content.shape {
             Shape::File => {
                 let name = &o.state.name;
                 let target = if dest.is_dir() {
@@ -183,7 +294,13 @@ impl Store {
                 } else {
                     dest.to_path_buf()
                 };
-                stats.bytes = self.write_file(&o, &target, WriteMode::Atomic)?;
+                stats.bytes = o.content.write_file(
+                    &o.manifest,
+                    &o.label(),
+                    self,
+                    &target,
+                    WriteMode::Atomic,
+                )?;
                 stats.files = 1;
             }
             Shape::Dir => {
@@ -206,34 +323,10 @@ impl Store {
         Ok(stats)
     }
 
-    /// Writes a file object to `target`, which must not exist:
-    /// [`WriteMode::Atomic`] through a temp file and a rename,
-    /// [`WriteMode::InPlace`] directly (into a fresh tree), removing the
-    /// partial file on failure. A SQLite database is
-    /// always written through a temp file, fsynced and checked with `PRAGMA
-    /// integrity_check` before the rename ([`crate::sqlite::FileOut`]).
-    fn write_file(&self, o: &OpenObject, target: &Path, how: WriteMode) -> Result<u64> {
-        if target.exists() {
-            return Err(StoreError::DestinationNotEmpty(target.to_path_buf()));
-        }
-        let mut out = FileOut::new(target, how, o.manifest.plaintext_len).with_mode(o.mode);
-        let n = self.read_open(o, |data| out.write(data))?;
-        out.finish(&format!("{}:{}", o.state.kind, o.state.name))?;
-        Ok(n)
-    }
-
-    /// Extracts a directory object into `dest` (existing, empty) and gives
-    /// `dest` the object's mode (if it has one); the SQLite databases in it
-    /// must pass `PRAGMA integrity_check`.
+    /// Extracts a directory object of this store into `dest` (existing,
+    /// empty); see [`ContentReader`].
     pub(crate) fn extract_dir(&self, o: &OpenObject, dest: &Path) -> Result<(u64, u64)> {
-        let mut ex = Extractor::new(dest);
-        let bytes = self.read_open(o, |data| ex.feed(data))?;
-        let (files, _) = ex.finish()?;
-        if let Some(mode) = o.mode {
-            crate::archive::set_dir_mode(dest, mode)?;
-        }
-        crate::sqlite::check_tree(dest, &format!("{}:{}", o.state.kind, o.state.name))?;
-        Ok((files, bytes))
+        o.content.extract_dir(&o.manifest, &o.label(), self, dest)
     }
 
     /// Writes every live object of the BBS kinds into a new or empty `dir`
@@ -313,24 +406,9 @@ impl Store {
             let results: Vec<(String, Result<(u64, u64)>)> = todo
                 .par_iter()
                 .map(|(id, path, len, label)| {
-                    let r = (|| {
-                        let o = self.open_object(id)?;
-                        if let Some(parent) = path.parent() {
-                            fs::create_dir_all(parent)
-                                .ctx(|| format!("creating {}", parent.display()))?;
-                        }
-                        match o.shape {
-                            Shape::File => Ok((1, self.write_file(&o, path, WriteMode::InPlace)?)),
-                            Shape::Dir => {
-                                fs::create_dir(path)
-                                    .ctx(|| format!("creating {}", path.display()))?;
-                                self.extract_dir(&o, path).inspect_err(|_| {
-                                    // Nothing half-written stays in the tree.
-                                    let _ = fs::remove_dir_all(path);
-                                })
-                            }
-                        }
-                    })();
+                    let r = self
+                        .open_object(id)
+                        .and_then(|o| o.content.write_in_tree(&o.manifest, label, self, path));
                     progress.advance(1, *len);
                     (label.clone(), r)
                 })

@@ -346,10 +346,10 @@ impl LiveTree {
         let tmp = self.tmp_path();
         let label = format!("{}:{}", st.kind, st.name);
         crate::failpoint::hit("live.write").ctx(|| format!("writing {}", dest.display()))?;
-        match o.shape {
+        match o.content.shape {
             Shape::File => {
                 let mut out = FileOut::new(&tmp, WriteMode::InPlace, o.manifest.plaintext_len)
-                    .with_mode(o.mode);
+                    .with_mode(o.content.mode);
                 let written = store
                     .read_open(o, |d| out.write(d))
                     .and_then(|_| out.finish(&label));
@@ -435,11 +435,11 @@ impl LiveTree {
         let p = self.root.join(rel);
         let m = fs::symlink_metadata(&p).ctx(|| format!("reading {}", p.display()))?;
         let perm = m.permissions().mode() & crate::archive::MODE_BITS;
-        match o.shape {
+        match o.content.shape {
             Shape::File => {
                 if !m.is_file()
                     || m.len() != o.manifest.plaintext_len
-                    || o.mode.is_some_and(|mode| mode != perm)
+                    || o.content.mode.is_some_and(|mode| mode != perm)
                 {
                     return Ok(false);
                 }
@@ -463,7 +463,7 @@ impl LiveTree {
                 }
                 let tmp = self.tmp_path();
                 fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-                let modes = o.mode.is_some();
+                let modes = o.content.mode.is_some();
                 let r = store.extract_dir(o, &tmp).and_then(|_| {
                     Ok(same_mode(&tmp, &p, modes)?
                         && same_tree(&tmp, &p, modes)
@@ -641,7 +641,7 @@ impl Store {
             return Ok(None);
         }
         let o = self.open_object(id)?;
-        let Some(rel) = tree.place(st, o.shape) else {
+        let Some(rel) = tree.place(st, o.content.shape) else {
             rep.conflicts.push((
                 label.clone(),
                 format!("{label} has no place in the tree's layout: not written"),

@@ -63,7 +63,7 @@ where
 /// result is then `None` too; every other result is at its item's place.
 /// `trusted` gets each item's index in `items`. The one batch-verify-then-
 /// scatter that receiving, `verify` and the backup check share.
-pub(crate) fn verify_slots<T>(
+pub fn verify_slots<T>(
     items: Vec<Option<Unverified<T>>>,
     trusted: impl Fn(usize, &InstanceId) -> bool + Sync,
 ) -> Vec<Option<bbsync_protocol::Result<Signed<T>>>>
@@ -261,7 +261,7 @@ impl Store {
 
     /// Whether an object may be served to peers: complete, and not owned by
     /// an owner in `exclude_owners`.
-    pub fn servable(&self, st: &ObjectState) -> bool {
+    pub(crate) fn servable(&self, st: &ObjectState) -> bool {
         st.complete
             && !st
                 .owner
@@ -513,7 +513,7 @@ impl Store {
 
     /// [`Store::accept_manifests`] for the objects `selection` takes; the
     /// others are counted as skipped and not recorded.
-    pub fn accept_selected(
+    pub(crate) fn accept_selected(
         &self,
         source: &InstanceId,
         items: Vec<Served>,

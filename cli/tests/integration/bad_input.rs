@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs,
     os::unix::fs::PermissionsExt,

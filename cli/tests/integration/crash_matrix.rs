@@ -24,6 +24,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,

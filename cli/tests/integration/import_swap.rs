@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs,
     mem::MaybeUninit,
@@ -294,7 +295,7 @@ fn a_database_swapped_after_the_walk_is_refused_like_any_other_file() {
             "{}: something outside the tree was opened or read",
             case.what
         );
-        assert_eq!(store.db().object_count(), 0, "{}", case.what);
+        assert_eq!(store.raw_db().object_count(), 0, "{}", case.what);
         assert_eq!(store.packs().list().unwrap().len(), 0, "{}", case.what);
         // No snapshot was left behind either.
         let left: Vec<_> = fs::read_dir(tmp.path().join(format!("data{i}/tmp")))
@@ -309,7 +310,7 @@ fn a_database_swapped_after_the_walk_is_refused_like_any_other_file() {
     db_outside(&o);
     let store = Store::init(&tmp.path().join("again"), "victim").unwrap();
     store.import_bbs(&t, &NoProgress).unwrap();
-    let before = store.db().last_seq().unwrap();
+    let before = store.last_seq().unwrap();
     let c = rusqlite::Connection::open(t.join("files/bbs.sqlite3")).unwrap();
     c.execute("INSERT INTO posts(body) VALUES ('edited')", [])
         .unwrap();
@@ -321,7 +322,7 @@ fn a_database_swapped_after_the_walk_is_refused_like_any_other_file() {
     assert!(ran.load(Ordering::SeqCst));
     expect_refused(r.unwrap_err(), &t, &DB_CASES[0]);
     assert!(watch.events().is_empty());
-    assert_eq!(store.db().last_seq().unwrap(), before);
+    assert_eq!(store.last_seq().unwrap(), before);
     let out = tmp.path().join("export");
     store.export_bbs(&out, &NoProgress).unwrap();
     let c = rusqlite::Connection::open(out.join("files/bbs.sqlite3")).unwrap();
@@ -363,7 +364,7 @@ fn a_path_swapped_after_the_walk_is_refused_and_nothing_outside_is_read() {
             case.what
         );
         // Nothing was stored: no object, no chunk file, nothing staged.
-        assert_eq!(store.db().object_count(), 0, "{}", case.what);
+        assert_eq!(store.raw_db().object_count(), 0, "{}", case.what);
         assert_eq!(store.packs().list().unwrap().len(), 0, "{}", case.what);
     }
 
@@ -373,7 +374,7 @@ fn a_path_swapped_after_the_walk_is_refused_and_nothing_outside_is_read() {
     outside(&o);
     let store = Store::init(&tmp.path().join("again"), "victim").unwrap();
     store.import_bbs(&t, &NoProgress).unwrap();
-    let before = store.db().last_seq().unwrap();
+    let before = store.last_seq().unwrap();
     write(
         &t.join("boards/general/1.json"),
         b"{\"id\":1,\"body\":\"edited\"}",
@@ -385,7 +386,7 @@ fn a_path_swapped_after_the_walk_is_refused_and_nothing_outside_is_read() {
     assert!(ran.load(Ordering::SeqCst));
     expect_refused(r.unwrap_err(), &t, &CASES[0]);
     assert!(watch.events().is_empty());
-    assert_eq!(store.db().last_seq().unwrap(), before);
+    assert_eq!(store.last_seq().unwrap(), before);
     let out = tmp.path().join("export");
     store.export_bbs(&out, &NoProgress).unwrap();
     assert_eq!(

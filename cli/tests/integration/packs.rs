@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -134,10 +135,10 @@ fn to_schema1(data: &Path) {
                 s.packs().read(&id).unwrap(),
             );
         }
-        s.db().clear_index().unwrap();
-        s.db()
+        s.raw_db().clear_index().unwrap();
+        s.raw_db()
             .apply_index(
-                bbsync_store::db::IndexChange {
+                bbsync_store::test_hooks::IndexChange {
                     open_packs: Some(Vec::new()),
                     collect: Some(false),
                     doomed: Some(Vec::new()),
@@ -146,7 +147,7 @@ fn to_schema1(data: &Path) {
                 true,
             )
             .unwrap();
-        s.db().set_index_complete(false).unwrap();
+        s.raw_db().set_index_complete(false).unwrap();
         s.dangerously_set_schema_version(1).unwrap();
     }
     fs::remove_dir_all(data.join("packs")).unwrap();
@@ -452,8 +453,8 @@ fn a_missing_index_is_rebuilt_at_open_and_a_damaged_one_by_repair_index() -> Tes
     // Missing: the index records gone (and marked incomplete).
     {
         let s = bbsync_store::Store::open(&data)?;
-        s.db().clear_index()?;
-        s.db().set_index_complete(false)?;
+        s.raw_db().clear_index()?;
+        s.raw_db().set_index_complete(false)?;
     }
     assert!(real_chunks(&data).is_empty());
     // Any command rebuilds it first.
@@ -475,8 +476,8 @@ fn a_missing_index_is_rebuilt_at_open_and_a_damaged_one_by_repair_index() -> Tes
             .expect("a chunk in the sealed pack");
         let (id, _) = *all.iter().find(|(id, _)| *id != other).unwrap();
         let loc = s.packs().location(&other)?.unwrap();
-        s.db().dangerously_put_index_raw(&id, &loc.encode())?;
-        s.db().dangerously_put_index_raw(&other, b"garbage")?;
+        s.raw_db().dangerously_put_index_raw(&id, &loc.encode())?;
+        s.raw_db().dangerously_put_index_raw(&other, b"garbage")?;
     }
     let (code, v) = verify(&data, &["--read-data"]);
     assert_eq!(code, 1, "{v}");

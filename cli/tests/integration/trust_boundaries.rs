@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -446,7 +447,7 @@ fn a_forged_envelope_entry_never_becomes_this_nodes_key() -> TestResult {
         "content was sealed under the attacker's key"
     );
     let s = Store::open(&lost)?;
-    let rec = s.db().record(&id)?.unwrap();
+    let rec = s.raw_db().record(&id)?.unwrap();
     assert_eq!(
         rec.envelope.len(),
         2,
@@ -518,7 +519,7 @@ fn schema_1_stores_are_migrated_and_their_forged_entries_dropped() -> TestResult
     );
     let s = Store::open(&x.v)?;
     let id = s.resolve(MSG)?;
-    assert_eq!(s.db().record(&id)?.unwrap().envelope.len(), 2);
+    assert_eq!(s.raw_db().record(&id)?.unwrap().envelope.len(), 2);
     let m = s.manifest(&id)?;
     assert_ne!(s.content_key(&m)?.as_bytes(), chosen.as_bytes());
     drop(s);

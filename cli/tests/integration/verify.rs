@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{fs, path::Path};
 
 use crate::common::*;
@@ -272,8 +273,8 @@ fn stray_files_in_the_chunk_dir_and_stale_temp_files() -> TestResult {
     drop(f);
     {
         let s = bbsync_store::Store::open(&data)?;
-        s.db().apply_index(
-            bbsync_store::db::IndexChange {
+        s.raw_db().apply_index(
+            bbsync_store::test_hooks::IndexChange {
                 collect: Some(true),
                 ..Default::default()
             },

@@ -537,10 +537,7 @@ async fn object(State(s): St, _r: Reader, Path(spec): Path<String>) -> ApiResult
     let store = s.store.clone();
     let v = blocking(move || {
         let id = store.resolve(&spec)?;
-        let st = store
-            .db()
-            .object(&id)?
-            .ok_or_else(|| HttpError::NotFound(format!("no object {spec}")))?;
+        let st = store.state(&id)?;
         Ok(object_row(&id, &st))
     })
     .await?;

@@ -79,10 +79,10 @@ async fn the_cursor_never_passes_a_change_that_failed() {
     };
     let task = tokio::spawn(follow(standby.handle(), b.clone(), addr.clone(), opts));
     let a_id = a.instance_id();
-    let cursor = |b: &Store| b.db().cursor(&a_id).unwrap().unwrap_or(0);
+    let cursor = |b: &Store| b.follow_cursor(&a_id).unwrap().unwrap_or(0);
 
     // Caught up with the first import.
-    let last = a.db().last_seq().unwrap();
+    let last = a.last_seq().unwrap();
     wait_until(20, "the first import", || cursor(&b) == last).await;
     let caught_up = cursor(&b);
 
@@ -94,7 +94,7 @@ async fn the_cursor_never_passes_a_change_that_failed() {
         b"{\"id\":2,\"body\":\"withheld\"}",
     );
     a.import_bbs(&tree, &NoProgress).unwrap();
-    let target = a.db().last_seq().unwrap();
+    let target = a.last_seq().unwrap();
     assert!(target > caught_up);
     wait_until(20, "several failed attempts", || {
         withheld.load(Ordering::SeqCst) >= 3

@@ -10,6 +10,7 @@
 //!   not asked for, cannot keep a clone paging or fill its disk.
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs, io,
     path::Path,
@@ -749,7 +750,7 @@ async fn long_polls_hold_no_thread() {
         }
         r
     });
-    let since = server_store.db().last_seq().unwrap();
+    let since = server_store.last_seq().unwrap();
     let server = Node::start_with_responder(server_store.clone(), responder).unwrap();
     let addr = listen(&server).await;
     let client = Node::start(good).unwrap();
@@ -879,7 +880,7 @@ async fn a_source_must_advance_its_cursor() {
     .await;
     assert_eq!(
         follower_store
-            .db()
+            .raw_db()
             .cursor(&good_server_id(&server_peer))
             .unwrap(),
         Some(0),

@@ -5,6 +5,7 @@
 //! peer; and an untrusted peer still gets `Denied` for everything else.
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{sync::Arc, time::Duration};
 
 use bbsync_node::{Multiaddr, Node, NodeError, NodeHandle, PeerId, invite::PEER_BURST};
@@ -121,7 +122,7 @@ async fn a_captured_redemption_cannot_be_replayed() {
 
     // Nothing of this spent a use or trusted b.
     let trusted: Vec<_> = server_store
-        .db()
+        .raw_db()
         .trusted()
         .unwrap()
         .into_iter()

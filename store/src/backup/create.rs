@@ -340,8 +340,7 @@ impl Store {
         let id = new_snapshot_id(created_ms, seq);
         let card = self.card()?;
         let trust = self
-            .db()
-            .trusted()?
+            .trust_records()?
             .into_iter()
             .map(|(_, rec)| SnapshotTrust {
                 card: rec.card,

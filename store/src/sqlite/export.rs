@@ -44,7 +44,7 @@ impl Store {
     fn decrypt_database(&self, id: &ObjectId) -> Result<Decrypted> {
         let o = self.open_object(id)?;
         let label = format!("{}:{}", o.state.kind, o.state.name);
-        if o.shape != Shape::File {
+        if o.content.shape != Shape::File {
             return Err(StoreError::Invalid(format!(
                 "{label} is a directory, not a SQLite database"
             )));
@@ -75,14 +75,6 @@ impl Store {
         out.flush()
             .ctx(|| format!("writing {}", file.path().display()))?;
         Ok(Decrypted { file, label })
-    }
-
-    /// The tables of a stored database object that `--table` may name.
-    pub fn database_tables(&self, id: &ObjectId) -> Result<Vec<String>> {
-        let d = self.decrypt_database(id)?;
-        let conn = open_private(d.file.path())
-            .map_err(|e| super::db_error(&format!("database {}", d.label), e))?;
-        dump::table_names(&conn).map_err(|e| super::db_error(&format!("database {}", d.label), e))
     }
 
     /// Writes a stored database object (never the live file) as SQL or JSON

@@ -4,6 +4,7 @@
 //! else alone, however much of it there is.
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::fs;
 
 use bbsync_store::{
@@ -24,7 +25,7 @@ fn focus(paths: &[&str]) -> Focus {
 }
 
 fn live(s: &Store) -> usize {
-    s.db()
+    s.raw_db()
         .objects()
         .filter(|r| r.as_ref().is_ok_and(|(_, st)| !st.deleted))
         .count()

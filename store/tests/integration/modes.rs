@@ -4,6 +4,7 @@
 //! archive) still verify and export.
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -92,7 +93,7 @@ fn pair(tmp: &Path) -> (Store, Store) {
 /// Everything `src` has, into `dst` (what a clone does, without the network).
 fn sync(src: &Store, dst: &Store) {
     let me = dst.card().unwrap().into_value();
-    let ids: Vec<ObjectId> = src.db().objects().map(|r| r.unwrap().0).collect();
+    let ids: Vec<ObjectId> = src.raw_db().objects().map(|r| r.unwrap().0).collect();
     let served = src.serve_manifests(&ids, &me, Role::Full).unwrap();
     let acc = dst.accept_manifests(&src.instance_id(), served).unwrap();
     assert!(acc.rejected.is_empty(), "{:?}", acc.rejected);

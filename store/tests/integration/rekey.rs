@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
+use bbsync_store::test_hooks::Tamper;
 
 use crate::common::{noise, snapshot, write};
 use bbsync_protocol::{
@@ -30,7 +31,7 @@ fn trust(on: &Store, whom: &Store) {
 /// The entry of `who` in `owner`'s stored envelope of `id`, checked as
 /// `who` would (signed by `owner`), if any.
 fn entry_for(owner: &Store, id: &ObjectId, who: &Store) -> Option<Signed<EnvelopeEntry>> {
-    let rec = owner.db().record(id).unwrap().unwrap();
+    let rec = owner.raw_db().record(id).unwrap().unwrap();
     let owner_id: InstanceId = owner.instance_id();
     rec.envelope.iter().find_map(|raw| {
         let u = Unverified::<EnvelopeEntry>::decode(raw).ok()?;
@@ -42,7 +43,7 @@ fn entry_for(owner: &Store, id: &ObjectId, who: &Store) -> Option<Signed<Envelop
 }
 
 fn live_ids(s: &Store) -> Vec<ObjectId> {
-    s.db()
+    s.raw_db()
         .objects()
         .map(|r| r.unwrap())
         .filter(|(_, st)| !st.deleted)

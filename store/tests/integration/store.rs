@@ -2,6 +2,7 @@
 //! tombstones, and the `verify` mutilation table.
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -129,7 +130,7 @@ fn unchanged_reimport_writes_nothing() -> R {
     let store = Store::init(&f.data, "alpha")?;
     let first = store.import_bbs(&f.tree, &NoProgress)?;
     let before = chunk_files(&store);
-    let seq = store.db().last_seq()?;
+    let seq = store.last_seq()?;
     let again = store.import_bbs(&f.tree, &NoProgress)?;
     assert_eq!(
         (
@@ -141,7 +142,7 @@ fn unchanged_reimport_writes_nothing() -> R {
         (0, 0, 0, 0)
     );
     assert_eq!(again.unchanged, first.new);
-    assert_eq!(store.db().last_seq()?, seq, "no new change-log entry");
+    assert_eq!(store.last_seq()?, seq, "no new change-log entry");
     // Touch every file: metadata changes, content does not -> still nothing written.
     let walk: Vec<_> = snapshot(&f.tree)
         .into_iter()
@@ -152,7 +153,7 @@ fn unchanged_reimport_writes_nothing() -> R {
     }
     let third = store.import_bbs(&f.tree, &NoProgress)?;
     assert_eq!((third.new, third.changed, third.chunks_written), (0, 0, 0));
-    assert_eq!(store.db().last_seq()?, seq);
+    assert_eq!(store.last_seq()?, seq);
     assert_eq!(chunk_files(&store), before);
     Ok(())
 }
@@ -258,7 +259,7 @@ fn bad_tree_changes_nothing() -> R {
     let e = store.import_bbs(&f.tree, &NoProgress).unwrap_err();
     assert!(matches!(e, StoreError::BadTree { .. }), "{e}");
     assert!(e.to_string().contains("stray.txt"));
-    assert_eq!(store.db().object_count(), 0);
+    assert_eq!(store.raw_db().object_count(), 0);
     assert!(chunk_files(&store).is_empty());
     assert!(pack_files(&f.data).is_empty(), "nothing written");
     Ok(())
@@ -471,7 +472,7 @@ fn verify_removed_envelope_entry_is_undecryptable() {
             .unwrap();
         let me = s.instance_id();
         let kept: Vec<Vec<u8>> = s
-            .db()
+            .raw_db()
             .envelope(&id)
             .unwrap()
             .into_iter()

@@ -3,6 +3,7 @@
 //! rekey, blind peers, hostile input, excluded owners, resume, versions.
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{fs, path::Path};
 
 use bbsync_protocol::{
@@ -119,13 +120,13 @@ fn just_in_time_rekey_writes_nothing_on_the_source() -> R {
     let (src, dst) = pair(tmp.path(), Role::Full);
     src.import_bbs(&tree, &NoProgress)?;
     let records = |s: &Store| {
-        s.db()
+        s.raw_db()
             .objects()
             .map(|r| {
                 let (id, _) = r.unwrap();
                 (
                     id,
-                    s.db()
+                    s.raw_db()
                         .record(&id)
                         .unwrap()
                         .map(|r| (r.manifest, r.envelope)),
@@ -135,16 +136,16 @@ fn just_in_time_rekey_writes_nothing_on_the_source() -> R {
     };
     let before = (
         records(&src),
-        src.db().last_seq()?,
+        src.last_seq()?,
         src.packs().list()?.len(),
         src.packs().pack_files()?,
     );
-    let ids: Vec<_> = src.db().objects().map(|r| r.unwrap().0).collect();
+    let ids: Vec<_> = src.raw_db().objects().map(|r| r.unwrap().0).collect();
     let served = src.serve_manifests(&ids, &card_of(&dst).into_value(), Role::Full)?;
     assert!(served.iter().any(|s| s.entry.is_some()));
     let after = (
         records(&src),
-        src.db().last_seq()?,
+        src.last_seq()?,
         src.packs().list()?.len(),
         src.packs().pack_files()?,
     );
@@ -202,7 +203,7 @@ fn corrupt_chunk_is_rejected_and_never_stored() -> R {
     let (src, dst) = pair(tmp.path(), Role::Full);
     src.import_bbs(&tree, &NoProgress)?;
     let me = card_of(&dst).into_value();
-    let ids: Vec<_> = src.db().objects().map(|r| r.unwrap().0).collect();
+    let ids: Vec<_> = src.raw_db().objects().map(|r| r.unwrap().0).collect();
     dst.accept_manifests(
         &src.instance_id(),
         src.serve_manifests(&ids, &me, Role::Full)?,
@@ -235,7 +236,7 @@ fn forged_manifests_and_entries_are_rejected() -> R {
     let (src, dst) = pair(tmp.path(), Role::Full);
     src.import_bbs(&tree, &NoProgress)?;
     let me = card_of(&dst).into_value();
-    let ids: Vec<_> = src.db().objects().map(|r| r.unwrap().0).collect();
+    let ids: Vec<_> = src.raw_db().objects().map(|r| r.unwrap().0).collect();
     let mut served = src.serve_manifests(&ids, &me, Role::Full)?;
     // 1. a manifest with a flipped signature byte;
     let n = served[0].manifest.len();
@@ -326,7 +327,7 @@ fn interrupted_clone_resumes_without_refetching() -> R {
     let (src, dst) = pair(tmp.path(), Role::Full);
     src.import_bbs(&tree, &NoProgress)?;
     let me = card_of(&dst).into_value();
-    let ids: Vec<_> = src.db().objects().map(|r| r.unwrap().0).collect();
+    let ids: Vec<_> = src.raw_db().objects().map(|r| r.unwrap().0).collect();
     dst.accept_manifests(
         &src.instance_id(),
         src.serve_manifests(&ids, &me, Role::Full)?,

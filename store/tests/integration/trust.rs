@@ -5,6 +5,7 @@
 //! owners' keys stay on this node).
 #![allow(clippy::unwrap_used)]
 
+use bbsync_store::test_hooks::Tamper;
 use std::{fs, path::Path};
 
 use bbsync_protocol::{
@@ -37,7 +38,7 @@ fn cloned(tmp: &Path) -> (Store, Store) {
     let t = tmp.join("tree");
     tree(&t);
     b.import_bbs(&t, &NoProgress).unwrap();
-    let ids: Vec<ObjectId> = b.db().objects().map(|r| r.unwrap().0).collect();
+    let ids: Vec<ObjectId> = b.raw_db().objects().map(|r| r.unwrap().0).collect();
     let served = b
         .serve_manifests(&ids, &a.card().unwrap().into_value(), Role::Full)
         .unwrap();
@@ -304,7 +305,7 @@ fn rekey_keeps_only_entries_whose_signatures_verify() -> R {
     })?;
     let r = a.rekey(&[], RekeyOptions::default(), &NoProgress)?;
     assert_eq!(r.entries_dropped, 1, "{r:?}");
-    let rec = a.db().record(&id)?.unwrap();
+    let rec = a.raw_db().record(&id)?.unwrap();
     assert!(
         rec.envelope.iter().all(|e| e.as_ref() != forged.as_slice()),
         "the forged entry is still recorded"
@@ -332,7 +333,7 @@ fn excluded_owners_are_wrapped_for_this_instance_only() -> R {
     a.import_bbs(&t, &NoProgress)?;
     let recipients = |spec: &str| -> Vec<_> {
         let id = a.resolve(spec).unwrap();
-        a.db()
+        a.raw_db()
             .record(&id)
             .unwrap()
             .unwrap()

@@ -33,7 +33,7 @@ use self::cache::{CHUNK_LEN, Cache, rand_u64};
 use super::{create::BackupOptions, repofile::ManifestFile};
 use crate::{
     Store,
-    db::ObjectRecord,
+    backup_api::ObjectRecord,
     error::{Result, StoreError},
 };
 
@@ -203,8 +203,8 @@ impl Store {
         let selection = format!("{:?}", opts.selection);
         // Both read before any record: what changes from here on is read
         // again by the next backup.
-        let token = self.db().unlogged_token()?;
-        let store_seq = self.db().last_seq()?;
+        let token = self.change_log_token()?;
+        let store_seq = self.last_seq()?;
         let t = std::time::Instant::now();
         let cache = self.read_backup_cache(&selection, &token, store_seq);
         let read_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -250,7 +250,7 @@ impl Store {
     /// Every record the selection takes.
     fn all_records(&self, opts: &BackupOptions) -> Result<Fresh> {
         let mut recs = Vec::new();
-        for r in self.db().records() {
+        for r in self.stored_records() {
             let (id, rec) = r?;
             if opts.selection.matches(&rec.state.kind, &rec.state.name) {
                 recs.push((id, rec));
@@ -268,7 +268,7 @@ impl Store {
         cache: &Cache,
     ) -> Result<Option<(IdSet<ObjectId>, Fresh)>> {
         let limit = MIN_CHANGES.max(cache.objects / MAX_CHANGED_SHARE);
-        let changes = self.db().changes_since(cache.store_seq, limit + 1)?;
+        let changes = self.changes_since(cache.store_seq, limit + 1)?;
         if changes.len() > limit {
             return Ok(None);
         }
@@ -276,7 +276,7 @@ impl Store {
         changed.extend(changes.into_iter().map(|(_, id)| id));
         let mut recs = Vec::with_capacity(changed.len());
         for id in &changed {
-            if let Some(rec) = self.db().record(id)?
+            if let Some(rec) = self.stored_record(id)?
                 && opts.selection.matches(&rec.state.kind, &rec.state.name)
             {
                 recs.push((*id, rec));
@@ -295,7 +295,7 @@ impl Store {
         if let Some(b) = &m.bytes {
             return Ok((m.file, b.clone()));
         }
-        let rec = self.db().record(&m.object_id)?;
+        let rec = self.stored_record(&m.object_id)?;
         match rec {
             Some(rec) if rec.state.manifest_id == m.manifest_id => {
                 let bytes = manifest_file_bytes(rec);

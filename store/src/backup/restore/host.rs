@@ -151,7 +151,7 @@ impl Store {
     /// this instance, trusted `full`, or the instance of `trust_host`.
     /// Otherwise the error names the host's card and fingerprint and says
     /// how to proceed. Nothing is written.
-    pub fn accept_snapshot(
+    pub(crate) fn accept_snapshot(
         &self,
         snap: &SnapshotFile,
         trust_host: Option<&str>,

@@ -9,8 +9,8 @@ use std::{
 };
 
 use bbsync_protocol::{
-    ChunkCipher, ContentKey, EnvelopeEntry, InstanceId, Manifest, ObjectMeta, Role, Shape,
-    Unverified, chunk::check_chunk_id,
+    ChunkRef, ContentKey, EnvelopeEntry, InstanceId, Manifest, ObjectId, Role, Unverified,
+    chunk::check_chunk_id,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -20,6 +20,7 @@ use crate::{
     Store,
     backup::{Repo, RepoReader, check::check_manifests, repofile::SnapObject},
     error::{Result, StoreError},
+    export::{ChunkSource, ContentReader},
     progress::Progress,
     sync::Selection,
 };
@@ -64,13 +65,24 @@ struct TreeJob<'a> {
     full: &'a (dyn Fn(&InstanceId) -> bool + Sync),
 }
 
-/// One object, checked and opened, to write into the tree.
-struct TreeObject<'a> {
-    manifest: &'a Manifest,
-    label: String,
-    cipher: ChunkCipher,
-    shape: Shape,
-    mode: Option<u32>,
+/// A snapshot's chunks, read from the repository and checked against
+/// their ids.
+struct RepoChunks<'a> {
+    repo: &'a Repo,
+    reader: &'a RepoReader<'a>,
+}
+
+impl ChunkSource for RepoChunks<'_> {
+    fn sealed(&self, _object: &ObjectId, ch: &ChunkRef) -> Result<Vec<u8>> {
+        let path = self.reader.chunk_path(&ch.id);
+        let stored = self
+            .reader
+            .read_chunk(&ch.id, ch.len)
+            .map_err(|e| damaged_tree(self.repo, &path, &format!("unreadable: {e}")))?;
+        check_chunk_id(&ch.id, &stored)
+            .map_err(|_| damaged_tree(self.repo, &path, &self.reader.bad_chunk(&ch.id)))?;
+        Ok(stored)
+    }
 }
 
 impl Store {
@@ -183,46 +195,13 @@ impl Store {
         let key = self
             .key_of(m, &c.envelope, job.full)
             .ok_or_else(|| StoreError::Undecryptable(label.clone()))?;
-        let o = TreeObject::open(m, label, &key)?;
-        let target = job.dir.join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {
-                context: format!("creating {}", parent.display()),
-                source: e,
-            })?;
-        }
-        let counts = match o.shape {
-            Shape::File => {
-                // A SQLite database goes through a temp file and must pass
-                // its integrity check (src/sqlite).
-                let mut w = crate::sqlite::FileOut::new(
-                    &target,
-                    crate::sqlite::WriteMode::InPlace,
-                    m.plaintext_len,
-                )
-                .with_mode(o.mode);
-                let n = o.feed(job, &mut |d: &[u8]| w.write(d))?;
-                w.finish(&o.label)?;
-                (1, n)
-            }
-            Shape::Dir => {
-                std::fs::create_dir(&target).map_err(|e| StoreError::Io {
-                    context: format!("creating {}", target.display()),
-                    source: e,
-                })?;
-                let mut ex = crate::archive::Extractor::new(&target);
-                let n = o.feed(job, &mut |d: &[u8]| ex.feed(d))?;
-                let (files, _) = ex.finish()?;
-                if let Some(mode) = o.mode {
-                    crate::archive::set_dir_mode(&target, mode)?;
-                }
-                crate::sqlite::check_tree(&target, &o.label).inspect_err(|_| {
-                    let _ = std::fs::remove_dir_all(&target);
-                })?;
-                (files, n)
-            }
+        let content = ContentReader::new(m, &key, &label)?;
+        let chunks = RepoChunks {
+            repo: job.repo,
+            reader: job.reader,
         };
-        Ok(Some((o.label, counts)))
+        let counts = content.write_in_tree(m, &label, &chunks, &job.dir.join(path))?;
+        Ok(Some((label, counts)))
     }
 
     /// The content key from the first entry for this instance that
@@ -245,57 +224,5 @@ impl Store {
             let e = u.verify(|w| *w == author || full(w)).ok()?;
             self.entry_key(m, e).ok()
         })
-    }
-}
-
-impl<'a> TreeObject<'a> {
-    /// The object's cipher, shape and mode (from its sealed meta).
-    fn open(manifest: &'a Manifest, label: String, key: &ContentKey) -> Result<Self> {
-        let cipher = ChunkCipher::new(key);
-        let (shape, mode) = match &manifest.meta {
-            Some(meta) => {
-                let plain = cipher
-                    .open_meta(meta)
-                    .map_err(|e| StoreError::Invalid(format!("meta of {label}: {e}")))?;
-                let meta = ObjectMeta::decode(&plain)
-                    .map_err(|e| StoreError::Invalid(format!("meta of {label}: {e}")))?;
-                (meta.shape, meta.mode)
-            }
-            None => (Shape::File, None),
-        };
-        Ok(TreeObject {
-            manifest,
-            label,
-            cipher,
-            shape,
-            mode,
-        })
-    }
-
-    /// Reads, checks and decrypts the object's chunks from the repository
-    /// and passes the plaintext to `sink`; returns its length.
-    fn feed(&self, job: &TreeJob<'_>, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
-        let (m, label, reader) = (self.manifest, &self.label, job.reader);
-        let mut total = 0u64;
-        for ch in &m.chunks {
-            let path = reader.chunk_path(&ch.id);
-            let stored = reader
-                .read_chunk(&ch.id, ch.len)
-                .map_err(|e| damaged_tree(job.repo, &path, &format!("unreadable: {e}")))?;
-            check_chunk_id(&ch.id, &stored)
-                .map_err(|_| damaged_tree(job.repo, &path, &reader.bad_chunk(&ch.id)))?;
-            let plain = self.cipher.open(&ch.id, &stored).map_err(|e| {
-                StoreError::Invalid(format!("chunk {} of {label}: {e}", ch.id.short()))
-            })?;
-            total += plain.len() as u64;
-            sink(&plain)?;
-        }
-        if total != m.plaintext_len {
-            return Err(StoreError::Invalid(format!(
-                "{label} decrypted to {total} bytes, its manifest says {}",
-                m.plaintext_len
-            )));
-        }
-        Ok(total)
     }
 }
