@@ -176,7 +176,7 @@ pub fn print_restore(ctx: &Ctx, r: &RestoreReport) {
     if !r.trusted.is_empty() {
         outln!(ctx, "trusted now: {}", r.trusted.join(", "));
     }
-    if r.trust_table.starts_with("not restored") {
+    if r.trust_table.refused() {
         errln!(ctx, "the snapshot's trust table was {}", r.trust_table);
     }
     for o in r.undecryptable.iter().take(output::MAX_LISTED) {

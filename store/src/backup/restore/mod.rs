@@ -120,12 +120,56 @@ pub struct RestoreReport {
     /// `--trust-host`, or the trust table of this instance's own snapshot.
     pub trusted: Vec<String>,
     /// What happened to the snapshot's trust table.
-    pub trust_table: String,
+    pub trust_table: TrustTableFate,
     /// What `--rekey` changed.
     pub rekey: Option<RekeyReport>,
     /// Wall time.
     #[serde(serialize_with = "crate::serialize_secs")]
     pub elapsed: Duration,
+}
+
+/// What a restore did with the snapshot's trust table (in reports and
+/// JSON, the sentence [`std::fmt::Display`] gives).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrustTableFate {
+    /// The snapshot has none, or an empty one.
+    #[default]
+    Empty,
+    /// Restored: the snapshot is this instance's own and the store had no
+    /// trust table.
+    Restored,
+    /// Not restored: this store has a trust table of its own.
+    KeptOwn,
+    /// Not restored: the snapshot is another host's.
+    OtherHost,
+}
+
+impl TrustTableFate {
+    /// Whether the snapshot had a trust table that was left out.
+    pub fn refused(self) -> bool {
+        matches!(self, TrustTableFate::KeptOwn | TrustTableFate::OtherHost)
+    }
+}
+
+impl std::fmt::Display for TrustTableFate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrustTableFate::Empty => "empty",
+            TrustTableFate::Restored => "restored (this instance's own snapshot)",
+            TrustTableFate::KeptOwn => {
+                "not restored: this store has a trust table of its own (trust changes only by `bbsync trust`)"
+            }
+            TrustTableFate::OtherHost => {
+                "not restored: a snapshot's trust table is restored only into its own host"
+            }
+        })
+    }
+}
+
+impl Serialize for TrustTableFate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// The error of a restore that found damage in the repository.

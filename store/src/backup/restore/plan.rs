@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use bbsync_protocol::{ChunkId, InstanceCard, InstanceId, Role, Signed};
 use rayon::prelude::*;
 
-use super::{AcceptedHost, RestoreOptions, RestoreReport, damaged};
+use super::{AcceptedHost, RestoreOptions, RestoreReport, TrustTableFate, damaged};
 use crate::{
     ObjectState, Store,
     backup::{Repo, RepoReader, SnapshotFile, check::check_manifests, repofile::SnapObject},
@@ -69,24 +69,17 @@ impl Store {
         }
         match &host.own_table {
             Some(table) if self.trust_table_is_empty()? => {
-                report.trust_table = "restored (this instance's own snapshot)".into();
+                report.trust_table = TrustTableFate::Restored;
                 for (card, role) in table {
                     if card.instance != me {
                         cards.push((card.clone(), *role));
                     }
                 }
             }
-            Some(table) if !table.is_empty() => {
-                report.trust_table =
-                    "not restored: this store has a trust table of its own (trust changes only by `bbsync trust`)".into();
-            }
-            Some(_) => report.trust_table = "empty".into(),
-            None if snap.trust.is_empty() => report.trust_table = "empty".into(),
-            None => {
-                report.trust_table =
-                    "not restored: a snapshot's trust table is restored only into its own host"
-                        .into();
-            }
+            Some(table) if !table.is_empty() => report.trust_table = TrustTableFate::KeptOwn,
+            Some(_) => report.trust_table = TrustTableFate::Empty,
+            None if snap.trust.is_empty() => report.trust_table = TrustTableFate::Empty,
+            None => report.trust_table = TrustTableFate::OtherHost,
         }
         let mut accepted: HashSet<InstanceId> = cards
             .iter()
