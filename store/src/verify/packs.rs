@@ -27,6 +27,17 @@ struct PackFindings {
     bytes_read: u64,
 }
 
+/// Bytes read at once when a pack is re-hashed (several small chunks per
+/// read; a larger chunk is read whole).
+const CHECK_WINDOW: u64 = 256 << 10;
+
+/// One thing [`Store::check_pack`] reads back: a trailer entry's header,
+/// or an indexed chunk (header and bytes), by its place in its list.
+enum Span {
+    Trailer(usize),
+    Record(usize),
+}
+
 /// Records a chunk's first problem.
 fn bad_chunk(f: &mut PackFindings, id: ChunkId, class: ProblemClass, detail: String) {
     f.chunks.entry(id).or_insert((class, detail));
@@ -162,7 +173,7 @@ fn records_fit(
 impl Store {
     /// Checks one pack file and the index records pointing into it. Without
     /// `read_data` only its header, its footer and its length are read;
-    /// with it the whole file is read sequentially and every indexed chunk
+    /// with it every indexed chunk is read back in offset order and
     /// re-hashed, and the trailer compared with the entries it lists.
     fn check_pack(
         &self,
@@ -207,32 +218,25 @@ impl Store {
         if !read_data {
             return f;
         }
-        // The whole pack, sequentially, into this thread's buffer (kept
-        // between packs: no page faults for a fresh 16 MiB each time).
-        thread_local! {
-            static PACK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        PACK_BUF.with_borrow_mut(|buf| {
-            if buf.len() < body_end as usize {
-                buf.resize(body_end as usize, 0);
-            }
-            let bytes = &mut buf[..body_end as usize];
-            self.check_pack_bytes(
-                &mut f,
-                pack,
-                &shown,
-                file_len,
-                trailer.as_deref(),
-                records,
-                bytes,
-                &read,
-            );
-        });
+        self.check_pack_bytes(
+            &mut f,
+            pack,
+            &shown,
+            file_len,
+            body_end,
+            trailer.as_deref(),
+            records,
+            &read,
+        );
         f
     }
 
-    /// The `read_data` part of [`Store::check_pack`]: reads the pack's body
-    /// into `bytes` and checks every entry against the trailer and the index.
+    /// The `read_data` part of [`Store::check_pack`]: every trailer entry's
+    /// header and every indexed chunk (header and bytes) read back and
+    /// checked, the chunks re-hashed. The pack is read in offset order, a
+    /// window of up to [`CHECK_WINDOW`] bytes at a time, so that what one
+    /// read copies out of the page cache is still in the CPU's cache when
+    /// it is hashed.
     #[allow(clippy::too_many_arguments)]
     fn check_pack_bytes(
         &self,
@@ -240,61 +244,112 @@ impl Store {
         pack: &PackId,
         shown: &str,
         file_len: u64,
+        body_end: u64,
         trailer: Option<&[crate::packs::Entry]>,
         records: &[(ChunkId, Location)],
-        bytes: &mut [u8],
         read: &dyn Fn(&mut [u8], u64) -> std::io::Result<()>,
     ) {
-        if let Err(e) = read(bytes, 0) {
-            for (id, _) in records {
-                bad_chunk(
-                    f,
-                    *id,
-                    ProblemClass::CorruptChunk,
-                    format!("pack {shown} unreadable: {e}"),
-                );
+        // What to check, as (span start, span end, what): a trailer entry
+        // needs its header, an indexed chunk its header and its bytes.
+        let first_body = HEADER_LEN + ENTRY_HEADER_LEN;
+        let mut spans: Vec<(u64, u64, Span)> = Vec::new();
+        let mut bad_trailer: Option<usize> = None;
+        for (i, e) in trailer.unwrap_or(&[]).iter().enumerate() {
+            let at = u64::from(e.offset);
+            if at < first_body || at > body_end {
+                bad_trailer = Some(bad_trailer.map_or(i, |b| b.min(i)));
+            } else {
+                spans.push((at - ENTRY_HEADER_LEN, at, Span::Trailer(i)));
             }
-            return;
         }
-        f.bytes_read = file_len;
-        let entry_at = |offset: u32| {
-            (u64::from(offset) >= HEADER_LEN + ENTRY_HEADER_LEN)
-                .then(|| {
-                    let h = u64::from(offset) - ENTRY_HEADER_LEN;
-                    bytes
-                        .get(h as usize..offset as usize)
-                        .and_then(decode_entry_header)
-                })
-                .flatten()
-        };
-        if let Some(t) = trailer
-            && let Some(e) = t.iter().find(|e| entry_at(e.offset) != Some((e.id, e.len)))
-        {
-            f.packs.push(pack_problem(
-                ProblemClass::PackTrailerMismatch,
-                pack,
-                format!("{shown}: its trailer lists chunk {} at {}, the pack holds something else there", e.id.short(), e.offset),
-            ));
-        }
-        for (id, loc) in records {
-            let Some(chunk) = bytes.get(loc.offset as usize..loc.end() as usize) else {
-                continue; // reported above (cut short)
-            };
-            if entry_at(loc.offset) != Some((*id, loc.len)) {
+        for (i, (id, loc)) in records.iter().enumerate() {
+            if loc.end() > body_end {
+                continue; // reported (cut short) by records_fit
+            }
+            let at = u64::from(loc.offset);
+            if at < first_body {
                 bad_chunk(
                     f,
                     *id,
                     ProblemClass::CorruptChunk,
                     format!("pack {shown} holds another entry at {}", loc.offset),
                 );
-            } else if check_chunk_id(id, chunk).is_err() {
-                bad_chunk(
-                    f,
-                    *id,
-                    ProblemClass::CorruptChunk,
-                    "content does not hash to its id".into(),
-                );
+            } else {
+                spans.push((at - ENTRY_HEADER_LEN, loc.end(), Span::Record(i)));
             }
+        }
+        spans.sort_unstable_by_key(|s| (s.0, s.1));
+        thread_local! {
+            // Kept between packs: no page faults for a fresh buffer each time.
+            static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let read_all = WINDOW.with_borrow_mut(|buf| {
+            let mut k = 0;
+            while k < spans.len() {
+                let start = spans[k].0;
+                let mut end = spans[k].1;
+                let mut j = k + 1;
+                while j < spans.len() && spans[j].1.max(end) - start <= CHECK_WINDOW {
+                    end = end.max(spans[j].1);
+                    j += 1;
+                }
+                let len = (end - start) as usize;
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                let window = &mut buf[..len];
+                read(window, start)?;
+                for (s, e, what) in &spans[k..j] {
+                    let (s, e) = ((s - start) as usize, (e - start) as usize);
+                    let header = decode_entry_header(&window[s..s + ENTRY_HEADER_LEN as usize]);
+                    match *what {
+                        Span::Trailer(i) => {
+                            let t = &trailer.unwrap_or(&[])[i];
+                            if header != Some((t.id, t.len)) {
+                                bad_trailer = Some(bad_trailer.map_or(i, |b| b.min(i)));
+                            }
+                        }
+                        Span::Record(i) => {
+                            let (id, loc) = &records[i];
+                            if header != Some((*id, loc.len)) {
+                                bad_chunk(
+                                    f,
+                                    *id,
+                                    ProblemClass::CorruptChunk,
+                                    format!("pack {shown} holds another entry at {}", loc.offset),
+                                );
+                            } else if check_chunk_id(id, &window[s + ENTRY_HEADER_LEN as usize..e])
+                                .is_err()
+                            {
+                                bad_chunk(
+                                    f,
+                                    *id,
+                                    ProblemClass::CorruptChunk,
+                                    "content does not hash to its id".into(),
+                                );
+                            }
+                        }
+                    }
+                }
+                k = j;
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        if let Err(e) = read_all {
+            let detail = format!("pack {shown} unreadable: {e}");
+            for (id, _) in records {
+                bad_chunk(f, *id, ProblemClass::CorruptChunk, detail.clone());
+            }
+            return;
+        }
+        f.bytes_read = file_len;
+        if let (Some(t), Some(i)) = (trailer, bad_trailer) {
+            let e = &t[i];
+            f.packs.push(pack_problem(
+                ProblemClass::PackTrailerMismatch,
+                pack,
+                format!("{shown}: its trailer lists chunk {} at {}, the pack holds something else there", e.id.short(), e.offset),
+            ));
         }
     }
 
