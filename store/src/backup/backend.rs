@@ -49,6 +49,13 @@ pub trait Backend: Send + Sync {
     fn read_concurrency(&self) -> usize {
         rayon::current_num_threads().max(1)
     }
+    /// The file behind `path` when this backend is a local directory, for
+    /// positioned reads (`backups verify --read-data` reads a pack back a
+    /// window at a time); `None` for object storage, where a pack is read
+    /// with one request.
+    fn local_file(&self, _path: &str) -> io::Result<Option<File>> {
+        Ok(None)
+    }
     /// [`Backend::read`] into `buf` (replacing what it held), so that a
     /// caller reading many large files reuses one allocation.
     fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
@@ -189,6 +196,10 @@ impl Backend for LocalDir {
 
     fn read(&self, path: &str) -> io::Result<Vec<u8>> {
         fs::read(self.full(path))
+    }
+
+    fn local_file(&self, path: &str) -> io::Result<Option<File>> {
+        File::open(self.full(path)).map(Some)
     }
 
     fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> io::Result<()> {

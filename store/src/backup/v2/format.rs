@@ -468,27 +468,52 @@ pub fn read_sealed_pack(
     id: &PackId,
     bytes: &[u8],
 ) -> Result<Vec<IndexEntry>, String> {
-    check_header(bytes, id)?;
-    let len = bytes.len() as u64;
+    let entries = read_trailer(kind, id, bytes, bytes.len() as u64, &mut |at, len| {
+        Ok(bytes[at as usize..(at + len) as usize].to_vec())
+    })?;
+    for e in &entries {
+        let h = (u64::from(e.offset) - ENTRY_HEADER_LEN) as usize;
+        if !header_agrees(e, &bytes[h..]) {
+            return Err(entry_header_disagrees(e));
+        }
+    }
+    Ok(entries)
+}
+
+/// [`read_sealed_pack`] up to its last step: the header (`head`: the
+/// pack's first bytes), the footer's geometry and the trailer's checksum
+/// of a pack of `len` bytes whose footer and trailer `read(offset, len)`
+/// gives (within `len`, as the footer's geometry was checked); the
+/// entries the trailer lists, checked by [`check_entries`]. The entry
+/// headers in the body are the caller's ([`header_agrees`]).
+pub fn read_trailer(
+    kind: PackKind,
+    id: &PackId,
+    head: &[u8],
+    len: u64,
+    read: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>, String>,
+) -> Result<Vec<IndexEntry>, String> {
+    check_header(head, id)?;
     if len < HEADER_LEN + FOOTER_LEN {
         return Err("cut short (no footer)".into());
     }
-    let tail = &bytes[(len - FOOTER_LEN) as usize..];
+    let tail = read(len - FOOTER_LEN, FOOTER_LEN)?;
     let crate::packs::Footer::Present {
         count,
         trailer_offset,
         sum,
-    } = parse_footer(tail)
+    } = parse_footer(&tail)
     else {
         return Err("not sealed or cut short (no footer)".into());
     };
     if !crate::packs::footer_fits(count, trailer_offset, len) {
         return Err("footer does not fit the file length (cut short or extended)".into());
     }
-    let trailer = &bytes[trailer_offset as usize..(len - FOOTER_LEN) as usize];
+    let trailer_at = u64::from(trailer_offset);
+    let trailer = read(trailer_at, len - FOOTER_LEN - trailer_at)?;
     let mut h = Sha256::new();
     h.update(id.0);
-    h.update(trailer);
+    h.update(&trailer);
     if h.finalize().as_slice() != sum {
         return Err("trailer checksum mismatch".into());
     }
@@ -503,13 +528,21 @@ pub fn read_sealed_pack(
         });
     }
     check_entries(kind, &entries, len)?;
-    for e in &entries {
-        let h = (u64::from(e.offset) - ENTRY_HEADER_LEN) as usize;
-        if bytes[h..h + 32] != e.id || bytes[h + 32..h + 36] != e.len.to_be_bytes() {
-            return Err(format!("entry header at {h} disagrees with the trailer",));
-        }
-    }
     Ok(entries)
+}
+
+/// Whether `header` (the pack's bytes from `e`'s entry header on) starts
+/// with the id and length the trailer gives for `e`.
+pub fn header_agrees(e: &IndexEntry, header: &[u8]) -> bool {
+    header.len() >= ENTRY_HEADER_LEN as usize
+        && header[..32] == e.id
+        && header[32..36] == e.len.to_be_bytes()
+}
+
+/// The error of an entry header that [`header_agrees`] refuses.
+pub fn entry_header_disagrees(e: &IndexEntry) -> String {
+    let h = u64::from(e.offset) - ENTRY_HEADER_LEN;
+    format!("entry header at {h} disagrees with the trailer")
 }
 
 /// Whether a sealed store pack is put into the repository whole: the
