@@ -29,6 +29,7 @@
 mod format;
 mod gc;
 mod rebuild;
+pub mod spans;
 
 use std::{
     collections::{HashMap, HashSet},

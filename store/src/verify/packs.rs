@@ -14,6 +14,7 @@ use crate::{
     packs::{
         ENTRY_HEADER_LEN, FOOTER_LEN, Footer, HEADER_LEN, Location, PackId, check_header,
         decode_entry_header, footer_fits, parse_footer, parse_trailer,
+        spans::{Span, read_spans},
     },
     progress::Progress,
 };
@@ -25,17 +26,6 @@ struct PackFindings {
     packs: Vec<Problem>,
     chunks: HashMap<ChunkId, (ProblemClass, String)>,
     bytes_read: u64,
-}
-
-/// Bytes read at once when a pack is re-hashed (several small chunks per
-/// read; a larger chunk is read whole).
-const CHECK_WINDOW: u64 = 256 << 10;
-
-/// One thing [`Store::check_pack`] reads back: a trailer entry's header,
-/// or an indexed chunk (header and bytes), by its place in its list.
-enum Span {
-    Trailer(usize),
-    Record(usize),
 }
 
 /// Records a chunk's first problem.
@@ -234,7 +224,7 @@ impl Store {
     /// The `read_data` part of [`Store::check_pack`]: every trailer entry's
     /// header and every indexed chunk (header and bytes) read back and
     /// checked, the chunks re-hashed. The pack is read in offset order, a
-    /// window of up to [`CHECK_WINDOW`] bytes at a time, so that what one
+    /// window at a time ([`read_spans`]), so that what one
     /// read copies out of the page cache is still in the CPU's cache when
     /// it is hashed.
     #[allow(clippy::too_many_arguments)]
@@ -275,65 +265,37 @@ impl Store {
                     format!("pack {shown} holds another entry at {}", loc.offset),
                 );
             } else {
-                spans.push((at - ENTRY_HEADER_LEN, loc.end(), Span::Record(i)));
+                spans.push((at - ENTRY_HEADER_LEN, loc.end(), Span::Entry(i)));
             }
         }
-        spans.sort_unstable_by_key(|s| (s.0, s.1));
-        thread_local! {
-            // Kept between packs: no page faults for a fresh buffer each time.
-            static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let read_all = WINDOW.with_borrow_mut(|buf| {
-            let mut k = 0;
-            while k < spans.len() {
-                let start = spans[k].0;
-                let mut end = spans[k].1;
-                let mut j = k + 1;
-                while j < spans.len() && spans[j].1.max(end) - start <= CHECK_WINDOW {
-                    end = end.max(spans[j].1);
-                    j += 1;
-                }
-                let len = (end - start) as usize;
-                if buf.len() < len {
-                    buf.resize(len, 0);
-                }
-                let window = &mut buf[..len];
-                read(window, start)?;
-                for (s, e, what) in &spans[k..j] {
-                    let (s, e) = ((s - start) as usize, (e - start) as usize);
-                    let header = decode_entry_header(&window[s..s + ENTRY_HEADER_LEN as usize]);
-                    match *what {
-                        Span::Trailer(i) => {
-                            let t = &trailer.unwrap_or(&[])[i];
-                            if header != Some((t.id, t.len)) {
-                                bad_trailer = Some(bad_trailer.map_or(i, |b| b.min(i)));
-                            }
-                        }
-                        Span::Record(i) => {
-                            let (id, loc) = &records[i];
-                            if header != Some((*id, loc.len)) {
-                                bad_chunk(
-                                    f,
-                                    *id,
-                                    ProblemClass::CorruptChunk,
-                                    format!("pack {shown} holds another entry at {}", loc.offset),
-                                );
-                            } else if check_chunk_id(id, &window[s + ENTRY_HEADER_LEN as usize..e])
-                                .is_err()
-                            {
-                                bad_chunk(
-                                    f,
-                                    *id,
-                                    ProblemClass::CorruptChunk,
-                                    "content does not hash to its id".into(),
-                                );
-                            }
-                        }
+        let read_all = read_spans(&mut spans, read, &mut |what, bytes| {
+            let header = decode_entry_header(&bytes[..ENTRY_HEADER_LEN as usize]);
+            match what {
+                Span::Trailer(i) => {
+                    let t = &trailer.unwrap_or(&[])[i];
+                    if header != Some((t.id, t.len)) {
+                        bad_trailer = Some(bad_trailer.map_or(i, |b| b.min(i)));
                     }
                 }
-                k = j;
+                Span::Entry(i) => {
+                    let (id, loc) = &records[i];
+                    if header != Some((*id, loc.len)) {
+                        bad_chunk(
+                            f,
+                            *id,
+                            ProblemClass::CorruptChunk,
+                            format!("pack {shown} holds another entry at {}", loc.offset),
+                        );
+                    } else if check_chunk_id(id, &bytes[ENTRY_HEADER_LEN as usize..]).is_err() {
+                        bad_chunk(
+                            f,
+                            *id,
+                            ProblemClass::CorruptChunk,
+                            "content does not hash to its id".into(),
+                        );
+                    }
+                }
             }
-            Ok::<(), std::io::Error>(())
         });
         if let Err(e) = read_all {
             let detail = format!("pack {shown} unreadable: {e}");

@@ -31,7 +31,10 @@ use crate::{
         repofile::SnapObject,
     },
     error::Result,
-    packs::PackId,
+    packs::{
+        PackId,
+        spans::{Span, read_spans},
+    },
     progress::Progress,
 };
 
@@ -456,17 +459,6 @@ enum PackRead {
     Unreadable(String),
 }
 
-/// Bytes read at once when a pack of a local repository is read back
-/// (several small entries per read; a larger entry whole).
-const CHECK_WINDOW: u64 = 256 << 10;
-
-/// One thing [`read_local_pack`] reads back: a trailer entry's header, or
-/// an entry the index puts in the pack, by its place in its list.
-enum Span {
-    Trailer(usize),
-    Indexed(usize),
-}
-
 /// Reads one pack, checks its trailer and re-hashes every entry the index
 /// puts in it. A pack of a local directory is read back a window at a
 /// time ([`read_local_pack`]); from object storage, with one request.
@@ -533,8 +525,8 @@ fn check_whole_pack(
 }
 
 /// [`read_pack`] from a local file: the footer and trailer first
-/// ([`read_trailer`]), then, in offset order and up to [`CHECK_WINDOW`]
-/// bytes per read, every trailer entry's header and every indexed entry,
+/// ([`read_trailer`]), then, in offset order and a window at a time
+/// ([`read_spans`]), every trailer entry's header and every indexed entry,
 /// each checked right after its read (while it is in the CPU's cache).
 /// The same problems, in the same order, as from the whole pack.
 fn read_local_pack(
@@ -582,47 +574,20 @@ fn read_local_pack(
         if e.end() > len {
             bad[i] = !kind.entry_matches(&e.id, &[]);
         } else {
-            spans.push((u64::from(e.offset), e.end(), Span::Indexed(i)));
+            spans.push((u64::from(e.offset), e.end(), Span::Entry(i)));
         }
-    }
-    spans.sort_unstable_by_key(|s| (s.0, s.1));
-    thread_local! {
-        // Kept between packs: no page faults for a fresh buffer each time.
-        static WINDOW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let mut disagrees: Option<usize> = None;
-    let read_all = WINDOW.with_borrow_mut(|buf| {
-        let mut k = 0;
-        while k < spans.len() {
-            let start = spans[k].0;
-            let mut end = spans[k].1;
-            let mut j = k + 1;
-            while j < spans.len() && spans[j].1.max(end) - start <= CHECK_WINDOW {
-                end = end.max(spans[j].1);
-                j += 1;
+    let read = |buf: &mut [u8], at: u64| std::os::unix::fs::FileExt::read_exact_at(file, buf, at);
+    let read_all = read_spans(&mut spans, &read, &mut |what, bytes| match what {
+        Span::Trailer(i) => {
+            if let Ok(trailer) = &sealed
+                && !header_agrees(&trailer[i], bytes)
+            {
+                disagrees = Some(disagrees.map_or(i, |d| d.min(i)));
             }
-            let n = (end - start) as usize;
-            if buf.len() < n {
-                buf.resize(n, 0);
-            }
-            let window = &mut buf[..n];
-            file.read_exact_at(window, start)?;
-            for (s, e, what) in &spans[k..j] {
-                let bytes = &window[(s - start) as usize..(e - start) as usize];
-                match *what {
-                    Span::Trailer(i) => {
-                        if let Ok(trailer) = &sealed
-                            && !header_agrees(&trailer[i], bytes)
-                        {
-                            disagrees = Some(disagrees.map_or(i, |d| d.min(i)));
-                        }
-                    }
-                    Span::Indexed(i) => bad[i] = !kind.entry_matches(&listed[i].id, bytes),
-                }
-            }
-            k = j;
         }
-        Ok::<(), std::io::Error>(())
+        Span::Entry(i) => bad[i] = !kind.entry_matches(&listed[i].id, bytes),
     });
     if let Err(e) = read_all {
         return PackRead::Unreadable(e.to_string());
