@@ -1048,3 +1048,28 @@ impl EventLoop {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A peer id that is not an ed25519 key (here a SHA-256 multihash, as
+    /// an RSA peer's is) names no instance: clone, follow and hello refuse
+    /// it as a bad address before any request.
+    #[test]
+    fn a_peer_that_is_not_an_ed25519_key_is_a_bad_address() {
+        let sha = libp2p::multihash::Multihash::<64>::wrap(0x12, &[7u8; 32]).unwrap();
+        let peer = PeerId::from_multihash(sha).unwrap();
+        assert_eq!(instance_of(&peer), None);
+        let e = instance_of_peer(&peer).unwrap_err();
+        assert!(
+            matches!(&e, crate::NodeError::BadAddress { reason, .. } if reason == "not an ed25519 peer id"),
+            "{e}"
+        );
+        let kp = identity::Keypair::generate_ed25519();
+        let peer = kp.public().to_peer_id();
+        let id = instance_of_peer(&peer).unwrap();
+        assert_eq!(peer_id_of(&id), Some(peer));
+    }
+}
