@@ -164,24 +164,37 @@ pub(crate) fn check_manifests(
     reader: &super::RepoReader<'_>,
     items: &[&super::repofile::SnapObject],
 ) -> Vec<ManifestCheck> {
-    check_manifests_with(items, |mids| reader.read_manifest_files(mids))
+    check_manifests_with(
+        items,
+        |mid| reader.manifest_place(mid),
+        |mids| reader.read_manifest_files(mids),
+    )
 }
 
 /// [`check_manifests`] with the files read by `read`, a group at a time
 /// (format 1: one file per manifest; format 2: through the index, runs of
-/// a pack in one read), results in the order asked.
+/// a pack in one read), results in the order asked. The groups are made
+/// in the order of `place` (format 2: pack and offset, from the index), so
+/// that each group reads one stretch of a pack: in the order asked
+/// (manifest ids, random places), every group of 512 spanned nearly every
+/// manifest pack, and a verify read the manifest packs once per group.
 pub(crate) fn check_manifests_with(
     items: &[&super::repofile::SnapObject],
+    place: impl Fn(&ManifestId) -> Option<([u8; 16], u32)>,
     read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>>
     + Sync,
 ) -> Vec<ManifestCheck> {
     const GROUP: usize = 512;
-    items
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_cached_key(|&i| place(&items[i].manifest_id));
+    let placed: Vec<(usize, &super::repofile::SnapObject)> =
+        order.into_iter().map(|i| (i, items[i])).collect();
+    let checked: Vec<(usize, ManifestCheck)> = placed
         .par_chunks(GROUP)
         .flat_map_iter(|group| {
             // Each file read: its manifest to verify in the batch, and the
             // rest (its envelope, or why it could not be read).
-            let mids: Vec<ManifestId> = group.iter().map(|o| o.manifest_id).collect();
+            let mids: Vec<ManifestId> = group.iter().map(|(_, o)| o.manifest_id).collect();
             let (batch, rest): (Vec<_>, Vec<_>) = read(&mids)
                 .into_iter()
                 .map(|r| match r {
@@ -193,17 +206,29 @@ pub(crate) fn check_manifests_with(
             group
                 .iter()
                 .zip(verified.into_iter().zip(rest))
-                .map(|(o, (r, rest))| match (r, rest) {
-                    (Some(r), Ok(envelope)) => finish(o, r, envelope),
-                    (_, Err(e)) => Err(e),
-                    // (every manifest read was verified)
-                    (None, Ok(_)) => Err((
-                        RepoProblemClass::BadManifest,
-                        "bad manifest: not verified".into(),
-                    )),
+                .map(|((i, o), (r, rest))| {
+                    let c = match (r, rest) {
+                        (Some(r), Ok(envelope)) => finish(o, r, envelope),
+                        (_, Err(e)) => Err(e),
+                        // (every manifest read was verified)
+                        (None, Ok(_)) => Err((
+                            RepoProblemClass::BadManifest,
+                            "bad manifest: not verified".into(),
+                        )),
+                    };
+                    (*i, c)
                 })
                 .collect::<Vec<_>>()
         })
+        .collect();
+    let mut out: Vec<Option<ManifestCheck>> = Vec::new();
+    out.resize_with(items.len(), || None);
+    for (i, c) in checked {
+        out[i] = Some(c);
+    }
+    // (`order` is a permutation: every place is filled)
+    out.into_iter()
+        .map(|c| c.unwrap_or_else(|| Err((RepoProblemClass::MissingManifest, "not read".into()))))
         .collect()
 }
 
@@ -519,4 +544,58 @@ fn read_v1_chunks(
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     (bytes, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bbsync_protocol::ObjectId;
+
+    #[test]
+    fn manifests_are_read_in_the_order_they_lie_and_reported_in_the_order_asked() {
+        // 1,100 objects whose manifests lie in reverse order of the list.
+        let objects: Vec<super::super::repofile::SnapObject> = (0..1100u32)
+            .map(|i| {
+                let mut oid = [0u8; 16];
+                oid[..4].copy_from_slice(&i.to_be_bytes());
+                let mut mid = [0u8; 32];
+                mid[..4].copy_from_slice(&i.to_be_bytes());
+                super::super::repofile::SnapObject {
+                    object_id: ObjectId(oid),
+                    version: 1,
+                    manifest_id: ManifestId(mid),
+                }
+            })
+            .collect();
+        let items: Vec<&super::super::repofile::SnapObject> = objects.iter().collect();
+        let number = |m: &ManifestId| u32::from_be_bytes([m.0[0], m.0[1], m.0[2], m.0[3]]);
+        let groups = Mutex::new(Vec::new());
+        let checked = check_manifests_with(
+            &items,
+            |m| Some(([7; 16], 5000 - number(m))),
+            |mids| {
+                groups
+                    .lock()
+                    .expect("the lock is not poisoned")
+                    .push(mids.iter().map(number).collect::<Vec<_>>());
+                mids.iter()
+                    .map(|m| Err((RepoProblemClass::MissingManifest, number(m).to_string())))
+                    .collect()
+            },
+        );
+        // Reported in the order asked, each for its own manifest.
+        let got: Vec<String> = checked
+            .into_iter()
+            .map(|c| c.err().expect("every read failed").1)
+            .collect();
+        let want: Vec<String> = (0..1100).map(|i: u32| i.to_string()).collect();
+        assert_eq!(got, want);
+        // Read in groups of neighbours: each group a run of places.
+        let mut groups = groups.into_inner().expect("the lock is not poisoned");
+        groups.sort_by_key(|g| std::cmp::Reverse(g[0]));
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[0], (588..1100).rev().collect::<Vec<_>>());
+        assert_eq!(groups[1], (76..588).rev().collect::<Vec<_>>());
+        assert_eq!(groups[2], (0..76).rev().collect::<Vec<_>>());
+    }
 }

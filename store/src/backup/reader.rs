@@ -101,6 +101,13 @@ impl RepoReader<'_> {
             .unwrap_or_else(|| Err((RepoProblemClass::MissingManifest, "not read".into())))
     }
 
+    /// Where a manifest's current file lies (format 2: its pack and
+    /// offset; format 1: `None`), to read many in the order they lie.
+    pub(crate) fn manifest_place(&self, mid: &ManifestId) -> Option<([u8; 16], u32)> {
+        let (_, at) = self.index.as_ref()?.manifest(mid)?;
+        Some((at.pack.0, at.offset))
+    }
+
     /// [`Self::read_manifest_file`] for many manifests, in their order:
     /// format 2 reads the entries that are near each other in one pack
     /// with one ranged read (one request on object storage), several

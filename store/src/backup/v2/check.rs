@@ -213,9 +213,11 @@ impl Repo2 {
         r.manifests = wanted.len() as u64;
         let b = self.backend();
         let objects: Vec<&SnapObject> = wanted.values().map(|(o, _)| o).collect();
-        let checked: Vec<ManifestCheck> = check_manifests_with(&objects, |mids| {
-            crate::backup::reader::read_manifest_files(b, ix, mids)
-        });
+        let checked: Vec<ManifestCheck> = check_manifests_with(
+            &objects,
+            |mid| ix.manifest(mid).map(|(_, at)| (at.pack.0, at.offset)),
+            |mids| crate::backup::reader::read_manifest_files(b, ix, mids),
+        );
         // chunk -> (length, who references it)
         let mut refs: HashMap<ChunkId, (u32, String)> = HashMap::new();
         for ((mid, (_, snap)), c) in wanted.iter().zip(checked) {
