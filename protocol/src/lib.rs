@@ -39,7 +39,10 @@ pub use ids::{ChunkId, InstanceId, InviteId, ManifestId, ObjectId};
 pub use invite::{Invite, InviteRefusal};
 pub use manifest::{ChunkRef, MAX_VERSION, Manifest, ObjectMeta, Shape, key_commitment};
 pub use signed::{Signed, SignedBody, Unverified, verify_many};
-pub use snapshot::{SNAPSHOT_FORMAT, Snapshot, SnapshotObject, SnapshotTrust};
+pub use snapshot::{
+    MANIFEST_FILES_FORMAT, SNAPSHOT_FORMAT, Snapshot, SnapshotObject, SnapshotTrust,
+    manifest_files_digest,
+};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

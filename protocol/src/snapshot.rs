@@ -3,11 +3,13 @@
 //!
 //! A backup repository is written by whoever can write its directory or
 //! bucket; nothing in it is trusted because of where it lies. The host signs
-//! every snapshot (format 2: `ed25519("bbsync/snapshot/v2/sha256\0" ||
+//! every snapshot (formats 3 and 2: `ed25519("bbsync/snapshot/v2/sha256\0" ||
 //! SHA-256(body))`; format 1: `ed25519("bbsync/snapshot/v1\0" || body)`),
 //! carried in the [`crate::signed`] wire wrapper like manifests, so that a restore can
 //! check who took it and that its object list and trust table are exactly
-//! what that host wrote. Whether the host itself is to be believed is the
+//! what that host wrote. Format 3 also signs, through one digest, the
+//! manifest file the host backed up for each object
+//! ([`Snapshot::manifest_files`]). Whether the host itself is to be believed is the
 //! restoring node's decision (its own id, an instance it trusts `full`, or
 //! one the operator names), never the repository's.
 //!
@@ -83,13 +85,43 @@ pub struct Snapshot {
     pub identity_escrow: Option<String>,
     /// The objects, sorted by object id (each once).
     pub objects: Vec<SnapshotObject>,
+    /// Format 3 and later: [`manifest_files_digest`] of the manifest files
+    /// the host backed up for `objects` (`None` in formats 1 and 2). A
+    /// reader that finds the same digest over the files a repository holds
+    /// for these objects knows that those files are byte for byte the ones
+    /// the host signed for. Written by hand after `objects` (32 raw bytes),
+    /// so not part of serde's view of the type.
+    #[serde(skip)]
+    pub manifest_files: Option<[u8; 32]>,
 }
 
-/// The snapshot format this version writes: 2, whose signature covers
-/// `"bbsync/snapshot/v2/sha256\0" || SHA-256(body)` (format 1's covers
-/// `"bbsync/snapshot/v1\0" || body`; both are read). The body layout is
-/// the same.
-pub const SNAPSHOT_FORMAT: u16 = 2;
+/// Domain of [`manifest_files_digest`].
+pub const MANIFEST_FILES_DOMAIN: &[u8] = b"bbsync/snapshot/manifest-files/v1\0";
+
+/// The digest a format-3 snapshot signs over the manifest files of its
+/// objects: SHA-256 of [`MANIFEST_FILES_DOMAIN`], then each file's
+/// SHA-256 (32 bytes: a backup repository's file hash, the `ManifestRef`
+/// of format 2), in the order of the snapshot's objects. A file a reader
+/// cannot find counts as 32 zero bytes (the digest then differs).
+pub fn manifest_files_digest(files: impl IntoIterator<Item = Option<[u8; 32]>>) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(MANIFEST_FILES_DOMAIN);
+    for f in files {
+        h.update(f.unwrap_or([0; 32]));
+    }
+    h.finalize().into()
+}
+
+/// The snapshot format this version writes: 3, whose signature covers
+/// `"bbsync/snapshot/v2/sha256\0" || SHA-256(body)` like format 2's, and
+/// whose body ends with [`Snapshot::manifest_files`] (formats 1 and 2 end
+/// with the object list; format 1's signature covers
+/// `"bbsync/snapshot/v1\0" || body`; all three are read).
+pub const SNAPSHOT_FORMAT: u16 = 3;
+
+/// The first format whose body carries [`Snapshot::manifest_files`].
+pub const MANIFEST_FILES_FORMAT: u16 = 3;
 
 /// Longest snapshot id.
 pub const MAX_SNAPSHOT_ID: usize = 64;
@@ -148,6 +180,19 @@ impl Snapshot {
             .map(|t| Ok((card_of("snapshot trust card", &t.card)?, t.role)))
             .collect()
     }
+}
+
+/// The format number a snapshot body starts with (a postcard varint of a
+/// `u16`), read before the body is decoded.
+fn leading_format(bytes: &[u8]) -> Result<u16> {
+    let mut v: u64 = 0;
+    for (i, b) in bytes.iter().take(3).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u16::try_from(v).map_err(|_| Error::invalid("snapshot", "bad format number"));
+        }
+    }
+    Err(Error::invalid("snapshot", "bad format number"))
 }
 
 impl SignedBody for Snapshot {
@@ -213,10 +258,31 @@ impl SignedBody for Snapshot {
             crate::encoding::push_varint(&mut out, o.version);
             out.extend_from_slice(o.manifest_id.as_bytes());
         }
+        if self.format >= MANIFEST_FILES_FORMAT {
+            // (`validate` refuses a format-3 snapshot without it)
+            out.extend_from_slice(&self.manifest_files.unwrap_or_default());
+        }
         out
     }
     fn decode_body(bytes: &[u8]) -> Result<Self> {
-        let value: Self = crate::encoding::decode(Self::WHAT, bytes, Self::MAX_BODY)?;
+        // The format comes first (a varint); from format 3 on, the last 32
+        // bytes are the manifest files' digest, and the rest is the body of
+        // format 2.
+        let format = leading_format(bytes)?;
+        let (fields, files) = if format >= MANIFEST_FILES_FORMAT {
+            let at = bytes
+                .len()
+                .checked_sub(32)
+                .ok_or_else(|| Error::invalid(Self::WHAT, "body too short"))?;
+            let (fields, files) = bytes.split_at(at);
+            let files: [u8; 32] = files
+                .try_into()
+                .map_err(|_| Error::invalid(Self::WHAT, "body too short"))?;
+            (fields, Some(files))
+        } else {
+            (bytes, None)
+        };
+        let mut value: Self = crate::encoding::decode(Self::WHAT, fields, Self::MAX_BODY)?;
         if !(FORMAT_V1..=SNAPSHOT_FORMAT).contains(&value.format) {
             return Err(Error::UnsupportedFormat {
                 what: Self::WHAT,
@@ -224,6 +290,7 @@ impl SignedBody for Snapshot {
                 supported: SNAPSHOT_FORMAT,
             });
         }
+        value.manifest_files = files;
         Ok(value)
     }
     fn signer(&self) -> InstanceId {
@@ -236,6 +303,12 @@ impl SignedBody for Snapshot {
                 found: self.format,
                 supported: SNAPSHOT_FORMAT,
             });
+        }
+        if (self.format >= MANIFEST_FILES_FORMAT) != self.manifest_files.is_some() {
+            return Err(Error::invalid(
+                "snapshot",
+                "the manifest files' digest is there exactly from format 3 on",
+            ));
         }
         if self.id.is_empty()
             || self.id.len() > MAX_SNAPSHOT_ID
@@ -331,13 +404,80 @@ mod tests {
                     manifest_id: ManifestId([(i % 13) as u8; 32]),
                 })
                 .collect(),
+            manifest_files: Some([5; 32]),
         };
-        assert_eq!(snap.encode_body(), crate::encoding::encode(&snap));
+        // Format 3: postcard's fields, then the 32 bytes of the digest.
+        let with_files = |s: &Snapshot| {
+            let mut b = crate::encoding::encode(s);
+            b.extend_from_slice(&s.manifest_files.unwrap_or_default());
+            b
+        };
+        assert_eq!(snap.encode_body(), with_files(&snap));
+        let back = Snapshot::decode_body(&snap.encode_body()).expect("decodes");
+        assert_eq!(back, snap);
         let empty = Snapshot {
             objects: Vec::new(),
             identity_escrow: None,
-            ..snap
+            ..snap.clone()
         };
-        assert_eq!(empty.encode_body(), crate::encoding::encode(&empty));
+        assert_eq!(empty.encode_body(), with_files(&empty));
+        // Format 2: postcard's fields only.
+        let v2 = Snapshot {
+            format: 2,
+            manifest_files: None,
+            ..snap.clone()
+        };
+        assert_eq!(v2.encode_body(), crate::encoding::encode(&v2));
+        assert_eq!(
+            Snapshot::decode_body(&v2.encode_body()).expect("decodes"),
+            v2
+        );
+    }
+
+    #[test]
+    fn the_manifest_files_digest_is_there_exactly_from_format_3_on() {
+        let snap = Snapshot {
+            format: SNAPSHOT_FORMAT,
+            id: "20261130T000000Z-000001-abcd".into(),
+            created_ms: 1,
+            host: InstanceId([7; 32]),
+            host_card: Vec::new(),
+            description: String::new(),
+            tags: Vec::new(),
+            bbsync_version: "0.1.0".into(),
+            schema_version: 4,
+            only: Vec::new(),
+            counts: Vec::new(),
+            bytes: 0,
+            plaintext_bytes: 0,
+            chunks: 0,
+            trust: Vec::new(),
+            identity_escrow: None,
+            objects: Vec::new(),
+            manifest_files: None,
+        };
+        let e = snap.validate().expect_err("format 3 without the digest");
+        assert!(e.to_string().contains("from format 3 on"), "{e}");
+        let v2 = Snapshot {
+            format: 2,
+            manifest_files: Some([1; 32]),
+            ..snap.clone()
+        };
+        let e = v2.validate().expect_err("format 2 with a digest");
+        assert!(e.to_string().contains("from format 3 on"), "{e}");
+        // A format-3 body cut short is refused, not read as format 2.
+        let body = Snapshot {
+            manifest_files: Some([1; 32]),
+            ..snap
+        }
+        .encode_body();
+        assert!(Snapshot::decode_body(&body[..body.len() - 1]).is_err());
+        assert!(Snapshot::decode_body(&body[..20]).is_err());
+        // The digest depends on every file and on their order.
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let ab = manifest_files_digest([Some(a), Some(b)]);
+        assert_ne!(ab, manifest_files_digest([Some(b), Some(a)]));
+        assert_ne!(ab, manifest_files_digest([Some(a), None]));
+        assert_eq!(ab, manifest_files_digest([Some(a), Some(b)]));
     }
 }

@@ -397,7 +397,8 @@ fn sample_snapshot() -> Snapshot {
 }
 
 /// The same in snapshot format `format` (1: the whole body signed; 2: its
-/// SHA-256).
+/// SHA-256; 3: the same, and the body ends with the digest of the two
+/// objects' manifest files, whose hashes are [0x31; 32] and [0x32; 32]).
 fn sample_snapshot_of(format: u16) -> Snapshot {
     let card = |who: &str, t: u64| ident(who).card(Vec::new(), t).unwrap().bytes().to_vec();
     Snapshot {
@@ -438,6 +439,8 @@ fn sample_snapshot_of(format: u16) -> Snapshot {
                 manifest_id: ManifestId([0xaa; 32]),
             },
         ],
+        manifest_files: (format >= 3)
+            .then(|| bbsync_protocol::manifest_files_digest([Some([0x31; 32]), Some([0x32; 32])])),
     }
 }
 
@@ -492,12 +495,22 @@ fn snapshot_body_by_hand(s: &Snapshot) -> Vec<u8> {
         out.extend(varint(o.version));
         out.extend_from_slice(o.manifest_id.as_bytes());
     }
+    if s.format >= 3 {
+        // SHA-256("bbsync/snapshot/manifest-files/v1\0" || each file's hash).
+        let mut h = Sha256::new();
+        h.update(b"bbsync/snapshot/manifest-files/v1\0");
+        h.update([0x31; 32]);
+        h.update([0x32; 32]);
+        let d: [u8; 32] = h.finalize().into();
+        assert_eq!(s.manifest_files, Some(d));
+        out.extend_from_slice(&d);
+    }
     out
 }
 
 fn gen_snapshots() -> Value {
     let a = alice();
-    let rows: Vec<Value> = [1u16, 2]
+    let rows: Vec<Value> = [1u16, 2, 3]
         .into_iter()
         .map(|format| {
             let snap = sample_snapshot_of(format);
@@ -512,7 +525,7 @@ fn gen_snapshots() -> Value {
         })
         .collect();
     json!({
-        "comment": "Signed::sign(alice, snapshot): bytes = postcard Wire {format 1, body = postcard(Snapshot), sig} by the host; snapshot format 1: sig = ed25519(\"bbsync/snapshot/v1\\0\" || body); snapshot format 2 (written since issue 13's fifth session; same body layout): sig = ed25519(\"bbsync/snapshot/v2/sha256\\0\" || SHA-256(body)). Fields in order: format, id, created_ms, host (32 raw), host_card (bytes: the host's card wire bytes), description, tags, bbsync_version, schema_version, only, counts [(kind, n)], bytes, plaintext_bytes, chunks, trust [(card bytes, role: 0 full / 1 blind)], identity_escrow (option), objects [(object_id 16 raw, version, manifest_id 32 raw)]. Cards: Identity::card([], created) of alice (T0), bob (T0+1), carol (T0+2). Repository format 1 stores base64(bytes) in snapshots/<id>.json.",
+        "comment": "Signed::sign(alice, snapshot): bytes = postcard Wire {format 1, body = postcard(Snapshot), sig} by the host; snapshot format 1: sig = ed25519(\"bbsync/snapshot/v1\\0\" || body); snapshot format 2 (written since issue 13's fifth session; same body layout): sig = ed25519(\"bbsync/snapshot/v2/sha256\\0\" || SHA-256(body)); snapshot format 3 (written since issue 13's ninth session): signed as format 2, and the body ends, after objects, with manifest_files (32 raw bytes) = SHA-256(\"bbsync/snapshot/manifest-files/v1\\0\" || the SHA-256 of each object's manifest file, in object order; here [0x31; 32] and [0x32; 32]). Fields in order: format, id, created_ms, host (32 raw), host_card (bytes: the host's card wire bytes), description, tags, bbsync_version, schema_version, only, counts [(kind, n)], bytes, plaintext_bytes, chunks, trust [(card bytes, role: 0 full / 1 blind)], identity_escrow (option), objects [(object_id 16 raw, version, manifest_id 32 raw)]. Cards: Identity::card([], created) of alice (T0), bob (T0+1), carol (T0+2). Repository format 1 stores base64(bytes) in snapshots/<id>.json.",
         "regenerate": REGEN,
         "snapshots": rows,
     })
@@ -2151,7 +2164,7 @@ fn checkpoint_vectors() -> TestResult {
 fn snapshot_vectors() -> TestResult {
     let v = load("snapshot.json");
     let rows = arr(&v["snapshots"]);
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     for row in rows {
         let signer = s(&row["signer"]);
         let format = u16::try_from(n(&row["format"]))?;
@@ -2205,6 +2218,7 @@ fn snapshot_vectors() -> TestResult {
             // changed to 1) is not a format-2 signature, nor the reverse.
             let mut as_v1 = snap.clone();
             as_v1.format = 1;
+            as_v1.manifest_files = None;
             let v1_body = encoding::encode(&as_v1);
             let forged = build_wire(1, &body, SNAPSHOT_DOMAIN, &seed_of(signer));
             let e = Unverified::<Snapshot>::decode(&forged)?
@@ -2219,7 +2233,7 @@ fn snapshot_vectors() -> TestResult {
             card: ident("bob").card(Vec::new(), 5).unwrap().bytes().to_vec(),
             role: Role::Full,
         });
-        let forged_body = encoding::encode(&forged);
+        let forged_body = forged.encode_body();
         let parts = parse_wire(&bytes).unwrap();
         assert_bad_snapshot_signature(&forged_body, &parts.sig)?;
     }

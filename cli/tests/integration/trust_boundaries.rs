@@ -234,7 +234,9 @@ fn append_trust(repo: &Path, id: &str, mallory_card: &str) {
             role: Role::Full,
         });
         let sig = &wire_bytes[wire_bytes.len() - 64..];
-        let forged = wire(&encoding::encode(&snap), sig);
+        // The body as the host encodes it (format 3 ends with the manifest
+        // files' digest, after the fields serde writes).
+        let forged = wire(&bbsync_protocol::SignedBody::encode_body(&snap), sig);
         v["snapshot"] = data_encoding::BASE64.encode(&forged).into();
     } else {
         v["trust"]

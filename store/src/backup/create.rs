@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-pub(crate) use super::collect::{Collected, CollectedManifest};
+pub(crate) use super::collect::{Collected, CollectedManifest, manifest_files_of};
 use super::{
     Repo, chunk_path, escrow, list_chunks, manifest_path, new_snapshot_id, now_ms, repo_io_err,
 };
@@ -99,6 +99,18 @@ impl BackupReport {
     }
 }
 
+/// What a snapshot lists, from the collection (step 1 of a backup).
+pub(crate) struct Listed {
+    /// Objects by kind.
+    pub counts: BTreeMap<String, u64>,
+    /// Plaintext bytes of the live objects.
+    pub plaintext_bytes: u64,
+    /// The objects, sorted by object id.
+    pub objects: Vec<SnapshotObject>,
+    /// The digest of their manifest files ([`manifest_files_of`]).
+    pub manifest_files: [u8; 32],
+}
+
 /// Chunk bytes and chunks copied per `syncfs` group (what an interrupted
 /// backup keeps is whole groups).
 const GROUP_BYTES: u64 = 64 * 1024 * 1024;
@@ -167,13 +179,17 @@ impl Store {
         // Its id carries the repository's next sequence number, so that
         // `latest` and `backups list` order backups taken within one
         // second (or on a host whose clock stepped back) as they were taken.
+        let manifest_files = manifest_files_of(&objects, &manifests);
         let (id, snap) = self.sign_snapshot(
             repo.next_snapshot_seq()?,
             opts,
-            counts,
             &report,
-            plaintext_bytes,
-            objects,
+            Listed {
+                counts,
+                plaintext_bytes,
+                objects,
+                manifest_files,
+            },
         )?;
         crate::failpoint::hit("backup.snapshot")
             .map_err(repo_io_err(format!("writing the snapshot {id} into {loc}")))?;
@@ -331,11 +347,15 @@ impl Store {
         &self,
         seq: u64,
         opts: &BackupOptions,
-        counts: BTreeMap<String, u64>,
         report: &BackupReport,
-        plaintext_bytes: u64,
-        objects: Vec<SnapshotObject>,
+        listed: Listed,
     ) -> Result<(String, Signed<Snapshot>)> {
+        let Listed {
+            counts,
+            plaintext_bytes,
+            objects,
+            manifest_files,
+        } = listed;
         let created_ms = now_ms();
         let id = new_snapshot_id(created_ms, seq);
         let card = self.card()?;
@@ -367,6 +387,7 @@ impl Store {
                 trust,
                 identity_escrow: report.identity_escrow.clone(),
                 objects,
+                manifest_files: Some(manifest_files),
             },
         )
         .map_err(|e| StoreError::Invalid(format!("signing the snapshot: {e}")))?;

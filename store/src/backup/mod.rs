@@ -748,6 +748,7 @@ pub(crate) fn view_of(signed: Signed<Snapshot>) -> Result<SnapshotFile> {
         identity_escrow: s.identity_escrow.clone(),
         objects_sha256: repofile::objects_sha256(&objects),
         objects,
+        manifest_files: s.manifest_files,
     })
 }
 
@@ -778,6 +779,7 @@ fn legacy_view(s: LegacySnapshotFile) -> SnapshotFile {
         identity_escrow: s.identity_escrow,
         objects: s.objects,
         objects_sha256: s.objects_sha256,
+        manifest_files: None,
     }
 }
 

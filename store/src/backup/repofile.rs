@@ -215,6 +215,12 @@ pub struct SnapshotFile {
     /// SHA-256 (hex) over the object list (see [`objects_sha256`]); for a
     /// signed snapshot computed here, for display.
     pub objects_sha256: String,
+    /// Snapshot format 3 and later: the digest its host signed over the
+    /// objects' manifest files ([`bbsync_protocol::manifest_files_digest`]);
+    /// `backups verify` does not check again the signature of a manifest
+    /// whose file the host signed for this way.
+    #[serde(skip)]
+    pub manifest_files: Option<[u8; 32]>,
 }
 
 /// The checksum of an object list (see [`LegacySnapshotFile::objects_sha256`]).

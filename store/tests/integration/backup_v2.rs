@@ -145,3 +145,79 @@ fn full_and_incremental_backups_in_format_2() -> R {
     );
     Ok(())
 }
+
+/// A format-3 snapshot signs a digest of its manifest files, and `backups
+/// verify` does not check again the signature of a manifest whose file is
+/// one the snapshot signed for. A repository writer who swaps a manifest's
+/// file for one with a forged signature (same manifest, so the same id; a
+/// new manifest pack and an index file of a higher sequence, which wins)
+/// makes the digest differ: every manifest of that snapshot is verified
+/// again, and the forged one is reported.
+#[test]
+fn a_manifest_file_swapped_under_a_signed_snapshot_is_verified_again() -> R {
+    use bbsync_store::backup::{
+        repofile::ManifestFile,
+        v2::format::{IndexFile, ManifestRef, PackBuilder, index_path},
+    };
+    use sha2::{Digest, Sha256};
+
+    let tmp = common::tempdir()?;
+    let tree = tmp.path().join("tree");
+    let data = tmp.path().join("data");
+    let dir = tmp.path().join("repo");
+    for i in 0..5 {
+        let body = format!("{{\"id\":{i},\"body\":\"post {i}\"}}");
+        write(&tree, &format!("boards/general/{i}.json"), body.as_bytes());
+    }
+    let store = Store::init(&data, "alpha")?;
+    store.import_bbs(&tree, &NoProgress)?;
+    let repo = Repo2::create(Arc::new(LocalDir::new(&dir)))?;
+    let r = store.backup_v2(&repo, &BackupOptions::default(), &NoProgress)?;
+    let v = repo.verify(true, &NoProgress)?;
+    assert!(v.is_ok(), "{:?}", v.problems);
+    assert!(v.manifests >= 5, "{v:?}");
+    assert_eq!(v.manifests_vouched, v.manifests, "{v:?}");
+
+    // The forged file: a manifest's own signature with one bit flipped.
+    let snap = repo.load_snapshot(&r.snapshot)?;
+    let mid = snap.objects[0].manifest_id;
+    let ix = repo.load_index()?;
+    let (_, at) = ix.manifest(&mid).unwrap();
+    let pack = fs::read(dir.join(PackKind::Manifests.path(&at.pack)))?;
+    let start = at.offset as usize;
+    let file = &pack[start..start + at.len as usize];
+    let mut mf = ManifestFile::decode(file)?;
+    let sig_at = mf.manifest.len() - 64 + 5;
+    mf.manifest[sig_at] ^= 1;
+    let forged = mf.encode();
+    let forged_hash: [u8; 32] = Sha256::digest(&forged).into();
+    let mut pb = PackBuilder::new(PackKind::Manifests);
+    pb.push(forged_hash, &forged)?;
+    let id = pb.id();
+    let (bytes, ip) = pb.finish();
+    let path = dir.join(PackKind::Manifests.path(&id));
+    fs::create_dir_all(path.parent().unwrap())?;
+    fs::write(&path, &bytes)?;
+    let index = IndexFile {
+        format: 1,
+        seq: 1000,
+        packs: vec![ip],
+        manifests: vec![ManifestRef {
+            manifest: mid.0,
+            file: forged_hash,
+        }],
+    }
+    .encode();
+    fs::write(dir.join(index_path(&index)), &index)?;
+
+    let v = repo.verify(true, &NoProgress)?;
+    assert_eq!(v.manifests_vouched, 0, "{v:?}");
+    let classes: Vec<&str> = v.problems.iter().map(|p| p.class.as_str()).collect();
+    assert_eq!(classes, ["bad-manifest"], "{:?}", v.problems);
+    assert!(
+        v.problems[0].detail.contains(&mid.short()) && v.problems[0].detail.contains("signature"),
+        "{:?}",
+        v.problems
+    );
+    Ok(())
+}

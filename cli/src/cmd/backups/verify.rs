@@ -26,9 +26,14 @@ pub(super) fn verify(
             let what = output::checked(r.read_data, r.bytes_read, r.elapsed);
             let counts: Vec<_> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
             let verdict = output::verdict(r.problems.len(), &counts);
+            let vouched = if r.manifests_vouched > 0 {
+                format!(" ({} signed for by their snapshot)", r.manifests_vouched)
+            } else {
+                String::new()
+            };
             outln!(
                 ctx,
-                "backups verify: {} snapshots, {} manifests, {} chunks, {what}: {verdict}",
+                "backups verify: {} snapshots, {} manifests{vouched}, {} chunks, {what}: {verdict}",
                 r.snapshots,
                 r.manifests,
                 r.chunks

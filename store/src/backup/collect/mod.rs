@@ -310,6 +310,34 @@ impl Store {
     }
 }
 
+/// The digest a format-3 snapshot signs over its objects' manifest files
+/// ([`bbsync_protocol::manifest_files_digest`]), from the hashes the
+/// collection made (or its cache kept): the files of the backup's
+/// objects, as this store holds them (a file the repository later holds in
+/// another version, after a rekey, makes the digest differ, and a verify
+/// then checks those manifests' signatures as before).
+pub(crate) fn manifest_files_of(
+    objects: &[SnapshotObject],
+    manifests: &[CollectedManifest],
+) -> [u8; 32] {
+    let same_order = objects.len() == manifests.len()
+        && objects
+            .iter()
+            .zip(manifests)
+            .all(|(o, m)| o.object_id == m.object_id && o.manifest_id == m.manifest_id);
+    if same_order {
+        return bbsync_protocol::manifest_files_digest(manifests.iter().map(|m| Some(m.file)));
+    }
+    let by_object: std::collections::HashMap<ObjectId, &CollectedManifest> =
+        manifests.iter().map(|m| (m.object_id, m)).collect();
+    bbsync_protocol::manifest_files_digest(objects.iter().map(|o| {
+        by_object
+            .get(&o.object_id)
+            .filter(|m| m.manifest_id == o.manifest_id)
+            .map(|m| m.file)
+    }))
+}
+
 /// A record's manifest file bytes.
 fn manifest_file_bytes(rec: ObjectRecord) -> Vec<u8> {
     ManifestFile {

@@ -201,9 +201,20 @@ impl Store {
             copy: opts.copy,
             seq,
         };
+        let manifest_files = crate::backup::collect::manifest_files_of(&objects, &manifests);
         let (signed, files) = std::thread::scope(|sc| {
             let signing = sc.spawn(|| {
-                self.sign_snapshot(seq, opts, counts, &snap_report, plaintext_bytes, objects)
+                self.sign_snapshot(
+                    seq,
+                    opts,
+                    &snap_report,
+                    crate::backup::create::Listed {
+                        counts,
+                        plaintext_bytes,
+                        objects,
+                        manifest_files,
+                    },
+                )
             });
             let files = self.backup_steps(&job, &mut report, progress);
             (join_scoped(signing), files)
