@@ -201,9 +201,10 @@ impl Store {
             copy: opts.copy,
             seq,
         };
-        let manifest_files = crate::backup::collect::manifest_files_of(&objects, &manifests);
+        let manifests = &manifests;
         let (signed, files) = std::thread::scope(|sc| {
             let signing = sc.spawn(|| {
+                let manifest_files = crate::backup::collect::manifest_files_of(&objects, manifests);
                 self.sign_snapshot(
                     seq,
                     opts,
