@@ -182,19 +182,6 @@ impl Snapshot {
     }
 }
 
-/// The format number a snapshot body starts with (a postcard varint of a
-/// `u16`), read before the body is decoded.
-fn leading_format(bytes: &[u8]) -> Result<u16> {
-    let mut v: u64 = 0;
-    for (i, b) in bytes.iter().take(3).enumerate() {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return u16::try_from(v).map_err(|_| Error::invalid("snapshot", "bad format number"));
-        }
-    }
-    Err(Error::invalid("snapshot", "bad format number"))
-}
-
 impl SignedBody for Snapshot {
     const WHAT: &'static str = "snapshot";
     const DOMAIN: &'static [u8] = b"bbsync/snapshot/v1\0";
@@ -265,10 +252,19 @@ impl SignedBody for Snapshot {
         out
     }
     fn decode_body(bytes: &[u8]) -> Result<Self> {
-        // The format comes first (a varint); from format 3 on, the last 32
-        // bytes are the manifest files' digest, and the rest is the body of
-        // format 2.
-        let format = leading_format(bytes)?;
+        // The format comes first (a varint), read before the rest: a format
+        // this version does not know is refused as such, and from format 3
+        // on the last 32 bytes are the manifest files' digest, the rest the
+        // fields of format 2.
+        let (format, _) = postcard::take_from_bytes::<u16>(bytes)
+            .map_err(|_| Error::invalid(Self::WHAT, "bad format number"))?;
+        if !(FORMAT_V1..=SNAPSHOT_FORMAT).contains(&format) {
+            return Err(Error::UnsupportedFormat {
+                what: Self::WHAT,
+                found: format,
+                supported: SNAPSHOT_FORMAT,
+            });
+        }
         let (fields, files) = if format >= MANIFEST_FILES_FORMAT {
             let at = bytes
                 .len()
@@ -283,13 +279,6 @@ impl SignedBody for Snapshot {
             (bytes, None)
         };
         let mut value: Self = crate::encoding::decode(Self::WHAT, fields, Self::MAX_BODY)?;
-        if !(FORMAT_V1..=SNAPSHOT_FORMAT).contains(&value.format) {
-            return Err(Error::UnsupportedFormat {
-                what: Self::WHAT,
-                found: value.format,
-                supported: SNAPSHOT_FORMAT,
-            });
-        }
         value.manifest_files = files;
         Ok(value)
     }
@@ -473,6 +462,11 @@ mod tests {
         .encode_body();
         assert!(Snapshot::decode_body(&body[..body.len() - 1]).is_err());
         assert!(Snapshot::decode_body(&body[..20]).is_err());
+        // A later format is refused as such, whatever follows.
+        let mut later = body.clone();
+        later[0] = 4;
+        let e = Snapshot::decode_body(&later).expect_err("format 4");
+        assert_eq!(e.kind(), crate::ErrorKind::UnsupportedFormat, "{e}");
         // The digest depends on every file and on their order.
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let ab = manifest_files_digest([Some(a), Some(b)]);
