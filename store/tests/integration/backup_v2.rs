@@ -178,6 +178,22 @@ fn a_manifest_file_swapped_under_a_signed_snapshot_is_verified_again() -> R {
     assert!(v.manifests >= 5, "{v:?}");
     assert_eq!(v.manifests_vouched, v.manifests, "{v:?}");
 
+    // The same snapshot in format 2 (written before format 3; signed by
+    // the same host): it signs no manifest files, so every manifest's
+    // signature is verified, and all is well.
+    let snap_path = dir.join(bbsync_store::backup::v2::format::snapshot_path(&r.snapshot));
+    let format_3 = fs::read(&snap_path)?;
+    let mut older = bbsync_protocol::Unverified::<bbsync_protocol::Snapshot>::decode(&format_3)?
+        .claimed()
+        .clone();
+    (older.format, older.manifest_files) = (2, None);
+    let signed = bbsync_protocol::Signed::sign(store.identity(), older)?;
+    fs::write(&snap_path, signed.bytes())?;
+    let v2 = repo.verify(true, &NoProgress)?;
+    assert!(v2.is_ok(), "{:?}", v2.problems);
+    assert_eq!((v2.manifests, v2.manifests_vouched), (v.manifests, 0));
+    fs::write(&snap_path, &format_3)?;
+
     // The forged file: a manifest's own signature with one bit flipped.
     let snap = repo.load_snapshot(&r.snapshot)?;
     let mid = snap.objects[0].manifest_id;
