@@ -337,9 +337,24 @@ impl TreeDir {
                     reason: "file name is not valid UTF-8".into(),
                 })?
                 .to_string();
-            let st = rustix::fs::statat(self.fd.as_fd(), name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(io::Error::from)
-                .ctx(|| format!("reading metadata of {}", path.display()))?;
+            let st = match rustix::fs::statat(
+                self.fd.as_fd(),
+                name.as_str(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => st,
+                // Removed between the listing and its stat (a SQLite
+                // rollback journal comes and goes with every transaction):
+                // not in the directory any more, as if listed a moment later.
+                Err(rustix::io::Errno::NOENT) => {
+                    tracing::debug!(path = %path.display(), "vanished while the directory was read");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(io::Error::from(e))
+                        .ctx(|| format!("reading metadata of {}", path.display()));
+                }
+            };
             kids.push(Child {
                 name,
                 path,
@@ -1075,6 +1090,39 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// A file that comes and goes while the directory is listed (as a
+    /// SQLite rollback journal does with every transaction) is listed or
+    /// not, never an error.
+    #[test]
+    fn a_file_removed_while_its_directory_is_read_is_left_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        fs::write(root.join("keep"), b"k").unwrap();
+        let dir = TreeDir::open(&root).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in 0..16 {
+                        let p = root.join(format!("j{i}"));
+                        let _ = fs::write(&p, b"j");
+                        let _ = fs::remove_file(&p);
+                    }
+                }
+            });
+            for _ in 0..3000 {
+                let kids = dir.children();
+                let kids = kids.map_err(|e| e.to_string());
+                if kids.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                let kids = kids.unwrap();
+                assert!(kids.iter().any(|c| c.name == "keep"));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
 
     fn chmod(p: &Path, mode: u32) {
         fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
