@@ -363,10 +363,9 @@ impl SignedBody for Snapshot {
 mod tests {
     use super::*;
 
-    /// The hand-written body is postcard's, byte for byte.
-    #[test]
-    fn the_body_by_hand_is_postcards() {
-        let snap = Snapshot {
+    /// A format-3 snapshot with every field set.
+    fn sample() -> Snapshot {
+        Snapshot {
             format: SNAPSHOT_FORMAT,
             id: "20261130T000000Z-000001-abcd".into(),
             created_ms: 1_764_460_800_000,
@@ -394,7 +393,13 @@ mod tests {
                 })
                 .collect(),
             manifest_files: Some([5; 32]),
-        };
+        }
+    }
+
+    /// The hand-written body is postcard's, byte for byte.
+    #[test]
+    fn the_body_by_hand_is_postcards() {
+        let snap = sample();
         // Format 3: postcard's fields, then the 32 bytes of the digest.
         let with_files = |s: &Snapshot| {
             let mut b = crate::encoding::encode(s);
@@ -426,24 +431,9 @@ mod tests {
     #[test]
     fn the_manifest_files_digest_is_there_exactly_from_format_3_on() {
         let snap = Snapshot {
-            format: SNAPSHOT_FORMAT,
-            id: "20261130T000000Z-000001-abcd".into(),
-            created_ms: 1,
-            host: InstanceId([7; 32]),
-            host_card: Vec::new(),
-            description: String::new(),
-            tags: Vec::new(),
-            bbsync_version: "0.1.0".into(),
-            schema_version: 4,
-            only: Vec::new(),
-            counts: Vec::new(),
-            bytes: 0,
-            plaintext_bytes: 0,
-            chunks: 0,
-            trust: Vec::new(),
-            identity_escrow: None,
             objects: Vec::new(),
             manifest_files: None,
+            ..sample()
         };
         let e = snap.validate().expect_err("format 3 without the digest");
         assert!(e.to_string().contains("from format 3 on"), "{e}");

@@ -331,35 +331,19 @@ impl TreeDir {
                 continue;
             }
             let path = self.path.join(OsStr::from_bytes(bytes));
-            let name = std::str::from_utf8(bytes)
-                .map_err(|_| StoreError::BadTree {
-                    path: path.clone(),
-                    reason: "file name is not valid UTF-8".into(),
-                })?
-                .to_string();
-            let st = match rustix::fs::statat(
-                self.fd.as_fd(),
-                name.as_str(),
-                AtFlags::SYMLINK_NOFOLLOW,
-            ) {
-                Ok(st) => st,
-                // Removed between the listing and its stat (a SQLite
-                // rollback journal comes and goes with every transaction):
-                // not in the directory any more, as if listed a moment later.
-                Err(rustix::io::Errno::NOENT) => {
-                    tracing::debug!(path = %path.display(), "vanished while the directory was read");
-                    continue;
+            let name = std::str::from_utf8(bytes).map_err(|_| StoreError::BadTree {
+                path: path.clone(),
+                reason: "file name is not valid UTF-8".into(),
+            })?;
+            // One removed between the listing and its stat (a SQLite
+            // rollback journal comes and goes with every transaction) is not
+            // in the directory any more, as if listed a moment later.
+            match self.child_if_exists(name)? {
+                Some(c) => kids.push(c),
+                None => {
+                    tracing::debug!(path = %path.display(), "vanished while the directory was read")
                 }
-                Err(e) => {
-                    return Err(io::Error::from(e))
-                        .ctx(|| format!("reading metadata of {}", path.display()));
-                }
-            };
-            kids.push(Child {
-                name,
-                path,
-                meta: Meta::of(&st),
-            });
+            }
         }
         kids.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         Ok(kids)
