@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
+use bbsync_protocol::{ChunkId, ManifestId, chunk::check_chunk_id};
 use rayon::prelude::*;
 
 use super::{
@@ -293,10 +293,13 @@ impl Store {
         };
 
         // 1. Data: the chunks the index lacks, by store pack.
-        let todo: HashSet<ChunkId> = chunks
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !ix.has_chunk(id) && !reused.chunks.contains(id))
+        let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        let todo: HashSet<ChunkId> = ix
+            .has_chunks(&ids)
+            .into_iter()
+            .zip(ids)
+            .filter(|(have, id)| !have && !reused.chunks.contains(id))
+            .map(|(_, id)| id)
             .collect();
         let job = DataJob { todo: &todo, copy };
         self.backup_data(&job, &mut st, report, progress)?;
@@ -522,9 +525,15 @@ fn backup_manifests(
     reused: &Reused,
     st: &mut Written<'_>,
 ) -> Result<Vec<ManifestRef>> {
-    let changed: Vec<(ManifestRef, Option<Vec<u8>>)> = manifests
-        .par_iter()
-        .filter(|m| ix.manifest_file(&m.manifest_id) != Some(m.file))
+    let ids: Vec<ManifestId> = manifests.iter().map(|m| m.manifest_id).collect();
+    let stale: Vec<&CollectedManifest> = manifests
+        .iter()
+        .zip(ix.manifest_files(&ids))
+        .filter(|(m, current)| *current != Some(m.file))
+        .map(|(m, _)| m)
+        .collect();
+    let changed: Vec<(ManifestRef, Option<Vec<u8>>)> = stale
+        .into_par_iter()
         .map(|m| -> Result<Option<(ManifestRef, Option<Vec<u8>>)>> {
             let (file, bytes) = store.manifest_file(m)?;
             if ix.manifest_file(&m.manifest_id) == Some(file) {

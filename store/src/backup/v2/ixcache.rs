@@ -40,6 +40,14 @@ pub trait IndexView: Sync {
     fn has_pack(&self, pack: &PackId) -> bool;
     /// The highest `seq` of an index file (0 when none).
     fn top_seq(&self) -> u64;
+    /// [`IndexView::has_chunk`] of each id, in order.
+    fn has_chunks(&self, ids: &[ChunkId]) -> Vec<bool> {
+        ids.iter().map(|id| self.has_chunk(id)).collect()
+    }
+    /// [`IndexView::manifest_file`] of each id, in order.
+    fn manifest_files(&self, ids: &[ManifestId]) -> Vec<Option<[u8; 32]>> {
+        ids.iter().map(|id| self.manifest_file(id)).collect()
+    }
 }
 
 impl IndexView for Index {
@@ -102,12 +110,11 @@ pub struct CachedIndex {
     extra_names: Vec<String>,
 }
 
-impl IndexView for CachedIndex {
-    fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.extra.chunks.contains_key(id) || self.chunks.get(&id.0).is_some()
-    }
-    fn manifest_file(&self, id: &ManifestId) -> Option<[u8; 32]> {
-        let cached = self.manifests.get(&id.0).map(|r| {
+impl CachedIndex {
+    /// A manifest's current file: the cache's record of it (`cached`) or
+    /// the entry of an index file read beside the cache, the higher seq's.
+    fn current_file(&self, id: &ManifestId, cached: Option<&[u8]>) -> Option<[u8; 32]> {
+        let cached = cached.map(|r| {
             let seq = u64::from_be_bytes(r[32..40].try_into().unwrap_or_default());
             let file: [u8; 32] = r[40..72].try_into().unwrap_or_default();
             (seq, file)
@@ -117,6 +124,33 @@ impl IndexView for CachedIndex {
             (Some(c), Some(e)) => Some(if e.0 >= c.0 { e.1 } else { c.1 }),
             (c, e) => c.or(e).map(|(_, f)| f),
         }
+    }
+}
+
+impl IndexView for CachedIndex {
+    fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunks.get(&id.0).is_some() || self.extra.chunks.contains_key(id)
+    }
+    fn manifest_file(&self, id: &ManifestId) -> Option<[u8; 32]> {
+        self.current_file(id, self.manifests.get(&id.0))
+    }
+    // A backup asks these of every chunk and manifest of the store: in
+    // groups ([`Table::get_each`]), not one lookup at a time.
+    fn has_chunks(&self, ids: &[ChunkId]) -> Vec<bool> {
+        let mut out = vec![false; ids.len()];
+        self.chunks
+            .get_each(ids.iter().map(|id| &id.0[..]), |i, r| {
+                out[i] = r.is_some() || self.extra.chunks.contains_key(&ids[i]);
+            });
+        out
+    }
+    fn manifest_files(&self, ids: &[ManifestId]) -> Vec<Option<[u8; 32]>> {
+        let mut out = vec![None; ids.len()];
+        self.manifests
+            .get_each(ids.iter().map(|id| &id.0[..]), |i, r| {
+                out[i] = self.current_file(&ids[i], r);
+            });
+        out
     }
     fn has_file(&self, file: &[u8; 32]) -> bool {
         self.extra.files.contains_key(file) || self.files.get(file).is_some()

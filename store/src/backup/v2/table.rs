@@ -89,10 +89,53 @@ impl Table {
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&[u8]> {
         let p = prefix(key, self.bits)?;
-        let (mut lo, mut hi) = (self.dir[p] as usize, self.dir[p + 1] as usize);
+        self.search(key, self.dir[p] as usize, self.dir[p + 1] as usize)
+    }
+
+    /// [`Table::get`] of each key, in order. The keys are taken in groups
+    /// whose memory reads are started before any is waited for: first the
+    /// directory entries of all, then the first record of each run (a run
+    /// mostly holds one record), then the searches, which find those in
+    /// the cache. One lookup at a time waits for each read in turn: the
+    /// tables are larger than the CPU's caches, and a backup asks for
+    /// every chunk and manifest of the store.
+    pub(super) fn get_each<'k>(
+        &self,
+        keys: impl ExactSizeIterator<Item = &'k [u8]>,
+        mut f: impl FnMut(usize, Option<&[u8]>),
+    ) {
+        const GROUP: usize = 16;
+        let bytes = self.bytes();
+        let last = self.len.saturating_sub(1);
+        let keys: Vec<&[u8]> = keys.collect();
+        for (g, group) in keys.chunks(GROUP).enumerate() {
+            let mut runs = [(0usize, 0usize); GROUP];
+            for (r, k) in runs.iter_mut().zip(group) {
+                if let Some(p) = prefix(k, self.bits) {
+                    *r = (self.dir[p] as usize, self.dir[p + 1] as usize);
+                }
+            }
+            // Each run's first record read (the first 8 bytes: one cache
+            // line), whatever it holds, so that no branch waits for it.
+            let mut heads = [0u8; GROUP];
+            if self.len > 0 {
+                for (h, (lo, _)) in heads.iter_mut().zip(&runs) {
+                    *h = bytes.get((*lo).min(last) * self.rec).copied().unwrap_or(0);
+                }
+            }
+            std::hint::black_box(&heads);
+            for (i, (k, (lo, hi))) in group.iter().zip(runs).enumerate() {
+                f(g * GROUP + i, self.search(k, lo, hi));
+            }
+        }
+    }
+
+    /// The record of `key` among the records `lo..hi` (its run).
+    fn search(&self, key: &[u8], mut lo: usize, mut hi: usize) -> Option<&[u8]> {
         let bytes = self.bytes();
         let head = |k: &[u8]| u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
         let want = head(key.get(..8)?);
+        hi = hi.min(self.len);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let r = &bytes[mid * self.rec..(mid + 1) * self.rec];
@@ -166,6 +209,15 @@ mod tests {
             for i in n..n + 50 {
                 assert_eq!(t.get(&key(i)[..32]), None, "n={n} absent {i}");
             }
+            // The same answers in groups, present and absent keys mixed.
+            let asked: Vec<Vec<u8>> = (0..n + 40).step_by(3).map(key).collect();
+            let mut seen = 0;
+            t.get_each(asked.iter().map(|k| &k[..32]), |i, r| {
+                assert_eq!(i, seen);
+                assert_eq!(r, t.get(&asked[i][..32]), "n={n} asked {i}");
+                seen += 1;
+            });
+            assert_eq!(seen, asked.len());
             if n >= 2 {
                 let mut data = t.bytes().to_vec();
                 data.rotate_left(40);
