@@ -91,18 +91,8 @@ log ""
 log "== start the source node and an rsync daemon on 127.0.0.1"
 start_serve "$SRC" "$LOGS"
 ADDR="$SERVE_ADDR"
-PORT="$(free_port)"
-cat >"$WORKDIR/rsyncd.conf" <<CONF
-use chroot = no
-[bbs]
-    path = $TREE
-    read only = yes
-CONF
-rsync --daemon --no-detach --address=127.0.0.1 --port="$PORT" --config="$WORKDIR/rsyncd.conf" \
-  --log-file="$LOGS/rsyncd.log" &
-RSYNCD_PID=$!
+start_rsyncd "$TREE" "$LOGS"
 log "source: $ADDR; rsync daemon: rsync://127.0.0.1:$PORT/bbs/"
-sleep 0.5
 
 log ""
 log "== (a) bbsync clone"

@@ -230,17 +230,7 @@ sed 's/^/      /' "$LOGS/chunks.out"
 log ""
 log "== 3. clone over loopback vs an rsync daemon (same tree, same run)"
 start_serve "$SRC" "$LOGS"
-PORT="$(free_port)"
-cat >"$WORKDIR/rsyncd.conf" <<CONF
-use chroot = no
-[bbs]
-    path = $TREE
-    read only = yes
-CONF
-rsync --daemon --no-detach --address=127.0.0.1 --port="$PORT" --config="$WORKDIR/rsyncd.conf" \
-  --log-file="$LOGS/rsyncd.log" &
-RSYNCD_PID=$!
-sleep 0.5
+start_rsyncd "$TREE" "$LOGS"
 timed clone "$BBSYNC" --no-progress --data-dir "$DST" clone "$SERVE_ADDR"
 CLONE_S="$SECS"
 CLONE_RSS="$RSS_MB"

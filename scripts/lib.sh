@@ -190,3 +190,26 @@ start_serve() {
   done
   [ -n "$SERVE_ADDR" ] || die "serve printed no address (log: $logs/serve.log)"
 }
+
+# start_rsyncd TREE LOGDIR: starts an rsync daemon on 127.0.0.1 (a free
+# port) serving TREE read-only as module `bbs`, in the background; sets
+# RSYNCD_PID and PORT. The daemon reads the tree as the user running the
+# script: started by root, rsync would otherwise switch to `nobody`, who
+# cannot read the tree in an owner-only work dir. The caller stops it.
+start_rsyncd() {
+  local tree="$1" logs="$2"
+  PORT="$(free_port)"
+  cat >"$WORKDIR/rsyncd.conf" <<CONF
+use chroot = no
+uid = $(id -u)
+gid = $(id -g)
+[bbs]
+    path = $tree
+    read only = yes
+CONF
+  rsync --daemon --no-detach --address=127.0.0.1 --port="$PORT" --config="$WORKDIR/rsyncd.conf" \
+    --log-file="$logs/rsyncd.log" &
+  # shellcheck disable=SC2034 # read by the calling script
+  RSYNCD_PID=$!
+  sleep 0.5
+}
