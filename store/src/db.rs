@@ -362,29 +362,43 @@ impl Db {
 
     /// Marks objects complete, each under a new change-log number (so that
     /// those following this store see them once they can be served), in
-    /// atomic batches, then flushes.
-    pub(crate) fn mark_complete(&self, ids: &[ObjectId]) -> Result<()> {
-        let mut seq = self.next_seq()?;
-        for group in ids.chunks(COMMIT_BATCH) {
-            let mut batch = sled::Batch::default();
-            for id in group {
-                let Some(mut rec) = self.record(id)? else {
-                    continue;
-                };
-                batch.remove(key(b"c/", &rec.state.seq.to_be_bytes()));
-                rec.state.complete = true;
-                rec.state.seq = seq;
-                batch.insert(key(b"c/", &seq.to_be_bytes()), id.as_bytes().as_slice());
-                batch.insert(key(b"o/", id.as_bytes()), encoding::encode(&rec));
-                seq += 1;
+    /// atomic batches, then flushes. Takes the records as the caller has
+    /// just read them (under the store's lock, so they are current): each
+    /// is rewritten, not read again. Batches are applied as `records`
+    /// yields them; an error from it stops after the batches applied.
+    /// Returns the objects marked.
+    pub(crate) fn mark_complete(
+        &self,
+        records: impl Iterator<Item = Result<(ObjectId, ObjectRecord)>>,
+    ) -> Result<Vec<ObjectId>> {
+        let mut done = Vec::new();
+        let applied = (|| {
+            let mut seq = self.next_seq()?;
+            let mut records = records.peekable();
+            while records.peek().is_some() {
+                let mut batch = sled::Batch::default();
+                let mut marked = Vec::new();
+                for r in records.by_ref().take(COMMIT_BATCH) {
+                    let (id, mut rec) = r?;
+                    batch.remove(key(b"c/", &rec.state.seq.to_be_bytes()));
+                    rec.state.complete = true;
+                    rec.state.seq = seq;
+                    batch.insert(key(b"c/", &seq.to_be_bytes()), id.as_bytes().as_slice());
+                    batch.insert(key(b"o/", id.as_bytes()), encoding::encode(&rec));
+                    seq += 1;
+                    marked.push(id);
+                }
+                batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
+                failpoint("db.mark_complete")?;
+                self.tree.apply_batch(batch).map_err(db_err)?;
+                done.append(&mut marked);
             }
-            batch.insert(K_NEXT_SEQ, &seq.to_be_bytes());
-            failpoint("db.mark_complete")?;
-            self.tree.apply_batch(batch).map_err(db_err)?;
-        }
+            Ok(())
+        })();
+        // What was applied is flushed and announced, even after an error.
         self.flush()?;
         self.notify_changed();
-        Ok(())
+        applied.map(|()| done)
     }
 
     /// The change-log cursor kept for an upstream this node follows.

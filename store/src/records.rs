@@ -135,10 +135,7 @@ impl Store {
             .db
             .manifest(id)?
             .ok_or_else(|| StoreError::UnknownObject(id.to_hex()))?;
-        Ok(Unverified::<Manifest>::decode(&bytes)
-            .ctx(|| format!("manifest of object {}", id.short()))?
-            .dangerously_assume_verified()
-            .into_value())
+        manifest_as_stored(id, &bytes)
     }
 
     /// The first entry of a record that is usable for `m` (addressed to
@@ -287,4 +284,13 @@ impl Store {
         let dropped = raw.len() - kept.len();
         (kept, values, dropped)
     }
+}
+
+/// An object's manifest decoded from its record's bytes, its signature not
+/// checked again (it was when the record was written).
+pub(crate) fn manifest_as_stored(id: &ObjectId, bytes: &[u8]) -> Result<Manifest> {
+    Ok(Unverified::<Manifest>::decode(bytes)
+        .ctx(|| format!("manifest of object {}", id.short()))?
+        .dangerously_assume_verified()
+        .into_value())
 }

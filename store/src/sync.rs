@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::{
     Store,
-    db::{ObjectState, ObjectWrite},
+    db::{ObjectRecord, ObjectState, ObjectWrite},
     error::{Context, Result, StoreError},
 };
 
@@ -861,39 +861,45 @@ impl Store {
     /// [`Store::complete_ready`] among `ids` only (no scan of the store).
     pub fn complete_ready_of(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
         let _g = self.lock();
-        self.complete_ready_among(self.states_of(ids))
+        self.complete_ready_among(
+            ids.iter()
+                .filter_map(|id| self.db().record(id).transpose().map(|r| Ok((*id, r?)))),
+        )
     }
 
     /// Marks complete every incomplete object whose chunks are all on disk
     /// (published, so durable). Returns them.
     pub fn complete_ready(&self) -> Result<Vec<ObjectId>> {
         let _g = self.lock();
-        self.complete_ready_among(self.db().objects())
+        self.complete_ready_among(self.db().records())
     }
 
-    /// [`Store::complete_ready`] among `objects` (the caller holds the
-    /// store's lock).
+    /// [`Store::complete_ready`] among `records` (the caller holds the
+    /// store's lock): each record is read once, its manifest decoded from
+    /// it, and rewritten by [`Db::mark_complete`] as it was read.
+    ///
+    /// [`Db::mark_complete`]: crate::db::Db::mark_complete
     fn complete_ready_among(
         &self,
-        objects: impl Iterator<Item = Result<(ObjectId, ObjectState)>>,
+        records: impl Iterator<Item = Result<(ObjectId, ObjectRecord)>>,
     ) -> Result<Vec<ObjectId>> {
-        let mut done = Vec::new();
-        for r in objects {
-            let (id, st) = r?;
-            if st.complete {
-                continue;
-            }
-            let m = self.dangerously_manifest_unverified(&id)?;
-            if m.chunks
+        let ready = records.filter_map(|r| {
+            let (id, rec) = match r {
+                Ok((_, rec)) if rec.state.complete => return None,
+                Ok(found) => found,
+                Err(e) => return Some(Err(e)),
+            };
+            let m = match crate::records::manifest_as_stored(&id, &rec.manifest) {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e)),
+            };
+            m.chunks
                 .iter()
                 .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)))
-            {
-                done.push(id);
-            }
-        }
+                .then_some(Ok((id, rec)))
+        });
         // Each gets a new change-log number: it can be served from now on,
         // and those following this store must see it.
-        self.db().mark_complete(&done)?;
-        Ok(done)
+        self.db().mark_complete(ready)
     }
 }
