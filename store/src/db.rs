@@ -688,6 +688,16 @@ impl Db {
         })
     }
 
+    /// The whole records of the objects among `ids` this store holds, in
+    /// the order of `ids` (an id it does not hold is left out).
+    pub fn records_of<'a>(
+        &'a self,
+        ids: &'a [ObjectId],
+    ) -> impl Iterator<Item = Result<(ObjectId, ObjectRecord)>> + 'a {
+        ids.iter()
+            .filter_map(move |id| self.record(id).transpose().map(|r| Ok((*id, r?))))
+    }
+
     /// Number of objects.
     pub fn object_count(&self) -> usize {
         self.tree.scan_prefix(b"o/").count()

@@ -773,8 +773,9 @@ impl Store {
         &'a self,
         ids: &'a [ObjectId],
     ) -> impl Iterator<Item = Result<(ObjectId, ObjectState)>> + 'a {
-        ids.iter()
-            .filter_map(move |id| self.db().object(id).transpose().map(|st| Ok((*id, st?))))
+        self.db()
+            .records_of(ids)
+            .map(|r| r.map(|(id, rec)| (id, rec.state)))
     }
 
     /// Chunks that the live objects among `objects` that `keep` takes
@@ -861,10 +862,7 @@ impl Store {
     /// [`Store::complete_ready`] among `ids` only (no scan of the store).
     pub fn complete_ready_of(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
         let _g = self.lock();
-        self.complete_ready_among(
-            ids.iter()
-                .filter_map(|id| self.db().record(id).transpose().map(|r| Ok((*id, r?)))),
-        )
+        self.complete_ready_among(self.db().records_of(ids))
     }
 
     /// Marks complete every incomplete object whose chunks are all on disk
