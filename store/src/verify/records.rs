@@ -8,7 +8,7 @@ use bbsync_protocol::{EnvelopeEntry, InstanceId, Manifest, ObjectId, Unverified}
 use rayon::prelude::*;
 
 use super::{ChunkRef, Problem, ProblemClass};
-use crate::{ObjectState, Store, error::Result, sync::verify_slots};
+use crate::{ObjectState, Store, db::ObjectRecord, error::Result, sync::verify_slots};
 
 struct ObjInfo<'a> {
     /// Its kind and name (formatted `kind:name` only for a problem).
@@ -43,7 +43,7 @@ type SignedResult<T> = bbsync_protocol::Result<bbsync_protocol::Signed<T>>;
 
 /// A record whose manifest decoded: its place in the group, its state, the
 /// record, and whether the record MAC vouched for it.
-type ManifestRow<'a> = (usize, &'a ObjectState, crate::db::ObjectRecord, bool);
+type ManifestRow<'a> = (usize, &'a ObjectState, &'a ObjectRecord, bool);
 
 /// An object whose manifest verified: its place in the group, the
 /// manifest, the verdict on its first entry candidate when the record MAC
@@ -61,10 +61,13 @@ impl Store {
     /// stored when it verified or wrote them (`Store::record_mac`) skip the
     /// signature math; all others are checked in ed25519 batches. Format
     /// rules and trust are checked for every record.
-    fn check_group(&self, group: &[(ObjectId, ObjectState)]) -> Checked {
+    fn check_group(&self, group: &[(ObjectId, ObjectRecord)]) -> Checked {
         let infos: Vec<ObjInfo> = group
             .iter()
-            .map(|(id, st)| ObjInfo { st, id: *id })
+            .map(|(id, rec)| ObjInfo {
+                st: &rec.state,
+                id: *id,
+            })
             .collect();
         let mut ps = Vec::new();
         let mut refs = Vec::new();
@@ -74,31 +77,23 @@ impl Store {
         (ps, refs)
     }
 
-    /// Step 1 of [`Store::check_group`]: every record read and its
-    /// manifest decoded; the manifests the record MAC does not vouch for
+    /// Step 1 of [`Store::check_group`]: every record's manifest decoded;
+    /// the manifests the record MAC does not vouch for
     /// verified in one batch run. Returns, for each record that decoded,
     /// its place in the group, state, record, whether the MAC vouched for
     /// it, and its manifest's verdict.
     fn group_manifests<'a>(
         &self,
-        group: &'a [(ObjectId, ObjectState)],
+        group: &'a [(ObjectId, ObjectRecord)],
         infos: &[ObjInfo],
         ps: &mut Vec<Problem>,
     ) -> Vec<(ManifestRow<'a>, Option<SignedResult<Manifest>>)> {
         let mut pending = Vec::new();
         let mut results: Vec<Option<SignedResult<Manifest>>> = Vec::new();
         let mut batch = Vec::new();
-        for (idx, (id, st)) in group.iter().enumerate() {
+        for (idx, (id, rec)) in group.iter().enumerate() {
             let info = &infos[idx];
-            let rec = match self.db().record(id) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    ps.push(info.problem(ProblemClass::BadManifestSignature, e.to_string()));
-                    continue;
-                }
-            };
-            let checked = self.record_checked(&rec);
+            let checked = self.record_checked(rec);
             match Unverified::<Manifest>::decode(&rec.manifest) {
                 Ok(u) if checked => {
                     results.push(Some(u.dangerously_verified_before(|a| self.is_full(a))));
@@ -116,7 +111,7 @@ impl Store {
                     continue;
                 }
             }
-            pending.push((idx, st, rec, checked));
+            pending.push((idx, &rec.state, rec, checked));
         }
         let batched = verify_slots(batch, |_, author| self.is_full(author));
         for (r, v) in results.iter_mut().zip(batched) {
@@ -185,7 +180,7 @@ impl Store {
                 loc: None,
             }));
             // Every entry addressed to us is a candidate (as for export).
-            let (candidates, decode_err) = self.entry_candidates(&rec);
+            let (candidates, decode_err) = self.entry_candidates(rec);
             let author = m.author;
             let trusted = |w: &InstanceId| *w == author || self.is_full(w);
             let mut candidates = candidates.into_iter();
@@ -263,9 +258,11 @@ impl Store {
         let mut refs: Vec<ChunkRef> = Vec::new();
         let mut objects = 0u64;
         let mut incomplete: HashSet<ObjectId> = HashSet::new();
-        let mut records = self.db().objects();
+        // Each record read and decoded once, here: its state, manifest and
+        // entries are all checked from what this read.
+        let mut records = self.db().records();
         loop {
-            let round: Vec<(ObjectId, ObjectState)> = records
+            let round: Vec<(ObjectId, ObjectRecord)> = records
                 .by_ref()
                 .take(GROUP * GROUPS_PER_ROUND)
                 .collect::<Result<_>>()?;
@@ -276,7 +273,7 @@ impl Store {
             incomplete.extend(
                 round
                     .iter()
-                    .filter(|(_, st)| !st.complete && !st.deleted)
+                    .filter(|(_, rec)| !rec.state.complete && !rec.state.deleted)
                     .map(|(id, _)| *id),
             );
             let checked: Vec<Checked> = round
