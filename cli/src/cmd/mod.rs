@@ -41,6 +41,23 @@ pub fn open(ctx: &Ctx) -> anyhow::Result<Arc<Store>> {
         .with_context(context)
 }
 
+/// Ends a command's use of the store that [`open`] opened for it, when
+/// the process exits right after the command (see
+/// [`Store::close_at_exit`]): flushed, and not torn down. A store that is
+/// not this process's alone (a node's, or one still shared) is left as
+/// it is.
+pub fn close_at_exit(ctx: &Ctx, store: Arc<Store>) -> anyhow::Result<()> {
+    if ctx.store.is_some() {
+        return Ok(());
+    }
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store
+            .close_at_exit()
+            .with_context(|| format!("closing data dir {}", ctx.data_dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The passphrase of the data dir's `identity.key` when it is sealed
 /// (asked for as [`crate::passphrase`] says), else `None`.
 pub fn passphrase(ctx: &Ctx) -> anyhow::Result<Option<zeroize::Zeroizing<String>>> {

@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let store = super::open(ctx)?;
     let bar = Bar::new(ctx.progress);
     let r = store.verify(a.read_data, &bar)?;
+    super::close_at_exit(ctx, store)?;
     if ctx.json {
         output::json(ctx, &r)?;
     } else {

@@ -70,6 +70,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> anyhow::Result<ExitCode> {
         &bar,
     )?;
     r.repo_created = created;
+    crate::cmd::close_at_exit(ctx, store)?;
     if ctx.json {
         output::json(ctx, &r)?;
         return Ok(ExitCode::SUCCESS);
