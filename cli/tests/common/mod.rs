@@ -197,30 +197,37 @@ pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
 
 /// Reads a whole tree (directories included, empty ones too).
 pub fn read_tree(root: &Path) -> Tree {
-    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
-        for e in fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
+    try_read_tree(root).unwrap()
+}
+
+/// Reads a whole tree, or fails on the first I/O error: for a tree that
+/// another process changes while it is read (a live standby tree, where
+/// a file listed can be gone by the time it is read).
+pub fn try_read_tree(root: &Path) -> std::io::Result<Tree> {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) -> std::io::Result<()> {
+        for e in fs::read_dir(dir)? {
+            let p = e?.path();
             let rel = p
                 .strip_prefix(root)
                 .unwrap()
                 .to_str()
                 .expect("test trees have UTF-8 names")
                 .to_string();
-            let ft = fs::symlink_metadata(&p).unwrap().file_type();
+            let ft = fs::symlink_metadata(&p)?.file_type();
             if ft.is_dir() {
                 out.insert(rel, None);
-                walk(root, &p, out);
+                walk(root, &p, out)?;
             } else if ft.is_file() {
-                out.insert(rel, Some(fs::read(&p).unwrap()));
+                out.insert(rel, Some(fs::read(&p)?));
             } else {
                 panic!("unexpected special file {}", p.display());
             }
         }
+        Ok(())
     }
     let mut t = Tree::new();
-    walk(root, root, &mut t);
-    t
+    walk(root, root, &mut t)?;
+    Ok(t)
 }
 
 /// Asserts that two trees hold the same directories and the same files
