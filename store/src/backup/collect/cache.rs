@@ -114,39 +114,40 @@ impl Store {
 
     /// Keyed BLAKE3 (the local record-MAC key) of a cache file's body,
     /// under `context`.
-    fn cache_mac(&self, context: &[u8], body: &[u8]) -> [u8; 32] {
+    fn cache_mac(&self, context: &[u8], body: &[&[u8]]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.record_key);
         h.update(context);
-        h.update(body);
+        for part in body {
+            h.update(part);
+        }
         *h.finalize().as_bytes()
     }
 
     /// The body of a cache file whose MAC (its last 32 bytes) checks out.
     pub(crate) fn check_cache_mac<'a>(&self, context: &[u8], bytes: &'a [u8]) -> Option<&'a [u8]> {
         let (body, mac) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-        if self.cache_mac(context, body) != mac {
+        if self.cache_mac(context, &[body]) != mac {
             tracing::debug!("a cache file does not check out; not used");
             return None;
         }
         Some(body)
     }
 
-    /// Writes a cache file: `body` and its MAC, into a temp file renamed
-    /// over `path` (not synced: a cache lost or torn in a crash does not
-    /// check out, and is not used).
+    /// Writes a cache file: its body (`parts`, one after the other) and
+    /// their MAC, into a temp file renamed over `path` (not synced: a cache
+    /// lost or torn in a crash does not check out, and is not used).
     pub(crate) fn write_cache_file(
         &self,
         context: &[u8],
         path: &std::path::Path,
-        mut body: Vec<u8>,
+        parts: &[&[u8]],
     ) -> std::io::Result<()> {
-        let mac = self.cache_mac(context, &body);
-        body.extend_from_slice(&mac);
+        let mac = self.cache_mac(context, parts);
         let dir = path.parent().unwrap_or(self.dir());
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(dir)?;
         let tmp = dir.join(format!(".cache-{:016x}.tmp", rand_u64()));
-        let res = write_private(&tmp, &body).and_then(|()| std::fs::rename(&tmp, path));
+        let res = write_private(&tmp, parts, &mac).and_then(|()| std::fs::rename(&tmp, path));
         if res.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -274,23 +275,26 @@ impl Store {
             incomplete,
         };
         let hb = postcard::to_allocvec(&header).map_err(std::io::Error::other)?;
-        let mut body = Vec::with_capacity(4 + hb.len() + objs.len() + chunks.len() + 32);
-        body.extend_from_slice(&(hb.len() as u32).to_be_bytes());
-        body.extend_from_slice(&hb);
-        body.extend_from_slice(&objs);
-        body.extend_from_slice(&chunks);
-        self.write_cache_file(CACHE_CONTEXT, &self.backup_cache_path(selection), body)
+        let hlen = (hb.len() as u32).to_be_bytes();
+        self.write_cache_file(
+            CACHE_CONTEXT,
+            &self.backup_cache_path(selection),
+            &[&hlen, &hb, &objs, &chunks],
+        )
     }
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_private(path: &std::path::Path, parts: &[&[u8]], mac: &[u8]) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(bytes)
+    for part in parts {
+        f.write_all(part)?;
+    }
+    f.write_all(mac)
 }
 
 pub(super) fn rand_u64() -> u64 {

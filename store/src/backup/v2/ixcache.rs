@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    format::{Index, IndexFile},
+    format::{Index, IndexFile, PackKind},
     repo::Repo2,
     table::Table,
 };
@@ -182,28 +182,103 @@ impl CachedIndex {
 
     /// Merges an index into the tables (a manifest's higher seq wins).
     fn merge(&mut self, ix: &Index) {
-        let recs = |keys: Vec<Vec<u8>>| {
-            let mut keys = keys;
-            keys.sort_unstable();
-            keys
-        };
-        let chunks = recs(ix.chunks.keys().map(|k| k.0.to_vec()).collect());
-        let manifests = recs(
-            ix.manifests
-                .iter()
-                .map(|(id, (seq, file))| [&id.0[..], &seq.to_be_bytes(), &file[..]].concat())
-                .collect(),
-        );
-        let files = recs(ix.files.keys().map(|k| k.to_vec()).collect());
-        let packs = recs(ix.packs.keys().map(|k| k.0.to_vec()).collect());
-        self.chunks = self.chunks.merged(&chunks, |_, _| false);
+        self.merge_recs(Recs::of_index(ix));
+    }
+
+    /// Merges sorted records into the tables (a manifest's higher seq wins).
+    fn merge_recs(&mut self, r: Recs) {
+        self.chunks = self.chunks.merged(r.chunks.as_flattened(), |_, _| false);
         // A manifest's file of a higher seq wins.
         self.manifests = self
             .manifests
-            .merged(&manifests, |old, new| new[32..40] > old[32..40]);
-        self.files = self.files.merged(&files, |_, _| false);
-        self.packs = self.packs.merged(&packs, |_, _| false);
-        self.top_seq = self.top_seq.max(ix.top_seq);
+            .merged(r.manifests.as_flattened(), |old, new| {
+                new[32..40] > old[32..40]
+            });
+        self.files = self.files.merged(r.files.as_flattened(), |_, _| false);
+        self.packs = self.packs.merged(r.packs.as_flattened(), |_, _| false);
+        self.top_seq = self.top_seq.max(r.top_seq);
+    }
+}
+
+/// What index contents add to the cache's tables, as their records: each
+/// kind sorted by key, each key once (a manifest at its highest seq).
+/// Fixed-size records, so that 200,000 of them are one allocation each,
+/// not one per key.
+#[derive(Default)]
+struct Recs {
+    chunks: Vec<[u8; CHUNK_REC]>,
+    manifests: Vec<[u8; MANIFEST_REC]>,
+    files: Vec<[u8; FILE_REC]>,
+    packs: Vec<[u8; PACK_REC]>,
+    top_seq: u64,
+}
+
+/// A manifest's cache record: its id, the seq (big-endian), its file.
+fn manifest_rec(id: &[u8; 32], seq: u64, file: &[u8; 32]) -> [u8; MANIFEST_REC] {
+    let mut r = [0u8; MANIFEST_REC];
+    r[..32].copy_from_slice(id);
+    r[32..40].copy_from_slice(&seq.to_be_bytes());
+    r[40..].copy_from_slice(file);
+    r
+}
+
+impl Recs {
+    fn of_index(ix: &Index) -> Recs {
+        let mut r = Recs {
+            chunks: ix.chunks.keys().map(|k| k.0).collect(),
+            manifests: ix
+                .manifests
+                .iter()
+                .map(|(id, (seq, file))| manifest_rec(&id.0, *seq, file))
+                .collect(),
+            files: ix.files.keys().copied().collect(),
+            packs: ix.packs.keys().map(|k| k.0).collect(),
+            top_seq: ix.top_seq,
+        };
+        r.sort();
+        r
+    }
+
+    /// The records of index files, as [`Index::add`] of each would leave
+    /// them (without the index's maps).
+    fn of_files(files: &[IndexFile]) -> Recs {
+        let mut r = Recs::default();
+        for f in files {
+            r.top_seq = r.top_seq.max(f.seq);
+            for p in &f.packs {
+                r.packs.push(p.pack);
+                match p.kind {
+                    PackKind::Data => r.chunks.extend(p.entries.iter().map(|e| e.id)),
+                    PackKind::Manifests => r.files.extend(p.entries.iter().map(|e| e.id)),
+                }
+            }
+            r.manifests.extend(
+                f.manifests
+                    .iter()
+                    .map(|m| manifest_rec(&m.manifest, f.seq, &m.file)),
+            );
+        }
+        r.sort();
+        r
+    }
+
+    /// Each kind sorted and each key kept once; of a manifest's records,
+    /// the one of the highest seq, and of equal seqs the first.
+    fn sort(&mut self) {
+        self.chunks.sort_unstable();
+        self.chunks.dedup();
+        self.files.sort_unstable();
+        self.files.dedup();
+        self.packs.sort_unstable();
+        self.packs.dedup();
+        // By id, then seq descending (stable: equal seqs keep their order).
+        self.manifests.sort_by(|a, b| {
+            a[..32]
+                .cmp(&b[..32])
+                .then_with(|| b[32..40].cmp(&a[32..40]))
+        });
+        self.manifests
+            .dedup_by(|later, first| later[..32] == first[..32]);
     }
 }
 
@@ -267,10 +342,7 @@ impl Store {
         files: &[IndexFile],
         names: Vec<String>,
     ) {
-        let mut new = Index::default();
-        for f in files {
-            new.add(f);
-        }
+        let new = Recs::of_files(files);
         let mut c = match rix {
             RepoIndex::Full(ix, known) => CachedIndex::of(&ix, known),
             RepoIndex::Cached(mut c) => {
@@ -286,7 +358,7 @@ impl Store {
                 *c
             }
         };
-        c.merge(&new);
+        c.merge_recs(new);
         c.names.extend(names);
         self.write_index_cache(repo, &self.index_cache_path(repo), &c);
     }
@@ -355,13 +427,16 @@ impl Store {
         let res = postcard::to_allocvec(&h)
             .map_err(std::io::Error::other)
             .and_then(|hb| {
-                let mut body = Vec::new();
-                body.extend_from_slice(&(hb.len() as u32).to_be_bytes());
-                body.extend_from_slice(&hb);
-                for t in [&c.chunks, &c.manifests, &c.files, &c.packs] {
-                    body.extend_from_slice(t.bytes());
-                }
-                self.write_cache_file(b"bbsync/index-cache/v1\0", path, body)
+                let hlen = (hb.len() as u32).to_be_bytes();
+                let parts = [
+                    &hlen[..],
+                    &hb,
+                    c.chunks.bytes(),
+                    c.manifests.bytes(),
+                    c.files.bytes(),
+                    c.packs.bytes(),
+                ];
+                self.write_cache_file(b"bbsync/index-cache/v1\0", path, &parts)
             });
         if let Err(e) = res {
             tracing::warn!(
@@ -369,5 +444,115 @@ impl Store {
                 repo.location()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::backup::v2::format::{INDEX_FORMAT, IndexEntry, IndexPack, ManifestRef};
+
+    fn h(tag: &str, i: u64) -> [u8; 32] {
+        Sha256::digest(format!("{tag}{i}")).into()
+    }
+
+    fn empty() -> CachedIndex {
+        CachedIndex::of(&Index::default(), Vec::new())
+    }
+
+    /// Index files whose records overlap: a chunk and a pack named twice,
+    /// a manifest whose file changes in a later file (higher seq), and one
+    /// named again by a file of a lower seq, read after it.
+    fn files() -> Vec<IndexFile> {
+        let entries = |tag: &str, r: std::ops::Range<u64>| -> Vec<IndexEntry> {
+            r.map(|i| IndexEntry {
+                id: h(tag, i),
+                offset: (i * 10) as u32,
+                len: 10,
+            })
+            .collect()
+        };
+        let pack = |kind, n: u8, e| IndexPack {
+            kind,
+            pack: [n; 16],
+            pack_len: 1_000,
+            entries: e,
+        };
+        let refs = |r: std::ops::Range<u64>, file_tag: &str| -> Vec<ManifestRef> {
+            r.map(|i| ManifestRef {
+                manifest: h("m", i),
+                file: h(file_tag, i),
+            })
+            .collect()
+        };
+        vec![
+            IndexFile {
+                format: INDEX_FORMAT,
+                seq: 3,
+                packs: vec![
+                    pack(PackKind::Data, 1, entries("c", 0..300)),
+                    pack(PackKind::Manifests, 2, entries("f", 0..100)),
+                ],
+                manifests: refs(0..100, "f"),
+            },
+            IndexFile {
+                format: INDEX_FORMAT,
+                seq: 7,
+                packs: vec![
+                    pack(PackKind::Data, 3, entries("c", 250..400)),
+                    pack(PackKind::Data, 1, entries("c", 0..10)),
+                    pack(PackKind::Manifests, 4, entries("g", 50..80)),
+                ],
+                manifests: refs(50..80, "g"),
+            },
+            IndexFile {
+                format: INDEX_FORMAT,
+                seq: 5,
+                packs: vec![pack(PackKind::Manifests, 5, entries("k", 60..120))],
+                manifests: refs(60..120, "k"),
+            },
+        ]
+    }
+
+    /// The records of index files, merged into the cache's tables, are
+    /// what merging the same files read into an `Index` gives: the same
+    /// chunks, files and packs once each, and each manifest at its file
+    /// of the highest seq; into a non-empty cache too.
+    #[test]
+    fn records_of_index_files_merge_as_the_index_of_them_does() {
+        let files = files();
+        let mut ix = Index::default();
+        for f in &files {
+            ix.add(f);
+        }
+        let tables = |c: &CachedIndex| {
+            [&c.chunks, &c.manifests, &c.files, &c.packs]
+                .map(|t| t.bytes().to_vec())
+                .to_vec()
+        };
+        let mut by_index = empty();
+        by_index.merge(&ix);
+        let mut by_recs = empty();
+        by_recs.merge_recs(Recs::of_files(&files));
+        assert_eq!(tables(&by_recs), tables(&by_index));
+        assert_eq!(by_recs.top_seq, 7);
+        assert_eq!(by_recs.chunks.len(), 400);
+        assert_eq!(by_recs.packs.len(), 5);
+        assert_eq!(by_recs.files.len(), 100 + 30 + 60);
+        assert_eq!(by_recs.manifests.len(), 120);
+        for (i, tag) in [(10, "f"), (55, "g"), (70, "g"), (85, "k"), (110, "k")] {
+            let r = by_recs.manifests.get(&h("m", i)).unwrap_or_default();
+            assert_eq!(r.get(40..), Some(&h(tag, i)[..]), "manifest {i}");
+        }
+        // Merged into a cache that has the first file already.
+        let (first, rest) = files.split_at(1);
+        let mut by_recs = empty();
+        by_recs.merge_recs(Recs::of_files(first));
+        by_recs.merge_recs(Recs::of_files(rest));
+        let mut by_index = empty();
+        by_index.merge(&ix);
+        assert_eq!(tables(&by_recs), tables(&by_index));
     }
 }

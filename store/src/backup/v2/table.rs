@@ -155,13 +155,14 @@ impl Table {
 }
 
 impl Table {
-    /// This table with the sorted records `new` merged in (one pass over
-    /// both): of two records with the same key, the new one replaces the
-    /// old where `replace(old, new)`.
-    pub(super) fn merged(&self, new: &[Vec<u8>], replace: impl Fn(&[u8], &[u8]) -> bool) -> Table {
-        let mut out = Vec::with_capacity((self.len + new.len()) * self.rec);
+    /// This table with the records `new` merged in (one pass over both):
+    /// `new` is flat, records of this table's size sorted by key, each key
+    /// once (a trailing partial record is ignored). Of two records with the
+    /// same key, the new one replaces the old where `replace(old, new)`.
+    pub(super) fn merged(&self, new: &[u8], replace: impl Fn(&[u8], &[u8]) -> bool) -> Table {
+        let mut out = Vec::with_capacity(self.len * self.rec + new.len());
         let mut n = 0usize;
-        let mut new = new.iter().filter(|r| r.len() == self.rec).peekable();
+        let mut new = new.chunks_exact(self.rec).peekable();
         for r in self.records() {
             while let Some(x) = new.next_if(|x| x[..self.key] < r[..self.key]) {
                 out.extend_from_slice(x);
