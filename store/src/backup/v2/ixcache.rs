@@ -487,32 +487,35 @@ mod tests {
             })
             .collect()
         };
+        let file = |seq, packs, manifests| IndexFile {
+            format: INDEX_FORMAT,
+            seq,
+            packs,
+            manifests,
+        };
         vec![
-            IndexFile {
-                format: INDEX_FORMAT,
-                seq: 3,
-                packs: vec![
+            file(
+                3,
+                vec![
                     pack(PackKind::Data, 1, entries("c", 0..300)),
                     pack(PackKind::Manifests, 2, entries("f", 0..100)),
                 ],
-                manifests: refs(0..100, "f"),
-            },
-            IndexFile {
-                format: INDEX_FORMAT,
-                seq: 7,
-                packs: vec![
+                refs(0..100, "f"),
+            ),
+            file(
+                7,
+                vec![
                     pack(PackKind::Data, 3, entries("c", 250..400)),
                     pack(PackKind::Data, 1, entries("c", 0..10)),
                     pack(PackKind::Manifests, 4, entries("g", 50..80)),
                 ],
-                manifests: refs(50..80, "g"),
-            },
-            IndexFile {
-                format: INDEX_FORMAT,
-                seq: 5,
-                packs: vec![pack(PackKind::Manifests, 5, entries("k", 60..120))],
-                manifests: refs(60..120, "k"),
-            },
+                refs(50..80, "g"),
+            ),
+            file(
+                5,
+                vec![pack(PackKind::Manifests, 5, entries("k", 60..120))],
+                refs(60..120, "k"),
+            ),
         ]
     }
 
