@@ -193,9 +193,33 @@ pub(crate) fn check_manifests_with(
     read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>>
     + Sync,
 ) -> Vec<ManifestCheck> {
-    const GROUP: usize = 512;
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_cached_key(|&i| place(&items[i].manifest_id));
+    check_in_order(items, order, vouched, read)
+}
+
+/// [`check_manifests_with`] for `items` already in the order of their
+/// places (a caller that sorted them once for its own grouping): results
+/// in the same order.
+pub(crate) fn check_manifests_placed(
+    items: &[&super::repofile::SnapObject],
+    vouched: impl Fn(&ManifestId) -> bool + Sync,
+    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>>
+    + Sync,
+) -> Vec<ManifestCheck> {
+    check_in_order(items, (0..items.len()).collect(), vouched, read)
+}
+
+/// The checks of [`check_manifests_with`], its groups taken in `order`
+/// (a permutation of the items' indexes); results in the items' order.
+fn check_in_order(
+    items: &[&super::repofile::SnapObject],
+    order: Vec<usize>,
+    vouched: impl Fn(&ManifestId) -> bool + Sync,
+    read: impl Fn(&[ManifestId]) -> Vec<std::result::Result<ReadManifest, (RepoProblemClass, String)>>
+    + Sync,
+) -> Vec<ManifestCheck> {
+    const GROUP: usize = 512;
     let placed: Vec<(usize, &super::repofile::SnapObject)> =
         order.into_iter().map(|i| (i, items[i])).collect();
     let checked: Vec<(usize, ManifestCheck)> = placed

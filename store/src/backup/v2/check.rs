@@ -25,7 +25,7 @@ use crate::{
     backup::{
         check::{
             ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass, add_chunk_refs,
-            check_key_files, check_manifests_with, problem,
+            check_key_files, check_manifests_placed, problem,
         },
         repo_io_err,
         repofile::SnapObject,
@@ -232,9 +232,8 @@ impl Repo2 {
         let mut bad: Vec<(&ManifestId, RepoProblem)> = Vec::new();
         for group in order.chunks(Self::MANIFESTS_PER_GROUP) {
             let objects: Vec<&SnapObject> = group.iter().map(|(_, (o, _))| o).collect();
-            let checked: Vec<ManifestCheck> = check_manifests_with(
+            let checked: Vec<ManifestCheck> = check_manifests_placed(
                 &objects,
-                at,
                 |mid| vouched.contains(mid),
                 |mids| crate::backup::reader::read_manifest_files(b, ix, mids),
             );
