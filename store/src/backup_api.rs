@@ -6,14 +6,18 @@
 use std::collections::HashSet;
 
 use bbsync_protocol::{
-    ContentKey, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role, Signed,
+    ChunkId, ContentKey, EnvelopeEntry, InstanceCard, InstanceId, Manifest, ObjectId, Role, Signed,
+    encoding,
 };
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 pub use crate::db::ObjectRecord;
 use crate::{
     ObjectState, Store, TrustRecord,
     db::ObjectWrite,
     error::{Result, StoreError},
+    spool::Spool,
 };
 
 /// One object a restore records (see [`Store::record_restored`]): its
@@ -50,6 +54,64 @@ pub enum RecordError {
     /// The records' commit had begun: some may be written (a flush that
     /// failed does not undo them).
     Writing(StoreError),
+}
+
+/// The records a restore will write, spooled under `<data>/tmp/` as its
+/// objects are checked (memory does not grow with them), committed in key
+/// order by [`Store::record_restored`] once the chunks are copied; removed
+/// when dropped.
+pub struct RestoreRecords {
+    spool: Spool<PendingRecord>,
+    /// Some record replaces a version held here.
+    replaces: bool,
+}
+
+impl RestoreRecords {
+    /// Adds a record under `key`.
+    pub fn push(&mut self, key: u64, r: PreparedRecord) -> Result<()> {
+        self.replaces |= r.replaces;
+        let mut k = [0u8; 16];
+        k[8..].copy_from_slice(&key.to_be_bytes());
+        self.spool.push_encoded(k, r.bytes)
+    }
+
+    /// Leaves out the records pushed under `keys`.
+    pub fn forget(&mut self, keys: &HashSet<u64>) {
+        self.spool.retain(|k| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[8..]);
+            !keys.contains(&u64::from_be_bytes(b))
+        });
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.spool.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.spool.len() == 0
+    }
+}
+
+/// One record of a restore, encoded ([`Store::restore_record`]).
+pub struct PreparedRecord {
+    bytes: Vec<u8>,
+    replaces: bool,
+}
+
+/// What the spool of a restore holds per object: its write and its chunks
+/// (the object is complete if the store holds them all at the commit).
+#[derive(Serialize, Deserialize)]
+struct PendingRecord {
+    write: ObjectWrite,
+    chunks: Vec<(ChunkId, u32)>,
+}
+
+/// Why an object may not take the name `kind:name`: another has it.
+pub fn name_taken(kind: &str, name: &str) -> String {
+    crate::sync::name_taken(kind, name)
 }
 
 impl From<StoreError> for RecordError {
@@ -92,7 +154,7 @@ impl Store {
 
     /// Whether the store holds no object.
     pub fn is_empty(&self) -> bool {
-        self.db().object_count() == 0
+        self.db().has_no_objects()
     }
 
     /// Whether this store trusts no instance (a restore brings its own
@@ -126,15 +188,44 @@ impl Store {
         self.usable_entry(m, e).map(|(_, k)| k)
     }
 
-    /// Why `m` may not take its name here (another live object holds it,
-    /// or one earlier in the same batch, collected in `names`); `Ok` for a
-    /// deletion or a free name.
-    pub fn name_free(
-        &self,
-        m: &Manifest,
-        names: &mut HashSet<(String, String)>,
-    ) -> std::result::Result<(), String> {
-        self.check_name_free(m, names)
+    /// Why `m` may not take its name here: another live object of this
+    /// store holds it (`Ok` for a deletion or a free name).
+    pub fn name_held(&self, m: &Manifest) -> std::result::Result<(), String> {
+        self.name_held_here(m)
+    }
+
+    /// A restore's records, spooled until they are committed
+    /// ([`Store::record_restored`]).
+    pub fn restore_records(&self) -> RestoreRecords {
+        RestoreRecords {
+            spool: Spool::new(&self.dir().join(crate::TMP_DIR)),
+            replaces: false,
+        }
+    }
+
+    /// The record of one object a restore checked, ready to spool (its
+    /// state MAC'd here, on the caller's thread, so that many are prepared
+    /// at once).
+    pub fn restore_record(&self, o: RestoredObject) -> PreparedRecord {
+        let m = &o.manifest;
+        // (Complete or not is decided at the commit, once the chunks are
+        // copied.)
+        let state = self.received_state(m, false, &o.envelope);
+        let replaces = o.previous.is_some();
+        let pending = PendingRecord {
+            chunks: m.chunks.iter().map(|c| (c.id, c.len)).collect(),
+            write: ObjectWrite {
+                object_id: m.object_id,
+                state,
+                manifest: m.bytes().to_vec(),
+                envelope: o.envelope.into_iter().map(ByteBuf::from).collect(),
+                previous: o.previous,
+            },
+        };
+        PreparedRecord {
+            bytes: encoding::encode(&pending),
+            replaces,
+        }
     }
 
     /// Records what a restore checked, under the store's write lock: the
@@ -145,7 +236,7 @@ impl Store {
     pub fn record_restored(
         &self,
         trust: &[(Signed<InstanceCard>, Role)],
-        objects: Vec<RestoredObject>,
+        records: RestoreRecords,
     ) -> std::result::Result<RestoredRecords, RecordError> {
         let _g = self.lock();
         for (card, role) in trust {
@@ -158,37 +249,30 @@ impl Store {
                 },
             )?;
         }
-        let mut out = RestoredRecords::default();
-        let mut writes = Vec::with_capacity(objects.len());
-        for o in objects {
-            let m = &o.manifest;
-            let complete = m
-                .chunks
-                .iter()
-                .all(|c| self.packs().size(&c.id) == Some(u64::from(c.len)));
-            out.incomplete += u64::from(!complete && !m.deleted);
-            out.replaced += u64::from(o.previous.is_some());
-            let state = self.received_state(m, complete || m.deleted, &o.envelope);
-            out.objects.push(m.object_id);
-            writes.push(ObjectWrite {
-                object_id: m.object_id,
-                state,
-                manifest: m.bytes().to_vec(),
-                envelope: o
-                    .envelope
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-                previous: o.previous,
-            });
-        }
-        if writes.iter().any(|w| w.previous.is_some()) {
+        let RestoreRecords { spool, replaces } = records;
+        if replaces {
             self.packs().expect_garbage()?;
         }
-        let written = if writes.is_empty() {
+        let mut out = RestoredRecords {
+            objects: Vec::with_capacity(spool.len()),
+            ..Default::default()
+        };
+        let written = if spool.len() == 0 {
             self.db().flush()
         } else {
-            self.db().commit(writes).map(|_| ())
+            let writes = spool.drain_sorted().map(|r| {
+                let PendingRecord { mut write, chunks } = r?;
+                let deleted = write.state.deleted;
+                let complete = chunks
+                    .iter()
+                    .all(|(id, len)| self.packs().size(id) == Some(u64::from(*len)));
+                out.incomplete += u64::from(!complete && !deleted);
+                out.replaced += u64::from(write.previous.is_some());
+                write.state.complete = complete || deleted;
+                out.objects.push(write.object_id);
+                Ok(write)
+            });
+            self.db().commit_from(writes).map(|_| ())
         };
         written.map_err(RecordError::Writing)?;
         Ok(out)

@@ -703,6 +703,11 @@ impl Db {
         self.tree.scan_prefix(b"o/").count()
     }
 
+    /// Whether there is no object (one key looked at, not a count).
+    pub fn has_no_objects(&self) -> bool {
+        self.tree.scan_prefix(b"o/").next().is_none()
+    }
+
     /// Changes after `since`, at most `limit`, as `(seq, object_id)`.
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<(u64, ObjectId)>> {
         let start = key(b"c/", &since.saturating_add(1).to_be_bytes());

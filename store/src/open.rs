@@ -98,7 +98,7 @@ impl Store {
         // The database first: if another process races us, its lock stops us
         // before we write an identity.
         let db = Arc::new(db::Db::open(&dir.join("db"), dir, true)?);
-        if db.last_seq()? > 0 || db.object_count() > 0 || !db.trusted()?.is_empty() {
+        if db.last_seq()? > 0 || !db.has_no_objects() || !db.trusted()?.is_empty() {
             // Content without an identity is not an interrupted init; a new
             // identity could read none of it.
             return Err(StoreError::Corrupt(format!(

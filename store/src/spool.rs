@@ -63,19 +63,28 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
 
     /// Appends a record with its sort key.
     pub fn push(&mut self, key: [u8; 16], item: &T) -> Result<()> {
-        let bytes = encoding::encode(item);
+        self.push_encoded(key, encoding::encode(item))
+    }
+
+    /// Appends a record already encoded (by `encoding::encode` of a `T`,
+    /// on another thread).
+    pub fn push_encoded(&mut self, key: [u8; 16], bytes: Vec<u8>) -> Result<()> {
         if bytes.len() > MAX_RECORD {
             return Err(StoreError::Invalid(format!(
                 "spool record of {} bytes",
                 bytes.len()
             )));
         }
+        // (Spilled before it would outgrow its one allocation.)
+        if !self.mem.is_empty() && self.mem.len() + bytes.len() > SPOOL_MEM {
+            self.spill()?;
+        }
+        if self.mem.capacity() == 0 {
+            self.mem.reserve_exact(SPOOL_MEM.max(bytes.len()));
+        }
         let pos = self.file_len + self.mem.len() as u64;
         self.keys.push((key, pos, bytes.len() as u32));
         self.mem.extend_from_slice(&bytes);
-        if self.mem.len() >= SPOOL_MEM {
-            self.spill()?;
-        }
         Ok(())
     }
 
@@ -102,6 +111,12 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         self.file_len += self.mem.len() as u64;
         self.mem.clear();
         Ok(())
+    }
+
+    /// Keeps only the records whose keys `keep` accepts (the others stay
+    /// in the file, unread).
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8; 16]) -> bool) {
+        self.keys.retain(|(k, _, _)| keep(k));
     }
 
     /// The records sorted by key (records with equal keys in the order

@@ -718,20 +718,23 @@ impl Store {
         if m.deleted {
             return Ok(());
         }
-        let taken = || {
-            format!(
-                "another object already has the name {}:{} here",
-                m.kind, m.name
-            )
-        };
         if !names.insert((m.kind.clone(), m.name.clone())) {
-            return Err(taken());
+            return Err(name_taken(&m.kind, &m.name));
+        }
+        self.name_held_here(m)
+    }
+
+    /// Why `m` may not take its name here: another live object of this
+    /// store holds it (`Ok` for a deletion or a free name).
+    pub(crate) fn name_held_here(&self, m: &Manifest) -> std::result::Result<(), String> {
+        if m.deleted {
+            return Ok(());
         }
         match self.db().lookup(&m.kind, &m.name) {
             Ok(Some(holder)) if holder != m.object_id => match self.db().object(&holder) {
                 Ok(Some(st)) if !st.deleted => Err(format!(
                     "{} (object {}); the name stays with it",
-                    taken(),
+                    name_taken(&m.kind, &m.name),
                     holder.short()
                 )),
                 Ok(_) => Ok(()),
@@ -900,4 +903,9 @@ impl Store {
         // and those following this store must see it.
         self.db().mark_complete(ready)
     }
+}
+
+/// Why an object may not take the name `kind:name`: another has it.
+pub(crate) fn name_taken(kind: &str, name: &str) -> String {
+    format!("another object already has the name {kind}:{name} here")
 }

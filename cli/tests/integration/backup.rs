@@ -310,6 +310,61 @@ fn disaster_recovery_restores_identity_and_content() -> TestResult {
     Ok(())
 }
 
+/// An object whose name another live object of the restoring store holds
+/// is refused by name (the name stays with the holder) and the rest are
+/// restored; restoring the same snapshot twice changes nothing more.
+#[test]
+fn a_restored_object_whose_name_this_store_gives_another_object_is_refused() -> TestResult {
+    let f = Fixture::new();
+    // b has its own message:general/1 (its own object id).
+    let own = f.root.join("own");
+    write(
+        &own.join("boards/general/1.json"),
+        "{\"id\":1,\"from\":\"bob\",\"subject\":\"mine\",\"body\":\"b's own\"}\n",
+    );
+    ok(&f.b, &["import-bbs", own.to_str().unwrap()]);
+    let ls = json(&f.b, &["ls"]);
+    let holder = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "message" && o["name"] == "general/1")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = json(
+        &f.b,
+        &["restore", "--repo", f.r(), "--trust-host", &f.host()],
+    );
+    assert_eq!(r["restored"], 7, "{r}");
+    assert_eq!(
+        r["refused"],
+        serde_json::json!([[
+            MSG,
+            format!(
+                "another object already has the name {MSG} here (object {}); the name stays with it",
+                &holder[..16]
+            )
+        ]]),
+        "{r}"
+    );
+    // b's own message is untouched, the others are a's.
+    let dest = f.root.join("mine.json");
+    ok(&f.b, &["export", MSG, dest.to_str().unwrap()]);
+    let shown = fs::read_to_string(&dest).unwrap();
+    assert!(shown.contains("b's own"), "{shown}");
+    let (code, v) = verify(&f.b, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    // (The latest snapshot is now the safety snapshot of b's own.)
+    assert!(r["safety_snapshot"].is_string(), "{r}");
+    let again = json(&f.b, &["restore", "--repo", f.r(), &f.snap]);
+    assert_eq!(again["restored"], 0, "{again}");
+    assert_eq!(again["skipped_existing"], 7, "{again}");
+    assert_eq!(again["refused"].as_array().unwrap().len(), 1, "{again}");
+    Ok(())
+}
+
 #[test]
 fn restore_into_another_identity_rekey_and_overwrite() -> TestResult {
     let f = Fixture::new();

@@ -202,7 +202,7 @@ impl RepoReader<'_> {
     /// that [`Self::read_chunks`] of consecutive ones reads runs of packs.
     pub fn sort_by_location(&self, ids: &mut [(ChunkId, u32)]) {
         if let Some(ix) = &self.index {
-            ids.sort_by_key(|(id, _)| ix.chunks.get(id).map(|at| (at.pack.0, at.offset)));
+            ids.sort_by_cached_key(|(id, _)| ix.chunks.get(id).map(|at| (at.pack.0, at.offset)));
         }
     }
 

@@ -2,12 +2,12 @@
 //! repository, and what keeps or undoes them once the records are (or are
 //! not) committed.
 
-use std::{collections::HashSet, path::PathBuf, sync::Mutex};
+use std::{path::PathBuf, sync::Mutex};
 
 use bbsync_protocol::{ChunkId, chunk::check_chunk_id};
 use rayon::prelude::*;
 
-use super::{RestoreReport, damaged, plan::Planned};
+use super::{RestoreReport, damaged};
 use crate::{
     Store,
     backup::{Repo, RepoReader, repo_io_err},
@@ -18,8 +18,12 @@ use crate::{
 
 /// Chunk bytes staged per publish (two syncfs each).
 const GROUP_BYTES: u64 = 128 * 1024 * 1024;
-/// Chunk bytes read at once within a group (held until staged).
-const READ_BYTES: u64 = 32 * 1024 * 1024;
+/// Chunk bytes read at once within a group, per read the backend runs at
+/// once (held until staged, and the next batch is read meanwhile).
+const READ_BYTES_PER_READ: u64 = 4 * 1024 * 1024;
+/// Bounds of the bytes read at once: enough for a directory's reads to
+/// overlap the hashing, and for object storage's parallel requests.
+const READ_BYTES: std::ops::RangeInclusive<u64> = 8 * 1024 * 1024..=32 * 1024 * 1024;
 
 /// `items` cut into consecutive slices of about `max` bytes each (at least
 /// one item per slice).
@@ -66,21 +70,12 @@ impl<'a> ChunkCopy<'a> {
     pub(super) fn pin(
         store: &'a Store,
         (repo, snapshot): (&str, &str),
-        plan: &[Planned],
+        chunks: &[ChunkId],
         needed: &[(ChunkId, u32)],
     ) -> Result<Self> {
         let pins = store.restore_pins_path();
         if !needed.is_empty() {
-            let mut ids = Vec::new();
-            let mut seen = HashSet::new();
-            for p in plan {
-                for c in &p.manifest.chunks {
-                    if seen.insert(c.id) {
-                        ids.push(c.id);
-                    }
-                }
-            }
-            super::pins::write(&pins, snapshot, repo, &ids)?;
+            super::pins::write(&pins, snapshot, repo, chunks)?;
         }
         Ok(ChunkCopy {
             store,
@@ -143,7 +138,9 @@ impl<'a> ChunkCopy<'a> {
         staged: &Mutex<Vec<crate::packs::Staged>>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let batches: Vec<&[(ChunkId, u32)]> = byte_batches(group, READ_BYTES).collect();
+        let read_bytes = (READ_BYTES_PER_READ * repo.backend().read_concurrency() as u64)
+            .clamp(*READ_BYTES.start(), *READ_BYTES.end());
+        let batches: Vec<&[(ChunkId, u32)]> = byte_batches(group, read_bytes).collect();
         std::thread::scope(|sc| {
             let read_ahead = |k: usize| {
                 batches

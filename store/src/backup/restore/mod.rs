@@ -33,11 +33,12 @@ use serde::Serialize;
 use self::copy::ChunkCopy;
 use self::host::is_full;
 pub use self::host::{AcceptedHost, escrow_of, open_escrow, precheck_snapshot, snapshot_trust};
+use self::plan::Plan;
 pub use self::tree::TreeReport;
 use super::{Repo, SnapshotFile, create::BackupOptions};
 use crate::{
     Store,
-    backup_api::{RecordError, RestoredObject},
+    backup_api::{RecordError, RestoreRecords},
     error::{Result, StoreError},
     progress::{NoProgress, Progress},
     rekey::RekeyReport,
@@ -229,20 +230,15 @@ impl Store {
         let trust = self.restore_trust(&snap, &host, &mut report)?;
         let full = |a: &InstanceId| trust.accepted.contains(a) || is_full(self, a);
 
-        // 2. Every manifest: read and checked before anything is written.
-        let plan = self.plan_restore(repo, &reader, &snap, opts, &full, &mut report)?;
-
-        // 3. Chunks the store lacks: present in the repository at their size.
-        let mut needed = if opts.skip_chunks {
-            Vec::new()
-        } else {
-            self.chunks_to_copy(repo, &reader, &plan, &mut report)?
-        };
+        // 2. Every manifest: read and checked before anything is written;
+        // 3. the chunks the store lacks: present in the repository at
+        // their sizes.
+        let mut plan = self.plan_restore(repo, &reader, &snap, opts, &full, &mut report)?;
         // Read in the order of the repository's packs (format 2).
-        reader.sort_by_location(&mut needed);
+        reader.sort_by_location(&mut plan.needed);
 
         // 4. The safety snapshot of what the store holds now.
-        if opts.safety_snapshot && !plan.is_empty() && !self.is_empty() {
+        if opts.safety_snapshot && !plan.records.is_empty() && !self.is_empty() {
             report.safety_snapshot = Some(self.safety_snapshot(repo, &snap_id)?);
         }
 
@@ -252,22 +248,31 @@ impl Store {
         // committed (the `Published` tokens are handed back only then), so
         // a crash in between leaves chunks the next open collects, not
         // orphans.
+        let Plan {
+            records,
+            chunks,
+            needed,
+        } = plan;
         progress.start(
             "restore",
             needed.len() as u64,
             needed.iter().map(|n| u64::from(n.1)).sum(),
         );
-        let mut copy = ChunkCopy::pin(self, (&location, &snap_id), &plan, &needed)?;
+        let mut copy = ChunkCopy::pin(self, (&location, &snap_id), &chunks, &needed)?;
+        drop(chunks);
         if let Err(e) = copy.copy(repo, &reader, &needed, progress, &mut report) {
             copy.undo(&e);
             progress.finish();
             return Err(e);
         }
         progress.finish();
+        // (What the commit does not need is not held meanwhile: at 200,000
+        // objects the repository's index and the snapshot are 60 MB.)
+        drop((needed, reader, snap));
 
         // 6. Trust, then the records, in one commit; then the chunks are
         // recorded (the dirty marker may go).
-        let restored = match self.commit_restore(trust.cards, plan, &mut report) {
+        let restored = match self.commit_restore(trust.cards, records, &mut report) {
             Ok(r) => {
                 copy.finish();
                 r
@@ -343,7 +348,7 @@ impl Store {
     fn commit_restore(
         &self,
         mut cards: Vec<(Signed<InstanceCard>, Role)>,
-        plan: Vec<plan::Planned>,
+        records: RestoreRecords,
         report: &mut RestoreReport,
     ) -> std::result::Result<Vec<ObjectId>, RecordError> {
         crate::failpoint::hit("restore.commit").map_err(|source| {
@@ -352,18 +357,10 @@ impl Store {
                 source,
             })
         })?;
-        if plan.is_empty() {
+        if records.is_empty() {
             cards.clear();
         }
-        let objects: Vec<RestoredObject> = plan
-            .into_iter()
-            .map(|p| RestoredObject {
-                manifest: p.manifest,
-                envelope: p.envelope,
-                previous: p.previous,
-            })
-            .collect();
-        let recorded = self.record_restored(&cards, objects)?;
+        let recorded = self.record_restored(&cards, records)?;
         report
             .trusted
             .extend(cards.iter().map(|(c, _)| c.instance.short()));

@@ -328,6 +328,25 @@ pub struct Index {
 }
 
 impl Index {
+    /// Room for the entries of `files` (at 200,000 objects, growing the
+    /// maps one doubling at a time held each map's old and new tables at
+    /// once: 50 MB).
+    pub fn reserve_for(&mut self, files: &[IndexFile]) {
+        let (mut chunks, mut manifest_files) = (0, 0);
+        for p in files.iter().flat_map(|f| &f.packs) {
+            match p.kind {
+                PackKind::Data => chunks += p.entries.len(),
+                PackKind::Manifests => manifest_files += p.entries.len(),
+            }
+        }
+        self.chunks.reserve(chunks);
+        self.files.reserve(manifest_files);
+        self.manifests
+            .reserve(files.iter().map(|f| f.manifests.len()).sum());
+        self.packs
+            .reserve(files.iter().map(|f| f.packs.len()).sum());
+    }
+
     /// Adds one decoded index file.
     pub fn add(&mut self, f: &IndexFile) {
         self.index_files += 1;

@@ -307,6 +307,7 @@ impl Repo2 {
             })
             .collect::<Result<_>>()?;
         let mut ix = Index::default();
+        ix.reserve_for(&files);
         for f in &files {
             ix.add(f);
         }
