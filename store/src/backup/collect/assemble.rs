@@ -97,7 +97,7 @@ pub(super) fn collected(
     fresh: Fresh,
     from_cache: bool,
 ) -> Collected {
-    let Fresh { items, bytes } = fresh;
+    let Fresh { items, mut bytes } = fresh;
     let n = cache.map_or(0, |c| c.objects) + items.len();
     let split = match cache {
         Some(c) if c.objects >= 4096 => Some(c.view(c.objects / 2).id),
@@ -115,14 +115,15 @@ pub(super) fn collected(
                 lo: split,
                 hi: None,
             };
+            let hi_bytes = bytes.split_off(&mid);
             let (a, b) = rayon::join(
-                || Part::of(cache, changed, lo, lo_bounds, &bytes, n / 2),
-                || Part::of(cache, changed, hi, hi_bounds, &bytes, n / 2),
+                || Part::of(cache, changed, lo, lo_bounds, bytes, n / 2),
+                || Part::of(cache, changed, hi, hi_bounds, hi_bytes, n / 2),
             );
             (a, Some(b))
         }
         None => (
-            Part::of(cache, changed, &items, Bounds::default(), &bytes, n),
+            Part::of(cache, changed, &items, Bounds::default(), bytes, n),
             None,
         ),
     };
@@ -175,7 +176,7 @@ impl<'a> Part<'a> {
         changed: &IdSet<ObjectId>,
         fresh: &'a [(ObjectId, Item)],
         bounds: Bounds,
-        bytes: &BTreeMap<ObjectId, Vec<u8>>,
+        mut bytes: BTreeMap<ObjectId, Vec<u8>>,
         n: usize,
     ) -> Part<'a> {
         let mut p = Part {
@@ -213,7 +214,7 @@ impl<'a> Part<'a> {
                 object_id: v.id,
                 manifest_id: v.manifest_id,
                 file: v.file,
-                bytes: bytes.get(&v.id).cloned(),
+                bytes: bytes.remove(&v.id),
             });
         });
         p

@@ -92,6 +92,7 @@ enum Item {
 
 /// Records read (the changed ones, or all), sorted by object id, with
 /// their manifest files' bytes.
+#[derive(Default)]
 struct Fresh {
     items: Vec<(ObjectId, Item)>,
     bytes: BTreeMap<ObjectId, Vec<u8>>,
@@ -144,6 +145,13 @@ const MIN_CHANGES: usize = 4096;
 /// A cache that served is written anew only when more changed records
 /// than this were read (see [`Store::collect_backup`]).
 const CACHE_REWRITE_CHANGES: usize = 256;
+/// Bytes of manifest files a collection keeps for the backup to write;
+/// the others are read from their records again when they are written
+/// (at 200,000 objects, keeping every file held 90 MB, and twice while the
+/// parts were assembled).
+const FRESH_BYTES_KEPT: usize = 16 * 1024 * 1024;
+/// Records read and encoded at once when every record is read.
+const FRESH_ROUND: usize = 8192;
 
 /// Chunk references of an object: from the cache, or from its record.
 #[derive(Clone, Copy)]
@@ -249,14 +257,21 @@ impl Store {
 
     /// Every record the selection takes.
     fn all_records(&self, opts: &BackupOptions) -> Result<Fresh> {
-        let mut recs = Vec::new();
+        let mut f = Fresh::default();
+        let mut kept = 0;
+        let mut recs = Vec::with_capacity(FRESH_ROUND);
         for r in self.stored_records() {
             let (id, rec) = r?;
             if opts.selection.matches(&rec.state.kind, &rec.state.name) {
                 recs.push((id, rec));
             }
+            if recs.len() == FRESH_ROUND {
+                fresh_into(std::mem::take(&mut recs), &mut f, &mut kept)?;
+            }
         }
-        fresh_of(recs)
+        fresh_into(recs, &mut f, &mut kept)?;
+        f.items.sort_unstable_by_key(|(id, _)| *id);
+        Ok(f)
     }
 
     /// The objects changed since the cache was made, and those of them
@@ -282,7 +297,10 @@ impl Store {
                 recs.push((*id, rec));
             }
         }
-        Ok(Some((changed, fresh_of(recs)?)))
+        let mut f = Fresh::default();
+        fresh_into(recs, &mut f, &mut 0)?;
+        f.items.sort_unstable_by_key(|(id, _)| *id);
+        Ok(Some((changed, f)))
     }
 
     /// The manifest file of `m` and its SHA-256: its bytes if the
@@ -348,9 +366,10 @@ fn manifest_file_bytes(rec: ObjectRecord) -> Vec<u8> {
     .encode()
 }
 
-/// The items of `recs` (each taken by the selection), sorted by object
-/// id, with their manifest files encoded and hashed on all cores.
-fn fresh_of(recs: Vec<(ObjectId, ObjectRecord)>) -> Result<Fresh> {
+/// The items of `recs` (each taken by the selection) added to `f`, with
+/// their manifest files encoded and hashed on all cores; their bytes kept
+/// while `kept` stays within [`FRESH_BYTES_KEPT`].
+fn fresh_into(recs: Vec<(ObjectId, ObjectRecord)>, f: &mut Fresh, kept: &mut usize) -> Result<()> {
     let done: Vec<(ObjectId, Item, Option<Vec<u8>>)> = recs
         .into_par_iter()
         .map(|(id, rec)| -> Result<_> {
@@ -379,16 +398,15 @@ fn fresh_of(recs: Vec<(ObjectId, ObjectRecord)>) -> Result<Fresh> {
             Ok((id, Item::Taken(taken), Some(bytes)))
         })
         .collect::<Result<_>>()?;
-    let mut f = Fresh {
-        items: Vec::with_capacity(done.len()),
-        bytes: BTreeMap::new(),
-    };
+    f.items.reserve(done.len());
     for (id, item, bytes) in done {
-        if let Some(b) = bytes {
+        if let Some(b) = bytes
+            && *kept + b.len() <= FRESH_BYTES_KEPT
+        {
+            *kept += b.len();
             f.bytes.insert(id, b);
         }
         f.items.push((id, item));
     }
-    f.items.sort_unstable_by_key(|(id, _)| *id);
-    Ok(f)
+    Ok(())
 }
