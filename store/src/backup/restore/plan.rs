@@ -27,8 +27,9 @@ use crate::{
     error::Result,
 };
 
-/// Manifests checked at once (what their decoded forms hold at a time).
-const MANIFESTS_PER_GROUP: usize = 8192;
+/// Manifests checked at once (what their decoded forms hold at a time),
+/// by a restore and by `restore --to-tree`.
+pub(super) const MANIFESTS_PER_GROUP: usize = 8192;
 
 /// What step 2 decided: the records to commit (spooled, in the snapshot's
 /// order) and what step 3 needs.
