@@ -310,6 +310,75 @@ fn disaster_recovery_restores_identity_and_content() -> TestResult {
     Ok(())
 }
 
+/// A snapshot that names two live objects of one name (only a crafted one
+/// can: here an unsigned format-1 snapshot of `a` with an object of `b`,
+/// the same instance, added after its own): the first takes the name, the
+/// second is refused by name, and only the first's chunks are copied.
+#[test]
+fn of_two_objects_a_snapshot_gives_one_name_the_first_is_restored() -> TestResult {
+    let t = bbsync_tests::tempdir()?;
+    let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+    init(&a, "alpha");
+    // b and c are a, in data dirs of their own.
+    for d in [&b, &c] {
+        init(d, "alpha");
+        fs::copy(a.join("identity.key"), d.join("identity.key"))?;
+    }
+    let repo = t.path().join("repo");
+    let r = repo.to_str().unwrap();
+    let mut snaps = Vec::new();
+    for (d, who) in [(&a, "a"), (&b, "b")] {
+        let tree = t.path().join(format!("tree-{who}"));
+        write(
+            &tree.join("boards/general/1.json"),
+            format!("{{\"id\":1,\"from\":\"{who}\",\"body\":\"written by {who}\"}}\n"),
+        );
+        ok(d, &["import-bbs", tree.to_str().unwrap()]);
+        let s = json(d, &["backup", "--repo-format", "1", "--repo", r]);
+        snaps.push(s["snapshot"].as_str().unwrap().to_string());
+    }
+    let mut v = json(&a, &["backups", "show", "--repo", r, &snaps[0]]);
+    let theirs = json(&a, &["backups", "show", "--repo", r, &snaps[1]]);
+    let o = v.as_object_mut().unwrap();
+    o.remove("signature");
+    o.remove("host_id");
+    o.insert("format".into(), 1.into());
+    let objects = o["objects"].as_array_mut().unwrap();
+    assert_eq!(objects.len(), 1);
+    objects.push(theirs["objects"][0].clone());
+    assert_ne!(objects[0]["object_id"], objects[1]["object_id"]);
+    let list: Vec<bbsync_store::backup::repofile::SnapObject> =
+        serde_json::from_value(o["objects"].clone())?;
+    o.insert(
+        "objects_sha256".into(),
+        bbsync_store::backup::repofile::objects_sha256(&list).into(),
+    );
+    fs::write(
+        repo.join(format!("snapshots/{}.json", snaps[0])),
+        serde_json::to_vec(&v)?,
+    )?;
+    let r = json(
+        &c,
+        &["restore", "--repo", r, &snaps[0], "--trust-host", &card(&a)],
+    );
+    assert_eq!(r["restored"], 1, "{r}");
+    assert_eq!(r["chunks_copied"], 1, "{r}");
+    assert_eq!(
+        r["refused"],
+        serde_json::json!([[
+            MSG,
+            format!("another object already has the name {MSG} here")
+        ]]),
+        "{r}"
+    );
+    let dest = t.path().join("restored.json");
+    ok(&c, &["export", MSG, dest.to_str().unwrap()]);
+    assert!(fs::read_to_string(&dest)?.contains("written by a"));
+    let (code, out) = verify(&c, &["--read-data"]);
+    assert_eq!(code, 0, "{out}");
+    Ok(())
+}
+
 /// An object whose name another live object of the restoring store holds
 /// is refused by name (the name stays with the holder) and the rest are
 /// restored; restoring the same snapshot twice changes nothing more.
