@@ -20,16 +20,12 @@ use crate::{
     Store,
     backup::{
         Repo, RepoReader, SnapshotFile,
-        check::{check_manifests, check_manifests_placed},
+        check::{check_manifests, check_manifests_grouped},
         repofile::SnapObject,
     },
     backup_api::{PreparedRecord, RestoreRecords, RestoredObject, name_taken},
     error::Result,
 };
-
-/// Manifests checked at once (what their decoded forms hold at a time),
-/// by a restore and by `restore --to-tree`.
-pub(super) const MANIFESTS_PER_GROUP: usize = 8192;
 
 /// What step 2 decided: the records to commit (spooled, in the snapshot's
 /// order) and what step 3 needs.
@@ -260,24 +256,15 @@ impl Store {
         records: &mut RestoreRecords,
         report: &mut RestoreReport,
     ) -> Result<Checked> {
-        let mut order: Vec<u32> = (0..snap.objects.len() as u32).collect();
-        order.sort_by_cached_key(|&i| reader.manifest_place(&snap.objects[i as usize].manifest_id));
         let mut out = Checked::default();
-        for group in order.chunks(MANIFESTS_PER_GROUP) {
-            let objects: Vec<&SnapObject> =
-                group.iter().map(|&i| &snap.objects[i as usize]).collect();
-            let checked = check_manifests_placed(
-                &objects,
-                |_| false,
-                |mids| reader.read_manifest_files(mids),
-            );
-            let looked: Vec<Looked> = objects
+        check_manifests_grouped(reader, &snap.objects, |group, checked| {
+            let looked: Vec<Looked> = group
                 .par_iter()
                 .zip(checked)
-                .map(|(o, c)| match c {
+                .map(|(&i, c)| match c {
                     Ok(c) => self.look(c.manifest, &c.envelope, opts, full, reader),
                     Err((_, detail)) => Ok(Looked::Damaged(
-                        reader.manifest_path(&o.manifest_id),
+                        reader.manifest_path(&snap.objects[i as usize].manifest_id),
                         detail,
                     )),
                 })
@@ -306,7 +293,8 @@ impl Store {
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 

@@ -24,8 +24,8 @@ use crate::{
     StoreError,
     backup::{
         check::{
-            ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass, add_chunk_refs,
-            check_key_files, check_manifests_placed, problem,
+            MANIFESTS_PER_GROUP, ManifestCheck, RepoCheck, RepoProblem, RepoProblemClass,
+            add_chunk_refs, check_key_files, check_manifests_placed, problem,
         },
         repo_io_err,
         repofile::SnapObject,
@@ -167,9 +167,6 @@ impl Repo2 {
         Ok(ix)
     }
 
-    /// Manifests checked at once by [`Repo2::check_snapshots`].
-    const MANIFESTS_PER_GROUP: usize = 8192;
-
     /// Step 2: the snapshots checked (one, or all), and the manifests they
     /// name, each once, checked through the index; returns the manifests
     /// wanted (with the first snapshot naming each) and every chunk they
@@ -230,7 +227,7 @@ impl Repo2 {
         let mut order: Vec<(&ManifestId, &(SnapObject, String))> = wanted.iter().collect();
         order.sort_by_cached_key(|(mid, _)| at(mid));
         let mut bad: Vec<(&ManifestId, RepoProblem)> = Vec::new();
-        for group in order.chunks(Self::MANIFESTS_PER_GROUP) {
+        for group in order.chunks(MANIFESTS_PER_GROUP) {
             let objects: Vec<&SnapObject> = group.iter().map(|(_, (o, _))| o).collect();
             let checked: Vec<ManifestCheck> = check_manifests_placed(
                 &objects,
