@@ -165,6 +165,10 @@ enum Command {
         after_help = "Examples:\n  bbsync backup --repo /mnt/backup --tag nightly\n  bbsync backup --repo /mnt/backup --include-identity"
     )]
     Backup(cmd::backup::BackupArgs),
+    /// Write the backup cache of a selection when a backup would read every
+    /// record (run by `backup` for a large store).
+    #[command(hide = true)]
+    BackupCache(cmd::backup::BackupCacheArgs),
     /// List, show, verify, delete and prune the snapshots of a backup repository.
     #[command(
         subcommand,
@@ -276,8 +280,18 @@ fn large_backup(cli: &Cli) -> bool {
             .data_dir
             .clone()
             .or_else(|| default_data_dir().ok())
-            .and_then(|d| std::fs::metadata(d.join("db").join("db")).ok())
-            .is_some_and(|m| m.len() > LARGE_DB_BYTES)
+            .is_some_and(|d| large_store(&d))
+}
+
+/// Whether the store database of `data_dir` is over [`LARGE_DB_BYTES`]
+/// (or over `BBSYNC_LARGE_STORE_BYTES`, when set: for tests, and for an
+/// operator who wants to move the line).
+pub fn large_store(data_dir: &Path) -> bool {
+    let limit = std::env::var("BBSYNC_LARGE_STORE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LARGE_DB_BYTES);
+    std::fs::metadata(data_dir.join("db").join("db")).is_ok_and(|m| m.len() > limit)
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -398,6 +412,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::FetchMissing(a) => cmd::net::fetch_missing_cmd(ctx, a),
         Command::Rekey(a) => cmd::rekey::run(ctx, a),
         Command::Backup(a) => cmd::backup::backup(ctx, a),
+        Command::BackupCache(a) => cmd::backup::backup_cache(ctx, a),
         Command::Backups(c) => cmd::backup::backups(ctx, c),
         Command::Restore(a) => cmd::backup::restore(ctx, a),
         Command::Completions(a) => cmd::manual::completions(a),
@@ -423,7 +438,8 @@ impl Command {
             | Command::Clone(_)
             | Command::FetchMissing(_)
             | Command::Rekey(_)
-            | Command::Restore(_) => true,
+            | Command::Restore(_)
+            | Command::BackupCache(_) => true,
             // Not `backup` (but of a large store, see `large_backup`): an
             // incremental one takes 30-45 ms, and executing again costs
             // about 4 ms of it. `backups` reads one pack per thread.

@@ -27,6 +27,23 @@ pub const CREDENTIAL: &str = "passphrase";
 /// Largest passphrase file read.
 const MAX_FILE: u64 = 4096;
 
+/// Whether the data dir's `identity.key` opens without a prompt: it is
+/// not sealed, or a passphrase source other than the terminal is set
+/// (one that another bbsync process started by this one finds too).
+pub fn without_prompt(ctx: &Ctx) -> anyhow::Result<bool> {
+    if !bbsync_store::Store::identity_sealed(&ctx.data_dir)? {
+        return Ok(true);
+    }
+    let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .is_some_and(|d| Path::new(&d).join(CREDENTIAL).exists());
+    Ok(ctx.passphrase_file.is_some()
+        || ctx
+            .env("BBSYNC_PASSPHRASE_FILE")
+            .is_some_and(|p| !p.is_empty())
+        || ctx.env("BBSYNC_PASSPHRASE").is_some()
+        || credential)
+}
+
 /// The passphrase for `what` (named in errors and in the prompt). With
 /// `confirm`, a prompt asks twice (for something sealed anew).
 pub fn get(ctx: &Ctx, what: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {

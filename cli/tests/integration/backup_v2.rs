@@ -1073,3 +1073,70 @@ fn a_crashed_backups_escrow_is_never_replaced_and_prune_removes_it() -> TestResu
     assert!(out.contains(": OK"), "{out}");
     Ok(())
 }
+
+/// A large store's backup that would read every record has that read done
+/// by `bbsync backup-cache` in a process of its own (`BBSYNC_LARGE_STORE_BYTES=0`
+/// makes every store large): the backup is then served by the cache it
+/// wrote, for the selection given, with a sealed identity whose
+/// passphrase is in the environment too, and its snapshot holds what a
+/// backup without it holds.
+#[test]
+fn a_large_stores_first_backup_reads_its_records_in_a_process_of_its_own() -> TestResult {
+    let t = bbsync_tests::tempdir()?;
+    let tree = t.path().join("bbs");
+    mini_bbs(&tree);
+    let tree_s = tree.to_str().unwrap();
+    let backup = |data: &Path, repo: &str, extra: &[&str], env: &[(&str, &str)]| -> Value {
+        let mut args = vec!["--json", "backup", "--repo", repo];
+        args.extend_from_slice(extra);
+        let o = run_env(data, &args, env);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let large = [("BBSYNC_LARGE_STORE_BYTES", "0")];
+
+    // Without: a store's first backup reads every record itself.
+    let plain = t.path().join("plain");
+    init(&plain, "plain");
+    ok(&plain, &["import-bbs", tree_s]);
+    let repo = t.path().join("repo-plain");
+    let r0 = backup(&plain, repo.to_str().unwrap(), &[], &[]);
+    assert_eq!(r0["from_cache"], false, "{r0}");
+
+    // With: the cache is written first, and serves.
+    let a = t.path().join("a");
+    init(&a, "alpha");
+    ok(&a, &["import-bbs", tree_s]);
+    let repo = t.path().join("repo-a");
+    let r = backup(&a, repo.to_str().unwrap(), &[], &large);
+    assert_eq!(r["from_cache"], true, "{r}");
+    for k in ["objects", "chunks", "bytes"] {
+        assert_eq!(r[k], r0[k], "{k}: {r} against {r0}");
+    }
+    ok(&a, &["backups", "verify", "--repo", repo.to_str().unwrap()]);
+    // A selection has its own cache, written the same way.
+    let r = backup(&a, repo.to_str().unwrap(), &["--only", "message"], &large);
+    assert_eq!(r["from_cache"], true, "{r}");
+    assert!(r["objects"].as_u64() < r0["objects"].as_u64(), "{r}");
+
+    // A sealed identity with its passphrase in the environment.
+    let s = t.path().join("sealed");
+    let o = run_env(
+        &s,
+        &["init", "--name", "sealed", "--encrypt-identity"],
+        &[("BBSYNC_PASSPHRASE", PASS)],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run_env(&s, &["import-bbs", tree_s], &[("BBSYNC_PASSPHRASE", PASS)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let repo = t.path().join("repo-sealed");
+    let r = backup(
+        &s,
+        repo.to_str().unwrap(),
+        &[],
+        &[large[0], ("BBSYNC_PASSPHRASE", PASS)],
+    );
+    assert_eq!(r["from_cache"], true, "{r}");
+    assert_eq!(r["objects"], r0["objects"], "{r}");
+    Ok(())
+}

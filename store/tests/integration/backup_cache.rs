@@ -184,6 +184,79 @@ fn a_cached_backup_writes_the_snapshot_a_full_read_writes() -> R {
     Ok(())
 }
 
+/// `prepare_backup_cache` (what `bbsync backup-cache` runs for a large
+/// store's backup) writes the cache only when a backup would not find one
+/// that serves; the backup after it is served by it, with the snapshot a
+/// full read writes; and a damaged cache is still not used (the header
+/// alone says it would serve, the backup's own check says no).
+#[test]
+fn a_prepared_cache_serves_the_next_backup_with_a_full_reads_snapshot() -> R {
+    let tmp = common::tempdir()?;
+    let tree = tmp.path().join("tree");
+    write(&tree, "config/bbs.toml", b"name = \"prepare\"\n");
+    for n in 1..=30 {
+        post(&tree, n, "hello");
+    }
+    let store = Store::init(&tmp.path().join("data"), "alpha")?;
+    store.import_bbs(&tree, &NoProgress)?;
+    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.path().join("repo"))))?;
+    let all = BackupOptions::default();
+    let sel = &all.selection;
+
+    assert!(!store.backup_cache_serves(sel)?, "no cache yet");
+    assert!(
+        store.prepare_backup_cache(sel)?,
+        "the cache was not written"
+    );
+    assert!(store.backup_cache_serves(sel)?);
+    assert!(
+        !store.prepare_backup_cache(sel)?,
+        "a cache that serves was written again"
+    );
+    let first = store.backup_v2(&repo, &all, &NoProgress)?;
+    assert!(
+        first.from_cache,
+        "the prepared cache did not serve: {first:?}"
+    );
+    assert_eq!(first.objects, 31, "{first:?}");
+    let (r, _) = backup_both(&store, &repo, &all);
+    assert!(r.from_cache, "{r:?}");
+
+    // A change the cache does not hold is read by the backup as ever.
+    post(&tree, 31, "new");
+    store.import_bbs(&tree, &NoProgress)?;
+    assert!(store.backup_cache_serves(sel)?, "one change is few");
+    let r = store.backup_v2(&repo, &all, &NoProgress)?;
+    assert!(r.from_cache, "{r:?}");
+    assert_eq!(r.objects, first.objects + 1, "{r:?}");
+
+    // Another selection is another cache.
+    let posts = Selection::from_only(&["message".to_string()])?;
+    assert!(!store.backup_cache_serves(&posts)?);
+
+    // A damaged body: the header still says it would serve, the backup
+    // does not use it, and its snapshot is a full read's.
+    let cache = fs::read_dir(store.dir().join("cache"))?
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("backup-")
+        })
+        .unwrap();
+    let mut bytes = fs::read(&cache)?;
+    let last = bytes.len() - 40;
+    bytes[last] ^= 1;
+    fs::write(&cache, &bytes)?;
+    assert!(store.backup_cache_serves(sel)?);
+    let r = store.backup_v2(&repo, &all, &NoProgress)?;
+    assert!(!r.from_cache, "a damaged cache was used: {r:?}");
+    assert_eq!(r.objects, first.objects + 1, "{r:?}");
+    assert_eq!(read_back(&repo, &r.snapshot)?, r.chunks);
+    Ok(())
+}
+
 /// The index files a backup wrote since the cache was made are read
 /// beside it; a prune that rewrites index files makes the backup read
 /// them all again; every snapshot reads back and the repository verifies.

@@ -18,7 +18,7 @@ use std::{path::PathBuf, process::ExitCode};
 use bbsync_store::backup::{BackupConfig, Repo, RepoLocation, RepoStorage, retention::Policy};
 
 pub use self::{
-    backup::{BackupArgs, backup},
+    backup::{BackupArgs, BackupCacheArgs, backup, backup_cache},
     restore::{RestoreArgs, print_hybrid, restore, restore_for_clone},
 };
 use crate::Ctx;

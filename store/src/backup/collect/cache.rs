@@ -23,6 +23,9 @@ const CACHE_CONTEXT: &[u8] = b"bbsync/backup-cache/v1\0";
 /// id, file hash, version, plaintext length, kind index, flags, index of
 /// its first chunk reference, chunk count.
 pub(super) const OBJ_LEN: usize = 16 + 32 + 32 + 8 + 8 + 4 + 1 + 4 + 4;
+/// Largest cache header [`Store::peek_backup_cache`] reads (its kinds and
+/// its incomplete objects' names).
+const MAX_PEEKED_HEADER: usize = 16 << 20;
 /// Bytes of one chunk reference: id, stored length.
 pub(super) const CHUNK_LEN: usize = 32 + 4;
 
@@ -152,6 +155,37 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
         }
         res
+    }
+
+    /// The object count and change-log number of the cache of
+    /// `selection`, from its header alone, if it names this store as it is
+    /// (as [`Store::read_backup_cache`] checks, but neither its MAC nor its
+    /// tables: an answer that only says whether a backup will probably
+    /// find a cache that serves, never what the backup trusts).
+    pub(super) fn peek_backup_cache(
+        &self,
+        selection: &str,
+        token: &[u8; 16],
+        store_seq: u64,
+    ) -> Option<(usize, u64)> {
+        use std::io::Read as _;
+        let mut f = std::fs::File::open(self.backup_cache_path(selection)).ok()?;
+        let mut len = [0u8; 4];
+        f.read_exact(&mut len).ok()?;
+        let hlen = u32::from_be_bytes(len) as usize;
+        if hlen > MAX_PEEKED_HEADER {
+            return None;
+        }
+        let mut head = vec![0u8; hlen];
+        f.read_exact(&mut head).ok()?;
+        let h: Header = postcard::from_bytes(&head).ok()?;
+        let fits = h.format == CACHE_FORMAT
+            && h.instance == self.instance_id()
+            && h.selection == selection
+            && &h.token == token
+            && h.store_seq <= store_seq;
+        fits.then(|| Some((usize::try_from(h.objects).ok()?, h.store_seq)))
+            .flatten()
     }
 
     /// The cache of `selection`, if it exists, checks out and is of this
