@@ -8,10 +8,12 @@
 # BBS of that many small posts (gen-bbs.py --profile scale --messages N,
 # seed 1), then times with /usr/bin/time -v (wall clock, peak RSS), each
 # step after a `sync`:
-#   import-bbs into a fresh data dir, verify --read-data, status, clone of it
-#   over loopback into a fresh node (the serving node is timed too: its peak
-#   RSS counts), verify --read-data of the clone, export-bbs of the clone
-#   (then diff -r against the tree).
+#   import-bbs into a fresh data dir, verify --read-data, status, the store's
+#   first backup into a new repository (format 2) and the next one,
+#   backups verify --read-data, restore into a fresh data dir of the same
+#   identity, clone of the store over loopback into a fresh node (the
+#   serving node is timed too: its peak RSS counts), verify --read-data of
+#   the clone, export-bbs of the clone (then diff -r against the tree).
 # Prints per size the time per object and peak RSS of each step, the store's
 # file count against 100 + bytes / 8 MiB, and then the ratios of the time per
 # object at the largest size to the smallest (goal <= 1.5 for import, clone
@@ -114,6 +116,25 @@ for N in $SIZES; do
   timed status "$BBSYNC" --data-dir "$SRC" --no-progress status
   note_rss "$N" status
 
+  log "== $N posts: backup, an incremental backup, backups verify, restore"
+  REPO="$WORKDIR/repo"
+  RESTORED="$WORKDIR/restored"
+  timed backup "$BBSYNC" --data-dir "$SRC" --no-progress backup --repo "$REPO"
+  R[$N,backup]="$SECS"
+  note_rss "$N" backup
+  timed backup-incremental "$BBSYNC" --data-dir "$SRC" --no-progress backup --repo "$REPO"
+  R[$N,backup_inc]="$SECS"
+  note_rss "$N" backup-incremental
+  timed backups-verify "$BBSYNC" --data-dir "$SRC" --no-progress backups verify --repo "$REPO" --read-data
+  R[$N,backups_verify]="$SECS"
+  note_rss "$N" backups-verify
+  "$BBSYNC" --data-dir "$RESTORED" --no-progress init --name restored >/dev/null
+  cp -- "$SRC/identity.key" "$RESTORED/identity.key"
+  timed restore "$BBSYNC" --data-dir "$RESTORED" --no-progress restore --repo "$REPO"
+  R[$N,restore]="$SECS"
+  note_rss "$N" restore
+  rm -rf -- "$RESTORED" "$REPO"
+
   log "== $N posts: clone over loopback"
   /usr/bin/time -v -o "$LOGS/serve.time" "$BBSYNC" --data-dir "$SRC" --no-progress serve \
     --listen /ip4/127.0.0.1/tcp/0 >"$LOGS/serve.out" 2>"$LOGS/serve.log" &
@@ -180,6 +201,12 @@ for step in import clone verify; do
   log "$step: time per object at $BIG / at $SMALL = $r (goal <= 1.5: $(met 'r <= 1.5' "r=$r"))"
 done
 log "largest peak RSS of any command: $RSS_MAX MB ($RSS_MAX_STEP) (goal < 250 MB: $(met 'm < 250' "m=$RSS_MAX"))"
+for N in $SIZES; do
+  log "backup commands at $N: first backup ${R[$N,backup]} s, ${R[$N,backup_rss]} MB;" \
+    "incremental ${R[$N,backup_inc]} s, ${R[$N,backup-incremental_rss]} MB;" \
+    "backups verify --read-data ${R[$N,backups_verify]} s, ${R[$N,backups-verify_rss]} MB;" \
+    "restore ${R[$N,restore]} s, ${R[$N,restore_rss]} MB"
+done
 for N in $SIZES; do
   log "store files at $N: ${R[$N,files]} for ${R[$N,pack_bytes]} bytes of packs (goal < ${R[$N,files_limit]}:" \
     "$(met 'f < l' "f=${R[$N,files]}" "l=${R[$N,files_limit]}"))"

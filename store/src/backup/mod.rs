@@ -161,6 +161,30 @@ pub fn snapshot_path(id: &str) -> String {
     format!("snapshots/{id}.json")
 }
 
+/// `items` cut into consecutive slices of about `max` bytes each (by
+/// `len`; at least one item per slice).
+pub(crate) fn byte_batches<T>(
+    items: &[T],
+    max: u64,
+    len: impl Fn(&T) -> u64,
+) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut acc = 0u64;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || acc + len(&rest[n]) <= max) {
+            acc += len(&rest[n]);
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
 pub(crate) fn repo_io_err(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io {
         context: what,

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::{RestoreReport, damaged};
 use crate::{
     Store,
-    backup::{Repo, RepoReader, repo_io_err},
+    backup::{Repo, RepoReader, byte_batches, repo_io_err},
     error::{Result, StoreError},
     packs::Published,
     progress::Progress,
@@ -24,26 +24,6 @@ const READ_BYTES_PER_READ: u64 = 4 * 1024 * 1024;
 /// Bounds of the bytes read at once: enough for a directory's reads to
 /// overlap the hashing, and for object storage's parallel requests.
 const READ_BYTES: std::ops::RangeInclusive<u64> = 8 * 1024 * 1024..=32 * 1024 * 1024;
-
-/// `items` cut into consecutive slices of about `max` bytes each (at least
-/// one item per slice).
-fn byte_batches(items: &[(ChunkId, u32)], max: u64) -> impl Iterator<Item = &[(ChunkId, u32)]> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut acc = 0u64;
-        let mut n = 0;
-        while n < rest.len() && (n == 0 || acc + u64::from(rest[n].1) <= max) {
-            acc += u64::from(rest[n].1);
-            n += 1;
-        }
-        let (batch, tail) = rest.split_at(n);
-        rest = tail;
-        Some(batch)
-    })
-}
 
 /// The chunks one restore copied: durable (published) but not yet
 /// recorded, so the dirty marker stays until [`ChunkCopy::finish`] (after
@@ -140,7 +120,8 @@ impl<'a> ChunkCopy<'a> {
     ) -> Result<()> {
         let read_bytes = (READ_BYTES_PER_READ * repo.backend().read_concurrency() as u64)
             .clamp(*READ_BYTES.start(), *READ_BYTES.end());
-        let batches: Vec<&[(ChunkId, u32)]> = byte_batches(group, read_bytes).collect();
+        let batches: Vec<&[(ChunkId, u32)]> =
+            byte_batches(group, read_bytes, |c| u64::from(c.1)).collect();
         std::thread::scope(|sc| {
             let read_ahead = |k: usize| {
                 batches

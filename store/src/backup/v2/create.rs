@@ -23,6 +23,7 @@ use super::{
 use crate::{
     Store,
     backup::{
+        byte_batches,
         create::{BackupOptions, BackupReport, Collected, CollectedManifest},
         repo_io_err,
         repofile::KeyFile,
@@ -308,6 +309,8 @@ impl Store {
             .collect();
         let job = DataJob { todo: &todo, copy };
         self.backup_data(&job, &mut st, report, progress)?;
+        // Not held under the manifests' step (9 MB at 200,000 chunks).
+        drop(todo);
 
         // 2. Manifests whose current file the index lacks: new objects, and
         // changed envelopes (a new file for the same manifest id).
@@ -391,23 +394,28 @@ impl Store {
                     report.chunks_linked += n;
                 }
             } else {
-                let datas: Vec<(ChunkId, Vec<u8>)> = items
-                    .par_iter()
-                    .map(|(id, _)| -> Result<(ChunkId, Vec<u8>)> {
-                        let d = self.packs().read(id).map_err(|e| StoreError::Io {
-                            context: format!("reading chunk {}", id.short()),
-                            source: e,
-                        })?;
-                        check_chunk_id(id, &d).map_err(|e| damaged(id, &e))?;
-                        Ok((*id, d))
-                    })
-                    .collect::<Result<_>>()?;
-                for (id, d) in datas {
-                    builder
-                        .get_or_insert_with(|| PackBuilder::new(PackKind::Data))
-                        .push(id.0, &d)
-                        .map_err(|e| StoreError::Invalid(format!("repacking: {e}")))?;
-                    st.flush(&mut builder, false)?;
+                // Read on all cores a few MiB at a time: an open store pack
+                // can hold most of a store's small objects (28,000 chunks
+                // of a 200,000-object store's first backup).
+                for part in byte_batches(&items, COPY_BATCH_BYTES, |(_, at)| u64::from(at.len)) {
+                    let datas: Vec<(ChunkId, Vec<u8>)> = part
+                        .par_iter()
+                        .map(|(id, _)| -> Result<(ChunkId, Vec<u8>)> {
+                            let d = self.packs().read(id).map_err(|e| StoreError::Io {
+                                context: format!("reading chunk {}", id.short()),
+                                source: e,
+                            })?;
+                            check_chunk_id(id, &d).map_err(|e| damaged(id, &e))?;
+                            Ok((*id, d))
+                        })
+                        .collect::<Result<_>>()?;
+                    for (id, d) in datas {
+                        builder
+                            .get_or_insert_with(|| PackBuilder::new(PackKind::Data))
+                            .push(id.0, &d)
+                            .map_err(|e| StoreError::Invalid(format!("repacking: {e}")))?;
+                        st.flush(&mut builder, false)?;
+                    }
                 }
             }
             report.chunks_new += n;
@@ -454,6 +462,9 @@ fn join_scoped<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> 
     h.join()
         .unwrap_or_else(|_| Err(StoreError::Invalid("a backup thread panicked".into())))
 }
+
+/// Bytes of chunks a backup reads at once when it packs them anew.
+const COPY_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What steps 0 to 4 of a backup take.
 #[derive(Clone, Copy)]
