@@ -9,7 +9,11 @@
 
 use crate::common;
 
-use std::{fs, path::Path, sync::Arc};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use crate::common::{noise, read_back, write};
 use bbsync_protocol::{Role, card_to_string};
@@ -84,18 +88,42 @@ fn post(tree: &Path, n: u32, body: &str) {
     );
 }
 
+/// The setup of each test here: a tree of `posts` posts (and the `files`
+/// given) named `name`, imported into a new store, and a new format-2
+/// repository beside it. Returns the tree, the store and the repository.
+fn posts_store(
+    tmp: &Path,
+    name: &str,
+    posts: u32,
+    files: &[(&str, Vec<u8>)],
+) -> Result<(PathBuf, Store, Repo2), Box<dyn std::error::Error>> {
+    let tree = tmp.join("tree");
+    write(
+        &tree,
+        "config/bbs.toml",
+        format!("name = \"{name}\"\n").as_bytes(),
+    );
+    for n in 1..=posts {
+        post(&tree, n, "hello");
+    }
+    for (path, bytes) in files {
+        write(&tree, path, bytes);
+    }
+    let store = Store::init(&tmp.join("data"), "alpha")?;
+    store.import_bbs(&tree, &NoProgress)?;
+    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.join("repo"))))?;
+    Ok((tree, store, repo))
+}
+
 #[test]
 fn a_cached_backup_writes_the_snapshot_a_full_read_writes() -> R {
     let tmp = common::tempdir()?;
-    let tree = tmp.path().join("tree");
-    write(&tree, "config/bbs.toml", b"name = \"cache\"\n");
-    for n in 1..=40 {
-        post(&tree, n, "hello");
-    }
-    write(&tree, "files/big.bin", &noise(3, 3 << 20));
-    let store = Store::init(&tmp.path().join("data"), "alpha")?;
-    store.import_bbs(&tree, &NoProgress)?;
-    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.path().join("repo"))))?;
+    let (tree, store, repo) = posts_store(
+        tmp.path(),
+        "cache",
+        40,
+        &[("files/big.bin", noise(3, 3 << 20))],
+    )?;
     let all = BackupOptions::default();
 
     let first = store.backup_v2(&repo, &all, &NoProgress)?;
@@ -192,14 +220,7 @@ fn a_cached_backup_writes_the_snapshot_a_full_read_writes() -> R {
 #[test]
 fn a_prepared_cache_serves_the_next_backup_with_a_full_reads_snapshot() -> R {
     let tmp = common::tempdir()?;
-    let tree = tmp.path().join("tree");
-    write(&tree, "config/bbs.toml", b"name = \"prepare\"\n");
-    for n in 1..=30 {
-        post(&tree, n, "hello");
-    }
-    let store = Store::init(&tmp.path().join("data"), "alpha")?;
-    store.import_bbs(&tree, &NoProgress)?;
-    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.path().join("repo"))))?;
+    let (tree, store, repo) = posts_store(tmp.path(), "prepare", 30, &[])?;
     let all = BackupOptions::default();
     let sel = &all.selection;
 
@@ -263,15 +284,12 @@ fn a_prepared_cache_serves_the_next_backup_with_a_full_reads_snapshot() -> R {
 #[test]
 fn the_index_cache_follows_new_and_rewritten_index_files() -> R {
     let tmp = common::tempdir()?;
-    let tree = tmp.path().join("tree");
-    write(&tree, "config/bbs.toml", b"name = \"index\"\n");
-    for n in 1..=10 {
-        post(&tree, n, "hello");
-    }
-    write(&tree, "files/a.bin", &noise(5, 200_000));
-    let store = Store::init(&tmp.path().join("data"), "alpha")?;
-    store.import_bbs(&tree, &NoProgress)?;
-    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.path().join("repo"))))?;
+    let (tree, store, repo) = posts_store(
+        tmp.path(),
+        "index",
+        10,
+        &[("files/a.bin", noise(5, 200_000))],
+    )?;
     let all = BackupOptions::default();
     let index_caches = || {
         fs::read_dir(store.dir().join("cache"))
@@ -365,14 +383,7 @@ fn the_index_cache_follows_new_and_rewritten_index_files() -> R {
 #[test]
 fn a_large_selection_collected_in_halves_writes_the_same_snapshot() -> R {
     let tmp = common::tempdir()?;
-    let tree = tmp.path().join("tree");
-    write(&tree, "config/bbs.toml", b"name = \"halves\"\n");
-    for n in 1..=4200 {
-        post(&tree, n, "hello");
-    }
-    let store = Store::init(&tmp.path().join("data"), "alpha")?;
-    store.import_bbs(&tree, &NoProgress)?;
-    let repo = Repo2::create(Arc::new(LocalDir::new(&tmp.path().join("repo"))))?;
+    let (tree, store, repo) = posts_store(tmp.path(), "halves", 4200, &[])?;
     let all = BackupOptions::default();
     store.backup_v2(&repo, &all, &NoProgress)?;
     for n in (1..=4200).step_by(300) {
